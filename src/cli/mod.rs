@@ -1,0 +1,204 @@
+//! The command line: parse arguments, load the configuration, run a command, map the outcome to an
+//! exit code (0 success, 1 the command found problems, 2 usage or configuration error) and report
+//! errors on stderr as one sentence.
+
+mod check;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::{self, Config, ConfigError, LogFormat, Sources};
+
+/// Rewind: continuous backup and point-in-time recovery for Apache Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "rewind", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the configuration, and that the archive storage and the Kafka cluster answer.
+    Check(check::CheckArgs),
+    /// Print the effective configuration after every layer is applied (secrets redacted).
+    Config(ConfigArgs),
+}
+
+/// Flags every command that reads the configuration accepts; each wins over the file and the
+/// environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE", env = "REWIND_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Archive URL: file:///absolute/path or s3://bucket/prefix.
+    #[arg(long, value_name = "URL")]
+    pub archive: Option<String>,
+    /// Kafka brokers to bootstrap from (host:port,...).
+    #[arg(long, value_name = "HOSTS")]
+    pub bootstrap_servers: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000.
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// AWS region of the bucket.
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Address buckets path-style (endpoint/bucket), as most S3-compatible servers need.
+    #[arg(long)]
+    pub s3_path_style: bool,
+    /// A librdkafka property for this run, e.g. -X security.protocol=SSL (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub property: Vec<(String, String)>,
+    /// Log filter, e.g. info or rewind=debug (RUST_LOG wins).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Print JSON instead of TOML.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// A failed command: what to print and which exit code to use.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    /// The command ran and found a problem (exit 1).
+    pub fn found(message: impl ToString) -> Failure {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+
+    /// Usage or configuration error (exit 2).
+    pub fn usage(message: impl ToString) -> Failure {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(err: ConfigError) -> Failure {
+        Failure::usage(err)
+    }
+}
+
+/// Run the program with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Check(args) => check::run(args).await,
+        Command::Config(args) => {
+            let config = load_config(&args.common)?;
+            let shown = config.redacted();
+            let text = if args.json {
+                serde_json::to_string_pretty(&shown).map_err(|e| Failure::found(e))?
+            } else {
+                toml::to_string_pretty(&shown).map_err(|e| Failure::found(e))?
+            };
+            println!("{}", text.trim_end());
+            Ok(())
+        }
+    }
+}
+
+/// Load the configuration with the flags as the top layer, and start logging as it says.
+pub fn load_config(common: &CommonArgs) -> Result<Config, Failure> {
+    let mut overrides = Vec::new();
+    let mut set = |key: &str, value: serde_json::Value| overrides.push((key.to_string(), value));
+    if let Some(v) = &common.archive {
+        set("archive", json!(v));
+    }
+    if let Some(v) = &common.bootstrap_servers {
+        set("kafka.bootstrap_servers", json!(v));
+    }
+    if let Some(v) = &common.s3_endpoint {
+        set("storage.s3.endpoint", json!(v));
+    }
+    if let Some(v) = &common.s3_region {
+        set("storage.s3.region", json!(v));
+    }
+    if common.s3_path_style {
+        set("storage.s3.path_style", json!(true));
+    }
+    if let Some(v) = &common.log_level {
+        set("log.level", json!(v));
+    }
+    let mut config = config::load(&Sources {
+        file: common.config.clone(),
+        env: None,
+        overrides,
+    })?;
+    // librdkafka property names contain dots, so they bypass the key-path layering.
+    config
+        .kafka
+        .properties
+        .extend(common.property.iter().cloned());
+    init_logging(&config);
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling in twice) is harmless; ignore it.
+    let _ = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,308 @@
+//! Configuration: what Rewind runs with, loaded in layers — embedded defaults < TOML file <
+//! `REWIND__SECTION__KEY` environment variables < command-line flags.
+//!
+//! Invariant: a configuration that reaches the rest of the program has been checked in full; every
+//! problem (unknown key, bad value, missing setting) is reported at once with its key path, and
+//! nothing starts while any remains. The doc comment of each field is its reference documentation.
+
+mod load;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{load, ConfigError, Problem, Sources};
+use units::Size;
+
+use crate::storage::{RetryPolicy, S3Options, ServerSideEncryption, StorageUrl};
+
+/// Everything Rewind needs to reach the archive and the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the archive lives: `file:///absolute/path` or `s3://bucket/prefix`.
+    pub archive: String,
+    /// How to reach the archive's object store.
+    pub storage: StorageConfig,
+    /// The Kafka cluster.
+    pub kafka: KafkaConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            archive: "file:///var/lib/rewind/archive".into(),
+            storage: StorageConfig::default(),
+            kafka: KafkaConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Object-store settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// S3 and S3-compatible servers.
+    pub s3: S3Config,
+    /// Retries of transient storage failures (timeouts, throttling, 5xx, lost connections).
+    pub retry: RetryConfig,
+}
+
+/// S3 settings. Anything unset falls back to the standard AWS chain: environment variables, the
+/// shared config and credentials files, web identity, container and instance metadata.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// AWS region of the bucket, e.g. `eu-west-1` (or `AWS_REGION`).
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. `http://127.0.0.1:9000` (MinIO).
+    pub endpoint: Option<String>,
+    /// Address buckets as `endpoint/bucket` rather than `bucket.endpoint` (needed by most
+    /// S3-compatible servers).
+    pub path_style: bool,
+    /// Static access key id; prefer the AWS credential chain in production.
+    pub access_key_id: Option<String>,
+    /// Static secret access key (never printed).
+    pub secret_access_key: Option<String>,
+    /// Session token for temporary static credentials (never printed).
+    pub session_token: Option<String>,
+    /// Named profile from the AWS shared config files.
+    pub profile: Option<String>,
+    /// Server-side encryption: `none`, `aes256` (SSE-S3) or `aws:kms` (SSE-KMS).
+    pub sse: SseMode,
+    /// KMS key id or ARN for `sse = "aws:kms"`; the bucket's default key when unset.
+    pub kms_key_id: Option<String>,
+    /// Storage class of new objects, e.g. `STANDARD_IA`; the bucket's default when unset.
+    pub storage_class: Option<String>,
+    /// Part size of multipart uploads (5MiB to 5GiB).
+    pub part_size: Size,
+    /// How long to wait for a TCP connection to the endpoint.
+    #[serde(with = "units::duration")]
+    pub connect_timeout: Duration,
+    /// Upper bound of one request attempt, the transfer included.
+    #[serde(with = "units::duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            region: None,
+            endpoint: None,
+            path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            profile: None,
+            sse: SseMode::None,
+            kms_key_id: None,
+            storage_class: None,
+            part_size: Size::mib(16),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Config")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("session_token", &redacted(&self.session_token))
+            .field("profile", &self.profile)
+            .field("sse", &self.sse)
+            .field("kms_key_id", &self.kms_key_id)
+            .field("storage_class", &self.storage_class)
+            .field("part_size", &self.part_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Server-side encryption of archived objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SseMode {
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "aes256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+/// Retries with exponential backoff and full jitter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// Backoff ceiling before the first retry; it doubles with each retry.
+    #[serde(with = "units::duration")]
+    pub initial_backoff: Duration,
+    /// Largest pause between two attempts.
+    #[serde(with = "units::duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let policy = RetryPolicy::default();
+        RetryConfig {
+            max_attempts: policy.max_attempts,
+            initial_backoff: policy.initial_backoff,
+            max_backoff: policy.max_backoff,
+        }
+    }
+}
+
+/// The Kafka cluster.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of brokers to bootstrap from.
+    pub bootstrap_servers: String,
+    /// librdkafka properties passed through as they are (`security.protocol`, `sasl.mechanism`,
+    /// `ssl.ca.location`, ...). Values of keys that look secret are never printed.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &redact_properties(&self.properties))
+            .finish()
+    }
+}
+
+/// Whether a configuration key names a secret whose value must never be shown.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "jaas",
+        "private",
+        "credential",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// A copy of librdkafka properties with secret values replaced.
+pub fn redact_properties(props: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    props
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                if is_secret_key(k) {
+                    "<redacted>".to_string()
+                } else {
+                    v.clone()
+                },
+            )
+        })
+        .collect()
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter in `tracing` syntax: `info`, `rewind=debug,rdkafka=warn`, ... (`RUST_LOG` wins).
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The archive URL, parsed (validation has already accepted it).
+    pub fn archive_url(&self) -> Result<StorageUrl, crate::storage::StorageError> {
+        StorageUrl::parse(&self.archive)
+    }
+
+    /// The S3 options the storage layer takes.
+    pub fn s3_options(&self) -> S3Options {
+        let s3 = &self.storage.s3;
+        S3Options {
+            region: s3.region.clone(),
+            endpoint: s3.endpoint.clone(),
+            path_style: s3.path_style,
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.clone(),
+            session_token: s3.session_token.clone(),
+            profile: s3.profile.clone(),
+            sse: match s3.sse {
+                SseMode::None => None,
+                SseMode::Aes256 => Some(ServerSideEncryption::S3),
+                SseMode::AwsKms => Some(ServerSideEncryption::Kms {
+                    key_id: s3.kms_key_id.clone(),
+                }),
+            },
+            storage_class: s3.storage_class.clone(),
+            retry: RetryPolicy {
+                max_attempts: self.storage.retry.max_attempts,
+                initial_backoff: self.storage.retry.initial_backoff,
+                max_backoff: self.storage.retry.max_backoff,
+            },
+            connect_timeout: Some(s3.connect_timeout),
+            request_timeout: Some(s3.request_timeout),
+        }
+    }
+
+    /// A copy with every secret replaced, safe to print.
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        for secret in [
+            &mut shown.storage.s3.secret_access_key,
+            &mut shown.storage.s3.session_token,
+        ] {
+            if secret.is_some() {
+                *secret = Some("<redacted>".into());
+            }
+        }
+        shown.kafka.properties = redact_properties(&shown.kafka.properties);
+        shown
+    }
+}
+
+#[cfg(test)]
+mod tests;

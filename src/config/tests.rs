@@ -1,0 +1,326 @@
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::units::Size;
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn problems(sources: &Sources) -> Vec<String> {
+    match load(sources) {
+        Err(ConfigError::Invalid(problems)) => problems.iter().map(ToString::to_string).collect(),
+        other => panic!("expected invalid configuration, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_alone_load_as_the_default_config() {
+    let config = load(&Sources {
+        env: env(&[]),
+        ..Sources::default()
+    })
+    .unwrap();
+    assert_eq!(config, Config::default());
+    assert_eq!(config.storage.s3.part_size, Size::mib(16));
+}
+
+#[test]
+fn each_layer_overrides_the_one_below() {
+    let f = file(
+        r#"
+        archive = "file:///from/file"
+        [storage.s3]
+        region = "eu-west-1"
+        endpoint = "http://127.0.0.1:9000"
+        [storage.retry]
+        max_attempts = 3
+        max_backoff = "2s"
+        [kafka]
+        bootstrap_servers = "file-host:9092"
+        "#,
+    );
+    let sources = Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[
+            ("REWIND__STORAGE__S3__REGION", "us-east-2"),
+            ("REWIND__STORAGE__RETRY__MAX_ATTEMPTS", "9"),
+            ("REWIND__KAFKA__BOOTSTRAP_SERVERS", "env-host:9092"),
+            ("UNRELATED", "ignored"),
+        ]),
+        overrides: vec![
+            ("kafka.bootstrap_servers".into(), json!("flag-host:9092")),
+            ("storage.s3.path_style".into(), json!(true)),
+        ],
+    };
+    let config = load(&sources).unwrap();
+    assert_eq!(config.archive, "file:///from/file", "file beats defaults");
+    assert_eq!(
+        config.storage.s3.endpoint.as_deref(),
+        Some("http://127.0.0.1:9000")
+    );
+    assert_eq!(config.storage.retry.max_backoff, Duration::from_secs(2));
+    assert_eq!(
+        config.storage.s3.region.as_deref(),
+        Some("us-east-2"),
+        "env beats file"
+    );
+    assert_eq!(
+        config.storage.retry.max_attempts, 9,
+        "env values are typed by the key"
+    );
+    assert_eq!(
+        config.kafka.bootstrap_servers, "flag-host:9092",
+        "flags beat env"
+    );
+    assert!(config.storage.s3.path_style);
+    assert_eq!(
+        config.storage.retry.initial_backoff,
+        RetryConfig::default().initial_backoff,
+        "untouched keys keep defaults"
+    );
+}
+
+#[test]
+fn kafka_properties_keep_their_dotted_names() {
+    let f = file(
+        r#"
+        [kafka.properties]
+        "security.protocol" = "SASL_SSL"
+        "sasl.mechanism" = "SCRAM-SHA-512"
+        "sasl.password" = "hunter2"
+        "#,
+    );
+    let config = load(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[]),
+        ..Sources::default()
+    })
+    .unwrap();
+    assert_eq!(
+        config
+            .kafka
+            .properties
+            .get("sasl.mechanism")
+            .map(String::as_str),
+        Some("SCRAM-SHA-512")
+    );
+    assert_eq!(config.kafka.properties.len(), 3);
+    let shown = format!("{:?}", config.redacted());
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!format!("{:?}", config.kafka).contains("hunter2"));
+}
+
+#[test]
+fn env_strings_stay_strings_where_a_string_is_expected() {
+    let sources = Sources {
+        env: env(&[
+            ("REWIND__STORAGE__S3__ACCESS_KEY_ID", "0042"),
+            ("REWIND__STORAGE__S3__SECRET_ACCESS_KEY", "007"),
+            ("REWIND__STORAGE__S3__PATH_STYLE", "yes"),
+        ]),
+        ..Sources::default()
+    };
+    let config = load(&sources).unwrap();
+    assert_eq!(config.storage.s3.secret_access_key.as_deref(), Some("007"));
+    assert_eq!(config.storage.s3.access_key_id.as_deref(), Some("0042"));
+    assert!(config.storage.s3.path_style);
+    assert!(
+        !format!("{:?}", config.storage.s3).contains("007"),
+        "secrets stay out of Debug output"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key_path() {
+    let f = file(
+        r#"
+        archive = "s3://Bad_Bucket"
+        colour = "blue"
+        [storage.s3]
+        regoin = "eu-west-1"
+        path_style = "sometimes"
+        part_size = "huge"
+        connect_timeout = "soon"
+        sse = "rot13"
+        [storage.retry]
+        max_attempts = 0
+        [kafka]
+        bootstrap_servers = "localhost"
+        [log]
+        format = "xml"
+        "#,
+    );
+    let found = problems(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[]),
+        ..Sources::default()
+    });
+    let expect = [
+        "archive: invalid archive URL \"s3://Bad_Bucket\"",
+        "colour: unknown key",
+        "storage.s3.regoin: unknown key (expected one of: access_key_id,",
+        "storage.s3.path_style: invalid type: string \"sometimes\", expected a boolean",
+        "storage.s3.part_size: expected a size such as 128MiB",
+        "storage.s3.connect_timeout: expected a duration such as 60s",
+        "storage.s3.sse: unknown variant `rot13`",
+        "storage.retry.max_attempts: must be at least 1",
+        "kafka.bootstrap_servers: \"localhost\" has no port",
+        "log.format: unknown variant `xml`",
+    ];
+    for needle in expect {
+        assert!(
+            found.iter().any(|p| p.starts_with(needle)),
+            "missing {needle:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+}
+
+#[test]
+fn env_mistakes_name_the_variable() {
+    let found = problems(&Sources {
+        env: env(&[
+            ("REWIND__STORAGE__S3__PATH_STYLE", "maybe"),
+            ("REWIND__STORAGE__S3__REGOIN", "x"),
+            ("REWIND__STORAGE", "x"),
+        ]),
+        ..Sources::default()
+    });
+    assert!(found.iter().any(|p| p == "storage.s3.path_style (from REWIND__STORAGE__S3__PATH_STYLE): expected true or false, got \"maybe\""), "{found:#?}");
+    assert!(
+        found
+            .iter()
+            .any(|p| p == "REWIND__STORAGE__S3__REGOIN: unknown setting \"storage.s3.regoin\""),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("storage (from REWIND__STORAGE): is a section")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn an_s3_archive_needs_a_region_from_somewhere() {
+    let sources = |pairs: &[(&str, &str)]| Sources {
+        env: env(pairs),
+        overrides: vec![("archive".into(), json!("s3://backups/prod"))],
+        ..Sources::default()
+    };
+    let found = problems(&sources(&[("HOME", "/nonexistent")]));
+    assert_eq!(found, vec!["storage.s3.region: missing (set it in the config file, REWIND__STORAGE__S3__REGION, AWS_REGION or an AWS profile)"]);
+    assert!(load(&sources(&[("AWS_REGION", "eu-central-1")])).is_ok());
+    assert!(load(&sources(&[("REWIND__STORAGE__S3__REGION", "eu-central-1")])).is_ok());
+}
+
+#[test]
+fn semantic_checks_cover_credentials_encryption_and_retries() {
+    let f = file(
+        r#"
+        [storage.s3]
+        access_key_id = "AKIA"
+        kms_key_id = "alias/rewind"
+        endpoint = "127.0.0.1:9000"
+        part_size = "1MiB"
+        storage_class = "cold"
+        [storage.retry]
+        initial_backoff = "1m"
+        max_backoff = "1s"
+        [log]
+        level = "rewind=loud"
+        "#,
+    );
+    let found = problems(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[]),
+        ..Sources::default()
+    });
+    for needle in [
+        "storage.s3.secret_access_key: access_key_id and secret_access_key must be set together",
+        "storage.s3.kms_key_id: only applies with sse = \"aws:kms\"",
+        "storage.s3.endpoint: expected an http:// or https:// URL",
+        "storage.s3.part_size: must be between 5MiB and 5GiB, got 1MiB",
+        "storage.s3.storage_class: expected an S3 storage class",
+        "storage.retry.initial_backoff: must not exceed storage.retry.max_backoff",
+        "log.level: not a valid filter",
+    ] {
+        assert!(
+            found.iter().any(|p| p.starts_with(needle)),
+            "missing {needle:?} in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let missing = load(&Sources {
+        file: Some("/nonexistent/rewind.toml".into()),
+        env: env(&[]),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    assert_eq!(
+        missing.to_string(),
+        "config file /nonexistent/rewind.toml: not found (check --config)"
+    );
+    let f = file("archive = \n");
+    let broken = load(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[]),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    assert!(matches!(broken, ConfigError::File { .. }), "{broken:?}");
+    assert!(
+        broken.to_string().contains(&f.path().display().to_string()),
+        "{broken}"
+    );
+}
+
+#[test]
+fn s3_options_carry_encryption_and_retry_settings() {
+    let f = file(
+        r#"
+        archive = "s3://backups"
+        [storage.s3]
+        region = "eu-west-1"
+        sse = "aws:kms"
+        kms_key_id = "alias/rewind"
+        storage_class = "STANDARD_IA"
+        [storage.retry]
+        max_attempts = 2
+        "#,
+    );
+    let config = load(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[]),
+        ..Sources::default()
+    })
+    .unwrap();
+    let opts = config.s3_options();
+    assert_eq!(
+        opts.sse,
+        Some(crate::storage::ServerSideEncryption::Kms {
+            key_id: Some("alias/rewind".into())
+        })
+    );
+    assert_eq!(opts.storage_class.as_deref(), Some("STANDARD_IA"));
+    assert_eq!(opts.retry.max_attempts, 2);
+}

@@ -1,0 +1,153 @@
+//! Semantic checks of a configuration whose values all have the right kind: each returns problems
+//! rather than stopping at the first, so a user fixes everything in one round.
+
+use std::collections::BTreeMap;
+
+use super::{Config, SseMode};
+use crate::storage::{StorageUrl, MIN_PART_SIZE};
+
+impl Config {
+    /// Every semantic problem, with key paths. `env` is the environment the AWS chain will see.
+    pub fn validate(&self, env: &BTreeMap<String, String>) -> Vec<super::Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |path: &str, message: String| {
+            problems.push(super::Problem {
+                path: path.into(),
+                message,
+            })
+        };
+
+        let url = StorageUrl::parse(&self.archive);
+        if let Err(err) = &url {
+            problem("archive", err.to_string());
+        }
+        let s3 = &self.storage.s3;
+        if matches!(url, Ok(StorageUrl::S3 { .. }))
+            && s3.region.is_none()
+            && !aws_region_available(env)
+        {
+            problem(
+                "storage.s3.region",
+                "missing (set it in the config file, REWIND__STORAGE__S3__REGION, AWS_REGION or an AWS profile)".into(),
+            );
+        }
+        if let Some(endpoint) = &s3.endpoint {
+            match url::Url::parse(endpoint) {
+                Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
+                _ => problem("storage.s3.endpoint", format!("expected an http:// or https:// URL such as http://127.0.0.1:9000, got {endpoint:?}")),
+            }
+        }
+        if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+            problem(
+                "storage.s3.secret_access_key",
+                "access_key_id and secret_access_key must be set together".into(),
+            );
+        }
+        if s3.session_token.is_some() && s3.access_key_id.is_none() {
+            problem(
+                "storage.s3.session_token",
+                "needs access_key_id and secret_access_key".into(),
+            );
+        }
+        if s3.kms_key_id.is_some() && s3.sse != SseMode::AwsKms {
+            problem(
+                "storage.s3.kms_key_id",
+                "only applies with sse = \"aws:kms\"".into(),
+            );
+        }
+        if let Some(class) = &s3.storage_class {
+            if class.is_empty() || !class.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                problem(
+                    "storage.s3.storage_class",
+                    format!("expected an S3 storage class such as STANDARD_IA, got {class:?}"),
+                );
+            }
+        }
+        let part = s3.part_size.bytes();
+        if part < MIN_PART_SIZE as u64 || part > 5 << 30 {
+            problem(
+                "storage.s3.part_size",
+                format!("must be between 5MiB and 5GiB, got {}", s3.part_size),
+            );
+        }
+        if s3.connect_timeout.is_zero() {
+            problem(
+                "storage.s3.connect_timeout",
+                "must be greater than zero".into(),
+            );
+        }
+        if s3.request_timeout.is_zero() {
+            problem(
+                "storage.s3.request_timeout",
+                "must be greater than zero".into(),
+            );
+        }
+
+        let retry = &self.storage.retry;
+        if retry.max_attempts == 0 {
+            problem("storage.retry.max_attempts", "must be at least 1".into());
+        }
+        if retry.initial_backoff > retry.max_backoff {
+            problem(
+                "storage.retry.initial_backoff",
+                "must not exceed storage.retry.max_backoff".into(),
+            );
+        }
+
+        if let Err(message) = check_bootstrap(&self.kafka.bootstrap_servers) {
+            problem("kafka.bootstrap_servers", message);
+        }
+        for key in self.kafka.properties.keys() {
+            if key == "bootstrap.servers" {
+                problem(
+                    "kafka.properties.\"bootstrap.servers\"",
+                    "set kafka.bootstrap_servers instead".into(),
+                );
+            }
+        }
+
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problem(
+                "log.level",
+                format!("not a valid filter such as info or rewind=debug: {err}"),
+            );
+        }
+        problems
+    }
+}
+
+/// Whether the AWS chain can find a region without our config.
+fn aws_region_available(env: &BTreeMap<String, String>) -> bool {
+    let set = |k: &str| env.get(k).is_some_and(|v| !v.is_empty());
+    if set("AWS_REGION") || set("AWS_DEFAULT_REGION") || set("AWS_PROFILE") {
+        return true;
+    }
+    // The shared config file may name a region for the default profile.
+    let config_file = env
+        .get("AWS_CONFIG_FILE")
+        .cloned()
+        .or_else(|| env.get("HOME").map(|h| format!("{h}/.aws/config")));
+    config_file
+        .is_some_and(|path| std::fs::read_to_string(path).is_ok_and(|text| text.contains("region")))
+}
+
+/// `host:port[,host:port...]`.
+pub(crate) fn check_bootstrap(servers: &str) -> Result<(), String> {
+    if servers.trim().is_empty() {
+        return Err("missing (a comma-separated host:port list such as 127.0.0.1:9092)".into());
+    }
+    for server in servers.split(',').map(str::trim) {
+        let server = server.rsplit_once("://").map(|(_, s)| s).unwrap_or(server);
+        let Some((host, port)) = server.rsplit_once(':') else {
+            return Err(format!(
+                "{server:?} has no port (expected host:port such as 127.0.0.1:9092)"
+            ));
+        };
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!(
+                "{server:?} is not host:port (expected something such as 127.0.0.1:9092)"
+            ));
+        }
+    }
+    Ok(())
+}

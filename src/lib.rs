@@ -1,0 +1,10 @@
+//! Rewind: continuous backup and point-in-time recovery for Apache Kafka.
+//!
+//! Data flows downward through the modules: `cli` parses and reports, `config` decides what to run
+//! with, `kafka` talks to clusters, and `storage` moves bytes to and from the archive. Lower layers
+//! never import higher ones.
+
+pub mod cli;
+pub mod config;
+pub mod kafka;
+pub mod storage;
