@@ -144,9 +144,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let config = load_config(&args.common)?;
             let shown = config.redacted();
             let text = if args.json {
-                serde_json::to_string_pretty(&shown).map_err(|e| Failure::found(e))?
+                serde_json::to_string_pretty(&shown).map_err(Failure::found)?
             } else {
-                toml::to_string_pretty(&shown).map_err(|e| Failure::found(e))?
+                toml::to_string_pretty(&shown).map_err(Failure::found)?
             };
             println!("{}", text.trim_end());
             Ok(())

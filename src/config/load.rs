@@ -48,16 +48,23 @@ impl fmt::Display for Problem {
 pub enum ConfigError {
     #[error("config file {path}: {message}")]
     File { path: String, message: String },
-    #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, render(.0))]
+    #[error("{}", render(.0))]
     Invalid(Vec<Problem>),
 }
 
+/// One problem fits on one line; several are listed one per line under a count.
 fn render(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    match problems {
+        [one] => format!("invalid configuration: {one}"),
+        many => {
+            let lines: Vec<String> = many.iter().map(|p| format!("  {p}")).collect();
+            format!(
+                "invalid configuration ({} problems):\n{}",
+                many.len(),
+                lines.join("\n")
+            )
+        }
+    }
 }
 
 /// Load, merge and check the configuration.

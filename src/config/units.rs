@@ -31,7 +31,7 @@ impl fmt::Display for Size {
         // Print the largest unit that divides exactly, so the value reads back unchanged.
         let (unit, factor) = UNITS
             .iter()
-            .find(|(_, f)| self.0 % f == 0 && self.0 >= *f)
+            .find(|(_, f)| self.0.is_multiple_of(*f) && self.0 >= *f)
             .copied()
             .unwrap_or(("B", 1));
         write!(f, "{}{unit}", self.0 / factor)

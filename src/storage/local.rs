@@ -457,7 +457,7 @@ impl ObjectStore for LocalStore {
                 .filter_map(|p| {
                     p.strip_prefix(&store.root)
                         .ok()
-                        .map(|r| r.to_string_lossy().into_owned())
+                        .and_then(|r| key_of_temp(&r.to_string_lossy()))
                 })
                 .filter(|k| k.starts_with(&prefix))
                 .collect();
@@ -470,6 +470,23 @@ impl ObjectStore for LocalStore {
     fn url(&self) -> &StorageUrl {
         &self.url
     }
+}
+
+/// The key a temporary file `dir/.NAME.RANDOM.rewind-tmp` is being written for: `dir/NAME`.
+fn key_of_temp(path: &str) -> Option<String> {
+    let (dir, file) = path
+        .rsplit_once('/')
+        .map(|(d, f)| (Some(d), f))
+        .unwrap_or((None, path));
+    let name = file
+        .strip_prefix('.')?
+        .strip_suffix(TMP_SUFFIX)?
+        .rsplit_once('.')?
+        .0;
+    Some(match dir {
+        Some(dir) => format!("{dir}/{name}"),
+        None => name.to_string(),
+    })
 }
 
 fn collect_temps(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {

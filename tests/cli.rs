@@ -1,0 +1,358 @@
+//! The `rewind` binary as users meet it: exit codes (0 ok, 1 problem found, 2 usage or
+//! configuration error), one-sentence errors on stderr, and the preflight against the real test bed.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Run the binary with a clean environment: nothing from the developer's AWS setup leaks in.
+fn rewind(args: &[&str], env: &[(&str, &str)], home: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
+    cmd.args(args)
+        .env_clear()
+        .env("HOME", home)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run rewind")
+}
+
+fn s3_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", common::s3_access_key()),
+        ("AWS_SECRET_ACCESS_KEY", common::s3_secret_key()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The single error line a failed command prints.
+fn error_line(out: &Output) -> String {
+    let stderr = text(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got: {stderr}");
+    errors[0].to_string()
+}
+
+#[test]
+fn version_and_help() {
+    let home = tempfile::tempdir().unwrap();
+    let out = rewind(&["--version"], &[], home.path());
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("rewind {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = rewind(&["--help"], &[], home.path());
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("Continuous backup and point-in-time recovery for Apache Kafka"),
+        "{help}"
+    );
+    for command in ["check", "config"] {
+        assert!(help.contains(command), "{help}");
+    }
+}
+
+#[test]
+fn unknown_flags_are_usage_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let out = rewind(&["check", "--no-such-flag"], &[], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unexpected argument '--no-such-flag'"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = rewind(&["check", "-X", "no-equals-sign"], &[], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("expected KEY=VALUE"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn config_shows_every_layer_and_hides_secrets() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("rewind.toml");
+    std::fs::write(
+        &file,
+        "archive = \"s3://backups/prod\"\n[storage.s3]\nregion = \"eu-west-1\"\naccess_key_id = \"AKIAEXAMPLE\"\nsecret_access_key = \"file-secret\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n",
+    )
+    .unwrap();
+    let out = rewind(
+        &[
+            "config",
+            "--config",
+            file.to_str().unwrap(),
+            "--json",
+            "--bootstrap-servers",
+            "flag:9092",
+            "-X",
+            "client.id=cli",
+        ],
+        &[("REWIND__STORAGE__S3__REGION", "us-west-2")],
+        home.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["archive"], "s3://backups/prod");
+    assert_eq!(
+        shown["storage"]["s3"]["region"], "us-west-2",
+        "env beats the file"
+    );
+    assert_eq!(
+        shown["kafka"]["bootstrap_servers"], "flag:9092",
+        "flags beat everything"
+    );
+    assert_eq!(shown["kafka"]["properties"]["client.id"], "cli");
+    assert_eq!(shown["storage"]["s3"]["secret_access_key"], "<redacted>");
+    assert_eq!(shown["kafka"]["properties"]["sasl.password"], "<redacted>");
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !all.contains("file-secret") && !all.contains("hunter2"),
+        "{all}"
+    );
+
+    let toml_out = rewind(
+        &["config", "--config", file.to_str().unwrap()],
+        &[],
+        home.path(),
+    );
+    assert!(toml_out.status.success());
+    assert!(
+        text(&toml_out.stdout).contains("[storage.s3]"),
+        "{}",
+        text(&toml_out.stdout)
+    );
+}
+
+#[test]
+fn every_configuration_problem_is_reported_and_nothing_runs() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("bad.toml");
+    std::fs::write(&file, "archive = \"s3://backups\"\nflush = 1\n[storage.s3]\npart_size = \"big\"\n[kafka]\nbootstrap_servers = \"nohost\"\n").unwrap();
+    let out = rewind(
+        &["check", "--config", file.to_str().unwrap()],
+        &[],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    for needle in [
+        "error: invalid configuration (4 problems):",
+        "  flush: unknown key",
+        "  kafka.bootstrap_servers: \"nohost\" has no port",
+        "  storage.s3.part_size: expected a size such as 128MiB",
+        "  storage.s3.region: missing",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+    assert!(
+        text(&out.stdout).is_empty(),
+        "nothing ran: {}",
+        text(&out.stdout)
+    );
+
+    let out = rewind(
+        &["check", "--config", "/nonexistent.toml"],
+        &[],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        error_line(&out),
+        "error: config file /nonexistent.toml: not found (check --config)"
+    );
+
+    let out = rewind(&["check", "--archive", "gs://elsewhere"], &[], home.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        error_line(&out).contains("archive: invalid archive URL \"gs://elsewhere\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn check_passes_against_the_test_bed() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", home.path().display());
+    let out = rewind(
+        &[
+            "check",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            &common::kafka_bootstrap(),
+        ],
+        &[],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        common::testbed_hint()
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("archive  {archive}: reachable, no archive yet")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("kafka    127.0.0.1:9092: cluster "),
+        "{stdout}"
+    );
+
+    let bucket = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::new_bucket());
+    let env = s3_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let archive = format!("s3://{bucket}/prod");
+    let out = rewind(
+        &[
+            "check",
+            "--no-kafka",
+            "--archive",
+            &archive,
+            "--s3-endpoint",
+            &common::s3_endpoint(),
+            "--s3-path-style",
+        ],
+        &env,
+        home.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("archive  {archive}: reachable")),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn check_names_what_is_wrong_with_the_archive() {
+    let home = tempfile::tempdir().unwrap();
+    let env = s3_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let endpoint = common::s3_endpoint();
+    let bucket = common::unique("rewind-absent");
+
+    let out = rewind(
+        &[
+            "check",
+            "--no-kafka",
+            "--archive",
+            &format!("s3://{bucket}"),
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+        ],
+        &env,
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(error_line(&out), format!("error: s3://{bucket}: bucket \"{bucket}\" not found (check --archive or REWIND__ARCHIVE)"));
+
+    let wrong: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(k, v)| {
+            if *k == "AWS_SECRET_ACCESS_KEY" {
+                (*k, "wrong")
+            } else {
+                (*k, *v)
+            }
+        })
+        .collect();
+    let out = rewind(
+        &[
+            "check",
+            "--no-kafka",
+            "--archive",
+            &format!("s3://{bucket}"),
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+        ],
+        &wrong,
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        error_line(&out),
+        format!(
+            "error: s3://{bucket}: access denied (check the credentials and the bucket policy)"
+        )
+    );
+
+    let out = rewind(
+        &[
+            "check",
+            "--no-kafka",
+            "--archive",
+            "s3://any-bucket",
+            "--s3-endpoint",
+            "http://127.0.0.1:1",
+            "--s3-path-style",
+        ],
+        &env,
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(
+        line.starts_with("error: s3://any-bucket: endpoint http://127.0.0.1:1 unreachable ("),
+        "{line}"
+    );
+
+    let out = rewind(
+        &["check", "--no-kafka", "--archive", "file:///proc/rewind"],
+        &[],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        error_line(&out)
+            .starts_with("error: file:///proc/rewind: create the archive directory failed"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn check_names_an_unreachable_broker() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", home.path().display());
+    let out = rewind(
+        &[
+            "check",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--timeout",
+            "2s",
+        ],
+        &[],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        error_line(&out),
+        "error: kafka 127.0.0.1:1: no broker answered within 2s (check --bootstrap-servers or kafka.bootstrap_servers, and that the cluster is up)"
+    );
+}

@@ -1,0 +1,112 @@
+//! Shared helpers of the integration tests: where the test bed's services are, explicit S3
+//! credentials (so no test ever reaches for the AWS credential chain or instance metadata), and
+//! random names so tests never see each other's data.
+#![allow(dead_code)]
+
+use std::sync::Once;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use rand::Rng;
+use rewind::storage::{RetryPolicy, S3Options, S3Store, StorageUrl};
+
+/// The broker started by `scripts/kafka.sh`.
+pub fn kafka_bootstrap() -> String {
+    std::env::var("REWIND_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn s3_endpoint() -> String {
+    std::env::var("REWIND_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
+}
+
+pub fn s3_access_key() -> String {
+    std::env::var("REWIND_TEST_S3_ACCESS_KEY").unwrap_or_else(|_| "rewind".into())
+}
+
+pub fn s3_secret_key() -> String {
+    std::env::var("REWIND_TEST_S3_SECRET_KEY").unwrap_or_else(|_| "rewind-secret-key".into())
+}
+
+/// Where to look when a test-bed service does not answer.
+pub fn testbed_hint() -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cache = std::env::var("REWIND_CACHE").unwrap_or_else(|_| format!("{home}/.cache/rewind"));
+    format!(
+        "is the test bed running? `scripts/test` starts it (or scripts/kafka.sh start, scripts/s3.sh start); \
+         logs: {cache}/testbed/kafka/kafka.log and {cache}/testbed/s3/s3.log"
+    )
+}
+
+/// Keep the AWS chain away from instance metadata in every test process.
+pub fn no_instance_metadata() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| std::env::set_var("AWS_EC2_METADATA_DISABLED", "true"));
+}
+
+/// A random lowercase name, valid as a bucket, topic or group name.
+pub fn unique(prefix: &str) -> String {
+    let suffix: u64 = rand::rng().random();
+    format!("{prefix}-{suffix:016x}")
+}
+
+/// S3 options for the test bed: explicit endpoint, region and credentials.
+pub fn s3_options() -> S3Options {
+    no_instance_metadata();
+    S3Options {
+        region: Some("us-east-1".into()),
+        endpoint: Some(s3_endpoint()),
+        path_style: true,
+        access_key_id: Some(s3_access_key()),
+        secret_access_key: Some(s3_secret_key()),
+        retry: RetryPolicy {
+            max_attempts: 4,
+            ..RetryPolicy::default()
+        },
+        ..S3Options::default()
+    }
+}
+
+/// A raw S3 client for what the storage trait does not do (creating buckets).
+pub fn s3_client() -> aws_sdk_s3::Client {
+    no_instance_metadata();
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(s3_endpoint())
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(
+            s3_access_key(),
+            s3_secret_key(),
+            None,
+            None,
+            "rewind-tests",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Create a fresh bucket on the test bed's S3 server.
+pub async fn new_bucket() -> String {
+    let bucket = unique("rewind-test");
+    s3_client()
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating bucket {bucket} failed: {}; {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e),
+                testbed_hint()
+            )
+        });
+    bucket
+}
+
+/// A store on a fresh bucket, under a prefix so that prefix handling is exercised too.
+pub async fn s3_store() -> S3Store {
+    let bucket = new_bucket().await;
+    let url = StorageUrl::parse(&format!("s3://{bucket}/archive/prod")).unwrap();
+    S3Store::open(url, &s3_options())
+        .await
+        .expect("open the S3 store")
+}

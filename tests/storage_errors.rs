@@ -1,0 +1,147 @@
+//! The storage layer's failures are distinct, one-sentence errors: a missing bucket, refused
+//! credentials, an endpoint nobody listens on, a malformed URL, an unwritable directory.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rewind::storage::{
+    LocalStore, ObjectStore, PutMode, RetryPolicy, S3Store, StorageError, StorageUrl,
+};
+
+fn one_sentence(err: &StorageError) -> String {
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "errors are one line: {text}");
+    text
+}
+
+#[tokio::test]
+async fn a_missing_bucket_is_named() {
+    let bucket = common::unique("rewind-missing");
+    let store = S3Store::open(
+        StorageUrl::parse(&format!("s3://{bucket}/p")).unwrap(),
+        &common::s3_options(),
+    )
+    .await
+    .unwrap();
+    let err = store.list_page("", None).await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::BucketNotFound { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        one_sentence(&err),
+        format!(
+            "s3://{bucket}/p: bucket \"{bucket}\" not found (check --archive or REWIND__ARCHIVE)"
+        )
+    );
+    let put = store
+        .put("k", Bytes::from_static(b"x"), PutMode::Create)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(put, StorageError::BucketNotFound { .. }),
+        "{put:?}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_access_denied() {
+    let bucket = common::new_bucket().await;
+    let mut opts = common::s3_options();
+    opts.secret_access_key = Some("not-the-secret".into());
+    let store = S3Store::open(StorageUrl::parse(&format!("s3://{bucket}")).unwrap(), &opts)
+        .await
+        .unwrap();
+    let err = store
+        .put("k", Bytes::from_static(b"x"), PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::AccessDenied { .. }), "{err:?}");
+    assert!(!err.is_transient(), "refused credentials are not retried");
+    assert_eq!(
+        one_sentence(&err),
+        format!(
+            "s3://{bucket}: access denied to \"k\" (check the credentials and the bucket policy)"
+        )
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_retried_then_reported() {
+    let mut opts = common::s3_options();
+    opts.endpoint = Some("http://127.0.0.1:1".into());
+    opts.retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(100),
+    };
+    let store = S3Store::open(StorageUrl::parse("s3://some-bucket").unwrap(), &opts)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = store.head("k").await.unwrap_err();
+    assert!(matches!(err, StorageError::Unreachable { .. }), "{err:?}");
+    let text = one_sentence(&err);
+    assert!(
+        text.starts_with("s3://some-bucket: endpoint http://127.0.0.1:1 unreachable ("),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("check storage.s3.endpoint and that the server is up"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn malformed_urls_are_refused_before_any_request() {
+    let err = StorageUrl::parse("s3:/bucket").unwrap_err();
+    assert_eq!(
+        one_sentence(&err),
+        "invalid archive URL \"s3:/bucket\": expected file:///absolute/path or s3://bucket/prefix"
+    );
+}
+
+#[tokio::test]
+async fn an_unwritable_directory_is_reported() {
+    let err =
+        LocalStore::open(StorageUrl::parse("file:///proc/rewind-archive").unwrap()).unwrap_err();
+    let text = one_sentence(&err);
+    assert!(
+        text.starts_with("file:///proc/rewind-archive: create the archive directory failed: "),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_where_the_archive_should_be_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("taken"), b"x").unwrap();
+    let url = StorageUrl::parse(&format!("file://{}/taken", dir.path().display())).unwrap();
+    let err = LocalStore::open(url).unwrap_err();
+    assert!(
+        one_sentence(&err).contains("create the archive directory failed"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_object_store_refuses_writes_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StorageUrl::parse(&format!("file://{}/a", dir.path().display())).unwrap();
+    let store = LocalStore::open(url).unwrap();
+    // A directory squatting on the key's name makes the publish step fail like a full or broken disk.
+    std::fs::create_dir_all(dir.path().join("a/k/inner")).unwrap();
+    let err = store
+        .put("k", Bytes::from_static(b"x"), PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
+    assert!(one_sentence(&err).contains("publish \"k\" failed"), "{err}");
+    assert!(
+        store.incomplete_uploads("").await.unwrap().is_empty(),
+        "the temporary file is gone"
+    );
+}
