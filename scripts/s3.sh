@@ -71,7 +71,9 @@ start() {
     minio)
       install_minio
       log "s3: starting MinIO on 127.0.0.1:$PORT (log $LOGFILE)"
+      # A static KMS key lets the test bed serve SSE-S3 and SSE-KMS (key id "rewind-test-key").
       MINIO_ROOT_USER=$ACCESS_KEY MINIO_ROOT_PASSWORD=$SECRET_KEY MINIO_BROWSER=off MINIO_UPDATE=off \
+        MINIO_KMS_SECRET_KEY="rewind-test-key:cmV3aW5kLXRlc3QtYmVkLWttcy1rZXktMzItYnl0ZSE=" \
         setsid nohup "$MINIO_BIN" server "$DIR/data" --address "127.0.0.1:$PORT" --console-address "127.0.0.1:$((PORT + 1))" --quiet \
         >>"$LOGFILE" 2>&1 < /dev/null &
       ;;

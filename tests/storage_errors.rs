@@ -145,3 +145,67 @@ async fn a_read_only_object_store_refuses_writes_with_a_clear_error() {
         "the temporary file is gone"
     );
 }
+
+/// Encryption and storage-class settings reach S3 on single and multipart puts alike.
+#[tokio::test]
+async fn server_side_encryption_and_storage_class_are_applied() {
+    use rewind::storage::{ServerSideEncryption, MIN_PART_SIZE};
+    let bucket = common::new_bucket().await;
+    let raw = common::s3_client();
+    for (sse, expected) in [
+        (
+            ServerSideEncryption::S3,
+            aws_sdk_s3::types::ServerSideEncryption::Aes256,
+        ),
+        (
+            ServerSideEncryption::Kms {
+                key_id: Some("rewind-test-key".into()),
+            },
+            aws_sdk_s3::types::ServerSideEncryption::AwsKms,
+        ),
+    ] {
+        let mut opts = common::s3_options();
+        opts.sse = Some(sse.clone());
+        opts.storage_class = Some("STANDARD".into());
+        let store = S3Store::open(
+            StorageUrl::parse(&format!("s3://{bucket}/enc")).unwrap(),
+            &opts,
+        )
+        .await
+        .unwrap();
+        let small = format!("small-{expected}");
+        let large = format!("large-{expected}");
+        store
+            .put(&small, Bytes::from_static(b"secret data"), PutMode::Create)
+            .await
+            .unwrap();
+        store
+            .put_multipart(
+                &large,
+                Bytes::from(vec![7u8; MIN_PART_SIZE + 10]),
+                MIN_PART_SIZE,
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        for key in [&small, &large] {
+            let head = raw
+                .head_object()
+                .bucket(&bucket)
+                .key(format!("enc/{key}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                head.server_side_encryption(),
+                Some(&expected),
+                "{key} with {sse:?}"
+            );
+        }
+        assert_eq!(
+            store.get(&small).await.unwrap().body,
+            Bytes::from_static(b"secret data"),
+            "decrypted on read"
+        );
+    }
+}

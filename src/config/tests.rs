@@ -324,3 +324,20 @@ fn s3_options_carry_encryption_and_retry_settings() {
     assert_eq!(opts.storage_class.as_deref(), Some("STANDARD_IA"));
     assert_eq!(opts.retry.max_attempts, 2);
 }
+
+#[test]
+fn the_example_config_in_the_repository_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rewind.toml");
+    let config = load(&Sources {
+        file: Some(path),
+        env: env(&[]),
+        ..Sources::default()
+    })
+    .unwrap();
+    assert_eq!(config.archive, "s3://kafka-backups/prod");
+    assert_eq!(config.storage.s3.sse, SseMode::Aes256);
+    assert_eq!(
+        config.kafka.properties.get("client.id").map(String::as_str),
+        Some("rewind")
+    );
+}

@@ -27,6 +27,8 @@ pub(super) const RESERVED_PREFIX: &str = ".rewind";
 /// Temporary files end with this; listings skip them.
 pub(super) const TMP_SUFFIX: &str = ".rewind-tmp";
 const PAGE_SIZE: usize = 1000;
+/// Number of lock files keys are spread over.
+const LOCK_STRIPES: u64 = 1024;
 
 /// An archive in a local directory.
 #[derive(Debug, Clone)]
@@ -177,13 +179,15 @@ impl LocalStore {
         ))
     }
 
-    /// An exclusive advisory lock serialising replacements of one key across processes.
+    /// An exclusive advisory lock serialising replacements of one key across processes. Keys share
+    /// a fixed set of lock files (stripes), so the lock folder stays small however many keys the
+    /// archive ever held; two keys of one stripe merely wait for each other.
     fn lock(&self, key: &str) -> StorageResult<File> {
         let path = self
             .root
             .join(RESERVED_PREFIX)
             .join("locks")
-            .join(format!("{:016x}", fnv1a(key)));
+            .join(format!("{:03x}", fnv1a(key) % LOCK_STRIPES));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
