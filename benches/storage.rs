@@ -4,7 +4,7 @@
 //!   cargo bench --bench storage                     # local only
 //!   scripts/s3.sh start && cargo bench --bench storage   # local and S3 (MinIO on 127.0.0.1:9000)
 //!
-//! `cargo clippy --all-targets` checks this file; tests never run it.
+//! `cargo clippy --all-targets` checks this file; `scripts/test` never runs it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
