@@ -4,6 +4,7 @@
 //! with, `kafka` talks to clusters, and `storage` moves bytes to and from the archive. Lower layers
 //! never import higher ones.
 
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod kafka;

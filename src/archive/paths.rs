@@ -1,0 +1,161 @@
+//! Object keys of the archive (format version 1). Everything that is not data starts with `_`, so
+//! Hive-style readers of `data/**` skip it, and a data file's name is its zero-padded start offset,
+//! so lexical order is offset order within a folder.
+
+use std::fmt;
+
+use super::time::HourBucket;
+
+/// The archive's identity document.
+pub const ARCHIVE_KEY: &str = "_archive.json";
+/// Prefix of every data file.
+pub const DATA_PREFIX: &str = "data/";
+
+/// Where one data file lives and which range it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DataFileKey {
+    pub topic: String,
+    pub partition: i32,
+    pub bucket: HourBucket,
+    /// First offset of the half-open range the file covers.
+    pub start: i64,
+}
+
+impl DataFileKey {
+    /// Parse a key written by [`DataFileKey`]'s `Display`; `None` for anything else.
+    pub fn parse(key: &str) -> Option<DataFileKey> {
+        let rest = key.strip_prefix(DATA_PREFIX)?;
+        let mut parts = rest.split('/');
+        let topic = parts.next()?.strip_prefix("topic=")?;
+        let partition = parts
+            .next()?
+            .strip_prefix("partition=")?
+            .parse::<i32>()
+            .ok()?;
+        let date = parts.next()?.strip_prefix("date=")?;
+        let hour = parts.next()?.strip_prefix("hour=")?;
+        let file = parts.next()?.strip_suffix(".parquet")?;
+        if parts.next().is_some()
+            || !valid_topic(topic)
+            || partition < 0
+            || file.len() != 20
+            || hour.len() != 2
+        {
+            return None;
+        }
+        let start = file.parse::<i64>().ok().filter(|s| *s >= 0)?;
+        let (y, md) = date.split_once('-')?;
+        let (m, d) = md.split_once('-')?;
+        if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+            return None;
+        }
+        let bucket = HourBucket::from_civil(
+            y.parse().ok()?,
+            m.parse().ok()?,
+            d.parse().ok()?,
+            hour.parse().ok()?,
+        )?;
+        Some(DataFileKey {
+            topic: topic.to_string(),
+            partition,
+            bucket,
+            start,
+        })
+    }
+
+    /// The folder of every data file of one partition.
+    pub fn partition_prefix(topic: &str, partition: i32) -> String {
+        format!("{DATA_PREFIX}topic={topic}/partition={partition}/")
+    }
+}
+
+impl fmt::Display for DataFileKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}date={}/hour={}/{:020}.parquet",
+            DataFileKey::partition_prefix(&self.topic, self.partition),
+            self.bucket.date(),
+            self.bucket.hour(),
+            self.start
+        )
+    }
+}
+
+/// The checkpoint of one partition: its latest durable position.
+pub fn checkpoint_key(topic: &str, partition: i32) -> String {
+    format!("_checkpoints/{topic}/{partition}.json")
+}
+
+/// A topic's metadata (partition count, replication factor, configs).
+pub fn topic_key(topic: &str) -> String {
+    format!("_topics/{topic}.json")
+}
+
+/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, and neither `.` nor `..`.
+pub fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn data_keys_follow_the_format() {
+        let key = DataFileKey {
+            topic: "orders.v1-eu".into(),
+            partition: 7,
+            bucket: HourBucket::from_civil(2026, 11, 23, 9).unwrap(),
+            start: 1_234,
+        };
+        assert_eq!(key.to_string(), "data/topic=orders.v1-eu/partition=7/date=2026-11-23/hour=09/00000000000000001234.parquet");
+        assert_eq!(DataFileKey::parse(&key.to_string()), Some(key));
+        assert_eq!(
+            checkpoint_key("_schemas", 0),
+            "_checkpoints/_schemas/0.json"
+        );
+        assert_eq!(topic_key("a.b"), "_topics/a.b.json");
+    }
+
+    #[test]
+    fn foreign_keys_are_not_data_files() {
+        for key in [
+            "_archive.json",
+            "data/topic=a/partition=0/date=2026-11-23/hour=09/1234.parquet",
+            "data/topic=a/partition=-1/date=2026-11-23/hour=09/00000000000000001234.parquet",
+            "data/topic=a/partition=0/date=2026-02-30/hour=09/00000000000000001234.parquet",
+            "data/topic=a/partition=0/date=2026-11-23/hour=24/00000000000000001234.parquet",
+            "data/topic=a b/partition=0/date=2026-11-23/hour=09/00000000000000001234.parquet",
+            "data/topic=a/partition=0/date=2026-11-23/hour=09/00000000000000001234.parquet.tmp",
+            "data/topic=a/partition=0/date=2026-11-23/hour=09/x/00000000000000001234.parquet",
+        ] {
+            assert_eq!(DataFileKey::parse(key), None, "{key}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn keys_round_trip_and_sort_by_offset_within_a_folder(
+            topic in "[a-zA-Z0-9._-]{1,40}",
+            partition in 0i32..100_000,
+            hour in 0i64..1_000_000,
+            a in 0i64..i64::MAX,
+            b in 0i64..i64::MAX,
+        ) {
+            prop_assume!(valid_topic(&topic));
+            let key = |start| DataFileKey { topic: topic.clone(), partition, bucket: HourBucket(hour), start };
+            let (ka, kb) = (key(a), key(b));
+            prop_assert_eq!(DataFileKey::parse(&ka.to_string()), Some(ka.clone()));
+            prop_assert_eq!(ka.to_string().cmp(&kb.to_string()), a.cmp(&b));
+        }
+    }
+}

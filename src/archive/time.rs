@@ -1,0 +1,143 @@
+//! UTC time buckets of the archive: a data file lives under the `date=YYYY-MM-DD/hour=HH` folder of
+//! its first record's timestamp, and every record in it is earlier than the end of that hour.
+//! Calendar arithmetic is done here, on integers, so paths never depend on a time-zone database.
+
+use std::fmt;
+
+const MILLIS_PER_HOUR: i64 = 3_600_000;
+
+/// One UTC hour, counted from the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HourBucket(pub i64);
+
+impl HourBucket {
+    /// The hour that contains `millis` (milliseconds since the epoch; negative values are before 1970).
+    pub fn of_millis(millis: i64) -> HourBucket {
+        HourBucket(millis.div_euclid(MILLIS_PER_HOUR))
+    }
+
+    /// First millisecond of the hour.
+    pub fn start_millis(self) -> i64 {
+        self.0 * MILLIS_PER_HOUR
+    }
+
+    /// First millisecond after the hour.
+    pub fn end_millis(self) -> i64 {
+        (self.0 + 1) * MILLIS_PER_HOUR
+    }
+
+    /// `(year, month, day, hour)` in UTC.
+    pub fn civil(self) -> (i64, u32, u32, u32) {
+        let days = self.0.div_euclid(24);
+        let hour = self.0.rem_euclid(24) as u32;
+        let (y, m, d) = civil_from_days(days);
+        (y, m, d, hour)
+    }
+
+    /// The bucket of a UTC calendar hour; `None` for an impossible date.
+    pub fn from_civil(year: i64, month: u32, day: u32, hour: u32) -> Option<HourBucket> {
+        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) || hour > 23 {
+            return None;
+        }
+        Some(HourBucket(
+            days_from_civil(year, month, day) * 24 + i64::from(hour),
+        ))
+    }
+
+    /// `YYYY-MM-DD`, the value of the `date=` path folder.
+    pub fn date(self) -> String {
+        let (y, m, d, _) = self.civil();
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+
+    /// `HH`, the value of the `hour=` path folder.
+    pub fn hour(self) -> String {
+        format!("{:02}", self.civil().3)
+    }
+}
+
+impl fmt::Display for HourBucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}T{}", self.date(), self.hour())
+    }
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if is_leap(y) => 29,
+        _ => 28,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn known_instants_land_in_the_right_folder() {
+        // 2026-11-23T10:15:00Z
+        let b = HourBucket::of_millis(1_795_428_900_000);
+        assert_eq!(
+            (b.date(), b.hour()),
+            ("2026-11-23".to_string(), "10".to_string())
+        );
+        assert_eq!(HourBucket::of_millis(0).to_string(), "1970-01-01T00");
+        assert_eq!(HourBucket::of_millis(-1).to_string(), "1969-12-31T23");
+        assert_eq!(HourBucket::of_millis(951_782_400_000).date(), "2000-02-29");
+        assert_eq!(
+            HourBucket::from_civil(2024, 2, 29, 23).unwrap().date(),
+            "2024-02-29"
+        );
+        assert!(HourBucket::from_civil(2023, 2, 29, 0).is_none());
+        assert!(HourBucket::from_civil(2023, 1, 1, 24).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn a_bucket_contains_its_instants(millis in -10_000_000_000_000i64..50_000_000_000_000) {
+            let b = HourBucket::of_millis(millis);
+            prop_assert!(b.start_millis() <= millis && millis < b.end_millis());
+            let (y, m, d, h) = b.civil();
+            prop_assert_eq!(HourBucket::from_civil(y, m, d, h), Some(b));
+        }
+
+        #[test]
+        fn folder_names_sort_like_time(a in 0i64..4_000_000_000_000, b in 0i64..4_000_000_000_000) {
+            let (x, y) = (HourBucket::of_millis(a), HourBucket::of_millis(b));
+            prop_assert_eq!((x.date(), x.hour()).cmp(&(y.date(), y.hour())), x.cmp(&y));
+        }
+    }
+}
