@@ -8,4 +8,5 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod kafka;
+pub mod sink;
 pub mod storage;

@@ -62,6 +62,61 @@ impl fmt::Display for HourBucket {
     }
 }
 
+/// `2026-11-23T10:15:00.123Z` for milliseconds since the epoch.
+pub fn rfc3339_millis(millis: i64) -> String {
+    let bucket = HourBucket::of_millis(millis);
+    let within = millis - bucket.start_millis();
+    format!(
+        "{}T{}:{:02}:{:02}.{:03}Z",
+        bucket.date(),
+        bucket.hour(),
+        within / 60_000,
+        within % 60_000 / 1000,
+        within % 1000
+    )
+}
+
+/// Parse an RFC 3339 UTC time (`2026-11-23T10:15:00Z`, optional fraction, `Z` or `+00:00`-style
+/// offsets) into milliseconds since the epoch.
+pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (date, rest) = s.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (
+        d.next()?.parse::<i64>().ok()?,
+        d.next()?.parse::<u32>().ok()?,
+        d.next()?.parse::<u32>().ok()?,
+    );
+    let (clock, offset_secs) = if let Some(c) = rest.strip_suffix(['Z', 'z']) {
+        (c, 0i64)
+    } else {
+        let i = rest.rfind(['+', '-'])?;
+        let (c, off) = rest.split_at(i);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = off[1..].split_once(':')?;
+        (
+            c,
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60),
+        )
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.splitn(3, ':');
+    let (h, min, sec) = (
+        t.next()?.parse::<u32>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    if !(0..60).contains(&min)
+        || !(0..61).contains(&sec)
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let millis_frac = format!("{frac:0<3}")[..3].parse::<i64>().ok()?;
+    let hour = HourBucket::from_civil(y, m, day, h)?;
+    Some(hour.start_millis() + min * 60_000 + sec * 1000 + millis_frac - offset_secs * 1000)
+}
+
 fn is_leap(y: i64) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
@@ -125,7 +180,44 @@ mod tests {
         assert!(HourBucket::from_civil(2023, 1, 1, 24).is_none());
     }
 
+    #[test]
+    fn rfc3339_round_trips() {
+        assert_eq!(
+            rfc3339_millis(1_795_428_900_123),
+            "2026-11-23T10:15:00.123Z"
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-23T10:15:00.123Z"),
+            Some(1_795_428_900_123)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-23T10:15:00Z"),
+            Some(1_795_428_900_000)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-23T11:15:00+01:00"),
+            Some(1_795_428_900_000)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-23T10:15:00.5Z"),
+            Some(1_795_428_900_500)
+        );
+        for bad in [
+            "2026-11-23",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23T10:61:00Z",
+            "yesterday",
+        ] {
+            assert_eq!(parse_rfc3339_millis(bad), None, "{bad}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn rfc3339_text_reads_back(millis in -5_000_000_000_000i64..50_000_000_000_000) {
+            prop_assert_eq!(parse_rfc3339_millis(&rfc3339_millis(millis)), Some(millis));
+        }
+
         #[test]
         fn a_bucket_contains_its_instants(millis in -10_000_000_000_000i64..50_000_000_000_000) {
             let b = HourBucket::of_millis(millis);

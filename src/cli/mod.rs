@@ -3,6 +3,7 @@
 //! errors on stderr as one sentence.
 
 mod check;
+mod sink;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Print the effective configuration after every layer is applied (secrets redacted).
     Config(ConfigArgs),
+    /// Back up topics into the archive, continuously or once (--once).
+    Sink(sink::SinkArgs),
 }
 
 /// Flags every command that reads the configuration accepts; each wins over the file and the
@@ -56,6 +59,9 @@ pub struct CommonArgs {
     /// Log filter, e.g. info or rewind=debug (RUST_LOG wins).
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Command-specific flags as configuration overrides (key path, value).
+    #[arg(skip)]
+    pub extra: Vec<(String, serde_json::Value)>,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +146,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Check(args) => check::run(args).await,
+        Command::Sink(args) => sink::run(args).await,
         Command::Config(args) => {
             let config = load_config(&args.common)?;
             let shown = config.redacted();

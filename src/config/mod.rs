@@ -29,6 +29,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The Kafka cluster.
     pub kafka: KafkaConfig,
+    /// The backup sink.
+    pub sink: SinkConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -39,6 +41,7 @@ impl Default for Config {
             archive: "file:///var/lib/rewind/archive".into(),
             storage: StorageConfig::default(),
             kafka: KafkaConfig::default(),
+            sink: SinkConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -224,6 +227,51 @@ pub fn redact_properties(props: &BTreeMap<String, String>) -> BTreeMap<String, S
             )
         })
         .collect()
+}
+
+/// The backup sink (`rewind sink`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Regular expression of the topics to back up, matched against the whole name. Kafka's
+    /// internal topics (`__…`) are never backed up; `_schemas` and other `_…` topics are.
+    pub topics: String,
+    /// Regular expression of topics to leave out.
+    pub exclude: Option<String>,
+    /// Consumer group of the sink's workers (Kafka commits are for lag monitoring only).
+    pub group: String,
+    /// Close a data file once it has been open this long: the recovery point objective.
+    #[serde(with = "units::duration")]
+    pub max_file_age: Duration,
+    /// Close a data file after this many records.
+    pub max_file_records: u64,
+    /// Close a data file once its buffered records reach this size.
+    pub max_file_bytes: Size,
+    /// Memory for buffered records across all partitions; the largest buffers are flushed early
+    /// when it is reached.
+    pub buffer_budget: Size,
+    /// How often new topics and partitions are looked for.
+    #[serde(with = "units::duration")]
+    pub discovery_interval: Duration,
+    /// How long a graceful stop (first SIGTERM/SIGINT) may take to flush and checkpoint.
+    #[serde(with = "units::duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            topics: ".*".into(),
+            exclude: None,
+            group: "rewind-sink".into(),
+            max_file_age: Duration::from_secs(60),
+            max_file_records: 1_000_000,
+            max_file_bytes: Size::mib(128),
+            buffer_budget: Size::mib(256),
+            discovery_interval: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Logging.

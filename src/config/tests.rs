@@ -162,6 +162,8 @@ fn every_problem_is_reported_at_once_with_its_key_path() {
         max_attempts = 0
         [kafka]
         bootstrap_servers = "localhost"
+        [sink]
+        topics = "orders("
         [log]
         format = "xml"
         "#,
@@ -173,6 +175,7 @@ fn every_problem_is_reported_at_once_with_its_key_path() {
     });
     let expect = [
         "archive: invalid archive URL \"s3://Bad_Bucket\"",
+        "sink.topics: invalid regular expression \"orders(\"",
         "colour: unknown key",
         "storage.s3.regoin: unknown key (expected one of: access_key_id,",
         "storage.s3.path_style: invalid type: string \"sometimes\", expected a boolean",

@@ -106,6 +106,52 @@ impl Config {
             }
         }
 
+        let sink = &self.sink;
+        for (path, pattern) in [
+            ("sink.topics", Some(&sink.topics)),
+            ("sink.exclude", sink.exclude.as_ref()),
+        ] {
+            if let Some(pattern) = pattern {
+                if let Err(err) = regex::Regex::new(pattern) {
+                    let detail = err
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    problem(
+                        path,
+                        format!("invalid regular expression {pattern:?}: {detail}"),
+                    );
+                }
+            }
+        }
+        if sink.group.trim().is_empty() {
+            problem("sink.group", "must not be empty".into());
+        }
+        if sink.max_file_age.is_zero() {
+            problem("sink.max_file_age", "must be greater than zero".into());
+        }
+        if sink.max_file_records == 0 {
+            problem("sink.max_file_records", "must be at least 1".into());
+        }
+        if sink.max_file_bytes.bytes() == 0 {
+            problem("sink.max_file_bytes", "must be greater than zero".into());
+        }
+        if sink.buffer_budget.bytes() < 1 << 20 {
+            problem(
+                "sink.buffer_budget",
+                format!("must be at least 1MiB, got {}", sink.buffer_budget),
+            );
+        }
+        if sink.discovery_interval.is_zero() {
+            problem(
+                "sink.discovery_interval",
+                "must be greater than zero".into(),
+            );
+        }
+
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem(
                 "log.level",

@@ -3,6 +3,8 @@
 //! random names so tests never see each other's data.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::sync::Once;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};

@@ -1,0 +1,340 @@
+//! Data files: Kafka records of one partition as Parquet (format v1). Columns `offset`,
+//! `timestamp`, `timestamp_type`, `key`, `value`, `headers`; statistics and the page index on
+//! `offset` and `timestamp`; a bloom filter on `key`; zstd; `rewind.*` footer metadata.
+//!
+//! Invariant: decoding an encoded file gives back exactly the records and metadata that went in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow_array::{
+    Array, BinaryArray, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
+    TimestampMillisecondArray,
+};
+use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::record::{Header, Record, TimestampType};
+use super::FORMAT_VERSION;
+
+/// Rows per Arrow batch while encoding or decoding.
+const BATCH_ROWS: usize = 8_192;
+
+/// The footer metadata of one data file (`rewind.*` keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub format_version: u32,
+    pub topic: String,
+    pub partition: i32,
+    /// First offset of the range the file covers.
+    pub start: i64,
+    /// Offset after the range (exclusive).
+    pub end: i64,
+    pub record_count: u64,
+    pub min_timestamp: Option<i64>,
+    pub max_timestamp: Option<i64>,
+    pub cluster_id: String,
+    pub writer: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// Why a data file could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DataFileError {
+    #[error("not a Rewind data file: {0}")]
+    Format(String),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ])
+}
+
+/// The Arrow schema of every data file.
+pub fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("offset", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("timestamp_type", DataType::Utf8, true),
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new(
+            "headers",
+            DataType::List(Arc::new(Field::new(
+                "element",
+                DataType::Struct(header_fields()),
+                false,
+            ))),
+            false,
+        ),
+    ]))
+}
+
+impl FileMeta {
+    fn to_key_values(&self) -> Vec<KeyValue> {
+        let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+        [
+            ("format_version", self.format_version.to_string()),
+            ("topic", self.topic.clone()),
+            ("partition", self.partition.to_string()),
+            ("start", self.start.to_string()),
+            ("end", self.end.to_string()),
+            ("record_count", self.record_count.to_string()),
+            ("min_timestamp", opt(self.min_timestamp)),
+            ("max_timestamp", opt(self.max_timestamp)),
+            ("cluster_id", self.cluster_id.clone()),
+            ("writer", self.writer.clone()),
+            ("created_at", super::time::rfc3339_millis(self.created_at)),
+        ]
+        .into_iter()
+        .map(|(k, v)| KeyValue::new(format!("rewind.{k}"), v))
+        .collect()
+    }
+
+    fn from_key_values(kv: &HashMap<String, String>) -> Result<FileMeta, DataFileError> {
+        let get = |k: &str| {
+            kv.get(&format!("rewind.{k}"))
+                .ok_or_else(|| DataFileError::Format(format!("footer has no rewind.{k}")))
+        };
+        let num = |k: &str| -> Result<i64, DataFileError> {
+            get(k)?
+                .parse::<i64>()
+                .map_err(|_| DataFileError::Format(format!("footer rewind.{k} is not a number")))
+        };
+        let opt = |k: &str| -> Result<Option<i64>, DataFileError> {
+            match get(k)?.as_str() {
+                "" => Ok(None),
+                v => v.parse().map(Some).map_err(|_| {
+                    DataFileError::Format(format!("footer rewind.{k} is not a number"))
+                }),
+            }
+        };
+        Ok(FileMeta {
+            format_version: num("format_version")? as u32,
+            topic: get("topic")?.clone(),
+            partition: num("partition")? as i32,
+            start: num("start")?,
+            end: num("end")?,
+            record_count: num("record_count")? as u64,
+            min_timestamp: opt("min_timestamp")?,
+            max_timestamp: opt("max_timestamp")?,
+            cluster_id: get("cluster_id")?.clone(),
+            writer: get("writer")?.clone(),
+            created_at: super::time::parse_rfc3339_millis(get("created_at")?).ok_or_else(|| {
+                DataFileError::Format("footer rewind.created_at is not an RFC 3339 time".into())
+            })?,
+        })
+    }
+}
+
+/// The footer metadata for `records` (non-empty, in offset order) covering `[start, end)`.
+pub fn file_meta(
+    topic: &str,
+    partition: i32,
+    start: i64,
+    end: i64,
+    records: &[Record],
+    cluster_id: &str,
+    now_ms: i64,
+) -> FileMeta {
+    let timestamps = records.iter().filter_map(|r| r.timestamp);
+    FileMeta {
+        format_version: FORMAT_VERSION,
+        topic: topic.to_string(),
+        partition,
+        start,
+        end,
+        record_count: records.len() as u64,
+        min_timestamp: timestamps.clone().min(),
+        max_timestamp: timestamps.max(),
+        cluster_id: cluster_id.to_string(),
+        writer: concat!("rewind ", env!("CARGO_PKG_VERSION")).to_string(),
+        created_at: now_ms,
+    }
+}
+
+/// Encode records (in offset order) with their footer metadata into Parquet bytes.
+pub fn encode(meta: &FileMeta, records: &[Record]) -> Result<Bytes, DataFileError> {
+    let col = |name: &str| ColumnPath::new(vec![name.to_string()]);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(col("offset"), EnabledStatistics::Page)
+        .set_column_statistics_enabled(col("timestamp"), EnabledStatistics::Page)
+        .set_dictionary_enabled(false)
+        .set_column_dictionary_enabled(col("timestamp_type"), true)
+        .set_column_bloom_filter_enabled(col("key"), true)
+        .set_column_bloom_filter_max_ndv(col("key"), records.len().max(1) as u64)
+        .set_column_bloom_filter_fpp(col("key"), 0.01)
+        .set_max_row_group_row_count(Some(records.len().max(1)))
+        .set_key_value_metadata(Some(meta.to_key_values()))
+        .build();
+    let mut out =
+        Vec::with_capacity(records.iter().map(|r| r.size() as usize).sum::<usize>() / 2 + 4096);
+    let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
+    for chunk in records.chunks(BATCH_ROWS) {
+        writer.write(&to_batch(chunk)?)?;
+    }
+    writer.close()?;
+    Ok(Bytes::from(out))
+}
+
+fn to_batch(records: &[Record]) -> Result<RecordBatch, DataFileError> {
+    let mut offsets = Int64Builder::with_capacity(records.len());
+    let mut timestamps =
+        TimestampMillisecondBuilder::with_capacity(records.len()).with_timezone("UTC");
+    let mut types = StringBuilder::new();
+    let mut keys = BinaryBuilder::new();
+    let mut values = BinaryBuilder::new();
+    let mut headers =
+        ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(Arc::new(
+            Field::new("element", DataType::Struct(header_fields()), false),
+        ));
+    for r in records {
+        offsets.append_value(r.offset);
+        timestamps.append_option(r.timestamp);
+        types.append_option(r.timestamp_type.map(TimestampType::as_str));
+        keys.append_option(r.key.as_deref());
+        values.append_option(r.value.as_deref());
+        let entries = headers.values();
+        for h in &r.headers {
+            entries
+                .field_builder::<StringBuilder>(0)
+                .expect("header key column")
+                .append_value(&h.key);
+            entries
+                .field_builder::<BinaryBuilder>(1)
+                .expect("header value column")
+                .append_option(h.value.as_deref());
+            entries.append(true);
+        }
+        headers.append(true);
+    }
+    Ok(RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(offsets.finish()),
+            Arc::new(timestamps.finish()),
+            Arc::new(types.finish()),
+            Arc::new(keys.finish()),
+            Arc::new(values.finish()),
+            Arc::new(headers.finish()),
+        ],
+    )?)
+}
+
+/// Read only the footer metadata of a data file.
+pub fn read_meta(bytes: Bytes) -> Result<FileMeta, DataFileError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    footer(&builder)
+}
+
+fn footer<T>(
+    builder: &parquet::arrow::arrow_reader::ArrowReaderBuilder<T>,
+) -> Result<FileMeta, DataFileError> {
+    let kv: HashMap<String, String> = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kvs| {
+            kvs.iter()
+                .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    FileMeta::from_key_values(&kv)
+}
+
+/// Decode a whole data file: its footer metadata and every record.
+pub fn decode(bytes: Bytes) -> Result<(FileMeta, Vec<Record>), DataFileError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(BATCH_ROWS);
+    let meta = footer(&builder)?;
+    let mut records = Vec::with_capacity(meta.record_count as usize);
+    for batch in builder.build()? {
+        from_batch(&batch?, &mut records)?;
+    }
+    Ok((meta, records))
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, DataFileError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| {
+            DataFileError::Format(format!("column {name:?} is missing or has the wrong type"))
+        })
+}
+
+fn from_batch(batch: &RecordBatch, out: &mut Vec<Record>) -> Result<(), DataFileError> {
+    let offsets = column::<Int64Array>(batch, "offset")?;
+    let timestamps = column::<TimestampMillisecondArray>(batch, "timestamp")?;
+    let types = column::<StringArray>(batch, "timestamp_type")?;
+    let keys = column::<BinaryArray>(batch, "key")?;
+    let values = column::<BinaryArray>(batch, "value")?;
+    let headers = column::<ListArray>(batch, "headers")?;
+    let entries = headers
+        .values()
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| DataFileError::Format("headers are not a list of structs".into()))?;
+    let hkeys = entries
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| DataFileError::Format("header keys are not strings".into()))?;
+    let hvalues = entries
+        .column(1)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .ok_or_else(|| DataFileError::Format("header values are not binary".into()))?;
+    let list_offsets = headers.value_offsets();
+    for i in 0..batch.num_rows() {
+        let opt_bytes = |a: &BinaryArray, j: usize| (!a.is_null(j)).then(|| a.value(j).to_vec());
+        let timestamp_type = if types.is_null(i) {
+            None
+        } else {
+            Some(TimestampType::parse(types.value(i)).ok_or_else(|| {
+                DataFileError::Format(format!("unknown timestamp_type {:?}", types.value(i)))
+            })?)
+        };
+        let hs = (list_offsets[i] as usize..list_offsets[i + 1] as usize)
+            .map(|j| Header {
+                key: hkeys.value(j).to_string(),
+                value: opt_bytes(hvalues, j),
+            })
+            .collect();
+        out.push(Record {
+            offset: offsets.value(i),
+            timestamp: (!timestamps.is_null(i)).then(|| timestamps.value(i)),
+            timestamp_type,
+            key: opt_bytes(keys, i),
+            value: opt_bytes(values, i),
+            headers: hs,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

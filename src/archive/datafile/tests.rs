@@ -1,0 +1,175 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn h(key: &str, value: Option<&[u8]>) -> Header {
+    Header {
+        key: key.to_string(),
+        value: value.map(<[u8]>::to_vec),
+    }
+}
+
+fn sample() -> Vec<Record> {
+    vec![
+        Record {
+            offset: 10,
+            timestamp: Some(1_795_428_900_000),
+            timestamp_type: Some(TimestampType::Create),
+            key: Some(b"order-1".to_vec()),
+            value: Some(b"{}".to_vec()),
+            headers: vec![
+                h("trace", Some(b"a")),
+                h("trace", Some(b"b")),
+                h("null", None),
+                h("", Some(b"")),
+            ],
+        },
+        Record {
+            offset: 11,
+            timestamp: None,
+            timestamp_type: None,
+            key: None,
+            value: Some(vec![0, 255, 0xc3, 0x28]),
+            headers: vec![],
+        },
+        Record {
+            offset: 14,
+            timestamp: Some(1_600_000_000_000),
+            timestamp_type: Some(TimestampType::LogAppend),
+            key: Some(vec![]),
+            value: None,
+            headers: vec![h("x", None)],
+        },
+    ]
+}
+
+#[test]
+fn records_and_footer_round_trip() {
+    let records = sample();
+    let meta = file_meta(
+        "orders",
+        3,
+        10,
+        15,
+        &records,
+        "cluster-1",
+        1_795_428_900_456,
+    );
+    assert_eq!(
+        (meta.min_timestamp, meta.max_timestamp),
+        (Some(1_600_000_000_000), Some(1_795_428_900_000))
+    );
+    let bytes = encode(&meta, &records).unwrap();
+    assert_eq!(read_meta(bytes.clone()).unwrap(), meta);
+    let (decoded_meta, decoded) = decode(bytes).unwrap();
+    assert_eq!(decoded_meta, meta);
+    assert_eq!(decoded, records);
+}
+
+#[test]
+fn the_file_carries_statistics_page_index_and_key_bloom_filter() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::serialized_reader::ReadOptionsBuilder;
+
+    let records: Vec<Record> = (0..20_000)
+        .map(|i| Record {
+            offset: 100 + i,
+            timestamp: Some(1_795_428_900_000 + i),
+            timestamp_type: Some(TimestampType::Create),
+            key: Some(format!("key-{i}").into_bytes()),
+            value: Some(vec![b'v'; 100]),
+            headers: vec![],
+        })
+        .collect();
+    let meta = file_meta("t", 0, 100, 20_100, &records, "c", 0);
+    let bytes = encode(&meta, &records).unwrap();
+    let options = ReadOptionsBuilder::new().build();
+    let reader = SerializedFileReader::new_with_options(bytes, options).unwrap();
+    let md = reader.metadata();
+    let rg = md.row_group(0);
+    let schema = rg.schema_descr();
+    let idx = |name: &str| {
+        (0..schema.num_columns())
+            .find(|&i| schema.column(i).path().string() == name)
+            .unwrap()
+    };
+    let offset_stats = rg.column(idx("offset")).statistics().unwrap();
+    assert_eq!(
+        offset_stats.min_bytes_opt(),
+        Some(&100i64.to_le_bytes()[..])
+    );
+    assert_eq!(
+        offset_stats.max_bytes_opt(),
+        Some(&20_099i64.to_le_bytes()[..])
+    );
+    for column in ["offset", "timestamp"] {
+        let chunk = rg.column(idx(column));
+        assert!(
+            chunk.column_index_offset().is_some(),
+            "column index of {column}"
+        );
+        assert!(
+            chunk.offset_index_offset().is_some(),
+            "offset index of {column}"
+        );
+    }
+    assert!(
+        rg.column(idx("key")).bloom_filter_offset().is_some(),
+        "bloom filter on key"
+    );
+    assert!(format!("{:?}", rg.column(idx("value")).compression())
+        .to_lowercase()
+        .contains("zstd"));
+}
+
+#[test]
+fn foreign_parquet_is_refused() {
+    let err = decode(Bytes::from_static(b"PAR1 not really")).unwrap_err();
+    assert!(matches!(err, DataFileError::Parquet(_)), "{err:?}");
+}
+
+type RawRecord = (
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+fn arb_record() -> impl Strategy<Value = RawRecord> {
+    (
+        prop::option::of(-1_000_000_000_000i64..5_000_000_000_000),
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..20)),
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..50)),
+        prop::collection::vec(
+            (
+                "[a-z]{0,4}",
+                prop::option::of(prop::collection::vec(any::<u8>(), 0..6)),
+            ),
+            0..4,
+        ),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn any_records_round_trip(raw in prop::collection::vec(arb_record(), 1..60)) {
+        let records: Vec<Record> = raw
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ts, key, value, headers))| Record {
+                offset: i as i64 * 2,
+                timestamp: ts,
+                timestamp_type: ts.map(|_| TimestampType::Create),
+                key,
+                value,
+                headers: headers.into_iter().map(|(k, v)| Header { key: k, value: v }).collect(),
+            })
+            .collect();
+        let end = records.last().unwrap().offset + 1;
+        let meta = file_meta("p", 0, 0, end, &records, "c", 0);
+        let (m, decoded) = decode(encode(&meta, &records).unwrap()).unwrap();
+        prop_assert_eq!(m, meta);
+        prop_assert_eq!(decoded, records);
+    }
+}

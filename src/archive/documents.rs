@@ -1,0 +1,396 @@
+//! The small JSON documents of the archive: its identity (`_archive.json`), one checkpoint per
+//! partition (`_checkpoints/<topic>/<p>.json`), topic metadata (`_topics/<topic>.json`) and recorded
+//! gaps (`_gaps/<topic>/<p>/<start>.json`).
+//!
+//! Invariant: a checkpoint only moves forward. It is replaced by compare-and-swap, and a writer that
+//! loses the race re-reads and stops if the winner is already at or past its position.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::time::rfc3339_millis;
+use super::FORMAT_VERSION;
+use crate::storage::{ObjectStore, PutMode, StorageError};
+
+/// Key of a recorded gap.
+pub fn gap_key(topic: &str, partition: i32, start: i64) -> String {
+    format!("_gaps/{topic}/{partition}/{start:020}.json")
+}
+
+/// Why an archive document could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{url}: {key} is not valid JSON for this version of Rewind: {message}")]
+    Corrupt {
+        url: String,
+        key: String,
+        message: String,
+    },
+    #[error("{url}: archive format version {found} is not supported (this build reads version {FORMAT_VERSION}); use a newer rewind")]
+    UnsupportedVersion { url: String, found: u32 },
+    #[error("{url}: the archive belongs to Kafka cluster {archived:?}, not {connected:?}; use another archive, or pass --allow-cluster-change if the cluster was rebuilt on purpose")]
+    OtherCluster {
+        url: String,
+        archived: String,
+        connected: String,
+    },
+}
+
+/// `_archive.json`: what the archive is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub format_version: u32,
+    pub created_at: String,
+    /// Id of the Kafka cluster the archive backs up.
+    pub cluster_id: String,
+    pub writer: String,
+}
+
+/// Latest durable position of one partition's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub format_version: u32,
+    pub topic: String,
+    pub partition: i32,
+    /// Offset after the last durable file: where the chain continues.
+    pub end: i64,
+    /// Key of the last durable file.
+    pub last_file: String,
+    /// Newest record timestamp archived so far (milliseconds), if any had one.
+    pub max_timestamp: Option<i64>,
+    pub updated_at: String,
+}
+
+/// `_topics/<topic>.json`: what is needed to recreate the topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Non-default topic configs (`cleanup.policy`, `retention.ms`, ...).
+    pub configs: BTreeMap<String, String>,
+    pub updated_at: String,
+}
+
+/// A recorded hole in a chain: offsets `[start, end)` were never archived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+    /// e.g. `retention`: the broker had deleted the records before they were archived.
+    pub reason: String,
+    pub detected_at: String,
+}
+
+fn to_json<T: Serialize>(doc: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec_pretty(doc).expect("archive documents serialize"))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(
+    store: &dyn ObjectStore,
+    key: &str,
+    body: &[u8],
+) -> Result<T, ArchiveError> {
+    serde_json::from_slice(body).map_err(|e| ArchiveError::Corrupt {
+        url: store.url().to_string(),
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Read `_archive.json`, or `None` for an archive nobody wrote to yet.
+pub async fn read_identity(store: &dyn ObjectStore) -> Result<Option<Identity>, ArchiveError> {
+    match store.get(super::paths::ARCHIVE_KEY).await {
+        Ok(got) => {
+            let identity: Identity = from_json(store, super::paths::ARCHIVE_KEY, &got.body)?;
+            if identity.format_version != FORMAT_VERSION {
+                return Err(ArchiveError::UnsupportedVersion {
+                    url: store.url().to_string(),
+                    found: identity.format_version,
+                });
+            }
+            Ok(Some(identity))
+        }
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Make sure the archive exists and belongs to `cluster_id` (created on first use). With
+/// `allow_other`, an archive of another cluster is accepted as it is.
+pub async fn ensure_identity(
+    store: &dyn ObjectStore,
+    cluster_id: &str,
+    allow_other: bool,
+    now_ms: i64,
+) -> Result<Identity, ArchiveError> {
+    let identity = match read_identity(store).await? {
+        Some(identity) => identity,
+        None => {
+            let fresh = Identity {
+                format_version: FORMAT_VERSION,
+                created_at: rfc3339_millis(now_ms),
+                cluster_id: cluster_id.to_string(),
+                writer: concat!("rewind ", env!("CARGO_PKG_VERSION")).to_string(),
+            };
+            match store
+                .put(super::paths::ARCHIVE_KEY, to_json(&fresh), PutMode::Create)
+                .await
+            {
+                Ok(_) => fresh,
+                // Another worker created it first: theirs is the identity.
+                Err(StorageError::AlreadyExists { .. }) => {
+                    read_identity(store).await?.unwrap_or(fresh)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if identity.cluster_id != cluster_id && !allow_other {
+        return Err(ArchiveError::OtherCluster {
+            url: store.url().to_string(),
+            archived: identity.cluster_id,
+            connected: cluster_id.to_string(),
+        });
+    }
+    Ok(identity)
+}
+
+/// A checkpoint with the version tag needed to replace it.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub doc: T,
+    pub etag: String,
+}
+
+pub async fn read_checkpoint(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<Versioned<Checkpoint>>, ArchiveError> {
+    let key = super::paths::checkpoint_key(topic, partition);
+    match store.get(&key).await {
+        Ok(got) => Ok(Some(Versioned {
+            doc: from_json(store, &key, &got.body)?,
+            etag: got.meta.etag,
+        })),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Move a partition's checkpoint forward to `next` (never backwards). `known` is the version the
+/// caller last saw. Returns the checkpoint now stored, which is `next` or a later one another
+/// writer stored first.
+pub async fn advance_checkpoint(
+    store: &dyn ObjectStore,
+    next: &Checkpoint,
+    mut known: Option<Versioned<Checkpoint>>,
+) -> Result<Versioned<Checkpoint>, ArchiveError> {
+    let key = super::paths::checkpoint_key(&next.topic, next.partition);
+    loop {
+        if let Some(current) = &known {
+            if current.doc.end >= next.end {
+                return Ok(current.clone());
+            }
+        }
+        let mode = match &known {
+            Some(current) => PutMode::Update {
+                etag: current.etag.clone(),
+            },
+            None => PutMode::Create,
+        };
+        match store.put(&key, to_json(next), mode).await {
+            Ok(put) => {
+                return Ok(Versioned {
+                    doc: next.clone(),
+                    etag: put.etag,
+                })
+            }
+            Err(
+                StorageError::AlreadyExists { .. }
+                | StorageError::PreconditionFailed { .. }
+                | StorageError::NotFound { .. },
+            ) => {
+                known = read_checkpoint(store, &next.topic, next.partition).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Write `_topics/<topic>.json` when it differs from what is stored (ignoring `updated_at`).
+pub async fn write_topic_meta(
+    store: &dyn ObjectStore,
+    meta: &TopicMeta,
+) -> Result<bool, ArchiveError> {
+    let key = super::paths::topic_key(&meta.topic);
+    match store.get(&key).await {
+        Ok(got) => {
+            let stored: TopicMeta = from_json(store, &key, &got.body)?;
+            if (TopicMeta {
+                updated_at: meta.updated_at.clone(),
+                ..stored
+            }) == *meta
+            {
+                return Ok(false);
+            }
+        }
+        Err(StorageError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    store.put(&key, to_json(meta), PutMode::Overwrite).await?;
+    Ok(true)
+}
+
+/// Record a gap; recording the same gap twice is harmless.
+pub async fn record_gap(store: &dyn ObjectStore, gap: &Gap) -> Result<(), ArchiveError> {
+    match store
+        .put(
+            &gap_key(&gap.topic, gap.partition, gap.start),
+            to_json(gap),
+            PutMode::Create,
+        )
+        .await
+    {
+        Ok(_) | Err(StorageError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::{LocalStore, StorageUrl};
+
+    fn store(dir: &tempfile::TempDir) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            LocalStore::open(
+                StorageUrl::parse(&format!("file://{}", dir.path().display())).unwrap(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn checkpoint(end: i64) -> Checkpoint {
+        Checkpoint {
+            format_version: FORMAT_VERSION,
+            topic: "t".into(),
+            partition: 0,
+            end,
+            last_file: format!("f{end}"),
+            max_timestamp: None,
+            updated_at: rfc3339_millis(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn identity_is_created_once_and_guards_the_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let first = ensure_identity(&*store, "cluster-a", false, 0)
+            .await
+            .unwrap();
+        assert_eq!(first.cluster_id, "cluster-a");
+        assert_eq!(
+            ensure_identity(&*store, "cluster-a", false, 5)
+                .await
+                .unwrap(),
+            first,
+            "not rewritten"
+        );
+        let err = ensure_identity(&*store, "cluster-b", false, 0)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("belongs to Kafka cluster \"cluster-a\", not \"cluster-b\""),
+            "{err}"
+        );
+        assert_eq!(
+            ensure_identity(&*store, "cluster-b", true, 0)
+                .await
+                .unwrap(),
+            first
+        );
+
+        store
+            .put(
+                "_archive.json",
+                Bytes::from_static(
+                    br#"{"format_version":9,"created_at":"","cluster_id":"x","writer":""}"#,
+                ),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        let err = read_identity(&*store).await.unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::UnsupportedVersion { found: 9, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn checkpoints_never_move_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let v10 = advance_checkpoint(&*store, &checkpoint(10), None)
+            .await
+            .unwrap();
+        let v20 = advance_checkpoint(&*store, &checkpoint(20), Some(v10.clone()))
+            .await
+            .unwrap();
+        assert_eq!(v20.doc.end, 20);
+        // A zombie that still believes in version 10 tries to store 15: refused, 20 stays.
+        let after = advance_checkpoint(&*store, &checkpoint(15), Some(v10.clone()))
+            .await
+            .unwrap();
+        assert_eq!(after.doc.end, 20);
+        // A zombie that saw nothing tries to create: the stored one wins.
+        let after = advance_checkpoint(&*store, &checkpoint(12), None)
+            .await
+            .unwrap();
+        assert_eq!(after.doc.end, 20);
+        // A stale version but a further position: it moves forward.
+        let after = advance_checkpoint(&*store, &checkpoint(30), Some(v10))
+            .await
+            .unwrap();
+        assert_eq!(after.doc.end, 30);
+        assert_eq!(
+            read_checkpoint(&*store, "t", 0)
+                .await
+                .unwrap()
+                .unwrap()
+                .doc
+                .end,
+            30
+        );
+    }
+
+    #[tokio::test]
+    async fn topic_metadata_is_rewritten_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let mut meta = TopicMeta {
+            topic: "t".into(),
+            partitions: 3,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+            updated_at: "a".into(),
+        };
+        assert!(write_topic_meta(&*store, &meta).await.unwrap());
+        meta.updated_at = "b".into();
+        assert!(!write_topic_meta(&*store, &meta).await.unwrap());
+        meta.partitions = 6;
+        assert!(write_topic_meta(&*store, &meta).await.unwrap());
+    }
+}

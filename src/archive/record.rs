@@ -1,0 +1,64 @@
+//! One archived Kafka record, exactly as the broker returned it: bytes are kept as bytes, null stays
+//! null (never empty), headers keep their order, duplicates and null values.
+
+/// How the broker stamped a record's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimestampType {
+    /// Set by the producer.
+    Create,
+    /// Set by the broker when it appended the record.
+    LogAppend,
+}
+
+impl TimestampType {
+    /// The value stored in the `timestamp_type` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimestampType::Create => "create",
+            TimestampType::LogAppend => "log_append",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TimestampType> {
+        match s {
+            "create" => Some(TimestampType::Create),
+            "log_append" => Some(TimestampType::LogAppend),
+            _ => None,
+        }
+    }
+}
+
+/// A record header: Kafka header keys are strings, values are bytes or null.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// One Kafka record of a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: i64,
+    /// Milliseconds since the epoch; `None` when the broker returned none.
+    pub timestamp: Option<i64>,
+    pub timestamp_type: Option<TimestampType>,
+    pub key: Option<Vec<u8>>,
+    /// `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<Header>,
+}
+
+impl Record {
+    /// Bytes this record holds in memory, for buffer accounting.
+    pub fn size(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
+        (self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + headers
+            + 64) as u64
+    }
+}

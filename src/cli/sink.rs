@@ -1,0 +1,130 @@
+//! `rewind sink`: back up every selected topic into the archive, continuously or, with `--once`, up
+//! to the high watermarks seen at start. The first SIGTERM/SIGINT drains (flush, checkpoint, commit)
+//! within the drain deadline and exits 0; a second exits at once — the archive stays a valid chain
+//! either way.
+
+use clap::Args;
+use serde_json::json;
+
+use super::{load_config, CommonArgs, Failure};
+use crate::archive::rotation::RollingPolicy;
+use crate::kafka;
+use crate::sink::{self, SinkOptions};
+use crate::storage;
+
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Regular expression of topics to back up (whole name; default every topic but Kafka's internal `__…` ones).
+    #[arg(long, value_name = "REGEX")]
+    topics: Option<String>,
+    /// Regular expression of topics to leave out.
+    #[arg(long, value_name = "REGEX")]
+    exclude: Option<String>,
+    /// Consumer group shared by the workers of this pipeline.
+    #[arg(long, value_name = "ID")]
+    group: Option<String>,
+    /// Snapshot: archive everything up to the high watermarks seen at start, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Write into an archive that was made from another Kafka cluster.
+    #[arg(long)]
+    allow_cluster_change: bool,
+}
+
+pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
+    for (flag, key) in [
+        (&args.topics, "sink.topics"),
+        (&args.exclude, "sink.exclude"),
+        (&args.group, "sink.group"),
+    ] {
+        if let Some(value) = flag {
+            args.common.extra.push((key.to_string(), json!(value)));
+        }
+    }
+    let config = load_config(&args.common)?;
+    let url = config.archive_url().map_err(Failure::usage)?;
+    let store = storage::open(&url, &config.s3_options())
+        .await
+        .map_err(Failure::found)?;
+    let s = &config.sink;
+    let opts = SinkOptions {
+        topics: sink::topic_regex(&s.topics).map_err(Failure::usage)?,
+        exclude: s
+            .exclude
+            .as_deref()
+            .map(sink::topic_regex)
+            .transpose()
+            .map_err(Failure::usage)?,
+        group: s.group.clone(),
+        once: args.once,
+        policy: RollingPolicy {
+            max_records: s.max_file_records,
+            max_bytes: s.max_file_bytes.bytes(),
+            max_age: s.max_file_age,
+        },
+        buffer_budget: s.buffer_budget.bytes(),
+        part_size: config.storage.s3.part_size.bytes() as usize,
+        discovery_interval: s.discovery_interval,
+        allow_cluster_change: args.allow_cluster_change,
+        drain_timeout: s.drain_timeout,
+    };
+    let client = kafka::client_config(&config.kafka, &[]);
+    let drain = s.drain_timeout;
+    let stop = async move {
+        wait_for_signal().await;
+        tracing::info!(
+            deadline_s = drain.as_secs(),
+            "stop requested; draining (a second signal exits at once)"
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = wait_for_signal() => {
+                    eprintln!("error: second signal: exiting without draining; the archive stays consistent and the next start resumes");
+                    std::process::exit(130);
+                }
+                _ = tokio::time::sleep(drain) => {
+                    eprintln!("error: draining took longer than {}s; exiting; the next start resumes from the archive", drain.as_secs());
+                    std::process::exit(1);
+                }
+            }
+        });
+    };
+    let report = sink::run(client, store, opts, stop)
+        .await
+        .map_err(Failure::found)?;
+    println!(
+        "archived {} records in {} files ({} bytes) from {} partitions to {url}{}{}",
+        report.records,
+        report.files,
+        report.bytes,
+        report.partitions,
+        if report.adopted_files > 0 {
+            format!("; adopted {} existing files", report.adopted_files)
+        } else {
+            String::new()
+        },
+        if report.gaps > 0 {
+            format!("; recorded {} gaps (see the log)", report.gaps)
+        } else {
+            String::new()
+        },
+    );
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

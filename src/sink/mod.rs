@@ -1,0 +1,562 @@
+//! The continuous backup sink: consume every selected partition → buffer → encode Parquet → put the
+//! file → advance the checkpoint → commit to Kafka.
+//!
+//! Invariant: the archive, not Kafka, decides where a partition resumes. Every partition starts at
+//! its chain's end as the archive records it, so restarts and crashes converge on one chain with no
+//! record lost or archived twice; Kafka commits exist for lag monitoring only.
+
+mod partition;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{ClientConfig, Message, Offset, Timestamp, TopicPartitionList};
+use regex::Regex;
+
+pub use partition::{FlushError, Flushed, PartitionChain};
+
+use crate::archive::documents::{self, ArchiveError, Gap, TopicMeta};
+use crate::archive::rotation::{Event, RollReason, RollingPolicy};
+use crate::archive::time::{rfc3339_millis, HourBucket};
+use crate::archive::{Header, Record, TimestampType};
+use crate::storage::ObjectStore;
+
+use partition::now_millis;
+
+/// What a sink does, beyond where it reads and writes.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// Topics to back up (matched against the whole name).
+    pub topics: Regex,
+    /// Topics to leave out, even when `topics` matches.
+    pub exclude: Option<Regex>,
+    /// Consumer group the sink commits to (lag monitoring only).
+    pub group: String,
+    /// Snapshot mode: archive up to the high watermarks seen at start, then stop.
+    pub once: bool,
+    pub policy: RollingPolicy,
+    /// Total bytes buffered across all partitions before the largest buffers are flushed early.
+    pub buffer_budget: u64,
+    /// Files larger than this go up as multipart uploads of parts this size.
+    pub part_size: usize,
+    /// How often new topics and partitions are looked for.
+    pub discovery_interval: Duration,
+    /// Accept an archive written from another Kafka cluster.
+    pub allow_cluster_change: bool,
+    /// How long a graceful stop may take to flush.
+    pub drain_timeout: Duration,
+}
+
+/// Why the sink stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("kafka {servers}: {message}")]
+    Kafka { servers: String, message: String },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    #[error("no topic matches --topics {0:?} (after --exclude); nothing to back up")]
+    NoTopics(String),
+    #[error("stopping took longer than the drain deadline of {0}s; data already durable is safe, the rest is archived on the next start")]
+    DrainTimeout(u64),
+}
+
+/// Totals of one sink run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SinkReport {
+    pub partitions: usize,
+    pub records: u64,
+    pub bytes: u64,
+    pub files: u64,
+    pub adopted_files: u64,
+    pub gaps: u64,
+}
+
+/// Kafka's internal topics start with `__`; Rewind never backs up its own or the broker's internals.
+pub fn is_internal(topic: &str) -> bool {
+    topic.starts_with("__")
+}
+
+impl SinkOptions {
+    /// Whether a topic is selected.
+    pub fn selects(&self, topic: &str) -> bool {
+        !is_internal(topic)
+            && self.topics.is_match(topic)
+            && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
+    }
+}
+
+/// Compile a user regex so that it has to match the whole topic name.
+pub fn topic_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
+}
+
+struct Sink<'a> {
+    store: &'a dyn ObjectStore,
+    consumer: StreamConsumer,
+    admin: AdminClient<DefaultClientContext>,
+    opts: &'a SinkOptions,
+    servers: String,
+    cluster_id: String,
+    chains: HashMap<(String, i32), PartitionChain>,
+    /// Snapshot mode: the offset each partition must reach; removed once reached.
+    targets: HashMap<(String, i32), i64>,
+    report: SinkReport,
+    started: Instant,
+}
+
+/// Run the sink until it is told to stop (`stop` resolves) or, in snapshot mode, until every
+/// partition reached its target.
+pub async fn run(
+    client: ClientConfig,
+    store: Arc<dyn ObjectStore>,
+    opts: SinkOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<SinkReport, SinkError> {
+    let servers = client
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_string();
+    let kafka_err = |e: KafkaError| SinkError::Kafka {
+        servers: servers.clone(),
+        message: e.to_string(),
+    };
+    let mut consumer_config = client.clone();
+    consumer_config
+        .set("group.id", &opts.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true");
+    let consumer: StreamConsumer = consumer_config.create().map_err(kafka_err)?;
+    let admin: AdminClient<DefaultClientContext> = client.create().map_err(kafka_err)?;
+
+    let probe = consumer.client().fetch_cluster_id(Duration::from_secs(10));
+    let cluster_id = match probe {
+        Some(id) => id,
+        None => {
+            return Err(SinkError::Kafka {
+                servers: servers.clone(),
+                message: "no broker answered within 10s (check --bootstrap-servers and that the cluster is up)".into(),
+            })
+        }
+    };
+    documents::ensure_identity(
+        &*store,
+        &cluster_id,
+        opts.allow_cluster_change,
+        now_millis(),
+    )
+    .await?;
+
+    let mut sink = Sink {
+        store: &*store,
+        consumer,
+        admin,
+        opts: &opts,
+        servers,
+        cluster_id,
+        chains: HashMap::new(),
+        targets: HashMap::new(),
+        report: SinkReport::default(),
+        started: Instant::now(),
+    };
+    sink.discover().await?;
+    if sink.chains.is_empty() && opts.once {
+        return Err(SinkError::NoTopics(opts.topics.as_str().to_string()));
+    }
+    sink.consume(stop).await?;
+    sink.report.partitions = sink.chains.len();
+    Ok(sink.report)
+}
+
+impl Sink<'_> {
+    fn kafka_err(&self, e: KafkaError) -> SinkError {
+        SinkError::Kafka {
+            servers: self.servers.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Find selected partitions that are not assigned yet, resume their chains from the archive and
+    /// add them to the assignment.
+    async fn discover(&mut self) -> Result<(), SinkError> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(None, Duration::from_secs(30))
+            .map_err(|e| self.kafka_err(e))?;
+        let mut added = TopicPartitionList::new();
+        let mut topics = Vec::new();
+        for topic in metadata.topics() {
+            if !self.opts.selects(topic.name()) || topic.error().is_some() {
+                continue;
+            }
+            topics.push((
+                topic.name().to_string(),
+                topic.partitions().len() as i32,
+                topic
+                    .partitions()
+                    .first()
+                    .map_or(1, |p| p.replicas().len() as i32),
+            ));
+            for p in topic.partitions() {
+                let id = (topic.name().to_string(), p.id());
+                if self.chains.contains_key(&id) {
+                    continue;
+                }
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(topic.name(), p.id(), Duration::from_secs(30))
+                    .map_err(|e| self.kafka_err(e))?;
+                let mut chain =
+                    PartitionChain::resume(self.store, topic.name(), p.id(), low).await?;
+                if chain.end < low {
+                    self.record_gap(&chain, low).await?;
+                    chain.end = low;
+                }
+                if self.opts.once {
+                    if chain.end < high {
+                        self.targets.insert(id.clone(), high);
+                    }
+                } else {
+                    self.targets.remove(&id);
+                }
+                if !self.opts.once || chain.end < high {
+                    added
+                        .add_partition_offset(topic.name(), p.id(), Offset::Offset(chain.end))
+                        .map_err(|e| self.kafka_err(e))?;
+                }
+                tracing::info!(
+                    topic = topic.name(),
+                    partition = p.id(),
+                    resume = chain.end,
+                    low,
+                    high,
+                    "partition assigned"
+                );
+                self.chains.insert(id, chain);
+            }
+        }
+        for (topic, partitions, replication_factor) in topics {
+            self.write_topic_meta(&topic, partitions, replication_factor)
+                .await?;
+        }
+        if added.count() > 0 {
+            self.consumer
+                .incremental_assign(&added)
+                .map_err(|e| self.kafka_err(e))?;
+        }
+        Ok(())
+    }
+
+    async fn record_gap(&mut self, chain: &PartitionChain, low: i64) -> Result<(), SinkError> {
+        tracing::error!(
+            topic = chain.topic,
+            partition = chain.partition,
+            archived_end = chain.end,
+            earliest_available = low,
+            "records were deleted by retention before they were archived; recording a gap"
+        );
+        let gap = Gap {
+            topic: chain.topic.clone(),
+            partition: chain.partition,
+            start: chain.end,
+            end: low,
+            reason: "retention".into(),
+            detected_at: rfc3339_millis(now_millis()),
+        };
+        documents::record_gap(self.store, &gap).await?;
+        self.report.gaps += 1;
+        Ok(())
+    }
+
+    async fn write_topic_meta(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i32,
+    ) -> Result<(), SinkError> {
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+        let mut configs = BTreeMap::new();
+        match self
+            .admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+            .await
+        {
+            Ok(results) => {
+                for resource in results.into_iter().flatten() {
+                    for entry in resource.entries {
+                        if matches!(entry.source, ConfigSource::DynamicTopic) && !entry.is_sensitive
+                        {
+                            if let Some(value) = entry.value {
+                                configs.insert(entry.name, value);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "could not read topic configs; _topics metadata keeps partition count and replication only")
+            }
+        }
+        let meta = TopicMeta {
+            topic: topic.to_string(),
+            partitions,
+            replication_factor,
+            configs,
+            updated_at: rfc3339_millis(now_millis()),
+        };
+        documents::write_topic_meta(self.store, &meta).await?;
+        Ok(())
+    }
+
+    async fn consume(
+        &mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), SinkError> {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_discovery = Instant::now();
+        loop {
+            if self.opts.once && self.targets.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = &mut stop => {
+                    tracing::info!("stopping: flushing every buffered record");
+                    break;
+                }
+                _ = tick.tick() => {
+                    self.on_tick().await?;
+                    if !self.opts.once && last_discovery.elapsed() >= self.opts.discovery_interval {
+                        self.discover().await?;
+                        last_discovery = Instant::now();
+                    }
+                }
+                message = self.consumer.recv() => {
+                    match message {
+                        Ok(msg) => {
+                            let (topic, partition, record) = to_record(&msg);
+                            self.on_record(topic, partition, record).await?;
+                        }
+                        Err(KafkaError::PartitionEOF(partition)) => self.on_eof(partition).await?,
+                        Err(e) => tracing::warn!(error = %e, "consumer error; librdkafka retries by itself"),
+                    }
+                }
+            }
+        }
+        self.flush_all(RollReason::Shutdown).await
+    }
+
+    async fn on_record(
+        &mut self,
+        topic: String,
+        partition: i32,
+        record: Record,
+    ) -> Result<(), SinkError> {
+        let id = (topic, partition);
+        let now = self.now_ms();
+        let offset = record.offset;
+        let bucket = HourBucket::of_millis(record.timestamp.unwrap_or_else(now_millis));
+        let Some(chain) = self.chains.get_mut(&id) else {
+            return Ok(());
+        };
+        if let Some(reason) = chain.should_roll(&self.opts.policy, Event::BeforeAppend { bucket }) {
+            self.flush(&id, reason).await?;
+        }
+        let chain = self.chains.get_mut(&id).expect("chain exists");
+        chain.push(record, bucket, now);
+        if let Some(reason) = chain.should_roll(&self.opts.policy, Event::AfterAppend) {
+            self.flush(&id, reason).await?;
+        }
+        if self
+            .targets
+            .get(&id)
+            .is_some_and(|high| offset + 1 >= *high)
+        {
+            self.reached_target(&id).await?;
+        }
+        if self.buffered() > self.opts.buffer_budget {
+            self.relieve_memory().await?;
+        }
+        Ok(())
+    }
+
+    async fn on_eof(&mut self, partition: i32) -> Result<(), SinkError> {
+        // EOF carries only the partition number; in snapshot mode every target of that number whose
+        // consumer position reached the end is done (read_committed stops at the last stable offset).
+        if !self.opts.once {
+            return Ok(());
+        }
+        let done: Vec<(String, i32)> = self
+            .targets
+            .keys()
+            .filter(|(_, p)| *p == partition)
+            .cloned()
+            .collect();
+        let position = self.consumer.position().map_err(|e| self.kafka_err(e))?;
+        for id in done {
+            let reached = position
+                .find_partition(&id.0, id.1)
+                .and_then(|e| e.offset().to_raw())
+                .is_some_and(|pos| pos >= *self.targets.get(&id).unwrap_or(&i64::MAX));
+            if reached {
+                self.reached_target(&id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Snapshot mode: a partition is complete; make it durable and stop reading it.
+    async fn reached_target(&mut self, id: &(String, i32)) -> Result<(), SinkError> {
+        self.targets.remove(id);
+        self.flush(id, RollReason::Shutdown).await?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&id.0, id.1);
+        self.consumer
+            .incremental_unassign(&tpl)
+            .map_err(|e| self.kafka_err(e))?;
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> Result<(), SinkError> {
+        let now = self.now_ms();
+        let due: Vec<(String, i32)> = self
+            .chains
+            .iter()
+            .filter(|(_, c)| {
+                c.should_roll(&self.opts.policy, Event::Tick { now_ms: now })
+                    .is_some()
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.flush(&id, RollReason::Age).await?;
+        }
+        Ok(())
+    }
+
+    fn buffered(&self) -> u64 {
+        self.chains
+            .values()
+            .map(PartitionChain::buffered_bytes)
+            .sum()
+    }
+
+    /// Over budget: flush the largest buffers until the total is back under half the budget.
+    async fn relieve_memory(&mut self) -> Result<(), SinkError> {
+        let mut by_size: Vec<((String, i32), u64)> = self
+            .chains
+            .iter()
+            .map(|(id, c)| (id.clone(), c.buffered_bytes()))
+            .collect();
+        by_size.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        for (id, _) in by_size {
+            if self.buffered() <= self.opts.buffer_budget / 2 {
+                break;
+            }
+            self.flush(&id, RollReason::MemoryPressure).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_all(&mut self, reason: RollReason) -> Result<(), SinkError> {
+        let ids: Vec<(String, i32)> = self.chains.keys().cloned().collect();
+        for id in ids {
+            self.flush(&id, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Make one partition's buffer durable (all of it, across adoptions), then commit its position
+    /// to Kafka for lag monitoring.
+    async fn flush(&mut self, id: &(String, i32), reason: RollReason) -> Result<(), SinkError> {
+        let Some(chain) = self.chains.get_mut(id) else {
+            return Ok(());
+        };
+        let mut flushed_any = false;
+        while chain.open_file().is_some() {
+            let started = Instant::now();
+            let Some(done) = chain
+                .flush(
+                    self.store,
+                    &self.cluster_id,
+                    self.opts.part_size,
+                    now_millis(),
+                )
+                .await?
+            else {
+                break;
+            };
+            flushed_any = true;
+            if done.adopted {
+                self.report.adopted_files += 1;
+            } else {
+                self.report.files += 1;
+                self.report.records += done.records;
+                self.report.bytes += done.bytes;
+            }
+            tracing::debug!(
+                key = done.key,
+                start = done.start,
+                end = done.end,
+                records = done.records,
+                bytes = done.bytes,
+                reason = reason.as_str(),
+                upload_ms = started.elapsed().as_millis() as u64,
+                "file durable"
+            );
+        }
+        if flushed_any {
+            // Step 3 of the commit order: Kafka follows the archive, for lag monitoring only.
+            let mut tpl = TopicPartitionList::new();
+            let _ =
+                tpl.add_partition_offset(&chain.topic, chain.partition, Offset::Offset(chain.end));
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "committing the archived position to Kafka failed; it is only used for lag monitoring");
+            }
+        }
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// A consumed message as an archive record.
+fn to_record(msg: &BorrowedMessage<'_>) -> (String, i32, Record) {
+    let (timestamp, timestamp_type) = match msg.timestamp() {
+        Timestamp::NotAvailable => (None, None),
+        Timestamp::CreateTime(t) => (Some(t), Some(TimestampType::Create)),
+        Timestamp::LogAppendTime(t) => (Some(t), Some(TimestampType::LogAppend)),
+    };
+    let headers = msg
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header {
+                    key: h.key.to_string(),
+                    value: h.value.map(<[u8]>::to_vec),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let record = Record {
+        offset: msg.offset(),
+        timestamp,
+        timestamp_type,
+        key: msg.key().map(<[u8]>::to_vec),
+        value: msg.payload().map(<[u8]>::to_vec),
+        headers,
+    };
+    (msg.topic().to_string(), msg.partition(), record)
+}

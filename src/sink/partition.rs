@@ -1,0 +1,313 @@
+//! One partition's chain on the sink side: the records buffered for its open file, and the commit
+//! protocol that makes them durable.
+//!
+//! The commit order lives here and only here: (1) the data file is created with a create-only put,
+//! or an existing file at the same start is adopted; (2) only then the checkpoint is advanced by
+//! compare-and-swap; (3) the Kafka commit follows, for lag monitoring only. A crash between any two
+//! steps leaves a chain the next start resumes without loss or duplicate.
+
+use crate::archive::datafile::{self, file_meta};
+use crate::archive::documents::{self, ArchiveError, Checkpoint, Versioned};
+use crate::archive::paths::DataFileKey;
+use crate::archive::rotation::{Event, OpenFile, RollReason, RollingPolicy};
+use crate::archive::time::{rfc3339_millis, HourBucket};
+use crate::archive::{Record, FORMAT_VERSION};
+use crate::storage::{ObjectStore, PutMode, StorageError};
+
+/// Why making a file durable failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{key}: {source}")]
+    DataFile {
+        key: String,
+        source: datafile::DataFileError,
+    },
+    #[error("{key}: the existing file covers [{start}, {end}), which does not continue the chain at {expected}")]
+    Inconsistent {
+        key: String,
+        start: i64,
+        end: i64,
+        expected: i64,
+    },
+}
+
+/// What a flush made durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flushed {
+    pub key: String,
+    pub start: i64,
+    pub end: i64,
+    pub records: u64,
+    pub bytes: u64,
+    /// The file was already there (written by an earlier run or another worker) and was adopted.
+    pub adopted: bool,
+}
+
+/// The sink's view of one partition.
+#[derive(Debug)]
+pub struct PartitionChain {
+    pub topic: String,
+    pub partition: i32,
+    /// Where the chain continues: the next file's start.
+    pub end: i64,
+    checkpoint: Option<Versioned<Checkpoint>>,
+    buffer: Vec<Record>,
+    open: Option<OpenFile>,
+    buffered_bytes: u64,
+}
+
+impl PartitionChain {
+    /// Resume a partition from the archive: its checkpoint, then any files written after it (a crash
+    /// between upload and checkpoint), adopted in chain order. `earliest` is where the chain starts
+    /// when the archive has nothing for the partition.
+    pub async fn resume(
+        store: &dyn ObjectStore,
+        topic: &str,
+        partition: i32,
+        earliest: i64,
+    ) -> Result<PartitionChain, FlushError> {
+        let checkpoint = documents::read_checkpoint(store, topic, partition).await?;
+        let files = store
+            .list(&DataFileKey::partition_prefix(topic, partition))
+            .await?;
+        let mut keys: Vec<DataFileKey> = files
+            .iter()
+            .filter_map(|o| DataFileKey::parse(&o.key))
+            .collect();
+        keys.sort_by_key(|k| k.start);
+        let mut end = match (&checkpoint, keys.first()) {
+            (Some(c), _) => c.doc.end,
+            (None, Some(first)) => first.start,
+            (None, None) => earliest,
+        };
+        for key in &keys {
+            if key.start < end {
+                continue;
+            }
+            if key.start != end {
+                break;
+            }
+            let meta = read_meta(store, &key.to_string()).await?;
+            end = meta.end;
+        }
+        let mut chain = PartitionChain {
+            topic: topic.to_string(),
+            partition,
+            end,
+            checkpoint,
+            buffer: Vec::new(),
+            open: None,
+            buffered_bytes: 0,
+        };
+        if chain.checkpoint.as_ref().is_some_and(|c| c.doc.end < end) {
+            // Files beyond the checkpoint are durable: bring the checkpoint up to them.
+            let last = keys
+                .iter()
+                .rev()
+                .find(|k| k.start < end)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            chain.advance_checkpoint(&last, None, store).await?;
+        }
+        Ok(chain)
+    }
+
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffered_bytes
+    }
+
+    pub fn buffered_records(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub fn open_file(&self) -> Option<&OpenFile> {
+        self.open.as_ref()
+    }
+
+    /// Whether `event` should close the open file.
+    pub fn should_roll(&self, policy: &RollingPolicy, event: Event) -> Option<RollReason> {
+        policy.decide(self.open.as_ref(), event)
+    }
+
+    /// Buffer a record. Records before the chain's end were archived already (by an earlier run or
+    /// an adopted file) and are dropped, which is what makes a replay after a crash exactly-once.
+    /// Returns whether the record was kept.
+    pub fn push(&mut self, record: Record, bucket: HourBucket, now_ms: u64) -> bool {
+        if record.offset < self.end
+            || self
+                .buffer
+                .last()
+                .is_some_and(|last| record.offset <= last.offset)
+        {
+            return false;
+        }
+        let size = record.size();
+        let open = self.open.get_or_insert(OpenFile {
+            records: 0,
+            bytes: 0,
+            bucket,
+            opened_at_ms: now_ms,
+        });
+        open.records += 1;
+        open.bytes += size;
+        self.buffered_bytes += size;
+        self.buffer.push(record);
+        true
+    }
+
+    /// Make the buffered records durable as one data file, then advance the checkpoint. Returns
+    /// `None` when nothing was buffered.
+    pub async fn flush(
+        &mut self,
+        store: &dyn ObjectStore,
+        cluster_id: &str,
+        part_size: usize,
+        now_ms: i64,
+    ) -> Result<Option<Flushed>, FlushError> {
+        let Some(open) = self.open else {
+            return Ok(None);
+        };
+        let start = self.end;
+        let end = self.buffer.last().map(|r| r.offset + 1).unwrap_or(start);
+        let key = DataFileKey {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            bucket: open.bucket,
+            start,
+        }
+        .to_string();
+        let meta = file_meta(
+            &self.topic,
+            self.partition,
+            start,
+            end,
+            &self.buffer,
+            cluster_id,
+            now_ms,
+        );
+        let body =
+            datafile::encode(&meta, &self.buffer).map_err(|source| FlushError::DataFile {
+                key: key.clone(),
+                source,
+            })?;
+        let bytes = body.len() as u64;
+
+        // Step 1: the data file, create-only.
+        let created = if body.len() > part_size {
+            store
+                .put_multipart(&key, body, part_size, PutMode::Create)
+                .await
+        } else {
+            store.put(&key, body, PutMode::Create).await
+        };
+        let flushed = match created {
+            Ok(_) => Flushed {
+                key: key.clone(),
+                start,
+                end,
+                records: self.buffer.len() as u64,
+                bytes,
+                adopted: false,
+            },
+            Err(StorageError::AlreadyExists { .. }) => {
+                // Another run wrote this start already: its file is the chain. Keep only what lies past it.
+                let existing = read_meta(store, &key).await?;
+                if existing.start != start || existing.end <= start {
+                    return Err(FlushError::Inconsistent {
+                        key,
+                        start: existing.start,
+                        end: existing.end,
+                        expected: start,
+                    });
+                }
+                tracing::info!(
+                    key,
+                    end = existing.end,
+                    "adopted a data file written by an earlier run or another worker"
+                );
+                self.buffer.retain(|r| r.offset >= existing.end);
+                self.end = existing.end;
+                let adopted = Flushed {
+                    key: key.clone(),
+                    start,
+                    end: existing.end,
+                    records: existing.record_count,
+                    bytes: 0,
+                    adopted: true,
+                };
+                self.advance_checkpoint(&key, existing.max_timestamp, store)
+                    .await?;
+                self.reset_open(now_ms);
+                return Ok(Some(adopted));
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        // Step 2: the checkpoint, only now that the file is durable.
+        self.end = end;
+        let max_timestamp = meta.max_timestamp;
+        self.buffer.clear();
+        self.open = None;
+        self.buffered_bytes = 0;
+        self.advance_checkpoint(&flushed.key, max_timestamp, store)
+            .await?;
+        Ok(Some(flushed))
+    }
+
+    /// After adopting a file, what is left of the buffer starts a new open file.
+    fn reset_open(&mut self, now_ms: i64) {
+        self.buffered_bytes = self.buffer.iter().map(Record::size).sum();
+        self.open = self.buffer.first().map(|first| OpenFile {
+            records: self.buffer.len() as u64,
+            bytes: self.buffered_bytes,
+            bucket: HourBucket::of_millis(first.timestamp.unwrap_or(now_ms)),
+            opened_at_ms: self.open.map(|o| o.opened_at_ms).unwrap_or(0),
+        });
+    }
+
+    async fn advance_checkpoint(
+        &mut self,
+        last_file: &str,
+        max_timestamp: Option<i64>,
+        store: &dyn ObjectStore,
+    ) -> Result<(), FlushError> {
+        let previous_max = self.checkpoint.as_ref().and_then(|c| c.doc.max_timestamp);
+        let next = Checkpoint {
+            format_version: FORMAT_VERSION,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            end: self.end,
+            last_file: last_file.to_string(),
+            max_timestamp: previous_max.max(max_timestamp),
+            updated_at: rfc3339_millis(now_millis()),
+        };
+        let stored = documents::advance_checkpoint(store, &next, self.checkpoint.take()).await?;
+        if stored.doc.end > self.end {
+            // Another worker got further: continue from there.
+            self.buffer.retain(|r| r.offset >= stored.doc.end);
+            self.end = stored.doc.end;
+        }
+        self.checkpoint = Some(stored);
+        Ok(())
+    }
+}
+
+async fn read_meta(store: &dyn ObjectStore, key: &str) -> Result<datafile::FileMeta, FlushError> {
+    let got = store.get(key).await?;
+    datafile::read_meta(got.body).map_err(|source| FlushError::DataFile {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// Milliseconds since the epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

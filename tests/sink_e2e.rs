@@ -1,0 +1,439 @@
+//! The sink against the real broker: what it archives is read back from the Parquet files and must
+//! equal, byte for byte and offset for offset, what Kafka holds; the chain must be contiguous and
+//! every record archived exactly once across restarts and interrupted commits.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::kafka::{consume, create_topic, header, produce, produce_transaction, record};
+use rewind::archive::datafile;
+use rewind::archive::documents;
+use rewind::archive::paths::DataFileKey;
+use rewind::archive::rotation::RollingPolicy;
+use rewind::archive::Record;
+use rewind::sink::{self, SinkOptions, SinkReport};
+use rewind::storage::{
+    GetResult, ListPage, LocalStore, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutResult,
+    StorageResult, StorageUrl,
+};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn local(dir: &tempfile::TempDir) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        LocalStore::open(
+            StorageUrl::parse(&format!("file://{}/archive", dir.path().display())).unwrap(),
+        )
+        .unwrap(),
+    )
+}
+
+fn options(topics: &str) -> SinkOptions {
+    SinkOptions {
+        topics: sink::topic_regex(topics).unwrap(),
+        exclude: None,
+        group: common::unique("sink"),
+        once: true,
+        policy: RollingPolicy::default(),
+        buffer_budget: 256 << 20,
+        part_size: 5 << 20,
+        discovery_interval: Duration::from_secs(30),
+        allow_cluster_change: false,
+        drain_timeout: Duration::from_secs(30),
+    }
+}
+
+async fn snapshot(store: &Arc<dyn ObjectStore>, opts: SinkOptions) -> SinkReport {
+    let run = sink::run(
+        common::kafka::config(),
+        store.clone(),
+        opts,
+        std::future::pending(),
+    );
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the snapshot finishes")
+        .expect("the sink succeeds")
+}
+
+/// Every record archived for one partition, in chain order, after checking the chain is contiguous.
+async fn archived(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) -> Vec<Record> {
+    let mut keys: Vec<DataFileKey> = store
+        .list(&DataFileKey::partition_prefix(topic, partition))
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| DataFileKey::parse(&o.key))
+        .collect();
+    keys.sort_by_key(|k| k.start);
+    let mut records = Vec::new();
+    let mut expected_start = None;
+    for key in keys {
+        let body = store.get(&key.to_string()).await.unwrap().body;
+        let (meta, rows) = datafile::decode(body).unwrap();
+        assert_eq!(
+            (meta.topic.as_str(), meta.partition, meta.start),
+            (topic, partition, key.start),
+            "{key}"
+        );
+        if let Some(start) = expected_start {
+            assert_eq!(meta.start, start, "{key}: the chain is contiguous");
+        }
+        assert_eq!(meta.record_count as usize, rows.len());
+        assert!(
+            rows.iter()
+                .all(|r| r.offset >= meta.start && r.offset < meta.end),
+            "{key}: rows inside [start, end)"
+        );
+        assert!(
+            rows.windows(2).all(|w| w[0].offset < w[1].offset),
+            "{key}: offsets increase"
+        );
+        assert_eq!(
+            key.bucket,
+            rewind::archive::time::HourBucket::of_millis(rows[0].timestamp.unwrap()),
+            "{key}: bucket of the first record"
+        );
+        expected_start = Some(meta.end);
+        records.extend(rows);
+    }
+    if let Some(end) = expected_start {
+        let checkpoint = documents::read_checkpoint(&**store, topic, partition)
+            .await
+            .unwrap()
+            .expect("a checkpoint");
+        assert_eq!(
+            checkpoint.doc.end, end,
+            "the checkpoint is at the end of the chain"
+        );
+    }
+    records
+}
+
+fn sample(base: i64) -> Vec<Record> {
+    vec![
+        record(
+            Some(b"order-1"),
+            Some(b"{\"amount\": 42}"),
+            vec![
+                header("trace", Some(b"a")),
+                header("trace", Some(b"b")),
+                header("nullable", None),
+            ],
+            base,
+        ),
+        record(None, Some(&[0, 159, 146, 150, 255]), vec![], base + 1),
+        record(
+            Some(&[0xff, 0x00, 0xfe]),
+            None,
+            vec![header("deleted-by", Some(b"gc"))],
+            base + 2,
+        ),
+        record(
+            Some(b""),
+            Some(b""),
+            vec![header("", Some(b""))],
+            base - 3_600_000,
+        ),
+        record(Some(b"big"), Some(&vec![7u8; 950_000]), vec![], base + 3),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_archives_every_record_byte_exact() {
+    let prefix = common::unique("sink-exact");
+    let (create, log_append, empty) = (
+        format!("{prefix}.orders-v1"),
+        format!("{prefix}.audit"),
+        format!("{prefix}.empty"),
+    );
+    create_topic(&create, 3, &[("max.message.bytes", "2097152")]).await;
+    create_topic(
+        &log_append,
+        1,
+        &[("message.timestamp.type", "LogAppendTime")],
+    )
+    .await;
+    create_topic(&empty, 2, &[]).await;
+    let base = now() - 60_000;
+    let mut produced = BTreeMap::new();
+    for partition in 0..3 {
+        produced.insert(
+            (create.clone(), partition),
+            produce(&create, partition, &sample(base + i64::from(partition))).await,
+        );
+    }
+    produce(&log_append, 0, &sample(base)).await;
+    let audit = log_append.clone();
+    let broker_view: Vec<Record> = tokio::task::spawn_blocking(move || consume(&audit, 0, 5))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    produced.insert((log_append.clone(), 0), broker_view);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    let report = snapshot(&store, options(&format!("{}\\..*", regex::escape(&prefix)))).await;
+    assert_eq!(report.records, 20);
+    assert_eq!(report.partitions, 6);
+
+    for ((topic, partition), want) in &produced {
+        let got = archived(&store, topic, *partition).await;
+        assert_eq!(&got, want, "{topic}/{partition}");
+    }
+    for partition in 0..2 {
+        assert!(archived(&store, &empty, partition).await.is_empty());
+    }
+    let meta: serde_json::Value = serde_json::from_slice(
+        &store
+            .get(&format!("_topics/{create}.json"))
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(meta["partitions"], 3);
+    assert_eq!(meta["configs"]["max.message.bytes"], "2097152");
+    assert_eq!(meta["configs"]["retention.ms"], "-1");
+    let audit_meta: serde_json::Value = serde_json::from_slice(
+        &store
+            .get(&format!("_topics/{log_append}.json"))
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(
+        audit_meta["configs"]["message.timestamp.type"],
+        "LogAppendTime"
+    );
+    assert!(store.head(&format!("_topics/{empty}.json")).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_continue_the_chain_exactly_once_even_after_an_interrupted_commit() {
+    let topic = common::unique("sink-chain");
+    create_topic(&topic, 1, &[]).await;
+    let base = now() - 60_000;
+    let first = produce(&topic, 0, &sample(base)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    let topics = regex::escape(&topic);
+
+    let mut small_files = options(&topics);
+    small_files.policy.max_records = 2;
+    let report = snapshot(&store, small_files.clone()).await;
+    assert_eq!((report.records, report.files), (5, 3));
+
+    // Nothing new: nothing written.
+    let again = snapshot(&store, small_files.clone()).await;
+    assert_eq!((again.records, again.files), (0, 0));
+
+    // A crash after the upload but before the checkpoint: the checkpoint lags behind the files.
+    let second = produce(&topic, 0, &sample(base + 10)).await;
+    snapshot(&store, small_files.clone()).await;
+    let checkpoint_key = format!("_checkpoints/{topic}/0.json");
+    let lagging = documents::Checkpoint {
+        end: 5,
+        ..documents::read_checkpoint(&*store, &topic, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .doc
+    };
+    store
+        .put(
+            &checkpoint_key,
+            bytes::Bytes::from(serde_json::to_vec(&lagging).unwrap()),
+            rewind::storage::PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let third = produce(&topic, 0, &sample(base + 20)).await;
+    let resumed = snapshot(&store, small_files.clone()).await;
+    assert_eq!(resumed.records, 5, "only the new records are archived");
+
+    // A crash before the checkpoint was ever written: the files alone are the truth.
+    store.delete(&checkpoint_key).await.unwrap();
+    let fourth = produce(&topic, 0, &sample(base + 30)).await;
+    let from_files = snapshot(&store, small_files).await;
+    assert_eq!(from_files.records, 5);
+
+    let all: Vec<Record> = [first, second, third, fourth].concat();
+    assert_eq!(
+        archived(&store, &topic, 0).await,
+        all,
+        "every record exactly once, in order"
+    );
+}
+
+/// A store whose listings miss the data files: the view of a worker that listed before another
+/// worker (or its own earlier, crashed run) wrote them.
+#[derive(Debug)]
+struct StaleListing(Arc<dyn ObjectStore>);
+
+#[async_trait::async_trait]
+impl ObjectStore for StaleListing {
+    async fn put(&self, key: &str, body: bytes::Bytes, mode: PutMode) -> StorageResult<PutResult> {
+        self.0.put(key, body, mode).await
+    }
+    async fn get(&self, key: &str) -> StorageResult<GetResult> {
+        self.0.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> StorageResult<bytes::Bytes> {
+        self.0.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
+        self.0.head(key).await
+    }
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
+        if prefix.starts_with("data/") {
+            return Ok(ListPage::default());
+        }
+        self.0.list_page(prefix, token).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
+        self.0.delete_many(keys).await
+    }
+    async fn start_multipart(
+        &self,
+        key: &str,
+        mode: PutMode,
+    ) -> StorageResult<Box<dyn MultipartUpload>> {
+        self.0.start_multipart(key, mode).await
+    }
+    async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
+        self.0.incomplete_uploads(prefix).await
+    }
+    fn url(&self) -> &StorageUrl {
+        self.0.url()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_written_by_another_worker_is_adopted_not_duplicated() {
+    let topic = common::unique("sink-adopt");
+    create_topic(&topic, 1, &[]).await;
+    let produced = produce(&topic, 0, &sample(now() - 60_000)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    let mut opts = options(&regex::escape(&topic));
+    opts.policy.max_records = 2;
+    assert_eq!(snapshot(&store, opts.clone()).await.files, 3);
+    let files_before = store.list("data/").await.unwrap();
+
+    // A second worker that neither sees the files nor the checkpoint writes the same starts again:
+    // every create-only put fails, and it adopts the existing files instead of duplicating them.
+    store
+        .delete(&format!("_checkpoints/{topic}/0.json"))
+        .await
+        .unwrap();
+    let zombie: Arc<dyn ObjectStore> = Arc::new(StaleListing(store.clone()));
+    let report = snapshot(&zombie, opts).await;
+    assert_eq!(
+        (report.files, report.records, report.adopted_files),
+        (0, 0, 3),
+        "{report:?}"
+    );
+    assert_eq!(
+        store.list("data/").await.unwrap(),
+        files_before,
+        "no file was replaced or added"
+    );
+    assert_eq!(archived(&store, &topic, 0).await, produced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aborted_transactions_are_never_archived() {
+    let topic = common::unique("sink-tx");
+    create_topic(&topic, 1, &[]).await;
+    let base = now() - 60_000;
+    let committed = sample(base);
+    produce_transaction(&topic, 0, &committed[..2], true).await;
+    produce_transaction(
+        &topic,
+        0,
+        &[record(Some(b"aborted"), Some(b"never"), vec![], base)],
+        false,
+    )
+    .await;
+    produce_transaction(&topic, 0, &committed[2..4], true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    let report = snapshot(&store, options(&regex::escape(&topic))).await;
+    assert_eq!(report.records, 4);
+    let got = archived(&store, &topic, 0).await;
+    assert_eq!(got.len(), 4);
+    assert!(got
+        .iter()
+        .all(|r| r.key.as_deref() != Some(b"aborted".as_slice())));
+    let strip = |rs: &[Record]| {
+        rs.iter()
+            .map(|r| {
+                (
+                    r.key.clone(),
+                    r.value.clone(),
+                    r.headers.clone(),
+                    r.timestamp,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&got), strip(&committed[..4]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_into_s3_round_trips() {
+    let topic = common::unique("sink-s3");
+    create_topic(&topic, 2, &[]).await;
+    let base = now() - 60_000;
+    let p0 = produce(&topic, 0, &sample(base)).await;
+    let p1 = produce(&topic, 1, &sample(base + 5)).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(common::s3_store().await);
+    let mut opts = options(&regex::escape(&topic));
+    // Small parts and a small file limit so the 1 MB record goes up as a multipart upload.
+    opts.part_size = 5 << 20;
+    let report = snapshot(&store, opts).await;
+    assert_eq!(report.records, 10);
+    assert_eq!(archived(&store, &topic, 0).await, p0);
+    assert_eq!(archived(&store, &topic, 1).await, p1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_archive_of_another_cluster_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    documents::ensure_identity(&*store, "some-other-cluster", false, 0)
+        .await
+        .unwrap();
+    let run = sink::run(
+        common::kafka::config(),
+        store.clone(),
+        options("nothing-matches-this"),
+        std::future::pending(),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("belongs to Kafka cluster \"some-other-cluster\""),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--allow-cluster-change"), "{err}");
+}
