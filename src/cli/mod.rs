@@ -183,6 +183,7 @@ pub fn load_config(common: &CommonArgs) -> Result<Config, Failure> {
     if let Some(v) = &common.log_level {
         set("log.level", json!(v));
     }
+    overrides.extend(common.extra.iter().cloned());
     let mut config = config::load(&Sources {
         file: common.config.clone(),
         env: None,

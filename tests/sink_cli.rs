@@ -1,0 +1,263 @@
+//! `rewind sink` as operators run it: snapshot and continuous modes through the binary, graceful
+//! drain on SIGTERM, and one-sentence errors with the right exit code for bad input.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::{create_topic, produce, record};
+use rewind::archive::datafile;
+use rewind::storage::{LocalStore, ObjectStore, StorageUrl};
+
+fn rewind() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn error_line(out: &Output) -> String {
+    let stderr = text(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got: {stderr}");
+    errors[0].to_string()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn archived_records(archive: &str) -> usize {
+    let store = LocalStore::open(StorageUrl::parse(archive).unwrap()).unwrap();
+    let mut n = 0;
+    for object in store.list("data/").await.unwrap() {
+        let (_, rows) = datafile::decode(store.get(&object.key).await.unwrap().body).unwrap();
+        n += rows.len();
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_archives_and_reports() {
+    let topic = common::unique("cli-once");
+    create_topic(&topic, 2, &[]).await;
+    let records: Vec<_> = (0..50)
+        .map(|i| {
+            record(
+                Some(format!("k{i}").as_bytes()),
+                Some(b"v"),
+                vec![],
+                now() - i,
+            )
+        })
+        .collect();
+    produce(&topic, 0, &records[..30]).await;
+    produce(&topic, 1, &records[30..]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", dir.path().display());
+    let out = rewind()
+        .args([
+            "sink",
+            "--once",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            &common::kafka_bootstrap(),
+            "--topics",
+            &regex::escape(&topic),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!(
+            "archived 50 records in 2 files ({} bytes) from 2 partitions to {archive}",
+            {
+                let store = LocalStore::open(StorageUrl::parse(&archive).unwrap()).unwrap();
+                store
+                    .list("data/")
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|o| o.size)
+                    .sum::<u64>()
+            }
+        )
+    );
+    assert_eq!(archived_records(&archive).await, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_buffered_records_and_exits_zero() {
+    let topic = common::unique("cli-drain");
+    create_topic(&topic, 1, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", dir.path().display());
+    // Files stay open for an hour: only the drain can make these records durable.
+    let mut child = rewind()
+        .args([
+            "sink",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            &common::kafka_bootstrap(),
+            "--topics",
+            &regex::escape(&topic),
+        ])
+        .env("REWIND__SINK__MAX_FILE_AGE", "1h")
+        .env("REWIND__SINK__DISCOVERY_INTERVAL", "1s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let records: Vec<_> = (0..20)
+        .map(|i| record(Some(b"k"), Some(format!("v{i}").as_bytes()), vec![], now()))
+        .collect();
+    produce(&topic, 0, &records).await;
+    // Give the sink time to consume (it is polling the partition from offset 0).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        archived_records(&archive).await,
+        0,
+        "nothing is durable before the drain"
+    );
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        archived_records(&archive).await,
+        20,
+        "every buffered record made durable"
+    );
+    assert!(
+        text(&out.stdout).starts_with("archived 20 records in 1 files"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn bad_input_is_one_sentence_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", dir.path().display());
+    let bootstrap = common::kafka_bootstrap();
+
+    let out = rewind()
+        .args([
+            "sink",
+            "--once",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            &bootstrap,
+            "--topics",
+            "orders(",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        error_line(&out).starts_with(
+            "error: invalid configuration: sink.topics: invalid regular expression \"orders(\""
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = rewind()
+        .args([
+            "sink",
+            "--once",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        error_line(&out),
+        "error: kafka 127.0.0.1:1: no broker answered within 10s (check --bootstrap-servers and that the cluster is up)"
+    );
+
+    let out = rewind()
+        .args([
+            "sink",
+            "--once",
+            "--archive",
+            "file:///proc/rewind-archive",
+            "--bootstrap-servers",
+            &bootstrap,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        error_line(&out)
+            .starts_with("error: file:///proc/rewind-archive: create the archive directory failed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let bucket = common::unique("rewind-absent");
+    let out = rewind()
+        .args([
+            "sink",
+            "--once",
+            "--archive",
+            &format!("s3://{bucket}"),
+            "--s3-endpoint",
+            &common::s3_endpoint(),
+            "--s3-path-style",
+            "--bootstrap-servers",
+            &bootstrap,
+        ])
+        .env("AWS_ACCESS_KEY_ID", common::s3_access_key())
+        .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(error_line(&out), format!("error: s3://{bucket}: bucket \"{bucket}\" not found (check --archive or REWIND__ARCHIVE)"));
+
+    let out = rewind()
+        .args([
+            "sink",
+            "--once",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            &bootstrap,
+            "--topics",
+            "no-topic-is-called-this",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(error_line(&out), "error: no topic matches --topics \"^(?:no-topic-is-called-this)$\" (after --exclude); nothing to back up");
+}
