@@ -437,3 +437,145 @@ async fn an_archive_of_another_cluster_is_refused() {
     );
     assert!(err.to_string().contains("--allow-cluster-change"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_deleted_before_they_were_archived_become_a_recorded_gap() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let topic = common::unique("sink-gap");
+    create_topic(&topic, 1, &[]).await;
+    let base = now() - 60_000;
+    let first = produce(&topic, 0, &sample(base)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    snapshot(&store, options(&regex::escape(&topic))).await;
+
+    // Five more records, of which the broker deletes three before the next backup runs.
+    let second = produce(&topic, 0, &sample(base + 10)).await;
+    let admin: AdminClient<DefaultClientContext> = common::kafka::config().create().unwrap();
+    let mut cut = TopicPartitionList::new();
+    cut.add_partition_offset(&topic, 0, Offset::Offset(8))
+        .unwrap();
+    admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .unwrap();
+
+    let report = snapshot(&store, options(&regex::escape(&topic))).await;
+    assert_eq!((report.gaps, report.records), (1, 2));
+    let gap: serde_json::Value = serde_json::from_slice(
+        &store
+            .get(&format!("_gaps/{topic}/0/00000000000000000005.json"))
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            gap["start"].as_i64(),
+            gap["end"].as_i64(),
+            gap["reason"].as_str()
+        ),
+        (Some(5), Some(8), Some("retention"))
+    );
+
+    // The chain resumes after the hole: [0, 5) then [8, 10), nothing in between, nothing twice.
+    let mut keys: Vec<DataFileKey> = store
+        .list("data/")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| DataFileKey::parse(&o.key))
+        .collect();
+    keys.sort_by_key(|k| k.start);
+    // Offset 8 is an hour older than offset 9, so the bucket rule closes its file before 9.
+    assert_eq!(
+        keys.iter().map(|k| k.start).collect::<Vec<_>>(),
+        vec![0, 8, 9]
+    );
+    let mut got = Vec::new();
+    for key in keys {
+        got.extend(
+            datafile::decode(store.get(&key.to_string()).await.unwrap().body)
+                .unwrap()
+                .1,
+        );
+    }
+    let want: Vec<Record> = first
+        .into_iter()
+        .chain(second.into_iter().filter(|r| r.offset >= 8))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recreated_topic_never_mixes_with_the_old_chain() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let topic = common::unique("sink-recreated");
+    create_topic(&topic, 1, &[]).await;
+    let base = now() - 60_000;
+    let old = produce(&topic, 0, &[sample(base), sample(base + 10)].concat()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    snapshot(&store, options(&regex::escape(&topic))).await;
+    let files_before = store.list("data/").await.unwrap();
+
+    let admin: AdminClient<DefaultClientContext> = common::kafka::config().create().unwrap();
+    admin
+        .delete_topics(
+            &[&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
+    // Topic deletion completes asynchronously on the broker; retry the creation until it is accepted.
+    let mut created = false;
+    for _ in 0..60 {
+        let new =
+            rdkafka::admin::NewTopic::new(&topic, 1, rdkafka::admin::TopicReplication::Fixed(1))
+                .set("retention.ms", "-1");
+        let result = admin
+            .create_topics([&new], &AdminOptions::new())
+            .await
+            .unwrap();
+        if result[0].is_ok() {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(created, "the topic could be recreated");
+    let recreated = produce(&topic, 0, &sample(base + 20)).await;
+    assert_eq!(
+        recreated[0].offset, 0,
+        "the new topic starts again at offset 0"
+    );
+
+    let run = sink::run(
+        common::kafka::config(),
+        store.clone(),
+        options(&regex::escape(&topic)),
+        std::future::pending(),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "offsets went backwards (topic deleted and recreated?): {topic}/0"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        store.list("data/").await.unwrap(),
+        files_before,
+        "the old chain is untouched"
+    );
+    assert_eq!(archived(&store, &topic, 0).await, old);
+}

@@ -64,8 +64,8 @@ pub enum SinkError {
     Flush(#[from] FlushError),
     #[error("no topic matches --topics {0:?} (after --exclude); nothing to back up")]
     NoTopics(String),
-    #[error("stopping took longer than the drain deadline of {0}s; data already durable is safe, the rest is archived on the next start")]
-    DrainTimeout(u64),
+    #[error("{} partition(s) were not backed up because their offsets went backwards (topic deleted and recreated?): {}; the archived chains are untouched — move them aside or back up into a new archive", .0.len(), .0.join(", "))]
+    OffsetsWentBackwards(Vec<String>),
 }
 
 /// Totals of one sink run.
@@ -77,6 +77,8 @@ pub struct SinkReport {
     pub files: u64,
     pub adopted_files: u64,
     pub gaps: u64,
+    /// Partitions refused because their log ends before the archived chain (`topic/partition`).
+    pub refused: Vec<String>,
 }
 
 /// Kafka's internal topics start with `__`; Rewind never backs up its own or the broker's internals.
@@ -171,10 +173,16 @@ pub async fn run(
     };
     sink.discover().await?;
     if sink.chains.is_empty() && opts.once {
+        if !sink.report.refused.is_empty() {
+            return Err(SinkError::OffsetsWentBackwards(sink.report.refused));
+        }
         return Err(SinkError::NoTopics(opts.topics.as_str().to_string()));
     }
     sink.consume(stop).await?;
     sink.report.partitions = sink.chains.len();
+    if !sink.report.refused.is_empty() {
+        return Err(SinkError::OffsetsWentBackwards(sink.report.refused));
+    }
     Ok(sink.report)
 }
 
@@ -218,6 +226,22 @@ impl Sink<'_> {
                     .map_err(|e| self.kafka_err(e))?;
                 let mut chain =
                     PartitionChain::resume(self.store, topic.name(), p.id(), low).await?;
+                if chain.end > high {
+                    // The log ends before what is archived: the topic was deleted and recreated (or
+                    // truncated). Writing would mix two histories under one chain, so never do.
+                    let name = format!("{}/{}", topic.name(), p.id());
+                    if !self.report.refused.contains(&name) {
+                        tracing::error!(
+                            topic = topic.name(),
+                            partition = p.id(),
+                            archived_end = chain.end,
+                            log_end = high,
+                            "offsets went backwards: the partition's log ends before the archived chain; not backing it up"
+                        );
+                        self.report.refused.push(name);
+                    }
+                    continue;
+                }
                 if chain.end < low {
                     self.record_gap(&chain, low).await?;
                     chain.end = low;
