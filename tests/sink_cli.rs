@@ -106,7 +106,7 @@ async fn sigterm_drains_buffered_records_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let archive = format!("file://{}/archive", dir.path().display());
     // Files stay open for an hour: only the drain can make these records durable.
-    let mut child = rewind()
+    let child = rewind()
         .args([
             "sink",
             "--archive",
