@@ -100,9 +100,35 @@ pub fn topic_regex(pattern: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?:{pattern})$"))
 }
 
+/// Partitions the group took away from this worker, noted by the rebalance callback and dropped by
+/// the main loop. Dropping buffered records is safe: the new owner resumes from the archive.
+#[derive(Default)]
+struct SinkContext {
+    revoked: std::sync::Mutex<Vec<(String, i32)>>,
+}
+
+impl rdkafka::client::ClientContext for SinkContext {}
+
+impl rdkafka::consumer::ConsumerContext for SinkContext {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            revoked.extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition())),
+            );
+        }
+    }
+}
+
 struct Sink<'a> {
     store: &'a dyn ObjectStore,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<SinkContext>,
     admin: AdminClient<DefaultClientContext>,
     opts: &'a SinkOptions,
     servers: String,
@@ -112,6 +138,10 @@ struct Sink<'a> {
     targets: HashMap<(String, i32), i64>,
     report: SinkReport,
     started: Instant,
+    /// Continuous mode: the topics currently subscribed to.
+    subscribed: Vec<String>,
+    /// Every partition this worker handled, for the report.
+    seen: std::collections::HashSet<(String, i32)>,
 }
 
 /// Run the sink until it is told to stop (`stop` resolves) or, in snapshot mode, until every
@@ -137,8 +167,11 @@ pub async fn run(
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true");
-    let consumer: StreamConsumer = consumer_config.create().map_err(kafka_err)?;
+        .set("enable.partition.eof", "true")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    let consumer: StreamConsumer<SinkContext> = consumer_config
+        .create_with_context(SinkContext::default())
+        .map_err(kafka_err)?;
     let admin: AdminClient<DefaultClientContext> = client.create().map_err(kafka_err)?;
 
     let probe = consumer.client().fetch_cluster_id(Duration::from_secs(10));
@@ -170,6 +203,8 @@ pub async fn run(
         targets: HashMap::new(),
         report: SinkReport::default(),
         started: Instant::now(),
+        subscribed: Vec::new(),
+        seen: Default::default(),
     };
     sink.discover().await?;
     if sink.chains.is_empty() && opts.once {
@@ -179,7 +214,7 @@ pub async fn run(
         return Err(SinkError::NoTopics(opts.topics.as_str().to_string()));
     }
     sink.consume(stop).await?;
-    sink.report.partitions = sink.chains.len();
+    sink.report.partitions = sink.seen.len();
     if !sink.report.refused.is_empty() {
         return Err(SinkError::OffsetsWentBackwards(sink.report.refused));
     }
@@ -194,84 +229,72 @@ impl Sink<'_> {
         }
     }
 
-    /// Find selected partitions that are not assigned yet, resume their chains from the archive and
-    /// add them to the assignment.
+    /// Find the selected topics. Snapshot mode assigns their partitions directly, each from its
+    /// chain's end; continuous mode subscribes the group to them, and partitions are resumed from
+    /// the archive as the group hands them over.
     async fn discover(&mut self) -> Result<(), SinkError> {
         let metadata = self
             .consumer
             .fetch_metadata(None, Duration::from_secs(30))
             .map_err(|e| self.kafka_err(e))?;
-        let mut added = TopicPartitionList::new();
         let mut topics = Vec::new();
+        let mut partitions = Vec::new();
         for topic in metadata.topics() {
             if !self.opts.selects(topic.name()) || topic.error().is_some() {
                 continue;
             }
+            let replication = topic
+                .partitions()
+                .first()
+                .map_or(1, |p| p.replicas().len() as i32);
             topics.push((
                 topic.name().to_string(),
                 topic.partitions().len() as i32,
+                replication,
+            ));
+            partitions.extend(
                 topic
                     .partitions()
-                    .first()
-                    .map_or(1, |p| p.replicas().len() as i32),
-            ));
-            for p in topic.partitions() {
-                let id = (topic.name().to_string(), p.id());
-                if self.chains.contains_key(&id) {
-                    continue;
-                }
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(topic.name(), p.id(), Duration::from_secs(30))
-                    .map_err(|e| self.kafka_err(e))?;
-                let mut chain =
-                    PartitionChain::resume(self.store, topic.name(), p.id(), low).await?;
-                if chain.end > high {
-                    // The log ends before what is archived: the topic was deleted and recreated (or
-                    // truncated). Writing would mix two histories under one chain, so never do.
-                    let name = format!("{}/{}", topic.name(), p.id());
-                    if !self.report.refused.contains(&name) {
-                        tracing::error!(
-                            topic = topic.name(),
-                            partition = p.id(),
-                            archived_end = chain.end,
-                            log_end = high,
-                            "offsets went backwards: the partition's log ends before the archived chain; not backing it up"
-                        );
-                        self.report.refused.push(name);
-                    }
-                    continue;
-                }
-                if chain.end < low {
-                    self.record_gap(&chain, low).await?;
-                    chain.end = low;
-                }
-                if self.opts.once {
-                    if chain.end < high {
-                        self.targets.insert(id.clone(), high);
-                    }
-                } else {
-                    self.targets.remove(&id);
-                }
-                if !self.opts.once || chain.end < high {
-                    added
-                        .add_partition_offset(topic.name(), p.id(), Offset::Offset(chain.end))
-                        .map_err(|e| self.kafka_err(e))?;
-                }
-                tracing::info!(
-                    topic = topic.name(),
-                    partition = p.id(),
-                    resume = chain.end,
-                    low,
-                    high,
-                    "partition assigned"
-                );
-                self.chains.insert(id, chain);
-            }
+                    .iter()
+                    .map(|p| (topic.name().to_string(), p.id())),
+            );
         }
-        for (topic, partitions, replication_factor) in topics {
-            self.write_topic_meta(&topic, partitions, replication_factor)
+        for (topic, count, replication_factor) in &topics {
+            self.write_topic_meta(topic, *count, *replication_factor)
                 .await?;
+        }
+        if !self.opts.once {
+            let mut names: Vec<String> = topics.into_iter().map(|(name, _, _)| name).collect();
+            names.sort();
+            if names != self.subscribed && !names.is_empty() {
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                self.consumer
+                    .subscribe(&refs)
+                    .map_err(|e| self.kafka_err(e))?;
+                tracing::info!(
+                    topics = names.len(),
+                    "subscribed the group to the selected topics"
+                );
+                self.subscribed = names;
+            }
+            return Ok(());
+        }
+        let mut added = TopicPartitionList::new();
+        for id in partitions {
+            if self.chains.contains_key(&id) {
+                continue;
+            }
+            let Some((chain, high)) = self.open_chain(&id.0, id.1).await? else {
+                continue;
+            };
+            if chain.end < high {
+                self.targets.insert(id.clone(), high);
+                added
+                    .add_partition_offset(&id.0, id.1, Offset::Offset(chain.end))
+                    .map_err(|e| self.kafka_err(e))?;
+            }
+            self.seen.insert(id.clone());
+            self.chains.insert(id, chain);
         }
         if added.count() > 0 {
             self.consumer
@@ -279,6 +302,50 @@ impl Sink<'_> {
                 .map_err(|e| self.kafka_err(e))?;
         }
         Ok(())
+    }
+
+    /// Resume one partition's chain from the archive, checked against the partition's log: a hole
+    /// (records deleted before they were archived) is recorded, and a log that ends before the chain
+    /// (offsets went backwards) is refused. Returns the chain and the high watermark.
+    async fn open_chain(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<(PartitionChain, i64)>, SinkError> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(30))
+            .map_err(|e| self.kafka_err(e))?;
+        let mut chain = PartitionChain::resume(self.store, topic, partition, low).await?;
+        if chain.end > high {
+            // The log ends before what is archived: the topic was deleted and recreated (or
+            // truncated). Writing would mix two histories under one chain, so never do.
+            let name = format!("{topic}/{partition}");
+            if !self.report.refused.contains(&name) {
+                tracing::error!(
+                    topic,
+                    partition,
+                    archived_end = chain.end,
+                    log_end = high,
+                    "offsets went backwards: the partition's log ends before the archived chain; not backing it up"
+                );
+                self.report.refused.push(name);
+            }
+            return Ok(None);
+        }
+        if chain.end < low {
+            self.record_gap(&chain, low).await?;
+            chain.end = low;
+        }
+        tracing::info!(
+            topic,
+            partition,
+            resume = chain.end,
+            low,
+            high,
+            "partition resumed from the archive"
+        );
+        Ok(Some((chain, high)))
     }
 
     async fn record_gap(&mut self, chain: &PartitionChain, low: i64) -> Result<(), SinkError> {
@@ -353,6 +420,7 @@ impl Sink<'_> {
             if self.opts.once && self.targets.is_empty() {
                 break;
             }
+            self.drop_revoked();
             tokio::select! {
                 _ = &mut stop => {
                     tracing::info!("stopping: flushing every buffered record");
@@ -390,6 +458,30 @@ impl Sink<'_> {
         let now = self.now_ms();
         let offset = record.offset;
         let bucket = HourBucket::of_millis(record.timestamp.unwrap_or_else(now_millis));
+        if !self.chains.contains_key(&id) {
+            if self.opts.once || self.report.refused.contains(&format!("{}/{}", id.0, id.1)) {
+                return Ok(());
+            }
+            // The group just handed this partition over: the archive says where it continues.
+            let Some((chain, _)) = self.open_chain(&id.0, id.1).await? else {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&id.0, id.1);
+                let _ = self.consumer.pause(&tpl);
+                return Ok(());
+            };
+            let end = chain.end;
+            self.seen.insert(id.clone());
+            self.chains.insert(id.clone(), chain);
+            if offset > end {
+                // The group's committed offset is ahead of the archive (a crash between checkpoint
+                // and commit cannot cause this, but another tool committing to the group can):
+                // read again from the chain's end so nothing is skipped.
+                self.consumer
+                    .seek(&id.0, id.1, Offset::Offset(end), Duration::from_secs(10))
+                    .map_err(|e| self.kafka_err(e))?;
+                return Ok(());
+            }
+        }
         let Some(chain) = self.chains.get_mut(&id) else {
             return Ok(());
         };
@@ -466,6 +558,29 @@ impl Sink<'_> {
             self.flush(&id, RollReason::Age).await?;
         }
         Ok(())
+    }
+
+    /// Forget partitions the group moved to another worker; their buffered records are read again
+    /// by the new owner from the archive's end, so dropping them loses nothing.
+    fn drop_revoked(&mut self) {
+        let revoked: Vec<(String, i32)> = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for id in revoked {
+            if let Some(chain) = self.chains.remove(&id) {
+                tracing::info!(
+                    topic = id.0,
+                    partition = id.1,
+                    dropped_records = chain.buffered_records(),
+                    "partition revoked"
+                );
+            }
+        }
     }
 
     fn buffered(&self) -> u64 {

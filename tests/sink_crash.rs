@@ -1,0 +1,196 @@
+//! Crashes and scale-out: sink workers of one group are killed with SIGKILL at arbitrary moments
+//! (mid-consume, mid-upload, between upload and checkpoint, between checkpoint and commit) and
+//! restarted while records keep arriving; partitions move between workers. Afterwards the archive
+//! must hold every produced record exactly once, in one contiguous chain per partition.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::kafka::{create_topic, produce, record};
+use rand::Rng;
+use rewind::archive::datafile;
+use rewind::archive::documents;
+use rewind::archive::paths::DataFileKey;
+use rewind::archive::Record;
+use rewind::storage::{LocalStore, ObjectStore, StorageUrl};
+
+fn worker(archive: &str, topic: &str, group: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_rewind"))
+        .args([
+            "sink",
+            "--archive",
+            archive,
+            "--bootstrap-servers",
+            &common::kafka_bootstrap(),
+            "--topics",
+            &regex::escape(topic),
+            "--group",
+            group,
+        ])
+        // A killed member's partitions move to the others after the session timeout.
+        .args([
+            "-X",
+            "session.timeout.ms=6000",
+            "-X",
+            "heartbeat.interval.ms=1000",
+        ])
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "7")
+        .env("REWIND__SINK__MAX_FILE_AGE", "1s")
+        .env("REWIND__SINK__DISCOVERY_INTERVAL", "1s")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn chain(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) -> Vec<Record> {
+    let mut keys: Vec<DataFileKey> = store
+        .list(&DataFileKey::partition_prefix(topic, partition))
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| DataFileKey::parse(&o.key))
+        .collect();
+    keys.sort_by_key(|k| k.start);
+    let mut records = Vec::new();
+    let mut expected = 0;
+    for key in keys {
+        let (meta, rows) =
+            datafile::decode(store.get(&key.to_string()).await.unwrap().body).unwrap();
+        assert_eq!(
+            meta.start, expected,
+            "{key}: the chain is contiguous (no overlap, no hole)"
+        );
+        expected = meta.end;
+        records.extend(rows);
+    }
+    let checkpoint = documents::read_checkpoint(&**store, topic, partition)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        checkpoint.doc.end, expected,
+        "partition {partition}: the checkpoint is at the chain's end"
+    );
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_workers_lose_and_duplicate_nothing() {
+    const PARTITIONS: i32 = 4;
+    let topic = common::unique("crash");
+    create_topic(&topic, PARTITIONS, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", dir.path().display());
+    let group = common::unique("crash-group");
+
+    let mut workers = vec![
+        worker(&archive, &topic, &group),
+        worker(&archive, &topic, &group),
+    ];
+    let mut produced: Vec<Vec<Record>> = vec![Vec::new(); PARTITIONS as usize];
+    let mut kills = 0;
+    for round in 0..12 {
+        for partition in 0..PARTITIONS {
+            let batch: Vec<Record> = (0..9)
+                .map(|i| {
+                    record(
+                        Some(format!("p{partition}-r{round}-{i}").as_bytes()),
+                        Some(&vec![b'x'; 200]),
+                        vec![],
+                        now(),
+                    )
+                })
+                .collect();
+            produced[partition as usize].extend(produce(&topic, partition, &batch).await);
+        }
+        let pause = rand::rng().random_range(200..900);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if round % 3 == 2 {
+            // SIGKILL one worker at an arbitrary moment and start a replacement: partitions move.
+            let victim = rand::rng().random_range(0..workers.len());
+            let mut dead = workers.remove(victim);
+            dead.kill().unwrap();
+            dead.wait().unwrap();
+            kills += 1;
+            workers.push(worker(&archive, &topic, &group));
+        }
+    }
+    // Let the survivors archive what they can, then stop them gracefully.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for w in &workers {
+        Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    for mut w in workers {
+        let status = tokio::task::spawn_blocking(move || w.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "a drained worker exits 0: {status:?}");
+    }
+    assert_eq!(kills, 4);
+
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalStore::open(StorageUrl::parse(&archive).unwrap()).unwrap());
+    let archived_by_workers: usize = {
+        let mut n = 0;
+        for p in 0..PARTITIONS {
+            n += chain(&store, &topic, p).await.len();
+        }
+        n
+    };
+    assert!(
+        archived_by_workers > 0,
+        "the workers archived records before the final snapshot"
+    );
+    eprintln!(
+        "workers archived {archived_by_workers} of {} records before the final snapshot",
+        PARTITIONS * 12 * 9
+    );
+
+    // A final snapshot catches up whatever the last kill left unarchived.
+    let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+        .args([
+            "sink",
+            "--once",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            &common::kafka_bootstrap(),
+            "--topics",
+            &regex::escape(&topic),
+            "--group",
+            &group,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for p in 0..PARTITIONS {
+        let got = chain(&store, &topic, p).await;
+        let want = &produced[p as usize];
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "partition {p}: every record exactly once"
+        );
+        assert_eq!(&got, want, "partition {p}: byte-exact and in order");
+    }
+}
