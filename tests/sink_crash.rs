@@ -107,7 +107,7 @@ async fn killed_workers_lose_and_duplicate_nothing() {
                 .map(|i| {
                     record(
                         Some(format!("p{partition}-r{round}-{i}").as_bytes()),
-                        Some(&vec![b'x'; 200]),
+                        Some(&[b'x'; 200]),
                         vec![],
                         now(),
                     )
