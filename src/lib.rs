@@ -8,5 +8,6 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod kafka;
+pub mod metrics;
 pub mod sink;
 pub mod storage;

@@ -105,6 +105,7 @@ async fn duckdb_reads_exactly_what_was_produced() {
         discovery_interval: Duration::from_secs(30),
         allow_cluster_change: false,
         drain_timeout: Duration::from_secs(30),
+        progress: false,
     };
     let report = sink::run(common::kafka::config(), store, opts, std::future::pending())
         .await

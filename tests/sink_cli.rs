@@ -261,3 +261,103 @@ fn bad_input_is_one_sentence_and_a_non_zero_exit() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(error_line(&out), "error: no topic matches --topics \"^(?:no-topic-is-called-this)$\" (after --exclude); nothing to back up");
 }
+
+/// GET a URL path from a loopback HTTP server and return the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of one sample line `name{labels} value` in Prometheus exposition text.
+fn sample(body: &str, name: &str, topic: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&format!("topic=\"{topic}\"")))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_what_was_archived() {
+    let topic = common::unique("cli-metrics");
+    create_topic(&topic, 2, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", dir.path().display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = rewind()
+        .args([
+            "sink",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            &common::kafka_bootstrap(),
+            "--topics",
+            &regex::escape(&topic),
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("REWIND__SINK__MAX_FILE_AGE", "1s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let records: Vec<_> = (0..30)
+        .map(|i| record(Some(b"k"), Some(format!("v{i}").as_bytes()), vec![], now()))
+        .collect();
+    produce(&topic, 0, &records[..20]).await;
+    produce(&topic, 1, &records[20..]).await;
+
+    let mut body = String::new();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        body = tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
+            .await
+            .unwrap();
+        if sample(&body, "rewind_sink_records_archived_total", &topic) == Some(30.0)
+            && sample(&body, "rewind_sink_lag_records", &topic) == Some(0.0)
+        {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        sample(&body, "rewind_sink_records_archived_total", &topic),
+        Some(30.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "rewind_sink_lag_records", &topic),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "rewind_sink_recovery_point_age_seconds", &topic),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "rewind_sink_bytes_archived_total", &topic).is_some_and(|b| b > 0.0),
+        "{body}"
+    );
+    assert!(body.contains("rewind_sink_upload_seconds"), "{body}");
+    assert_eq!(archived_records(&archive).await, 30);
+}

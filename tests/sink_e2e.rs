@@ -48,6 +48,7 @@ fn options(topics: &str) -> SinkOptions {
         discovery_interval: Duration::from_secs(30),
         allow_cluster_change: false,
         drain_timeout: Duration::from_secs(30),
+        progress: false,
     }
 }
 

@@ -31,6 +31,9 @@ pub struct SinkArgs {
     /// Write into an archive that was made from another Kafka cluster.
     #[arg(long)]
     allow_cluster_change: bool,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
@@ -69,7 +72,11 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
         discovery_interval: s.discovery_interval,
         allow_cluster_change: args.allow_cluster_change,
         drain_timeout: s.drain_timeout,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr).map_err(Failure::found)?;
+    }
     let client = kafka::client_config(&config.kafka, &[]);
     let drain = s.drain_timeout;
     let stop = async move {

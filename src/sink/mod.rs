@@ -51,6 +51,8 @@ pub struct SinkOptions {
     pub allow_cluster_change: bool,
     /// How long a graceful stop may take to flush.
     pub drain_timeout: Duration,
+    /// Print a status line to stderr every 10 seconds (for a terminal).
+    pub progress: bool,
 }
 
 /// Why the sink stopped with an error.
@@ -105,9 +107,22 @@ pub fn topic_regex(pattern: &str) -> Result<Regex, regex::Error> {
 #[derive(Default)]
 struct SinkContext {
     revoked: std::sync::Mutex<Vec<(String, i32)>>,
+    /// Last stable offset of each partition, from librdkafka's periodic statistics (for lag).
+    log_end: std::sync::Mutex<HashMap<(String, i32), i64>>,
 }
 
-impl rdkafka::client::ClientContext for SinkContext {}
+impl rdkafka::client::ClientContext for SinkContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self.log_end.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, topic) in statistics.topics {
+            for (id, partition) in topic.partitions {
+                if id >= 0 && partition.ls_offset >= 0 {
+                    ends.insert((name.clone(), id), partition.ls_offset);
+                }
+            }
+        }
+    }
+}
 
 impl rdkafka::consumer::ConsumerContext for SinkContext {
     fn pre_rebalance(
@@ -142,6 +157,8 @@ struct Sink<'a> {
     subscribed: Vec<String>,
     /// Every partition this worker handled, for the report.
     seen: std::collections::HashSet<(String, i32)>,
+    /// When the last status line was printed, and the totals then.
+    last_status: (u64, u64, u64),
 }
 
 /// Run the sink until it is told to stop (`stop` resolves) or, in snapshot mode, until every
@@ -168,7 +185,8 @@ pub async fn run(
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("statistics.interval.ms", "5000");
     let consumer: StreamConsumer<SinkContext> = consumer_config
         .create_with_context(SinkContext::default())
         .map_err(kafka_err)?;
@@ -205,6 +223,7 @@ pub async fn run(
         started: Instant::now(),
         subscribed: Vec::new(),
         seen: Default::default(),
+        last_status: (0, 0, 0),
     };
     sink.discover().await?;
     if sink.chains.is_empty() && opts.once {
@@ -330,6 +349,8 @@ impl Sink<'_> {
                     "offsets went backwards: the partition's log ends before the archived chain; not backing it up"
                 );
                 self.report.refused.push(name);
+                metrics::counter!(crate::metrics::SINK_REFUSED, "topic" => topic.to_string())
+                    .increment(1);
             }
             return Ok(None);
         }
@@ -366,6 +387,7 @@ impl Sink<'_> {
         };
         documents::record_gap(self.store, &gap).await?;
         self.report.gaps += 1;
+        metrics::counter!(crate::metrics::SINK_GAPS, "topic" => chain.topic.clone()).increment(1);
         Ok(())
     }
 
@@ -557,7 +579,55 @@ impl Sink<'_> {
         for id in due {
             self.flush(&id, RollReason::Age).await?;
         }
+        self.observe();
         Ok(())
+    }
+
+    /// Update the gauges (buffer, lag, recovery point age per topic) and, every 10 seconds, print
+    /// the status line when asked to.
+    fn observe(&mut self) {
+        let now = self.now_ms();
+        metrics::gauge!(crate::metrics::SINK_BUFFERED_BYTES).set(self.buffered() as f64);
+        let ends = self
+            .consumer
+            .context()
+            .log_end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut per_topic: BTreeMap<&str, (i64, u64)> = BTreeMap::new();
+        for ((topic, partition), chain) in &self.chains {
+            let entry = per_topic.entry(topic.as_str()).or_default();
+            if let Some(end) = ends.get(&(topic.clone(), *partition)) {
+                entry.0 += (end - chain.end).max(0);
+            }
+            if let Some(open) = chain.open_file() {
+                entry.1 = entry.1.max(now.saturating_sub(open.opened_at_ms));
+            }
+        }
+        let mut total_lag = 0;
+        for (topic, (lag, age_ms)) in &per_topic {
+            total_lag += lag;
+            metrics::gauge!(crate::metrics::SINK_LAG, "topic" => topic.to_string())
+                .set(*lag as f64);
+            metrics::gauge!(crate::metrics::SINK_RECOVERY_POINT_AGE, "topic" => topic.to_string())
+                .set(*age_ms as f64 / 1000.0);
+        }
+        if self.opts.progress && now.saturating_sub(self.last_status.0) >= 10_000 {
+            let (at, records, bytes) = self.last_status;
+            let secs = (now.saturating_sub(at)).max(1) as f64 / 1000.0;
+            eprintln!(
+                "sink: {} partitions, {:.0} records/s, {:.1} MB/s, lag {} records, buffer {:.1}/{:.0} MiB, {} files",
+                self.chains.len(),
+                (self.report.records - records) as f64 / secs,
+                (self.report.bytes - bytes) as f64 / secs / 1e6,
+                total_lag,
+                self.buffered() as f64 / 1048576.0,
+                self.opts.buffer_budget as f64 / 1048576.0,
+                self.report.files,
+            );
+            self.last_status = (now, self.report.records, self.report.bytes);
+        }
     }
 
     /// Forget partitions the group moved to another worker; their buffered records are read again
@@ -636,12 +706,22 @@ impl Sink<'_> {
                 break;
             };
             flushed_any = true;
+            let topic = chain.topic.clone();
             if done.adopted {
                 self.report.adopted_files += 1;
+                metrics::counter!(crate::metrics::SINK_FILES_ADOPTED, "topic" => topic)
+                    .increment(1);
             } else {
                 self.report.files += 1;
                 self.report.records += done.records;
                 self.report.bytes += done.bytes;
+                metrics::counter!(crate::metrics::SINK_RECORDS, "topic" => topic.clone())
+                    .increment(done.records);
+                metrics::counter!(crate::metrics::SINK_BYTES, "topic" => topic.clone())
+                    .increment(done.bytes);
+                metrics::counter!(crate::metrics::SINK_FILES, "topic" => topic, "reason" => reason.as_str()).increment(1);
+                metrics::histogram!(crate::metrics::SINK_UPLOAD_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
             }
             tracing::debug!(
                 key = done.key,

@@ -1,0 +1,89 @@
+//! Every metric Rewind exports, named in one place. Labels have bounded cardinality: `topic` and a
+//! small fixed set of reasons, never partitions or offsets.
+
+use std::net::SocketAddr;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+/// Records made durable in the archive (`topic`).
+pub const SINK_RECORDS: &str = "rewind_sink_records_archived_total";
+/// Bytes of data files written (`topic`).
+pub const SINK_BYTES: &str = "rewind_sink_bytes_archived_total";
+/// Data files written (`topic`, `reason`: records, bytes, age, later_bucket, revoked, shutdown, memory_pressure).
+pub const SINK_FILES: &str = "rewind_sink_files_written_total";
+/// Data files found already written and adopted instead of duplicated (`topic`).
+pub const SINK_FILES_ADOPTED: &str = "rewind_sink_files_adopted_total";
+/// Time to make one file durable: upload plus checkpoint.
+pub const SINK_UPLOAD_SECONDS: &str = "rewind_sink_upload_seconds";
+/// Bytes of records buffered in memory across all partitions.
+pub const SINK_BUFFERED_BYTES: &str = "rewind_sink_buffered_bytes";
+/// Records in Kafka not yet durable in the archive (`topic`).
+pub const SINK_LAG: &str = "rewind_sink_lag_records";
+/// Seconds since the oldest record not yet durable was consumed (`topic`); 0 when all is durable.
+pub const SINK_RECOVERY_POINT_AGE: &str = "rewind_sink_recovery_point_age_seconds";
+/// Recorded gaps: records deleted by the broker before they were archived (`topic`).
+pub const SINK_GAPS: &str = "rewind_sink_gaps_total";
+/// Partitions refused because their offsets went backwards (`topic`).
+pub const SINK_REFUSED: &str = "rewind_sink_partitions_refused_total";
+/// Errors that stopped a sink (`kind`).
+pub const SINK_ERRORS: &str = "rewind_sink_errors_total";
+
+/// Serve Prometheus exposition on `addr` (GET any path, e.g. `/metrics`) and describe every metric.
+pub fn serve(addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(
+        SINK_RECORDS,
+        Unit::Count,
+        "Records made durable in the archive."
+    );
+    describe_counter!(SINK_BYTES, Unit::Bytes, "Bytes of data files written.");
+    describe_counter!(
+        SINK_FILES,
+        Unit::Count,
+        "Data files written, by rotation reason."
+    );
+    describe_counter!(
+        SINK_FILES_ADOPTED,
+        Unit::Count,
+        "Data files found already written and adopted."
+    );
+    describe_histogram!(
+        SINK_UPLOAD_SECONDS,
+        Unit::Seconds,
+        "Time to make one data file durable (upload and checkpoint)."
+    );
+    describe_gauge!(
+        SINK_BUFFERED_BYTES,
+        Unit::Bytes,
+        "Bytes of records buffered in memory."
+    );
+    describe_gauge!(
+        SINK_LAG,
+        Unit::Count,
+        "Records in Kafka not yet durable in the archive."
+    );
+    describe_gauge!(
+        SINK_RECOVERY_POINT_AGE,
+        Unit::Seconds,
+        "Seconds since the oldest record not yet durable was consumed."
+    );
+    describe_counter!(
+        SINK_GAPS,
+        Unit::Count,
+        "Records deleted by the broker before they were archived (recorded gaps)."
+    );
+    describe_counter!(
+        SINK_REFUSED,
+        Unit::Count,
+        "Partitions refused because their offsets went backwards."
+    );
+    describe_counter!(SINK_ERRORS, Unit::Count, "Errors that stopped a sink.");
+}
