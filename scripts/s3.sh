@@ -103,8 +103,19 @@ case "${1:-}" in
   status) if running; then echo "s3: $(cat "$DIR/server") running on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"), log $LOGFILE)"; else echo "s3: not running"; exit 1; fi ;;
   log) echo "$LOGFILE" ;;
   install) if [ "$(server)" = minio ]; then install_minio; else install_moto; fi ;;
+  serve)
+    # Run a second, private server in the foreground: scripts/s3.sh serve DATA_DIR PORT (fault tests
+    # stop and restart it without touching the shared one).
+    data=${2:?data dir}; port=${3:?port}
+    case "$(server)" in
+      minio)
+        install_minio
+        MINIO_ROOT_USER=$ACCESS_KEY MINIO_ROOT_PASSWORD=$SECRET_KEY MINIO_BROWSER=off MINIO_UPDATE=off \
+          exec "$MINIO_BIN" server "$data" --address "127.0.0.1:$port" --console-address "127.0.0.1:$((port + 1))" --quiet ;;
+      *) install_moto; exec "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" ;;
+    esac ;;
   env)
     # Settings for tests and for trying Rewind against the test bed: eval "$(scripts/s3.sh env)".
     echo "export REWIND_TEST_S3_ENDPOINT=http://127.0.0.1:$PORT REWIND_TEST_S3_ACCESS_KEY=$ACCESS_KEY REWIND_TEST_S3_SECRET_KEY=$SECRET_KEY" ;;
-  *) echo "usage: $0 start|stop|restart|status|log|env|install" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|status|log|env|install|serve DIR PORT" >&2; exit 2 ;;
 esac

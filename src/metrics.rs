@@ -25,7 +25,7 @@ pub const SINK_RECOVERY_POINT_AGE: &str = "rewind_sink_recovery_point_age_second
 pub const SINK_GAPS: &str = "rewind_sink_gaps_total";
 /// Partitions refused because their offsets went backwards (`topic`).
 pub const SINK_REFUSED: &str = "rewind_sink_partitions_refused_total";
-/// Errors that stopped a sink (`kind`).
+/// Sink errors (`kind`: `storage_unavailable` for an upload that will be retried, `flush` for one that stopped the sink).
 pub const SINK_ERRORS: &str = "rewind_sink_errors_total";
 
 /// Serve Prometheus exposition on `addr` (GET any path, e.g. `/metrics`) and describe every metric.
@@ -85,5 +85,9 @@ fn describe() {
         Unit::Count,
         "Partitions refused because their offsets went backwards."
     );
-    describe_counter!(SINK_ERRORS, Unit::Count, "Errors that stopped a sink.");
+    describe_counter!(
+        SINK_ERRORS,
+        Unit::Count,
+        "Sink errors: storage_unavailable (retried) or flush (fatal)."
+    );
 }

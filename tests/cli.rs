@@ -315,7 +315,7 @@ fn check_names_what_is_wrong_with_the_archive() {
     assert_eq!(out.status.code(), Some(1));
     let line = error_line(&out);
     assert!(
-        line.starts_with("error: s3://any-bucket: endpoint http://127.0.0.1:1 unreachable ("),
+        line.starts_with("error: s3://any-bucket: endpoint http://127.0.0.1:1 unreachable (connection refused); check storage.s3.endpoint and that the server is up"),
         "{line}"
     );
 

@@ -85,7 +85,7 @@ async fn an_unreachable_endpoint_is_retried_then_reported() {
     assert!(matches!(err, StorageError::Unreachable { .. }), "{err:?}");
     let text = one_sentence(&err);
     assert!(
-        text.starts_with("s3://some-bucket: endpoint http://127.0.0.1:1 unreachable ("),
+        text.starts_with("s3://some-bucket: endpoint http://127.0.0.1:1 unreachable (connection refused); check storage.s3.endpoint and that the server is up"),
         "{text}"
     );
     assert!(

@@ -79,6 +79,8 @@ pub struct SinkReport {
     pub files: u64,
     pub adopted_files: u64,
     pub gaps: u64,
+    /// Most record bytes buffered at once across all partitions.
+    pub peak_buffered: u64,
     /// Partitions refused because their log ends before the archived chain (`topic/partition`).
     pub refused: Vec<String>,
 }
@@ -159,6 +161,13 @@ struct Sink<'a> {
     seen: std::collections::HashSet<(String, i32)>,
     /// When the last status line was printed, and the totals then.
     last_status: (u64, u64, u64),
+    /// The store is failing transiently: no flush is tried before this instant.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Consumption is paused because the buffer budget is used up and flushing cannot relieve it.
+    paused: bool,
+    /// Sum of every chain's buffered bytes, kept current so the hot path never adds them up.
+    buffered: u64,
 }
 
 /// Run the sink until it is told to stop (`stop` resolves) or, in snapshot mode, until every
@@ -186,7 +195,20 @@ pub async fn run(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // librdkafka's prefetch queue counts against memory too: keep it a fraction of the budget.
+        .set(
+            "queued.max.messages.kbytes",
+            (opts.buffer_budget / 4 / 1024)
+                .clamp(1024, 65_536)
+                .to_string(),
+        )
+        .set(
+            "fetch.max.bytes",
+            (opts.buffer_budget / 4)
+                .clamp(2 << 20, 50 << 20)
+                .to_string(),
+        );
     let consumer: StreamConsumer<SinkContext> = consumer_config
         .create_with_context(SinkContext::default())
         .map_err(kafka_err)?;
@@ -224,6 +246,10 @@ pub async fn run(
         subscribed: Vec::new(),
         seen: Default::default(),
         last_status: (0, 0, 0),
+        retry_at: None,
+        backoff: Duration::from_secs(1),
+        paused: false,
+        buffered: 0,
     };
     sink.discover().await?;
     if sink.chains.is_empty() && opts.once {
@@ -279,8 +305,15 @@ impl Sink<'_> {
             );
         }
         for (topic, count, replication_factor) in &topics {
-            self.write_topic_meta(topic, *count, *replication_factor)
-                .await?;
+            match self
+                .write_topic_meta(topic, *count, *replication_factor)
+                .await
+            {
+                Err(SinkError::Archive(ArchiveError::Storage(e))) if e.is_transient() => {
+                    tracing::warn!(topic, error = %e, "could not update _topics metadata; trying again at the next discovery");
+                }
+                other => other?,
+            }
         }
         if !self.opts.once {
             let mut names: Vec<String> = topics.into_iter().map(|(name, _, _)| name).collect();
@@ -485,7 +518,20 @@ impl Sink<'_> {
                 return Ok(());
             }
             // The group just handed this partition over: the archive says where it continues.
-            let Some((chain, _)) = self.open_chain(&id.0, id.1).await? else {
+            let opened = match self.open_chain(&id.0, id.1).await {
+                Err(SinkError::Flush(e)) if e.is_transient() => {
+                    // The archive cannot say where this partition continues yet: read this record
+                    // again once the store answers.
+                    tracing::warn!(topic = id.0, partition = id.1, error = %e, "cannot resume the partition from the archive yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.consumer
+                        .seek(&id.0, id.1, Offset::Offset(offset), Duration::from_secs(10))
+                        .map_err(|e| self.kafka_err(e))?;
+                    return Ok(());
+                }
+                other => other?,
+            };
+            let Some((chain, _)) = opened else {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&id.0, id.1);
                 let _ = self.consumer.pause(&tpl);
@@ -510,8 +556,23 @@ impl Sink<'_> {
         if let Some(reason) = chain.should_roll(&self.opts.policy, Event::BeforeAppend { bucket }) {
             self.flush(&id, reason).await?;
         }
+        if self.buffered() + record.size() > self.opts.buffer_budget {
+            self.relieve_memory().await?;
+            if self.buffered() + record.size() > self.opts.buffer_budget {
+                // Still no room (the store is down): do not buffer it; Kafka delivers it again
+                // from this offset once consumption resumes.
+                self.consumer
+                    .seek(&id.0, id.1, Offset::Offset(offset), Duration::from_secs(10))
+                    .map_err(|e| self.kafka_err(e))?;
+                return Ok(());
+            }
+        }
         let chain = self.chains.get_mut(&id).expect("chain exists");
+        let before = chain.buffered_bytes();
         chain.push(record, bucket, now);
+        self.buffered = self.buffered - before + chain.buffered_bytes();
+        self.report.peak_buffered = self.report.peak_buffered.max(self.buffered);
+        let chain = self.chains.get_mut(&id).expect("chain exists");
         if let Some(reason) = chain.should_roll(&self.opts.policy, Event::AfterAppend) {
             self.flush(&id, reason).await?;
         }
@@ -521,9 +582,6 @@ impl Sink<'_> {
             .is_some_and(|high| offset + 1 >= *high)
         {
             self.reached_target(&id).await?;
-        }
-        if self.buffered() > self.opts.buffer_budget {
-            self.relieve_memory().await?;
         }
         Ok(())
     }
@@ -578,6 +636,9 @@ impl Sink<'_> {
             .collect();
         for id in due {
             self.flush(&id, RollReason::Age).await?;
+        }
+        if self.paused {
+            self.relieve_memory().await?;
         }
         self.observe();
         Ok(())
@@ -643,6 +704,7 @@ impl Sink<'_> {
         );
         for id in revoked {
             if let Some(chain) = self.chains.remove(&id) {
+                self.buffered -= chain.buffered_bytes();
                 tracing::info!(
                     topic = id.0,
                     partition = id.1,
@@ -654,10 +716,7 @@ impl Sink<'_> {
     }
 
     fn buffered(&self) -> u64 {
-        self.chains
-            .values()
-            .map(PartitionChain::buffered_bytes)
-            .sum()
+        self.buffered
     }
 
     /// Over budget: flush the largest buffers until the total is back under half the budget.
@@ -669,20 +728,52 @@ impl Sink<'_> {
             .collect();
         by_size.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
         for (id, _) in by_size {
-            if self.buffered() <= self.opts.buffer_budget / 2 {
+            if self.buffered() <= self.opts.buffer_budget / 2 || self.retry_at.is_some() {
                 break;
             }
             self.flush(&id, RollReason::MemoryPressure).await?;
         }
+        let over = self.buffered() > self.opts.buffer_budget / 2;
+        if over != self.paused {
+            // The store is not keeping up: stop fetching until uploads catch up.
+            let assignment = self.consumer.assignment().map_err(|e| self.kafka_err(e))?;
+            let result = if over {
+                self.consumer.pause(&assignment)
+            } else {
+                self.consumer.resume(&assignment)
+            };
+            result.map_err(|e| self.kafka_err(e))?;
+            tracing::warn!(
+                paused = over,
+                buffered = self.buffered(),
+                budget = self.opts.buffer_budget,
+                "consumption {}",
+                if over {
+                    "paused: uploads are behind"
+                } else {
+                    "resumed"
+                }
+            );
+            self.paused = over;
+        }
         Ok(())
     }
 
+    /// Flush every partition; while the store fails transiently, wait and try again (the caller's
+    /// drain deadline bounds a graceful stop).
     async fn flush_all(&mut self, reason: RollReason) -> Result<(), SinkError> {
-        let ids: Vec<(String, i32)> = self.chains.keys().cloned().collect();
-        for id in ids {
-            self.flush(&id, reason).await?;
+        loop {
+            if let Some(at) = self.retry_at {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            let ids: Vec<(String, i32)> = self.chains.keys().cloned().collect();
+            for id in ids {
+                self.flush(&id, reason).await?;
+            }
+            if self.buffered() == 0 && self.chains.values().all(|c| c.open_file().is_none()) {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// Make one partition's buffer durable (all of it, across adoptions), then commit its position
@@ -691,20 +782,55 @@ impl Sink<'_> {
         let Some(chain) = self.chains.get_mut(id) else {
             return Ok(());
         };
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        let before = chain.buffered_bytes();
+        let result = self.flush_chain(id, reason).await;
+        if let Some(chain) = self.chains.get(id) {
+            self.buffered = self.buffered - before + chain.buffered_bytes();
+        }
+        result
+    }
+
+    async fn flush_chain(
+        &mut self,
+        id: &(String, i32),
+        reason: RollReason,
+    ) -> Result<(), SinkError> {
+        let Some(chain) = self.chains.get_mut(id) else {
+            return Ok(());
+        };
         let mut flushed_any = false;
         while chain.open_file().is_some() {
             let started = Instant::now();
-            let Some(done) = chain
+            let result = chain
                 .flush(
                     self.store,
                     &self.cluster_id,
                     self.opts.part_size,
                     now_millis(),
                 )
-                .await?
-            else {
-                break;
+                .await;
+            let done = match result {
+                Ok(Some(done)) => done,
+                Ok(None) => break,
+                Err(e) if e.is_transient() => {
+                    // Keep the records and try again later; consumption pauses if memory runs out.
+                    tracing::warn!(topic = chain.topic, partition = chain.partition, error = %e, retry_in_s = self.backoff.as_secs(), "the archive store is unavailable; records stay buffered");
+                    metrics::counter!(crate::metrics::SINK_ERRORS, "kind" => "storage_unavailable")
+                        .increment(1);
+                    self.retry_at = Some(Instant::now() + self.backoff);
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+                    break;
+                }
+                Err(e) => {
+                    metrics::counter!(crate::metrics::SINK_ERRORS, "kind" => "flush").increment(1);
+                    return Err(e.into());
+                }
             };
+            self.retry_at = None;
+            self.backoff = Duration::from_secs(1);
             flushed_any = true;
             let topic = chain.topic.clone();
             if done.adopted {

@@ -35,6 +35,18 @@ pub enum FlushError {
     },
 }
 
+impl FlushError {
+    /// Whether the store may accept the same flush later (outage, throttling, timeouts).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FlushError::Storage(e) | FlushError::Archive(ArchiveError::Storage(e)) => {
+                e.is_transient()
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What a flush made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flushed {

@@ -290,14 +290,22 @@ impl S3Store {
     }
 }
 
-/// The useful tail of a connector error ("Connection refused", "dns error: ...").
+/// The useful part of a connector error: a known cause, or a plain statement.
 fn connect_reason(message: &str) -> String {
-    message
-        .rsplit(": ")
-        .next()
-        .unwrap_or(message)
-        .trim()
-        .to_string()
+    let lower = message.to_ascii_lowercase();
+    for (needle, reason) in [
+        ("connection refused", "connection refused"),
+        ("connection reset", "connection reset"),
+        ("dns error", "the host name does not resolve"),
+        ("timed out", "timed out"),
+        ("timeout", "timed out"),
+        ("certificate", "TLS certificate rejected"),
+    ] {
+        if lower.contains(needle) {
+            return reason.to_string();
+        }
+    }
+    "the connection failed".to_string()
 }
 
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
