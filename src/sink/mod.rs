@@ -388,8 +388,8 @@ impl Sink<'_> {
             return Ok(None);
         }
         if chain.end < low {
-            self.record_gap(&chain, low).await?;
-            chain.end = low;
+            self.record_gap(topic, partition, chain.end, low).await?;
+            chain.skip_to(low, self.store).await?;
         }
         tracing::info!(
             topic,
@@ -402,25 +402,32 @@ impl Sink<'_> {
         Ok(Some((chain, high)))
     }
 
-    async fn record_gap(&mut self, chain: &PartitionChain, low: i64) -> Result<(), SinkError> {
+    /// Offsets `[start, end)` of a partition were deleted by the broker before they were archived.
+    async fn record_gap(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        start: i64,
+        end: i64,
+    ) -> Result<(), SinkError> {
         tracing::error!(
-            topic = chain.topic,
-            partition = chain.partition,
-            archived_end = chain.end,
-            earliest_available = low,
+            topic,
+            partition,
+            archived_end = start,
+            earliest_available = end,
             "records were deleted by retention before they were archived; recording a gap"
         );
         let gap = Gap {
-            topic: chain.topic.clone(),
-            partition: chain.partition,
-            start: chain.end,
-            end: low,
+            topic: topic.to_string(),
+            partition,
+            start,
+            end,
             reason: "retention".into(),
             detected_at: rfc3339_millis(now_millis()),
         };
         documents::record_gap(self.store, &gap).await?;
         self.report.gaps += 1;
-        metrics::counter!(crate::metrics::SINK_GAPS, "topic" => chain.topic.clone()).increment(1);
+        metrics::counter!(crate::metrics::SINK_GAPS, "topic" => topic.to_string()).increment(1);
         Ok(())
     }
 
@@ -553,12 +560,40 @@ impl Sink<'_> {
         let Some(chain) = self.chains.get_mut(&id) else {
             return Ok(());
         };
+        let expected = chain.expected_next();
+        if offset > expected {
+            // Offsets skipped: compaction and transaction markers do that, and so does the broker
+            // deleting records we have not archived. Only the log's start can tell.
+            let (low, _) = self
+                .consumer
+                .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
+                .map_err(|e| self.kafka_err(e))?;
+            if low > expected {
+                self.flush(&id, RollReason::Shutdown).await?;
+                if !self.deferred(&id, offset)? {
+                    let start = self.chains.get(&id).map_or(low, |c| c.end);
+                    if start < low {
+                        self.record_gap(&id.0, id.1, start, low).await?;
+                        let chain = self.chains.get_mut(&id).expect("chain exists");
+                        chain.skip_to(low, self.store).await?;
+                    }
+                } else {
+                    return Ok(());
+                }
+            }
+        }
+        let chain = self.chains.get_mut(&id).expect("chain exists");
         if let Some(reason) = chain.should_roll(&self.opts.policy, Event::BeforeAppend { bucket }) {
             self.flush(&id, reason).await?;
+            // The store could not take the file: this record must not join it (bucket rule).
+            if self.deferred(&id, offset)? {
+                return Ok(());
+            }
         }
         if self.buffered() + record.size() > self.opts.buffer_budget {
             self.relieve_memory().await?;
-            if self.buffered() + record.size() > self.opts.buffer_budget {
+            // A record larger than what is free is still taken when nothing else is buffered.
+            if self.buffered() > 0 && self.buffered() + record.size() > self.opts.buffer_budget {
                 // Still no room (the store is down): do not buffer it; Kafka delivers it again
                 // from this offset once consumption resumes.
                 self.consumer
@@ -613,8 +648,17 @@ impl Sink<'_> {
 
     /// Snapshot mode: a partition is complete; make it durable and stop reading it.
     async fn reached_target(&mut self, id: &(String, i32)) -> Result<(), SinkError> {
-        self.targets.remove(id);
+        let Some(high) = self.targets.remove(id) else {
+            return Ok(());
+        };
+        let adopted_before = self.report.adopted_files;
         self.flush(id, RollReason::Shutdown).await?;
+        let rewound = self.report.adopted_files > adopted_before;
+        if rewound && self.chains.get(id).is_some_and(|c| c.end < high) {
+            // The flush adopted a shorter file and rewound the partition: keep reading to the target.
+            self.targets.insert(id.clone(), high);
+            return Ok(());
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&id.0, id.1);
         self.consumer
@@ -691,6 +735,19 @@ impl Sink<'_> {
         }
     }
 
+    /// After a flush that had to happen before `offset` could be buffered: if the file is still open
+    /// (the store is down), read `offset` again later instead of buffering it now. Returns whether
+    /// the record was deferred.
+    fn deferred(&mut self, id: &(String, i32), offset: i64) -> Result<bool, SinkError> {
+        if self.chains.get(id).is_some_and(|c| c.open_file().is_some()) {
+            self.consumer
+                .seek(&id.0, id.1, Offset::Offset(offset), Duration::from_secs(10))
+                .map_err(|e| self.kafka_err(e))?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Forget partitions the group moved to another worker; their buffered records are read again
     /// by the new owner from the archive's end, so dropping them loses nothing.
     fn drop_revoked(&mut self) {
@@ -728,7 +785,9 @@ impl Sink<'_> {
             .collect();
         by_size.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
         for (id, _) in by_size {
-            if self.buffered() <= self.opts.buffer_budget / 2 || self.retry_at.is_some() {
+            if self.buffered() <= self.opts.buffer_budget / 2
+                || self.retry_at.is_some_and(|at| Instant::now() < at)
+            {
                 break;
             }
             self.flush(&id, RollReason::MemoryPressure).await?;
@@ -832,6 +891,18 @@ impl Sink<'_> {
             self.retry_at = None;
             self.backoff = Duration::from_secs(1);
             flushed_any = true;
+            if done.adopted || chain.end != done.end {
+                // Buffered records were dropped for a file or checkpoint another run wrote: read
+                // again from where the chain now ends.
+                if let Err(e) = self.consumer.seek(
+                    &chain.topic,
+                    chain.partition,
+                    Offset::Offset(chain.end),
+                    Duration::from_secs(10),
+                ) {
+                    tracing::debug!(error = %e, "seek after adoption failed; the partition is no longer assigned here");
+                }
+            }
             let topic = chain.topic.clone();
             if done.adopted {
                 self.report.adopted_files += 1;

@@ -183,6 +183,10 @@ impl PartitionChain {
         let Some(open) = self.open else {
             return Ok(None);
         };
+        if self.buffer.is_empty() {
+            self.open = None;
+            return Ok(None);
+        }
         let start = self.end;
         let end = self.buffer.last().map(|r| r.offset + 1).unwrap_or(start);
         let key = DataFileKey {
@@ -241,8 +245,11 @@ impl PartitionChain {
                     end = existing.end,
                     "adopted a data file written by an earlier run or another worker"
                 );
-                self.buffer.retain(|r| r.offset >= existing.end);
+                // Every buffered record is dropped (the caller reads again from the new end, so
+                // records past the adopted file go through the bucket rule afresh), and the state is
+                // consistent before the checkpoint is even tried.
                 self.end = existing.end;
+                self.clear_buffer();
                 let adopted = Flushed {
                     key: key.clone(),
                     start,
@@ -253,7 +260,6 @@ impl PartitionChain {
                 };
                 self.advance_checkpoint(&key, existing.max_timestamp, store)
                     .await?;
-                self.reset_open(now_ms);
                 return Ok(Some(adopted));
             }
             Err(e) => return Err(e.into()),
@@ -262,23 +268,36 @@ impl PartitionChain {
         // Step 2: the checkpoint, only now that the file is durable.
         self.end = end;
         let max_timestamp = meta.max_timestamp;
-        self.buffer.clear();
-        self.open = None;
-        self.buffered_bytes = 0;
+        self.clear_buffer();
         self.advance_checkpoint(&flushed.key, max_timestamp, store)
             .await?;
         Ok(Some(flushed))
     }
 
-    /// After adopting a file, what is left of the buffer starts a new open file.
-    fn reset_open(&mut self, now_ms: i64) {
-        self.buffered_bytes = self.buffer.iter().map(Record::size).sum();
-        self.open = self.buffer.first().map(|first| OpenFile {
-            records: self.buffer.len() as u64,
-            bytes: self.buffered_bytes,
-            bucket: HourBucket::of_millis(first.timestamp.unwrap_or(now_ms)),
-            opened_at_ms: self.open.map(|o| o.opened_at_ms).unwrap_or(0),
-        });
+    fn clear_buffer(&mut self) {
+        self.buffer.clear();
+        self.open = None;
+        self.buffered_bytes = 0;
+    }
+
+    /// Skip the chain forward to `end` (a recorded gap): the checkpoint moves with it, so a restart
+    /// never looks for files between the old end and `end`.
+    pub async fn skip_to(&mut self, end: i64, store: &dyn ObjectStore) -> Result<(), FlushError> {
+        self.clear_buffer();
+        self.end = end;
+        let last_file = self
+            .checkpoint
+            .as_ref()
+            .map(|c| c.doc.last_file.clone())
+            .unwrap_or_default();
+        let max_timestamp = self.checkpoint.as_ref().and_then(|c| c.doc.max_timestamp);
+        self.advance_checkpoint(&last_file, max_timestamp, store)
+            .await
+    }
+
+    /// The offset the next record should have if nothing is missing.
+    pub fn expected_next(&self) -> i64 {
+        self.buffer.last().map_or(self.end, |r| r.offset + 1)
     }
 
     async fn advance_checkpoint(
@@ -300,7 +319,7 @@ impl PartitionChain {
         let stored = documents::advance_checkpoint(store, &next, self.checkpoint.take()).await?;
         if stored.doc.end > self.end {
             // Another worker got further: continue from there.
-            self.buffer.retain(|r| r.offset >= stored.doc.end);
+            self.clear_buffer();
             self.end = stored.doc.end;
         }
         self.checkpoint = Some(stored);

@@ -122,6 +122,11 @@ impl LocalStore {
     /// Publish a fully written and synced temporary file as `key`, honouring `mode`.
     fn publish(&self, tmp: &Path, key: &str, mode: &PutMode) -> StorageResult<PutResult> {
         let path = self.path(key);
+        // The published object is this very inode (link and rename keep inode, size and mtime), so
+        // its tag is known before publishing, with no window for another writer to slip in.
+        let etag = fs::metadata(tmp)
+            .map(|m| etag_of(&m))
+            .map_err(|e| self.io(&format!("write {key:?}"), e))?;
         let result = match mode {
             PutMode::Create => self.link_new(tmp, &path, key),
             PutMode::Overwrite => {
@@ -146,10 +151,7 @@ impl LocalStore {
         result?;
         sync_dir(path.parent().unwrap_or(&self.root))
             .map_err(|e| self.io(&format!("sync the folder of {key:?}"), e))?;
-        let meta = fs::metadata(&path).map_err(|e| self.key_error("read", key, e))?;
-        Ok(PutResult {
-            etag: etag_of(&meta),
-        })
+        Ok(PutResult { etag })
     }
 
     /// `link(2)` fails rather than replace an existing name: the local `If-None-Match: *`.

@@ -739,6 +739,15 @@ impl MultipartUpload for S3Upload {
                 })
             })
             .await;
+        // A retried completion whose first attempt succeeded finds the upload gone: the object is
+        // there, so report what a create-only or compare-and-swap caller expects to handle.
+        let result = match result {
+            Err(StorageError::NotFound { url, key }) => Err(match self.mode {
+                PutMode::Create => StorageError::AlreadyExists { url, key },
+                _ => StorageError::PreconditionFailed { url, key },
+            }),
+            other => other,
+        };
         if result.is_err() {
             // A refused completion (the key exists, the precondition failed) must not leave parts behind.
             if let Err(abort) = self.abort_inner().await {
