@@ -28,33 +28,18 @@ fn s3_env() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The single error line a failed command prints.
-fn error_line(out: &Output) -> String {
-    let stderr = text(&out.stderr);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "expected one error line, got: {stderr}");
-    errors[0].to_string()
-}
-
 #[test]
 fn version_and_help() {
     let home = tempfile::tempdir().unwrap();
     let out = rewind(&["--version"], &[], home.path());
     assert!(out.status.success());
     assert_eq!(
-        text(&out.stdout).trim(),
+        common::text(&out.stdout).trim(),
         format!("rewind {}", env!("CARGO_PKG_VERSION"))
     );
     let out = rewind(&["--help"], &[], home.path());
     assert!(out.status.success());
-    let help = text(&out.stdout);
+    let help = common::text(&out.stdout);
     assert!(
         help.contains("Continuous backup and point-in-time recovery for Apache Kafka"),
         "{help}"
@@ -70,16 +55,16 @@ fn unknown_flags_are_usage_errors() {
     let out = rewind(&["check", "--no-such-flag"], &[], home.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("unexpected argument '--no-such-flag'"),
+        common::text(&out.stderr).contains("unexpected argument '--no-such-flag'"),
         "{}",
-        text(&out.stderr)
+        common::text(&out.stderr)
     );
     let out = rewind(&["check", "-X", "no-equals-sign"], &[], home.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("expected KEY=VALUE"),
+        common::text(&out.stderr).contains("expected KEY=VALUE"),
         "{}",
-        text(&out.stderr)
+        common::text(&out.stderr)
     );
 }
 
@@ -106,7 +91,7 @@ fn config_shows_every_layer_and_hides_secrets() {
         &[("REWIND__STORAGE__S3__REGION", "us-west-2")],
         home.path(),
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["archive"], "s3://backups/prod");
     assert_eq!(
@@ -120,7 +105,7 @@ fn config_shows_every_layer_and_hides_secrets() {
     assert_eq!(shown["kafka"]["properties"]["client.id"], "cli");
     assert_eq!(shown["storage"]["s3"]["secret_access_key"], "<redacted>");
     assert_eq!(shown["kafka"]["properties"]["sasl.password"], "<redacted>");
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let all = format!("{}{}", common::text(&out.stdout), common::text(&out.stderr));
     assert!(
         !all.contains("file-secret") && !all.contains("hunter2"),
         "{all}"
@@ -133,9 +118,9 @@ fn config_shows_every_layer_and_hides_secrets() {
     );
     assert!(toml_out.status.success());
     assert!(
-        text(&toml_out.stdout).contains("[storage.s3]"),
+        common::text(&toml_out.stdout).contains("[storage.s3]"),
         "{}",
-        text(&toml_out.stdout)
+        common::text(&toml_out.stdout)
     );
 }
 
@@ -150,7 +135,7 @@ fn every_configuration_problem_is_reported_and_nothing_runs() {
         home.path(),
     );
     assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
+    let stderr = common::text(&out.stderr);
     for needle in [
         "error: invalid configuration (4 problems):",
         "  flush: unknown key",
@@ -161,9 +146,9 @@ fn every_configuration_problem_is_reported_and_nothing_runs() {
         assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
     }
     assert!(
-        text(&out.stdout).is_empty(),
+        common::text(&out.stdout).is_empty(),
         "nothing ran: {}",
-        text(&out.stdout)
+        common::text(&out.stdout)
     );
 
     let out = rewind(
@@ -173,16 +158,16 @@ fn every_configuration_problem_is_reported_and_nothing_runs() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
-        error_line(&out),
+        common::error_line(&out),
         "error: config file /nonexistent.toml: not found (check --config)"
     );
 
     let out = rewind(&["check", "--archive", "gs://elsewhere"], &[], home.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        error_line(&out).contains("archive: invalid archive URL \"gs://elsewhere\""),
+        common::error_line(&out).contains("archive: invalid archive URL \"gs://elsewhere\""),
         "{}",
-        text(&out.stderr)
+        common::text(&out.stderr)
     );
 }
 
@@ -204,10 +189,10 @@ fn check_passes_against_the_test_bed() {
     assert!(
         out.status.success(),
         "{}\n{}",
-        text(&out.stderr),
+        common::text(&out.stderr),
         common::testbed_hint()
     );
-    let stdout = text(&out.stdout);
+    let stdout = common::text(&out.stdout);
     assert!(
         stdout.contains(&format!("archive  {archive}: reachable, no archive yet")),
         "{stdout}"
@@ -236,11 +221,11 @@ fn check_passes_against_the_test_bed() {
         &env,
         home.path(),
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
     assert!(
-        text(&out.stdout).contains(&format!("archive  {archive}: reachable")),
+        common::text(&out.stdout).contains(&format!("archive  {archive}: reachable")),
         "{}",
-        text(&out.stdout)
+        common::text(&out.stdout)
     );
 }
 
@@ -266,7 +251,7 @@ fn check_names_what_is_wrong_with_the_archive() {
         home.path(),
     );
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(error_line(&out), format!("error: s3://{bucket}: bucket \"{bucket}\" not found (check --archive or REWIND__ARCHIVE)"));
+    assert_eq!(common::error_line(&out), format!("error: s3://{bucket}: bucket \"{bucket}\" not found (check --archive or REWIND__ARCHIVE)"));
 
     let wrong: Vec<(&str, &str)> = env
         .iter()
@@ -293,7 +278,7 @@ fn check_names_what_is_wrong_with_the_archive() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        error_line(&out),
+        common::error_line(&out),
         format!(
             "error: s3://{bucket}: access denied (check the credentials and the bucket policy)"
         )
@@ -313,7 +298,7 @@ fn check_names_what_is_wrong_with_the_archive() {
         home.path(),
     );
     assert_eq!(out.status.code(), Some(1));
-    let line = error_line(&out);
+    let line = common::error_line(&out);
     assert!(
         line.starts_with("error: s3://any-bucket: endpoint http://127.0.0.1:1 unreachable (connection refused); check storage.s3.endpoint and that the server is up"),
         "{line}"
@@ -326,10 +311,10 @@ fn check_names_what_is_wrong_with_the_archive() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        error_line(&out)
+        common::error_line(&out)
             .starts_with("error: file:///proc/rewind: create the archive directory failed"),
         "{}",
-        text(&out.stderr)
+        common::text(&out.stderr)
     );
 }
 
@@ -352,7 +337,7 @@ fn check_names_an_unreachable_broker() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        error_line(&out),
+        common::error_line(&out),
         "error: kafka 127.0.0.1:1: no broker answered within 2s (check --bootstrap-servers or kafka.bootstrap_servers, and that the cluster is up)"
     );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::{create_topic, produce, record};
@@ -15,27 +15,6 @@ fn rewind() -> Command {
     cmd.env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("RUST_LOG");
     cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn error_line(out: &Output) -> String {
-    let stderr = text(&out.stderr);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "expected one error line, got: {stderr}");
-    errors[0].to_string()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 async fn archived_records(archive: &str) -> usize {
@@ -58,7 +37,7 @@ async fn once_archives_and_reports() {
                 Some(format!("k{i}").as_bytes()),
                 Some(b"v"),
                 vec![],
-                now() - i,
+                common::now_ms() - i,
             )
         })
         .collect();
@@ -79,9 +58,9 @@ async fn once_archives_and_reports() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
     assert_eq!(
-        text(&out.stdout).trim(),
+        common::text(&out.stdout).trim(),
         format!(
             "archived 50 records in 2 files ({} bytes) from 2 partitions to {archive}",
             {
@@ -123,7 +102,14 @@ async fn sigterm_drains_buffered_records_and_exits_zero() {
         .spawn()
         .unwrap();
     let records: Vec<_> = (0..20)
-        .map(|i| record(Some(b"k"), Some(format!("v{i}").as_bytes()), vec![], now()))
+        .map(|i| {
+            record(
+                Some(b"k"),
+                Some(format!("v{i}").as_bytes()),
+                vec![],
+                common::now_ms(),
+            )
+        })
         .collect();
     produce(&topic, 0, &records).await;
     // Give the sink time to consume (it is polling the partition from offset 0).
@@ -145,7 +131,7 @@ async fn sigterm_drains_buffered_records_and_exits_zero() {
         out.status.success(),
         "exit {:?}: {}",
         out.status.code(),
-        text(&out.stderr)
+        common::text(&out.stderr)
     );
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(
@@ -154,9 +140,9 @@ async fn sigterm_drains_buffered_records_and_exits_zero() {
         "every buffered record made durable"
     );
     assert!(
-        text(&out.stdout).starts_with("archived 20 records in 1 files"),
+        common::text(&out.stdout).starts_with("archived 20 records in 1 files"),
         "{}",
-        text(&out.stdout)
+        common::text(&out.stdout)
     );
 }
 
@@ -181,11 +167,11 @@ fn bad_input_is_one_sentence_and_a_non_zero_exit() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        error_line(&out).starts_with(
+        common::error_line(&out).starts_with(
             "error: invalid configuration: sink.topics: invalid regular expression \"orders(\""
         ),
         "{}",
-        text(&out.stderr)
+        common::text(&out.stderr)
     );
 
     let out = rewind()
@@ -201,7 +187,7 @@ fn bad_input_is_one_sentence_and_a_non_zero_exit() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        error_line(&out),
+        common::error_line(&out),
         "error: kafka 127.0.0.1:1: no broker answered within 10s (check --bootstrap-servers and that the cluster is up)"
     );
 
@@ -218,10 +204,10 @@ fn bad_input_is_one_sentence_and_a_non_zero_exit() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        error_line(&out)
+        common::error_line(&out)
             .starts_with("error: file:///proc/rewind-archive: create the archive directory failed"),
         "{}",
-        text(&out.stderr)
+        common::text(&out.stderr)
     );
 
     let bucket = common::unique("rewind-absent");
@@ -243,7 +229,7 @@ fn bad_input_is_one_sentence_and_a_non_zero_exit() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(error_line(&out), format!("error: s3://{bucket}: bucket \"{bucket}\" not found (check --archive or REWIND__ARCHIVE)"));
+    assert_eq!(common::error_line(&out), format!("error: s3://{bucket}: bucket \"{bucket}\" not found (check --archive or REWIND__ARCHIVE)"));
 
     let out = rewind()
         .args([
@@ -259,7 +245,7 @@ fn bad_input_is_one_sentence_and_a_non_zero_exit() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(error_line(&out), "error: no topic matches --topics \"^(?:no-topic-is-called-this)$\" (after --exclude); nothing to back up");
+    assert_eq!(common::error_line(&out), "error: no topic matches --topics \"^(?:no-topic-is-called-this)$\" (after --exclude); nothing to back up");
 }
 
 /// GET a URL path from a loopback HTTP server and return the body.
@@ -314,7 +300,14 @@ async fn metrics_report_what_was_archived() {
         .spawn()
         .unwrap();
     let records: Vec<_> = (0..30)
-        .map(|i| record(Some(b"k"), Some(format!("v{i}").as_bytes()), vec![], now()))
+        .map(|i| {
+            record(
+                Some(b"k"),
+                Some(format!("v{i}").as_bytes()),
+                vec![],
+                common::now_ms(),
+            )
+        })
         .collect();
     produce(&topic, 0, &records[..20]).await;
     produce(&topic, 1, &records[20..]).await;
@@ -338,7 +331,7 @@ async fn metrics_report_what_was_archived() {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
     assert_eq!(
         sample(&body, "rewind_sink_records_archived_total", &topic),
         Some(30.0),

@@ -11,9 +11,6 @@ use std::time::Duration;
 
 use common::kafka::{create_topic, produce, record};
 use rand::Rng;
-use rewind::archive::datafile;
-use rewind::archive::documents;
-use rewind::archive::paths::DataFileKey;
 use rewind::archive::Record;
 use rewind::storage::{LocalStore, ObjectStore, StorageUrl};
 
@@ -47,45 +44,6 @@ fn worker(archive: &str, topic: &str, group: &str) -> Child {
         .unwrap()
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-async fn chain(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) -> Vec<Record> {
-    let mut keys: Vec<DataFileKey> = store
-        .list(&DataFileKey::partition_prefix(topic, partition))
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|o| DataFileKey::parse(&o.key))
-        .collect();
-    keys.sort_by_key(|k| k.start);
-    let mut records = Vec::new();
-    let mut expected = 0;
-    for key in keys {
-        let (meta, rows) =
-            datafile::decode(store.get(&key.to_string()).await.unwrap().body).unwrap();
-        assert_eq!(
-            meta.start, expected,
-            "{key}: the chain is contiguous (no overlap, no hole)"
-        );
-        expected = meta.end;
-        records.extend(rows);
-    }
-    let checkpoint = documents::read_checkpoint(&**store, topic, partition)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        checkpoint.doc.end, expected,
-        "partition {partition}: the checkpoint is at the chain's end"
-    );
-    records
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_workers_lose_and_duplicate_nothing() {
     const PARTITIONS: i32 = 4;
@@ -109,7 +67,7 @@ async fn killed_workers_lose_and_duplicate_nothing() {
                         Some(format!("p{partition}-r{round}-{i}").as_bytes()),
                         Some(&[b'x'; 200]),
                         vec![],
-                        now(),
+                        common::now_ms(),
                     )
                 })
                 .collect();
@@ -148,7 +106,7 @@ async fn killed_workers_lose_and_duplicate_nothing() {
     let archived_by_workers: usize = {
         let mut n = 0;
         for p in 0..PARTITIONS {
-            n += chain(&store, &topic, p).await.len();
+            n += common::archive::chain(&store, &topic, p).await.len();
         }
         n
     };
@@ -184,7 +142,7 @@ async fn killed_workers_lose_and_duplicate_nothing() {
     );
 
     for p in 0..PARTITIONS {
-        let got = chain(&store, &topic, p).await;
+        let got = common::archive::chain(&store, &topic, p).await;
         let want = &produced[p as usize];
         assert_eq!(
             got.len(),

@@ -20,13 +20,6 @@ use rewind::storage::{
     StorageResult, StorageUrl,
 };
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn local(dir: &tempfile::TempDir) -> Arc<dyn ObjectStore> {
     Arc::new(
         LocalStore::open(
@@ -63,60 +56,6 @@ async fn snapshot(store: &Arc<dyn ObjectStore>, opts: SinkOptions) -> SinkReport
         .await
         .expect("the snapshot finishes")
         .expect("the sink succeeds")
-}
-
-/// Every record archived for one partition, in chain order, after checking the chain is contiguous.
-async fn archived(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) -> Vec<Record> {
-    let mut keys: Vec<DataFileKey> = store
-        .list(&DataFileKey::partition_prefix(topic, partition))
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|o| DataFileKey::parse(&o.key))
-        .collect();
-    keys.sort_by_key(|k| k.start);
-    let mut records = Vec::new();
-    let mut expected_start = None;
-    for key in keys {
-        let body = store.get(&key.to_string()).await.unwrap().body;
-        let (meta, rows) = datafile::decode(body).unwrap();
-        assert_eq!(
-            (meta.topic.as_str(), meta.partition, meta.start),
-            (topic, partition, key.start),
-            "{key}"
-        );
-        if let Some(start) = expected_start {
-            assert_eq!(meta.start, start, "{key}: the chain is contiguous");
-        }
-        assert_eq!(meta.record_count as usize, rows.len());
-        assert!(
-            rows.iter()
-                .all(|r| r.offset >= meta.start && r.offset < meta.end),
-            "{key}: rows inside [start, end)"
-        );
-        assert!(
-            rows.windows(2).all(|w| w[0].offset < w[1].offset),
-            "{key}: offsets increase"
-        );
-        assert_eq!(
-            key.bucket,
-            rewind::archive::time::HourBucket::of_millis(rows[0].timestamp.unwrap()),
-            "{key}: bucket of the first record"
-        );
-        expected_start = Some(meta.end);
-        records.extend(rows);
-    }
-    if let Some(end) = expected_start {
-        let checkpoint = documents::read_checkpoint(&**store, topic, partition)
-            .await
-            .unwrap()
-            .expect("a checkpoint");
-        assert_eq!(
-            checkpoint.doc.end, end,
-            "the checkpoint is at the end of the chain"
-        );
-    }
-    records
 }
 
 fn sample(base: i64) -> Vec<Record> {
@@ -164,7 +103,7 @@ async fn snapshot_archives_every_record_byte_exact() {
     )
     .await;
     create_topic(&empty, 2, &[]).await;
-    let base = now() - 60_000;
+    let base = common::now_ms() - 60_000;
     let mut produced = BTreeMap::new();
     for partition in 0..3 {
         produced.insert(
@@ -189,11 +128,13 @@ async fn snapshot_archives_every_record_byte_exact() {
     assert_eq!(report.partitions, 6);
 
     for ((topic, partition), want) in &produced {
-        let got = archived(&store, topic, *partition).await;
+        let got = common::archive::chain(&store, topic, *partition).await;
         assert_eq!(&got, want, "{topic}/{partition}");
     }
     for partition in 0..2 {
-        assert!(archived(&store, &empty, partition).await.is_empty());
+        assert!(common::archive::chain(&store, &empty, partition)
+            .await
+            .is_empty());
     }
     let meta: serde_json::Value = serde_json::from_slice(
         &store
@@ -225,7 +166,7 @@ async fn snapshot_archives_every_record_byte_exact() {
 async fn runs_continue_the_chain_exactly_once_even_after_an_interrupted_commit() {
     let topic = common::unique("sink-chain");
     create_topic(&topic, 1, &[]).await;
-    let base = now() - 60_000;
+    let base = common::now_ms() - 60_000;
     let first = produce(&topic, 0, &sample(base)).await;
     let dir = tempfile::tempdir().unwrap();
     let store = local(&dir);
@@ -272,7 +213,7 @@ async fn runs_continue_the_chain_exactly_once_even_after_an_interrupted_commit()
 
     let all: Vec<Record> = [first, second, third, fourth].concat();
     assert_eq!(
-        archived(&store, &topic, 0).await,
+        common::archive::chain(&store, &topic, 0).await,
         all,
         "every record exactly once, in order"
     );
@@ -329,7 +270,7 @@ impl ObjectStore for StaleListing {
 async fn a_file_written_by_another_worker_is_adopted_not_duplicated() {
     let topic = common::unique("sink-adopt");
     create_topic(&topic, 1, &[]).await;
-    let produced = produce(&topic, 0, &sample(now() - 60_000)).await;
+    let produced = produce(&topic, 0, &sample(common::now_ms() - 60_000)).await;
     let dir = tempfile::tempdir().unwrap();
     let store = local(&dir);
     let mut opts = options(&regex::escape(&topic));
@@ -355,14 +296,14 @@ async fn a_file_written_by_another_worker_is_adopted_not_duplicated() {
         files_before,
         "no file was replaced or added"
     );
-    assert_eq!(archived(&store, &topic, 0).await, produced);
+    assert_eq!(common::archive::chain(&store, &topic, 0).await, produced);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aborted_transactions_are_never_archived() {
     let topic = common::unique("sink-tx");
     create_topic(&topic, 1, &[]).await;
-    let base = now() - 60_000;
+    let base = common::now_ms() - 60_000;
     let committed = sample(base);
     produce_transaction(&topic, 0, &committed[..2], true).await;
     produce_transaction(
@@ -377,7 +318,7 @@ async fn aborted_transactions_are_never_archived() {
     let store = local(&dir);
     let report = snapshot(&store, options(&regex::escape(&topic))).await;
     assert_eq!(report.records, 4);
-    let got = archived(&store, &topic, 0).await;
+    let got = common::archive::chain(&store, &topic, 0).await;
     assert_eq!(got.len(), 4);
     assert!(got
         .iter()
@@ -401,7 +342,7 @@ async fn aborted_transactions_are_never_archived() {
 async fn snapshot_into_s3_round_trips() {
     let topic = common::unique("sink-s3");
     create_topic(&topic, 2, &[]).await;
-    let base = now() - 60_000;
+    let base = common::now_ms() - 60_000;
     let p0 = produce(&topic, 0, &sample(base)).await;
     let p1 = produce(&topic, 1, &sample(base + 5)).await;
     let store: Arc<dyn ObjectStore> = Arc::new(common::s3_store().await);
@@ -410,8 +351,8 @@ async fn snapshot_into_s3_round_trips() {
     opts.part_size = 5 << 20;
     let report = snapshot(&store, opts).await;
     assert_eq!(report.records, 10);
-    assert_eq!(archived(&store, &topic, 0).await, p0);
-    assert_eq!(archived(&store, &topic, 1).await, p1);
+    assert_eq!(common::archive::chain(&store, &topic, 0).await, p0);
+    assert_eq!(common::archive::chain(&store, &topic, 1).await, p1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -447,7 +388,7 @@ async fn records_deleted_before_they_were_archived_become_a_recorded_gap() {
 
     let topic = common::unique("sink-gap");
     create_topic(&topic, 1, &[]).await;
-    let base = now() - 60_000;
+    let base = common::now_ms() - 60_000;
     let first = produce(&topic, 0, &sample(base)).await;
     let dir = tempfile::tempdir().unwrap();
     let store = local(&dir);
@@ -519,7 +460,7 @@ async fn a_recreated_topic_never_mixes_with_the_old_chain() {
 
     let topic = common::unique("sink-recreated");
     create_topic(&topic, 1, &[]).await;
-    let base = now() - 60_000;
+    let base = common::now_ms() - 60_000;
     let old = produce(&topic, 0, &[sample(base), sample(base + 10)].concat()).await;
     let dir = tempfile::tempdir().unwrap();
     let store = local(&dir);
@@ -578,5 +519,5 @@ async fn a_recreated_topic_never_mixes_with_the_old_chain() {
         files_before,
         "the old chain is untouched"
     );
-    assert_eq!(archived(&store, &topic, 0).await, old);
+    assert_eq!(common::archive::chain(&store, &topic, 0).await, old);
 }

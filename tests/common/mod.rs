@@ -3,6 +3,7 @@
 //! random names so tests never see each other's data.
 #![allow(dead_code)]
 
+pub mod archive;
 pub mod kafka;
 
 use std::sync::Once;
@@ -111,4 +112,28 @@ pub async fn s3_store() -> S3Store {
     S3Store::open(url, &s3_options())
         .await
         .expect("open the S3 store")
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Lossy UTF-8 of process output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The single `error: …` line a failed command prints.
+pub fn error_line(out: &std::process::Output) -> String {
+    let stderr = text(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got: {stderr}");
+    errors[0].to_string()
 }
