@@ -151,21 +151,7 @@ async fn an_s3_outage_pauses_within_budget_and_loses_nothing() {
     let mut opts = common::s3_options();
     opts.endpoint = Some(endpoint.clone());
     let bucket = common::unique("rewind-outage");
-    let raw = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .force_path_style(true)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                common::s3_access_key(),
-                common::s3_secret_key(),
-                None,
-                None,
-                "t",
-            ))
-            .build(),
-    );
+    let raw = common::s3_client_at(&endpoint);
     let mut created = false;
     for _ in 0..50 {
         if raw.create_bucket().bucket(&bucket).send().await.is_ok() {

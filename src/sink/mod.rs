@@ -948,8 +948,8 @@ impl Sink<'_> {
     }
 }
 
-/// A consumed message as an archive record.
-fn to_record(msg: &BorrowedMessage<'_>) -> (String, i32, Record) {
+/// A consumed message as an archive record, with its topic and partition.
+pub fn to_record(msg: &BorrowedMessage<'_>) -> (String, i32, Record) {
     let (timestamp, timestamp_type) = match msg.timestamp() {
         Timestamp::NotAvailable => (None, None),
         Timestamp::CreateTime(t) => (Some(t), Some(TimestampType::Create)),

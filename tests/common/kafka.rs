@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header as KafkaHeader, Headers, OwnedHeaders};
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, Timestamp, TopicPartitionList};
 use rewind::archive::{Header, Record, TimestampType};
@@ -122,30 +122,7 @@ pub fn consume(topic: &str, partition: i32, count: usize) -> Vec<(Record, Timest
             continue;
         };
         let msg = msg.unwrap_or_else(|e| panic!("consume {topic}: {e}"));
-        let headers = msg
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| Header {
-                        key: h.key.to_string(),
-                        value: h.value.map(<[u8]>::to_vec),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let (timestamp, timestamp_type) = match msg.timestamp() {
-            Timestamp::NotAvailable => (None, None),
-            Timestamp::CreateTime(t) => (Some(t), Some(TimestampType::Create)),
-            Timestamp::LogAppendTime(t) => (Some(t), Some(TimestampType::LogAppend)),
-        };
-        let record = Record {
-            offset: msg.offset(),
-            timestamp,
-            timestamp_type,
-            key: msg.key().map(<[u8]>::to_vec),
-            value: msg.payload().map(<[u8]>::to_vec),
-            headers,
-        };
+        let (_, _, record) = rewind::sink::to_record(&msg);
         out.push((record, msg.timestamp()));
     }
     assert_eq!(

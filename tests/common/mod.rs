@@ -70,11 +70,16 @@ pub fn s3_options() -> S3Options {
 
 /// A raw S3 client for what the storage trait does not do (creating buckets).
 pub fn s3_client() -> aws_sdk_s3::Client {
+    s3_client_at(&s3_endpoint())
+}
+
+/// A raw S3 client for a test-bed server at `endpoint` (a private server of a fault test).
+pub fn s3_client_at(endpoint: &str) -> aws_sdk_s3::Client {
     no_instance_metadata();
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(s3_endpoint())
+        .endpoint_url(endpoint)
         .force_path_style(true)
         .credentials_provider(Credentials::new(
             s3_access_key(),
