@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rewind::storage::{LocalStore, ObjectStore, PutMode, StorageError, StorageUrl, MIN_PART_SIZE};
+use rewind::storage::{
+    crc32c, LocalStore, ObjectStore, PutMode, StorageError, StorageUrl, MIN_PART_SIZE,
+};
 
 fn local_store(dir: &tempfile::TempDir) -> Arc<dyn ObjectStore> {
     let url = StorageUrl::parse(&format!("file://{}/archive", dir.path().display())).unwrap();
@@ -46,10 +48,15 @@ async fn put_get_head_round_trip(store: Arc<dyn ObjectStore>) {
     assert_eq!(got.body, body);
     assert_eq!(got.meta.etag, put.etag);
     assert_eq!(got.meta.size, body.len() as u64);
+    assert_eq!(
+        got.meta.crc32c,
+        Some(crc32c(&body)),
+        "stored with its CRC32C"
+    );
     let head = store.head("_checkpoints/orders/0.json").await.unwrap();
     assert_eq!(
-        (head.size, head.etag),
-        (body.len() as u64, put.etag.clone())
+        (head.size, head.etag, head.crc32c),
+        (body.len() as u64, put.etag.clone(), Some(crc32c(&body)))
     );
 
     let replaced = store
@@ -70,7 +77,11 @@ async fn put_get_head_round_trip(store: Arc<dyn ObjectStore>) {
         .put("empty", Bytes::new(), PutMode::Create)
         .await
         .unwrap();
-    assert_eq!(store.get("empty").await.unwrap().body.len(), 0);
+    let empty = store.get("empty").await.unwrap();
+    assert_eq!(
+        (empty.body.len(), empty.meta.crc32c),
+        (0, Some(crc32c(b"")))
+    );
 
     assert!(matches!(
         store.get("missing").await,
@@ -390,7 +401,13 @@ async fn multipart_upload_of_100_mib_round_trips(store: Arc<dyn ObjectStore>) {
     let got = store.get(key).await.unwrap();
     assert_eq!(got.meta.size, body.len() as u64);
     assert!(got.body == body, "100 MiB round-trip differs");
-    assert_eq!(store.head(key).await.unwrap().etag, put.etag);
+    let head = store.head(key).await.unwrap();
+    assert_eq!(head.etag, put.etag);
+    assert_eq!(
+        (got.meta.crc32c, head.crc32c),
+        (Some(crc32c(&body)), Some(crc32c(&body))),
+        "a multipart object carries the CRC32C of its whole body"
+    );
     assert_eq!(
         store
             .get_range(key, 50 * 1024 * 1024..50 * 1024 * 1024 + 100)

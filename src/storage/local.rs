@@ -5,17 +5,22 @@
 //! `link(2)` (which, like `O_EXCL`, fails when the name exists and never replaces it), overwrites and
 //! compare-and-swap puts with `rename(2)` under an exclusive lock on the key, so two processes sharing
 //! the directory get the same answers S3 gives them.
+//!
+//! Each file carries its CRC32C in the `user.rewind.crc32c` extended attribute (8 lowercase hex
+//! digits), set on the temporary file before it is published, so a file never appears without it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rand::Rng;
+use xattr::FileExt;
 
 use super::{
     check_key, GetResult, ListPage, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutResult,
@@ -26,6 +31,8 @@ use super::{
 pub(super) const RESERVED_PREFIX: &str = ".rewind";
 /// Temporary files end with this; listings skip them.
 pub(super) const TMP_SUFFIX: &str = ".rewind-tmp";
+/// The extended attribute holding a file's CRC32C.
+pub const CRC32C_XATTR: &str = "user.rewind.crc32c";
 const PAGE_SIZE: usize = 1000;
 /// Number of lock files keys are spread over.
 const LOCK_STRIPES: u64 = 1024;
@@ -203,7 +210,10 @@ impl LocalStore {
 
     fn write_temp(&self, key: &str, body: &[u8]) -> StorageResult<PathBuf> {
         let (tmp, mut file) = self.temp_file(key)?;
-        let written = file.write_all(body).and_then(|_| file.sync_all());
+        let written = file
+            .write_all(body)
+            .and_then(|_| record_crc32c(&file, super::crc32c(body)))
+            .and_then(|_| file.sync_all());
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(self.io(&format!("write {key:?}"), e));
@@ -249,14 +259,38 @@ impl LocalStore {
         }
     }
 
-    fn meta(&self, key: String, meta: &fs::Metadata) -> ObjectMeta {
+    fn meta(&self, key: String, meta: &fs::Metadata, crc32c: Option<u32>) -> ObjectMeta {
         ObjectMeta {
             key,
             size: meta.len(),
             etag: etag_of(meta),
             last_modified: meta.modified().ok(),
+            crc32c,
         }
     }
+}
+
+/// Keep `crc` with the file. A filesystem without extended attributes gets files without it (and one
+/// warning): `verify` then reports them as unchecked rather than the sink refusing to run.
+fn record_crc32c(file: &File, crc: u32) -> io::Result<()> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    match file.set_xattr(CRC32C_XATTR, format!("{crc:08x}").as_bytes()) {
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the archive's filesystem has no extended attributes: files are written without their CRC32C"
+                );
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The CRC32C a file was published with, if it has one.
+fn read_crc32c(value: io::Result<Option<Vec<u8>>>) -> Option<u32> {
+    let value = value.ok()??;
+    u32::from_str_radix(std::str::from_utf8(&value).ok()?, 16).ok()
 }
 
 /// A version tag for a local file: a new file (every put writes one) gets a new inode, and the size
@@ -306,8 +340,9 @@ impl ObjectStore for LocalStore {
             let mut body = Vec::with_capacity(meta.len() as usize);
             file.read_to_end(&mut body)
                 .map_err(|e| store.key_error("read", &key, e))?;
+            let crc = read_crc32c(file.get_xattr(CRC32C_XATTR));
             Ok(GetResult {
-                meta: store.meta(key, &meta),
+                meta: store.meta(key, &meta, crc),
                 body: Bytes::from(body),
             })
         })
@@ -349,12 +384,13 @@ impl ObjectStore for LocalStore {
         check_key(key)?;
         let key = key.to_string();
         self.blocking(move |store| {
-            let meta =
-                fs::metadata(store.path(&key)).map_err(|e| store.key_error("read", &key, e))?;
+            let path = store.path(&key);
+            let meta = fs::metadata(&path).map_err(|e| store.key_error("read", &key, e))?;
             if meta.is_dir() {
                 return Err(store.not_found(&key));
             }
-            Ok(store.meta(key, &meta))
+            let crc = read_crc32c(xattr::get(&path, CRC32C_XATTR));
+            Ok(store.meta(key, &meta, crc))
         })
         .await
     }
@@ -379,7 +415,7 @@ impl ObjectStore for LocalStore {
             };
             let objects = found
                 .into_iter()
-                .map(|(key, meta)| store.meta(key, &meta))
+                .map(|(key, meta)| store.meta(key, &meta, None))
                 .collect();
             Ok(ListPage { objects, next })
         })
@@ -398,7 +434,7 @@ impl ObjectStore for LocalStore {
             found.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(found
                 .into_iter()
-                .map(|(key, meta)| store.meta(key, &meta))
+                .map(|(key, meta)| store.meta(key, &meta, None))
                 .collect())
         })
         .await
@@ -447,6 +483,7 @@ impl ObjectStore for LocalStore {
                 mode,
                 tmp,
                 file: Some(file),
+                crc: 0,
             }) as Box<dyn MultipartUpload>)
         })
         .await
@@ -520,6 +557,8 @@ struct LocalUpload {
     mode: PutMode,
     tmp: PathBuf,
     file: Option<File>,
+    /// CRC32C of the parts written so far.
+    crc: u32,
 }
 
 impl LocalUpload {
@@ -536,8 +575,11 @@ impl LocalUpload {
 impl MultipartUpload for LocalUpload {
     async fn put_part(&mut self, data: Bytes) -> StorageResult<()> {
         let mut file = self.take_file()?;
+        let crc = self.crc;
         let (file, result) = tokio::task::spawn_blocking(move || {
-            let result = file.write_all(&data);
+            let result = file
+                .write_all(&data)
+                .map(|_| ::crc32c::crc32c_append(crc, &data));
             (file, result)
         })
         .await
@@ -546,7 +588,7 @@ impl MultipartUpload for LocalUpload {
             op: "blocking task".into(),
             message: e.to_string(),
         })?;
-        result.map_err(|e| self.store.io(&format!("write {:?}", self.key), e))?;
+        self.crc = result.map_err(|e| self.store.io(&format!("write {:?}", self.key), e))?;
         self.file = Some(file);
         Ok(())
     }
@@ -558,12 +600,13 @@ impl MultipartUpload for LocalUpload {
             key,
             mode,
             tmp,
+            crc,
             ..
         } = *self;
         store
             .clone()
             .blocking(move |store| {
-                if let Err(e) = file.sync_all() {
+                if let Err(e) = record_crc32c(&file, crc).and_then(|_| file.sync_all()) {
                     let _ = fs::remove_file(&tmp);
                     return Err(store.io(&format!("write {key:?}"), e));
                 }

@@ -53,6 +53,10 @@ pub struct ObjectMeta {
     pub size: u64,
     pub etag: String,
     pub last_modified: Option<SystemTime>,
+    /// CRC32C (Castagnoli) of the whole object, recorded by the store when the object was written
+    /// and checked against the bytes it received. `None` in listings, and for objects written
+    /// without one (by another tool, or on a filesystem without extended attributes).
+    pub crc32c: Option<u32>,
 }
 
 /// An object's bytes together with the metadata of the version that was read.
@@ -85,10 +89,20 @@ pub trait MultipartUpload: Send {
     async fn abort(self: Box<Self>) -> StorageResult<()>;
 }
 
+/// The CRC32C (Castagnoli) of `data`, the checksum every object is stored with.
+pub fn crc32c(data: &[u8]) -> u32 {
+    ::crc32c::crc32c(data)
+}
+
 /// The smallest part S3 accepts for all but the last part of a multipart upload.
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
 /// The object store the archive lives in. Keys are `/`-separated paths relative to the store root.
+///
+/// Every object is written with its CRC32C: the store computes it over the bytes it is given, has
+/// the server check it against the bytes that arrive (S3 additional checksums), and keeps it with the
+/// object (S3 checksum, or the `user.rewind.crc32c` extended attribute of a local file), so that a
+/// later reader can tell a damaged object from a sound one ([`ObjectMeta::crc32c`]).
 #[async_trait]
 pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Store `body` under `key` according to `mode`.

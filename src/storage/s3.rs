@@ -4,6 +4,10 @@
 //! `If-None-Match: *`, compare-and-swap is `If-Match: <etag>`, on single puts and on multipart
 //! completion alike, so a lost race is always an error value and never a silent overwrite. Retries
 //! are ours (the SDK's are off) and touch transient failures only.
+//!
+//! Every object is sent with its CRC32C as an S3 additional checksum: S3 refuses a body that does not
+//! match, and returns the checksum on `HeadObject`/`GetObject` later. Multipart uploads use the
+//! full-object CRC32C type, so a large object's checksum is the same value a single put would give.
 
 use std::fmt;
 use std::ops::Range;
@@ -17,9 +21,11 @@ use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, StorageClass,
+    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart, Delete,
+    ObjectIdentifier, StorageClass,
 };
 use aws_sdk_s3::Client;
+use base64::Engine as _;
 use bytes::Bytes;
 
 use super::{
@@ -308,6 +314,23 @@ fn connect_reason(message: &str) -> String {
     "the connection failed".to_string()
 }
 
+/// The header form of a CRC32C: base64 of its four big-endian bytes.
+fn crc32c_header(crc: u32) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+/// A full-object CRC32C from a response; composite (`...-N`) checksums of old multipart uploads
+/// are not a checksum of the object's bytes and count as none.
+fn parse_crc32c(header: Option<&str>, kind: Option<&ChecksumType>) -> Option<u32> {
+    if kind == Some(&ChecksumType::Composite) {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(header?)
+        .ok()?;
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
+}
+
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
     t.and_then(|t| SystemTime::try_from(*t).ok())
 }
@@ -347,6 +370,7 @@ impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StorageResult<PutResult> {
         check_key(key)?;
         let full = self.full_key(key);
+        let checksum = crc32c_header(super::crc32c(&body));
         self.retry
             .run("put", || async {
                 let req = self
@@ -354,6 +378,7 @@ impl ObjectStore for S3Store {
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&full)
+                    .checksum_crc32_c(&checksum)
                     .body(ByteStream::from(body.clone()));
                 let req = with_precondition!(&mode, with_write_options!(self, req));
                 let out = req
@@ -377,6 +402,7 @@ impl ObjectStore for S3Store {
                     .get_object()
                     .bucket(&self.bucket)
                     .key(&full)
+                    .checksum_mode(ChecksumMode::Enabled)
                     .send()
                     .await
                     .map_err(|e| self.classify("get", Intent::Read(key), e))?;
@@ -385,6 +411,7 @@ impl ObjectStore for S3Store {
                     size: out.content_length.unwrap_or_default().max(0) as u64,
                     etag: out.e_tag.clone().unwrap_or_default(),
                     last_modified: to_system_time(out.last_modified.as_ref()),
+                    crc32c: parse_crc32c(out.checksum_crc32_c(), out.checksum_type()),
                 };
                 let body = out
                     .body
@@ -457,12 +484,14 @@ impl ObjectStore for S3Store {
                     .head_object()
                     .bucket(&self.bucket)
                     .key(&full)
+                    .checksum_mode(ChecksumMode::Enabled)
                     .send()
                     .await
                     .map_err(|e| self.classify("head", Intent::Read(key), e))?;
                 Ok(ObjectMeta {
                     key: key.to_string(),
                     size: out.content_length.unwrap_or_default().max(0) as u64,
+                    crc32c: parse_crc32c(out.checksum_crc32_c(), out.checksum_type()),
                     etag: out.e_tag.unwrap_or_default(),
                     last_modified: to_system_time(out.last_modified.as_ref()),
                 })
@@ -492,6 +521,7 @@ impl ObjectStore for S3Store {
                             size: o.size.unwrap_or_default().max(0) as u64,
                             etag: o.e_tag.clone().unwrap_or_default(),
                             last_modified: to_system_time(o.last_modified.as_ref()),
+                            crc32c: None,
                         })
                     })
                     .collect();
@@ -577,7 +607,9 @@ impl ObjectStore for S3Store {
                     .client
                     .create_multipart_upload()
                     .bucket(&self.bucket)
-                    .key(&full);
+                    .key(&full)
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                    .checksum_type(ChecksumType::FullObject);
                 let out = with_write_options!(self, req).send().await.map_err(|e| {
                     self.classify("start multipart upload", Intent::Write(key, &mode), e)
                 })?;
@@ -595,6 +627,7 @@ impl ObjectStore for S3Store {
             mode,
             upload_id,
             parts: Vec::new(),
+            crc: 0,
         }))
     }
 
@@ -645,6 +678,8 @@ struct S3Upload {
     mode: PutMode,
     upload_id: String,
     parts: Vec<CompletedPart>,
+    /// CRC32C of the parts uploaded so far.
+    crc: u32,
 }
 
 impl S3Upload {
@@ -680,6 +715,7 @@ impl S3Upload {
 impl MultipartUpload for S3Upload {
     async fn put_part(&mut self, data: Bytes) -> StorageResult<()> {
         let number = self.parts.len() as i32 + 1;
+        let checksum = crc32c_header(super::crc32c(&data));
         let store = &self.store;
         let etag = store
             .retry
@@ -691,6 +727,7 @@ impl MultipartUpload for S3Upload {
                     .key(&self.full)
                     .upload_id(&self.upload_id)
                     .part_number(number)
+                    .checksum_crc32_c(&checksum)
                     .body(ByteStream::from(data.clone()))
                     .send()
                     .await
@@ -704,8 +741,10 @@ impl MultipartUpload for S3Upload {
             CompletedPart::builder()
                 .part_number(number)
                 .e_tag(etag)
+                .checksum_crc32_c(checksum)
                 .build(),
         );
+        self.crc = ::crc32c::crc32c_append(self.crc, &data);
         Ok(())
     }
 
@@ -723,6 +762,8 @@ impl MultipartUpload for S3Upload {
                     .bucket(&store.bucket)
                     .key(&self.full)
                     .upload_id(&self.upload_id)
+                    .checksum_crc32_c(crc32c_header(self.crc))
+                    .checksum_type(ChecksumType::FullObject)
                     .multipart_upload(parts.clone());
                 let out = with_precondition!(&self.mode, req)
                     .send()
