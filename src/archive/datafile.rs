@@ -29,6 +29,8 @@ use super::FORMAT_VERSION;
 
 /// Rows per Arrow batch while encoding or decoding.
 const BATCH_ROWS: usize = 8_192;
+/// Record bytes per Arrow batch while encoding, so large records do not make large batches.
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The footer metadata of one data file (`rewind.*` keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,8 +176,23 @@ pub fn file_meta(
     }
 }
 
-/// Encode records (in offset order) with their footer metadata into Parquet bytes.
+/// Encode records (in offset order) with their footer metadata into Parquet bytes, as one row group.
 pub fn encode(meta: &FileMeta, records: &[Record]) -> Result<Bytes, DataFileError> {
+    let size_hint = records.iter().map(|r| r.size() as usize).sum::<usize>() / 2 + 4096;
+    let out = encode_to(meta, records, Vec::with_capacity(size_hint), usize::MAX)?;
+    Ok(Bytes::from(out))
+}
+
+/// Encode records (in offset order) with their footer metadata into `out`, which receives the file
+/// front to back as it is produced. A row group ends once its encoded size reaches
+/// `row_group_bytes`, so the encoder never holds much more than that at a time: this is what lets a
+/// large file be uploaded in parts while it is still being encoded.
+pub fn encode_to<W: std::io::Write + Send>(
+    meta: &FileMeta,
+    records: &[Record],
+    out: W,
+    row_group_bytes: usize,
+) -> Result<W, DataFileError> {
     let col = |name: &str| ColumnPath::new(vec![name.to_string()]);
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
@@ -190,14 +207,28 @@ pub fn encode(meta: &FileMeta, records: &[Record]) -> Result<Bytes, DataFileErro
         .set_max_row_group_row_count(Some(records.len().max(1)))
         .set_key_value_metadata(Some(meta.to_key_values()))
         .build();
-    let mut out =
-        Vec::with_capacity(records.iter().map(|r| r.size() as usize).sum::<usize>() / 2 + 4096);
-    let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
-    for chunk in records.chunks(BATCH_ROWS) {
-        writer.write(&to_batch(chunk)?)?;
+    let mut writer = ArrowWriter::try_new(out, schema(), Some(props))?;
+    let batch_bytes = BATCH_BYTES.min(row_group_bytes as u64 / 4).max(1);
+    let mut rest = records;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let rows = rest
+            .iter()
+            .take(BATCH_ROWS)
+            .take_while(|r| {
+                let fits = bytes < batch_bytes;
+                bytes += r.size();
+                fits
+            })
+            .count();
+        let (batch, tail) = rest.split_at(rows);
+        writer.write(&to_batch(batch)?)?;
+        if writer.in_progress_size() >= row_group_bytes {
+            writer.flush()?;
+        }
+        rest = tail;
     }
-    writer.close()?;
-    Ok(Bytes::from(out))
+    Ok(writer.into_inner()?)
 }
 
 fn to_batch(records: &[Record]) -> Result<RecordBatch, DataFileError> {

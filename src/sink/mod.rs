@@ -6,6 +6,7 @@
 //! record lost or archived twice; Kafka commits exist for lag monitoring only.
 
 mod partition;
+mod upload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -932,6 +933,7 @@ impl Sink<'_> {
             );
         }
         if flushed_any {
+            crate::failpoint::hit(crate::failpoint::AFTER_CHECKPOINT).await;
             // Step 3 of the commit order: Kafka follows the archive, for lag monitoring only.
             let mut tpl = TopicPartitionList::new();
             let _ =

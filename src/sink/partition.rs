@@ -12,7 +12,10 @@ use crate::archive::paths::DataFileKey;
 use crate::archive::rotation::{Event, OpenFile, RollReason, RollingPolicy};
 use crate::archive::time::{rfc3339_millis, HourBucket};
 use crate::archive::{Record, FORMAT_VERSION};
-use crate::storage::{ObjectStore, PutMode, StorageError};
+use crate::failpoint;
+use crate::storage::{ObjectStore, StorageError};
+
+use super::upload::{self, UploadError};
 
 /// Why making a file durable failed.
 #[derive(Debug, thiserror::Error)]
@@ -205,23 +208,14 @@ impl PartitionChain {
             cluster_id,
             now_ms,
         );
-        let body =
-            datafile::encode(&meta, &self.buffer).map_err(|source| FlushError::DataFile {
-                key: key.clone(),
-                source,
-            })?;
-        let bytes = body.len() as u64;
+        let max_timestamp = meta.max_timestamp;
 
-        // Step 1: the data file, create-only.
-        let created = if body.len() > part_size {
-            store
-                .put_multipart(&key, body, part_size, PutMode::Create)
-                .await
-        } else {
-            store.put(&key, body, PutMode::Create).await
-        };
+        // Step 1: the data file, create-only, streamed to the store while it is encoded.
+        let records = std::mem::take(&mut self.buffer);
+        let (records, created) = upload::create(store, &key, meta, records, part_size).await;
+        self.buffer = records;
         let flushed = match created {
-            Ok(_) => Flushed {
+            Ok(bytes) => Flushed {
                 key: key.clone(),
                 start,
                 end,
@@ -229,7 +223,8 @@ impl PartitionChain {
                 bytes,
                 adopted: false,
             },
-            Err(StorageError::AlreadyExists { .. }) => {
+            Err(UploadError::Encode(source)) => return Err(FlushError::DataFile { key, source }),
+            Err(UploadError::Store(StorageError::AlreadyExists { .. })) => {
                 // Another run wrote this start already: its file is the chain. Keep only what lies past it.
                 let existing = read_meta(store, &key).await?;
                 if existing.start != start || existing.end <= start {
@@ -262,12 +257,12 @@ impl PartitionChain {
                     .await?;
                 return Ok(Some(adopted));
             }
-            Err(e) => return Err(e.into()),
+            Err(UploadError::Store(e)) => return Err(e.into()),
         };
+        failpoint::hit(failpoint::AFTER_UPLOAD).await;
 
         // Step 2: the checkpoint, only now that the file is durable.
         self.end = end;
-        let max_timestamp = meta.max_timestamp;
         self.clear_buffer();
         self.advance_checkpoint(&flushed.key, max_timestamp, store)
             .await?;

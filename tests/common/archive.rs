@@ -22,7 +22,13 @@ pub async fn chain(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) ->
     let mut records = Vec::new();
     let mut expected_start = None;
     for key in keys {
-        let body = store.get(&key.to_string()).await.unwrap().body;
+        let got = store.get(&key.to_string()).await.unwrap();
+        assert_eq!(
+            got.meta.crc32c,
+            Some(rewind::storage::crc32c(&got.body)),
+            "{key}: stored with the CRC32C of its bytes"
+        );
+        let body = got.body;
         let (meta, rows) = datafile::decode(body).unwrap();
         assert_eq!(
             (meta.topic.as_str(), meta.partition, meta.start),

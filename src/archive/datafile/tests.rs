@@ -123,6 +123,37 @@ fn the_file_carries_statistics_page_index_and_key_bloom_filter() {
 }
 
 #[test]
+fn a_large_file_is_split_into_row_groups_and_reads_back_whole() {
+    let records: Vec<Record> = (0..3_000)
+        .map(|i| Record {
+            offset: i,
+            timestamp: Some(1_795_428_900_000 + i),
+            timestamp_type: Some(TimestampType::LogAppend),
+            key: (i % 3 != 0).then(|| i.to_be_bytes().to_vec()),
+            // Incompressible values, so the row groups really fill up.
+            value: Some(
+                (0..1_000)
+                    .map(|j| ((i * 7919 + j * 104_729) % 251) as u8)
+                    .collect(),
+            ),
+            headers: vec![h("n", Some(&i.to_le_bytes()))],
+        })
+        .collect();
+    let meta = file_meta("t", 0, 0, 3_000, &records, "c", 0);
+    let bytes = Bytes::from(encode_to(&meta, &records, Vec::new(), 256 * 1024).unwrap());
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(bytes.clone()).unwrap();
+    assert!(
+        reader.metadata().num_row_groups() >= 4,
+        "{} row groups",
+        reader.metadata().num_row_groups()
+    );
+    let (got_meta, got) = decode(bytes).unwrap();
+    assert_eq!(got_meta, meta);
+    assert!(got == records, "multi-row-group file differs");
+}
+
+#[test]
 fn foreign_parquet_is_refused() {
     let err = decode(Bytes::from_static(b"PAR1 not really")).unwrap_err();
     assert!(matches!(err, DataFileError::Parquet(_)), "{err:?}");

@@ -1,0 +1,34 @@
+//! Named crash points for the crash tests.
+//!
+//! When the environment variable `REWIND_FAILPOINT` names a point, the worker announces on stderr
+//! that it reached it (`failpoint <name> reached`) and stops there for good, so that a test can
+//! `kill -9` it at exactly that step of the commit protocol and check what a restart makes of the
+//! archive. Without the variable every point is a no-op.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The data file is durable; the checkpoint has not moved yet.
+pub const AFTER_UPLOAD: &str = "after-upload";
+/// The checkpoint has moved; the position is not committed to Kafka yet.
+pub const AFTER_CHECKPOINT: &str = "after-checkpoint";
+/// A multipart upload has parts in the store and is not completed.
+pub const MID_MULTIPART: &str = "mid-multipart";
+
+fn armed() -> Option<&'static str> {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| std::env::var("REWIND_FAILPOINT").ok())
+        .as_deref()
+}
+
+/// Stop here forever if `name` is the armed point.
+pub async fn hit(name: &str) {
+    if armed() != Some(name) {
+        return;
+    }
+    eprintln!("failpoint {name} reached");
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
