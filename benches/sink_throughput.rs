@@ -1,0 +1,321 @@
+//! End-to-end sink throughput against the test bed's real broker and S3 server, side by side with a
+//! plain rdkafka consumer reading the same data. Prints a table.
+//!
+//!   scripts/bench                                  # builds in release, starts the test bed, runs this
+//!   cargo bench --bench sink_throughput -- --mib 512
+//!
+//! For each value size (100 B and 1 KiB) it produces `--mib` MiB of values into a fresh topic of
+//! 8 partitions, then runs, one after the other and each as its own process: (a) a plain rdkafka
+//! consumer that reads every record and discards it, (b) `rewind sink --once` into a local archive,
+//! (c) `rewind sink --once` into S3. For every run: records/s, MB/s of values, the ratio to (a), CPU
+//! seconds per GB and peak RSS, read from /proc (CPU from the exited process before it is reaped).
+//! Then the memory case: 1,000 partitions archived under a 64 MiB buffer budget, whose peak RSS
+//! should stay within the budget plus 64 MiB.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 8;
+
+struct Run {
+    what: String,
+    records: u64,
+    value_bytes: u64,
+    wall: Duration,
+    cpu_s: f64,
+    peak_rss: u64,
+}
+
+impl Run {
+    fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.wall.as_secs_f64()
+    }
+    fn mb_per_s(&self) -> f64 {
+        self.value_bytes as f64 / 1e6 / self.wall.as_secs_f64()
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--raw-consume") {
+        raw_consume(&args[i + 1], args[i + 2].parse().unwrap());
+        return;
+    }
+    let arg = |name: &str, default: u64| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.parse().expect("a number"))
+            .unwrap_or(default)
+    };
+    let mib = arg("--mib", 256);
+    let wide_mib = arg("--wide-mib", 128);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    common::no_instance_metadata();
+
+    let mut table = Vec::new();
+    for value_size in [100usize, 1024] {
+        let count = mib * 1024 * 1024 / value_size as u64;
+        let topic = common::unique(&format!("bench-{value_size}"));
+        rt.block_on(common::kafka::create_topic(&topic, PARTITIONS, &[]));
+        eprintln!(
+            "producing {count} records of {value_size} B into {topic} ({PARTITIONS} partitions)"
+        );
+        let took = produce(&topic, PARTITIONS, count, value_size);
+        eprintln!(
+            "  produced in {:.1}s ({:.0} records/s)",
+            took.as_secs_f64(),
+            count as f64 / took.as_secs_f64()
+        );
+        let value_bytes = count * value_size as u64;
+
+        let raw = measure(
+            format!("raw rdkafka consumer, {value_size} B"),
+            Command::new(std::env::current_exe().unwrap()).args([
+                "--raw-consume",
+                &topic,
+                &count.to_string(),
+            ]),
+            count,
+            value_bytes,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let local = measure(
+            format!("rewind sink → local, {value_size} B"),
+            &mut sink(&format!("file://{}/archive", dir.path().display()), &topic),
+            count,
+            value_bytes,
+        );
+        drop(dir);
+        let bucket = rt.block_on(common::new_bucket());
+        let s3 = measure(
+            format!("rewind sink → S3, {value_size} B"),
+            &mut sink(&format!("s3://{bucket}/archive"), &topic),
+            count,
+            value_bytes,
+        );
+        let raw_rate = raw.records_per_s();
+        table.push((raw, raw_rate));
+        table.push((local, raw_rate));
+        table.push((s3, raw_rate));
+    }
+
+    // Many partitions under a small budget: memory must stay flat.
+    let topic = common::unique("bench-wide");
+    let wide_partitions = 1000;
+    rt.block_on(common::kafka::create_topic(&topic, wide_partitions, &[]));
+    let count = wide_mib * 1024 * 1024 / 1024;
+    eprintln!("producing {count} records of 1 KiB into {topic} ({wide_partitions} partitions)");
+    produce(&topic, wide_partitions, count, 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let wide = measure(
+        format!("rewind sink → local, 1 KiB, {wide_partitions} partitions, 64 MiB budget"),
+        sink(&format!("file://{}/archive", dir.path().display()), &topic)
+            .env("REWIND__SINK__BUFFER_BUDGET", "64MiB"),
+        count,
+        count * 1024,
+    );
+    let wide_rss = wide.peak_rss;
+    let raw_rate = wide.records_per_s();
+    table.push((wide, raw_rate));
+
+    println!();
+    println!("| run | records | records/s | MB/s | ratio to raw | CPU s/GB | peak RSS MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (run, raw_rate) in &table {
+        let ratio = if run.what.contains("1000 partitions") {
+            "–".to_string()
+        } else {
+            format!("{:.2}", run.records_per_s() / raw_rate)
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {} | {:.2} | {:.0} |",
+            run.what,
+            run.records,
+            run.records_per_s(),
+            run.mb_per_s(),
+            ratio,
+            run.cpu_s / (run.value_bytes as f64 / 1e9),
+            run.peak_rss as f64 / 1048576.0
+        );
+    }
+    println!();
+    println!(
+        "1,000 partitions, 64 MiB budget: peak RSS {:.0} MiB (target ≤ 128 MiB: {})",
+        wide_rss as f64 / 1048576.0,
+        if wide_rss <= 128 * 1048576 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
+
+/// `rewind sink --once` of one topic into `archive`, with a fresh group.
+fn sink(archive: &str, topic: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
+    cmd.args([
+        "sink",
+        "--once",
+        "--archive",
+        archive,
+        "--s3-endpoint",
+        &common::s3_endpoint(),
+        "--s3-path-style",
+        "--bootstrap-servers",
+        &common::kafka_bootstrap(),
+        "--topics",
+        &regex::escape(topic),
+        "--group",
+        &common::unique("bench-sink"),
+    ])
+    .env("AWS_ACCESS_KEY_ID", common::s3_access_key())
+    .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
+    .env("AWS_REGION", "us-east-1")
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Run a child to completion, sampling its peak RSS while it runs and its CPU time once it has
+/// exited (a zombie's /proc/<pid>/stat still holds it). The child must report `expect` records.
+fn measure(what: String, cmd: &mut Command, expect: u64, value_bytes: u64) -> Run {
+    eprintln!("running: {what}");
+    let started = Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak_rss = 0;
+    let cpu_s = loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the parenthesised command name: state is the first, utime/stime 12th/13th.
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        if fields[0] == "Z" {
+            let ticks: f64 =
+                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+            break ticks / 100.0;
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            {
+                peak_rss = peak_rss.max(kb * 1024);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let wall = started.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{what} failed: {stdout}");
+    let records: u64 = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "archived" && *w != "consumed")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no record count in {stdout:?}"));
+    assert_eq!(records, expect, "{what}: every record");
+    eprintln!(
+        "  {:.1}s, {:.0} records/s, CPU {cpu_s:.1}s, peak RSS {} MiB",
+        wall.as_secs_f64(),
+        records as f64 / wall.as_secs_f64(),
+        peak_rss / 1048576
+    );
+    Run {
+        what,
+        records,
+        value_bytes,
+        wall,
+        cpu_s,
+        peak_rss,
+    }
+}
+
+/// Produce `count` records with values of `size` bytes, round-robin over the partitions. Values are
+/// printable text drawn from 64 symbols: about as compressible as typical JSON payloads with ids.
+fn produce(topic: &str, partitions: i32, count: u64, size: usize) -> Duration {
+    let producer: BaseProducer = common::kafka::config()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut value = vec![0u8; size];
+    let started = Instant::now();
+    for i in 0..count {
+        for b in value.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = SYMBOLS[(x & 63) as usize];
+        }
+        let key = format!("key-{i}");
+        let mut record = BaseRecord::to(topic)
+            .partition((i % partitions as u64) as i32)
+            .key(key.as_bytes())
+            .payload(value.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+                Err((e, _)) => panic!("produce: {e}"),
+            }
+        }
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Timeout::Never).unwrap();
+    started.elapsed()
+}
+
+/// The baseline: a plain consumer that reads `count` records of every partition and discards them.
+fn raw_consume(topic: &str, count: u64) {
+    let consumer: BaseConsumer = common::kafka::config()
+        .set("group.id", common::unique("bench-raw"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        // The same prefetch tuning the sink applies, so the two differ only in what they do with
+        // the records.
+        .set("fetch.queue.backoff.ms", "20")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let (mut n, mut bytes) = (0u64, 0usize);
+    while n < count {
+        if let Some(msg) = consumer.poll(Duration::from_secs(10)) {
+            let msg = msg.unwrap();
+            bytes += msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+    }
+    println!("consumed {n} records ({bytes} bytes)");
+}
