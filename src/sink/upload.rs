@@ -147,3 +147,196 @@ impl Write for PartWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::archive::datafile::file_meta;
+    use crate::archive::TimestampType;
+    use crate::storage::{
+        GetResult, ListPage, LocalStore, ObjectMeta, PutResult, StorageResult, StorageUrl,
+    };
+
+    /// A local store whose multipart uploads fail at one part, counting the uploads started.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: LocalStore,
+        fail_at_part: Option<usize>,
+        multipart_started: AtomicUsize,
+    }
+
+    struct FlakyUpload {
+        inner: Box<dyn MultipartUpload>,
+        parts: usize,
+        fail_at_part: Option<usize>,
+    }
+
+    #[async_trait]
+    impl MultipartUpload for FlakyUpload {
+        async fn put_part(&mut self, data: Bytes) -> StorageResult<()> {
+            self.parts += 1;
+            if Some(self.parts) == self.fail_at_part {
+                return Err(StorageError::Transient {
+                    url: "file:///flaky".into(),
+                    op: "upload part".into(),
+                    message: "injected".into(),
+                    attempts: 1,
+                });
+            }
+            self.inner.put_part(data).await
+        }
+        async fn complete(self: Box<Self>) -> StorageResult<PutResult> {
+            self.inner.complete().await
+        }
+        async fn abort(self: Box<Self>) -> StorageResult<()> {
+            self.inner.abort().await
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Flaky {
+        async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StorageResult<PutResult> {
+            self.inner.put(key, body, mode).await
+        }
+        async fn get(&self, key: &str) -> StorageResult<GetResult> {
+            self.inner.get(key).await
+        }
+        async fn get_range(&self, key: &str, range: Range<u64>) -> StorageResult<Bytes> {
+            self.inner.get_range(key, range).await
+        }
+        async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
+            self.inner.head(key).await
+        }
+        async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
+            self.inner.list_page(prefix, token).await
+        }
+        async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
+            self.inner.delete_many(keys).await
+        }
+        async fn start_multipart(
+            &self,
+            key: &str,
+            mode: PutMode,
+        ) -> StorageResult<Box<dyn MultipartUpload>> {
+            self.multipart_started.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(FlakyUpload {
+                inner: self.inner.start_multipart(key, mode).await?,
+                parts: 0,
+                fail_at_part: self.fail_at_part,
+            }))
+        }
+        async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
+            self.inner.incomplete_uploads(prefix).await
+        }
+        fn url(&self) -> &StorageUrl {
+            self.inner.url()
+        }
+    }
+
+    fn flaky(dir: &tempfile::TempDir, fail_at_part: Option<usize>) -> Flaky {
+        let url = StorageUrl::parse(&format!("file://{}/archive", dir.path().display())).unwrap();
+        Flaky {
+            inner: LocalStore::open(url).unwrap(),
+            fail_at_part,
+            multipart_started: AtomicUsize::new(0),
+        }
+    }
+
+    /// `count` records of `size` incompressible bytes.
+    fn records(count: i64, size: usize) -> Vec<Record> {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        (0..count)
+            .map(|i| Record {
+                offset: i,
+                timestamp: Some(1_795_428_900_000 + i),
+                timestamp_type: Some(TimestampType::Create),
+                key: Some(i.to_be_bytes().to_vec()),
+                value: Some(
+                    (0..size)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect(),
+                ),
+                headers: vec![],
+            })
+            .collect()
+    }
+
+    const KEY: &str =
+        "data/topic=t/partition=0/date=2026-11-24/hour=00/00000000000000000000.parquet";
+
+    #[tokio::test]
+    async fn a_large_file_goes_up_in_parts_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = flaky(&dir, None);
+        let recs = records(48, 256 * 1024);
+        let meta = file_meta("t", 0, 0, 48, &recs, "c", 0);
+        let (back, result) = create(&store, KEY, meta.clone(), recs.clone(), MIN_PART_SIZE).await;
+        let size = result.unwrap();
+        assert!(back == recs, "the records are handed back");
+        assert_eq!(store.multipart_started.load(Ordering::SeqCst), 1);
+        let got = store.get(KEY).await.unwrap();
+        assert_eq!(got.body.len() as u64, size);
+        assert!(
+            size > 2 * MIN_PART_SIZE as u64,
+            "{size} bytes: several parts"
+        );
+        assert_eq!(got.meta.crc32c, Some(crate::storage::crc32c(&got.body)));
+        let (got_meta, rows) = datafile::decode(got.body).unwrap();
+        assert_eq!(got_meta, meta);
+        assert!(rows == recs, "streamed file differs");
+    }
+
+    #[tokio::test]
+    async fn a_small_file_is_one_create_only_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = flaky(&dir, None);
+        let recs = records(100, 100);
+        let meta = file_meta("t", 0, 0, 100, &recs, "c", 0);
+        let (_, result) = create(&store, KEY, meta.clone(), recs.clone(), MIN_PART_SIZE).await;
+        result.unwrap();
+        assert_eq!(store.multipart_started.load(Ordering::SeqCst), 0);
+        let (_, again) = create(&store, KEY, meta, recs, MIN_PART_SIZE).await;
+        assert!(
+            matches!(
+                again,
+                Err(UploadError::Store(StorageError::AlreadyExists { .. }))
+            ),
+            "{again:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_leaves_nothing_behind_and_keeps_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = flaky(&dir, Some(2));
+        let recs = records(48, 256 * 1024);
+        let meta = file_meta("t", 0, 0, 48, &recs, "c", 0);
+        let (back, result) = create(&store, KEY, meta, recs.clone(), MIN_PART_SIZE).await;
+        assert!(
+            matches!(
+                result,
+                Err(UploadError::Store(StorageError::Transient { .. }))
+            ),
+            "{result:?}"
+        );
+        assert!(back == recs, "the records survive for a retry");
+        assert!(matches!(
+            store.get(KEY).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert!(
+            store.incomplete_uploads("").await.unwrap().is_empty(),
+            "the upload was aborted"
+        );
+    }
+}
