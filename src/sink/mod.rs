@@ -850,13 +850,15 @@ impl Sink<'_> {
     }
 
     /// Flush several partitions, a few at a time concurrently: encoding runs on the blocking pool
-    /// and uploads overlap, so a batch takes about as long as its largest file.
+    /// and uploads overlap, so a batch takes about as long as its largest file. A batch has one
+    /// flush per core, and up to 16 while its files together stay under one upload part (many small
+    /// files are bound by store round trips, not by CPU or memory).
     async fn flush_many(
         &mut self,
         ids: Vec<(String, i32)>,
         reason: RollReason,
     ) -> Result<(), SinkError> {
-        let concurrency = std::thread::available_parallelism()
+        let cores = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 8);
         let mut ids: Vec<(String, i32)> = ids
@@ -867,7 +869,19 @@ impl Sink<'_> {
             if self.retry_at.is_some_and(|at| Instant::now() < at) {
                 return Ok(());
             }
-            let batch: Vec<(String, i32)> = ids.drain(..concurrency.min(ids.len())).collect();
+            let mut bytes = 0;
+            let take = ids
+                .iter()
+                .take(16)
+                .take_while(|id| {
+                    let fits = bytes < self.opts.part_size as u64;
+                    bytes += self.chains.get(*id).map_or(0, |c| c.buffered_bytes());
+                    fits
+                })
+                .count()
+                .max(cores)
+                .min(ids.len());
+            let batch: Vec<(String, i32)> = ids.drain(..take).collect();
             // The chains leave the map while their flushes run, so each is borrowed by one future.
             let mut taken: Vec<((String, i32), PartitionChain)> = batch
                 .into_iter()
