@@ -15,6 +15,10 @@ use rewind::archive::Record;
 use rewind::storage::{LocalStore, ObjectStore, StorageUrl};
 
 fn worker(archive: &str, topic: &str, group: &str) -> Child {
+    worker_with_age(archive, topic, group, "1s")
+}
+
+fn worker_with_age(archive: &str, topic: &str, group: &str, max_file_age: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_rewind"))
         .args([
             "sink",
@@ -35,7 +39,7 @@ fn worker(archive: &str, topic: &str, group: &str) -> Child {
             "heartbeat.interval.ms=1000",
         ])
         .env("REWIND__SINK__MAX_FILE_RECORDS", "7")
-        .env("REWIND__SINK__MAX_FILE_AGE", "1s")
+        .env("REWIND__SINK__MAX_FILE_AGE", max_file_age)
         .env("REWIND__SINK__DISCOVERY_INTERVAL", "1s")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -150,5 +154,95 @@ async fn killed_workers_lose_and_duplicate_nothing() {
             "partition {p}: every record exactly once"
         );
         assert_eq!(&got, want, "partition {p}: byte-exact and in order");
+    }
+}
+
+/// The group moves partitions away from a worker that holds their records in memory: it flushes
+/// them on revocation instead of leaving them for the new owner to read again. With files that
+/// otherwise stay open for 10 minutes, anything in the archive soon after the second worker joins
+/// was written because of the revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_partitions_are_flushed_and_the_chain_stays_exact() {
+    const PARTITIONS: i32 = 4;
+    let topic = common::unique("revoke");
+    create_topic(&topic, PARTITIONS, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", dir.path().display());
+    let group = common::unique("revoke-group");
+    let mut produced: Vec<Vec<Record>> = vec![Vec::new(); PARTITIONS as usize];
+    let produce_round = |tag: &'static str| {
+        let topic = topic.clone();
+        async move {
+            let mut out = Vec::new();
+            for partition in 0..PARTITIONS {
+                let batch: Vec<Record> = (0..5)
+                    .map(|i| {
+                        record(
+                            Some(format!("{tag}-{partition}-{i}").as_bytes()),
+                            Some(b"v"),
+                            vec![],
+                            common::now_ms(),
+                        )
+                    })
+                    .collect();
+                out.push(produce(&topic, partition, &batch).await);
+            }
+            out
+        }
+    };
+
+    let first = worker_with_age(&archive, &topic, &group, "10m");
+    for (p, records) in produce_round("a").await.into_iter().enumerate() {
+        produced[p].extend(records);
+    }
+    // The first worker owns every partition and holds the records in memory.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalStore::open(StorageUrl::parse(&archive).unwrap()).unwrap());
+    assert!(
+        store.list("data/").await.unwrap().is_empty(),
+        "nothing is flushed before the rebalance"
+    );
+
+    let second = worker_with_age(&archive, &topic, &group, "10m");
+    let mut flushed = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        flushed = store.list("data/").await.unwrap();
+        if !flushed.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !flushed.is_empty(),
+        "the revoked partitions were flushed when the second worker joined"
+    );
+    assert!(
+        flushed.len() < PARTITIONS as usize,
+        "only revoked partitions were flushed: {flushed:?}"
+    );
+
+    for (p, records) in produce_round("b").await.into_iter().enumerate() {
+        produced[p].extend(records);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for w in [&first, &second] {
+        Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    for mut w in [first, second] {
+        let status = tokio::task::spawn_blocking(move || w.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "a drained worker exits 0: {status:?}");
+    }
+    for p in 0..PARTITIONS {
+        let got = common::archive::chain(&store, &topic, p).await;
+        assert_eq!(
+            &got, &produced[p as usize],
+            "partition {p}: every record exactly once, in order"
+        );
     }
 }

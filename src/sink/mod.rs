@@ -489,7 +489,7 @@ impl Sink<'_> {
             if self.opts.once && self.targets.is_empty() {
                 break;
             }
-            self.drop_revoked();
+            self.release_revoked().await?;
             tokio::select! {
                 _ = &mut stop => {
                     tracing::info!("stopping: flushing every buffered record");
@@ -755,9 +755,11 @@ impl Sink<'_> {
         Ok(false)
     }
 
-    /// Forget partitions the group moved to another worker; their buffered records are read again
-    /// by the new owner from the archive's end, so dropping them loses nothing.
-    fn drop_revoked(&mut self) {
+    /// Hand over partitions the group moved to another worker: flush what is buffered for them
+    /// (the create-only put makes racing the new owner safe: whoever is second adopts the other's
+    /// file), then forget them. What cannot be flushed now (the store is away) is dropped; the new
+    /// owner reads it again from the archive's end, so nothing is lost.
+    async fn release_revoked(&mut self) -> Result<(), SinkError> {
         let revoked: Vec<(String, i32)> = std::mem::take(
             &mut *self
                 .consumer
@@ -766,17 +768,27 @@ impl Sink<'_> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        for id in revoked {
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        let owned: Vec<(String, i32)> = revoked
+            .into_iter()
+            .filter(|id| self.chains.contains_key(id))
+            .collect();
+        self.flush_many(owned.clone(), RollReason::Revoked).await?;
+        for id in owned {
             if let Some(chain) = self.chains.remove(&id) {
                 self.buffered -= chain.buffered_bytes();
                 tracing::info!(
                     topic = id.0,
                     partition = id.1,
+                    archived_end = chain.end,
                     dropped_records = chain.buffered_records(),
                     "partition revoked"
                 );
             }
         }
+        Ok(())
     }
 
     fn buffered(&self) -> u64 {
@@ -982,7 +994,10 @@ impl Sink<'_> {
             upload_ms = took.as_millis() as u64,
             "file durable"
         );
-        self.commit(id).await;
+        if reason != RollReason::Revoked {
+            // A revoked partition's position is the new owner's to commit.
+            self.commit(id).await;
+        }
         Ok(())
     }
 
