@@ -58,6 +58,11 @@ fn bench_encode(c: &mut Criterion) {
             .sum();
         let meta = file_meta("bench", 0, 0, count as i64, &recs, "cluster", 0);
         group.throughput(Throughput::Bytes(bytes));
+        let file = encode(&meta, &recs).unwrap().len();
+        eprintln!(
+            "{size}-byte values: {bytes} record bytes encode to {file} bytes ({:.0} %)",
+            file as f64 * 100.0 / bytes as f64
+        );
         group.bench_with_input(BenchmarkId::new("value_bytes", size), &recs, |b, recs| {
             b.iter(|| encode(&meta, recs).unwrap())
         });

@@ -195,7 +195,9 @@ pub fn encode_to<W: std::io::Write + Send>(
 ) -> Result<W, DataFileError> {
     let col = |name: &str| ColumnPath::new(vec![name.to_string()]);
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        // Level 1: on the benchmark's payloads 2.6× faster than level 3 for files 2 % larger, and
+        // the sink's CPU is what decides whether a backup keeps up with its cluster.
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_column_statistics_enabled(col("offset"), EnabledStatistics::Page)
         .set_column_statistics_enabled(col("timestamp"), EnabledStatistics::Page)
