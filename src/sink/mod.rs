@@ -223,7 +223,13 @@ pub async fn run(
         .map_err(kafka_err)?;
     let admin: AdminClient<DefaultClientContext> = client.create().map_err(kafka_err)?;
 
-    let probe = consumer.client().fetch_cluster_id(Duration::from_secs(10));
+    // A metadata request first: it connects at once, whereas asking for the cluster id alone on a
+    // fresh client waits for librdkafka's first periodic refresh (a second of every start).
+    let probe = consumer
+        .client()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .ok()
+        .and_then(|_| consumer.client().fetch_cluster_id(Duration::from_secs(10)));
     let cluster_id = match probe {
         Some(id) => id,
         None => {
