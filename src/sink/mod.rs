@@ -199,16 +199,14 @@ pub async fn run(
         .set("enable.partition.eof", "true")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("statistics.interval.ms", "5000")
-        // librdkafka's prefetch queue counts against memory too: keep it a fraction of the budget.
+        // librdkafka's prefetch queue is part of the budget (see `prefetch_bytes`).
         .set(
             "queued.max.messages.kbytes",
-            (opts.buffer_budget / 4 / 1024)
-                .clamp(1024, 65_536)
-                .to_string(),
+            (prefetch_bytes(opts.buffer_budget) / 1024).to_string(),
         )
         .set(
             "fetch.max.bytes",
-            (opts.buffer_budget / 4)
+            prefetch_bytes(opts.buffer_budget)
                 .clamp(2 << 20, 50 << 20)
                 .to_string(),
         );
@@ -604,10 +602,10 @@ impl Sink<'_> {
                 return Ok(());
             }
         }
-        if self.buffered() + record.size() > self.opts.buffer_budget {
+        if self.buffered() + record.size() > self.record_budget() {
             self.relieve_memory().await?;
             // A record larger than what is free is still taken when nothing else is buffered.
-            if self.buffered() > 0 && self.buffered() + record.size() > self.opts.buffer_budget {
+            if self.buffered() > 0 && self.buffered() + record.size() > self.record_budget() {
                 // Still no room (the store is down): do not buffer it; Kafka delivers it again
                 // from this offset once consumption resumes.
                 self.consumer
@@ -808,6 +806,11 @@ impl Sink<'_> {
         self.buffered
     }
 
+    /// What buffered records may occupy: the budget less librdkafka's prefetch queue.
+    fn record_budget(&self) -> u64 {
+        self.opts.buffer_budget - prefetch_bytes(self.opts.buffer_budget)
+    }
+
     /// Over budget: flush the largest buffers until the total is back under half the budget.
     async fn relieve_memory(&mut self) -> Result<(), SinkError> {
         let mut by_size: Vec<((String, i32), u64)> = self
@@ -821,14 +824,14 @@ impl Sink<'_> {
         let largest: Vec<(String, i32)> = by_size
             .into_iter()
             .take_while(|(_, bytes)| {
-                let needed = left > self.opts.buffer_budget / 2;
+                let needed = left > self.record_budget() / 2;
                 left = left.saturating_sub(*bytes);
                 needed
             })
             .map(|(id, _)| id)
             .collect();
         self.flush_many(largest, RollReason::MemoryPressure).await?;
-        let over = self.buffered() > self.opts.buffer_budget / 2;
+        let over = self.buffered() > self.record_budget() / 2;
         if over != self.paused {
             // The store is not keeping up: stop fetching until uploads catch up.
             let assignment = self.consumer.assignment().map_err(|e| self.kafka_err(e))?;
@@ -1030,6 +1033,12 @@ impl Sink<'_> {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
+}
+
+/// The part of the buffer budget that librdkafka's prefetch queue may use: an eighth, between
+/// 512 KiB and 64 MiB. Records get the rest.
+fn prefetch_bytes(budget: u64) -> u64 {
+    (budget / 8).clamp(512 << 10, 64 << 20)
 }
 
 /// A consumed message as an archive record, with its topic and partition.

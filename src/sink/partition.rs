@@ -72,7 +72,8 @@ pub struct PartitionChain {
     checkpoint: Option<Versioned<Checkpoint>>,
     buffer: Vec<Record>,
     open: Option<OpenFile>,
-    buffered_bytes: u64,
+    /// Heap bytes the buffered records own (their keys, values and headers).
+    heap_bytes: u64,
 }
 
 impl PartitionChain {
@@ -116,7 +117,7 @@ impl PartitionChain {
             checkpoint,
             buffer: Vec::new(),
             open: None,
-            buffered_bytes: 0,
+            heap_bytes: 0,
         };
         if chain.checkpoint.as_ref().is_some_and(|c| c.doc.end < end) {
             // Files beyond the checkpoint are durable: bring the checkpoint up to them.
@@ -131,8 +132,10 @@ impl PartitionChain {
         Ok(chain)
     }
 
+    /// Memory the buffer holds: what the records own plus the buffer's own capacity, which grows
+    /// by doubling and so can be up to twice what the records need.
     pub fn buffered_bytes(&self) -> u64 {
-        self.buffered_bytes
+        self.heap_bytes + (self.buffer.capacity() * std::mem::size_of::<Record>()) as u64
     }
 
     pub fn buffered_records(&self) -> usize {
@@ -169,7 +172,7 @@ impl PartitionChain {
         });
         open.records += 1;
         open.bytes += size;
-        self.buffered_bytes += size;
+        self.heap_bytes += size - std::mem::size_of::<Record>() as u64;
         self.buffer.push(record);
         true
     }
@@ -270,9 +273,11 @@ impl PartitionChain {
     }
 
     fn clear_buffer(&mut self) {
-        self.buffer.clear();
+        // Release the memory, not just the records: an idle partition must not keep the capacity
+        // its largest file needed.
+        self.buffer = Vec::new();
         self.open = None;
-        self.buffered_bytes = 0;
+        self.heap_bytes = 0;
     }
 
     /// Skip the chain forward to `end` (a recorded gap): the checkpoint moves with it, so a restart
