@@ -106,8 +106,8 @@ pub fn topic_regex(pattern: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?:{pattern})$"))
 }
 
-/// Partitions the group took away from this worker, noted by the rebalance callback and dropped by
-/// the main loop. Dropping buffered records is safe: the new owner resumes from the archive.
+/// Partitions the group took away from this worker, noted by the rebalance callback and released by
+/// the main loop, which flushes what it buffered for them (see `release_revoked`).
 #[derive(Default)]
 struct SinkContext {
     revoked: std::sync::Mutex<Vec<(String, i32)>>,
@@ -602,10 +602,15 @@ impl Sink<'_> {
                 return Ok(());
             }
         }
-        if self.buffered() + record.size() > self.record_budget() {
+        let cost = |sink: &Self| {
+            sink.chains
+                .get(&id)
+                .map_or(record.size(), |c| c.push_cost(&record))
+        };
+        if self.buffered() + cost(self) > self.record_budget() {
             self.relieve_memory().await?;
             // A record larger than what is free is still taken when nothing else is buffered.
-            if self.buffered() > 0 && self.buffered() + record.size() > self.record_budget() {
+            if self.buffered() > 0 && self.buffered() + cost(self) > self.record_budget() {
                 // Still no room (the store is down): do not buffer it; Kafka delivers it again
                 // from this offset once consumption resumes.
                 self.consumer
@@ -808,7 +813,9 @@ impl Sink<'_> {
 
     /// What buffered records may occupy: the budget less librdkafka's prefetch queue.
     fn record_budget(&self) -> u64 {
-        self.opts.buffer_budget - prefetch_bytes(self.opts.buffer_budget)
+        self.opts
+            .buffer_budget
+            .saturating_sub(prefetch_bytes(self.opts.buffer_budget))
     }
 
     /// Over budget: flush the largest buffers until the total is back under half the budget.
@@ -928,7 +935,9 @@ impl Sink<'_> {
                 }))
                 .await;
             let mut failure = None;
+            let mut store_away = false;
             for ((id, chain), (before, took, result)) in taken.into_iter().zip(results) {
+                store_away |= matches!(&result, Err(e) if e.is_transient());
                 self.buffered = self.buffered - before + chain.buffered_bytes();
                 self.chains.insert(id.clone(), chain);
                 if let Err(e) = self.settle(&id, reason, took, result).await {
@@ -937,6 +946,11 @@ impl Sink<'_> {
             }
             if let Some(e) = failure {
                 return Err(e);
+            }
+            if !store_away {
+                // Only a batch the store took whole ends the backoff.
+                self.retry_at = None;
+                self.backoff = Duration::from_secs(1);
             }
         }
         Ok(())
@@ -971,8 +985,6 @@ impl Sink<'_> {
                 return Err(e.into());
             }
         };
-        self.retry_at = None;
-        self.backoff = Duration::from_secs(1);
         if done.adopted || chain.end != done.end {
             // Buffered records were dropped for a file or checkpoint another run wrote: read
             // again from where the chain now ends.

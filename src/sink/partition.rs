@@ -142,6 +142,17 @@ impl PartitionChain {
         self.buffer.len()
     }
 
+    /// What buffering `record` would add to [`PartitionChain::buffered_bytes`], including the
+    /// buffer growing (it doubles when full).
+    pub fn push_cost(&self, record: &Record) -> u64 {
+        let growth = if self.buffer.len() == self.buffer.capacity() {
+            self.buffer.capacity().max(4) * std::mem::size_of::<Record>()
+        } else {
+            0
+        };
+        record.size() - std::mem::size_of::<Record>() as u64 + growth as u64
+    }
+
     pub fn open_file(&self) -> Option<&OpenFile> {
         self.open.as_ref()
     }
@@ -190,7 +201,7 @@ impl PartitionChain {
             return Ok(None);
         };
         if self.buffer.is_empty() {
-            self.open = None;
+            self.clear_buffer();
             return Ok(None);
         }
         let start = self.end;

@@ -3,8 +3,9 @@
 //! The encoder runs on a blocking thread and hands the file over in parts of the upload part size
 //! through a channel that holds one part; the uploading side sends a file that fits in one part with
 //! a single create-only put, and a larger one as a create-only multipart upload whose parts go out as
-//! they are produced. Memory for the encoded file therefore stays at about two parts, whatever the
-//! file's size. Nothing becomes visible unless the whole file was encoded and uploaded: a failure on
+//! they are produced. Memory for the encoded file therefore stays at about four parts (the one being
+//! filled, one in the channel, one held back until the next shows it is not the last, one being
+//! uploaded) plus the row group being built, whatever the file's size. Nothing becomes visible unless the whole file was encoded and uploaded: a failure on
 //! either side aborts the upload.
 
 use std::io::{self, Write};
@@ -78,7 +79,20 @@ pub async fn create(
     drop(parts);
     let (records, encoded) = match encoder.await {
         Ok(done) => done,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => {
+            // Cancelled: the runtime is shutting down. The records are gone with the task; Kafka
+            // still has them and the next start reads them again.
+            if let Some(u) = upload {
+                let _ = u.abort().await;
+            }
+            let gone = StorageError::Other {
+                url: store.url().to_string(),
+                op: format!("upload {key:?}"),
+                message: "the encoder was cancelled".into(),
+            };
+            return (Vec::new(), Err(UploadError::Store(gone)));
+        }
     };
 
     let result = match (failed, encoded) {
