@@ -162,27 +162,8 @@ fn main() {
 
 /// `rewind sink --once` of one topic into `archive`, with a fresh group.
 fn sink(archive: &str, topic: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
-    cmd.args([
-        "sink",
-        "--once",
-        "--archive",
-        archive,
-        "--s3-endpoint",
-        &common::s3_endpoint(),
-        "--s3-path-style",
-        "--bootstrap-servers",
-        &common::kafka_bootstrap(),
-        "--topics",
-        &regex::escape(topic),
-        "--group",
-        &common::unique("bench-sink"),
-    ])
-    .env("AWS_ACCESS_KEY_ID", common::s3_access_key())
-    .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
-    .env("AWS_REGION", "us-east-1")
-    .env("AWS_EC2_METADATA_DISABLED", "true")
-    .env("RUST_LOG", "warn");
+    let mut cmd = common::sink_command(archive, topic, &common::unique("bench-sink"));
+    cmd.arg("--once");
     cmd
 }
 

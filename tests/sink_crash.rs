@@ -19,18 +19,7 @@ fn worker(archive: &str, topic: &str, group: &str) -> Child {
 }
 
 fn worker_with_age(archive: &str, topic: &str, group: &str, max_file_age: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_rewind"))
-        .args([
-            "sink",
-            "--archive",
-            archive,
-            "--bootstrap-servers",
-            &common::kafka_bootstrap(),
-            "--topics",
-            &regex::escape(topic),
-            "--group",
-            group,
-        ])
+    common::sink_command(archive, topic, group)
         // A killed member's partitions move to the others after the session timeout.
         .args([
             "-X",
@@ -41,7 +30,6 @@ fn worker_with_age(archive: &str, topic: &str, group: &str, max_file_age: &str) 
         .env("REWIND__SINK__MAX_FILE_RECORDS", "7")
         .env("REWIND__SINK__MAX_FILE_AGE", max_file_age)
         .env("REWIND__SINK__DISCOVERY_INTERVAL", "1s")
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -124,19 +112,8 @@ async fn killed_workers_lose_and_duplicate_nothing() {
     );
 
     // A final snapshot catches up whatever the last kill left unarchived.
-    let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
-        .args([
-            "sink",
-            "--once",
-            "--archive",
-            &archive,
-            "--bootstrap-servers",
-            &common::kafka_bootstrap(),
-            "--topics",
-            &regex::escape(&topic),
-            "--group",
-            &group,
-        ])
+    let out = common::sink_command(&archive, &topic, &group)
+        .arg("--once")
         .output()
         .unwrap();
     assert!(

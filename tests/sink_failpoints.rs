@@ -46,30 +46,12 @@ impl Bed {
 
     /// `rewind sink --once` for the bed's topic, small files, and the failpoint armed if given.
     fn sink(&self, failpoint: Option<&str>) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
-        cmd.args([
-            "sink",
-            "--once",
-            "--archive",
-            &format!("s3://{}/archive", self.bucket),
-            "--s3-endpoint",
-            &common::s3_endpoint(),
-            "--s3-path-style",
-            "--bootstrap-servers",
-            &common::kafka_bootstrap(),
-            "--topics",
-            &regex::escape(&self.topic),
-            "--group",
-            &self.group,
-        ])
-        .env("AWS_ACCESS_KEY_ID", common::s3_access_key())
-        .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("REWIND__SINK__MAX_FILE_RECORDS", "10")
-        .env("REWIND__STORAGE__S3__PART_SIZE", "5MiB")
-        .env("RUST_LOG", "warn")
-        .env_remove("REWIND_FAILPOINT");
+        let archive = format!("s3://{}/archive", self.bucket);
+        let mut cmd = common::sink_command(&archive, &self.topic, &self.group);
+        cmd.arg("--once")
+            .env("REWIND__SINK__MAX_FILE_RECORDS", "10")
+            .env("REWIND__STORAGE__S3__PART_SIZE", "5MiB")
+            .env_remove("REWIND_FAILPOINT");
         if let Some(point) = failpoint {
             cmd.env("REWIND_FAILPOINT", point);
         }

@@ -45,6 +45,33 @@ pub fn no_instance_metadata() {
     ONCE.call_once(|| std::env::set_var("AWS_EC2_METADATA_DISABLED", "true"));
 }
 
+/// `rewind sink` of one topic into `archive` for consumer group `group`, wired to the test bed: its
+/// broker, and its S3 server with explicit credentials (unused by a `file://` archive). Callers add
+/// `--once`, settings and output handling on top.
+pub fn sink_command(archive: &str, topic: &str, group: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rewind"));
+    cmd.args([
+        "sink",
+        "--archive",
+        archive,
+        "--s3-endpoint",
+        &s3_endpoint(),
+        "--s3-path-style",
+        "--bootstrap-servers",
+        &kafka_bootstrap(),
+        "--topics",
+        &regex::escape(topic),
+        "--group",
+        group,
+    ])
+    .env("AWS_ACCESS_KEY_ID", s3_access_key())
+    .env("AWS_SECRET_ACCESS_KEY", s3_secret_key())
+    .env("AWS_REGION", "us-east-1")
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
 /// A random lowercase name, valid as a bucket, topic or group name.
 pub fn unique(prefix: &str) -> String {
     let suffix: u64 = rand::rng().random();
