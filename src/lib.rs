@@ -11,4 +11,5 @@ pub mod failpoint;
 pub mod kafka;
 pub mod metrics;
 pub mod sink;
+pub mod source;
 pub mod storage;

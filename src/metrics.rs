@@ -28,6 +28,17 @@ pub const SINK_REFUSED: &str = "rewind_sink_partitions_refused_total";
 /// Sink errors (`kind`: `storage_unavailable` for an upload that will be retried, `flush` for one that stopped the sink).
 pub const SINK_ERRORS: &str = "rewind_sink_errors_total";
 
+/// Records produced into the target cluster by restores (`topic`: the target topic).
+pub const RESTORE_RECORDS: &str = "rewind_restore_records_total";
+/// Key and value bytes produced by restores (`topic`).
+pub const RESTORE_BYTES: &str = "rewind_restore_bytes_total";
+/// Restore transactions committed (records plus progress).
+pub const RESTORE_TRANSACTIONS: &str = "rewind_restore_transactions_total";
+/// Records archived but not yet restored (`topic`); in follow mode, the standby's lag behind the archive.
+pub const RESTORE_LAG: &str = "rewind_restore_lag_records";
+/// Restore transactions aborted by an error.
+pub const RESTORE_ERRORS: &str = "rewind_restore_errors_total";
+
 /// Serve Prometheus exposition on `addr` (GET any path, e.g. `/metrics`) and describe every metric.
 pub fn serve(addr: SocketAddr) -> Result<(), String> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -74,6 +85,31 @@ fn describe() {
         SINK_RECOVERY_POINT_AGE,
         Unit::Seconds,
         "Seconds since the oldest record not yet durable was consumed."
+    );
+    describe_counter!(
+        RESTORE_RECORDS,
+        Unit::Count,
+        "Records produced into the target cluster by restores."
+    );
+    describe_counter!(
+        RESTORE_BYTES,
+        Unit::Bytes,
+        "Key and value bytes produced by restores."
+    );
+    describe_counter!(
+        RESTORE_TRANSACTIONS,
+        Unit::Count,
+        "Restore transactions committed."
+    );
+    describe_gauge!(
+        RESTORE_LAG,
+        Unit::Count,
+        "Records archived but not yet restored (follow mode: lag behind the archive)."
+    );
+    describe_counter!(
+        RESTORE_ERRORS,
+        Unit::Count,
+        "Restore transactions aborted by an error."
     );
     describe_counter!(
         SINK_GAPS,

@@ -106,6 +106,7 @@ async fn duckdb_reads_exactly_what_was_produced() {
         allow_cluster_change: false,
         drain_timeout: Duration::from_secs(30),
         progress: false,
+        group_snapshot_interval: std::time::Duration::ZERO,
     };
     let report = sink::run(common::kafka::config(), store, opts, std::future::pending())
         .await

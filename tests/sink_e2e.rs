@@ -42,6 +42,7 @@ fn options(topics: &str) -> SinkOptions {
         allow_cluster_change: false,
         drain_timeout: Duration::from_secs(30),
         progress: false,
+        group_snapshot_interval: std::time::Duration::ZERO,
     }
 }
 

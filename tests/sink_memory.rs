@@ -28,6 +28,7 @@ fn options(topic: &str, budget: u64) -> SinkOptions {
         allow_cluster_change: false,
         drain_timeout: Duration::from_secs(30),
         progress: false,
+        group_snapshot_interval: std::time::Duration::ZERO,
     }
 }
 

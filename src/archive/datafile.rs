@@ -286,28 +286,99 @@ pub fn read_meta(bytes: Bytes) -> Result<FileMeta, DataFileError> {
 fn footer<T>(
     builder: &parquet::arrow::arrow_reader::ArrowReaderBuilder<T>,
 ) -> Result<FileMeta, DataFileError> {
-    let kv: HashMap<String, String> = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
+    FileMeta::from_key_values(&key_values(builder.metadata().file_metadata()))
+}
+
+fn key_values(file: &parquet::file::metadata::FileMetaData) -> HashMap<String, String> {
+    file.key_value_metadata()
         .map(|kvs| {
             kvs.iter()
                 .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
                 .collect()
         })
-        .unwrap_or_default();
-    FileMeta::from_key_values(&kv)
+        .unwrap_or_default()
+}
+
+/// What the last bytes of a data file say about its footer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tail {
+    /// The footer metadata.
+    Meta(FileMeta),
+    /// The footer needs this many bytes from the end of the file; read them and try again.
+    Need(usize),
+}
+
+/// Read the footer metadata from the last bytes of a data file of `file_size` bytes, so that a
+/// planner can learn a file's range, count and time span with one ranged read.
+pub fn footer_from_tail(tail: &Bytes, file_size: u64) -> Result<Tail, DataFileError> {
+    let mut reader = parquet::file::metadata::ParquetMetaDataReader::new();
+    match reader.try_parse_sized(tail, file_size) {
+        Ok(()) => {}
+        Err(parquet::errors::ParquetError::NeedMoreData(needed)) => return Ok(Tail::Need(needed)),
+        Err(e) => return Err(e.into()),
+    }
+    let metadata = reader.finish()?;
+    FileMeta::from_key_values(&key_values(metadata.file_metadata())).map(Tail::Meta)
 }
 
 /// Decode a whole data file: its footer metadata and every record.
 pub fn decode(bytes: Bytes) -> Result<(FileMeta, Vec<Record>), DataFileError> {
+    let mut records = Vec::new();
+    let meta = decode_chunks(bytes, u64::MAX, |chunk| {
+        records.extend(chunk);
+        true
+    })?;
+    Ok((meta, records))
+}
+
+/// Decode a data file in chunks of records of about `chunk_bytes` (by [`Record::size`]) each, in
+/// offset order, handing each to `sink`; stop early when `sink` returns false. Memory stays at one
+/// chunk plus one Arrow batch however large the file is.
+pub fn decode_chunks(
+    bytes: Bytes,
+    chunk_bytes: u64,
+    mut sink: impl FnMut(Vec<Record>) -> bool,
+) -> Result<FileMeta, DataFileError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(BATCH_ROWS);
     let meta = footer(&builder)?;
-    let mut records = Vec::with_capacity(meta.record_count as usize);
+    let mut chunk = Vec::new();
+    let mut size = 0;
     for batch in builder.build()? {
-        from_batch(&batch?, &mut records)?;
+        let before = chunk.len();
+        from_batch(&batch?, &mut chunk)?;
+        size += chunk[before..].iter().map(Record::size).sum::<u64>();
+        if size >= chunk_bytes {
+            size = 0;
+            if !sink(std::mem::take(&mut chunk)) {
+                return Ok(meta);
+            }
+        }
     }
-    Ok((meta, records))
+    if !chunk.is_empty() {
+        sink(chunk);
+    }
+    Ok(meta)
+}
+
+/// The offset and timestamp of every record of a data file, without decoding keys, values or
+/// headers: what a planner needs to cut a time window inside a file.
+pub fn read_offsets(bytes: Bytes) -> Result<Vec<(i64, Option<i64>)>, DataFileError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(BATCH_ROWS);
+    let mask =
+        parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["offset", "timestamp"]);
+    let mut out = Vec::new();
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let offsets = column::<Int64Array>(&batch, "offset")?;
+        let timestamps = column::<TimestampMillisecondArray>(&batch, "timestamp")?;
+        out.extend((0..batch.num_rows()).map(|i| {
+            (
+                offsets.value(i),
+                (!timestamps.is_null(i)).then(|| timestamps.value(i)),
+            )
+        }));
+    }
+    Ok(out)
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, DataFileError> {

@@ -88,6 +88,40 @@ pub struct Gap {
     pub detected_at: String,
 }
 
+/// `_groups/<group>/<taken_at:020>.json`: the committed offsets of one consumer group at one moment,
+/// so that a restore can move the group to the matching place in the target cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSnapshot {
+    pub group: String,
+    /// Milliseconds since the epoch when the offsets were read.
+    pub taken_at_ms: i64,
+    pub taken_at: String,
+    /// topic → partition → committed offset (the next record the group would read).
+    pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+/// Folder of one group's snapshots.
+pub fn group_prefix(group: &str) -> String {
+    format!("_groups/{group}/")
+}
+
+/// Key of one group snapshot: lexical order is time order.
+pub fn group_snapshot_key(group: &str, taken_at_ms: i64) -> String {
+    format!("{}{taken_at_ms:020}.json", group_prefix(group))
+}
+
+/// Whether a consumer group id can name a `_groups/` folder as it is. Other groups are skipped
+/// (with a warning) rather than escaped, so that the folder name always is the group id.
+pub fn storable_group(group: &str) -> bool {
+    !group.is_empty()
+        && group.len() <= 249
+        && group != "."
+        && group != ".."
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:@+=".contains(&b))
+}
+
 fn to_json<T: Serialize>(doc: &T) -> Bytes {
     Bytes::from(serde_json::to_vec_pretty(doc).expect("archive documents serialize"))
 }
@@ -102,6 +136,45 @@ fn from_json<T: for<'de> Deserialize<'de>>(
         key: key.to_string(),
         message: e.to_string(),
     })
+}
+
+/// Read and parse a JSON document of the archive; `None` when it does not exist.
+pub async fn read_doc<T: for<'de> Deserialize<'de>>(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<Option<T>, ArchiveError> {
+    match store.get(key).await {
+        Ok(got) => Ok(Some(from_json(store, key, &got.body)?)),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Write a JSON document of the archive according to `mode`.
+pub async fn write_doc<T: Serialize>(
+    store: &dyn ObjectStore,
+    key: &str,
+    doc: &T,
+    mode: PutMode,
+) -> Result<(), ArchiveError> {
+    store.put(key, to_json(doc), mode).await?;
+    Ok(())
+}
+
+/// Every recorded gap of one partition, in offset order.
+pub async fn read_gaps(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<Gap>, ArchiveError> {
+    let mut gaps = Vec::new();
+    for object in store.list(&format!("_gaps/{topic}/{partition}/")).await? {
+        if let Some(gap) = read_doc::<Gap>(store, &object.key).await? {
+            gaps.push(gap);
+        }
+    }
+    gaps.sort_by_key(|g| g.start);
+    Ok(gaps)
 }
 
 /// Read `_archive.json`, or `None` for an archive nobody wrote to yet.

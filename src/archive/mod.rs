@@ -5,6 +5,7 @@
 //! Invariant: everything here is pure; the archive module touches storage only through the
 //! `storage` trait and never imports the layers above it (sink, source, service, cli).
 
+pub mod chain;
 pub mod datafile;
 pub mod documents;
 pub mod paths;

@@ -3,6 +3,7 @@
 //! errors on stderr as one sentence.
 
 mod check;
+mod restore;
 mod sink;
 
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ enum Command {
     Config(ConfigArgs),
     /// Back up topics into the archive, continuously or once (--once).
     Sink(sink::SinkArgs),
+    /// Replay a point-in-time window of the archive into a cluster, exactly once.
+    Restore(restore::RestoreArgs),
 }
 
 /// Flags every command that reads the configuration accepts; each wins over the file and the
@@ -147,6 +150,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Check(args) => check::run(args).await,
         Command::Sink(args) => sink::run(args).await,
+        Command::Restore(args) => restore::run(args).await,
         Command::Config(args) => {
             let config = load_config(&args.common)?;
             let shown = config.redacted();
@@ -209,4 +213,19 @@ fn init_logging(config: &Config) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

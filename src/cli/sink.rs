@@ -6,7 +6,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{load_config, CommonArgs, Failure};
+use super::{load_config, wait_for_signal, CommonArgs, Failure};
 use crate::archive::rotation::RollingPolicy;
 use crate::kafka;
 use crate::sink::{self, SinkOptions};
@@ -73,6 +73,7 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
         allow_cluster_change: args.allow_cluster_change,
         drain_timeout: s.drain_timeout,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        group_snapshot_interval: s.group_snapshot_interval,
     };
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr).map_err(Failure::found)?;
@@ -119,19 +120,4 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
         },
     );
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -31,6 +31,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// The backup sink.
     pub sink: SinkConfig,
+    /// Point-in-time restores.
+    pub restore: RestoreConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -42,6 +44,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             kafka: KafkaConfig::default(),
             sink: SinkConfig::default(),
+            restore: RestoreConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -256,6 +259,10 @@ pub struct SinkConfig {
     /// How long a graceful stop (first SIGTERM/SIGINT) may take to flush and checkpoint.
     #[serde(with = "units::duration")]
     pub drain_timeout: Duration,
+    /// How often the committed offsets of every consumer group are snapshotted into `_groups/`
+    /// (written only when they changed), so that restores can move groups along; `0s` turns it off.
+    #[serde(with = "units::duration")]
+    pub group_snapshot_interval: Duration,
 }
 
 impl Default for SinkConfig {
@@ -270,6 +277,40 @@ impl Default for SinkConfig {
             buffer_budget: Size::mib(256),
             discovery_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            group_snapshot_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Point-in-time restores (`rewind restore`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreConfig {
+    /// Memory for fetched files and decoded records (the producer's queue is a quarter of it on top).
+    pub buffer_budget: Size,
+    /// Partitions read from the archive at once.
+    pub concurrency: usize,
+    /// A restore transaction commits once it holds this many record bytes...
+    pub transaction_max_bytes: Size,
+    /// ...or once it has been open this long.
+    #[serde(with = "units::duration")]
+    pub transaction_interval: Duration,
+    /// How often `--follow` looks for new archive files.
+    #[serde(with = "units::duration")]
+    pub poll_interval: Duration,
+    /// Compacted topic of the target cluster that holds each restore's progress.
+    pub progress_topic: String,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            buffer_budget: Size::mib(256),
+            concurrency: 8,
+            transaction_max_bytes: Size::mib(64),
+            transaction_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(10),
+            progress_topic: "__rewind_restores".into(),
         }
     }
 }

@@ -152,6 +152,40 @@ impl Config {
             );
         }
 
+        let restore = &self.restore;
+        if restore.buffer_budget.bytes() < 8 << 20 {
+            problem(
+                "restore.buffer_budget",
+                format!("must be at least 8MiB, got {}", restore.buffer_budget),
+            );
+        }
+        if restore.concurrency == 0 {
+            problem("restore.concurrency", "must be at least 1".into());
+        }
+        if restore.transaction_max_bytes.bytes() == 0 {
+            problem(
+                "restore.transaction_max_bytes",
+                "must be greater than zero".into(),
+            );
+        }
+        for (path, d) in [
+            ("restore.transaction_interval", restore.transaction_interval),
+            ("restore.poll_interval", restore.poll_interval),
+        ] {
+            if d.is_zero() {
+                problem(path, "must be greater than zero".into());
+            }
+        }
+        if !crate::archive::paths::valid_topic(&restore.progress_topic) {
+            problem(
+                "restore.progress_topic",
+                format!(
+                    "{:?} is not a valid Kafka topic name",
+                    restore.progress_topic
+                ),
+            );
+        }
+
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem(
                 "log.level",

@@ -5,6 +5,7 @@
 //! its chain's end as the archive records it, so restarts and crashes converge on one chain with no
 //! record lost or archived twice; Kafka commits exist for lag monitoring only.
 
+mod groups;
 mod partition;
 mod upload;
 
@@ -55,6 +56,9 @@ pub struct SinkOptions {
     pub drain_timeout: Duration,
     /// Print a status line to stderr every 10 seconds (for a terminal).
     pub progress: bool,
+    /// How often consumer-group offsets are snapshotted into `_groups/` (zero: never). Snapshot
+    /// mode takes one snapshot at the end.
+    pub group_snapshot_interval: Duration,
 }
 
 /// Why the sink stopped with an error.
@@ -271,7 +275,47 @@ pub async fn run(
         }
         return Err(SinkError::NoTopics(opts.topics.as_str().to_string()));
     }
-    sink.consume(stop).await?;
+    let snapshots = (!opts.group_snapshot_interval.is_zero())
+        .then(|| groups::GroupSnapshots::new(client.clone(), store.clone(), opts.clone()));
+    let snapshotting = match snapshots {
+        Some(mut snapshots) if !opts.once => {
+            let every = opts.group_snapshot_interval;
+            Some(tokio::spawn(async move {
+                loop {
+                    take_group_snapshots(&mut snapshots).await;
+                    tokio::time::sleep(every).await;
+                }
+            }))
+        }
+        Some(mut snapshots) => {
+            sink.consume(stop).await?;
+            take_group_snapshots(&mut snapshots).await;
+            return finish(sink);
+        }
+        None => None,
+    };
+    let consumed = sink.consume(stop).await;
+    if let Some(task) = snapshotting {
+        task.abort();
+    }
+    consumed?;
+    finish(sink)
+}
+
+async fn take_group_snapshots(snapshots: &mut groups::GroupSnapshots) {
+    match snapshots.take().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            groups = n,
+            "snapshotted consumer-group offsets into _groups/"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "consumer-group snapshot failed; trying again at the next interval")
+        }
+    }
+}
+
+fn finish(mut sink: Sink<'_>) -> Result<SinkReport, SinkError> {
     sink.report.partitions = sink.seen.len();
     if !sink.report.refused.is_empty() {
         return Err(SinkError::OffsetsWentBackwards(sink.report.refused));

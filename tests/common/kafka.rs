@@ -157,3 +157,76 @@ pub fn record(
         headers,
     }
 }
+
+/// Every record of one partition a `read_committed` consumer sees, from the start to the end.
+pub fn read_to_end(topic: &str, partition: i32) -> Vec<(Record, Timestamp)> {
+    let consumer: BaseConsumer = config()
+        .set("group.id", super::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}/{partition} to its end timed out"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
+            Some(Err(e)) => panic!("consume {topic}: {e}"),
+            Some(Ok(msg)) => {
+                let (_, _, record) = rewind::sink::to_record(&msg);
+                out.push((record, msg.timestamp()));
+            }
+        }
+    }
+}
+
+/// What the broker answers to `offsetsForTimes(ts)` for one partition (the log end when no record
+/// is that late), as a `read_committed` client sees it.
+pub fn offset_for_time(topic: &str, partition: i32, ts: i64) -> i64 {
+    let consumer: BaseConsumer = config()
+        .set("group.id", super::unique("oracle"))
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(ts))
+        .unwrap();
+    let answer = consumer
+        .offsets_for_times(tpl, Duration::from_secs(30))
+        .unwrap();
+    match answer.elements()[0].offset() {
+        Offset::Offset(o) => o,
+        Offset::End => {
+            consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(30))
+                .unwrap()
+                .1
+        }
+        other => panic!("offsetsForTimes({ts}) answered {other:?}"),
+    }
+}
+
+/// Commit `offset` for `group` on one partition, as a consumer of that group would.
+pub fn commit_group(group: &str, topic: &str, partition: i32, offset: i64) {
+    let consumer: BaseConsumer = config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+}

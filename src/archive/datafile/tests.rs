@@ -154,6 +154,56 @@ fn a_large_file_is_split_into_row_groups_and_reads_back_whole() {
 }
 
 #[test]
+fn the_footer_is_read_from_the_tail_alone() {
+    let records = sample();
+    let meta = file_meta("orders", 3, 10, 15, &records, "c", 1_795_428_900_456);
+    let bytes = encode(&meta, &records).unwrap();
+    let size = bytes.len() as u64;
+    let need = match footer_from_tail(&bytes.slice(bytes.len() - 8..), size).unwrap() {
+        Tail::Need(n) => n,
+        other => panic!("8 bytes cannot hold the footer: {other:?}"),
+    };
+    assert!(need > 8 && need < bytes.len(), "{need}");
+    let tail = bytes.slice(bytes.len() - need..);
+    assert_eq!(footer_from_tail(&tail, size).unwrap(), Tail::Meta(meta));
+}
+
+#[test]
+fn chunks_and_offsets_agree_with_a_full_decode() {
+    let records: Vec<Record> = (0..20_000)
+        .map(|i| Record {
+            offset: 100 + 2 * i,
+            timestamp: (i % 7 != 0).then_some(1_795_428_900_000 + i),
+            timestamp_type: Some(TimestampType::Create),
+            key: Some(i.to_le_bytes().to_vec()),
+            value: Some(vec![b'v'; 50]),
+            headers: vec![],
+        })
+        .collect();
+    let meta = file_meta("t", 0, 100, 40_100, &records, "c", 0);
+    let bytes = encode(&meta, &records).unwrap();
+    let mut chunks = Vec::new();
+    let got = decode_chunks(bytes.clone(), 256 * 1024, |c| {
+        chunks.push(c);
+        true
+    })
+    .unwrap();
+    assert_eq!(got, meta);
+    assert!(chunks.len() > 2, "{} chunks", chunks.len());
+    assert!(chunks.concat() == records);
+    let mut first = None;
+    decode_chunks(bytes.clone(), 1, |c| {
+        first = Some(c);
+        false
+    })
+    .unwrap();
+    assert_eq!(first.unwrap()[..], records[..BATCH_ROWS]);
+    let offsets = read_offsets(bytes).unwrap();
+    let expected: Vec<_> = records.iter().map(|r| (r.offset, r.timestamp)).collect();
+    assert_eq!(offsets, expected);
+}
+
+#[test]
 fn foreign_parquet_is_refused() {
     let err = decode(Bytes::from_static(b"PAR1 not really")).unwrap_err();
     assert!(matches!(err, DataFileError::Parquet(_)), "{err:?}");

@@ -1,0 +1,347 @@
+//! `rewind restore`: replay the window `[--from, --to)` of the archive into a cluster, exactly once,
+//! or with `--plan` show what that would restore and write nothing. The first SIGTERM/SIGINT commits
+//! what is in flight and stops (the same command with the same `--restore-id` resumes); a second
+//! exits at once (the open transaction is aborted by the broker, and the resume is still exact).
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{load_config, wait_for_signal, CommonArgs, Failure};
+use crate::archive::paths::valid_topic;
+use crate::archive::time::parse_rfc3339_millis;
+use crate::kafka;
+use crate::sink::topic_regex;
+use crate::source::{self, RestoreError, RestoreOptions, Window};
+use crate::storage;
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Start of the window: RFC 3339 (2026-11-23T10:00:00Z), epoch milliseconds, or `earliest`.
+    #[arg(long, value_name = "T", default_value = "earliest")]
+    from: String,
+    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest`.
+    #[arg(long, value_name = "T", default_value = "latest")]
+    to: String,
+    /// Regular expression of archived topics to restore (whole name; default all).
+    #[arg(long, value_name = "REGEX", default_value = ".*")]
+    topics: String,
+    /// Restore topic SRC into topic DST (repeatable).
+    #[arg(long, value_name = "SRC=DST")]
+    rename: Vec<String>,
+    /// Id of this restore; run again with the same id to resume. Generated and printed if absent.
+    #[arg(long, value_name = "ID")]
+    restore_id: Option<String>,
+    /// Move consumer groups to the target offsets matching their committed offsets as of --to.
+    #[arg(long)]
+    groups: bool,
+    /// Show what would be restored (per partition ranges, records, bytes, files); write nothing.
+    #[arg(long)]
+    plan: bool,
+    /// Print the plan as JSON.
+    #[arg(long, requires = "plan")]
+    json: bool,
+    /// Keep restoring new archive files as they appear (a standby cluster), until stopped.
+    #[arg(long, conflicts_with = "plan")]
+    follow: bool,
+    /// Write into target topics that already hold records.
+    #[arg(long)]
+    allow_non_empty: bool,
+    /// Restore only records whose own timestamp is inside the window.
+    #[arg(long)]
+    strict: bool,
+    /// Choose target partitions by key with the Java client's partitioner (for targets with fewer partitions).
+    #[arg(long)]
+    repartition_by_key: bool,
+    /// Add rewind.source.topic/partition/offset headers to every restored record.
+    #[arg(long)]
+    provenance_headers: bool,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// `earliest`/`latest` (open), epoch milliseconds, or RFC 3339.
+fn parse_time(flag: &str, s: &str, open: &str) -> Result<Option<i64>, Failure> {
+    let s = s.trim();
+    if s == open {
+        return Ok(None);
+    }
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    parse_rfc3339_millis(s).map(Some).ok_or_else(|| {
+        Failure::usage(format!(
+            "--{flag} {s:?} is not a time: use RFC 3339 such as 2026-11-23T10:00:00Z, epoch milliseconds, or {open}"
+        ))
+    })
+}
+
+fn valid_restore_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn renames(pairs: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    let mut out = BTreeMap::new();
+    let mut targets = std::collections::BTreeSet::new();
+    for pair in pairs {
+        let Some((src, dst)) = pair.split_once('=') else {
+            return Err(Failure::usage(format!("--rename {pair:?} is not SRC=DST")));
+        };
+        for name in [src, dst] {
+            if !valid_topic(name) {
+                return Err(Failure::usage(format!(
+                    "--rename {pair:?}: {name:?} is not a valid topic name"
+                )));
+            }
+        }
+        if out.insert(src.to_string(), dst.to_string()).is_some() {
+            return Err(Failure::usage(format!("--rename names {src} twice")));
+        }
+        if !targets.insert(dst.to_string()) {
+            return Err(Failure::usage(format!(
+                "--rename sends two topics into {dst}; give each its own target"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
+    let config = load_config(&args.common)?;
+    let window = Window {
+        from: parse_time("from", &args.from, "earliest")?,
+        to: parse_time("to", &args.to, "latest")?,
+    };
+    if let (Some(from), Some(to)) = (window.from, window.to) {
+        if from >= to {
+            return Err(Failure::usage(format!(
+                "--from {} is not before --to {}: the window is empty",
+                args.from, args.to
+            )));
+        }
+    }
+    if args.follow && window.to.is_some() {
+        return Err(Failure::usage(
+            "--follow keeps restoring new records, so it takes no --to",
+        ));
+    }
+    let restore_id = match &args.restore_id {
+        Some(id) if !valid_restore_id(id) => {
+            return Err(Failure::usage(format!(
+                "--restore-id {id:?} may only hold letters, digits, '.', '_' and '-' (at most 200)"
+            )))
+        }
+        Some(id) => id.clone(),
+        None => source::new_restore_id(now_ms()),
+    };
+    let topics = topic_regex(&args.topics).map_err(|e| {
+        Failure::usage(format!(
+            "--topics {:?} is not a valid regular expression: {e}",
+            args.topics
+        ))
+    })?;
+    let r = &config.restore;
+    let opts = RestoreOptions {
+        window,
+        topics,
+        renames: renames(&args.rename)?,
+        restore_id: restore_id.clone(),
+        groups: args.groups,
+        follow: args.follow,
+        poll_interval: r.poll_interval,
+        allow_non_empty: args.allow_non_empty,
+        strict: args.strict,
+        repartition_by_key: args.repartition_by_key,
+        provenance_headers: args.provenance_headers,
+        buffer_budget: r.buffer_budget.bytes(),
+        concurrency: r.concurrency,
+        transaction_bytes: r.transaction_max_bytes.bytes(),
+        transaction_interval: r.transaction_interval,
+        progress_topic: r.progress_topic.clone(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    if opts.groups && opts.repartition_by_key {
+        return Err(Failure::usage(
+            "--groups cannot be combined with --repartition-by-key: a group's position in one source partition has no single counterpart once its records are spread over other partitions",
+        ));
+    }
+    let url = config.archive_url().map_err(Failure::usage)?;
+    let store = storage::open(&url, &config.s3_options())
+        .await
+        .map_err(Failure::found)?;
+
+    if args.plan {
+        let planned = source::plan(&*store, &opts).await.map_err(failure)?;
+        print_plan(&planned.partitions, &opts, args.json);
+        return Ok(());
+    }
+    if args.restore_id.is_none() {
+        eprintln!("restore id: {restore_id} (pass --restore-id {restore_id} to resume this restore if it stops)");
+    }
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr).map_err(Failure::found)?;
+    }
+    let stop = async {
+        wait_for_signal().await;
+        tracing::info!(
+            "stop requested: committing what is in flight (a second signal exits at once)"
+        );
+        tokio::spawn(async {
+            wait_for_signal().await;
+            eprintln!("error: second signal: exiting at once; the open transaction is aborted and the restore resumes exactly with the same --restore-id");
+            std::process::exit(130);
+        });
+    };
+    let client = kafka::client_config(&config.kafka, &[]);
+    let report = source::run(client, store, &opts, stop)
+        .await
+        .map_err(failure)?;
+    if report.planned_records == 0 && report.records == 0 && !report.resumed && !opts.follow {
+        println!(
+            "nothing to restore: no archived record of the selected topics falls in {}; nothing was written",
+            window.describe()
+        );
+        return Ok(());
+    }
+    let mut line = format!(
+        "restored {} records ({} bytes) of {} partitions from {url}; restore id {}",
+        report.records, report.bytes, report.partitions, report.restore_id
+    );
+    if report.resumed {
+        line.push_str(" (resumed)");
+    }
+    if !report.topics_created.is_empty() {
+        line.push_str(&format!(
+            "; created topics {}",
+            report.topics_created.join(", ")
+        ));
+    }
+    if !report.groups_committed.is_empty() {
+        line.push_str(&format!(
+            "; moved groups {}",
+            report.groups_committed.join(", ")
+        ));
+    }
+    if !report.groups_skipped.is_empty() {
+        line.push_str(&format!(
+            "; left groups with active members alone: {}",
+            report.groups_skipped.join(", ")
+        ));
+    }
+    println!("{line}");
+    if report.stopped && !opts.follow {
+        return Err(Failure::found(format!(
+            "stopped before the window was restored; run the same command with --restore-id {} to finish",
+            report.restore_id
+        )));
+    }
+    Ok(())
+}
+
+fn failure(e: RestoreError) -> Failure {
+    match e {
+        RestoreError::OtherWindow { .. } => Failure::usage(e),
+        other => Failure::found(other),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn print_plan(partitions: &[source::PartitionPlan], opts: &RestoreOptions, json: bool) {
+    let records: u64 = partitions.iter().map(|p| p.records).sum();
+    let bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
+    let files: usize = partitions.iter().map(|p| p.files).sum();
+    if json {
+        let doc = json!({
+            "window": {
+                "from": opts.window.from.map(crate::archive::time::rfc3339_millis),
+                "to": opts.window.to.map(crate::archive::time::rfc3339_millis),
+            },
+            "strict": opts.strict,
+            "partitions": partitions,
+            "records": records,
+            "bytes": bytes,
+            "files": files,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("plan serializes")
+        );
+        return;
+    }
+    println!(
+        "window {}{}",
+        opts.window.describe(),
+        if opts.strict {
+            " (strict: records outside it are skipped, so fewer may be restored)"
+        } else {
+            ""
+        }
+    );
+    let header = [
+        "TOPIC",
+        "PARTITION",
+        "TARGET",
+        "START",
+        "END",
+        "RECORDS",
+        "BYTES",
+        "FILES",
+    ];
+    let rows: Vec<[String; 8]> = partitions
+        .iter()
+        .map(|p| {
+            [
+                p.topic.clone(),
+                p.partition.to_string(),
+                p.target_topic.clone(),
+                p.start.to_string(),
+                p.end.to_string(),
+                p.records.to_string(),
+                p.bytes.to_string(),
+                p.files.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i < 3 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(header.to_vec()));
+    for row in &rows {
+        println!("{}", line(row.iter().map(String::as_str).collect()));
+    }
+    println!(
+        "total: {records} records in {files} files ({bytes} bytes) from {} partitions",
+        partitions.len()
+    );
+}

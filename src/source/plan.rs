@@ -1,0 +1,330 @@
+//! Planning a restore: cut each selected partition's chain at the window's ends the way Kafka's
+//! `offsetsForTimes` would on the source cluster, and count what lies between.
+//!
+//! Invariant: the cut for a time `t` is the first archived offset whose timestamp is `>= t` (the
+//! chain's end when there is none). The bucket rule of the archive (every record of a file in
+//! bucket `H` is earlier than the end of `H`, and its first record is in `H`) plus the footers'
+//! timestamp ranges mean that at most one file per cut is read, and only its offset and timestamp
+//! columns.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::archive::chain::{Chain, ChainError, ChainFile};
+use crate::archive::datafile;
+use crate::archive::time::rfc3339_millis;
+use crate::storage::ObjectStore;
+
+/// A point-in-time window; `None` ends are open (`earliest`, `latest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Window {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl Window {
+    /// The window as a user wrote it, for messages and for recognising a resumed restore.
+    pub fn describe(&self) -> String {
+        let end = |t: Option<i64>, open: &str| t.map_or(open.to_string(), rfc3339_millis);
+        format!(
+            "[{}, {})",
+            end(self.from, "earliest"),
+            end(self.to, "latest")
+        )
+    }
+
+    /// Whether a record's own timestamp is inside the window (strict mode).
+    pub fn contains(&self, timestamp: Option<i64>) -> bool {
+        match timestamp {
+            Some(t) => self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|e| t < e),
+            None => self.from.is_none() && self.to.is_none(),
+        }
+    }
+}
+
+/// What one partition contributes to a restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionPlan {
+    pub topic: String,
+    pub partition: i32,
+    pub target_topic: String,
+    /// Source offsets `[start, end)` to restore.
+    pub start: i64,
+    pub end: i64,
+    /// Archived records in `[start, end)` (strict mode may restore fewer).
+    pub records: u64,
+    /// Stored bytes of the files that have to be read.
+    pub bytes: u64,
+    /// Those files.
+    pub files: usize,
+}
+
+/// Plan one partition of `chain` for `window`.
+pub async fn plan_partition(
+    store: &dyn ObjectStore,
+    chain: &Chain,
+    window: Window,
+    target_topic: &str,
+) -> Result<PartitionPlan, ChainError> {
+    let (first, last) = match (chain.start(), chain.end()) {
+        (Some(first), Some(last)) => (first, last),
+        _ => {
+            return Ok(PartitionPlan {
+                topic: chain.topic.clone(),
+                partition: chain.partition,
+                target_topic: target_topic.to_string(),
+                start: 0,
+                end: 0,
+                records: 0,
+                bytes: 0,
+                files: 0,
+            })
+        }
+    };
+    let mut offsets: HashMap<String, Vec<(i64, Option<i64>)>> = HashMap::new();
+    let start = match window.from {
+        None => first,
+        Some(t) => cut(store, &chain.files, t, last, &mut offsets).await?,
+    };
+    let end = match window.to {
+        None => last,
+        Some(t) => cut(store, &chain.files, t, last, &mut offsets).await?,
+    }
+    .max(start);
+    let mut plan = PartitionPlan {
+        topic: chain.topic.clone(),
+        partition: chain.partition,
+        target_topic: target_topic.to_string(),
+        start,
+        end,
+        records: 0,
+        bytes: 0,
+        files: 0,
+    };
+    for file in files_in(&chain.files, start, end) {
+        plan.files += 1;
+        plan.bytes += file.size;
+        plan.records += if file.start >= start && file.end <= end {
+            file.records
+        } else {
+            let offsets = match offsets.get(&file.key) {
+                Some(o) => o,
+                None => {
+                    let read = read_offsets(store, file).await?;
+                    offsets.entry(file.key.clone()).or_insert(read)
+                }
+            };
+            offsets
+                .iter()
+                .filter(|(o, _)| (start..end).contains(o))
+                .count() as u64
+        };
+    }
+    Ok(plan)
+}
+
+/// The files of a chain that hold offsets of `[start, end)`.
+pub fn files_in(files: &[ChainFile], start: i64, end: i64) -> impl Iterator<Item = &ChainFile> {
+    files
+        .iter()
+        .filter(move |f| f.end > start && f.start < end && start < end)
+}
+
+/// The first archived offset whose timestamp is `>= t`, or `end` when none is.
+async fn cut(
+    store: &dyn ObjectStore,
+    files: &[ChainFile],
+    t: i64,
+    end: i64,
+    cache: &mut HashMap<String, Vec<(i64, Option<i64>)>>,
+) -> Result<i64, ChainError> {
+    for file in files {
+        // Every record of the file is earlier than the end of its bucket, and than its newest one.
+        if file.bucket.end_millis() <= t || file.max_timestamp.is_none_or(|max| max < t) {
+            continue;
+        }
+        // Its first record is in the bucket, which starts at or after `t`.
+        if file.bucket.start_millis() >= t {
+            return Ok(file.start);
+        }
+        let offsets = read_offsets(store, file).await?;
+        let found = offsets
+            .iter()
+            .find(|(_, ts)| ts.is_some_and(|ts| ts >= t))
+            .map(|(o, _)| *o);
+        cache.insert(file.key.clone(), offsets);
+        if let Some(offset) = found {
+            return Ok(offset);
+        }
+    }
+    Ok(end)
+}
+
+async fn read_offsets(
+    store: &dyn ObjectStore,
+    file: &ChainFile,
+) -> Result<Vec<(i64, Option<i64>)>, ChainError> {
+    let bytes = store.get(&file.key).await?.body;
+    tokio::task::spawn_blocking(move || datafile::read_offsets(bytes))
+        .await
+        .expect("offset reader does not panic")
+        .map_err(|e| ChainError::BadFile {
+            url: store.url().to_string(),
+            key: file.key.clone(),
+            message: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::archive::chain;
+    use crate::archive::datafile::{encode, file_meta};
+    use crate::archive::paths::DataFileKey;
+    use crate::archive::time::HourBucket;
+    use crate::archive::{Record, TimestampType};
+    use crate::storage::{LocalStore, PutMode, StorageUrl};
+
+    const H: i64 = 3_600_000;
+    const BASE: i64 = 1_795_424_400_000; // an hour boundary
+
+    fn record(offset: i64, ts: i64) -> Record {
+        Record {
+            offset,
+            timestamp: Some(ts),
+            timestamp_type: Some(TimestampType::Create),
+            key: None,
+            value: Some(offset.to_string().into_bytes()),
+            headers: vec![],
+        }
+    }
+
+    /// Write files the way the sink would, each `(records, end)` starting where the previous ended.
+    async fn archive(files: &[(Vec<Record>, i64)]) -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StorageUrl::parse(&format!("file://{}", dir.path().display())).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(url).unwrap());
+        let mut start = 0;
+        for (records, end) in files {
+            let meta = file_meta("t", 0, start, *end, records, "c", 0);
+            let key = DataFileKey {
+                topic: "t".into(),
+                partition: 0,
+                bucket: HourBucket::of_millis(records[0].timestamp.unwrap()),
+                start,
+            };
+            store
+                .put(
+                    &key.to_string(),
+                    encode(&meta, records).unwrap(),
+                    PutMode::Create,
+                )
+                .await
+                .unwrap();
+            start = *end;
+        }
+        (dir, store)
+    }
+
+    async fn chain_of(store: &dyn ObjectStore) -> Chain {
+        let listed = chain::list_all(store).await.unwrap();
+        chain::load(
+            store,
+            "t",
+            0,
+            &listed[&("t".to_string(), 0)],
+            &Default::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The oracle: what `offsetsForTimes` answers over the whole partition.
+    fn offsets_for_time(records: &[Record], t: i64, end: i64) -> i64 {
+        records
+            .iter()
+            .find(|r| r.timestamp.unwrap() >= t)
+            .map_or(end, |r| r.offset)
+    }
+
+    #[tokio::test]
+    async fn cuts_match_offsets_for_times_with_late_records_and_holes() {
+        // Bucket 0 holds a late record; the second file is in bucket 1 but its last record is late
+        // (earlier than bucket 1); offsets 7 and 8 are absent (compaction).
+        let files = vec![
+            (
+                vec![
+                    record(0, BASE + 10),
+                    record(1, BASE + 5),
+                    record(2, BASE + H - 1),
+                ],
+                3,
+            ),
+            (
+                vec![
+                    record(3, BASE + H),
+                    record(4, BASE + H + 500),
+                    record(5, BASE + 20),
+                ],
+                6,
+            ),
+            (
+                vec![record(6, BASE + 2 * H + 7), record(9, BASE + 3 * H - 1)],
+                10,
+            ),
+            (vec![record(10, BASE + 5 * H)], 11),
+        ];
+        let all: Vec<Record> = files.iter().flat_map(|(r, _)| r.clone()).collect();
+        let (_dir, store) = archive(&files).await;
+        let chain = chain_of(&*store).await;
+        let probes = [
+            BASE - 1,
+            BASE,
+            BASE + 5,
+            BASE + 6,
+            BASE + 11,
+            BASE + H - 1,
+            BASE + H,
+            BASE + H + 1,
+            BASE + H + 500,
+            BASE + 2 * H,
+            BASE + 2 * H + 8,
+            BASE + 3 * H - 1,
+            BASE + 3 * H,
+            BASE + 5 * H,
+            BASE + 9 * H,
+        ];
+        for from in probes {
+            for to in probes {
+                let window = Window {
+                    from: Some(from),
+                    to: Some(to),
+                };
+                let plan = plan_partition(&*store, &chain, window, "t2").await.unwrap();
+                let start = offsets_for_time(&all, from, 11);
+                let end = offsets_for_time(&all, to, 11).max(start);
+                assert_eq!(
+                    (plan.start, plan.end),
+                    (start, end),
+                    "window {}",
+                    window.describe()
+                );
+                let expected = all
+                    .iter()
+                    .filter(|r| (start..end).contains(&r.offset))
+                    .count() as u64;
+                assert_eq!(plan.records, expected, "window {}", window.describe());
+            }
+        }
+        let open = plan_partition(&*store, &chain, Window::default(), "t")
+            .await
+            .unwrap();
+        assert_eq!(
+            (open.start, open.end, open.records, open.files),
+            (0, 11, 10, 4)
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! A restore's progress, kept in the target cluster: one record per restored partition in a compacted
+//! topic, written in the same Kafka transaction as the records it accounts for.
+//!
+//! Invariant: a committed progress record says exactly which source offsets of its partition are in
+//! the target (`[start, next)`), because the records and the progress commit or abort together. A
+//! rerun with the same restore id reads these records (`read_committed`) and continues at `next`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+/// Progress topic used unless configured otherwise. The `__` prefix keeps it out of the sink's
+/// default selection, like Kafka's own internal topics.
+pub const DEFAULT_TOPIC: &str = "__rewind_restores";
+
+/// Where one partition of one restore stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub restore_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub target_topic: String,
+    /// The window as the restore was started with, e.g. `[2026-11-23T10:00:00.000Z, latest)`.
+    pub window: String,
+    pub follow: bool,
+    /// Source offsets `[start, end)` the restore covers; no end in follow mode.
+    pub start: i64,
+    pub end: Option<i64>,
+    /// Every source offset before this one is in the target.
+    pub next: i64,
+    /// Consumer groups translated so far: group → target offset of the first restored record at
+    /// or after the group's committed source offset.
+    #[serde(default)]
+    pub groups: BTreeMap<String, i64>,
+    pub updated_at: String,
+}
+
+/// Key of a partition's progress record: compaction keeps the latest one.
+pub fn key(restore_id: &str, topic: &str, partition: i32) -> String {
+    format!("{restore_id}/{topic}/{partition}")
+}
+
+/// Read the committed progress of `restore_id` from `topic` (absent topic: no progress). Reads to
+/// the end of every partition of the topic, as a `read_committed` consumer sees it.
+pub fn read(
+    client: &ClientConfig,
+    topic: &str,
+    restore_id: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<(String, i32), Progress>, KafkaError> {
+    let mut config = client.clone();
+    config
+        .set("group.id", format!("rewind-restore-progress-{restore_id}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut out = BTreeMap::new();
+    if partitions.is_empty() {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let prefix = format!("{restore_id}/");
+    let mut at_end = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + timeout;
+    while at_end.len() < partitions.len() {
+        if std::time::Instant::now() > deadline {
+            return Err(KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(message)) => {
+                let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
+                if !key.starts_with(&prefix) {
+                    continue;
+                }
+                match message.payload() {
+                    Some(value) => {
+                        if let Ok(p) = serde_json::from_slice::<Progress>(value) {
+                            if p.restore_id == restore_id {
+                                out.insert((p.topic.clone(), p.partition), p);
+                            }
+                        }
+                    }
+                    None => {
+                        // A tombstone: that partition's progress was deleted.
+                        out.retain(|(t, p), _| key != self::key(restore_id, t, *p));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,1204 @@
+//! The restore itself: planning across partitions, target topics, the read → produce → commit loop,
+//! follow mode and group translation.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::plan::{files_in, plan_partition, PartitionPlan};
+use super::progress::{self, Progress};
+use super::{groups, partitioner, RestoreError, RestoreOptions, RestoreReport};
+use crate::archive::chain::{self, Chain, ChainError, ChainFile};
+use crate::archive::datafile;
+use crate::archive::documents::{self, TopicMeta};
+use crate::archive::time::rfc3339_millis;
+use crate::archive::Record;
+use crate::storage::ObjectStore;
+
+/// Records are decoded and handed to the producer in chunks of about this many bytes.
+const CHUNK_BYTES: u64 = 1024 * 1024;
+/// Timeout of Kafka requests that should answer at once.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Files fetched ahead of the one being decoded, per partition.
+const PREFETCH_FILES: usize = 2;
+
+/// The chains a restore reads and its plan for each.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub chains: Vec<Chain>,
+    pub partitions: Vec<PartitionPlan>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn target_of<'a>(opts: &'a RestoreOptions, topic: &'a str) -> &'a str {
+    opts.renames.get(topic).map_or(topic, String::as_str)
+}
+
+/// Load the chains of every selected partition and plan the window on each (no cluster needed).
+pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Planned, RestoreError> {
+    if documents::read_identity(store).await?.is_none() {
+        return Err(RestoreError::NoArchive(store.url().to_string()));
+    }
+    let listed = chain::list_all(store)
+        .await
+        .map_err(|e| RestoreError::Archive(e.into()))?;
+    let archived: BTreeSet<&str> = listed.keys().map(|(t, _)| t.as_str()).collect();
+    let selected: Vec<_> = listed
+        .iter()
+        .filter(|((topic, _), _)| opts.topics.is_match(topic))
+        .collect();
+    if selected.is_empty() {
+        return Err(RestoreError::NoTopics {
+            pattern: opts
+                .topics
+                .as_str()
+                .trim_start_matches("^(?:")
+                .trim_end_matches(")$")
+                .to_string(),
+            archived: if archived.is_empty() {
+                "nothing yet".into()
+            } else {
+                archived.into_iter().collect::<Vec<_>>().join(", ")
+            },
+        });
+    }
+    let known = BTreeMap::new();
+    let chains: Vec<Chain> = futures::stream::iter(
+        selected
+            .into_iter()
+            .map(|((t, p), files)| chain::load(store, t, *p, files, &known)),
+    )
+    .buffered(4)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<_, _>>()?;
+    let mut partitions = Vec::with_capacity(chains.len());
+    for chain in &chains {
+        partitions
+            .push(plan_partition(store, chain, opts.window, target_of(opts, &chain.topic)).await?);
+    }
+    Ok(Planned { chains, partitions })
+}
+
+/// Delivery reports: where the records watched for group translation landed, and the first failure.
+#[derive(Default)]
+struct Deliveries {
+    landed: Mutex<HashMap<usize, i64>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    /// 0 for most records; a watch slot for the first record at or after a group's offset.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        match result {
+            Ok(message) if slot != 0 => {
+                self.landed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(slot, message.offset());
+            }
+            Ok(_) => {}
+            Err((error, message)) => {
+                let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+                if failure.is_none() {
+                    *failure = Some(format!(
+                        "producing to {} partition {} failed: {error}",
+                        message.topic(),
+                        message.partition()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// One partition being restored.
+struct Lane {
+    topic: String,
+    partition: i32,
+    target_topic: String,
+    start: i64,
+    /// Planned end; `None` in follow mode (the chain's end, which grows).
+    end: Option<i64>,
+    /// Every source offset before this one is committed in the target.
+    next: i64,
+    /// Where the chain currently ends.
+    chain_end: i64,
+    files: Vec<ChainFile>,
+    /// Groups still to translate: (committed source offset, group), sorted.
+    watches: Vec<(i64, String)>,
+    resolved: BTreeMap<String, i64>,
+    /// Watch slots sent in the open transaction.
+    pending: Vec<(usize, Vec<String>)>,
+    /// Progress changed since the last commit.
+    dirty: bool,
+}
+
+impl Lane {
+    fn until(&self) -> i64 {
+        self.end.unwrap_or(self.chain_end).min(self.chain_end)
+    }
+
+    fn progress(&self, opts: &RestoreOptions) -> Progress {
+        Progress {
+            restore_id: opts.restore_id.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            target_topic: self.target_topic.clone(),
+            window: opts.window.describe(),
+            follow: opts.follow,
+            start: self.start,
+            end: self.end,
+            next: self.next,
+            groups: self.resolved.clone(),
+            updated_at: rfc3339_millis(now_ms()),
+        }
+    }
+}
+
+/// What a reader hands the producer loop.
+enum Msg {
+    Chunk {
+        lane: usize,
+        records: Vec<Record>,
+        next: i64,
+        _permit: OwnedSemaphorePermit,
+    },
+    Done {
+        lane: usize,
+        next: i64,
+    },
+    Failed(RestoreError),
+}
+
+struct Restore<'a> {
+    store: Arc<dyn ObjectStore>,
+    opts: &'a RestoreOptions,
+    client: ClientConfig,
+    servers: String,
+    producer: Arc<ThreadedProducer<Deliveries>>,
+    lanes: Vec<Lane>,
+    /// Partition count of each target topic.
+    target_partitions: HashMap<String, i32>,
+    report: RestoreReport,
+    next_slot: usize,
+    txn_open: bool,
+    txn_bytes: u64,
+    txn_started: Instant,
+    /// Totals for the progress line.
+    planned_bytes: u64,
+    started: Instant,
+    last_status: Instant,
+}
+
+/// Run a restore until its window is restored (or, in follow mode, until `stop` resolves).
+pub async fn run(
+    client: ClientConfig,
+    store: Arc<dyn ObjectStore>,
+    opts: &RestoreOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<RestoreReport, RestoreError> {
+    let planned = plan(&*store, opts).await?;
+    let planned_records: u64 = planned.partitions.iter().map(|p| p.records).sum();
+    if planned_records == 0 && !opts.follow {
+        // Nothing in the window: write nothing at all, not even the progress topic.
+        return Ok(RestoreReport {
+            restore_id: opts.restore_id.clone(),
+            partitions: planned.partitions.len(),
+            ..RestoreReport::default()
+        });
+    }
+    let servers = client
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_string();
+    let kafka_err = |e: KafkaError| RestoreError::Kafka {
+        servers: servers.clone(),
+        message: e.to_string(),
+    };
+
+    // The target must answer before anything is decided.
+    let probe: BaseConsumer = client.create().map_err(kafka_err)?;
+    let metadata = blocking({
+        let probe = Arc::new(probe);
+        move || probe.fetch_metadata(None, Duration::from_secs(10))
+    })
+    .await
+    .map_err(|_| RestoreError::Kafka {
+        servers: servers.clone(),
+        message:
+            "no broker answered within 10s (check --bootstrap-servers and that the cluster is up)"
+                .into(),
+    })?;
+    let brokers = metadata.brokers().len() as i32;
+    let existing: HashMap<String, i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect();
+    let admin: AdminClient<DefaultClientContext> = client.create().map_err(kafka_err)?;
+
+    if !existing.contains_key(&opts.progress_topic) {
+        create_topic(
+            &admin,
+            &opts.progress_topic,
+            1,
+            brokers.clamp(1, 3),
+            &BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+        )
+        .await
+        .map_err(|e| {
+            RestoreError::Target(format!(
+                "cannot create the progress topic {}: {e}",
+                opts.progress_topic
+            ))
+        })?;
+    }
+
+    // Fence any earlier run of this restore, then read what it committed.
+    let mut producer_config = client.clone();
+    producer_config
+        .set(
+            "transactional.id",
+            format!("rewind-restore-{}", opts.restore_id),
+        )
+        .set("transaction.timeout.ms", "60000")
+        .set(
+            "queue.buffering.max.kbytes",
+            (opts.buffer_budget / 4 / 1024)
+                .clamp(16 * 1024, 1024 * 1024)
+                .to_string(),
+        );
+    for (key, value) in [
+        ("linger.ms", "20"),
+        ("batch.size", "1000000"),
+        ("batch.num.messages", "100000"),
+        ("queue.buffering.max.messages", "1000000"),
+    ] {
+        if producer_config.get(key).is_none() {
+            producer_config.set(key, value);
+        }
+    }
+    let producer: Arc<ThreadedProducer<Deliveries>> = Arc::new(
+        producer_config
+            .create_with_context(Deliveries::default())
+            .map_err(kafka_err)?,
+    );
+    blocking({
+        let producer = producer.clone();
+        move || producer.init_transactions(REQUEST_TIMEOUT)
+    })
+    .await
+    .map_err(kafka_err)?;
+    let stored = blocking({
+        let (client, topic, id) = (
+            client.clone(),
+            opts.progress_topic.clone(),
+            opts.restore_id.clone(),
+        );
+        move || progress::read(&client, &topic, &id, REQUEST_TIMEOUT)
+    })
+    .await
+    .map_err(kafka_err)?;
+
+    let mut restore = Restore {
+        store: store.clone(),
+        opts,
+        client: client.clone(),
+        servers: servers.clone(),
+        producer,
+        lanes: Vec::new(),
+        target_partitions: existing,
+        report: RestoreReport {
+            restore_id: opts.restore_id.clone(),
+            resumed: !stored.is_empty(),
+            ..RestoreReport::default()
+        },
+        next_slot: 1,
+        txn_open: false,
+        txn_bytes: 0,
+        txn_started: Instant::now(),
+        planned_bytes: 0,
+        started: Instant::now(),
+        last_status: Instant::now(),
+    };
+    restore.build_lanes(planned, &stored)?;
+    let remaining: u64 = restore
+        .lanes
+        .iter()
+        .map(|l| (l.until() - l.next).max(0) as u64)
+        .sum();
+    if remaining == 0 && !opts.follow {
+        return Ok(restore.report);
+    }
+    restore
+        .ensure_targets(&admin, brokers, !restore.report.resumed)
+        .await?;
+    if opts.groups {
+        restore.load_groups().await?;
+    }
+    for lane in &mut restore.lanes {
+        lane.dirty = true;
+    }
+
+    tokio::pin!(stop);
+    let stopped = restore.pass(&mut stop).await?;
+    if stopped {
+        restore.report.stopped = true;
+        return Ok(restore.report);
+    }
+    if opts.groups {
+        restore.commit_groups().await?;
+    }
+    if opts.follow {
+        restore.follow(&admin, brokers, &mut stop).await?;
+    }
+    Ok(restore.report)
+}
+
+/// Run a blocking librdkafka call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking Kafka call does not panic")
+}
+
+async fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    let results = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(code.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Topic configs that must not follow a topic into its restored copy: the restore writes the source
+/// timestamps as CreateTime, which a LogAppendTime topic would overwrite.
+const NOT_RESTORED_CONFIGS: &[&str] = &["message.timestamp.type"];
+
+impl Restore<'_> {
+    fn kafka_err(&self, e: KafkaError) -> RestoreError {
+        RestoreError::Kafka {
+            servers: self.servers.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn interrupted(&self, message: impl ToString) -> RestoreError {
+        RestoreError::Interrupted {
+            id: self.opts.restore_id.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    /// One lane per planned partition; a resumed restore keeps the ranges it was started with.
+    fn build_lanes(
+        &mut self,
+        planned: Planned,
+        stored: &BTreeMap<(String, i32), Progress>,
+    ) -> Result<(), RestoreError> {
+        let asked = self.opts.window.describe();
+        if let Some(p) = stored.values().next() {
+            if p.window != asked || p.follow != self.opts.follow {
+                return Err(RestoreError::OtherWindow {
+                    id: self.opts.restore_id.clone(),
+                    stored: format!("{}{}", p.window, if p.follow { " --follow" } else { "" }),
+                    asked: format!("{asked}{}", if self.opts.follow { " --follow" } else { "" }),
+                });
+            }
+        }
+        let resumed = !stored.is_empty();
+        for (chain, plan) in planned.chains.into_iter().zip(planned.partitions) {
+            let key = (chain.topic.clone(), chain.partition);
+            let (start, end, next, resolved) = match stored.get(&key) {
+                Some(p) => (p.start, p.end, p.next, p.groups.clone()),
+                // A resumed bounded restore sticks to the partitions it planned.
+                None if resumed && !self.opts.follow => continue,
+                None => (
+                    plan.start,
+                    (!self.opts.follow).then_some(plan.end),
+                    plan.start,
+                    BTreeMap::new(),
+                ),
+            };
+            self.report.planned_records += plan.records;
+            self.planned_bytes += plan.bytes;
+            self.lanes.push(Lane {
+                topic: chain.topic.clone(),
+                partition: chain.partition,
+                target_topic: plan.target_topic.clone(),
+                start,
+                end,
+                next,
+                chain_end: chain.end().unwrap_or(0),
+                files: chain.files,
+                watches: Vec::new(),
+                resolved,
+                pending: Vec::new(),
+                dirty: false,
+            });
+        }
+        self.report.partitions = self.lanes.len();
+        Ok(())
+    }
+
+    /// Create missing target topics from `_topics/` metadata; check partition counts and, for a
+    /// fresh restore, that existing targets are empty.
+    async fn ensure_targets(
+        &mut self,
+        admin: &AdminClient<DefaultClientContext>,
+        brokers: i32,
+        fresh: bool,
+    ) -> Result<(), RestoreError> {
+        let mut needed: BTreeMap<String, (String, i32)> = BTreeMap::new();
+        for lane in &self.lanes {
+            let slot = needed
+                .entry(lane.target_topic.clone())
+                .or_insert((lane.topic.clone(), 0));
+            slot.1 = slot.1.max(lane.partition + 1);
+        }
+        let mut probe = None;
+        for (target, (source, partitions)) in needed {
+            match self.target_partitions.get(&target).copied() {
+                Some(count) => {
+                    if count < partitions && !self.opts.repartition_by_key {
+                        return Err(RestoreError::Target(format!(
+                            "target topic {target} has {count} partitions but the archive of {source} has {partitions}; add partitions to {target}, restore into a new topic with --rename, or pass --repartition-by-key"
+                        )));
+                    }
+                    if fresh && !self.opts.allow_non_empty {
+                        let consumer = match &probe {
+                            Some(c) => c,
+                            None => probe.insert(Arc::new(
+                                self.client
+                                    .create::<BaseConsumer>()
+                                    .map_err(|e| self.kafka_err(e))?,
+                            )),
+                        };
+                        let records = blocking({
+                            let (consumer, target) = (consumer.clone(), target.clone());
+                            move || -> Result<i64, KafkaError> {
+                                let mut total = 0;
+                                for p in 0..count {
+                                    let (low, high) =
+                                        consumer.fetch_watermarks(&target, p, REQUEST_TIMEOUT)?;
+                                    total += high - low;
+                                }
+                                Ok(total)
+                            }
+                        })
+                        .await
+                        .map_err(|e| self.kafka_err(e))?;
+                        if records > 0 {
+                            return Err(RestoreError::Target(format!(
+                                "target topic {target} already holds {records} records; restore into another topic with --rename, empty it, or pass --allow-non-empty"
+                            )));
+                        }
+                    }
+                }
+                None => {
+                    let meta: Option<TopicMeta> = documents::read_doc(
+                        &*self.store,
+                        &crate::archive::paths::topic_key(&source),
+                    )
+                    .await?;
+                    let (count, replication, mut configs) = match meta {
+                        Some(m) => (
+                            m.partitions.max(partitions),
+                            m.replication_factor,
+                            m.configs,
+                        ),
+                        None => (partitions, 3, BTreeMap::new()),
+                    };
+                    configs.retain(|k, _| !NOT_RESTORED_CONFIGS.contains(&k.as_str()));
+                    let replication = replication.clamp(1, brokers.max(1));
+                    create_topic(admin, &target, count, replication, &configs)
+                        .await
+                        .map_err(|e| {
+                            RestoreError::Target(format!(
+                                "cannot create target topic {target}: {e}"
+                            ))
+                        })?;
+                    tracing::info!(
+                        topic = target,
+                        partitions = count,
+                        replication,
+                        "created the target topic"
+                    );
+                    self.report.topics_created.push(target.clone());
+                    self.target_partitions.insert(target, count);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the group snapshots as of the window's end and watch, in each lane, for the first
+    /// record at or after each group's committed offset.
+    async fn load_groups(&mut self) -> Result<(), RestoreError> {
+        if self.opts.repartition_by_key {
+            return Err(RestoreError::Target(
+                "--groups cannot be combined with --repartition-by-key: a group's position in one source partition has no single counterpart once records are spread over other partitions".into(),
+            ));
+        }
+        let snapshots = groups::snapshots_as_of(&*self.store, self.opts.window.to).await?;
+        for snapshot in snapshots {
+            for lane in &mut self.lanes {
+                let Some(offset) = snapshot
+                    .offsets
+                    .get(&lane.topic)
+                    .and_then(|p| p.get(&lane.partition))
+                else {
+                    continue;
+                };
+                if !lane.resolved.contains_key(&snapshot.group) {
+                    lane.watches.push((*offset, snapshot.group.clone()));
+                }
+            }
+        }
+        for lane in &mut self.lanes {
+            lane.watches.sort();
+            // Watches the committed progress already passed resolve to where the restore now
+            // stands: possible only if the groups were not asked for on the first run.
+            lane.watches
+                .retain(|(offset, _)| *offset >= lane.next || lane.next == lane.start);
+        }
+        Ok(())
+    }
+
+    /// Commit the translated group offsets in the target, skipping groups with active members.
+    async fn commit_groups(&mut self) -> Result<(), RestoreError> {
+        let mut per_group: BTreeMap<String, BTreeMap<(String, i32), i64>> = BTreeMap::new();
+        let consumer: Arc<BaseConsumer> =
+            Arc::new(self.client.create().map_err(|e| self.kafka_err(e))?);
+        for lane in &self.lanes {
+            let mut groups: BTreeSet<&String> = lane.resolved.keys().collect();
+            groups.extend(lane.watches.iter().map(|(_, g)| g));
+            if groups.is_empty() {
+                continue;
+            }
+            let high = blocking({
+                let (consumer, topic, p) =
+                    (consumer.clone(), lane.target_topic.clone(), lane.partition);
+                move || consumer.fetch_watermarks(&topic, p, REQUEST_TIMEOUT)
+            })
+            .await
+            .map_err(|e| self.kafka_err(e))?
+            .1;
+            for group in groups {
+                // Past everything restored: the group resumes at the end of the partition.
+                let offset = lane.resolved.get(group).copied().unwrap_or(high);
+                per_group
+                    .entry(group.clone())
+                    .or_default()
+                    .insert((lane.target_topic.clone(), lane.partition), offset);
+            }
+        }
+        for (group, offsets) in per_group {
+            let client = self.client.clone();
+            let name = group.clone();
+            let busy = blocking(move || groups::has_members(&client, &name, REQUEST_TIMEOUT))
+                .await
+                .map_err(|e| self.kafka_err(e))?;
+            if busy {
+                tracing::warn!(group, "the group has active members in the target cluster; its offsets were left alone");
+                self.report.groups_skipped.push(group);
+                continue;
+            }
+            let client = self.client.clone();
+            let name = group.clone();
+            blocking(move || groups::commit(&client, &name, &offsets))
+                .await
+                .map_err(|e| {
+                    RestoreError::Target(format!("cannot commit the offsets of group {group}: {e}"))
+                })?;
+            tracing::info!(group, "committed the translated offsets of the group");
+            self.report.groups_committed.push(group);
+        }
+        Ok(())
+    }
+
+    /// Restore every lane up to where it should go now. Returns whether `stop` ended it early.
+    async fn pass(
+        &mut self,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<bool, RestoreError> {
+        let budget = self.opts.buffer_budget.max(4 * CHUNK_BYTES);
+        let files_pool = Arc::new(Semaphore::new(kib(budget / 2)));
+        let chunks_pool = Arc::new(Semaphore::new(kib(budget / 2)));
+        let readers = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
+        let (tx, mut rx) = mpsc::channel::<Msg>(64);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let until = lane.until();
+            if lane.next >= until {
+                continue;
+            }
+            let files: Vec<ChainFile> = files_in(&lane.files, lane.next, until).cloned().collect();
+            let reader = Reader {
+                store: self.store.clone(),
+                lane: index,
+                from: lane.next,
+                until,
+                strict: self.opts.strict.then_some(self.opts.window),
+                tx: tx.clone(),
+                files_pool: files_pool.clone(),
+                chunks_pool: chunks_pool.clone(),
+                budget_kib: kib(budget / 2),
+            };
+            let readers = readers.clone();
+            tasks.spawn(async move {
+                let _slot = readers.acquire_owned().await;
+                reader.run(files).await;
+            });
+        }
+        drop(tx);
+        let mut stopped = false;
+        loop {
+            let deadline =
+                tokio::time::Instant::from_std(self.txn_started + self.opts.transaction_interval);
+            tokio::select! {
+                biased;
+                _ = stop.as_mut() => {
+                    stopped = true;
+                    break;
+                }
+                message = rx.recv() => match message {
+                    None => break,
+                    Some(Msg::Failed(e)) => {
+                        self.abort().await;
+                        return Err(e);
+                    }
+                    Some(Msg::Done { lane, next }) => {
+                        let lane = &mut self.lanes[lane];
+                        lane.next = lane.next.max(next);
+                        lane.dirty = true;
+                    }
+                    Some(Msg::Chunk { lane, records, next, _permit }) => {
+                        if let Err(e) = self.produce(lane, &records).await {
+                            self.abort().await;
+                            return Err(e);
+                        }
+                        let lane = &mut self.lanes[lane];
+                        lane.next = lane.next.max(next);
+                        lane.dirty = true;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline), if self.txn_open => {
+                    self.commit().await?;
+                }
+            }
+            if self.txn_bytes >= self.opts.transaction_bytes {
+                self.commit().await?;
+            }
+            self.status(false);
+        }
+        tasks.abort_all();
+        if self.lanes.iter().any(|l| l.dirty) {
+            self.commit().await?;
+        }
+        self.status(true);
+        Ok(stopped)
+    }
+
+    /// Hand one chunk's records to the producer, inside the open transaction.
+    async fn produce(&mut self, index: usize, records: &[Record]) -> Result<(), RestoreError> {
+        let mut chunk_bytes = 0;
+        if !self.txn_open {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| self.interrupted(format!("cannot begin a transaction: {e}")))?;
+            self.txn_open = true;
+            self.txn_started = Instant::now();
+        }
+        let repartition = self.opts.repartition_by_key.then(|| {
+            self.target_partitions
+                .get(&self.lanes[index].target_topic)
+                .copied()
+                .unwrap_or(1)
+        });
+        for record in records {
+            let lane = &mut self.lanes[index];
+            let mut slot = 0;
+            if lane
+                .watches
+                .first()
+                .is_some_and(|(offset, _)| *offset <= record.offset)
+            {
+                slot = self.next_slot;
+                self.next_slot += 1;
+                let cut = lane
+                    .watches
+                    .partition_point(|(offset, _)| *offset <= record.offset);
+                let groups = lane.watches.drain(..cut).map(|(_, g)| g).collect();
+                lane.pending.push((slot, groups));
+            }
+            let partition = match repartition {
+                Some(count) => match &record.key {
+                    Some(key) => partitioner::partition_for_key(key, count),
+                    None => lane.partition % count,
+                },
+                None => lane.partition,
+            };
+            let mut message =
+                BaseRecord::with_opaque_to(&lane.target_topic, slot).partition(partition);
+            if let Some(key) = &record.key {
+                message = message.key(key.as_slice());
+            }
+            if let Some(value) = &record.value {
+                message = message.payload(value.as_slice());
+            }
+            if let Some(ts) = record.timestamp {
+                message = message.timestamp(ts);
+            }
+            let provenance = self.opts.provenance_headers;
+            if !record.headers.is_empty() || provenance {
+                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 3);
+                for h in &record.headers {
+                    headers = headers.insert(KafkaHeader {
+                        key: &h.key,
+                        value: h.value.as_deref(),
+                    });
+                }
+                if provenance {
+                    for (key, value) in [
+                        ("rewind.source.topic", lane.topic.clone()),
+                        ("rewind.source.partition", lane.partition.to_string()),
+                        ("rewind.source.offset", record.offset.to_string()),
+                    ] {
+                        headers = headers.insert(KafkaHeader {
+                            key,
+                            value: Some(value.as_bytes()),
+                        });
+                    }
+                }
+                message = message.headers(headers);
+            }
+            loop {
+                match self.producer.send(message) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        message = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => {
+                        return Err(self.interrupted(format!(
+                            "cannot produce record {}/{} offset {} ({} bytes) to {}: {e}",
+                            self.lanes[index].topic,
+                            self.lanes[index].partition,
+                            record.offset,
+                            record.value.as_ref().map_or(0, Vec::len),
+                            self.lanes[index].target_topic
+                        )))
+                    }
+                }
+            }
+            let size = record.key.as_ref().map_or(0, Vec::len) as u64
+                + record.value.as_ref().map_or(0, Vec::len) as u64;
+            self.txn_bytes += size;
+            chunk_bytes += size;
+            self.report.records += 1;
+            self.report.bytes += size;
+        }
+        let topic = self.lanes[index].target_topic.clone();
+        metrics::counter!(crate::metrics::RESTORE_RECORDS, "topic" => topic.clone())
+            .increment(records.len() as u64);
+        metrics::counter!(crate::metrics::RESTORE_BYTES, "topic" => topic).increment(chunk_bytes);
+        Ok(())
+    }
+
+    /// Flush, write the progress of every lane that moved, and commit the transaction.
+    async fn commit(&mut self) -> Result<(), RestoreError> {
+        if !self.txn_open {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| self.interrupted(format!("cannot begin a transaction: {e}")))?;
+            self.txn_open = true;
+        }
+        let producer = self.producer.clone();
+        if let Err(e) = blocking(move || producer.flush(REQUEST_TIMEOUT)).await {
+            self.abort().await;
+            return Err(self.interrupted(format!("records were not acknowledged: {e}")));
+        }
+        let failure = self
+            .producer
+            .context()
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(failure) = failure {
+            self.abort().await;
+            return Err(self.interrupted(failure));
+        }
+        let landed: HashMap<usize, i64> = std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .landed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let progress_partitions = self
+            .target_partitions
+            .get(&self.opts.progress_topic)
+            .copied()
+            .unwrap_or(1);
+        let mut progress = Vec::new();
+        for lane in &mut self.lanes {
+            for (slot, groups) in lane.pending.drain(..) {
+                if let Some(offset) = landed.get(&slot) {
+                    for group in groups {
+                        lane.resolved.insert(group, *offset);
+                    }
+                }
+            }
+            if lane.dirty {
+                progress.push(lane.progress(self.opts));
+            }
+        }
+        for p in &progress {
+            let key = progress::key(&p.restore_id, &p.topic, p.partition);
+            let value = serde_json::to_vec(p).expect("progress serializes");
+            let partition = partitioner::partition_for_key(key.as_bytes(), progress_partitions);
+            let record = BaseRecord::with_opaque_to(&self.opts.progress_topic, 0)
+                .partition(partition)
+                .key(key.as_bytes())
+                .payload(&value);
+            if let Err((e, _)) = self.producer.send(record) {
+                self.abort().await;
+                return Err(self.interrupted(format!("cannot write progress: {e}")));
+            }
+        }
+        let producer = self.producer.clone();
+        if let Err(e) = blocking(move || producer.commit_transaction(REQUEST_TIMEOUT)).await {
+            self.abort().await;
+            return Err(self.interrupted(format!("the transaction did not commit: {e}")));
+        }
+        self.txn_open = false;
+        self.txn_bytes = 0;
+        self.txn_started = Instant::now();
+        for lane in &mut self.lanes {
+            lane.dirty = false;
+            metrics::gauge!(crate::metrics::RESTORE_LAG, "topic" => lane.target_topic.clone())
+                .set((lane.chain_end - lane.next).max(0) as f64);
+        }
+        metrics::counter!(crate::metrics::RESTORE_TRANSACTIONS).increment(1);
+        Ok(())
+    }
+
+    async fn abort(&mut self) {
+        metrics::counter!(crate::metrics::RESTORE_ERRORS).increment(1);
+        if self.txn_open {
+            let producer = self.producer.clone();
+            if let Err(e) = blocking(move || producer.abort_transaction(REQUEST_TIMEOUT)).await {
+                tracing::warn!(error = %e, "aborting the transaction failed; the broker aborts it when it times out");
+            }
+            self.txn_open = false;
+        }
+    }
+
+    /// A progress line: on a terminal every second, redrawn in place; in logs every 10 seconds.
+    fn status(&mut self, last: bool) {
+        let every = if self.opts.progress {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        };
+        if !last && self.last_status.elapsed() < every {
+            return;
+        }
+        self.last_status = Instant::now();
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = self.report.records as f64 / elapsed;
+        let planned = self.report.planned_records.max(self.report.records);
+        let eta = if rate > 0.0 && planned > self.report.records {
+            format!(
+                ", ETA {:.0}s",
+                (planned - self.report.records) as f64 / rate
+            )
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "restored {} of {} records ({:.1} MB), {:.0} records/s{eta}",
+            self.report.records,
+            planned,
+            self.report.bytes as f64 / 1e6,
+            rate
+        );
+        if self.opts.progress {
+            eprint!("\r{line}\x1b[K{}", if last { "\n" } else { "" });
+        } else if !last {
+            tracing::info!("{line}");
+        }
+    }
+
+    /// Follow mode: poll the checkpoints and restore whatever the chains gained, until stopped.
+    async fn follow(
+        &mut self,
+        admin: &AdminClient<DefaultClientContext>,
+        brokers: i32,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<(), RestoreError> {
+        let mut seen: HashMap<String, String> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.as_mut() => return Ok(()),
+                _ = tokio::time::sleep(self.opts.poll_interval) => {}
+            }
+            let checkpoints = self
+                .store
+                .list("_checkpoints/")
+                .await
+                .map_err(|e| RestoreError::Archive(e.into()))?;
+            let mut grown = false;
+            let lanes_before = self.lanes.len();
+            for object in checkpoints {
+                if seen.get(&object.key) == Some(&object.etag) {
+                    continue;
+                }
+                let Some((topic, partition)) = object
+                    .key
+                    .strip_prefix("_checkpoints/")
+                    .and_then(|rest| rest.strip_suffix(".json"))
+                    .and_then(|rest| rest.rsplit_once('/'))
+                    .and_then(|(t, p)| Some((t.to_string(), p.parse::<i32>().ok()?)))
+                else {
+                    continue;
+                };
+                seen.insert(object.key.clone(), object.etag.clone());
+                if !self.opts.topics.is_match(&topic) {
+                    continue;
+                }
+                grown |= self.extend_lane(&topic, partition).await?;
+            }
+            if self.lanes.len() > lanes_before {
+                self.ensure_targets(admin, brokers, false).await?;
+            }
+            if grown && self.pass(stop).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Re-read a partition's chain; returns whether it holds records not restored yet.
+    async fn extend_lane(&mut self, topic: &str, partition: i32) -> Result<bool, RestoreError> {
+        let listed = chain::list_files(
+            &*self.store,
+            &crate::archive::paths::DataFileKey::partition_prefix(topic, partition),
+        )
+        .await
+        .map_err(|e| RestoreError::Archive(e.into()))?;
+        let Some(files) = listed.get(&(topic.to_string(), partition)) else {
+            return Ok(false);
+        };
+        let index = match self
+            .lanes
+            .iter()
+            .position(|l| l.topic == topic && l.partition == partition)
+        {
+            Some(index) => index,
+            None => {
+                let target_topic = target_of(self.opts, topic).to_string();
+                let start = files.first().map_or(0, |(k, _)| k.start);
+                self.lanes.push(Lane {
+                    topic: topic.to_string(),
+                    partition,
+                    target_topic,
+                    start,
+                    end: None,
+                    next: start,
+                    chain_end: start,
+                    files: Vec::new(),
+                    watches: Vec::new(),
+                    resolved: BTreeMap::new(),
+                    pending: Vec::new(),
+                    dirty: true,
+                });
+                self.lanes.len() - 1
+            }
+        };
+        let known: BTreeMap<String, ChainFile> = self.lanes[index]
+            .files
+            .iter()
+            .map(|f| (f.key.clone(), f.clone()))
+            .collect();
+        let chain = chain::load(&*self.store, topic, partition, files, &known).await?;
+        let lane = &mut self.lanes[index];
+        lane.chain_end = chain.end().unwrap_or(lane.chain_end);
+        lane.files = chain.files;
+        metrics::gauge!(crate::metrics::RESTORE_LAG, "topic" => lane.target_topic.clone())
+            .set((lane.chain_end - lane.next).max(0) as f64);
+        Ok(lane.next < lane.until())
+    }
+}
+
+fn kib(bytes: u64) -> usize {
+    (bytes / 1024).max(1) as usize
+}
+
+/// Reads one lane's files in order and hands their records over in chunks.
+struct Reader {
+    store: Arc<dyn ObjectStore>,
+    lane: usize,
+    from: i64,
+    until: i64,
+    strict: Option<super::Window>,
+    tx: mpsc::Sender<Msg>,
+    files_pool: Arc<Semaphore>,
+    chunks_pool: Arc<Semaphore>,
+    budget_kib: usize,
+}
+
+impl Reader {
+    async fn run(self, files: Vec<ChainFile>) {
+        let store = self.store.clone();
+        let pool = self.files_pool.clone();
+        let budget = self.budget_kib;
+        let mut fetched = futures::stream::iter(files.into_iter().map(|file| {
+            let (store, pool) = (store.clone(), pool.clone());
+            async move {
+                let permit = pool
+                    .acquire_many_owned(kib(file.size).min(budget) as u32)
+                    .await
+                    .expect("pool is never closed");
+                let got = store.get(&file.key).await;
+                (file, got, permit)
+            }
+        }))
+        .buffered(PREFETCH_FILES);
+        while let Some((file, got, permit)) = fetched.next().await {
+            let result = match got {
+                Ok(got) => self.decode(&file, got).await,
+                Err(e) => Err(RestoreError::Chain(e.into())),
+            };
+            drop(permit);
+            match result {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    let _ = self.tx.send(Msg::Failed(e)).await;
+                    return;
+                }
+            }
+        }
+        let _ = self
+            .tx
+            .send(Msg::Done {
+                lane: self.lane,
+                next: self.until,
+            })
+            .await;
+    }
+
+    /// Decode one file on a blocking thread, sending chunks in range; false once the loop is gone.
+    async fn decode(
+        &self,
+        file: &ChainFile,
+        got: crate::storage::GetResult,
+    ) -> Result<bool, RestoreError> {
+        let bad = |message: String| {
+            RestoreError::Chain(ChainError::BadFile {
+                url: self.store.url().to_string(),
+                key: file.key.clone(),
+                message,
+            })
+        };
+        if let Some(expected) = got.meta.crc32c {
+            let body = got.body.clone();
+            let actual = blocking(move || crate::storage::crc32c(&body)).await;
+            if actual != expected {
+                return Err(bad(format!(
+                    "its CRC32C is {actual:08x} but {expected:08x} was stored with it (damaged)"
+                )));
+            }
+        }
+        let (lane, from, until, strict) = (self.lane, self.from, self.until, self.strict);
+        let (tx, pool, budget) = (self.tx.clone(), self.chunks_pool.clone(), self.budget_kib);
+        let open = Arc::new(AtomicU64::new(1));
+        let still_open = open.clone();
+        let body = got.body;
+        let result = blocking(move || {
+            datafile::decode_chunks(body, CHUNK_BYTES, |mut chunk| {
+                let last = chunk.last().map(|r| r.offset);
+                chunk.retain(|r| {
+                    (from..until).contains(&r.offset)
+                        && strict.is_none_or(|w| w.contains(r.timestamp))
+                });
+                let Some(last) = last else { return true };
+                if last < from {
+                    return true;
+                }
+                let size: u64 = chunk.iter().map(Record::size).sum();
+                let permit = futures::executor::block_on(
+                    pool.clone()
+                        .acquire_many_owned(kib(size).min(budget) as u32),
+                )
+                .expect("pool is never closed");
+                let next = (last + 1).min(until);
+                let sent = tx
+                    .blocking_send(Msg::Chunk {
+                        lane,
+                        records: chunk,
+                        next,
+                        _permit: permit,
+                    })
+                    .is_ok();
+                if !sent {
+                    still_open.store(0, Ordering::Relaxed);
+                }
+                sent && last + 1 < until
+            })
+        })
+        .await;
+        let meta = result.map_err(|e| bad(e.to_string()))?;
+        if meta.start != file.start || meta.end != file.end {
+            return Err(bad(format!(
+                "its footer now says [{}, {}) where [{}, {}) was listed",
+                meta.start, meta.end, file.start, file.end
+            )));
+        }
+        Ok(open.load(Ordering::Relaxed) == 1)
+    }
+}

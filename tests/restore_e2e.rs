@@ -1,0 +1,806 @@
+//! Point-in-time restore against the test bed's real broker and S3 server. The oracle is Kafka: the
+//! source broker's `offsetsForTimes` says where a window starts and ends, and a `read_committed`
+//! consumer of the source says what must land, byte for byte, in the target.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::{self, header, record};
+use rdkafka::Timestamp;
+use rewind::archive::Record;
+
+const HOUR: i64 = 3_600_000;
+
+/// An hour boundary well in the past, so every test timestamp is old but kept (retention.ms=-1).
+fn base() -> i64 {
+    (common::now_ms() / HOUR - 30) * HOUR
+}
+
+fn s3_archive_url(bucket: &str) -> String {
+    format!("s3://{bucket}/pitr")
+}
+
+/// `rewind sink --once` of `topic` with small files, so windows cut through many of them.
+fn backup(archive: &str, topic: &str) {
+    let out = common::sink_command(archive, topic, &common::unique("g"))
+        .arg("--once")
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "4")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sink failed: {}",
+        common::text(&out.stderr)
+    );
+}
+
+/// `rewind restore` against the test bed, with `args` after the archive and brokers.
+fn restore(archive: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
+    cmd.args([
+        "restore",
+        "--archive",
+        archive,
+        "--s3-endpoint",
+        &common::s3_endpoint(),
+        "--s3-path-style",
+        "--bootstrap-servers",
+        &common::kafka_bootstrap(),
+    ])
+    .args(args)
+    .env("AWS_ACCESS_KEY_ID", common::s3_access_key())
+    .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
+    .env("AWS_REGION", "us-east-1")
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "restore failed ({}): {}{}",
+        out.status,
+        common::text(&out.stdout),
+        common::text(&out.stderr)
+    );
+    common::text(&out.stdout)
+}
+
+fn ms(t: i64) -> String {
+    t.to_string()
+}
+
+/// Records produced with out-of-order CreateTime, keys, null keys, tombstones, headers with
+/// duplicates and null values, and an aborted and a committed transaction in the middle.
+async fn varied_topic(partitions: i32) -> (String, Vec<Vec<Record>>) {
+    let topic = common::unique("pitr-src");
+    kafka::create_topic(&topic, partitions, &[]).await;
+    let base = base();
+    let make = |p: i32, i: i64| {
+        // Mostly forward in 5-minute steps across five hours; every seventh is 50 minutes late.
+        let ts = base + i * 5 * 60_000 + if i % 7 == 6 { -50 * 60_000 } else { 0 } + i64::from(p);
+        let key = match i % 5 {
+            0 => None,
+            1 => Some(vec![0u8, 255, i as u8]),
+            _ => Some(format!("key-{}", i % 9).into_bytes()),
+        };
+        let value = (i % 11 != 3).then(|| {
+            format!("value {p}/{i} ")
+                .repeat(1 + (i % 4) as usize)
+                .into_bytes()
+        });
+        let headers = match i % 3 {
+            0 => vec![],
+            1 => vec![header("trace", Some(b"a")), header("trace", Some(b"b"))],
+            _ => vec![header("null", None), header("", Some(b""))],
+        };
+        Record {
+            key,
+            value,
+            headers,
+            ..record(None, None, vec![], ts)
+        }
+    };
+    for p in 0..partitions {
+        if p == 0 {
+            // Partition 0 has no transactions, so the broker's offsetsForTimes is the oracle as it
+            // is. Transaction markers carry the time the transaction ended, and offsetsForTimes
+            // stops at the first one later than the asked time, whatever the records around it.
+            let all: Vec<Record> = (0..60).map(|i| make(p, i)).collect();
+            kafka::produce(&topic, p, &all).await;
+            continue;
+        }
+        let first: Vec<Record> = (0..30).map(|i| make(p, i)).collect();
+        kafka::produce(&topic, p, &first).await;
+        let aborted: Vec<Record> = (100..103)
+            .map(|i| Record {
+                value: Some(format!("aborted {i}").into_bytes()),
+                ..make(p, 29)
+            })
+            .collect();
+        kafka::produce_transaction(&topic, p, &aborted, false).await;
+        let committed: Vec<Record> = (30..34).map(|i| make(p, i)).collect();
+        kafka::produce_transaction(&topic, p, &committed, true).await;
+        let rest: Vec<Record> = (34..60).map(|i| make(p, i)).collect();
+        kafka::produce(&topic, p, &rest).await;
+    }
+    let source = (0..partitions)
+        .map(|p| {
+            kafka::read_to_end(&topic, p)
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect()
+        })
+        .collect();
+    (topic, source)
+}
+
+/// Where a window starts and ends on one partition of `varied_topic`: the broker's answer on the
+/// partition without transactions; on the other, the first committed record at or after each time
+/// (the same rule, over the records a `read_committed` backup holds), after checking that nothing
+/// aborted made it into the source's committed view.
+fn cuts(topic: &str, p: i32, source: &[Record], from: i64, to: i64) -> (i64, i64) {
+    if p == 0 {
+        return (
+            kafka::offset_for_time(topic, p, from),
+            kafka::offset_for_time(topic, p, to),
+        );
+    }
+    assert!(source
+        .iter()
+        .all(|r| !r.value.as_ref().is_some_and(|v| v.starts_with(b"aborted"))));
+    let end = source.last().unwrap().offset + 1;
+    let first = |t: i64| {
+        source
+            .iter()
+            .find(|r| r.timestamp.unwrap() >= t)
+            .map_or(end, |r| r.offset)
+    };
+    (first(from), first(to))
+}
+
+/// The restored records equal `expected` byte for byte, in order, as CreateTime.
+fn assert_restored(target: &str, partition: i32, expected: &[Record]) {
+    let got = kafka::read_to_end(target, partition);
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{target}/{partition}: {} records restored, {} expected",
+        got.len(),
+        expected.len()
+    );
+    for (i, ((r, ts), e)) in got.iter().zip(expected).enumerate() {
+        assert_eq!(
+            (&r.key, &r.value, &r.headers),
+            (&e.key, &e.value, &e.headers),
+            "{target}/{partition} record {i} (source offset {})",
+            e.offset
+        );
+        assert_eq!(
+            *ts,
+            Timestamp::CreateTime(e.timestamp.unwrap()),
+            "{target}/{partition} record {i}: timestamp"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_window_restores_exactly_what_offsets_for_times_delimits() {
+    let (topic, source) = varied_topic(2).await;
+    let bucket = common::new_bucket().await;
+    let archive = s3_archive_url(&bucket);
+    backup(&archive, &topic);
+    let base = base();
+    let windows = [
+        (base + 47 * 60_000, base + 3 * HOUR + 13 * 60_000),
+        // Exactly on record timestamps and hour boundaries.
+        (base + HOUR, base + 2 * HOUR),
+        (
+            source[0][10].timestamp.unwrap(),
+            source[0][41].timestamp.unwrap(),
+        ),
+    ];
+    for (n, (from, to)) in windows.into_iter().enumerate() {
+        let target = format!("{topic}-restored-{n}");
+        let plan = ok(restore(
+            &archive,
+            &[
+                "--from",
+                &ms(from),
+                "--to",
+                &ms(to),
+                "--topics",
+                &topic,
+                "--plan",
+                "--json",
+            ],
+        )
+        .output()
+        .unwrap());
+        let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+        let out = ok(restore(
+            &archive,
+            &[
+                "--from",
+                &ms(from),
+                "--to",
+                &ms(to),
+                "--topics",
+                &topic,
+                "--rename",
+                &format!("{topic}={target}"),
+            ],
+        )
+        .output()
+        .unwrap());
+        assert!(out.contains("restored"), "{out}");
+        let mut total = 0;
+        for p in 0..2 {
+            let (start, end) = cuts(&topic, p, &source[p as usize], from, to);
+            let expected: Vec<Record> = source[p as usize]
+                .iter()
+                .filter(|r| (start..end).contains(&r.offset))
+                .cloned()
+                .collect();
+            assert!(
+                !expected.is_empty(),
+                "window {n} is not empty on partition {p}"
+            );
+            assert_restored(&target, p, &expected);
+            let planned = &plan["partitions"][p as usize];
+            assert_eq!(
+                planned["records"],
+                expected.len(),
+                "plan of window {n}, partition {p}"
+            );
+            total += expected.len();
+        }
+        assert_eq!(plan["records"], total);
+    }
+
+    // Strict mode: only records whose own timestamp is inside the window (late ones are dropped).
+    let (from, to) = windows[0];
+    let target = format!("{topic}-strict");
+    ok(restore(
+        &archive,
+        &[
+            "--from",
+            &ms(from),
+            "--to",
+            &ms(to),
+            "--topics",
+            &topic,
+            "--strict",
+            "--rename",
+            &format!("{topic}={target}"),
+        ],
+    )
+    .output()
+    .unwrap());
+    for p in 0..2 {
+        let (start, end) = cuts(&topic, p, &source[p as usize], from, to);
+        let expected: Vec<Record> = source[p as usize]
+            .iter()
+            .filter(|r| {
+                (start..end).contains(&r.offset) && (from..to).contains(&r.timestamp.unwrap())
+            })
+            .cloned()
+            .collect();
+        assert_restored(&target, p, &expected);
+    }
+}
+
+#[tokio::test]
+async fn log_append_time_topics_restore_their_timestamps_as_create_time() {
+    let topic = common::unique("pitr-lat");
+    kafka::create_topic(
+        &topic,
+        1,
+        &[
+            ("message.timestamp.type", "LogAppendTime"),
+            ("cleanup.policy", "compact,delete"),
+        ],
+    )
+    .await;
+    let records: Vec<Record> = (0..12)
+        .map(|i| {
+            record(
+                Some(format!("k{i}").as_bytes()),
+                Some(b"v"),
+                vec![],
+                1_000 + i,
+            )
+        })
+        .collect();
+    kafka::produce(&topic, 0, &records).await;
+    let source: Vec<Record> = kafka::read_to_end(&topic, 0)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert!(
+        source.iter().all(|r| r.timestamp.unwrap() > 1_000_000),
+        "the broker stamped the records"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic);
+    let target = format!("{topic}-copy");
+    let out = ok(restore(
+        &archive,
+        &["--topics", &topic, "--rename", &format!("{topic}={target}")],
+    )
+    .output()
+    .unwrap());
+    assert!(out.contains(&format!("created topics {target}")), "{out}");
+    assert_restored(&target, 0, &source);
+    // The copy keeps the source's other configs.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        kafka::config().create().unwrap();
+    let configs = admin
+        .describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(&target)],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let resource = configs.into_iter().next().unwrap().unwrap();
+    let get = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+    assert_eq!(get("cleanup.policy").as_deref(), Some("compact,delete"));
+    assert_eq!(get("message.timestamp.type").as_deref(), Some("CreateTime"));
+}
+
+#[tokio::test]
+async fn a_killed_restore_resumes_with_its_id_exactly_once() {
+    let topic = common::unique("pitr-kill");
+    kafka::create_topic(&topic, 2, &[]).await;
+    let t0 = base();
+    for p in 0..2 {
+        let records: Vec<Record> = (0..20_000)
+            .map(|i| {
+                record(
+                    Some(format!("k{i}").as_bytes()),
+                    Some(&[b'x'; 100]),
+                    vec![],
+                    t0 + i,
+                )
+            })
+            .collect();
+        kafka::produce(&topic, p, &records).await;
+    }
+    let bucket = common::new_bucket().await;
+    let archive = s3_archive_url(&bucket);
+    let out = common::sink_command(&archive, &topic, &common::unique("g"))
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let target = format!("{topic}-copy");
+    let id = common::unique("kill");
+    let args = [
+        "--topics",
+        &topic,
+        "--rename",
+        &format!("{topic}={target}"),
+        "--restore-id",
+        &id,
+        "--from",
+        &ms(t0 + 1_000),
+    ];
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut child = restore(&archive, &args)
+            .env("REWIND__RESTORE__TRANSACTION_MAX_BYTES", "64KiB")
+            .env("REWIND__RESTORE__CONCURRENCY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Let it commit some transactions, then kill it without warning.
+        std::thread::sleep(Duration::from_millis(1_500 + 500 * attempts));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if attempts == 3 {
+            break;
+        }
+    }
+    assert!(
+        attempts > 1,
+        "the restore finished before it could be killed"
+    );
+    let out = ok(restore(&archive, &args).output().unwrap());
+    assert!(out.contains("(resumed)"), "{out}");
+    for p in 0..2 {
+        let expected: Vec<Record> = kafka::read_to_end(&topic, p)
+            .into_iter()
+            .map(|(r, _)| r)
+            .filter(|r| r.timestamp.unwrap() >= t0 + 1_000)
+            .collect();
+        assert_eq!(expected.len(), 19_000);
+        assert_restored(&target, p, &expected);
+    }
+}
+
+#[tokio::test]
+async fn fewer_target_partitions_need_repartition_by_key() {
+    let topic = common::unique("pitr-parts");
+    kafka::create_topic(&topic, 4, &[]).await;
+    let mut source = Vec::new();
+    for p in 0..4 {
+        let records: Vec<Record> = (0..25)
+            .map(|i| {
+                let key = (i % 6 != 0).then(|| format!("user-{p}-{i}").into_bytes());
+                Record {
+                    key,
+                    ..record(None, Some(format!("{p}/{i}").as_bytes()), vec![], 5_000 + i)
+                }
+            })
+            .collect();
+        source.extend(
+            kafka::produce(&topic, p, &records)
+                .await
+                .into_iter()
+                .map(|r| (p, r)),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic);
+    let target = format!("{topic}-two");
+    kafka::create_topic(&target, 2, &[]).await;
+    let rename = format!("{topic}={target}");
+    let out = restore(&archive, &["--topics", &topic, "--rename", &rename])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("has 2 partitions") && error.contains("--repartition-by-key"),
+        "{error}"
+    );
+    assert!(
+        kafka::read_to_end(&target, 0).is_empty(),
+        "nothing was written"
+    );
+
+    ok(restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &rename,
+            "--repartition-by-key",
+        ],
+    )
+    .output()
+    .unwrap());
+    let mut restored = Vec::new();
+    for tp in 0..2 {
+        for (r, _) in kafka::read_to_end(&target, tp) {
+            let expected = match &r.key {
+                Some(key) => rewind::source::partitioner::partition_for_key(key, 2),
+                // Null keys keep source partition modulo the target's count.
+                None => {
+                    let value = String::from_utf8(r.value.clone().unwrap()).unwrap();
+                    value.split('/').next().unwrap().parse::<i32>().unwrap() % 2
+                }
+            };
+            assert_eq!(tp, expected, "record {:?} landed in partition {tp}", r.key);
+            restored.push(r.value.clone().unwrap());
+        }
+    }
+    let mut want: Vec<Vec<u8>> = source
+        .iter()
+        .map(|(_, r)| r.value.clone().unwrap())
+        .collect();
+    restored.sort();
+    want.sort();
+    assert_eq!(restored, want, "every record restored exactly once");
+}
+
+#[tokio::test]
+async fn a_non_empty_target_is_refused_unless_allowed() {
+    let topic = common::unique("pitr-full");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let records: Vec<Record> = (0..5)
+        .map(|i| record(Some(b"k"), Some(&[i as u8]), vec![], 9_000 + i))
+        .collect();
+    let source = kafka::produce(&topic, 0, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic);
+    let target = format!("{topic}-busy");
+    kafka::create_topic(&target, 1, &[]).await;
+    let existing =
+        kafka::produce(&target, 0, &[record(Some(b"old"), Some(b"old"), vec![], 1)]).await;
+    let rename = format!("{topic}={target}");
+    let out = restore(&archive, &["--topics", &topic, "--rename", &rename])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("already holds 1 records") && error.contains("--allow-non-empty"),
+        "{error}"
+    );
+    ok(restore(
+        &archive,
+        &["--topics", &topic, "--rename", &rename, "--allow-non-empty"],
+    )
+    .output()
+    .unwrap());
+    let mut expected = existing;
+    expected.extend(source);
+    assert_restored(&target, 0, &expected);
+}
+
+#[tokio::test]
+async fn consumer_groups_resume_at_the_counterpart_of_their_offset() {
+    let topic = common::unique("pitr-group");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let t0 = base();
+    let records: Vec<Record> = (0..30)
+        .map(|i| {
+            record(
+                Some(format!("k{i}").as_bytes()),
+                Some(format!("v{i}").as_bytes()),
+                vec![],
+                t0 + i * 1_000,
+            )
+        })
+        .collect();
+    let source = kafka::produce(&topic, 0, &records).await;
+    let group = common::unique("app");
+    kafka::commit_group(&group, &topic, 0, 12);
+    let behind = common::unique("late-app");
+    kafka::commit_group(&behind, &topic, 0, 2);
+    let done = common::unique("done-app");
+    kafka::commit_group(&done, &topic, 0, 30);
+    let bucket = common::new_bucket().await;
+    let archive = s3_archive_url(&bucket);
+    backup(&archive, &topic);
+    let snapshots = common::s3_client()
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(format!("pitr/_groups/{group}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshots.key_count(),
+        Some(1),
+        "the sink snapshotted the group"
+    );
+
+    let target = format!("{topic}-copy");
+    let out = ok(restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={target}"),
+            "--from",
+            &ms(t0 + 5_000),
+            "--groups",
+        ],
+    )
+    .output()
+    .unwrap());
+    assert!(out.contains("moved groups"), "{out}");
+    // Each group, consuming the target from its committed offset, reads exactly what it had left.
+    for (g, from) in [(&group, 12usize), (&behind, 5), (&done, 30)] {
+        let consumer: rdkafka::consumer::BaseConsumer = kafka::config()
+            .set("group.id", g.as_str())
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error")
+            .create()
+            .unwrap();
+        use rdkafka::consumer::Consumer;
+        consumer.subscribe(&[target.as_str()]).unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "group {g} timed out");
+            match consumer.poll(Duration::from_millis(500)) {
+                None => {}
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => panic!("group {g}: {e}"),
+                Some(Ok(m)) => got.push(rewind::sink::to_record(&m).2.value.unwrap()),
+            }
+        }
+        let want: Vec<Vec<u8>> = source[from..]
+            .iter()
+            .map(|r| r.value.clone().unwrap())
+            .collect();
+        assert_eq!(
+            got, want,
+            "group {g} resumes at source offset {from}'s counterpart"
+        );
+    }
+}
+
+#[tokio::test]
+async fn follow_mode_restores_files_written_after_it_started() {
+    let topic = common::unique("pitr-follow");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let batch = |from: i64| -> Vec<Record> {
+        (from..from + 10)
+            .map(|i| {
+                record(
+                    Some(b"k"),
+                    Some(format!("v{i}").as_bytes()),
+                    vec![],
+                    7_000 + i,
+                )
+            })
+            .collect()
+    };
+    let mut source = kafka::produce(&topic, 0, &batch(0)).await;
+    let bucket = common::new_bucket().await;
+    let archive = s3_archive_url(&bucket);
+    backup(&archive, &topic);
+    let target = format!("{topic}-standby");
+    let child = restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={target}"),
+            "--follow",
+        ],
+    )
+    .env("REWIND__RESTORE__POLL_INTERVAL", "1s")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = kafka::read_to_end(&target, 0);
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    assert_eq!(wait_for(10).len(), 10);
+    source.extend(kafka::produce(&topic, 0, &batch(10)).await);
+    backup(&archive, &topic);
+    source.extend(kafka::produce(&topic, 0, &batch(20)).await);
+    backup(&archive, &topic);
+    assert_eq!(wait_for(30).len(), 30);
+    assert_restored(&target, 0, &source);
+    // SIGTERM stops it gracefully.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+}
+
+#[tokio::test]
+async fn bad_input_gets_one_clear_sentence() {
+    let topic = common::unique("pitr-bad");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let records: Vec<Record> = (0..8)
+        .map(|i| record(Some(b"k"), Some(&[i as u8; 64]), vec![], 20_000 + i * 1_000))
+        .collect();
+    let source = kafka::produce(&topic, 0, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic);
+
+    let out = restore(
+        &archive,
+        &[
+            "--from",
+            "2026-11-23T10:00:00Z",
+            "--to",
+            "2026-11-23T09:00:00Z",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(common::error_line(&out).contains("is not before --to"));
+
+    let out = restore(&archive, &["--from", "yesterday"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(common::error_line(&out).contains("is not a time"));
+
+    // A window with nothing in it: exit 0, nothing written (not even the target topic).
+    let target = format!("{topic}-empty");
+    let out = restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={target}"),
+            "--from",
+            "1000",
+            "--to",
+            "2000",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = ok(out);
+    assert!(stdout.contains("nothing to restore"), "{stdout}");
+    let admin: rdkafka::consumer::BaseConsumer = kafka::config().create().unwrap();
+    use rdkafka::consumer::Consumer;
+    let metadata = admin.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    assert!(
+        !metadata.topics().iter().any(|t| t.name() == target),
+        "no topic was created"
+    );
+
+    let out = restore(&archive, &["--topics", "no-such-topic"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("no archived topic matches") && error.contains(&topic),
+        "{error}"
+    );
+
+    let missing = format!("file://{}/nothing-here", dir.path().display());
+    let out = restore(&missing, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::error_line(&out).contains("no Rewind archive there"));
+
+    // A damaged file stops the restore naming it; once repaired, the same id finishes exactly.
+    let file = walk(dir.path())
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let original = std::fs::read(&file).unwrap();
+    let mut damaged = original.clone();
+    damaged[original.len() / 2] ^= 0xff;
+    std::fs::write(&file, &damaged).unwrap();
+    let target = format!("{topic}-copy");
+    let args = [
+        "--topics",
+        &topic,
+        "--rename",
+        &format!("{topic}={target}"),
+        "--restore-id",
+        "damaged-1",
+    ];
+    let out = restore(&archive, &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    assert!(error.contains(&name), "{error}");
+    std::fs::write(&file, &original).unwrap();
+    ok(restore(&archive, &args).output().unwrap());
+    assert_restored(&target, 0, &source);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
