@@ -774,13 +774,14 @@ async fn bad_input_gets_one_clear_sentence() {
     damaged[original.len() / 2] ^= 0xff;
     std::fs::write(&file, &damaged).unwrap();
     let target = format!("{topic}-copy");
+    let id = common::unique("damaged");
     let args = [
         "--topics",
         &topic,
         "--rename",
         &format!("{topic}={target}"),
         "--restore-id",
-        "damaged-1",
+        &id,
     ];
     let out = restore(&archive, &args).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -790,6 +791,14 @@ async fn bad_input_gets_one_clear_sentence() {
     std::fs::write(&file, &original).unwrap();
     ok(restore(&archive, &args).output().unwrap());
     assert_restored(&target, 0, &source);
+
+    // The same id with another window is refused rather than mixed into the first.
+    let mut other = args.to_vec();
+    other.extend(["--from", "25000"]);
+    let out = restore(&archive, &other).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let error = common::error_line(&out);
+    assert!(error.contains("was started for [earliest, latest)"), "{error}");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -78,7 +78,7 @@ pub enum RestoreError {
     Kafka { servers: String, message: String },
     #[error("{0}")]
     Target(String),
-    #[error("restore {id} was started with {stored}, not {asked}; run it again with the same window, or use a new --restore-id")]
+    #[error("restore {id} was started for {stored}, not {asked}; run it again with the same window and topics, or use a new --restore-id")]
     OtherWindow {
         id: String,
         stored: String,

@@ -324,7 +324,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (open.start, open.end, open.records, open.files),
-            (0, 11, 10, 4)
+            (0, 11, 9, 4)
         );
     }
 }

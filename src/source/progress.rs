@@ -26,6 +26,9 @@ pub struct Progress {
     pub target_topic: String,
     /// The window as the restore was started with, e.g. `[2026-11-23T10:00:00.000Z, latest)`.
     pub window: String,
+    /// The `--topics` pattern and the renames the restore was started with.
+    #[serde(default)]
+    pub selection: String,
     pub follow: bool,
     /// Source offsets `[start, end)` the restore covers; no end in follow mode.
     pub start: i64,

@@ -46,6 +46,23 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The topics a restore selects and where they go, as recorded with its progress.
+fn selection(opts: &RestoreOptions) -> String {
+    let mut out = format!("--topics {}", user_pattern(&opts.topics));
+    for (from, to) in &opts.renames {
+        out.push_str(&format!(" --rename {from}={to}"));
+    }
+    out
+}
+
+/// A `--topics` pattern as the user wrote it (without the anchors added to match whole names).
+fn user_pattern(topics: &regex::Regex) -> &str {
+    let p = topics.as_str();
+    p.strip_prefix("^(?:")
+        .and_then(|p| p.strip_suffix(")$"))
+        .unwrap_or(p)
+}
+
 fn target_of<'a>(opts: &'a RestoreOptions, topic: &'a str) -> &'a str {
     opts.renames.get(topic).map_or(topic, String::as_str)
 }
@@ -65,12 +82,7 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
         .collect();
     if selected.is_empty() {
         return Err(RestoreError::NoTopics {
-            pattern: opts
-                .topics
-                .as_str()
-                .trim_start_matches("^(?:")
-                .trim_end_matches(")$")
-                .to_string(),
+            pattern: user_pattern(&opts.topics).to_string(),
             archived: if archived.is_empty() {
                 "nothing yet".into()
             } else {
@@ -167,6 +179,7 @@ impl Lane {
             partition: self.partition,
             target_topic: self.target_topic.clone(),
             window: opts.window.describe(),
+            selection: selection(opts),
             follow: opts.follow,
             start: self.start,
             end: self.end,
@@ -437,13 +450,24 @@ impl Restore<'_> {
         planned: Planned,
         stored: &BTreeMap<(String, i32), Progress>,
     ) -> Result<(), RestoreError> {
-        let asked = self.opts.window.describe();
+        let describe = |window: &str, selection: &str, follow: bool| {
+            format!(
+                "{window} {selection}{}",
+                if follow { " --follow" } else { "" }
+            )
+        };
+        let asked = describe(
+            &self.opts.window.describe(),
+            &selection(self.opts),
+            self.opts.follow,
+        );
         if let Some(p) = stored.values().next() {
-            if p.window != asked || p.follow != self.opts.follow {
+            let started = describe(&p.window, &p.selection, p.follow);
+            if started != asked {
                 return Err(RestoreError::OtherWindow {
                     id: self.opts.restore_id.clone(),
-                    stored: format!("{}{}", p.window, if p.follow { " --follow" } else { "" }),
-                    asked: format!("{asked}{}", if self.opts.follow { " --follow" } else { "" }),
+                    stored: started,
+                    asked,
                 });
             }
         }

@@ -67,14 +67,23 @@ pub async fn produce(topic: &str, partition: i32, records: &[Record]) -> Vec<Rec
         .set("linger.ms", "5")
         .create()
         .unwrap();
-    let mut out = Vec::new();
+    // Enqueue everything, then wait for the deliveries: the idempotent producer keeps the order,
+    // and a test producing thousands of records does not pay a round trip for each.
+    let mut pending = Vec::with_capacity(records.len());
     for r in records {
         let delivery = producer
-            .send(to_kafka(topic, partition, r), Duration::from_secs(30))
+            .send_result(to_kafka(topic, partition, r))
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        pending.push(delivery);
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for (r, delivery) in records.iter().zip(pending) {
+        let delivered = delivery
             .await
+            .expect("delivery future")
             .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}; {}", super::testbed_hint()));
         out.push(Record {
-            offset: delivery.offset,
+            offset: delivered.offset,
             ..r.clone()
         });
     }
