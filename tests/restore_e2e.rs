@@ -798,7 +798,10 @@ async fn bad_input_gets_one_clear_sentence() {
     let out = restore(&archive, &other).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let error = common::error_line(&out);
-    assert!(error.contains("was started for [earliest, latest)"), "{error}");
+    assert!(
+        error.contains("was started for [earliest, latest)"),
+        "{error}"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -20,6 +20,8 @@ use crate::archive::time::rfc3339_millis;
 use crate::storage::{ObjectStore, PutMode};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Groups whose offsets are fetched at once.
+const CONCURRENT_GROUPS: usize = 16;
 
 type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
 
@@ -111,37 +113,64 @@ fn read_all(
         return Ok(Vec::new());
     }
     let groups = probe.fetch_group_list(None, TIMEOUT)?;
-    let mut out = Vec::new();
-    for group in groups.groups() {
-        let name = group.name();
-        if name == opts.group || !matches!(group.protocol_type(), "consumer" | "") {
-            continue;
-        }
-        if !documents::storable_group(name) {
-            tracing::warn!(
-                group = name,
-                "consumer group id has characters an archive key cannot hold; not snapshotted"
-            );
-            continue;
-        }
-        let mut config = client.clone();
-        config
-            .set("group.id", name)
-            .set("enable.auto.commit", "false");
-        let consumer: BaseConsumer = config.create()?;
-        let committed = consumer.committed_offsets(tpl.clone(), TIMEOUT)?;
-        let mut offsets = Offsets::new();
-        for e in committed.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                offsets
-                    .entry(e.topic().to_string())
-                    .or_default()
-                    .insert(e.partition(), o);
+    let names: Vec<&str> = groups
+        .groups()
+        .iter()
+        .filter(|g| g.name() != opts.group && matches!(g.protocol_type(), "consumer" | ""))
+        .map(|g| g.name())
+        .filter(|name| {
+            let ok = documents::storable_group(name);
+            if !ok {
+                tracing::warn!(
+                    group = name,
+                    "consumer group id has characters an archive key cannot hold; not snapshotted"
+                );
             }
-        }
-        if !offsets.is_empty() {
-            out.push((name.to_string(), offsets));
+            ok
+        })
+        .collect();
+    // One client per group (a client's group id is fixed), and most of a client's cost is setting
+    // up and tearing down its connections: ask for several groups at once.
+    let mut out = Vec::new();
+    for batch in names.chunks(CONCURRENT_GROUPS) {
+        let results: Vec<Result<Option<(String, Offsets)>, KafkaError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = batch
+                    .iter()
+                    .map(|name| scope.spawn(|| committed(client, name, &tpl)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("offset fetch does not panic"))
+                    .collect()
+            });
+        for result in results {
+            out.extend(result?);
         }
     }
     Ok(out)
+}
+
+/// One group's committed offsets on the partitions of `tpl`; `None` when it has none there.
+fn committed(
+    client: &ClientConfig,
+    group: &str,
+    tpl: &TopicPartitionList,
+) -> Result<Option<(String, Offsets)>, KafkaError> {
+    let mut config = client.clone();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let committed = consumer.committed_offsets(tpl.clone(), TIMEOUT)?;
+    let mut offsets = Offsets::new();
+    for e in committed.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            offsets
+                .entry(e.topic().to_string())
+                .or_default()
+                .insert(e.partition(), o);
+        }
+    }
+    Ok((!offsets.is_empty()).then(|| (group.to_string(), offsets)))
 }
