@@ -14,35 +14,16 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use support::{measure, produce};
 
 const PARTITIONS: i32 = 8;
-
-struct Run {
-    what: String,
-    records: u64,
-    value_bytes: u64,
-    wall: Duration,
-    cpu_s: f64,
-    peak_rss: u64,
-}
-
-impl Run {
-    fn records_per_s(&self) -> f64 {
-        self.records as f64 / self.wall.as_secs_f64()
-    }
-    fn mb_per_s(&self) -> f64 {
-        self.value_bytes as f64 / 1e6 / self.wall.as_secs_f64()
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -165,109 +146,6 @@ fn sink(archive: &str, topic: &str) -> Command {
     let mut cmd = common::sink_command(archive, topic, &common::unique("bench-sink"));
     cmd.arg("--once");
     cmd
-}
-
-/// Run a child to completion, sampling its peak RSS while it runs and its CPU time once it has
-/// exited (a zombie's /proc/<pid>/stat still holds it). The child must report `expect` records.
-fn measure(what: String, cmd: &mut Command, expect: u64, value_bytes: u64) -> Run {
-    eprintln!("running: {what}");
-    let started = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut peak_rss = 0;
-    let cpu_s = loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the parenthesised command name: state is the first, utime/stime 12th/13th.
-        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-        if fields[0] == "Z" {
-            let ticks: f64 =
-                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-            break ticks / 100.0;
-        }
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            {
-                peak_rss = peak_rss.max(kb * 1024);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let wall = started.elapsed();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{what} failed: {stdout}");
-    let records: u64 = stdout
-        .split_whitespace()
-        .skip_while(|w| *w != "archived" && *w != "consumed")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{what}: no record count in {stdout:?}"));
-    assert_eq!(records, expect, "{what}: every record");
-    eprintln!(
-        "  {:.1}s, {:.0} records/s, CPU {cpu_s:.1}s, peak RSS {} MiB",
-        wall.as_secs_f64(),
-        records as f64 / wall.as_secs_f64(),
-        peak_rss / 1048576
-    );
-    Run {
-        what,
-        records,
-        value_bytes,
-        wall,
-        cpu_s,
-        peak_rss,
-    }
-}
-
-/// Produce `count` records with values of `size` bytes, round-robin over the partitions. Values are
-/// printable text drawn from 64 symbols: about as compressible as typical JSON payloads with ids.
-fn produce(topic: &str, partitions: i32, count: u64, size: usize) -> Duration {
-    let producer: BaseProducer = common::kafka::config()
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.kbytes", "262144")
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
-    const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut value = vec![0u8; size];
-    let started = Instant::now();
-    for i in 0..count {
-        for b in value.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = SYMBOLS[(x & 63) as usize];
-        }
-        let key = format!("key-{i}");
-        let mut record = BaseRecord::to(topic)
-            .partition((i % partitions as u64) as i32)
-            .key(key.as_bytes())
-            .payload(value.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
-                Err((e, _)) => panic!("produce: {e}"),
-            }
-        }
-        if i % 10_000 == 0 {
-            producer.poll(Duration::ZERO);
-        }
-    }
-    producer.flush(Timeout::Never).unwrap();
-    started.elapsed()
 }
 
 /// The baseline: a plain consumer that reads `count` records of every partition and discards them.

@@ -10,6 +10,7 @@ mod groups;
 pub mod partitioner;
 pub mod plan;
 pub mod progress;
+mod reader;
 mod run;
 
 use std::collections::BTreeMap;

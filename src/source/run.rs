@@ -2,7 +2,6 @@
 //! follow mode and group translation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,24 +13,20 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use super::plan::{files_in, plan_partition, PartitionPlan};
 use super::progress::{self, Progress};
+use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
 use super::{groups, partitioner, RestoreError, RestoreOptions, RestoreReport};
-use crate::archive::chain::{self, Chain, ChainError, ChainFile};
-use crate::archive::datafile;
+use crate::archive::chain::{self, Chain, ChainFile};
 use crate::archive::documents::{self, TopicMeta};
 use crate::archive::time::rfc3339_millis;
 use crate::archive::Record;
 use crate::storage::ObjectStore;
 
-/// Records are decoded and handed to the producer in chunks of about this many bytes.
-const CHUNK_BYTES: u64 = 1024 * 1024;
 /// Timeout of Kafka requests that should answer at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Files fetched ahead of the one being decoded, per partition.
-const PREFETCH_FILES: usize = 2;
 
 /// The chains a restore reads and its plan for each.
 #[derive(Debug, Clone)]
@@ -188,21 +183,6 @@ impl Lane {
             updated_at: rfc3339_millis(now_ms()),
         }
     }
-}
-
-/// What a reader hands the producer loop.
-enum Msg {
-    Chunk {
-        lane: usize,
-        records: Vec<Record>,
-        next: i64,
-        _permit: OwnedSemaphorePermit,
-    },
-    Done {
-        lane: usize,
-        next: i64,
-    },
-    Failed(RestoreError),
 }
 
 struct Restore<'a> {
@@ -392,7 +372,7 @@ pub async fn run(
 }
 
 /// Run a blocking librdkafka call off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .expect("blocking Kafka call does not panic")
@@ -846,14 +826,21 @@ impl Restore<'_> {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err((e, _)) => {
+                        let hint = if e.rdkafka_error_code()
+                            == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                        {
+                            " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)"
+                        } else {
+                            ""
+                        };
                         return Err(self.interrupted(format!(
-                            "cannot produce record {}/{} offset {} ({} bytes) to {}: {e}",
+                            "cannot produce record {}/{} offset {} ({} bytes) to {}: {e}{hint}",
                             self.lanes[index].topic,
                             self.lanes[index].partition,
                             record.offset,
                             record.value.as_ref().map_or(0, Vec::len),
                             self.lanes[index].target_topic
-                        )))
+                        )));
                     }
                 }
             }
@@ -1095,134 +1082,5 @@ impl Restore<'_> {
         metrics::gauge!(crate::metrics::RESTORE_LAG, "topic" => lane.target_topic.clone())
             .set((lane.chain_end - lane.next).max(0) as f64);
         Ok(lane.next < lane.until())
-    }
-}
-
-fn kib(bytes: u64) -> usize {
-    (bytes / 1024).max(1) as usize
-}
-
-/// Reads one lane's files in order and hands their records over in chunks.
-struct Reader {
-    store: Arc<dyn ObjectStore>,
-    lane: usize,
-    from: i64,
-    until: i64,
-    strict: Option<super::Window>,
-    tx: mpsc::Sender<Msg>,
-    files_pool: Arc<Semaphore>,
-    chunks_pool: Arc<Semaphore>,
-    budget_kib: usize,
-}
-
-impl Reader {
-    async fn run(self, files: Vec<ChainFile>) {
-        let store = self.store.clone();
-        let pool = self.files_pool.clone();
-        let budget = self.budget_kib;
-        let mut fetched = futures::stream::iter(files.into_iter().map(|file| {
-            let (store, pool) = (store.clone(), pool.clone());
-            async move {
-                let permit = pool
-                    .acquire_many_owned(kib(file.size).min(budget) as u32)
-                    .await
-                    .expect("pool is never closed");
-                let got = store.get(&file.key).await;
-                (file, got, permit)
-            }
-        }))
-        .buffered(PREFETCH_FILES);
-        while let Some((file, got, permit)) = fetched.next().await {
-            let result = match got {
-                Ok(got) => self.decode(&file, got).await,
-                Err(e) => Err(RestoreError::Chain(e.into())),
-            };
-            drop(permit);
-            match result {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    let _ = self.tx.send(Msg::Failed(e)).await;
-                    return;
-                }
-            }
-        }
-        let _ = self
-            .tx
-            .send(Msg::Done {
-                lane: self.lane,
-                next: self.until,
-            })
-            .await;
-    }
-
-    /// Decode one file on a blocking thread, sending chunks in range; false once the loop is gone.
-    async fn decode(
-        &self,
-        file: &ChainFile,
-        got: crate::storage::GetResult,
-    ) -> Result<bool, RestoreError> {
-        let bad = |message: String| {
-            RestoreError::Chain(ChainError::BadFile {
-                url: self.store.url().to_string(),
-                key: file.key.clone(),
-                message,
-            })
-        };
-        if let Some(expected) = got.meta.crc32c {
-            let body = got.body.clone();
-            let actual = blocking(move || crate::storage::crc32c(&body)).await;
-            if actual != expected {
-                return Err(bad(format!(
-                    "its CRC32C is {actual:08x} but {expected:08x} was stored with it (damaged)"
-                )));
-            }
-        }
-        let (lane, from, until, strict) = (self.lane, self.from, self.until, self.strict);
-        let (tx, pool, budget) = (self.tx.clone(), self.chunks_pool.clone(), self.budget_kib);
-        let open = Arc::new(AtomicU64::new(1));
-        let still_open = open.clone();
-        let body = got.body;
-        let result = blocking(move || {
-            datafile::decode_chunks(body, CHUNK_BYTES, |mut chunk| {
-                let last = chunk.last().map(|r| r.offset);
-                chunk.retain(|r| {
-                    (from..until).contains(&r.offset)
-                        && strict.is_none_or(|w| w.contains(r.timestamp))
-                });
-                let Some(last) = last else { return true };
-                if last < from {
-                    return true;
-                }
-                let size: u64 = chunk.iter().map(Record::size).sum();
-                let permit = futures::executor::block_on(
-                    pool.clone()
-                        .acquire_many_owned(kib(size).min(budget) as u32),
-                )
-                .expect("pool is never closed");
-                let next = (last + 1).min(until);
-                let sent = tx
-                    .blocking_send(Msg::Chunk {
-                        lane,
-                        records: chunk,
-                        next,
-                        _permit: permit,
-                    })
-                    .is_ok();
-                if !sent {
-                    still_open.store(0, Ordering::Relaxed);
-                }
-                sent && last + 1 < until
-            })
-        })
-        .await;
-        let meta = result.map_err(|e| bad(e.to_string()))?;
-        if meta.start != file.start || meta.end != file.end {
-            return Err(bad(format!(
-                "its footer now says [{}, {}) where [{}, {}) was listed",
-                meta.start, meta.end, file.start, file.end
-            )));
-        }
-        Ok(open.load(Ordering::Relaxed) == 1)
     }
 }
