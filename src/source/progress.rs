@@ -42,6 +42,20 @@ pub struct Progress {
     pub updated_at: String,
 }
 
+/// A client context that does not report reaching a partition's end as an error: that is how the
+/// reader knows it has read everything.
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(error = %error, reason, "librdkafka error while reading restore progress");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 /// Key of a partition's progress record: compaction keeps the latest one.
 pub fn key(restore_id: &str, topic: &str, partition: i32) -> String {
     format!("{restore_id}/{topic}/{partition}")
@@ -60,8 +74,10 @@ pub fn read(
         .set("group.id", format!("rewind-restore-progress-{restore_id}"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config.create()?;
+        .set("enable.partition.eof", "true")
+        // The end of each partition is what is waited for: do not let the broker hold a fetch.
+        .set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer<QuietEof> = config.create_with_context(QuietEof)?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -87,7 +103,7 @@ pub fn read(
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
             ));
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
