@@ -14,6 +14,8 @@ pub const AFTER_UPLOAD: &str = "after-upload";
 pub const AFTER_CHECKPOINT: &str = "after-checkpoint";
 /// A multipart upload has parts in the store and is not completed.
 pub const MID_MULTIPART: &str = "mid-multipart";
+/// A restore transaction holds delivered records and progress; it is not committed yet.
+pub const RESTORE_BEFORE_COMMIT: &str = "restore-before-commit";
 
 fn armed() -> Option<&'static str> {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();

@@ -389,31 +389,43 @@ async fn a_killed_restore_resumes_with_its_id_exactly_once() {
         "--from",
         &ms(t0 + 1_000),
     ];
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
+    // Kill it without warning three times, each once more records (committed or not) have
+    // reached the target than before.
+    let probe: rdkafka::consumer::BaseConsumer = kafka::config().create().unwrap();
+    let landed = || -> i64 {
+        use rdkafka::consumer::Consumer;
+        (0..2)
+            .map(|p| {
+                probe
+                    .fetch_watermarks(&target, p, Duration::from_secs(5))
+                    .map_or(0, |(_, high)| high)
+            })
+            .sum()
+    };
+    let mut kills = 0;
+    for attempt in 1..=3 {
         let mut child = restore(&archive, &args)
-            .env("REWIND__RESTORE__TRANSACTION_MAX_BYTES", "64KiB")
+            .env("REWIND__RESTORE__TRANSACTION_MAX_BYTES", "32KiB")
             .env("REWIND__RESTORE__CONCURRENCY", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Let it commit some transactions, then kill it without warning.
-        std::thread::sleep(Duration::from_millis(1_500 + 500 * attempts));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while landed() < attempt * 6_000
+            && child.try_wait().unwrap().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if child.try_wait().unwrap().is_some() {
             break;
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        if attempts == 3 {
-            break;
-        }
+        kills += 1;
     }
-    assert!(
-        attempts > 1,
-        "the restore finished before it could be killed"
-    );
+    assert!(kills > 0, "the restore finished before it could be killed");
     let out = ok(restore(&archive, &args).output().unwrap());
     assert!(out.contains("(resumed)"), "{out}");
     for p in 0..2 {
@@ -425,6 +437,59 @@ async fn a_killed_restore_resumes_with_its_id_exactly_once() {
         assert_eq!(expected.len(), 19_000);
         assert_restored(&target, p, &expected);
     }
+}
+
+#[tokio::test]
+async fn a_restore_killed_in_its_first_transaction_resumes() {
+    let topic = common::unique("pitr-first");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let records: Vec<Record> = (0..500)
+        .map(|i| {
+            record(
+                Some(b"k"),
+                Some(format!("v{i}").as_bytes()),
+                vec![],
+                30_000 + i,
+            )
+        })
+        .collect();
+    let source = kafka::produce(&topic, 0, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic);
+    let target = format!("{topic}-copy");
+    let id = common::unique("first");
+    let rename = format!("{topic}={target}");
+    let args = ["--topics", &topic, "--rename", &rename, "--restore-id", &id];
+    // Stop with every record delivered to the target in an open transaction, and kill it there.
+    let mut child = restore(&archive, &args)
+        .env("REWIND_FAILPOINT", "restore-before-commit")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reached = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("failpoint restore-before-commit reached"))
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reached.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        reached.join().unwrap(),
+        "the restore reached its first commit"
+    );
+    // The target now holds the uncommitted records; the rerun must resume, not refuse it.
+    let out = ok(restore(&archive, &args).output().unwrap());
+    assert!(out.contains("(resumed)"), "{out}");
+    assert_restored(&target, 0, &source);
 }
 
 #[tokio::test]

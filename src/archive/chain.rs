@@ -1,9 +1,12 @@
-//! Reading a partition's chain back: list its data files, read each file's footer with one ranged
-//! read, and check that the files follow each other (`start` = previous `end`) except where a gap is
-//! recorded.
+//! Reading a partition's chain back from its keys: list its data files, order them by start, and
+//! derive each file's end from the next file's start (or the gap recorded between them). Footers are
+//! read only where needed, with one ranged read each: the last file's (where the chain ends) always,
+//! others on demand ([`read_footers`]), so that planning a window on a long history reads the files
+//! around the window, not all of them.
 //!
-//! Invariant: a [`Chain`] handed out is contiguous apart from recorded gaps, and every file's footer
-//! agrees with its key, so a reader that walks it in order sees every archived offset once.
+//! Invariant: every footer read is checked against the chain: its range must be exactly the
+//! `[start, end)` the keys imply, so a reader that walks the chain in order sees every archived
+//! offset once, or stops with an error naming the file that breaks it.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +23,15 @@ const TAIL_BYTES: u64 = 64 * 1024;
 /// Footers read at once.
 const CONCURRENT_FOOTERS: usize = 16;
 
-/// One data file of a chain, as its key and footer describe it.
+/// What a file's footer adds to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    pub records: u64,
+    pub min_timestamp: Option<i64>,
+    pub max_timestamp: Option<i64>,
+}
+
+/// One data file of a chain: its key, its range, and its footer once read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainFile {
     pub key: String,
@@ -29,9 +40,7 @@ pub struct ChainFile {
     pub end: i64,
     /// Stored size in bytes.
     pub size: u64,
-    pub records: u64,
-    pub min_timestamp: Option<i64>,
-    pub max_timestamp: Option<i64>,
+    pub footer: Option<Footer>,
 }
 
 /// The files of one partition in offset order, with the gaps recorded between them.
@@ -132,8 +141,9 @@ pub async fn read_footer(
     }
 }
 
-/// Read the footers of `files` (one partition, in offset order) and check the chain they form.
-/// `known` holds files already read (by key), which are not read again.
+/// The chain one partition's `files` (in offset order) form. Ends come from the next file's start
+/// or the gap recorded before it; the last file's footer is read for the chain's end. `known` holds
+/// files already read (by key), whose footers are kept.
 pub async fn load(
     store: &dyn ObjectStore,
     topic: &str,
@@ -141,61 +151,120 @@ pub async fn load(
     files: &[(DataFileKey, u64)],
     known: &BTreeMap<String, ChainFile>,
 ) -> Result<Chain, ChainError> {
-    let read: Vec<ChainFile> = futures::stream::iter(files.iter().map(|(key, size)| async move {
+    let gaps = documents::read_gaps(store, topic, partition).await?;
+    let mut chain = Vec::with_capacity(files.len());
+    for (i, (key, size)) in files.iter().enumerate() {
         let name = key.to_string();
-        if let Some(file) = known.get(&name) {
-            return Ok(file.clone());
+        let end = match files.get(i + 1) {
+            Some((next, _)) => gaps
+                .iter()
+                .find(|g| g.end == next.start && g.start > key.start)
+                .map_or(next.start, |g| g.start),
+            None => i64::MAX,
+        };
+        if end <= key.start {
+            return Err(ChainError::Broken {
+                url: store.url().to_string(),
+                topic: topic.to_string(),
+                partition,
+                key: files[i + 1].0.to_string(),
+                start: files[i + 1].0.start,
+                previous_end: key.start,
+            });
         }
-        let meta = read_footer(store, &name, *size).await?;
-        if meta.topic != key.topic
-            || meta.partition != key.partition
-            || meta.start != key.start
+        // A file read before keeps its footer, whose end must still meet the next file.
+        let (end, footer) = match known.get(&name).filter(|k| k.footer.is_some()) {
+            Some(k) if end == i64::MAX || k.end == end => (k.end, k.footer),
+            Some(k) => {
+                return Err(ChainError::Broken {
+                    url: store.url().to_string(),
+                    topic: topic.to_string(),
+                    partition,
+                    key: files[i + 1].0.to_string(),
+                    start: files[i + 1].0.start,
+                    previous_end: k.end,
+                })
+            }
+            None => (end, None),
+        };
+        chain.push(ChainFile {
+            key: name,
+            bucket: key.bucket,
+            start: key.start,
+            end,
+            size: *size,
+            footer,
+        });
+    }
+    let mut chain = Chain {
+        topic: topic.to_string(),
+        partition,
+        files: chain,
+        gaps,
+    };
+    if let Some(last) = chain.files.len().checked_sub(1) {
+        read_footers(store, &mut chain, |i, _| i == last).await?;
+    }
+    Ok(chain)
+}
+
+/// Read the footers of the chain's files that `wanted` picks (by index) and do not have one yet,
+/// several at once, checking each against the chain: its range must be the one the keys imply.
+pub async fn read_footers(
+    store: &dyn ObjectStore,
+    chain: &mut Chain,
+    wanted: impl Fn(usize, &ChainFile) -> bool,
+) -> Result<(), ChainError> {
+    let todo: Vec<usize> = chain
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| f.footer.is_none() && wanted(*i, f))
+        .map(|(i, _)| i)
+        .collect();
+    let read: Vec<(usize, FileMeta)> = futures::stream::iter(todo.into_iter().map(|i| {
+        let file = &chain.files[i];
+        async move { Ok::<_, ChainError>((i, read_footer(store, &file.key, file.size).await?)) }
+    }))
+    .buffered(CONCURRENT_FOOTERS)
+    .try_collect()
+    .await?;
+    for (i, meta) in read {
+        let last = i + 1 == chain.files.len();
+        let file = &mut chain.files[i];
+        if meta.topic != chain.topic
+            || meta.partition != chain.partition
+            || meta.start != file.start
             || meta.end <= meta.start
         {
             return Err(ChainError::BadFile {
                 url: store.url().to_string(),
-                key: name,
+                key: file.key.clone(),
                 message: format!(
                     "its footer says {}/{} [{}, {}), which does not match its key",
                     meta.topic, meta.partition, meta.start, meta.end
                 ),
             });
         }
-        Ok(ChainFile {
-            key: name,
-            bucket: key.bucket,
-            start: meta.start,
-            end: meta.end,
-            size: *size,
+        if last {
+            file.end = meta.end;
+        } else if meta.end != file.end {
+            // The next file does not start where this one ends, and no gap says why.
+            let next = &chain.files[i + 1];
+            return Err(ChainError::Broken {
+                url: store.url().to_string(),
+                topic: chain.topic.clone(),
+                partition: chain.partition,
+                key: next.key.clone(),
+                start: next.start,
+                previous_end: meta.end,
+            });
+        }
+        chain.files[i].footer = Some(Footer {
             records: meta.record_count,
             min_timestamp: meta.min_timestamp,
             max_timestamp: meta.max_timestamp,
-        })
-    }))
-    .buffered(CONCURRENT_FOOTERS)
-    .try_collect()
-    .await?;
-    let gaps = documents::read_gaps(store, topic, partition).await?;
-    for pair in read.windows(2) {
-        let (previous, file) = (&pair[0], &pair[1]);
-        let explained = gaps
-            .iter()
-            .any(|g| g.start == previous.end && g.end == file.start);
-        if file.start != previous.end && !explained {
-            return Err(ChainError::Broken {
-                url: store.url().to_string(),
-                topic: topic.to_string(),
-                partition,
-                key: file.key.clone(),
-                start: file.start,
-                previous_end: previous.end,
-            });
-        }
+        });
     }
-    Ok(Chain {
-        topic: topic.to_string(),
-        partition,
-        files: read,
-        gaps,
-    })
+    Ok(())
 }

@@ -339,7 +339,19 @@ pub fn decode_chunks(
     chunk_bytes: u64,
     mut sink: impl FnMut(Vec<Record>) -> bool,
 ) -> Result<FileMeta, DataFileError> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(BATCH_ROWS);
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    // Batches of about one chunk, from the rows' average decoded size, so that large values do
+    // not make a batch (and the chunk built from it) far larger than asked for.
+    let (rows, bytes) = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .fold((0i64, 0i64), |(r, b), g| {
+            (r + g.num_rows(), b + g.total_byte_size())
+        });
+    let row_bytes = (bytes / rows.max(1)).max(1) as u64;
+    let batch_rows = (chunk_bytes / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
+    let builder = builder.with_batch_size(batch_rows);
     let meta = footer(&builder)?;
     let mut chunk = Vec::new();
     let mut size = 0;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::archive::chain::{Chain, ChainError, ChainFile};
+use crate::archive::chain::{self, Chain, ChainError, ChainFile};
 use crate::archive::datafile;
 use crate::archive::time::rfc3339_millis;
 use crate::storage::ObjectStore;
@@ -60,10 +60,12 @@ pub struct PartitionPlan {
     pub files: usize,
 }
 
-/// Plan one partition of `chain` for `window`.
+/// Plan one partition of `chain` for `window`. Reads the footers of the files in the planned range
+/// (for their record counts) and, to find each cut, those of one hour's files plus the offset and
+/// timestamp columns of at most one file.
 pub async fn plan_partition(
     store: &dyn ObjectStore,
-    chain: &Chain,
+    chain: &mut Chain,
     window: Window,
     target_topic: &str,
 ) -> Result<PartitionPlan, ChainError> {
@@ -85,13 +87,14 @@ pub async fn plan_partition(
     let mut offsets: HashMap<String, Vec<(i64, Option<i64>)>> = HashMap::new();
     let start = match window.from {
         None => first,
-        Some(t) => cut(store, &chain.files, t, last, &mut offsets).await?,
+        Some(t) => cut(store, chain, t, last, &mut offsets).await?,
     };
     let end = match window.to {
         None => last,
-        Some(t) => cut(store, &chain.files, t, last, &mut offsets).await?,
+        Some(t) => cut(store, chain, t, last, &mut offsets).await?,
     }
     .max(start);
+    chain::read_footers(store, chain, |_, f| f.end > start && f.start < end).await?;
     let mut plan = PartitionPlan {
         topic: chain.topic.clone(),
         partition: chain.partition,
@@ -105,20 +108,21 @@ pub async fn plan_partition(
     for file in files_in(&chain.files, start, end) {
         plan.files += 1;
         plan.bytes += file.size;
-        plan.records += if file.start >= start && file.end <= end {
-            file.records
-        } else {
-            let offsets = match offsets.get(&file.key) {
-                Some(o) => o,
-                None => {
-                    let read = read_offsets(store, file).await?;
-                    offsets.entry(file.key.clone()).or_insert(read)
-                }
-            };
-            offsets
-                .iter()
-                .filter(|(o, _)| (start..end).contains(o))
-                .count() as u64
+        plan.records += match file.footer {
+            Some(footer) if file.start >= start && file.end <= end => footer.records,
+            _ => {
+                let offsets = match offsets.get(&file.key) {
+                    Some(o) => o,
+                    None => {
+                        let read = read_offsets(store, file).await?;
+                        offsets.entry(file.key.clone()).or_insert(read)
+                    }
+                };
+                offsets
+                    .iter()
+                    .filter(|(o, _)| (start..end).contains(o))
+                    .count() as u64
+            }
         };
     }
     Ok(plan)
@@ -134,19 +138,30 @@ pub fn files_in(files: &[ChainFile], start: i64, end: i64) -> impl Iterator<Item
 /// The first archived offset whose timestamp is `>= t`, or `end` when none is.
 async fn cut(
     store: &dyn ObjectStore,
-    files: &[ChainFile],
+    chain: &mut Chain,
     t: i64,
     end: i64,
     cache: &mut HashMap<String, Vec<(i64, Option<i64>)>>,
 ) -> Result<i64, ChainError> {
-    for file in files {
-        // Every record of the file is earlier than the end of its bucket, and than its newest one.
-        if file.bucket.end_millis() <= t || file.max_timestamp.is_none_or(|max| max < t) {
+    for i in 0..chain.files.len() {
+        let bucket = chain.files[i].bucket;
+        // Every record of the file is earlier than the end of its hour.
+        if bucket.end_millis() <= t {
             continue;
         }
-        // Its first record is in the bucket, which starts at or after `t`.
-        if file.bucket.start_millis() >= t {
-            return Ok(file.start);
+        // Its first record is in its hour, which starts at or after `t`.
+        if bucket.start_millis() >= t {
+            return Ok(chain.files[i].start);
+        }
+        // The file's hour holds `t`: the footers of that hour's files say which reach `t`.
+        chain::read_footers(store, chain, |_, f| f.bucket == bucket).await?;
+        let file = &chain.files[i];
+        if file
+            .footer
+            .and_then(|f| f.max_timestamp)
+            .is_none_or(|max| max < t)
+        {
+            continue;
         }
         let offsets = read_offsets(store, file).await?;
         let found = offsets
@@ -279,7 +294,7 @@ mod tests {
         ];
         let all: Vec<Record> = files.iter().flat_map(|(r, _)| r.clone()).collect();
         let (_dir, store) = archive(&files).await;
-        let chain = chain_of(&*store).await;
+        let mut chain = chain_of(&*store).await;
         let probes = [
             BASE - 1,
             BASE,
@@ -303,7 +318,9 @@ mod tests {
                     from: Some(from),
                     to: Some(to),
                 };
-                let plan = plan_partition(&*store, &chain, window, "t2").await.unwrap();
+                let plan = plan_partition(&*store, &mut chain, window, "t2")
+                    .await
+                    .unwrap();
                 let start = offsets_for_time(&all, from, 11);
                 let end = offsets_for_time(&all, to, 11).max(start);
                 assert_eq!(
@@ -319,7 +336,7 @@ mod tests {
                 assert_eq!(plan.records, expected, "window {}", window.describe());
             }
         }
-        let open = plan_partition(&*store, &chain, Window::default(), "t")
+        let open = plan_partition(&*store, &mut chain, Window::default(), "t")
             .await
             .unwrap();
         assert_eq!(

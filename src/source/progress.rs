@@ -79,35 +79,61 @@ pub fn read(
         .set("fetch.wait.max.ms", "10");
     let consumer: BaseConsumer<QuietEof> = config.create_with_context(QuietEof)?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let mut partitions = Vec::new();
+    for t in metadata.topics() {
+        match t.error() {
+            None => partitions.extend(t.partitions().iter().map(|p| p.id())),
+            Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {}
+            Some(e) => {
+                return Err(KafkaError::MetadataFetch(e.into()));
+            }
+        }
+    }
     let mut out = BTreeMap::new();
     if partitions.is_empty() {
         return Ok(out);
     }
+    // Read up to the high watermarks as they are now. A read_committed consumer stops earlier,
+    // at an open transaction of another restore, and the progress after it may be ours: wait
+    // until that transaction ends (at most its timeout) rather than resume from stale progress.
     let mut tpl = TopicPartitionList::new();
+    let mut high = std::collections::HashMap::new();
     for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        let (low, hw) = consumer.fetch_watermarks(topic, *p, timeout)?;
+        if hw > low {
+            high.insert(*p, hw);
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        }
+    }
+    if high.is_empty() {
+        return Ok(out);
     }
     consumer.assign(&tpl)?;
     let prefix = format!("{restore_id}/");
-    let mut at_end = std::collections::HashSet::new();
-    let deadline = std::time::Instant::now() + timeout;
-    while at_end.len() < partitions.len() {
-        if std::time::Instant::now() > deadline {
+    let started = std::time::Instant::now();
+    let deadline = started + timeout;
+    let mut warned = false;
+    loop {
+        let position = consumer.position()?;
+        let behind = position.elements().iter().any(|e| match e.offset() {
+            Offset::Offset(o) => high.get(&e.partition()).is_some_and(|hw| o < *hw),
+            _ => true,
+        });
+        if !behind {
+            break;
+        }
+        let now = std::time::Instant::now();
+        if now > deadline {
             return Err(KafkaError::MessageConsumption(
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
             ));
         }
+        if !warned && now - started > Duration::from_secs(5) {
+            warned = true;
+            tracing::warn!(topic, "waiting for an open transaction in the progress topic to end (another restore may have been interrupted; the broker aborts it after its transaction timeout)");
+        }
         match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => return Err(e),
             Some(Ok(message)) => {
                 let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {

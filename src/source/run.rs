@@ -47,6 +47,16 @@ fn selection(opts: &RestoreOptions) -> String {
     for (from, to) in &opts.renames {
         out.push_str(&format!(" --rename {from}={to}"));
     }
+    for (on, flag) in [
+        (opts.strict, " --strict"),
+        (opts.repartition_by_key, " --repartition-by-key"),
+        (opts.provenance_headers, " --provenance-headers"),
+        (opts.groups, " --groups"),
+    ] {
+        if on {
+            out.push_str(flag);
+        }
+    }
     out
 }
 
@@ -85,8 +95,19 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
             },
         });
     }
+    let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+    for (topic, _) in selected.iter().map(|(k, _)| k) {
+        let target = target_of(opts, topic);
+        if let Some(other) = targets.insert(target, topic) {
+            if other != topic.as_str() {
+                return Err(RestoreError::Target(format!(
+                    "{other} and {topic} would both be restored into {target}; rename one of them with --rename"
+                )));
+            }
+        }
+    }
     let known = BTreeMap::new();
-    let chains: Vec<Chain> = futures::stream::iter(
+    let mut chains: Vec<Chain> = futures::stream::iter(
         selected
             .into_iter()
             .map(|((t, p), files)| chain::load(store, t, *p, files, &known)),
@@ -96,11 +117,15 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
     .await
     .into_iter()
     .collect::<Result<_, _>>()?;
-    let mut partitions = Vec::with_capacity(chains.len());
-    for chain in &chains {
-        partitions
-            .push(plan_partition(store, chain, opts.window, target_of(opts, &chain.topic)).await?);
-    }
+    let partitions: Vec<PartitionPlan> = futures::stream::iter(chains.iter_mut().map(|chain| {
+        let target = target_of(opts, &chain.topic).to_string();
+        async move { plan_partition(store, chain, opts.window, &target).await }
+    }))
+    .buffered(8)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<_, _>>()?;
     Ok(Planned { chains, partitions })
 }
 
@@ -150,6 +175,8 @@ struct Lane {
     end: Option<i64>,
     /// Every source offset before this one is committed in the target.
     next: i64,
+    /// `next` when this run took the lane up (for the progress line).
+    run_from: i64,
     /// Where the chain currently ends.
     chain_end: i64,
     files: Vec<ChainFile>,
@@ -277,7 +304,6 @@ pub async fn run(
             "transactional.id",
             format!("rewind-restore-{}", opts.restore_id),
         )
-        .set("transaction.timeout.ms", "60000")
         .set(
             "queue.buffering.max.kbytes",
             (opts.buffer_budget / 4 / 1024)
@@ -285,6 +311,9 @@ pub async fn run(
                 .to_string(),
         );
     for (key, value) in [
+        // Room for a full producer queue to drain into a slow target before the broker gives up
+        // on the transaction (Kafka's default upper bound is 15 minutes).
+        ("transaction.timeout.ms", "300000"),
         ("linger.ms", "20"),
         ("batch.size", "1000000"),
         ("batch.num.messages", "100000"),
@@ -311,7 +340,7 @@ pub async fn run(
             opts.progress_topic.clone(),
             opts.restore_id.clone(),
         );
-        move || progress::read(&client, &topic, &id, REQUEST_TIMEOUT)
+        move || progress::read(&client, &topic, &id, Duration::from_secs(360))
     })
     .await
     .map_err(kafka_err)?;
@@ -343,17 +372,29 @@ pub async fn run(
         .iter()
         .map(|l| (l.until() - l.next).max(0) as u64)
         .sum();
-    if remaining == 0 && !opts.follow {
-        return Ok(restore.report);
+    if remaining > 0 || opts.follow {
+        let fresh = !restore.report.resumed;
+        let targets: BTreeSet<String> = if fresh {
+            restore
+                .lanes
+                .iter()
+                .map(|l| l.target_topic.clone())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        restore.ensure_targets(&admin, brokers, &targets).await?;
     }
-    restore
-        .ensure_targets(&admin, brokers, !restore.report.resumed)
-        .await?;
     if opts.groups {
         restore.load_groups().await?;
     }
-    for lane in &mut restore.lanes {
-        lane.dirty = true;
+    if !restore.report.resumed {
+        // Commit the plan before the first record: from now on a rerun with this id resumes
+        // (and does not take the records of an interrupted first transaction for someone else's).
+        for lane in &mut restore.lanes {
+            lane.dirty = true;
+        }
+        restore.commit().await?;
     }
 
     tokio::pin!(stop);
@@ -363,6 +404,8 @@ pub async fn run(
         return Ok(restore.report);
     }
     if opts.groups {
+        // Also on a rerun with nothing left to restore: a group skipped because it had members
+        // is moved once they are gone.
         restore.commit_groups().await?;
     }
     if opts.follow {
@@ -404,10 +447,6 @@ async fn create_topic(
     }
     Ok(())
 }
-
-/// Topic configs that must not follow a topic into its restored copy: the restore writes the source
-/// timestamps as CreateTime, which a LogAppendTime topic would overwrite.
-const NOT_RESTORED_CONFIGS: &[&str] = &["message.timestamp.type"];
 
 impl Restore<'_> {
     fn kafka_err(&self, e: KafkaError) -> RestoreError {
@@ -474,6 +513,7 @@ impl Restore<'_> {
                 start,
                 end,
                 next,
+                run_from: next,
                 chain_end: chain.end().unwrap_or(0),
                 files: chain.files,
                 watches: Vec::new(),
@@ -486,13 +526,15 @@ impl Restore<'_> {
         Ok(())
     }
 
-    /// Create missing target topics from `_topics/` metadata; check partition counts and, for a
-    /// fresh restore, that existing targets are empty.
+    /// Create missing target topics from `_topics/` metadata and check existing ones: enough
+    /// partitions (a target this restore already writes to is grown instead, as in follow mode), no
+    /// LogAppendTime, and, for the targets in `new_targets` (not written by this restore before),
+    /// no records unless `--allow-non-empty`.
     async fn ensure_targets(
         &mut self,
         admin: &AdminClient<DefaultClientContext>,
         brokers: i32,
-        fresh: bool,
+        new_targets: &BTreeSet<String>,
     ) -> Result<(), RestoreError> {
         let mut needed: BTreeMap<String, (String, i32)> = BTreeMap::new();
         for lane in &self.lanes {
@@ -501,79 +543,157 @@ impl Restore<'_> {
                 .or_insert((lane.topic.clone(), 0));
             slot.1 = slot.1.max(lane.partition + 1);
         }
-        let mut probe = None;
         for (target, (source, partitions)) in needed {
+            let is_new = new_targets.contains(&target);
             match self.target_partitions.get(&target).copied() {
                 Some(count) => {
                     if count < partitions && !self.opts.repartition_by_key {
-                        return Err(RestoreError::Target(format!(
-                            "target topic {target} has {count} partitions but the archive of {source} has {partitions}; add partitions to {target}, restore into a new topic with --rename, or pass --repartition-by-key"
-                        )));
-                    }
-                    if fresh && !self.opts.allow_non_empty {
-                        let consumer = match &probe {
-                            Some(c) => c,
-                            None => probe.insert(Arc::new(
-                                self.client
-                                    .create::<BaseConsumer>()
-                                    .map_err(|e| self.kafka_err(e))?,
-                            )),
-                        };
-                        let records = blocking({
-                            let (consumer, target) = (consumer.clone(), target.clone());
-                            move || -> Result<i64, KafkaError> {
-                                let mut total = 0;
-                                for p in 0..count {
-                                    let (low, high) =
-                                        consumer.fetch_watermarks(&target, p, REQUEST_TIMEOUT)?;
-                                    total += high - low;
-                                }
-                                Ok(total)
-                            }
-                        })
-                        .await
-                        .map_err(|e| self.kafka_err(e))?;
-                        if records > 0 {
+                        if is_new {
                             return Err(RestoreError::Target(format!(
-                                "target topic {target} already holds {records} records; restore into another topic with --rename, empty it, or pass --allow-non-empty"
+                                "target topic {target} has {count} partitions but the archive of {source} has {partitions}; add partitions to {target}, restore into a new topic with --rename, or pass --repartition-by-key"
                             )));
                         }
+                        // The source topic grew while this restore follows it.
+                        self.grow(admin, &target, partitions).await?;
+                    }
+                    if is_new {
+                        self.check_existing(admin, &target, count).await?;
                     }
                 }
                 None => {
-                    let meta: Option<TopicMeta> = documents::read_doc(
-                        &*self.store,
-                        &crate::archive::paths::topic_key(&source),
-                    )
-                    .await?;
-                    let (count, replication, mut configs) = match meta {
-                        Some(m) => (
-                            m.partitions.max(partitions),
-                            m.replication_factor,
-                            m.configs,
-                        ),
-                        None => (partitions, 3, BTreeMap::new()),
-                    };
-                    configs.retain(|k, _| !NOT_RESTORED_CONFIGS.contains(&k.as_str()));
-                    let replication = replication.clamp(1, brokers.max(1));
-                    create_topic(admin, &target, count, replication, &configs)
-                        .await
-                        .map_err(|e| {
-                            RestoreError::Target(format!(
-                                "cannot create target topic {target}: {e}"
-                            ))
-                        })?;
-                    tracing::info!(
-                        topic = target,
-                        partitions = count,
-                        replication,
-                        "created the target topic"
-                    );
-                    self.report.topics_created.push(target.clone());
-                    self.target_partitions.insert(target, count);
+                    self.create_target(admin, brokers, &source, &target, partitions)
+                        .await?
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn grow(
+        &mut self,
+        admin: &AdminClient<DefaultClientContext>,
+        target: &str,
+        partitions: i32,
+    ) -> Result<(), RestoreError> {
+        let results = admin
+            .create_partitions(
+                [&rdkafka::admin::NewPartitions::new(
+                    target,
+                    partitions as usize,
+                )],
+                &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| self.kafka_err(e))?;
+        for result in results {
+            if let Err((_, code)) = result {
+                return Err(RestoreError::Target(format!(
+                    "cannot add partitions to {target} (now {partitions} in the archive): {code}"
+                )));
+            }
+        }
+        tracing::info!(
+            topic = target,
+            partitions,
+            "added partitions to the target topic"
+        );
+        self.target_partitions
+            .insert(target.to_string(), partitions);
+        Ok(())
+    }
+
+    /// An existing target must keep CreateTime and, unless allowed, be empty.
+    async fn check_existing(
+        &self,
+        admin: &AdminClient<DefaultClientContext>,
+        target: &str,
+        count: i32,
+    ) -> Result<(), RestoreError> {
+        let configs = admin
+            .describe_configs(
+                [&rdkafka::admin::ResourceSpecifier::Topic(target)],
+                &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| self.kafka_err(e))?;
+        for resource in configs.into_iter().flatten() {
+            if resource
+                .get("message.timestamp.type")
+                .and_then(|e| e.value.as_deref())
+                == Some("LogAppendTime")
+            {
+                return Err(RestoreError::Target(format!(
+                    "target topic {target} uses message.timestamp.type=LogAppendTime, so the broker would replace the restored timestamps; set it to CreateTime or restore into another topic with --rename"
+                )));
+            }
+        }
+        if self.opts.allow_non_empty {
+            return Ok(());
+        }
+        let consumer: Arc<BaseConsumer> =
+            Arc::new(self.client.create().map_err(|e| self.kafka_err(e))?);
+        let records = blocking({
+            let target = target.to_string();
+            move || -> Result<i64, KafkaError> {
+                let mut total = 0;
+                for p in 0..count {
+                    let (low, high) = consumer.fetch_watermarks(&target, p, REQUEST_TIMEOUT)?;
+                    total += high - low;
+                }
+                Ok(total)
+            }
+        })
+        .await
+        .map_err(|e| self.kafka_err(e))?;
+        if records > 0 {
+            return Err(RestoreError::Target(format!(
+                "target topic {target} already holds {records} records; restore into another topic with --rename, empty it, or pass --allow-non-empty"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Create a missing target from the source's `_topics/` metadata.
+    async fn create_target(
+        &mut self,
+        admin: &AdminClient<DefaultClientContext>,
+        brokers: i32,
+        source: &str,
+        target: &str,
+        partitions: i32,
+    ) -> Result<(), RestoreError> {
+        let meta: Option<TopicMeta> =
+            documents::read_doc(&*self.store, &crate::archive::paths::topic_key(source)).await?;
+        let (count, replication, mut configs) = match meta {
+            Some(m) => (
+                m.partitions.max(partitions),
+                m.replication_factor,
+                m.configs,
+            ),
+            None => (partitions, 3, BTreeMap::new()),
+        };
+        let replication = replication.clamp(1, brokers.max(1));
+        // The archived timestamps are written as CreateTime, whatever the broker's default.
+        configs.insert("message.timestamp.type".into(), "CreateTime".into());
+        // A smaller target cluster cannot demand more in-sync replicas than it has.
+        if let Some(isr) = configs.get_mut("min.insync.replicas") {
+            if isr.parse::<i32>().is_ok_and(|n| n > replication) {
+                *isr = replication.to_string();
+            }
+        }
+        create_topic(admin, target, count, replication, &configs)
+            .await
+            .map_err(|e| {
+                RestoreError::Target(format!("cannot create target topic {target}: {e}"))
+            })?;
+        tracing::info!(
+            topic = target,
+            partitions = count,
+            replication,
+            "created the target topic"
+        );
+        self.report.topics_created.push(target.to_string());
+        self.target_partitions.insert(target.to_string(), count);
         Ok(())
     }
 
@@ -602,10 +722,6 @@ impl Restore<'_> {
         }
         for lane in &mut self.lanes {
             lane.watches.sort();
-            // Watches the committed progress already passed resolve to where the restore now
-            // stands: possible only if the groups were not asked for on the first run.
-            lane.watches
-                .retain(|(offset, _)| *offset >= lane.next || lane.next == lane.start);
         }
         Ok(())
     }
@@ -732,14 +848,40 @@ impl Restore<'_> {
                     self.commit().await?;
                 }
             }
-            if self.txn_bytes >= self.opts.transaction_bytes {
+            // Checked after every message too: a busy channel must not keep a transaction open
+            // past its interval (the broker aborts transactions that outlive their timeout).
+            if self.txn_open
+                && (self.txn_bytes >= self.opts.transaction_bytes
+                    || self.txn_started.elapsed() >= self.opts.transaction_interval)
+            {
                 self.commit().await?;
             }
             self.status(false);
         }
-        tasks.abort_all();
+        if stopped {
+            tasks.abort_all();
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                if e.is_panic() {
+                    self.abort().await;
+                    return Err(self.interrupted(format!("an archive reader failed: {e}")));
+                }
+            }
+        }
         if self.lanes.iter().any(|l| l.dirty) {
             self.commit().await?;
+        }
+        if !stopped {
+            if let Some(lane) = self.lanes.iter().find(|l| l.next < l.until()) {
+                return Err(self.interrupted(format!(
+                    "{}/{} stopped at offset {} before {}",
+                    lane.topic,
+                    lane.partition,
+                    lane.next,
+                    lane.until()
+                )));
+            }
         }
         self.status(true);
         Ok(stopped)
@@ -844,8 +986,13 @@ impl Restore<'_> {
                     }
                 }
             }
-            let size = record.key.as_ref().map_or(0, Vec::len) as u64
-                + record.value.as_ref().map_or(0, Vec::len) as u64;
+            let size = (record.key.as_ref().map_or(0, Vec::len)
+                + record.value.as_ref().map_or(0, Vec::len)
+                + record
+                    .headers
+                    .iter()
+                    .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>()) as u64;
             self.txn_bytes += size;
             chunk_bytes += size;
             self.report.records += 1;
@@ -921,6 +1068,9 @@ impl Restore<'_> {
                 return Err(self.interrupted(format!("cannot write progress: {e}")));
             }
         }
+        if self.txn_bytes > 0 {
+            crate::failpoint::hit(crate::failpoint::RESTORE_BEFORE_COMMIT).await;
+        }
         let producer = self.producer.clone();
         if let Err(e) = blocking(move || producer.commit_transaction(REQUEST_TIMEOUT)).await {
             self.abort().await;
@@ -931,11 +1081,22 @@ impl Restore<'_> {
         self.txn_started = Instant::now();
         for lane in &mut self.lanes {
             lane.dirty = false;
-            metrics::gauge!(crate::metrics::RESTORE_LAG, "topic" => lane.target_topic.clone())
-                .set((lane.chain_end - lane.next).max(0) as f64);
         }
+        self.report_lag();
         metrics::counter!(crate::metrics::RESTORE_TRANSACTIONS).increment(1);
         Ok(())
+    }
+
+    /// Offsets archived but not restored yet, per target topic.
+    fn report_lag(&self) {
+        let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
+        for lane in &self.lanes {
+            *lag.entry(&lane.target_topic).or_default() += (lane.until() - lane.next).max(0);
+        }
+        for (topic, behind) in lag {
+            metrics::gauge!(crate::metrics::RESTORE_LAG, "topic" => topic.to_string())
+                .set(behind as f64);
+        }
     }
 
     async fn abort(&mut self) {
@@ -962,19 +1123,25 @@ impl Restore<'_> {
         self.last_status = Instant::now();
         let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = self.report.records as f64 / elapsed;
-        let planned = self.report.planned_records.max(self.report.records);
-        let eta = if rate > 0.0 && planned > self.report.records {
+        // Progress in offsets, which every lane knows exactly, resumed runs included.
+        let (done, left) = self.lanes.iter().fold((0, 0), |(done, left), l| {
+            (
+                done + (l.next - l.run_from).max(0),
+                left + (l.until() - l.next).max(0),
+            )
+        });
+        let eta = if done > 0 && left > 0 {
             format!(
-                ", ETA {:.0}s",
-                (planned - self.report.records) as f64 / rate
+                ", {:.0}% done, ETA {:.0}s",
+                100.0 * done as f64 / (done + left) as f64,
+                left as f64 * elapsed / done as f64
             )
         } else {
             String::new()
         };
         let line = format!(
-            "restored {} of {} records ({:.1} MB), {:.0} records/s{eta}",
+            "restored {} records ({:.1} MB), {:.0} records/s{eta}",
             self.report.records,
-            planned,
             self.report.bytes as f64 / 1e6,
             rate
         );
@@ -1004,6 +1171,8 @@ impl Restore<'_> {
                 .await
                 .map_err(|e| RestoreError::Archive(e.into()))?;
             let mut grown = false;
+            let known_targets: BTreeSet<String> =
+                self.lanes.iter().map(|l| l.target_topic.clone()).collect();
             let lanes_before = self.lanes.len();
             for object in checkpoints {
                 if seen.get(&object.key) == Some(&object.etag) {
@@ -1025,7 +1194,13 @@ impl Restore<'_> {
                 grown |= self.extend_lane(&topic, partition).await?;
             }
             if self.lanes.len() > lanes_before {
-                self.ensure_targets(admin, brokers, false).await?;
+                let new_targets = self
+                    .lanes
+                    .iter()
+                    .map(|l| l.target_topic.clone())
+                    .filter(|t| !known_targets.contains(t))
+                    .collect();
+                self.ensure_targets(admin, brokers, &new_targets).await?;
             }
             if grown && self.pass(stop).await? {
                 return Ok(());
@@ -1044,31 +1219,35 @@ impl Restore<'_> {
         let Some(files) = listed.get(&(topic.to_string(), partition)) else {
             return Ok(false);
         };
-        let index = match self
+        let Some(index) = self
             .lanes
             .iter()
             .position(|l| l.topic == topic && l.partition == partition)
-        {
-            Some(index) => index,
-            None => {
-                let target_topic = target_of(self.opts, topic).to_string();
-                let start = files.first().map_or(0, |(k, _)| k.start);
-                self.lanes.push(Lane {
-                    topic: topic.to_string(),
-                    partition,
-                    target_topic,
-                    start,
-                    end: None,
-                    next: start,
-                    chain_end: start,
-                    files: Vec::new(),
-                    watches: Vec::new(),
-                    resolved: BTreeMap::new(),
-                    pending: Vec::new(),
-                    dirty: true,
-                });
-                self.lanes.len() - 1
-            }
+        else {
+            // A partition that appeared while following: planned like the first ones, from the
+            // window's start.
+            let mut chain =
+                chain::load(&*self.store, topic, partition, files, &BTreeMap::new()).await?;
+            let target_topic = target_of(self.opts, topic).to_string();
+            let plan =
+                plan_partition(&*self.store, &mut chain, self.opts.window, &target_topic).await?;
+            self.lanes.push(Lane {
+                topic: topic.to_string(),
+                partition,
+                target_topic,
+                start: plan.start,
+                end: None,
+                next: plan.start,
+                run_from: plan.start,
+                chain_end: chain.end().unwrap_or(plan.start),
+                files: chain.files,
+                watches: Vec::new(),
+                resolved: BTreeMap::new(),
+                pending: Vec::new(),
+                dirty: true,
+            });
+            let lane = self.lanes.last().expect("just pushed");
+            return Ok(lane.next < lane.until());
         };
         let known: BTreeMap<String, ChainFile> = self.lanes[index]
             .files
@@ -1079,8 +1258,6 @@ impl Restore<'_> {
         let lane = &mut self.lanes[index];
         lane.chain_end = chain.end().unwrap_or(lane.chain_end);
         lane.files = chain.files;
-        metrics::gauge!(crate::metrics::RESTORE_LAG, "topic" => lane.target_topic.clone())
-            .set((lane.chain_end - lane.next).max(0) as f64);
         Ok(lane.next < lane.until())
     }
 }
