@@ -286,7 +286,8 @@ impl Default for SinkConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestoreConfig {
-    /// Memory for fetched files and decoded records (the producer's queue is a quarter of it on top).
+    /// Memory for fetched files and decoded records (the producer's queue, a quarter of it and at
+    /// least 16 MiB, comes on top).
     pub buffer_budget: Size,
     /// Partitions read from the archive at once.
     pub concurrency: usize,
@@ -305,7 +306,7 @@ pub struct RestoreConfig {
 impl Default for RestoreConfig {
     fn default() -> Self {
         RestoreConfig {
-            buffer_budget: Size::mib(256),
+            buffer_budget: Size::mib(64),
             concurrency: 8,
             transaction_max_bytes: Size::mib(64),
             transaction_interval: Duration::from_secs(5),
