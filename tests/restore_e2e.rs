@@ -350,6 +350,37 @@ async fn log_append_time_topics_restore_their_timestamps_as_create_time() {
     let get = |name: &str| resource.get(name).and_then(|e| e.value.clone());
     assert_eq!(get("cleanup.policy").as_deref(), Some("compact,delete"));
     assert_eq!(get("message.timestamp.type").as_deref(), Some("CreateTime"));
+
+    // Provenance headers name each record's source, after its own headers.
+    let traced = format!("{topic}-traced");
+    ok(restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={traced}"),
+            "--provenance-headers",
+        ],
+    )
+    .output()
+    .unwrap());
+    let expected: Vec<Record> = source
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.headers.extend([
+                header("rewind.source.topic", Some(topic.as_bytes())),
+                header("rewind.source.partition", Some(b"0")),
+                header(
+                    "rewind.source.offset",
+                    Some(r.offset.to_string().as_bytes()),
+                ),
+            ]);
+            r
+        })
+        .collect();
+    assert_restored(&traced, 0, &expected);
 }
 
 #[tokio::test]
