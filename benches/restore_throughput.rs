@@ -116,26 +116,13 @@ fn main() {
 
 /// `rewind restore` of the whole archive of `topic` into `target`.
 fn restore(archive: &str, topic: &str, target: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
+    let mut cmd = common::restore_command(archive);
     cmd.args([
-        "restore",
-        "--archive",
-        archive,
-        "--s3-endpoint",
-        &common::s3_endpoint(),
-        "--s3-path-style",
-        "--bootstrap-servers",
-        &common::kafka_bootstrap(),
         "--topics",
         &regex::escape(topic),
         "--rename",
         &format!("{topic}={target}"),
-    ])
-    .env("AWS_ACCESS_KEY_ID", common::s3_access_key())
-    .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
-    .env("AWS_REGION", "us-east-1")
-    .env("AWS_EC2_METADATA_DISABLED", "true")
-    .env("RUST_LOG", "warn");
+    ]);
     cmd
 }
 

@@ -38,23 +38,8 @@ fn backup(archive: &str, topic: &str) {
 
 /// `rewind restore` against the test bed, with `args` after the archive and brokers.
 fn restore(archive: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
-    cmd.args([
-        "restore",
-        "--archive",
-        archive,
-        "--s3-endpoint",
-        &common::s3_endpoint(),
-        "--s3-path-style",
-        "--bootstrap-servers",
-        &common::kafka_bootstrap(),
-    ])
-    .args(args)
-    .env("AWS_ACCESS_KEY_ID", common::s3_access_key())
-    .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
-    .env("AWS_REGION", "us-east-1")
-    .env("AWS_EC2_METADATA_DISABLED", "true")
-    .env("RUST_LOG", "warn");
+    let mut cmd = common::restore_command(archive);
+    cmd.args(args);
     cmd
 }
 

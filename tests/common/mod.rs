@@ -72,6 +72,28 @@ pub fn sink_command(archive: &str, topic: &str, group: &str) -> std::process::Co
     cmd
 }
 
+/// `rewind restore` from `archive` into the test bed's broker, with the same S3 wiring as
+/// [`sink_command`]. Callers add the window, topics and flags.
+pub fn restore_command(archive: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rewind"));
+    cmd.args([
+        "restore",
+        "--archive",
+        archive,
+        "--s3-endpoint",
+        &s3_endpoint(),
+        "--s3-path-style",
+        "--bootstrap-servers",
+        &kafka_bootstrap(),
+    ])
+    .env("AWS_ACCESS_KEY_ID", s3_access_key())
+    .env("AWS_SECRET_ACCESS_KEY", s3_secret_key())
+    .env("AWS_REGION", "us-east-1")
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
 /// A random lowercase name, valid as a bucket, topic or group name.
 pub fn unique(prefix: &str) -> String {
     let suffix: u64 = rand::rng().random();
