@@ -885,6 +885,77 @@ async fn bad_input_gets_one_clear_sentence() {
     );
 }
 
+#[tokio::test]
+async fn records_larger_than_a_megabyte_restore_where_the_target_takes_them() {
+    let topic = common::unique("pitr-big");
+    kafka::create_topic(&topic, 1, &[("max.message.bytes", "3000000")]).await;
+    let big: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    let producer: rdkafka::producer::FutureProducer = kafka::config()
+        .set("message.max.bytes", "3000000")
+        .create()
+        .unwrap();
+    let mut source = Vec::new();
+    for (i, value) in [big.clone(), b"small".to_vec(), big]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("k{i}");
+        let delivered = producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .partition(0)
+                    .key(key.as_bytes())
+                    .payload(&value)
+                    .timestamp(40_000 + i as i64),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        source.push(Record {
+            offset: delivered.offset,
+            ..record(
+                Some(key.as_bytes()),
+                Some(&value),
+                vec![],
+                40_000 + i as i64,
+            )
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic);
+
+    // A target created from _topics/ takes the source's limit, so everything lands.
+    let created = format!("{topic}-created");
+    ok(restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={created}"),
+        ],
+    )
+    .output()
+    .unwrap());
+    assert_restored(&created, 0, &source);
+
+    // An existing target with the broker's default limit refuses the big records: the restore
+    // stops with a sentence that says so, and nothing becomes visible.
+    let small = format!("{topic}-small");
+    kafka::create_topic(&small, 1, &[]).await;
+    let out = restore(
+        &archive,
+        &["--topics", &topic, "--rename", &format!("{topic}={small}")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    assert!(error.contains("max.message.bytes"), "{error}");
+    assert!(kafka::read_to_end(&small, 0).is_empty());
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

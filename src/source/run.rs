@@ -156,8 +156,18 @@ impl ProducerContext for Deliveries {
             Err((error, message)) => {
                 let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
                 if failure.is_none() {
+                    let hint = if error.rdkafka_error_code()
+                        == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                    {
+                        format!(
+                            " (a record of {} bytes is larger than the topic accepts: raise its max.message.bytes)",
+                            message.payload_len()
+                        )
+                    } else {
+                        String::new()
+                    };
                     *failure = Some(format!(
-                        "producing to {} partition {} failed: {error}",
+                        "producing to {} partition {} failed: {error}{hint}",
                         message.topic(),
                         message.partition()
                     ));
@@ -316,6 +326,9 @@ pub async fn run(
         // Room for a full producer queue to drain into a slow target before the broker gives up
         // on the transaction (Kafka's default upper bound is 15 minutes).
         ("transaction.timeout.ms", "300000"),
+        // Archived records were accepted by their source topic, whose max.message.bytes (copied to
+        // a created target) may exceed librdkafka's 1 MB default: let the target broker decide.
+        ("message.max.bytes", "67108864"),
         ("linger.ms", "20"),
         ("batch.size", "1000000"),
         ("batch.num.messages", "100000"),
@@ -1132,6 +1145,18 @@ impl Restore<'_> {
     async fn drain(&self) -> Result<(), RestoreError> {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         while self.producer.in_flight_count() > 0 {
+            // A refused record puts the transaction in an error state where the rest may never
+            // be sent: stop at the first failure and name it.
+            let failure = self
+                .producer
+                .context()
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(failure) = failure {
+                return Err(self.interrupted(failure));
+            }
             if Instant::now() > deadline {
                 return Err(self.interrupted(format!(
                     "records were not acknowledged within {}s",
@@ -1147,7 +1172,13 @@ impl Restore<'_> {
         metrics::counter!(crate::metrics::RESTORE_ERRORS).increment(1);
         if self.txn_open {
             let producer = self.producer.clone();
-            if let Err(e) = blocking(move || producer.abort_transaction(REQUEST_TIMEOUT)).await {
+            // Drop what is queued first: after a refused record it may never be delivered, and
+            // the abort would wait for it. A rerun fences this transaction anyway.
+            let aborted = blocking(move || {
+                producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+                producer.abort_transaction(Duration::from_secs(10))
+            });
+            if let Err(e) = aborted.await {
                 tracing::warn!(error = %e, "aborting the transaction failed; the broker aborts it when it times out");
             }
             self.txn_open = false;
