@@ -611,12 +611,23 @@ async fn a_non_empty_target_is_refused_unless_allowed() {
         error.contains("already holds 1 records") && error.contains("--allow-non-empty"),
         "{error}"
     );
-    ok(restore(
+    let summary = ok(restore(
         &archive,
-        &["--topics", &topic, "--rename", &rename, "--allow-non-empty"],
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &rename,
+            "--allow-non-empty",
+            "--json",
+        ],
     )
     .output()
     .unwrap());
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["records"], 5, "{summary}");
+    assert_eq!(summary["resumed"], false);
+    assert_eq!(summary["topics_created"], serde_json::json!([]));
     let mut expected = existing;
     expected.extend(source);
     assert_restored(&target, 0, &expected);

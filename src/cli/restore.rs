@@ -41,8 +41,8 @@ pub struct RestoreArgs {
     /// Show what would be restored (per partition ranges, records, bytes, files); write nothing.
     #[arg(long)]
     plan: bool,
-    /// Print the plan as JSON.
-    #[arg(long, requires = "plan")]
+    /// Print the plan, or the restore's summary, as JSON.
+    #[arg(long)]
     json: bool,
     /// Keep restoring new archive files as they appear (a standby cluster), until stopped.
     #[arg(long, conflicts_with = "plan")]
@@ -204,39 +204,29 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     let report = source::run(client, store, &opts, stop)
         .await
         .map_err(failure)?;
-    if report.planned_records == 0 && report.records == 0 && !report.resumed && !opts.follow {
+    if args.json {
+        let doc = json!({
+            "restore_id": report.restore_id,
+            "records": report.records,
+            "bytes": report.bytes,
+            "partitions": report.partitions,
+            "resumed": report.resumed,
+            "stopped": report.stopped,
+            "topics_created": report.topics_created,
+            "groups_committed": report.groups_committed,
+            "groups_skipped": report.groups_skipped,
+        });
+        println!("{doc}");
+    } else if report.planned_records == 0 && report.records == 0 && !report.resumed && !opts.follow
+    {
         println!(
             "nothing to restore: no archived record of the selected topics falls in {}; nothing was written",
             window.describe()
         );
         return Ok(());
+    } else {
+        println!("{}", summary(&report, &url));
     }
-    let mut line = format!(
-        "restored {} records ({} bytes) of {} partitions from {url}; restore id {}",
-        report.records, report.bytes, report.partitions, report.restore_id
-    );
-    if report.resumed {
-        line.push_str(" (resumed)");
-    }
-    if !report.topics_created.is_empty() {
-        line.push_str(&format!(
-            "; created topics {}",
-            report.topics_created.join(", ")
-        ));
-    }
-    if !report.groups_committed.is_empty() {
-        line.push_str(&format!(
-            "; moved groups {}",
-            report.groups_committed.join(", ")
-        ));
-    }
-    if !report.groups_skipped.is_empty() {
-        line.push_str(&format!(
-            "; left groups with active members alone: {}",
-            report.groups_skipped.join(", ")
-        ));
-    }
-    println!("{line}");
     if report.stopped && !opts.follow {
         return Err(Failure::found(format!(
             "stopped before the window was restored; run the same command with --restore-id {} to finish",
@@ -244,6 +234,30 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// The one line a finished restore prints.
+fn summary(report: &source::RestoreReport, url: &storage::StorageUrl) -> String {
+    let mut line = format!(
+        "restored {} records ({} bytes) of {} partitions from {url}; restore id {}",
+        report.records, report.bytes, report.partitions, report.restore_id
+    );
+    if report.resumed {
+        line.push_str(" (resumed)");
+    }
+    for (items, what) in [
+        (&report.topics_created, "created topics"),
+        (&report.groups_committed, "moved groups"),
+        (
+            &report.groups_skipped,
+            "left groups with active members alone:",
+        ),
+    ] {
+        if !items.is_empty() {
+            line.push_str(&format!("; {what} {}", items.join(", ")));
+        }
+    }
+    line
 }
 
 fn failure(e: RestoreError) -> Failure {
