@@ -344,4 +344,121 @@ mod tests {
             (0, 11, 9, 4)
         );
     }
+    /// Counts the reads of each key, delegating everything to a real store.
+    #[derive(Debug)]
+    struct Counting {
+        inner: Arc<dyn ObjectStore>,
+        reads: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Counting {
+        async fn put(
+            &self,
+            key: &str,
+            body: bytes::Bytes,
+            mode: PutMode,
+        ) -> crate::storage::StorageResult<crate::storage::PutResult> {
+            self.inner.put(key, body, mode).await
+        }
+        async fn get(&self, key: &str) -> crate::storage::StorageResult<crate::storage::GetResult> {
+            *self
+                .reads
+                .lock()
+                .unwrap()
+                .entry(key.to_string())
+                .or_default() += 1;
+            self.inner.get(key).await
+        }
+        async fn get_range(
+            &self,
+            key: &str,
+            range: std::ops::Range<u64>,
+        ) -> crate::storage::StorageResult<bytes::Bytes> {
+            *self
+                .reads
+                .lock()
+                .unwrap()
+                .entry(key.to_string())
+                .or_default() += 1;
+            self.inner.get_range(key, range).await
+        }
+        async fn head(
+            &self,
+            key: &str,
+        ) -> crate::storage::StorageResult<crate::storage::ObjectMeta> {
+            self.inner.head(key).await
+        }
+        async fn list_page(
+            &self,
+            prefix: &str,
+            token: Option<String>,
+        ) -> crate::storage::StorageResult<crate::storage::ListPage> {
+            self.inner.list_page(prefix, token).await
+        }
+        async fn delete_many(&self, keys: &[String]) -> crate::storage::StorageResult<()> {
+            self.inner.delete_many(keys).await
+        }
+        async fn start_multipart(
+            &self,
+            key: &str,
+            mode: PutMode,
+        ) -> crate::storage::StorageResult<Box<dyn crate::storage::MultipartUpload>> {
+            self.inner.start_multipart(key, mode).await
+        }
+        async fn incomplete_uploads(
+            &self,
+            prefix: &str,
+        ) -> crate::storage::StorageResult<Vec<String>> {
+            self.inner.incomplete_uploads(prefix).await
+        }
+        fn url(&self) -> &StorageUrl {
+            self.inner.url()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_window_on_a_long_chain_reads_only_the_files_around_it() {
+        // Twenty hours, three files an hour (20 minutes apart, three records each).
+        let files: Vec<(Vec<Record>, i64)> = (0..60i64)
+            .map(|f| {
+                let t = BASE + f * 20 * 60_000;
+                (
+                    (0..3).map(|i| record(f * 3 + i, t + i)).collect(),
+                    f * 3 + 3,
+                )
+            })
+            .collect();
+        let (_dir, inner) = archive(&files).await;
+        let store = Counting {
+            inner,
+            reads: Default::default(),
+        };
+        let mut chain = chain_of(&store).await;
+        // [hour 10 + 30 min, hour 11 + 30 min): cuts inside files of hours 10 and 11.
+        let window = Window {
+            from: Some(BASE + 10 * H + 30 * 60_000),
+            to: Some(BASE + 11 * H + 30 * 60_000),
+        };
+        let plan = plan_partition(&store, &mut chain, window, "t")
+            .await
+            .unwrap();
+        // Files 30, 31, 32 are hour 10 (minutes 0, 20, 40), 33–35 hour 11. The window starts with
+        // file 32 (minute 40 of hour 10) and ends before file 35 (minute 40 of hour 11).
+        assert_eq!((plan.start, plan.end), (32 * 3, 35 * 3));
+        assert_eq!(plan.records, 9);
+        let reads = store.reads.lock().unwrap().clone();
+        let read_files: std::collections::BTreeSet<i64> = reads
+            .keys()
+            .filter_map(|k| DataFileKey::parse(k))
+            .map(|k| k.start / 3)
+            .collect();
+        // The cut hours' footers (files 30–35), the window's (32–34) and the last file's (59),
+        // and nothing else: 53 of the 60 files are never touched.
+        assert_eq!(
+            read_files,
+            [30, 31, 32, 33, 34, 35, 59].into_iter().collect(),
+            "reads: {reads:?}"
+        );
+    }
 }
