@@ -162,29 +162,22 @@ pub async fn load(
                 .map_or(next.start, |g| g.start),
             None => i64::MAX,
         };
+        // The next file does not start where this one ends (or at a gap after it).
+        let broken = |previous_end: i64| ChainError::Broken {
+            url: store.url().to_string(),
+            topic: topic.to_string(),
+            partition,
+            key: files[i + 1].0.to_string(),
+            start: files[i + 1].0.start,
+            previous_end,
+        };
         if end <= key.start {
-            return Err(ChainError::Broken {
-                url: store.url().to_string(),
-                topic: topic.to_string(),
-                partition,
-                key: files[i + 1].0.to_string(),
-                start: files[i + 1].0.start,
-                previous_end: key.start,
-            });
+            return Err(broken(key.start));
         }
         // A file read before keeps its footer, whose end must still meet the next file.
         let (end, footer) = match known.get(&name).filter(|k| k.footer.is_some()) {
             Some(k) if end == i64::MAX || k.end == end => (k.end, k.footer),
-            Some(k) => {
-                return Err(ChainError::Broken {
-                    url: store.url().to_string(),
-                    topic: topic.to_string(),
-                    partition,
-                    key: files[i + 1].0.to_string(),
-                    start: files[i + 1].0.start,
-                    previous_end: k.end,
-                })
-            }
+            Some(k) => return Err(broken(k.end)),
             None => (end, None),
         };
         chain.push(ChainFile {

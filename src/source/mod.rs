@@ -96,7 +96,6 @@ pub struct RestoreReport {
     pub partitions: usize,
     pub records: u64,
     pub bytes: u64,
-    pub files: u64,
     /// Whether an earlier run of the same restore id had committed progress.
     pub resumed: bool,
     pub topics_created: Vec<String>,

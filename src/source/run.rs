@@ -138,6 +138,16 @@ struct Deliveries {
     failure: Mutex<Option<String>>,
 }
 
+impl Deliveries {
+    /// The first delivery failure since the last call, if any.
+    fn take_failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
@@ -239,7 +249,6 @@ struct Restore<'a> {
     txn_bytes: u64,
     txn_started: Instant,
     /// Totals for the progress line.
-    planned_bytes: u64,
     started: Instant,
     last_status: Instant,
 }
@@ -377,7 +386,6 @@ pub async fn run(
         txn_open: false,
         txn_bytes: 0,
         txn_started: Instant::now(),
-        planned_bytes: 0,
         started: Instant::now(),
         last_status: Instant::now(),
     };
@@ -520,7 +528,6 @@ impl Restore<'_> {
                 ),
             };
             self.report.planned_records += plan.records;
-            self.planned_bytes += plan.bytes;
             self.lanes.push(Lane {
                 topic: chain.topic.clone(),
                 partition: chain.partition,
@@ -1037,13 +1044,7 @@ impl Restore<'_> {
                 return Err(e);
             }
         }
-        let failure = self
-            .producer
-            .context()
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let failure = self.producer.context().take_failure();
         if let Some(failure) = failure {
             self.abort().await;
             return Err(self.interrupted(failure));
@@ -1097,13 +1098,7 @@ impl Restore<'_> {
         let producer = self.producer.clone();
         if let Err(e) = blocking(move || producer.commit_transaction(FLUSH_TIMEOUT)).await {
             // A record the broker refused makes the commit fail: name the record's failure.
-            let failure = self
-                .producer
-                .context()
-                .failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            let failure = self.producer.context().take_failure();
             self.abort().await;
             return Err(self.interrupted(match failure {
                 Some(failure) => failure,
@@ -1147,13 +1142,7 @@ impl Restore<'_> {
         while self.producer.in_flight_count() > 0 {
             // A refused record puts the transaction in an error state where the rest may never
             // be sent: stop at the first failure and name it.
-            let failure = self
-                .producer
-                .context()
-                .failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            let failure = self.producer.context().take_failure();
             if let Some(failure) = failure {
                 return Err(self.interrupted(failure));
             }

@@ -113,9 +113,9 @@ pub async fn produce_transaction(topic: &str, partition: i32, records: &[Record]
     }
 }
 
-/// Read `count` records of one partition from the beginning.
-pub fn consume(topic: &str, partition: i32, count: usize) -> Vec<(Record, Timestamp)> {
-    let consumer: BaseConsumer = config()
+/// A consumer with `settings`, assigned one partition from its beginning (no group membership).
+fn reader_from_start(mut settings: ClientConfig, topic: &str, partition: i32) -> BaseConsumer {
+    let consumer: BaseConsumer = settings
         .set("group.id", super::unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
@@ -124,6 +124,12 @@ pub fn consume(topic: &str, partition: i32, count: usize) -> Vec<(Record, Timest
     tpl.add_partition_offset(topic, partition, Offset::Beginning)
         .unwrap();
     consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// Read `count` records of one partition from the beginning.
+pub fn consume(topic: &str, partition: i32, count: usize) -> Vec<(Record, Timestamp)> {
+    let consumer = reader_from_start(config(), topic, partition);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while out.len() < count && Instant::now() < deadline {
@@ -169,17 +175,11 @@ pub fn record(
 
 /// Every record of one partition a `read_committed` consumer sees, from the start to the end.
 pub fn read_to_end(topic: &str, partition: i32) -> Vec<(Record, Timestamp)> {
-    let consumer: BaseConsumer = config()
-        .set("group.id", super::unique("reader"))
-        .set("enable.auto.commit", "false")
+    let mut settings = config();
+    settings
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+        .set("enable.partition.eof", "true");
+    let consumer = reader_from_start(settings, topic, partition);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

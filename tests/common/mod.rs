@@ -45,13 +45,12 @@ pub fn no_instance_metadata() {
     ONCE.call_once(|| std::env::set_var("AWS_EC2_METADATA_DISABLED", "true"));
 }
 
-/// `rewind sink` of one topic into `archive` for consumer group `group`, wired to the test bed: its
-/// broker, and its S3 server with explicit credentials (unused by a `file://` archive). Callers add
-/// `--once`, settings and output handling on top.
-pub fn sink_command(archive: &str, topic: &str, group: &str) -> std::process::Command {
+/// `rewind <command> --archive <archive>` wired to the test bed: its broker, and its S3 server with
+/// explicit credentials (unused by a `file://` archive).
+fn rewind_command(command: &str, archive: &str) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rewind"));
     cmd.args([
-        "sink",
+        command,
         "--archive",
         archive,
         "--s3-endpoint",
@@ -59,10 +58,6 @@ pub fn sink_command(archive: &str, topic: &str, group: &str) -> std::process::Co
         "--s3-path-style",
         "--bootstrap-servers",
         &kafka_bootstrap(),
-        "--topics",
-        &regex::escape(topic),
-        "--group",
-        group,
     ])
     .env("AWS_ACCESS_KEY_ID", s3_access_key())
     .env("AWS_SECRET_ACCESS_KEY", s3_secret_key())
@@ -72,26 +67,18 @@ pub fn sink_command(archive: &str, topic: &str, group: &str) -> std::process::Co
     cmd
 }
 
-/// `rewind restore` from `archive` into the test bed's broker, with the same S3 wiring as
-/// [`sink_command`]. Callers add the window, topics and flags.
-pub fn restore_command(archive: &str) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rewind"));
-    cmd.args([
-        "restore",
-        "--archive",
-        archive,
-        "--s3-endpoint",
-        &s3_endpoint(),
-        "--s3-path-style",
-        "--bootstrap-servers",
-        &kafka_bootstrap(),
-    ])
-    .env("AWS_ACCESS_KEY_ID", s3_access_key())
-    .env("AWS_SECRET_ACCESS_KEY", s3_secret_key())
-    .env("AWS_REGION", "us-east-1")
-    .env("AWS_EC2_METADATA_DISABLED", "true")
-    .env("RUST_LOG", "warn");
+/// `rewind sink` of one topic into `archive` for consumer group `group`, on the test bed. Callers
+/// add `--once`, settings and output handling on top.
+pub fn sink_command(archive: &str, topic: &str, group: &str) -> std::process::Command {
+    let mut cmd = rewind_command("sink", archive);
+    cmd.args(["--topics", &regex::escape(topic), "--group", group]);
     cmd
+}
+
+/// `rewind restore` from `archive` into the test bed's broker. Callers add the window, topics and
+/// flags.
+pub fn restore_command(archive: &str) -> std::process::Command {
+    rewind_command("restore", archive)
 }
 
 /// A random lowercase name, valid as a bucket, topic or group name.
