@@ -10,6 +10,7 @@ pub mod config;
 pub mod failpoint;
 pub mod kafka;
 pub mod metrics;
+pub mod ops;
 pub mod sink;
 pub mod source;
 pub mod storage;

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
 
+pub use super::datafile::Footer as FileFooter;
 use super::datafile::{self, FileMeta, Tail};
 use super::documents::{self, ArchiveError, Gap};
 use super::paths::{DataFileKey, DATA_PREFIX};
@@ -119,12 +120,21 @@ pub async fn list_all(
     list_files(store, DATA_PREFIX).await
 }
 
-/// Read the footer of one data file of `size` bytes with ranged reads of its tail.
+/// Read the footer metadata of one data file of `size` bytes with ranged reads of its tail.
 pub async fn read_footer(
     store: &dyn ObjectStore,
     key: &str,
     size: u64,
 ) -> Result<FileMeta, ChainError> {
+    Ok(read_file_footer(store, key, size).await?.meta)
+}
+
+/// Read the whole footer of one data file of `size` bytes with ranged reads of its tail.
+pub async fn read_file_footer(
+    store: &dyn ObjectStore,
+    key: &str,
+    size: u64,
+) -> Result<FileFooter, ChainError> {
     let bad = |message: String| ChainError::BadFile {
         url: store.url().to_string(),
         key: key.to_string(),
@@ -134,7 +144,7 @@ pub async fn read_footer(
     loop {
         let tail = store.get_range(key, size - want..size).await?;
         match datafile::footer_from_tail(&tail, size).map_err(|e| bad(e.to_string()))? {
-            Tail::Meta(meta) => return Ok(meta),
+            Tail::Meta(footer) => return Ok(*footer),
             Tail::Need(n) if (n as u64) > want && (n as u64) <= size => want = n as u64,
             Tail::Need(n) => return Err(bad(format!("its footer claims {n} bytes"))),
         }
@@ -142,8 +152,9 @@ pub async fn read_footer(
 }
 
 /// The chain one partition's `files` (in offset order) form. Ends come from the next file's start
-/// or the gap recorded before it; the last file's footer is read for the chain's end. `known` holds
-/// files already read (by key), whose footers are kept.
+/// or the gap recorded before it; the last file's footer is read for the chain's end. Files before
+/// the start `rewind retention` recorded are left out. `known` holds files already read (by key),
+/// whose footers are kept.
 pub async fn load(
     store: &dyn ObjectStore,
     topic: &str,
@@ -151,7 +162,13 @@ pub async fn load(
     files: &[(DataFileKey, u64)],
     known: &BTreeMap<String, ChainFile>,
 ) -> Result<Chain, ChainError> {
-    let gaps = documents::read_gaps(store, topic, partition).await?;
+    // Retention may have moved the chain's start: what lies before it is no longer archived.
+    let first = documents::read_chain_start(store, topic, partition)
+        .await?
+        .map_or(i64::MIN, |s| s.start);
+    let mut gaps = documents::read_gaps(store, topic, partition).await?;
+    gaps.retain(|g| g.end > first);
+    let files = &files[files.partition_point(|(k, _)| k.start < first)..];
     let mut chain = Vec::with_capacity(files.len());
     for (i, (key, size)) in files.iter().enumerate() {
         let name = key.to_string();

@@ -302,14 +302,73 @@ fn key_values(file: &parquet::file::metadata::FileMetaData) -> HashMap<String, S
 /// What the last bytes of a data file say about its footer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tail {
-    /// The footer metadata.
-    Meta(FileMeta),
+    /// The footer.
+    Meta(Box<Footer>),
     /// The footer needs this many bytes from the end of the file; read them and try again.
     Need(usize),
 }
 
-/// Read the footer metadata from the last bytes of a data file of `file_size` bytes, so that a
-/// planner can learn a file's range, count and time span with one ranged read.
+/// What a data file's footer says: its `rewind.*` metadata and, from the Parquet statistics of its
+/// row groups, the facts a checker compares them with, all without reading a data page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footer {
+    pub meta: FileMeta,
+    /// Rows over all row groups.
+    pub rows: u64,
+    pub row_groups: usize,
+    /// Smallest and largest offset by the row groups' statistics (`None` if a group has none).
+    pub offsets: Option<(i64, i64)>,
+    /// Smallest and largest timestamp by the statistics (`None` if no row has one).
+    pub timestamps: Option<(i64, i64)>,
+    /// Whether every row group has a bloom filter on `key`.
+    pub key_bloom_filter: bool,
+}
+
+impl Footer {
+    /// Read a parsed Parquet footer as a data file's.
+    pub fn of(
+        metadata: &parquet::file::metadata::ParquetMetaData,
+    ) -> Result<Footer, DataFileError> {
+        let meta = FileMeta::from_key_values(&key_values(metadata.file_metadata()))?;
+        let schema = metadata.file_metadata().schema_descr();
+        let column = |name: &str| {
+            (0..schema.num_columns())
+                .find(|&i| schema.column(i).path().string() == name)
+                .ok_or_else(|| DataFileError::Format(format!("column {name:?} is missing")))
+        };
+        let (offset, timestamp, key) = (column("offset")?, column("timestamp")?, column("key")?);
+        let groups = metadata.row_groups();
+        let range = |i: usize| -> Option<Option<(i64, i64)>> {
+            // Outer None: a group without statistics; inner None: a group with only nulls.
+            groups.iter().try_fold(None, |acc: Option<(i64, i64)>, g| {
+                let (lo, hi) = match g.column(i).statistics()? {
+                    parquet::file::statistics::Statistics::Int64(s) => (s.min_opt(), s.max_opt()),
+                    _ => return None,
+                };
+                Some(match (acc, lo, hi) {
+                    (acc, Some(&lo), Some(&hi)) => {
+                        Some(acc.map_or((lo, hi), |(a, b): (i64, i64)| (a.min(lo), b.max(hi))))
+                    }
+                    (acc, _, _) => acc,
+                })
+            })
+        };
+        Ok(Footer {
+            meta,
+            rows: groups.iter().map(|g| g.num_rows().max(0) as u64).sum(),
+            row_groups: groups.len(),
+            offsets: range(offset).flatten(),
+            timestamps: range(timestamp).flatten(),
+            key_bloom_filter: !groups.is_empty()
+                && groups
+                    .iter()
+                    .all(|g| g.column(key).bloom_filter_offset().is_some()),
+        })
+    }
+}
+
+/// Parse a data file's footer from the last bytes of a file of `file_size` bytes, so that a planner
+/// or a checker learns a file's range, count and time span with one ranged read.
 pub fn footer_from_tail(tail: &Bytes, file_size: u64) -> Result<Tail, DataFileError> {
     let mut reader = parquet::file::metadata::ParquetMetaDataReader::new();
     match reader.try_parse_sized(tail, file_size) {
@@ -317,8 +376,7 @@ pub fn footer_from_tail(tail: &Bytes, file_size: u64) -> Result<Tail, DataFileEr
         Err(parquet::errors::ParquetError::NeedMoreData(needed)) => return Ok(Tail::Need(needed)),
         Err(e) => return Err(e.into()),
     }
-    let metadata = reader.finish()?;
-    FileMeta::from_key_values(&key_values(metadata.file_metadata())).map(Tail::Meta)
+    Footer::of(&reader.finish()?).map(|f| Tail::Meta(Box::new(f)))
 }
 
 /// Decode a whole data file: its footer metadata and every record.
@@ -400,6 +458,13 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, D
         .ok_or_else(|| {
             DataFileError::Format(format!("column {name:?} is missing or has the wrong type"))
         })
+}
+
+/// The records of an Arrow batch read from a data file with every column.
+pub fn records_of(batch: &RecordBatch) -> Result<Vec<Record>, DataFileError> {
+    let mut out = Vec::with_capacity(batch.num_rows());
+    from_batch(batch, &mut out)?;
+    Ok(out)
 }
 
 fn from_batch(batch: &RecordBatch, out: &mut Vec<Record>) -> Result<(), DataFileError> {

@@ -100,6 +100,37 @@ pub struct GroupSnapshot {
     pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
 }
 
+/// `_retention/<topic>/<p>.json`: where a partition's chain begins after `rewind retention` deleted
+/// its oldest files. Files and gaps before `start` are no longer part of the chain (a retention run
+/// that stopped half-way may have left some; the next run deletes them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainStart {
+    pub topic: String,
+    pub partition: i32,
+    /// First offset of the chain.
+    pub start: i64,
+    /// Records older than this (RFC 3339) were deleted.
+    pub cutoff: String,
+    pub updated_at: String,
+}
+
+/// Key of a partition's chain start.
+pub fn chain_start_key(topic: &str, partition: i32) -> String {
+    format!("{RETENTION_PREFIX}{topic}/{partition}.json")
+}
+
+/// Prefix of every chain start document.
+pub const RETENTION_PREFIX: &str = "_retention/";
+
+/// A partition's chain start, if retention ever moved it.
+pub async fn read_chain_start(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<ChainStart>, ArchiveError> {
+    read_doc(store, &chain_start_key(topic, partition)).await
+}
+
 /// Folder of one group's snapshots.
 pub fn group_prefix(group: &str) -> String {
     format!("_groups/{group}/")
@@ -108,6 +139,18 @@ pub fn group_prefix(group: &str) -> String {
 /// Key of one group snapshot: lexical order is time order.
 pub fn group_snapshot_key(group: &str, taken_at_ms: i64) -> String {
     format!("{}{taken_at_ms:020}.json", group_prefix(group))
+}
+
+/// The group and time of a snapshot key written by [`group_snapshot_key`]; `None` for other keys.
+pub fn parse_group_snapshot_key(key: &str) -> Option<(&str, i64)> {
+    let mut parts = key.split('/');
+    let (Some("_groups"), Some(group), Some(file), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let taken = file.strip_suffix(".json")?.parse::<i64>().ok()?;
+    Some((group, taken))
 }
 
 /// Whether a consumer group id can name a `_groups/` folder as it is. Other groups are skipped

@@ -5,6 +5,7 @@
 mod check;
 mod restore;
 mod sink;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,14 @@ enum Command {
     Sink(sink::SinkArgs),
     /// Replay a point-in-time window of the archive into a cluster, exactly once.
     Restore(restore::RestoreArgs),
+    /// Check that the archive is sound: contiguous chains, footers, checkpoints (--deep: every byte).
+    Verify(tools::VerifyArgs),
+    /// Look records up in the archive by key, time window and header (JSON lines).
+    Find(tools::FindArgs),
+    /// The archive's inventory: topics, partitions, offsets, times, files, bytes, gaps.
+    Ls(tools::LsArgs),
+    /// Delete the oldest files, whose newest record is older than a cutoff.
+    Retention(tools::RetentionArgs),
 }
 
 /// Flags every command that reads the configuration accepts; each wins over the file and the
@@ -151,6 +160,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check(args) => check::run(args).await,
         Command::Sink(args) => sink::run(args).await,
         Command::Restore(args) => restore::run(args).await,
+        Command::Verify(args) => tools::verify(args).await,
+        Command::Find(args) => tools::find(args).await,
+        Command::Ls(args) => tools::ls(args).await,
+        Command::Retention(args) => tools::retention(args).await,
         Command::Config(args) => {
             let config = load_config(&args.common)?;
             let shown = config.redacted();
@@ -213,6 +226,57 @@ fn init_logging(config: &Config) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// `earliest`/`latest` (open), epoch milliseconds, or RFC 3339.
+pub(crate) fn parse_time(flag: &str, s: &str, open: &str) -> Result<Option<i64>, Failure> {
+    let s = s.trim();
+    if s == open {
+        return Ok(None);
+    }
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    crate::archive::time::parse_rfc3339_millis(s).map(Some).ok_or_else(|| {
+        Failure::usage(format!(
+            "--{flag} {s:?} is not a time: use RFC 3339 such as 2026-11-23T10:00:00Z, epoch milliseconds, or {open}"
+        ))
+    })
+}
+
+/// Print a table: a header and rows of cells, columns padded to their widest cell, the first
+/// `left` columns left-aligned and the rest (numbers) right-aligned.
+pub(crate) fn print_table<R: AsRef<[String]>>(header: &[&str], rows: &[R], left: usize) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row.as_ref()) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, &w))| {
+                if i < left {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header.to_vec()));
+    for row in rows {
+        println!(
+            "{}",
+            line(row.as_ref().iter().map(String::as_str).collect())
+        );
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use clap::Args;
 use serde_json::json;
 
-use super::{load_config, wait_for_signal, CommonArgs, Failure};
+use super::{load_config, parse_time, wait_for_signal, CommonArgs, Failure};
 use crate::archive::paths::valid_topic;
-use crate::archive::time::parse_rfc3339_millis;
 use crate::kafka;
 use crate::sink::topic_regex;
 use crate::source::{self, RestoreError, RestoreOptions, Window};
@@ -62,22 +61,6 @@ pub struct RestoreArgs {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
-}
-
-/// `earliest`/`latest` (open), epoch milliseconds, or RFC 3339.
-fn parse_time(flag: &str, s: &str, open: &str) -> Result<Option<i64>, Failure> {
-    let s = s.trim();
-    if s == open {
-        return Ok(None);
-    }
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(Some(ms));
-    }
-    parse_rfc3339_millis(s).map(Some).ok_or_else(|| {
-        Failure::usage(format!(
-            "--{flag} {s:?} is not a time: use RFC 3339 such as 2026-11-23T10:00:00Z, epoch milliseconds, or {open}"
-        ))
-    })
 }
 
 fn valid_restore_id(id: &str) -> bool {
@@ -329,31 +312,7 @@ fn print_plan(partitions: &[source::PartitionPlan], opts: &RestoreOptions, json:
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                if i < 3 {
-                    format!("{c:<w$}")
-                } else {
-                    format!("{c:>w$}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    println!("{}", line(header.to_vec()));
-    for row in &rows {
-        println!("{}", line(row.iter().map(String::as_str).collect()));
-    }
+    super::print_table(&header, &rows, 3);
     println!(
         "total: {records} records in {files} files ({bytes} bytes) from {} partitions",
         partitions.len()

@@ -23,16 +23,7 @@ pub async fn snapshots_as_of(
 ) -> Result<Vec<GroupSnapshot>, ArchiveError> {
     let mut newest: BTreeMap<String, (i64, String)> = BTreeMap::new();
     for object in store.list("_groups/").await? {
-        let mut parts = object.key.split('/');
-        let (Some(_), Some(group), Some(file), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let Some(taken) = file
-            .strip_suffix(".json")
-            .and_then(|t| t.parse::<i64>().ok())
-        else {
+        let Some((group, taken)) = documents::parse_group_snapshot_key(&object.key) else {
             continue;
         };
         if to.is_some_and(|to| taken > to) {

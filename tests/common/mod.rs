@@ -81,6 +81,11 @@ pub fn restore_command(archive: &str) -> std::process::Command {
     rewind_command("restore", archive)
 }
 
+/// `rewind <tool> --archive <archive>` (verify, find, ls, retention) on the test bed.
+pub fn tool_command(tool: &str, archive: &str) -> std::process::Command {
+    rewind_command(tool, archive)
+}
+
 /// A random lowercase name, valid as a bucket, topic or group name.
 pub fn unique(prefix: &str) -> String {
     let suffix: u64 = rand::rng().random();

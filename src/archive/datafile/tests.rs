@@ -165,7 +165,16 @@ fn the_footer_is_read_from_the_tail_alone() {
     };
     assert!(need > 8 && need < bytes.len(), "{need}");
     let tail = bytes.slice(bytes.len() - need..);
-    assert_eq!(footer_from_tail(&tail, size).unwrap(), Tail::Meta(meta));
+    match footer_from_tail(&tail, size).unwrap() {
+        Tail::Meta(footer) => {
+            assert_eq!(footer.meta, meta);
+            assert_eq!(footer.rows, meta.record_count);
+            assert_eq!(footer.offsets.map(|(_, hi)| hi + 1), Some(meta.end));
+            assert_eq!(footer.timestamps.map(|(lo, _)| lo), meta.min_timestamp);
+            assert!(footer.key_bloom_filter);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

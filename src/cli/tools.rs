@@ -1,0 +1,513 @@
+//! The archive tools: `verify`, `find`, `ls` and `retention`. They need the archive only (no Kafka
+//! cluster); output is a table or, with `--json`, JSON (`find` always prints JSON lines).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use base64::Engine;
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::{load_config, parse_time, print_table, CommonArgs, Failure};
+use crate::archive::time::{parse_rfc3339_millis, rfc3339_millis};
+use crate::archive::Record;
+use crate::config::units::duration;
+use crate::ops::{self, find::KeyFilter, OpsError};
+use crate::sink::topic_regex;
+use crate::storage::{self, ObjectStore};
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Regular expression of topics to verify (whole name; default all).
+    #[arg(long, value_name = "REGEX", default_value = ".*")]
+    topics: String,
+    /// Also read every file whole: check its stored CRC32C and decode every row.
+    #[arg(long)]
+    deep: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("keys").multiple(false))]
+pub struct FindArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The topic to search.
+    #[arg(long, value_name = "T")]
+    topic: String,
+    /// Only this partition.
+    #[arg(long, value_name = "P")]
+    partition: Option<i32>,
+    /// Records whose key is exactly this UTF-8 text.
+    #[arg(long, value_name = "K", group = "keys")]
+    key: Option<String>,
+    /// Records whose key is exactly these bytes, in hexadecimal (e.g. ff00a1).
+    #[arg(long, value_name = "HEX", group = "keys")]
+    key_hex: Option<String>,
+    /// Records without a key.
+    #[arg(long, group = "keys")]
+    key_null: bool,
+    /// Records with a timestamp at or after this time (RFC 3339 or epoch milliseconds).
+    #[arg(long, value_name = "T")]
+    from: Option<String>,
+    /// Records with a timestamp before this time.
+    #[arg(long, value_name = "T")]
+    to: Option<String>,
+    /// Records with this header (UTF-8 value; `K` alone for a null value); repeat to require several.
+    #[arg(long, value_name = "K=V")]
+    header: Vec<String>,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// Print to stderr, as one JSON object, how many files and bytes were read versus the archive.
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Regular expression of topics to list (whole name; default all).
+    #[arg(long, value_name = "REGEX", default_value = ".*")]
+    topics: String,
+    /// Print the inventory as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Delete files whose newest record is older than this, e.g. 7d or 36h.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    older_than: std::time::Duration,
+    /// Regular expression of topics (whole name; default all). Group snapshots are pruned only
+    /// when every topic is selected.
+    #[arg(long, value_name = "REGEX")]
+    topics: Option<String>,
+    /// List what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn failure(e: OpsError) -> Failure {
+    match e {
+        OpsError::NoArchive(_) => Failure::usage(e),
+        OpsError::Archive(crate::archive::documents::ArchiveError::UnsupportedVersion {
+            ..
+        }) => Failure::usage(e),
+        other => Failure::found(other),
+    }
+}
+
+async fn open_store(common: &CommonArgs) -> Result<Arc<dyn ObjectStore>, Failure> {
+    let config = load_config(common)?;
+    let url = config.archive_url().map_err(Failure::usage)?;
+    ops::check_exists(&url).map_err(failure)?;
+    storage::open(&url, &config.s3_options())
+        .await
+        .map_err(Failure::found)
+}
+
+fn regex(flag: &str, pattern: &str) -> Result<regex::Regex, Failure> {
+    topic_regex(pattern).map_err(|e| {
+        Failure::usage(format!(
+            "--{flag} {pattern:?} is not a valid regular expression: {e}"
+        ))
+    })
+}
+
+pub async fn verify(args: VerifyArgs) -> Result<(), Failure> {
+    let topics = regex("topics", &args.topics)?;
+    let store = open_store(&args.common).await?;
+    let report = ops::verify::verify(&*store, &topics, args.deep)
+        .await
+        .map_err(failure)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(Failure::found)?
+        );
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .partitions
+            .iter()
+            .map(|p| {
+                vec![
+                    p.topic.clone(),
+                    p.partition.to_string(),
+                    p.files.to_string(),
+                    p.records.to_string(),
+                    p.bytes.to_string(),
+                    opt(p.start),
+                    opt(p.end),
+                    if p.problems == 0 {
+                        "ok".into()
+                    } else {
+                        p.problems.to_string()
+                    },
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "TOPIC",
+                "PARTITION",
+                "FILES",
+                "RECORDS",
+                "BYTES",
+                "START",
+                "END",
+                "PROBLEMS",
+            ],
+            &rows,
+            1,
+        );
+        for w in &report.warnings {
+            println!("warning: {}: {}", w.key, w.message);
+        }
+        for p in &report.problems {
+            println!("problem: {}: {}", p.key, p.message);
+        }
+        println!(
+            "{} {} files ({} records, {} bytes) of {} partitions in {:.1}s ({:.0} files/s): {}",
+            if report.deep {
+                "deep-verified"
+            } else {
+                "verified"
+            },
+            report.files,
+            report.records,
+            report.bytes,
+            report.partitions.len(),
+            report.seconds,
+            report.files as f64 / report.seconds.max(0.001),
+            match report.problems.len() {
+                0 => "clean".to_string(),
+                1 => "1 problem".to_string(),
+                n => format!("{n} problems"),
+            }
+        );
+    }
+    if report.clean {
+        Ok(())
+    } else {
+        Err(Failure::found(format!(
+            "{}: {} problem(s) found; the first: {}: {}",
+            report.archive,
+            report.problems.len(),
+            report.problems[0].key,
+            report.problems[0].message
+        )))
+    }
+}
+
+fn opt(v: Option<i64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn hex(s: &str) -> Result<Vec<u8>, String> {
+    let s = s.trim();
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if !s.len().is_multiple_of(2) {
+        return Err(format!("{s:?} has an odd number of digits"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("{s:?} is not hexadecimal"))
+        })
+        .collect()
+}
+
+/// Bytes as JSON: a UTF-8 string when valid, otherwise `{"base64": "..."}`; null stays null.
+fn bytes_json(b: Option<&[u8]>) -> Value {
+    match b {
+        None => Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => Value::String(s.to_string()),
+            Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }),
+        },
+    }
+}
+
+fn record_json(topic: &str, partition: i32, r: &Record) -> Value {
+    json!({
+        "topic": topic,
+        "partition": partition,
+        "offset": r.offset,
+        "timestamp": r.timestamp,
+        "timestamp_type": r.timestamp_type.map(|t| t.as_str()),
+        "key": bytes_json(r.key.as_deref()),
+        "value": bytes_json(r.value.as_deref()),
+        "headers": r.headers.iter().map(|h| json!({"key": h.key, "value": bytes_json(h.value.as_deref())})).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn find(args: FindArgs) -> Result<(), Failure> {
+    let key = match (&args.key, &args.key_hex, args.key_null) {
+        (Some(k), _, _) => KeyFilter::Bytes(k.as_bytes().to_vec()),
+        (_, Some(h), _) => {
+            KeyFilter::Bytes(hex(h).map_err(|e| Failure::usage(format!("--key-hex {e}")))?)
+        }
+        (_, _, true) => KeyFilter::Null,
+        _ => KeyFilter::Any,
+    };
+    let time = |flag: &str, v: &Option<String>| match v {
+        None => Ok(None),
+        Some(v) => parse_time(flag, v, "\u{0}"),
+    };
+    let (from, to) = (time("from", &args.from)?, time("to", &args.to)?);
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            return Err(Failure::usage(format!(
+                "--from {} is not before --to {}: the window is empty",
+                rfc3339_millis(f),
+                rfc3339_millis(t)
+            )));
+        }
+    }
+    let headers = args
+        .header
+        .iter()
+        .map(|h| match h.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), Some(v.as_bytes().to_vec()))),
+            None if !h.is_empty() => Ok((h.clone(), None)),
+            _ => Err(Failure::usage(format!(
+                "--header {h:?} is not K=V (or K for a null value)"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !crate::archive::paths::valid_topic(&args.topic) {
+        return Err(Failure::usage(format!(
+            "--topic {:?} is not a valid topic name",
+            args.topic
+        )));
+    }
+    let opts = ops::find::FindOptions {
+        topic: args.topic.clone(),
+        partition: args.partition,
+        key,
+        from,
+        to,
+        headers,
+        limit: args.limit,
+    };
+    let store = open_store(&args.common).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_error = None;
+    let stats = ops::find::find(store, &opts, |topic, partition, record| {
+        if write_error.is_none() {
+            if let Err(e) = writeln!(out, "{}", record_json(topic, partition, record)) {
+                write_error = Some(e);
+            }
+        }
+    })
+    .await
+    .map_err(failure)?;
+    let _ = out.flush();
+    if let Some(e) = write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(Failure::found(format!("cannot write the results: {e}")));
+        }
+    }
+    if args.stats {
+        eprintln!("{}", json!({ "stats": stats }));
+    }
+    Ok(())
+}
+
+pub async fn ls(args: LsArgs) -> Result<(), Failure> {
+    let topics = regex("topics", &args.topics)?;
+    let store = open_store(&args.common).await?;
+    let scan = ops::scan::scan(&*store, &topics, "ls")
+        .await
+        .map_err(failure)?;
+    let now = ops::now_ms();
+    let mut by_topic: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for p in &scan.partitions {
+        let files = p.chain_files();
+        let footers: Vec<_> = files
+            .iter()
+            .filter_map(|f| f.footer.as_ref().ok())
+            .collect();
+        let records: u64 = footers.iter().map(|f| f.meta.record_count).sum();
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        let min_ts = footers.iter().filter_map(|f| f.meta.min_timestamp).min();
+        let max_ts = footers.iter().filter_map(|f| f.meta.max_timestamp).max();
+        let start = files.first().map(|f| f.parsed.start);
+        let end = files
+            .last()
+            .and_then(|f| f.footer.as_ref().ok())
+            .map(|f| f.meta.end);
+        let gaps: Vec<_> = p
+            .gaps
+            .iter()
+            .filter(|(_, g)| start.is_some_and(|s| g.start >= s))
+            .map(|(_, g)| g)
+            .collect();
+        let checkpoint_age = p.checkpoint.as_ref().and_then(|c| {
+            parse_rfc3339_millis(&c.updated_at).map(|t| (now - t).max(0) as f64 / 1000.0)
+        });
+        rows.push(vec![
+            p.topic.clone(),
+            p.partition.to_string(),
+            opt(start),
+            opt(end),
+            records.to_string(),
+            files.len().to_string(),
+            bytes.to_string(),
+            gaps.len().to_string(),
+            min_ts.map_or("-".into(), rfc3339_millis),
+            max_ts.map_or("-".into(), rfc3339_millis),
+            checkpoint_age.map_or("-".into(), |a| format!("{a:.0}s")),
+        ]);
+        by_topic.entry(&p.topic).or_default().push(json!({
+            "partition": p.partition,
+            "start": start,
+            "end": end,
+            "records": records,
+            "files": files.len(),
+            "bytes": bytes,
+            "gaps": gaps.iter().map(|g| json!({"start": g.start, "end": g.end, "reason": g.reason})).collect::<Vec<_>>(),
+            "min_timestamp": min_ts.map(rfc3339_millis),
+            "max_timestamp": max_ts.map(rfc3339_millis),
+            "checkpoint_end": p.checkpoint.as_ref().map(|c| c.end),
+            "checkpoint_age_seconds": checkpoint_age,
+            "unreadable_files": files.len() - footers.len(),
+        }));
+    }
+    if args.json {
+        let topics: Vec<Value> = by_topic
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let sum = |k: &str| {
+                    partitions
+                        .iter()
+                        .map(|p| p[k].as_u64().unwrap_or(0))
+                        .sum::<u64>()
+                };
+                json!({
+                    "topic": topic,
+                    "records": sum("records"),
+                    "bytes": sum("bytes"),
+                    "files": sum("files"),
+                    "partitions": partitions,
+                })
+            })
+            .collect();
+        let doc = json!({
+            "archive": store.url().to_string(),
+            "cluster_id": scan.identity.cluster_id,
+            "created_at": scan.identity.created_at,
+            "topics": topics,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(Failure::found)?
+        );
+    } else {
+        println!(
+            "archive {} of cluster {} (created {})",
+            store.url(),
+            scan.identity.cluster_id,
+            scan.identity.created_at
+        );
+        print_table(
+            &[
+                "TOPIC",
+                "PARTITION",
+                "START",
+                "END",
+                "RECORDS",
+                "FILES",
+                "BYTES",
+                "GAPS",
+                "OLDEST",
+                "NEWEST",
+                "CHECKPOINT AGE",
+            ],
+            &rows,
+            1,
+        );
+        let records: u64 = rows.iter().map(|r| r[4].parse::<u64>().unwrap_or(0)).sum();
+        let files: u64 = rows.iter().map(|r| r[5].parse::<u64>().unwrap_or(0)).sum();
+        let bytes: u64 = rows.iter().map(|r| r[6].parse::<u64>().unwrap_or(0)).sum();
+        println!(
+            "total: {records} records in {files} files ({bytes} bytes), {} topics, {} partitions",
+            rows.iter()
+                .map(|r| &r[0])
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            rows.len()
+        );
+    }
+    Ok(())
+}
+
+pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
+    let topics = regex("topics", args.topics.as_deref().unwrap_or(".*"))?;
+    let older = i64::try_from(args.older_than.as_millis())
+        .map_err(|_| Failure::usage("--older-than is too long"))?;
+    let store = open_store(&args.common).await?;
+    let cutoff = ops::now_ms() - older;
+    let report = ops::retention::retention(
+        &*store,
+        &topics,
+        cutoff,
+        args.topics.is_none(),
+        args.dry_run,
+    )
+    .await
+    .map_err(failure)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(Failure::found)?
+        );
+        return Ok(());
+    }
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for f in &report.files {
+        println!(
+            "{verb} {} ({} bytes{})",
+            f.key,
+            f.bytes,
+            f.max_timestamp
+                .as_ref()
+                .map_or(String::new(), |t| format!(", newest record {t}"))
+        );
+    }
+    for d in &report.documents {
+        println!("{verb} {d}");
+    }
+    println!(
+        "{verb} {} files ({} records, {} bytes) and {} documents ({} group snapshots) older than {}{}",
+        report.files.len(),
+        report.records,
+        report.bytes,
+        report.documents.len(),
+        report.group_snapshots,
+        report.cutoff,
+        if args.dry_run { " (dry run: nothing was deleted)" } else { "" }
+    );
+    Ok(())
+}

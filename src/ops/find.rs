@@ -1,0 +1,551 @@
+//! `rewind find`: audit look-ups in one topic by key, time window and header, reading as little of
+//! the archive as it can. A file is skipped by its hour folder (its records are all before the end
+//! of its hour), then by its footer's time span; a row group by its timestamp statistics, its key
+//! statistics and the bloom filter on `key`; pages by the timestamp page index. Only then are the
+//! key, timestamp and header columns of what is left read and filtered, and the other columns read
+//! for the matching rows only.
+//!
+//! Invariant: pruning never drops a match: every skip is justified by metadata that bounds every
+//! row it skips (checked against a full scan in the tests).
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::{
+    Array, BinaryArray, BooleanArray, ListArray, RecordBatch, StringArray, StructArray,
+    TimestampMillisecondArray,
+};
+use arrow_schema::ArrowError;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, RowFilter, RowSelection};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::statistics::Statistics;
+use serde::Serialize;
+
+use super::{identity, OpsError, Progress};
+use crate::archive::datafile::{self, FileMeta};
+use crate::archive::paths::{DataFileKey, DATA_PREFIX};
+use crate::archive::Record;
+use crate::storage::ObjectStore;
+
+/// Files searched at once.
+const CONCURRENCY: usize = 8;
+/// Bytes read from the end of a file for its footer (and usually its page index) in one request.
+const TAIL_BYTES: usize = 64 * 1024;
+/// Root columns of a data file, in schema order.
+const TIMESTAMP: usize = 1;
+const KEY: usize = 3;
+const HEADERS: usize = 5;
+
+/// Which keys match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyFilter {
+    Any,
+    /// Records without a key.
+    Null,
+    /// Records whose key is exactly these bytes.
+    Bytes(Vec<u8>),
+}
+
+/// What to look for.
+#[derive(Debug, Clone)]
+pub struct FindOptions {
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub key: KeyFilter,
+    /// Records with a timestamp in `[from, to)`; records without one never match a window.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Header `key` with exactly this value (`None`: a null value); every pair must match.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub limit: Option<u64>,
+}
+
+impl FindOptions {
+    fn has_window(&self) -> bool {
+        self.from.is_some() || self.to.is_some()
+    }
+
+    /// Whether `[lo, hi]` (a span of timestamps) may hold a timestamp in the window.
+    fn window_meets(&self, lo: i64, hi: i64) -> bool {
+        self.from.is_none_or(|from| hi >= from) && self.to.is_none_or(|to| lo < to)
+    }
+}
+
+/// How much of the archive a look-up read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FindStats {
+    /// Data files of the topic, and their bytes.
+    pub files_total: usize,
+    pub archive_bytes: u64,
+    /// Files whose footer was read, and files some data page of which was read.
+    pub files_opened: usize,
+    pub files_scanned: usize,
+    pub row_groups_total: usize,
+    pub row_groups_scanned: usize,
+    /// Bytes fetched from the store.
+    pub bytes_read: u64,
+    pub records: u64,
+    pub seconds: f64,
+}
+
+/// Look records up; `emit` gets each match in partition and offset order.
+pub async fn find(
+    store: Arc<dyn ObjectStore>,
+    opts: &FindOptions,
+    mut emit: impl FnMut(&str, i32, &Record),
+) -> Result<FindStats, OpsError> {
+    let started = Instant::now();
+    identity(&*store).await?;
+    let prefix = match opts.partition {
+        Some(p) => DataFileKey::partition_prefix(&opts.topic, p),
+        None => format!("{DATA_PREFIX}topic={}/", opts.topic),
+    };
+    let mut files: Vec<(DataFileKey, u64)> = store
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| DataFileKey::parse(&o.key).map(|k| (k, o.size)))
+        .collect();
+    if files.is_empty() {
+        return Err(OpsError::Input(format!(
+            "{}: topic {} has no archived files{}",
+            store.url(),
+            opts.topic,
+            opts.partition
+                .map_or(String::new(), |p| format!(" in partition {p}"))
+        )));
+    }
+    files.sort_by_key(|(k, _)| (k.partition, k.start));
+    let read = Arc::new(AtomicU64::new(0));
+    let mut stats = FindStats {
+        files_total: files.len(),
+        archive_bytes: files.iter().map(|(_, s)| s).sum(),
+        ..FindStats::default()
+    };
+    // Path pruning: a file's records are all before the end of its hour.
+    let candidates: Vec<_> = files
+        .into_iter()
+        .filter(|(k, _)| opts.from.is_none_or(|from| k.bucket.end_millis() > from))
+        .collect();
+    let mut progress = Progress::new("find", "files", candidates.len() as u64);
+    let mut searches = futures::stream::iter(candidates.into_iter().map(|(key, size)| {
+        let reader = StoreReader {
+            store: store.clone(),
+            key: key.to_string(),
+            size,
+            read: read.clone(),
+            page_index: opts.has_window(),
+            tail: None,
+        };
+        search_file(reader, key, opts)
+    }))
+    .buffered(CONCURRENCY);
+    'files: while let Some(found) = searches.next().await {
+        progress.add(1);
+        let found = found?;
+        stats.files_opened += 1;
+        stats.row_groups_total += found.row_groups_total;
+        stats.row_groups_scanned += found.row_groups_scanned;
+        stats.files_scanned += usize::from(found.row_groups_scanned > 0);
+        for record in &found.records {
+            if opts.limit.is_some_and(|limit| stats.records >= limit) {
+                break 'files;
+            }
+            emit(&found.topic, found.partition, record);
+            stats.records += 1;
+        }
+    }
+    drop(searches);
+    progress.finish();
+    stats.bytes_read = read.load(Ordering::Relaxed);
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+struct Found {
+    topic: String,
+    partition: i32,
+    records: Vec<Record>,
+    row_groups_total: usize,
+    row_groups_scanned: usize,
+}
+
+/// Search one file, pruning with its footer, statistics, bloom filters and page index.
+async fn search_file(
+    reader: StoreReader,
+    key: DataFileKey,
+    opts: &FindOptions,
+) -> Result<Found, OpsError> {
+    let name = reader.key.clone();
+    let url = reader.store.url().to_string();
+    let bad = |e: &dyn std::fmt::Display| {
+        OpsError::Input(format!(
+            "{url}: {name} is not a readable Rewind data file ({e}); run `rewind verify` on the archive"
+        ))
+    };
+    let options = ArrowReaderOptions::new().with_page_index_policy(if opts.has_window() {
+        PageIndexPolicy::Optional
+    } else {
+        PageIndexPolicy::Skip
+    });
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        .await
+        .map_err(|e| bad(&e))?;
+    let metadata = builder.metadata().clone();
+    let footer = datafile::Footer::of(&metadata).map_err(|e| bad(&e))?;
+    let mut found = Found {
+        topic: key.topic.clone(),
+        partition: key.partition,
+        records: Vec::new(),
+        row_groups_total: metadata.num_row_groups(),
+        row_groups_scanned: 0,
+    };
+    if !file_may_match(&footer.meta, opts) {
+        return Ok(found);
+    }
+    let mut groups = Vec::new();
+    for (i, group) in metadata.row_groups().iter().enumerate() {
+        if opts.has_window() {
+            match int64_range(group.column(TIMESTAMP).statistics()) {
+                Some(Some((lo, hi))) if !opts.window_meets(lo, hi) => continue,
+                Some(None) => continue, // only null timestamps
+                _ => {}
+            }
+        }
+        let key_stats = group.column(KEY).statistics();
+        match &opts.key {
+            KeyFilter::Any => {}
+            KeyFilter::Null => {
+                if key_stats.and_then(|s| s.null_count_opt()) == Some(0) {
+                    continue;
+                }
+            }
+            KeyFilter::Bytes(k) => {
+                if let Some(Statistics::ByteArray(s)) = key_stats {
+                    let below = s.min_bytes_opt().is_some_and(|min| k.as_slice() < min);
+                    let above = s.max_bytes_opt().is_some_and(|max| k.as_slice() > max);
+                    // Statistics may be truncated; only exact (untruncated) bounds prune.
+                    if (below && s.min_is_exact()) || (above && s.max_is_exact()) {
+                        continue;
+                    }
+                }
+                let filter = builder
+                    .get_row_group_column_bloom_filter(i, KEY)
+                    .await
+                    .map_err(|e| bad(&e))?;
+                if filter.is_some_and(|f| !f.check(k.as_slice())) {
+                    continue;
+                }
+            }
+        }
+        groups.push(i);
+    }
+    if groups.is_empty() {
+        return Ok(found);
+    }
+    found.row_groups_scanned = groups.len();
+    let selection = opts
+        .has_window()
+        .then(|| page_selection(&metadata, &groups, opts))
+        .flatten();
+    if selection.as_ref().is_some_and(|s| !s.selects_any()) {
+        return Ok(found);
+    }
+    let schema = builder.parquet_schema().clone();
+    let mut predicate_roots = vec![];
+    if opts.has_window() {
+        predicate_roots.push(TIMESTAMP);
+    }
+    if opts.key != KeyFilter::Any {
+        predicate_roots.push(KEY);
+    }
+    if !opts.headers.is_empty() {
+        predicate_roots.push(HEADERS);
+    }
+    let mut builder = builder.with_row_groups(groups);
+    if let Some(selection) = selection {
+        builder = builder.with_row_selection(selection);
+    }
+    if !predicate_roots.is_empty() {
+        let filter = Filter::new(opts);
+        let predicate = ArrowPredicateFn::new(
+            ProjectionMask::roots(&schema, predicate_roots),
+            move |batch: RecordBatch| filter.evaluate(&batch),
+        );
+        builder = builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
+    }
+    let batches: Vec<RecordBatch> = builder
+        .build()
+        .map_err(|e| bad(&e))?
+        .try_collect()
+        .await
+        .map_err(|e| bad(&e))?;
+    for batch in &batches {
+        found
+            .records
+            .extend(datafile::records_of(batch).map_err(|e| bad(&e))?);
+    }
+    Ok(found)
+}
+
+/// Whether the footer's time span and range allow a match.
+fn file_may_match(meta: &FileMeta, opts: &FindOptions) -> bool {
+    if !opts.has_window() {
+        return true;
+    }
+    match (meta.min_timestamp, meta.max_timestamp) {
+        (Some(lo), Some(hi)) => opts.window_meets(lo, hi),
+        _ => false,
+    }
+}
+
+/// `Some(Some((min, max)))` from INT64 statistics, `Some(None)` when every value is null, `None`
+/// when there are no usable statistics.
+fn int64_range(stats: Option<&Statistics>) -> Option<Option<(i64, i64)>> {
+    match stats? {
+        Statistics::Int64(s) => match (s.min_opt(), s.max_opt()) {
+            (Some(&lo), Some(&hi)) => Some(Some((lo, hi))),
+            _ if s.null_count_opt().is_some() => Some(None),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The rows of `groups` whose timestamp pages may meet the window, from the page index; `None`
+/// when a group has no page index (then every row is read).
+fn page_selection(
+    metadata: &ParquetMetaData,
+    groups: &[usize],
+    opts: &FindOptions,
+) -> Option<RowSelection> {
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    let mut base = 0usize;
+    for &g in groups {
+        let rows = metadata.row_group(g).num_rows() as usize;
+        let index = metadata.page_index_for_row_group(g);
+        let (Some(ColumnIndexMetaData::INT64(column)), Some(offsets)) =
+            (index.column_index(TIMESTAMP), index.offset_index(TIMESTAMP))
+        else {
+            return None;
+        };
+        let pages = offsets.page_locations();
+        for (p, page) in pages.iter().enumerate() {
+            let first = page.first_row_index as usize;
+            let end = pages
+                .get(p + 1)
+                .map_or(rows, |n| n.first_row_index as usize);
+            let keep = match (column.min_value(p), column.max_value(p)) {
+                (Some(&lo), Some(&hi)) => opts.window_meets(lo, hi),
+                _ => false, // a page of null timestamps never meets a window
+            };
+            if keep {
+                ranges.push(base + first..base + end);
+            }
+        }
+        base += rows;
+    }
+    Some(RowSelection::from_consecutive_ranges(
+        ranges.into_iter(),
+        base,
+    ))
+}
+
+/// The row predicate over the projected key, timestamp and header columns.
+struct Filter {
+    key: KeyFilter,
+    from: Option<i64>,
+    to: Option<i64>,
+    window: bool,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Filter {
+    fn new(opts: &FindOptions) -> Filter {
+        Filter {
+            key: opts.key.clone(),
+            from: opts.from,
+            to: opts.to,
+            window: opts.has_window(),
+            headers: opts.headers.clone(),
+        }
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
+        let column = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| {
+                ArrowError::SchemaError(format!("column {name} is missing from the filter batch"))
+            })
+        };
+        let wrong =
+            |name: &str| ArrowError::SchemaError(format!("column {name} has the wrong type"));
+        let timestamps = if self.window {
+            Some(
+                column("timestamp")?
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .ok_or_else(|| wrong("timestamp"))?,
+            )
+        } else {
+            None
+        };
+        let keys = if self.key != KeyFilter::Any {
+            Some(
+                column("key")?
+                    .as_any()
+                    .downcast_ref::<BinaryArray>()
+                    .ok_or_else(|| wrong("key"))?,
+            )
+        } else {
+            None
+        };
+        let headers = if self.headers.is_empty() {
+            None
+        } else {
+            let list = column("headers")?
+                .as_any()
+                .downcast_ref::<ListArray>()
+                .ok_or_else(|| wrong("headers"))?;
+            let entries = list
+                .values()
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .ok_or_else(|| wrong("headers"))?;
+            let hk = entries
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| wrong("headers.key"))?;
+            let hv = entries
+                .column(1)
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| wrong("headers.value"))?;
+            Some((list, hk, hv))
+        };
+        let keep = (0..batch.num_rows()).map(|i| {
+            let time_ok = timestamps.is_none_or(|t| {
+                !t.is_null(i)
+                    && self.from.is_none_or(|from| t.value(i) >= from)
+                    && self.to.is_none_or(|to| t.value(i) < to)
+            });
+            let key_ok = keys.is_none_or(|k| match &self.key {
+                KeyFilter::Any => true,
+                KeyFilter::Null => k.is_null(i),
+                KeyFilter::Bytes(want) => !k.is_null(i) && k.value(i) == want.as_slice(),
+            });
+            let headers_ok = headers.is_none_or(|(list, hk, hv)| {
+                let offsets = list.value_offsets();
+                let range = offsets[i] as usize..offsets[i + 1] as usize;
+                self.headers.iter().all(|(name, value)| {
+                    range.clone().any(|j| {
+                        hk.value(j) == name
+                            && match value {
+                                None => hv.is_null(j),
+                                Some(v) => !hv.is_null(j) && hv.value(j) == v.as_slice(),
+                            }
+                    })
+                })
+            });
+            Some(time_ok && key_ok && headers_ok)
+        });
+        Ok(keep.collect())
+    }
+}
+
+/// A data file in the store, read with ranged requests, counting the bytes it fetches.
+struct StoreReader {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    size: u64,
+    read: Arc<AtomicU64>,
+    page_index: bool,
+    /// The file's last bytes, read once for the footer; bloom filters and the page index usually
+    /// sit there too (and small files are all there).
+    tail: Option<(u64, Bytes)>,
+}
+
+impl StoreReader {
+    fn cached(&self, range: &Range<u64>) -> Option<Bytes> {
+        let (start, tail) = self.tail.as_ref()?;
+        (range.start >= *start && range.end <= start + tail.len() as u64)
+            .then(|| tail.slice((range.start - start) as usize..(range.end - start) as usize))
+    }
+}
+
+impl AsyncFileReader for StoreReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            if let Some(bytes) = self.cached(&range) {
+                return Ok(bytes);
+            }
+            let bytes = self
+                .store
+                .get_range(&self.key, range)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+            self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            Ok(bytes)
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            futures::future::try_join_all(ranges.into_iter().map(|range| {
+                let cached = self.cached(&range);
+                let store = self.store.clone();
+                let key = self.key.clone();
+                let read = self.read.clone();
+                async move {
+                    if let Some(bytes) = cached {
+                        return Ok(bytes);
+                    }
+                    let bytes = store
+                        .get_range(&key, range)
+                        .await
+                        .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+                    read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    Ok(bytes)
+                }
+            }))
+            .await
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let start = size.saturating_sub(TAIL_BYTES as u64);
+            let tail = self.get_bytes(start..size).await?;
+            self.tail = Some((start, tail));
+            let policy = if self.page_index {
+                PageIndexPolicy::Optional
+            } else {
+                PageIndexPolicy::Skip
+            };
+            let metadata = ParquetMetaDataReader::new()
+                .with_page_index_policy(policy)
+                .with_prefetch_hint(Some(TAIL_BYTES))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,229 @@
+//! `rewind retention --older-than D`: delete the files whose newest record is older than the
+//! cutoff, only from the beginning of each chain and never a partition's newest file, and the
+//! consumer-group snapshots no restore inside the kept history needs.
+//!
+//! Invariant: the chain stays a contiguous suffix. The new start is recorded
+//! (`_retention/<topic>/<p>.json`) before anything is deleted, so a run that stops half-way leaves
+//! files before the start that readers ignore and the next run deletes, never a hole.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use regex::Regex;
+use serde::Serialize;
+
+use super::{identity, OpsError, Progress};
+use crate::archive::chain;
+use crate::archive::documents::{self, chain_start_key, gap_key, ChainStart};
+use crate::archive::time::rfc3339_millis;
+use crate::storage::{ObjectStore, PutMode};
+
+/// Keys per delete request.
+const DELETE_BATCH: usize = 500;
+/// Partitions planned at once.
+const CONCURRENCY: usize = 8;
+
+/// What one retention run deletes (or would delete with `--dry-run`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RetentionReport {
+    pub cutoff: String,
+    pub dry_run: bool,
+    /// Data files, with their partition's new start.
+    pub files: Vec<DeletedFile>,
+    pub bytes: u64,
+    pub records: u64,
+    /// Gap documents, chain-start left-overs, and group snapshots.
+    pub documents: Vec<String>,
+    pub group_snapshots: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeletedFile {
+    pub key: String,
+    pub topic: String,
+    pub partition: i32,
+    pub bytes: u64,
+    pub records: Option<u64>,
+    pub max_timestamp: Option<String>,
+}
+
+/// Apply retention with `cutoff_ms` to the topics `topics` selects; group snapshots are pruned only
+/// when `prune_groups` (every topic selected).
+pub async fn retention(
+    store: &dyn ObjectStore,
+    topics: &Regex,
+    cutoff_ms: i64,
+    prune_groups: bool,
+    dry_run: bool,
+) -> Result<RetentionReport, OpsError> {
+    identity(store).await?;
+    let listed = chain::list_all(store).await?;
+    let selected: Vec<_> = listed
+        .iter()
+        .filter(|((t, _), _)| topics.is_match(t))
+        .collect();
+    let mut report = RetentionReport {
+        cutoff: rfc3339_millis(cutoff_ms),
+        dry_run,
+        ..RetentionReport::default()
+    };
+    let mut progress = Progress::new("retention", "partitions", selected.len() as u64);
+    let mut plans =
+        futures::stream::iter(selected.into_iter().map(|((topic, partition), files)| {
+            plan_partition(store, topic, *partition, files, cutoff_ms)
+        }))
+        .buffered(CONCURRENCY);
+    let mut work = Vec::new();
+    while let Some(plan) = plans.next().await {
+        progress.add(1);
+        if let Some(plan) = plan? {
+            work.push(plan);
+        }
+    }
+    progress.finish();
+    for plan in work {
+        if !dry_run {
+            if let Some(start) = &plan.start {
+                // The new start first: from here on readers ignore what is about to go.
+                documents::write_doc(
+                    store,
+                    &chain_start_key(&start.topic, start.partition),
+                    start,
+                    PutMode::Overwrite,
+                )
+                .await?;
+            }
+            let keys: Vec<String> = plan
+                .files
+                .iter()
+                .map(|f| f.key.clone())
+                .chain(plan.documents.iter().cloned())
+                .collect();
+            delete(store, &keys).await?;
+        }
+        report.bytes += plan.files.iter().map(|f| f.bytes).sum::<u64>();
+        report.records += plan.files.iter().filter_map(|f| f.records).sum::<u64>();
+        report.files.extend(plan.files);
+        report.documents.extend(plan.documents);
+    }
+    if prune_groups {
+        let snapshots = old_group_snapshots(store, cutoff_ms).await?;
+        if !dry_run {
+            delete(store, &snapshots).await?;
+        }
+        report.group_snapshots = snapshots.len();
+        report.documents.extend(snapshots);
+    }
+    Ok(report)
+}
+
+struct PartitionRetention {
+    start: Option<ChainStart>,
+    files: Vec<DeletedFile>,
+    documents: Vec<String>,
+}
+
+/// What retention removes from one partition: the longest prefix of its chain (never the last
+/// file) whose files' newest records are older than the cutoff, plus anything left before the
+/// recorded start by an earlier run.
+async fn plan_partition(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+    files: &[(crate::archive::paths::DataFileKey, u64)],
+    cutoff_ms: i64,
+) -> Result<Option<PartitionRetention>, OpsError> {
+    let mut chain = chain::load(store, topic, partition, files, &BTreeMap::new()).await?;
+    let mut out = PartitionRetention {
+        start: None,
+        files: Vec::new(),
+        documents: Vec::new(),
+    };
+    // Left-overs of an interrupted run: files and gaps before the recorded start.
+    let first = chain.start().unwrap_or(i64::MAX);
+    for (key, size) in files.iter().filter(|(k, _)| k.start < first) {
+        out.files.push(DeletedFile {
+            key: key.to_string(),
+            topic: topic.to_string(),
+            partition,
+            bytes: *size,
+            records: None,
+            max_timestamp: None,
+        });
+    }
+    // The deletable prefix, reading footers a batch at a time until a file is young enough.
+    let candidates = chain.files.len().saturating_sub(1);
+    let mut cut = 0;
+    'walk: while cut < candidates {
+        let batch = cut..(cut + 16).min(candidates);
+        chain::read_footers(store, &mut chain, |i, _| batch.contains(&i)).await?;
+        for i in batch {
+            match chain.files[i].footer.and_then(|f| f.max_timestamp) {
+                Some(max) if max < cutoff_ms => cut = i + 1,
+                _ => break 'walk,
+            }
+        }
+    }
+    for f in &chain.files[..cut] {
+        let footer = f.footer.expect("read above");
+        out.files.push(DeletedFile {
+            key: f.key.clone(),
+            topic: topic.to_string(),
+            partition,
+            bytes: f.size,
+            records: Some(footer.records),
+            max_timestamp: footer.max_timestamp.map(rfc3339_millis),
+        });
+    }
+    let new_start = chain.files.get(cut).map_or(first, |f| f.start);
+    if cut > 0 {
+        out.start = Some(ChainStart {
+            topic: topic.to_string(),
+            partition,
+            start: new_start,
+            cutoff: rfc3339_millis(cutoff_ms),
+            updated_at: rfc3339_millis(super::now_ms()),
+        });
+    }
+    for gap in documents::read_gaps(store, topic, partition).await? {
+        if gap.end <= new_start {
+            out.documents.push(gap_key(topic, partition, gap.start));
+        }
+    }
+    Ok((!out.files.is_empty() || !out.documents.is_empty()).then_some(out))
+}
+
+/// Group snapshots older than the newest one at or before the cutoff, per group: the group's
+/// position at any time after the cutoff stays known.
+async fn old_group_snapshots(
+    store: &dyn ObjectStore,
+    cutoff_ms: i64,
+) -> Result<Vec<String>, OpsError> {
+    let mut by_group: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for object in store.list("_groups/").await? {
+        if let Some((group, taken)) = documents::parse_group_snapshot_key(&object.key) {
+            by_group
+                .entry(group.to_string())
+                .or_default()
+                .push((taken, object.key.clone()));
+        }
+    }
+    let mut old = Vec::new();
+    for mut snapshots in by_group.into_values() {
+        snapshots.sort();
+        // The newest at or before the cutoff is kept: it is the position as of the cutoff.
+        let keep_from = snapshots
+            .iter()
+            .rposition(|(t, _)| *t <= cutoff_ms)
+            .unwrap_or(0);
+        old.extend(snapshots.drain(..keep_from).map(|(_, k)| k));
+    }
+    Ok(old)
+}
+
+async fn delete(store: &dyn ObjectStore, keys: &[String]) -> Result<(), OpsError> {
+    for batch in keys.chunks(DELETE_BATCH) {
+        store.delete_many(batch).await?;
+    }
+    Ok(())
+}

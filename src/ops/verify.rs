@@ -1,0 +1,582 @@
+//! `rewind verify`: is the archive a sound set of chains that restores? Per partition: the chain is
+//! contiguous (every file starts where the previous ends, or a gap records why not), every footer
+//! agrees with its key, its row-group statistics and its hour folder, checkpoints do not point past
+//! the chain, and every archived topic has its `_topics/` document. All of that comes from footers
+//! (one ranged read per file); `--deep` also reads every file whole, checks its stored CRC32C and
+//! decodes every row.
+//!
+//! Invariant: every problem names the object key it is about, so an operator can look at it.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use regex::Regex;
+use serde::Serialize;
+
+use super::scan::{self, PartitionScan, Scan, ScannedFile};
+use super::{OpsError, Progress};
+use crate::archive::chain::FileFooter;
+use crate::archive::datafile;
+use crate::archive::documents::chain_start_key;
+use crate::archive::paths::{checkpoint_key, topic_key};
+use crate::archive::time::rfc3339_millis;
+use crate::archive::FORMAT_VERSION;
+use crate::storage::{self, ObjectStore};
+
+/// Files read whole at once by `--deep`.
+const DEEP_CONCURRENCY: usize = 4;
+/// Records decoded at a time by `--deep`.
+const DEEP_CHUNK_BYTES: u64 = 8 << 20;
+
+/// One finding, about one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The object the finding is about.
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    /// A short stable name: `unreadable`, `footer`, `hole`, `overlap`, `checkpoint`, ...
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// What verify found on one partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionSummary {
+    pub topic: String,
+    pub partition: i32,
+    pub files: usize,
+    pub bytes: u64,
+    pub records: u64,
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub problems: usize,
+}
+
+/// The outcome of one verify run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub archive: String,
+    pub deep: bool,
+    pub clean: bool,
+    pub files: usize,
+    pub bytes: u64,
+    pub records: u64,
+    pub seconds: f64,
+    pub partitions: Vec<PartitionSummary>,
+    /// Findings that make the archive unsound (exit 1).
+    pub problems: Vec<Problem>,
+    /// Findings worth knowing that do not (left-overs, missing optional checksums).
+    pub warnings: Vec<Problem>,
+}
+
+struct Findings {
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Findings {
+    fn problem(&mut self, p: &PartitionScan, key: &str, kind: &'static str, message: String) {
+        self.problems.push(Problem {
+            key: key.to_string(),
+            topic: Some(p.topic.clone()),
+            partition: Some(p.partition),
+            kind,
+            message,
+        });
+    }
+
+    fn warning(&mut self, p: &PartitionScan, key: &str, kind: &'static str, message: String) {
+        self.warnings.push(Problem {
+            key: key.to_string(),
+            topic: Some(p.topic.clone()),
+            partition: Some(p.partition),
+            kind,
+            message,
+        });
+    }
+}
+
+/// Verify the partitions of the topics `topics` selects.
+pub async fn verify(
+    store: &dyn ObjectStore,
+    topics: &Regex,
+    deep: bool,
+) -> Result<Report, OpsError> {
+    let started = Instant::now();
+    let scan = scan::scan(store, topics, "verify").await?;
+    let mut found = Findings {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for (key, message) in &scan.unreadable {
+        found.problems.push(Problem {
+            key: key.clone(),
+            topic: None,
+            partition: None,
+            kind: "document",
+            message: format!("is not a valid archive document: {message}"),
+        });
+    }
+    for key in &scan.stray {
+        found.warnings.push(Problem {
+            key: key.clone(),
+            topic: None,
+            partition: None,
+            kind: "stray",
+            message:
+                "is under data/ but is not a Rewind data file; readers of data/** may trip on it"
+                    .into(),
+        });
+    }
+    check_topics(&scan, &mut found);
+    let mut summaries = Vec::new();
+    for p in &scan.partitions {
+        let before = found.problems.len();
+        check_partition(p, &mut found);
+        let files = p.chain_files();
+        summaries.push(PartitionSummary {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            files: files.len(),
+            bytes: files.iter().map(|f| f.size).sum(),
+            records: files
+                .iter()
+                .filter_map(|f| f.footer.as_ref().ok())
+                .map(|f| f.meta.record_count)
+                .sum(),
+            start: files.first().map(|f| f.parsed.start),
+            end: files
+                .last()
+                .and_then(|f| f.footer.as_ref().ok())
+                .map(|f| f.meta.end),
+            problems: found.problems.len() - before,
+        });
+    }
+    if deep {
+        deep_check(store, &scan, &mut found, &mut summaries).await?;
+    }
+    Ok(Report {
+        archive: store.url().to_string(),
+        deep,
+        clean: found.problems.is_empty(),
+        files: summaries.iter().map(|s| s.files).sum(),
+        bytes: summaries.iter().map(|s| s.bytes).sum(),
+        records: summaries.iter().map(|s| s.records).sum(),
+        seconds: started.elapsed().as_secs_f64(),
+        partitions: summaries,
+        problems: found.problems,
+        warnings: found.warnings,
+    })
+}
+
+/// Every archived topic has its `_topics/` document, and its partitions exist there.
+fn check_topics(scan: &Scan, found: &mut Findings) {
+    for p in scan
+        .partitions
+        .iter()
+        .filter(|p| !p.chain_files().is_empty())
+    {
+        match scan.topics.get(&p.topic) {
+            None if p.partition == 0
+                || !scan.partitions.iter().any(|q| {
+                    q.topic == p.topic && q.partition < p.partition && !q.chain_files().is_empty()
+                }) =>
+            {
+                found.problem(
+                    p,
+                    &topic_key(&p.topic),
+                    "topic",
+                    format!(
+                        "is missing: topic {} is archived but its metadata is not, so a restore cannot create it",
+                        p.topic
+                    ),
+                );
+            }
+            Some(meta) if p.partition >= meta.partitions => found.warning(
+                p,
+                &topic_key(&p.topic),
+                "topic",
+                format!(
+                    "says {} has {} partitions, but partition {} is archived",
+                    p.topic, meta.partitions, p.partition
+                ),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// The chain rules, the footers and the checkpoint of one partition.
+fn check_partition(p: &PartitionScan, found: &mut Findings) {
+    for f in &p.files[..p.files.len() - p.chain_files().len()] {
+        found.warning(
+            p,
+            &f.key,
+            "leftover",
+            format!(
+                "lies before the chain's start {} (recorded by retention): a retention run stopped before deleting it; run `rewind retention` again",
+                p.start.as_ref().map_or(0, |s| s.start)
+            ),
+        );
+    }
+    let files = p.chain_files();
+    if let (Some(start), Some(first)) = (&p.start, files.first()) {
+        if first.parsed.start != start.start {
+            found.problem(
+                p,
+                &chain_start_key(&p.topic, p.partition),
+                "start",
+                format!(
+                    "says the chain starts at offset {}, but its first file {} starts at {}",
+                    start.start, first.key, first.parsed.start
+                ),
+            );
+        }
+    }
+    if let (Some(start), None) = (&p.start, files.first()) {
+        found.problem(
+            p,
+            &chain_start_key(&p.topic, p.partition),
+            "start",
+            format!(
+                "says the chain starts at offset {}, but no data file of {}/{} is left",
+                start.start, p.topic, p.partition
+            ),
+        );
+    }
+    // Walk the chain; `reach` is where the files so far end.
+    let mut reach: Option<(i64, &str)> = None;
+    for (i, f) in files.iter().enumerate() {
+        let end = match &f.footer {
+            Ok(footer) => {
+                check_footer(p, f, footer, found);
+                footer.meta.end
+            }
+            Err(message) => {
+                found.problem(
+                    p,
+                    &f.key,
+                    "unreadable",
+                    format!("is not a readable Rewind data file: {message}"),
+                );
+                // Assume it ends where the next file starts, so one bad file is one problem.
+                files
+                    .get(i + 1)
+                    .map_or(f.parsed.start + 1, |n| n.parsed.start)
+            }
+        };
+        if let Some((prev_end, prev_key)) = reach {
+            let start = f.parsed.start;
+            if start < prev_end {
+                found.problem(
+                    p,
+                    &f.key,
+                    "overlap",
+                    format!(
+                        "starts at offset {start}, inside the range of {prev_key}, which ends at {prev_end}: two files hold the same offsets"
+                    ),
+                );
+            } else if start > prev_end
+                && !p
+                    .gaps
+                    .iter()
+                    .any(|(_, g)| g.start <= prev_end && g.end >= start)
+            {
+                found.problem(
+                    p,
+                    &f.key,
+                    "hole",
+                    format!(
+                        "starts at offset {start}, but the previous file {prev_key} ends at {prev_end} and no gap records why offsets [{prev_end}, {start}) are missing"
+                    ),
+                );
+            }
+        }
+        if reach.is_none_or(|(e, _)| end > e) {
+            reach = Some((end, &f.key));
+        }
+    }
+    let chain_start = files.first().map_or(i64::MAX, |f| f.parsed.start);
+    for (key, gap) in &p.gaps {
+        if gap.end <= chain_start && p.start.is_some() {
+            found.warning(p, key, "leftover", "lies before the chain's start (recorded by retention); run `rewind retention` again".into());
+            continue;
+        }
+        let overlaps = files.iter().any(|f| {
+            f.footer
+                .as_ref()
+                .is_ok_and(|ft| f.parsed.start < gap.end && gap.start < ft.meta.end)
+        });
+        if gap.start >= gap.end || overlaps {
+            found.problem(
+                p,
+                key,
+                "gap",
+                format!(
+                    "records offsets [{}, {}) as missing, but {}",
+                    gap.start,
+                    gap.end,
+                    if overlaps {
+                        "data files hold some of them"
+                    } else {
+                        "that range is empty"
+                    }
+                ),
+            );
+        }
+    }
+    let chain_end = files
+        .last()
+        .and_then(|f| f.footer.as_ref().ok())
+        .map(|f| f.meta.end);
+    let key = checkpoint_key(&p.topic, p.partition);
+    match (&p.checkpoint, chain_end) {
+        (Some(c), Some(end)) if c.end > end => found.problem(
+            p,
+            &key,
+            "checkpoint",
+            format!(
+                "says offsets up to {} are archived, but the chain ends at {end}: the files it vouches for are missing",
+                c.end
+            ),
+        ),
+        (Some(c), None) if files.is_empty() => found.problem(
+            p,
+            &key,
+            "checkpoint",
+            format!(
+                "says offsets up to {} are archived, but {}/{} has no data file",
+                c.end, p.topic, p.partition
+            ),
+        ),
+        (None, Some(_)) => found.warning(
+            p,
+            &key,
+            "checkpoint",
+            "is missing: the sink stopped before its first checkpoint; the next sink run writes it"
+                .into(),
+        ),
+        _ => {}
+    }
+}
+
+/// What a footer says must agree with its key, its statistics and its hour folder.
+fn check_footer(p: &PartitionScan, f: &ScannedFile, footer: &FileFooter, found: &mut Findings) {
+    let meta = &footer.meta;
+    let mut bad = |message: String| found.problem(p, &f.key, "footer", message);
+    if meta.format_version != FORMAT_VERSION {
+        bad(format!(
+            "has format version {}, not {FORMAT_VERSION}",
+            meta.format_version
+        ));
+    }
+    if meta.topic != f.parsed.topic
+        || meta.partition != f.parsed.partition
+        || meta.start != f.parsed.start
+    {
+        bad(format!(
+            "footer says {}/{} from offset {}, which does not match its key",
+            meta.topic, meta.partition, meta.start
+        ));
+    }
+    if meta.end <= meta.start {
+        bad(format!(
+            "footer range [{}, {}) is empty",
+            meta.start, meta.end
+        ));
+    }
+    if meta.record_count == 0 || footer.rows != meta.record_count {
+        bad(format!(
+            "footer says {} records, but its row groups hold {} rows",
+            meta.record_count, footer.rows
+        ));
+    }
+    match footer.offsets {
+        None => bad("has no offset statistics, so its range cannot be checked".into()),
+        Some((lo, hi)) if lo < meta.start || hi >= meta.end || hi + 1 != meta.end => bad(format!(
+            "holds offsets {lo} to {hi}, but its footer says [{}, {}) (the last offset must be end - 1)",
+            meta.start, meta.end
+        )),
+        Some((lo, hi)) if (hi - lo + 1) < meta.record_count as i64 => bad(format!(
+            "claims {} records in offsets {lo} to {hi}, more than the range holds",
+            meta.record_count
+        )),
+        _ => {}
+    }
+    let footer_span = meta.min_timestamp.zip(meta.max_timestamp);
+    if footer.timestamps != footer_span {
+        bad(format!(
+            "footer says timestamps {}, but its statistics say {}",
+            span(footer_span),
+            span(footer.timestamps)
+        ));
+    }
+    if let Some(max) = meta.max_timestamp {
+        let bucket = f.parsed.bucket;
+        if max >= bucket.end_millis() {
+            bad(format!(
+                "holds a record at {}, after the end of its hour folder {}T{}: a restore cutting a window there would miss it",
+                rfc3339_millis(max),
+                bucket.date(),
+                bucket.hour()
+            ));
+        }
+    }
+    if !footer.key_bloom_filter {
+        found.warning(
+            p,
+            &f.key,
+            "bloom",
+            "has no bloom filter on key: key look-ups read all of it".into(),
+        );
+    }
+}
+
+fn span(s: Option<(i64, i64)>) -> String {
+    s.map_or("none".into(), |(lo, hi)| {
+        format!("{} to {}", rfc3339_millis(lo), rfc3339_millis(hi))
+    })
+}
+
+/// Read every chain file whole: its stored CRC32C must match its bytes, and every row must decode
+/// and agree with the footer.
+async fn deep_check(
+    store: &dyn ObjectStore,
+    scan: &Scan,
+    found: &mut Findings,
+    summaries: &mut [PartitionSummary],
+) -> Result<(), OpsError> {
+    let todo: Vec<(usize, &PartitionScan, &ScannedFile)> = scan
+        .partitions
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.chain_files().iter().map(move |f| (i, p, f)))
+        .filter(|(_, _, f)| f.footer.is_ok())
+        .collect();
+    let mut progress = Progress::new("verify --deep", "files", todo.len() as u64);
+    let mut checks = futures::stream::iter(todo.into_iter().map(|(i, p, f)| async move {
+        let got = match store.get(&f.key).await {
+            Ok(got) => got,
+            Err(storage::StorageError::NotFound { .. }) => {
+                return Ok((
+                    i,
+                    p,
+                    f,
+                    vec![("unreadable", "was deleted while verify ran".to_string())],
+                    false,
+                ))
+            }
+            Err(e) => return Err(OpsError::from(e)),
+        };
+        let footer = f.footer.clone().expect("filtered");
+        let (issues, unchecked) = tokio::task::spawn_blocking(move || deep_file(got, &footer))
+            .await
+            .map_err(|e| OpsError::Input(format!("a verify task failed: {e}")))?;
+        Ok((i, p, f, issues, unchecked))
+    }))
+    .buffer_unordered(DEEP_CONCURRENCY);
+    while let Some(result) = checks.next().await {
+        let (i, p, f, issues, unchecked) = result?;
+        progress.add(1);
+        summaries[i].problems += issues.len();
+        for (kind, message) in issues {
+            found.problem(p, &f.key, kind, message);
+        }
+        if unchecked {
+            found.warning(
+                p,
+                &f.key,
+                "checksum",
+                "has no stored CRC32C (written by another tool, or copied without extended attributes), so its bytes cannot be checked".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Problems (kind, message) of one file read whole, and whether it had no checksum to check.
+fn deep_file(got: storage::GetResult, footer: &FileFooter) -> (Vec<(&'static str, String)>, bool) {
+    let mut issues = Vec::new();
+    let unchecked = got.meta.crc32c.is_none();
+    if let Some(stored) = got.meta.crc32c {
+        let actual = storage::crc32c(&got.body);
+        if actual != stored {
+            issues.push((
+                "checksum",
+                format!(
+                    "is damaged: its bytes have CRC32C {actual:08x}, but it was stored with {stored:08x}"
+                ),
+            ));
+        }
+    }
+    let meta = &footer.meta;
+    let mut count = 0u64;
+    let mut last: Option<i64> = None;
+    let mut first_ts: Option<Option<i64>> = None;
+    let mut span: Option<(i64, i64)> = None;
+    let mut order = None;
+    let decoded = datafile::decode_chunks(got.body, DEEP_CHUNK_BYTES, |records| {
+        for r in records {
+            if order.is_none()
+                && (last.is_some_and(|l| r.offset <= l)
+                    || r.offset < meta.start
+                    || r.offset >= meta.end)
+            {
+                order = Some(format!(
+                    "row {count} has offset {}, after {} (offsets must increase strictly inside [{}, {}))",
+                    r.offset,
+                    last.map_or("the start".into(), |l| l.to_string()),
+                    meta.start,
+                    meta.end
+                ));
+            }
+            first_ts.get_or_insert(r.timestamp);
+            if let Some(t) = r.timestamp {
+                span = Some(span.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
+            }
+            last = Some(r.offset);
+            count += 1;
+        }
+        true
+    });
+    if let Err(e) = decoded {
+        issues.push(("decode", format!("does not decode: {e}")));
+        return (issues, unchecked);
+    }
+    if let Some(order) = order {
+        issues.push(("rows", order));
+    }
+    if count != meta.record_count {
+        issues.push((
+            "rows",
+            format!(
+                "holds {count} rows, but its footer says {}",
+                meta.record_count
+            ),
+        ));
+    }
+    if last.is_some_and(|l| l + 1 != meta.end) {
+        issues.push((
+            "rows",
+            format!(
+                "its last row has offset {}, but its footer says the range ends at {}",
+                last.unwrap_or_default(),
+                meta.end
+            ),
+        ));
+    }
+    if span != meta.min_timestamp.zip(meta.max_timestamp) {
+        issues.push((
+            "rows",
+            format!(
+                "its rows have timestamps {}, but its footer says {}",
+                self::span(span),
+                self::span(meta.min_timestamp.zip(meta.max_timestamp))
+            ),
+        ));
+    }
+    (issues, unchecked)
+}

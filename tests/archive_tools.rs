@@ -1,0 +1,788 @@
+//! The archive tools against real archives: written by the sink from the test bed's Kafka broker,
+//! on local disk and on the S3 server. `verify` must pass a clean archive and name the key of each
+//! planted defect; `find` must return exactly what a full scan of the produced records returns,
+//! while reading a small part of the archive; `ls` must count what was produced (and agree with
+//! DuckDB); `retention` must keep a contiguous suffix that verifies and restores.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::kafka::{create_topic, header, produce, read_to_end, record};
+use rewind::archive::datafile;
+use rewind::archive::paths::DataFileKey;
+use rewind::archive::rotation::RollingPolicy;
+use rewind::archive::Record;
+use rewind::sink::{self, SinkOptions};
+use rewind::storage::{LocalStore, ObjectStore, PutMode, StorageUrl};
+use serde_json::Value;
+
+const PARTITIONS: i32 = 3;
+const PER_PARTITION: usize = 120;
+const HOUR: i64 = 3_600_000;
+
+/// A topic whose records span five hours, ending an hour ago: keys unique per record, repeated
+/// (`user-N`), null and binary; headers with duplicates and null values; tombstones.
+struct History {
+    topic: String,
+    /// Produced records per partition, with their offsets.
+    records: Vec<Vec<Record>>,
+    /// The first record's timestamp (the start of an hour).
+    base: i64,
+}
+
+fn key_of(p: i32, i: usize) -> Option<Vec<u8>> {
+    match i % 8 {
+        0 | 4 => Some(format!("user-{}", i % 5).into_bytes()),
+        1 => None,
+        5 => Some(vec![0xff, 0x00, (i % 3) as u8]),
+        _ => Some(format!("order-{p}-{i}").into_bytes()),
+    }
+}
+
+async fn history(prefix: &str) -> History {
+    let topic = common::unique(prefix);
+    create_topic(&topic, PARTITIONS, &[]).await;
+    let now = common::now_ms();
+    let base = (now / HOUR - 6) * HOUR;
+    let mut records = Vec::new();
+    for p in 0..PARTITIONS {
+        let batch: Vec<Record> = (0..PER_PARTITION)
+            .map(|i| {
+                // Five hours, with one late record (an earlier timestamp) now and then.
+                let late = if i % 13 == 7 { HOUR / 2 } else { 0 };
+                let ts = base + (i as i64) * (5 * HOUR) / PER_PARTITION as i64 - late + p as i64;
+                let value = (i % 11 != 3).then(|| format!("value {p}/{i}").into_bytes());
+                let mut headers = vec![header("trace", Some(format!("t{}", i % 4).as_bytes()))];
+                if i % 6 == 0 {
+                    headers.push(header("trace", None));
+                    headers.push(header("bin", Some(&[0xc3, 0x28])));
+                }
+                record(
+                    key_of(p, i).as_deref(),
+                    value.as_deref(),
+                    headers,
+                    ts.max(0),
+                )
+            })
+            .collect();
+        records.push(produce(&topic, p, &batch).await);
+    }
+    History {
+        topic,
+        records,
+        base,
+    }
+}
+
+/// Back the topic up once into `store`, 15 records per file at most (and a file per hour).
+async fn back_up(h: &History, store: Arc<dyn ObjectStore>) {
+    let opts = SinkOptions {
+        topics: sink::topic_regex(&regex::escape(&h.topic)).unwrap(),
+        exclude: None,
+        group: common::unique("tools"),
+        once: true,
+        policy: RollingPolicy {
+            max_records: 15,
+            ..RollingPolicy::default()
+        },
+        buffer_budget: 64 << 20,
+        part_size: 5 << 20,
+        discovery_interval: Duration::from_secs(30),
+        allow_cluster_change: false,
+        drain_timeout: Duration::from_secs(30),
+        progress: false,
+        group_snapshot_interval: Duration::ZERO,
+    };
+    let report = sink::run(common::kafka::config(), store, opts, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(report.records, (PARTITIONS as u64) * PER_PARTITION as u64);
+}
+
+fn local(root: &Path) -> (String, Arc<dyn ObjectStore>) {
+    let url = format!("file://{}", root.display());
+    let store = Arc::new(LocalStore::open(StorageUrl::parse(&url).unwrap()).unwrap());
+    (url, store)
+}
+
+fn tool(tool: &str, archive: &str, args: &[&str]) -> Output {
+    common::tool_command(tool, archive)
+        .args(args)
+        .output()
+        .expect("run rewind")
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            common::text(&out.stdout),
+            common::text(&out.stderr)
+        )
+    })
+}
+
+/// Data file keys of a partition in chain order.
+async fn files_of(store: &Arc<dyn ObjectStore>, topic: &str, p: i32) -> Vec<String> {
+    let mut keys: Vec<DataFileKey> = store
+        .list(&DataFileKey::partition_prefix(topic, p))
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| DataFileKey::parse(&o.key))
+        .collect();
+    keys.sort_by_key(|k| k.start);
+    keys.iter().map(ToString::to_string).collect()
+}
+
+/// (partition, offset) of every produced record `pred` picks.
+fn expected(h: &History, pred: impl Fn(&Record) -> bool) -> BTreeSet<(i64, i64)> {
+    h.records
+        .iter()
+        .enumerate()
+        .flat_map(|(p, rs)| {
+            rs.iter()
+                .filter(|r| pred(r))
+                .map(move |r| (p as i64, r.offset))
+        })
+        .collect()
+}
+
+/// Run `rewind find` and return the (partition, offset) of every line, and the stats.
+fn find(archive: &str, args: &[&str]) -> (BTreeSet<(i64, i64)>, Vec<Value>, Value) {
+    let mut all = vec!["--stats"];
+    all.extend_from_slice(args);
+    let out = tool("find", archive, &all);
+    assert!(
+        out.status.success(),
+        "find {args:?}: {}",
+        common::text(&out.stderr)
+    );
+    let lines: Vec<Value> = common::text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got = lines
+        .iter()
+        .map(|l| {
+            (
+                l["partition"].as_i64().unwrap(),
+                l["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let stats: Value = common::text(&out.stderr)
+        .lines()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .expect("--stats prints a JSON line");
+    (got, lines, stats["stats"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_ls_and_find_on_a_local_archive() {
+    let h = history("tools.local").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, store) = local(&dir.path().join("archive"));
+    back_up(&h, store.clone()).await;
+    let mut total_files = 0;
+    for p in 0..PARTITIONS {
+        total_files += files_of(&store, &h.topic, p).await.len();
+    }
+    assert!(
+        total_files >= 8 * PARTITIONS as usize,
+        "many files: {total_files}"
+    );
+
+    // verify: clean, in both modes, and it saw every file.
+    for deep in [false, true] {
+        let args: &[&str] = if deep {
+            &["--json", "--deep"]
+        } else {
+            &["--json"]
+        };
+        let out = tool("verify", &archive, args);
+        let report = json_of(&out);
+        assert!(out.status.success(), "{report:#}");
+        assert_eq!(report["clean"], true);
+        assert_eq!(report["files"], total_files);
+        assert_eq!(report["records"], PARTITIONS as u64 * PER_PARTITION as u64);
+        assert_eq!(report["problems"].as_array().unwrap().len(), 0);
+    }
+    let out = tool("verify", &archive, &[]);
+    assert!(
+        common::text(&out.stdout).contains(": clean"),
+        "{}",
+        common::text(&out.stdout)
+    );
+
+    // ls: the numbers are what was produced.
+    let out = tool("ls", &archive, &["--json"]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let ls = json_of(&out);
+    let topic = &ls["topics"][0];
+    assert_eq!(topic["topic"], h.topic.as_str());
+    assert_eq!(topic["records"], PARTITIONS as u64 * PER_PARTITION as u64);
+    assert_eq!(topic["files"], total_files);
+    for (p, records) in h.records.iter().enumerate() {
+        let part = &topic["partitions"][p];
+        assert_eq!(part["partition"], p);
+        assert_eq!(part["records"], records.len());
+        assert_eq!(part["start"], records[0].offset);
+        assert_eq!(part["end"], records.last().unwrap().offset + 1);
+        assert_eq!(part["checkpoint_end"], records.last().unwrap().offset + 1);
+        assert!(part["checkpoint_age_seconds"].as_f64().unwrap() < 600.0);
+        let min = records.iter().filter_map(|r| r.timestamp).min().unwrap();
+        assert_eq!(
+            part["min_timestamp"],
+            rewind::archive::time::rfc3339_millis(min)
+        );
+    }
+    let table = common::text(&tool("ls", &archive, &[]).stdout);
+    assert!(
+        table.contains(&h.topic) && table.contains("CHECKPOINT AGE"),
+        "{table}"
+    );
+
+    // DuckDB over the same files counts the same per partition.
+    let counts = duckdb_counts(dir.path().join("archive").to_str().unwrap(), &h.topic);
+    for (p, records) in h.records.iter().enumerate() {
+        assert_eq!(counts[p], records.len() as u64, "partition {p}");
+    }
+
+    // find by a unique key: exactly one record, and only a file or two is read.
+    let (got, lines, stats) = find(&archive, &["--topic", &h.topic, "--key", "order-1-42"]);
+    assert_eq!(
+        got,
+        expected(&h, |r| r.key.as_deref() == Some(b"order-1-42"))
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(lines[0]["key"], "order-1-42");
+    assert_eq!(lines[0]["value"], "value 1/42");
+    assert_eq!(stats["files_total"], total_files);
+    assert!(stats["files_scanned"].as_u64().unwrap() <= 2, "{stats}");
+    // These files are a few KB, so the one read of a footer's tail is the whole file: no byte is
+    // read twice (the benchmark measures the fraction on large files).
+    assert!(
+        stats["bytes_read"].as_u64().unwrap() <= stats["archive_bytes"].as_u64().unwrap(),
+        "{stats}"
+    );
+    // A repeated key, in every partition.
+    let (got, _, _) = find(&archive, &["--topic", &h.topic, "--key", "user-3"]);
+    assert_eq!(got, expected(&h, |r| r.key.as_deref() == Some(b"user-3")));
+    assert!(got.len() > 3);
+    // Binary keys, given in hex, come back as base64.
+    let (got, lines, _) = find(&archive, &["--topic", &h.topic, "--key-hex", "ff0002"]);
+    assert_eq!(
+        got,
+        expected(&h, |r| r.key.as_deref() == Some(&[0xff, 0, 2]))
+    );
+    assert!(!got.is_empty());
+    assert_eq!(lines[0]["key"]["base64"], "/wAC");
+    // Null keys.
+    let (got, lines, _) = find(&archive, &["--topic", &h.topic, "--key-null"]);
+    assert_eq!(got, expected(&h, |r| r.key.is_none()));
+    assert!(lines.iter().all(|l| l["key"].is_null()));
+    // A time window: exactly the records whose own timestamp is in it; files of other hours unread.
+    let (from, to) = (h.base + HOUR + HOUR / 3, h.base + 2 * HOUR + HOUR / 2);
+    let (got, _, stats) = find(
+        &archive,
+        &[
+            "--topic",
+            &h.topic,
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+        ],
+    );
+    assert_eq!(
+        got,
+        expected(&h, |r| r.timestamp.is_some_and(|t| t >= from && t < to))
+    );
+    assert!(
+        stats["files_scanned"].as_u64().unwrap() < total_files as u64 / 2,
+        "{stats}"
+    );
+    // Headers, including a null value and a binary one, with a key and a window at once.
+    let (got, lines, _) = find(&archive, &["--topic", &h.topic, "--header", "trace=t2"]);
+    let has = |r: &Record, k: &str, v: Option<&[u8]>| {
+        r.headers
+            .iter()
+            .any(|x| x.key == k && x.value.as_deref() == v)
+    };
+    assert_eq!(got, expected(&h, |r| has(r, "trace", Some(b"t2"))));
+    assert!(lines.iter().all(|l| l["headers"][0]["value"] == "t2"));
+    let (got, lines, _) = find(
+        &archive,
+        &[
+            "--topic",
+            &h.topic,
+            "--header",
+            "trace",
+            "--key",
+            "user-0",
+            "--from",
+            &h.base.to_string(),
+            "--to",
+            &to.to_string(),
+        ],
+    );
+    assert_eq!(
+        got,
+        expected(&h, |r| has(r, "trace", None)
+            && r.key.as_deref() == Some(b"user-0")
+            && r.timestamp.is_some_and(|t| t < to))
+    );
+    assert!(!got.is_empty());
+    assert_eq!(lines[0]["headers"][2]["value"]["base64"], "wyg=");
+    // Tombstones come back as null values, and --limit stops early.
+    let (got, lines, _) = find(
+        &archive,
+        &["--topic", &h.topic, "--partition", "2", "--limit", "4"],
+    );
+    assert_eq!(got.len(), 4);
+    assert!(got.iter().all(|(p, _)| *p == 2));
+    assert!(
+        lines[3]["value"].is_null(),
+        "offset 3 is a tombstone: {}",
+        lines[3]
+    );
+    // A key nobody wrote: nothing, and no data page read.
+    let (got, _, stats) = find(&archive, &["--topic", &h.topic, "--key", "nobody"]);
+    assert!(got.is_empty());
+    assert!(stats["files_scanned"].as_u64().unwrap() <= 2, "{stats}");
+}
+
+fn duckdb_counts(root: &str, topic: &str) -> Vec<u64> {
+    let python = std::env::var("REWIND_TEST_PYTHON").unwrap_or_else(|_| {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/duckdb.sh"))
+            .output()
+            .expect("run scripts/duckdb.sh");
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+        common::text(&out.stdout).trim().to_string()
+    });
+    let query = r#"
+import duckdb, json, sys
+rows = duckdb.connect().execute(
+    "SELECT partition, count(*) FROM read_parquet(?, hive_partitioning = true) "
+    "WHERE topic = ? GROUP BY partition ORDER BY partition",
+    [sys.argv[1] + "/data/**/*.parquet", sys.argv[2]]).fetchall()
+print(json.dumps([c for (_, c) in rows]))
+"#;
+    let out = Command::new(python)
+        .args(["-c", query, root, topic])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A copy of the archive directory with its extended attributes (the stored checksums).
+fn copy_archive(from: &Path, to: &Path) -> (String, Arc<dyn ObjectStore>) {
+    let status = Command::new("cp")
+        .args(["-a", from.to_str().unwrap(), to.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    local(to)
+}
+
+/// `verify` (with `extra` flags) fails with exit 1, and names `key` as a problem.
+fn assert_named(archive: &str, extra: &[&str], key: &str, kind: &str) {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = tool("verify", archive, &args);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["key"] == key && p["kind"] == kind),
+        "expected a {kind} problem on {key}: {report:#}"
+    );
+    assert!(common::error_line(&out).contains("problem"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_names_each_planted_defect() {
+    let h = history("tools.defects").await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean");
+    let (_, store) = local(&clean);
+    back_up(&h, store.clone()).await;
+    let files = files_of(&store, &h.topic, 1).await;
+    assert!(files.len() >= 8);
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let copy = || {
+        copy_archive(
+            &clean,
+            &dir.path().join(format!(
+                "copy{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )),
+        )
+    };
+
+    // A flipped byte in a data page: the footer still reads, --deep catches it by its checksum.
+    let (archive, _) = copy();
+    let path = Path::new(&archive["file://".len()..]).join(&files[2]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(
+        tool("verify", &archive, &[]).status.success(),
+        "metadata mode reads no data page"
+    );
+    assert_named(&archive, &["--deep"], &files[2], "checksum");
+
+    // A truncated file.
+    let (archive, _) = copy();
+    let path = Path::new(&archive["file://".len()..]).join(&files[3]);
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert_named(&archive, &[], &files[3], "unreadable");
+
+    // A file deleted from the middle of a chain: the file after the hole is named.
+    let (archive, copy_store) = copy();
+    copy_store.delete(&files[4]).await.unwrap();
+    assert_named(&archive, &[], &files[5], "hole");
+
+    // An extra file overlapping another's range.
+    let (archive, copy_store) = copy();
+    let victim = DataFileKey::parse(&files[5]).unwrap();
+    let extra = DataFileKey {
+        start: victim.start + 1,
+        ..victim.clone()
+    }
+    .to_string();
+    let body = copy_store.get(&files[5]).await.unwrap().body;
+    copy_store.put(&extra, body, PutMode::Create).await.unwrap();
+    assert_named(&archive, &[], &extra, "overlap");
+
+    // A footer whose metadata disagrees with its rows (one record too many).
+    let (archive, copy_store) = copy();
+    let (mut meta, rows) = datafile::decode(copy_store.get(&files[6]).await.unwrap().body).unwrap();
+    meta.record_count += 1;
+    let lying = datafile::encode(&meta, &rows).unwrap();
+    copy_store
+        .put(&files[6], lying, PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_named(&archive, &[], &files[6], "footer");
+
+    // A checkpoint ahead of the chain.
+    let (archive, copy_store) = copy();
+    let key = rewind::archive::paths::checkpoint_key(&h.topic, 1);
+    let mut checkpoint: Value =
+        serde_json::from_slice(&copy_store.get(&key).await.unwrap().body).unwrap();
+    checkpoint["end"] = (checkpoint["end"].as_i64().unwrap() + 100).into();
+    copy_store
+        .put(
+            &key,
+            serde_json::to_vec(&checkpoint).unwrap().into(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert_named(&archive, &[], &key, "checkpoint");
+
+    // The original is still clean, deep.
+    let out = tool(
+        "verify",
+        &format!("file://{}", clean.display()),
+        &["--deep"],
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stdout));
+}
+
+/// Retention on `store`: a dry run deletes nothing; the real run deletes only old files from the
+/// start of each chain, keeps the newest file, prunes old group snapshots; the archive then
+/// verifies clean and restores exactly from its new start.
+async fn retention_round(h: &History, archive: &str, store: &Arc<dyn ObjectStore>) {
+    let before: Vec<Vec<String>> =
+        futures::future::join_all((0..PARTITIONS).map(|p| files_of(store, &h.topic, p))).await;
+    // Group snapshots: three old ones, one recent.
+    let now = common::now_ms();
+    for t in [
+        now - 30 * HOUR,
+        now - 20 * HOUR,
+        now - 10 * HOUR,
+        now - 60_000,
+    ] {
+        let key = rewind::archive::documents::group_snapshot_key("billing", t);
+        let doc = serde_json::json!({"group": "billing", "taken_at_ms": t, "taken_at": "x", "offsets": {}});
+        store
+            .put(
+                &key,
+                serde_json::to_vec(&doc).unwrap().into(),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+    }
+    let older_than = "3h";
+    let cutoff = now - 3 * HOUR;
+    let out = tool(
+        "retention",
+        archive,
+        &["--older-than", older_than, "--dry-run", "--json"],
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let dry = json_of(&out);
+    let listed = dry["files"].as_array().unwrap().len();
+    assert!(listed > 0, "{dry:#}");
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            files_of(store, &h.topic, p).await,
+            before[p as usize],
+            "dry run deletes nothing"
+        );
+    }
+    let out = tool(
+        "retention",
+        archive,
+        &["--older-than", older_than, "--json"],
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let report = json_of(&out);
+    assert_eq!(report["files"].as_array().unwrap().len(), listed);
+    assert_eq!(report["group_snapshots"], 2, "{report:#}");
+    let snapshots = store.list("_groups/billing/").await.unwrap();
+    assert_eq!(
+        snapshots.len(),
+        2,
+        "the newest before the cutoff and the later one stay"
+    );
+    for p in 0..PARTITIONS {
+        let after = files_of(store, &h.topic, p).await;
+        let old = &before[p as usize];
+        assert!(!after.is_empty() && after.len() < old.len());
+        // A suffix of the chain is left.
+        assert_eq!(&old[old.len() - after.len()..], &after[..]);
+        // What is left starts with a file holding a record at or after the cutoff.
+        let first = datafile::decode(store.get(&after[0]).await.unwrap().body)
+            .unwrap()
+            .0;
+        assert!(first.max_timestamp.unwrap() >= cutoff);
+    }
+    let out = tool("verify", archive, &["--json"]);
+    assert!(out.status.success(), "{:#}", json_of(&out));
+    let ls = json_of(&tool("ls", archive, &["--json"]));
+    // Restore from the new start: exactly the records from there on.
+    for p in 0..PARTITIONS {
+        let start = ls["topics"][0]["partitions"][p as usize]["start"]
+            .as_i64()
+            .unwrap();
+        let first = DataFileKey::parse(&files_of(store, &h.topic, p).await[0])
+            .unwrap()
+            .start;
+        assert_eq!(start, first);
+    }
+    let target = common::unique("tools.retained");
+    let out = common::restore_command(archive)
+        .args([
+            "--topics",
+            &regex::escape(&h.topic),
+            "--rename",
+            &format!("{}={target}", h.topic),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    for p in 0..PARTITIONS {
+        let start = ls["topics"][0]["partitions"][p as usize]["start"]
+            .as_i64()
+            .unwrap();
+        let want: Vec<_> = h.records[p as usize]
+            .iter()
+            .filter(|r| r.offset >= start)
+            .map(|r| (r.key.clone(), r.value.clone(), r.timestamp))
+            .collect();
+        let got: Vec<_> = read_to_end(&target, p)
+            .into_iter()
+            .map(|(r, _)| (r.key, r.value, r.timestamp))
+            .collect();
+        assert_eq!(got, want, "partition {p}");
+    }
+    // Retention never deletes a partition's newest file, however short the period.
+    let out = tool("retention", archive, &["--older-than", "1s"]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    for p in 0..PARTITIONS {
+        let left = files_of(store, &h.topic, p).await;
+        assert_eq!(left.len(), 1);
+        assert_eq!(Some(&left[0]), before[p as usize].last());
+    }
+    assert!(tool("verify", archive, &[]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_on_a_local_archive_keeps_a_suffix_that_verifies_and_restores() {
+    let h = history("tools.retention").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, store) = local(&dir.path().join("archive"));
+    back_up(&h, store.clone()).await;
+    retention_round(&h, &archive, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_tools_work_on_an_s3_archive() {
+    let h = history("tools.s3").await;
+    let s3 = common::s3_store().await;
+    let archive = s3.url().to_string();
+    let store: Arc<dyn ObjectStore> = Arc::new(s3);
+    back_up(&h, store.clone()).await;
+    let report = json_of(&tool("verify", &archive, &["--json", "--deep"]));
+    assert_eq!(report["clean"], true, "{report:#}");
+    let ls = json_of(&tool("ls", &archive, &["--json"]));
+    assert_eq!(
+        ls["topics"][0]["records"],
+        PARTITIONS as u64 * PER_PARTITION as u64
+    );
+    let (got, _, stats) = find(&archive, &["--topic", &h.topic, "--key", "order-2-99"]);
+    assert_eq!(
+        got,
+        expected(&h, |r| r.key.as_deref() == Some(b"order-2-99"))
+    );
+    assert!(stats["files_scanned"].as_u64().unwrap() <= 2, "{stats}");
+    retention_round(&h, &archive, &store).await;
+    // A deleted file in the middle of what is left would now be a hole... there is one file per
+    // partition left, so plant the defect on a checkpoint instead.
+    let key = rewind::archive::paths::checkpoint_key(&h.topic, 0);
+    let mut checkpoint: Value =
+        serde_json::from_slice(&store.get(&key).await.unwrap().body).unwrap();
+    checkpoint["end"] = (checkpoint["end"].as_i64().unwrap() + 1).into();
+    store
+        .put(
+            &key,
+            serde_json::to_vec(&checkpoint).unwrap().into(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert_named(&archive, &[], &key, "checkpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_one_clear_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("file://{}", dir.path().join("nowhere").display());
+    for t in ["verify", "ls"] {
+        let out = tool(t, &missing, &[]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            common::error_line(&out).contains("no Rewind archive"),
+            "{}",
+            common::text(&out.stderr)
+        );
+        assert!(
+            !dir.path().join("nowhere").exists(),
+            "a read-only tool creates nothing"
+        );
+    }
+    let out = tool("find", &missing, &["--topic", "t", "--key", "k"]);
+    assert_eq!(out.status.code(), Some(2));
+    let bucket = common::unique("rewind-missing");
+    let out = tool("verify", &format!("s3://{bucket}/x"), &[]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        common::error_line(&out).contains(&bucket),
+        "{}",
+        common::text(&out.stderr)
+    );
+
+    // An archive of a format this build does not know.
+    let (archive, store) = local(&dir.path().join("future"));
+    let identity = serde_json::json!({"format_version": 99, "created_at": "2030-01-01T00:00:00.000Z", "cluster_id": "x", "writer": "rewind 9"});
+    store
+        .put(
+            "_archive.json",
+            serde_json::to_vec(&identity).unwrap().into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    for (t, args) in [
+        ("verify", vec![]),
+        ("ls", vec![]),
+        ("retention", vec!["--older-than", "1d"]),
+        ("find", vec!["--topic", "t"]),
+    ] {
+        let out = tool(t, &archive, &args);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(
+            common::error_line(&out).contains("format version 99"),
+            "{t}: {}",
+            common::text(&out.stderr)
+        );
+    }
+
+    let (archive, store) = local(&dir.path().join("empty"));
+    let identity = serde_json::json!({"format_version": 1, "created_at": "2030-01-01T00:00:00.000Z", "cluster_id": "x", "writer": "rewind 0.1.0"});
+    store
+        .put(
+            "_archive.json",
+            serde_json::to_vec(&identity).unwrap().into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    for (args, needle) in [
+        (
+            vec!["retention", "--older-than", "7 fortnights"],
+            "duration",
+        ),
+        (vec!["retention", "--older-than=-1d"], "duration"),
+        (
+            vec!["find", "--topic", "t", "--key-hex", "zz"],
+            "hexadecimal",
+        ),
+        (
+            vec!["find", "--topic", "t", "--key-hex", "abc"],
+            "odd number",
+        ),
+        (
+            vec!["find", "--topic", "t", "--key", "a", "--key-null"],
+            "cannot be used with",
+        ),
+        (
+            vec!["find", "--topic", "t", "--from", "yesterday"],
+            "is not a time",
+        ),
+        (vec!["find", "--topic", "t", "--header", "=v"], "K=V"),
+        (vec!["verify", "--topics", "("], "regular expression"),
+    ] {
+        let out = tool(args[0], &archive, &args[1..]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            common::text(&out.stderr)
+        );
+        assert!(
+            common::text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            common::text(&out.stderr)
+        );
+    }
+    // A topic with nothing archived is a finding, not a crash.
+    let out = tool("find", &archive, &["--topic", "orders", "--key", "k"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::error_line(&out).contains("no archived files"));
+    // An empty archive verifies clean and lists nothing.
+    assert!(tool("verify", &archive, &[]).status.success());
+    assert_eq!(
+        json_of(&tool("ls", &archive, &["--json"]))["topics"],
+        serde_json::json!([])
+    );
+}
