@@ -1,0 +1,304 @@
+//! Archive tools benchmark (no Kafka needed): on a generated archive of at least 1 GiB (8
+//! partitions of 32 MiB files of 1 KiB records, the shape a busy sink writes), the time and bytes
+//! of a key look-up by `rewind find` versus DuckDB's `SELECT … WHERE key = …` over the same files,
+//! in one run; and `rewind verify` (metadata mode) throughput in files/s, on that archive and on
+//! one of many small files.
+//!
+//!   cargo bench --bench archive_tools -- [--mib N]      (scripts/bench --only tools)
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::{Rng, RngCore, SeedableRng};
+use rewind::archive::datafile::{self, FileMeta};
+use rewind::archive::documents::{self, Checkpoint, Identity, TopicMeta};
+use rewind::archive::paths::{checkpoint_key, DataFileKey};
+use rewind::archive::time::{rfc3339_millis, HourBucket};
+use rewind::archive::{Header, Record, TimestampType};
+use rewind::storage::{LocalStore, ObjectStore, PutMode, StorageUrl};
+use serde_json::Value;
+
+const TOPIC: &str = "bench.orders";
+const VALUE_BYTES: usize = 1024;
+
+fn key(p: i32, i: u64) -> Vec<u8> {
+    format!("customer-{p}-{i:09}").into_bytes()
+}
+
+/// Write an archive of `partitions` × `files` files of `per_file` records each.
+async fn generate(
+    root: &std::path::Path,
+    partitions: i32,
+    files: u64,
+    per_file: u64,
+    value: usize,
+) -> Arc<dyn ObjectStore> {
+    let url = StorageUrl::parse(&format!("file://{}", root.display())).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(url).unwrap());
+    let now = common::now_ms();
+    documents::write_doc(
+        &*store,
+        "_archive.json",
+        &Identity {
+            format_version: 1,
+            created_at: rfc3339_millis(now),
+            cluster_id: "bench".into(),
+            writer: "rewind bench".into(),
+        },
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    documents::write_topic_meta(
+        &*store,
+        &TopicMeta {
+            topic: TOPIC.into(),
+            partitions,
+            replication_factor: 1,
+            configs: Default::default(),
+            updated_at: rfc3339_millis(now),
+        },
+    )
+    .await
+    .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let base = (now / 3_600_000 - 48) * 3_600_000;
+    for p in 0..partitions {
+        let mut last = String::new();
+        for f in 0..files {
+            let start = f * per_file;
+            let ts0 = base + (f as i64) * 60_000;
+            let records: Vec<Record> = (0..per_file)
+                .map(|j| {
+                    let mut v = vec![0u8; value];
+                    rng.fill_bytes(&mut v);
+                    Record {
+                        offset: (start + j) as i64,
+                        timestamp: Some(ts0 + (j as i64) * 50_000 / per_file as i64),
+                        timestamp_type: Some(TimestampType::Create),
+                        key: Some(key(p, start + j)),
+                        value: Some(v),
+                        headers: vec![Header {
+                            key: "source".into(),
+                            value: Some(b"bench".to_vec()),
+                        }],
+                    }
+                })
+                .collect();
+            let end = start + per_file;
+            let meta =
+                datafile::file_meta(TOPIC, p, start as i64, end as i64, &records, "bench", now);
+            let bytes = datafile::encode_to(&meta, &records, Vec::new(), 16 << 20).unwrap();
+            let k = DataFileKey {
+                topic: TOPIC.into(),
+                partition: p,
+                bucket: HourBucket::of_millis(ts0),
+                start: start as i64,
+            }
+            .to_string();
+            store.put(&k, bytes.into(), PutMode::Create).await.unwrap();
+            last = k;
+            let _: &FileMeta = &meta;
+        }
+        let c = Checkpoint {
+            format_version: 1,
+            topic: TOPIC.into(),
+            partition: p,
+            end: (files * per_file) as i64,
+            last_file: last,
+            max_timestamp: None,
+            updated_at: rfc3339_millis(now),
+        };
+        documents::write_doc(&*store, &checkpoint_key(TOPIC, p), &c, PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    store
+}
+
+fn rewind(args: &[&str]) -> (f64, std::process::Output) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "rewind {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secs, out)
+}
+
+const DUCKDB: &str = r#"
+import duckdb, json, sys, time
+root, key, runs = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+def rchar():
+    for line in open("/proc/self/io"):
+        if line.startswith("rchar:"): return int(line.split()[1])
+con = duckdb.connect()
+best, rows, read = None, None, None
+for _ in range(runs):
+    r0, t0 = rchar(), time.perf_counter()
+    rows = con.execute(
+        "SELECT \"offset\", key, value FROM read_parquet(?, hive_partitioning = true) WHERE key = ?",
+        [root + "/data/topic=bench.orders/**/*.parquet", key]).fetchall()
+    t = time.perf_counter() - t0
+    if best is None or t < best: best, read = t, rchar() - r0
+print(json.dumps({"seconds": best, "rows": len(rows), "bytes_read": read}))
+"#;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mib: u64 = args
+        .iter()
+        .position(|a| a == "--mib")
+        .and_then(|i| args.get(i + 1))
+        .map_or(1024, |v| v.parse().unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("big");
+    // 8 partitions of 32 MiB files of 1 KiB values.
+    let per_file = (32 << 20) / VALUE_BYTES as u64;
+    let files = (mib / 32).div_ceil(8).max(1);
+    eprintln!(
+        "generating {} MiB: 8 partitions x {files} files x {per_file} records",
+        8 * files * 32
+    );
+    let t = Instant::now();
+    runtime.block_on(generate(&root, 8, files, per_file, VALUE_BYTES));
+    eprintln!("generated in {:.1}s", t.elapsed().as_secs_f64());
+    let archive = format!("file://{}", root.display());
+    let size: u64 = walk(&root.join("data"));
+
+    let python = {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/duckdb.sh"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // A key in one partition, in the middle of its history.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let p = rng.random_range(0..8);
+    let i = rng.random_range(0..files * per_file);
+    let wanted = String::from_utf8(key(p, i)).unwrap();
+    let runs = 3;
+    let mut find_best = f64::MAX;
+    let mut stats = Value::Null;
+    for _ in 0..runs {
+        let (secs, out) = rewind(&[
+            "find",
+            "--archive",
+            &archive,
+            "--topic",
+            TOPIC,
+            "--key",
+            &wanted,
+            "--stats",
+        ]);
+        let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+        assert_eq!(lines, 1, "find returns the one record");
+        if secs < find_best {
+            find_best = secs;
+            stats = serde_json::from_str::<Value>(
+                String::from_utf8_lossy(&out.stderr).lines().last().unwrap(),
+            )
+            .unwrap()["stats"]
+                .clone();
+        }
+    }
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            DUCKDB,
+            root.to_str().unwrap(),
+            &wanted,
+            &runs.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let duck: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(duck["rows"], 1, "DuckDB finds the one record");
+    let duck_s = duck["seconds"].as_f64().unwrap();
+
+    // verify, metadata mode: on the big archive, and on one of 4,000 small files.
+    let (verify_big, _) = rewind(&["verify", "--archive", &archive]);
+    let big_files = 8 * files;
+    let small = dir.path().join("small");
+    runtime.block_on(generate(&small, 40, 100, 100, 100));
+    let (verify_small, _) = rewind(&[
+        "verify",
+        "--archive",
+        &format!("file://{}", small.display()),
+    ]);
+    let (deep_big, _) = rewind(&["verify", "--deep", "--archive", &archive]);
+
+    let mib_of = |b: f64| b / (1 << 20) as f64;
+    println!();
+    println!(
+        "key look-up in a {:.0} MiB archive ({} files of ~32 MiB, 8 partitions), best of {runs}:",
+        mib_of(size as f64),
+        big_files
+    );
+    println!("| tool | time | bytes read | files read |");
+    println!("|---|---:|---:|---:|");
+    println!("| rewind find --key (process, wall) | {:.3} s | {:.2} MiB ({:.3} % of the archive) | {} of {} |", find_best,
+        mib_of(stats["bytes_read"].as_f64().unwrap()), 100.0 * stats["bytes_read"].as_f64().unwrap() / size as f64,
+        stats["files_scanned"], stats["files_total"]);
+    println!(
+        "| DuckDB 1.5.6 `WHERE key = …` (query only) | {:.3} s | {:.2} MiB (rchar) | |",
+        duck_s,
+        mib_of(duck["bytes_read"].as_f64().unwrap())
+    );
+    println!("| ratio DuckDB / find | {:.1}x | | |", duck_s / find_best);
+    println!();
+    println!("| verify | files | time | files/s |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| metadata, {:.0} MiB archive | {} | {:.2} s | {:.0} |",
+        mib_of(size as f64),
+        big_files,
+        verify_big,
+        big_files as f64 / verify_big
+    );
+    println!(
+        "| metadata, 4,000 small files | 4000 | {:.2} s | {:.0} |",
+        verify_small,
+        4000.0 / verify_small
+    );
+    println!(
+        "| --deep, {:.0} MiB archive | {} | {:.2} s | {:.0} MiB/s |",
+        mib_of(size as f64),
+        big_files,
+        deep_big,
+        mib_of(size as f64) / deep_big
+    );
+}
+
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    walk(&e.path())
+                } else {
+                    m.len()
+                }
+            })
+            .sum()
+    })
+}
