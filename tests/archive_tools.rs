@@ -558,6 +558,14 @@ async fn retention_round(h: &History, archive: &str, store: &Arc<dyn ObjectStore
     let report = json_of(&out);
     assert_eq!(report["files"].as_array().unwrap().len(), listed);
     assert_eq!(report["group_snapshots"], 2, "{report:#}");
+    for file in report["files"].as_array().unwrap() {
+        let newest = file["max_timestamp"].as_str().unwrap();
+        let newest = rewind::archive::time::parse_rfc3339_millis(newest).unwrap();
+        assert!(
+            newest < cutoff + 60_000,
+            "{file} is younger than the cutoff"
+        );
+    }
     let snapshots = store.list("_groups/billing/").await.unwrap();
     assert_eq!(
         snapshots.len(),

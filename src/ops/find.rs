@@ -142,7 +142,6 @@ pub async fn find(
             key: key.to_string(),
             size,
             read: read.clone(),
-            page_index: opts.has_window(),
             tail: None,
         };
         search_file(reader, key, opts)
@@ -191,11 +190,10 @@ async fn search_file(
             "{url}: {name} is not a readable Rewind data file ({e}); run `rewind verify` on the archive"
         ))
     };
-    let options = ArrowReaderOptions::new().with_page_index_policy(if opts.has_window() {
-        PageIndexPolicy::Optional
-    } else {
-        PageIndexPolicy::Skip
-    });
+    // The offset index lets the reader fetch only the pages that hold matching rows of the value
+    // and header columns, rather than their whole column chunks; the column index prunes pages by
+    // time.
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     let mut builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
         .await
         .map_err(|e| bad(&e))?;
@@ -467,7 +465,6 @@ struct StoreReader {
     key: String,
     size: u64,
     read: Arc<AtomicU64>,
-    page_index: bool,
     /// The file's last bytes, read once for the footer; bloom filters and the page index usually
     /// sit there too (and small files are all there).
     tail: Option<(u64, Bytes)>,
@@ -534,13 +531,8 @@ impl AsyncFileReader for StoreReader {
             let start = size.saturating_sub(TAIL_BYTES as u64);
             let tail = self.get_bytes(start..size).await?;
             self.tail = Some((start, tail));
-            let policy = if self.page_index {
-                PageIndexPolicy::Optional
-            } else {
-                PageIndexPolicy::Skip
-            };
             let metadata = ParquetMetaDataReader::new()
-                .with_page_index_policy(policy)
+                .with_page_index_policy(PageIndexPolicy::Optional)
                 .with_prefetch_hint(Some(TAIL_BYTES))
                 .load_and_finish(self, size)
                 .await?;
