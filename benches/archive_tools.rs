@@ -173,8 +173,11 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map_or(1024, |v| v.parse().unwrap());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("big");
+    // REWIND_BENCH_DIR keeps the generated archives between runs (for profiling); by default they
+    // live in a temporary directory.
+    let temp = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("REWIND_BENCH_DIR").map_or(temp.path().to_path_buf(), Into::into);
+    let root = dir.join(format!("big-{mib}"));
     // 8 partitions of 32 MiB files of 1 KiB values.
     let per_file = (32 << 20) / VALUE_BYTES as u64;
     let files = (mib / 32).div_ceil(8).max(1);
@@ -183,7 +186,9 @@ fn main() {
         8 * files * 32
     );
     let t = Instant::now();
-    runtime.block_on(generate(&root, 8, files, per_file, VALUE_BYTES));
+    if !root.join("_archive.json").exists() {
+        runtime.block_on(generate(&root, 8, files, per_file, VALUE_BYTES));
+    }
     eprintln!("generated in {:.1}s", t.elapsed().as_secs_f64());
     let archive = format!("file://{}", root.display());
     let size: u64 = walk(&root.join("data"));
@@ -247,8 +252,10 @@ fn main() {
     // verify, metadata mode: on the big archive, and on one of 4,000 small files.
     let (verify_big, _) = rewind(&["verify", "--archive", &archive]);
     let big_files = 8 * files;
-    let small = dir.path().join("small");
-    runtime.block_on(generate(&small, 40, 100, 100, 100));
+    let small = dir.join("small");
+    if !small.join("_archive.json").exists() {
+        runtime.block_on(generate(&small, 40, 100, 100, 100));
+    }
     let (verify_small, _) = rewind(&[
         "verify",
         "--archive",

@@ -497,6 +497,24 @@ async fn verify_names_each_planted_defect() {
         .unwrap();
     assert_named(&archive, &[], &key, "checkpoint");
 
+    // A temporary file a killed writer left: a warning naming the key it was for, not a problem.
+    let (archive, _) = copy();
+    let folder = Path::new(&archive["file://".len()..]).join(&files[1]);
+    let name = folder.file_name().unwrap().to_str().unwrap().to_string();
+    let temp = folder.with_file_name(format!(".{name}.1a2b3c.rewind-tmp"));
+    std::fs::write(&temp, b"half a file").unwrap();
+    let out = tool("verify", &archive, &["--json"]);
+    let report = json_of(&out);
+    assert!(out.status.success(), "{report:#}");
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["kind"] == "incomplete_upload" && w["key"] == files[1].as_str()),
+        "{report:#}"
+    );
+
     // The original is still clean, deep.
     let out = tool(
         "verify",

@@ -21,9 +21,12 @@ use arrow_schema::ArrowError;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, RowFilter, RowSelection};
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter, RowSelection,
+};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::bloom_filter::Sbbf;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
@@ -36,7 +39,7 @@ use crate::archive::Record;
 use crate::storage::ObjectStore;
 
 /// Files searched at once.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 16;
 /// Bytes read from the end of a file for its footer (and usually its page index) in one request.
 const TAIL_BYTES: usize = 64 * 1024;
 /// Root columns of a data file, in schema order.
@@ -142,7 +145,7 @@ pub async fn find(
             key: key.to_string(),
             size,
             read: read.clone(),
-            tail: None,
+            cache: Vec::new(),
         };
         search_file(reader, key, opts)
     }))
@@ -179,7 +182,7 @@ struct Found {
 
 /// Search one file, pruning with its footer, statistics, bloom filters and page index.
 async fn search_file(
-    reader: StoreReader,
+    mut reader: StoreReader,
     key: DataFileKey,
     opts: &FindOptions,
 ) -> Result<Found, OpsError> {
@@ -190,14 +193,8 @@ async fn search_file(
             "{url}: {name} is not a readable Rewind data file ({e}); run `rewind verify` on the archive"
         ))
     };
-    // The offset index lets the reader fetch only the pages that hold matching rows of the value
-    // and header columns, rather than their whole column chunks; the column index prunes pages by
-    // time.
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let mut builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
-        .await
-        .map_err(|e| bad(&e))?;
-    let metadata = builder.metadata().clone();
+    // The footer alone first: most files are ruled out by it and their bloom filters.
+    let metadata = reader.footer().await.map_err(|e| bad(&e))?;
     let footer = datafile::Footer::of(&metadata).map_err(|e| bad(&e))?;
     let mut found = Found {
         topic: key.topic.clone(),
@@ -235,20 +232,22 @@ async fn search_file(
                         continue;
                     }
                 }
-                let filter = builder
-                    .get_row_group_column_bloom_filter(i, KEY)
-                    .await
-                    .map_err(|e| bad(&e))?;
-                if filter.is_some_and(|f| !f.check(k.as_slice())) {
-                    continue;
-                }
             }
         }
         groups.push(i);
     }
+    if let KeyFilter::Bytes(k) = &opts.key {
+        groups = reader
+            .bloom_filter_pass(&metadata, groups, k)
+            .await
+            .map_err(|e| bad(&e))?;
+    }
     if groups.is_empty() {
         return Ok(found);
     }
+    // Something may match: the page index, so that only the pages holding matching rows are read
+    // (the offset index) and pages outside the window are skipped (the column index).
+    let metadata = reader.page_index(metadata).await.map_err(|e| bad(&e))?;
     found.row_groups_scanned = groups.len();
     let selection = opts
         .has_window()
@@ -257,6 +256,9 @@ async fn search_file(
     if selection.as_ref().is_some_and(|s| !s.selects_any()) {
         return Ok(found);
     }
+    let metadata = ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())
+        .map_err(|e| bad(&e))?;
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
     let schema = builder.parquet_schema().clone();
     let mut predicate_roots = vec![];
     if opts.has_window() {
@@ -465,16 +467,90 @@ struct StoreReader {
     key: String,
     size: u64,
     read: Arc<AtomicU64>,
-    /// The file's last bytes, read once for the footer; bloom filters and the page index usually
-    /// sit there too (and small files are all there).
-    tail: Option<(u64, Bytes)>,
+    /// Byte ranges already read (the file's tail, its bloom filters), served again from memory:
+    /// the footer, bloom filters and page index sit together at the end of a file.
+    cache: Vec<(u64, Bytes)>,
 }
 
 impl StoreReader {
     fn cached(&self, range: &Range<u64>) -> Option<Bytes> {
-        let (start, tail) = self.tail.as_ref()?;
-        (range.start >= *start && range.end <= start + tail.len() as u64)
-            .then(|| tail.slice((range.start - start) as usize..(range.end - start) as usize))
+        self.cache.iter().find_map(|(start, bytes)| {
+            (range.start >= *start && range.end <= start + bytes.len() as u64)
+                .then(|| bytes.slice((range.start - start) as usize..(range.end - start) as usize))
+        })
+    }
+
+    /// Read `range` (from memory when it was read before) and keep it for later reads.
+    async fn read_cached(&mut self, range: Range<u64>) -> parquet::errors::Result<Bytes> {
+        if let Some(bytes) = self.cached(&range) {
+            return Ok(bytes);
+        }
+        let start = range.start;
+        let bytes = self.get_bytes(range).await?;
+        self.cache.push((start, bytes.clone()));
+        Ok(bytes)
+    }
+
+    /// The footer without the page index, from one read of the file's tail (most of the time).
+    async fn footer(&mut self) -> parquet::errors::Result<ParquetMetaData> {
+        let size = self.size;
+        self.read_cached(size.saturating_sub(TAIL_BYTES as u64)..size)
+            .await?;
+        ParquetMetaDataReader::new()
+            .with_page_index_policy(PageIndexPolicy::Skip)
+            .load_and_finish(self, size)
+            .await
+    }
+
+    /// The groups whose bloom filter on `key` may hold `k` (groups without one are kept), reading
+    /// the filters of all of them with one request.
+    async fn bloom_filter_pass(
+        &mut self,
+        metadata: &ParquetMetaData,
+        groups: Vec<usize>,
+        k: &[u8],
+    ) -> parquet::errors::Result<Vec<usize>> {
+        let ranges: Vec<Option<Range<u64>>> = groups
+            .iter()
+            .map(|&g| {
+                let column = metadata.row_group(g).column(KEY);
+                let offset = u64::try_from(column.bloom_filter_offset()?).ok()?;
+                let length = u64::try_from(column.bloom_filter_length()?).ok()?;
+                Some(offset..offset + length)
+            })
+            .collect();
+        let span = ranges
+            .iter()
+            .flatten()
+            .fold(None, |acc: Option<Range<u64>>, r| {
+                Some(acc.map_or(r.clone(), |a| a.start.min(r.start)..a.end.max(r.end)))
+            });
+        if let Some(span) = span {
+            self.read_cached(span).await?;
+        }
+        let mut keep = Vec::with_capacity(groups.len());
+        for (g, range) in groups.into_iter().zip(ranges) {
+            let Some(range) = range else {
+                keep.push(g);
+                continue;
+            };
+            let bytes = self.read_cached(range).await?;
+            if Sbbf::from_bytes(&bytes)?.check(k) {
+                keep.push(g);
+            }
+        }
+        Ok(keep)
+    }
+
+    /// `metadata` with the page index (column and offset indexes) added.
+    async fn page_index(
+        &mut self,
+        metadata: ParquetMetaData,
+    ) -> parquet::errors::Result<ParquetMetaData> {
+        let mut reader = ParquetMetaDataReader::new_with_metadata(metadata)
+            .with_page_index_policy(PageIndexPolicy::Optional);
+        reader.load_page_index(&mut *self).await?;
+        reader.finish()
     }
 }
 
@@ -527,16 +603,8 @@ impl AsyncFileReader for StoreReader {
         _options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
-            let size = self.size;
-            let start = size.saturating_sub(TAIL_BYTES as u64);
-            let tail = self.get_bytes(start..size).await?;
-            self.tail = Some((start, tail));
-            let metadata = ParquetMetaDataReader::new()
-                .with_page_index_policy(PageIndexPolicy::Optional)
-                .with_prefetch_hint(Some(TAIL_BYTES))
-                .load_and_finish(self, size)
-                .await?;
-            Ok(Arc::new(metadata))
+            let metadata = self.footer().await?;
+            Ok(Arc::new(self.page_index(metadata).await?))
         }
         .boxed()
     }

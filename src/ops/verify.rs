@@ -18,7 +18,7 @@ use super::{OpsError, Progress};
 use crate::archive::chain::FileFooter;
 use crate::archive::datafile;
 use crate::archive::documents::chain_start_key;
-use crate::archive::paths::{checkpoint_key, topic_key};
+use crate::archive::paths::{checkpoint_key, topic_key, DATA_PREFIX};
 use crate::archive::time::rfc3339_millis;
 use crate::archive::FORMAT_VERSION;
 use crate::storage::{self, ObjectStore};
@@ -130,6 +130,23 @@ pub async fn verify(
                 "is under data/ but is not a Rewind data file; readers of data/** may trip on it"
                     .into(),
         });
+    }
+    // Writes a killed writer left behind: not part of the archive, but they cost storage.
+    match store.incomplete_uploads(DATA_PREFIX).await {
+        Ok(keys) => found.warnings.extend(keys.into_iter().map(|key| Problem {
+            key,
+            topic: None,
+            partition: None,
+            kind: "incomplete_upload",
+            message: "has an unfinished upload (a writer stopped mid-write); it is not part of the archive, but its parts cost storage until they are aborted (an S3 lifecycle rule with AbortIncompleteMultipartUpload does it)".into(),
+        })),
+        Err(e) => found.warnings.push(Problem {
+            key: DATA_PREFIX.to_string(),
+            topic: None,
+            partition: None,
+            kind: "incomplete_upload",
+            message: format!("unfinished uploads could not be listed: {e}"),
+        }),
     }
     check_topics(&scan, &mut found);
     let mut summaries = Vec::new();
