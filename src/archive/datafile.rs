@@ -21,7 +21,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{BloomFilterPosition, EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use super::record::{Header, Record, TimestampType};
@@ -206,6 +206,9 @@ pub fn encode_to<W: std::io::Write + Send>(
         .set_column_bloom_filter_enabled(col("key"), true)
         .set_column_bloom_filter_max_ndv(col("key"), records.len().max(1) as u64)
         .set_column_bloom_filter_fpp(col("key"), 0.01)
+        // Bloom filters together at the end, next to the page index and the footer, so that a key
+        // look-up reads a file's footer and filters with one or two requests.
+        .set_bloom_filter_position(BloomFilterPosition::End)
         .set_max_row_group_row_count(Some(records.len().max(1)))
         .set_key_value_metadata(Some(meta.to_key_values()))
         .build();

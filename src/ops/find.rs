@@ -503,7 +503,7 @@ impl StoreReader {
     }
 
     /// The groups whose bloom filter on `key` may hold `k` (groups without one are kept), reading
-    /// the filters of all of them with one request.
+    /// the filters of all of them concurrently.
     async fn bloom_filter_pass(
         &mut self,
         metadata: &ParquetMetaData,
@@ -519,14 +519,19 @@ impl StoreReader {
                 Some(offset..offset + length)
             })
             .collect();
-        let span = ranges
+        // Every filter not read yet, at once (in files Rewind writes they sit together before the
+        // page index, usually inside the tail already read; other writers put each after its
+        // row group).
+        let missing: Vec<Range<u64>> = ranges
             .iter()
             .flatten()
-            .fold(None, |acc: Option<Range<u64>>, r| {
-                Some(acc.map_or(r.clone(), |a| a.start.min(r.start)..a.end.max(r.end)))
-            });
-        if let Some(span) = span {
-            self.read_cached(span).await?;
+            .filter(|r| self.cached(r).is_none())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let read = self.get_byte_ranges(missing.clone()).await?;
+            self.cache
+                .extend(missing.into_iter().map(|r| r.start).zip(read));
         }
         let mut keep = Vec::with_capacity(groups.len());
         for (g, range) in groups.into_iter().zip(ranges) {
