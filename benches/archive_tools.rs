@@ -159,10 +159,10 @@ for _ in range(runs):
         "SELECT \"offset\", key, value FROM read_parquet(?, hive_partitioning = true) WHERE key = ?",
         [root + "/data/topic=bench.orders/**/*.parquet", key]).fetchall()
     t = time.perf_counter() - t0
-    if first is None: first = t
+    if first is None: first, first_read = t, rchar() - r0
     if best is None or t < best: best, read = t, rchar() - r0
 print(json.dumps({"seconds": best, "rows": len(rows), "bytes_read": read,
-                  "process_seconds": ready + first}))
+                  "first_seconds": first, "first_bytes_read": first_read, "process_seconds": ready + first}))
 "#;
 
 fn main() {
@@ -283,14 +283,20 @@ fn main() {
         stats["files_scanned"],
         stats["files_total"]
     );
+    let duck_first = duck["first_seconds"].as_f64().unwrap();
     println!(
-        "| DuckDB 1.5.6 `WHERE key = …` | {:.1} ms | {:.1} ms | {:.2} MiB (rchar) | |",
-        duck_s * 1e3,
+        "| DuckDB 1.5.6 `WHERE key = …`, first query of a connection | {:.1} ms | {:.1} ms | {:.2} MiB (rchar) | |",
+        duck_first * 1e3,
         duck_process * 1e3,
-        mib_of(duck["bytes_read"].as_f64().unwrap())
+        mib_of(duck["first_bytes_read"].as_f64().unwrap())
     );
     println!(
-        "| DuckDB / find | {:.1}x | {:.1}x | | |",
+        "| DuckDB, best of {runs} queries on one connection (its caches warm) | {:.1} ms | | | |",
+        duck_s * 1e3,
+    );
+    println!(
+        "| DuckDB / find | {:.1}x (first), {:.1}x (best) | {:.1}x | | |",
+        duck_first / find_query,
         duck_s / find_query,
         duck_process / find_best
     );

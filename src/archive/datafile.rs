@@ -29,6 +29,8 @@ use super::FORMAT_VERSION;
 
 /// Rows per Arrow batch while encoding or decoding.
 const BATCH_ROWS: usize = 8_192;
+/// Target size of a data page.
+const PAGE_BYTES: usize = 128 * 1024;
 /// Record bytes per Arrow batch while encoding, so large records do not make large batches.
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -209,6 +211,9 @@ pub fn encode_to<W: std::io::Write + Send>(
         // Bloom filters together at the end, next to the page index and the footer, so that a key
         // look-up reads a file's footer and filters with one or two requests.
         .set_bloom_filter_position(BloomFilterPosition::End)
+        // Smaller pages than the 1 MiB default, so that a look-up that found its row reads and
+        // decompresses a little of each column, not a megabyte of it.
+        .set_data_page_size_limit(PAGE_BYTES)
         .set_max_row_group_row_count(Some(records.len().max(1)))
         .set_key_value_metadata(Some(meta.to_key_values()))
         .build();

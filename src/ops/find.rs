@@ -127,6 +127,11 @@ pub async fn find(
         )));
     }
     files.sort_by_key(|(k, _)| (k.partition, k.start));
+    tracing::debug!(
+        files = files.len(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "find: listed"
+    );
     let read = Arc::new(AtomicU64::new(0));
     let mut stats = FindStats {
         files_total: files.len(),
