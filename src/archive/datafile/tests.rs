@@ -132,8 +132,14 @@ fn a_large_file_is_split_into_row_groups_and_reads_back_whole() {
             key: (i % 3 != 0).then(|| i.to_be_bytes().to_vec()),
             // Incompressible values, so the row groups really fill up.
             value: Some(
-                (0..1_000)
-                    .map(|j| ((i * 7919 + j * 104_729) % 251) as u8)
+                (0..1_000u64)
+                    .map(|j| {
+                        // splitmix64 of (record, byte): no pattern zstd could shrink.
+                        let mut x = (i as u64) << 32 | j;
+                        x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+                        x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+                        (x ^ (x >> 31)) as u8
+                    })
                     .collect(),
             ),
             headers: vec![h("n", Some(&i.to_le_bytes()))],
