@@ -812,3 +812,88 @@ async fn bad_input_gets_one_clear_sentence() {
         serde_json::json!([])
     );
 }
+
+/// A partition of `files` old files of 10 records each, written directly (no Kafka), with its
+/// checkpoint at the end of file `checkpointed` (none when `None`).
+async fn old_partition(
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    p: i32,
+    files: i64,
+    checkpointed: Option<i64>,
+) {
+    use rewind::archive::documents::{self, Checkpoint};
+    use rewind::archive::time::{rfc3339_millis, HourBucket};
+    let old = common::now_ms() - 48 * HOUR;
+    let _ = documents::ensure_identity(&**store, "cluster", false, old).await;
+    for f in 0..files {
+        let records: Vec<Record> = (0..10)
+            .map(|i| Record {
+                offset: f * 10 + i,
+                ..record(Some(b"k"), Some(b"v"), vec![], old + f * 60_000 + i)
+            })
+            .collect();
+        let meta = datafile::file_meta(topic, p, f * 10, f * 10 + 10, &records, "cluster", old);
+        let key = DataFileKey {
+            topic: topic.to_string(),
+            partition: p,
+            bucket: HourBucket::of_millis(old + f * 60_000),
+            start: f * 10,
+        };
+        store
+            .put(
+                &key.to_string(),
+                datafile::encode(&meta, &records).unwrap(),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        if checkpointed == Some(f) {
+            let checkpoint = Checkpoint {
+                format_version: 1,
+                topic: topic.to_string(),
+                partition: p,
+                end: f * 10 + 10,
+                last_file: key.to_string(),
+                max_timestamp: None,
+                updated_at: rfc3339_millis(old),
+            };
+            documents::advance_checkpoint(&**store, &checkpoint, None)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_passes_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, store) = local(&dir.path().join("archive"));
+    // Partition 0: the checkpoint lags two files behind (a sink crashed after uploading them);
+    // partition 1: no checkpoint at all; partition 2: checkpointed to the end.
+    old_partition(&store, "orders", 0, 5, Some(2)).await;
+    old_partition(&store, "orders", 1, 3, None).await;
+    old_partition(&store, "orders", 2, 4, Some(3)).await;
+    let out = tool("retention", &archive, &["--older-than", "1h"]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let starts = |files: Vec<String>| -> Vec<i64> {
+        files
+            .iter()
+            .map(|k| DataFileKey::parse(k).unwrap().start)
+            .collect()
+    };
+    // Files up to the checkpoint go; the ones after it, which a restarted sink would walk, stay.
+    assert_eq!(starts(files_of(&store, "orders", 0).await), vec![30, 40]);
+    assert_eq!(starts(files_of(&store, "orders", 1).await), vec![0, 10, 20]);
+    // Never the newest file.
+    assert_eq!(starts(files_of(&store, "orders", 2).await), vec![30]);
+    let out = tool("verify", &archive, &["--json"]);
+    let report = json_of(&out);
+    assert_eq!(
+        report["problems"].as_array().unwrap().len(),
+        1,
+        "{report:#}"
+    );
+    // The one problem is the missing _topics/ document of this hand-made archive.
+    assert_eq!(report["problems"][0]["key"], "_topics/orders.json");
+}

@@ -1,6 +1,7 @@
 //! `rewind retention --older-than D`: delete the files whose newest record is older than the
-//! cutoff, only from the beginning of each chain and never a partition's newest file, and the
-//! consumer-group snapshots no restore inside the kept history needs.
+//! cutoff, only from the beginning of each chain, never a partition's newest file nor one its
+//! checkpoint has not passed, and the consumer-group snapshots no restore inside the kept history
+//! needs.
 //!
 //! Invariant: the chain stays a contiguous suffix. The new start is recorded
 //! (`_retention/<topic>/<p>.json`) before anything is deleted, so a run that stops half-way leaves
@@ -151,8 +152,18 @@ async fn plan_partition(
             max_timestamp: None,
         });
     }
-    // The deletable prefix, reading footers a batch at a time until a file is young enough.
-    let candidates = chain.files.len().saturating_sub(1);
+    // The deletable prefix, reading footers a batch at a time until a file is young enough. Never
+    // the newest file, and never past the checkpoint: a sink resumes there, and must find the
+    // chain in front of it (a checkpoint lags the files only after a crash, briefly).
+    let checkpoint_end = documents::read_checkpoint(store, topic, partition)
+        .await?
+        .map_or(i64::MIN, |c| c.doc.end);
+    let candidates = chain
+        .files
+        .iter()
+        .take(chain.files.len().saturating_sub(1))
+        .take_while(|f| f.end <= checkpoint_end)
+        .count();
     let mut cut = 0;
     'walk: while cut < candidates {
         let batch = cut..(cut + 16).min(candidates);
