@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use super::{identity, OpsError, Progress};
 use crate::archive::datafile::{self, FileMeta};
+use crate::archive::documents::{self, ChainStart, RETENTION_PREFIX};
 use crate::archive::paths::{DataFileKey, DATA_PREFIX};
 use crate::archive::Record;
 use crate::storage::ObjectStore;
@@ -126,6 +127,18 @@ pub async fn find(
                 .map_or(String::new(), |p| format!(" in partition {p}"))
         )));
     }
+    // Files before a chain's recorded start (left by an interrupted retention run) are not part
+    // of the archive any more.
+    let mut starts = std::collections::BTreeMap::new();
+    for object in store
+        .list(&format!("{RETENTION_PREFIX}{}/", opts.topic))
+        .await?
+    {
+        if let Some(start) = documents::read_doc::<ChainStart>(&*store, &object.key).await? {
+            starts.insert(start.partition, start.start);
+        }
+    }
+    files.retain(|(k, _)| starts.get(&k.partition).is_none_or(|s| k.start >= *s));
     files.sort_by_key(|(k, _)| (k.partition, k.start));
     tracing::debug!(
         files = files.len(),

@@ -189,29 +189,25 @@ pub async fn verify(
     })
 }
 
-/// Every archived topic has its `_topics/` document, and its partitions exist there.
+/// Every archived topic has its `_topics/` document (one problem per topic), and its partitions
+/// exist there.
 fn check_topics(scan: &Scan, found: &mut Findings) {
+    let mut missing = std::collections::BTreeSet::new();
     for p in scan
         .partitions
         .iter()
         .filter(|p| !p.chain_files().is_empty())
     {
         match scan.topics.get(&p.topic) {
-            None if p.partition == 0
-                || !scan.partitions.iter().any(|q| {
-                    q.topic == p.topic && q.partition < p.partition && !q.chain_files().is_empty()
-                }) =>
-            {
-                found.problem(
-                    p,
-                    &topic_key(&p.topic),
-                    "topic",
-                    format!(
-                        "is missing: topic {} is archived but its metadata is not, so a restore cannot create it",
-                        p.topic
-                    ),
-                );
-            }
+            None if missing.insert(p.topic.as_str()) => found.problem(
+                p,
+                &topic_key(&p.topic),
+                "topic",
+                format!(
+                    "is missing: topic {} is archived but its metadata is not, so a restore cannot create it",
+                    p.topic
+                ),
+            ),
             Some(meta) if p.partition >= meta.partitions => found.warning(
                 p,
                 &topic_key(&p.topic),
