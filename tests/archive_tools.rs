@@ -515,6 +515,113 @@ async fn verify_names_each_planted_defect() {
         "{report:#}"
     );
 
+    // Gaps are reasons, not defects: a hole a gap records, and a gap at the chain's end that the
+    // checkpoint moved past (the sink found those offsets deleted by the broker).
+    let (archive, copy_store) = copy();
+    copy_store.delete(&files[4]).await.unwrap();
+    let hole = (
+        DataFileKey::parse(&files[4]).unwrap().start,
+        DataFileKey::parse(&files[5]).unwrap().start,
+    );
+    let end = h.records[1].last().unwrap().offset + 1;
+    let key = rewind::archive::paths::checkpoint_key(&h.topic, 1);
+    for (start, stop) in [hole, (end, end + 40)] {
+        let gap = rewind::archive::documents::Gap {
+            topic: h.topic.clone(),
+            partition: 1,
+            start,
+            end: stop,
+            reason: "retention".into(),
+            detected_at: "2026-11-24T00:00:00.000Z".into(),
+        };
+        rewind::archive::documents::record_gap(&*copy_store, &gap)
+            .await
+            .unwrap();
+    }
+    let mut checkpoint: Value =
+        serde_json::from_slice(&copy_store.get(&key).await.unwrap().body).unwrap();
+    checkpoint["end"] = (end + 40).into();
+    copy_store
+        .put(
+            &key,
+            serde_json::to_vec(&checkpoint).unwrap().into(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let out = tool("verify", &archive, &["--json"]);
+    assert!(out.status.success(), "{:#}", json_of(&out));
+
+    // A retention run that stopped half-way: the start is recorded, one old file of two is gone.
+    // Verify warns about the other; find and restore ignore it; the next run deletes it.
+    let (archive, copy_store) = copy();
+    let start = DataFileKey::parse(&files[2]).unwrap().start;
+    let doc = serde_json::json!({"topic": h.topic, "partition": 1, "start": start,
+        "cutoff": "2026-11-24T00:00:00.000Z", "updated_at": "2026-11-24T00:00:00.000Z"});
+    copy_store
+        .put(
+            &format!("_retention/{}/1.json", h.topic),
+            serde_json::to_vec(&doc).unwrap().into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    copy_store.delete(&files[1]).await.unwrap();
+    let report = json_of(&tool("verify", &archive, &["--json"]));
+    assert_eq!(report["clean"], true, "{report:#}");
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["kind"] == "leftover" && w["key"] == files[0].as_str()),
+        "{report:#}"
+    );
+    let (got, _, _) = find(&archive, &["--topic", &h.topic, "--partition", "1"]);
+    assert_eq!(
+        got,
+        expected(&h, |_| true)
+            .into_iter()
+            .filter(|(p, o)| *p == 1 && *o >= start)
+            .collect()
+    );
+    let ls = json_of(&tool("ls", &archive, &["--json"]));
+    assert_eq!(ls["topics"][0]["partitions"][1]["start"], start);
+    let out = tool("retention", &archive, &["--older-than", "3650d", "--json"]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let deleted = json_of(&out)["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(deleted, vec![files[0].clone()], "only the left-over goes");
+    let report = json_of(&tool("verify", &archive, &["--json"]));
+    assert_eq!(
+        report["warnings"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+
+    // A start recorded past every file (stale, or hand-made) is a problem for verify, and
+    // retention deletes nothing of that partition.
+    let (archive, copy_store) = copy();
+    let doc = serde_json::json!({"topic": h.topic, "partition": 1, "start": 1_000_000,
+        "cutoff": "2026-11-24T00:00:00.000Z", "updated_at": "2026-11-24T00:00:00.000Z"});
+    let start_key = format!("_retention/{}/1.json", h.topic);
+    copy_store
+        .put(
+            &start_key,
+            serde_json::to_vec(&doc).unwrap().into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    assert_named(&archive, &[], &start_key, "start");
+    let out = tool("retention", &archive, &["--older-than", "1s"]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert_eq!(files_of(&copy_store, &h.topic, 1).await, files);
+
     // The original is still clean, deep.
     let out = tool(
         "verify",
@@ -896,4 +1003,62 @@ async fn retention_never_passes_a_checkpoint() {
     );
     // The one problem is the missing _topics/ document of this hand-made archive.
     assert_eq!(report["problems"][0]["key"], "_topics/orders.json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_overtaken_by_retention_stops_with_the_lost_range() {
+    let h = history("tools.overtaken").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, store) = local(&dir.path().join("archive"));
+    back_up(&h, store).await;
+    let target = common::unique("tools.overtaken-copy");
+    let id = common::unique("overtaken");
+    let rename = format!("{}={target}", h.topic);
+    let args = [
+        "--topics",
+        &h.topic,
+        "--rename",
+        &rename,
+        "--restore-id",
+        &id,
+    ];
+    // Killed inside its first transaction: its plan (from offset 0) is committed, no record is.
+    let mut child = common::restore_command(&archive)
+        .args(args)
+        .env("REWIND_FAILPOINT", "restore-before-commit")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reached = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("failpoint restore-before-commit reached"))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        reached.join().unwrap(),
+        "the restore reached its first commit"
+    );
+    // Retention deletes the oldest files under it; resuming must not skip them silently.
+    let out = tool("retention", &archive, &["--older-than", "3h"]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let out = common::restore_command(&archive)
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("are no longer in the archive") && error.contains("[0, "),
+        "{error}"
+    );
 }

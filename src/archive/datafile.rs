@@ -349,16 +349,22 @@ impl Footer {
         let range = |i: usize| -> Option<Option<(i64, i64)>> {
             // Outer None: a group without statistics; inner None: a group with only nulls.
             groups.iter().try_fold(None, |acc: Option<(i64, i64)>, g| {
-                let (lo, hi) = match g.column(i).statistics()? {
-                    parquet::file::statistics::Statistics::Int64(s) => (s.min_opt(), s.max_opt()),
+                let (lo, hi, nulls) = match g.column(i).statistics()? {
+                    parquet::file::statistics::Statistics::Int64(s) => {
+                        (s.min_opt(), s.max_opt(), s.null_count_opt())
+                    }
                     _ => return None,
                 };
-                Some(match (acc, lo, hi) {
+                match (acc, lo, hi) {
                     (acc, Some(&lo), Some(&hi)) => {
-                        Some(acc.map_or((lo, hi), |(a, b): (i64, i64)| (a.min(lo), b.max(hi))))
+                        Some(Some(acc.map_or((lo, hi), |(a, b): (i64, i64)| {
+                            (a.min(lo), b.max(hi))
+                        })))
                     }
-                    (acc, _, _) => acc,
-                })
+                    // No bounds: only nulls, or statistics that cannot tell.
+                    (acc, _, _) if nulls == u64::try_from(g.num_rows()).ok() => Some(acc),
+                    _ => None,
+                }
             })
         };
         Ok(Footer {

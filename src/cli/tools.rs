@@ -130,9 +130,11 @@ fn regex(flag: &str, pattern: &str) -> Result<regex::Regex, Failure> {
 pub async fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let topics = regex("topics", &args.topics)?;
     let store = open_store(&args.common).await?;
+    // Exit 1 means "the archive has problems"; when verify cannot look at the archive at all
+    // (store unreachable, access denied) that is not a finding about it: exit 2.
     let report = ops::verify::verify(&*store, &topics, args.deep)
         .await
-        .map_err(failure)?;
+        .map_err(Failure::usage)?;
     if args.json {
         println!(
             "{}",

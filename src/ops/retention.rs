@@ -17,7 +17,9 @@ use super::{identity, OpsError, Progress};
 use crate::archive::chain;
 use crate::archive::documents::{self, chain_start_key, gap_key, ChainStart};
 use crate::archive::time::rfc3339_millis;
-use crate::storage::{ObjectStore, PutMode};
+use bytes::Bytes;
+
+use crate::storage::{ObjectStore, PutMode, StorageError};
 
 /// Keys per delete request.
 const DELETE_BATCH: usize = 500;
@@ -86,13 +88,7 @@ pub async fn retention(
         if !dry_run {
             if let Some(start) = &plan.start {
                 // The new start first: from here on readers ignore what is about to go.
-                documents::write_doc(
-                    store,
-                    &chain_start_key(&start.topic, start.partition),
-                    start,
-                    PutMode::Overwrite,
-                )
-                .await?;
+                record_start(store, start).await?;
             }
             let keys: Vec<String> = plan
                 .files
@@ -140,9 +136,22 @@ async fn plan_partition(
         files: Vec::new(),
         documents: Vec::new(),
     };
-    // Left-overs of an interrupted run: files and gaps before the recorded start.
-    let first = chain.start().unwrap_or(i64::MAX);
-    for (key, size) in files.iter().filter(|(k, _)| k.start < first) {
+    // Left-overs of an interrupted run: files and gaps before the recorded start. A start past
+    // every file (a stale or hand-made document) is not trusted: nothing is a left-over then, and
+    // the newest listed file is never one.
+    let Some(first) = chain.start() else {
+        tracing::warn!(
+            topic,
+            partition,
+            "the chain start recorded in _retention/ is past every data file of the partition; leaving it alone (run `rewind verify`)"
+        );
+        return Ok(None);
+    };
+    let newest = files.last().map(|(k, _)| k.start);
+    for (key, size) in files
+        .iter()
+        .filter(|(k, _)| k.start < first && Some(k.start) != newest)
+    {
         out.files.push(DeletedFile {
             key: key.to_string(),
             topic: topic.to_string(),
@@ -237,4 +246,35 @@ async fn delete(store: &dyn ObjectStore, keys: &[String]) -> Result<(), OpsError
         store.delete_many(batch).await?;
     }
     Ok(())
+}
+
+/// Record a partition's new chain start by compare-and-swap, never moving it backwards (two
+/// retention runs racing keep the later start).
+async fn record_start(store: &dyn ObjectStore, start: &ChainStart) -> Result<(), OpsError> {
+    let key = chain_start_key(&start.topic, start.partition);
+    let body = || Bytes::from(serde_json::to_vec_pretty(start).expect("documents serialize"));
+    loop {
+        let mode = match store.get(&key).await {
+            Ok(got) => {
+                let current: Option<ChainStart> = serde_json::from_slice(&got.body).ok();
+                if current.is_some_and(|c| c.start >= start.start) {
+                    return Ok(());
+                }
+                PutMode::Update {
+                    etag: got.meta.etag,
+                }
+            }
+            Err(StorageError::NotFound { .. }) => PutMode::Create,
+            Err(e) => return Err(e.into()),
+        };
+        match store.put(&key, body(), mode).await {
+            Ok(_) => return Ok(()),
+            Err(
+                StorageError::AlreadyExists { .. }
+                | StorageError::PreconditionFailed { .. }
+                | StorageError::NotFound { .. },
+            ) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

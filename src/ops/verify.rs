@@ -341,10 +341,17 @@ fn check_partition(p: &PartitionScan, found: &mut Findings) {
             );
         }
     }
-    let chain_end = files
-        .last()
-        .and_then(|f| f.footer.as_ref().ok())
-        .map(|f| f.meta.end);
+    // The chain's end, past any gaps recorded after its last file (offsets the broker had deleted
+    // when the sink came back, after which the checkpoint moves on with no new file).
+    let chain_end = files.last().and_then(|f| f.footer.as_ref().ok()).map(|f| {
+        p.gaps.iter().fold(f.meta.end, |end, (_, g)| {
+            if g.start <= end && g.end > end {
+                g.end
+            } else {
+                end
+            }
+        })
+    });
     let key = checkpoint_key(&p.topic, p.partition);
     match (&p.checkpoint, chain_end) {
         (Some(c), Some(end)) if c.end > end => found.problem(
@@ -485,9 +492,11 @@ async fn deep_check(
             Err(e) => return Err(OpsError::from(e)),
         };
         let footer = f.footer.clone().expect("filtered");
-        let (issues, unchecked) = tokio::task::spawn_blocking(move || deep_file(got, &footer))
-            .await
-            .map_err(|e| OpsError::Input(format!("a verify task failed: {e}")))?;
+        let bucket = f.parsed.bucket;
+        let (issues, unchecked) =
+            tokio::task::spawn_blocking(move || deep_file(got, &footer, bucket))
+                .await
+                .map_err(|e| OpsError::Input(format!("a verify task failed: {e}")))?;
         Ok((i, p, f, issues, unchecked))
     }))
     .buffer_unordered(DEEP_CONCURRENCY);
@@ -511,7 +520,11 @@ async fn deep_check(
 }
 
 /// Problems (kind, message) of one file read whole, and whether it had no checksum to check.
-fn deep_file(got: storage::GetResult, footer: &FileFooter) -> (Vec<(&'static str, String)>, bool) {
+fn deep_file(
+    got: storage::GetResult,
+    footer: &FileFooter,
+    bucket: crate::archive::time::HourBucket,
+) -> (Vec<(&'static str, String)>, bool) {
     let mut issues = Vec::new();
     let unchecked = got.meta.crc32c.is_none();
     if let Some(stored) = got.meta.crc32c {
@@ -533,18 +546,18 @@ fn deep_file(got: storage::GetResult, footer: &FileFooter) -> (Vec<(&'static str
     let mut order = None;
     let decoded = datafile::decode_chunks(got.body, DEEP_CHUNK_BYTES, |records| {
         for r in records {
-            if order.is_none()
-                && (last.is_some_and(|l| r.offset <= l)
-                    || r.offset < meta.start
-                    || r.offset >= meta.end)
-            {
-                order = Some(format!(
-                    "row {count} has offset {}, after {} (offsets must increase strictly inside [{}, {}))",
-                    r.offset,
-                    last.map_or("the start".into(), |l| l.to_string()),
-                    meta.start,
-                    meta.end
-                ));
+            if order.is_none() {
+                if r.offset < meta.start || r.offset >= meta.end {
+                    order = Some(format!(
+                        "row {count} has offset {}, outside the file's range [{}, {})",
+                        r.offset, meta.start, meta.end
+                    ));
+                } else if let Some(l) = last.filter(|l| r.offset <= *l) {
+                    order = Some(format!(
+                        "row {count} has offset {}, not after the previous row's {l} (offsets must increase strictly)",
+                        r.offset
+                    ));
+                }
             }
             first_ts.get_or_insert(r.timestamp);
             if let Some(t) = r.timestamp {
@@ -561,6 +574,21 @@ fn deep_file(got: storage::GetResult, footer: &FileFooter) -> (Vec<(&'static str
     }
     if let Some(order) = order {
         issues.push(("rows", order));
+    }
+    // The time-bucket rule: the first record is in the file's hour (the footer check covered
+    // "every record before the hour's end").
+    if let Some(Some(first)) = first_ts {
+        if first < bucket.start_millis() || first >= bucket.end_millis() {
+            issues.push((
+                "rows",
+                format!(
+                    "its first record is at {}, outside its hour folder {}T{}: a restore cutting a window there would start in the wrong place",
+                    rfc3339_millis(first),
+                    bucket.date(),
+                    bucket.hour()
+                ),
+            ));
+        }
     }
     if count != meta.record_count {
         issues.push((

@@ -85,6 +85,13 @@ pub enum RestoreError {
         stored: String,
         asked: String,
     },
+    #[error("{topic}/{partition}: offsets [{next}, {start}) that this restore has not restored yet are no longer in the archive (`rewind retention` moved the chain's start to {start}); nothing past them was written, so restore them from another copy, or start a new restore from the archive's new start")]
+    Pruned {
+        topic: String,
+        partition: i32,
+        next: i64,
+        start: i64,
+    },
     #[error("restore {id} stopped: {message}; what was committed stays, and running the same command with --restore-id {id} resumes")]
     Interrupted { id: String, message: String },
 }

@@ -543,6 +543,7 @@ impl Restore<'_> {
                 pending: Vec::new(),
                 dirty: false,
             });
+            check_covered(self.lanes.last().expect("just pushed"))?;
         }
         self.report.partitions = self.lanes.len();
         Ok(())
@@ -1322,6 +1323,24 @@ impl Restore<'_> {
         let lane = &mut self.lanes[index];
         lane.chain_end = chain.end().unwrap_or(lane.chain_end);
         lane.files = chain.files;
+        check_covered(lane)?;
         Ok(lane.next < lane.until())
+    }
+}
+
+/// A lane still to restore must find its next offset in the chain: retention may have deleted the
+/// files holding it since the restore planned (a resumed or following restore), and skipping to
+/// the new start would lose those records silently.
+fn check_covered(lane: &Lane) -> Result<(), RestoreError> {
+    match lane.files.first() {
+        Some(first) if first.start > lane.next && lane.next < lane.until() => {
+            Err(RestoreError::Pruned {
+                topic: lane.topic.clone(),
+                partition: lane.partition,
+                next: lane.next,
+                start: first.start,
+            })
+        }
+        _ => Ok(()),
     }
 }
