@@ -857,7 +857,20 @@ mod tests {
             narrow.bytes_read,
             everything.bytes_read
         );
-        // verify, deep, agrees the file is sound (the hand-made archive lacks _topics/ only).
+        // verify reads the footer only (metadata mode), and with --deep agrees the file is sound
+        // (the hand-made archive lacks _topics/ only).
+        let counting = crate::storage::testing::Counting::new(store.clone());
+        let shallow =
+            crate::ops::verify::verify(&counting, &regex::Regex::new(".*").unwrap(), false)
+                .await
+                .unwrap();
+        assert_eq!(shallow.files, 1);
+        let read = counting.bytes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            read <= 64 * 1024 + 4_096 && read * 4 < everything.archive_bytes,
+            "metadata mode read {read} of {} bytes",
+            everything.archive_bytes
+        );
         let report = crate::ops::verify::verify(&*store, &regex::Regex::new(".*").unwrap(), true)
             .await
             .unwrap();

@@ -344,79 +344,6 @@ mod tests {
             (0, 11, 9, 4)
         );
     }
-    /// Counts the reads of each key, delegating everything to a real store.
-    #[derive(Debug)]
-    struct Counting {
-        inner: Arc<dyn ObjectStore>,
-        reads: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for Counting {
-        async fn put(
-            &self,
-            key: &str,
-            body: bytes::Bytes,
-            mode: PutMode,
-        ) -> crate::storage::StorageResult<crate::storage::PutResult> {
-            self.inner.put(key, body, mode).await
-        }
-        async fn get(&self, key: &str) -> crate::storage::StorageResult<crate::storage::GetResult> {
-            *self
-                .reads
-                .lock()
-                .unwrap()
-                .entry(key.to_string())
-                .or_default() += 1;
-            self.inner.get(key).await
-        }
-        async fn get_range(
-            &self,
-            key: &str,
-            range: std::ops::Range<u64>,
-        ) -> crate::storage::StorageResult<bytes::Bytes> {
-            *self
-                .reads
-                .lock()
-                .unwrap()
-                .entry(key.to_string())
-                .or_default() += 1;
-            self.inner.get_range(key, range).await
-        }
-        async fn head(
-            &self,
-            key: &str,
-        ) -> crate::storage::StorageResult<crate::storage::ObjectMeta> {
-            self.inner.head(key).await
-        }
-        async fn list_page(
-            &self,
-            prefix: &str,
-            token: Option<String>,
-        ) -> crate::storage::StorageResult<crate::storage::ListPage> {
-            self.inner.list_page(prefix, token).await
-        }
-        async fn delete_many(&self, keys: &[String]) -> crate::storage::StorageResult<()> {
-            self.inner.delete_many(keys).await
-        }
-        async fn start_multipart(
-            &self,
-            key: &str,
-            mode: PutMode,
-        ) -> crate::storage::StorageResult<Box<dyn crate::storage::MultipartUpload>> {
-            self.inner.start_multipart(key, mode).await
-        }
-        async fn incomplete_uploads(
-            &self,
-            prefix: &str,
-        ) -> crate::storage::StorageResult<Vec<String>> {
-            self.inner.incomplete_uploads(prefix).await
-        }
-        fn url(&self) -> &StorageUrl {
-            self.inner.url()
-        }
-    }
-
     #[tokio::test]
     async fn a_short_window_on_a_long_chain_reads_only_the_files_around_it() {
         // Twenty hours, three files an hour (20 minutes apart, three records each).
@@ -430,10 +357,7 @@ mod tests {
             })
             .collect();
         let (_dir, inner) = archive(&files).await;
-        let store = Counting {
-            inner,
-            reads: Default::default(),
-        };
+        let store = crate::storage::testing::Counting::new(inner);
         let mut chain = chain_of(&store).await;
         // [hour 10 + 30 min, hour 11 + 30 min): cuts inside files of hours 10 and 11.
         let window = Window {

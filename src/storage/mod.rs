@@ -221,3 +221,81 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A store wrapper for tests that counts what is read.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Counts the reads of each key and the bytes read, delegating everything to a real store.
+    #[derive(Debug)]
+    pub struct Counting {
+        inner: Arc<dyn ObjectStore>,
+        pub reads: Mutex<BTreeMap<String, usize>>,
+        pub bytes: std::sync::atomic::AtomicU64,
+    }
+
+    impl Counting {
+        pub fn new(inner: Arc<dyn ObjectStore>) -> Counting {
+            Counting {
+                inner,
+                reads: Mutex::default(),
+                bytes: Default::default(),
+            }
+        }
+
+        fn count(&self, key: &str, bytes: usize) {
+            *self
+                .reads
+                .lock()
+                .unwrap()
+                .entry(key.to_string())
+                .or_default() += 1;
+            self.bytes
+                .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Counting {
+        async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StorageResult<PutResult> {
+            self.inner.put(key, body, mode).await
+        }
+        async fn get(&self, key: &str) -> StorageResult<GetResult> {
+            let got = self.inner.get(key).await?;
+            self.count(key, got.body.len());
+            Ok(got)
+        }
+        async fn get_range(&self, key: &str, range: Range<u64>) -> StorageResult<Bytes> {
+            let got = self.inner.get_range(key, range).await?;
+            self.count(key, got.len());
+            Ok(got)
+        }
+        async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
+            self.inner.head(key).await
+        }
+        async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
+            self.inner.list_page(prefix, token).await
+        }
+        async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
+            self.inner.delete_many(keys).await
+        }
+        async fn start_multipart(
+            &self,
+            key: &str,
+            mode: PutMode,
+        ) -> StorageResult<Box<dyn MultipartUpload>> {
+            self.inner.start_multipart(key, mode).await
+        }
+        async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
+            self.inner.incomplete_uploads(prefix).await
+        }
+        fn url(&self) -> &StorageUrl {
+            self.inner.url()
+        }
+    }
+}
