@@ -514,6 +514,24 @@ async fn verify_names_each_planted_defect() {
             .any(|w| w["kind"] == "incomplete_upload" && w["key"] == files[1].as_str()),
         "{report:#}"
     );
+    // Retention aborts it once it is older than --abandoned-after (24 h by default), not before.
+    let out = tool("retention", &archive, &["--older-than", "3650d", "--json"]);
+    assert!(temp.exists(), "a young temporary file may still be written");
+    assert_eq!(json_of(&out)["abandoned_uploads"], serde_json::json!([]));
+    let out = tool(
+        "retention",
+        &archive,
+        &["--older-than", "3650d", "--abandoned-after", "0s", "--json"],
+    );
+    assert_eq!(
+        json_of(&out)["abandoned_uploads"],
+        serde_json::json!([files[1]])
+    );
+    assert!(!temp.exists());
+    assert_eq!(
+        json_of(&tool("verify", &archive, &["--json"]))["warnings"],
+        serde_json::json!([])
+    );
 
     // Gaps are reasons, not defects: a hole a gap records, and a gap at the chain's end that the
     // checkpoint moved past (the sink found those offsets deleted by the broker).

@@ -92,6 +92,9 @@ pub struct RetentionArgs {
     /// when every topic is selected.
     #[arg(long, value_name = "REGEX")]
     topics: Option<String>,
+    /// Abort unfinished uploads (left by a writer killed mid-upload) started longer ago than this.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration::parse)]
+    abandoned_after: std::time::Duration,
     /// List what would be deleted; delete nothing.
     #[arg(long)]
     dry_run: bool,
@@ -467,11 +470,15 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
         .map_err(|_| Failure::usage("--older-than is too long"))?;
     let store = open_store(&args.common).await?;
     let cutoff = ops::now_ms() - older;
+    let abandoned_before = std::time::SystemTime::now()
+        .checked_sub(args.abandoned_after)
+        .unwrap_or(std::time::UNIX_EPOCH);
     let report = ops::retention::retention(
         &*store,
         &topics,
         cutoff,
         args.topics.is_none(),
+        abandoned_before,
         args.dry_run,
     )
     .await
@@ -500,6 +507,13 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
     }
     for d in &report.documents {
         println!("{verb} {d}");
+    }
+    for u in &report.abandoned_uploads {
+        if args.dry_run {
+            println!("unfinished upload of {u} (aborted by a real run once older than --abandoned-after)");
+        } else {
+            println!("aborted the unfinished upload of {u}");
+        }
     }
     println!(
         "{verb} {} files ({} records, {} bytes) and {} documents ({} group snapshots) older than {}{}",

@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::{identity, OpsError, Progress};
 use crate::archive::chain;
 use crate::archive::documents::{self, chain_start_key, gap_key, ChainStart};
+use crate::archive::paths::DATA_PREFIX;
 use crate::archive::time::rfc3339_millis;
 use bytes::Bytes;
 
@@ -38,6 +39,9 @@ pub struct RetentionReport {
     /// Gap documents, chain-start left-overs, and group snapshots.
     pub documents: Vec<String>,
     pub group_snapshots: usize,
+    /// Keys of unfinished uploads (a writer killed mid-upload) aborted, or with `--dry-run` all
+    /// unfinished uploads there are.
+    pub abandoned_uploads: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +61,7 @@ pub async fn retention(
     topics: &Regex,
     cutoff_ms: i64,
     prune_groups: bool,
+    abandoned_before: std::time::SystemTime,
     dry_run: bool,
 ) -> Result<RetentionReport, OpsError> {
     identity(store).await?;
@@ -103,6 +108,14 @@ pub async fn retention(
         report.files.extend(plan.files);
         report.documents.extend(plan.documents);
     }
+    // Unfinished uploads older than a writer could still be working on one.
+    report.abandoned_uploads = if dry_run {
+        store.incomplete_uploads(DATA_PREFIX).await?
+    } else {
+        store
+            .abort_incomplete_uploads(DATA_PREFIX, abandoned_before)
+            .await?
+    };
     if prune_groups {
         let snapshots = old_group_snapshots(store, cutoff_ms).await?;
         if !dry_run {

@@ -510,6 +510,45 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    async fn abort_incomplete_uploads(
+        &self,
+        prefix: &str,
+        started_before: std::time::SystemTime,
+    ) -> StorageResult<Vec<String>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |store| {
+            let mut found = Vec::new();
+            collect_temps(&store.walk_root(&prefix), &mut found)
+                .map_err(|e| store.io("list incomplete uploads", e))?;
+            let mut keys = Vec::new();
+            for path in found {
+                let Some(key) = path
+                    .strip_prefix(&store.root)
+                    .ok()
+                    .and_then(|r| key_of_temp(&r.to_string_lossy()))
+                    .filter(|k| k.starts_with(&prefix))
+                else {
+                    continue;
+                };
+                // A temporary file still being written is younger than the cutoff.
+                let old = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < started_before);
+                if !old {
+                    continue;
+                }
+                match fs::remove_file(&path) {
+                    Ok(()) => keys.push(key),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(store.io("remove an abandoned temporary file", e)),
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
     fn url(&self) -> &StorageUrl {
         &self.url
     }

@@ -126,6 +126,17 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Multipart uploads that were started under `prefix` and neither completed nor aborted
     /// (parts that cost storage and that nobody will read).
     async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>>;
+    /// Abort the unfinished uploads under `prefix` started before `started_before` (a writer
+    /// killed mid-upload left them), freeing their parts; returns their keys. Backends that
+    /// cannot tell abort nothing.
+    async fn abort_incomplete_uploads(
+        &self,
+        prefix: &str,
+        started_before: SystemTime,
+    ) -> StorageResult<Vec<String>> {
+        let _ = (prefix, started_before);
+        Ok(Vec::new())
+    }
     /// The URL this store was opened from, for messages.
     fn url(&self) -> &StorageUrl;
 

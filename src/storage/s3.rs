@@ -665,6 +665,73 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn abort_incomplete_uploads(
+        &self,
+        prefix: &str,
+        started_before: std::time::SystemTime,
+    ) -> StorageResult<Vec<String>> {
+        let full = self.full_prefix(prefix);
+        let mut old = Vec::new();
+        let mut markers: (Option<String>, Option<String>) = (None, None);
+        loop {
+            let out = self
+                .retry
+                .run("list multipart uploads", || async {
+                    self.client
+                        .list_multipart_uploads()
+                        .bucket(&self.bucket)
+                        .prefix(&full)
+                        .set_key_marker(markers.0.clone())
+                        .set_upload_id_marker(markers.1.clone())
+                        .send()
+                        .await
+                        .map_err(|e| self.classify("list multipart uploads", Intent::Bucket, e))
+                })
+                .await?;
+            old.extend(out.uploads().iter().filter_map(|u| {
+                let initiated = std::time::SystemTime::try_from(*u.initiated()?).ok()?;
+                (initiated < started_before)
+                    .then(|| Some((u.key()?.to_string(), u.upload_id()?.to_string())))
+                    .flatten()
+            }));
+            if out.is_truncated != Some(true) {
+                break;
+            }
+            markers = (
+                out.next_key_marker.clone(),
+                out.next_upload_id_marker.clone(),
+            );
+        }
+        let mut keys = Vec::new();
+        for (key, upload_id) in old {
+            let aborted = self
+                .retry
+                .run("abort an abandoned multipart upload", || async {
+                    self.client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(&key)
+                        .upload_id(&upload_id)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            self.classify(
+                                "abort an abandoned multipart upload",
+                                Intent::Read(&key),
+                                e,
+                            )
+                        })
+                })
+                .await;
+            match aborted {
+                // Completed or aborted by someone else meanwhile.
+                Ok(_) | Err(StorageError::NotFound { .. }) => keys.push(self.relative(&key)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(keys)
+    }
+
     fn url(&self) -> &StorageUrl {
         &self.url
     }
