@@ -521,8 +521,19 @@ async fn verify_names_each_planted_defect() {
     let out = tool(
         "retention",
         &archive,
-        &["--older-than", "3650d", "--abandoned-after", "0s", "--json"],
+        &["--older-than", "3650d", "--abandoned-after", "1m"],
     );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a live upload could be that young"
+    );
+    let touched = Command::new("touch")
+        .args(["-d", "2 days ago", temp.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let out = tool("retention", &archive, &["--older-than", "3650d", "--json"]);
     assert_eq!(
         json_of(&out)["abandoned_uploads"],
         serde_json::json!([files[1]])
@@ -999,6 +1010,33 @@ async fn retention_never_passes_a_checkpoint() {
     old_partition(&store, "orders", 0, 5, Some(2)).await;
     old_partition(&store, "orders", 1, 3, None).await;
     old_partition(&store, "orders", 2, 4, Some(3)).await;
+    // Partition 3: a gap between its first two files, the checkpoint at the first file's end.
+    old_partition(&store, "orders", 3, 3, Some(0)).await;
+    let second = files_of(&store, "orders", 3).await[1].clone();
+    store.delete(&second).await.unwrap();
+    let gap = rewind::archive::documents::Gap {
+        topic: "orders".into(),
+        partition: 3,
+        start: 10,
+        end: 20,
+        reason: "retention".into(),
+        detected_at: "2026-11-24T00:00:00.000Z".into(),
+    };
+    rewind::archive::documents::record_gap(&*store, &gap)
+        .await
+        .unwrap();
+    // Partition 4: a recorded start no file begins at (stale): left alone, and named by verify.
+    old_partition(&store, "orders", 4, 4, Some(3)).await;
+    let doc = serde_json::json!({"topic": "orders", "partition": 4, "start": 15,
+        "cutoff": "2026-11-24T00:00:00.000Z", "updated_at": "2026-11-24T00:00:00.000Z"});
+    store
+        .put(
+            "_retention/orders/4.json",
+            serde_json::to_vec(&doc).unwrap().into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
     let out = tool("retention", &archive, &["--older-than", "1h"]);
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     let starts = |files: Vec<String>| -> Vec<i64> {
@@ -1012,15 +1050,44 @@ async fn retention_never_passes_a_checkpoint() {
     assert_eq!(starts(files_of(&store, "orders", 1).await), vec![0, 10, 20]);
     // Never the newest file.
     assert_eq!(starts(files_of(&store, "orders", 2).await), vec![30]);
+    // The gap that ends at the new start stays: those offsets were never archived.
+    assert_eq!(starts(files_of(&store, "orders", 3).await), vec![20]);
+    assert!(store
+        .head(&rewind::archive::documents::gap_key("orders", 3, 10))
+        .await
+        .is_ok());
+    assert_eq!(
+        starts(files_of(&store, "orders", 4).await),
+        vec![0, 10, 20, 30]
+    );
+    let ls = json_of(&tool("ls", &archive, &["--json"]));
+    assert_eq!(ls["topics"][0]["partitions"][3]["start"], 20);
+    assert_eq!(
+        ls["topics"][0]["partitions"][4]["start"], 0,
+        "a stale start is ignored"
+    );
     let out = tool("verify", &archive, &["--json"]);
     let report = json_of(&out);
+    let problems: Vec<(String, String)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // The missing _topics/ document of this hand-made archive, and the stale start.
     assert_eq!(
-        report["problems"].as_array().unwrap().len(),
-        1,
+        problems,
+        vec![
+            ("topic".to_string(), "_topics/orders.json".to_string()),
+            ("start".to_string(), "_retention/orders/4.json".to_string()),
+        ],
         "{report:#}"
     );
-    // The one problem is the missing _topics/ document of this hand-made archive.
-    assert_eq!(report["problems"][0]["key"], "_topics/orders.json");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

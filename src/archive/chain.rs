@@ -162,12 +162,25 @@ pub async fn load(
     files: &[(DataFileKey, u64)],
     known: &BTreeMap<String, ChainFile>,
 ) -> Result<Chain, ChainError> {
-    // Retention may have moved the chain's start: what lies before it is no longer archived.
-    let first = documents::read_chain_start(store, topic, partition)
-        .await?
-        .map_or(i64::MIN, |s| s.start);
+    // Retention may have moved the chain's start: what lies before it is no longer archived. A
+    // recorded start no file begins at is not one retention wrote for these files (a stale
+    // document); it is ignored here, so the chain is read whole, and `rewind verify` names it.
+    let first = match documents::read_chain_start(store, topic, partition).await? {
+        Some(start) if files.iter().any(|(k, _)| k.start == start.start) => start.start,
+        Some(start) => {
+            tracing::warn!(
+                topic,
+                partition,
+                start = start.start,
+                "the chain start recorded in _retention/ matches no data file; ignoring it (run `rewind verify`)"
+            );
+            i64::MIN
+        }
+        None => i64::MIN,
+    };
     let mut gaps = documents::read_gaps(store, topic, partition).await?;
-    gaps.retain(|g| g.end > first);
+    // A gap ending at the start stays: it says the offsets before the start were never archived.
+    gaps.retain(|g| g.end >= first);
     let files = &files[files.partition_point(|(k, _)| k.start < first)..];
     let mut chain = Vec::with_capacity(files.len());
     for (i, (key, size)) in files.iter().enumerate() {

@@ -494,14 +494,14 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<Record>) -> Result<(), DataFile
         .downcast_ref::<StructArray>()
         .ok_or_else(|| DataFileError::Format("headers are not a list of structs".into()))?;
     let hkeys = entries
-        .column(0)
-        .as_any()
-        .downcast_ref::<StringArray>()
+        .columns()
+        .first()
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         .ok_or_else(|| DataFileError::Format("header keys are not strings".into()))?;
     let hvalues = entries
-        .column(1)
-        .as_any()
-        .downcast_ref::<BinaryArray>()
+        .columns()
+        .get(1)
+        .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
         .ok_or_else(|| DataFileError::Format("header values are not binary".into()))?;
     let list_offsets = headers.value_offsets();
     for i in 0..batch.num_rows() {

@@ -92,7 +92,8 @@ pub struct RetentionArgs {
     /// when every topic is selected.
     #[arg(long, value_name = "REGEX")]
     topics: Option<String>,
-    /// Abort unfinished uploads (left by a writer killed mid-upload) started longer ago than this.
+    /// Abort unfinished uploads (left by a writer killed mid-upload) started longer ago than this
+    /// (at least 1h; with every topic selected only).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration::parse)]
     abandoned_after: std::time::Duration,
     /// List what would be deleted; delete nothing.
@@ -470,6 +471,11 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
         .map_err(|_| Failure::usage("--older-than is too long"))?;
     let store = open_store(&args.common).await?;
     let cutoff = ops::now_ms() - older;
+    if args.abandoned_after < std::time::Duration::from_secs(3600) {
+        return Err(Failure::usage(
+            "--abandoned-after must be at least 1h: a younger unfinished upload may still be in progress",
+        ));
+    }
     let abandoned_before = std::time::SystemTime::now()
         .checked_sub(args.abandoned_after)
         .unwrap_or(std::time::UNIX_EPOCH);

@@ -167,6 +167,12 @@ pub async fn find(
             starts.insert(start.partition, start.start);
         }
     }
+    // (Only a start some file begins at, as in `chain::load`.)
+    starts.retain(|p, s| {
+        files
+            .iter()
+            .any(|(k, _)| k.partition == *p && k.start == *s)
+    });
     files.retain(|(k, _)| starts.get(&k.partition).is_none_or(|s| k.start >= *s));
     files.sort_by_key(|(k, _)| (k.partition, k.start));
     tracing::debug!(
@@ -382,7 +388,7 @@ fn page_selection(
     let mut ranges: Vec<Range<usize>> = Vec::new();
     let mut base = 0usize;
     for &g in groups {
-        let rows = metadata.row_group(g).num_rows() as usize;
+        let rows = usize::try_from(metadata.row_group(g).num_rows()).ok()?;
         let index = metadata.page_index_for_row_group(g);
         let (Some(ColumnIndexMetaData::INT64(column)), Some(offsets)) =
             (index.column_index(timestamp), index.offset_index(timestamp))
@@ -390,11 +396,20 @@ fn page_selection(
             return None;
         };
         let pages = offsets.page_locations();
+        // An index that does not describe the group's rows in order is not trusted: every row of
+        // the file is read instead.
+        if column.num_pages() != pages.len() as u64 {
+            return None;
+        }
         for (p, page) in pages.iter().enumerate() {
-            let first = page.first_row_index as usize;
-            let end = pages
-                .get(p + 1)
-                .map_or(rows, |n| n.first_row_index as usize);
+            let first = usize::try_from(page.first_row_index).ok()?;
+            let end = match pages.get(p + 1) {
+                Some(next) => usize::try_from(next.first_row_index).ok()?,
+                None => rows,
+            };
+            if first > end || end > rows {
+                return None;
+            }
             let keep = match (column.min_value(p), column.max_value(p)) {
                 (Some(&lo), Some(&hi)) => opts.window_meets(lo, hi),
                 _ => false, // a page of null timestamps never meets a window
@@ -472,14 +487,14 @@ impl Filter {
                 .downcast_ref::<StructArray>()
                 .ok_or_else(|| wrong("headers"))?;
             let hk = entries
-                .column(0)
-                .as_any()
-                .downcast_ref::<StringArray>()
+                .columns()
+                .first()
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
                 .ok_or_else(|| wrong("headers.key"))?;
             let hv = entries
-                .column(1)
-                .as_any()
-                .downcast_ref::<BinaryArray>()
+                .columns()
+                .get(1)
+                .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
                 .ok_or_else(|| wrong("headers.value"))?;
             Some((list, hk, hv))
         };
@@ -527,7 +542,9 @@ struct StoreReader {
 impl StoreReader {
     fn cached(&self, range: &Range<u64>) -> Option<Bytes> {
         self.cache.iter().find_map(|(start, bytes)| {
-            (range.start >= *start && range.end <= start + bytes.len() as u64)
+            (range.start >= *start
+                && range.start <= range.end
+                && range.end <= start + bytes.len() as u64)
                 .then(|| bytes.slice((range.start - start) as usize..(range.end - start) as usize))
         })
     }

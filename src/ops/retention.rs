@@ -54,8 +54,9 @@ pub struct DeletedFile {
     pub max_timestamp: Option<String>,
 }
 
-/// Apply retention with `cutoff_ms` to the topics `topics` selects; group snapshots are pruned only
-/// when `prune_groups` (every topic selected).
+/// Apply retention with `cutoff_ms` to the topics `topics` selects; group snapshots and unfinished
+/// uploads started before `abandoned_before` are cleaned only when `prune_groups` (every topic
+/// selected).
 pub async fn retention(
     store: &dyn ObjectStore,
     topics: &Regex,
@@ -108,14 +109,6 @@ pub async fn retention(
         report.files.extend(plan.files);
         report.documents.extend(plan.documents);
     }
-    // Unfinished uploads older than a writer could still be working on one.
-    report.abandoned_uploads = if dry_run {
-        store.incomplete_uploads(DATA_PREFIX).await?
-    } else {
-        store
-            .abort_incomplete_uploads(DATA_PREFIX, abandoned_before)
-            .await?
-    };
     if prune_groups {
         let snapshots = old_group_snapshots(store, cutoff_ms).await?;
         if !dry_run {
@@ -123,6 +116,21 @@ pub async fn retention(
         }
         report.group_snapshots = snapshots.len();
         report.documents.extend(snapshots);
+        // Unfinished uploads older than a writer could still be working on one; best effort:
+        // a store that cannot list or abort them does not undo what was pruned above.
+        let uploads = if dry_run {
+            store.incomplete_uploads(DATA_PREFIX).await
+        } else {
+            store
+                .abort_incomplete_uploads(DATA_PREFIX, abandoned_before)
+                .await
+        };
+        match uploads {
+            Ok(keys) => report.abandoned_uploads = keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "unfinished uploads could not be listed or aborted; an S3 lifecycle rule with AbortIncompleteMultipartUpload cleans them")
+            }
+        }
     }
     Ok(report)
 }
@@ -152,13 +160,20 @@ async fn plan_partition(
     // Left-overs of an interrupted run: files and gaps before the recorded start. A start past
     // every file (a stale or hand-made document) is not trusted: nothing is a left-over then, and
     // the newest listed file is never one.
-    let Some(first) = chain.start() else {
-        tracing::warn!(
-            topic,
-            partition,
-            "the chain start recorded in _retention/ is past every data file of the partition; leaving it alone (run `rewind verify`)"
-        );
-        return Ok(None);
+    let recorded = documents::read_chain_start(store, topic, partition).await?;
+    let first = match (&recorded, chain.start()) {
+        // Only a start that a file begins at is one retention wrote for these files; anything
+        // else (a stale document, a partition moved aside and backed up again) is left alone.
+        (Some(r), Some(first)) if r.start == first => first,
+        (None, Some(first)) => first,
+        _ => {
+            tracing::warn!(
+                topic,
+                partition,
+                "the chain start recorded in _retention/ matches no data file of the partition; leaving the partition alone (run `rewind verify`)"
+            );
+            return Ok(None);
+        }
     };
     let newest = files.last().map(|(k, _)| k.start);
     for (key, size) in files
@@ -219,7 +234,9 @@ async fn plan_partition(
         });
     }
     for gap in documents::read_gaps(store, topic, partition).await? {
-        if gap.end <= new_start {
+        // A gap ending at the new start stays: it says those offsets were never archived, which
+        // a restore that had reached them must be able to tell from offsets retention deleted.
+        if gap.end < new_start {
             out.documents.push(gap_key(topic, partition, gap.start));
         }
     }

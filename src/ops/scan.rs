@@ -43,10 +43,16 @@ pub struct PartitionScan {
 }
 
 impl PartitionScan {
-    /// The files of the chain: those at or after the recorded start.
+    /// The files of the chain: those at or after the recorded start. As in `chain::load`, a
+    /// recorded start no file begins at is not trusted (verify names it) and the whole listing is
+    /// the chain.
     pub fn chain_files(&self) -> &[ScannedFile] {
-        let first = self.start.as_ref().map_or(i64::MIN, |s| s.start);
-        &self.files[self.files.partition_point(|f| f.parsed.start < first)..]
+        match &self.start {
+            Some(s) if self.files.iter().any(|f| f.parsed.start == s.start) => {
+                &self.files[self.files.partition_point(|f| f.parsed.start < s.start)..]
+            }
+            _ => &self.files,
+        }
     }
 }
 

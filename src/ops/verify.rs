@@ -314,7 +314,7 @@ fn check_partition(p: &PartitionScan, found: &mut Findings) {
     }
     let chain_start = files.first().map_or(i64::MAX, |f| f.parsed.start);
     for (key, gap) in &p.gaps {
-        if gap.end <= chain_start && p.start.is_some() {
+        if gap.end < chain_start && p.start.is_some() {
             found.warning(p, key, "leftover", "lies before the chain's start (recorded by retention); run `rewind retention` again".into());
             continue;
         }
@@ -480,23 +480,25 @@ async fn deep_check(
     let mut checks = futures::stream::iter(todo.into_iter().map(|(i, p, f)| async move {
         let got = match store.get(&f.key).await {
             Ok(got) => got,
-            Err(storage::StorageError::NotFound { .. }) => {
-                return Ok((
-                    i,
-                    p,
-                    f,
-                    vec![("unreadable", "was deleted while verify ran".to_string())],
-                    false,
-                ))
-            }
+            // Deleted since the scan listed it (retention running): no longer part of the
+            // archive, as in the scan.
+            Err(storage::StorageError::NotFound { .. }) => return Ok((i, p, f, Vec::new(), false)),
             Err(e) => return Err(OpsError::from(e)),
         };
         let footer = f.footer.clone().expect("filtered");
         let bucket = f.parsed.bucket;
+        // A decoder that panics on a damaged file is a finding about that file.
         let (issues, unchecked) =
-            tokio::task::spawn_blocking(move || deep_file(got, &footer, bucket))
-                .await
-                .map_err(|e| OpsError::Input(format!("a verify task failed: {e}")))?;
+            match tokio::task::spawn_blocking(move || deep_file(got, &footer, bucket)).await {
+                Ok(found) => found,
+                Err(e) => (
+                    vec![(
+                        "decode",
+                        format!("does not decode: the decoder failed ({e})"),
+                    )],
+                    false,
+                ),
+            };
         Ok((i, p, f, issues, unchecked))
     }))
     .buffer_unordered(DEEP_CONCURRENCY);

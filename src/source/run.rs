@@ -20,7 +20,7 @@ use super::progress::{self, Progress};
 use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
 use super::{groups, partitioner, RestoreError, RestoreOptions, RestoreReport};
 use crate::archive::chain::{self, Chain, ChainFile};
-use crate::archive::documents::{self, TopicMeta};
+use crate::archive::documents::{self, Gap, TopicMeta};
 use crate::archive::time::rfc3339_millis;
 use crate::archive::Record;
 use crate::storage::ObjectStore;
@@ -516,6 +516,7 @@ impl Restore<'_> {
         let resumed = !stored.is_empty();
         for (chain, plan) in planned.chains.into_iter().zip(planned.partitions) {
             let key = (chain.topic.clone(), chain.partition);
+            let gaps = chain.gaps.clone();
             let (start, end, next, resolved) = match stored.get(&key) {
                 Some(p) => (p.start, p.end, p.next, p.groups.clone()),
                 // A resumed bounded restore sticks to the partitions it planned.
@@ -543,7 +544,7 @@ impl Restore<'_> {
                 pending: Vec::new(),
                 dirty: false,
             });
-            check_covered(self.lanes.last().expect("just pushed"))?;
+            check_covered(self.lanes.last().expect("just pushed"), &gaps)?;
         }
         self.report.partitions = self.lanes.len();
         Ok(())
@@ -1323,24 +1324,27 @@ impl Restore<'_> {
         let lane = &mut self.lanes[index];
         lane.chain_end = chain.end().unwrap_or(lane.chain_end);
         lane.files = chain.files;
-        check_covered(lane)?;
+        check_covered(lane, &chain.gaps)?;
         Ok(lane.next < lane.until())
     }
 }
 
-/// A lane still to restore must find its next offset in the chain: retention may have deleted the
-/// files holding it since the restore planned (a resumed or following restore), and skipping to
-/// the new start would lose those records silently.
-fn check_covered(lane: &Lane) -> Result<(), RestoreError> {
-    match lane.files.first() {
-        Some(first) if first.start > lane.next && lane.next < lane.until() => {
-            Err(RestoreError::Pruned {
-                topic: lane.topic.clone(),
-                partition: lane.partition,
-                next: lane.next,
-                start: first.start,
-            })
-        }
-        _ => Ok(()),
+/// A lane still to restore must find its next offset in the chain (or in a recorded gap before
+/// it): retention may have deleted the files holding it since the restore planned (a resumed or
+/// following restore), and skipping to the new start would lose those records silently.
+fn check_covered(lane: &Lane, gaps: &[Gap]) -> Result<(), RestoreError> {
+    if lane.next >= lane.until() {
+        return Ok(());
     }
+    let first = lane.files.first().map_or(lane.until(), |f| f.start);
+    let never_archived = gaps.iter().any(|g| g.start <= lane.next && g.end >= first);
+    if first > lane.next && !never_archived {
+        return Err(RestoreError::Pruned {
+            topic: lane.topic.clone(),
+            partition: lane.partition,
+            next: lane.next,
+            start: first,
+        });
+    }
+    Ok(())
 }

@@ -724,8 +724,9 @@ impl ObjectStore for S3Store {
                 })
                 .await;
             match aborted {
+                Ok(_) => keys.push(self.relative(&key)),
                 // Completed or aborted by someone else meanwhile.
-                Ok(_) | Err(StorageError::NotFound { .. }) => keys.push(self.relative(&key)),
+                Err(StorageError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
