@@ -941,6 +941,23 @@ async fn bad_input_gets_one_clear_sentence() {
     let out = tool("find", &archive, &["--topic", "orders", "--key", "k"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(common::error_line(&out).contains("no archived files"));
+    // A reader that goes away (`rewind ls | head -1`) ends the command quietly, as SIGPIPE would.
+    for t in ["ls", "verify"] {
+        let mut child = common::tool_command(t, &archive)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(141),
+            "{t}: {}",
+            common::text(&out.stderr)
+        );
+        assert!(!common::text(&out.stderr).contains("panicked"), "{t}");
+    }
     // An empty archive verifies clean and lists nothing.
     assert!(tool("verify", &archive, &[]).status.success());
     assert_eq!(

@@ -31,7 +31,7 @@ pub async fn run(args: CheckArgs) -> Result<(), Failure> {
         .as_ref()
         .map(|p| format!(" ({})", p.display()))
         .unwrap_or_default();
-    println!("config   ok{source}");
+    outln!("config   ok{source}");
 
     let url = config.archive_url().map_err(Failure::usage)?;
     let mut opts = config.s3_options();
@@ -56,7 +56,7 @@ pub async fn run(args: CheckArgs) -> Result<(), Failure> {
         }
         Ok(Ok(_)) => "no archive yet",
     };
-    println!("archive  {url}: reachable, {state}");
+    outln!("archive  {url}: reachable, {state}");
 
     if !args.no_kafka {
         let client = kafka::client_config(&config.kafka, &[]);
@@ -65,7 +65,7 @@ pub async fn run(args: CheckArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::found(format!("kafka check stopped: {e}")))?
             .map_err(Failure::found)?;
-        println!(
+        outln!(
             "kafka    {}: cluster {}, {} broker(s), {} topic(s)",
             config.kafka.bootstrap_servers,
             info.cluster_id.as_deref().unwrap_or("(id unknown)"),

@@ -2,6 +2,14 @@
 //! exit code (0 success, 1 the command found problems, 2 usage or configuration error) and report
 //! errors on stderr as one sentence.
 
+/// `println!` for command output: a reader that went away (`rewind ls | head`) ends the process
+/// quietly with the status a SIGPIPE would give, instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod check;
 mod restore;
 mod sink;
@@ -172,7 +180,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 toml::to_string_pretty(&shown).map_err(Failure::found)?
             };
-            println!("{}", text.trim_end());
+            outln!("{}", text.trim_end());
             Ok(())
         }
     }
@@ -244,6 +252,19 @@ pub(crate) fn parse_time(flag: &str, s: &str, open: &str) -> Result<Option<i64>,
     })
 }
 
+/// Write one line of command output; see [`outln!`].
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Print a table: a header and rows of cells, columns padded to their widest cell, the first
 /// `left` columns left-aligned and the rest (numbers) right-aligned.
 pub(crate) fn print_table<R: AsRef<[String]>>(header: &[&str], rows: &[R], left: usize) {
@@ -270,9 +291,9 @@ pub(crate) fn print_table<R: AsRef<[String]>>(header: &[&str], rows: &[R], left:
             .trim_end()
             .to_string()
     };
-    println!("{}", line(header.to_vec()));
+    outln!("{}", line(header.to_vec()));
     for row in rows {
-        println!(
+        outln!(
             "{}",
             line(row.as_ref().iter().map(String::as_str).collect())
         );

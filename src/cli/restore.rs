@@ -199,16 +199,16 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
             "groups_committed": report.groups_committed,
             "groups_skipped": report.groups_skipped,
         });
-        println!("{doc}");
+        outln!("{doc}");
     } else if report.planned_records == 0 && report.records == 0 && !report.resumed && !opts.follow
     {
-        println!(
+        outln!(
             "nothing to restore: no archived record of the selected topics falls in {}; nothing was written",
             window.describe()
         );
         return Ok(());
     } else {
-        println!("{}", summary(&report, &url));
+        outln!("{}", summary(&report, &url));
     }
     if report.stopped && !opts.follow {
         return Err(Failure::found(format!(
@@ -272,13 +272,13 @@ fn print_plan(partitions: &[source::PartitionPlan], opts: &RestoreOptions, json:
             "bytes": bytes,
             "files": files,
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&doc).expect("plan serializes")
         );
         return;
     }
-    println!(
+    outln!(
         "window {}{}",
         opts.window.describe(),
         if opts.strict {
@@ -313,7 +313,7 @@ fn print_plan(partitions: &[source::PartitionPlan], opts: &RestoreOptions, json:
         })
         .collect();
     super::print_table(&header, &rows, 3);
-    println!(
+    outln!(
         "total: {records} records in {files} files ({bytes} bytes) from {} partitions",
         partitions.len()
     );

@@ -102,7 +102,7 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
     let report = sink::run(client, store, opts, stop)
         .await
         .map_err(Failure::found)?;
-    println!(
+    outln!(
         "archived {} records in {} files ({} bytes) from {} partitions to {url}{}{}",
         report.records,
         report.files,

@@ -140,7 +140,7 @@ pub async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         .await
         .map_err(Failure::usage)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).map_err(Failure::found)?
         );
@@ -180,12 +180,12 @@ pub async fn verify(args: VerifyArgs) -> Result<(), Failure> {
             1,
         );
         for w in &report.warnings {
-            println!("warning: {}: {}", w.key, w.message);
+            outln!("warning: {}: {}", w.key, w.message);
         }
         for p in &report.problems {
-            println!("problem: {}: {}", p.key, p.message);
+            outln!("problem: {}: {}", p.key, p.message);
         }
-        println!(
+        outln!(
             "{} {} files ({} records, {} bytes) of {} partitions in {:.1}s ({:.0} files/s): {}",
             if report.deep {
                 "deep-verified"
@@ -422,12 +422,12 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
             "created_at": scan.identity.created_at,
             "topics": topics,
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&doc).map_err(Failure::found)?
         );
     } else {
-        println!(
+        outln!(
             "archive {} of cluster {} (created {})",
             store.url(),
             scan.identity.cluster_id,
@@ -453,7 +453,7 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
         let records: u64 = rows.iter().map(|r| r[4].parse::<u64>().unwrap_or(0)).sum();
         let files: u64 = rows.iter().map(|r| r[5].parse::<u64>().unwrap_or(0)).sum();
         let bytes: u64 = rows.iter().map(|r| r[6].parse::<u64>().unwrap_or(0)).sum();
-        println!(
+        outln!(
             "total: {records} records in {files} files ({bytes} bytes), {} topics, {} partitions",
             rows.iter()
                 .map(|r| &r[0])
@@ -490,7 +490,7 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
     .await
     .map_err(failure)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).map_err(Failure::found)?
         );
@@ -502,7 +502,7 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
         "deleted"
     };
     for f in &report.files {
-        println!(
+        outln!(
             "{verb} {} ({} bytes{})",
             f.key,
             f.bytes,
@@ -512,16 +512,16 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
         );
     }
     for d in &report.documents {
-        println!("{verb} {d}");
+        outln!("{verb} {d}");
     }
     for u in &report.abandoned_uploads {
         if args.dry_run {
-            println!("unfinished upload of {u} (aborted by a real run once older than --abandoned-after)");
+            outln!("unfinished upload of {u} (aborted by a real run once older than --abandoned-after)");
         } else {
-            println!("aborted the unfinished upload of {u}");
+            outln!("aborted the unfinished upload of {u}");
         }
     }
-    println!(
+    outln!(
         "{verb} {} files ({} records, {} bytes) and {} documents ({} group snapshots) older than {}{}",
         report.files.len(),
         report.records,
