@@ -1164,3 +1164,69 @@ async fn a_restore_overtaken_by_retention_stops_with_the_lost_range() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_is_clean_while_a_sink_writes() {
+    let topic = common::unique("tools.live");
+    create_topic(&topic, 2, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, _) = local(&dir.path().join("archive"));
+    let mut sink = common::sink_command(&archive, &topic, &common::unique("live"))
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "5")
+        .env("REWIND__SINK__MAX_FILE_AGE", "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Traffic for the whole test, so files and checkpoints move while verify reads.
+    let producing = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            let until = std::time::Instant::now() + Duration::from_secs(8);
+            while std::time::Instant::now() < until {
+                for p in 0..2 {
+                    let batch: Vec<Record> = (0..7)
+                        .map(|i| record(Some(b"k"), Some(b"v"), vec![], common::now_ms() + i))
+                        .collect();
+                    produce(&topic, p, &batch).await;
+                    sent += 7;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            sent
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("archive/_archive.json").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut runs = 0;
+    while !producing.is_finished() {
+        let archive = archive.clone();
+        let out = tokio::task::spawn_blocking(move || tool("verify", &archive, &["--json"]))
+            .await
+            .unwrap();
+        let report = json_of(&out);
+        assert!(
+            out.status.success(),
+            "verify during a live backup: {report:#}"
+        );
+        runs += 1;
+    }
+    let sent = producing.await.unwrap();
+    assert!(runs >= 3, "{runs} verify runs");
+    let status = Command::new("kill")
+        .args(["-TERM", &sink.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(sink.wait().unwrap().success());
+    let report = json_of(&tool("verify", &archive, &["--json", "--deep"]));
+    assert_eq!(report["clean"], true, "{report:#}");
+    assert_eq!(report["records"], sent, "everything sent is archived once");
+}

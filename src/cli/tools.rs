@@ -52,10 +52,10 @@ pub struct FindArgs {
     /// Records without a key.
     #[arg(long, group = "keys")]
     key_null: bool,
-    /// Records with a timestamp at or after this time (RFC 3339 or epoch milliseconds).
+    /// Records with a timestamp at or after this time (RFC 3339, epoch milliseconds, or earliest).
     #[arg(long, value_name = "T")]
     from: Option<String>,
-    /// Records with a timestamp before this time.
+    /// Records with a timestamp before this time (RFC 3339, epoch milliseconds, or latest).
     #[arg(long, value_name = "T")]
     to: Option<String>,
     /// Records with this header (UTF-8 value; `K` alone for a null value); repeat to require several.
@@ -271,11 +271,14 @@ pub async fn find(args: FindArgs) -> Result<(), Failure> {
         (_, _, true) => KeyFilter::Null,
         _ => KeyFilter::Any,
     };
-    let time = |flag: &str, v: &Option<String>| match v {
+    let time = |flag: &str, v: &Option<String>, open: &str| match v {
         None => Ok(None),
-        Some(v) => parse_time(flag, v, "\u{0}"),
+        Some(v) => parse_time(flag, v, open),
     };
-    let (from, to) = (time("from", &args.from)?, time("to", &args.to)?);
+    let (from, to) = (
+        time("from", &args.from, "earliest")?,
+        time("to", &args.to, "latest")?,
+    );
     if let (Some(f), Some(t)) = (from, to) {
         if f >= t {
             return Err(Failure::usage(format!(

@@ -84,6 +84,12 @@ pub async fn scan(
 ) -> Result<Scan, OpsError> {
     let identity = identity(store).await?;
     let mut partitions: BTreeMap<(String, i32), PartitionScan> = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    // Checkpoints before the data listing: a checkpoint only moves after its file is durable, so
+    // every file a checkpoint read here vouches for is in the listing, even while a sink writes.
+    // Gaps after it: a gap is recorded before the file that follows it is written.
+    let checkpoints: Vec<(String, Checkpoint)> =
+        read_docs(store, "_checkpoints/", topics, &mut unreadable).await?;
     let mut stray = Vec::new();
     let mut listed = Vec::new();
     for object in store.list(DATA_PREFIX).await? {
@@ -93,11 +99,8 @@ pub async fn scan(
             None => stray.push(object.key),
         }
     }
-    let mut unreadable = Vec::new();
 
-    // Small documents, keyed by what they describe.
-    let checkpoints: Vec<(String, Checkpoint)> =
-        read_docs(store, "_checkpoints/", topics, &mut unreadable).await?;
+    // The other small documents, keyed by what they describe.
     let gaps: Vec<(String, Gap)> = read_docs(store, "_gaps/", topics, &mut unreadable).await?;
     let starts: Vec<(String, ChainStart)> =
         read_docs(store, RETENTION_PREFIX, topics, &mut unreadable).await?;
