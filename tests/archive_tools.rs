@@ -15,9 +15,8 @@ use std::time::Duration;
 use common::kafka::{create_topic, header, produce, read_to_end, record};
 use rewind::archive::datafile;
 use rewind::archive::paths::DataFileKey;
-use rewind::archive::rotation::RollingPolicy;
 use rewind::archive::Record;
-use rewind::sink::{self, SinkOptions};
+use rewind::sink;
 use rewind::storage::{LocalStore, ObjectStore, PutMode, StorageUrl};
 use serde_json::Value;
 
@@ -81,23 +80,7 @@ async fn history(prefix: &str) -> History {
 
 /// Back the topic up once into `store`, 15 records per file at most (and a file per hour).
 async fn back_up(h: &History, store: Arc<dyn ObjectStore>) {
-    let opts = SinkOptions {
-        topics: sink::topic_regex(&regex::escape(&h.topic)).unwrap(),
-        exclude: None,
-        group: common::unique("tools"),
-        once: true,
-        policy: RollingPolicy {
-            max_records: 15,
-            ..RollingPolicy::default()
-        },
-        buffer_budget: 64 << 20,
-        part_size: 5 << 20,
-        discovery_interval: Duration::from_secs(30),
-        allow_cluster_change: false,
-        drain_timeout: Duration::from_secs(30),
-        progress: false,
-        group_snapshot_interval: Duration::ZERO,
-    };
+    let opts = common::once_sink_options(&h.topic, 15);
     let report = sink::run(common::kafka::config(), store, opts, std::future::pending())
         .await
         .unwrap();
@@ -129,15 +112,43 @@ fn json_of(out: &Output) -> Value {
 
 /// Data file keys of a partition in chain order.
 async fn files_of(store: &Arc<dyn ObjectStore>, topic: &str, p: i32) -> Vec<String> {
-    let mut keys: Vec<DataFileKey> = store
-        .list(&DataFileKey::partition_prefix(topic, p))
+    common::archive::data_keys(store, topic, p)
         .await
-        .unwrap()
         .iter()
-        .filter_map(|o| DataFileKey::parse(&o.key))
-        .collect();
-    keys.sort_by_key(|k| k.start);
-    keys.iter().map(ToString::to_string).collect()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Store a JSON document (replacing what is there).
+async fn put_json(store: &Arc<dyn ObjectStore>, key: &str, doc: &Value) {
+    store
+        .put(
+            key,
+            serde_json::to_vec(doc).unwrap().into(),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+}
+
+/// Rewrite a partition's checkpoint with `end` (a hand-planted defect or a tail gap).
+async fn set_checkpoint_end(
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    p: i32,
+    end: impl Fn(i64) -> i64,
+) {
+    let key = rewind::archive::paths::checkpoint_key(topic, p);
+    let mut checkpoint: Value =
+        serde_json::from_slice(&store.get(&key).await.unwrap().body).unwrap();
+    checkpoint["end"] = end(checkpoint["end"].as_i64().unwrap()).into();
+    put_json(store, &key, &checkpoint).await;
+}
+
+/// A `_retention/` chain start document.
+fn chain_start(topic: &str, p: i32, start: i64) -> Value {
+    serde_json::json!({"topic": topic, "partition": p, "start": start,
+        "cutoff": "2026-11-24T00:00:00.000Z", "updated_at": "2026-11-24T00:00:00.000Z"})
 }
 
 /// (partition, offset) of every produced record `pred` picks.
@@ -483,18 +494,8 @@ async fn verify_names_each_planted_defect() {
 
     // A checkpoint ahead of the chain.
     let (archive, copy_store) = copy();
+    set_checkpoint_end(&copy_store, &h.topic, 1, |end| end + 100).await;
     let key = rewind::archive::paths::checkpoint_key(&h.topic, 1);
-    let mut checkpoint: Value =
-        serde_json::from_slice(&copy_store.get(&key).await.unwrap().body).unwrap();
-    checkpoint["end"] = (checkpoint["end"].as_i64().unwrap() + 100).into();
-    copy_store
-        .put(
-            &key,
-            serde_json::to_vec(&checkpoint).unwrap().into(),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
     assert_named(&archive, &[], &key, "checkpoint");
 
     // A temporary file a killed writer left: a warning naming the key it was for, not a problem.
@@ -553,7 +554,6 @@ async fn verify_names_each_planted_defect() {
         DataFileKey::parse(&files[5]).unwrap().start,
     );
     let end = h.records[1].last().unwrap().offset + 1;
-    let key = rewind::archive::paths::checkpoint_key(&h.topic, 1);
     for (start, stop) in [hole, (end, end + 40)] {
         let gap = rewind::archive::documents::Gap {
             topic: h.topic.clone(),
@@ -567,17 +567,7 @@ async fn verify_names_each_planted_defect() {
             .await
             .unwrap();
     }
-    let mut checkpoint: Value =
-        serde_json::from_slice(&copy_store.get(&key).await.unwrap().body).unwrap();
-    checkpoint["end"] = (end + 40).into();
-    copy_store
-        .put(
-            &key,
-            serde_json::to_vec(&checkpoint).unwrap().into(),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
+    set_checkpoint_end(&copy_store, &h.topic, 1, |_| end + 40).await;
     let out = tool("verify", &archive, &["--json"]);
     assert!(out.status.success(), "{:#}", json_of(&out));
 
@@ -585,16 +575,12 @@ async fn verify_names_each_planted_defect() {
     // Verify warns about the other; find and restore ignore it; the next run deletes it.
     let (archive, copy_store) = copy();
     let start = DataFileKey::parse(&files[2]).unwrap().start;
-    let doc = serde_json::json!({"topic": h.topic, "partition": 1, "start": start,
-        "cutoff": "2026-11-24T00:00:00.000Z", "updated_at": "2026-11-24T00:00:00.000Z"});
-    copy_store
-        .put(
-            &format!("_retention/{}/1.json", h.topic),
-            serde_json::to_vec(&doc).unwrap().into(),
-            PutMode::Create,
-        )
-        .await
-        .unwrap();
+    put_json(
+        &copy_store,
+        &format!("_retention/{}/1.json", h.topic),
+        &chain_start(&h.topic, 1, start),
+    )
+    .await;
     copy_store.delete(&files[1]).await.unwrap();
     let report = json_of(&tool("verify", &archive, &["--json"]));
     assert_eq!(report["clean"], true, "{report:#}");
@@ -635,17 +621,13 @@ async fn verify_names_each_planted_defect() {
     // A start recorded past every file (stale, or hand-made) is a problem for verify, and
     // retention deletes nothing of that partition.
     let (archive, copy_store) = copy();
-    let doc = serde_json::json!({"topic": h.topic, "partition": 1, "start": 1_000_000,
-        "cutoff": "2026-11-24T00:00:00.000Z", "updated_at": "2026-11-24T00:00:00.000Z"});
     let start_key = format!("_retention/{}/1.json", h.topic);
-    copy_store
-        .put(
-            &start_key,
-            serde_json::to_vec(&doc).unwrap().into(),
-            PutMode::Create,
-        )
-        .await
-        .unwrap();
+    put_json(
+        &copy_store,
+        &start_key,
+        &chain_start(&h.topic, 1, 1_000_000),
+    )
+    .await;
     assert_named(&archive, &[], &start_key, "start");
     let out = tool("retention", &archive, &["--older-than", "1s"]);
     assert!(out.status.success(), "{}", common::text(&out.stderr));
@@ -676,14 +658,7 @@ async fn retention_round(h: &History, archive: &str, store: &Arc<dyn ObjectStore
     ] {
         let key = rewind::archive::documents::group_snapshot_key("billing", t);
         let doc = serde_json::json!({"group": "billing", "taken_at_ms": t, "taken_at": "x", "offsets": {}});
-        store
-            .put(
-                &key,
-                serde_json::to_vec(&doc).unwrap().into(),
-                PutMode::Create,
-            )
-            .await
-            .unwrap();
+        put_json(store, &key, &doc).await;
     }
     let older_than = "3h";
     let cutoff = now - 3 * HOUR;
@@ -820,18 +795,8 @@ async fn the_tools_work_on_an_s3_archive() {
     retention_round(&h, &archive, &store).await;
     // A deleted file in the middle of what is left would now be a hole... there is one file per
     // partition left, so plant the defect on a checkpoint instead.
+    set_checkpoint_end(&store, &h.topic, 0, |end| end + 1).await;
     let key = rewind::archive::paths::checkpoint_key(&h.topic, 0);
-    let mut checkpoint: Value =
-        serde_json::from_slice(&store.get(&key).await.unwrap().body).unwrap();
-    checkpoint["end"] = (checkpoint["end"].as_i64().unwrap() + 1).into();
-    store
-        .put(
-            &key,
-            serde_json::to_vec(&checkpoint).unwrap().into(),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
     assert_named(&archive, &[], &key, "checkpoint");
 }
 
@@ -866,14 +831,7 @@ async fn bad_input_gets_one_clear_sentence() {
     // An archive of a format this build does not know.
     let (archive, store) = local(&dir.path().join("future"));
     let identity = serde_json::json!({"format_version": 99, "created_at": "2030-01-01T00:00:00.000Z", "cluster_id": "x", "writer": "rewind 9"});
-    store
-        .put(
-            "_archive.json",
-            serde_json::to_vec(&identity).unwrap().into(),
-            PutMode::Create,
-        )
-        .await
-        .unwrap();
+    put_json(&store, "_archive.json", &identity).await;
     for (t, args) in [
         ("verify", vec![]),
         ("ls", vec![]),
@@ -891,14 +849,7 @@ async fn bad_input_gets_one_clear_sentence() {
 
     let (archive, store) = local(&dir.path().join("empty"));
     let identity = serde_json::json!({"format_version": 1, "created_at": "2030-01-01T00:00:00.000Z", "cluster_id": "x", "writer": "rewind 0.1.0"});
-    store
-        .put(
-            "_archive.json",
-            serde_json::to_vec(&identity).unwrap().into(),
-            PutMode::Create,
-        )
-        .await
-        .unwrap();
+    put_json(&store, "_archive.json", &identity).await;
     for (args, needle) in [
         (
             vec!["retention", "--older-than", "7 fortnights"],
@@ -1044,16 +995,12 @@ async fn retention_never_passes_a_checkpoint() {
         .unwrap();
     // Partition 4: a recorded start no file begins at (stale): left alone, and named by verify.
     old_partition(&store, "orders", 4, 4, Some(3)).await;
-    let doc = serde_json::json!({"topic": "orders", "partition": 4, "start": 15,
-        "cutoff": "2026-11-24T00:00:00.000Z", "updated_at": "2026-11-24T00:00:00.000Z"});
-    store
-        .put(
-            "_retention/orders/4.json",
-            serde_json::to_vec(&doc).unwrap().into(),
-            PutMode::Create,
-        )
-        .await
-        .unwrap();
+    put_json(
+        &store,
+        "_retention/orders/4.json",
+        &chain_start("orders", 4, 15),
+    )
+    .await;
     let out = tool("retention", &archive, &["--older-than", "1h"]);
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     let starts = |files: Vec<String>| -> Vec<i64> {
@@ -1125,29 +1072,11 @@ async fn a_restore_overtaken_by_retention_stops_with_the_lost_range() {
         &id,
     ];
     // Killed inside its first transaction: its plan (from offset 0) is committed, no record is.
-    let mut child = common::restore_command(&archive)
-        .args(args)
-        .env("REWIND_FAILPOINT", "restore-before-commit")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let reached = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("failpoint restore-before-commit reached"))
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !reached.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
     assert!(
-        reached.join().unwrap(),
+        common::kill_at_failpoint(
+            common::restore_command(&archive).args(args),
+            "restore-before-commit"
+        ),
         "the restore reached its first commit"
     );
     // Retention deletes the oldest files under it; resuming must not skip them silently.

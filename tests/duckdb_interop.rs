@@ -6,11 +6,9 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::kafka::{create_topic, header, produce, record};
-use rewind::archive::rotation::RollingPolicy;
-use rewind::sink::{self, SinkOptions};
+use rewind::sink;
 use rewind::storage::{LocalStore, ObjectStore, StorageUrl};
 use serde_json::{json, Value};
 
@@ -91,23 +89,7 @@ async fn duckdb_reads_exactly_what_was_produced() {
         LocalStore::open(StorageUrl::parse(&format!("file://{}", root.display())).unwrap())
             .unwrap(),
     );
-    let opts = SinkOptions {
-        topics: sink::topic_regex(&regex::escape(&topic)).unwrap(),
-        exclude: None,
-        group: common::unique("duckdb"),
-        once: true,
-        policy: RollingPolicy {
-            max_records: 10,
-            ..RollingPolicy::default()
-        },
-        buffer_budget: 64 << 20,
-        part_size: 5 << 20,
-        discovery_interval: Duration::from_secs(30),
-        allow_cluster_change: false,
-        drain_timeout: Duration::from_secs(30),
-        progress: false,
-        group_snapshot_interval: std::time::Duration::ZERO,
-    };
+    let opts = common::once_sink_options(&topic, 10);
     let report = sink::run(common::kafka::config(), store, opts, std::future::pending())
         .await
         .unwrap();

@@ -478,28 +478,8 @@ async fn a_restore_killed_in_its_first_transaction_resumes() {
     let rename = format!("{topic}={target}");
     let args = ["--topics", &topic, "--rename", &rename, "--restore-id", &id];
     // Stop with every record delivered to the target in an open transaction, and kill it there.
-    let mut child = restore(&archive, &args)
-        .env("REWIND_FAILPOINT", "restore-before-commit")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let reached = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("failpoint restore-before-commit reached"))
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reached.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
     assert!(
-        reached.join().unwrap(),
+        common::kill_at_failpoint(&mut restore(&archive, &args), "restore-before-commit"),
         "the restore reached its first commit"
     );
     // The target now holds the uncommitted records; the rerun must resume, not refuse it.

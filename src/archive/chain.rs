@@ -151,6 +151,18 @@ pub async fn read_file_footer(
     }
 }
 
+/// Where a partition's chain begins, given the start `rewind retention` recorded and the starts of
+/// the partition's listed files: the recorded start, but only when a file begins at it (retention
+/// always records it that way). A start no file begins at is stale (a partition moved aside and
+/// backed up again, a hand-made document): the chain is then every listed file, and
+/// `rewind verify` names the document.
+pub fn effective_start(
+    recorded: Option<i64>,
+    mut file_starts: impl Iterator<Item = i64>,
+) -> Option<i64> {
+    recorded.filter(|r| file_starts.any(|s| s == *r))
+}
+
 /// The chain one partition's `files` (in offset order) form. Ends come from the next file's start
 /// or the gap recorded before it; the last file's footer is read for the chain's end. Files before
 /// the start `rewind retention` recorded are left out. `known` holds files already read (by key),
@@ -162,22 +174,20 @@ pub async fn load(
     files: &[(DataFileKey, u64)],
     known: &BTreeMap<String, ChainFile>,
 ) -> Result<Chain, ChainError> {
-    // Retention may have moved the chain's start: what lies before it is no longer archived. A
-    // recorded start no file begins at is not one retention wrote for these files (a stale
-    // document); it is ignored here, so the chain is read whole, and `rewind verify` names it.
-    let first = match documents::read_chain_start(store, topic, partition).await? {
-        Some(start) if files.iter().any(|(k, _)| k.start == start.start) => start.start,
-        Some(start) => {
-            tracing::warn!(
-                topic,
-                partition,
-                start = start.start,
-                "the chain start recorded in _retention/ matches no data file; ignoring it (run `rewind verify`)"
-            );
-            i64::MIN
-        }
-        None => i64::MIN,
-    };
+    // Retention may have moved the chain's start: what lies before it is no longer archived.
+    let recorded = documents::read_chain_start(store, topic, partition)
+        .await?
+        .map(|s| s.start);
+    let first = effective_start(recorded, files.iter().map(|(k, _)| k.start));
+    if let (Some(start), None) = (recorded, first) {
+        tracing::warn!(
+            topic,
+            partition,
+            start,
+            "the chain start recorded in _retention/ matches no data file; ignoring it (run `rewind verify`)"
+        );
+    }
+    let first = first.unwrap_or(i64::MIN);
     let mut gaps = documents::read_gaps(store, topic, partition).await?;
     // A gap ending at the start stays: it says the offsets before the start were never archived.
     gaps.retain(|g| g.end >= first);

@@ -131,6 +131,39 @@ pub async fn read_chain_start(
     read_doc(store, &chain_start_key(topic, partition)).await
 }
 
+/// Record a partition's chain start by compare-and-swap, never moving it backwards (two retention
+/// runs racing keep the later start; an unreadable document is replaced).
+pub async fn advance_chain_start(
+    store: &dyn ObjectStore,
+    start: &ChainStart,
+) -> Result<(), ArchiveError> {
+    let key = chain_start_key(&start.topic, start.partition);
+    loop {
+        let mode = match store.get(&key).await {
+            Ok(got) => {
+                let current: Option<ChainStart> = serde_json::from_slice(&got.body).ok();
+                if current.is_some_and(|c| c.start >= start.start) {
+                    return Ok(());
+                }
+                PutMode::Update {
+                    etag: got.meta.etag,
+                }
+            }
+            Err(StorageError::NotFound { .. }) => PutMode::Create,
+            Err(e) => return Err(e.into()),
+        };
+        match store.put(&key, to_json(start), mode).await {
+            Ok(_) => return Ok(()),
+            Err(
+                StorageError::AlreadyExists { .. }
+                | StorageError::PreconditionFailed { .. }
+                | StorageError::NotFound { .. },
+            ) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Folder of one group's snapshots.
 pub fn group_prefix(group: &str) -> String {
     format!("_groups/{group}/")

@@ -62,6 +62,13 @@ impl fmt::Display for HourBucket {
     }
 }
 
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// `2026-11-23T10:15:00.123Z` for milliseconds since the epoch.
 pub fn rfc3339_millis(millis: i64) -> String {
     let bucket = HourBucket::of_millis(millis);

@@ -123,7 +123,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
             )))
         }
         Some(id) => id.clone(),
-        None => source::new_restore_id(now_ms()),
+        None => source::new_restore_id(crate::archive::time::now_ms()),
     };
     let topics = topic_regex(&args.topics).map_err(|e| {
         Failure::usage(format!(
@@ -248,12 +248,6 @@ fn failure(e: RestoreError) -> Failure {
         RestoreError::OtherWindow { .. } => Failure::usage(e),
         other => Failure::found(other),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn print_plan(partitions: &[source::PartitionPlan], opts: &RestoreOptions, json: bool) {

@@ -345,9 +345,10 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
     let scan = ops::scan::scan(&*store, &topics, "ls")
         .await
         .map_err(failure)?;
-    let now = ops::now_ms();
+    let now = crate::archive::time::now_ms();
     let mut by_topic: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let mut rows = Vec::new();
+    let mut totals = (0u64, 0usize, 0u64);
     for p in &scan.partitions {
         let files = p.chain_files();
         let footers: Vec<_> = files
@@ -372,6 +373,7 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
         let checkpoint_age = p.checkpoint.as_ref().and_then(|c| {
             parse_rfc3339_millis(&c.updated_at).map(|t| (now - t).max(0) as f64 / 1000.0)
         });
+        totals = (totals.0 + records, totals.1 + files.len(), totals.2 + bytes);
         rows.push(vec![
             p.topic.clone(),
             p.partition.to_string(),
@@ -453,15 +455,10 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
             &rows,
             1,
         );
-        let records: u64 = rows.iter().map(|r| r[4].parse::<u64>().unwrap_or(0)).sum();
-        let files: u64 = rows.iter().map(|r| r[5].parse::<u64>().unwrap_or(0)).sum();
-        let bytes: u64 = rows.iter().map(|r| r[6].parse::<u64>().unwrap_or(0)).sum();
+        let (records, files, bytes) = totals;
         outln!(
             "total: {records} records in {files} files ({bytes} bytes), {} topics, {} partitions",
-            rows.iter()
-                .map(|r| &r[0])
-                .collect::<std::collections::BTreeSet<_>>()
-                .len(),
+            by_topic.len(),
             rows.len()
         );
     }
@@ -473,7 +470,7 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
     let older = i64::try_from(args.older_than.as_millis())
         .map_err(|_| Failure::usage("--older-than is too long"))?;
     let store = open_store(&args.common).await?;
-    let cutoff = ops::now_ms() - older;
+    let cutoff = crate::archive::time::now_ms() - older;
     if args.abandoned_after < std::time::Duration::from_secs(3600) {
         return Err(Failure::usage(
             "--abandoned-after must be at least 1h: a younger unfinished upload may still be in progress",

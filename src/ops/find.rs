@@ -33,6 +33,7 @@ use parquet::file::statistics::Statistics;
 use serde::Serialize;
 
 use super::{identity, OpsError, Progress};
+use crate::archive::chain;
 use crate::archive::datafile::{self, FileMeta};
 use crate::archive::documents::{self, ChainStart, RETENTION_PREFIX};
 use crate::archive::paths::{DataFileKey, DATA_PREFIX};
@@ -156,24 +157,26 @@ pub async fn find(
                 .map_or(String::new(), |p| format!(" in partition {p}"))
         )));
     }
-    // Files before a chain's recorded start (left by an interrupted retention run) are not part
-    // of the archive any more.
-    let mut starts = std::collections::BTreeMap::new();
+    // Files before a chain's start (left by an interrupted retention run) are not part of the
+    // archive any more.
+    let mut recorded = std::collections::BTreeMap::new();
     for object in store
         .list(&format!("{RETENTION_PREFIX}{}/", opts.topic))
         .await?
     {
         if let Some(start) = documents::read_doc::<ChainStart>(&*store, &object.key).await? {
-            starts.insert(start.partition, start.start);
+            recorded.insert(start.partition, start.start);
         }
     }
-    // (Only a start some file begins at, as in `chain::load`.)
-    starts.retain(|p, s| {
-        files
-            .iter()
-            .any(|(k, _)| k.partition == *p && k.start == *s)
-    });
-    files.retain(|(k, _)| starts.get(&k.partition).is_none_or(|s| k.start >= *s));
+    let firsts: std::collections::BTreeMap<i32, i64> = recorded
+        .into_iter()
+        .filter_map(|(p, start)| {
+            let of_partition = files.iter().filter(|(k, _)| k.partition == p);
+            chain::effective_start(Some(start), of_partition.map(|(k, _)| k.start))
+                .map(|first| (p, first))
+        })
+        .collect();
+    files.retain(|(k, _)| firsts.get(&k.partition).is_none_or(|s| k.start >= *s));
     files.sort_by_key(|(k, _)| (k.partition, k.start));
     tracing::debug!(
         files = files.len(),

@@ -137,10 +137,3 @@ impl Drop for Progress {
         self.finish();
     }
 }
-
-/// Seconds since the epoch now, in milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}

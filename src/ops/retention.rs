@@ -15,12 +15,10 @@ use serde::Serialize;
 
 use super::{identity, OpsError, Progress};
 use crate::archive::chain;
-use crate::archive::documents::{self, chain_start_key, gap_key, ChainStart};
+use crate::archive::documents::{self, gap_key, ChainStart};
 use crate::archive::paths::DATA_PREFIX;
 use crate::archive::time::rfc3339_millis;
-use bytes::Bytes;
-
-use crate::storage::{ObjectStore, PutMode, StorageError};
+use crate::storage::ObjectStore;
 
 /// Keys per delete request.
 const DELETE_BATCH: usize = 500;
@@ -94,7 +92,7 @@ pub async fn retention(
         if !dry_run {
             if let Some(start) = &plan.start {
                 // The new start first: from here on readers ignore what is about to go.
-                record_start(store, start).await?;
+                documents::advance_chain_start(store, start).await?;
             }
             let keys: Vec<String> = plan
                 .files
@@ -230,7 +228,7 @@ async fn plan_partition(
             partition,
             start: new_start,
             cutoff: rfc3339_millis(cutoff_ms),
-            updated_at: rfc3339_millis(super::now_ms()),
+            updated_at: rfc3339_millis(crate::archive::time::now_ms()),
         });
     }
     for gap in documents::read_gaps(store, topic, partition).await? {
@@ -276,35 +274,4 @@ async fn delete(store: &dyn ObjectStore, keys: &[String]) -> Result<(), OpsError
         store.delete_many(batch).await?;
     }
     Ok(())
-}
-
-/// Record a partition's new chain start by compare-and-swap, never moving it backwards (two
-/// retention runs racing keep the later start).
-async fn record_start(store: &dyn ObjectStore, start: &ChainStart) -> Result<(), OpsError> {
-    let key = chain_start_key(&start.topic, start.partition);
-    let body = || Bytes::from(serde_json::to_vec_pretty(start).expect("documents serialize"));
-    loop {
-        let mode = match store.get(&key).await {
-            Ok(got) => {
-                let current: Option<ChainStart> = serde_json::from_slice(&got.body).ok();
-                if current.is_some_and(|c| c.start >= start.start) {
-                    return Ok(());
-                }
-                PutMode::Update {
-                    etag: got.meta.etag,
-                }
-            }
-            Err(StorageError::NotFound { .. }) => PutMode::Create,
-            Err(e) => return Err(e.into()),
-        };
-        match store.put(&key, body(), mode).await {
-            Ok(_) => return Ok(()),
-            Err(
-                StorageError::AlreadyExists { .. }
-                | StorageError::PreconditionFailed { .. }
-                | StorageError::NotFound { .. },
-            ) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
 }

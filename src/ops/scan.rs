@@ -43,15 +43,12 @@ pub struct PartitionScan {
 }
 
 impl PartitionScan {
-    /// The files of the chain: those at or after the recorded start. As in `chain::load`, a
-    /// recorded start no file begins at is not trusted (verify names it) and the whole listing is
-    /// the chain.
+    /// The files of the chain: those at or after its effective start ([`chain::effective_start`]).
     pub fn chain_files(&self) -> &[ScannedFile] {
-        match &self.start {
-            Some(s) if self.files.iter().any(|f| f.parsed.start == s.start) => {
-                &self.files[self.files.partition_point(|f| f.parsed.start < s.start)..]
-            }
-            _ => &self.files,
+        let recorded = self.start.as_ref().map(|s| s.start);
+        match chain::effective_start(recorded, self.files.iter().map(|f| f.parsed.start)) {
+            Some(first) => &self.files[self.files.partition_point(|f| f.parsed.start < first)..],
+            None => &self.files,
         }
     }
 }

@@ -37,12 +37,6 @@ pub struct Planned {
     pub partitions: Vec<PartitionPlan>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The topics a restore selects and where they go, as recorded with its progress.
 fn selection(opts: &RestoreOptions) -> String {
     let mut out = format!("--topics {}", user_pattern(&opts.topics));
@@ -229,7 +223,7 @@ impl Lane {
             end: self.end,
             next: self.next,
             groups: self.resolved.clone(),
-            updated_at: rfc3339_millis(now_ms()),
+            updated_at: rfc3339_millis(crate::archive::time::now_ms()),
         }
     }
 }

@@ -492,18 +492,7 @@ impl ObjectStore for LocalStore {
     async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
         let prefix = prefix.to_string();
         self.blocking(move |store| {
-            let mut found = Vec::new();
-            collect_temps(&store.walk_root(&prefix), &mut found)
-                .map_err(|e| store.io("list incomplete uploads", e))?;
-            let mut keys: Vec<String> = found
-                .into_iter()
-                .filter_map(|p| {
-                    p.strip_prefix(&store.root)
-                        .ok()
-                        .and_then(|r| key_of_temp(&r.to_string_lossy()))
-                })
-                .filter(|k| k.starts_with(&prefix))
-                .collect();
+            let mut keys: Vec<String> = store.temps(&prefix)?.into_iter().map(|(_, k)| k).collect();
             keys.sort();
             Ok(keys)
         })
@@ -517,19 +506,8 @@ impl ObjectStore for LocalStore {
     ) -> StorageResult<Vec<String>> {
         let prefix = prefix.to_string();
         self.blocking(move |store| {
-            let mut found = Vec::new();
-            collect_temps(&store.walk_root(&prefix), &mut found)
-                .map_err(|e| store.io("list incomplete uploads", e))?;
             let mut keys = Vec::new();
-            for path in found {
-                let Some(key) = path
-                    .strip_prefix(&store.root)
-                    .ok()
-                    .and_then(|r| key_of_temp(&r.to_string_lossy()))
-                    .filter(|k| k.starts_with(&prefix))
-                else {
-                    continue;
-                };
+            for (path, key) in store.temps(&prefix)? {
                 // A temporary file still being written is younger than the cutoff.
                 let old = fs::metadata(&path)
                     .and_then(|m| m.modified())
@@ -551,6 +529,27 @@ impl ObjectStore for LocalStore {
 
     fn url(&self) -> &StorageUrl {
         &self.url
+    }
+}
+
+impl LocalStore {
+    /// The temporary files (writes in progress, or abandoned) under `prefix`, with the key each
+    /// is being written for.
+    fn temps(&self, prefix: &str) -> StorageResult<Vec<(PathBuf, String)>> {
+        let mut found = Vec::new();
+        collect_temps(&self.walk_root(prefix), &mut found)
+            .map_err(|e| self.io("list incomplete uploads", e))?;
+        Ok(found
+            .into_iter()
+            .filter_map(|path| {
+                let key = path
+                    .strip_prefix(&self.root)
+                    .ok()
+                    .and_then(|r| key_of_temp(&r.to_string_lossy()))
+                    .filter(|k| k.starts_with(prefix))?;
+                Some((path, key))
+            })
+            .collect())
     }
 }
 

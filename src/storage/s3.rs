@@ -632,37 +632,12 @@ impl ObjectStore for S3Store {
     }
 
     async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
-        let full = self.full_prefix(prefix);
-        let mut keys = Vec::new();
-        let mut markers: (Option<String>, Option<String>) = (None, None);
-        loop {
-            let out = self
-                .retry
-                .run("list multipart uploads", || async {
-                    self.client
-                        .list_multipart_uploads()
-                        .bucket(&self.bucket)
-                        .prefix(&full)
-                        .set_key_marker(markers.0.clone())
-                        .set_upload_id_marker(markers.1.clone())
-                        .send()
-                        .await
-                        .map_err(|e| self.classify("list multipart uploads", Intent::Bucket, e))
-                })
-                .await?;
-            keys.extend(
-                out.uploads()
-                    .iter()
-                    .filter_map(|u| u.key().map(|k| self.relative(k))),
-            );
-            if out.is_truncated != Some(true) {
-                return Ok(keys);
-            }
-            markers = (
-                out.next_key_marker.clone(),
-                out.next_upload_id_marker.clone(),
-            );
-        }
+        Ok(self
+            .multipart_uploads(prefix)
+            .await?
+            .into_iter()
+            .map(|u| self.relative(&u.key))
+            .collect())
     }
 
     async fn abort_incomplete_uploads(
@@ -670,38 +645,13 @@ impl ObjectStore for S3Store {
         prefix: &str,
         started_before: std::time::SystemTime,
     ) -> StorageResult<Vec<String>> {
-        let full = self.full_prefix(prefix);
-        let mut old = Vec::new();
-        let mut markers: (Option<String>, Option<String>) = (None, None);
-        loop {
-            let out = self
-                .retry
-                .run("list multipart uploads", || async {
-                    self.client
-                        .list_multipart_uploads()
-                        .bucket(&self.bucket)
-                        .prefix(&full)
-                        .set_key_marker(markers.0.clone())
-                        .set_upload_id_marker(markers.1.clone())
-                        .send()
-                        .await
-                        .map_err(|e| self.classify("list multipart uploads", Intent::Bucket, e))
-                })
-                .await?;
-            old.extend(out.uploads().iter().filter_map(|u| {
-                let initiated = std::time::SystemTime::try_from(*u.initiated()?).ok()?;
-                (initiated < started_before)
-                    .then(|| Some((u.key()?.to_string(), u.upload_id()?.to_string())))
-                    .flatten()
-            }));
-            if out.is_truncated != Some(true) {
-                break;
-            }
-            markers = (
-                out.next_key_marker.clone(),
-                out.next_upload_id_marker.clone(),
-            );
-        }
+        let old: Vec<(String, String)> = self
+            .multipart_uploads(prefix)
+            .await?
+            .into_iter()
+            .filter(|u| u.initiated.is_some_and(|t| t < started_before))
+            .map(|u| (u.key, u.upload_id))
+            .collect();
         let mut keys = Vec::new();
         for (key, upload_id) in old {
             let aborted = self
@@ -735,6 +685,55 @@ impl ObjectStore for S3Store {
 
     fn url(&self) -> &StorageUrl {
         &self.url
+    }
+}
+
+/// An unfinished multipart upload, as S3 lists it.
+struct ListedUpload {
+    /// Full key (with the store's prefix).
+    key: String,
+    upload_id: String,
+    initiated: Option<std::time::SystemTime>,
+}
+
+impl S3Store {
+    /// Every unfinished multipart upload under `prefix`, all pages.
+    async fn multipart_uploads(&self, prefix: &str) -> StorageResult<Vec<ListedUpload>> {
+        let full = self.full_prefix(prefix);
+        let mut uploads = Vec::new();
+        let mut markers: (Option<String>, Option<String>) = (None, None);
+        loop {
+            let out = self
+                .retry
+                .run("list multipart uploads", || async {
+                    self.client
+                        .list_multipart_uploads()
+                        .bucket(&self.bucket)
+                        .prefix(&full)
+                        .set_key_marker(markers.0.clone())
+                        .set_upload_id_marker(markers.1.clone())
+                        .send()
+                        .await
+                        .map_err(|e| self.classify("list multipart uploads", Intent::Bucket, e))
+                })
+                .await?;
+            uploads.extend(out.uploads().iter().filter_map(|u| {
+                Some(ListedUpload {
+                    key: u.key()?.to_string(),
+                    upload_id: u.upload_id()?.to_string(),
+                    initiated: u
+                        .initiated()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                })
+            }));
+            if out.is_truncated != Some(true) {
+                return Ok(uploads);
+            }
+            markers = (
+                out.next_key_marker.clone(),
+                out.next_upload_id_marker.clone(),
+            );
+        }
     }
 }
 

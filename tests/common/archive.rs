@@ -9,8 +9,12 @@ use rewind::archive::time::HourBucket;
 use rewind::archive::Record;
 use rewind::storage::ObjectStore;
 
-/// Every record archived for one partition, in chain order, after checking the chain is contiguous.
-pub async fn chain(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) -> Vec<Record> {
+/// The data files of one partition, in chain (start) order.
+pub async fn data_keys(
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    partition: i32,
+) -> Vec<DataFileKey> {
     let mut keys: Vec<DataFileKey> = store
         .list(&DataFileKey::partition_prefix(topic, partition))
         .await
@@ -19,6 +23,12 @@ pub async fn chain(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) ->
         .filter_map(|o| DataFileKey::parse(&o.key))
         .collect();
     keys.sort_by_key(|k| k.start);
+    keys
+}
+
+/// Every record archived for one partition, in chain order, after checking the chain is contiguous.
+pub async fn chain(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) -> Vec<Record> {
+    let keys = data_keys(store, topic, partition).await;
     let mut records = Vec::new();
     let mut expected_start = None;
     for key in keys {

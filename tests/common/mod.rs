@@ -86,6 +86,55 @@ pub fn tool_command(tool: &str, archive: &str) -> std::process::Command {
     rewind_command(tool, archive)
 }
 
+/// Run `cmd` with failpoint `name` armed and kill it (SIGKILL) as soon as it reports reaching
+/// it, or after 60 s; returns whether it got there.
+pub fn kill_at_failpoint(cmd: &mut std::process::Command, name: &str) -> bool {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = cmd
+        .env("REWIND_FAILPOINT", name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let needle = format!("failpoint {name} reached");
+    let reached = std::thread::spawn(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains(&needle))
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reached.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reached.join().unwrap()
+}
+
+/// Options of a `--once` sink of one topic that closes a file every `max_records` records.
+pub fn once_sink_options(topic: &str, max_records: u64) -> rewind::sink::SinkOptions {
+    rewind::sink::SinkOptions {
+        topics: rewind::sink::topic_regex(&regex::escape(topic)).unwrap(),
+        exclude: None,
+        group: unique("once"),
+        once: true,
+        policy: rewind::archive::rotation::RollingPolicy {
+            max_records,
+            ..Default::default()
+        },
+        buffer_budget: 64 << 20,
+        part_size: 5 << 20,
+        discovery_interval: std::time::Duration::from_secs(30),
+        allow_cluster_change: false,
+        drain_timeout: std::time::Duration::from_secs(30),
+        progress: false,
+        group_snapshot_interval: std::time::Duration::ZERO,
+    }
+}
+
 /// A random lowercase name, valid as a bucket, topic or group name.
 pub fn unique(prefix: &str) -> String {
     let suffix: u64 = rand::rng().random();
