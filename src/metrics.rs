@@ -39,6 +39,21 @@ pub const RESTORE_LAG: &str = "rewind_restore_lag_records";
 /// Restore transactions aborted by an error.
 pub const RESTORE_ERRORS: &str = "rewind_restore_errors_total";
 
+/// 1 while a pipeline of `rewind run` is running, 0 otherwise (`pipeline`).
+pub const PIPELINE_UP: &str = "rewind_pipeline_up";
+/// Runs of a pipeline started again after a failure (`pipeline`).
+pub const PIPELINE_RESTARTS: &str = "rewind_pipeline_restarts_total";
+
+/// Install the Prometheus recorder without a listener of its own (the service's HTTP API renders
+/// `/metrics` from the handle), and describe every metric.
+pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe();
+    Ok(handle)
+}
+
 /// Serve Prometheus exposition on `addr` (GET any path, e.g. `/metrics`) and describe every metric.
 pub fn serve(addr: SocketAddr) -> Result<(), String> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -50,6 +65,16 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 }
 
 fn describe() {
+    describe_gauge!(
+        PIPELINE_UP,
+        Unit::Count,
+        "1 while the pipeline is running, 0 otherwise."
+    );
+    describe_counter!(
+        PIPELINE_RESTARTS,
+        Unit::Count,
+        "Runs of the pipeline started again after a failure."
+    );
     describe_counter!(
         SINK_RECORDS,
         Unit::Count,

@@ -43,6 +43,7 @@ fn options(topics: &str) -> SinkOptions {
         drain_timeout: Duration::from_secs(30),
         progress: false,
         group_snapshot_interval: std::time::Duration::ZERO,
+        live: None,
     }
 }
 

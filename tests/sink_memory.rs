@@ -29,6 +29,7 @@ fn options(topic: &str, budget: u64) -> SinkOptions {
         drain_timeout: Duration::from_secs(30),
         progress: false,
         group_snapshot_interval: std::time::Duration::ZERO,
+        live: None,
     }
 }
 

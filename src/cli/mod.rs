@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod check;
 mod restore;
+mod run;
 mod sink;
 mod tools;
 
@@ -49,6 +50,8 @@ enum Command {
     Ls(tools::LsArgs),
     /// Delete the oldest files, whose newest record is older than a cutoff.
     Retention(tools::RetentionArgs),
+    /// Run the service: every pipeline of the configuration, the HTTP API and /metrics.
+    Run(run::RunArgs),
 }
 
 /// Flags every command that reads the configuration accepts; each wins over the file and the
@@ -172,6 +175,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Find(args) => tools::find(args).await,
         Command::Ls(args) => tools::ls(args).await,
         Command::Retention(args) => tools::retention(args).await,
+        Command::Run(args) => run::run(args).await,
         Command::Config(args) => {
             let config = load_config(&args.common)?;
             let shown = config.redacted();
@@ -223,7 +227,7 @@ pub fn load_config(common: &CommonArgs) -> Result<Config, Failure> {
     Ok(config)
 }
 
-fn init_logging(config: &Config) {
+pub(crate) fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
@@ -238,18 +242,7 @@ fn init_logging(config: &Config) {
 
 /// `earliest`/`latest` (open), epoch milliseconds, or RFC 3339.
 pub(crate) fn parse_time(flag: &str, s: &str, open: &str) -> Result<Option<i64>, Failure> {
-    let s = s.trim();
-    if s == open {
-        return Ok(None);
-    }
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(Some(ms));
-    }
-    crate::archive::time::parse_rfc3339_millis(s).map(Some).ok_or_else(|| {
-        Failure::usage(format!(
-            "--{flag} {s:?} is not a time: use RFC 3339 such as 2026-11-23T10:00:00Z, epoch milliseconds, or {open}"
-        ))
-    })
+    crate::source::job::parse_time(s, open).map_err(|e| Failure::usage(format!("--{flag} {e}")))
 }
 
 /// Write one line of command output; see [`outln!`].

@@ -3,16 +3,14 @@
 //! what is in flight and stops (the same command with the same `--restore-id` resumes); a second
 //! exits at once (the open transaction is aborted by the broker, and the resume is still exact).
 
-use std::collections::BTreeMap;
-
 use clap::Args;
 use serde_json::json;
 
-use super::{load_config, parse_time, wait_for_signal, CommonArgs, Failure};
-use crate::archive::paths::valid_topic;
+use super::{load_config, wait_for_signal, CommonArgs, Failure};
+use crate::config::RestoreJob;
 use crate::kafka;
-use crate::sink::topic_regex;
-use crate::source::{self, RestoreError, RestoreOptions, Window};
+use crate::source::job::parse_renames;
+use crate::source::{self, RestoreError, RestoreOptions};
 use crate::storage;
 
 #[derive(Debug, Args)]
@@ -63,99 +61,40 @@ pub struct RestoreArgs {
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
-fn valid_restore_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 200
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-}
-
-fn renames(pairs: &[String]) -> Result<BTreeMap<String, String>, Failure> {
-    let mut out = BTreeMap::new();
-    let mut targets = std::collections::BTreeSet::new();
-    for pair in pairs {
-        let Some((src, dst)) = pair.split_once('=') else {
-            return Err(Failure::usage(format!("--rename {pair:?} is not SRC=DST")));
-        };
-        for name in [src, dst] {
-            if !valid_topic(name) {
-                return Err(Failure::usage(format!(
-                    "--rename {pair:?}: {name:?} is not a valid topic name"
-                )));
-            }
-        }
-        if out.insert(src.to_string(), dst.to_string()).is_some() {
-            return Err(Failure::usage(format!("--rename names {src} twice")));
-        }
-        if !targets.insert(dst.to_string()) {
-            return Err(Failure::usage(format!(
-                "--rename sends two topics into {dst}; give each its own target"
-            )));
-        }
-    }
-    Ok(out)
-}
-
 pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     let config = load_config(&args.common)?;
-    let window = Window {
-        from: parse_time("from", &args.from, "earliest")?,
-        to: parse_time("to", &args.to, "latest")?,
-    };
-    if let (Some(from), Some(to)) = (window.from, window.to) {
-        if from >= to {
-            return Err(Failure::usage(format!(
-                "--from {} is not before --to {}: the window is empty",
-                args.from, args.to
-            )));
-        }
-    }
-    if args.follow && window.to.is_some() {
-        return Err(Failure::usage(
-            "--follow keeps restoring new records, so it takes no --to",
-        ));
-    }
-    let restore_id = match &args.restore_id {
-        Some(id) if !valid_restore_id(id) => {
-            return Err(Failure::usage(format!(
-                "--restore-id {id:?} may only hold letters, digits, '.', '_' and '-' (at most 200)"
-            )))
-        }
-        Some(id) => id.clone(),
-        None => source::new_restore_id(crate::archive::time::now_ms()),
-    };
-    let topics = topic_regex(&args.topics).map_err(|e| {
-        Failure::usage(format!(
-            "--topics {:?} is not a valid regular expression: {e}",
-            args.topics
-        ))
-    })?;
-    let r = &config.restore;
-    let opts = RestoreOptions {
-        window,
-        topics,
-        renames: renames(&args.rename)?,
-        restore_id: restore_id.clone(),
-        groups: args.groups,
+    let restore_id = args
+        .restore_id
+        .clone()
+        .unwrap_or_else(|| source::new_restore_id(crate::archive::time::now_ms()));
+    let job = RestoreJob {
+        from: args.from.clone(),
+        to: args.to.clone(),
+        topics: args.topics.clone(),
+        renames: parse_renames(&args.rename)
+            .map_err(|e| Failure::usage(format!("--rename {e}")))?,
+        restore_id: Some(restore_id.clone()),
         follow: args.follow,
-        poll_interval: r.poll_interval,
+        groups: args.groups,
         allow_non_empty: args.allow_non_empty,
         strict: args.strict,
         repartition_by_key: args.repartition_by_key,
         provenance_headers: args.provenance_headers,
-        buffer_budget: r.buffer_budget.bytes(),
-        concurrency: r.concurrency,
-        transaction_bytes: r.transaction_max_bytes.bytes(),
-        transaction_interval: r.transaction_interval,
-        progress_topic: r.progress_topic.clone(),
-        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    if opts.groups && opts.repartition_by_key {
-        return Err(Failure::usage(
-            "--groups cannot be combined with --repartition-by-key: a group's position in one source partition has no single counterpart once its records are spread over other partitions",
-        ));
-    }
+    let flag = |field: &str| format!("--{}", field.replace('_', "-"));
+    let mut opts = job
+        .options(&restore_id, &config.restore, flag)
+        .map_err(|problems| {
+            let first = &problems[0];
+            let field = if first.path == "renames" {
+                "rename"
+            } else {
+                &first.path
+            };
+            Failure::usage(format!("{} {}", flag(field), first.message))
+        })?;
+    opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let window = opts.window;
     let url = config.archive_url().map_err(Failure::usage)?;
     let store = storage::open(&url, &config.s3_options())
         .await

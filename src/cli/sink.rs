@@ -7,7 +7,6 @@ use clap::Args;
 use serde_json::json;
 
 use super::{load_config, wait_for_signal, CommonArgs, Failure};
-use crate::archive::rotation::RollingPolicy;
 use crate::kafka;
 use crate::sink::{self, SinkOptions};
 use crate::storage;
@@ -53,27 +52,11 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
         .map_err(Failure::found)?;
     let s = &config.sink;
     let opts = SinkOptions {
-        topics: sink::topic_regex(&s.topics).map_err(Failure::usage)?,
-        exclude: s
-            .exclude
-            .as_deref()
-            .map(sink::topic_regex)
-            .transpose()
-            .map_err(Failure::usage)?,
-        group: s.group.clone(),
         once: args.once,
-        policy: RollingPolicy {
-            max_records: s.max_file_records,
-            max_bytes: s.max_file_bytes.bytes(),
-            max_age: s.max_file_age,
-        },
-        buffer_budget: s.buffer_budget.bytes(),
-        part_size: config.storage.s3.part_size.bytes() as usize,
-        discovery_interval: s.discovery_interval,
         allow_cluster_change: args.allow_cluster_change,
-        drain_timeout: s.drain_timeout,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        group_snapshot_interval: s.group_snapshot_interval,
+        ..SinkOptions::from_config(s, config.storage.s3.part_size.bytes())
+            .map_err(Failure::usage)?
     };
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr).map_err(Failure::found)?;

@@ -15,8 +15,23 @@ use super::Config;
 /// `REWIND__STORAGE__S3__REGION` sets `storage.s3.region`.
 pub const ENV_PREFIX: &str = "REWIND__";
 
-/// Maps whose keys are free-form (passed through to librdkafka) rather than checked.
-const OPEN_MAPS: &[&str] = &["kafka.properties"];
+/// Maps of named sections (`[clusters.standby]`), each entry shaped like the section beside it.
+const NAMED_MAPS: &[(&str, &str)] = &[("clusters", "kafka"), ("archives", "archive")];
+
+/// The place in the defaults' shape that describes `pointer`: an entry of a named map is shaped
+/// like the section it is named after (`/clusters/standby/properties` → `/kafka/properties`).
+pub(super) fn shape_pointer(pointer: &str) -> String {
+    for (map, like) in NAMED_MAPS {
+        if let Some(rest) = pointer.strip_prefix(&format!("/{map}/")) {
+            let tail = rest.split_once('/').map(|(_, t)| t);
+            return match tail {
+                Some(tail) => format!("/{like}/{tail}"),
+                None => format!("/{like}"),
+            };
+        }
+    }
+    pointer.to_string()
+}
 
 /// Where configuration comes from, lowest precedence first.
 #[derive(Debug, Clone, Default)]
@@ -121,8 +136,9 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     })?;
 
     drop_unknown_keys(&mut tree, &shape, "", &mut problems);
-    let config = deserialize_collecting(tree, &shape, &mut problems);
-    if let Some(config) = &config {
+    let mut config = deserialize_collecting::<Config>(tree, &shape, &mut problems);
+    if let Some(config) = &mut config {
+        problems.extend(config.resolve_secrets(&env));
         problems.extend(config.validate(&env));
     }
     problems.sort();
@@ -146,18 +162,42 @@ fn to_config_value(v: &Json) -> Value {
 }
 
 /// Remove (and report) every key the configuration structs do not know.
-fn drop_unknown_keys(tree: &mut Json, shape: &Json, path: &str, problems: &mut Vec<Problem>) {
+pub(super) fn drop_unknown_keys(
+    tree: &mut Json,
+    shape: &Json,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) {
+    drop_unknown_keys_in(tree, shape, shape, path, problems)
+}
+
+fn drop_unknown_keys_in(
+    tree: &mut Json,
+    shape: &Json,
+    root: &Json,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) {
+    if let Some((_, like)) = NAMED_MAPS.iter().find(|(map, _)| *map == path) {
+        if let (Json::Object(entries), Some(entry_shape)) = (&mut *tree, root.get(*like)) {
+            for (name, entry) in entries.iter_mut() {
+                drop_unknown_keys_in(entry, entry_shape, root, &join(path, name), problems);
+            }
+        }
+        return;
+    }
     let (Json::Object(map), Json::Object(known)) = (tree, shape) else {
         return;
     };
-    if OPEN_MAPS.contains(&path) {
+    // A map that is empty by default has free-form keys: librdkafka properties, renames.
+    if known.is_empty() {
         return;
     }
     map.retain(|key, value| {
         let here = join(path, key);
         match known.get(key) {
             Some(expected) => {
-                drop_unknown_keys(value, expected, &here, problems);
+                drop_unknown_keys_in(value, expected, root, &here, problems);
                 true
             }
             None => {
@@ -176,14 +216,14 @@ fn drop_unknown_keys(tree: &mut Json, shape: &Json, path: &str, problems: &mut V
 /// Deserialize, and on each failure record it, put the default back at that path and try again, so
 /// that every bad value is reported rather than only the first. `None` when a failure could not be
 /// repaired that way.
-fn deserialize_collecting(
+pub(super) fn deserialize_collecting<T: serde::de::DeserializeOwned>(
     mut tree: Json,
     shape: &Json,
     problems: &mut Vec<Problem>,
-) -> Option<Config> {
+) -> Option<T> {
     let mut seen = HashSet::new();
     loop {
-        match serde_path_to_error::deserialize::<_, Config>(&tree) {
+        match serde_path_to_error::deserialize::<_, T>(&tree) {
             // Bad values were replaced by defaults: the result still gets the semantic checks, and
             // the recorded problems keep it from being used.
             Ok(config) => return Some(config),
@@ -206,7 +246,10 @@ fn restore_default(tree: &mut Json, shape: &Json, path: &str) -> bool {
         return false;
     }
     let pointer = format!("/{}", path.replace('.', "/"));
-    match (tree.pointer_mut(&pointer), shape.pointer(&pointer)) {
+    match (
+        tree.pointer_mut(&pointer),
+        shape.pointer(&shape_pointer(&pointer)),
+    ) {
         (Some(slot), Some(default)) => {
             *slot = default.clone();
             true
@@ -243,7 +286,7 @@ impl EnvSource {
                 .collect::<Vec<_>>()
                 .join(".");
             let pointer = format!("/{}", path.replace('.', "/"));
-            let value = match shape.pointer(&pointer) {
+            let value = match shape.pointer(&shape_pointer(&pointer)) {
                 Some(Json::Bool(_)) => match raw.trim().to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" | "on" => Value::from(true),
                     "false" | "0" | "no" | "off" => Value::from(false),

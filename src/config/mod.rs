@@ -6,6 +6,8 @@
 //! nothing starts while any remains. The doc comment of each field is its reference documentation.
 
 mod load;
+pub mod pipeline;
+mod secrets;
 pub mod units;
 mod validate;
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use load::{load, ConfigError, Problem, Sources};
+pub use pipeline::{load_service, PipelineKind, PipelineSpec, RestoreJob, Service};
 use units::Size;
 
 use crate::storage::{RetryPolicy, S3Options, ServerSideEncryption, StorageUrl};
@@ -23,16 +26,25 @@ use crate::storage::{RetryPolicy, S3Options, ServerSideEncryption, StorageUrl};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the archive lives: `file:///absolute/path` or `s3://bucket/prefix`.
+    /// Where the archive lives: `file:///absolute/path` or `s3://bucket/prefix`. Pipelines know it as
+    /// the archive named `default`.
     pub archive: String,
+    /// Further archives by name, for pipelines and API restores that name them:
+    /// `[archives] cold = "s3://bucket/prefix"`.
+    pub archives: BTreeMap<String, String>,
     /// How to reach the archive's object store.
     pub storage: StorageConfig,
-    /// The Kafka cluster.
+    /// The Kafka cluster; pipelines know it as the cluster named `default`.
     pub kafka: KafkaConfig,
+    /// Further Kafka clusters by name (`[clusters.standby]`, same keys as `[kafka]`), for pipelines
+    /// and API restores that name them.
+    pub clusters: BTreeMap<String, KafkaConfig>,
     /// The backup sink.
     pub sink: SinkConfig,
     /// Point-in-time restores.
     pub restore: RestoreConfig,
+    /// The service (`rewind run`): HTTP API, pipelines, restarts.
+    pub service: ServiceConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -41,10 +53,13 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             archive: "file:///var/lib/rewind/archive".into(),
+            archives: BTreeMap::new(),
             storage: StorageConfig::default(),
             kafka: KafkaConfig::default(),
+            clusters: BTreeMap::new(),
             sink: SinkConfig::default(),
             restore: RestoreConfig::default(),
+            service: ServiceConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -316,6 +331,33 @@ impl Default for RestoreConfig {
     }
 }
 
+/// The service (`rewind run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Address of the HTTP API, `/metrics` included, e.g. `0.0.0.0:8080`.
+    pub http_addr: String,
+    /// Directory of pipeline definitions (`*.toml`), relative to the configuration file.
+    pub pipelines: String,
+    /// Pause before a failed pipeline starts again; it doubles with each failure in a row.
+    #[serde(with = "units::duration")]
+    pub restart_backoff: Duration,
+    /// Longest pause between two restarts of a failing pipeline.
+    #[serde(with = "units::duration")]
+    pub restart_backoff_max: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            http_addr: "127.0.0.1:8080".into(),
+            pipelines: "pipelines".into(),
+            restart_backoff: Duration::from_secs(1),
+            restart_backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -390,7 +432,26 @@ impl Config {
             }
         }
         shown.kafka.properties = redact_properties(&shown.kafka.properties);
+        for cluster in shown.clusters.values_mut() {
+            cluster.properties = redact_properties(&cluster.properties);
+        }
         shown
+    }
+
+    /// The cluster a pipeline names: `default` is `[kafka]`.
+    pub fn cluster(&self, name: &str) -> Option<&KafkaConfig> {
+        match name {
+            "default" => Some(&self.kafka),
+            other => self.clusters.get(other),
+        }
+    }
+
+    /// The archive URL a pipeline names: `default` is `archive`.
+    pub fn archive_named(&self, name: &str) -> Option<&str> {
+        match name {
+            "default" => Some(&self.archive),
+            other => self.archives.get(other).map(String::as_str),
+        }
     }
 }
 

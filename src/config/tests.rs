@@ -344,3 +344,81 @@ fn the_example_config_in_the_repository_is_valid() {
         Some("rewind")
     );
 }
+
+#[test]
+fn the_example_service_and_pipelines_in_the_repository_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let service = load_service(&Sources {
+        file: Some(root.join("config/rewind.toml")),
+        env: env(&[]),
+        ..Sources::default()
+    })
+    .unwrap();
+    assert_eq!(
+        service
+            .config
+            .service
+            .http_addr
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .port(),
+        8080
+    );
+    let names: Vec<(&str, PipelineKind, &str)> = service
+        .pipelines
+        .iter()
+        .map(|p| (p.name.as_str(), p.kind, p.cluster.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("backup-all", PipelineKind::Sink, "default"),
+            ("dr-standby", PipelineKind::Restore, "standby"),
+        ]
+    );
+    let backup = &service.pipelines[0];
+    assert_eq!(backup.sink.group, "rewind-backup-all");
+    assert_eq!(backup.sink.max_file_age, Duration::from_secs(60));
+    // Keys the pipeline leaves out come from the service's [sink].
+    assert_eq!(backup.sink.buffer_budget, service.config.sink.buffer_budget);
+    let standby = &service.pipelines[1];
+    assert!(standby.job.follow);
+    assert_eq!(standby.restore_id(), "dr-standby");
+    assert_eq!(standby.restore.poll_interval, Duration::from_secs(10));
+    assert!(service.config.cluster("standby").is_some());
+}
+
+#[test]
+fn named_clusters_are_checked_like_the_default_one_and_set_from_the_environment() {
+    let f = file(
+        "[clusters.standby]\nbootstrap_servers = \"standby:9092\"\nbogus = 1\n[clusters.standby.properties]\n\"client.id\" = \"x\"\n",
+    );
+    let found = problems(&Sources {
+        file: Some(f.path().into()),
+        env: env(&[("REWIND__CLUSTERS__OTHER__BOOTSTRAP_SERVERS", "nohost")]),
+        ..Sources::default()
+    });
+    assert_eq!(
+        found,
+        [
+            "clusters.other.bootstrap_servers: \"nohost\" has no port (expected host:port such as 127.0.0.1:9092)",
+            "clusters.standby.bogus: unknown key (expected one of: bootstrap_servers, properties)",
+        ]
+    );
+    let f = file("[clusters.standby]\nbootstrap_servers = \"standby:9092\"\n");
+    let config = load(&Sources {
+        file: Some(f.path().into()),
+        env: env(&[(
+            "REWIND__CLUSTERS__STANDBY__BOOTSTRAP_SERVERS",
+            "dr-1:9092,dr-2:9092",
+        )]),
+        ..Sources::default()
+    })
+    .unwrap();
+    assert_eq!(
+        config.cluster("standby").unwrap().bootstrap_servers,
+        "dr-1:9092,dr-2:9092"
+    );
+    assert_eq!(config.cluster("default"), Some(&config.kafka));
+    assert!(config.cluster("nope").is_none());
+}

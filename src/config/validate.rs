@@ -17,15 +17,34 @@ impl Config {
             })
         };
 
-        let url = StorageUrl::parse(&self.archive);
-        if let Err(err) = &url {
-            problem("archive", err.to_string());
+        let mut any_s3 = false;
+        let archives = std::iter::once(("archive".to_string(), &self.archive)).chain(
+            self.archives
+                .iter()
+                .map(|(name, url)| (format!("archives.{name}"), url)),
+        );
+        for (path, archive) in archives {
+            match StorageUrl::parse(archive) {
+                Ok(StorageUrl::S3 { .. }) => any_s3 = true,
+                Ok(_) => {}
+                Err(err) => problem(&path, err.to_string()),
+            }
+        }
+        for name in self.archives.keys().chain(self.clusters.keys()) {
+            if !valid_name(name) || name == "default" {
+                let section = if self.archives.contains_key(name) {
+                    "archives"
+                } else {
+                    "clusters"
+                };
+                problem(
+                    &format!("{section}.{name}"),
+                    "names are lowercase letters, digits, '-' and '_', and `default` is taken by the top-level section".into(),
+                );
+            }
         }
         let s3 = &self.storage.s3;
-        if matches!(url, Ok(StorageUrl::S3 { .. }))
-            && s3.region.is_none()
-            && !aws_region_available(env)
-        {
+        if any_s3 && s3.region.is_none() && !aws_region_available(env) {
             problem(
                 "storage.s3.region",
                 "missing (set it in the config file, REWIND__STORAGE__S3__REGION, AWS_REGION or an AWS profile)".into(),
@@ -94,14 +113,19 @@ impl Config {
             );
         }
 
-        if let Err(message) = check_bootstrap(&self.kafka.bootstrap_servers) {
-            problem("kafka.bootstrap_servers", message);
-        }
-        for key in self.kafka.properties.keys() {
-            if key == "bootstrap.servers" {
+        let clusters = std::iter::once(("kafka".to_string(), &self.kafka)).chain(
+            self.clusters
+                .iter()
+                .map(|(name, kafka)| (format!("clusters.{name}"), kafka)),
+        );
+        for (path, kafka) in clusters {
+            if let Err(message) = check_bootstrap(&kafka.bootstrap_servers) {
+                problem(&format!("{path}.bootstrap_servers"), message);
+            }
+            if kafka.properties.contains_key("bootstrap.servers") {
                 problem(
-                    "kafka.properties.\"bootstrap.servers\"",
-                    "set kafka.bootstrap_servers instead".into(),
+                    &format!("{path}.properties.\"bootstrap.servers\""),
+                    format!("set {path}.bootstrap_servers instead"),
                 );
             }
         }
@@ -186,6 +210,29 @@ impl Config {
             );
         }
 
+        let service = &self.service;
+        if service.http_addr.parse::<std::net::SocketAddr>().is_err() {
+            problem(
+                "service.http_addr",
+                format!(
+                    "expected an address such as 0.0.0.0:8080, got {:?}",
+                    service.http_addr
+                ),
+            );
+        }
+        if service.restart_backoff.is_zero() {
+            problem(
+                "service.restart_backoff",
+                "must be greater than zero".into(),
+            );
+        }
+        if service.restart_backoff > service.restart_backoff_max {
+            problem(
+                "service.restart_backoff",
+                "must not exceed service.restart_backoff_max".into(),
+            );
+        }
+
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem(
                 "log.level",
@@ -194,6 +241,15 @@ impl Config {
         }
         problems
     }
+}
+
+/// Names of clusters, archives and pipelines: they appear in URLs, logs and metric labels.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// Whether the AWS chain can find a region without our config.

@@ -59,6 +59,8 @@ pub struct SinkOptions {
     /// How often consumer-group offsets are snapshotted into `_groups/` (zero: never). Snapshot
     /// mode takes one snapshot at the end.
     pub group_snapshot_interval: Duration,
+    /// Where the service's API reads this run's partitions, lag and totals.
+    pub live: Option<Arc<crate::live::Live>>,
 }
 
 /// Why the sink stopped with an error.
@@ -97,6 +99,42 @@ pub fn is_internal(topic: &str) -> bool {
 }
 
 impl SinkOptions {
+    /// Options from the configuration's `[sink]` section (or a sink pipeline's); `once`,
+    /// `allow_cluster_change`, `progress` and `live` are the caller's to set.
+    pub fn from_config(
+        s: &crate::config::SinkConfig,
+        part_size: u64,
+    ) -> Result<SinkOptions, String> {
+        let regex = |key: &str, pattern: &str| {
+            topic_regex(pattern).map_err(|e| {
+                format!("sink.{key} {pattern:?} is not a valid regular expression: {e}")
+            })
+        };
+        Ok(SinkOptions {
+            topics: regex("topics", &s.topics)?,
+            exclude: s
+                .exclude
+                .as_deref()
+                .map(|p| regex("exclude", p))
+                .transpose()?,
+            group: s.group.clone(),
+            once: false,
+            policy: RollingPolicy {
+                max_records: s.max_file_records,
+                max_bytes: s.max_file_bytes.bytes(),
+                max_age: s.max_file_age,
+            },
+            buffer_budget: s.buffer_budget.bytes(),
+            part_size: part_size as usize,
+            discovery_interval: s.discovery_interval,
+            allow_cluster_change: false,
+            drain_timeout: s.drain_timeout,
+            progress: false,
+            group_snapshot_interval: s.group_snapshot_interval,
+            live: None,
+        })
+    }
+
     /// Whether a topic is selected.
     pub fn selects(&self, topic: &str) -> bool {
         !is_internal(topic)
@@ -776,6 +814,35 @@ impl Sink<'_> {
             if let Some(open) = chain.open_file() {
                 entry.1 = entry.1.max(now.saturating_sub(open.opened_at_ms));
             }
+        }
+        if let Some(live) = &self.opts.live {
+            let mut partitions: Vec<crate::live::LivePartition> = self
+                .chains
+                .iter()
+                .map(|((topic, partition), chain)| {
+                    let end = ends.get(&(topic.clone(), *partition)).copied();
+                    crate::live::LivePartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        target_topic: None,
+                        position: chain.end,
+                        end,
+                        lag: end.map(|end| (end - chain.end).max(0)),
+                    }
+                })
+                .collect();
+            partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            let report = &self.report;
+            live.update(|status| {
+                status.lag_records = partitions.iter().map(|p| p.lag).sum();
+                status.partitions = partitions;
+                status.recovery_point_age_seconds = Some(
+                    per_topic.values().map(|(_, age)| *age).max().unwrap_or(0) as f64 / 1000.0,
+                );
+                status.records = report.records;
+                status.bytes = report.bytes;
+                status.files = Some(report.files);
+            });
         }
         let mut total_lag = 0;
         for (topic, (lag, age_ms)) in &per_topic {

@@ -7,6 +7,7 @@
 //! says: no record twice, none missing, for any interruption.
 
 mod groups;
+pub mod job;
 pub mod partitioner;
 pub mod plan;
 pub mod progress;
@@ -62,6 +63,8 @@ pub struct RestoreOptions {
     pub progress_topic: String,
     /// Print a progress line on stderr (for a terminal).
     pub progress: bool,
+    /// Where the service's API reads this restore's partitions, lag and totals.
+    pub live: Option<std::sync::Arc<crate::live::Live>>,
 }
 
 /// Why a restore stopped with an error.

@@ -103,25 +103,31 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
         }
     }
     let known = BTreeMap::new();
-    let mut chains: Vec<Chain> = futures::stream::iter(
-        selected
-            .into_iter()
-            .map(|((t, p), files)| chain::load(store, t, *p, files, &known)),
-    )
-    .buffered(4)
-    .collect::<Vec<_>>()
-    .await
-    .into_iter()
-    .collect::<Result<_, _>>()?;
-    let partitions: Vec<PartitionPlan> = futures::stream::iter(chains.iter_mut().map(|chain| {
-        let target = target_of(opts, &chain.topic).to_string();
-        async move { plan_partition(store, chain, opts.window, &target).await }
-    }))
-    .buffered(8)
-    .collect::<Vec<_>>()
-    .await
-    .into_iter()
-    .collect::<Result<_, _>>()?;
+    // The futures are collected before they are streamed, so that the stream's type holds no
+    // closure over borrowed arguments (which keeps this future provably `Send` for the service).
+    let loads: Vec<_> = selected
+        .into_iter()
+        .map(|((t, p), files)| chain::load(store, t, *p, files, &known))
+        .collect();
+    let mut chains: Vec<Chain> = futures::stream::iter(loads)
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let plans: Vec<_> = chains
+        .iter_mut()
+        .map(|chain| {
+            let target = target_of(opts, &chain.topic).to_string();
+            async move { plan_partition(store, chain, opts.window, &target).await }
+        })
+        .collect();
+    let partitions: Vec<PartitionPlan> = futures::stream::iter(plans)
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     Ok(Planned { chains, partitions })
 }
 
@@ -258,6 +264,12 @@ pub async fn run(
     let planned_records: u64 = planned.partitions.iter().map(|p| p.records).sum();
     if planned_records == 0 && !opts.follow {
         // Nothing in the window: write nothing at all, not even the progress topic.
+        if let Some(live) = &opts.live {
+            live.update(|status| {
+                status.planned_records = Some(0);
+                status.finished = Some(true);
+            });
+        }
         return Ok(RestoreReport {
             restore_id: opts.restore_id.clone(),
             partitions: planned.partitions.len(),
@@ -413,6 +425,7 @@ pub async fn run(
         }
         restore.commit().await?;
     }
+    restore.report_lag();
 
     tokio::pin!(stop);
     let stopped = restore.pass(&mut stop).await?;
@@ -1123,6 +1136,30 @@ impl Restore<'_> {
         let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
         for lane in &self.lanes {
             *lag.entry(&lane.target_topic).or_default() += (lane.until() - lane.next).max(0);
+        }
+        if let Some(live) = &self.opts.live {
+            let partitions: Vec<crate::live::LivePartition> = self
+                .lanes
+                .iter()
+                .map(|lane| crate::live::LivePartition {
+                    topic: lane.topic.clone(),
+                    partition: lane.partition,
+                    target_topic: Some(lane.target_topic.clone()),
+                    position: lane.next,
+                    end: Some(lane.until()),
+                    lag: Some((lane.until() - lane.next).max(0)),
+                })
+                .collect();
+            let (records, bytes) = (self.report.records, self.report.bytes);
+            let planned = self.report.planned_records;
+            live.update(|status| {
+                status.lag_records = partitions.iter().map(|p| p.lag).sum();
+                status.finished = Some(!self.opts.follow && status.lag_records == Some(0));
+                status.partitions = partitions;
+                status.records = records;
+                status.bytes = bytes;
+                status.planned_records = Some(planned);
+            });
         }
         for (topic, behind) in lag {
             metrics::gauge!(crate::metrics::RESTORE_LAG, "topic" => topic.to_string())

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod archive;
+pub mod http;
 pub mod kafka;
 
 use std::sync::Once;
@@ -132,6 +133,7 @@ pub fn once_sink_options(topic: &str, max_records: u64) -> rewind::sink::SinkOpt
         drain_timeout: std::time::Duration::from_secs(30),
         progress: false,
         group_snapshot_interval: std::time::Duration::ZERO,
+        live: None,
     }
 }
 

@@ -1,0 +1,399 @@
+//! Pipelines: the sinks and restores `rewind run` keeps running, one TOML file each in the service's
+//! pipelines directory (`service.pipelines`, relative to the configuration file).
+//!
+//! A pipeline names a cluster and an archive of the service configuration (`default` is `[kafka]`
+//! and `archive`), and its `[sink]` or `[restore]` section is laid over the service's section of the
+//! same name, key by key. Like the service configuration, every pipeline is checked in full before
+//! anything starts, and every problem is reported with its file and key path.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value as Json};
+
+use super::load::{deserialize_collecting, drop_unknown_keys};
+use super::{load, Config, ConfigError, Problem, RestoreConfig, SinkConfig, Sources};
+
+/// What a pipeline does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineKind {
+    /// Back topics up into the archive, continuously.
+    Sink,
+    /// Replay a window of the archive into a cluster; with `follow`, keep a standby fed.
+    Restore,
+}
+
+/// A restore as asked for: by `rewind restore`, a restore pipeline's `[restore]` section, or the
+/// body of `POST /restores`. Turned into options by [`RestoreJob::options`](crate::source::job).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreJob {
+    /// Start of the window: RFC 3339, epoch milliseconds, or `earliest`.
+    pub from: String,
+    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest`.
+    pub to: String,
+    /// Regular expression of archived topics to restore (whole name).
+    pub topics: String,
+    /// Source topic → target topic.
+    pub renames: std::collections::BTreeMap<String, String>,
+    /// Id of the restore, for exact resumption; a pipeline's defaults to its name.
+    pub restore_id: Option<String>,
+    /// Keep restoring new archive files as they appear (a standby cluster); takes no `to`.
+    pub follow: bool,
+    /// Move consumer groups to the target offsets matching their committed offsets as of `to`.
+    pub groups: bool,
+    /// Write into target topics that already hold records.
+    pub allow_non_empty: bool,
+    /// Restore only records whose own timestamp is inside the window.
+    pub strict: bool,
+    /// Choose target partitions by key with the Java client's partitioner.
+    pub repartition_by_key: bool,
+    /// Add `rewind.source.topic/partition/offset` headers to every restored record.
+    pub provenance_headers: bool,
+}
+
+impl Default for RestoreJob {
+    fn default() -> Self {
+        RestoreJob {
+            from: "earliest".into(),
+            to: "latest".into(),
+            topics: ".*".into(),
+            renames: Default::default(),
+            restore_id: None,
+            follow: false,
+            groups: false,
+            allow_non_empty: false,
+            strict: false,
+            repartition_by_key: false,
+            provenance_headers: false,
+        }
+    }
+}
+
+/// One checked pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    /// From `name`, or the file's stem.
+    pub name: String,
+    pub kind: PipelineKind,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// `enabled = false` keeps a pipeline defined but not running.
+    pub enabled: bool,
+    /// Name of the cluster it reads from (sink) or writes to (restore).
+    pub cluster: String,
+    /// Name of the archive it writes to (sink) or reads from (restore).
+    pub archive: String,
+    /// Effective sink settings (kind `sink`): the service's `[sink]` with the pipeline's on top.
+    /// The consumer group defaults to `rewind-<name>`.
+    pub sink: SinkConfig,
+    /// Effective restore tuning (kind `restore`).
+    pub restore: RestoreConfig,
+    /// The restore itself (kind `restore`).
+    pub job: RestoreJob,
+}
+
+impl PipelineSpec {
+    /// The restore id a restore pipeline resumes under.
+    pub fn restore_id(&self) -> &str {
+        self.job.restore_id.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// The service configuration and its pipelines.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub config: Config,
+    pub pipelines: Vec<PipelineSpec>,
+    /// Where the pipelines were read from.
+    pub pipelines_dir: PathBuf,
+}
+
+/// Load the service configuration and every pipeline file, reporting every problem of either at
+/// once. A missing pipelines directory is a problem; an empty one is not (pipelines can be restored
+/// through the API alone).
+pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
+    let config = load(sources)?;
+    let env = sources
+        .env
+        .clone()
+        .unwrap_or_else(|| std::env::vars().collect());
+    let base = sources
+        .file
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let dir = base.join(&config.service.pipelines);
+    let mut problems = Vec::new();
+    let mut pipelines = Vec::new();
+    match pipeline_files(&dir) {
+        Ok(files) => {
+            for file in files {
+                if let Some(spec) = load_pipeline(&config, &env, &file, &mut problems) {
+                    pipelines.push(spec);
+                }
+            }
+        }
+        Err(message) => problems.push(Problem {
+            path: "service.pipelines".into(),
+            message,
+        }),
+    }
+    let mut names = BTreeSet::new();
+    for spec in &pipelines {
+        if !names.insert(spec.name.clone()) {
+            problems.push(Problem {
+                path: format!("{}: name", spec.file.display()),
+                message: format!("another pipeline is already named {:?}", spec.name),
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(Service {
+            config,
+            pipelines,
+            pipelines_dir: dir,
+        })
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn pipeline_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the pipelines directory {}: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Check one pipeline file; its problems go to `problems` with the file in their path.
+fn load_pipeline(
+    config: &Config,
+    env: &std::collections::BTreeMap<String, String>,
+    file: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<PipelineSpec> {
+    let shown = file.display().to_string();
+    let mut local = Vec::new();
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => {
+            problems.push(Problem {
+                path: shown,
+                message: format!("cannot be read: {e}"),
+            });
+            return None;
+        }
+    };
+    let mut tree: Json = match toml::from_str(&text) {
+        Ok(tree) => tree,
+        Err(e) => {
+            let message = e.to_string().replace('\n', " ");
+            problems.push(Problem {
+                path: shown,
+                message: format!("is not valid TOML: {}", message.trim()),
+            });
+            return None;
+        }
+    };
+
+    let sink_shape = serde_json::to_value(&config.sink).expect("sink settings serialize");
+    let tuning_shape = serde_json::to_value(&config.restore).expect("restore settings serialize");
+    let job_shape = serde_json::to_value(RestoreJob::default()).expect("a job serializes");
+    let mut restore_shape = tuning_shape.clone();
+    if let (Json::Object(all), Json::Object(job)) = (&mut restore_shape, &job_shape) {
+        all.extend(job.clone());
+        // `restore_id` is unset by default; any string is its shape.
+        all.insert("restore_id".into(), json!(""));
+    }
+    let shape = json!({
+        "name": "", "kind": "", "cluster": "default", "archive": "default", "enabled": true,
+        "sink": sink_shape, "restore": restore_shape,
+    });
+    drop_unknown_keys(&mut tree, &shape, "", &mut local);
+
+    let name = match tree.get("name") {
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        Some(Json::String(name)) => name.clone(),
+        Some(other) => {
+            local.push(problem("name", format!("expected a string, got {other}")));
+            String::new()
+        }
+    };
+    if !super::validate::valid_name(&name) {
+        local.push(problem(
+            "name",
+            format!("{name:?} is not a pipeline name: lowercase letters, digits, '-' and '_' (name the file so, or set name)"),
+        ));
+    }
+    let kind = match tree.get("kind") {
+        None => {
+            local.push(problem("kind", "missing: \"sink\" or \"restore\"".into()));
+            None
+        }
+        Some(value) => serde_json::from_value::<PipelineKind>(value.clone())
+            .map_err(|_| {
+                local.push(problem(
+                    "kind",
+                    format!("expected \"sink\" or \"restore\", got {value}"),
+                ))
+            })
+            .ok(),
+    };
+    let string = |local: &mut Vec<Problem>, key: &str| match tree.get(key) {
+        None => "default".to_string(),
+        Some(Json::String(s)) => s.clone(),
+        Some(other) => {
+            local.push(problem(key, format!("expected a string, got {other}")));
+            "default".to_string()
+        }
+    };
+    let cluster = string(&mut local, "cluster");
+    let archive = string(&mut local, "archive");
+    let enabled = match tree.get("enabled") {
+        None => true,
+        Some(Json::Bool(b)) => *b,
+        Some(other) => {
+            local.push(problem(
+                "enabled",
+                format!("expected true or false, got {other}"),
+            ));
+            true
+        }
+    };
+    if config.cluster(&cluster).is_none() {
+        local.push(problem(
+            "cluster",
+            format!(
+                "no cluster named {cluster:?} (define [clusters.{cluster}] in the service configuration, or use \"default\" for [kafka])"
+            ),
+        ));
+    }
+    if config.archive_named(&archive).is_none() {
+        local.push(problem(
+            "archive",
+            format!(
+                "no archive named {archive:?} (define archives.{archive} in the service configuration, or use \"default\" for archive)"
+            ),
+        ));
+    }
+
+    let section = |key: &str| tree.get(key).cloned().unwrap_or_else(|| json!({}));
+    for (key, wanted) in [
+        ("sink", PipelineKind::Sink),
+        ("restore", PipelineKind::Restore),
+    ] {
+        if tree.get(key).is_some() && kind.is_some_and(|k| k != wanted) {
+            local.push(problem(
+                key,
+                format!("only a pipeline of kind = \"{key}\" has a [{key}] section"),
+            ));
+        }
+    }
+
+    // The sink: the service's [sink], the pipeline's on top, the group named after the pipeline.
+    let mut sink_tree = serde_json::to_value(&config.sink).expect("sink settings serialize");
+    overlay(&mut sink_tree, &section("sink"));
+    if section("sink").get("group").is_none() {
+        sink_tree["group"] = json!(format!("rewind-{name}"));
+    }
+    let mut nested = Vec::new();
+    let sink: Option<SinkConfig> = deserialize_collecting(sink_tree, &sink_shape, &mut nested);
+    local.extend(nested.drain(..).map(|p| within("sink", p)));
+
+    // The restore: tuning keys over the service's [restore], job keys on their own.
+    let mut tuning_tree = tuning_shape.clone();
+    let mut job_tree = Map::new();
+    if let Json::Object(given) = section("restore") {
+        for (key, value) in given {
+            if job_shape.get(&key).is_some() {
+                job_tree.insert(key, value);
+            } else {
+                tuning_tree[key] = value;
+            }
+        }
+    }
+    let restore: Option<RestoreConfig> =
+        deserialize_collecting(tuning_tree, &tuning_shape, &mut nested);
+    let job: Option<RestoreJob> =
+        deserialize_collecting(Json::Object(job_tree), &job_shape, &mut nested);
+    local.extend(nested.drain(..).map(|p| within("restore", p)));
+
+    // Semantic checks: the service's own, on a copy carrying this pipeline's sections.
+    if let (Some(sink), Some(restore)) = (&sink, &restore) {
+        let mut effective = config.clone();
+        effective.sink = sink.clone();
+        effective.restore = restore.clone();
+        let wanted = match kind {
+            Some(PipelineKind::Sink) => "sink.",
+            Some(PipelineKind::Restore) => "restore.",
+            None => "-",
+        };
+        local.extend(
+            effective
+                .validate(env)
+                .into_iter()
+                .filter(|p| p.path.starts_with(wanted)),
+        );
+    }
+    if let (Some(PipelineKind::Restore), Some(job), Some(restore)) = (kind, &job, &restore) {
+        let id = job.restore_id.clone().unwrap_or_else(|| name.clone());
+        if let Err(found) = job.options(&id, restore, |field| format!("restore.{field}")) {
+            local.extend(found.into_iter().map(|p| within("restore", p)));
+        }
+    }
+
+    let clean = local.is_empty();
+    problems.extend(local.into_iter().map(|p| Problem {
+        path: format!("{shown}: {}", p.path),
+        message: p.message,
+    }));
+    match (clean, kind, sink, restore, job) {
+        (true, Some(kind), Some(sink), Some(restore), Some(job)) => Some(PipelineSpec {
+            name,
+            kind,
+            file: file.to_path_buf(),
+            enabled,
+            cluster,
+            archive,
+            sink,
+            restore,
+            job,
+        }),
+        _ => None,
+    }
+}
+
+fn problem(path: &str, message: String) -> Problem {
+    Problem {
+        path: path.into(),
+        message,
+    }
+}
+
+fn within(section: &str, p: Problem) -> Problem {
+    Problem {
+        path: format!("{section}.{}", p.path),
+        message: p.message,
+    }
+}
+
+/// Lay `top`'s keys over `base`'s (one level: the sections are flat).
+fn overlay(base: &mut Json, top: &Json) {
+    if let (Json::Object(base), Json::Object(top)) = (base, top) {
+        for (key, value) in top {
+            base.insert(key.clone(), value.clone());
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The HTTP API of `rewind run` (reference: docs/api.md). JSON in and out; every error is a 4xx or
+//! 5xx with a body `{"error": "one sentence"}`. Nothing here shows a secret: pipelines are shown by
+//! their names, topics and settings, never by cluster properties or credentials.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State as Shared};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{pipeline_json, restore_json, ControlError, Registry};
+
+/// The API's routes over the service's registry.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/pipelines", get(pipelines))
+        .route("/pipelines/{name}", get(pipeline))
+        .route("/pipelines/{name}/pause", post(pause))
+        .route("/pipelines/{name}/resume", post(resume))
+        .route("/restores", get(restores).post(start_restore))
+        .route("/restores/{id}", get(restore))
+        .route("/restores/{id}/stop", post(stop_restore))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(registry)
+}
+
+/// Serve the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(registry))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An error response: status and one sentence.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        let status = match e {
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+type Reply = Result<Json<Value>, ApiError>;
+
+async fn pipelines(Shared(registry): Shared<Arc<Registry>>) -> Json<Value> {
+    let list: Vec<Value> = registry
+        .pipelines
+        .values()
+        .map(|p| pipeline_json(p, false))
+        .collect();
+    Json(json!({ "pipelines": list }))
+}
+
+async fn pipeline(Shared(registry): Shared<Arc<Registry>>, Path(name): Path<String>) -> Reply {
+    let pipeline = registry
+        .pipelines
+        .get(&name)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no pipeline named {name:?}")))?;
+    Ok(Json(pipeline_json(pipeline, true)))
+}
+
+async fn pause(Shared(registry): Shared<Arc<Registry>>, Path(name): Path<String>) -> Reply {
+    let state = registry.pause(&name)?;
+    Ok(Json(json!({ "name": name, "state": state })))
+}
+
+async fn resume(Shared(registry): Shared<Arc<Registry>>, Path(name): Path<String>) -> Reply {
+    let state = registry.resume(&name)?;
+    Ok(Json(json!({ "name": name, "state": state })))
+}
+
+async fn restores(Shared(registry): Shared<Arc<Registry>>) -> Json<Value> {
+    let restores = registry
+        .restores
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|r| restore_json(r))
+        .collect::<Vec<_>>();
+    Json(json!({ "restores": restores }))
+}
+
+async fn start_restore(
+    Shared(registry): Shared<Arc<Registry>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?
+    };
+    let restore = registry.start_restore(body)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": restore.id,
+            "state": restore.lifecycle().state,
+            "status": format!("/restores/{}", restore.id),
+        })),
+    ))
+}
+
+fn find_restore(registry: &Registry, id: &str) -> Result<Arc<super::ApiRestore>, ApiError> {
+    registry
+        .restores
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(id)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no restore {id:?} was started through this service since it started"),
+            )
+        })
+}
+
+async fn restore(Shared(registry): Shared<Arc<Registry>>, Path(id): Path<String>) -> Reply {
+    let restore = find_restore(&registry, &id)?;
+    Ok(Json(restore_json(&restore)))
+}
+
+async fn stop_restore(Shared(registry): Shared<Arc<Registry>>, Path(id): Path<String>) -> Reply {
+    let restore = find_restore(&registry, &id)?;
+    restore.request_stop();
+    Ok(Json(
+        json!({ "id": id, "state": restore.lifecycle().state }),
+    ))
+}
+
+async fn metrics(Shared(registry): Shared<Arc<Registry>>) -> Response {
+    match &registry.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are not recorded in this process".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn healthz(Shared(registry): Shared<Arc<Registry>>) -> Json<Value> {
+    Json(json!({ "status": "ok", "started_at": registry.started_at }))
+}
+
+async fn readyz(Shared(registry): Shared<Arc<Registry>>) -> (StatusCode, Json<Value>) {
+    let waiting: Vec<Value> = registry
+        .pipelines
+        .values()
+        .filter(|p| !p.ready())
+        .map(|p| json!({ "name": p.spec.name, "state": p.lifecycle().state }))
+        .collect();
+    let status = if waiting.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": waiting.is_empty(), "waiting": waiting })),
+    )
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {} (see docs/api.md)", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

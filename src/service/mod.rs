@@ -1,0 +1,699 @@
+//! The service (`rewind run`): every pipeline of the configuration kept running, each under its own
+//! supervisor, plus restores started through the HTTP API.
+//!
+//! A supervisor runs its pipeline, and when the run fails records the error and starts it again
+//! after a backoff that doubles up to `service.restart_backoff_max` (reset once a run has lasted a
+//! minute), while the other pipelines carry on. Pausing stops a run the graceful way — a sink
+//! flushes and checkpoints, a restore commits what is in flight — and resuming starts a new run,
+//! which continues from the archive's checkpoints or the restore's committed progress: nothing is
+//! skipped or repeated across a pause, a restart or a crash.
+
+pub mod api;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+use tokio::sync::watch;
+
+use crate::archive::time::{now_ms, rfc3339_millis};
+use crate::config::{Config, PipelineKind, PipelineSpec, RestoreJob, Service};
+use crate::live::{Live, LiveStatus};
+use crate::sink::{self, SinkOptions};
+use crate::source::{self, RestoreError, RestoreOptions};
+use crate::storage::{self, StorageUrl};
+
+/// Where a pipeline or an API restore is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Connecting to the cluster and the archive.
+    Starting,
+    Running,
+    /// Asked to pause: finishing the run gracefully.
+    Pausing,
+    Paused,
+    /// The last run failed; the next starts when the backoff ends.
+    BackingOff,
+    /// A restore that reached the end of its window.
+    Completed,
+    /// An API restore that stopped with an error (run it again with the same id to resume).
+    Failed,
+    /// Stopped by the service's shutdown.
+    Stopped,
+    /// `enabled = false`.
+    Disabled,
+}
+
+/// The last error of a pipeline, kept until the next one.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastError {
+    pub message: String,
+    pub at: String,
+}
+
+/// Life of a pipeline or an API restore, apart from its live numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lifecycle {
+    pub state: State,
+    /// When the state was entered (RFC 3339).
+    pub since: String,
+    /// Runs started again after a failure.
+    pub restarts: u32,
+    pub last_error: Option<LastError>,
+    /// `backing_off`: when the next run starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+impl Lifecycle {
+    fn new(state: State) -> Lifecycle {
+        Lifecycle {
+            state,
+            since: rfc3339_millis(now_ms()),
+            restarts: 0,
+            last_error: None,
+            next_attempt_at: None,
+        }
+    }
+}
+
+/// What the operator wants of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Desired {
+    Run,
+    Pause,
+}
+
+/// A pipeline under supervision.
+pub struct Pipeline {
+    pub spec: PipelineSpec,
+    desired: watch::Sender<Desired>,
+    lifecycle: Mutex<Lifecycle>,
+    live: Mutex<Arc<Live>>,
+}
+
+impl Pipeline {
+    fn set_state(&self, state: State) {
+        let mut life = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        if life.state != state {
+            life.state = state;
+            life.since = rfc3339_millis(now_ms());
+        }
+        if state != State::BackingOff {
+            life.next_attempt_at = None;
+        }
+        metrics::gauge!(crate::metrics::PIPELINE_UP, "pipeline" => self.spec.name.clone())
+            .set(if state == State::Running { 1.0 } else { 0.0 });
+    }
+
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn live(&self) -> LiveStatus {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot()
+    }
+
+    /// Running and past its first status update, or deliberately not running.
+    pub fn ready(&self) -> bool {
+        match self.lifecycle().state {
+            State::Running => self.live().updates > 0,
+            State::Paused | State::Pausing | State::Completed | State::Disabled => true,
+            _ => false,
+        }
+    }
+}
+
+/// A restore started through `POST /restores`.
+pub struct ApiRestore {
+    pub id: String,
+    pub cluster: String,
+    pub archive: String,
+    pub job: RestoreJob,
+    pub started_at: String,
+    lifecycle: Mutex<Lifecycle>,
+    live: Arc<Live>,
+    stop: watch::Sender<bool>,
+}
+
+impl ApiRestore {
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn live(&self) -> LiveStatus {
+        self.live.snapshot()
+    }
+
+    fn finish(&self, state: State, error: Option<String>) {
+        let mut life = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        life.state = state;
+        life.since = rfc3339_millis(now_ms());
+        if let Some(message) = error {
+            life.last_error = Some(LastError {
+                message,
+                at: life.since.clone(),
+            });
+        }
+    }
+}
+
+/// Everything the service runs, shared with the HTTP API.
+pub struct Registry {
+    pub config: Config,
+    pub pipelines: BTreeMap<String, Arc<Pipeline>>,
+    pub restores: Mutex<BTreeMap<String, Arc<ApiRestore>>>,
+    shutdown: watch::Receiver<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub started_at: String,
+    /// Renders `/metrics`; `None` when another recorder is installed (in-process use).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl Registry {
+    /// Start a supervisor for every enabled pipeline.
+    pub fn start(
+        service: Service,
+        shutdown: watch::Receiver<bool>,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Arc<Registry> {
+        let pipelines = service
+            .pipelines
+            .into_iter()
+            .map(|spec| {
+                let initial = if spec.enabled {
+                    State::Starting
+                } else {
+                    State::Disabled
+                };
+                let (desired, _) = watch::channel(Desired::Run);
+                let pipeline = Pipeline {
+                    spec,
+                    desired,
+                    lifecycle: Mutex::new(Lifecycle::new(initial)),
+                    live: Mutex::new(Live::new()),
+                };
+                (pipeline.spec.name.clone(), Arc::new(pipeline))
+            })
+            .collect();
+        let registry = Arc::new(Registry {
+            config: service.config,
+            pipelines,
+            restores: Mutex::new(BTreeMap::new()),
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+            started_at: rfc3339_millis(now_ms()),
+            metrics,
+        });
+        for pipeline in registry.pipelines.values() {
+            if !pipeline.spec.enabled {
+                continue;
+            }
+            let span = tracing::info_span!("pipeline", name = %pipeline.spec.name);
+            let task = tokio::spawn(tracing::Instrument::instrument(
+                supervise(registry.clone(), pipeline.clone()),
+                span,
+            ));
+            registry.track(task);
+        }
+        registry
+    }
+
+    fn track(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+
+    /// Wait for every supervisor and API restore to finish (after shutdown was signalled), at most
+    /// `deadline`. Returns whether all finished in time.
+    pub async fn drained(&self, deadline: Duration) -> bool {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        tokio::time::timeout(deadline, futures::future::join_all(tasks))
+            .await
+            .is_ok()
+    }
+
+    pub fn pause(&self, name: &str) -> Result<State, ControlError> {
+        self.control(name, Desired::Pause)
+    }
+
+    pub fn resume(&self, name: &str) -> Result<State, ControlError> {
+        self.control(name, Desired::Run)
+    }
+
+    fn control(&self, name: &str, want: Desired) -> Result<State, ControlError> {
+        let pipeline = self
+            .pipelines
+            .get(name)
+            .ok_or_else(|| ControlError::NotFound(format!("no pipeline named {name:?}")))?;
+        let state = pipeline.lifecycle().state;
+        match state {
+            State::Disabled => {
+                return Err(ControlError::Conflict(format!(
+                    "pipeline {name} is disabled in {}",
+                    pipeline.spec.file.display()
+                )))
+            }
+            State::Completed => {
+                return Err(ControlError::Conflict(format!(
+                    "pipeline {name} has completed its restore"
+                )))
+            }
+            State::Stopped => {
+                return Err(ControlError::Conflict(
+                    "the service is shutting down".into(),
+                ))
+            }
+            _ => {}
+        }
+        pipeline.desired.send_replace(want);
+        if want == Desired::Pause && state != State::Paused {
+            pipeline.set_state(State::Pausing);
+        }
+        tracing::info!(pipeline = name, action = ?want, "pipeline control");
+        Ok(pipeline.lifecycle().state)
+    }
+
+    /// Start a restore from a `POST /restores` body: `cluster` and `archive` (names from the
+    /// configuration, `default` when absent) and the fields of a restore job.
+    pub fn start_restore(self: &Arc<Self>, body: Json) -> Result<Arc<ApiRestore>, ControlError> {
+        let Json::Object(mut fields) = body else {
+            return Err(ControlError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        };
+        let mut name_of = |key: &str| match fields.remove(key) {
+            None => Ok("default".to_string()),
+            Some(Json::String(s)) => Ok(s),
+            Some(other) => Err(ControlError::BadRequest(format!(
+                "{key}: expected a string, got {other}"
+            ))),
+        };
+        let cluster = name_of("cluster")?;
+        let archive = name_of("archive")?;
+        if self.config.cluster(&cluster).is_none() {
+            return Err(ControlError::BadRequest(format!(
+                "cluster: no cluster named {cluster:?} in the configuration"
+            )));
+        }
+        if self.config.archive_named(&archive).is_none() {
+            return Err(ControlError::BadRequest(format!(
+                "archive: no archive named {archive:?} in the configuration"
+            )));
+        }
+        let job: RestoreJob = serde_path_to_error::deserialize(Json::Object(fields))
+            .map_err(|e| ControlError::BadRequest(format!("{}: {}", e.path(), e.inner())))?;
+        let id = job
+            .restore_id
+            .clone()
+            .unwrap_or_else(|| source::new_restore_id(now_ms()));
+        let mut opts = job
+            .options(&id, &self.config.restore, str::to_string)
+            .map_err(|problems| {
+                ControlError::BadRequest(
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
+        if *self.shutdown.borrow() {
+            return Err(ControlError::Conflict(
+                "the service is shutting down".into(),
+            ));
+        }
+        if self.pipelines.values().any(|p| {
+            p.spec.kind == PipelineKind::Restore && p.spec.enabled && p.spec.restore_id() == id
+        }) {
+            return Err(ControlError::Conflict(format!(
+                "restore id {id} belongs to a restore pipeline"
+            )));
+        }
+        let mut restores = self.restores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = restores.get(&id) {
+            if matches!(existing.lifecycle().state, State::Starting | State::Running) {
+                return Err(ControlError::Conflict(format!(
+                    "restore {id} is already running"
+                )));
+            }
+        }
+        let live = Live::new();
+        opts.live = Some(live.clone());
+        let (stop, stopped) = watch::channel(false);
+        let restore = Arc::new(ApiRestore {
+            id: id.clone(),
+            cluster: cluster.clone(),
+            archive: archive.clone(),
+            job,
+            started_at: rfc3339_millis(now_ms()),
+            lifecycle: Mutex::new(Lifecycle::new(State::Running)),
+            live,
+            stop,
+        });
+        restores.insert(id.clone(), restore.clone());
+        drop(restores);
+
+        let registry = self.clone();
+        let handle = restore.clone();
+        let span = tracing::info_span!("restore", id = %id);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let shutdown = registry.shutdown.clone();
+                let stop = async move {
+                    tokio::select! {
+                        _ = until_true(shutdown) => {}
+                        _ = until_true(stopped) => {}
+                    }
+                };
+                let outcome = run_restore(
+                    &registry.config,
+                    &handle.cluster,
+                    &handle.archive,
+                    &opts,
+                    stop,
+                )
+                .await;
+                match outcome {
+                    Ok(Outcome::Finished) => {
+                        tracing::info!("restore completed");
+                        handle.finish(State::Completed, None)
+                    }
+                    Ok(Outcome::Stopped) => handle.finish(State::Stopped, None),
+                    Err(message) => {
+                        tracing::error!(error = %message, "restore failed");
+                        handle.finish(State::Failed, Some(message))
+                    }
+                }
+            },
+            span,
+        ));
+        self.track(task);
+        tracing::info!(restore_id = %id, cluster, archive, "restore started through the API");
+        Ok(restore)
+    }
+}
+
+impl ApiRestore {
+    /// Ask the restore to commit what is in flight and stop (resumable with the same id).
+    pub fn request_stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Why an API request to steer the service was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// How a run ended without an error.
+enum Outcome {
+    /// A restore reached the end of its window.
+    Finished,
+    /// Asked to stop (pause or shutdown).
+    Stopped,
+}
+
+/// Keep one pipeline running until shutdown.
+async fn supervise(registry: Arc<Registry>, pipeline: Arc<Pipeline>) {
+    let service = &registry.config.service;
+    let mut desired = pipeline.desired.subscribe();
+    let mut shutdown = registry.shutdown.clone();
+    let mut backoff = service.restart_backoff;
+    loop {
+        while *desired.borrow_and_update() == Desired::Pause && !*shutdown.borrow() {
+            pipeline.set_state(State::Paused);
+            tokio::select! {
+                _ = desired.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        if *shutdown.borrow() {
+            pipeline.set_state(State::Stopped);
+            return;
+        }
+        pipeline.set_state(State::Starting);
+        let live = Live::new();
+        *pipeline.live.lock().unwrap_or_else(|e| e.into_inner()) = live.clone();
+        let started = Instant::now();
+        let stop = {
+            let desired = desired.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let paused = async {
+                    let mut desired = desired;
+                    let _ = desired.wait_for(|d| *d == Desired::Pause).await;
+                };
+                tokio::select! {
+                    _ = paused => {}
+                    _ = until_true(shutdown) => {}
+                }
+            }
+        };
+        // Running once the first status arrives: the cluster and the archive answered.
+        let running = tokio::spawn({
+            let pipeline = pipeline.clone();
+            let live = live.clone();
+            async move {
+                while live.snapshot().updates == 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if pipeline.lifecycle().state == State::Starting {
+                    pipeline.set_state(State::Running);
+                }
+            }
+        });
+        let result = run_pipeline(&registry.config, &pipeline.spec, live, stop).await;
+        running.abort();
+        match result {
+            Ok(Outcome::Finished) => {
+                tracing::info!("restore pipeline completed its window");
+                pipeline.set_state(State::Completed);
+                return;
+            }
+            Ok(Outcome::Stopped) => {
+                tracing::info!("pipeline stopped");
+                backoff = service.restart_backoff;
+            }
+            Err(message) => {
+                if started.elapsed() >= Duration::from_secs(60) {
+                    backoff = service.restart_backoff;
+                }
+                tracing::error!(error = %message, retry_in_s = backoff.as_secs_f64(), "pipeline failed; starting it again after the backoff");
+                metrics::counter!(crate::metrics::PIPELINE_RESTARTS, "pipeline" => pipeline.spec.name.clone())
+                    .increment(1);
+                {
+                    let mut life = pipeline.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+                    life.restarts += 1;
+                    life.last_error = Some(LastError {
+                        message,
+                        at: rfc3339_millis(now_ms()),
+                    });
+                    life.next_attempt_at =
+                        Some(rfc3339_millis(now_ms() + backoff.as_millis() as i64));
+                }
+                pipeline.set_state(State::BackingOff);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                    _ = desired.wait_for(|d| *d == Desired::Pause) => {}
+                }
+                backoff = (backoff * 2).min(service.restart_backoff_max);
+            }
+        }
+    }
+}
+
+/// Resolves once the flag is true.
+async fn until_true(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
+}
+
+/// One run of a pipeline, until it fails, finishes (a restore) or `stop` resolves.
+async fn run_pipeline(
+    config: &Config,
+    spec: &PipelineSpec,
+    live: Arc<Live>,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<Outcome, String> {
+    match spec.kind {
+        PipelineKind::Sink => {
+            let store = open_archive(config, &spec.archive).await?;
+            let client = client_config(config, &spec.cluster)?;
+            let opts = SinkOptions {
+                live: Some(live),
+                ..SinkOptions::from_config(&spec.sink, config.storage.s3.part_size.bytes())?
+            };
+            let run: futures::future::BoxFuture<'_, _> =
+                Box::pin(sink::run(client, store, opts, stop));
+            let report = run.await.map_err(|e| e.to_string())?;
+            tracing::info!(
+                records = report.records,
+                files = report.files,
+                "sink run ended"
+            );
+            Ok(Outcome::Stopped)
+        }
+        PipelineKind::Restore => {
+            let mut opts = spec
+                .job
+                .options(spec.restore_id(), &spec.restore, str::to_string)
+                .map_err(|problems| problems[0].to_string())?;
+            opts.live = Some(live);
+            run_restore(config, &spec.cluster, &spec.archive, &opts, stop).await
+        }
+    }
+}
+
+async fn run_restore(
+    config: &Config,
+    cluster: &str,
+    archive: &str,
+    opts: &RestoreOptions,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<Outcome, String> {
+    let store = open_archive(config, archive).await?;
+    let client = client_config(config, cluster)?;
+    let mut stop = Box::pin(stop);
+    if opts.follow {
+        // A standby may start before the sink has archived anything: wait for the archive
+        // rather than fail and restart.
+        let mut waiting = false;
+        while let Err(e @ (RestoreError::NoArchive(_) | RestoreError::NoTopics { .. })) =
+            source::plan(&*store, opts).await
+        {
+            if !waiting {
+                tracing::info!(reason = %e, "waiting for the archive to hold the selected topics");
+                waiting = true;
+            }
+            if let Some(live) = &opts.live {
+                live.update(|status| status.planned_records = Some(0));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(opts.poll_interval) => {}
+                _ = &mut stop => return Ok(Outcome::Stopped),
+            }
+        }
+    }
+    let run: futures::future::BoxFuture<'_, _> = Box::pin(source::run(client, store, opts, stop));
+    let report = run.await.map_err(|e| e.to_string())?;
+    tracing::info!(
+        records = report.records,
+        restore_id = report.restore_id,
+        "restore run ended"
+    );
+    Ok(if report.stopped || opts.follow {
+        Outcome::Stopped
+    } else {
+        Outcome::Finished
+    })
+}
+
+async fn open_archive(
+    config: &Config,
+    name: &str,
+) -> Result<Arc<dyn storage::ObjectStore>, String> {
+    let url = config
+        .archive_named(name)
+        .ok_or_else(|| format!("no archive named {name:?}"))?;
+    let url = StorageUrl::parse(url).map_err(|e| e.to_string())?;
+    storage::open(&url, &config.s3_options())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn client_config(config: &Config, cluster: &str) -> Result<rdkafka::ClientConfig, String> {
+    let kafka = config
+        .cluster(cluster)
+        .ok_or_else(|| format!("no cluster named {cluster:?}"))?;
+    Ok(crate::kafka::client_config(kafka, &[]))
+}
+
+/// The JSON the API shows for a pipeline: its definition (secrets are not part of it), life and
+/// live numbers.
+pub fn pipeline_json(pipeline: &Pipeline, detail: bool) -> Json {
+    let spec = &pipeline.spec;
+    let life = pipeline.lifecycle();
+    let live = pipeline.live();
+    let mut doc = json!({
+        "name": spec.name,
+        "kind": spec.kind,
+        "cluster": spec.cluster,
+        "archive": spec.archive,
+        "state": life.state,
+        "since": life.since,
+        "restarts": life.restarts,
+        "last_error": life.last_error,
+        "lag_records": live.lag_records,
+        "records": live.records,
+        "bytes": live.bytes,
+    });
+    if let Some(age) = live.recovery_point_age_seconds {
+        doc["recovery_point_age_seconds"] = json!(age);
+    }
+    if let Some(at) = &life.next_attempt_at {
+        doc["next_attempt_at"] = json!(at);
+    }
+    if detail {
+        doc["file"] = json!(spec.file.display().to_string());
+        doc["partitions"] = json!(live.partitions);
+        match spec.kind {
+            PipelineKind::Sink => {
+                doc["files"] = json!(live.files);
+                doc["settings"] = json!({
+                    "topics": spec.sink.topics,
+                    "exclude": spec.sink.exclude,
+                    "group": spec.sink.group,
+                });
+            }
+            PipelineKind::Restore => {
+                doc["restore_id"] = json!(spec.restore_id());
+                doc["planned_records"] = json!(live.planned_records);
+                doc["settings"] = json!(spec.job);
+            }
+        }
+    }
+    doc
+}
+
+/// The JSON the API shows for an API restore.
+pub fn restore_json(restore: &ApiRestore) -> Json {
+    let life = restore.lifecycle();
+    let live = restore.live();
+    json!({
+        "id": restore.id,
+        "cluster": restore.cluster,
+        "archive": restore.archive,
+        "started_at": restore.started_at,
+        "state": life.state,
+        "since": life.since,
+        "error": life.last_error.map(|e| e.message),
+        "planned_records": live.planned_records,
+        "records": live.records,
+        "bytes": live.bytes,
+        "lag_records": live.lag_records,
+        "finished": live.finished,
+        "partitions": live.partitions,
+        "request": restore.job,
+    })
+}

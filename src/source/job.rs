@@ -1,0 +1,230 @@
+//! A restore as asked for — by `rewind restore` flags, a restore pipeline or `POST /restores` — checked
+//! in full and turned into [`RestoreOptions`]. One set of rules for all three, so a window or a
+//! rename the command line refuses is refused by the service too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{RestoreOptions, Window};
+use crate::archive::paths::valid_topic;
+use crate::config::{Problem, RestoreConfig, RestoreJob};
+use crate::sink::topic_regex;
+
+/// Restore ids appear in transactional ids and progress keys.
+pub fn valid_restore_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// `earliest`/`latest` (the open end), epoch milliseconds, or RFC 3339.
+pub fn parse_time(s: &str, open: &str) -> Result<Option<i64>, String> {
+    let s = s.trim();
+    if s == open {
+        return Ok(None);
+    }
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    crate::archive::time::parse_rfc3339_millis(s)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is not a time: use RFC 3339 such as 2026-11-23T10:00:00Z, epoch milliseconds, or {open}"
+            )
+        })
+}
+
+impl RestoreJob {
+    /// The restore these settings describe, or every problem with them. `name` renders a field's
+    /// name the way the asker wrote it (`--from` on the command line, `from` in a file); problem
+    /// paths are field names.
+    pub fn options(
+        &self,
+        restore_id: &str,
+        tuning: &RestoreConfig,
+        name: impl Fn(&str) -> String,
+    ) -> Result<RestoreOptions, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut problem = |path: &str, message: String| {
+            problems.push(Problem {
+                path: path.into(),
+                message,
+            })
+        };
+        let mut time = |field: &str, value: &str, open: &str| {
+            parse_time(value, open).unwrap_or_else(|message| {
+                problem(field, message);
+                None
+            })
+        };
+        let window = Window {
+            from: time("from", &self.from, "earliest"),
+            to: time("to", &self.to, "latest"),
+        };
+        if let (Some(from), Some(to)) = (window.from, window.to) {
+            if from >= to {
+                problem(
+                    "from",
+                    format!(
+                        "{} is not before {} {}: the window is empty",
+                        self.from,
+                        name("to"),
+                        self.to
+                    ),
+                );
+            }
+        }
+        if self.follow && window.to.is_some() {
+            problem(
+                "to",
+                format!(
+                    "{} keeps restoring new records, so it takes no {}",
+                    name("follow"),
+                    name("to")
+                ),
+            );
+        }
+        if !valid_restore_id(restore_id) {
+            problem(
+                "restore_id",
+                format!(
+                    "{restore_id:?} may only hold letters, digits, '.', '_' and '-' (at most 200)"
+                ),
+            );
+        }
+        let topics = topic_regex(&self.topics)
+            .map_err(|e| {
+                problem(
+                    "topics",
+                    format!("{:?} is not a valid regular expression: {e}", self.topics),
+                )
+            })
+            .ok();
+        let mut targets = BTreeSet::new();
+        for (src, dst) in &self.renames {
+            for topic in [src, dst] {
+                if !valid_topic(topic) {
+                    problem(
+                        "renames",
+                        format!("{src}={dst}: {topic:?} is not a valid topic name"),
+                    );
+                }
+            }
+            if !targets.insert(dst) {
+                problem(
+                    "renames",
+                    format!("two topics are renamed into {dst}; give each its own target"),
+                );
+            }
+        }
+        if self.groups && self.repartition_by_key {
+            problem(
+                "groups",
+                format!("{} cannot be combined with {}: a group's position in one source partition has no single counterpart once its records are spread over other partitions", name("groups"), name("repartition_by_key")),
+            );
+        }
+        match topics {
+            Some(topics) if problems.is_empty() => Ok(RestoreOptions {
+                window,
+                topics,
+                renames: self.renames.clone(),
+                restore_id: restore_id.to_string(),
+                groups: self.groups,
+                follow: self.follow,
+                poll_interval: tuning.poll_interval,
+                allow_non_empty: self.allow_non_empty,
+                strict: self.strict,
+                repartition_by_key: self.repartition_by_key,
+                provenance_headers: self.provenance_headers,
+                buffer_budget: tuning.buffer_budget.bytes(),
+                concurrency: tuning.concurrency,
+                transaction_bytes: tuning.transaction_max_bytes.bytes(),
+                transaction_interval: tuning.transaction_interval,
+                progress_topic: tuning.progress_topic.clone(),
+                progress: false,
+                live: None,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// `SRC=DST` pairs, each source and each target named once.
+pub fn parse_renames(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for pair in pairs {
+        let Some((src, dst)) = pair.split_once('=') else {
+            return Err(format!("{pair:?} is not SRC=DST"));
+        };
+        if out.insert(src.to_string(), dst.to_string()).is_some() {
+            return Err(format!("names {src} twice"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> RestoreJob {
+        RestoreJob::default()
+    }
+
+    #[test]
+    fn every_problem_of_a_job_is_reported() {
+        let bad = RestoreJob {
+            from: "2026-11-24T10:00:00Z".into(),
+            to: "2026-11-24T09:00:00Z".into(),
+            topics: "(".into(),
+            renames: BTreeMap::from([
+                ("a".into(), "x".into()),
+                ("b".into(), "x".into()),
+                ("c".into(), "bad name".into()),
+            ]),
+            groups: true,
+            repartition_by_key: true,
+            ..job()
+        };
+        let problems = bad
+            .options("id with space", &RestoreConfig::default(), |f| {
+                format!("--{f}")
+            })
+            .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "from",
+                "restore_id",
+                "topics",
+                "renames",
+                "renames",
+                "groups"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("is not before --to"));
+    }
+
+    #[test]
+    fn follow_takes_no_end_and_defaults_restore_everything() {
+        let follow = RestoreJob {
+            follow: true,
+            to: "1700000000000".into(),
+            ..job()
+        };
+        let problems = follow
+            .options("dr", &RestoreConfig::default(), str::to_string)
+            .unwrap_err();
+        assert_eq!(problems[0].path, "to");
+        let opts = job()
+            .options("dr", &RestoreConfig::default(), str::to_string)
+            .unwrap();
+        assert_eq!((opts.window.from, opts.window.to), (None, None));
+        assert!(opts.topics.is_match("anything"));
+        assert_eq!(opts.restore_id, "dr");
+    }
+}
