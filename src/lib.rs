@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod failpoint;
 pub mod kafka;
 pub mod live;

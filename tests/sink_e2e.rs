@@ -44,6 +44,7 @@ fn options(topics: &str) -> SinkOptions {
         progress: false,
         group_snapshot_interval: std::time::Duration::ZERO,
         live: None,
+        topic_configs: true,
     }
 }
 

@@ -11,6 +11,7 @@ macro_rules! outln {
 }
 
 mod check;
+mod demo;
 mod restore;
 mod run;
 mod sink;
@@ -52,6 +53,8 @@ enum Command {
     Retention(tools::RetentionArgs),
     /// Run the service: every pipeline of the configuration, the HTTP API and /metrics.
     Run(run::RunArgs),
+    /// See it work with nothing installed: embedded Kafka, local archive, backup, point-in-time restore.
+    Demo(demo::DemoArgs),
 }
 
 /// Flags every command that reads the configuration accepts; each wins over the file and the
@@ -176,6 +179,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Ls(args) => tools::ls(args).await,
         Command::Retention(args) => tools::retention(args).await,
         Command::Run(args) => run::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Config(args) => {
             let config = load_config(&args.common)?;
             let shown = config.redacted();

@@ -61,6 +61,10 @@ pub struct SinkOptions {
     pub group_snapshot_interval: Duration,
     /// Where the service's API reads this run's partitions, lag and totals.
     pub live: Option<Arc<crate::live::Live>>,
+    /// Read each topic's dynamic configs (DescribeConfigs) into `_topics/`, so restores can
+    /// create targets like the source; off only for a cluster that cannot answer (the demo's
+    /// embedded Kafka, which would make each topic wait for the request's timeout).
+    pub topic_configs: bool,
 }
 
 /// Why the sink stopped with an error.
@@ -132,6 +136,7 @@ impl SinkOptions {
             progress: false,
             group_snapshot_interval: s.group_snapshot_interval,
             live: None,
+            topic_configs: true,
         })
     }
 
@@ -534,11 +539,14 @@ impl Sink<'_> {
     ) -> Result<(), SinkError> {
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
         let mut configs = BTreeMap::new();
-        match self
-            .admin
-            .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
-            .await
-        {
+        let described = if self.opts.topic_configs {
+            self.admin
+                .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+                .await
+        } else {
+            Ok(Vec::new())
+        };
+        match described {
             Ok(results) => {
                 for resource in results.into_iter().flatten() {
                     for entry in resource.entries {

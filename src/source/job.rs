@@ -145,6 +145,7 @@ impl RestoreJob {
                 progress_topic: tuning.progress_topic.clone(),
                 progress: false,
                 live: None,
+                target_configs: true,
             }),
             _ => Err(problems),
         }

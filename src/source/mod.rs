@@ -65,6 +65,9 @@ pub struct RestoreOptions {
     pub progress: bool,
     /// Where the service's API reads this restore's partitions, lag and totals.
     pub live: Option<std::sync::Arc<crate::live::Live>>,
+    /// Check existing targets' configs (DescribeConfigs: no LogAppendTime); off only for a
+    /// cluster that cannot answer (the demo's embedded Kafka).
+    pub target_configs: bool,
 }
 
 /// Why a restore stopped with an error.

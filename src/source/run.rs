@@ -640,13 +640,17 @@ impl Restore<'_> {
         target: &str,
         count: i32,
     ) -> Result<(), RestoreError> {
-        let configs = admin
-            .describe_configs(
-                [&rdkafka::admin::ResourceSpecifier::Topic(target)],
-                &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
-            )
-            .await
-            .map_err(|e| self.kafka_err(e))?;
+        let configs = if self.opts.target_configs {
+            admin
+                .describe_configs(
+                    [&rdkafka::admin::ResourceSpecifier::Topic(target)],
+                    &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
+                )
+                .await
+                .map_err(|e| self.kafka_err(e))?
+        } else {
+            Vec::new()
+        };
         for resource in configs.into_iter().flatten() {
             if resource
                 .get("message.timestamp.type")
