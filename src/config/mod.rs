@@ -192,8 +192,14 @@ impl Default for RetryConfig {
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list of brokers to bootstrap from.
     pub bootstrap_servers: String,
+    /// Amazon MSK IAM authentication: SASL_SSL with OAUTHBEARER tokens signed by the standard AWS
+    /// credential chain and refreshed before they expire (MSK's IAM listeners, port 9098).
+    pub aws_msk_iam: bool,
+    /// AWS region of the MSK cluster for `aws_msk_iam`; the AWS chain's region when unset.
+    pub aws_region: Option<String>,
     /// librdkafka properties passed through as they are (`security.protocol`, `sasl.mechanism`,
-    /// `ssl.ca.location`, ...). Values of keys that look secret are never printed.
+    /// `ssl.ca.location`, ...). Values of keys that look secret are never printed; values written
+    /// `${env:NAME}` or `${file:/path}` are read from there.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -201,6 +207,8 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
+            aws_msk_iam: false,
+            aws_region: None,
             properties: BTreeMap::new(),
         }
     }
@@ -210,6 +218,8 @@ impl std::fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("aws_msk_iam", &self.aws_msk_iam)
+            .field("aws_region", &self.aws_region)
             .field("properties", &redact_properties(&self.properties))
             .finish()
     }

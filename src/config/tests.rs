@@ -402,7 +402,7 @@ fn named_clusters_are_checked_like_the_default_one_and_set_from_the_environment(
         found,
         [
             "clusters.other.bootstrap_servers: \"nohost\" has no port (expected host:port such as 127.0.0.1:9092)",
-            "clusters.standby.bogus: unknown key (expected one of: bootstrap_servers, properties)",
+            "clusters.standby.bogus: unknown key (expected one of: aws_msk_iam, aws_region, bootstrap_servers, properties)",
         ]
     );
     let f = file("[clusters.standby]\nbootstrap_servers = \"standby:9092\"\n");
@@ -421,4 +421,96 @@ fn named_clusters_are_checked_like_the_default_one_and_set_from_the_environment(
     );
     assert_eq!(config.cluster("default"), Some(&config.kafka));
     assert!(config.cluster("nope").is_none());
+}
+
+#[test]
+fn msk_iam_needs_a_region_and_oauthbearer() {
+    let f = file(
+        "[kafka]\nbootstrap_servers = \"b-1.msk:9098\"\naws_msk_iam = true\n[kafka.properties]\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n[clusters.dr]\nbootstrap_servers = \"dr:9092\"\naws_region = \"eu-west-1\"\n",
+    );
+    assert_eq!(
+        problems(&Sources {
+            file: Some(f.path().into()),
+            env: env(&[("HOME", "/nonexistent")]),
+            ..Sources::default()
+        }),
+        [
+            "clusters.dr.aws_region: only applies with aws_msk_iam = true",
+            "kafka.aws_msk_iam: needs sasl.mechanism OAUTHBEARER, but the properties set \"SCRAM-SHA-512\"",
+            "kafka.aws_region: missing for aws_msk_iam (set it, AWS_REGION or an AWS profile)",
+        ]
+    );
+    let f = file("[kafka]\nbootstrap_servers = \"b-1.msk:9098\"\naws_msk_iam = true\n");
+    let config = load(&Sources {
+        file: Some(f.path().into()),
+        env: env(&[("AWS_REGION", "eu-west-1")]),
+        ..Sources::default()
+    })
+    .unwrap();
+    assert!(config.kafka.aws_msk_iam);
+}
+
+/// The configuration reference in README.md names every key the structs have, and no key they
+/// do not have.
+#[test]
+fn the_readme_configuration_reference_matches_the_structs() {
+    fn leaves(value: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) if !map.is_empty() && path != "kafka.properties" => {
+                for (key, child) in map {
+                    let here = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    leaves(child, &here, out);
+                }
+            }
+            _ => out.push(path.to_string()),
+        }
+    }
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let start = readme
+        .find("| key | default | meaning |")
+        .expect("the table");
+    let table: Vec<&str> = readme[start..]
+        .lines()
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .collect();
+    let mut keys = Vec::new();
+    leaves(
+        &serde_json::to_value(Config::default()).unwrap(),
+        "",
+        &mut keys,
+    );
+    for key in &keys {
+        let (parent, last) = key.rsplit_once('.').unwrap_or(("", key));
+        let named = match key.as_str() {
+            "clusters" | "archives" => format!("`{key}.<name>`"),
+            _ => format!("`{key}`"),
+        };
+        let documented = table.iter().any(|row| {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            first.contains(&named)
+                || (first.contains(&format!("`{parent}.")) && first.contains(&format!("`{last}`")))
+        });
+        assert!(
+            documented,
+            "README's configuration table does not name {key}"
+        );
+    }
+    // ...and every row names a real key.
+    let shape = serde_json::to_value(Config::default()).unwrap();
+    for row in &table {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        let named = first.split('`').nth(1).unwrap_or_default();
+        let pointer = format!("/{}", named.replace(".<name>", "").replace('.', "/"));
+        assert!(
+            shape.pointer(&pointer).is_some(),
+            "README's configuration table names {named}, which is not a key"
+        );
+    }
 }

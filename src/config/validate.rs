@@ -122,6 +122,29 @@ impl Config {
             if let Err(message) = check_bootstrap(&kafka.bootstrap_servers) {
                 problem(&format!("{path}.bootstrap_servers"), message);
             }
+            if kafka.aws_msk_iam {
+                if let Some(m) = kafka
+                    .properties
+                    .get("sasl.mechanism")
+                    .filter(|m| !m.eq_ignore_ascii_case("OAUTHBEARER"))
+                {
+                    problem(
+                        &format!("{path}.aws_msk_iam"),
+                        format!("needs sasl.mechanism OAUTHBEARER, but the properties set {m:?}"),
+                    );
+                }
+                if kafka.aws_region.is_none() && !aws_region_available(env) {
+                    problem(
+                        &format!("{path}.aws_region"),
+                        "missing for aws_msk_iam (set it, AWS_REGION or an AWS profile)".into(),
+                    );
+                }
+            } else if kafka.aws_region.is_some() {
+                problem(
+                    &format!("{path}.aws_region"),
+                    "only applies with aws_msk_iam = true".into(),
+                );
+            }
             if kafka.properties.contains_key("bootstrap.servers") {
                 problem(
                     &format!("{path}.properties.\"bootstrap.servers\""),

@@ -4,18 +4,66 @@
 //! Invariant: secrets given as properties reach librdkafka and nothing else: errors and logs built
 //! here name servers and property keys, never values of secret keys.
 
+pub mod msk;
+
 use std::time::Duration;
 
+use rdkafka::client::OAuthToken;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 
 use crate::config::KafkaConfig;
 
+/// The context of Rewind's plain clients (admin clients, probes, offset readers): librdkafka's
+/// defaults, plus OAUTHBEARER tokens for Amazon MSK IAM. Every context Rewind creates clients with
+/// answers token refreshes the same way (see [`oauth_token`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ctx;
+
+impl rdkafka::ClientContext for Ctx {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(oauthbearer_config)
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Ctx {}
+
+/// Answer a token refresh: librdkafka asks only when a client uses SASL/OAUTHBEARER without a
+/// built-in token source, which for Rewind means Amazon MSK IAM.
+pub fn oauth_token(
+    oauthbearer_config: Option<&str>,
+) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+    msk::token(oauthbearer_config)
+}
+
+/// A consumer used only for requests (metadata, watermarks, offsets): serve its queue once, so a
+/// first OAUTHBEARER token is fetched before the requests need a connection.
+pub fn ready<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>) {
+    if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
+        tracing::debug!(error = %e, "first poll of a request-only consumer");
+    }
+}
+
 /// A librdkafka client configuration: the cluster's settings, then `overrides` (`-X key=value`).
 pub fn client_config(kafka: &KafkaConfig, overrides: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    if kafka.aws_msk_iam {
+        // MSK's IAM listeners (port 9098) take TLS and OAUTHBEARER; explicit properties win.
+        config
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "OAUTHBEARER")
+            .set(
+                "sasl.oauthbearer.config",
+                msk::oauthbearer_config(kafka.aws_region.as_deref()),
+            );
+    }
     for (key, value) in kafka
         .properties
         .iter()
@@ -56,7 +104,8 @@ pub fn describe_cluster(
         servers: servers.clone(),
         message: e.to_string(),
     };
-    let consumer: BaseConsumer = config.create().map_err(client_error)?;
+    let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx).map_err(client_error)?;
+    ready(&consumer);
     let metadata = consumer
         .fetch_metadata(None, timeout)
         .map_err(|e| match e {
@@ -94,5 +143,32 @@ mod tests {
         assert_eq!(config.get("bootstrap.servers"), Some("a:9092"));
         assert_eq!(config.get("client.id"), Some("from-flag"));
         assert_eq!(config.get("security.protocol"), Some("SSL"));
+    }
+
+    #[test]
+    fn msk_iam_turns_on_oauthbearer_with_the_region() {
+        let kafka = KafkaConfig {
+            bootstrap_servers: "b-1.msk.example:9098".into(),
+            aws_msk_iam: true,
+            aws_region: Some("eu-west-1".into()),
+            ..KafkaConfig::default()
+        };
+        let config = client_config(&kafka, &[]);
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.mechanism"), Some("OAUTHBEARER"));
+        assert_eq!(
+            config.get("sasl.oauthbearer.config"),
+            Some("rewind-aws-msk-iam region=eu-west-1")
+        );
+        // Clients build with the refreshing context (no connection is made here).
+        let _: BaseConsumer<Ctx> = config.create_with_context(Ctx).unwrap();
+        let plain = client_config(&KafkaConfig::default(), &[]);
+        assert_eq!(plain.get("sasl.mechanism"), None);
+        // A token refresh for a configuration that is not Rewind's is refused with a reason.
+        let Err(refused) = oauth_token(Some("principal=x")) else {
+            panic!("a foreign OAUTHBEARER config got a token");
+        };
+        let refused = refused.to_string();
+        assert!(refused.contains("aws_msk_iam"), "{refused}");
     }
 }

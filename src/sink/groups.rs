@@ -17,6 +17,7 @@ use super::partition::now_millis;
 use super::SinkOptions;
 use crate::archive::documents::{self, ArchiveError, GroupSnapshot};
 use crate::archive::time::rfc3339_millis;
+use crate::kafka::Ctx;
 use crate::storage::{ObjectStore, PutMode};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,7 +100,8 @@ fn read_all(
     client: &ClientConfig,
     opts: &SinkOptions,
 ) -> Result<Vec<(String, Offsets)>, KafkaError> {
-    let probe: BaseConsumer = client.create()?;
+    let probe: BaseConsumer<Ctx> = client.create_with_context(Ctx)?;
+    crate::kafka::ready(&probe);
     let metadata = probe.fetch_metadata(None, TIMEOUT)?;
     let mut tpl = TopicPartitionList::new();
     for topic in metadata.topics() {
@@ -161,7 +163,8 @@ fn committed(
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx)?;
+    crate::kafka::ready(&consumer);
     let committed = consumer.committed_offsets(tpl.clone(), TIMEOUT)?;
     let mut offsets = Offsets::new();
     for e in committed.elements() {

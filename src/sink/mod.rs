@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -163,6 +162,15 @@ struct SinkContext {
 }
 
 impl rdkafka::client::ClientContext for SinkContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        crate::kafka::oauth_token(oauthbearer_config)
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut ends = self.log_end.lock().unwrap_or_else(|e| e.into_inner());
         for (name, topic) in statistics.topics {
@@ -195,7 +203,7 @@ impl rdkafka::consumer::ConsumerContext for SinkContext {
 struct Sink<'a> {
     store: &'a dyn ObjectStore,
     consumer: StreamConsumer<SinkContext>,
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<crate::kafka::Ctx>,
     opts: &'a SinkOptions,
     servers: String,
     cluster_id: String,
@@ -266,7 +274,9 @@ pub async fn run(
     let consumer: StreamConsumer<SinkContext> = consumer_config
         .create_with_context(SinkContext::default())
         .map_err(kafka_err)?;
-    let admin: AdminClient<DefaultClientContext> = client.create().map_err(kafka_err)?;
+    let admin: AdminClient<crate::kafka::Ctx> = client
+        .create_with_context(crate::kafka::Ctx)
+        .map_err(kafka_err)?;
 
     // A metadata request first: it connects at once, whereas asking for the cluster id alone on a
     // fresh client waits for librdkafka's first periodic refresh (a second of every start).

@@ -13,6 +13,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::archive::documents::{self, ArchiveError, GroupSnapshot};
+use crate::kafka::Ctx;
 use crate::storage::ObjectStore;
 
 /// The newest snapshot of every archived group taken at or before `to` (the newest of all when
@@ -51,7 +52,8 @@ pub fn has_members(
     group: &str,
     timeout: Duration,
 ) -> Result<bool, KafkaError> {
-    let consumer: BaseConsumer = client.create()?;
+    let consumer: BaseConsumer<Ctx> = client.create_with_context(Ctx)?;
+    crate::kafka::ready(&consumer);
     let list = consumer.fetch_group_list(Some(group), timeout)?;
     Ok(list
         .groups()
@@ -69,7 +71,8 @@ pub fn commit(
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx)?;
+    crate::kafka::ready(&consumer);
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
@@ -23,6 +22,7 @@ use crate::archive::chain::{self, Chain, ChainFile};
 use crate::archive::documents::{self, Gap, TopicMeta};
 use crate::archive::time::rfc3339_millis;
 use crate::archive::Record;
+use crate::kafka::Ctx;
 use crate::storage::ObjectStore;
 
 /// Timeout of Kafka requests that should answer at once.
@@ -148,7 +148,16 @@ impl Deliveries {
     }
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        crate::kafka::oauth_token(oauthbearer_config)
+    }
+}
 
 impl ProducerContext for Deliveries {
     /// 0 for most records; a watch slot for the first record at or after a group's offset.
@@ -286,7 +295,8 @@ pub async fn run(
     };
 
     // The target must answer before anything is decided.
-    let probe: BaseConsumer = client.create().map_err(kafka_err)?;
+    let probe: BaseConsumer<Ctx> = client.create_with_context(Ctx).map_err(kafka_err)?;
+    crate::kafka::ready(&probe);
     let metadata = blocking({
         let probe = Arc::new(probe);
         move || probe.fetch_metadata(None, Duration::from_secs(10))
@@ -305,7 +315,7 @@ pub async fn run(
         .filter(|t| t.error().is_none())
         .map(|t| (t.name().to_string(), t.partitions().len() as i32))
         .collect();
-    let admin: AdminClient<DefaultClientContext> = client.create().map_err(kafka_err)?;
+    let admin: AdminClient<Ctx> = client.create_with_context(Ctx).map_err(kafka_err)?;
 
     if !existing.contains_key(&opts.progress_topic) {
         create_topic(
@@ -452,7 +462,7 @@ pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 }
 
 async fn create_topic(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<Ctx>,
     name: &str,
     partitions: i32,
     replication: i32,
@@ -563,7 +573,7 @@ impl Restore<'_> {
     /// no records unless `--allow-non-empty`.
     async fn ensure_targets(
         &mut self,
-        admin: &AdminClient<DefaultClientContext>,
+        admin: &AdminClient<Ctx>,
         brokers: i32,
         new_targets: &BTreeSet<String>,
     ) -> Result<(), RestoreError> {
@@ -602,7 +612,7 @@ impl Restore<'_> {
 
     async fn grow(
         &mut self,
-        admin: &AdminClient<DefaultClientContext>,
+        admin: &AdminClient<Ctx>,
         target: &str,
         partitions: i32,
     ) -> Result<(), RestoreError> {
@@ -636,7 +646,7 @@ impl Restore<'_> {
     /// An existing target must keep CreateTime and, unless allowed, be empty.
     async fn check_existing(
         &self,
-        admin: &AdminClient<DefaultClientContext>,
+        admin: &AdminClient<Ctx>,
         target: &str,
         count: i32,
     ) -> Result<(), RestoreError> {
@@ -665,8 +675,12 @@ impl Restore<'_> {
         if self.opts.allow_non_empty {
             return Ok(());
         }
-        let consumer: Arc<BaseConsumer> =
-            Arc::new(self.client.create().map_err(|e| self.kafka_err(e))?);
+        let consumer: Arc<BaseConsumer<Ctx>> = Arc::new(
+            self.client
+                .create_with_context(Ctx)
+                .map_err(|e| self.kafka_err(e))?,
+        );
+        crate::kafka::ready(&consumer);
         let records = blocking({
             let target = target.to_string();
             move || -> Result<i64, KafkaError> {
@@ -691,7 +705,7 @@ impl Restore<'_> {
     /// Create a missing target from the source's `_topics/` metadata.
     async fn create_target(
         &mut self,
-        admin: &AdminClient<DefaultClientContext>,
+        admin: &AdminClient<Ctx>,
         brokers: i32,
         source: &str,
         target: &str,
@@ -764,8 +778,12 @@ impl Restore<'_> {
     /// Commit the translated group offsets in the target, skipping groups with active members.
     async fn commit_groups(&mut self) -> Result<(), RestoreError> {
         let mut per_group: BTreeMap<String, BTreeMap<(String, i32), i64>> = BTreeMap::new();
-        let consumer: Arc<BaseConsumer> =
-            Arc::new(self.client.create().map_err(|e| self.kafka_err(e))?);
+        let consumer: Arc<BaseConsumer<Ctx>> = Arc::new(
+            self.client
+                .create_with_context(Ctx)
+                .map_err(|e| self.kafka_err(e))?,
+        );
+        crate::kafka::ready(&consumer);
         for lane in &self.lanes {
             let mut groups: BTreeSet<&String> = lane.resolved.keys().collect();
             groups.extend(lane.watches.iter().map(|(_, g)| g));
@@ -1256,7 +1274,7 @@ impl Restore<'_> {
     /// Follow mode: poll the checkpoints and restore whatever the chains gained, until stopped.
     async fn follow(
         &mut self,
-        admin: &AdminClient<DefaultClientContext>,
+        admin: &AdminClient<Ctx>,
         brokers: i32,
         stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<(), RestoreError> {
