@@ -46,7 +46,11 @@ pub struct DemoReport {
 /// Run the demo, narrating on stdout through `say`; the archive goes to `dir` (created).
 pub async fn run(dir: &Path, say: &mut dyn FnMut(String)) -> Result<DemoReport, String> {
     let started = Instant::now();
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
     let dir = dir
         .canonicalize()
         .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -125,7 +129,7 @@ pub async fn run(dir: &Path, say: &mut dyn FnMut(String)) -> Result<DemoReport, 
         group_snapshot_interval: Duration::ZERO,
         live: Some(live.clone()),
         // The embedded cluster does not answer DescribeConfigs.
-        topic_configs: false,
+        admin_api: false,
     };
     let (stop_sink, sink_stopped) = tokio::sync::oneshot::channel::<()>();
     // Short sessions: the embedded cluster's group coordinator waits a session out on the first join.
@@ -233,7 +237,7 @@ async fn demonstrate(
         progress: false,
         live: None,
         // The embedded cluster does not answer DescribeConfigs; its targets were made above.
-        target_configs: false,
+        admin_api: false,
     };
     let report = source::run(client.clone(), store.clone(), &opts, std::future::pending())
         .await
@@ -291,9 +295,11 @@ async fn demonstrate(
     let verified = crate::ops::verify::verify(&**store, &Regex::new(".*").expect("valid"), true)
         .await
         .map_err(|e| format!("verify failed: {e}"))?;
-    if !verified.clean {
+    if !verified.clean || verified.files == 0 || verified.records != total as u64 {
         return Err(format!(
-            "verify found problems: {}",
+            "verify read {} records in {} files (expected {total}) and found problems: {}",
+            verified.records,
+            verified.files,
             verified
                 .problems
                 .iter()
@@ -326,6 +332,7 @@ async fn produce_traffic(
         .create()
         .map_err(|e| format!("cannot create a producer: {e}"))?;
     let mut produced: BTreeMap<(String, i32), Vec<Record>> = BTreeMap::new();
+    let mut deliveries = Vec::new();
     for (topic, partitions, rate) in TOPICS {
         let count = rate * 3;
         let step = 3 * HOUR / count as i64;
@@ -382,7 +389,10 @@ async fn produce_traffic(
             }
             loop {
                 match producer.send_result(out) {
-                    Ok(_delivery) => break,
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
                     Err((
                         rdkafka::error::KafkaError::MessageProduction(
                             rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -404,6 +414,13 @@ async fn produce_traffic(
     producer
         .flush(Duration::from_secs(30))
         .map_err(|e| format!("producing the sample traffic failed: {e}"))?;
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(format!("producing the sample traffic failed: {e}")),
+            Err(_) => return Err("producing the sample traffic failed: a delivery was lost".into()),
+        }
+    }
     Ok(produced)
 }
 

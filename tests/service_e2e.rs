@@ -580,9 +580,12 @@ http_addr = "{addr}"
         "backup.toml: sink.max_file_age: expected a duration",
         "backup.toml: sink.topicz: unknown key",
         "dr.toml: restore.concurrency: must be at least 1",
-        "dr.toml: restore.to: restore.follow keeps restoring new records, so it takes no restore.to",
+        "dr.toml: restore.follow: keeps restoring new records, so it takes no restore.to",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
     assert!(
         request(&addr, "GET", "/healthz", None).is_none(),

@@ -44,7 +44,7 @@ fn options(topics: &str) -> SinkOptions {
         progress: false,
         group_snapshot_interval: std::time::Duration::ZERO,
         live: None,
-        topic_configs: true,
+        admin_api: true,
     }
 }
 

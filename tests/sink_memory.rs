@@ -30,7 +30,7 @@ fn options(topic: &str, budget: u64) -> SinkOptions {
         progress: false,
         group_snapshot_interval: std::time::Duration::ZERO,
         live: None,
-        topic_configs: true,
+        admin_api: true,
     }
 }
 

@@ -17,8 +17,9 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let dir = args.dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!(
-            "rewind-demo-{}",
-            crate::archive::time::now_ms() / 1000
+            "rewind-demo-{}-{:04x}",
+            crate::archive::time::now_ms() / 1000,
+            rand::random::<u16>()
         ))
     });
     // Warnings and errors only: the demo narrates the rest (RUST_LOG shows more).
@@ -29,9 +30,9 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         "Rewind demo: continuous Kafka backup and point-in-time restore, all in this process.\n"
     );
     let mut say = |line: String| outln!("{line}");
-    let report = crate::demo::run(&dir, &mut say)
-        .await
-        .map_err(|e| Failure::found(format!("demo failed: {e}")))?;
+    let report = crate::demo::run(&dir, &mut say).await.map_err(|e| {
+        Failure::found(format!("demo failed: {e} (its archive: {})", dir.display()))
+    })?;
     let archive = format!("file://{}", report.archive.display());
     let from = crate::archive::time::rfc3339_millis(report.window.0);
     let to = crate::archive::time::rfc3339_millis(report.window.1);
@@ -53,7 +54,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         "  duckdb -c \"SELECT topic, count(*) FROM '{}/data/**/*.parquet' GROUP BY topic\"",
         report.archive.display()
     );
-    outln!("\nNext, against your own cluster: rewind sink --bootstrap-servers HOST:9092 --archive s3://bucket/prefix");
+    outln!("\nNext, against your own cluster: rewind sink --bootstrap-servers HOST:9092 --archive s3://bucket/prefix --s3-region REGION");
     outln!(
         "(see README.md, Quick start); remove the demo archive with: rm -rf {}",
         report.archive.display()

@@ -163,7 +163,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
+            eprintln!("error: {}", crate::config::secrets::scrub(&failure.message));
             ExitCode::from(failure.code)
         }
     }

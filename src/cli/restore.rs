@@ -94,6 +94,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
             Failure::usage(format!("{} {}", flag(field), first.message))
         })?;
     opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    opts.admin_api = !config.kafka.aws_msk_iam;
     let window = opts.window;
     let url = config.archive_url().map_err(Failure::usage)?;
     let store = storage::open(&url, &config.s3_options())

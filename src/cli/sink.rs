@@ -54,6 +54,7 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
     let opts = SinkOptions {
         once: args.once,
         allow_cluster_change: args.allow_cluster_change,
+        admin_api: !config.kafka.aws_msk_iam,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ..SinkOptions::from_config(s, config.storage.s3.part_size.bytes())
             .map_err(Failure::usage)?

@@ -7,7 +7,7 @@
 
 mod load;
 pub mod pipeline;
-mod secrets;
+pub mod secrets;
 pub mod units;
 mod validate;
 
@@ -235,6 +235,8 @@ pub fn is_secret_key(key: &str) -> bool {
         "jaas",
         "private",
         "credential",
+        "key.pem",
+        "keystore",
     ]
     .iter()
     .any(|word| key.contains(word))

@@ -4,9 +4,10 @@
 //! A pipeline names a cluster and an archive of the service configuration (`default` is `[kafka]`
 //! and `archive`), and its `[sink]` or `[restore]` section is laid over the service's section of the
 //! same name, key by key. Like the service configuration, every pipeline is checked in full before
-//! anything starts, and every problem is reported with its file and key path.
+//! anything starts, and every problem is reported with its file and key path (the service
+//! configuration's own problems first).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -111,9 +112,10 @@ pub struct Service {
     pub pipelines_dir: PathBuf,
 }
 
-/// Load the service configuration and every pipeline file, reporting every problem of either at
-/// once. A missing pipelines directory is a problem; an empty one is not (pipelines can be restored
-/// through the API alone).
+/// Load the service configuration and every pipeline file. The configuration is checked first
+/// (every problem of it at once); once it is valid, every pipeline file is checked against it and
+/// every problem of all of them is reported at once. A missing pipelines directory is a problem;
+/// an empty one is not (restores can be started through the API alone).
 pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
     let config = load(sources)?;
     let env = sources
@@ -142,13 +144,46 @@ pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
             message,
         }),
     }
+    // Names, restore ids and sink groups must be unique: two restores under one id would fence
+    // each other's transactions, and two sinks in one group would split the partitions between
+    // them (and between their archives).
     let mut names = BTreeSet::new();
+    let mut restore_ids = BTreeMap::new();
+    let mut groups = BTreeMap::new();
     for spec in &pipelines {
-        if !names.insert(spec.name.clone()) {
+        let mut clash = |key: &str, message: String| {
             problems.push(Problem {
-                path: format!("{}: name", spec.file.display()),
-                message: format!("another pipeline is already named {:?}", spec.name),
-            });
+                path: format!("{}: {key}", spec.file.display()),
+                message,
+            })
+        };
+        if !names.insert(spec.name.clone()) {
+            clash(
+                "name",
+                format!("another pipeline is already named {:?}", spec.name),
+            );
+        }
+        if !spec.enabled {
+            continue;
+        }
+        match spec.kind {
+            PipelineKind::Restore => {
+                if let Some(other) = restore_ids.insert(spec.restore_id().to_string(), &spec.name) {
+                    clash(
+                        "restore.restore_id",
+                        format!("pipeline {other} restores under the same id {:?}; give each restore pipeline its own restore_id", spec.restore_id()),
+                    );
+                }
+            }
+            PipelineKind::Sink => {
+                let key = (spec.cluster.clone(), spec.sink.group.clone());
+                if let Some(other) = groups.insert(key, &spec.name) {
+                    clash(
+                        "sink.group",
+                        format!("pipeline {other} uses the same consumer group {:?} on cluster {}; the two would split the partitions between them", spec.sink.group, spec.cluster),
+                    );
+                }
+            }
         }
     }
     if problems.is_empty() {
@@ -289,7 +324,15 @@ fn load_pipeline(
         ));
     }
 
-    let section = |key: &str| tree.get(key).cloned().unwrap_or_else(|| json!({}));
+    for key in ["sink", "restore"] {
+        if tree.get(key).is_some_and(|v| !v.is_object()) {
+            local.push(problem(key, format!("expected a table: [{key}]")));
+        }
+    }
+    let section = |key: &str| match tree.get(key) {
+        Some(Json::Object(table)) => Json::Object(table.clone()),
+        _ => json!({}),
+    };
     for (key, wanted) in [
         ("sink", PipelineKind::Sink),
         ("restore", PipelineKind::Restore),

@@ -6,25 +6,67 @@
 //! the variable or file, not what it holds.
 
 use std::collections::BTreeMap;
+use std::sync::RwLock;
 
-use super::{Config, Problem};
+use super::{is_secret_key, Config, Problem};
+
+/// Secret values this process knows (resolved references and values of secret-looking keys), so
+/// text on its way out (error messages, API answers) can be scrubbed of them: a librdkafka error
+/// about a property, for one, quotes its value.
+static KNOWN: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Remember a secret value for [`scrub`]. Values shorter than 4 bytes are not worth hiding (and
+/// would mangle ordinary text).
+pub fn remember(value: &str) {
+    if value.len() >= 4 {
+        let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
+        if !known.iter().any(|k| k == value) {
+            known.push(value.to_string());
+        }
+    }
+}
+
+/// `text` with every remembered secret value replaced by `<redacted>`.
+pub fn scrub(text: &str) -> String {
+    let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = text.to_string();
+    for secret in known.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "<redacted>");
+        }
+    }
+    out
+}
 
 impl Config {
     /// Resolve every secret reference in place: the librdkafka properties of each cluster and the
     /// static S3 credentials. Returns a problem for each reference that cannot be resolved.
     pub fn resolve_secrets(&mut self, env: &BTreeMap<String, String>) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut resolve = |path: String, value: &mut String| match resolve(value, env) {
-            Ok(Some(resolved)) => *value = resolved,
+        let mut resolve = |path: String, secret: bool, value: &mut String| match resolve(value, env)
+        {
+            Ok(Some(resolved)) => {
+                remember(&resolved);
+                *value = resolved;
+            }
+            Ok(None) if secret => remember(value),
             Ok(None) => {}
             Err(message) => problems.push(Problem { path, message }),
         };
         for (key, value) in self.kafka.properties.iter_mut() {
-            resolve(format!("kafka.properties.\"{key}\""), value);
+            resolve(
+                format!("kafka.properties.\"{key}\""),
+                is_secret_key(key),
+                value,
+            );
         }
         for (name, cluster) in self.clusters.iter_mut() {
             for (key, value) in cluster.properties.iter_mut() {
-                resolve(format!("clusters.{name}.properties.\"{key}\""), value);
+                resolve(
+                    format!("clusters.{name}.properties.\"{key}\""),
+                    is_secret_key(key),
+                    value,
+                );
             }
         }
         let s3 = &mut self.storage.s3;
@@ -34,7 +76,7 @@ impl Config {
             ("session_token", &mut s3.session_token),
         ] {
             if let Some(value) = value {
-                resolve(format!("storage.s3.{key}"), value);
+                resolve(format!("storage.s3.{key}"), key != "access_key_id", value);
             }
         }
         problems
@@ -68,9 +110,10 @@ pub fn resolve(value: &str, env: &BTreeMap<String, String>) -> Result<Option<Str
                 "refers to the file {path}, which cannot be read: {e}"
             )),
         },
-        _ => Err(format!(
-            "{value:?} is not a secret reference: use ${{env:NAME}} or ${{file:/path}}"
-        )),
+        _ => Err(
+            "is written like a secret reference but is not one: use ${env:NAME} or ${file:/path}"
+                .into(),
+        ),
     }
 }
 
@@ -133,5 +176,10 @@ mod tests {
         assert_eq!(config.kafka.properties["sasl.password"], "hunter2");
         let shown = format!("{:?} {:?}", config, config.redacted());
         assert!(!shown.contains("hunter2"), "{shown}");
+        // A message that quotes the value, as librdkafka's errors about a property do, is scrubbed.
+        assert_eq!(
+            scrub("Client config error: Invalid value \"hunter2\" for sasl.passwrd"),
+            "Client config error: Invalid value \"<redacted>\" for sasl.passwrd"
+        );
     }
 }

@@ -436,7 +436,7 @@ fn msk_iam_needs_a_region_and_oauthbearer() {
         }),
         [
             "clusters.dr.aws_region: only applies with aws_msk_iam = true",
-            "kafka.aws_msk_iam: needs sasl.mechanism OAUTHBEARER, but the properties set \"SCRAM-SHA-512\"",
+            "kafka.aws_msk_iam: needs SASL mechanism OAUTHBEARER, but the properties set sasl.mechanism = \"SCRAM-SHA-512\"",
             "kafka.aws_region: missing for aws_msk_iam (set it, AWS_REGION or an AWS profile)",
         ]
     );
@@ -513,4 +513,50 @@ fn the_readme_configuration_reference_matches_the_structs() {
             "README's configuration table names {named}, which is not a key"
         );
     }
+}
+
+#[test]
+fn pipelines_must_not_share_a_restore_id_or_a_sink_group_and_sections_are_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    std::fs::write(dir.path().join("rewind.toml"), "").unwrap();
+    for (name, text) in [
+        (
+            "a.toml",
+            "kind = \"restore\"\n[restore]\nrestore_id = \"dr\"\n",
+        ),
+        ("dr.toml", "kind = \"restore\"\n"),
+        ("s1.toml", "kind = \"sink\"\n[sink]\ngroup = \"shared\"\n"),
+        ("s2.toml", "kind = \"sink\"\n[sink]\ngroup = \"shared\"\n"),
+        (
+            "s3.toml",
+            "kind = \"sink\"\nenabled = false\n[sink]\ngroup = \"shared\"\n",
+        ),
+        ("t.toml", "kind = \"restore\"\nrestore = 5\n"),
+    ] {
+        std::fs::write(pipelines.join(name), text).unwrap();
+    }
+    let found = match load_service(&Sources {
+        file: Some(dir.path().join("rewind.toml")),
+        env: env(&[]),
+        ..Sources::default()
+    }) {
+        Err(ConfigError::Invalid(problems)) => problems
+            .iter()
+            .map(|p| {
+                let text = p.to_string();
+                text[text.find("pipelines/").unwrap() + "pipelines/".len()..].to_string()
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("expected problems, got {other:?}"),
+    };
+    assert_eq!(
+        found,
+        [
+            "t.toml: restore: expected a table: [restore]",
+            "dr.toml: restore.restore_id: pipeline a restores under the same id \"dr\"; give each restore pipeline its own restore_id",
+            "s2.toml: sink.group: pipeline s1 uses the same consumer group \"shared\" on cluster default; the two would split the partitions between them",
+        ]
+    );
 }

@@ -123,15 +123,26 @@ impl Config {
                 problem(&format!("{path}.bootstrap_servers"), message);
             }
             if kafka.aws_msk_iam {
-                if let Some(m) = kafka
-                    .properties
-                    .get("sasl.mechanism")
-                    .filter(|m| !m.eq_ignore_ascii_case("OAUTHBEARER"))
-                {
-                    problem(
-                        &format!("{path}.aws_msk_iam"),
-                        format!("needs sasl.mechanism OAUTHBEARER, but the properties set {m:?}"),
-                    );
+                for key in ["sasl.mechanism", "sasl.mechanisms"] {
+                    if let Some(m) = kafka
+                        .properties
+                        .get(key)
+                        .filter(|m| !m.eq_ignore_ascii_case("OAUTHBEARER"))
+                    {
+                        problem(
+                            &format!("{path}.aws_msk_iam"),
+                            format!("needs SASL mechanism OAUTHBEARER, but the properties set {key} = {m:?}"),
+                        );
+                    }
+                }
+                for key in ["sasl.oauthbearer.config", "sasl.oauthbearer.method"] {
+                    if kafka.properties.contains_key(key) {
+                        problem(
+                            &format!("{path}.properties.\"{key}\""),
+                            "aws_msk_iam provides the OAUTHBEARER tokens; remove this property"
+                                .into(),
+                        );
+                    }
                 }
                 if kafka.aws_region.is_none() && !aws_region_available(env) {
                     problem(

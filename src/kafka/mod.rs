@@ -39,14 +39,28 @@ impl rdkafka::consumer::ConsumerContext for Ctx {}
 pub fn oauth_token(
     oauthbearer_config: Option<&str>,
 ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-    msk::token(oauthbearer_config)
+    msk::token(oauthbearer_config).inspect_err(|e| {
+        // rust-rdkafka reports a failed refresh at debug level only, and the broker's refusal
+        // that follows reads like an unreachable cluster: say why here.
+        tracing::error!(error = %e, "cannot provide a SASL/OAUTHBEARER token");
+    })
 }
 
-/// A consumer used only for requests (metadata, watermarks, offsets): serve its queue once, so a
-/// first OAUTHBEARER token is fetched before the requests need a connection.
+/// Serve a new consumer's queue once, before it is assigned or subscribed anything, so that a
+/// first OAUTHBEARER token is fetched before its requests need a connection (librdkafka queues
+/// that request when the client is created). Call it before `assign`/`subscribe` only: a record
+/// polled here would be lost.
 pub fn ready<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>) {
-    if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
-        tracing::debug!(error = %e, "first poll of a request-only consumer");
+    match consumer.poll(Duration::ZERO) {
+        None => {}
+        Some(Err(e)) => tracing::debug!(error = %e, "first poll of a new consumer"),
+        Some(Ok(_)) => {
+            debug_assert!(
+                false,
+                "kafka::ready called on a consumer with records to read"
+            );
+            tracing::warn!("kafka::ready polled a record; it is called too late");
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! Verified against the signer's format in unit tests; against a real MSK cluster only by users.
 
 use std::error::Error;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_config::Region;
@@ -38,10 +39,34 @@ fn region_of(config: Option<&str>) -> Result<Option<String>, String> {
         .map(str::to_string))
 }
 
-/// A fresh token for librdkafka. Runs the signer on a thread of its own, so it can be called from
-/// librdkafka's threads and from inside the async runtime alike.
+/// The last token signed, by region: every client of the process shares it while more than a
+/// fifth of its life is left, so many clients (one per consumer-group snapshot, for one) do not
+/// each walk the AWS credential chain.
+static CACHE: Mutex<Option<(Option<String>, String, i64)>> = Mutex::new(None);
+
+/// A token is reused while at least this much of its life is left.
+const REUSE_MARGIN_MS: i64 = 180_000;
+
+/// A token for librdkafka: the cached one while it has life left, else a fresh one. Signing runs
+/// on a thread of its own, so this can be called from librdkafka's threads and from inside the
+/// async runtime alike.
 pub fn token(config: Option<&str>) -> Result<OAuthToken, Box<dyn Error>> {
     let region = region_of(config)?;
+    {
+        let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached_region, token, expires)) = &*cache {
+            if *cached_region == region
+                && expires - crate::archive::time::now_ms() > REUSE_MARGIN_MS
+            {
+                return Ok(OAuthToken {
+                    token: token.clone(),
+                    principal_name: String::new(),
+                    lifetime_ms: *expires,
+                });
+            }
+        }
+    }
+    let asked = region.clone();
     let signed = std::thread::spawn(move || -> Result<(String, i64), String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -69,6 +94,7 @@ pub fn token(config: Option<&str>) -> Result<OAuthToken, Box<dyn Error>> {
     .join()
     .map_err(|_| "the MSK IAM token signer panicked".to_string())??;
     tracing::debug!(expires_at_ms = signed.1, "signed a new MSK IAM token");
+    *CACHE.lock().unwrap_or_else(|e| e.into_inner()) = Some((asked, signed.0.clone(), signed.1));
     Ok(OAuthToken {
         token: signed.0,
         principal_name: String::new(),
@@ -81,6 +107,18 @@ mod tests {
     use super::*;
     use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
     use base64::Engine;
+
+    #[test]
+    fn a_token_with_life_left_is_shared() {
+        let far = crate::archive::time::now_ms() + 600_000;
+        *CACHE.lock().unwrap() = Some((Some("eu-north-1".into()), "cached-token".into(), far));
+        // No AWS call is made: the cached token is handed out with its real expiry.
+        let token = token(Some("rewind-aws-msk-iam region=eu-north-1")).unwrap();
+        assert_eq!(
+            (token.token.as_str(), token.lifetime_ms),
+            ("cached-token", far)
+        );
+    }
 
     #[test]
     fn only_rewinds_own_config_is_answered() {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State as Shared};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,6 +66,13 @@ impl From<ControlError> for ApiError {
 
 type Reply = Result<Json<Value>, ApiError>;
 
+/// A path segment, or axum's reason it is not one, as a JSON error.
+fn segment(segment: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    segment
+        .map(|Path(s)| s)
+        .map_err(|e| ApiError(e.status(), e.body_text()))
+}
+
 async fn pipelines(Shared(registry): Shared<Arc<Registry>>) -> Json<Value> {
     let list: Vec<Value> = registry
         .pipelines
@@ -74,7 +82,11 @@ async fn pipelines(Shared(registry): Shared<Arc<Registry>>) -> Json<Value> {
     Json(json!({ "pipelines": list }))
 }
 
-async fn pipeline(Shared(registry): Shared<Arc<Registry>>, Path(name): Path<String>) -> Reply {
+async fn pipeline(
+    Shared(registry): Shared<Arc<Registry>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let name = segment(name)?;
     let pipeline = registry
         .pipelines
         .get(&name)
@@ -82,12 +94,20 @@ async fn pipeline(Shared(registry): Shared<Arc<Registry>>, Path(name): Path<Stri
     Ok(Json(pipeline_json(pipeline, true)))
 }
 
-async fn pause(Shared(registry): Shared<Arc<Registry>>, Path(name): Path<String>) -> Reply {
+async fn pause(
+    Shared(registry): Shared<Arc<Registry>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let name = segment(name)?;
     let state = registry.pause(&name)?;
     Ok(Json(json!({ "name": name, "state": state })))
 }
 
-async fn resume(Shared(registry): Shared<Arc<Registry>>, Path(name): Path<String>) -> Reply {
+async fn resume(
+    Shared(registry): Shared<Arc<Registry>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let name = segment(name)?;
     let state = registry.resume(&name)?;
     Ok(Json(json!({ "name": name, "state": state })))
 }
@@ -105,8 +125,9 @@ async fn restores(Shared(registry): Shared<Arc<Registry>>) -> Json<Value> {
 
 async fn start_restore(
     Shared(registry): Shared<Arc<Registry>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     let body: Value = if body.is_empty() {
         json!({})
     } else {
@@ -143,12 +164,20 @@ fn find_restore(registry: &Registry, id: &str) -> Result<Arc<super::ApiRestore>,
         })
 }
 
-async fn restore(Shared(registry): Shared<Arc<Registry>>, Path(id): Path<String>) -> Reply {
+async fn restore(
+    Shared(registry): Shared<Arc<Registry>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let id = segment(id)?;
     let restore = find_restore(&registry, &id)?;
     Ok(Json(restore_json(&restore)))
 }
 
-async fn stop_restore(Shared(registry): Shared<Arc<Registry>>, Path(id): Path<String>) -> Reply {
+async fn stop_restore(
+    Shared(registry): Shared<Arc<Registry>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let id = segment(id)?;
     let restore = find_restore(&registry, &id)?;
     restore.request_stop();
     Ok(Json(

@@ -109,11 +109,20 @@ impl Pipeline {
             .set(if state == State::Running { 1.0 } else { 0.0 });
     }
 
+    /// The pipeline's life as the API shows it. Only the supervisor changes the stored state; a
+    /// run that was asked to pause and has not ended yet shows as `pausing`.
     pub fn lifecycle(&self) -> Lifecycle {
-        self.lifecycle
+        let mut life = self
+            .lifecycle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        if *self.desired.borrow() == Desired::Pause
+            && matches!(life.state, State::Starting | State::Running)
+        {
+            life.state = State::Pausing;
+        }
+        life
     }
 
     pub fn live(&self) -> LiveStatus {
@@ -176,7 +185,8 @@ pub struct Registry {
     pub pipelines: BTreeMap<String, Arc<Pipeline>>,
     pub restores: Mutex<BTreeMap<String, Arc<ApiRestore>>>,
     shutdown: watch::Receiver<bool>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One per pipeline and API restore: resolves when its thread ends.
+    tasks: Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>,
     pub started_at: String,
     /// Renders `/metrics`; `None` when another recorder is installed (in-process use).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -222,26 +232,51 @@ impl Registry {
                 continue;
             }
             let span = tracing::info_span!("pipeline", name = %pipeline.spec.name);
-            let task = tokio::spawn(tracing::Instrument::instrument(
-                supervise(registry.clone(), pipeline.clone()),
-                span,
-            ));
-            registry.track(task);
+            let (registry_, pipeline_) = (registry.clone(), pipeline.clone());
+            registry.isolated(&format!("pipeline {}", pipeline.spec.name), move || {
+                tracing::Instrument::instrument(supervise(registry_, pipeline_), span)
+            });
         }
         registry
     }
 
-    fn track(&self, task: tokio::task::JoinHandle<()>) {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+    /// Run `work` on a thread and an async runtime of its own. librdkafka's calls block (metadata,
+    /// watermarks, seeks: seconds when a cluster is down), so a pipeline must not share threads
+    /// with the HTTP API or with other pipelines; its heavy work (encoding, decoding) goes to the
+    /// blocking pool as everywhere else.
+    fn isolated<F>(&self, what: &str, work: impl FnOnce() -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let name = format!("rewind {what}");
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(work()),
+                    Err(e) => tracing::error!(error = %e, "{name}: cannot start its runtime"),
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => self
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(finished),
+            Err(e) => tracing::error!(error = %e, "cannot start a thread for {what}"),
+        }
     }
 
     /// Wait for every supervisor and API restore to finish (after shutdown was signalled), at most
     /// `deadline`. Returns whether all finished in time.
     pub async fn drained(&self, deadline: Duration) -> bool {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        // A thread that ended drops its sender either way, so an error is an ending too.
         tokio::time::timeout(deadline, futures::future::join_all(tasks))
             .await
             .is_ok()
@@ -260,29 +295,30 @@ impl Registry {
             .pipelines
             .get(name)
             .ok_or_else(|| ControlError::NotFound(format!("no pipeline named {name:?}")))?;
-        let state = pipeline.lifecycle().state;
-        match state {
-            State::Disabled => {
-                return Err(ControlError::Conflict(format!(
+        if *self.shutdown.borrow() {
+            return Err(ControlError::Conflict(
+                "the service is shutting down".into(),
+            ));
+        }
+        // The supervisor owns the state: this only says what is wanted, and the supervisor acts
+        // on it (a pause ends the run gracefully; a resume before that cancels the pause).
+        let refused = {
+            let life = pipeline.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+            match life.state {
+                State::Disabled => Some(format!(
                     "pipeline {name} is disabled in {}",
                     pipeline.spec.file.display()
-                )))
+                )),
+                State::Completed => Some(format!("pipeline {name} has completed its restore")),
+                State::Stopped => Some("the service is shutting down".into()),
+                _ => {
+                    pipeline.desired.send_replace(want);
+                    None
+                }
             }
-            State::Completed => {
-                return Err(ControlError::Conflict(format!(
-                    "pipeline {name} has completed its restore"
-                )))
-            }
-            State::Stopped => {
-                return Err(ControlError::Conflict(
-                    "the service is shutting down".into(),
-                ))
-            }
-            _ => {}
-        }
-        pipeline.desired.send_replace(want);
-        if want == Desired::Pause && state != State::Paused {
-            pipeline.set_state(State::Pausing);
+        };
+        if let Some(reason) = refused {
+            return Err(ControlError::Conflict(reason));
         }
         tracing::info!(pipeline = name, action = ?want, "pipeline control");
         Ok(pipeline.lifecycle().state)
@@ -354,6 +390,7 @@ impl Registry {
         }
         let live = Live::new();
         opts.live = Some(live.clone());
+        opts.admin_api = admin_api(&self.config, &cluster);
         let (stop, stopped) = watch::channel(false);
         let restore = Arc::new(ApiRestore {
             id: id.clone(),
@@ -371,38 +408,40 @@ impl Registry {
         let registry = self.clone();
         let handle = restore.clone();
         let span = tracing::info_span!("restore", id = %id);
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let shutdown = registry.shutdown.clone();
-                let stop = async move {
-                    tokio::select! {
-                        _ = until_true(shutdown) => {}
-                        _ = until_true(stopped) => {}
+        self.isolated(&format!("restore {id}"), move || {
+            tracing::Instrument::instrument(
+                async move {
+                    let shutdown = registry.shutdown.clone();
+                    let stop = async move {
+                        tokio::select! {
+                            _ = until_true(shutdown) => {}
+                            _ = until_true(stopped) => {}
+                        }
+                    };
+                    let outcome = run_restore(
+                        &registry.config,
+                        &handle.cluster,
+                        &handle.archive,
+                        &opts,
+                        stop,
+                    )
+                    .await;
+                    match outcome {
+                        Ok(Outcome::Finished) => {
+                            tracing::info!("restore completed");
+                            handle.finish(State::Completed, None)
+                        }
+                        Ok(Outcome::Stopped) => handle.finish(State::Stopped, None),
+                        Err(message) => {
+                            let message = crate::config::secrets::scrub(&message);
+                            tracing::error!(error = %message, "restore failed");
+                            handle.finish(State::Failed, Some(message))
+                        }
                     }
-                };
-                let outcome = run_restore(
-                    &registry.config,
-                    &handle.cluster,
-                    &handle.archive,
-                    &opts,
-                    stop,
-                )
-                .await;
-                match outcome {
-                    Ok(Outcome::Finished) => {
-                        tracing::info!("restore completed");
-                        handle.finish(State::Completed, None)
-                    }
-                    Ok(Outcome::Stopped) => handle.finish(State::Stopped, None),
-                    Err(message) => {
-                        tracing::error!(error = %message, "restore failed");
-                        handle.finish(State::Failed, Some(message))
-                    }
-                }
-            },
-            span,
-        ));
-        self.track(task);
+                },
+                span,
+            )
+        });
         tracing::info!(restore_id = %id, cluster, archive, "restore started through the API");
         Ok(restore)
     }
@@ -496,6 +535,7 @@ async fn supervise(registry: Arc<Registry>, pipeline: Arc<Pipeline>) {
                 backoff = service.restart_backoff;
             }
             Err(message) => {
+                let message = crate::config::secrets::scrub(&message);
                 if started.elapsed() >= Duration::from_secs(60) {
                     backoff = service.restart_backoff;
                 }
@@ -542,6 +582,7 @@ async fn run_pipeline(
             let client = client_config(config, &spec.cluster)?;
             let opts = SinkOptions {
                 live: Some(live),
+                admin_api: admin_api(config, &spec.cluster),
                 ..SinkOptions::from_config(&spec.sink, config.storage.s3.part_size.bytes())?
             };
             let run: futures::future::BoxFuture<'_, _> =
@@ -560,6 +601,7 @@ async fn run_pipeline(
                 .options(spec.restore_id(), &spec.restore, str::to_string)
                 .map_err(|problems| problems[0].to_string())?;
             opts.live = Some(live);
+            opts.admin_api = admin_api(config, &spec.cluster);
             run_restore(config, &spec.cluster, &spec.archive, &opts, stop).await
         }
     }
@@ -620,6 +662,11 @@ async fn open_archive(
     storage::open(&url, &config.s3_options())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Whether Rewind can use the cluster's admin API (not over Amazon MSK IAM; see `SinkOptions`).
+fn admin_api(config: &Config, cluster: &str) -> bool {
+    config.cluster(cluster).is_some_and(|k| !k.aws_msk_iam)
 }
 
 fn client_config(config: &Config, cluster: &str) -> Result<rdkafka::ClientConfig, String> {

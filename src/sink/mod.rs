@@ -60,10 +60,12 @@ pub struct SinkOptions {
     pub group_snapshot_interval: Duration,
     /// Where the service's API reads this run's partitions, lag and totals.
     pub live: Option<Arc<crate::live::Live>>,
-    /// Read each topic's dynamic configs (DescribeConfigs) into `_topics/`, so restores can
-    /// create targets like the source; off only for a cluster that cannot answer (the demo's
-    /// embedded Kafka, which would make each topic wait for the request's timeout).
-    pub topic_configs: bool,
+    /// The cluster answers the admin API, so each topic's dynamic configs (DescribeConfigs) go
+    /// into `_topics/` and restores can create targets like the source. Off for a cluster whose
+    /// admin requests cannot succeed: the demo's embedded Kafka, and Amazon MSK IAM (rust-rdkafka's
+    /// admin client cannot refresh OAUTHBEARER tokens, rust-rdkafka#757); `_topics/` then keeps
+    /// partition count and replication only.
+    pub admin_api: bool,
 }
 
 /// Why the sink stopped with an error.
@@ -135,7 +137,7 @@ impl SinkOptions {
             progress: false,
             group_snapshot_interval: s.group_snapshot_interval,
             live: None,
-            topic_configs: true,
+            admin_api: true,
         })
     }
 
@@ -278,6 +280,10 @@ pub async fn run(
         .create_with_context(crate::kafka::Ctx)
         .map_err(kafka_err)?;
 
+    // Serve the consumer's queue once before any request: with SASL/OAUTHBEARER (Amazon MSK IAM)
+    // that fetches the first token, without which no connection is made. Nothing is subscribed
+    // yet, so no record can come back.
+    let _ = futures::FutureExt::now_or_never(consumer.recv());
     // A metadata request first: it connects at once, whereas asking for the cluster id alone on a
     // fresh client waits for librdkafka's first periodic refresh (a second of every start).
     let probe = consumer
@@ -549,7 +555,7 @@ impl Sink<'_> {
     ) -> Result<(), SinkError> {
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
         let mut configs = BTreeMap::new();
-        let described = if self.opts.topic_configs {
+        let described = if self.opts.admin_api {
             self.admin
                 .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
                 .await

@@ -78,12 +78,8 @@ impl RestoreJob {
         }
         if self.follow && window.to.is_some() {
             problem(
-                "to",
-                format!(
-                    "{} keeps restoring new records, so it takes no {}",
-                    name("follow"),
-                    name("to")
-                ),
+                "follow",
+                format!("keeps restoring new records, so it takes no {}", name("to")),
             );
         }
         if !valid_restore_id(restore_id) {
@@ -108,21 +104,21 @@ impl RestoreJob {
                 if !valid_topic(topic) {
                     problem(
                         "renames",
-                        format!("{src}={dst}: {topic:?} is not a valid topic name"),
+                        format!("\"{src}={dst}\": {topic:?} is not a valid topic name"),
                     );
                 }
             }
             if !targets.insert(dst) {
                 problem(
                     "renames",
-                    format!("two topics are renamed into {dst}; give each its own target"),
+                    format!("sends two topics into {dst}; give each its own target"),
                 );
             }
         }
         if self.groups && self.repartition_by_key {
             problem(
                 "groups",
-                format!("{} cannot be combined with {}: a group's position in one source partition has no single counterpart once its records are spread over other partitions", name("groups"), name("repartition_by_key")),
+                format!("cannot be combined with {}: a group's position in one source partition has no single counterpart once its records are spread over other partitions", name("repartition_by_key")),
             );
         }
         match topics {
@@ -145,7 +141,7 @@ impl RestoreJob {
                 progress_topic: tuning.progress_topic.clone(),
                 progress: false,
                 live: None,
-                target_configs: true,
+                admin_api: true,
             }),
             _ => Err(problems),
         }
@@ -220,7 +216,11 @@ mod tests {
         let problems = follow
             .options("dr", &RestoreConfig::default(), str::to_string)
             .unwrap_err();
-        assert_eq!(problems[0].path, "to");
+        assert_eq!(problems[0].path, "follow");
+        assert_eq!(
+            problems[0].message,
+            "keeps restoring new records, so it takes no to"
+        );
         let opts = job()
             .options("dr", &RestoreConfig::default(), str::to_string)
             .unwrap();

@@ -65,9 +65,11 @@ pub struct RestoreOptions {
     pub progress: bool,
     /// Where the service's API reads this restore's partitions, lag and totals.
     pub live: Option<std::sync::Arc<crate::live::Live>>,
-    /// Check existing targets' configs (DescribeConfigs: no LogAppendTime); off only for a
-    /// cluster that cannot answer (the demo's embedded Kafka).
-    pub target_configs: bool,
+    /// The target answers the admin API: missing targets and the progress topic are created,
+    /// grown topics get partitions, existing targets' configs are checked (no LogAppendTime).
+    /// Off for a cluster whose admin requests cannot succeed (the demo's embedded Kafka, Amazon MSK
+    /// IAM: rust-rdkafka#757); every topic the restore writes to must then exist.
+    pub admin_api: bool,
 }
 
 /// Why a restore stopped with an error.

@@ -92,6 +92,7 @@ pub fn read(
         // The end of each partition is what is waited for: do not let the broker hold a fetch.
         .set("fetch.wait.max.ms", "10");
     let consumer: BaseConsumer<QuietEof> = config.create_with_context(QuietEof)?;
+    crate::kafka::ready(&consumer);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut partitions = Vec::new();
     for t in metadata.topics() {

@@ -318,6 +318,12 @@ pub async fn run(
     let admin: AdminClient<Ctx> = client.create_with_context(Ctx).map_err(kafka_err)?;
 
     if !existing.contains_key(&opts.progress_topic) {
+        if !opts.admin_api {
+            return Err(RestoreError::Target(format!(
+                "the progress topic {} does not exist in the target and {NO_ADMIN} (one partition, cleanup.policy=compact)",
+                opts.progress_topic
+            )));
+        }
         create_topic(
             &admin,
             &opts.progress_topic,
@@ -453,6 +459,9 @@ pub async fn run(
     }
     Ok(restore.report)
 }
+
+/// Why a restore without the admin API cannot make a topic itself.
+const NO_ADMIN: &str = "this cluster's admin API is not available to Rewind (Amazon MSK IAM, or the demo's embedded Kafka), so create it first";
 
 /// Run a blocking librdkafka call off the async threads.
 pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -595,11 +604,21 @@ impl Restore<'_> {
                             )));
                         }
                         // The source topic grew while this restore follows it.
+                        if !self.opts.admin_api {
+                            return Err(RestoreError::Target(format!(
+                                "target topic {target} has {count} partitions but the archive of {source} now has {partitions}, and {NO_ADMIN}: add the partitions to {target}"
+                            )));
+                        }
                         self.grow(admin, &target, partitions).await?;
                     }
                     if is_new {
                         self.check_existing(admin, &target, count).await?;
                     }
+                }
+                None if !self.opts.admin_api => {
+                    return Err(RestoreError::Target(format!(
+                        "target topic {target} does not exist and {NO_ADMIN} (with at least {partitions} partitions)"
+                    )));
                 }
                 None => {
                     self.create_target(admin, brokers, &source, &target, partitions)
@@ -650,7 +669,7 @@ impl Restore<'_> {
         target: &str,
         count: i32,
     ) -> Result<(), RestoreError> {
-        let configs = if self.opts.target_configs {
+        let configs = if self.opts.admin_api {
             admin
                 .describe_configs(
                     [&rdkafka::admin::ResourceSpecifier::Topic(target)],

@@ -134,7 +134,7 @@ pub fn once_sink_options(topic: &str, max_records: u64) -> rewind::sink::SinkOpt
         progress: false,
         group_snapshot_interval: std::time::Duration::ZERO,
         live: None,
-        topic_configs: true,
+        admin_api: true,
     }
 }
 
