@@ -617,3 +617,76 @@ http_addr = "{addr}"
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_pipeline_is_restarted_with_backoff_while_the_others_run() {
+    common::no_instance_metadata();
+    let topic = common::unique("svc-backoff");
+    create_topic(&topic, 1, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().join("archive").display());
+    // A cluster nothing listens on: its pipeline can never start.
+    let dead = free_addr();
+    let service = ServiceDir::new(
+        &archive,
+        &format!("\n[clusters.dead]\nbootstrap_servers = \"{dead}\"\n"),
+        &[
+            ("backup", sink_pipeline(&topic)),
+            (
+                "broken",
+                format!(
+                    "kind = \"sink\"\ncluster = \"dead\"\n[sink]\ntopics = \"{}\"\n",
+                    regex::escape(&topic).replace('\\', "\\\\")
+                ),
+            ),
+        ],
+    );
+    let produced = produce(&topic, 0, &traffic(0, 0, 50)).await;
+    let addr = free_addr();
+    let mut child = service.start(&addr, "run.log");
+    wait_until("the API answers", Duration::from_secs(30), || {
+        request(&addr, "GET", "/healthz", None).is_some_and(|r| r.status == 200)
+    });
+
+    // The healthy pipeline archives while the broken one fails and is started again.
+    wait_for_pipeline(&addr, "backup", "the sink archived 50 records", |p| {
+        p["records"] == 50 && p["lag_records"] == 0
+    });
+    wait_for_pipeline(&addr, "broken", "the broken pipeline was restarted", |p| {
+        p["restarts"].as_u64().unwrap_or_default() >= 2
+    });
+    let broken = pipeline(&addr, "broken");
+    let error = broken["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(error.contains("no broker answered"), "{broken}");
+    assert!(
+        ["backing_off", "starting"].contains(&broken["state"].as_str().unwrap()),
+        "{broken}"
+    );
+    // Not ready while a pipeline cannot run; the API kept answering quickly all along.
+    let started = std::time::Instant::now();
+    let ready = get(&addr, "/readyz");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(
+        ready.json()["waiting"][0]["name"],
+        "broken",
+        "{}",
+        ready.body
+    );
+    let metrics = get(&addr, "/metrics").body;
+    assert!(
+        metrics.contains("rewind_pipeline_restarts_total{pipeline=\"broken\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rewind_pipeline_up{pipeline=\"backup\"} 1"));
+
+    let status = terminate(&mut child);
+    assert!(status.success(), "{}", service.log("run.log"));
+    let store = storage::open(&StorageUrl::parse(&archive).unwrap(), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        content(&common::archive::chain(&store, &topic, 0).await),
+        content(&produced)
+    );
+}
