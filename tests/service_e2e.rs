@@ -540,6 +540,19 @@ async fn a_survivor_takes_over_the_partitions_of_a_killed_worker() {
     }
 }
 
+/// `rewind run` refuses the configuration with exit 2 and an error naming each of `expected`.
+fn refused(config: &Path, expected: &[&str]) {
+    let out = service_command(config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = common::text(&out.stderr);
+    for expected in expected {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
 #[test]
 fn configuration_mistakes_are_all_reported_and_nothing_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -569,24 +582,17 @@ http_addr = "{addr}"
         "kind = \"restore\"\n[restore]\nfollow = true\nto = \"2026-01-01T00:00:00Z\"\nconcurrency = 0\n",
     )
     .unwrap();
-    let out = service_command(&dir.path().join("rewind.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = common::text(&out.stderr);
-    for expected in [
-        "invalid configuration (5 problems)",
-        "backup.toml: cluster: no cluster named \"nowhere\"",
-        "backup.toml: sink.max_file_age: expected a duration",
-        "backup.toml: sink.topicz: unknown key",
-        "dr.toml: restore.concurrency: must be at least 1",
-        "dr.toml: restore.follow: keeps restoring new records, so it takes no restore.to",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    refused(
+        &dir.path().join("rewind.toml"),
+        &[
+            "invalid configuration (5 problems)",
+            "backup.toml: cluster: no cluster named \"nowhere\"",
+            "backup.toml: sink.max_file_age: expected a duration",
+            "backup.toml: sink.topicz: unknown key",
+            "dr.toml: restore.concurrency: must be at least 1",
+            "dr.toml: restore.follow: keeps restoring new records, so it takes no restore.to",
+        ],
+    );
     assert!(
         request(&addr, "GET", "/healthz", None).is_none(),
         "nothing listens"
@@ -599,23 +605,16 @@ http_addr = "{addr}"
         "archive = \"ftp://x\"\n[clusters.standby]\nbootstrap_servers = \"nohost\"\n[service]\nhttp_addr = \"everywhere\"\nrestart_backoff = \"0s\"\n",
     )
     .unwrap();
-    let out = service_command(&dir.path().join("rewind.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = common::text(&out.stderr);
-    for expected in [
-        "invalid configuration (4 problems)",
-        "archive:",
-        "clusters.standby.bootstrap_servers:",
-        "service.http_addr:",
-        "service.restart_backoff:",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    refused(
+        &dir.path().join("rewind.toml"),
+        &[
+            "invalid configuration (4 problems)",
+            "archive:",
+            "clusters.standby.bootstrap_servers:",
+            "service.http_addr:",
+            "service.restart_backoff:",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -21,15 +21,24 @@ use crate::config::KafkaConfig;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Ctx;
 
-impl rdkafka::ClientContext for Ctx {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+/// Inside an `impl ClientContext`: answer librdkafka's OAUTHBEARER token refreshes with
+/// [`oauth_token`]. Every context Rewind creates clients with uses it.
+macro_rules! answer_oauth_token_refresh {
+    () => {
+        const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
-    fn generate_oauth_token(
-        &self,
-        oauthbearer_config: Option<&str>,
-    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        oauth_token(oauthbearer_config)
-    }
+        fn generate_oauth_token(
+            &self,
+            oauthbearer_config: Option<&str>,
+        ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+            $crate::kafka::oauth_token(oauthbearer_config)
+        }
+    };
+}
+pub(crate) use answer_oauth_token_refresh;
+
+impl rdkafka::ClientContext for Ctx {
+    answer_oauth_token_refresh!();
 }
 
 impl rdkafka::consumer::ConsumerContext for Ctx {}

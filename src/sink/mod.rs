@@ -164,14 +164,7 @@ struct SinkContext {
 }
 
 impl rdkafka::client::ClientContext for SinkContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        oauthbearer_config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        crate::kafka::oauth_token(oauthbearer_config)
-    }
+    crate::kafka::answer_oauth_token_refresh!();
 
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut ends = self.log_end.lock().unwrap_or_else(|e| e.into_inner());

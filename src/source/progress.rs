@@ -47,14 +47,7 @@ pub struct Progress {
 struct QuietEof;
 
 impl rdkafka::ClientContext for QuietEof {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        oauthbearer_config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        crate::kafka::oauth_token(oauthbearer_config)
-    }
+    crate::kafka::answer_oauth_token_refresh!();
 
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(

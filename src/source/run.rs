@@ -149,14 +149,7 @@ impl Deliveries {
 }
 
 impl ClientContext for Deliveries {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        oauthbearer_config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        crate::kafka::oauth_token(oauthbearer_config)
-    }
+    crate::kafka::answer_oauth_token_refresh!();
 }
 
 impl ProducerContext for Deliveries {
