@@ -599,7 +599,7 @@ http_addr = "{addr}"
     );
     assert!(!archive_dir.exists(), "nothing was written");
 
-    // The service configuration's own mistakes come first, every one of them.
+    // Mistakes of the service configuration are reported together with those of the pipelines.
     std::fs::write(
         dir.path().join("rewind.toml"),
         "archive = \"ftp://x\"\n[clusters.standby]\nbootstrap_servers = \"nohost\"\n[service]\nhttp_addr = \"everywhere\"\nrestart_backoff = \"0s\"\n",
@@ -608,7 +608,9 @@ http_addr = "{addr}"
     refused(
         &dir.path().join("rewind.toml"),
         &[
-            "invalid configuration (4 problems)",
+            "invalid configuration (9 problems)",
+            "backup.toml: cluster: no cluster named \"nowhere\"",
+            "dr.toml: restore.concurrency: must be at least 1",
             "archive:",
             "clusters.standby.bootstrap_servers:",
             "service.http_addr:",

@@ -84,6 +84,18 @@ fn render(problems: &[Problem]) -> String {
 
 /// Load, merge and check the configuration.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    match load_checked(sources)? {
+        (Some(config), problems) if problems.is_empty() => Ok(config),
+        (_, problems) => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+/// Load, merge and check the configuration, keeping what could be read even when there are
+/// problems (bad values replaced by their defaults), so that what depends on it — pipeline files —
+/// can be checked in the same round. `Err` only when nothing could be read at all.
+pub(super) fn load_checked(
+    sources: &Sources,
+) -> Result<(Option<Config>, Vec<Problem>), ConfigError> {
     let defaults = Config::default();
     let shape = serde_json::to_value(&defaults).expect("the default configuration serializes");
     let env = sources
@@ -143,10 +155,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     }
     problems.sort();
     problems.dedup();
-    match config {
-        Some(config) if problems.is_empty() => Ok(config),
-        _ => Err(ConfigError::Invalid(problems)),
-    }
+    Ok((config, problems))
 }
 
 fn to_config_value(v: &Json) -> Value {

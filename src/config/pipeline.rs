@@ -4,8 +4,8 @@
 //! A pipeline names a cluster and an archive of the service configuration (`default` is `[kafka]`
 //! and `archive`), and its `[sink]` or `[restore]` section is laid over the service's section of the
 //! same name, key by key. Like the service configuration, every pipeline is checked in full before
-//! anything starts, and every problem is reported with its file and key path (the service
-//! configuration's own problems first).
+//! anything starts, and every problem of the configuration and of every pipeline is reported at
+//! once, with its file and key path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
-use super::load::{deserialize_collecting, drop_unknown_keys};
-use super::{load, Config, ConfigError, Problem, RestoreConfig, SinkConfig, Sources};
+use super::load::{deserialize_collecting, drop_unknown_keys, load_checked};
+use super::{Config, ConfigError, Problem, RestoreConfig, SinkConfig, Sources};
 
 /// What a pipeline does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,12 +112,16 @@ pub struct Service {
     pub pipelines_dir: PathBuf,
 }
 
-/// Load the service configuration and every pipeline file. The configuration is checked first
-/// (every problem of it at once); once it is valid, every pipeline file is checked against it and
-/// every problem of all of them is reported at once. A missing pipelines directory is a problem;
-/// an empty one is not (restores can be started through the API alone).
+/// Load the service configuration and every pipeline file, and report every problem of all of
+/// them at once. A missing pipelines directory is a problem; an empty one is not (restores can be
+/// started through the API alone).
 pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
-    let config = load(sources)?;
+    let (config, mut problems) = load_checked(sources)?;
+    // Pipelines are checked against what could be read even when the configuration has problems
+    // (its bad values replaced by defaults), so that everything is reported in one round.
+    let Some(config) = config else {
+        return Err(ConfigError::Invalid(problems));
+    };
     let env = sources
         .env
         .clone()
@@ -129,7 +133,6 @@ pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let dir = base.join(&config.service.pipelines);
-    let mut problems = Vec::new();
     let mut pipelines = Vec::new();
     match pipeline_files(&dir) {
         Ok(files) => {
