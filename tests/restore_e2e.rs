@@ -959,3 +959,61 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Without the admin API (Amazon MSK IAM), a restore makes no topic itself: a missing target or
+/// progress topic is named, and with both in place the window is restored as usual.
+#[tokio::test]
+async fn without_the_admin_api_targets_must_exist() {
+    let topic = common::unique("pitr-noadmin");
+    kafka::create_topic(&topic, 2, &[]).await;
+    let records: Vec<Record> = (0..6)
+        .map(|i| record(Some(b"k"), Some(&[i as u8]), vec![], 9_000 + i))
+        .collect();
+    let source = kafka::produce(&topic, 1, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic);
+
+    let target = format!("{topic}-copy");
+    let progress = common::unique("progress");
+    let store = rewind::storage::open(
+        &rewind::storage::StorageUrl::parse(&archive).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let job = rewind::config::RestoreJob {
+        topics: regex::escape(&topic),
+        renames: [(topic.clone(), target.clone())].into(),
+        ..Default::default()
+    };
+    let tuning = rewind::config::RestoreConfig {
+        progress_topic: progress.clone(),
+        ..Default::default()
+    };
+    let mut opts = job
+        .options(&common::unique("noadmin"), &tuning, str::to_string)
+        .unwrap();
+    opts.admin_api = false;
+    let run = |opts: rewind::source::RestoreOptions| {
+        let store = store.clone();
+        async move { rewind::source::run(kafka::config(), store, &opts, std::future::pending()).await }
+    };
+
+    let error = run(opts.clone()).await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("the progress topic {progress} does not exist")),
+        "{error}"
+    );
+    kafka::create_topic(&progress, 1, &[("cleanup.policy", "compact")]).await;
+    let error = run(opts.clone()).await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("target topic {target} does not exist"))
+            && error.contains("create it first"),
+        "{error}"
+    );
+    kafka::create_topic(&target, 2, &[]).await;
+    let report = run(opts).await.unwrap();
+    assert_eq!(report.records, 6);
+    assert_restored(&target, 1, &source);
+}

@@ -134,10 +134,22 @@ pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
         .unwrap_or_default();
     let dir = base.join(&config.service.pipelines);
     let mut pipelines = Vec::new();
-    match pipeline_files(&dir) {
+    let service_problems = problems.clone();
+    let listed = if service_problems
+        .iter()
+        .any(|p| p.path.starts_with("service.pipelines"))
+    {
+        // The directory setting itself is wrong: reading the default one would only mislead.
+        Ok(Vec::new())
+    } else {
+        pipeline_files(&dir)
+    };
+    match listed {
         Ok(files) => {
             for file in files {
-                if let Some(spec) = load_pipeline(&config, &env, &file, &mut problems) {
+                if let Some(spec) =
+                    load_pipeline(&config, &env, &file, &service_problems, &mut problems)
+                {
                     pipelines.push(spec);
                 }
             }
@@ -171,10 +183,12 @@ pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
         }
         match spec.kind {
             PipelineKind::Restore => {
-                if let Some(other) = restore_ids.insert(spec.restore_id().to_string(), &spec.name) {
+                // Progress and transactional ids live in the target cluster.
+                let key = (spec.cluster.clone(), spec.restore_id().to_string());
+                if let Some(other) = restore_ids.insert(key, &spec.name) {
                     clash(
                         "restore.restore_id",
-                        format!("pipeline {other} restores under the same id {:?}; give each restore pipeline its own restore_id", spec.restore_id()),
+                        format!("pipeline {other} restores into cluster {} under the same id {:?}; give each restore pipeline its own restore_id", spec.cluster, spec.restore_id()),
                     );
                 }
             }
@@ -217,6 +231,7 @@ fn load_pipeline(
     config: &Config,
     env: &std::collections::BTreeMap<String, String>,
     file: &Path,
+    service_problems: &[Problem],
     problems: &mut Vec<Problem>,
 ) -> Option<PipelineSpec> {
     let shown = file.display().to_string();
@@ -386,11 +401,18 @@ fn load_pipeline(
             Some(PipelineKind::Restore) => "restore.",
             None => "-",
         };
+        // A bad value the pipeline only inherits is the service configuration's problem, reported
+        // there once rather than again for every pipeline.
+        let inherited = |p: &Problem| {
+            let (section, key) = p.path.split_once('.').unwrap_or((&p.path, ""));
+            let key = key.split('.').next().unwrap_or_default();
+            service_problems.contains(p) && section_value(&tree, section, key).is_none()
+        };
         local.extend(
             effective
                 .validate(env)
                 .into_iter()
-                .filter(|p| p.path.starts_with(wanted)),
+                .filter(|p| p.path.starts_with(wanted) && !inherited(p)),
         );
     }
     if let (Some(PipelineKind::Restore), Some(job), Some(restore)) = (kind, &job, &restore) {
@@ -419,6 +441,11 @@ fn load_pipeline(
         }),
         _ => None,
     }
+}
+
+/// The value the pipeline file sets for `section.key`, if any.
+fn section_value<'a>(tree: &'a Json, section: &str, key: &str) -> Option<&'a Json> {
+    tree.get(section).and_then(|s| s.get(key))
 }
 
 fn problem(path: &str, message: String) -> Problem {

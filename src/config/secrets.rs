@@ -10,9 +10,9 @@ use std::sync::RwLock;
 
 use super::{is_secret_key, Config, Problem};
 
-/// Secret values this process knows (resolved references and values of secret-looking keys), so
-/// text on its way out (error messages, API answers) can be scrubbed of them: a librdkafka error
-/// about a property, for one, quotes its value.
+/// Secret values this process knows (the values of secret-looking keys and of the S3 secrets,
+/// whether written out or referenced), longest first, so text on its way out (error messages,
+/// API answers) can be scrubbed of them: a librdkafka error about a property quotes its value.
 static KNOWN: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// Remember a secret value for [`scrub`]. Values shorter than 4 bytes are not worth hiding (and
@@ -22,6 +22,8 @@ pub fn remember(value: &str) {
         let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
         if !known.iter().any(|k| k == value) {
             known.push(value.to_string());
+            // Longest first, so a secret that contains another is hidden whole.
+            known.sort_by_key(|k| std::cmp::Reverse(k.len()));
         }
     }
 }
@@ -45,12 +47,16 @@ impl Config {
         let mut problems = Vec::new();
         let mut resolve = |path: String, secret: bool, value: &mut String| match resolve(value, env)
         {
-            Ok(Some(resolved)) => {
-                remember(&resolved);
-                *value = resolved;
+            Ok(resolved) => {
+                if let Some(resolved) = resolved {
+                    *value = resolved;
+                }
+                // Only secrets: a referenced user name or host is no secret, and hiding it would
+                // mangle every message that names it.
+                if secret {
+                    remember(value);
+                }
             }
-            Ok(None) if secret => remember(value),
-            Ok(None) => {}
             Err(message) => problems.push(Problem { path, message }),
         };
         for (key, value) in self.kafka.properties.iter_mut() {

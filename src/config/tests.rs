@@ -555,8 +555,44 @@ fn pipelines_must_not_share_a_restore_id_or_a_sink_group_and_sections_are_tables
         found,
         [
             "t.toml: restore: expected a table: [restore]",
-            "dr.toml: restore.restore_id: pipeline a restores under the same id \"dr\"; give each restore pipeline its own restore_id",
+            "dr.toml: restore.restore_id: pipeline a restores into cluster default under the same id \"dr\"; give each restore pipeline its own restore_id",
             "s2.toml: sink.group: pipeline s1 uses the same consumer group \"shared\" on cluster default; the two would split the partitions between them",
         ]
+    );
+}
+
+#[test]
+fn a_bad_service_setting_is_reported_once_not_again_for_each_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    std::fs::write(
+        dir.path().join("rewind.toml"),
+        "[sink]\nmax_file_records = 0\n",
+    )
+    .unwrap();
+    std::fs::write(pipelines.join("a.toml"), "kind = \"sink\"\n").unwrap();
+    std::fs::write(
+        pipelines.join("b.toml"),
+        "kind = \"sink\"\n[sink]\nmax_file_records = 0\n",
+    )
+    .unwrap();
+    let found = match load_service(&Sources {
+        file: Some(dir.path().join("rewind.toml")),
+        env: env(&[]),
+        ..Sources::default()
+    }) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    };
+    let paths: Vec<String> = found
+        .iter()
+        .map(|p| p.path.rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    // Once for the service, once for the pipeline that sets the bad value itself.
+    assert_eq!(
+        paths,
+        ["sink.max_file_records", "b.toml: sink.max_file_records"],
+        "{found:?}"
     );
 }

@@ -60,15 +60,18 @@ pub fn oauth_token(
 /// that request when the client is created). Call it before `assign`/`subscribe` only: a record
 /// polled here would be lost.
 pub fn ready<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>) {
-    match consumer.poll(Duration::ZERO) {
-        None => {}
-        Some(Err(e)) => tracing::debug!(error = %e, "first poll of a new consumer"),
-        Some(Ok(_)) => {
-            debug_assert!(
-                false,
-                "kafka::ready called on a consumer with records to read"
-            );
-            tracing::warn!("kafka::ready polled a record; it is called too late");
+    // Each poll serves one event; a few cover whatever librdkafka queued on creation.
+    for _ in 0..8 {
+        match consumer.poll(Duration::ZERO) {
+            None => return,
+            Some(Err(e)) => tracing::debug!(error = %e, "first poll of a new consumer"),
+            Some(Ok(_)) => {
+                debug_assert!(
+                    false,
+                    "kafka::ready called on a consumer with records to read"
+                );
+                tracing::warn!("kafka::ready polled a record; it is called too late");
+            }
         }
     }
 }

@@ -233,9 +233,13 @@ impl Registry {
             }
             let span = tracing::info_span!("pipeline", name = %pipeline.spec.name);
             let (registry_, pipeline_) = (registry.clone(), pipeline.clone());
-            registry.isolated(&format!("pipeline {}", pipeline.spec.name), move || {
-                tracing::Instrument::instrument(supervise(registry_, pipeline_), span)
-            });
+            let started = registry
+                .isolated(&format!("pipeline {}", pipeline.spec.name), move || {
+                    tracing::Instrument::instrument(supervise(registry_, pipeline_), span)
+                });
+            if !started {
+                pipeline.set_state(State::Stopped);
+            }
         }
         registry
     }
@@ -244,10 +248,20 @@ impl Registry {
     /// watermarks, seeks: seconds when a cluster is down), so a pipeline must not share threads
     /// with the HTTP API or with other pipelines; its heavy work (encoding, decoding) goes to the
     /// blocking pool as everywhere else.
-    fn isolated<F>(&self, what: &str, work: impl FnOnce() -> F + Send + 'static)
+    ///
+    /// Refused (false) once shutdown has begun: the check and the registration for [`drained`]
+    /// happen under one lock, so nothing starts that shutdown would not wait for.
+    ///
+    /// [`drained`]: Registry::drained
+    #[must_use]
+    fn isolated<F>(&self, what: &str, work: impl FnOnce() -> F + Send + 'static) -> bool
     where
         F: std::future::Future<Output = ()>,
     {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if *self.shutdown.borrow() {
+            return false;
+        }
         let (done, finished) = tokio::sync::oneshot::channel();
         let name = format!("rewind {what}");
         let spawned = std::thread::Builder::new()
@@ -257,18 +271,25 @@ impl Registry {
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(work()),
+                    Ok(runtime) => {
+                        runtime.block_on(work());
+                        // The work is over (flushed, committed); a blocking call still running
+                        // (a consumer-group snapshot's reads) is abandoned rather than waited for.
+                        runtime.shutdown_timeout(Duration::from_secs(1));
+                    }
                     Err(e) => tracing::error!(error = %e, "{name}: cannot start its runtime"),
                 }
                 let _ = done.send(());
             });
         match spawned {
-            Ok(_) => self
-                .tasks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(finished),
-            Err(e) => tracing::error!(error = %e, "cannot start a thread for {what}"),
+            Ok(_) => {
+                tasks.push(finished);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a thread for {what}");
+                false
+            }
         }
     }
 
@@ -374,7 +395,10 @@ impl Registry {
             ));
         }
         if self.pipelines.values().any(|p| {
-            p.spec.kind == PipelineKind::Restore && p.spec.enabled && p.spec.restore_id() == id
+            p.spec.kind == PipelineKind::Restore
+                && p.spec.enabled
+                && p.spec.cluster == cluster
+                && p.spec.restore_id() == id
         }) {
             return Err(ControlError::Conflict(format!(
                 "restore id {id} belongs to a restore pipeline"
@@ -408,7 +432,7 @@ impl Registry {
         let registry = self.clone();
         let handle = restore.clone();
         let span = tracing::info_span!("restore", id = %id);
-        self.isolated(&format!("restore {id}"), move || {
+        let started = self.isolated(&format!("restore {id}"), move || {
             tracing::Instrument::instrument(
                 async move {
                     let shutdown = registry.shutdown.clone();
@@ -442,6 +466,12 @@ impl Registry {
                 span,
             )
         });
+        if !started {
+            restore.finish(State::Stopped, Some("the service is shutting down".into()));
+            return Err(ControlError::Conflict(
+                "the service is shutting down".into(),
+            ));
+        }
         tracing::info!(restore_id = %id, cluster, archive, "restore started through the API");
         Ok(restore)
     }

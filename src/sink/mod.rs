@@ -198,7 +198,8 @@ impl rdkafka::consumer::ConsumerContext for SinkContext {
 struct Sink<'a> {
     store: &'a dyn ObjectStore,
     consumer: StreamConsumer<SinkContext>,
-    admin: AdminClient<crate::kafka::Ctx>,
+    /// `None` without the admin API (see `SinkOptions::admin_api`).
+    admin: Option<AdminClient<crate::kafka::Ctx>>,
     opts: &'a SinkOptions,
     servers: String,
     cluster_id: String,
@@ -269,8 +270,10 @@ pub async fn run(
     let consumer: StreamConsumer<SinkContext> = consumer_config
         .create_with_context(SinkContext::default())
         .map_err(kafka_err)?;
-    let admin: AdminClient<crate::kafka::Ctx> = client
-        .create_with_context(crate::kafka::Ctx)
+    let admin: Option<AdminClient<crate::kafka::Ctx>> = opts
+        .admin_api
+        .then(|| client.create_with_context(crate::kafka::Ctx))
+        .transpose()
         .map_err(kafka_err)?;
 
     // Serve the consumer's queue once before any request: with SASL/OAUTHBEARER (Amazon MSK IAM)
@@ -548,8 +551,8 @@ impl Sink<'_> {
     ) -> Result<(), SinkError> {
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
         let mut configs = BTreeMap::new();
-        let described = if self.opts.admin_api {
-            self.admin
+        let described = if let Some(admin) = &self.admin {
+            admin
                 .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
                 .await
         } else {

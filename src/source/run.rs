@@ -308,17 +308,23 @@ pub async fn run(
         .filter(|t| t.error().is_none())
         .map(|t| (t.name().to_string(), t.partitions().len() as i32))
         .collect();
-    let admin: AdminClient<Ctx> = client.create_with_context(Ctx).map_err(kafka_err)?;
+    // No admin client at all without the admin API: one that cannot authenticate (MSK IAM) would
+    // only keep failing to connect.
+    let admin: Option<AdminClient<Ctx>> = opts
+        .admin_api
+        .then(|| client.create_with_context(Ctx))
+        .transpose()
+        .map_err(kafka_err)?;
 
     if !existing.contains_key(&opts.progress_topic) {
-        if !opts.admin_api {
+        let Some(admin) = &admin else {
             return Err(RestoreError::Target(format!(
                 "the progress topic {} does not exist in the target and {NO_ADMIN} (one partition, cleanup.policy=compact)",
                 opts.progress_topic
             )));
-        }
+        };
         create_topic(
-            &admin,
+            admin,
             &opts.progress_topic,
             1,
             brokers.clamp(1, 3),
@@ -421,7 +427,9 @@ pub async fn run(
         } else {
             BTreeSet::new()
         };
-        restore.ensure_targets(&admin, brokers, &targets).await?;
+        restore
+            .ensure_targets(admin.as_ref(), brokers, &targets)
+            .await?;
     }
     if opts.groups {
         restore.load_groups().await?;
@@ -448,7 +456,7 @@ pub async fn run(
         restore.commit_groups().await?;
     }
     if opts.follow {
-        restore.follow(&admin, brokers, &mut stop).await?;
+        restore.follow(admin.as_ref(), brokers, &mut stop).await?;
     }
     Ok(restore.report)
 }
@@ -575,7 +583,7 @@ impl Restore<'_> {
     /// no records unless `--allow-non-empty`.
     async fn ensure_targets(
         &mut self,
-        admin: &AdminClient<Ctx>,
+        admin: Option<&AdminClient<Ctx>>,
         brokers: i32,
         new_targets: &BTreeSet<String>,
     ) -> Result<(), RestoreError> {
@@ -597,23 +605,23 @@ impl Restore<'_> {
                             )));
                         }
                         // The source topic grew while this restore follows it.
-                        if !self.opts.admin_api {
+                        let Some(admin) = admin else {
                             return Err(RestoreError::Target(format!(
                                 "target topic {target} has {count} partitions but the archive of {source} now has {partitions}, and {NO_ADMIN}: add the partitions to {target}"
                             )));
-                        }
+                        };
                         self.grow(admin, &target, partitions).await?;
                     }
                     if is_new {
                         self.check_existing(admin, &target, count).await?;
                     }
                 }
-                None if !self.opts.admin_api => {
-                    return Err(RestoreError::Target(format!(
-                        "target topic {target} does not exist and {NO_ADMIN} (with at least {partitions} partitions)"
-                    )));
-                }
                 None => {
+                    let Some(admin) = admin else {
+                        return Err(RestoreError::Target(format!(
+                            "target topic {target} does not exist and {NO_ADMIN} (with at least {partitions} partitions)"
+                        )));
+                    };
                     self.create_target(admin, brokers, &source, &target, partitions)
                         .await?
                 }
@@ -658,11 +666,11 @@ impl Restore<'_> {
     /// An existing target must keep CreateTime and, unless allowed, be empty.
     async fn check_existing(
         &self,
-        admin: &AdminClient<Ctx>,
+        admin: Option<&AdminClient<Ctx>>,
         target: &str,
         count: i32,
     ) -> Result<(), RestoreError> {
-        let configs = if self.opts.admin_api {
+        let configs = if let Some(admin) = admin {
             admin
                 .describe_configs(
                     [&rdkafka::admin::ResourceSpecifier::Topic(target)],
@@ -1286,7 +1294,7 @@ impl Restore<'_> {
     /// Follow mode: poll the checkpoints and restore whatever the chains gained, until stopped.
     async fn follow(
         &mut self,
-        admin: &AdminClient<Ctx>,
+        admin: Option<&AdminClient<Ctx>>,
         brokers: i32,
         stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<(), RestoreError> {
