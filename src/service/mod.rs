@@ -7,6 +7,10 @@
 //! flushes and checkpoints, a restore commits what is in flight — and resuming starts a new run,
 //! which continues from the archive's checkpoints or the restore's committed progress: nothing is
 //! skipped or repeated across a pause, a restart or a crash.
+//!
+//! Each pipeline and each API restore runs on a thread and an async runtime of its own (see
+//! `Registry::isolated`): librdkafka's calls block, and a cluster that does not answer must not
+//! hold up the HTTP API or the other pipelines.
 
 pub mod api;
 
@@ -604,7 +608,7 @@ async fn run_pipeline(
     config: &Config,
     spec: &PipelineSpec,
     live: Arc<Live>,
-    stop: impl std::future::Future<Output = ()> + Send,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<Outcome, String> {
     match spec.kind {
         PipelineKind::Sink => {
@@ -615,9 +619,9 @@ async fn run_pipeline(
                 admin_api: admin_api(config, &spec.cluster),
                 ..SinkOptions::from_config(&spec.sink, config.storage.s3.part_size.bytes())?
             };
-            let run: futures::future::BoxFuture<'_, _> =
-                Box::pin(sink::run(client, store, opts, stop));
-            let report = run.await.map_err(|e| e.to_string())?;
+            let report = sink::run(client, store, opts, stop)
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!(
                 records = report.records,
                 files = report.files,
@@ -642,7 +646,7 @@ async fn run_restore(
     cluster: &str,
     archive: &str,
     opts: &RestoreOptions,
-    stop: impl std::future::Future<Output = ()> + Send,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<Outcome, String> {
     let store = open_archive(config, archive).await?;
     let client = client_config(config, cluster)?;
@@ -667,8 +671,9 @@ async fn run_restore(
             }
         }
     }
-    let run: futures::future::BoxFuture<'_, _> = Box::pin(source::run(client, store, opts, stop));
-    let report = run.await.map_err(|e| e.to_string())?;
+    let report = source::run(client, store, opts, stop)
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(
         records = report.records,
         restore_id = report.restore_id,
