@@ -122,10 +122,6 @@ pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
     let Some(config) = config else {
         return Err(ConfigError::Invalid(problems));
     };
-    let env = sources
-        .env
-        .clone()
-        .unwrap_or_else(|| std::env::vars().collect());
     let base = sources
         .file
         .as_deref()
@@ -147,8 +143,7 @@ pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
     match listed {
         Ok(files) => {
             for file in files {
-                if let Some(spec) =
-                    load_pipeline(&config, &env, &file, &service_problems, &mut problems)
+                if let Some(spec) = load_pipeline(&config, &file, &service_problems, &mut problems)
                 {
                     pipelines.push(spec);
                 }
@@ -229,7 +224,6 @@ fn pipeline_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 /// Check one pipeline file; its problems go to `problems` with the file in their path.
 fn load_pipeline(
     config: &Config,
-    env: &std::collections::BTreeMap<String, String>,
     file: &Path,
     service_problems: &[Problem],
     problems: &mut Vec<Problem>,
@@ -391,30 +385,20 @@ fn load_pipeline(
         deserialize_collecting(Json::Object(job_tree), &job_shape, &mut nested);
     local.extend(nested.drain(..).map(|p| within("restore", p)));
 
-    // Semantic checks: the service's own, on a copy carrying this pipeline's sections.
-    if let (Some(sink), Some(restore)) = (&sink, &restore) {
-        let mut effective = config.clone();
-        effective.sink = sink.clone();
-        effective.restore = restore.clone();
-        let wanted = match kind {
-            Some(PipelineKind::Sink) => "sink.",
-            Some(PipelineKind::Restore) => "restore.",
-            None => "-",
-        };
-        // A bad value the pipeline only inherits is the service configuration's problem, reported
-        // there once rather than again for every pipeline.
-        let inherited = |p: &Problem| {
-            let (section, key) = p.path.split_once('.').unwrap_or((&p.path, ""));
-            let key = key.split('.').next().unwrap_or_default();
-            service_problems.contains(p) && section_value(&tree, section, key).is_none()
-        };
-        local.extend(
-            effective
-                .validate(env)
-                .into_iter()
-                .filter(|p| p.path.starts_with(wanted) && !inherited(p)),
-        );
-    }
+    // Semantic checks of this pipeline's section, with the service's own rules. A bad value the
+    // pipeline only inherits is the service configuration's problem, reported there once rather
+    // than again for every pipeline.
+    let inherited = |p: &Problem| {
+        let (section, key) = p.path.split_once('.').unwrap_or((&p.path, ""));
+        let key = key.split('.').next().unwrap_or_default();
+        service_problems.contains(p) && section_value(&tree, section, key).is_none()
+    };
+    let checked = match (kind, &sink, &restore) {
+        (Some(PipelineKind::Sink), Some(sink), _) => sink.problems(),
+        (Some(PipelineKind::Restore), _, Some(restore)) => restore.problems(),
+        _ => Vec::new(),
+    };
+    local.extend(checked.into_iter().filter(|p| !inherited(p)));
     if let (Some(PipelineKind::Restore), Some(job), Some(restore)) = (kind, &job, &restore) {
         let id = job.restore_id.clone().unwrap_or_else(|| name.clone());
         if let Err(found) = job.options(&id, restore, |field| format!("restore.{field}")) {

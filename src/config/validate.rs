@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Config, SseMode};
+use super::{Config, Problem, RestoreConfig, SinkConfig, SseMode};
 use crate::storage::{StorageUrl, MIN_PART_SIZE};
 
 impl Config {
@@ -164,7 +164,57 @@ impl Config {
             }
         }
 
-        let sink = &self.sink;
+        let service = &self.service;
+        if service.http_addr.parse::<std::net::SocketAddr>().is_err() {
+            problem(
+                "service.http_addr",
+                format!(
+                    "expected an address such as 0.0.0.0:8080, got {:?}",
+                    service.http_addr
+                ),
+            );
+        }
+        if service.restart_backoff.is_zero() {
+            problem(
+                "service.restart_backoff",
+                "must be greater than zero".into(),
+            );
+        }
+        if service.restart_backoff > service.restart_backoff_max {
+            problem(
+                "service.restart_backoff",
+                "must not exceed service.restart_backoff_max".into(),
+            );
+        }
+
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problem(
+                "log.level",
+                format!("not a valid filter such as info or rewind=debug: {err}"),
+            );
+        }
+        problems.extend(self.sink.problems());
+        problems.extend(self.restore.problems());
+        problems
+    }
+}
+
+/// A problem-collecting closure over `problems`.
+fn collector(problems: &mut Vec<Problem>) -> impl FnMut(&str, String) + '_ {
+    |path: &str, message: String| {
+        problems.push(Problem {
+            path: path.into(),
+            message,
+        })
+    }
+}
+
+impl SinkConfig {
+    /// The problems of a `[sink]` section, the service's or a pipeline's.
+    pub(super) fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = collector(&mut problems);
+        let sink = self;
         for (path, pattern) in [
             ("sink.topics", Some(&sink.topics)),
             ("sink.exclude", sink.exclude.as_ref()),
@@ -210,7 +260,17 @@ impl Config {
             );
         }
 
-        let restore = &self.restore;
+        drop(problem);
+        problems
+    }
+}
+
+impl RestoreConfig {
+    /// The problems of a `[restore]` section's settings, the service's or a pipeline's.
+    pub(super) fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = collector(&mut problems);
+        let restore = self;
         if restore.buffer_budget.bytes() < 8 << 20 {
             problem(
                 "restore.buffer_budget",
@@ -243,36 +303,7 @@ impl Config {
                 ),
             );
         }
-
-        let service = &self.service;
-        if service.http_addr.parse::<std::net::SocketAddr>().is_err() {
-            problem(
-                "service.http_addr",
-                format!(
-                    "expected an address such as 0.0.0.0:8080, got {:?}",
-                    service.http_addr
-                ),
-            );
-        }
-        if service.restart_backoff.is_zero() {
-            problem(
-                "service.restart_backoff",
-                "must be greater than zero".into(),
-            );
-        }
-        if service.restart_backoff > service.restart_backoff_max {
-            problem(
-                "service.restart_backoff",
-                "must not exceed service.restart_backoff_max".into(),
-            );
-        }
-
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problem(
-                "log.level",
-                format!("not a valid filter such as info or rewind=debug: {err}"),
-            );
-        }
+        drop(problem);
         problems
     }
 }

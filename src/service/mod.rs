@@ -136,13 +136,12 @@ impl Pipeline {
             .snapshot()
     }
 
-    /// Running and past its first status update, or deliberately not running.
+    /// Running (which a run becomes only once it has reported), or deliberately not running.
     pub fn ready(&self) -> bool {
-        match self.lifecycle().state {
-            State::Running => self.live().updates > 0,
-            State::Paused | State::Pausing | State::Completed | State::Disabled => true,
-            _ => false,
-        }
+        matches!(
+            self.lifecycle().state,
+            State::Running | State::Paused | State::Pausing | State::Completed | State::Disabled
+        )
     }
 }
 
