@@ -588,7 +588,7 @@ async fn a_non_empty_target_is_refused_unless_allowed() {
     assert_eq!(out.status.code(), Some(1));
     let error = common::error_line(&out);
     assert!(
-        error.contains("already holds 1 records") && error.contains("--allow-non-empty"),
+        error.contains("is not empty: it holds 1 offsets") && error.contains("--allow-non-empty"),
         "{error}"
     );
     let summary = ok(restore(
@@ -635,9 +635,39 @@ async fn consumer_groups_resume_at_the_counterpart_of_their_offset() {
     kafka::commit_group(&behind, &topic, 0, 2);
     let done = common::unique("done-app");
     kafka::commit_group(&done, &topic, 0, 30);
+    let busy = common::unique("busy-app");
+    kafka::commit_group(&busy, &topic, 0, 20);
     let bucket = common::new_bucket().await;
     let archive = s3_archive_url(&bucket);
     backup(&archive, &topic);
+
+    // `busy` has a live member in the target cluster, of the consumer protocol (KIP-848), which the
+    // classic group list does not show: its offsets are the member's, and must be left alone.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (joined_tx, joined) = std::sync::mpsc::channel();
+    let member = std::thread::spawn({
+        let (busy, topic, stop) = (busy.clone(), topic.clone(), stop.clone());
+        move || {
+            use rdkafka::consumer::Consumer;
+            let consumer: rdkafka::consumer::BaseConsumer = kafka::config()
+                .set("group.id", &busy)
+                .set("group.protocol", "consumer")
+                .set("enable.auto.commit", "false")
+                .create()
+                .unwrap();
+            consumer.subscribe(&[topic.as_str()]).unwrap();
+            let mut told = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = consumer.poll(Duration::from_millis(100));
+                if !told && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    told = joined_tx.send(()).is_ok();
+                }
+            }
+        }
+    });
+    joined
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the KIP-848 member joined");
     let snapshots = common::s3_client()
         .list_objects_v2()
         .bucket(&bucket)
@@ -667,6 +697,27 @@ async fn consumer_groups_resume_at_the_counterpart_of_their_offset() {
     .output()
     .unwrap());
     assert!(out.contains("moved groups"), "{out}");
+    assert!(
+        out.contains(&format!("left groups with active members alone: {busy}")),
+        "{out}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    member.join().unwrap();
+    {
+        use rdkafka::consumer::Consumer;
+        let reader: rdkafka::consumer::BaseConsumer =
+            kafka::config().set("group.id", &busy).create().unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(&target, 0);
+        let committed = reader
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(
+            committed.elements()[0].offset(),
+            rdkafka::Offset::Invalid,
+            "nothing was committed for the busy group"
+        );
+    }
     // Each group, consuming the target from its committed offset, reads exactly what it had left.
     for (g, from) in [(&group, 12usize), (&behind, 5), (&done, 30)] {
         let consumer: rdkafka::consumer::BaseConsumer = kafka::config()
@@ -786,7 +837,7 @@ async fn bad_input_gets_one_clear_sentence() {
     .output()
     .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(common::error_line(&out).contains("is not before --to"));
+    assert!(common::error_line(&out).contains("is after --to"));
 
     let out = restore(&archive, &["--from", "yesterday"])
         .output()
@@ -831,10 +882,43 @@ async fn bad_input_gets_one_clear_sentence() {
         "{error}"
     );
 
+    // [T, T) is an empty window like any other: exit 0, nothing written, said in JSON too.
+    let out = restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={target}"),
+            "--from",
+            "22000",
+            "--to",
+            "22000",
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    assert_eq!(summary["nothing_to_restore"], true, "{summary}");
+    assert_eq!(summary["records"], 0, "{summary}");
+    // Negative epoch milliseconds (before 1970) are times, not flags.
+    let out = restore(&archive, &["--from", "-5000", "--to", "-1000", "--plan"])
+        .output()
+        .unwrap();
+    assert!(ok(out).contains("[1969-12-31T23:59:55.000Z, 1969-12-31T23:59:59.000Z)"));
+    let metadata = admin.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    assert!(
+        !metadata.topics().iter().any(|t| t.name() == target),
+        "no topic was created"
+    );
+
+    // No archive there: a usage error (exit 2), and the mistyped folder is not created.
     let missing = format!("file://{}/nothing-here", dir.path().display());
     let out = restore(&missing, &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(common::error_line(&out).contains("no Rewind archive there"));
+    assert!(!dir.path().join("nothing-here").exists());
 
     // A damaged file stops the restore naming it; once repaired, the same id finishes exactly.
     let file = walk(dir.path())
@@ -873,6 +957,100 @@ async fn bad_input_gets_one_clear_sentence() {
     assert!(
         error.contains("was started for [earliest, latest)"),
         "{error}"
+    );
+}
+
+#[tokio::test]
+async fn missing_and_pre_1970_timestamps_restore_as_they_were() {
+    let topic = common::unique("pitr-ts");
+    kafka::create_topic(&topic, 1, &[]).await;
+    // -1 is Kafka's "no timestamp"; the others are CreateTimes before and just after the epoch.
+    let stamps = [-1, -5_000, 1, -31_536_000_000, 1_000, base()];
+    let records: Vec<Record> = stamps
+        .iter()
+        .enumerate()
+        .map(|(i, ts)| record(Some(b"k"), Some(format!("v{i}").as_bytes()), vec![], *ts))
+        .collect();
+    kafka::produce(&topic, 0, &records).await;
+    let source = kafka::read_to_end(&topic, 0);
+    assert_eq!(source.len(), stamps.len());
+    assert_eq!(source[0].1, Timestamp::NotAvailable, "the broker kept -1");
+    assert_eq!(source[3].1, Timestamp::CreateTime(-31_536_000_000));
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic);
+
+    let target = format!("{topic}-copy");
+    ok(restore(
+        &archive,
+        &["--topics", &topic, "--rename", &format!("{topic}={target}")],
+    )
+    .output()
+    .unwrap());
+    assert_eq!(kafka::read_to_end(&target, 0), source);
+}
+
+/// Every check on every target comes before anything is created: a refused restore leaves the
+/// target cluster as it found it (no half of the targets, no progress topic).
+#[tokio::test]
+async fn a_refused_restore_creates_nothing() {
+    let (a, b) = (common::unique("pitr-ra"), common::unique("pitr-rb"));
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    for topic in [&a, &b] {
+        kafka::create_topic(topic, 1, &[]).await;
+        let records: Vec<Record> = (0..3)
+            .map(|i| record(Some(b"k"), Some(b"v"), vec![], base() + i))
+            .collect();
+        kafka::produce(topic, 0, &records).await;
+        backup(&archive, topic);
+    }
+    let (ta, tb) = (format!("{a}-copy"), format!("{b}-copy"));
+    kafka::create_topic(&tb, 1, &[]).await;
+    kafka::produce(&tb, 0, &[record(None, Some(b"x"), vec![], base())]).await;
+    let progress = common::unique("progress");
+    let topics = format!("{}|{}", regex::escape(&a), regex::escape(&b));
+    let run = |args: &[&str]| {
+        restore(&archive, args)
+            .env("REWIND__RESTORE__PROGRESS_TOPIC", &progress)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--topics",
+        &topics,
+        "--rename",
+        &format!("{a}={ta}"),
+        "--rename",
+        &format!("{b}={tb}"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains(&tb) && error.contains("is not empty"),
+        "{error}"
+    );
+
+    // A rename that renames nothing would restore a topic under its own name: refused.
+    let out = run(&["--topics", &a, "--rename", &format!("{b}={tb}")]);
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("renames nothing") && error.contains("does not select it"),
+        "{error}"
+    );
+    let out = run(&["--rename", &format!("{a}-typo={ta}")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::error_line(&out).contains("the archive holds no such topic"));
+
+    let admin: rdkafka::consumer::BaseConsumer = kafka::config().create().unwrap();
+    use rdkafka::consumer::Consumer;
+    let metadata = admin.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    assert!(!names.contains(&ta.as_str()), "{ta} was not created");
+    assert!(
+        !names.contains(&progress.as_str()),
+        "no progress topic was created"
     );
 }
 

@@ -18,10 +18,20 @@ pub struct RestoreArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Start of the window: RFC 3339 (2026-11-23T10:00:00Z), epoch milliseconds, or `earliest`.
-    #[arg(long, value_name = "T", default_value = "earliest")]
+    #[arg(
+        long,
+        value_name = "T",
+        default_value = "earliest",
+        allow_negative_numbers = true
+    )]
     from: String,
     /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest`.
-    #[arg(long, value_name = "T", default_value = "latest")]
+    #[arg(
+        long,
+        value_name = "T",
+        default_value = "latest",
+        allow_negative_numbers = true
+    )]
     to: String,
     /// Regular expression of archived topics to restore (whole name; default all).
     #[arg(long, value_name = "REGEX", default_value = ".*")]
@@ -63,6 +73,21 @@ pub struct RestoreArgs {
 
 pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     let config = load_config(&args.common)?;
+    // Signals are taken from the start: one that comes while the restore is still planning or
+    // fencing stops it as soon as it can, instead of killing it without a word.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    if !args.plan {
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!(
+                "stop requested: committing what is in flight (a second signal exits at once)"
+            );
+            let _ = stop_tx.send(true);
+            wait_for_signal().await;
+            eprintln!("error: second signal: exiting at once; the open transaction is aborted and the restore resumes exactly with the same --restore-id");
+            std::process::exit(130);
+        });
+    }
     let restore_id = args
         .restore_id
         .clone()
@@ -97,6 +122,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     opts.admin_api = !config.kafka.aws_msk_iam;
     let window = opts.window;
     let url = config.archive_url().map_err(Failure::usage)?;
+    crate::ops::check_exists(&url).map_err(Failure::usage)?;
     let store = storage::open(&url, &config.s3_options())
         .await
         .map_err(Failure::found)?;
@@ -112,23 +138,19 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr).map_err(Failure::found)?;
     }
-    let stop = async {
-        wait_for_signal().await;
-        tracing::info!(
-            "stop requested: committing what is in flight (a second signal exits at once)"
-        );
-        tokio::spawn(async {
-            wait_for_signal().await;
-            eprintln!("error: second signal: exiting at once; the open transaction is aborted and the restore resumes exactly with the same --restore-id");
-            std::process::exit(130);
-        });
+    let stop = async move {
+        // An error means the signal task is gone, which it never is before the process exits.
+        let _ = stop_rx.wait_for(|stopped| *stopped).await;
     };
     let client = kafka::client_config(&config.kafka, &[]);
     let report = source::run(client, store, &opts, stop)
         .await
         .map_err(failure)?;
+    let nothing =
+        report.planned_records == 0 && report.records == 0 && !report.resumed && !opts.follow;
     if args.json {
         let doc = json!({
+            "nothing_to_restore": nothing,
             "restore_id": report.restore_id,
             "records": report.records,
             "bytes": report.bytes,
@@ -140,8 +162,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
             "groups_skipped": report.groups_skipped,
         });
         outln!("{doc}");
-    } else if report.planned_records == 0 && report.records == 0 && !report.resumed && !opts.follow
-    {
+    } else if nothing {
         outln!(
             "nothing to restore: no archived record of the selected topics falls in {}; nothing was written",
             window.describe()
@@ -183,9 +204,14 @@ fn summary(report: &source::RestoreReport, url: &storage::StorageUrl) -> String 
     line
 }
 
+/// Exit 2 for what the command line got wrong (no archive there, a format this build does not
+/// read, a restore id bound to another window), as the other commands do; 1 for the rest.
 fn failure(e: RestoreError) -> Failure {
+    use crate::archive::documents::ArchiveError;
     match e {
-        RestoreError::OtherWindow { .. } => Failure::usage(e),
+        RestoreError::OtherWindow { .. }
+        | RestoreError::NoArchive(_)
+        | RestoreError::Archive(ArchiveError::UnsupportedVersion { .. }) => Failure::usage(e),
         other => Failure::found(other),
     }
 }

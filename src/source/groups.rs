@@ -61,6 +61,22 @@ pub fn has_members(
         .any(|g| g.name() == group && !g.members().is_empty()))
 }
 
+/// Whether a failed commit says the group has members (so its offsets are theirs to move).
+pub fn has_members_error(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::UnknownMemberId
+                | Code::IllegalGeneration
+                | Code::RebalanceInProgress
+                | Code::StaleMemberEpoch
+                | Code::FencedMemberEpoch
+                | Code::NonEmptyGroup
+        )
+    )
+}
+
 /// Commit `offsets` (target topic, partition → offset) for `group`, without joining it.
 pub fn commit(
     client: &ClientConfig,

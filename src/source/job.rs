@@ -64,11 +64,12 @@ impl RestoreJob {
             to: time("to", &self.to, "latest"),
         };
         if let (Some(from), Some(to)) = (window.from, window.to) {
-            if from >= to {
+            // [T, T) is an empty window, as valid as any other with nothing in it.
+            if from > to {
                 problem(
                     "from",
                     format!(
-                        "{} is not before {} {}: the window is empty",
+                        "{} is after {} {}: a window runs forwards",
                         self.from,
                         name("to"),
                         self.to
@@ -203,7 +204,7 @@ mod tests {
             ],
             "{problems:?}"
         );
-        assert!(problems[0].message.contains("is not before --to"));
+        assert!(problems[0].message.contains("is after --to"));
     }
 
     #[test]

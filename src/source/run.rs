@@ -91,6 +91,28 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
             },
         });
     }
+    // A rename of a topic that is not restored would silently restore it under its own name (a
+    // typo next to the default --topics .* fills production-named topics): refused.
+    let chosen: BTreeSet<&str> = selected.iter().map(|((t, _), _)| t.as_str()).collect();
+    for (from, to) in &opts.renames {
+        if chosen.contains(from.as_str()) {
+            continue;
+        }
+        let why = if archived.contains(from.as_str()) {
+            format!("--topics {} does not select it", user_pattern(&opts.topics))
+        } else {
+            "the archive holds no such topic".to_string()
+        };
+        if opts.follow {
+            // A standby may be set up before the topic's first file is archived.
+            tracing::warn!(rename = %format!("{from}={to}"), "{why}: the rename applies only to a topic archived and selected later");
+            continue;
+        }
+        return Err(RestoreError::Target(format!(
+            "--rename {from}={to} renames nothing: {why} (it holds {})",
+            archived.iter().copied().collect::<Vec<_>>().join(", ")
+        )));
+    }
     let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
     for (topic, _) in selected.iter().map(|(k, _)| k) {
         let target = target_of(opts, topic);
@@ -218,7 +240,7 @@ impl Lane {
         self.end.unwrap_or(self.chain_end).min(self.chain_end)
     }
 
-    fn progress(&self, opts: &RestoreOptions) -> Progress {
+    fn progress(&self, opts: &RestoreOptions, groups_as_of: i64) -> Progress {
         Progress {
             restore_id: opts.restore_id.clone(),
             topic: self.topic.clone(),
@@ -231,6 +253,7 @@ impl Lane {
             end: self.end,
             next: self.next,
             groups: self.resolved.clone(),
+            groups_as_of: Some(groups_as_of),
             updated_at: rfc3339_millis(crate::archive::time::now_ms()),
         }
     }
@@ -250,6 +273,12 @@ struct Restore<'a> {
     txn_open: bool,
     txn_bytes: u64,
     txn_started: Instant,
+    /// Records archived with timestamp 0, which librdkafka restamps with the current time.
+    zero_timestamps: u64,
+    /// The progress topic does not exist yet: created with the targets, once they all passed.
+    progress_missing: bool,
+    /// Consumer group snapshots count as of this time (see `Progress::groups_as_of`).
+    groups_as_of: i64,
     /// Totals for the progress line.
     started: Instant,
     last_status: Instant,
@@ -263,6 +292,8 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<RestoreReport, RestoreError> {
     let planned = plan(&*store, opts).await?;
+    // A partition's planned range starts at a record inside the window, so `--strict` restores at
+    // least one record wherever this counts any.
     let planned_records: u64 = planned.partitions.iter().map(|p| p.records).sum();
     if planned_records == 0 && !opts.follow {
         // Nothing in the window: write nothing at all, not even the progress topic.
@@ -316,27 +347,9 @@ pub async fn run(
         .transpose()
         .map_err(kafka_err)?;
 
-    if !existing.contains_key(&opts.progress_topic) {
-        let Some(admin) = &admin else {
-            return Err(RestoreError::Target(format!(
-                "the progress topic {} does not exist in the target and {NO_ADMIN} (one partition, cleanup.policy=compact)",
-                opts.progress_topic
-            )));
-        };
-        create_topic(
-            admin,
-            &opts.progress_topic,
-            1,
-            brokers.clamp(1, 3),
-            &BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
-        )
-        .await
-        .map_err(|e| {
-            RestoreError::Target(format!(
-                "cannot create the progress topic {}: {e}",
-                opts.progress_topic
-            ))
-        })?;
+    let progress_missing = !existing.contains_key(&opts.progress_topic);
+    if progress_missing && admin.is_none() {
+        return Err(no_progress_topic(&opts.progress_topic));
     }
 
     // Fence any earlier run of this restore, then read what it committed.
@@ -379,16 +392,22 @@ pub async fn run(
     })
     .await
     .map_err(kafka_err)?;
-    let stored = blocking({
-        let (client, topic, id) = (
-            client.clone(),
-            opts.progress_topic.clone(),
-            opts.restore_id.clone(),
-        );
-        move || progress::read(&client, &topic, &id, Duration::from_secs(360))
-    })
-    .await
-    .map_err(kafka_err)?;
+    // Without a progress topic no run of this restore has committed anything yet; the topic is
+    // created once every target passed its checks, so that a refused restore leaves nothing behind.
+    let stored = if progress_missing {
+        BTreeMap::new()
+    } else {
+        blocking({
+            let (client, topic, id) = (
+                client.clone(),
+                opts.progress_topic.clone(),
+                opts.restore_id.clone(),
+            );
+            move || progress::read(&client, &topic, &id, Duration::from_secs(360))
+        })
+        .await
+        .map_err(kafka_err)?
+    };
 
     let mut restore = Restore {
         store: store.clone(),
@@ -407,6 +426,13 @@ pub async fn run(
         txn_open: false,
         txn_bytes: 0,
         txn_started: Instant::now(),
+        zero_timestamps: 0,
+        progress_missing,
+        groups_as_of: stored
+            .values()
+            .next()
+            .map_or(opts.window.to, |p| p.groups_as_of.or(opts.window.to))
+            .unwrap_or_else(crate::archive::time::now_ms),
         started: Instant::now(),
         last_status: Instant::now(),
     };
@@ -437,6 +463,9 @@ pub async fn run(
     if !restore.report.resumed {
         // Commit the plan before the first record: from now on a rerun with this id resumes
         // (and does not take the records of an interrupted first transaction for someone else's).
+        restore
+            .ensure_progress_topic(admin.as_ref(), brokers)
+            .await?;
         for lane in &mut restore.lanes {
             lane.dirty = true;
         }
@@ -463,6 +492,29 @@ pub async fn run(
 
 /// Why a restore without the admin API cannot make a topic itself.
 const NO_ADMIN: &str = "this cluster's admin API is not available to Rewind (Amazon MSK IAM, or the demo's embedded Kafka), so create it first";
+
+/// Whether a source topic config may be set on a target created from it. Not copied: replication
+/// throttles (they name the source's broker ids), tiered storage (the target may not have it),
+/// and configs Kafka 4 no longer knows or that only vendor brokers do (creation would fail).
+fn portable_config(key: &str) -> bool {
+    const SOURCE_ONLY: &[&str] = &[
+        "leader.replication.throttled.replicas",
+        "follower.replication.throttled.replicas",
+        "remote.storage.enable",
+        "remote.log.copy.disable",
+        "remote.log.delete.on.disable",
+        "message.format.version",
+        "message.downconversion.enable",
+        "message.timestamp.difference.max.ms",
+    ];
+    !SOURCE_ONLY.contains(&key) && !key.starts_with("confluent.")
+}
+
+fn no_progress_topic(topic: &str) -> RestoreError {
+    RestoreError::Target(format!(
+        "the progress topic {topic} does not exist in the target and {NO_ADMIN} (one partition, cleanup.policy=compact)"
+    ))
+}
 
 /// Run a blocking librdkafka call off the async threads.
 pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -577,10 +629,11 @@ impl Restore<'_> {
         Ok(())
     }
 
-    /// Create missing target topics from `_topics/` metadata and check existing ones: enough
-    /// partitions (a target this restore already writes to is grown instead, as in follow mode), no
-    /// LogAppendTime, and, for the targets in `new_targets` (not written by this restore before),
-    /// no records unless `--allow-non-empty`.
+    /// Check every target, then create the missing ones from `_topics/` metadata and grow the ones
+    /// this restore already writes to (follow mode). A target must have enough partitions, no
+    /// LogAppendTime and, for the targets in `new_targets` (not written by this restore before), no
+    /// records unless `--allow-non-empty`. Nothing is created before every target passed, so a
+    /// refused restore leaves the cluster as it was.
     async fn ensure_targets(
         &mut self,
         admin: Option<&AdminClient<Ctx>>,
@@ -594,6 +647,8 @@ impl Restore<'_> {
                 .or_insert((lane.topic.clone(), 0));
             slot.1 = slot.1.max(lane.partition + 1);
         }
+        let mut grow = Vec::new();
+        let mut create = Vec::new();
         for (target, (source, partitions)) in needed {
             let is_new = new_targets.contains(&target);
             match self.target_partitions.get(&target).copied() {
@@ -605,28 +660,65 @@ impl Restore<'_> {
                             )));
                         }
                         // The source topic grew while this restore follows it.
-                        let Some(admin) = admin else {
+                        if admin.is_none() {
                             return Err(RestoreError::Target(format!(
                                 "target topic {target} has {count} partitions but the archive of {source} now has {partitions}, and {NO_ADMIN}: add the partitions to {target}"
                             )));
-                        };
-                        self.grow(admin, &target, partitions).await?;
+                        }
+                        grow.push((target.clone(), partitions));
                     }
                     if is_new {
                         self.check_existing(admin, &target, count).await?;
                     }
                 }
                 None => {
-                    let Some(admin) = admin else {
+                    if admin.is_none() {
                         return Err(RestoreError::Target(format!(
                             "target topic {target} does not exist and {NO_ADMIN} (with at least {partitions} partitions)"
                         )));
-                    };
-                    self.create_target(admin, brokers, &source, &target, partitions)
-                        .await?
+                    }
+                    create.push((source, target, partitions));
                 }
             }
         }
+        self.ensure_progress_topic(admin, brokers).await?;
+        let Some(admin) = admin else { return Ok(()) };
+        for (target, partitions) in grow {
+            self.grow(admin, &target, partitions).await?;
+        }
+        for (source, target, partitions) in create {
+            self.create_target(admin, brokers, &source, &target, partitions)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Create the progress topic if it does not exist yet (one partition, compacted).
+    async fn ensure_progress_topic(
+        &mut self,
+        admin: Option<&AdminClient<Ctx>>,
+        brokers: i32,
+    ) -> Result<(), RestoreError> {
+        if !self.progress_missing {
+            return Ok(());
+        }
+        let topic = self.opts.progress_topic.clone();
+        let Some(admin) = admin else {
+            return Err(no_progress_topic(&topic));
+        };
+        create_topic(
+            admin,
+            &topic,
+            1,
+            brokers.clamp(1, 3),
+            &BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+        )
+        .await
+        .map_err(|e| {
+            RestoreError::Target(format!("cannot create the progress topic {topic}: {e}"))
+        })?;
+        self.target_partitions.insert(topic, 1);
+        self.progress_missing = false;
         Ok(())
     }
 
@@ -716,7 +808,7 @@ impl Restore<'_> {
         .map_err(|e| self.kafka_err(e))?;
         if records > 0 {
             return Err(RestoreError::Target(format!(
-                "target topic {target} already holds {records} records; restore into another topic with --rename, empty it, or pass --allow-non-empty"
+                "target topic {target} is not empty: it holds {records} offsets (records or transaction markers); restore into another topic with --rename, empty it, or pass --allow-non-empty (to resume an interrupted restore into it, run it again with its --restore-id)"
             )));
         }
         Ok(())
@@ -742,6 +834,21 @@ impl Restore<'_> {
             None => (partitions, 3, BTreeMap::new()),
         };
         let replication = replication.clamp(1, brokers.max(1));
+        let dropped: Vec<String> = configs
+            .keys()
+            .filter(|k| !portable_config(k))
+            .cloned()
+            .collect();
+        for key in &dropped {
+            configs.remove(key);
+        }
+        if !dropped.is_empty() {
+            tracing::warn!(
+                topic = target,
+                configs = dropped.join(", "),
+                "source topic configs that belong to the source cluster were not copied"
+            );
+        }
         // The archived timestamps are written as CreateTime, whatever the broker's default.
         configs.insert("message.timestamp.type".into(), "CreateTime".into());
         // A smaller target cluster cannot demand more in-sync replicas than it has.
@@ -774,7 +881,7 @@ impl Restore<'_> {
                 "--groups cannot be combined with --repartition-by-key: a group's position in one source partition has no single counterpart once records are spread over other partitions".into(),
             ));
         }
-        let snapshots = groups::snapshots_as_of(&*self.store, self.opts.window.to).await?;
+        let snapshots = groups::snapshots_as_of(&*self.store, Some(self.groups_as_of)).await?;
         for snapshot in snapshots {
             for lane in &mut self.lanes {
                 let Some(offset) = snapshot
@@ -840,11 +947,21 @@ impl Restore<'_> {
             }
             let client = self.client.clone();
             let name = group.clone();
-            blocking(move || groups::commit(&client, &name, &offsets))
-                .await
-                .map_err(|e| {
-                    RestoreError::Target(format!("cannot commit the offsets of group {group}: {e}"))
-                })?;
+            match blocking(move || groups::commit(&client, &name, &offsets)).await {
+                Ok(()) => {}
+                // A member joined since the check, or the group uses the consumer protocol of
+                // KIP-848, whose members the classic group list does not show.
+                Err(e) if groups::has_members_error(&e) => {
+                    tracing::warn!(group, error = %e, "the group has active members in the target cluster; its offsets were left alone");
+                    self.report.groups_skipped.push(group);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(RestoreError::Target(format!(
+                        "cannot commit the offsets of group {group}: {e}"
+                    )))
+                }
+            }
             tracing::info!(group, "committed the translated offsets of the group");
             self.report.groups_committed.push(group);
         }
@@ -957,6 +1074,13 @@ impl Restore<'_> {
             }
         }
         self.status(true);
+        if self.zero_timestamps > 0 {
+            tracing::warn!(
+                records = self.zero_timestamps,
+                "records archived with timestamp 0 were restored with the time they were produced: librdkafka cannot send a timestamp of 0"
+            );
+            self.zero_timestamps = 0;
+        }
         Ok(stopped)
     }
 
@@ -1007,8 +1131,13 @@ impl Restore<'_> {
             if let Some(value) = &record.value {
                 message = message.payload(value.as_slice());
             }
-            if let Some(ts) = record.timestamp {
-                message = message.timestamp(ts);
+            // rdkafka sends a missing timestamp as 0, which librdkafka replaces with the current
+            // time; -1 is Kafka's own "no timestamp" and reaches the broker as it was archived.
+            // A record whose timestamp really was 0 cannot be produced as such (librdkafka stamps
+            // it with the current time): counted and reported.
+            message = message.timestamp(record.timestamp.unwrap_or(-1));
+            if record.timestamp == Some(0) {
+                self.zero_timestamps += 1;
             }
             let provenance = self.opts.provenance_headers;
             if !record.headers.is_empty() || provenance {
@@ -1123,7 +1252,7 @@ impl Restore<'_> {
                 }
             }
             if lane.dirty {
-                progress.push(lane.progress(self.opts));
+                progress.push(lane.progress(self.opts, self.groups_as_of));
             }
         }
         for p in &progress {

@@ -55,8 +55,13 @@ impl LocalStore {
         };
         let root = root.clone();
         let store = LocalStore { url, root };
-        fs::create_dir_all(store.root.join(RESERVED_PREFIX).join("locks"))
-            .map_err(|e| store.io("create the archive directory", e))?;
+        // A new archive's folder is made at once, so that a writer pointed at a place it cannot
+        // write learns it before it starts. An existing one is left as it is (its lock folder is
+        // made by the first write that needs it): readers must not change a read-only copy.
+        if !store.root.is_dir() {
+            fs::create_dir_all(store.root.join(RESERVED_PREFIX).join("locks"))
+                .map_err(|e| store.io("create the archive directory", e))?;
+        }
         Ok(store)
     }
 
@@ -192,17 +197,24 @@ impl LocalStore {
     /// a fixed set of lock files (stripes), so the lock folder stays small however many keys the
     /// archive ever held; two keys of one stripe merely wait for each other.
     fn lock(&self, key: &str) -> StorageResult<File> {
-        let path = self
-            .root
-            .join(RESERVED_PREFIX)
-            .join("locks")
-            .join(format!("{:03x}", fnv1a(key) % LOCK_STRIPES));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| self.io(&format!("open the lock of {key:?}"), e))?;
+        let folder = self.root.join(RESERVED_PREFIX).join("locks");
+        let path = folder.join(format!("{:03x}", fnv1a(key) % LOCK_STRIPES));
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&folder)
+                    .map_err(|e| self.io("create the archive's lock folder", e))?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(|e| self.io(&format!("open the lock of {key:?}"), e))?;
         file.lock()
             .map_err(|e| self.io(&format!("lock {key:?}"), e))?;
         Ok(file)
