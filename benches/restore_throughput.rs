@@ -2,15 +2,16 @@
 //! a plain rdkafka producer sending the same records from memory. Prints a table.
 //!
 //!   scripts/bench                                     # builds in release, starts the test bed
-//!   cargo bench --bench restore_throughput -- --mib 256
+//!   cargo bench --bench restore_throughput -- --mib 256 [--repeat 3]
 //!
 //! For each value size (100 B and 1 KiB) it produces `--mib` MiB of values into a topic of 8
 //! partitions and archives it (`rewind sink --once`) into a local directory and into S3. Then, one
 //! after the other and each as its own process: (a) a plain idempotent rdkafka producer that first
 //! generates the same keys and values in memory and then sends them into a fresh topic (only the
 //! sending is timed), (b) `rewind restore` of the whole archive from the local directory into a
-//! new topic, (c) the same from S3. For every run: records/s, MB/s of values, the ratio to (a), CPU
-//! seconds per GB and peak RSS.
+//! new topic, (c) the same from S3. The three take turns `--repeat` times (each run into a fresh
+//! topic, deleted after it). For each kind: the median records/s with its range, MB/s of values,
+//! the ratio of medians to (a), CPU seconds per GB and the highest peak RSS.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -44,7 +45,16 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     common::no_instance_metadata();
 
-    let mut table: Vec<(Run, f64)> = Vec::new();
+    let repeat = args
+        .iter()
+        .position(|a| a == "--repeat")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse::<usize>().expect("a number"))
+        .unwrap_or(3)
+        .max(1);
+
+    // Rows of the table: every run of one kind, in order.
+    let mut rows: Vec<Vec<Run>> = Vec::new();
     for value_size in [100usize, 1024] {
         let count = mib * 1024 * 1024 / value_size as u64;
         let topic = common::unique(&format!("bench-restore-{value_size}"));
@@ -67,51 +77,98 @@ fn main() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        rt.block_on(delete_topic(&topic));
         let value_bytes = count * value_size as u64;
 
-        let raw_topic = format!("{topic}-raw");
-        rt.block_on(common::kafka::create_topic(&raw_topic, PARTITIONS, &[]));
-        let raw = measure(
-            format!("raw rdkafka producer, {value_size} B"),
-            Command::new(std::env::current_exe().unwrap()).args([
-                "--raw-produce",
-                &raw_topic,
-                &count.to_string(),
-                &value_size.to_string(),
-            ]),
-            count,
-            value_bytes,
-        );
-        let raw_rate = raw.records_per_s();
-        table.push((raw, raw_rate));
-        for (name, archive) in [("local", &local), ("S3", &s3)] {
-            let target = format!("{topic}-from-{}", name.to_lowercase());
-            let run = measure(
-                format!("rewind restore ← {name}, {value_size} B"),
-                &mut restore(archive, &topic, &target),
+        // The three kinds take turns, `repeat` times, so that the broker's drift (its disk and
+        // page cache filling) falls on all of them alike; every run writes into a fresh topic that
+        // is deleted right after it.
+        let first = rows.len();
+        rows.extend((0..3).map(|_| Vec::new()));
+        for round in 0..repeat {
+            eprintln!("round {} of {repeat}", round + 1);
+            let raw_topic = format!("{topic}-raw-{round}");
+            rt.block_on(common::kafka::create_topic(&raw_topic, PARTITIONS, &[]));
+            rows[first].push(measure(
+                format!("raw rdkafka producer, {value_size} B"),
+                Command::new(std::env::current_exe().unwrap()).args([
+                    "--raw-produce",
+                    &raw_topic,
+                    &count.to_string(),
+                    &value_size.to_string(),
+                ]),
                 count,
                 value_bytes,
-            );
-            table.push((run, raw_rate));
+            ));
+            rt.block_on(delete_topic(&raw_topic));
+            for (row, (name, archive)) in [("local", &local), ("S3", &s3)].into_iter().enumerate() {
+                let target = format!("{topic}-from-{}-{round}", name.to_lowercase());
+                rows[first + 1 + row].push(measure(
+                    format!("rewind restore ← {name}, {value_size} B"),
+                    &mut restore(archive, &topic, &target),
+                    count,
+                    value_bytes,
+                ));
+                rt.block_on(delete_topic(&target));
+            }
         }
         drop(dir);
     }
 
     println!();
+    println!("median of {repeat} alternating runs each (range of records/s in brackets)");
+    println!();
     println!("| run | records | records/s | MB/s | ratio to raw | CPU s/GB | peak RSS MiB |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (run, raw_rate) in &table {
+    let mut raw_rate = 0.0;
+    for runs in &rows {
+        let rate = median(runs.iter().map(Run::records_per_s));
+        if runs[0].what.starts_with("raw") {
+            raw_rate = rate;
+        }
+        let (low, high) = runs
+            .iter()
+            .map(Run::records_per_s)
+            .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
+        let run = &runs[0];
         println!(
-            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.0} |",
+            "| {} | {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.2} | {:.2} | {:.0} |",
             run.what,
             run.records,
-            run.records_per_s(),
-            run.mb_per_s(),
-            run.records_per_s() / raw_rate,
-            run.cpu_s / (run.value_bytes as f64 / 1e9),
-            run.peak_rss as f64 / 1048576.0
+            rate,
+            low,
+            high,
+            median(runs.iter().map(Run::mb_per_s)),
+            rate / raw_rate,
+            median(runs.iter().map(|r| r.cpu_s / (r.value_bytes as f64 / 1e9))),
+            runs.iter().map(|r| r.peak_rss).max().unwrap_or(0) as f64 / 1048576.0
         );
     }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Delete a topic, so that runs do not pile their logs up on the broker's disk.
+async fn delete_topic(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        common::kafka::config().create().unwrap();
+    admin
+        .delete_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
 }
 
 /// `rewind restore` of the whole archive of `topic` into `target`.

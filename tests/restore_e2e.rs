@@ -190,13 +190,21 @@ async fn a_window_restores_exactly_what_offsets_for_times_delimits() {
     ];
     for (n, (from, to)) in windows.into_iter().enumerate() {
         let target = format!("{topic}-restored-{n}");
+        // The hour-aligned window is written in RFC 3339, the others in epoch milliseconds.
+        let time = |t: i64| {
+            if n == 1 {
+                rewind::archive::time::rfc3339_millis(t)
+            } else {
+                ms(t)
+            }
+        };
         let plan = ok(restore(
             &archive,
             &[
                 "--from",
-                &ms(from),
+                &time(from),
                 "--to",
-                &ms(to),
+                &time(to),
                 "--topics",
                 &topic,
                 "--plan",
@@ -210,9 +218,9 @@ async fn a_window_restores_exactly_what_offsets_for_times_delimits() {
             &archive,
             &[
                 "--from",
-                &ms(from),
+                &time(from),
                 "--to",
-                &ms(to),
+                &time(to),
                 "--topics",
                 &topic,
                 "--rename",
@@ -241,6 +249,8 @@ async fn a_window_restores_exactly_what_offsets_for_times_delimits() {
                 expected.len(),
                 "plan of window {n}, partition {p}"
             );
+            assert_eq!(planned["start"], start, "plan of window {n}, partition {p}");
+            assert_eq!(planned["end"], end, "plan of window {n}, partition {p}");
             total += expected.len();
         }
         assert_eq!(plan["records"], total);

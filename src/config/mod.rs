@@ -335,7 +335,7 @@ impl Default for RestoreConfig {
         RestoreConfig {
             buffer_budget: Size::mib(64),
             concurrency: 8,
-            transaction_max_bytes: Size::mib(64),
+            transaction_max_bytes: Size::mib(256),
             transaction_interval: Duration::from_secs(5),
             poll_interval: Duration::from_secs(10),
             progress_topic: "__rewind_restores".into(),

@@ -2,6 +2,7 @@
 //! follow mode and group translation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,15 +159,16 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
 struct Deliveries {
     landed: Mutex<HashMap<usize, i64>>,
     failure: Mutex<Option<String>>,
+    /// The failure held is only a purge, which a refusal reported later replaces.
+    purged_first: AtomicBool,
 }
 
 impl Deliveries {
     /// The first delivery failure since the last call, if any.
     fn take_failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        self.purged_first.store(false, Relaxed);
+        failure.take()
     }
 }
 
@@ -188,8 +190,15 @@ impl ProducerContext for Deliveries {
             }
             Ok(_) => {}
             Err((error, message)) => {
+                // Once a record is refused, librdkafka purges the rest of the transaction, and
+                // those purges may be reported first: the refusal is the failure to name.
+                let purged = matches!(
+                    error.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                );
                 let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-                if failure.is_none() {
+                if failure.is_none() || (!purged && self.purged_first.swap(false, Relaxed)) {
+                    self.purged_first.store(purged, Relaxed);
                     let hint = if error.rdkafka_error_code()
                         == Some(RDKafkaErrorCode::MessageSizeTooLarge)
                     {
@@ -264,7 +273,7 @@ struct Restore<'a> {
     opts: &'a RestoreOptions,
     client: ClientConfig,
     servers: String,
-    producer: Arc<ThreadedProducer<Deliveries>>,
+    producer: DropAside<Arc<ThreadedProducer<Deliveries>>>,
     lanes: Vec<Lane>,
     /// Partition count of each target topic.
     target_partitions: HashMap<String, i32>,
@@ -282,6 +291,27 @@ struct Restore<'a> {
     /// Totals for the progress line.
     started: Instant,
     last_status: Instant,
+}
+
+/// Drops its value on a thread of its own. rdkafka's clients join their polling threads when
+/// dropped, and those sleep in steps of 100 ms: a finished restore (and the process with it) need
+/// not wait for that. Nothing is in flight by then: every path out of a restore has committed or
+/// aborted its transaction.
+struct DropAside<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Drop for DropAside<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            std::thread::spawn(move || drop(value));
+        }
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for DropAside<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("taken only when dropped")
+    }
 }
 
 /// Run a restore until its window is restored (or, in follow mode, until `stop` resolves).
@@ -341,11 +371,12 @@ pub async fn run(
         .collect();
     // No admin client at all without the admin API: one that cannot authenticate (MSK IAM) would
     // only keep failing to connect.
-    let admin: Option<AdminClient<Ctx>> = opts
-        .admin_api
-        .then(|| client.create_with_context(Ctx))
-        .transpose()
-        .map_err(kafka_err)?;
+    let admin: DropAside<Option<AdminClient<Ctx>>> = DropAside(Some(
+        opts.admin_api
+            .then(|| client.create_with_context(Ctx))
+            .transpose()
+            .map_err(kafka_err)?,
+    ));
 
     let progress_missing = !existing.contains_key(&opts.progress_topic);
     if progress_missing && admin.is_none() {
@@ -354,18 +385,16 @@ pub async fn run(
 
     // Fence any earlier run of this restore, then read what it committed.
     let mut producer_config = client.clone();
-    producer_config
-        .set(
-            "transactional.id",
-            format!("rewind-restore-{}", opts.restore_id),
-        )
-        .set(
-            "queue.buffering.max.kbytes",
-            (opts.buffer_budget / 4 / 1024)
-                .clamp(16 * 1024, 1024 * 1024)
-                .to_string(),
-        );
+    producer_config.set(
+        "transactional.id",
+        format!("rewind-restore-{}", opts.restore_id),
+    );
+    let queue_kib = (opts.buffer_budget / 4 / 1024)
+        .clamp(16 * 1024, 1024 * 1024)
+        .to_string();
     for (key, value) in [
+        // The producer's queue is a quarter of the budget (at least 16 MiB), unless given with -X.
+        ("queue.buffering.max.kbytes", queue_kib.as_str()),
         // Room for a full producer queue to drain into a slow target before the broker gives up
         // on the transaction (Kafka's default upper bound is 15 minutes).
         ("transaction.timeout.ms", "300000"),
@@ -414,7 +443,7 @@ pub async fn run(
         opts,
         client: client.clone(),
         servers: servers.clone(),
-        producer,
+        producer: DropAside(Some(producer)),
         lanes: Vec::new(),
         target_partitions: existing,
         report: RestoreReport {
@@ -1345,8 +1374,14 @@ impl Restore<'_> {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         while self.producer.in_flight_count() > 0 {
             // A refused record puts the transaction in an error state where the rest may never
-            // be sent: stop at the first failure and name it.
-            let failure = self.producer.context().take_failure();
+            // be sent: stop at the first failure and name it. A purge is the consequence of a
+            // refusal whose report is still to come: wait for it.
+            let context = self.producer.context();
+            let failure = if context.purged_first.load(Relaxed) {
+                None
+            } else {
+                context.take_failure()
+            };
             if let Some(failure) = failure {
                 return Err(self.interrupted(failure));
             }
