@@ -434,7 +434,7 @@ async fn a_killed_restore_resumes_with_its_id_exactly_once() {
             .env("REWIND__RESTORE__TRANSACTION_MAX_BYTES", "32KiB")
             .env("REWIND__RESTORE__CONCURRENCY", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -445,6 +445,13 @@ async fn a_killed_restore_resumes_with_its_id_exactly_once() {
             std::thread::sleep(Duration::from_millis(20));
         }
         if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                kills > 0,
+                "the restore ended ({}) before it could be killed: {}",
+                out.status,
+                common::text(&out.stderr)
+            );
             break;
         }
         child.kill().unwrap();
