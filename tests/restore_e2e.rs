@@ -983,6 +983,22 @@ async fn missing_and_pre_1970_timestamps_restore_as_they_were() {
     .output()
     .unwrap());
     assert_eq!(kafka::read_to_end(&target, 0), source);
+
+    // A target that keeps records for an hour would soon delete these: the restore says so.
+    let short = format!("{topic}-short");
+    kafka::create_topic(&short, 1, &[("retention.ms", "3600000")]).await;
+    let out = restore(
+        &archive,
+        &["--topics", &topic, "--rename", &format!("{topic}={short}")],
+    )
+    .output()
+    .unwrap();
+    let stderr = common::text(&out.stderr);
+    ok(out);
+    assert!(
+        stderr.contains("will delete them soon after they land") && stderr.contains(&short),
+        "{stderr}"
+    );
 }
 
 /// Every check on every target comes before anything is created: a refused restore leaves the

@@ -812,6 +812,7 @@ impl Restore<'_> {
                     "target topic {target} uses message.timestamp.type=LogAppendTime, so the broker would replace the restored timestamps; set it to CreateTime or restore into another topic with --rename"
                 )));
             }
+            self.warn_retention(target, &resource);
         }
         if self.opts.allow_non_empty {
             return Ok(());
@@ -841,6 +842,35 @@ impl Restore<'_> {
             )));
         }
         Ok(())
+    }
+
+    /// Warn when the target's `retention.ms` is shorter than the age of the oldest record this
+    /// restore sends there: Kafka deletes a segment once its newest timestamp is older than that,
+    /// minutes after the restore landed it, and nothing would say so.
+    fn warn_retention(&self, target: &str, configs: &rdkafka::admin::ConfigResource) {
+        let Some(retention) = configs
+            .get("retention.ms")
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|ms| *ms > 0)
+        else {
+            return;
+        };
+        let oldest = self
+            .lanes
+            .iter()
+            .filter(|l| l.target_topic == target)
+            .flat_map(|l| files_in(&l.files, l.next, l.until()))
+            .filter_map(|f| f.footer.as_ref()?.min_timestamp)
+            .min();
+        if let Some(oldest) = oldest.filter(|t| *t < crate::archive::time::now_ms() - retention) {
+            tracing::warn!(
+                topic = target,
+                retention_ms = retention,
+                oldest = rfc3339_millis(oldest),
+                "the target keeps records for less time than the oldest restored ones are old: the broker will delete them soon after they land; create the target beforehand (or set it now) with a longer retention.ms"
+            );
+        }
     }
 
     /// Create a missing target from the source's `_topics/` metadata.
@@ -899,6 +929,16 @@ impl Restore<'_> {
         );
         self.report.topics_created.push(target.to_string());
         self.target_partitions.insert(target.to_string(), count);
+        // The broker's default retention applies where the source set none: look at what it is.
+        let described = admin
+            .describe_configs(
+                [&rdkafka::admin::ResourceSpecifier::Topic(target)],
+                &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
+            )
+            .await;
+        for resource in described.into_iter().flatten().flatten() {
+            self.warn_retention(target, &resource);
+        }
         Ok(())
     }
 
