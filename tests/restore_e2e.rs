@@ -422,8 +422,10 @@ async fn a_killed_restore_resumes_with_its_id_exactly_once() {
         use rdkafka::consumer::Consumer;
         (0..2)
             .map(|p| {
+                // A short timeout: before the restore has created the target, each call waits
+                // all of it, and a long wait could let the restore finish unseen.
                 probe
-                    .fetch_watermarks(&target, p, Duration::from_secs(5))
+                    .fetch_watermarks(&target, p, Duration::from_millis(300))
                     .map_or(0, |(_, high)| high)
             })
             .sum()
