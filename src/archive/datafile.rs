@@ -444,6 +444,142 @@ pub fn decode_chunks(
     Ok(meta)
 }
 
+/// Decode a data file into Arrow batches of about `chunk_bytes` decoded bytes each, handed to
+/// `sink` as [`Rows`] that are read in place (no copy of keys, values or headers) until it returns
+/// false. What a restore uses: records go from the batch straight to the producer.
+pub fn decode_rows(
+    bytes: Bytes,
+    chunk_bytes: u64,
+    mut sink: impl FnMut(Rows) -> bool,
+) -> Result<FileMeta, DataFileError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let (rows, bytes) = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .fold((0i64, 0i64), |(r, b), g| {
+            (r + g.num_rows(), b + g.total_byte_size())
+        });
+    let row_bytes = (bytes / rows.max(1)).max(1) as u64;
+    let batch_rows = (chunk_bytes / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
+    let builder = builder.with_batch_size(batch_rows);
+    let meta = footer(&builder)?;
+    for batch in builder.build()? {
+        if !sink(Rows::new(batch?)?) {
+            break;
+        }
+    }
+    Ok(meta)
+}
+
+/// Decoded records of a data file, as the Arrow batch that holds them; [`Rows::view`] reads them.
+#[derive(Debug, Clone)]
+pub struct Rows {
+    batch: RecordBatch,
+}
+
+/// Typed access to the columns of [`Rows`].
+pub struct RowsView<'a> {
+    offsets: &'a Int64Array,
+    timestamps: &'a TimestampMillisecondArray,
+    keys: &'a BinaryArray,
+    values: &'a BinaryArray,
+    header_offsets: &'a [i32],
+    header_keys: &'a StringArray,
+    header_values: &'a BinaryArray,
+}
+
+impl Rows {
+    /// Checks the columns once, so that [`Rows::view`] cannot fail afterwards.
+    fn new(batch: RecordBatch) -> Result<Rows, DataFileError> {
+        let rows = Rows { batch };
+        rows.typed()?;
+        Ok(rows)
+    }
+
+    pub fn len(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Memory the batch holds (its buffers, shared with the slices cut from it).
+    pub fn memory(&self) -> usize {
+        self.batch.get_array_memory_size()
+    }
+
+    /// The rows `[from, from + len)`, sharing this batch's buffers.
+    pub fn slice(&self, from: usize, len: usize) -> Rows {
+        Rows {
+            batch: self.batch.slice(from, len),
+        }
+    }
+
+    pub fn view(&self) -> RowsView<'_> {
+        self.typed()
+            .expect("columns checked when the rows were decoded")
+    }
+
+    fn typed(&self) -> Result<RowsView<'_>, DataFileError> {
+        let batch = &self.batch;
+        let headers = column::<ListArray>(batch, "headers")?;
+        let entries = headers
+            .values()
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| DataFileError::Format("headers are not a list of structs".into()))?;
+        Ok(RowsView {
+            offsets: column::<Int64Array>(batch, "offset")?,
+            timestamps: column::<TimestampMillisecondArray>(batch, "timestamp")?,
+            keys: column::<BinaryArray>(batch, "key")?,
+            values: column::<BinaryArray>(batch, "value")?,
+            header_offsets: headers.value_offsets(),
+            header_keys: entries
+                .columns()
+                .first()
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| DataFileError::Format("header keys are not strings".into()))?,
+            header_values: entries
+                .columns()
+                .get(1)
+                .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
+                .ok_or_else(|| DataFileError::Format("header values are not binary".into()))?,
+        })
+    }
+}
+
+impl<'a> RowsView<'a> {
+    pub fn offset(&self, i: usize) -> i64 {
+        self.offsets.value(i)
+    }
+
+    /// Every row's offset.
+    pub fn offsets(&self) -> &'a [i64] {
+        self.offsets.values()
+    }
+
+    pub fn timestamp(&self, i: usize) -> Option<i64> {
+        (!self.timestamps.is_null(i)).then(|| self.timestamps.value(i))
+    }
+
+    pub fn key(&self, i: usize) -> Option<&'a [u8]> {
+        (!self.keys.is_null(i)).then(|| self.keys.value(i))
+    }
+
+    pub fn value(&self, i: usize) -> Option<&'a [u8]> {
+        (!self.values.is_null(i)).then(|| self.values.value(i))
+    }
+
+    /// The headers of row `i`, in order: key and value (`None` for a null value).
+    pub fn headers(&self, i: usize) -> impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)> {
+        let (keys, values) = (self.header_keys, self.header_values);
+        (self.header_offsets[i] as usize..self.header_offsets[i + 1] as usize)
+            .map(move |j| (keys.value(j), (!values.is_null(j)).then(|| values.value(j))))
+    }
+}
+
 /// The offset and timestamp of every record of a data file, without decoding keys, values or
 /// headers: what a planner needs to cut a time window inside a file.
 pub fn read_offsets(bytes: Bytes) -> Result<Vec<(i64, Option<i64>)>, DataFileError> {

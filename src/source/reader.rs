@@ -13,10 +13,9 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::run::blocking;
-use super::{RestoreError, Window};
+use super::RestoreError;
 use crate::archive::chain::{ChainError, ChainFile};
-use crate::archive::datafile;
-use crate::archive::Record;
+use crate::archive::datafile::{self, Rows};
 use crate::storage::ObjectStore;
 
 /// Records are decoded and handed to the producer in chunks of about this many bytes.
@@ -28,7 +27,8 @@ const PREFETCH_FILES: usize = 2;
 pub enum Msg {
     Chunk {
         lane: usize,
-        records: Vec<Record>,
+        /// Records of the lane's range, in offset order (strict mode filters them when producing).
+        rows: Rows,
         next: i64,
         _permit: OwnedSemaphorePermit,
     },
@@ -49,7 +49,6 @@ pub struct Reader {
     pub lane: usize,
     pub from: i64,
     pub until: i64,
-    pub strict: Option<Window>,
     pub tx: mpsc::Sender<Msg>,
     pub files_pool: Arc<Semaphore>,
     pub chunks_pool: Arc<Semaphore>,
@@ -119,33 +118,35 @@ impl Reader {
                 )));
             }
         }
-        let (lane, from, until, strict) = (self.lane, self.from, self.until, self.strict);
+        let (lane, from, until) = (self.lane, self.from, self.until);
         let (tx, pool, budget) = (self.tx.clone(), self.chunks_pool.clone(), self.budget_kib);
         let open = Arc::new(AtomicU64::new(1));
         let still_open = open.clone();
         let body = got.body;
         let result = blocking(move || {
-            datafile::decode_chunks(body, CHUNK_BYTES, |mut chunk| {
-                let last = chunk.last().map(|r| r.offset);
-                chunk.retain(|r| {
-                    (from..until).contains(&r.offset)
-                        && strict.is_none_or(|w| w.contains(r.timestamp))
-                });
-                let Some(last) = last else { return true };
+            datafile::decode_rows(body, CHUNK_BYTES, |rows| {
+                let view = rows.view();
+                let Some(last) = rows.len().checked_sub(1).map(|i| view.offset(i)) else {
+                    return true;
+                };
                 if last < from {
                     return true;
                 }
-                let size: u64 = chunk.iter().map(Record::size).sum();
+                // Offsets increase within a file: the range is one run of rows.
+                let offsets = view.offsets();
+                let first = offsets.partition_point(|&o| o < from);
+                let end = offsets.partition_point(|&o| o < until);
+                let rows = rows.slice(first, end - first);
                 let permit = futures::executor::block_on(
                     pool.clone()
-                        .acquire_many_owned(kib(size).min(budget) as u32),
+                        .acquire_many_owned(kib(rows.memory() as u64).min(budget) as u32),
                 )
                 .expect("pool is never closed");
                 let next = (last + 1).min(until);
                 let sent = tx
                     .blocking_send(Msg::Chunk {
                         lane,
-                        records: chunk,
+                        rows,
                         next,
                         _permit: permit,
                     })

@@ -20,9 +20,9 @@ use super::progress::{self, Progress};
 use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
 use super::{groups, partitioner, RestoreError, RestoreOptions, RestoreReport};
 use crate::archive::chain::{self, Chain, ChainFile};
+use crate::archive::datafile::Rows;
 use crate::archive::documents::{self, Gap, TopicMeta};
 use crate::archive::time::rfc3339_millis;
-use crate::archive::Record;
 use crate::kafka::Ctx;
 use crate::storage::ObjectStore;
 
@@ -1059,7 +1059,6 @@ impl Restore<'_> {
                 lane: index,
                 from: lane.next,
                 until,
-                strict: self.opts.strict.then_some(self.opts.window),
                 tx: tx.clone(),
                 files_pool: files_pool.clone(),
                 chunks_pool: chunks_pool.clone(),
@@ -1093,8 +1092,8 @@ impl Restore<'_> {
                         lane.next = lane.next.max(next);
                         lane.dirty = true;
                     }
-                    Some(Msg::Chunk { lane, records, next, _permit }) => {
-                        if let Err(e) = self.produce(lane, &records).await {
+                    Some(Msg::Chunk { lane, rows, next, _permit }) => {
+                        if let Err(e) = self.produce(lane, &rows).await {
                             self.abort().await;
                             return Err(e);
                         }
@@ -1153,9 +1152,11 @@ impl Restore<'_> {
         Ok(stopped)
     }
 
-    /// Hand one chunk's records to the producer, inside the open transaction.
-    async fn produce(&mut self, index: usize, records: &[Record]) -> Result<(), RestoreError> {
+    /// Hand one chunk's records to the producer, inside the open transaction, straight from the
+    /// decoded columns (librdkafka copies them).
+    async fn produce(&mut self, index: usize, rows: &Rows) -> Result<(), RestoreError> {
         let mut chunk_bytes = 0;
+        let mut chunk_records = 0;
         if !self.txn_open {
             self.producer
                 .begin_transaction()
@@ -1169,24 +1170,32 @@ impl Restore<'_> {
                 .copied()
                 .unwrap_or(1)
         });
-        for record in records {
+        let strict = self.opts.strict.then_some(self.opts.window);
+        let provenance = self.opts.provenance_headers;
+        let view = rows.view();
+        for i in 0..rows.len() {
+            let (offset, timestamp) = (view.offset(i), view.timestamp(i));
+            if strict.is_some_and(|w| !w.contains(timestamp)) {
+                continue;
+            }
+            let (key, value) = (view.key(i), view.value(i));
             let lane = &mut self.lanes[index];
             let mut slot = 0;
             if lane
                 .watches
                 .first()
-                .is_some_and(|(offset, _)| *offset <= record.offset)
+                .is_some_and(|(watched, _)| *watched <= offset)
             {
                 slot = self.next_slot;
                 self.next_slot += 1;
                 let cut = lane
                     .watches
-                    .partition_point(|(offset, _)| *offset <= record.offset);
+                    .partition_point(|(watched, _)| *watched <= offset);
                 let groups = lane.watches.drain(..cut).map(|(_, g)| g).collect();
                 lane.pending.push((slot, groups));
             }
             let partition = match repartition {
-                Some(count) => match &record.key {
+                Some(count) => match key {
                     Some(key) => partitioner::partition_for_key(key, count),
                     None => lane.partition % count,
                 },
@@ -1194,42 +1203,41 @@ impl Restore<'_> {
             };
             let mut message =
                 BaseRecord::with_opaque_to(&lane.target_topic, slot).partition(partition);
-            if let Some(key) = &record.key {
-                message = message.key(key.as_slice());
+            if let Some(key) = key {
+                message = message.key(key);
             }
-            if let Some(value) = &record.value {
-                message = message.payload(value.as_slice());
+            if let Some(value) = value {
+                message = message.payload(value);
             }
             // rdkafka sends a missing timestamp as 0, which librdkafka replaces with the current
             // time; -1 is Kafka's own "no timestamp" and reaches the broker as it was archived.
             // A record whose timestamp really was 0 cannot be produced as such (librdkafka stamps
             // it with the current time): counted and reported.
-            message = message.timestamp(record.timestamp.unwrap_or(-1));
-            if record.timestamp == Some(0) {
+            message = message.timestamp(timestamp.unwrap_or(-1));
+            if timestamp == Some(0) {
                 self.zero_timestamps += 1;
             }
-            let provenance = self.opts.provenance_headers;
-            if !record.headers.is_empty() || provenance {
-                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 3);
-                for h in &record.headers {
-                    headers = headers.insert(KafkaHeader {
-                        key: &h.key,
-                        value: h.value.as_deref(),
-                    });
+            let headers = view.headers(i);
+            let mut size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+            if headers.len() > 0 || provenance {
+                let mut kafka_headers = OwnedHeaders::new_with_capacity(headers.len() + 3);
+                for (key, value) in headers {
+                    size += key.len() + value.map_or(0, <[u8]>::len);
+                    kafka_headers = kafka_headers.insert(KafkaHeader { key, value });
                 }
                 if provenance {
                     for (key, value) in [
                         ("rewind.source.topic", lane.topic.clone()),
                         ("rewind.source.partition", lane.partition.to_string()),
-                        ("rewind.source.offset", record.offset.to_string()),
+                        ("rewind.source.offset", offset.to_string()),
                     ] {
-                        headers = headers.insert(KafkaHeader {
+                        kafka_headers = kafka_headers.insert(KafkaHeader {
                             key,
                             value: Some(value.as_bytes()),
                         });
                     }
                 }
-                message = message.headers(headers);
+                message = message.headers(kafka_headers);
             }
             loop {
                 match self.producer.send(message) {
@@ -1247,31 +1255,25 @@ impl Restore<'_> {
                             ""
                         };
                         return Err(self.interrupted(format!(
-                            "cannot produce record {}/{} offset {} ({} bytes) to {}: {e}{hint}",
+                            "cannot produce record {}/{} offset {offset} ({} bytes) to {}: {e}{hint}",
                             self.lanes[index].topic,
                             self.lanes[index].partition,
-                            record.offset,
-                            record.value.as_ref().map_or(0, Vec::len),
+                            value.map_or(0, <[u8]>::len),
                             self.lanes[index].target_topic
                         )));
                     }
                 }
             }
-            let size = (record.key.as_ref().map_or(0, Vec::len)
-                + record.value.as_ref().map_or(0, Vec::len)
-                + record
-                    .headers
-                    .iter()
-                    .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
-                    .sum::<usize>()) as u64;
+            let size = size as u64;
             self.txn_bytes += size;
             chunk_bytes += size;
+            chunk_records += 1;
             self.report.records += 1;
             self.report.bytes += size;
         }
         let topic = self.lanes[index].target_topic.clone();
         metrics::counter!(crate::metrics::RESTORE_RECORDS, "topic" => topic.clone())
-            .increment(records.len() as u64);
+            .increment(chunk_records);
         metrics::counter!(crate::metrics::RESTORE_BYTES, "topic" => topic).increment(chunk_bytes);
         Ok(())
     }
