@@ -219,6 +219,68 @@ fn chunks_and_offsets_agree_with_a_full_decode() {
     assert_eq!(offsets, expected);
 }
 
+/// What `decode_rows` reads in place, copied out as records (offset, timestamp, key, value,
+/// headers: what a restore sends).
+fn owned(rows: &Rows) -> Vec<Record> {
+    let view = rows.view();
+    (0..rows.len())
+        .map(|i| Record {
+            offset: view.offset(i),
+            timestamp: view.timestamp(i),
+            timestamp_type: None,
+            key: view.key(i).map(<[u8]>::to_vec),
+            value: view.value(i).map(<[u8]>::to_vec),
+            headers: view.headers(i).map(|(k, v)| h(k, v)).collect(),
+        })
+        .collect()
+}
+
+#[test]
+fn rows_read_in_place_equal_the_records_and_slice_by_offset() {
+    let mut records = sample();
+    // More rows than one batch of a 1-byte chunk, with headers on rows of later batches too.
+    for i in 0..50 {
+        let mut r = records[i % 3].clone();
+        r.offset = 20 + i as i64;
+        records.push(r);
+    }
+    let meta = file_meta("t", 0, 10, 70, &records, "c", 0);
+    let bytes = encode(&meta, &records).unwrap();
+    let untyped = |rs: &[Record]| -> Vec<Record> {
+        rs.iter()
+            .cloned()
+            .map(|r| Record {
+                timestamp_type: None,
+                ..r
+            })
+            .collect()
+    };
+    for chunk in [1, 256, 1 << 20] {
+        let mut got = Vec::new();
+        let mut batches = 0;
+        let read = decode_rows(bytes.clone(), chunk, |rows| {
+            assert_eq!(rows.view().offsets().len(), rows.len());
+            got.extend(owned(&rows));
+            batches += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(read, meta);
+        assert_eq!(got, untyped(&records), "chunk of {chunk} bytes");
+        if chunk == 1 {
+            assert_eq!(batches, records.len());
+        }
+    }
+    // A slice keeps its rows' headers (list offsets into the whole batch's header values).
+    decode_rows(bytes, 1 << 20, |rows| {
+        let slice = rows.slice(2, 5);
+        assert_eq!(owned(&slice), untyped(&records[2..7]));
+        assert!(slice.memory() > 0);
+        false
+    })
+    .unwrap();
+}
+
 #[test]
 fn foreign_parquet_is_refused() {
     let err = decode(Bytes::from_static(b"PAR1 not really")).unwrap_err();
