@@ -1055,6 +1055,10 @@ async fn a_refused_restore_creates_nothing() {
     let out = run(&["--rename", &format!("{a}-typo={ta}")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(common::error_line(&out).contains("the archive holds no such topic"));
+    // Follow mode too, for a topic --topics can never select.
+    let out = run(&["--topics", &a, "--follow", "--rename", &format!("{b}={tb}")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::error_line(&out).contains("does not select it"));
 
     let admin: rdkafka::consumer::BaseConsumer = kafka::config().create().unwrap();
     use rdkafka::consumer::Consumer;

@@ -104,7 +104,7 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
         } else {
             "the archive holds no such topic".to_string()
         };
-        if opts.follow {
+        if opts.follow && !archived.contains(from.as_str()) && opts.topics.is_match(from) {
             // A standby may be set up before the topic's first file is archived.
             tracing::warn!(rename = %format!("{from}={to}"), "{why}: the rename applies only to a topic archived and selected later");
             continue;
@@ -249,7 +249,7 @@ impl Lane {
         self.end.unwrap_or(self.chain_end).min(self.chain_end)
     }
 
-    fn progress(&self, opts: &RestoreOptions, groups_as_of: i64) -> Progress {
+    fn progress(&self, opts: &RestoreOptions, groups_as_of: Option<i64>) -> Progress {
         Progress {
             restore_id: opts.restore_id.clone(),
             topic: self.topic.clone(),
@@ -262,7 +262,7 @@ impl Lane {
             end: self.end,
             next: self.next,
             groups: self.resolved.clone(),
-            groups_as_of: Some(groups_as_of),
+            groups_as_of,
             updated_at: rfc3339_millis(crate::archive::time::now_ms()),
         }
     }
@@ -273,7 +273,7 @@ struct Restore<'a> {
     opts: &'a RestoreOptions,
     client: ClientConfig,
     servers: String,
-    producer: DropAside<Arc<ThreadedProducer<Deliveries>>>,
+    producer: Arc<ThreadedProducer<Deliveries>>,
     lanes: Vec<Lane>,
     /// Partition count of each target topic.
     target_partitions: HashMap<String, i32>,
@@ -286,32 +286,12 @@ struct Restore<'a> {
     zero_timestamps: u64,
     /// The progress topic does not exist yet: created with the targets, once they all passed.
     progress_missing: bool,
-    /// Consumer group snapshots count as of this time (see `Progress::groups_as_of`).
-    groups_as_of: i64,
+    /// Consumer group snapshots count as of this time (see `Progress::groups_as_of`); `None`: the
+    /// window's end, or the newest snapshots in follow mode.
+    groups_as_of: Option<i64>,
     /// Totals for the progress line.
     started: Instant,
     last_status: Instant,
-}
-
-/// Drops its value on a thread of its own. rdkafka's clients join their polling threads when
-/// dropped, and those sleep in steps of 100 ms: a finished restore (and the process with it) need
-/// not wait for that. Nothing is in flight by then: every path out of a restore has committed or
-/// aborted its transaction.
-struct DropAside<T: Send + 'static>(Option<T>);
-
-impl<T: Send + 'static> Drop for DropAside<T> {
-    fn drop(&mut self) {
-        if let Some(value) = self.0.take() {
-            std::thread::spawn(move || drop(value));
-        }
-    }
-}
-
-impl<T: Send + 'static> std::ops::Deref for DropAside<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        self.0.as_ref().expect("taken only when dropped")
-    }
 }
 
 /// Run a restore until its window is restored (or, in follow mode, until `stop` resolves).
@@ -321,9 +301,11 @@ pub async fn run(
     opts: &RestoreOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<RestoreReport, RestoreError> {
+    tokio::pin!(stop);
     let planned = plan(&*store, opts).await?;
-    // A partition's planned range starts at a record inside the window, so `--strict` restores at
-    // least one record wherever this counts any.
+    // With a bounded --from, a partition's planned range starts at a record whose timestamp is in
+    // the window, so `--strict` restores at least one record wherever this counts any (with
+    // --from earliest, records without a timestamp before the first one are the exception).
     let planned_records: u64 = planned.partitions.iter().map(|p| p.records).sum();
     if planned_records == 0 && !opts.follow {
         // Nothing in the window: write nothing at all, not even the progress topic.
@@ -371,14 +353,19 @@ pub async fn run(
         .collect();
     // No admin client at all without the admin API: one that cannot authenticate (MSK IAM) would
     // only keep failing to connect.
-    let admin: DropAside<Option<AdminClient<Ctx>>> = DropAside(Some(
-        opts.admin_api
-            .then(|| client.create_with_context(Ctx))
-            .transpose()
-            .map_err(kafka_err)?,
-    ));
+    let admin: Option<AdminClient<Ctx>> = opts
+        .admin_api
+        .then(|| client.create_with_context(Ctx))
+        .transpose()
+        .map_err(kafka_err)?;
 
-    let progress_missing = !existing.contains_key(&opts.progress_topic);
+    // Missing only when the broker does not know it: a topic listed with another error (a leader
+    // election, say) may hold this restore's progress, which must be read.
+    let progress_missing = !metadata.topics().iter().any(|t| {
+        t.name() == opts.progress_topic
+            && t.error()
+                != Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+    });
     if progress_missing && admin.is_none() {
         return Err(no_progress_topic(&opts.progress_topic));
     }
@@ -443,7 +430,7 @@ pub async fn run(
         opts,
         client: client.clone(),
         servers: servers.clone(),
-        producer: DropAside(Some(producer)),
+        producer,
         lanes: Vec::new(),
         target_partitions: existing,
         report: RestoreReport {
@@ -457,15 +444,20 @@ pub async fn run(
         txn_started: Instant::now(),
         zero_timestamps: 0,
         progress_missing,
-        groups_as_of: stored
-            .values()
-            .next()
-            .map_or(opts.window.to, |p| p.groups_as_of.or(opts.window.to))
-            .unwrap_or_else(crate::archive::time::now_ms),
+        groups_as_of: stored.values().next().and_then(|p| p.groups_as_of),
         started: Instant::now(),
         last_status: Instant::now(),
     };
     restore.build_lanes(planned, &stored)?;
+    if opts.groups {
+        // Before anything is created: an unreadable snapshot leaves the target as it was.
+        restore.load_groups().await?;
+    }
+    // A stop asked for while planning or fencing ends the restore before it creates anything.
+    if futures::FutureExt::now_or_never(stop.as_mut()).is_some() {
+        restore.report.stopped = true;
+        return Ok(restore.report);
+    }
     let remaining: u64 = restore
         .lanes
         .iter()
@@ -486,9 +478,6 @@ pub async fn run(
             .ensure_targets(admin.as_ref(), brokers, &targets)
             .await?;
     }
-    if opts.groups {
-        restore.load_groups().await?;
-    }
     if !restore.report.resumed {
         // Commit the plan before the first record: from now on a rerun with this id resumes
         // (and does not take the records of an interrupted first transaction for someone else's).
@@ -502,7 +491,6 @@ pub async fn run(
     }
     restore.report_lag();
 
-    tokio::pin!(stop);
     let stopped = restore.pass(&mut stop).await?;
     if stopped {
         restore.report.stopped = true;
@@ -535,6 +523,8 @@ fn portable_config(key: &str) -> bool {
         "message.format.version",
         "message.downconversion.enable",
         "message.timestamp.difference.max.ms",
+        // Archived records are older than the broker would accept with it (INVALID_TIMESTAMP).
+        "message.timestamp.before.max.ms",
     ];
     !SOURCE_ONLY.contains(&key) && !key.starts_with("confluent.")
 }
@@ -950,7 +940,18 @@ impl Restore<'_> {
                 "--groups cannot be combined with --repartition-by-key: a group's position in one source partition has no single counterpart once records are spread over other partitions".into(),
             ));
         }
-        let snapshots = groups::snapshots_as_of(&*self.store, Some(self.groups_as_of)).await?;
+        let follow = self.opts.follow;
+        let as_of = if follow {
+            None
+        } else {
+            self.groups_as_of.or(self.opts.window.to)
+        };
+        let snapshots = groups::snapshots_as_of(&*self.store, as_of).await?;
+        if !follow && !self.report.resumed {
+            // A bounded restore sticks to the snapshots its first run found, even while the sink
+            // keeps taking new ones: a resumed run must translate the same offsets.
+            self.groups_as_of = as_of.or(snapshots.iter().map(|s| s.taken_at_ms).max());
+        }
         for snapshot in snapshots {
             for lane in &mut self.lanes {
                 let Some(offset) = snapshot
@@ -1343,6 +1344,11 @@ impl Restore<'_> {
             self.abort().await;
             return Err(e);
         }
+        // Everything is acknowledged: a failure held now (even a purge alone) ends the transaction.
+        if let Some(failure) = self.producer.context().take_failure() {
+            self.abort().await;
+            return Err(self.interrupted(failure));
+        }
         if self.txn_bytes > 0 {
             crate::failpoint::hit(crate::failpoint::RESTORE_BEFORE_COMMIT).await;
         }
@@ -1428,8 +1434,11 @@ impl Restore<'_> {
                 return Err(self.interrupted(failure));
             }
             if Instant::now() > deadline {
+                let held = context
+                    .take_failure()
+                    .map_or(String::new(), |f| format!(" (first failure: {f})"));
                 return Err(self.interrupted(format!(
-                    "records were not acknowledged within {}s",
+                    "records were not acknowledged within {}s{held}",
                     FLUSH_TIMEOUT.as_secs()
                 )));
             }
