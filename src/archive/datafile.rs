@@ -411,20 +411,7 @@ pub fn decode_chunks(
     chunk_bytes: u64,
     mut sink: impl FnMut(Vec<Record>) -> bool,
 ) -> Result<FileMeta, DataFileError> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-    // Batches of about one chunk, from the rows' average decoded size, so that large values do
-    // not make a batch (and the chunk built from it) far larger than asked for.
-    let (rows, bytes) = builder
-        .metadata()
-        .row_groups()
-        .iter()
-        .fold((0i64, 0i64), |(r, b), g| {
-            (r + g.num_rows(), b + g.total_byte_size())
-        });
-    let row_bytes = (bytes / rows.max(1)).max(1) as u64;
-    let batch_rows = (chunk_bytes / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
-    let builder = builder.with_batch_size(batch_rows);
-    let meta = footer(&builder)?;
+    let (builder, meta) = chunked_reader(bytes, chunk_bytes)?;
     let mut chunk = Vec::new();
     let mut size = 0;
     for batch in builder.build()? {
@@ -444,14 +431,13 @@ pub fn decode_chunks(
     Ok(meta)
 }
 
-/// Decode a data file into Arrow batches of about `chunk_bytes` decoded bytes each, handed to
-/// `sink` as [`Rows`] that are read in place (no copy of keys, values or headers) until it returns
-/// false. What a restore uses: records go from the batch straight to the producer.
-pub fn decode_rows(
+/// A reader of a data file whose batches hold about `chunk_bytes` decoded bytes each (from the
+/// rows' average decoded size, so that large values do not make a batch far larger than asked
+/// for), and the file's footer.
+fn chunked_reader(
     bytes: Bytes,
     chunk_bytes: u64,
-    mut sink: impl FnMut(Rows) -> bool,
-) -> Result<FileMeta, DataFileError> {
+) -> Result<(ParquetRecordBatchReaderBuilder<Bytes>, FileMeta), DataFileError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
     let (rows, bytes) = builder
         .metadata()
@@ -464,6 +450,18 @@ pub fn decode_rows(
     let batch_rows = (chunk_bytes / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
     let builder = builder.with_batch_size(batch_rows);
     let meta = footer(&builder)?;
+    Ok((builder, meta))
+}
+
+/// Decode a data file into Arrow batches of about `chunk_bytes` decoded bytes each, handed to
+/// `sink` as [`Rows`] that are read in place (no copy of keys, values or headers) until it returns
+/// false. What a restore uses: records go from the batch straight to the producer.
+pub fn decode_rows(
+    bytes: Bytes,
+    chunk_bytes: u64,
+    mut sink: impl FnMut(Rows) -> bool,
+) -> Result<FileMeta, DataFileError> {
+    let (builder, meta) = chunked_reader(bytes, chunk_bytes)?;
     for batch in builder.build()? {
         if !sink(Rows::new(batch?)?) {
             break;
@@ -618,30 +616,10 @@ pub fn records_of(batch: &RecordBatch) -> Result<Vec<Record>, DataFileError> {
 }
 
 fn from_batch(batch: &RecordBatch, out: &mut Vec<Record>) -> Result<(), DataFileError> {
-    let offsets = column::<Int64Array>(batch, "offset")?;
-    let timestamps = column::<TimestampMillisecondArray>(batch, "timestamp")?;
+    let rows = Rows::new(batch.clone())?;
+    let view = rows.view();
     let types = column::<StringArray>(batch, "timestamp_type")?;
-    let keys = column::<BinaryArray>(batch, "key")?;
-    let values = column::<BinaryArray>(batch, "value")?;
-    let headers = column::<ListArray>(batch, "headers")?;
-    let entries = headers
-        .values()
-        .as_any()
-        .downcast_ref::<StructArray>()
-        .ok_or_else(|| DataFileError::Format("headers are not a list of structs".into()))?;
-    let hkeys = entries
-        .columns()
-        .first()
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .ok_or_else(|| DataFileError::Format("header keys are not strings".into()))?;
-    let hvalues = entries
-        .columns()
-        .get(1)
-        .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
-        .ok_or_else(|| DataFileError::Format("header values are not binary".into()))?;
-    let list_offsets = headers.value_offsets();
-    for i in 0..batch.num_rows() {
-        let opt_bytes = |a: &BinaryArray, j: usize| (!a.is_null(j)).then(|| a.value(j).to_vec());
+    for i in 0..rows.len() {
         let timestamp_type = if types.is_null(i) {
             None
         } else {
@@ -649,19 +627,19 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<Record>) -> Result<(), DataFile
                 DataFileError::Format(format!("unknown timestamp_type {:?}", types.value(i)))
             })?)
         };
-        let hs = (list_offsets[i] as usize..list_offsets[i + 1] as usize)
-            .map(|j| Header {
-                key: hkeys.value(j).to_string(),
-                value: opt_bytes(hvalues, j),
-            })
-            .collect();
         out.push(Record {
-            offset: offsets.value(i),
-            timestamp: (!timestamps.is_null(i)).then(|| timestamps.value(i)),
+            offset: view.offset(i),
+            timestamp: view.timestamp(i),
             timestamp_type,
-            key: opt_bytes(keys, i),
-            value: opt_bytes(values, i),
-            headers: hs,
+            key: view.key(i).map(<[u8]>::to_vec),
+            value: view.value(i).map(<[u8]>::to_vec),
+            headers: view
+                .headers(i)
+                .map(|(key, value)| Header {
+                    key: key.to_string(),
+                    value: value.map(<[u8]>::to_vec),
+                })
+                .collect(),
         });
     }
     Ok(())
