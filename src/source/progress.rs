@@ -39,8 +39,9 @@ pub struct Progress {
     /// or after the group's committed source offset.
     #[serde(default)]
     pub groups: BTreeMap<String, i64>,
-    /// Group snapshots are taken as of this time (the window's end, or when the restore started
-    /// if it has none), fixed at the first run so that a resumed run translates the same offsets.
+    /// Group snapshots are taken as of this time (bounded `--groups` restores: the window's end,
+    /// or with an open end the newest snapshot the first run found), fixed by the first run so
+    /// that a resumed run translates the same offsets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups_as_of: Option<i64>,
     pub updated_at: String,

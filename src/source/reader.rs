@@ -126,14 +126,14 @@ impl Reader {
         let result = blocking(move || {
             datafile::decode_rows(body, CHUNK_BYTES, |rows| {
                 let view = rows.view();
-                let Some(last) = rows.len().checked_sub(1).map(|i| view.offset(i)) else {
+                let offsets = view.offsets();
+                let Some(&last) = offsets.last() else {
                     return true;
                 };
                 if last < from {
                     return true;
                 }
                 // Offsets increase within a file: the range is one run of rows.
-                let offsets = view.offsets();
                 let first = offsets.partition_point(|&o| o < from);
                 let end = offsets.partition_point(|&o| o < until);
                 let rows = rows.slice(first, end - first);

@@ -529,6 +529,19 @@ fn portable_config(key: &str) -> bool {
     !SOURCE_ONLY.contains(&key) && !key.starts_with("confluent.")
 }
 
+/// A topic's configs as the broker answers them.
+async fn describe_topic(
+    admin: &AdminClient<Ctx>,
+    topic: &str,
+) -> rdkafka::error::KafkaResult<Vec<rdkafka::admin::ConfigResourceResult>> {
+    admin
+        .describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
+        )
+        .await
+}
+
 fn no_progress_topic(topic: &str) -> RestoreError {
     RestoreError::Target(format!(
         "the progress topic {topic} does not exist in the target and {NO_ADMIN} (one partition, cleanup.policy=compact)"
@@ -781,16 +794,11 @@ impl Restore<'_> {
         target: &str,
         count: i32,
     ) -> Result<(), RestoreError> {
-        let configs = if let Some(admin) = admin {
-            admin
-                .describe_configs(
-                    [&rdkafka::admin::ResourceSpecifier::Topic(target)],
-                    &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
-                )
+        let configs = match admin {
+            Some(admin) => describe_topic(admin, target)
                 .await
-                .map_err(|e| self.kafka_err(e))?
-        } else {
-            Vec::new()
+                .map_err(|e| self.kafka_err(e))?,
+            None => Vec::new(),
         };
         for resource in configs.into_iter().flatten() {
             if resource
@@ -920,12 +928,7 @@ impl Restore<'_> {
         self.report.topics_created.push(target.to_string());
         self.target_partitions.insert(target.to_string(), count);
         // The broker's default retention applies where the source set none: look at what it is.
-        let described = admin
-            .describe_configs(
-                [&rdkafka::admin::ResourceSpecifier::Topic(target)],
-                &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
-            )
-            .await;
+        let described = describe_topic(admin, target).await;
         for resource in described.into_iter().flatten().flatten() {
             self.warn_retention(target, &resource);
         }
@@ -1296,11 +1299,6 @@ impl Restore<'_> {
                 return Err(e);
             }
         }
-        let failure = self.producer.context().take_failure();
-        if let Some(failure) = failure {
-            self.abort().await;
-            return Err(self.interrupted(failure));
-        }
         let landed: HashMap<usize, i64> = std::mem::take(
             &mut *self
                 .producer
@@ -1343,11 +1341,6 @@ impl Restore<'_> {
         if let Err(e) = self.drain().await {
             self.abort().await;
             return Err(e);
-        }
-        // Everything is acknowledged: a failure held now (even a purge alone) ends the transaction.
-        if let Some(failure) = self.producer.context().take_failure() {
-            self.abort().await;
-            return Err(self.interrupted(failure));
         }
         if self.txn_bytes > 0 {
             crate::failpoint::hit(crate::failpoint::RESTORE_BEFORE_COMMIT).await;
@@ -1415,9 +1408,10 @@ impl Restore<'_> {
         }
     }
 
-    /// Wait until everything sent is acknowledged. rdkafka's own flush polls an event queue that
-    /// the threaded producer serves elsewhere, in steps of 100 ms, which cost every transaction a
-    /// tenth of a second (measured); the queue length tells the same without the wait.
+    /// Wait until everything sent is acknowledged, then fail with the first delivery failure, if
+    /// any. rdkafka's own flush polls an event queue that the threaded producer serves elsewhere,
+    /// in steps of 100 ms, which cost every transaction a tenth of a second (measured); the queue
+    /// length tells the same without the wait.
     async fn drain(&self) -> Result<(), RestoreError> {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         while self.producer.in_flight_count() > 0 {
@@ -1444,7 +1438,11 @@ impl Restore<'_> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(())
+        // Everything is acknowledged: a failure held now (even a purge alone) ends the transaction.
+        match self.producer.context().take_failure() {
+            Some(failure) => Err(self.interrupted(failure)),
+            None => Ok(()),
+        }
     }
 
     async fn abort(&mut self) {
