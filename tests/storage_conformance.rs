@@ -1,5 +1,6 @@
 //! One conformance suite for every storage backend: the same cases run against the local directory
-//! backend and against the S3 backend talking to the test bed's real S3 server (MinIO).
+//! backend, against the S3 backend talking to the test bed's real S3 server (MinIO), and against the
+//! in-memory store the model-based tests use.
 
 mod common;
 
@@ -518,6 +519,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     super::$case(super::s3_store().await).await;
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(std::sync::Arc::new(rewind::storage::MemoryStore::new())).await;
                 }
             )*
         }

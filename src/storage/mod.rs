@@ -7,6 +7,7 @@
 
 mod error;
 mod local;
+mod memory;
 mod retry;
 mod s3;
 mod url;
@@ -21,6 +22,7 @@ use bytes::Bytes;
 
 pub use error::{StorageError, StorageResult};
 pub use local::LocalStore;
+pub use memory::MemoryStore;
 pub use retry::RetryPolicy;
 pub use s3::{S3Options, S3Store, ServerSideEncryption};
 pub use url::StorageUrl;
