@@ -1,6 +1,11 @@
 //! UTC time buckets of the archive: a data file lives under the `date=YYYY-MM-DD/hour=HH` folder of
 //! its first record's timestamp, and every record in it is earlier than the end of that hour.
 //! Calendar arithmetic is done here, on integers, so paths never depend on a time-zone database.
+//!
+//! Any 64-bit timestamp has a bucket: the first bucket (`0000-01-01`, hour `00`) also holds every
+//! earlier instant and the last (`9999-12-31`, hour `23`) every later one, so folder names always
+//! have four-digit years that readers parse, and the bucket rule still holds because a bucket's
+//! [`HourBucket::start_millis`] and [`HourBucket::end_millis`] reach to the ends of time there.
 
 use std::fmt;
 
@@ -10,20 +15,33 @@ const MILLIS_PER_HOUR: i64 = 3_600_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HourBucket(pub i64);
 
+/// The first bucket, 0000-01-01T00: it also holds every earlier instant.
+pub const FIRST_BUCKET: HourBucket = HourBucket(-62_167_219_200_000 / MILLIS_PER_HOUR);
+/// The last bucket, 9999-12-31T23: it also holds every later instant.
+pub const LAST_BUCKET: HourBucket = HourBucket(253_402_300_799_999 / MILLIS_PER_HOUR);
+
 impl HourBucket {
-    /// The hour that contains `millis` (milliseconds since the epoch; negative values are before 1970).
+    /// The bucket of `millis` (milliseconds since the epoch; negative values are before 1970):
+    /// the UTC hour that contains it, or the first or last bucket for instants outside years
+    /// 0000–9999.
     pub fn of_millis(millis: i64) -> HourBucket {
-        HourBucket(millis.div_euclid(MILLIS_PER_HOUR))
+        HourBucket(millis.div_euclid(MILLIS_PER_HOUR)).clamp(FIRST_BUCKET, LAST_BUCKET)
     }
 
-    /// First millisecond of the hour.
+    /// First millisecond of the bucket (`i64::MIN` for the first bucket).
     pub fn start_millis(self) -> i64 {
-        self.0 * MILLIS_PER_HOUR
+        if self <= FIRST_BUCKET {
+            return i64::MIN;
+        }
+        self.0.saturating_mul(MILLIS_PER_HOUR)
     }
 
-    /// First millisecond after the hour.
+    /// First millisecond after the bucket (`i64::MAX` for the last bucket, which has none).
     pub fn end_millis(self) -> i64 {
-        (self.0 + 1) * MILLIS_PER_HOUR
+        if self >= LAST_BUCKET {
+            return i64::MAX;
+        }
+        self.0.saturating_add(1).saturating_mul(MILLIS_PER_HOUR)
     }
 
     /// `(year, month, day, hour)` in UTC.
@@ -71,8 +89,9 @@ pub fn now_ms() -> i64 {
 
 /// `2026-11-23T10:15:00.123Z` for milliseconds since the epoch.
 pub fn rfc3339_millis(millis: i64) -> String {
-    let bucket = HourBucket::of_millis(millis);
-    let within = millis - bucket.start_millis();
+    // The calendar hour itself, not the archive's bucket: instants beyond year 9999 print as such.
+    let bucket = HourBucket(millis.div_euclid(MILLIS_PER_HOUR));
+    let within = millis.rem_euclid(MILLIS_PER_HOUR);
     format!(
         "{}T{}:{:02}:{:02}.{:03}Z",
         bucket.date(),
@@ -121,7 +140,7 @@ pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
     }
     let millis_frac = format!("{frac:0<3}")[..3].parse::<i64>().ok()?;
     let hour = HourBucket::from_civil(y, m, day, h)?;
-    Some(hour.start_millis() + min * 60_000 + sec * 1000 + millis_frac - offset_secs * 1000)
+    Some(hour.0 * MILLIS_PER_HOUR + min * 60_000 + sec * 1000 + millis_frac - offset_secs * 1000)
 }
 
 fn is_leap(y: i64) -> bool {
@@ -185,6 +204,24 @@ mod tests {
         );
         assert!(HourBucket::from_civil(2023, 2, 29, 0).is_none());
         assert!(HourBucket::from_civil(2023, 1, 1, 24).is_none());
+        // Microseconds taken for milliseconds (year ~55,000), and the ends of time.
+        assert_eq!(
+            HourBucket::of_millis(1_700_000_000_000_000).to_string(),
+            "9999-12-31T23"
+        );
+        assert_eq!(HourBucket::of_millis(i64::MAX).to_string(), "9999-12-31T23");
+        assert_eq!(HourBucket::of_millis(i64::MIN).to_string(), "0000-01-01T00");
+        assert_eq!(
+            HourBucket::of_millis(-62_167_219_200_000).to_string(),
+            "0000-01-01T00"
+        );
+        assert_eq!(
+            HourBucket::of_millis(253_402_300_799_999).to_string(),
+            "9999-12-31T23"
+        );
+        assert_eq!(FIRST_BUCKET.start_millis(), i64::MIN);
+        assert_eq!(LAST_BUCKET.end_millis(), i64::MAX);
+        assert_eq!(rfc3339_millis(1_700_000_000_000_000).len(), 25);
     }
 
     #[test]
@@ -231,6 +268,20 @@ mod tests {
             prop_assert!(b.start_millis() <= millis && millis < b.end_millis());
             let (y, m, d, h) = b.civil();
             prop_assert_eq!(HourBucket::from_civil(y, m, d, h), Some(b));
+        }
+
+        #[test]
+        fn every_timestamp_has_a_bucket_readers_parse_that_keeps_the_rule(millis in any::<i64>(), other in any::<i64>()) {
+            let b = HourBucket::of_millis(millis);
+            prop_assert!((b.start_millis() <= millis && millis < b.end_millis()) || (b == LAST_BUCKET && millis == i64::MAX));
+            prop_assert_eq!(b.date().len(), 10);
+            let (y, m, d, h) = b.civil();
+            prop_assert_eq!(HourBucket::from_civil(y, m, d, h), Some(b));
+            // Buckets order like time, so a later bucket's first record is later than any earlier bucket's records.
+            let c = HourBucket::of_millis(other);
+            if b < c {
+                prop_assert!(millis < other);
+            }
         }
 
         #[test]
