@@ -8,8 +8,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The data file is durable; the checkpoint has not moved yet.
+/// The data file is durable; its start is not claimed and the checkpoint has not moved yet.
 pub const AFTER_UPLOAD: &str = "after-upload";
+/// The data file is durable and claimed; the checkpoint has not moved yet.
+pub const AFTER_CLAIM: &str = "after-claim";
 /// The checkpoint has moved; the position is not committed to Kafka yet.
 pub const AFTER_CHECKPOINT: &str = "after-checkpoint";
 /// A multipart upload has parts in the store and is not completed.

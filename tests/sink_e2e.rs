@@ -524,3 +524,94 @@ async fn a_recreated_topic_never_mixes_with_the_old_chain() {
     );
     assert_eq!(common::archive::chain(&store, &topic, 0).await, old);
 }
+
+/// Issue 13, defect 4: a producer that writes microseconds (taken as milliseconds, year ~55,000)
+/// or other timestamps outside years 0000–9999, accepted by a broker with an unlimited
+/// `message.timestamp.after.max.ms`. Every record is archived under a key readers parse, and the
+/// chain holds all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timestamps_beyond_year_9999_are_archived_under_keys_readers_parse() {
+    let topic = common::unique("sink-far-future");
+    create_topic(
+        &topic,
+        1,
+        &[("message.timestamp.after.max.ms", "9223372036854775807")],
+    )
+    .await;
+    let now = common::now_ms();
+    let stamps = [
+        now - 3_600_000,
+        now,
+        now * 1000, // microseconds taken for milliseconds
+        now,
+        i64::MAX / 2,
+        now + 1,
+        1, // (0 would mean "now" to librdkafka)
+        now * 1000 + 1,
+        now - 1,
+        now,
+    ];
+    let records: Vec<Record> = stamps
+        .iter()
+        .enumerate()
+        .map(|(i, ts)| record(Some(format!("k{i}").as_bytes()), Some(b"v"), vec![], *ts))
+        .collect();
+    let produced = produce(&topic, 0, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    let mut opts = options(&regex::escape(&topic));
+    opts.policy.max_records = 3;
+    let report = snapshot(&store, opts).await;
+    assert_eq!(report.records, 10, "{report:?}");
+    let keys = common::archive::data_keys(&store, &topic, 0).await;
+    let listed = store.list("data/").await.unwrap();
+    assert_eq!(keys.len(), listed.len(), "every key parses: {listed:?}");
+    assert!(keys
+        .iter()
+        .any(|k| k.to_string().contains("date=9999-12-31/hour=23/")));
+    assert_eq!(common::archive::chain(&store, &topic, 0).await, produced);
+    let verified = rewind::ops::verify::verify(&*store, &regex::Regex::new(".*").unwrap(), true)
+        .await
+        .unwrap();
+    assert!(verified.problems.is_empty(), "{:?}", verified.problems);
+}
+
+/// Issue 13, defect 5: offset jumps (here a commit marker after every record) cost no broker round
+/// trip each; the log's start is asked for at most once per file, and the snapshot is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transaction_markers_cost_no_round_trip_per_record() {
+    let topic = common::unique("sink-small-tx");
+    create_topic(&topic, 1, &[]).await;
+    let base = common::now_ms() - 60_000;
+    let mut produced = Vec::new();
+    for i in 0..60 {
+        let one = vec![record(
+            Some(format!("k{i}").as_bytes()),
+            Some(b"v"),
+            vec![],
+            base + i,
+        )];
+        produce_transaction(&topic, 0, &one, true).await;
+        produced.extend(one);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    let mut opts = options(&regex::escape(&topic));
+    opts.policy.max_records = 25;
+    let report = snapshot(&store, opts).await;
+    assert_eq!((report.records, report.files, report.gaps), (60, 3, 0));
+    assert!(
+        report.log_start_queries <= report.files,
+        "one log-start question per file at most: {report:?}"
+    );
+    let archived = common::archive::chain(&store, &topic, 0).await;
+    let offsets: Vec<i64> = archived.iter().map(|r| r.offset).collect();
+    assert_eq!(
+        offsets,
+        (0..60).map(|i| i * 2).collect::<Vec<i64>>(),
+        "a marker after each record"
+    );
+    let values: Vec<_> = archived.iter().map(|r| (&r.key, &r.value)).collect();
+    let want: Vec<_> = produced.iter().map(|r| (&r.key, &r.value)).collect();
+    assert_eq!(values, want);
+}

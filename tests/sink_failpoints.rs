@@ -109,6 +109,18 @@ impl Bed {
             .collect()
     }
 
+    /// The data files the partition's claims name.
+    async fn claims(&self, partition: i32) -> Vec<String> {
+        let mut named = Vec::new();
+        let prefix = format!("_claims/{}/{partition}/", self.topic);
+        for object in self.store.list(&prefix).await.unwrap() {
+            let body = self.store.get(&object.key).await.unwrap().body;
+            let claim: rewind::archive::documents::Claim = serde_json::from_slice(&body).unwrap();
+            named.push(claim.key);
+        }
+        named
+    }
+
     async fn checkpoint_end(&self, partition: i32) -> Option<i64> {
         read_checkpoint(&*self.store, &self.topic, partition)
             .await
@@ -171,9 +183,36 @@ async fn crash_after_upload_before_checkpoint() {
     let mut produced = produce(&bed.topic, 0, &small_records(25, "a")).await;
     bed.crash_at("after-upload", &[]);
 
-    // The first file is durable, and the checkpoint does not know it.
+    // The first file is durable and not claimed, and the checkpoint does not know it: it still
+    // only says where the chain begins.
     assert_eq!(bed.data_files(0).await.len(), 1, "one file uploaded");
-    assert_eq!(bed.checkpoint_end(0).await, None, "no checkpoint yet");
+    assert_eq!(
+        bed.checkpoint_end(0).await,
+        Some(0),
+        "the chain's beginning only"
+    );
+    assert!(bed.claims(0).await.is_empty(), "nothing claimed yet");
+
+    produced.extend(produce(&bed.topic, 0, &small_records(12, "b")).await);
+    bed.recover();
+    bed.assert_exactly_once(0, &produced).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_claim_before_checkpoint() {
+    let bed = Bed::new("fp-claim", 1).await;
+    let mut produced = produce(&bed.topic, 0, &small_records(25, "a")).await;
+    bed.crash_at("after-claim", &[]);
+
+    // The first file is durable and claimed; the checkpoint does not know it.
+    let files = bed.data_files(0).await;
+    assert_eq!(files.len(), 1, "one file uploaded");
+    assert_eq!(bed.claims(0).await, vec![files[0].clone()], "and claimed");
+    assert_eq!(
+        bed.checkpoint_end(0).await,
+        Some(0),
+        "the chain's beginning only"
+    );
 
     produced.extend(produce(&bed.topic, 0, &small_records(12, "b")).await);
     bed.recover();
@@ -242,7 +281,7 @@ async fn crash_in_the_middle_of_a_multipart_upload() {
         bed.data_files(0).await.is_empty(),
         "no partial file visible"
     );
-    assert_eq!(bed.checkpoint_end(0).await, None);
+    assert_eq!(bed.checkpoint_end(0).await, Some(0));
 
     produced.extend(produce(&bed.topic, 0, &small_records(5, "after")).await);
     bed.recover();

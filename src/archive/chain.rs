@@ -163,6 +163,59 @@ pub fn effective_start(
     recorded.filter(|r| file_starts.any(|s| s == *r))
 }
 
+/// Split one partition's `files` (in offset order) into the files of its chain and the orphans: where
+/// several files share a start (writers that disagreed on the time bucket of the range's first
+/// record raced), the one its claim names is the chain's, and the others lost the race (their
+/// writer deletes them; a crash can leave one behind). With no claim, the first key is taken, as a
+/// resuming sink would claim it. A start where a gap is recorded (`gap_starts`) keeps none of its
+/// files: a gap's document is written only once the gap won the claim of its start.
+pub async fn without_orphans(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+    files: &[(DataFileKey, u64)],
+    gap_starts: &std::collections::BTreeSet<i64>,
+) -> Result<(Vec<(DataFileKey, u64)>, Vec<(DataFileKey, u64)>), ChainError> {
+    let mut kept: Vec<(DataFileKey, u64)> = Vec::with_capacity(files.len());
+    let mut orphans = Vec::new();
+    let mut i = 0;
+    while i < files.len() {
+        let start = files[i].0.start;
+        let same = files[i..]
+            .iter()
+            .take_while(|(k, _)| k.start == start)
+            .count();
+        let group = &files[i..i + same];
+        i += same;
+        if gap_starts.contains(&start) {
+            orphans.extend(group.iter().cloned());
+            continue;
+        }
+        if same == 1 {
+            kept.push(group[0].clone());
+            continue;
+        }
+        let claim = documents::read_claim(store, topic, partition, start).await?;
+        let winner = match &claim {
+            Some(c) if c.is_gap() => None,
+            Some(c) => group.iter().position(|(k, _)| k.to_string() == c.key),
+            None => group
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (k, _))| k.to_string())
+                .map(|(i, _)| i),
+        };
+        for (j, file) in group.iter().enumerate() {
+            if Some(j) == winner {
+                kept.push(file.clone());
+            } else {
+                orphans.push(file.clone());
+            }
+        }
+    }
+    Ok((kept, orphans))
+}
+
 /// The chain one partition's `files` (in offset order) form. Ends come from the next file's start
 /// or the gap recorded before it; the last file's footer is read for the chain's end. Files before
 /// the start `rewind retention` recorded are left out. `known` holds files already read (by key),
@@ -189,6 +242,9 @@ pub async fn load(
     }
     let first = first.unwrap_or(i64::MIN);
     let mut gaps = documents::read_gaps(store, topic, partition).await?;
+    let gap_starts = gaps.iter().map(|g| g.start).collect();
+    let (files, _) = without_orphans(store, topic, partition, files, &gap_starts).await?;
+    let files = files.as_slice();
     // A gap ending at the start stays: it says the offsets before the start were never archived.
     gaps.retain(|g| g.end >= first);
     let files = &files[files.partition_point(|(k, _)| k.start < first)..];
@@ -196,10 +252,15 @@ pub async fn load(
     for (i, (key, size)) in files.iter().enumerate() {
         let name = key.to_string();
         let end = match files.get(i + 1) {
-            Some((next, _)) => gaps
-                .iter()
-                .find(|g| g.end == next.start && g.start > key.start)
-                .map_or(next.start, |g| g.start),
+            // The next file's start, or the start of the run of recorded gaps that ends there
+            // (a sink that came back to deleted records more than once records one gap each time).
+            Some((next, _)) => {
+                let mut end = next.start;
+                while let Some(g) = gaps.iter().find(|g| g.end == end && g.start > key.start) {
+                    end = g.start;
+                }
+                end
+            }
             None => i64::MAX,
         };
         // The next file does not start where this one ends (or at a gap after it).

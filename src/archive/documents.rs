@@ -1,9 +1,11 @@
 //! The small JSON documents of the archive: its identity (`_archive.json`), one checkpoint per
 //! partition (`_checkpoints/<topic>/<p>.json`), topic metadata (`_topics/<topic>.json`) and recorded
-//! gaps (`_gaps/<topic>/<p>/<start>.json`).
+//! gaps (`_gaps/<topic>/<p>/<start>.json`) and the claims that publish data files
+//! (`_claims/<topic>/<p>/<start>.json`).
 //!
 //! Invariant: a checkpoint only moves forward. It is replaced by compare-and-swap, and a writer that
-//! loses the race re-reads and stops if the winner is already at or past its position.
+//! loses the race re-reads and stops if the winner is already at or past its position. A claim is
+//! created once and never replaced: the first data file claimed at a start is the chain's file there.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,14 @@ use crate::storage::{ObjectStore, PutMode, StorageError};
 /// Key of a recorded gap.
 pub fn gap_key(topic: &str, partition: i32, start: i64) -> String {
     format!("_gaps/{topic}/{partition}/{start:020}.json")
+}
+
+/// Prefix of every claim.
+pub const CLAIMS_PREFIX: &str = "_claims/";
+
+/// Key of the claim of the range that starts at `start`.
+pub fn claim_key(topic: &str, partition: i32, start: i64) -> String {
+    format!("{CLAIMS_PREFIX}{topic}/{partition}/{start:020}.json")
 }
 
 /// Why an archive document could not be read or written.
@@ -86,6 +96,61 @@ pub struct Gap {
     /// e.g. `retention`: the broker had deleted the records before they were archived.
     pub reason: String,
     pub detected_at: String,
+}
+
+/// `_claims/<topic>/<p>/<start:020>.json`: which data file holds the chain's range starting at
+/// `start`. Data file keys carry a time bucket, so two writers that disagree on the bucket of a
+/// range's first record (a record compacted away between their reads, a record without a timestamp)
+/// can both create a file at one start; the claim, created only if absent, is what publishes one of
+/// them. A file another file's claim outranks is an orphan its writer deletes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    /// Key of the claimed data file, or of the gap document (`_gaps/…`) when the range is a
+    /// recorded gap.
+    pub key: String,
+    /// For a gap: where it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
+    pub created_at: String,
+}
+
+impl Claim {
+    /// The range is a recorded gap, not a data file.
+    pub fn is_gap(&self) -> bool {
+        self.key.starts_with("_gaps/")
+    }
+}
+
+/// Claim a start for `claim.key`, create-only. Returns the claim now stored: `claim` itself, or the
+/// one another writer created first.
+pub async fn claim(store: &dyn ObjectStore, claim: &Claim) -> Result<Claim, ArchiveError> {
+    let key = claim_key(&claim.topic, claim.partition, claim.start);
+    match store.put(&key, to_json(claim), PutMode::Create).await {
+        Ok(_) => Ok(claim.clone()),
+        Err(StorageError::AlreadyExists { .. }) => match read_doc::<Claim>(store, &key).await? {
+            Some(stored) => Ok(stored),
+            // Deleted in between (retention removing the range): nothing claims it now.
+            None => Err(StorageError::NotFound {
+                url: store.url().to_string(),
+                key,
+            }
+            .into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The claim of the range of one partition that starts at `start`, if any.
+pub async fn read_claim(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+    start: i64,
+) -> Result<Option<Claim>, ArchiveError> {
+    read_doc(store, &claim_key(topic, partition, start)).await
 }
 
 /// `_groups/<group>/<taken_at:020>.json`: the committed offsets of one consumer group at one moment,
@@ -331,6 +396,33 @@ pub async fn read_checkpoint(
         })),
         Err(StorageError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Create a partition's first checkpoint, where its chain begins, unless one exists. Returns the
+/// checkpoint now stored: `first`, or the one another worker created first, whose start is then
+/// the chain's (two workers starting an empty partition at different log starts must not begin
+/// two chains).
+pub async fn create_checkpoint(
+    store: &dyn ObjectStore,
+    first: &Checkpoint,
+) -> Result<Versioned<Checkpoint>, ArchiveError> {
+    let key = super::paths::checkpoint_key(&first.topic, first.partition);
+    loop {
+        match store.put(&key, to_json(first), PutMode::Create).await {
+            Ok(put) => {
+                return Ok(Versioned {
+                    doc: first.clone(),
+                    etag: put.etag,
+                })
+            }
+            Err(StorageError::AlreadyExists { .. }) => {
+                if let Some(stored) = read_checkpoint(store, &first.topic, first.partition).await? {
+                    return Ok(stored);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

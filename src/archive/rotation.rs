@@ -68,6 +68,8 @@ pub enum RollReason {
     Revoked,
     Shutdown,
     MemoryPressure,
+    /// Records were deleted before they were read: what was read before them is one file.
+    Gap,
 }
 
 impl RollReason {
@@ -80,6 +82,7 @@ impl RollReason {
             RollReason::Revoked => "revoked",
             RollReason::Shutdown => "shutdown",
             RollReason::MemoryPressure => "memory_pressure",
+            RollReason::Gap => "gap",
         }
     }
 }

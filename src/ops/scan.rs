@@ -40,6 +40,9 @@ pub struct PartitionScan {
     /// Where retention says the chain begins.
     pub start: Option<ChainStart>,
     pub checkpoint: Option<Checkpoint>,
+    /// Files that share a start with the chain's file there and lost its claim: a writer died
+    /// before deleting what it wrote in a lost race. Readers skip them.
+    pub orphans: Vec<ScannedFile>,
 }
 
 impl PartitionScan {
@@ -150,8 +153,24 @@ pub async fn scan(
     progress.finish();
     let mut partitions: Vec<PartitionScan> = partitions.into_values().collect();
     for p in &mut partitions {
-        p.files.sort_by_key(|f| f.parsed.start);
+        p.files.sort_by_key(|f| (f.parsed.start, f.key.clone()));
         p.gaps.sort_by_key(|(_, g)| g.start);
+        // Files that lost the claim of their start to another file are not the chain's.
+        let keys: Vec<(DataFileKey, u64)> =
+            p.files.iter().map(|f| (f.parsed.clone(), f.size)).collect();
+        let gap_starts = p.gaps.iter().map(|(_, g)| g.start).collect();
+        let (_, orphans) =
+            chain::without_orphans(store, &p.topic, p.partition, &keys, &gap_starts).await?;
+        if !orphans.is_empty() {
+            let orphans: std::collections::BTreeSet<String> =
+                orphans.iter().map(|(k, _)| k.to_string()).collect();
+            let (orphaned, kept): (Vec<ScannedFile>, Vec<ScannedFile>) =
+                std::mem::take(&mut p.files)
+                    .into_iter()
+                    .partition(|f| orphans.contains(&f.key));
+            p.files = kept;
+            p.orphans = orphaned;
+        }
     }
     Ok(Scan {
         identity,
@@ -179,6 +198,7 @@ fn part<'a>(
             gaps: Vec::new(),
             start: None,
             checkpoint: None,
+            orphans: Vec::new(),
         })
 }
 

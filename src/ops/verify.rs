@@ -17,7 +17,7 @@ use super::scan::{self, PartitionScan, Scan, ScannedFile};
 use super::{OpsError, Progress};
 use crate::archive::chain::FileFooter;
 use crate::archive::datafile;
-use crate::archive::documents::chain_start_key;
+use crate::archive::documents::{chain_start_key, Gap};
 use crate::archive::paths::{checkpoint_key, topic_key, DATA_PREFIX};
 use crate::archive::time::rfc3339_millis;
 use crate::archive::FORMAT_VERSION;
@@ -152,6 +152,17 @@ pub async fn verify(
     let mut summaries = Vec::new();
     for p in &scan.partitions {
         let before = found.problems.len();
+        for f in &p.orphans {
+            found.warning(
+                p,
+                &f.key,
+                "orphan",
+                format!(
+                    "lost the claim of offset {} to another file (two writers raced; the one that lost died before deleting it): readers of the chain skip it, but SQL readers of data/** count its records twice — delete it",
+                    f.parsed.start
+                ),
+            );
+        }
         check_partition(p, &mut found);
         let files = p.chain_files();
         summaries.push(PartitionSummary {
@@ -292,12 +303,7 @@ fn check_partition(p: &PartitionScan, found: &mut Findings) {
                         "starts at offset {start}, inside the range of {prev_key}, which ends at {prev_end}: two files hold the same offsets"
                     ),
                 );
-            } else if start > prev_end
-                && !p
-                    .gaps
-                    .iter()
-                    .any(|(_, g)| g.start <= prev_end && g.end >= start)
-            {
+            } else if start > prev_end && !gaps_cover(&p.gaps, prev_end, start) {
                 found.problem(
                     p,
                     &f.key,
@@ -363,7 +369,15 @@ fn check_partition(p: &PartitionScan, found: &mut Findings) {
                 c.end
             ),
         ),
-        (Some(c), None) if files.is_empty() => found.problem(
+        // A partition whose only history is a gap (the broker had deleted every record before the
+        // first sink run read it) has a checkpoint at the gap's end and no file.
+        // A first checkpoint (no file named) only says where the chain will begin.
+        (Some(c), None)
+            if files.is_empty()
+                && !c.last_file.is_empty()
+                && !p.gaps.iter().any(|(_, g)| g.end == c.end) =>
+        {
+            found.problem(
             p,
             &key,
             "checkpoint",
@@ -371,7 +385,8 @@ fn check_partition(p: &PartitionScan, found: &mut Findings) {
                 "says offsets up to {} are archived, but {}/{} has no data file",
                 c.end, p.topic, p.partition
             ),
-        ),
+            )
+        }
         (None, Some(_)) => found.warning(
             p,
             &key,
@@ -381,6 +396,23 @@ fn check_partition(p: &PartitionScan, found: &mut Findings) {
         ),
         _ => {}
     }
+}
+
+/// Whether recorded gaps, one or a run of them, cover `[from, to)`.
+fn gaps_cover(gaps: &[(String, Gap)], from: i64, to: i64) -> bool {
+    let mut reached = from;
+    while reached < to {
+        match gaps
+            .iter()
+            .filter(|(_, g)| g.start <= reached && g.end > reached)
+            .map(|(_, g)| g.end)
+            .max()
+        {
+            Some(end) => reached = end,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// What a footer says must agree with its key, its statistics and its hour folder.

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message, Offset, Timestamp, TopicPartitionList};
 use regex::Regex;
 use rustc_hash::FxHashMap;
 
-pub use partition::{FlushError, Flushed, PartitionChain};
+pub use partition::{Admission, FlushError, Flushed, PartitionChain, Ticket};
 
 use crate::archive::documents::{self, ArchiveError, Gap, TopicMeta};
 use crate::archive::rotation::{Event, RollReason, RollingPolicy};
@@ -77,6 +77,13 @@ pub enum SinkError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Flush(#[from] FlushError),
+    #[error("kafka: could not seek {topic}/{partition} to offset {offset}: {message}; the sink stops rather than read past records it has not archived")]
+    Seek {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        message: String,
+    },
     #[error("no topic matches --topics {0:?} (after --exclude); nothing to back up")]
     NoTopics(String),
     #[error("{} partition(s) were not backed up because their offsets went backwards (topic deleted and recreated?): {}; the archived chains are untouched — move them aside or back up into a new archive", .0.len(), .0.join(", "))]
@@ -94,6 +101,9 @@ pub struct SinkReport {
     pub gaps: u64,
     /// Most record bytes buffered at once across all partitions.
     pub peak_buffered: u64,
+    /// Times the broker was asked for a partition's log start before a file with offset jumps
+    /// was made durable (at most one per file, never one per jump).
+    pub log_start_queries: u64,
     /// Partitions refused because their log ends before the archived chain (`topic/partition`).
     pub refused: Vec<String>,
 }
@@ -165,6 +175,18 @@ struct SinkContext {
 
 impl rdkafka::client::ClientContext for SinkContext {
     crate::kafka::answer_oauth_token_refresh!();
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is how a snapshot knows it is done, not an error.
+        if matches!(
+            error,
+            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)
+        ) {
+            tracing::debug!(reason, "librdkafka: end of partition");
+            return;
+        }
+        tracing::error!(error = %error, reason, "librdkafka error");
+    }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut ends = self.log_end.lock().unwrap_or_else(|e| e.into_inner());
@@ -448,9 +470,10 @@ impl Sink<'_> {
             if self.chains.contains_key(&id) {
                 continue;
             }
-            let Some((chain, high)) = self.open_chain(&id.0, id.1).await? else {
+            let Some((mut chain, high)) = self.open_chain(&id.0, id.1).await? else {
                 continue;
             };
+            chain.positioned_at(chain.end);
             if chain.end < high {
                 self.targets.insert(id.clone(), high);
                 added
@@ -500,8 +523,8 @@ impl Sink<'_> {
             return Ok(None);
         }
         if chain.end < low {
-            self.record_gap(topic, partition, chain.end, low).await?;
-            chain.skip_to(low, self.store).await?;
+            let gaps = chain.record_gap(self.store, low).await?;
+            self.report_gaps(&gaps);
         }
         tracing::info!(
             topic,
@@ -514,33 +537,19 @@ impl Sink<'_> {
         Ok(Some((chain, high)))
     }
 
-    /// Offsets `[start, end)` of a partition were deleted by the broker before they were archived.
-    async fn record_gap(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        start: i64,
-        end: i64,
-    ) -> Result<(), SinkError> {
-        tracing::error!(
-            topic,
-            partition,
-            archived_end = start,
-            earliest_available = end,
-            "records were deleted by retention before they were archived; recording a gap"
-        );
-        let gap = Gap {
-            topic: topic.to_string(),
-            partition,
-            start,
-            end,
-            reason: "retention".into(),
-            detected_at: rfc3339_millis(now_millis()),
-        };
-        documents::record_gap(self.store, &gap).await?;
-        self.report.gaps += 1;
-        metrics::counter!(crate::metrics::SINK_GAPS, "topic" => topic.to_string()).increment(1);
-        Ok(())
+    /// Gaps a chain recorded: offsets the broker had deleted before they were archived.
+    fn report_gaps(&mut self, gaps: &[Gap]) {
+        for gap in gaps {
+            tracing::error!(
+                topic = gap.topic,
+                partition = gap.partition,
+                archived_end = gap.start,
+                earliest_available = gap.end,
+                "records were deleted by retention before they were archived; recorded a gap"
+            );
+            self.report.gaps += 1;
+            metrics::counter!(crate::metrics::SINK_GAPS, "topic" => gap.topic.clone()).increment(1);
+        }
     }
 
     async fn write_topic_meta(
@@ -633,7 +642,6 @@ impl Sink<'_> {
     ) -> Result<(), SinkError> {
         let id = (topic, partition);
         let offset = record.offset;
-        let bucket = HourBucket::of_millis(record.timestamp.unwrap_or_else(now_millis));
         if !self.chains.contains_key(&id) {
             if self.opts.once || self.report.refused.contains(&format!("{}/{}", id.0, id.1)) {
                 return Ok(());
@@ -645,10 +653,7 @@ impl Sink<'_> {
                     // again once the store answers.
                     tracing::warn!(topic = id.0, partition = id.1, error = %e, "cannot resume the partition from the archive yet");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    self.consumer
-                        .seek(&id.0, id.1, Offset::Offset(offset), Duration::from_secs(10))
-                        .map_err(|e| self.kafka_err(e))?;
-                    return Ok(());
+                    return self.seek(&id, offset);
                 }
                 other => other?,
             };
@@ -658,51 +663,19 @@ impl Sink<'_> {
                 let _ = self.consumer.pause(&tpl);
                 return Ok(());
             };
-            let end = chain.end;
             self.seen.insert(id.clone());
             self.chains.insert(id.clone(), chain);
-            if offset > end {
-                // The group's committed offset is ahead of the archive (a crash between checkpoint
-                // and commit cannot cause this, but another tool committing to the group can):
-                // read again from the chain's end so nothing is skipped.
-                self.consumer
-                    .seek(&id.0, id.1, Offset::Offset(end), Duration::from_secs(10))
-                    .map_err(|e| self.kafka_err(e))?;
-                return Ok(());
-            }
-        }
-        let Some(chain) = self.chains.get_mut(&id) else {
-            return Ok(());
-        };
-        let expected = chain.expected_next();
-        if offset > expected {
-            // Offsets skipped: compaction and transaction markers do that, and so does the broker
-            // deleting records we have not archived. Only the log's start can tell.
-            let (low, _) = self
-                .consumer
-                .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
-                .map_err(|e| self.kafka_err(e))?;
-            if low > expected {
-                self.flush(&id, RollReason::Shutdown).await?;
-                if !self.deferred(&id, offset)? {
-                    let start = self.chains.get(&id).map_or(low, |c| c.end);
-                    if start < low {
-                        self.record_gap(&id.0, id.1, start, low).await?;
-                        let chain = self.chains.get_mut(&id).expect("chain exists");
-                        chain.skip_to(low, self.store).await?;
-                    }
-                } else {
-                    return Ok(());
-                }
-            }
         }
         let chain = self.chains.get_mut(&id).expect("chain exists");
+        let ticket = match chain.admit(offset) {
+            Admission::Skip => return Ok(()),
+            Admission::Reposition => return self.apply_seek(&id),
+            Admission::Keep(ticket) => ticket,
+        };
+        let bucket = HourBucket::of_millis(record.timestamp.unwrap_or_else(now_millis));
         if let Some(reason) = chain.should_roll(&self.opts.policy, Event::BeforeAppend { bucket }) {
             self.flush(&id, reason).await?;
-            // The store could not take the file: this record must not join it (bucket rule).
-            if self.deferred(&id, offset)? {
-                return Ok(());
-            }
+            self.defer_if_open(&id, offset)?;
         }
         let cost = |sink: &Self| {
             sink.chains
@@ -713,15 +686,17 @@ impl Sink<'_> {
             self.relieve_memory().await?;
             // A record larger than what is free is still taken when nothing else is buffered.
             if self.buffered() > 0 && self.buffered() + cost(self) > self.record_budget() {
-                // Still no room (the store is down): do not buffer it; Kafka delivers it again
-                // from this offset once consumption resumes.
-                self.consumer
-                    .seek(&id.0, id.1, Offset::Offset(offset), Duration::from_secs(10))
-                    .map_err(|e| self.kafka_err(e))?;
-                return Ok(());
+                // Still no room (the store is down): Kafka delivers it again from this offset once
+                // consumption resumes.
+                if let Some(chain) = self.chains.get_mut(&id) {
+                    chain.reposition(offset);
+                }
+                return self.apply_seek(&id);
             }
         }
-        let chain = self.chains.get_mut(&id).expect("chain exists");
+        let Some(chain) = self.chains.get_mut(&id) else {
+            return Ok(());
+        };
         let before = chain.buffered_bytes();
         // The clock is read only when the record opens a file (it was 5 % of the CPU per record).
         let now = if chain.open_file().is_none() {
@@ -729,10 +704,13 @@ impl Sink<'_> {
         } else {
             0
         };
-        chain.push(record, bucket, now);
+        if !chain.push(ticket, record, bucket, now) {
+            // A flush on the way repositioned the chain (an adopted file, another worker's
+            // checkpoint, a record deferred): the consumer reads again from there.
+            return self.apply_seek(&id);
+        }
         self.buffered = self.buffered - before + chain.buffered_bytes();
         self.report.peak_buffered = self.report.peak_buffered.max(self.buffered);
-        let chain = self.chains.get_mut(&id).expect("chain exists");
         if let Some(reason) = chain.should_roll(&self.opts.policy, Event::AfterAppend) {
             self.flush(&id, reason).await?;
         }
@@ -890,16 +868,69 @@ impl Sink<'_> {
     }
 
     /// After a flush that had to happen before `offset` could be buffered: if the file is still open
-    /// (the store is down), read `offset` again later instead of buffering it now. Returns whether
-    /// the record was deferred.
-    fn deferred(&mut self, id: &(String, i32), offset: i64) -> Result<bool, SinkError> {
-        if self.chains.get(id).is_some_and(|c| c.open_file().is_some()) {
-            self.consumer
-                .seek(&id.0, id.1, Offset::Offset(offset), Duration::from_secs(10))
-                .map_err(|e| self.kafka_err(e))?;
-            return Ok(true);
+    /// (the store is down), the record must not join it (bucket rule), so the chain repositions to
+    /// read it again later.
+    fn defer_if_open(&mut self, id: &(String, i32), offset: i64) -> Result<(), SinkError> {
+        if let Some(chain) = self.chains.get_mut(id) {
+            if chain.open_file().is_some() {
+                chain.reposition(offset);
+                return self.apply_seek(id);
+            }
         }
-        Ok(false)
+        Ok(())
+    }
+
+    /// Seek the consumer where the chain repositioned, if it did. A seek that fails is never a
+    /// skip: a partition no longer assigned here is forgotten (its new owner reads from the
+    /// archive's end); otherwise the sink stops with the error, rather than read past records it
+    /// never buffered.
+    fn apply_seek(&mut self, id: &(String, i32)) -> Result<(), SinkError> {
+        let Some(to) = self.chains.get_mut(id).and_then(|c| c.take_seek()) else {
+            return Ok(());
+        };
+        self.seek(id, to)
+    }
+
+    fn seek(&mut self, id: &(String, i32), offset: i64) -> Result<(), SinkError> {
+        let mut attempt = 0;
+        loop {
+            let Err(e) =
+                self.consumer
+                    .seek(&id.0, id.1, Offset::Offset(offset), Duration::from_secs(10))
+            else {
+                return Ok(());
+            };
+            let assigned = self
+                .consumer
+                .assignment()
+                .map(|tpl| tpl.find_partition(&id.0, id.1).is_some())
+                .unwrap_or(true);
+            if !assigned {
+                if let Some(chain) = self.chains.remove(id) {
+                    self.buffered -= chain.buffered_bytes();
+                }
+                tracing::info!(
+                    topic = id.0,
+                    partition = id.1,
+                    "partition no longer assigned here; forgetting it"
+                );
+                return Ok(());
+            }
+            attempt += 1;
+            if attempt == 3 {
+                if let Some(chain) = self.chains.get_mut(id) {
+                    chain.lose_position();
+                }
+                return Err(SinkError::Seek {
+                    topic: id.0.clone(),
+                    partition: id.1,
+                    offset,
+                    message: e.to_string(),
+                });
+            }
+            tracing::warn!(topic = id.0, partition = id.1, offset, error = %e, "seek failed; trying again");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Hand over partitions the group moved to another worker: flush what is buffered for them
@@ -1053,24 +1084,49 @@ impl Sink<'_> {
                 .into_iter()
                 .filter_map(|id| self.chains.remove(&id).map(|chain| (id, chain)))
                 .collect();
+            // A file with offset jumps asks the broker for the log's start once, before it is
+            // made durable (see `PartitionChain::flush_checked`); a failure to ask keeps the
+            // records and tries again later, like a store that is away.
+            let mut lows = Vec::with_capacity(taken.len());
+            for (id, chain) in &taken {
+                lows.push(match chain.first_jump() {
+                    None => Ok(None),
+                    Some(_) => {
+                        self.report.log_start_queries += 1;
+                        self.consumer
+                            .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
+                            .map(|(low, _)| Some(low))
+                    }
+                });
+            }
             let (store, cluster_id, part_size) =
                 (self.store, self.cluster_id.as_str(), self.opts.part_size);
-            let results =
-                futures::future::join_all(taken.iter_mut().map(|(_, chain)| async move {
+            let results = futures::future::join_all(taken.iter_mut().zip(lows).map(
+                |((_, chain), low)| async move {
                     let before = chain.buffered_bytes();
                     let started = Instant::now();
-                    let result = chain
-                        .flush(store, cluster_id, part_size, now_millis())
-                        .await;
+                    let result = match low {
+                        Ok(low) => {
+                            chain
+                                .flush_checked(store, low, cluster_id, part_size, now_millis())
+                                .await
+                        }
+                        Err(e) => Err(FlushError::LogStart(e.to_string())),
+                    };
                     (before, started.elapsed(), result)
-                }))
-                .await;
+                },
+            ))
+            .await;
             let mut failure = None;
             let mut store_away = false;
             for ((id, chain), (before, took, result)) in taken.into_iter().zip(results) {
                 store_away |= matches!(&result, Err(e) if e.is_transient());
                 self.buffered = self.buffered - before + chain.buffered_bytes();
                 self.chains.insert(id.clone(), chain);
+                let result = result.map(|(flushed, gaps)| {
+                    self.report_gaps(&gaps);
+                    flushed
+                });
                 if let Err(e) = self.settle(&id, reason, took, result).await {
                     failure.get_or_insert(e);
                 }
@@ -1116,19 +1172,12 @@ impl Sink<'_> {
                 return Err(e.into());
             }
         };
-        if done.adopted || chain.end != done.end {
-            // Buffered records were dropped for a file or checkpoint another run wrote: read
-            // again from where the chain now ends.
-            if let Err(e) = self.consumer.seek(
-                &chain.topic,
-                chain.partition,
-                Offset::Offset(chain.end),
-                Duration::from_secs(10),
-            ) {
-                tracing::debug!(error = %e, "seek after adoption failed; the partition is no longer assigned here");
-            }
-        }
         let topic = chain.topic.clone();
+        if reason != RollReason::Revoked {
+            // Buffered records were dropped for a file or checkpoint another run wrote: read
+            // again from where the chain now ends. (A revoked partition is its new owner's.)
+            self.apply_seek(id)?;
+        }
         if done.adopted {
             self.report.adopted_files += 1;
             metrics::counter!(crate::metrics::SINK_FILES_ADOPTED, "topic" => topic).increment(1);

@@ -1,13 +1,22 @@
 //! One partition's chain on the sink side: the records buffered for its open file, and the commit
 //! protocol that makes them durable.
 //!
-//! The commit order lives here and only here: (1) the data file is created with a create-only put,
-//! or an existing file at the same start is adopted; (2) only then the checkpoint is advanced by
-//! compare-and-swap; (3) the Kafka commit follows, for lag monitoring only. A crash between any two
-//! steps leaves a chain the next start resumes without loss or duplicate.
+//! The commit order lives here and only here: (1) the data file is created with a create-only put
+//! and published by a create-only claim of its start, or the file already claimed at that start is
+//! adopted; (2) only then the checkpoint is advanced by compare-and-swap; (3) the Kafka commit
+//! follows, for lag monitoring only (`Sink::commit`). A crash between any two steps leaves a chain
+//! the next start resumes without loss or duplicate.
+//!
+//! The read rule: every offset in `[end, read_to)` that exists in the log was read by this worker,
+//! in order, since the consumer was last positioned, and is buffered. Whenever the chain's end moves
+//! anywhere else (an adopted file, another worker's checkpoint, a record that must be read again)
+//! the chain *repositions*: the consumer owes it a seek to the new position, and a record admitted
+//! before that can no longer be buffered ([`Ticket`]). So no record is ever buffered after a hole
+//! this worker did not read itself.
 
+use crate::archive::chain;
 use crate::archive::datafile::{self, file_meta};
-use crate::archive::documents::{self, ArchiveError, Checkpoint, Versioned};
+use crate::archive::documents::{self, ArchiveError, Checkpoint, Claim, Gap, Versioned};
 use crate::archive::paths::DataFileKey;
 use crate::archive::rotation::{Event, OpenFile, RollReason, RollingPolicy};
 use crate::archive::time::{rfc3339_millis, HourBucket};
@@ -29,12 +38,15 @@ pub enum FlushError {
         key: String,
         source: datafile::DataFileError,
     },
-    #[error("{key}: the existing file covers [{start}, {end}), which does not continue the chain at {expected}")]
-    Inconsistent {
+    /// The broker could not say where the log starts (needed before a file with offset jumps is
+    /// made durable); tried again like a store that is away.
+    #[error("kafka: could not read the log start offset: {0}")]
+    LogStart(String),
+    #[error("{url}: {key} has a damaged footer ({message}); the partition stops here rather than trust it — run `rewind verify --deep` and move the file aside")]
+    BadFooter {
+        url: String,
         key: String,
-        start: i64,
-        end: i64,
-        expected: i64,
+        message: String,
     },
 }
 
@@ -45,9 +57,21 @@ impl FlushError {
             FlushError::Storage(e) | FlushError::Archive(ArchiveError::Storage(e)) => {
                 e.is_transient()
             }
+            FlushError::LogStart(_) => true,
             _ => false,
         }
     }
+}
+
+/// What holds the range that starts at the chain's end.
+enum Settled {
+    File {
+        key: String,
+        meta: datafile::FileMeta,
+    },
+    Gap {
+        end: i64,
+    },
 }
 
 /// What a flush made durable.
@@ -74,12 +98,46 @@ pub struct PartitionChain {
     open: Option<OpenFile>,
     /// Heap bytes the buffered records own (their keys, values and headers).
     heap_bytes: u64,
+    /// The read rule's bound: where the consumer reads this partition next. `None` until a record
+    /// shows where the consumer stands.
+    read_to: Option<i64>,
+    /// Counts repositions; a [`Ticket`] of an older generation buffers nothing.
+    generation: u64,
+    /// A seek the consumer owes the chain after a reposition.
+    seek: Option<i64>,
+    /// Offsets skipped between buffered records: `(index of the record after the jump, the offset
+    /// expected there)`. A jump is a hole (compaction, a transaction marker, aborted records)
+    /// unless the broker deleted those records first, which only the log's start can tell: one
+    /// question per file, asked before it is made durable ([`PartitionChain::flush_checked`]).
+    jumps: Vec<(usize, i64)>,
+}
+
+/// What to do with a record the consumer delivered.
+#[derive(Debug)]
+#[must_use]
+pub enum Admission {
+    /// Archived already, or read before the consumer was repositioned: drop it.
+    Skip,
+    /// The record continues what this worker read: buffer it with [`PartitionChain::push`], unless
+    /// a flush in between repositions the chain.
+    Keep(Ticket),
+    /// The consumer is not where the chain continues: drop the record and seek
+    /// ([`PartitionChain::take_seek`]).
+    Reposition,
+}
+
+/// Permission to buffer one admitted record, valid until the chain repositions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Ticket {
+    generation: u64,
+    offset: i64,
 }
 
 impl PartitionChain {
     /// Resume a partition from the archive: its checkpoint, then any files written after it (a crash
-    /// between upload and checkpoint), adopted in chain order. `earliest` is where the chain starts
-    /// when the archive has nothing for the partition.
+    /// between upload and checkpoint), adopted in chain order once claimed. `earliest` is where the
+    /// chain starts when the archive has nothing for the partition.
     pub async fn resume(
         store: &dyn ObjectStore,
         topic: &str,
@@ -90,26 +148,38 @@ impl PartitionChain {
         let files = store
             .list(&DataFileKey::partition_prefix(topic, partition))
             .await?;
-        let mut keys: Vec<DataFileKey> = files
-            .iter()
-            .filter_map(|o| DataFileKey::parse(&o.key))
-            .collect();
-        keys.sort_by_key(|k| k.start);
-        let mut end = match (&checkpoint, keys.first()) {
+        let mut starts: std::collections::BTreeMap<i64, Vec<(DataFileKey, u64)>> =
+            Default::default();
+        for object in &files {
+            if let Some(key) = DataFileKey::parse(&object.key) {
+                starts
+                    .entry(key.start)
+                    .or_default()
+                    .push((key, object.size));
+            }
+        }
+        let checkpoint = match (checkpoint, starts.keys().next()) {
+            (None, None) => {
+                // Nothing archived yet: the first checkpoint says where the chain begins, so that
+                // workers starting at different log starts agree on one beginning.
+                let first = Checkpoint {
+                    format_version: FORMAT_VERSION,
+                    topic: topic.to_string(),
+                    partition,
+                    end: earliest,
+                    last_file: String::new(),
+                    max_timestamp: None,
+                    updated_at: rfc3339_millis(now_millis()),
+                };
+                Some(documents::create_checkpoint(store, &first).await?)
+            }
+            (checkpoint, _) => checkpoint,
+        };
+        let mut end = match (&checkpoint, starts.keys().next()) {
             (Some(c), _) => c.doc.end,
-            (None, Some(first)) => first.start,
+            (None, Some(first)) => *first,
             (None, None) => earliest,
         };
-        for key in &keys {
-            if key.start < end {
-                continue;
-            }
-            if key.start != end {
-                break;
-            }
-            let meta = read_meta(store, &key.to_string()).await?;
-            end = meta.end;
-        }
         let mut chain = PartitionChain {
             topic: topic.to_string(),
             partition,
@@ -118,18 +188,157 @@ impl PartitionChain {
             buffer: Vec::new(),
             open: None,
             heap_bytes: 0,
+            read_to: None,
+            generation: 0,
+            seek: None,
+            jumps: Vec::new(),
         };
-        if chain.checkpoint.as_ref().is_some_and(|c| c.doc.end < end) {
+        let mut last = None;
+        while let Some(candidates) = starts.get(&end) {
+            match chain.settle_start(store, candidates, None).await? {
+                Settled::File { key, meta } => {
+                    end = meta.end;
+                    last = Some((key, meta.max_timestamp));
+                }
+                // A gap won the start; the files there were orphans. Opening the partition meets
+                // the gap again (its end is before the log's start) and continues after it.
+                Settled::Gap { .. } => break,
+            }
+            chain.end = end;
+        }
+        chain.end = end;
+        if let Some((key, max_timestamp)) = last {
             // Files beyond the checkpoint are durable: bring the checkpoint up to them.
-            let last = keys
-                .iter()
-                .rev()
-                .find(|k| k.start < end)
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            chain.advance_checkpoint(&last, None, store).await?;
+            chain.advance_checkpoint(&key, max_timestamp, store).await?;
         }
         Ok(chain)
+    }
+
+    /// Decide which data file holds the range starting at the chain's end, given the files listed
+    /// there (`listed`) and the one this worker just wrote (`mine`): the claimed one, claiming the
+    /// first listed if nothing claims the start yet. Other files at the start are orphans of a lost
+    /// race and are deleted (a failed delete leaves an orphan readers ignore and verify reports).
+    /// Returns the file's key and checked footer, or the end of the gap that holds the start.
+    async fn settle_start(
+        &self,
+        store: &dyn ObjectStore,
+        listed: &[(DataFileKey, u64)],
+        mine: Option<&str>,
+    ) -> Result<Settled, FlushError> {
+        let start = self.end;
+        let candidate = mine
+            .map(str::to_string)
+            .or_else(|| listed.iter().map(|(k, _)| k.to_string()).min())
+            .ok_or_else(|| FlushError::BadFooter {
+                url: store.url().to_string(),
+                key: DataFileKey::partition_prefix(&self.topic, self.partition),
+                message: format!("no data file starts at {start}"),
+            })?;
+        let claimed = match documents::read_claim(store, &self.topic, self.partition, start).await?
+        {
+            Some(claim) => claim,
+            None => {
+                documents::claim(
+                    store,
+                    &Claim {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        start,
+                        key: candidate.clone(),
+                        end: None,
+                        created_at: rfc3339_millis(now_millis()),
+                    },
+                )
+                .await?
+            }
+        };
+        failpoint::hit(failpoint::AFTER_CLAIM).await;
+        let orphans: Vec<String> = listed
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .chain(mine.map(str::to_string))
+            .filter(|k| *k != claimed.key)
+            .collect();
+        if !orphans.is_empty() {
+            tracing::warn!(
+                topic = self.topic,
+                partition = self.partition,
+                start,
+                claimed = claimed.key,
+                orphans = ?orphans,
+                "another file was claimed at this start first; deleting the files that lost the race"
+            );
+            if let Err(e) = store.delete_many(&orphans).await {
+                tracing::warn!(error = %e, "could not delete orphaned data files; readers ignore them and `rewind verify` names them");
+            }
+        }
+        if claimed.is_gap() {
+            // The gap's document follows its claim; a worker that died in between left it to us.
+            let gap = gap_of(&claimed);
+            documents::record_gap(store, &gap).await?;
+            return Ok(Settled::Gap { end: gap.end });
+        }
+        let meta = checked_footer(store, &claimed.key, &self.topic, self.partition, start).await?;
+        Ok(Settled::File {
+            key: claimed.key,
+            meta,
+        })
+    }
+
+    /// Records `[end, low)` were deleted by the broker before any worker archived them: record the
+    /// gap by claiming its start, so that a gap and a file never both hold one start (a zombie that
+    /// still holds those records and flushes them loses to the gap, or the gap to its file, which
+    /// is then adopted and the question asked again at its end). Nothing may be buffered. Returns
+    /// the gaps recorded (none when other workers archived up to `low` meanwhile).
+    pub async fn record_gap(
+        &mut self,
+        store: &dyn ObjectStore,
+        low: i64,
+    ) -> Result<Vec<Gap>, FlushError> {
+        debug_assert!(self.buffer.is_empty());
+        let mut recorded = Vec::new();
+        // Another worker may have moved on: start from the newest checkpoint.
+        if let Some(current) =
+            documents::read_checkpoint(store, &self.topic, self.partition).await?
+        {
+            if current.doc.end > self.end {
+                self.clear_buffer();
+                self.end = current.doc.end;
+                self.reposition(current.doc.end);
+            }
+            self.checkpoint = Some(current);
+        }
+        while self.end < low {
+            let start = self.end;
+            let gap_key = documents::gap_key(&self.topic, self.partition, start);
+            let claimed = documents::claim(
+                store,
+                &Claim {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    start,
+                    key: gap_key.clone(),
+                    end: Some(low),
+                    created_at: rfc3339_millis(now_millis()),
+                },
+            )
+            .await?;
+            if claimed.is_gap() {
+                let gap = gap_of(&claimed);
+                documents::record_gap(store, &gap).await?;
+                self.skip_to(gap.end, store).await?;
+                recorded.push(gap);
+            } else {
+                // A file holds this start: it is the chain.
+                let meta =
+                    checked_footer(store, &claimed.key, &self.topic, self.partition, start).await?;
+                self.end = meta.end;
+                self.reposition(meta.end);
+                self.advance_checkpoint(&claimed.key, meta.max_timestamp, store)
+                    .await?;
+            }
+        }
+        Ok(recorded)
     }
 
     /// Memory the buffer holds: what the records own plus the buffer's own capacity, which grows
@@ -162,17 +371,53 @@ impl PartitionChain {
         policy.decide(self.open.as_ref(), event)
     }
 
-    /// Buffer a record. Records before the chain's end were archived already (by an earlier run or
-    /// an adopted file) and are dropped, which is what makes a replay after a crash exactly-once.
-    /// Returns whether the record was kept.
-    pub fn push(&mut self, record: Record, bucket: HourBucket, now_ms: u64) -> bool {
-        if record.offset < self.end
-            || self
-                .buffer
-                .last()
-                .is_some_and(|last| record.offset <= last.offset)
-        {
+    /// Decide what to do with the record at `offset` the consumer just delivered (the read rule).
+    pub fn admit(&mut self, offset: i64) -> Admission {
+        if self.seek.is_some() {
+            // Delivered before the seek the chain is owed: read from where that seek goes.
+            return Admission::Reposition;
+        }
+        match self.read_to {
+            // Delivered from before the last seek: the seek reads it again if it is needed.
+            Some(read_to) if offset < read_to => return Admission::Skip,
+            Some(_) => {}
+            // Where the consumer stands is unknown (a partition just handed over, positioned by
+            // the group's committed offset): a record past the chain's end may follow records this
+            // worker never saw, so read again from the end.
+            None if offset > self.end => {
+                self.reposition(self.end);
+                return Admission::Reposition;
+            }
+            None => {}
+        }
+        self.read_to = Some(offset + 1);
+        if offset < self.end {
+            // Archived already (by an earlier run or an adopted file): a replay, dropped, which is
+            // what makes reading again after a crash exactly-once.
+            return Admission::Skip;
+        }
+        Admission::Keep(Ticket {
+            generation: self.generation,
+            offset,
+        })
+    }
+
+    /// Buffer an admitted record. Returns false, buffering nothing, when the chain repositioned
+    /// since the record was admitted: the consumer reads it again after its seek.
+    pub fn push(
+        &mut self,
+        ticket: Ticket,
+        record: Record,
+        bucket: HourBucket,
+        now_ms: u64,
+    ) -> bool {
+        if ticket.generation != self.generation || ticket.offset != record.offset {
             return false;
+        }
+        let expected = self.expected_next();
+        debug_assert!(record.offset >= expected);
+        if record.offset > expected {
+            self.jumps.push((self.buffer.len(), expected));
         }
         let size = record.size();
         let open = self.open.get_or_insert(OpenFile {
@@ -186,6 +431,89 @@ impl PartitionChain {
         self.heap_bytes += size - std::mem::size_of::<Record>() as u64;
         self.buffer.push(record);
         true
+    }
+
+    /// Move the consumer to `offset`: records admitted so far can no longer be buffered, and the
+    /// chain owes the consumer a seek there. `offset` is the chain's end, or the record after the
+    /// buffered ones that could not be buffered now (the store is away, memory is full).
+    pub fn reposition(&mut self, offset: i64) {
+        debug_assert!(offset >= self.expected_next() || self.buffer.is_empty());
+        self.generation += 1;
+        self.read_to = Some(offset);
+        self.seek = Some(offset);
+    }
+
+    /// Where the consumer reads this partition next, as far as the chain knows.
+    pub fn position(&self) -> i64 {
+        self.read_to.unwrap_or_else(|| self.expected_next())
+    }
+
+    /// The consumer was assigned this partition at `offset` (snapshot mode assigns each partition
+    /// at its chain's end).
+    pub fn positioned_at(&mut self, offset: i64) {
+        self.read_to = Some(offset);
+        self.seek = None;
+    }
+
+    /// The seek the consumer owes the chain, if it repositioned since the last call.
+    pub fn take_seek(&mut self) -> Option<i64> {
+        self.seek.take()
+    }
+
+    /// Forget where the consumer stands (its seek failed): the next record decides, as for a
+    /// partition just handed over.
+    pub fn lose_position(&mut self) {
+        self.generation += 1;
+        self.read_to = None;
+        self.seek = None;
+    }
+
+    /// Where the first offset jump among the buffered records starts, if there is one: the caller
+    /// then asks the broker for the log's start before flushing ([`PartitionChain::flush_checked`]).
+    pub fn first_jump(&self) -> Option<i64> {
+        self.jumps.first().map(|(_, expected)| *expected)
+    }
+
+    /// Flush, given the log's start `low` when there are jumps ([`PartitionChain::first_jump`]).
+    /// Retention deletes a prefix of the log, so a jump from an offset at or after `low` skipped
+    /// nothing that was deleted. A jump from before `low` may have: the records before it become
+    /// the file, the rest are dropped and read again, and the gap up to `low` is recorded by claim.
+    /// Returns the flush and any gaps recorded.
+    pub async fn flush_checked(
+        &mut self,
+        store: &dyn ObjectStore,
+        low: Option<i64>,
+        cluster_id: &str,
+        part_size: usize,
+        now_ms: i64,
+    ) -> Result<(Option<Flushed>, Vec<Gap>), FlushError> {
+        let deleted = low.and_then(|low| {
+            let (index, expected) = *self.jumps.iter().find(|(_, e)| *e < low)?;
+            Some((index, expected, low))
+        });
+        if let Some((index, expected, _)) = deleted {
+            // Keep what was read before the jump; read again from where it happened.
+            let dropped = self.buffer.split_off(index);
+            self.jumps.retain(|(i, _)| *i < index);
+            let freed: u64 = dropped
+                .iter()
+                .map(|r| r.size() - std::mem::size_of::<Record>() as u64)
+                .sum();
+            self.heap_bytes -= freed;
+            if let Some(open) = &mut self.open {
+                open.records = self.buffer.len() as u64;
+                open.bytes = self.buffer.iter().map(Record::size).sum();
+            }
+            self.reposition(expected);
+        }
+        let flushed = self.flush(store, cluster_id, part_size, now_ms).await?;
+        let mut gaps = Vec::new();
+        if let Some((_, _, low)) = deleted {
+            if self.open.is_none() && self.end < low {
+                gaps = self.record_gap(store, low).await?;
+            }
+        }
+        Ok((flushed, gaps))
     }
 
     /// Make the buffered records durable as one data file, then advance the checkpoint. Returns
@@ -228,8 +556,53 @@ impl PartitionChain {
         let records = std::mem::take(&mut self.buffer);
         let (records, created) = upload::create(store, &key, meta, records, part_size).await;
         self.buffer = records;
-        let flushed = match created {
-            Ok(bytes) => Flushed {
+        let mine = match created {
+            Ok(bytes) => Some(bytes),
+            Err(UploadError::Encode(source)) => return Err(FlushError::DataFile { key, source }),
+            // The same key exists: an earlier run of this worker, or another worker that read the
+            // same first record. Whichever file the claim names is the chain.
+            Err(UploadError::Store(StorageError::AlreadyExists { .. })) => None,
+            Err(UploadError::Store(e)) => return Err(e.into()),
+        };
+        failpoint::hit(failpoint::AFTER_UPLOAD).await;
+
+        // Still step 1: publish the file by claiming its start, or learn which file holds it.
+        let settled = match mine {
+            Some(_) => self.settle_start(store, &[], Some(&key)).await?,
+            None => {
+                let listed = DataFileKey::parse(&key)
+                    .map(|k| (k, 0))
+                    .into_iter()
+                    .collect::<Vec<_>>();
+                self.settle_start(store, &listed, None).await?
+            }
+        };
+        let (claimed, existing) = match settled {
+            Settled::File { key, meta } => (key, meta),
+            Settled::Gap { end: gap_end } => {
+                // A gap was recorded at this start first: the records it says are missing are
+                // gone from Kafka, and the chain continues after it.
+                tracing::warn!(
+                    topic = self.topic,
+                    partition = self.partition,
+                    start,
+                    gap_end,
+                    "a gap was recorded at this start by another worker; the file written for it was dropped"
+                );
+                self.clear_buffer();
+                self.skip_to(gap_end.max(start), store).await?;
+                return Ok(Some(Flushed {
+                    key: documents::gap_key(&self.topic, self.partition, start),
+                    start,
+                    end: gap_end.max(start),
+                    records: 0,
+                    bytes: 0,
+                    adopted: true,
+                }));
+            }
+        };
+        let flushed = match mine {
+            Some(bytes) if claimed == key => Flushed {
                 key: key.clone(),
                 start,
                 end,
@@ -237,45 +610,33 @@ impl PartitionChain {
                 bytes,
                 adopted: false,
             },
-            Err(UploadError::Encode(source)) => return Err(FlushError::DataFile { key, source }),
-            Err(UploadError::Store(StorageError::AlreadyExists { .. })) => {
-                // Another run wrote this start already: its file is the chain. Keep only what lies past it.
-                let existing = read_meta(store, &key).await?;
-                if existing.start != start || existing.end <= start {
-                    return Err(FlushError::Inconsistent {
-                        key,
-                        start: existing.start,
-                        end: existing.end,
-                        expected: start,
-                    });
-                }
+            _ => {
                 tracing::info!(
-                    key,
+                    key = claimed,
                     end = existing.end,
                     "adopted a data file written by an earlier run or another worker"
                 );
-                // Every buffered record is dropped (the caller reads again from the new end, so
-                // records past the adopted file go through the bucket rule afresh), and the state is
-                // consistent before the checkpoint is even tried.
+                // Every buffered record is dropped and the consumer reads again from the adopted
+                // file's end: records past it go through the bucket rule afresh, and the record
+                // that caused this flush is never buffered into a file that starts elsewhere.
                 self.end = existing.end;
                 self.clear_buffer();
+                self.reposition(existing.end);
                 let adopted = Flushed {
-                    key: key.clone(),
+                    key: claimed.clone(),
                     start,
                     end: existing.end,
                     records: existing.record_count,
                     bytes: 0,
                     adopted: true,
                 };
-                self.advance_checkpoint(&key, existing.max_timestamp, store)
+                self.advance_checkpoint(&claimed, existing.max_timestamp, store)
                     .await?;
                 return Ok(Some(adopted));
             }
-            Err(UploadError::Store(e)) => return Err(e.into()),
         };
-        failpoint::hit(failpoint::AFTER_UPLOAD).await;
 
-        // Step 2: the checkpoint, only now that the file is durable.
+        // Step 2: the checkpoint, only now that the file is durable and claimed.
         self.end = end;
         self.clear_buffer();
         self.advance_checkpoint(&flushed.key, max_timestamp, store)
@@ -287,15 +648,19 @@ impl PartitionChain {
         // Release the memory, not just the records: an idle partition must not keep the capacity
         // its largest file needed.
         self.buffer = Vec::new();
+        self.jumps = Vec::new();
         self.open = None;
         self.heap_bytes = 0;
     }
 
-    /// Skip the chain forward to `end` (a recorded gap): the checkpoint moves with it, so a restart
-    /// never looks for files between the old end and `end`.
+    /// Skip the chain forward to `end` (a recorded gap; nothing may be buffered): the checkpoint
+    /// moves with it, so a restart never looks for files between the old end and `end`, and the
+    /// consumer reads from `end`.
     pub async fn skip_to(&mut self, end: i64, store: &dyn ObjectStore) -> Result<(), FlushError> {
+        debug_assert!(self.buffer.is_empty());
         self.clear_buffer();
         self.end = end;
+        self.reposition(end);
         let last_file = self
             .checkpoint
             .as_ref()
@@ -332,18 +697,69 @@ impl PartitionChain {
             // Another worker got further: continue from there.
             self.clear_buffer();
             self.end = stored.doc.end;
+            self.reposition(stored.doc.end);
         }
         self.checkpoint = Some(stored);
         Ok(())
     }
 }
 
-async fn read_meta(store: &dyn ObjectStore, key: &str) -> Result<datafile::FileMeta, FlushError> {
-    let got = store.get(key).await?;
-    datafile::read_meta(got.body).map_err(|source| FlushError::DataFile {
+/// The gap a gap's claim describes.
+fn gap_of(claim: &Claim) -> Gap {
+    Gap {
+        topic: claim.topic.clone(),
+        partition: claim.partition,
+        start: claim.start,
+        end: claim.end.unwrap_or(claim.start).max(claim.start),
+        reason: "retention".into(),
+        detected_at: claim.created_at.clone(),
+    }
+}
+
+/// The footer of the data file `key`, checked against where the chain expects it: its topic,
+/// partition and start, a range that holds its records (`end` one past its last offset, which the
+/// offset statistics give), and a record count its rows agree with. A damaged footer claiming a
+/// huge `end` would otherwise make the sink skip everything after it.
+async fn checked_footer(
+    store: &dyn ObjectStore,
+    key: &str,
+    topic: &str,
+    partition: i32,
+    start: i64,
+) -> Result<datafile::FileMeta, FlushError> {
+    let bad = |message: String| FlushError::BadFooter {
+        url: store.url().to_string(),
         key: key.to_string(),
-        source,
-    })
+        message,
+    };
+    let size = store.head(key).await?.size;
+    let footer = match chain::read_file_footer(store, key, size).await {
+        Ok(footer) => footer,
+        Err(chain::ChainError::Archive(ArchiveError::Storage(e))) => return Err(e.into()),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let meta = footer.meta;
+    if (meta.topic.as_str(), meta.partition, meta.start) != (topic, partition, start) {
+        return Err(bad(format!(
+            "it says {}/{} from {}, where the chain expects {topic}/{partition} from {start}",
+            meta.topic, meta.partition, meta.start
+        )));
+    }
+    match footer.offsets {
+        Some((first, last))
+            if first >= start
+                && last.checked_add(1) == Some(meta.end)
+                && footer.rows == meta.record_count
+                && meta.record_count > 0
+                && meta.record_count as i128 <= i128::from(meta.end) - i128::from(start) => {}
+        _ => {
+            return Err(bad(format!(
+                "it claims [{}, {}) with {} records, but holds {} rows at offsets {:?}",
+                meta.start, meta.end, meta.record_count, footer.rows, footer.offsets
+            )))
+        }
+    }
+    Ok(meta)
 }
 
 /// Milliseconds since the epoch.
