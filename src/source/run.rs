@@ -10,6 +10,7 @@ use futures::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message};
@@ -546,6 +547,29 @@ fn no_progress_topic(topic: &str) -> RestoreError {
     RestoreError::Target(format!(
         "the progress topic {topic} does not exist in the target and {NO_ADMIN} (one partition, cleanup.policy=compact)"
     ))
+}
+
+/// Hand one record to the producer. A full local queue is backpressure, not a failure: the
+/// threaded producer's poll thread makes room as deliveries are acknowledged (or, after a refusal,
+/// purged), so wait a little and offer the record again.
+async fn send<K, P>(
+    producer: &ThreadedProducer<Deliveries>,
+    mut record: BaseRecord<'_, K, P, usize>,
+) -> Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// Run a blocking librdkafka call off the async threads.
@@ -1243,30 +1267,20 @@ impl Restore<'_> {
                 }
                 message = message.headers(kafka_headers);
             }
-            loop {
-                match self.producer.send(message) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        message = back;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((e, _)) => {
-                        let hint = if e.rdkafka_error_code()
-                            == Some(RDKafkaErrorCode::MessageSizeTooLarge)
-                        {
-                            " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)"
-                        } else {
-                            ""
-                        };
-                        return Err(self.interrupted(format!(
-                            "cannot produce record {}/{} offset {offset} ({} bytes) to {}: {e}{hint}",
-                            self.lanes[index].topic,
-                            self.lanes[index].partition,
-                            value.map_or(0, <[u8]>::len),
-                            self.lanes[index].target_topic
-                        )));
-                    }
-                }
+            if let Err(e) = send(&self.producer, message).await {
+                let hint = if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                {
+                    " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)"
+                } else {
+                    ""
+                };
+                return Err(self.interrupted(format!(
+                    "cannot produce record {}/{} offset {offset} ({} bytes) to {}: {e}{hint}",
+                    self.lanes[index].topic,
+                    self.lanes[index].partition,
+                    value.map_or(0, <[u8]>::len),
+                    self.lanes[index].target_topic
+                )));
             }
             let size = size as u64;
             self.txn_bytes += size;
@@ -1333,7 +1347,7 @@ impl Restore<'_> {
                 .partition(partition)
                 .key(key.as_bytes())
                 .payload(&value);
-            if let Err((e, _)) = self.producer.send(record) {
+            if let Err(e) = send(&self.producer, record).await {
                 self.abort().await;
                 return Err(self.interrupted(format!("cannot write progress: {e}")));
             }
