@@ -215,3 +215,37 @@ async fn a_full_producer_queue_is_waited_for() {
     .unwrap());
     assert_restored(&target, &source);
 }
+
+/// The broker applies `max.message.bytes` to whole batches: a target created with the source's
+/// 262144 takes every record of about 10 KiB, batched below its limit.
+#[tokio::test]
+async fn a_target_with_a_small_max_message_bytes_takes_every_batch() {
+    let topic = common::unique("pitr-small-batches");
+    kafka::create_topic(&topic, 2, &[("max.message.bytes", "262144")]).await;
+    let source = produce_spread(&topic, 2, 150, |p, i| {
+        (0..10_000 + i)
+            .map(|j| (j as u32 * 7 + i as u32 + p as u32) as u8)
+            .collect()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic, 100);
+
+    let target = format!("{topic}-copy");
+    let stdout = ok(restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={target}"),
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap());
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["topics_created"][0], target.as_str(), "{summary}");
+    assert_restored(&target, &source);
+}

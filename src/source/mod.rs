@@ -8,6 +8,7 @@
 
 mod groups;
 pub mod job;
+mod limits;
 pub mod partitioner;
 pub mod plan;
 pub mod progress;

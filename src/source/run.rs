@@ -19,10 +19,10 @@ use tokio::sync::{mpsc, Semaphore};
 use super::plan::{files_in, plan_partition, PartitionPlan};
 use super::progress::{self, Progress};
 use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
-use super::{groups, partitioner, RestoreError, RestoreOptions, RestoreReport};
+use super::{groups, limits, partitioner, RestoreError, RestoreOptions, RestoreReport};
 use crate::archive::chain::{self, Chain, ChainFile};
 use crate::archive::datafile::Rows;
-use crate::archive::documents::{self, Gap, TopicMeta};
+use crate::archive::documents::{self, ArchiveError, Gap, TopicMeta};
 use crate::archive::time::rfc3339_millis;
 use crate::kafka::Ctx;
 use crate::storage::ObjectStore;
@@ -371,6 +371,18 @@ pub async fn run(
         return Err(no_progress_topic(&opts.progress_topic));
     }
 
+    let batch_size = match &admin {
+        Some(admin) => batch_size(&*store, opts, &planned, admin, &metadata, &existing)
+            .await
+            .map_err(|e| match e {
+                Ok(e) => kafka_err(e),
+                Err(e) => RestoreError::Archive(e),
+            })?,
+        // Without the admin API nothing tells the limits: librdkafka's default fits Kafka's.
+        None => limits::DEFAULT_BATCH_SIZE,
+    }
+    .to_string();
+
     // Fence any earlier run of this restore, then read what it committed.
     let mut producer_config = client.clone();
     producer_config.set(
@@ -390,7 +402,7 @@ pub async fn run(
         // a created target) may exceed librdkafka's 1 MB default: let the target broker decide.
         ("message.max.bytes", "67108864"),
         ("linger.ms", "20"),
-        ("batch.size", "1000000"),
+        ("batch.size", batch_size.as_str()),
         ("batch.num.messages", "100000"),
         ("queue.buffering.max.messages", "1000000"),
     ] {
@@ -506,6 +518,60 @@ pub async fn run(
         restore.follow(admin.as_ref(), brokers, &mut stop).await?;
     }
     Ok(restore.report)
+}
+
+/// The producer's `batch.size`: below the smallest `max.message.bytes` of the topics the restore
+/// writes to, as the cluster describes the existing ones and as a missing one will be created (the
+/// source's setting from `_topics/`, or the brokers' `message.max.bytes`). Fails with the Kafka
+/// error, or the archive's.
+async fn batch_size(
+    store: &dyn ObjectStore,
+    opts: &RestoreOptions,
+    planned: &Planned,
+    admin: &AdminClient<Ctx>,
+    metadata: &rdkafka::metadata::Metadata,
+    existing: &HashMap<String, i32>,
+) -> Result<u64, Result<KafkaError, ArchiveError>> {
+    let mut sources: BTreeMap<&str, Option<&str>> = planned
+        .partitions
+        .iter()
+        .map(|p| (p.target_topic.as_str(), Some(p.topic.as_str())))
+        .collect();
+    sources.insert(&opts.progress_topic, None);
+    let described: BTreeSet<String> = sources
+        .keys()
+        .filter(|t| existing.contains_key(**t))
+        .map(|t| t.to_string())
+        .collect();
+    let brokers: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
+    let known = limits::TargetLimits::describe(admin, &brokers, &described, REQUEST_TIMEOUT)
+        .await
+        .map_err(Ok)?;
+    let mut smallest = None;
+    for (target, source) in sources {
+        let max = if existing.contains_key(target) {
+            known.topic_max_bytes.get(target).copied()
+        } else {
+            let meta: Option<TopicMeta> = match source {
+                Some(source) => {
+                    documents::read_doc(store, &crate::archive::paths::topic_key(source))
+                        .await
+                        .map_err(Err)?
+                }
+                None => None,
+            };
+            meta.and_then(|m| m.configs.get("max.message.bytes")?.parse().ok())
+                .or(known.broker_max_bytes)
+        };
+        smallest = limits::smaller(smallest, max);
+    }
+    let size = limits::batch_size(smallest);
+    tracing::debug!(
+        smallest_max_message_bytes = smallest,
+        batch_size = size,
+        "sized producer batches to the targets"
+    );
+    Ok(size)
 }
 
 /// Why a restore without the admin API cannot make a topic itself.
