@@ -7,12 +7,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, record};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
 use rewind::archive::Record;
 
@@ -248,4 +249,105 @@ async fn a_target_with_a_small_max_message_bytes_takes_every_batch() {
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(summary["topics_created"][0], target.as_str(), "{summary}");
     assert_restored(&target, &source);
+}
+
+/// When the restore command returns, a `read_committed` consumer of the target sees every record
+/// at once: the restore waits until every partition's last stable offset has passed what it wrote.
+/// The commit itself returns before the transaction markers reach the partitions, and another
+/// producer's open transaction holds a partition's last stable offset back until it ends.
+#[tokio::test]
+async fn a_finished_restore_is_visible_to_read_committed_consumers() {
+    let topic = common::unique("pitr-visible");
+    let partitions = 200;
+    kafka::create_topic(&topic, partitions, &[]).await;
+    let source = produce_spread(&topic, partitions, 5, |p, i| {
+        format!("value {p}/{i}").into_bytes()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic, 1000);
+
+    // A target the restore creates: visible as soon as the command returns, and said so.
+    let target = format!("{topic}-created");
+    let stdout = ok(restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={target}"),
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap());
+    assert_restored(&target, &source);
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["records"], 1000, "{summary}");
+    assert_eq!(summary["visible"], true, "{summary}");
+
+    // An existing target where another producer's transaction is open in partition 0: the
+    // restore's records there stay hidden until it ends, and the restore waits for that (here the
+    // other transaction is aborted once the restore says it is waiting).
+    let target = format!("{topic}-busy");
+    kafka::create_topic(&target, partitions, &[]).await;
+    let other: FutureProducer = kafka::config()
+        .set("transactional.id", common::unique("other"))
+        .create()
+        .unwrap();
+    other.init_transactions(Duration::from_secs(30)).unwrap();
+    other.begin_transaction().unwrap();
+    other
+        .send(
+            FutureRecord::to(&target)
+                .partition(0)
+                .key("other")
+                .payload("left open"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let mut child = restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={target}"),
+            "--allow-non-empty",
+            "--json",
+        ],
+    )
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
+    let lines = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("waiting for read_committed consumers") {
+                let _ = waiting_tx.send(());
+            }
+            seen.push(line);
+        }
+        seen
+    });
+    // Until the restore says it waits (then the other transaction ends), or exits without waiting
+    // (then what it restored must be visible as it is).
+    let waited = waiting_rx.recv().is_ok();
+    if waited {
+        other.abort_transaction(Duration::from_secs(30)).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = lines.join().unwrap().join("\n");
+    assert!(out.status.success(), "restore failed: {stderr}");
+    assert_restored(&target, &source);
+    assert!(waited, "the restore did not wait for the other transaction");
+    let summary: serde_json::Value =
+        serde_json::from_str(common::text(&out.stdout).trim()).unwrap();
+    assert_eq!(summary["visible"], true, "{summary}");
 }

@@ -157,6 +157,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
             "partitions": report.partitions,
             "resumed": report.resumed,
             "stopped": report.stopped,
+            "visible": report.visible,
             "topics_created": report.topics_created,
             "groups_committed": report.groups_committed,
             "groups_skipped": report.groups_skipped,
@@ -188,6 +189,9 @@ fn summary(report: &source::RestoreReport, url: &storage::StorageUrl) -> String 
     );
     if report.resumed {
         line.push_str(" (resumed)");
+    }
+    if report.visible {
+        line.push_str("; read_committed consumers see every record");
     }
     for (items, what) in [
         (&report.topics_created, "created topics"),

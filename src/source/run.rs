@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::plan::{files_in, plan_partition, PartitionPlan};
 use super::progress::{self, Progress};
 use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
-use super::{groups, limits, partitioner, RestoreError, RestoreOptions, RestoreReport};
+use super::{groups, limits, partitioner, visible, RestoreError, RestoreOptions, RestoreReport};
 use crate::archive::chain::{self, Chain, ChainFile};
 use crate::archive::datafile::Rows;
 use crate::archive::documents::{self, ArchiveError, Gap, TopicMeta};
@@ -31,6 +31,10 @@ use crate::storage::ObjectStore;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a commit may take to deliver what is queued (a quarter of the budget) to a slow target.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a finished restore waits for `read_committed` consumers to see its records: markers
+/// take seconds to minutes on topics of many partitions; longer means another producer's open
+/// transaction holds them back.
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The chains a restore reads and its plan for each.
 #[derive(Debug, Clone)]
@@ -513,6 +517,10 @@ pub async fn run(
         // Also on a rerun with nothing left to restore: a group skipped because it had members
         // is moved once they are gone.
         restore.commit_groups().await?;
+    }
+    if !opts.follow {
+        // Done means readable: the commit returned before its markers reached every partition.
+        restore.wait_visible(&mut stop).await?;
     }
     if opts.follow {
         restore.follow(admin.as_ref(), brokers, &mut stop).await?;
@@ -1452,6 +1460,87 @@ impl Restore<'_> {
         Ok(())
     }
 
+    /// Wait until `read_committed` consumers of the target see everything this restore committed
+    /// (at most [`VISIBLE_TIMEOUT`]); a stop asked for meanwhile ends the wait.
+    async fn wait_visible(
+        &mut self,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<(), RestoreError> {
+        let mut partitions: BTreeSet<(String, i32)> = BTreeSet::new();
+        for lane in &self.lanes {
+            if self.opts.repartition_by_key {
+                let count = self
+                    .target_partitions
+                    .get(&lane.target_topic)
+                    .copied()
+                    .unwrap_or(1);
+                partitions.extend((0..count).map(|p| (lane.target_topic.clone(), p)));
+            } else {
+                partitions.insert((lane.target_topic.clone(), lane.partition));
+            }
+        }
+        let progress = self
+            .target_partitions
+            .get(&self.opts.progress_topic)
+            .copied()
+            .unwrap_or(1);
+        partitions.extend((0..progress).map(|p| (self.opts.progress_topic.clone(), p)));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let waiting = blocking({
+            let (client, cancel) = (self.client.clone(), cancel.clone());
+            let partitions = partitions.into_iter().collect();
+            move || {
+                visible::wait(
+                    &client,
+                    partitions,
+                    VISIBLE_TIMEOUT,
+                    &cancel,
+                    |behind, total| {
+                        tracing::info!(
+                        behind,
+                        total,
+                        "waiting for read_committed consumers to see the restored records: {behind} of {total} partitions do not show all of them yet (transaction markers on their way, or another producer's open transaction ahead of them)"
+                    )
+                    },
+                )
+            }
+        });
+        tokio::pin!(waiting);
+        let waited = tokio::select! {
+            waited = &mut waiting => waited.map_err(|e| self.kafka_err(e))?,
+            _ = stop.as_mut() => {
+                cancel.store(true, Relaxed);
+                let _ = waiting.await;
+                self.report.stopped = true;
+                return Ok(());
+            }
+        };
+        if waited.behind.is_empty() {
+            tracing::debug!(
+                waited_ms = waited.elapsed.as_millis() as u64,
+                "every restored record is visible to read_committed consumers"
+            );
+            self.report.visible = true;
+            self.report_lag();
+            return Ok(());
+        }
+        let mut names: Vec<String> = waited
+            .behind
+            .iter()
+            .take(5)
+            .map(|(t, p)| format!("{t}/{p}"))
+            .collect();
+        if waited.behind.len() > names.len() {
+            names.push("…".into());
+        }
+        Err(RestoreError::NotVisible {
+            id: self.opts.restore_id.clone(),
+            waited_secs: waited.elapsed.as_secs(),
+            count: waited.behind.len(),
+            partitions: names.join(", "),
+        })
+    }
+
     /// Offsets archived but not restored yet, per target topic.
     fn report_lag(&self) {
         let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
@@ -1475,7 +1564,8 @@ impl Restore<'_> {
             let planned = self.report.planned_records;
             live.update(|status| {
                 status.lag_records = partitions.iter().map(|p| p.lag).sum();
-                status.finished = Some(!self.opts.follow && status.lag_records == Some(0));
+                status.finished =
+                    Some(!self.opts.follow && status.lag_records == Some(0) && self.report.visible);
                 status.partitions = partitions;
                 status.records = records;
                 status.bytes = bytes;
