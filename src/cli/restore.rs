@@ -17,7 +17,8 @@ use crate::storage;
 pub struct RestoreArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Start of the window: RFC 3339 (2026-11-23T10:00:00Z), epoch milliseconds, or `earliest`.
+    /// Start of the window: RFC 3339 (2026-11-23T10:00:00Z), epoch milliseconds, or `earliest`
+    /// (a number below 1000000000000 is refused as likely epoch seconds).
     #[arg(
         long,
         value_name = "T",
@@ -25,7 +26,8 @@ pub struct RestoreArgs {
         allow_negative_numbers = true
     )]
     from: String,
-    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest`.
+    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest` (a number below
+    /// 1000000000000 is refused as likely epoch seconds).
     #[arg(
         long,
         value_name = "T",

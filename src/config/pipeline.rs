@@ -31,9 +31,11 @@ pub enum PipelineKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestoreJob {
-    /// Start of the window: RFC 3339, epoch milliseconds, or `earliest`.
+    /// Start of the window: RFC 3339, epoch milliseconds, or `earliest` (a number below
+    /// 1000000000000 is refused as likely epoch seconds).
     pub from: String,
-    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest`.
+    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest` (a number below
+    /// 1000000000000 is refused as likely epoch seconds).
     pub to: String,
     /// Regular expression of archived topics to restore (whole name).
     pub topics: String,
