@@ -386,3 +386,28 @@ fn epoch_seconds_are_refused_where_a_time_is_taken() {
         );
     }
 }
+
+/// A restore's transactions must commit before the producer's `transaction.timeout.ms` runs out,
+/// so `restore.transaction_interval` has to be below it: refused up front, naming both.
+#[test]
+fn a_transaction_interval_not_below_the_transaction_timeout_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", home.path().display());
+    let out = rewind(
+        &[
+            "restore",
+            "--archive",
+            &archive,
+            "-X",
+            "transaction.timeout.ms=4000",
+        ],
+        &[],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("restore.transaction_interval") && error.contains("transaction.timeout.ms"),
+        "{error}"
+    );
+}

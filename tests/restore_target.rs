@@ -351,3 +351,61 @@ async fn a_finished_restore_is_visible_to_read_committed_consumers() {
         serde_json::from_str(common::text(&out.stdout).trim()).unwrap();
     assert_eq!(summary["visible"], true, "{summary}");
 }
+
+/// A producer transaction timeout above the broker's `transaction.max.timeout.ms` (Kafka's default
+/// is 15 minutes) is refused before anything is written, with the setting to change.
+#[tokio::test]
+async fn a_transaction_timeout_above_the_brokers_maximum_is_refused_up_front() {
+    let topic = common::unique("pitr-txn-timeout");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let source = produce_spread(&topic, 1, 3, |_, i| vec![i as u8; 8]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic, 100);
+
+    let target = format!("{topic}-copy");
+    let rename = format!("{topic}={target}");
+    let out = restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &rename,
+            "-X",
+            "transaction.timeout.ms=1000000",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("transaction.max.timeout.ms")
+            && error.contains("900000")
+            && error.contains("-X transaction.timeout.ms="),
+        "{error}"
+    );
+    let probe: BaseConsumer = kafka::config().create().unwrap();
+    let metadata = probe.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    assert!(
+        !metadata.topics().iter().any(|t| t.name() == target),
+        "nothing was created"
+    );
+
+    // Within the broker's maximum, the same restore goes through.
+    ok(restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &rename,
+            "-X",
+            "transaction.timeout.ms=900000",
+        ],
+    )
+    .output()
+    .unwrap());
+    assert_restored(&target, &source);
+}

@@ -75,6 +75,14 @@ pub struct RestoreArgs {
 
 pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     let config = load_config(&args.common)?;
+    // The file's settings were checked as it loaded; -X comes on top.
+    if let Some(problem) = crate::config::transaction_timing(
+        &config.restore,
+        &config.kafka,
+        Some("-X transaction.timeout.ms"),
+    ) {
+        return Err(Failure::usage(problem));
+    }
     // Signals are taken from the start: one that comes while the restore is still planning or
     // fencing stops it as soon as it can, instead of killing it without a word.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

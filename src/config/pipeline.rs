@@ -397,7 +397,13 @@ fn load_pipeline(
     };
     let checked = match (kind, &sink, &restore) {
         (Some(PipelineKind::Sink), Some(sink), _) => sink.problems(),
-        (Some(PipelineKind::Restore), _, Some(restore)) => restore.problems(),
+        (Some(PipelineKind::Restore), _, Some(restore)) => {
+            let mut found = restore.problems();
+            if let Some(kafka) = config.cluster(&cluster) {
+                found.extend(super::validate::transaction_timing(restore, kafka, None));
+            }
+            found
+        }
         _ => Vec::new(),
     };
     local.extend(checked.into_iter().filter(|p| !inherited(p)));

@@ -1,11 +1,12 @@
 //! What the target cluster lets a restore send, asked once before the producer is made: the
-//! brokers' `message.max.bytes` and each existing target topic's `max.message.bytes`, in one
-//! DescribeConfigs request.
+//! brokers' `message.max.bytes` and `transaction.max.timeout.ms`, and each existing target topic's
+//! `max.message.bytes`, in one DescribeConfigs request.
 //!
 //! Invariant: the producer's `batch.size` keeps every batch within the smallest `max.message.bytes`
 //! of the topics the restore writes to. The broker applies that limit to whole batches, so a batch
 //! of small records larger than it would be refused; a record larger than it goes alone in its own
-//! batch, and the broker refuses that one record.
+//! batch, and the broker refuses that one record. The producer's `transaction.timeout.ms` is within
+//! the brokers' `transaction.max.timeout.ms`, or the restore stops before it writes anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub(super) const DEFAULT_BATCH_SIZE: u64 = 1_000_000;
 pub(super) struct TargetLimits {
     /// The smallest `message.max.bytes` of the brokers: the limit of topics that set none.
     pub broker_max_bytes: Option<u64>,
+    /// The smallest `transaction.max.timeout.ms` of the brokers.
+    pub transaction_max_timeout_ms: Option<u64>,
     /// `max.message.bytes` of each existing topic asked about.
     pub topic_max_bytes: BTreeMap<String, u64>,
 }
@@ -63,6 +66,10 @@ impl TargetLimits {
                 OwnedResourceSpecifier::Broker(_) => {
                     limits.broker_max_bytes =
                         smaller(limits.broker_max_bytes, number("message.max.bytes"));
+                    limits.transaction_max_timeout_ms = smaller(
+                        limits.transaction_max_timeout_ms,
+                        number("transaction.max.timeout.ms"),
+                    );
                 }
                 OwnedResourceSpecifier::Topic(topic) => {
                     if let Some(max) = number("max.message.bytes") {

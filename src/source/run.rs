@@ -22,7 +22,7 @@ use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
 use super::{groups, limits, partitioner, visible, RestoreError, RestoreOptions, RestoreReport};
 use crate::archive::chain::{self, Chain, ChainFile};
 use crate::archive::datafile::Rows;
-use crate::archive::documents::{self, ArchiveError, Gap, TopicMeta};
+use crate::archive::documents::{self, Gap, TopicMeta};
 use crate::archive::time::rfc3339_millis;
 use crate::kafka::Ctx;
 use crate::storage::ObjectStore;
@@ -375,17 +375,34 @@ pub async fn run(
         return Err(no_progress_topic(&opts.progress_topic));
     }
 
-    let batch_size = match &admin {
-        Some(admin) => batch_size(&*store, opts, &planned, admin, &metadata, &existing)
-            .await
-            .map_err(|e| match e {
-                Ok(e) => kafka_err(e),
-                Err(e) => RestoreError::Archive(e),
-            })?,
+    // What the target takes, asked before anything is written (DescribeConfigs).
+    let limits = match &admin {
+        Some(admin) => {
+            let mut described: BTreeSet<String> = planned
+                .partitions
+                .iter()
+                .map(|p| p.target_topic.clone())
+                .filter(|t| existing.contains_key(t))
+                .collect();
+            if !progress_missing {
+                described.insert(opts.progress_topic.clone());
+            }
+            let brokers: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
+            Some(
+                limits::TargetLimits::describe(admin, &brokers, &described, REQUEST_TIMEOUT)
+                    .await
+                    .map_err(kafka_err)?,
+            )
+        }
+        None => None,
+    };
+    let batch_size = match &limits {
+        Some(known) => batch_size(&*store, opts, &planned, known, &existing).await?,
         // Without the admin API nothing tells the limits: librdkafka's default fits Kafka's.
         None => limits::DEFAULT_BATCH_SIZE,
     }
     .to_string();
+    let transaction_timeout = transaction_timeout(&client, opts, limits.as_ref())?.to_string();
 
     // Fence any earlier run of this restore, then read what it committed.
     let mut producer_config = client.clone();
@@ -399,9 +416,8 @@ pub async fn run(
     for (key, value) in [
         // The producer's queue is a quarter of the budget (at least 16 MiB), unless given with -X.
         ("queue.buffering.max.kbytes", queue_kib.as_str()),
-        // Room for a full producer queue to drain into a slow target before the broker gives up
-        // on the transaction (Kafka's default upper bound is 15 minutes).
-        ("transaction.timeout.ms", "300000"),
+        // Rewind's default, or the brokers' maximum if that is lower.
+        ("transaction.timeout.ms", transaction_timeout.as_str()),
         // Archived records were accepted by their source topic, whose max.message.bytes (copied to
         // a created target) may exceed librdkafka's 1 MB default: let the target broker decide.
         ("message.max.bytes", "67108864"),
@@ -528,33 +544,65 @@ pub async fn run(
     Ok(restore.report)
 }
 
+/// The producer's `transaction.timeout.ms`: as given (`-X` or the cluster's properties), which
+/// must be within the brokers' `transaction.max.timeout.ms`; otherwise Rewind's default, lowered
+/// to that maximum, which must stay above `restore.transaction_interval`.
+fn transaction_timeout(
+    client: &ClientConfig,
+    opts: &RestoreOptions,
+    limits: Option<&limits::TargetLimits>,
+) -> Result<u64, RestoreError> {
+    let given = client.get("transaction.timeout.ms");
+    let timeout = match given {
+        Some(value) => value.trim().parse::<u64>().map_err(|_| {
+            RestoreError::Target(format!(
+                "transaction.timeout.ms {value:?} is not a number of milliseconds"
+            ))
+        })?,
+        None => crate::config::RESTORE_TRANSACTION_TIMEOUT_MS,
+    };
+    let Some(max) = limits.and_then(|l| l.transaction_max_timeout_ms) else {
+        return Ok(timeout);
+    };
+    if timeout <= max {
+        return Ok(timeout);
+    }
+    let interval = opts.transaction_interval;
+    if given.is_some() {
+        return Err(RestoreError::Target(format!(
+            "the producer's transaction.timeout.ms of {timeout} ms is above the brokers' transaction.max.timeout.ms of {max} ms, so the brokers would refuse the restore's transactions: pass -X transaction.timeout.ms={max} or less (and above restore.transaction_interval, {}), or raise transaction.max.timeout.ms on the brokers",
+            humantime::format_duration(interval)
+        )));
+    }
+    if interval >= Duration::from_millis(max) {
+        return Err(RestoreError::Target(format!(
+            "the brokers' transaction.max.timeout.ms of {max} ms is not above restore.transaction_interval ({}), so every restore transaction would time out before it commits: lower restore.transaction_interval, or raise transaction.max.timeout.ms on the brokers",
+            humantime::format_duration(interval)
+        )));
+    }
+    tracing::info!(
+        transaction_timeout_ms = max,
+        "the brokers allow transactions of at most transaction.max.timeout.ms: the restore's transaction timeout is lowered to it"
+    );
+    Ok(max)
+}
+
 /// The producer's `batch.size`: below the smallest `max.message.bytes` of the topics the restore
-/// writes to, as the cluster describes the existing ones and as a missing one will be created (the
-/// source's setting from `_topics/`, or the brokers' `message.max.bytes`). Fails with the Kafka
-/// error, or the archive's.
+/// writes to, as the cluster described the existing ones and as a missing one will be created
+/// (the source's setting from `_topics/`, or the brokers' `message.max.bytes`).
 async fn batch_size(
     store: &dyn ObjectStore,
     opts: &RestoreOptions,
     planned: &Planned,
-    admin: &AdminClient<Ctx>,
-    metadata: &rdkafka::metadata::Metadata,
+    known: &limits::TargetLimits,
     existing: &HashMap<String, i32>,
-) -> Result<u64, Result<KafkaError, ArchiveError>> {
+) -> Result<u64, RestoreError> {
     let mut sources: BTreeMap<&str, Option<&str>> = planned
         .partitions
         .iter()
         .map(|p| (p.target_topic.as_str(), Some(p.topic.as_str())))
         .collect();
     sources.insert(&opts.progress_topic, None);
-    let described: BTreeSet<String> = sources
-        .keys()
-        .filter(|t| existing.contains_key(**t))
-        .map(|t| t.to_string())
-        .collect();
-    let brokers: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
-    let known = limits::TargetLimits::describe(admin, &brokers, &described, REQUEST_TIMEOUT)
-        .await
-        .map_err(Ok)?;
     let mut smallest = None;
     for (target, source) in sources {
         let max = if existing.contains_key(target) {
@@ -562,9 +610,7 @@ async fn batch_size(
         } else {
             let meta: Option<TopicMeta> = match source {
                 Some(source) => {
-                    documents::read_doc(store, &crate::archive::paths::topic_key(source))
-                        .await
-                        .map_err(Err)?
+                    documents::read_doc(store, &crate::archive::paths::topic_key(source)).await?
                 }
                 None => None,
             };
