@@ -341,3 +341,73 @@ fn check_names_an_unreachable_broker() {
         "error: kafka 127.0.0.1:1: no broker answered within 2s (check --bootstrap-servers or kafka.bootstrap_servers, and that the cluster is up)"
     );
 }
+
+/// A bare integer that is plausibly epoch seconds is refused wherever a time is taken, instead of
+/// being read as milliseconds of January 1970; milliseconds and RFC 3339 pass.
+#[test]
+fn epoch_seconds_are_refused_where_a_time_is_taken() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", home.path().display());
+    for args in [
+        vec!["restore", "--archive", &archive, "--from", "1732356000"],
+        vec![
+            "restore",
+            "--archive",
+            &archive,
+            "--to",
+            "1732356000",
+            "--plan",
+        ],
+        vec![
+            "find",
+            "--archive",
+            &archive,
+            "--topic",
+            "t",
+            "--from",
+            "1732356000",
+        ],
+        vec![
+            "find",
+            "--archive",
+            &archive,
+            "--topic",
+            "t",
+            "--to",
+            "1732356000",
+        ],
+    ] {
+        let out = rewind(&args, &[], home.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let error = common::error_line(&out);
+        assert!(
+            error.contains("epoch seconds") && error.contains("1732356000000"),
+            "{args:?}: {error}"
+        );
+    }
+}
+
+/// A restore's transactions must commit before the producer's `transaction.timeout.ms` runs out,
+/// so `restore.transaction_interval` has to be below it: refused up front, naming both.
+#[test]
+fn a_transaction_interval_not_below_the_transaction_timeout_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", home.path().display());
+    let out = rewind(
+        &[
+            "restore",
+            "--archive",
+            &archive,
+            "-X",
+            "transaction.timeout.ms=4000",
+        ],
+        &[],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("restore.transaction_interval") && error.contains("transaction.timeout.ms"),
+        "{error}"
+    );
+}

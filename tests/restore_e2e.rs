@@ -874,7 +874,7 @@ async fn bad_input_gets_one_clear_sentence() {
         let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
         ok(restore(&archive, &args).output().unwrap())
     };
-    let stdout = empty("1000", "2000", "");
+    let stdout = empty("1970-01-01T00:00:01Z", "1970-01-01T00:00:02Z", "");
     assert!(stdout.contains("nothing to restore"), "{stdout}");
     let admin: rdkafka::consumer::BaseConsumer = kafka::config().create().unwrap();
     use rdkafka::consumer::Consumer;
@@ -895,8 +895,12 @@ async fn bad_input_gets_one_clear_sentence() {
     );
 
     // [T, T) is an empty window like any other: exit 0, nothing written, said in JSON too.
-    let summary: serde_json::Value =
-        serde_json::from_str(&empty("22000", "22000", "--json")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&empty(
+        "1970-01-01T00:00:22Z",
+        "1970-01-01T00:00:22Z",
+        "--json",
+    ))
+    .unwrap();
     assert_eq!(summary["nothing_to_restore"], true, "{summary}");
     assert_eq!(summary["records"], 0, "{summary}");
     // Negative epoch milliseconds (before 1970) are times, not flags.
@@ -947,7 +951,7 @@ async fn bad_input_gets_one_clear_sentence() {
 
     // The same id with another window is refused rather than mixed into the first.
     let mut other = args.to_vec();
-    other.extend(["--from", "25000"]);
+    other.extend(["--from", "1970-01-01T00:00:25Z"]);
     let out = restore(&archive, &other).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let error = common::error_line(&out);

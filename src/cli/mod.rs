@@ -244,7 +244,8 @@ pub(crate) fn init_logging(config: &Config) {
     };
 }
 
-/// `earliest`/`latest` (open), epoch milliseconds, or RFC 3339.
+/// `earliest`/`latest` (open), epoch milliseconds, or RFC 3339; epoch seconds are refused (see
+/// [`crate::source::job::parse_time`]).
 pub(crate) fn parse_time(flag: &str, s: &str, open: &str) -> Result<Option<i64>, Failure> {
     crate::source::job::parse_time(s, open).map_err(|e| Failure::usage(format!("--{flag} {e}")))
 }

@@ -17,7 +17,8 @@ use crate::storage;
 pub struct RestoreArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Start of the window: RFC 3339 (2026-11-23T10:00:00Z), epoch milliseconds, or `earliest`.
+    /// Start of the window: RFC 3339 (2026-11-23T10:00:00Z), epoch milliseconds, or `earliest`
+    /// (a number below 1000000000000 is refused as likely epoch seconds).
     #[arg(
         long,
         value_name = "T",
@@ -25,7 +26,8 @@ pub struct RestoreArgs {
         allow_negative_numbers = true
     )]
     from: String,
-    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest`.
+    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest` (a number below
+    /// 1000000000000 is refused as likely epoch seconds).
     #[arg(
         long,
         value_name = "T",
@@ -73,6 +75,14 @@ pub struct RestoreArgs {
 
 pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     let config = load_config(&args.common)?;
+    // The file's settings were checked as it loaded; -X comes on top.
+    if let Some(problem) = crate::config::transaction_timing(
+        &config.restore,
+        &config.kafka,
+        Some("-X transaction.timeout.ms"),
+    ) {
+        return Err(Failure::usage(problem));
+    }
     // Signals are taken from the start: one that comes while the restore is still planning or
     // fencing stops it as soon as it can, instead of killing it without a word.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -157,6 +167,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
             "partitions": report.partitions,
             "resumed": report.resumed,
             "stopped": report.stopped,
+            "visible": report.visible,
             "topics_created": report.topics_created,
             "groups_committed": report.groups_committed,
             "groups_skipped": report.groups_skipped,
@@ -188,6 +199,9 @@ fn summary(report: &source::RestoreReport, url: &storage::StorageUrl) -> String 
     );
     if report.resumed {
         line.push_str(" (resumed)");
+    }
+    if report.visible {
+        line.push_str("; read_committed consumers see every record");
     }
     for (items, what) in [
         (&report.topics_created, "created topics"),

@@ -52,10 +52,12 @@ pub struct FindArgs {
     /// Records without a key.
     #[arg(long, group = "keys")]
     key_null: bool,
-    /// Records with a timestamp at or after this time (RFC 3339, epoch milliseconds, or earliest).
+    /// Records with a timestamp at or after this time (RFC 3339, epoch milliseconds, or earliest;
+    /// a number below 1000000000000 is refused as likely epoch seconds).
     #[arg(long, value_name = "T")]
     from: Option<String>,
-    /// Records with a timestamp before this time (RFC 3339, epoch milliseconds, or latest).
+    /// Records with a timestamp before this time (RFC 3339, epoch milliseconds, or latest; a
+    /// number below 1000000000000 is refused as likely epoch seconds).
     #[arg(long, value_name = "T")]
     to: Option<String>,
     /// Records with this header (UTF-8 value; `K` alone for a null value); repeat to require several.

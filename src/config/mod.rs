@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use load::{load, ConfigError, Problem, Sources};
 pub use pipeline::{load_service, PipelineKind, PipelineSpec, RestoreJob, Service};
 use units::Size;
+pub use validate::{restore_transaction_timeout_ms, transaction_timing};
 
 use crate::storage::{RetryPolicy, S3Options, ServerSideEncryption, StorageUrl};
 
@@ -309,6 +310,11 @@ impl Default for SinkConfig {
     }
 }
 
+/// librdkafka's `transaction.timeout.ms` of a restore's producer unless the cluster's properties
+/// (or `-X`) set it: room for a full producer queue to drain into a slow target before the broker
+/// gives up on the transaction (Kafka's default upper bound is 15 minutes).
+pub const RESTORE_TRANSACTION_TIMEOUT_MS: u64 = 300_000;
+
 /// Point-in-time restores (`rewind restore`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -320,7 +326,7 @@ pub struct RestoreConfig {
     pub concurrency: usize,
     /// A restore transaction commits once it holds this many record bytes...
     pub transaction_max_bytes: Size,
-    /// ...or once it has been open this long.
+    /// ...or once it has been open this long; below the producer's `transaction.timeout.ms`.
     #[serde(with = "units::duration")]
     pub transaction_interval: Duration,
     /// How often `--follow` looks for new archive files.

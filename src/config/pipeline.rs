@@ -31,9 +31,11 @@ pub enum PipelineKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestoreJob {
-    /// Start of the window: RFC 3339, epoch milliseconds, or `earliest`.
+    /// Start of the window: RFC 3339, epoch milliseconds, or `earliest` (a number below
+    /// 1000000000000 is refused as likely epoch seconds).
     pub from: String,
-    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest`.
+    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest` (a number below
+    /// 1000000000000 is refused as likely epoch seconds).
     pub to: String,
     /// Regular expression of archived topics to restore (whole name).
     pub topics: String,
@@ -395,7 +397,13 @@ fn load_pipeline(
     };
     let checked = match (kind, &sink, &restore) {
         (Some(PipelineKind::Sink), Some(sink), _) => sink.problems(),
-        (Some(PipelineKind::Restore), _, Some(restore)) => restore.problems(),
+        (Some(PipelineKind::Restore), _, Some(restore)) => {
+            let mut found = restore.problems();
+            if let Some(kafka) = config.cluster(&cluster) {
+                found.extend(super::validate::transaction_timing(restore, kafka, None));
+            }
+            found
+        }
         _ => Vec::new(),
     };
     local.extend(checked.into_iter().filter(|p| !inherited(p)));

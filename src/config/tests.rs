@@ -596,3 +596,62 @@ fn a_bad_service_setting_is_reported_once_not_again_for_each_pipeline() {
         "{found:?}"
     );
 }
+
+#[test]
+fn a_restore_transaction_interval_must_be_below_the_transaction_timeout() {
+    // The interval against the default timeout (5 minutes), and against one set as a property.
+    let f = file(
+        r#"
+        [restore]
+        transaction_interval = "5m"
+        [clusters.standby.properties]
+        "transaction.timeout.ms" = "4000"
+        "#,
+    );
+    let found = problems(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[]),
+        ..Sources::default()
+    });
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found.iter().any(
+            |p| p.starts_with("restore.transaction_interval: 5m is not below")
+                && p.contains("transaction.timeout.ms of 300000 ms")
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(|p| p.starts_with(
+            "clusters.standby.properties.\"transaction.timeout.ms\": 4000 ms is not above"
+        )),
+        "{found:#?}"
+    );
+
+    // A restore pipeline's own interval, against its cluster's timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    std::fs::write(dir.path().join("rewind.toml"), "").unwrap();
+    std::fs::write(
+        pipelines.join("dr.toml"),
+        "kind = \"restore\"\n[restore]\ntransaction_interval = \"10m\"\n",
+    )
+    .unwrap();
+    let found = match load_service(&Sources {
+        file: Some(dir.path().join("rewind.toml")),
+        env: env(&[]),
+        ..Sources::default()
+    }) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    };
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0]
+            .path
+            .ends_with("dr.toml: restore.transaction_interval")
+            && found[0].message.contains("transaction.timeout.ms"),
+        "{found:?}"
+    );
+}

@@ -2,8 +2,9 @@
 //! rather than stopping at the first, so a user fixes everything in one round.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use super::{Config, Problem, RestoreConfig, SinkConfig, SseMode};
+use super::{Config, KafkaConfig, Problem, RestoreConfig, SinkConfig, SseMode};
 use crate::storage::{StorageUrl, MIN_PART_SIZE};
 
 impl Config {
@@ -195,8 +196,68 @@ impl Config {
         }
         problems.extend(self.sink.problems());
         problems.extend(self.restore.problems());
+        // Any cluster may receive a restore with these settings (an API restore names one).
+        let clusters = std::iter::once(("kafka".to_string(), &self.kafka)).chain(
+            self.clusters
+                .iter()
+                .map(|(name, kafka)| (format!("clusters.{name}"), kafka)),
+        );
+        for (path, kafka) in clusters {
+            let property = format!("{path}.properties.\"transaction.timeout.ms\"");
+            problems.extend(transaction_timing(&self.restore, kafka, Some(&property)));
+        }
         problems
     }
+}
+
+/// The `transaction.timeout.ms` of a restore's producer on `kafka`: its property, or Rewind's
+/// default. `Err` holds the value that is not a number of milliseconds.
+pub fn restore_transaction_timeout_ms(kafka: &KafkaConfig) -> Result<u64, String> {
+    match kafka.properties.get("transaction.timeout.ms") {
+        None => Ok(super::RESTORE_TRANSACTION_TIMEOUT_MS),
+        Some(value) => value.trim().parse().map_err(|_| value.clone()),
+    }
+}
+
+/// A restore commits at the latest every `restore.transaction_interval`, and the broker aborts a
+/// transaction open longer than the producer's `transaction.timeout.ms`: the interval must be
+/// below it. `property` names the cluster's `transaction.timeout.ms` as the asker wrote it; when
+/// given and set, a problem blames it, otherwise the interval.
+pub fn transaction_timing(
+    restore: &RestoreConfig,
+    kafka: &KafkaConfig,
+    property: Option<&str>,
+) -> Option<Problem> {
+    let interval = restore.transaction_interval;
+    let shown = humantime::format_duration(interval);
+    let set = kafka.properties.contains_key("transaction.timeout.ms");
+    let timeout = match restore_transaction_timeout_ms(kafka) {
+        Ok(ms) => ms,
+        Err(value) => {
+            return property.map(|property| Problem {
+                path: property.into(),
+                message: format!("expected a number of milliseconds, got {value:?}"),
+            })
+        }
+    };
+    if interval < Duration::from_millis(timeout) {
+        return None;
+    }
+    Some(match property.filter(|_| set) {
+        Some(property) => Problem {
+            path: property.into(),
+            message: format!(
+                "{timeout} ms is not above restore.transaction_interval ({shown}), so the broker would abort restore transactions before they commit: raise it, or lower restore.transaction_interval"
+            ),
+        },
+        None => Problem {
+            path: "restore.transaction_interval".into(),
+            message: format!(
+                "{shown} is not below the restore producer's transaction.timeout.ms of {timeout} ms{}, so the broker would abort restore transactions before they commit: lower it, or raise transaction.timeout.ms (a librdkafka property of the cluster)",
+                if set { "" } else { " (Rewind's default)" }
+            ),
+        },
+    })
 }
 
 /// A problem-collecting closure over `problems`.

@@ -18,13 +18,27 @@ pub fn valid_restore_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// `earliest`/`latest` (the open end), epoch milliseconds, or RFC 3339.
+/// Bare numbers from 1 up to this are refused as times: as epoch milliseconds they are before
+/// 2001-09-09T01:46:40Z, as epoch seconds they cover every date from 1970 to the year 33658.
+/// Numbers at or above it, 0 and negative numbers (times before 1970) are milliseconds.
+pub const SECONDS_BELOW: i64 = 1_000_000_000_000;
+
+/// `earliest`/`latest` (the open end), epoch milliseconds, or RFC 3339. The one time parser of
+/// restores (command line, pipelines, API) and `rewind find`: a positive number below
+/// [`SECONDS_BELOW`] is refused, being far likelier epoch seconds than a time in 1970–2001.
 pub fn parse_time(s: &str, open: &str) -> Result<Option<i64>, String> {
     let s = s.trim();
     if s == open {
         return Ok(None);
     }
     if let Ok(ms) = s.parse::<i64>() {
+        if ms > 0 && ms < SECONDS_BELOW {
+            let as_seconds = crate::archive::time::rfc3339_millis(ms * 1000).replace(".000Z", "Z");
+            return Err(format!(
+                "{s} looks like epoch seconds, but times are epoch milliseconds or RFC 3339: write {} or {as_seconds} (a positive number below {SECONDS_BELOW} is refused: in milliseconds it would be before 2001-09-09)",
+                ms * 1000
+            ));
+        }
         return Ok(Some(ms));
     }
     crate::archive::time::parse_rfc3339_millis(s)
@@ -228,5 +242,43 @@ mod tests {
         assert_eq!((opts.window.from, opts.window.to), (None, None));
         assert!(opts.topics.is_match("anything"));
         assert_eq!(opts.restore_id, "dr");
+    }
+
+    #[test]
+    fn epoch_seconds_are_refused_and_milliseconds_taken() {
+        // Seconds of any date from 1970 to the year 33658 are below 1e12; milliseconds of any date
+        // since 2001-09-09 are at or above it.
+        for seconds in ["1732356000", "1", "999999999999", " 1732356000 "] {
+            let error = parse_time(seconds, "earliest").unwrap_err();
+            assert!(
+                error.contains("epoch seconds") && error.contains("milliseconds"),
+                "{seconds}: {error}"
+            );
+        }
+        let error = parse_time("1732356000", "latest").unwrap_err();
+        assert!(
+            error.contains("1732356000000") && error.contains("2024-11-23T10:00:00Z"),
+            "{error}"
+        );
+        for (given, ms) in [
+            ("1732356000000", 1_732_356_000_000),
+            ("1000000000000", 1_000_000_000_000),
+            ("0", 0),
+            ("-5000", -5_000),
+            ("-1732356000", -1_732_356_000),
+            ("1970-01-01T00:00:22Z", 22_000),
+        ] {
+            assert_eq!(parse_time(given, "earliest"), Ok(Some(ms)), "{given}");
+        }
+        assert_eq!(parse_time("earliest", "earliest"), Ok(None));
+        // Every asker goes through the job's checks: a pipeline, the API and the command line.
+        let seconds = RestoreJob {
+            to: "1732356000".into(),
+            ..job()
+        };
+        let problems = seconds
+            .options("dr", &RestoreConfig::default(), str::to_string)
+            .unwrap_err();
+        assert_eq!(problems[0].path, "to");
     }
 }

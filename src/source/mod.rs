@@ -8,11 +8,13 @@
 
 mod groups;
 pub mod job;
+mod limits;
 pub mod partitioner;
 pub mod plan;
 pub mod progress;
 mod reader;
 mod run;
+mod visible;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -100,6 +102,13 @@ pub enum RestoreError {
         next: i64,
         start: i64,
     },
+    #[error("restore {id} committed every record, but after {waited_secs}s {count} target partitions ({partitions}) still hide some from read_committed consumers: another producer's transaction is open ahead of them until it commits, aborts or times out; running the same command with --restore-id {id} waits again")]
+    NotVisible {
+        id: String,
+        waited_secs: u64,
+        count: usize,
+        partitions: String,
+    },
     #[error("restore {id} stopped: {message}; what was committed stays, and running the same command with --restore-id {id} resumes")]
     Interrupted { id: String, message: String },
 }
@@ -120,6 +129,10 @@ pub struct RestoreReport {
     pub planned_records: u64,
     /// The restore was asked to stop before it finished.
     pub stopped: bool,
+    /// `read_committed` consumers of the target see every record the restore committed: it waited
+    /// for the last stable offset of every partition it wrote (false in follow mode, and when
+    /// stopped).
+    pub visible: bool,
 }
 
 /// A fresh restore id: time of day plus randomness, valid in a transactional id.

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message};
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::plan::{files_in, plan_partition, PartitionPlan};
 use super::progress::{self, Progress};
 use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
-use super::{groups, partitioner, RestoreError, RestoreOptions, RestoreReport};
+use super::{groups, limits, partitioner, visible, RestoreError, RestoreOptions, RestoreReport};
 use crate::archive::chain::{self, Chain, ChainFile};
 use crate::archive::datafile::Rows;
 use crate::archive::documents::{self, Gap, TopicMeta};
@@ -30,6 +31,10 @@ use crate::storage::ObjectStore;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a commit may take to deliver what is queued (a quarter of the budget) to a slow target.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a finished restore waits for `read_committed` consumers to see its records: markers
+/// take seconds to minutes on topics of many partitions; longer means another producer's open
+/// transaction holds them back.
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The chains a restore reads and its plan for each.
 #[derive(Debug, Clone)]
@@ -370,6 +375,35 @@ pub async fn run(
         return Err(no_progress_topic(&opts.progress_topic));
     }
 
+    // What the target takes, asked before anything is written (DescribeConfigs).
+    let limits = match &admin {
+        Some(admin) => {
+            let mut described: BTreeSet<String> = planned
+                .partitions
+                .iter()
+                .map(|p| p.target_topic.clone())
+                .filter(|t| existing.contains_key(t))
+                .collect();
+            if !progress_missing {
+                described.insert(opts.progress_topic.clone());
+            }
+            let brokers: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
+            Some(
+                limits::TargetLimits::describe(admin, &brokers, &described, REQUEST_TIMEOUT)
+                    .await
+                    .map_err(kafka_err)?,
+            )
+        }
+        None => None,
+    };
+    let batch_size = match &limits {
+        Some(known) => batch_size(&*store, opts, &planned, known, &existing).await?,
+        // Without the admin API nothing tells the limits: librdkafka's default fits Kafka's.
+        None => limits::DEFAULT_BATCH_SIZE,
+    }
+    .to_string();
+    let transaction_timeout = transaction_timeout(&client, opts, limits.as_ref())?.to_string();
+
     // Fence any earlier run of this restore, then read what it committed.
     let mut producer_config = client.clone();
     producer_config.set(
@@ -382,14 +416,13 @@ pub async fn run(
     for (key, value) in [
         // The producer's queue is a quarter of the budget (at least 16 MiB), unless given with -X.
         ("queue.buffering.max.kbytes", queue_kib.as_str()),
-        // Room for a full producer queue to drain into a slow target before the broker gives up
-        // on the transaction (Kafka's default upper bound is 15 minutes).
-        ("transaction.timeout.ms", "300000"),
+        // Rewind's default, or the brokers' maximum if that is lower.
+        ("transaction.timeout.ms", transaction_timeout.as_str()),
         // Archived records were accepted by their source topic, whose max.message.bytes (copied to
         // a created target) may exceed librdkafka's 1 MB default: let the target broker decide.
         ("message.max.bytes", "67108864"),
         ("linger.ms", "20"),
-        ("batch.size", "1000000"),
+        ("batch.size", batch_size.as_str()),
         ("batch.num.messages", "100000"),
         ("queue.buffering.max.messages", "1000000"),
     ] {
@@ -501,10 +534,98 @@ pub async fn run(
         // is moved once they are gone.
         restore.commit_groups().await?;
     }
+    if !opts.follow {
+        // Done means readable: the commit returned before its markers reached every partition.
+        restore.wait_visible(&mut stop).await?;
+    }
     if opts.follow {
         restore.follow(admin.as_ref(), brokers, &mut stop).await?;
     }
     Ok(restore.report)
+}
+
+/// The producer's `transaction.timeout.ms`: as given (`-X` or the cluster's properties), which
+/// must be within the brokers' `transaction.max.timeout.ms`; otherwise Rewind's default, lowered
+/// to that maximum, which must stay above `restore.transaction_interval`.
+fn transaction_timeout(
+    client: &ClientConfig,
+    opts: &RestoreOptions,
+    limits: Option<&limits::TargetLimits>,
+) -> Result<u64, RestoreError> {
+    let given = client.get("transaction.timeout.ms");
+    let timeout = match given {
+        Some(value) => value.trim().parse::<u64>().map_err(|_| {
+            RestoreError::Target(format!(
+                "transaction.timeout.ms {value:?} is not a number of milliseconds"
+            ))
+        })?,
+        None => crate::config::RESTORE_TRANSACTION_TIMEOUT_MS,
+    };
+    let Some(max) = limits.and_then(|l| l.transaction_max_timeout_ms) else {
+        return Ok(timeout);
+    };
+    if timeout <= max {
+        return Ok(timeout);
+    }
+    let interval = opts.transaction_interval;
+    if given.is_some() {
+        return Err(RestoreError::Target(format!(
+            "the producer's transaction.timeout.ms of {timeout} ms is above the brokers' transaction.max.timeout.ms of {max} ms, so the brokers would refuse the restore's transactions: pass -X transaction.timeout.ms={max} or less (and above restore.transaction_interval, {}), or raise transaction.max.timeout.ms on the brokers",
+            humantime::format_duration(interval)
+        )));
+    }
+    if interval >= Duration::from_millis(max) {
+        return Err(RestoreError::Target(format!(
+            "the brokers' transaction.max.timeout.ms of {max} ms is not above restore.transaction_interval ({}), so every restore transaction would time out before it commits: lower restore.transaction_interval, or raise transaction.max.timeout.ms on the brokers",
+            humantime::format_duration(interval)
+        )));
+    }
+    tracing::info!(
+        transaction_timeout_ms = max,
+        "the brokers allow transactions of at most transaction.max.timeout.ms: the restore's transaction timeout is lowered to it"
+    );
+    Ok(max)
+}
+
+/// The producer's `batch.size`: below the smallest `max.message.bytes` of the topics the restore
+/// writes to, as the cluster described the existing ones and as a missing one will be created
+/// (the source's setting from `_topics/`, or the brokers' `message.max.bytes`).
+async fn batch_size(
+    store: &dyn ObjectStore,
+    opts: &RestoreOptions,
+    planned: &Planned,
+    known: &limits::TargetLimits,
+    existing: &HashMap<String, i32>,
+) -> Result<u64, RestoreError> {
+    let mut sources: BTreeMap<&str, Option<&str>> = planned
+        .partitions
+        .iter()
+        .map(|p| (p.target_topic.as_str(), Some(p.topic.as_str())))
+        .collect();
+    sources.insert(&opts.progress_topic, None);
+    let mut smallest = None;
+    for (target, source) in sources {
+        let max = if existing.contains_key(target) {
+            known.topic_max_bytes.get(target).copied()
+        } else {
+            let meta: Option<TopicMeta> = match source {
+                Some(source) => {
+                    documents::read_doc(store, &crate::archive::paths::topic_key(source)).await?
+                }
+                None => None,
+            };
+            meta.and_then(|m| m.configs.get("max.message.bytes")?.parse().ok())
+                .or(known.broker_max_bytes)
+        };
+        smallest = limits::smaller(smallest, max);
+    }
+    let size = limits::batch_size(smallest);
+    tracing::debug!(
+        smallest_max_message_bytes = smallest,
+        batch_size = size,
+        "sized producer batches to the targets"
+    );
+    Ok(size)
 }
 
 /// Why a restore without the admin API cannot make a topic itself.
@@ -546,6 +667,29 @@ fn no_progress_topic(topic: &str) -> RestoreError {
     RestoreError::Target(format!(
         "the progress topic {topic} does not exist in the target and {NO_ADMIN} (one partition, cleanup.policy=compact)"
     ))
+}
+
+/// Hand one record to the producer. A full local queue is backpressure, not a failure: the
+/// threaded producer's poll thread makes room as deliveries are acknowledged (or, after a refusal,
+/// purged), so wait a little and offer the record again.
+async fn send<K, P>(
+    producer: &ThreadedProducer<Deliveries>,
+    mut record: BaseRecord<'_, K, P, usize>,
+) -> Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// Run a blocking librdkafka call off the async threads.
@@ -1243,30 +1387,20 @@ impl Restore<'_> {
                 }
                 message = message.headers(kafka_headers);
             }
-            loop {
-                match self.producer.send(message) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        message = back;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((e, _)) => {
-                        let hint = if e.rdkafka_error_code()
-                            == Some(RDKafkaErrorCode::MessageSizeTooLarge)
-                        {
-                            " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)"
-                        } else {
-                            ""
-                        };
-                        return Err(self.interrupted(format!(
-                            "cannot produce record {}/{} offset {offset} ({} bytes) to {}: {e}{hint}",
-                            self.lanes[index].topic,
-                            self.lanes[index].partition,
-                            value.map_or(0, <[u8]>::len),
-                            self.lanes[index].target_topic
-                        )));
-                    }
-                }
+            if let Err(e) = send(&self.producer, message).await {
+                let hint = if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                {
+                    " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)"
+                } else {
+                    ""
+                };
+                return Err(self.interrupted(format!(
+                    "cannot produce record {}/{} offset {offset} ({} bytes) to {}: {e}{hint}",
+                    self.lanes[index].topic,
+                    self.lanes[index].partition,
+                    value.map_or(0, <[u8]>::len),
+                    self.lanes[index].target_topic
+                )));
             }
             let size = size as u64;
             self.txn_bytes += size;
@@ -1333,7 +1467,7 @@ impl Restore<'_> {
                 .partition(partition)
                 .key(key.as_bytes())
                 .payload(&value);
-            if let Err((e, _)) = self.producer.send(record) {
+            if let Err(e) = send(&self.producer, record).await {
                 self.abort().await;
                 return Err(self.interrupted(format!("cannot write progress: {e}")));
             }
@@ -1372,6 +1506,87 @@ impl Restore<'_> {
         Ok(())
     }
 
+    /// Wait until `read_committed` consumers of the target see everything this restore committed
+    /// (at most [`VISIBLE_TIMEOUT`]); a stop asked for meanwhile ends the wait.
+    async fn wait_visible(
+        &mut self,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<(), RestoreError> {
+        let mut partitions: BTreeSet<(String, i32)> = BTreeSet::new();
+        for lane in &self.lanes {
+            if self.opts.repartition_by_key {
+                let count = self
+                    .target_partitions
+                    .get(&lane.target_topic)
+                    .copied()
+                    .unwrap_or(1);
+                partitions.extend((0..count).map(|p| (lane.target_topic.clone(), p)));
+            } else {
+                partitions.insert((lane.target_topic.clone(), lane.partition));
+            }
+        }
+        let progress = self
+            .target_partitions
+            .get(&self.opts.progress_topic)
+            .copied()
+            .unwrap_or(1);
+        partitions.extend((0..progress).map(|p| (self.opts.progress_topic.clone(), p)));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let waiting = blocking({
+            let (client, cancel) = (self.client.clone(), cancel.clone());
+            let partitions = partitions.into_iter().collect();
+            move || {
+                visible::wait(
+                    &client,
+                    partitions,
+                    VISIBLE_TIMEOUT,
+                    &cancel,
+                    |behind, total| {
+                        tracing::info!(
+                        behind,
+                        total,
+                        "waiting for read_committed consumers to see the restored records: {behind} of {total} partitions do not show all of them yet (transaction markers on their way, or another producer's open transaction ahead of them)"
+                    )
+                    },
+                )
+            }
+        });
+        tokio::pin!(waiting);
+        let waited = tokio::select! {
+            waited = &mut waiting => waited.map_err(|e| self.kafka_err(e))?,
+            _ = stop.as_mut() => {
+                cancel.store(true, Relaxed);
+                let _ = waiting.await;
+                self.report.stopped = true;
+                return Ok(());
+            }
+        };
+        if waited.behind.is_empty() {
+            tracing::debug!(
+                waited_ms = waited.elapsed.as_millis() as u64,
+                "every restored record is visible to read_committed consumers"
+            );
+            self.report.visible = true;
+            self.report_lag();
+            return Ok(());
+        }
+        let mut names: Vec<String> = waited
+            .behind
+            .iter()
+            .take(5)
+            .map(|(t, p)| format!("{t}/{p}"))
+            .collect();
+        if waited.behind.len() > names.len() {
+            names.push("…".into());
+        }
+        Err(RestoreError::NotVisible {
+            id: self.opts.restore_id.clone(),
+            waited_secs: waited.elapsed.as_secs(),
+            count: waited.behind.len(),
+            partitions: names.join(", "),
+        })
+    }
+
     /// Offsets archived but not restored yet, per target topic.
     fn report_lag(&self) {
         let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
@@ -1395,7 +1610,8 @@ impl Restore<'_> {
             let planned = self.report.planned_records;
             live.update(|status| {
                 status.lag_records = partitions.iter().map(|p| p.lag).sum();
-                status.finished = Some(!self.opts.follow && status.lag_records == Some(0));
+                status.finished =
+                    Some(!self.opts.follow && status.lag_records == Some(0) && self.report.visible);
                 status.partitions = partitions;
                 status.records = records;
                 status.bytes = bytes;
