@@ -403,6 +403,58 @@ fn copy_archive(from: &Path, to: &Path) -> (String, Arc<dyn ObjectStore>) {
     local(to)
 }
 
+/// A copy of the archive directory made the ordinary way (`cp -r`, no `-a`): the extended
+/// attributes that hold the stored checksums are left behind.
+fn plain_copy(from: &Path, to: &Path) -> (String, Arc<dyn ObjectStore>) {
+    let status = Command::new("cp")
+        .args(["-r", from.to_str().unwrap(), to.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (archive, store) = local(to);
+    let some_file = walk(to)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"));
+    assert!(
+        xattr::get(some_file.unwrap(), "user.rewind.crc32c")
+            .unwrap()
+            .is_none(),
+        "a plain copy has no stored checksum"
+    );
+    (archive, store)
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Flip one bit of the first stored copy of `text` in the data file at `path`, so that the file
+/// still decodes, to a wrong value.
+fn flip_inside(path: &Path, text: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(text.len())
+        .position(|w| w == text)
+        .unwrap_or_else(|| {
+            panic!(
+                "{} does not hold {:?} as it is",
+                path.display(),
+                common::text(text)
+            )
+        });
+    bytes[at] ^= 0x20;
+    std::fs::write(path, &bytes).unwrap();
+}
+
 /// `verify` (with `extra` flags) fails with exit 1, and names `key` as a problem.
 fn assert_named(archive: &str, extra: &[&str], key: &str, kind: &str) {
     let mut args = vec!["--json"];
@@ -1166,4 +1218,37 @@ async fn verify_is_clean_while_a_sink_writes() {
     let report = json_of(&tool("verify", &archive, &["--json", "--deep"]));
     assert_eq!(report["clean"], true, "{report:#}");
     assert_eq!(report["records"], sent, "everything sent is archived once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plain_copy_is_still_checked_by_verify_deep() {
+    let h = history("tools.plaincopy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean");
+    let (_, store) = local(&clean);
+    back_up(&h, store.clone()).await;
+    let files = files_of(&store, &h.topic, 1).await;
+
+    // Unharmed, a plain copy verifies clean: every file is checked by the checksum inside it.
+    let (archive, _) = plain_copy(&clean, &dir.path().join("copy"));
+    let out = tool("verify", &archive, &["--deep", "--json"]);
+    let report = json_of(&out);
+    assert!(out.status.success(), "{report:#}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report:#}");
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["kind"] != "checksum"),
+        "{report:#}"
+    );
+
+    // One flipped bit inside a value of a plain copy: the file still decodes, but --deep names it.
+    let (archive, _) = plain_copy(&clean, &dir.path().join("flipped"));
+    flip_inside(
+        &Path::new(&archive["file://".len()..]).join(&files[0]),
+        b"value 1/",
+    );
+    assert_named(&archive, &["--deep"], &files[0], "checksum");
 }

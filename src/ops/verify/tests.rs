@@ -1,0 +1,106 @@
+//! `verify --deep` on files with and without the checksums inside them, and with and
+//! without a stored checksum.
+
+use std::sync::Arc;
+
+use regex::Regex;
+
+use crate::archive::datafile;
+use crate::archive::documents::{self, Identity};
+use crate::archive::paths::DataFileKey;
+use crate::archive::time::HourBucket;
+use crate::archive::{Record, TimestampType};
+use crate::storage::{LocalStore, ObjectStore, PutMode, StorageUrl};
+
+const BASE: i64 = 1_795_428_000_000; // an hour's start
+
+fn records() -> Vec<Record> {
+    (0..50i64)
+        .map(|i| Record {
+            offset: i,
+            timestamp: Some(BASE + i),
+            timestamp_type: Some(TimestampType::Create),
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(format!("value {i}").into_bytes()),
+            headers: vec![],
+        })
+        .collect()
+}
+
+fn key() -> String {
+    DataFileKey {
+        topic: "t".into(),
+        partition: 0,
+        bucket: HourBucket::of_millis(BASE),
+        start: 0,
+    }
+    .to_string()
+}
+
+/// An archive holding one data file `bytes`, put through the store (with a stored checksum) or
+/// written straight to disk (without one).
+async fn archive(
+    bytes: bytes::Bytes,
+    stored_checksum: bool,
+) -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StorageUrl::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(url).unwrap());
+    let identity = Identity {
+        format_version: 1,
+        created_at: "2026-11-24T00:00:00.000Z".into(),
+        cluster_id: "c".into(),
+        writer: "test".into(),
+    };
+    documents::write_doc(&*store, "_archive.json", &identity, PutMode::Create)
+        .await
+        .unwrap();
+    let topic = serde_json::json!({"topic": "t", "partitions": 1, "replication_factor": 1,
+        "configs": {}, "updated_at": "2026-11-24T00:00:00.000Z"});
+    store
+        .put(
+            "_topics/t.json",
+            serde_json::to_vec(&topic).unwrap().into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    if stored_checksum {
+        store.put(&key(), bytes, PutMode::Create).await.unwrap();
+    } else {
+        let path = dir.path().join(key());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, &bytes).unwrap();
+    }
+    (dir, store)
+}
+
+/// (kind, key) of the problems `verify --deep` finds.
+async fn deep(store: &Arc<dyn ObjectStore>) -> Vec<(&'static str, String)> {
+    let report = super::verify(&**store, &Regex::new(".*").unwrap(), true)
+        .await
+        .unwrap();
+    assert_eq!(report.records, 50);
+    report
+        .problems
+        .iter()
+        .map(|p| (p.kind, p.key.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_file_no_checksum_vouches_for_fails_deep_verify() {
+    let recs = records();
+    let meta = datafile::file_meta("t", 0, 0, 50, &recs, "c", 0);
+    let old = datafile::encode_without_checksums(&meta, &recs);
+    let new = datafile::encode(&meta, &recs).unwrap();
+    // Without the checksums inside it, but stored with one: checked by the stored one.
+    let (_d1, store) = archive(old.clone(), true).await;
+    assert_eq!(deep(&store).await, vec![]);
+    // Neither: --deep fails naming it.
+    let (_d2, store) = archive(old, false).await;
+    assert_eq!(deep(&store).await, vec![("checksum", key())]);
+    // The checksums inside it alone: clean.
+    let (_d3, store) = archive(new, false).await;
+    assert_eq!(deep(&store).await, vec![]);
+}
