@@ -1252,3 +1252,63 @@ async fn a_plain_copy_is_still_checked_by_verify_deep() {
     );
     assert_named(&archive, &["--deep"], &files[0], "checksum");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn find_refuses_a_damaged_file() {
+    let h = history("tools.finddamage").await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean");
+    let (_, store) = local(&clean);
+    back_up(&h, store.clone()).await;
+    let files = files_of(&store, &h.topic, 1).await;
+    let key = String::from_utf8(key_of(1, 2).unwrap()).unwrap();
+
+    // A plain copy (no stored checksums) with a flipped bit inside a value of the file that holds
+    // the record looked up.
+    let (archive, _) = plain_copy(&clean, &dir.path().join("flipped"));
+    let (want, _, _) = find(
+        &archive,
+        &["--topic", &h.topic, "--partition", "1", "--key", &key],
+    );
+    assert_eq!(
+        want,
+        expected(&h, |r| r.key.as_deref() == Some(key.as_bytes()))
+            .into_iter()
+            .filter(|(p, _)| *p == 1)
+            .collect()
+    );
+    flip_inside(
+        &Path::new(&archive["file://".len()..]).join(&files[0]),
+        b"value 1/",
+    );
+    let out = tool(
+        "find",
+        &archive,
+        &["--topic", &h.topic, "--partition", "1", "--key", &key],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "find returned {}",
+        common::text(&out.stdout)
+    );
+    assert!(out.stdout.is_empty(), "{}", common::text(&out.stdout));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains(&files[0]) && error.contains("damaged"),
+        "{error}"
+    );
+    // The same with the stored checksums kept (cp -a): the store's checksum refuses it too.
+    let (archive, _) = copy_archive(&clean, &dir.path().join("kept"));
+    flip_inside(
+        &Path::new(&archive["file://".len()..]).join(&files[0]),
+        b"value 1/",
+    );
+    let out = tool(
+        "find",
+        &archive,
+        &["--topic", &h.topic, "--partition", "1", "--key", &key],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stdout));
+    assert!(common::error_line(&out).contains(&files[0]));
+}

@@ -333,6 +333,11 @@ pub async fn find(args: FindArgs) -> Result<(), Failure> {
             return Err(Failure::found(format!("cannot write the results: {e}")));
         }
     }
+    for key in &stats.unchecked {
+        eprintln!(
+            "warning: {key}: cannot be checked (no checksum inside it, none stored with it); its records were returned unchecked"
+        );
+    }
     if args.stats {
         eprintln!("{}", json!({ "stats": stats }));
     }

@@ -1,4 +1,4 @@
-//! `verify --deep` on files with and without the checksums inside them, and with and
+//! `verify --deep` and `find` on files with and without the checksums inside them, and with and
 //! without a stored checksum.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use crate::archive::documents::{self, Identity};
 use crate::archive::paths::DataFileKey;
 use crate::archive::time::HourBucket;
 use crate::archive::{Record, TimestampType};
+use crate::ops::find::{self, FindOptions, KeyFilter};
 use crate::storage::{LocalStore, ObjectStore, PutMode, StorageUrl};
 
 const BASE: i64 = 1_795_428_000_000; // an hour's start
@@ -88,8 +89,25 @@ async fn deep(store: &Arc<dyn ObjectStore>) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+async fn find_all(store: &Arc<dyn ObjectStore>) -> (Vec<i64>, Vec<String>) {
+    let opts = FindOptions {
+        topic: "t".into(),
+        partition: None,
+        key: KeyFilter::Bytes(b"k7".to_vec()),
+        from: None,
+        to: None,
+        headers: Vec::new(),
+        limit: None,
+    };
+    let mut got = Vec::new();
+    let stats = find::find(store.clone(), &opts, |_, _, r| got.push(r.offset))
+        .await
+        .unwrap();
+    (got, stats.unchecked)
+}
+
 #[tokio::test]
-async fn a_file_no_checksum_vouches_for_fails_deep_verify() {
+async fn a_file_no_checksum_vouches_for_fails_deep_verify_and_find_names_it() {
     let recs = records();
     let meta = datafile::file_meta("t", 0, 0, 50, &recs, "c", 0);
     let old = datafile::encode_without_checksums(&meta, &recs);
@@ -97,10 +115,13 @@ async fn a_file_no_checksum_vouches_for_fails_deep_verify() {
     // Without the checksums inside it, but stored with one: checked by the stored one.
     let (_d1, store) = archive(old.clone(), true).await;
     assert_eq!(deep(&store).await, vec![]);
-    // Neither: --deep fails naming it.
+    assert_eq!(find_all(&store).await, (vec![7], vec![]));
+    // Neither: --deep fails naming it; find returns its records and names it as unchecked.
     let (_d2, store) = archive(old, false).await;
     assert_eq!(deep(&store).await, vec![("checksum", key())]);
+    assert_eq!(find_all(&store).await, (vec![7], vec![key()]));
     // The checksums inside it alone: clean.
     let (_d3, store) = archive(new, false).await;
     assert_eq!(deep(&store).await, vec![]);
+    assert_eq!(find_all(&store).await, (vec![7], vec![]));
 }
