@@ -1053,7 +1053,12 @@ async fn retention_never_passes_a_checkpoint() {
         &chain_start("orders", 4, 15),
     )
     .await;
-    let out = tool("retention", &archive, &["--older-than", "1h"]);
+    // This hand-made archive has no _topics/ document to say the topic is not compacted.
+    let out = tool(
+        "retention",
+        &archive,
+        &["--older-than", "1h", "--include-compacted"],
+    );
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     let starts = |files: Vec<String>| -> Vec<i64> {
         files
@@ -1311,4 +1316,117 @@ async fn find_refuses_a_damaged_file() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stdout));
     assert!(common::error_line(&out).contains(&files[0]));
+}
+
+/// A local archive made by hand (no Kafka): for each (topic, cleanup.policy), three files of
+/// partition 0, ten records each, all ten days old, and a checkpoint past them.
+async fn old_archive(root: &Path, topics: &[(&str, &str)]) -> (String, Arc<dyn ObjectStore>) {
+    let (archive, store) = local(root);
+    let identity = serde_json::json!({"format_version": 1, "created_at": "2026-11-24T00:00:00.000Z",
+        "cluster_id": "c", "writer": "test"});
+    put_json(&store, "_archive.json", &identity).await;
+    let old = (common::now_ms() / HOUR - 240) * HOUR;
+    for (topic, policy) in topics {
+        let doc = serde_json::json!({"topic": topic, "partitions": 1, "replication_factor": 1,
+            "configs": {"cleanup.policy": policy}, "updated_at": "2026-11-24T00:00:00.000Z"});
+        put_json(&store, &rewind::archive::paths::topic_key(topic), &doc).await;
+        let mut last = String::new();
+        for f in 0..3i64 {
+            let records: Vec<Record> = (f * 10..f * 10 + 10)
+                .map(|o| Record {
+                    offset: o,
+                    timestamp: Some(old + o),
+                    timestamp_type: Some(rewind::archive::TimestampType::Create),
+                    key: Some(format!("k{o}").into_bytes()),
+                    value: Some(b"v".to_vec()),
+                    headers: vec![],
+                })
+                .collect();
+            let meta = datafile::file_meta(topic, 0, f * 10, f * 10 + 10, &records, "c", old);
+            let key = DataFileKey {
+                topic: topic.to_string(),
+                partition: 0,
+                bucket: rewind::archive::time::HourBucket::of_millis(old),
+                start: f * 10,
+            }
+            .to_string();
+            store
+                .put(
+                    &key,
+                    datafile::encode(&meta, &records).unwrap(),
+                    PutMode::Create,
+                )
+                .await
+                .unwrap();
+            last = key;
+        }
+        let checkpoint = serde_json::json!({"format_version": 1, "topic": topic, "partition": 0,
+            "end": 30, "last_file": last, "max_timestamp": old + 29,
+            "updated_at": "2026-11-24T00:00:00.000Z"});
+        put_json(
+            &store,
+            &rewind::archive::paths::checkpoint_key(topic, 0),
+            &checkpoint,
+        )
+        .await;
+    }
+    (archive, store)
+}
+
+#[tokio::test]
+async fn retention_leaves_compacted_topics_alone_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, store) = old_archive(
+        dir.path(),
+        &[("plain", "delete"), ("compacted", "compact,delete")],
+    )
+    .await;
+    let deleted = |report: &Value| -> BTreeSet<String> {
+        report["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["topic"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // A dry run says what it leaves out, in JSON and in text.
+    let out = tool(
+        "retention",
+        &archive,
+        &["--older-than", "1d", "--dry-run", "--json"],
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let dry = json_of(&out);
+    assert_eq!(
+        deleted(&dry),
+        BTreeSet::from(["plain".to_string()]),
+        "{dry:#}"
+    );
+    assert_eq!(
+        dry["skipped_compacted"],
+        serde_json::json!(["compacted"]),
+        "{dry:#}"
+    );
+    let out = tool("retention", &archive, &["--older-than", "1d", "--dry-run"]);
+    let text = common::text(&out.stdout);
+    assert!(
+        text.contains("compacted") && text.contains("--include-compacted"),
+        "{text}"
+    );
+    // The real run deletes from the other topic only.
+    let out = tool("retention", &archive, &["--older-than", "1d", "--json"]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert_eq!(files_of(&store, "compacted", 0).await.len(), 3);
+    assert_eq!(files_of(&store, "plain", 0).await.len(), 1);
+    // Asked for, compacted topics get retention like any other.
+    let out = tool(
+        "retention",
+        &archive,
+        &["--older-than", "1d", "--include-compacted", "--json"],
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let report = json_of(&out);
+    assert_eq!(deleted(&report), BTreeSet::from(["compacted".to_string()]));
+    assert_eq!(report["skipped_compacted"], serde_json::json!([]));
+    assert_eq!(files_of(&store, "compacted", 0).await.len(), 1);
 }

@@ -96,6 +96,11 @@ pub struct RetentionArgs {
     /// (at least 1h; with every topic selected only).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration::parse)]
     abandoned_after: std::time::Duration,
+    /// Apply retention to compacted topics too (`cleanup.policy` holding `compact` in their
+    /// `_topics/` document, or no document to tell). Left out by default: Kafka keeps a compacted
+    /// key's latest value forever, and the archive may hold its only other copy.
+    #[arg(long)]
+    include_compacted: bool,
     /// List what would be deleted; delete nothing.
     #[arg(long)]
     dry_run: bool,
@@ -488,6 +493,7 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
         &*store,
         &topics,
         cutoff,
+        args.include_compacted,
         args.topics.is_none(),
         abandoned_before,
         args.dry_run,
@@ -518,6 +524,11 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
     }
     for d in &report.documents {
         outln!("{verb} {d}");
+    }
+    for t in &report.skipped_compacted {
+        outln!(
+            "left topic {t} alone: it is compacted (or has no _topics/ document to tell); --include-compacted applies retention to it"
+        );
     }
     for u in &report.abandoned_uploads {
         if args.dry_run {
