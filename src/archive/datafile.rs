@@ -350,11 +350,14 @@ fn to_batch(records: &[Record]) -> Result<RecordBatch, DataFileError> {
 
 /// A reader of a whole data file whose bytes were checked against the checksum in its footer
 /// first (files written before Rewind kept one there are read unchecked: the store's checksum is
-/// what vouches for them).
+/// what vouches for them). Its page headers are checked too, so that the decoder allocates no more than the
+/// [`bounds`] allow.
 fn checked_reader(bytes: Bytes) -> Result<ParquetRecordBatchReaderBuilder<Bytes>, DataFileError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?;
-    let checksums = Checksums::from_key_values(&key_values(builder.metadata().file_metadata()))?;
+    let metadata = builder.metadata();
+    let checksums = Checksums::from_key_values(&key_values(metadata.file_metadata()))?;
     integrity::check_file(&bytes, checksums.as_ref())?;
+    bounds::check_pages(metadata, 0..metadata.num_row_groups(), &bytes, 0)?;
     Ok(builder)
 }
 
@@ -723,6 +726,7 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<Record>) -> Result<(), DataFile
     Ok(())
 }
 
+pub mod bounds;
 pub mod integrity;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -293,7 +293,13 @@ async fn search_file(
             let bytes = reader.read_cached(index).await.map_err(|e| bad(&e))?;
             sums.check_index(&bytes).map_err(&checked)?;
         }
-        None => found.unchecked = !reader.read_whole().await.map_err(&checked)?,
+        None => {
+            found.unchecked = !reader.read_whole().await.map_err(&checked)?;
+            if let Some((0, whole)) = reader.cache.first() {
+                datafile::bounds::check_pages(&metadata, 0..metadata.num_row_groups(), whole, 0)
+                    .map_err(|e| bad(&e))?;
+            }
+        }
     }
     let mut groups = Vec::new();
     for (i, group) in metadata.row_groups().iter().enumerate() {
@@ -356,8 +362,10 @@ async fn search_file(
             .await
             .map_err(|e| bad(&e))?;
         for (&g, range) in groups.iter().zip(ranges) {
+            let start = range.start;
             let bytes = reader.read_cached(range).await.map_err(|e| bad(&e))?;
             sums.check_row_group(g, &bytes).map_err(&checked)?;
+            datafile::bounds::check_pages(&metadata, [g], &bytes, start).map_err(|e| bad(&e))?;
         }
     }
     let selection = opts
@@ -670,8 +678,18 @@ impl StoreReader {
     /// The footer without the page index, from one read of the file's tail (most of the time).
     async fn footer(&mut self) -> parquet::errors::Result<ParquetMetaData> {
         let size = self.size;
-        self.read_cached(size.saturating_sub(TAIL_BYTES as u64)..size)
+        let tail = self
+            .read_cached(size.saturating_sub(TAIL_BYTES as u64)..size)
             .await?;
+        let start = datafile::integrity::footer_start(&tail[tail.len().saturating_sub(8)..], size)
+            .map_err(|e| parquet::errors::ParquetError::General(e.to_string()))?;
+        if size - start > datafile::bounds::MAX_FOOTER_BYTES {
+            return Err(parquet::errors::ParquetError::General(format!(
+                "its footer claims {} bytes, more than the {} MiB a reader accepts",
+                size - start,
+                datafile::bounds::MAX_FOOTER_BYTES >> 20
+            )));
+        }
         ParquetMetaDataReader::new()
             .with_page_index_policy(PageIndexPolicy::Skip)
             .load_and_finish(self, size)

@@ -414,3 +414,62 @@ proptest! {
         prop_assert_eq!(decoded, records);
     }
 }
+
+/// `bytes` with the first page's header claiming `claim` uncompressed bytes (its varint grows, so
+/// what follows shifts; the decoder meets this header first).
+pub(crate) fn claim_uncompressed(bytes: &[u8], claim: i32) -> Bytes {
+    // Page header at byte 4: field 1 (i32 type), then field 2 (i32 uncompressed size).
+    assert_eq!(bytes[4], 0x15);
+    let mut at = 5;
+    while bytes[at] & 0x80 != 0 {
+        at += 1;
+    }
+    at += 1;
+    assert_eq!(bytes[at], 0x15);
+    let start = at + 1;
+    let mut end = start;
+    while bytes[end] & 0x80 != 0 {
+        end += 1;
+    }
+    let mut zigzag = ((claim << 1) ^ (claim >> 31)) as u32;
+    let mut varint = Vec::new();
+    loop {
+        let b = (zigzag & 0x7f) as u8;
+        zigzag >>= 7;
+        if zigzag == 0 {
+            varint.push(b);
+            break;
+        }
+        varint.push(b | 0x80);
+    }
+    let mut out = bytes[..start].to_vec();
+    out.extend_from_slice(&varint);
+    out.extend_from_slice(&bytes[end + 1..]);
+    Bytes::from(out)
+}
+
+#[test]
+fn a_page_claiming_a_huge_size_is_refused_before_it_is_decoded() {
+    let records = sample();
+    let meta = file_meta("orders", 3, 10, 15, &records, "c", 0);
+    // A file without checksums inside it: nothing else stands between a crafted header and the
+    // decoder.
+    let bytes = encode_without_checksums(&meta, &records);
+    decode(bytes.clone()).unwrap();
+    let hostile = claim_uncompressed(&bytes, i32::MAX);
+    for err in [
+        decode(hostile.clone()).unwrap_err(),
+        read_offsets(hostile.clone()).unwrap_err(),
+        decode_rows(hostile.clone(), 1 << 20, |_| true).unwrap_err(),
+    ] {
+        let message = err.to_string();
+        assert!(
+            message.contains("row group 0, column 0")
+                && message.contains("claims 2147483647 uncompressed bytes"),
+            "{message}"
+        );
+    }
+    // A claim within the limit but beyond the chunk's data is the decoder's to refuse, and it does.
+    let wrong = claim_uncompressed(&bytes, 1 << 20);
+    assert!(decode(wrong).is_err());
+}

@@ -125,3 +125,70 @@ async fn a_file_no_checksum_vouches_for_fails_deep_verify_and_find_names_it() {
     assert_eq!(deep(&store).await, vec![]);
     assert_eq!(find_all(&store).await, (vec![7], vec![]));
 }
+
+/// A local archive holding `bytes` as its data file, without a stored checksum; verify's problems.
+async fn hostile(
+    bytes: bytes::Bytes,
+    deep: bool,
+) -> (
+    Vec<(&'static str, String, String)>,
+    Arc<dyn ObjectStore>,
+    tempfile::TempDir,
+) {
+    let (dir, store) = archive(bytes, false).await;
+    let report = super::verify(&*store, &Regex::new(".*").unwrap(), deep)
+        .await
+        .unwrap();
+    let problems = report
+        .problems
+        .iter()
+        .map(|p| (p.kind, p.key.clone(), p.message.clone()))
+        .collect();
+    (problems, store, dir)
+}
+
+#[tokio::test]
+async fn hostile_sizes_get_one_clear_error_naming_the_file() {
+    let recs = records();
+    let meta = datafile::file_meta("t", 0, 0, 50, &recs, "c", 0);
+    // A footer claiming more than a reader accepts.
+    let mut long = datafile::encode(&meta, &recs).unwrap().to_vec();
+    let n = long.len();
+    long[n - 8..n - 4].copy_from_slice(&(20u32 << 20).to_le_bytes());
+    let (problems, _, _d) = hostile(long.into(), false).await;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let (kind, key_, message) = &problems[0];
+    assert_eq!((*kind, key_.as_str()), ("unreadable", key().as_str()));
+    // The claim is checked against the file's size before anything is read for it.
+    assert!(message.contains("20971528"), "{message}");
+    // A page claiming 2 GiB uncompressed, in a file without checksums inside it.
+    let old = datafile::encode_without_checksums(&meta, &recs);
+    let crafted = datafile::tests::claim_uncompressed(&old, i32::MAX);
+    let (problems, store, _d) = hostile(crafted, true).await;
+    let decode: Vec<_> = problems.iter().filter(|p| p.0 == "decode").collect();
+    assert_eq!(decode.len(), 1, "{problems:?}");
+    assert_eq!(decode[0].1, key());
+    assert!(
+        decode[0].2.contains("claims 2147483647 uncompressed bytes"),
+        "{}",
+        decode[0].2
+    );
+    // find reads the file whole (no checksums inside it) and refuses it the same way.
+    let opts = FindOptions {
+        topic: "t".into(),
+        partition: None,
+        key: KeyFilter::Any,
+        from: None,
+        to: None,
+        headers: Vec::new(),
+        limit: None,
+    };
+    let err = find::find(store, &opts, |_, _, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&key()) && err.contains("claims 2147483647 uncompressed bytes"),
+        "{err}"
+    );
+}
