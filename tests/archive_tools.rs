@@ -403,6 +403,58 @@ fn copy_archive(from: &Path, to: &Path) -> (String, Arc<dyn ObjectStore>) {
     local(to)
 }
 
+/// A copy of the archive directory made the ordinary way (`cp -r`, no `-a`): the extended
+/// attributes that hold the stored checksums are left behind.
+fn plain_copy(from: &Path, to: &Path) -> (String, Arc<dyn ObjectStore>) {
+    let status = Command::new("cp")
+        .args(["-r", from.to_str().unwrap(), to.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (archive, store) = local(to);
+    let some_file = walk(to)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"));
+    assert!(
+        xattr::get(some_file.unwrap(), "user.rewind.crc32c")
+            .unwrap()
+            .is_none(),
+        "a plain copy has no stored checksum"
+    );
+    (archive, store)
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Flip one bit of the first stored copy of `text` in the data file at `path`, so that the file
+/// still decodes, to a wrong value.
+fn flip_inside(path: &Path, text: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(text.len())
+        .position(|w| w == text)
+        .unwrap_or_else(|| {
+            panic!(
+                "{} does not hold {:?} as it is",
+                path.display(),
+                common::text(text)
+            )
+        });
+    bytes[at] ^= 0x20;
+    std::fs::write(path, &bytes).unwrap();
+}
+
 /// `verify` (with `extra` flags) fails with exit 1, and names `key` as a problem.
 fn assert_named(archive: &str, extra: &[&str], key: &str, kind: &str) {
     let mut args = vec!["--json"];
@@ -1001,7 +1053,12 @@ async fn retention_never_passes_a_checkpoint() {
         &chain_start("orders", 4, 15),
     )
     .await;
-    let out = tool("retention", &archive, &["--older-than", "1h"]);
+    // This hand-made archive has no _topics/ document to say the topic is not compacted.
+    let out = tool(
+        "retention",
+        &archive,
+        &["--older-than", "1h", "--include-compacted"],
+    );
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     let starts = |files: Vec<String>| -> Vec<i64> {
         files
@@ -1166,4 +1223,210 @@ async fn verify_is_clean_while_a_sink_writes() {
     let report = json_of(&tool("verify", &archive, &["--json", "--deep"]));
     assert_eq!(report["clean"], true, "{report:#}");
     assert_eq!(report["records"], sent, "everything sent is archived once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plain_copy_is_still_checked_by_verify_deep() {
+    let h = history("tools.plaincopy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean");
+    let (_, store) = local(&clean);
+    back_up(&h, store.clone()).await;
+    let files = files_of(&store, &h.topic, 1).await;
+
+    // Unharmed, a plain copy verifies clean: every file is checked by the checksum inside it.
+    let (archive, _) = plain_copy(&clean, &dir.path().join("copy"));
+    let out = tool("verify", &archive, &["--deep", "--json"]);
+    let report = json_of(&out);
+    assert!(out.status.success(), "{report:#}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report:#}");
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["kind"] != "checksum"),
+        "{report:#}"
+    );
+
+    // One flipped bit inside a value of a plain copy: the file still decodes, but --deep names it.
+    let (archive, _) = plain_copy(&clean, &dir.path().join("flipped"));
+    flip_inside(
+        &Path::new(&archive["file://".len()..]).join(&files[0]),
+        b"value 1/",
+    );
+    assert_named(&archive, &["--deep"], &files[0], "checksum");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn find_refuses_a_damaged_file() {
+    let h = history("tools.finddamage").await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean");
+    let (_, store) = local(&clean);
+    back_up(&h, store.clone()).await;
+    let files = files_of(&store, &h.topic, 1).await;
+    let key = String::from_utf8(key_of(1, 2).unwrap()).unwrap();
+
+    // A plain copy (no stored checksums) with a flipped bit inside a value of the file that holds
+    // the record looked up.
+    let (archive, _) = plain_copy(&clean, &dir.path().join("flipped"));
+    let (want, _, _) = find(
+        &archive,
+        &["--topic", &h.topic, "--partition", "1", "--key", &key],
+    );
+    assert_eq!(
+        want,
+        expected(&h, |r| r.key.as_deref() == Some(key.as_bytes()))
+            .into_iter()
+            .filter(|(p, _)| *p == 1)
+            .collect()
+    );
+    flip_inside(
+        &Path::new(&archive["file://".len()..]).join(&files[0]),
+        b"value 1/",
+    );
+    let out = tool(
+        "find",
+        &archive,
+        &["--topic", &h.topic, "--partition", "1", "--key", &key],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "find returned {}",
+        common::text(&out.stdout)
+    );
+    assert!(out.stdout.is_empty(), "{}", common::text(&out.stdout));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains(&files[0]) && error.contains("damaged"),
+        "{error}"
+    );
+    // The same with the stored checksums kept (cp -a): the store's checksum refuses it too.
+    let (archive, _) = copy_archive(&clean, &dir.path().join("kept"));
+    flip_inside(
+        &Path::new(&archive["file://".len()..]).join(&files[0]),
+        b"value 1/",
+    );
+    let out = tool(
+        "find",
+        &archive,
+        &["--topic", &h.topic, "--partition", "1", "--key", &key],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stdout));
+    assert!(common::error_line(&out).contains(&files[0]));
+}
+
+/// A local archive made by hand (no Kafka): for each (topic, cleanup.policy), three files of
+/// partition 0, ten records each, all ten days old, and a checkpoint past them.
+async fn old_archive(root: &Path, topics: &[(&str, &str)]) -> (String, Arc<dyn ObjectStore>) {
+    let (archive, store) = local(root);
+    let identity = serde_json::json!({"format_version": 1, "created_at": "2026-11-24T00:00:00.000Z",
+        "cluster_id": "c", "writer": "test"});
+    put_json(&store, "_archive.json", &identity).await;
+    let old = (common::now_ms() / HOUR - 240) * HOUR;
+    for (topic, policy) in topics {
+        let doc = serde_json::json!({"topic": topic, "partitions": 1, "replication_factor": 1,
+            "configs": {"cleanup.policy": policy}, "updated_at": "2026-11-24T00:00:00.000Z"});
+        put_json(&store, &rewind::archive::paths::topic_key(topic), &doc).await;
+        let mut last = String::new();
+        for f in 0..3i64 {
+            let records: Vec<Record> = (f * 10..f * 10 + 10)
+                .map(|o| Record {
+                    offset: o,
+                    timestamp: Some(old + o),
+                    timestamp_type: Some(rewind::archive::TimestampType::Create),
+                    key: Some(format!("k{o}").into_bytes()),
+                    value: Some(b"v".to_vec()),
+                    headers: vec![],
+                })
+                .collect();
+            let meta = datafile::file_meta(topic, 0, f * 10, f * 10 + 10, &records, "c", old);
+            let key = DataFileKey {
+                topic: topic.to_string(),
+                partition: 0,
+                bucket: rewind::archive::time::HourBucket::of_millis(old),
+                start: f * 10,
+            }
+            .to_string();
+            store
+                .put(
+                    &key,
+                    datafile::encode(&meta, &records).unwrap(),
+                    PutMode::Create,
+                )
+                .await
+                .unwrap();
+            last = key;
+        }
+        let checkpoint = serde_json::json!({"format_version": 1, "topic": topic, "partition": 0,
+            "end": 30, "last_file": last, "max_timestamp": old + 29,
+            "updated_at": "2026-11-24T00:00:00.000Z"});
+        put_json(
+            &store,
+            &rewind::archive::paths::checkpoint_key(topic, 0),
+            &checkpoint,
+        )
+        .await;
+    }
+    (archive, store)
+}
+
+#[tokio::test]
+async fn retention_leaves_compacted_topics_alone_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, store) = old_archive(
+        dir.path(),
+        &[("plain", "delete"), ("compacted", "compact,delete")],
+    )
+    .await;
+    let deleted = |report: &Value| -> BTreeSet<String> {
+        report["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["topic"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // A dry run says what it leaves out, in JSON and in text.
+    let out = tool(
+        "retention",
+        &archive,
+        &["--older-than", "1d", "--dry-run", "--json"],
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let dry = json_of(&out);
+    assert_eq!(
+        deleted(&dry),
+        BTreeSet::from(["plain".to_string()]),
+        "{dry:#}"
+    );
+    assert_eq!(
+        dry["skipped_compacted"],
+        serde_json::json!(["compacted"]),
+        "{dry:#}"
+    );
+    let out = tool("retention", &archive, &["--older-than", "1d", "--dry-run"]);
+    let text = common::text(&out.stdout);
+    assert!(
+        text.contains("compacted") && text.contains("--include-compacted"),
+        "{text}"
+    );
+    // The real run deletes from the other topic only.
+    let out = tool("retention", &archive, &["--older-than", "1d", "--json"]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert_eq!(files_of(&store, "compacted", 0).await.len(), 3);
+    assert_eq!(files_of(&store, "plain", 0).await.len(), 1);
+    // Asked for, compacted topics get retention like any other.
+    let out = tool(
+        "retention",
+        &archive,
+        &["--older-than", "1d", "--include-compacted", "--json"],
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let report = json_of(&out);
+    assert_eq!(deleted(&report), BTreeSet::from(["compacted".to_string()]));
+    assert_eq!(report["skipped_compacted"], serde_json::json!([]));
+    assert_eq!(files_of(&store, "compacted", 0).await.len(), 1);
 }

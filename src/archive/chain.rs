@@ -145,8 +145,18 @@ pub async fn read_file_footer(
         let tail = store.get_range(key, size - want..size).await?;
         match datafile::footer_from_tail(&tail, size).map_err(|e| bad(e.to_string()))? {
             Tail::Meta(footer) => return Ok(*footer),
+            Tail::Need(n) if (n as u64) > datafile::bounds::MAX_FOOTER_BYTES => {
+                return Err(bad(format!(
+                    "its footer claims {n} bytes, more than the {} MiB a reader accepts",
+                    datafile::bounds::MAX_FOOTER_BYTES >> 20
+                )))
+            }
             Tail::Need(n) if (n as u64) > want && (n as u64) <= size => want = n as u64,
-            Tail::Need(n) => return Err(bad(format!("its footer claims {n} bytes"))),
+            Tail::Need(n) => {
+                return Err(bad(format!(
+                    "its footer claims {n} bytes, but the file has {size}"
+                )))
+            }
         }
     }
 }

@@ -98,6 +98,11 @@ pub struct RetentionArgs {
     /// (at least 1h; with every topic selected only).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration::parse)]
     abandoned_after: std::time::Duration,
+    /// Apply retention to compacted topics too (`cleanup.policy` holding `compact` in their
+    /// `_topics/` document, or no document to tell). Left out by default: Kafka keeps a compacted
+    /// key's latest value forever, and the archive may hold its only other copy.
+    #[arg(long)]
+    include_compacted: bool,
     /// List what would be deleted; delete nothing.
     #[arg(long)]
     dry_run: bool,
@@ -335,6 +340,11 @@ pub async fn find(args: FindArgs) -> Result<(), Failure> {
             return Err(Failure::found(format!("cannot write the results: {e}")));
         }
     }
+    for key in &stats.unchecked {
+        eprintln!(
+            "warning: {key}: cannot be checked (no checksum inside it, none stored with it); its records were returned unchecked"
+        );
+    }
     if args.stats {
         eprintln!("{}", json!({ "stats": stats }));
     }
@@ -485,6 +495,7 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
         &*store,
         &topics,
         cutoff,
+        args.include_compacted,
         args.topics.is_none(),
         abandoned_before,
         args.dry_run,
@@ -515,6 +526,11 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
     }
     for d in &report.documents {
         outln!("{verb} {d}");
+    }
+    for t in &report.skipped_compacted {
+        outln!(
+            "left topic {t} alone: it is compacted (or has no _topics/ document to tell); --include-compacted applies retention to it"
+        );
     }
     for u in &report.abandoned_uploads {
         if args.dry_run {

@@ -3,10 +3,13 @@
 //! of its hour), then by its footer's time span; a row group by its timestamp statistics, its key
 //! statistics and the bloom filter on `key`; pages by the timestamp page index. Only then are the
 //! key, timestamp and header columns of what is left read and filtered, and the other columns read
-//! for the matching rows only.
+//! for the matching rows only. Every byte used past the footer is checked first: the bloom filters
+//! and page index, and each row group read (whole), against the checksums in the file's footer; a
+//! file written before files carried them is read whole and checked against its stored checksum.
 //!
 //! Invariant: pruning never drops a match: every skip is justified by metadata that bounds every
-//! row it skips (checked against a full scan in the tests).
+//! row it skips (checked against a full scan in the tests); and no record comes from bytes a
+//! checksum refused (a file no checksum can vouch for is searched, and named in a warning).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +37,7 @@ use serde::Serialize;
 
 use super::{identity, OpsError, Progress};
 use crate::archive::chain;
-use crate::archive::datafile::{self, FileMeta};
+use crate::archive::datafile::{self, DataFileError, FileMeta};
 use crate::archive::documents::{self, ChainStart, RETENTION_PREFIX};
 use crate::archive::paths::{DataFileKey, DATA_PREFIX};
 use crate::archive::Record;
@@ -127,6 +130,9 @@ pub struct FindStats {
     /// Bytes fetched from the store.
     pub bytes_read: u64,
     pub records: u64,
+    /// Files searched that no checksum could vouch for (written before files carried their own,
+    /// and without a stored one).
+    pub unchecked: Vec<String>,
     pub seconds: f64,
 }
 
@@ -213,6 +219,9 @@ pub async fn find(
         stats.row_groups_total += found.row_groups_total;
         stats.row_groups_scanned += found.row_groups_scanned;
         stats.files_scanned += usize::from(found.row_groups_scanned > 0);
+        if found.unchecked {
+            stats.unchecked.push(found.key.clone());
+        }
         for record in &found.records {
             emit(&found.topic, found.partition, record);
             stats.records += 1;
@@ -229,6 +238,9 @@ pub async fn find(
 }
 
 struct Found {
+    key: String,
+    /// No checksum could vouch for the file's bytes.
+    unchecked: bool,
     topic: String,
     partition: i32,
     records: Vec<Record>,
@@ -249,11 +261,22 @@ async fn search_file(
             "{url}: {name} is not a readable Rewind data file ({e}); run `rewind verify` on the archive"
         ))
     };
+    let damaged = |why: &dyn std::fmt::Display| {
+        OpsError::Input(format!(
+            "{url}: {name} is damaged: {why}; its records are not returned (run `rewind verify --deep` on the archive)"
+        ))
+    };
+    let checked = |e: DataFileError| match e {
+        DataFileError::Damaged(why) => damaged(&why),
+        other => bad(&other),
+    };
     // The footer alone first: most files are ruled out by it and their bloom filters.
     let metadata = reader.footer().await.map_err(|e| bad(&e))?;
     let footer = datafile::Footer::of(&metadata).map_err(|e| bad(&e))?;
     let columns = Columns::of(metadata.file_metadata().schema_descr()).map_err(|e| bad(&e))?;
     let mut found = Found {
+        key: name.clone(),
+        unchecked: false,
         topic: key.topic.clone(),
         partition: key.partition,
         records: Vec::new(),
@@ -262,6 +285,21 @@ async fn search_file(
     };
     if !file_may_match(&footer.meta, opts) {
         return Ok(found);
+    }
+    // What is read from here on is checked before it is used.
+    match &footer.checksums {
+        Some(sums) => {
+            let index = reader.index_range(&metadata).await.map_err(&checked)?;
+            let bytes = reader.read_cached(index).await.map_err(|e| bad(&e))?;
+            sums.check_index(&bytes).map_err(&checked)?;
+        }
+        None => {
+            found.unchecked = !reader.read_whole().await.map_err(&checked)?;
+            if let Some((0, whole)) = reader.cache.first() {
+                datafile::bounds::check_pages(&metadata, 0..metadata.num_row_groups(), whole, 0)
+                    .map_err(|e| bad(&e))?;
+            }
+        }
     }
     let mut groups = Vec::new();
     for (i, group) in metadata.row_groups().iter().enumerate() {
@@ -309,6 +347,27 @@ async fn search_file(
     // (the offset index) and pages outside the window are skipped (the column index).
     let metadata = reader.page_index(metadata).await.map_err(|e| bad(&e))?;
     found.row_groups_scanned = groups.len();
+    if let Some(sums) = &footer.checksums {
+        // Each row group read is read whole and checked; the decoder reads it from memory.
+        let ranges = groups
+            .iter()
+            .map(|&g| {
+                datafile::integrity::row_group_range(&metadata, g)
+                    .filter(|r| r.end <= reader.size)
+                    .ok_or_else(|| bad(&format!("row group {g} lies outside the file")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        reader
+            .read_all_cached(ranges.clone())
+            .await
+            .map_err(|e| bad(&e))?;
+        for (&g, range) in groups.iter().zip(ranges) {
+            let start = range.start;
+            let bytes = reader.read_cached(range).await.map_err(|e| bad(&e))?;
+            sums.check_row_group(g, &bytes).map_err(&checked)?;
+            datafile::bounds::check_pages(&metadata, [g], &bytes, start).map_err(|e| bad(&e))?;
+        }
+    }
     let selection = opts
         .has_window()
         .then(|| page_selection(&metadata, columns.timestamp, &groups, opts))
@@ -563,11 +622,74 @@ impl StoreReader {
         Ok(bytes)
     }
 
+    /// Read the ranges not read yet, at once, and keep them.
+    async fn read_all_cached(&mut self, ranges: Vec<Range<u64>>) -> parquet::errors::Result<()> {
+        let missing: Vec<Range<u64>> = ranges
+            .into_iter()
+            .filter(|r| self.cached(r).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let read = self.get_byte_ranges(missing.clone()).await?;
+            self.cache
+                .extend(missing.into_iter().map(|r| r.start).zip(read));
+        }
+        Ok(())
+    }
+
+    /// Where the bloom filters and the page index are: between the last row group and the footer.
+    async fn index_range(
+        &mut self,
+        metadata: &ParquetMetaData,
+    ) -> Result<Range<u64>, DataFileError> {
+        let size = self.size;
+        let last8 = self.read_cached(size.saturating_sub(8)..size).await?;
+        let footer = datafile::integrity::footer_start(&last8, size)?;
+        datafile::integrity::index_range(metadata, footer)
+            .ok_or_else(|| DataFileError::Format("its row groups reach into its footer".into()))
+    }
+
+    /// Read the whole file (a file without checksums inside it) and check it against its stored
+    /// checksum; false when it has none.
+    async fn read_whole(&mut self) -> Result<bool, DataFileError> {
+        let got = self
+            .store
+            .get(&self.key)
+            .await
+            .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+        self.read
+            .fetch_add(got.body.len() as u64, Ordering::Relaxed);
+        let checked = match got.meta.crc32c {
+            Some(stored) => {
+                let actual = crate::storage::crc32c(&got.body);
+                if actual != stored {
+                    return Err(DataFileError::Damaged(format!(
+                        "its bytes have CRC32C {actual:08x}, but it was stored with {stored:08x}"
+                    )));
+                }
+                true
+            }
+            None => false,
+        };
+        self.size = got.body.len() as u64;
+        self.cache = vec![(0, got.body)];
+        Ok(checked)
+    }
+
     /// The footer without the page index, from one read of the file's tail (most of the time).
     async fn footer(&mut self) -> parquet::errors::Result<ParquetMetaData> {
         let size = self.size;
-        self.read_cached(size.saturating_sub(TAIL_BYTES as u64)..size)
+        let tail = self
+            .read_cached(size.saturating_sub(TAIL_BYTES as u64)..size)
             .await?;
+        let start = datafile::integrity::footer_start(&tail[tail.len().saturating_sub(8)..], size)
+            .map_err(|e| parquet::errors::ParquetError::General(e.to_string()))?;
+        if size - start > datafile::bounds::MAX_FOOTER_BYTES {
+            return Err(parquet::errors::ParquetError::General(format!(
+                "its footer claims {} bytes, more than the {} MiB a reader accepts",
+                size - start,
+                datafile::bounds::MAX_FOOTER_BYTES >> 20
+            )));
+        }
         ParquetMetaDataReader::new()
             .with_page_index_policy(PageIndexPolicy::Skip)
             .load_and_finish(self, size)

@@ -1,7 +1,9 @@
 //! `rewind retention --older-than D`: delete the files whose newest record is older than the
 //! cutoff, only from the beginning of each chain, never a partition's newest file nor one its
 //! checkpoint has not passed, and the consumer-group snapshots no restore inside the kept history
-//! needs.
+//! needs. Compacted topics (`cleanup.policy` containing `compact` in their `_topics/` document,
+//! or no document to tell) are left out unless asked for: Kafka keeps a compacted key's latest
+//! value forever, so age says nothing about whether the archive still needs it.
 //!
 //! Invariant: the chain stays a contiguous suffix. The new start is recorded
 //! (`_retention/<topic>/<p>.json`) before anything is deleted, so a run that stops half-way leaves
@@ -15,8 +17,8 @@ use serde::Serialize;
 
 use super::{identity, OpsError, Progress};
 use crate::archive::chain;
-use crate::archive::documents::{self, gap_key, ChainStart};
-use crate::archive::paths::DATA_PREFIX;
+use crate::archive::documents::{self, gap_key, ChainStart, TopicMeta};
+use crate::archive::paths::{topic_key, DATA_PREFIX};
 use crate::archive::time::rfc3339_millis;
 use crate::storage::ObjectStore;
 
@@ -40,6 +42,9 @@ pub struct RetentionReport {
     /// Keys of unfinished uploads (a writer killed mid-upload) aborted, or with `--dry-run` all
     /// unfinished uploads there are.
     pub abandoned_uploads: Vec<String>,
+    /// Selected topics left alone because they are compacted (or have no `_topics/` document to
+    /// tell); `include_compacted` applies retention to them too.
+    pub skipped_compacted: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,28 +57,45 @@ pub struct DeletedFile {
     pub max_timestamp: Option<String>,
 }
 
-/// Apply retention with `cutoff_ms` to the topics `topics` selects; group snapshots and unfinished
-/// uploads started before `abandoned_before` are cleaned only when `prune_groups` (every topic
-/// selected).
+/// Apply retention with `cutoff_ms` to the topics `topics` selects, compacted ones only when
+/// `include_compacted`; group snapshots and unfinished uploads started before `abandoned_before`
+/// are cleaned only when `prune_groups` (every topic selected).
 pub async fn retention(
     store: &dyn ObjectStore,
     topics: &Regex,
     cutoff_ms: i64,
+    include_compacted: bool,
     prune_groups: bool,
     abandoned_before: std::time::SystemTime,
     dry_run: bool,
 ) -> Result<RetentionReport, OpsError> {
     identity(store).await?;
     let listed = chain::list_all(store).await?;
-    let selected: Vec<_> = listed
-        .iter()
-        .filter(|((t, _), _)| topics.is_match(t))
-        .collect();
     let mut report = RetentionReport {
         cutoff: rfc3339_millis(cutoff_ms),
         dry_run,
         ..RetentionReport::default()
     };
+    let names: std::collections::BTreeSet<&str> = listed
+        .keys()
+        .map(|(t, _)| t.as_str())
+        .filter(|t| topics.is_match(t))
+        .collect();
+    if !include_compacted {
+        for topic in names {
+            if let Some(why) = compacted(store, topic).await? {
+                tracing::warn!(
+                    topic,
+                    "{why}: left out of retention (--include-compacted applies it)"
+                );
+                report.skipped_compacted.push(topic.to_string());
+            }
+        }
+    }
+    let selected: Vec<_> = listed
+        .iter()
+        .filter(|((t, _), _)| topics.is_match(t) && !report.skipped_compacted.contains(t))
+        .collect();
     let mut progress = Progress::new("retention", "partitions", selected.len() as u64);
     let mut plans =
         futures::stream::iter(selected.into_iter().map(|((topic, partition), files)| {
@@ -131,6 +153,22 @@ pub async fn retention(
         }
     }
     Ok(report)
+}
+
+/// Why `topic` is to be treated as compacted, if it is: its `_topics/` document says
+/// `cleanup.policy` holds `compact`, or there is no document to say it does not.
+async fn compacted(store: &dyn ObjectStore, topic: &str) -> Result<Option<String>, OpsError> {
+    let key = topic_key(topic);
+    Ok(match documents::read_doc::<TopicMeta>(store, &key).await? {
+        None => Some(format!(
+            "topic {topic} has no {key}, so whether it is compacted is unknown"
+        )),
+        Some(meta) => meta
+            .configs
+            .get("cleanup.policy")
+            .filter(|policy| policy.split(',').any(|p| p.trim() == "compact"))
+            .map(|policy| format!("topic {topic} is compacted (cleanup.policy={policy})")),
+    })
 }
 
 struct PartitionRetention {

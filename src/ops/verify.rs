@@ -2,8 +2,9 @@
 //! contiguous (every file starts where the previous ends, or a gap records why not), every footer
 //! agrees with its key, its row-group statistics and its hour folder, checkpoints do not point past
 //! the chain, and every archived topic has its `_topics/` document. All of that comes from footers
-//! (one ranged read per file); `--deep` also reads every file whole, checks its stored CRC32C and
-//! decodes every row.
+//! (one ranged read per file); `--deep` also reads every file whole, checks it against the checksum
+//! inside it and the one stored with it, and decodes every row. A file neither checksum can vouch
+//! for is a problem under `--deep`: its bytes cannot be told from damaged ones.
 //!
 //! Invariant: every problem names the object key it is about, so an operator can look at it.
 
@@ -493,8 +494,8 @@ fn span(s: Option<(i64, i64)>) -> String {
     })
 }
 
-/// Read every chain file whole: its stored CRC32C must match its bytes, and every row must decode
-/// and agree with the footer.
+/// Read every chain file whole: the checksum inside it and its stored CRC32C must match its bytes
+/// (at least one must exist), and every row must decode and agree with the footer.
 async fn deep_check(
     store: &dyn ObjectStore,
     scan: &Scan,
@@ -514,53 +515,47 @@ async fn deep_check(
             Ok(got) => got,
             // Deleted since the scan listed it (retention running): no longer part of the
             // archive, as in the scan.
-            Err(storage::StorageError::NotFound { .. }) => return Ok((i, p, f, Vec::new(), false)),
+            Err(storage::StorageError::NotFound { .. }) => return Ok((i, p, f, Vec::new())),
             Err(e) => return Err(OpsError::from(e)),
         };
         let footer = f.footer.clone().expect("filtered");
         let bucket = f.parsed.bucket;
         // A decoder that panics on a damaged file is a finding about that file.
-        let (issues, unchecked) =
+        let issues =
             match tokio::task::spawn_blocking(move || deep_file(got, &footer, bucket)).await {
                 Ok(found) => found,
-                Err(e) => (
-                    vec![(
-                        "decode",
-                        format!("does not decode: the decoder failed ({e})"),
-                    )],
-                    false,
-                ),
+                Err(e) => vec![(
+                    "decode",
+                    format!("does not decode: the decoder failed ({e})"),
+                )],
             };
-        Ok((i, p, f, issues, unchecked))
+        Ok((i, p, f, issues))
     }))
     .buffer_unordered(DEEP_CONCURRENCY);
     while let Some(result) = checks.next().await {
-        let (i, p, f, issues, unchecked) = result?;
+        let (i, p, f, issues) = result?;
         progress.add(1);
         summaries[i].problems += issues.len();
         for (kind, message) in issues {
             found.problem(p, &f.key, kind, message);
         }
-        if unchecked {
-            found.warning(
-                p,
-                &f.key,
-                "checksum",
-                "has no stored CRC32C (written by another tool, or copied without extended attributes), so its bytes cannot be checked".into(),
-            );
-        }
     }
     Ok(())
 }
 
-/// Problems (kind, message) of one file read whole, and whether it had no checksum to check.
+/// Problems (kind, message) of one file read whole.
 fn deep_file(
     got: storage::GetResult,
     footer: &FileFooter,
     bucket: crate::archive::time::HourBucket,
-) -> (Vec<(&'static str, String)>, bool) {
+) -> Vec<(&'static str, String)> {
     let mut issues = Vec::new();
-    let unchecked = got.meta.crc32c.is_none();
+    if got.meta.crc32c.is_none() && footer.checksums.is_none() {
+        issues.push((
+            "checksum",
+            "cannot be checked: it has no checksum inside it (written before Rewind kept one there) and none was stored with it (copied without extended attributes or checksums, or written by another tool); restore it from a copy that kept its stored checksum, or rewrite it".to_string(),
+        ));
+    }
     if let Some(stored) = got.meta.crc32c {
         let actual = storage::crc32c(&got.body);
         if actual != stored {
@@ -602,9 +597,17 @@ fn deep_file(
         }
         true
     });
-    if let Err(e) = decoded {
-        issues.push(("decode", format!("does not decode: {e}")));
-        return (issues, unchecked);
+    match decoded {
+        // The decoder checked the file against the checksum inside it first.
+        Err(datafile::DataFileError::Damaged(why)) => {
+            issues.push(("checksum", format!("is damaged: {why}")));
+            return issues;
+        }
+        Err(e) => {
+            issues.push(("decode", format!("does not decode: {e}")));
+            return issues;
+        }
+        Ok(_) => {}
     }
     if let Some(order) = order {
         issues.push(("rows", order));
@@ -653,5 +656,8 @@ fn deep_file(
             ),
         ));
     }
-    (issues, unchecked)
+    issues
 }
+
+#[cfg(test)]
+mod tests;

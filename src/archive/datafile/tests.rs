@@ -159,6 +159,88 @@ fn a_large_file_is_split_into_row_groups_and_reads_back_whole() {
     assert!(got == records, "multi-row-group file differs");
 }
 
+/// Records with incompressible values of `size` bytes, so that row groups really fill up.
+fn incompressible(count: i64, size: u64) -> Vec<Record> {
+    (0..count)
+        .map(|i| Record {
+            offset: i,
+            timestamp: Some(1_795_428_900_000 + i),
+            timestamp_type: Some(TimestampType::LogAppend),
+            key: (i % 3 != 0).then(|| i.to_be_bytes().to_vec()),
+            value: Some(
+                (0..size)
+                    .map(|j| {
+                        let mut x = (i as u64) << 32 | j;
+                        x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+                        x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+                        (x ^ (x >> 31)) as u8
+                    })
+                    .collect(),
+            ),
+            headers: vec![h("n", Some(&i.to_le_bytes()))],
+        })
+        .collect()
+}
+
+#[test]
+fn every_byte_before_the_footer_is_under_a_checksum_inside_the_file() {
+    let records = incompressible(3_000, 1_000);
+    let meta = file_meta("t", 0, 0, 3_000, &records, "c", 0);
+    let bytes = Bytes::from(encode_to(&meta, &records, Vec::new(), 256 * 1024).unwrap());
+    let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes)
+        .unwrap();
+    let footer = Footer::of(&metadata).unwrap();
+    assert_eq!(
+        footer.meta, meta,
+        "the checksums leave the rewind.* keys alone"
+    );
+    let sums = footer.checksums.expect("the footer holds the checksums");
+    assert!(metadata.num_row_groups() >= 4);
+    assert_eq!(sums.row_groups.len(), metadata.num_row_groups());
+    let size = bytes.len() as u64;
+    let f = integrity::footer_start(&bytes[bytes.len() - 8..], size).unwrap();
+    assert_eq!(sums.data, crate::storage::crc32c(&bytes[..f as usize]));
+    let slice = |r: std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
+    let mut covered = 4;
+    for i in 0..metadata.num_row_groups() {
+        let range = integrity::row_group_range(&metadata, i).unwrap();
+        assert_eq!(range.start, covered, "row groups follow each other");
+        sums.check_row_group(i, slice(range.clone())).unwrap();
+        covered = range.end;
+    }
+    let index = integrity::index_range(&metadata, f).unwrap();
+    assert_eq!(index.start, covered);
+    assert!(index.end > index.start, "bloom filters and page index");
+    sums.check_index(slice(index.clone())).unwrap();
+    assert!(integrity::check_file(&bytes, Some(&sums)).unwrap());
+
+    // One flipped bit anywhere before the footer: the whole-file readers refuse the file, and the
+    // range it is in no longer checks.
+    let second = integrity::row_group_range(&metadata, 1).unwrap();
+    for at in [second.start + 100, index.start + 3, index.end - 1] {
+        let mut damaged = bytes.to_vec();
+        damaged[at as usize] ^= 0x04;
+        let damaged = Bytes::from(damaged);
+        let err = decode(damaged.clone()).unwrap_err();
+        assert!(matches!(err, DataFileError::Damaged(_)), "byte {at}: {err}");
+        assert!(matches!(
+            read_offsets(damaged.clone()),
+            Err(DataFileError::Damaged(_))
+        ));
+        assert!(matches!(
+            decode_rows(damaged.clone(), 1 << 20, |_| true),
+            Err(DataFileError::Damaged(_))
+        ));
+        let part = |r: &std::ops::Range<u64>| &damaged[r.start as usize..r.end as usize];
+        if second.contains(&at) {
+            assert!(sums.check_row_group(1, part(&second)).is_err());
+        } else {
+            assert!(sums.check_index(part(&index)).is_err());
+        }
+    }
+}
+
 #[test]
 fn the_footer_is_read_from_the_tail_alone() {
     let records = sample();
@@ -331,4 +413,63 @@ proptest! {
         prop_assert_eq!(m, meta);
         prop_assert_eq!(decoded, records);
     }
+}
+
+/// `bytes` with the first page's header claiming `claim` uncompressed bytes (its varint grows, so
+/// what follows shifts; the decoder meets this header first).
+pub(crate) fn claim_uncompressed(bytes: &[u8], claim: i32) -> Bytes {
+    // Page header at byte 4: field 1 (i32 type), then field 2 (i32 uncompressed size).
+    assert_eq!(bytes[4], 0x15);
+    let mut at = 5;
+    while bytes[at] & 0x80 != 0 {
+        at += 1;
+    }
+    at += 1;
+    assert_eq!(bytes[at], 0x15);
+    let start = at + 1;
+    let mut end = start;
+    while bytes[end] & 0x80 != 0 {
+        end += 1;
+    }
+    let mut zigzag = ((claim << 1) ^ (claim >> 31)) as u32;
+    let mut varint = Vec::new();
+    loop {
+        let b = (zigzag & 0x7f) as u8;
+        zigzag >>= 7;
+        if zigzag == 0 {
+            varint.push(b);
+            break;
+        }
+        varint.push(b | 0x80);
+    }
+    let mut out = bytes[..start].to_vec();
+    out.extend_from_slice(&varint);
+    out.extend_from_slice(&bytes[end + 1..]);
+    Bytes::from(out)
+}
+
+#[test]
+fn a_page_claiming_a_huge_size_is_refused_before_it_is_decoded() {
+    let records = sample();
+    let meta = file_meta("orders", 3, 10, 15, &records, "c", 0);
+    // A file without checksums inside it: nothing else stands between a crafted header and the
+    // decoder.
+    let bytes = encode_without_checksums(&meta, &records);
+    decode(bytes.clone()).unwrap();
+    let hostile = claim_uncompressed(&bytes, i32::MAX);
+    for err in [
+        decode(hostile.clone()).unwrap_err(),
+        read_offsets(hostile.clone()).unwrap_err(),
+        decode_rows(hostile.clone(), 1 << 20, |_| true).unwrap_err(),
+    ] {
+        let message = err.to_string();
+        assert!(
+            message.contains("row group 0, column 0")
+                && message.contains("claims 2147483647 uncompressed bytes"),
+            "{message}"
+        );
+    }
+    // A claim within the limit but beyond the chunk's data is the decoder's to refuse, and it does.
+    let wrong = claim_uncompressed(&bytes, 1 << 20);
+    assert!(decode(wrong).is_err());
 }
