@@ -615,3 +615,79 @@ async fn transaction_markers_cost_no_round_trip_per_record() {
     let want: Vec<_> = produced.iter().map(|r| (&r.key, &r.value)).collect();
     assert_eq!(values, want);
 }
+
+/// A store behind a proxy that drops `If-None-Match` and `If-Match`: every put overwrites.
+#[derive(Debug)]
+struct IgnoresConditions(Arc<dyn ObjectStore>);
+
+#[async_trait::async_trait]
+impl ObjectStore for IgnoresConditions {
+    async fn put(&self, key: &str, body: bytes::Bytes, _: PutMode) -> StorageResult<PutResult> {
+        self.0.put(key, body, PutMode::Overwrite).await
+    }
+    async fn get(&self, key: &str) -> StorageResult<GetResult> {
+        self.0.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> StorageResult<bytes::Bytes> {
+        self.0.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
+        self.0.head(key).await
+    }
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
+        self.0.list_page(prefix, token).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
+        self.0.delete_many(keys).await
+    }
+    async fn start_multipart(
+        &self,
+        key: &str,
+        mode: PutMode,
+    ) -> StorageResult<Box<dyn MultipartUpload>> {
+        self.0.start_multipart(key, mode).await
+    }
+    async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
+        self.0.incomplete_uploads(prefix).await
+    }
+    fn url(&self) -> &StorageUrl {
+        self.0.url()
+    }
+}
+
+/// Issue 13, defect 3: a store that ignores conditional writes is refused before anything is
+/// written, with one sentence naming the store and what it ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_ignores_conditional_writes_is_refused_before_anything_is_written() {
+    let topic = common::unique("sink-careless");
+    create_topic(&topic, 1, &[]).await;
+    produce(&topic, 0, &sample(common::now_ms() - 60_000)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    let careless: Arc<dyn ObjectStore> = Arc::new(IgnoresConditions(store.clone()));
+    let err = sink::run(
+        common::kafka::config(),
+        careless,
+        options(&regex::escape(&topic)),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("the sink refuses the store");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{}: the store ignores create-only puts",
+            store.url()
+        )),
+        "{message}"
+    );
+    assert!(
+        store.list("").await.unwrap().is_empty(),
+        "nothing was written: {:?}",
+        store.list("").await.unwrap()
+    );
+}

@@ -57,6 +57,24 @@ pub async fn run(args: CheckArgs) -> Result<(), Failure> {
         Ok(Ok(_)) => "no archive yet",
     };
     outln!("archive  {url}: reachable, {state}");
+    // The chain rules rest on conditional writes: prove them on a throwaway key (deleted again).
+    let probed = tokio::time::timeout(args.timeout * 4, storage::probe(&*store))
+        .await
+        .map_err(|_| {
+            Failure::found(format!(
+                "{url}: the conditional-write probe got no answer within {}s",
+                (args.timeout * 4).as_secs()
+            ))
+        })?
+        .map_err(Failure::found)?;
+    outln!(
+        "archive  {url}: create-only and compare-and-swap puts honoured{}",
+        if probed.keeps_checksums {
+            ", object checksums kept"
+        } else {
+            "; the store does not keep object checksums (the checksums inside each data file still guard integrity)"
+        }
+    );
 
     if !args.no_kafka {
         let client = kafka::client_config(&config.kafka, &[]);

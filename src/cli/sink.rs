@@ -85,7 +85,13 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
     };
     let report = sink::run(client, store, opts, stop)
         .await
-        .map_err(Failure::found)?;
+        .map_err(|e| match e {
+            // A store that cannot hold an archive is a configuration to fix, like a bad URL.
+            sink::SinkError::Store(crate::storage::ProbeError::IgnoresConditions { .. }) => {
+                Failure::usage(e)
+            }
+            e => Failure::found(e),
+        })?;
     outln!(
         "archived {} records in {} files ({} bytes) from {} partitions to {url}{}{}",
         report.records,

@@ -77,6 +77,8 @@ pub enum SinkError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Flush(#[from] FlushError),
+    #[error(transparent)]
+    Store(#[from] crate::storage::ProbeError),
     #[error("kafka: could not seek {topic}/{partition} to offset {offset}: {message}; the sink stops rather than read past records it has not archived")]
     Seek {
         topic: String,
@@ -318,6 +320,14 @@ pub async fn run(
             })
         }
     };
+    // Before anything is written: the chain rules rest on conditional writes.
+    let probed = crate::storage::probe(&*store).await?;
+    if !probed.keeps_checksums {
+        tracing::warn!(
+            archive = %store.url(),
+            "the store does not keep the CRC32C it is sent with each object; integrity rests on the checksums inside each data file"
+        );
+    }
     documents::ensure_identity(
         &*store,
         &cluster_id,

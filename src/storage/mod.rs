@@ -8,6 +8,7 @@
 mod error;
 mod local;
 mod memory;
+mod probe;
 mod retry;
 mod s3;
 mod url;
@@ -23,6 +24,7 @@ use bytes::Bytes;
 pub use error::{StorageError, StorageResult};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
+pub use probe::{probe, ProbeError, Probed};
 pub use retry::RetryPolicy;
 pub use s3::{S3Options, S3Store, ServerSideEncryption};
 pub use url::StorageUrl;
