@@ -146,7 +146,7 @@ impl ObjectStore for MemoryStore {
     async fn get_range(&self, key: &str, range: Range<u64>) -> StorageResult<Bytes> {
         let got = self.get(key).await?;
         let size = got.body.len() as u64;
-        if range.start > range.end || range.start > size {
+        if range.start > range.end || (range.start >= size && range.end > range.start) {
             return Err(StorageError::InvalidRange {
                 url: self.url.to_string(),
                 key: key.to_string(),
