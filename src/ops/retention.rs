@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{identity, OpsError, Progress};
 use crate::archive::chain;
-use crate::archive::documents::{self, gap_key, ChainStart, TopicMeta};
+use crate::archive::documents::{self, gap_key, ChainStart, TopicMeta, CLAIMS_PREFIX};
 use crate::archive::paths::{topic_key, DATA_PREFIX};
 use crate::archive::time::rfc3339_millis;
 use crate::storage::ObjectStore;
@@ -274,6 +274,20 @@ async fn plan_partition(
         // a restore that had reached them must be able to tell from offsets retention deleted.
         if gap.end < new_start {
             out.documents.push(gap_key(topic, partition, gap.start));
+        }
+    }
+    if !out.files.is_empty() {
+        // The claims of the ranges that go (see the chain in docs/archive-format.md).
+        let prefix = format!("{CLAIMS_PREFIX}{topic}/{partition}/");
+        for object in store.list(&prefix).await? {
+            let start = object
+                .key
+                .strip_prefix(&prefix)
+                .and_then(|name| name.strip_suffix(".json"))
+                .and_then(|n| n.parse::<i64>().ok());
+            if start.is_some_and(|s| s < new_start) {
+                out.documents.push(object.key);
+            }
         }
     }
     Ok((!out.files.is_empty() || !out.documents.is_empty()).then_some(out))
