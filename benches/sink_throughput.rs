@@ -10,7 +10,10 @@
 //! (c) `rewind sink --once` into S3. For every run: records/s, MB/s of values, the ratio to (a), CPU
 //! seconds per GB and peak RSS, read from /proc (CPU from the exited process before it is reaped).
 //! Then the memory case: 1,000 partitions archived under a 64 MiB buffer budget, whose peak RSS
-//! should stay within the budget plus 64 MiB.
+//! should stay within the budget plus 64 MiB. Then small transactions: `--tx-records` records of
+//! 100 B committed one per partition per transaction (a commit marker after every record) against
+//! the same count of plain records, both archived by `rewind sink --once` into a local archive
+//! (target: the transactional topic at 0.8 of the plain rate or better).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -40,6 +43,7 @@ fn main() {
     };
     let mib = arg("--mib", 256);
     let wide_mib = arg("--wide-mib", 128);
+    let tx_records = arg("--tx-records", 40_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     common::no_instance_metadata();
 
@@ -109,6 +113,35 @@ fn main() {
     let raw_rate = wide.records_per_s();
     table.push((wide, raw_rate));
 
+    // Small transactions against plain records of the same size and count.
+    let plain_topic = common::unique("bench-plain");
+    let tx_topic = common::unique("bench-tx");
+    rt.block_on(common::kafka::create_topic(&plain_topic, PARTITIONS, &[]));
+    rt.block_on(common::kafka::create_topic(&tx_topic, PARTITIONS, &[]));
+    eprintln!("producing {tx_records} records of 100 B, plain and one per transaction");
+    produce(&plain_topic, PARTITIONS, tx_records, 100);
+    produce_transactions(&tx_topic, PARTITIONS, tx_records, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let plain = measure(
+        "rewind sink → local, 100 B, plain records".to_string(),
+        &mut sink(
+            &format!("file://{}/plain", dir.path().display()),
+            &plain_topic,
+        ),
+        tx_records,
+        tx_records * 100,
+    );
+    let tx = measure(
+        "rewind sink → local, 100 B, one record per transaction".to_string(),
+        &mut sink(&format!("file://{}/tx", dir.path().display()), &tx_topic),
+        tx_records,
+        tx_records * 100,
+    );
+    let plain_rate = plain.records_per_s();
+    let tx_ratio = tx.records_per_s() / plain_rate;
+    table.push((plain, plain_rate));
+    table.push((tx, plain_rate));
+
     println!();
     println!("| run | records | records/s | MB/s | ratio to raw | CPU s/GB | peak RSS MiB |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
@@ -130,6 +163,10 @@ fn main() {
         );
     }
     println!();
+    println!(
+        "one record per transaction: {tx_ratio:.2} of the plain rate (target ≥ 0.8: {}); the ratio column of the last two rows is to the plain run",
+        if tx_ratio >= 0.8 { "met" } else { "NOT met" }
+    );
     println!(
         "1,000 partitions, 64 MiB budget: peak RSS {:.0} MiB (target ≤ 128 MiB: {})",
         wide_rss as f64 / 1048576.0,
@@ -177,4 +214,42 @@ fn raw_consume(topic: &str, count: u64) {
         }
     }
     println!("consumed {n} records ({bytes} bytes)");
+}
+
+/// Produce `count` records like [`produce`], but each partition's records one per transaction: a
+/// transactional producer sends one record to every partition and commits, so every record is
+/// followed by a commit marker in its partition (what Kafka Streams, Flink and Debezium
+/// exactly-once sinks leave behind when they commit often).
+pub fn produce_transactions(topic: &str, partitions: i32, count: u64, size: usize) -> Duration {
+    use rdkafka::producer::Producer;
+    let producer: rdkafka::producer::BaseProducer = common::kafka::config()
+        .set("transactional.id", common::unique("bench-tx"))
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    let mut values = support::Values::new(size);
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while i < count {
+        producer.begin_transaction().unwrap();
+        for p in 0..partitions {
+            if i == count {
+                break;
+            }
+            let key = format!("key-{i}");
+            support::send(
+                &producer,
+                rdkafka::producer::BaseRecord::to(topic)
+                    .partition(p)
+                    .key(key.as_bytes())
+                    .payload(values.next_value()),
+            );
+            i += 1;
+        }
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .unwrap();
+    }
+    started.elapsed()
 }
