@@ -59,6 +59,12 @@ async fn once_archives_and_reports() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::text(&out.stderr));
+    // The end of a partition is how a snapshot knows it is done, never an error line.
+    let stderr = common::text(&out.stderr);
+    assert!(
+        !stderr.contains("ERROR") && !stderr.contains("Partition EOF"),
+        "{stderr}"
+    );
     assert_eq!(
         common::text(&out.stdout).trim(),
         format!(
