@@ -43,12 +43,18 @@ fn main() {
     };
     let mib = arg("--mib", 256);
     let wide_mib = arg("--wide-mib", 128);
-    let tx_records = arg("--tx-records", 40_000);
+    let tx_records = arg("--tx-records", 8_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     common::no_instance_metadata();
 
     let mut table = Vec::new();
-    for value_size in [100usize, 1024] {
+    // `--tx-only`: just the small-transactions comparison.
+    let sizes: &[usize] = if args.iter().any(|a| a == "--tx-only") {
+        &[]
+    } else {
+        &[100, 1024]
+    };
+    for &value_size in sizes {
         let count = mib * 1024 * 1024 / value_size as u64;
         let topic = common::unique(&format!("bench-{value_size}"));
         rt.block_on(common::kafka::create_topic(&topic, PARTITIONS, &[]));
@@ -95,23 +101,26 @@ fn main() {
     }
 
     // Many partitions under a small budget: memory must stay flat.
-    let topic = common::unique("bench-wide");
-    let wide_partitions = 1000;
-    rt.block_on(common::kafka::create_topic(&topic, wide_partitions, &[]));
-    let count = wide_mib * 1024 * 1024 / 1024;
-    eprintln!("producing {count} records of 1 KiB into {topic} ({wide_partitions} partitions)");
-    produce(&topic, wide_partitions, count, 1024);
-    let dir = tempfile::tempdir().unwrap();
-    let wide = measure(
-        format!("rewind sink → local, 1 KiB, {wide_partitions} partitions, 64 MiB budget"),
-        sink(&format!("file://{}/archive", dir.path().display()), &topic)
-            .env("REWIND__SINK__BUFFER_BUDGET", "64MiB"),
-        count,
-        count * 1024,
-    );
-    let wide_rss = wide.peak_rss;
-    let raw_rate = wide.records_per_s();
-    table.push((wide, raw_rate));
+    let mut wide_rss = 0;
+    if !sizes.is_empty() {
+        let topic = common::unique("bench-wide");
+        let wide_partitions = 1000;
+        rt.block_on(common::kafka::create_topic(&topic, wide_partitions, &[]));
+        let count = wide_mib * 1024 * 1024 / 1024;
+        eprintln!("producing {count} records of 1 KiB into {topic} ({wide_partitions} partitions)");
+        produce(&topic, wide_partitions, count, 1024);
+        let dir = tempfile::tempdir().unwrap();
+        let wide = measure(
+            format!("rewind sink → local, 1 KiB, {wide_partitions} partitions, 64 MiB budget"),
+            sink(&format!("file://{}/archive", dir.path().display()), &topic)
+                .env("REWIND__SINK__BUFFER_BUDGET", "64MiB"),
+            count,
+            count * 1024,
+        );
+        wide_rss = wide.peak_rss;
+        let raw_rate = wide.records_per_s();
+        table.push((wide, raw_rate));
+    }
 
     // Small transactions against plain records of the same size and count.
     let plain_topic = common::unique("bench-plain");
@@ -121,6 +130,21 @@ fn main() {
     eprintln!("producing {tx_records} records of 100 B, plain and one per transaction");
     produce(&plain_topic, PARTITIONS, tx_records, 100);
     produce_transactions(&tx_topic, PARTITIONS, tx_records, 100);
+    // The plain consumer on both topics first: what reading transactional data costs librdkafka.
+    for (what, topic) in [("plain", &plain_topic), ("one per transaction", &tx_topic)] {
+        let raw = measure(
+            format!("raw rdkafka consumer, 100 B, {what}"),
+            Command::new(std::env::current_exe().unwrap()).args([
+                "--raw-consume",
+                topic,
+                &tx_records.to_string(),
+            ]),
+            tx_records,
+            tx_records * 100,
+        );
+        let rate = raw.records_per_s();
+        table.push((raw, rate));
+    }
     let dir = tempfile::tempdir().unwrap();
     let plain = measure(
         "rewind sink → local, 100 B, plain records".to_string(),
@@ -167,6 +191,9 @@ fn main() {
         "one record per transaction: {tx_ratio:.2} of the plain rate (target ≥ 0.8: {}); the ratio column of the last two rows is to the plain run",
         if tx_ratio >= 0.8 { "met" } else { "NOT met" }
     );
+    if sizes.is_empty() {
+        return;
+    }
     println!(
         "1,000 partitions, 64 MiB budget: peak RSS {:.0} MiB (target ≤ 128 MiB: {})",
         wide_rss as f64 / 1048576.0,

@@ -784,6 +784,24 @@ fn run_case(ops: &[Op]) -> Result<(), String> {
 fn interleavings_that_broke_the_chain_before() {
     use Op::*;
     let cases: Vec<Vec<Op>> = vec![
+        // Issue 13, defect 2: two workers at one start disagree on the hour of its first record
+        // (it has no timestamp and their clocks are an hour apart), so their files land in two
+        // folders and both create-only puts succeed; the claim lets only one be the chain's.
+        vec![
+            Produce {
+                n: 2,
+                hours: 0,
+                late: false,
+                untimed: true,
+            },
+            Start { w: 0, at: 0 },
+            Start { w: 1, at: 0 },
+            Clock { w: 1, hours: 1 },
+            Deliver { w: 0, n: 2 },
+            Deliver { w: 1, n: 2 },
+            Roll { w: 0 },
+            Roll { w: 1 },
+        ],
         // Two workers began an empty partition at different log starts: two chains.
         vec![
             Start { w: 1, at: 0 },
@@ -869,4 +887,59 @@ proptest! {
         let outcome = run_case(&ops);
         prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
     }
+}
+
+/// Issue 13, defect 7: a data file whose footer claims a range its records do not hold (here an
+/// `end` far past its last offset) is never trusted on resume: the partition stops with one
+/// sentence naming the object, instead of skipping everything up to the claimed end.
+#[test]
+fn a_damaged_footer_stops_the_partition_naming_the_file() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = MemoryStore::new();
+        let records: Vec<Record> = (0..5)
+            .map(|offset| Record {
+                offset,
+                timestamp: Some(BASE + offset),
+                timestamp_type: Some(TimestampType::Create),
+                key: None,
+                value: Some(b"v".to_vec()),
+                headers: vec![],
+            })
+            .collect();
+        let mut meta = datafile::file_meta(TOPIC, 0, 0, 5, &records, "model-cluster", BASE);
+        meta.end = 1_000_000_000;
+        let key = rewind::archive::paths::DataFileKey {
+            topic: TOPIC.into(),
+            partition: 0,
+            bucket: HourBucket::of_millis(BASE),
+            start: 0,
+        }
+        .to_string();
+        store
+            .put(
+                &key,
+                datafile::encode(&meta, &records).unwrap(),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        let err = PartitionChain::resume(&store, TOPIC, 0, 0)
+            .await
+            .expect_err("the damaged footer is refused");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("file:///memory: {key} has a damaged footer")),
+            "{message}"
+        );
+        assert!(!err.is_transient());
+        let checkpoint = documents::read_checkpoint(&store, TOPIC, 0).await.unwrap();
+        assert!(
+            checkpoint.as_ref().is_none_or(|c| c.doc.end == 0),
+            "the checkpoint did not move past the file: {checkpoint:?}"
+        );
+    });
 }
