@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message, Offset, Timestamp, TopicPartitionList};
@@ -224,6 +224,8 @@ struct Sink<'a> {
     consumer: StreamConsumer<SinkContext>,
     /// `None` without the admin API (see `SinkOptions::admin_api`).
     admin: Option<AdminClient<crate::kafka::Ctx>>,
+    /// Asks for log start offsets (never subscribes or fetches).
+    offsets: BaseConsumer<crate::kafka::Ctx>,
     opts: &'a SinkOptions,
     servers: String,
     cluster_id: String,
@@ -294,6 +296,15 @@ pub async fn run(
     let consumer: StreamConsumer<SinkContext> = consumer_config
         .create_with_context(SinkContext::default())
         .map_err(kafka_err)?;
+    // Log-start questions go through a client of their own: on the consumer's connections they
+    // queue behind fetches that long-poll for up to fetch.wait.max.ms (measured: ~0.5 s each).
+    let offsets: BaseConsumer<crate::kafka::Ctx> = client
+        .clone()
+        .set("group.id", &opts.group)
+        .set("enable.auto.commit", "false")
+        .create_with_context(crate::kafka::Ctx)
+        .map_err(kafka_err)?;
+    crate::kafka::ready(&offsets);
     let admin: Option<AdminClient<crate::kafka::Ctx>> = opts
         .admin_api
         .then(|| client.create_with_context(crate::kafka::Ctx))
@@ -340,6 +351,7 @@ pub async fn run(
         store: &*store,
         consumer,
         admin,
+        offsets,
         opts: &opts,
         servers,
         cluster_id,
@@ -1103,7 +1115,7 @@ impl Sink<'_> {
                     None => Ok(None),
                     Some(_) => {
                         self.report.log_start_queries += 1;
-                        self.consumer
+                        self.offsets
                             .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
                             .map(|(low, _)| Some(low))
                     }
