@@ -21,7 +21,7 @@ pub struct SinkArgs {
     /// Regular expression of topics to leave out.
     #[arg(long, value_name = "REGEX")]
     exclude: Option<String>,
-    /// Consumer group shared by the workers of this pipeline.
+    /// Consumer group shared by the workers of this archive (default: rewind-sink-<archive id>).
     #[arg(long, value_name = "ID")]
     group: Option<String>,
     /// Snapshot: archive everything up to the high watermarks seen at start, then exit.
@@ -85,7 +85,11 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
     };
     let report = sink::run(client, store, opts, stop)
         .await
-        .map_err(Failure::found)?;
+        .map_err(|e| match e {
+            // A configuration the sink must not run with: fixed by --group, not by retrying.
+            sink::SinkError::GroupOfOtherArchive { .. } => Failure::usage(e),
+            e => Failure::found(e),
+        })?;
     outln!(
         "archived {} records in {} files ({} bytes) from {} partitions to {url}{}{}",
         report.records,
