@@ -113,7 +113,7 @@ pub async fn run(dir: &Path, say: &mut dyn FnMut(String)) -> Result<DemoReport, 
     let opts = SinkOptions {
         topics: sink::topic_regex("orders|payments").expect("a valid pattern"),
         exclude: None,
-        group: "rewind-demo".into(),
+        group: Some("rewind-demo".into()),
         once: false,
         policy: RollingPolicy {
             max_records: 2_000,

@@ -1430,3 +1430,71 @@ async fn retention_leaves_compacted_topics_alone_unless_asked() {
     assert_eq!(report["skipped_compacted"], serde_json::json!([]));
     assert_eq!(files_of(&store, "compacted", 0).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_and_ls_name_a_partition_the_archive_lacks() {
+    // Four partitions, the last never written to: an empty partition is not a missing one.
+    let topic = common::unique("tools.missing");
+    create_topic(&topic, 4, &[]).await;
+    for p in 0..3 {
+        let batch: Vec<Record> = (0..5)
+            .map(|i| record(Some(b"k"), Some(b"v"), vec![], common::now_ms() - i))
+            .collect();
+        produce(&topic, p, &batch).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, store) = local(&dir.path().join("archive"));
+    let out = common::sink_command(&archive, &topic, &common::unique("missing"))
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let out = tool("verify", &archive, &["--json"]);
+    let report = json_of(&out);
+    assert_eq!(report["clean"], true, "{report:#}");
+    let ls = json_of(&tool("ls", &archive, &["--json"]));
+    assert_eq!(
+        ls["topics"][0]["missing_partitions"],
+        serde_json::json!([]),
+        "{ls:#}"
+    );
+
+    // Partition 1 as a sink of another archive in the same group would have left it: never
+    // archived here (no file, no checkpoint), though `_topics/` says the topic has it.
+    for key in files_of(&store, &topic, 1).await {
+        store.delete(&key).await.unwrap();
+    }
+    store
+        .delete(&format!("_checkpoints/{topic}/1.json"))
+        .await
+        .unwrap();
+    let out = tool("verify", &archive, &["--json"]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report:#}");
+    assert_eq!(problems[0]["kind"], "missing_partition", "{report:#}");
+    assert_eq!(problems[0]["topic"], topic.as_str(), "{report:#}");
+    assert_eq!(problems[0]["partition"], 1, "{report:#}");
+    assert_eq!(
+        problems[0]["key"],
+        format!("_topics/{topic}.json"),
+        "{report:#}"
+    );
+
+    let ls = json_of(&tool("ls", &archive, &["--json"]));
+    assert_eq!(
+        ls["topics"][0]["missing_partitions"],
+        serde_json::json!([1]),
+        "{ls:#}"
+    );
+    let out = tool("ls", &archive, &[]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let table = common::text(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&topic) && l.contains(" 1 ") && l.contains("missing")),
+        "{table}"
+    );
+}

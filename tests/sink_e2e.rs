@@ -33,7 +33,7 @@ fn options(topics: &str) -> SinkOptions {
     SinkOptions {
         topics: sink::topic_regex(topics).unwrap(),
         exclude: None,
-        group: common::unique("sink"),
+        group: Some(common::unique("sink")),
         once: true,
         policy: RollingPolicy::default(),
         buffer_budget: 256 << 20,

@@ -19,7 +19,7 @@ fn options(topic: &str, budget: u64) -> SinkOptions {
     SinkOptions {
         topics: sink::topic_regex(&regex::escape(topic)).unwrap(),
         exclude: None,
-        group: common::unique("memory"),
+        group: Some(common::unique("memory")),
         once: true,
         policy: RollingPolicy::default(),
         buffer_budget: budget,

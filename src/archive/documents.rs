@@ -60,6 +60,25 @@ pub struct Identity {
     pub writer: String,
 }
 
+impl Identity {
+    /// A short stable name of the archive: 12 hex digits of a hash (64-bit FNV-1a) of its cluster
+    /// id and creation time. Every spelling of the archive's URL, and every copy of the
+    /// configuration, names the same archive; a byte-for-byte copy of the archive keeps it too.
+    pub fn archive_id(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self
+            .cluster_id
+            .bytes()
+            .chain([0])
+            .chain(self.created_at.bytes())
+        {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:012x}", hash >> 16)
+    }
+}
+
 /// Latest durable position of one partition's chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {

@@ -82,6 +82,9 @@ impl fmt::Display for DataFileKey {
     }
 }
 
+/// Where every partition's checkpoint lives.
+pub const CHECKPOINTS_PREFIX: &str = "_checkpoints/";
+
 /// The checkpoint of one partition: its latest durable position.
 pub fn checkpoint_key(topic: &str, partition: i32) -> String {
     format!("_checkpoints/{topic}/{partition}.json")

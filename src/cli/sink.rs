@@ -21,7 +21,7 @@ pub struct SinkArgs {
     /// Regular expression of topics to leave out.
     #[arg(long, value_name = "REGEX")]
     exclude: Option<String>,
-    /// Consumer group shared by the workers of this pipeline.
+    /// Consumer group shared by the workers of this archive (default: rewind-sink-<archive id>).
     #[arg(long, value_name = "ID")]
     group: Option<String>,
     /// Snapshot: archive everything up to the high watermarks seen at start, then exit.
@@ -90,6 +90,8 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
             sink::SinkError::Store(crate::storage::ProbeError::IgnoresConditions { .. }) => {
                 Failure::usage(e)
             }
+            // A configuration the sink must not run with: fixed by --group, not by retrying.
+            sink::SinkError::GroupOfOtherArchive { .. } => Failure::usage(e),
             e => Failure::found(e),
         })?;
     outln!(

@@ -414,6 +414,18 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
             "unreadable_files": files.len() - footers.len(),
         }));
     }
+    let missing = scan.missing_partitions();
+    for (topic, partitions) in &missing {
+        for partition in partitions {
+            let mut row = vec![topic.to_string(), partition.to_string(), "missing".into()];
+            row.resize(11, "-".into());
+            rows.push(row);
+        }
+        if !partitions.is_empty() {
+            by_topic.entry(topic).or_default();
+        }
+    }
+    rows.sort_by_key(|r| (r[0].clone(), r[1].parse::<i32>().unwrap_or(i32::MAX)));
     if args.json {
         let topics: Vec<Value> = by_topic
             .into_iter()
@@ -426,6 +438,7 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
                 };
                 json!({
                     "topic": topic,
+                    "missing_partitions": missing.get(topic).cloned().unwrap_or_default(),
                     "records": sum("records"),
                     "bytes": sum("bytes"),
                     "files": sum("files"),
@@ -468,10 +481,16 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
             1,
         );
         let (records, files, bytes) = totals;
+        let lacking: usize = missing.values().map(Vec::len).sum();
         outln!(
-            "total: {records} records in {files} files ({bytes} bytes), {} topics, {} partitions",
+            "total: {records} records in {files} files ({bytes} bytes), {} topics, {} partitions{}",
             by_topic.len(),
-            rows.len()
+            rows.len() - lacking,
+            if lacking > 0 {
+                format!("; {lacking} partitions missing (in _topics/ but not in the archive; see rewind verify)")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

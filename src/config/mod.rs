@@ -269,8 +269,10 @@ pub struct SinkConfig {
     pub topics: String,
     /// Regular expression of topics to leave out.
     pub exclude: Option<String>,
-    /// Consumer group of the sink's workers (Kafka commits are for lag monitoring only).
-    pub group: String,
+    /// Consumer group of the sink's workers (Kafka commits are for lag monitoring only). Unset:
+    /// the archive's own, `rewind-sink-<archive id>`, so that sinks of different archives never
+    /// share one. A sink refuses a group whose commits belong to another archive.
+    pub group: Option<String>,
     /// Close a data file once it has been open this long: the recovery point objective.
     #[serde(with = "units::duration")]
     pub max_file_age: Duration,
@@ -298,7 +300,7 @@ impl Default for SinkConfig {
         SinkConfig {
             topics: ".*".into(),
             exclude: None,
-            group: "rewind-sink".into(),
+            group: None,
             max_file_age: Duration::from_secs(60),
             max_file_records: 1_000_000,
             max_file_bytes: Size::mib(128),

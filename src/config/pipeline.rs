@@ -194,7 +194,7 @@ pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
                 if let Some(other) = groups.insert(key, &spec.name) {
                     clash(
                         "sink.group",
-                        format!("pipeline {other} uses the same consumer group {:?} on cluster {}; the two would split the partitions between them", spec.sink.group, spec.cluster),
+                        format!("pipeline {other} uses the same consumer group {:?} on cluster {}; the two would split the partitions between them", spec.sink.group.as_deref().unwrap_or_default(), spec.cluster),
                     );
                 }
             }

@@ -377,7 +377,7 @@ fn the_example_service_and_pipelines_in_the_repository_are_valid() {
         ]
     );
     let backup = &service.pipelines[0];
-    assert_eq!(backup.sink.group, "rewind-backup-all");
+    assert_eq!(backup.sink.group.as_deref(), Some("rewind-backup-all"));
     assert_eq!(backup.sink.max_file_age, Duration::from_secs(60));
     // Keys the pipeline leaves out come from the service's [sink].
     assert_eq!(backup.sink.buffer_budget, service.config.sink.buffer_budget);

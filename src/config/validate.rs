@@ -296,7 +296,7 @@ impl SinkConfig {
                 }
             }
         }
-        if sink.group.trim().is_empty() {
+        if sink.group.as_deref().is_some_and(|g| g.trim().is_empty()) {
             problem("sink.group", "must not be empty".into());
         }
         if sink.max_file_age.is_zero() {

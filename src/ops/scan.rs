@@ -74,6 +74,27 @@ impl Scan {
     pub fn files(&self) -> usize {
         self.partitions.iter().map(|p| p.files.len()).sum()
     }
+
+    /// Partitions that a topic's `_topics/` document counts and the archive knows nothing of (no
+    /// file, checkpoint, gap or chain start), by topic. The sink writes a partition's first
+    /// checkpoint when it opens it, so even a partition that never had a record is known; a
+    /// missing one was never backed up into this archive (another archive's sink in the same
+    /// consumer group, say).
+    pub fn missing_partitions(&self) -> BTreeMap<&str, Vec<i32>> {
+        let known: std::collections::BTreeSet<(&str, i32)> = self
+            .partitions
+            .iter()
+            .map(|p| (p.topic.as_str(), p.partition))
+            .collect();
+        let mut missing = BTreeMap::new();
+        for meta in self.topics.values() {
+            let lacking: Vec<i32> = (0..meta.partitions)
+                .filter(|p| !known.contains(&(meta.topic.as_str(), *p)))
+                .collect();
+            missing.insert(meta.topic.as_str(), lacking);
+        }
+        missing
+    }
 }
 
 /// Scan the partitions of the topics `topics` selects. `label` names the progress line.

@@ -150,6 +150,20 @@ pub async fn verify(
         }),
     }
     check_topics(&scan, &mut found);
+    for (topic, partitions) in scan.missing_partitions() {
+        let count = scan.topics.get(topic).map_or(0, |m| m.partitions);
+        for partition in partitions {
+            found.problems.push(Problem {
+                key: topic_key(topic),
+                topic: Some(topic.to_string()),
+                partition: Some(partition),
+                kind: "missing_partition",
+                message: format!(
+                    "says {topic} has {count} partitions, but partition {partition} is not in the archive (no file, checkpoint or gap): no sink of this archive backed it up (did a sink of another archive share its consumer group?)"
+                ),
+            });
+        }
+    }
     let mut summaries = Vec::new();
     for p in &scan.partitions {
         let before = found.problems.len();

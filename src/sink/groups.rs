@@ -118,7 +118,9 @@ fn read_all(
     let names: Vec<&str> = groups
         .groups()
         .iter()
-        .filter(|g| g.name() != opts.group && matches!(g.protocol_type(), "consumer" | ""))
+        .filter(|g| {
+            Some(g.name()) != opts.group.as_deref() && matches!(g.protocol_type(), "consumer" | "")
+        })
         .map(|g| g.name())
         .filter(|name| {
             let ok = documents::storable_group(name);

@@ -6,6 +6,7 @@
 //! record lost or archived twice; Kafka commits exist for lag monitoring only.
 
 mod groups;
+pub mod ownership;
 mod partition;
 mod upload;
 
@@ -38,8 +39,9 @@ pub struct SinkOptions {
     pub topics: Regex,
     /// Topics to leave out, even when `topics` matches.
     pub exclude: Option<Regex>,
-    /// Consumer group the sink commits to (lag monitoring only).
-    pub group: String,
+    /// Consumer group the sink commits to (lag monitoring only); `None`: the archive's own,
+    /// `rewind-sink-<archive id>` (see [`ownership`]).
+    pub group: Option<String>,
     /// Snapshot mode: archive up to the high watermarks seen at start, then stop.
     pub once: bool,
     pub policy: RollingPolicy,
@@ -88,6 +90,12 @@ pub enum SinkError {
     },
     #[error("no topic matches --topics {0:?} (after --exclude); nothing to back up")]
     NoTopics(String),
+    #[error("consumer group {:?} holds the commits of another archive ({}), not of {url} (archive {id}); sinks of two archives in one group split the partitions and leave both incomplete: pass a --group of this archive's own (without --group the sink uses rewind-sink-{id})", .foreign.group, other_archive(.foreign))]
+    GroupOfOtherArchive {
+        foreign: ownership::Foreign,
+        url: String,
+        id: String,
+    },
     #[error("{} partition(s) were not backed up because their offsets went backwards (topic deleted and recreated?): {}; the archived chains are untouched — move them aside or back up into a new archive", .0.len(), .0.join(", "))]
     OffsetsWentBackwards(Vec<String>),
 }
@@ -108,6 +116,14 @@ pub struct SinkReport {
     pub log_start_queries: u64,
     /// Partitions refused because their log ends before the archived chain (`topic/partition`).
     pub refused: Vec<String>,
+}
+
+fn other_archive(foreign: &ownership::Foreign) -> String {
+    if foreign.other_url.is_empty() {
+        format!("archive {}", foreign.other_id)
+    } else {
+        format!("archive {} at {}", foreign.other_id, foreign.other_url)
+    }
 }
 
 /// Kafka's internal topics start with `__`; Rewind never backs up its own or the broker's internals.
@@ -219,6 +235,15 @@ impl rdkafka::consumer::ConsumerContext for SinkContext {
     }
 }
 
+/// The group this sink commits to and the archive its commits are marked with.
+struct Owner {
+    group: String,
+    id: String,
+    url: String,
+    /// The commit metadata of every commit (see [`ownership`]).
+    marker: String,
+}
+
 struct Sink<'a> {
     store: &'a dyn ObjectStore,
     consumer: StreamConsumer<SinkContext>,
@@ -229,6 +254,7 @@ struct Sink<'a> {
     opts: &'a SinkOptions,
     servers: String,
     cluster_id: String,
+    owner: Owner,
     /// Looked up several times per record: a fast hash matters (SipHash was 7 % of the CPU).
     chains: FxHashMap<(String, i32), PartitionChain>,
     /// Snapshot mode: the offset each partition must reach; removed once reached.
@@ -237,6 +263,8 @@ struct Sink<'a> {
     started: Instant,
     /// Continuous mode: the topics currently subscribed to.
     subscribed: Vec<String>,
+    /// The partitions known to have a checkpoint (see `announce`).
+    announced: std::collections::HashSet<(String, i32)>,
     /// Every partition this worker handled, for the report.
     seen: std::collections::HashSet<(String, i32)>,
     /// When the last status line was printed, and the totals then.
@@ -268,7 +296,6 @@ pub async fn run(
     };
     let mut consumer_config = client.clone();
     consumer_config
-        .set("group.id", &opts.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
@@ -293,14 +320,15 @@ pub async fn run(
         // every second (measured: 3× slower). Ask again soon instead; the queue bounds stay.
         consumer_config.set("fetch.queue.backoff.ms", "20");
     }
-    let consumer: StreamConsumer<SinkContext> = consumer_config
+    // A client without a group asks the cluster for its id: the group is the archive's, which is
+    // known once the archive's identity is.
+    let consumer: StreamConsumer<SinkContext> = client
         .create_with_context(SinkContext::default())
         .map_err(kafka_err)?;
     // Log-start questions go through a client of their own: on the consumer's connections they
     // queue behind fetches that long-poll for up to fetch.wait.max.ms (measured: ~0.5 s each).
     let offsets: BaseConsumer<crate::kafka::Ctx> = client
         .clone()
-        .set("group.id", &opts.group)
         .set("enable.auto.commit", "false")
         .create_with_context(crate::kafka::Ctx)
         .map_err(kafka_err)?;
@@ -339,13 +367,32 @@ pub async fn run(
             "the store does not keep the CRC32C it is sent with each object; integrity rests on the checksums inside each data file"
         );
     }
-    documents::ensure_identity(
+    let identity = documents::ensure_identity(
         &*store,
         &cluster_id,
         opts.allow_cluster_change,
         now_millis(),
     )
     .await?;
+    drop(consumer);
+    let group = opts
+        .group
+        .clone()
+        .unwrap_or_else(|| ownership::default_group(&identity));
+    let opts = SinkOptions {
+        group: Some(group.clone()),
+        ..opts
+    };
+    tracing::info!(
+        group,
+        archive_id = identity.archive_id(),
+        "consumer group of this archive"
+    );
+    let consumer: StreamConsumer<SinkContext> = consumer_config
+        .set("group.id", &group)
+        .create_with_context(SinkContext::default())
+        .map_err(kafka_err)?;
+    let _ = futures::FutureExt::now_or_never(consumer.recv());
 
     let mut sink = Sink {
         store: &*store,
@@ -355,12 +402,19 @@ pub async fn run(
         opts: &opts,
         servers,
         cluster_id,
+        owner: Owner {
+            group,
+            id: identity.archive_id(),
+            url: store.url().to_string(),
+            marker: ownership::marker(&identity, &store.url().to_string()),
+        },
         chains: FxHashMap::default(),
         targets: FxHashMap::default(),
         report: SinkReport::default(),
         started: Instant::now(),
         subscribed: Vec::new(),
         seen: Default::default(),
+        announced: Default::default(),
         last_status: (0, 0, 0),
         retry_at: None,
         backoff: Duration::from_secs(1),
@@ -460,15 +514,22 @@ impl Sink<'_> {
                     .map(|p| (topic.name().to_string(), p.id())),
             );
         }
-        for (topic, count, replication_factor) in &topics {
-            match self
-                .write_topic_meta(topic, *count, *replication_factor)
-                .await
-            {
-                Err(SinkError::Archive(ArchiveError::Storage(e))) if e.is_transient() => {
-                    tracing::warn!(topic, error = %e, "could not update _topics metadata; trying again at the next discovery");
+        self.check_group(&partitions)?;
+        // Every partition gets its first checkpoint before `_topics/` counts it, so that a reader
+        // never sees a partition the topic document counts and the archive does not know.
+        if let Err(e) = self.announce(&partitions).await {
+            tracing::warn!(error = %e, "could not give new partitions their first checkpoint; trying again at the next discovery");
+        } else {
+            for (topic, count, replication_factor) in &topics {
+                match self
+                    .write_topic_meta(topic, *count, *replication_factor)
+                    .await
+                {
+                    Err(SinkError::Archive(ArchiveError::Storage(e))) if e.is_transient() => {
+                        tracing::warn!(topic, error = %e, "could not update _topics metadata; trying again at the next discovery");
+                    }
+                    other => other?,
                 }
-                other => other?,
             }
         }
         if !self.opts.once {
@@ -513,6 +574,55 @@ impl Sink<'_> {
         Ok(())
     }
 
+    /// Refuse a group whose commits on the selected partitions belong to another archive: its
+    /// members would split the partitions with this sink (see [`ownership`]).
+    fn check_group(&self, partitions: &[(String, i32)]) -> Result<(), SinkError> {
+        let committed =
+            ownership::committed(&self.consumer, partitions).map_err(|e| self.kafka_err(e))?;
+        match ownership::judge(&self.owner.group, &self.owner.id, &committed) {
+            None => Ok(()),
+            Some(foreign) => Err(SinkError::GroupOfOtherArchive {
+                foreign,
+                url: self.owner.url.clone(),
+                id: self.owner.id.clone(),
+            }),
+        }
+    }
+
+    /// Give every selected partition that has none its first checkpoint, as opening its chain
+    /// would (continuous mode opens a chain only when a record arrives), so that a partition that never gets a record is known to the
+    /// archive (`verify` and `ls` tell it from one no sink of this archive backed up). The
+    /// checkpoint is created only if absent, so racing the partition's owner is harmless.
+    async fn announce(&mut self, partitions: &[(String, i32)]) -> Result<(), SinkError> {
+        let new: Vec<&(String, i32)> = partitions
+            .iter()
+            .filter(|id| !self.announced.contains(*id))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let stored: std::collections::HashSet<String> = self
+            .store
+            .list(crate::archive::paths::CHECKPOINTS_PREFIX)
+            .await
+            .map_err(ArchiveError::from)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        for id in new {
+            let key = crate::archive::paths::checkpoint_key(&id.0, id.1);
+            if !stored.contains(&key) && !self.chains.contains_key(id) {
+                let (low, _) = self
+                    .offsets
+                    .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
+                    .map_err(|e| self.kafka_err(e))?;
+                PartitionChain::resume(self.store, &id.0, id.1, low).await?;
+            }
+            self.announced.insert(id.clone());
+        }
+        Ok(())
+    }
+
     /// Resume one partition's chain from the archive, checked against the partition's log: a hole
     /// (records deleted before they were archived) is recorded, and a log that ends before the chain
     /// (offsets went backwards) is refused. Returns the chain and the high watermark.
@@ -522,7 +632,7 @@ impl Sink<'_> {
         partition: i32,
     ) -> Result<Option<(PartitionChain, i64)>, SinkError> {
         let (low, high) = self
-            .consumer
+            .offsets
             .fetch_watermarks(topic, partition, Duration::from_secs(30))
             .map_err(|e| self.kafka_err(e))?;
         let mut chain = PartitionChain::resume(self.store, topic, partition, low).await?;
@@ -1239,6 +1349,9 @@ impl Sink<'_> {
         };
         let mut tpl = TopicPartitionList::new();
         let _ = tpl.add_partition_offset(&chain.topic, chain.partition, Offset::Offset(chain.end));
+        if let Some(mut e) = tpl.find_partition(&chain.topic, chain.partition) {
+            e.set_metadata(&self.owner.marker);
+        }
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             tracing::debug!(error = %e, "committing the archived position to Kafka failed; it is only used for lag monitoring");
         }

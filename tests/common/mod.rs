@@ -120,7 +120,7 @@ pub fn once_sink_options(topic: &str, max_records: u64) -> rewind::sink::SinkOpt
     rewind::sink::SinkOptions {
         topics: rewind::sink::topic_regex(&regex::escape(topic)).unwrap(),
         exclude: None,
-        group: unique("once"),
+        group: Some(unique("once")),
         once: true,
         policy: rewind::archive::rotation::RollingPolicy {
             max_records,
