@@ -53,6 +53,7 @@ async fn generate(
             created_at: rfc3339_millis(now),
             cluster_id: "bench".into(),
             writer: "rewind bench".into(),
+            id: None,
         },
         PutMode::Overwrite,
     )

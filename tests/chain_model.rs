@@ -249,6 +249,10 @@ enum Op {
         w: usize,
         hours: u8,
     },
+    /// The worker's next record meets a full buffer budget that flushing cannot relieve.
+    Squeeze {
+        w: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -267,7 +271,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (w.clone(), 1u8..4).prop_map(|(w, n)| Op::Refuse { w, n }),
         1 => w.clone().prop_map(|w| Op::LoseReply { w }),
         1 => (w.clone(), any::<bool>()).prop_map(|(w, on)| Op::Stale { w, on }),
-        1 => (w, 1u8..3).prop_map(|(w, hours)| Op::Clock { w, hours }),
+        1 => (w.clone(), 1u8..3).prop_map(|(w, hours)| Op::Clock { w, hours }),
+        2 => w.prop_map(|w| Op::Squeeze { w }),
     ]
 }
 
@@ -281,6 +286,8 @@ struct Worker {
     cursor: i64,
     /// The wall clock, for records without a timestamp.
     clock: i64,
+    /// The next delivery meets a full buffer budget.
+    squeezed: bool,
 }
 
 struct World {
@@ -306,6 +313,7 @@ impl World {
                 chain: None,
                 cursor: 0,
                 clock: BASE,
+                squeezed: false,
             })
             .collect();
         World {
@@ -409,6 +417,7 @@ impl World {
                 *self.workers[w].store.faults.stale.lock().unwrap() = snapshot;
             }
             Op::Clock { w, hours } => self.workers[w].clock += i64::from(hours) * HOUR,
+            Op::Squeeze { w } => self.workers[w].squeezed = true,
         }
         self.steps += 1;
     }
@@ -489,8 +498,26 @@ impl World {
                 return true;
             }
             if chain.open_file().is_some() {
-                chain.reposition(offset);
+                chain.defer(ticket);
             }
+        }
+        if std::mem::take(&mut self.workers[w].squeezed) {
+            // `Sink::on_record` over the buffer budget: the largest buffers are flushed, and when
+            // memory is still short the record is read again later.
+            if !flush_chain(
+                &mut chain,
+                &*store,
+                RollReason::MemoryPressure,
+                self.log.start,
+            )
+            .await
+            {
+                self.workers[w].chain = None;
+                return true;
+            }
+            chain.defer(ticket);
+            self.finish(w, chain);
+            return true;
         }
         if chain.push(ticket, record, bucket, 0) {
             if let Some(reason) = chain.should_roll(&self.policy, Event::AfterAppend) {

@@ -58,13 +58,22 @@ pub struct Identity {
     /// Id of the Kafka cluster the archive backs up.
     pub cluster_id: String,
     pub writer: String,
+    /// The archive's own id, 12 random hex digits drawn when it was created (archives created
+    /// before it existed have none, and are named by a hash instead: see `archive_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl Identity {
-    /// A short stable name of the archive: 12 hex digits of a hash (64-bit FNV-1a) of its cluster
-    /// id and creation time. Every spelling of the archive's URL, and every copy of the
-    /// configuration, names the same archive; a byte-for-byte copy of the archive keeps it too.
+    /// A short stable name of the archive: its random `id`, or for an archive created without one,
+    /// 12 hex digits of a hash (64-bit FNV-1a) of its cluster id and creation time. Every spelling
+    /// of the archive's URL, and every copy of the configuration, names the same archive; a
+    /// byte-for-byte copy of the archive keeps it too. (A hash alone named two archives created in
+    /// the same millisecond alike.)
     pub fn archive_id(&self) -> String {
+        if let Some(id) = &self.id {
+            return id.clone();
+        }
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in self
             .cluster_id
@@ -371,6 +380,7 @@ pub async fn ensure_identity(
                 created_at: rfc3339_millis(now_ms),
                 cluster_id: cluster_id.to_string(),
                 writer: concat!("rewind ", env!("CARGO_PKG_VERSION")).to_string(),
+                id: Some(format!("{:012x}", rand::random::<u64>() >> 16)),
             };
             match store
                 .put(super::paths::ARCHIVE_KEY, to_json(&fresh), PutMode::Create)

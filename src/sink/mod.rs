@@ -96,7 +96,7 @@ pub enum SinkError {
         url: String,
         id: String,
     },
-    #[error("{} partition(s) were not backed up because their offsets went backwards (topic deleted and recreated?): {}; the archived chains are untouched — move them aside or back up into a new archive", .0.len(), .0.join(", "))]
+    #[error("{} partition(s) were not backed up because their offsets went backwards (topic deleted and recreated?): {}; the archived chains are untouched — move them aside (data/topic=<t>/, _checkpoints/<t>/, _claims/<t>/, _gaps/<t>/) or back up into a new archive", .0.len(), .0.join(", "))]
     OffsetsWentBackwards(Vec<String>),
 }
 
@@ -807,7 +807,7 @@ impl Sink<'_> {
         let bucket = HourBucket::of_millis(record.timestamp.unwrap_or_else(now_millis));
         if let Some(reason) = chain.should_roll(&self.opts.policy, Event::BeforeAppend { bucket }) {
             self.flush(&id, reason).await?;
-            self.defer_if_open(&id, offset)?;
+            self.defer_if_open(&id, ticket)?;
         }
         let cost = |sink: &Self| {
             sink.chains
@@ -821,7 +821,7 @@ impl Sink<'_> {
                 // Still no room (the store is down): Kafka delivers it again from this offset once
                 // consumption resumes.
                 if let Some(chain) = self.chains.get_mut(&id) {
-                    chain.reposition(offset);
+                    chain.defer(ticket);
                 }
                 return self.apply_seek(&id);
             }
@@ -1002,10 +1002,10 @@ impl Sink<'_> {
     /// After a flush that had to happen before `offset` could be buffered: if the file is still open
     /// (the store is down), the record must not join it (bucket rule), so the chain repositions to
     /// read it again later.
-    fn defer_if_open(&mut self, id: &(String, i32), offset: i64) -> Result<(), SinkError> {
+    fn defer_if_open(&mut self, id: &(String, i32), ticket: Ticket) -> Result<(), SinkError> {
         if let Some(chain) = self.chains.get_mut(id) {
             if chain.open_file().is_some() {
-                chain.reposition(offset);
+                chain.defer(ticket);
                 return self.apply_seek(id);
             }
         }
@@ -1284,6 +1284,15 @@ impl Sink<'_> {
         took: Duration,
         result: Result<Option<Flushed>, FlushError>,
     ) -> Result<(), SinkError> {
+        if !self.chains.contains_key(id) {
+            return Ok(());
+        }
+        if reason != RollReason::Revoked {
+            // Whatever the flush made of it, a reposition on the way (an adopted file, a gap, records
+            // dropped before deleted offsets) is owed to the consumer now, even when the flush
+            // itself wrote nothing or failed. (A revoked partition is its new owner's.)
+            self.apply_seek(id)?;
+        }
         let Some(chain) = self.chains.get(id) else {
             return Ok(());
         };
@@ -1305,11 +1314,6 @@ impl Sink<'_> {
             }
         };
         let topic = chain.topic.clone();
-        if reason != RollReason::Revoked {
-            // Buffered records were dropped for a file or checkpoint another run wrote: read
-            // again from where the chain now ends. (A revoked partition is its new owner's.)
-            self.apply_seek(id)?;
-        }
         if done.adopted {
             self.report.adopted_files += 1;
             metrics::counter!(crate::metrics::SINK_FILES_ADOPTED, "topic" => topic).increment(1);

@@ -122,6 +122,7 @@ mod tests {
             created_at: "2026-01-02T03:04:05.678Z".into(),
             cluster_id: "cluster-a".into(),
             writer: "rewind test".into(),
+            id: None,
         }
     }
 

@@ -455,6 +455,16 @@ impl PartitionChain {
         self.seek = None;
     }
 
+    /// The admitted record cannot be buffered now (the store is away, memory is full): read it
+    /// again later. Only while its ticket is valid: if the chain repositioned meanwhile (a flush on
+    /// the way adopted a file or met a gap), the consumer already owes a seek to the chain's end,
+    /// and moving it to the record instead would skip what lies between.
+    pub fn defer(&mut self, ticket: Ticket) {
+        if ticket.generation == self.generation {
+            self.reposition(ticket.offset);
+        }
+    }
+
     /// The seek the consumer owes the chain, if it repositioned since the last call.
     pub fn take_seek(&mut self) -> Option<i64> {
         self.seek.take()

@@ -52,6 +52,7 @@ async fn archive(
         created_at: "2026-11-24T00:00:00.000Z".into(),
         cluster_id: "c".into(),
         writer: "test".into(),
+        id: None,
     };
     documents::write_doc(&*store, "_archive.json", &identity, PutMode::Create)
         .await
