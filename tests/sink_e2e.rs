@@ -222,50 +222,60 @@ async fn runs_continue_the_chain_exactly_once_even_after_an_interrupted_commit()
     );
 }
 
-/// A store whose listings miss the data files: the view of a worker that listed before another
-/// worker (or its own earlier, crashed run) wrote them.
+/// A store seen through a skewed lens: listings that miss the data files (the view of a worker
+/// that listed before another worker, or its own earlier crashed run, wrote them), or a proxy that
+/// drops `If-None-Match` and `If-Match` so every put overwrites.
 #[derive(Debug)]
-struct StaleListing(Arc<dyn ObjectStore>);
+struct Skewed {
+    inner: Arc<dyn ObjectStore>,
+    stale_data_listing: bool,
+    ignore_conditions: bool,
+}
 
 #[async_trait::async_trait]
-impl ObjectStore for StaleListing {
+impl ObjectStore for Skewed {
     async fn put(&self, key: &str, body: bytes::Bytes, mode: PutMode) -> StorageResult<PutResult> {
-        self.0.put(key, body, mode).await
+        let mode = if self.ignore_conditions {
+            PutMode::Overwrite
+        } else {
+            mode
+        };
+        self.inner.put(key, body, mode).await
     }
     async fn get(&self, key: &str) -> StorageResult<GetResult> {
-        self.0.get(key).await
+        self.inner.get(key).await
     }
     async fn get_range(
         &self,
         key: &str,
         range: std::ops::Range<u64>,
     ) -> StorageResult<bytes::Bytes> {
-        self.0.get_range(key, range).await
+        self.inner.get_range(key, range).await
     }
     async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
-        self.0.head(key).await
+        self.inner.head(key).await
     }
     async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
-        if prefix.starts_with("data/") {
+        if self.stale_data_listing && prefix.starts_with("data/") {
             return Ok(ListPage::default());
         }
-        self.0.list_page(prefix, token).await
+        self.inner.list_page(prefix, token).await
     }
     async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
-        self.0.delete_many(keys).await
+        self.inner.delete_many(keys).await
     }
     async fn start_multipart(
         &self,
         key: &str,
         mode: PutMode,
     ) -> StorageResult<Box<dyn MultipartUpload>> {
-        self.0.start_multipart(key, mode).await
+        self.inner.start_multipart(key, mode).await
     }
     async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
-        self.0.incomplete_uploads(prefix).await
+        self.inner.incomplete_uploads(prefix).await
     }
     fn url(&self) -> &StorageUrl {
-        self.0.url()
+        self.inner.url()
     }
 }
 
@@ -287,7 +297,11 @@ async fn a_file_written_by_another_worker_is_adopted_not_duplicated() {
         .delete(&format!("_checkpoints/{topic}/0.json"))
         .await
         .unwrap();
-    let zombie: Arc<dyn ObjectStore> = Arc::new(StaleListing(store.clone()));
+    let zombie: Arc<dyn ObjectStore> = Arc::new(Skewed {
+        inner: store.clone(),
+        stale_data_listing: true,
+        ignore_conditions: false,
+    });
     let report = snapshot(&zombie, opts).await;
     assert_eq!(
         (report.files, report.records, report.adopted_files),
@@ -616,49 +630,6 @@ async fn transaction_markers_cost_no_round_trip_per_record() {
     assert_eq!(values, want);
 }
 
-/// A store behind a proxy that drops `If-None-Match` and `If-Match`: every put overwrites.
-#[derive(Debug)]
-struct IgnoresConditions(Arc<dyn ObjectStore>);
-
-#[async_trait::async_trait]
-impl ObjectStore for IgnoresConditions {
-    async fn put(&self, key: &str, body: bytes::Bytes, _: PutMode) -> StorageResult<PutResult> {
-        self.0.put(key, body, PutMode::Overwrite).await
-    }
-    async fn get(&self, key: &str) -> StorageResult<GetResult> {
-        self.0.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        range: std::ops::Range<u64>,
-    ) -> StorageResult<bytes::Bytes> {
-        self.0.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
-        self.0.head(key).await
-    }
-    async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
-        self.0.list_page(prefix, token).await
-    }
-    async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
-        self.0.delete_many(keys).await
-    }
-    async fn start_multipart(
-        &self,
-        key: &str,
-        mode: PutMode,
-    ) -> StorageResult<Box<dyn MultipartUpload>> {
-        self.0.start_multipart(key, mode).await
-    }
-    async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
-        self.0.incomplete_uploads(prefix).await
-    }
-    fn url(&self) -> &StorageUrl {
-        self.0.url()
-    }
-}
-
 /// Issue 13, defect 3: a store that ignores conditional writes is refused before anything is
 /// written, with one sentence naming the store and what it ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -668,7 +639,11 @@ async fn a_store_that_ignores_conditional_writes_is_refused_before_anything_is_w
     produce(&topic, 0, &sample(common::now_ms() - 60_000)).await;
     let dir = tempfile::tempdir().unwrap();
     let store = local(&dir);
-    let careless: Arc<dyn ObjectStore> = Arc::new(IgnoresConditions(store.clone()));
+    let careless: Arc<dyn ObjectStore> = Arc::new(Skewed {
+        inner: store.clone(),
+        stale_data_listing: false,
+        ignore_conditions: true,
+    });
     let err = sink::run(
         common::kafka::config(),
         careless,
