@@ -76,6 +76,51 @@ pub fn ready<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>) 
     }
 }
 
+/// A group's committed offsets of `tpl`, asked of its coordinator (see [`while_coordinator_starts`]).
+pub fn committed_offsets<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    tpl: &rdkafka::TopicPartitionList,
+    timeout: Duration,
+) -> Result<rdkafka::TopicPartitionList, KafkaError> {
+    while_coordinator_starts(timeout, |left| {
+        consumer.committed_offsets(tpl.clone(), left)
+    })
+}
+
+/// Run a group request, `attempt(time left)`, again while the cluster has no coordinator to answer
+/// it yet, until `timeout`. A fresh cluster creates `__consumer_offsets` on the first group request
+/// and answers "not coordinator" or "loading" until it has, for seconds: that is the cluster
+/// starting, not an error to stop a sink or a restore for.
+pub fn while_coordinator_starts<T>(
+    timeout: Duration,
+    mut attempt: impl FnMut(Duration) -> Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match attempt(left.max(Duration::from_secs(1))) {
+            Err(e) if coordinator_starting(&e) && std::time::Instant::now() + pause < deadline => {
+                tracing::debug!(error = %e, "the group coordinator is not ready yet; asking again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `e` says the group coordinator is moving or loading, which passes by itself.
+fn coordinator_starting(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::NotCoordinator | Code::CoordinatorNotAvailable | Code::CoordinatorLoadInProgress
+        )
+    )
+}
+
 /// A librdkafka client configuration: the cluster's settings, then `overrides` (`-X key=value`).
 pub fn client_config(kafka: &KafkaConfig, overrides: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -152,6 +197,45 @@ pub fn describe_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+
+    #[test]
+    fn a_starting_coordinator_is_asked_again_and_other_errors_are_not() {
+        let mut calls = 0;
+        let got = while_coordinator_starts(Duration::from_secs(10), |_| {
+            calls += 1;
+            match calls {
+                1 => Err(KafkaError::MetadataFetch(Code::NotCoordinator)),
+                2 => Err(KafkaError::MetadataFetch(Code::CoordinatorLoadInProgress)),
+                _ => Ok(calls),
+            }
+        });
+        assert_eq!(got.unwrap(), 3);
+
+        let mut calls = 0;
+        let got: Result<(), _> = while_coordinator_starts(Duration::from_secs(10), |_| {
+            calls += 1;
+            Err(KafkaError::MetadataFetch(Code::GroupAuthorizationFailed))
+        });
+        assert!(got.is_err());
+        assert_eq!(
+            calls, 1,
+            "an error that does not pass by itself is returned at once"
+        );
+
+        let started = std::time::Instant::now();
+        let got: Result<(), _> = while_coordinator_starts(Duration::from_millis(500), |_| {
+            Err(KafkaError::MetadataFetch(Code::NotCoordinator))
+        });
+        assert_eq!(
+            got.unwrap_err().rdkafka_error_code(),
+            Some(Code::NotCoordinator)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "gives up at its deadline"
+        );
+    }
 
     #[test]
     fn overrides_win_over_configured_properties() {

@@ -167,7 +167,7 @@ fn committed(
         .set("enable.auto.commit", "false");
     let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx)?;
     crate::kafka::ready(&consumer);
-    let committed = consumer.committed_offsets(tpl.clone(), TIMEOUT)?;
+    let committed = crate::kafka::committed_offsets(&consumer, tpl, TIMEOUT)?;
     let mut offsets = Offsets::new();
     for e in committed.elements() {
         if let Offset::Offset(o) = e.offset() {

@@ -96,7 +96,7 @@ pub fn committed<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     for (topic, partition) in partitions {
         tpl.add_partition(topic, *partition);
     }
-    let got = consumer.committed_offsets(tpl, std::time::Duration::from_secs(30))?;
+    let got = crate::kafka::committed_offsets(consumer, &tpl, std::time::Duration::from_secs(30))?;
     Ok(got
         .elements()
         .iter()

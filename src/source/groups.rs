@@ -93,5 +93,7 @@ pub fn commit(
     for ((topic, partition), offset) in offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
     }
-    consumer.commit(&tpl, CommitMode::Sync)
+    crate::kafka::while_coordinator_starts(Duration::from_secs(30), |_| {
+        consumer.commit(&tpl, CommitMode::Sync)
+    })
 }
