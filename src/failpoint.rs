@@ -1,9 +1,10 @@
-//! Named crash points for the crash tests.
+//! Named crash points and injected faults for the crash and fault tests.
 //!
-//! When the environment variable `REWIND_FAILPOINT` names a point, the worker announces on stderr
-//! that it reached it (`failpoint <name> reached`) and stops there for good, so that a test can
-//! `kill -9` it at exactly that step of the commit protocol and check what a restart makes of the
-//! archive. Without the variable every point is a no-op.
+//! When the environment variable `REWIND_FAILPOINT` names a crash point, the worker announces on
+//! stderr that it reached it (`failpoint <name> reached`) and stops there for good, so that a test
+//! can `kill -9` it at exactly that step of the commit protocol and check what a restart makes of
+//! the archive. When it names a fault, the operation it names fails every time. Without the
+//! variable every point is a no-op.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,6 +19,10 @@ pub const AFTER_CHECKPOINT: &str = "after-checkpoint";
 pub const MID_MULTIPART: &str = "mid-multipart";
 /// A restore transaction holds delivered records and progress; it is not committed yet.
 pub const RESTORE_BEFORE_COMMIT: &str = "restore-before-commit";
+
+/// Fault: every seek of the sink's consumer fails, as it does when librdkafka has not finished
+/// assigning the partition or the broker does not answer in time.
+pub const SEEK_FAILS: &str = "seek-fails";
 
 fn armed() -> Option<&'static str> {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
@@ -35,4 +40,9 @@ pub async fn hit(name: &str) {
     loop {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
+}
+
+/// Whether the fault `name` is armed: the caller then fails the operation it guards.
+pub fn fails(name: &str) -> bool {
+    armed() == Some(name)
 }

@@ -970,3 +970,73 @@ fn a_damaged_footer_stops_the_partition_naming_the_file() {
         );
     });
 }
+
+/// Review of issue 13: a worker read records `[0, 5)`, then `[10, 15)` after a jump (markers, or
+/// records deleted before it read them), and retention deleted up to 12 before the flush. Only
+/// `[5, 10)` can be lost: records 10 and 11 were read and must be archived, not counted in a gap
+/// up to the log's start.
+#[test]
+fn records_read_before_retention_deleted_them_stay_archived() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = MemoryStore::new();
+        let mut chain = PartitionChain::resume(&store, TOPIC, 0, 0).await.unwrap();
+        chain.positioned_at(0);
+        let bucket = HourBucket::of_millis(BASE);
+        for offset in (0..5).chain(10..15) {
+            let record = Record {
+                offset,
+                timestamp: Some(BASE + offset),
+                timestamp_type: Some(TimestampType::Create),
+                key: None,
+                value: Some(format!("v{offset}").into_bytes()),
+                headers: vec![],
+            };
+            let Admission::Keep(ticket) = chain.admit(offset) else {
+                panic!("offset {offset} not admitted");
+            };
+            assert!(chain.push(ticket, record, bucket, 0));
+        }
+        assert_eq!(chain.first_jump(), Some(5));
+        let (files, gaps) = chain
+            .flush_checked(&store, Some(12), "model-cluster", 5 << 20, BASE)
+            .await
+            .unwrap();
+        let ranges: Vec<(i64, i64)> = files.iter().map(|f| (f.start, f.end)).collect();
+        assert_eq!(ranges, vec![(0, 5), (10, 15)]);
+        let gaps: Vec<(i64, i64)> = gaps.iter().map(|g| (g.start, g.end)).collect();
+        assert_eq!(gaps, vec![(5, 10)]);
+        assert_eq!(chain.end, 15);
+        assert_eq!(
+            chain.take_seek(),
+            Some(15),
+            "reads on after what it archived"
+        );
+
+        let listed = chain::list_all(&store).await.unwrap();
+        let loaded = chain::load(
+            &store,
+            TOPIC,
+            0,
+            &listed[&(TOPIC.to_string(), 0)],
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+        let mut offsets = Vec::new();
+        for file in &loaded.files {
+            let body = store.get(&file.key).await.unwrap().body;
+            let (_, records) = datafile::decode(body).unwrap();
+            offsets.extend(records.iter().map(|r| r.offset));
+        }
+        assert_eq!(offsets, (0..5).chain(10..15).collect::<Vec<_>>());
+        let checkpoint = documents::read_checkpoint(&store, TOPIC, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(checkpoint.doc.end, 15);
+    });
+}

@@ -287,3 +287,58 @@ async fn crash_in_the_middle_of_a_multipart_upload() {
     bed.recover();
     bed.assert_exactly_once(0, &produced).await;
 }
+
+/// Issue 13, defect 6: a seek that fails is never a skip. The group's committed offset (another
+/// tool's, 12) is past the archive's end (0), so the sink must read again from 0; when it cannot
+/// seek there it stops, naming the partition, and archives nothing it did not read in order
+/// (logging the failure and reading on from 12 archived `[12, 25)` as the chain from 0). The next
+/// run archives every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_seek_stops_the_partition_instead_of_skipping() {
+    let bed = Bed::new("fp-seek", 1).await;
+    let produced = produce(&bed.topic, 0, &small_records(25, "a")).await;
+    common::kafka::commit_group(&bed.group, &bed.topic, 0, 12);
+
+    // Continuous mode: the group's committed offset positions the consumer.
+    let archive = format!("s3://{}/archive", bed.bucket);
+    let mut cmd = common::sink_command(&archive, &bed.topic, &bed.group);
+    let mut child = cmd
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "5")
+        .env("REWIND_FAILPOINT", rewind::failpoint::SEEK_FAILS)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the sink did not stop on a failed seek within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "a failed seek stops the sink: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "could not seek {}/0 to offset 0: Seek error: injected by failpoint seek-fails; the sink stops rather than read past records it has not archived",
+            bed.topic
+        )),
+        "{stderr}"
+    );
+    assert!(
+        common::archive::chain(&bed.store, &bed.topic, 0)
+            .await
+            .is_empty(),
+        "nothing was archived from the wrong place"
+    );
+    assert!(bed.checkpoint_end(0).await.is_none_or(|end| end == 0));
+
+    bed.recover();
+    bed.assert_exactly_once(0, &produced).await;
+}

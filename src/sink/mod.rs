@@ -1026,10 +1026,13 @@ impl Sink<'_> {
     fn seek(&mut self, id: &(String, i32), offset: i64) -> Result<(), SinkError> {
         let mut attempt = 0;
         loop {
-            let Err(e) =
+            let result = if crate::failpoint::fails(crate::failpoint::SEEK_FAILS) {
+                Err(KafkaError::Seek("injected by failpoint seek-fails".into()))
+            } else {
                 self.consumer
                     .seek(&id.0, id.1, Offset::Offset(offset), Duration::from_secs(10))
-            else {
+            };
+            let Err(e) = result else {
                 return Ok(());
             };
             let assigned = self
@@ -1255,9 +1258,9 @@ impl Sink<'_> {
                 store_away |= matches!(&result, Err(e) if e.is_transient());
                 self.buffered = self.buffered - before + chain.buffered_bytes();
                 self.chains.insert(id.clone(), chain);
-                let result = result.map(|(flushed, gaps)| {
+                let result = result.map(|(files, gaps)| {
                     self.report_gaps(&gaps);
-                    flushed
+                    files
                 });
                 if let Err(e) = self.settle(&id, reason, took, result).await {
                     failure.get_or_insert(e);
@@ -1282,7 +1285,7 @@ impl Sink<'_> {
         id: &(String, i32),
         reason: RollReason,
         took: Duration,
-        result: Result<Option<Flushed>, FlushError>,
+        result: Result<Vec<Flushed>, FlushError>,
     ) -> Result<(), SinkError> {
         if !self.chains.contains_key(id) {
             return Ok(());
@@ -1296,9 +1299,9 @@ impl Sink<'_> {
         let Some(chain) = self.chains.get(id) else {
             return Ok(());
         };
-        let done = match result {
-            Ok(Some(done)) => done,
-            Ok(None) => return Ok(()),
+        let files = match result {
+            Ok(files) if files.is_empty() => return Ok(()),
+            Ok(files) => files,
             Err(e) if e.is_transient() => {
                 // Keep the records and try again later; consumption pauses if memory runs out.
                 tracing::warn!(topic = chain.topic, partition = chain.partition, error = %e, retry_in_s = self.backoff.as_secs(), "the archive store is unavailable; records stay buffered");
@@ -1314,30 +1317,34 @@ impl Sink<'_> {
             }
         };
         let topic = chain.topic.clone();
-        if done.adopted {
-            self.report.adopted_files += 1;
-            metrics::counter!(crate::metrics::SINK_FILES_ADOPTED, "topic" => topic).increment(1);
-        } else {
-            self.report.files += 1;
-            self.report.records += done.records;
-            self.report.bytes += done.bytes;
-            metrics::counter!(crate::metrics::SINK_RECORDS, "topic" => topic.clone())
-                .increment(done.records);
-            metrics::counter!(crate::metrics::SINK_BYTES, "topic" => topic.clone())
-                .increment(done.bytes);
-            metrics::counter!(crate::metrics::SINK_FILES, "topic" => topic, "reason" => reason.as_str()).increment(1);
-            metrics::histogram!(crate::metrics::SINK_UPLOAD_SECONDS).record(took.as_secs_f64());
+        for done in files {
+            let topic = topic.clone();
+            if done.adopted {
+                self.report.adopted_files += 1;
+                metrics::counter!(crate::metrics::SINK_FILES_ADOPTED, "topic" => topic)
+                    .increment(1);
+            } else {
+                self.report.files += 1;
+                self.report.records += done.records;
+                self.report.bytes += done.bytes;
+                metrics::counter!(crate::metrics::SINK_RECORDS, "topic" => topic.clone())
+                    .increment(done.records);
+                metrics::counter!(crate::metrics::SINK_BYTES, "topic" => topic.clone())
+                    .increment(done.bytes);
+                metrics::counter!(crate::metrics::SINK_FILES, "topic" => topic, "reason" => reason.as_str()).increment(1);
+                metrics::histogram!(crate::metrics::SINK_UPLOAD_SECONDS).record(took.as_secs_f64());
+            }
+            tracing::debug!(
+                key = done.key,
+                start = done.start,
+                end = done.end,
+                records = done.records,
+                bytes = done.bytes,
+                reason = reason.as_str(),
+                upload_ms = took.as_millis() as u64,
+                "file durable"
+            );
         }
-        tracing::debug!(
-            key = done.key,
-            start = done.start,
-            end = done.end,
-            records = done.records,
-            bytes = done.bytes,
-            reason = reason.as_str(),
-            upload_ms = took.as_millis() as u64,
-            "file durable"
-        );
         if reason != RollReason::Revoked {
             // A revoked partition's position is the new owner's to commit.
             self.commit(id).await;

@@ -414,8 +414,15 @@ impl PartitionChain {
         if ticket.generation != self.generation || ticket.offset != record.offset {
             return false;
         }
+        debug_assert!(record.offset >= self.expected_next());
+        self.append(record, bucket, now_ms);
+        true
+    }
+
+    /// Buffer `record` after the buffered ones, noting a jump before it; a file opens with it when
+    /// none is open.
+    fn append(&mut self, record: Record, bucket: HourBucket, now_ms: u64) {
         let expected = self.expected_next();
-        debug_assert!(record.offset >= expected);
         if record.offset > expected {
             self.jumps.push((self.buffer.len(), expected));
         }
@@ -430,7 +437,6 @@ impl PartitionChain {
         open.bytes += size;
         self.heap_bytes += size - std::mem::size_of::<Record>() as u64;
         self.buffer.push(record);
-        true
     }
 
     /// Move the consumer to `offset`: records admitted so far can no longer be buffered, and the
@@ -486,9 +492,11 @@ impl PartitionChain {
 
     /// Flush, given the log's start `low` when there are jumps ([`PartitionChain::first_jump`]).
     /// Retention deletes a prefix of the log, so a jump from an offset at or after `low` skipped
-    /// nothing that was deleted. A jump from before `low` may have: the records before it become
-    /// the file, the rest are dropped and read again, and the gap up to `low` is recorded by claim.
-    /// Returns the flush and any gaps recorded.
+    /// nothing that was deleted. A jump from `expected` before `low` may have: the records before
+    /// it become a file, the gap from `expected` to the record after the jump (or to `low`, if that
+    /// is sooner) is recorded by claim, and the records from the jump on continue the chain after
+    /// the gap, so that a record this worker read is never counted lost because retention deleted
+    /// it since. Returns the files made durable and the gaps recorded.
     pub async fn flush_checked(
         &mut self,
         store: &dyn ObjectStore,
@@ -496,34 +504,81 @@ impl PartitionChain {
         cluster_id: &str,
         part_size: usize,
         now_ms: i64,
-    ) -> Result<(Option<Flushed>, Vec<Gap>), FlushError> {
-        let deleted = low.and_then(|low| {
-            let (index, expected) = *self.jumps.iter().find(|(_, e)| *e < low)?;
-            Some((index, expected, low))
-        });
-        if let Some((index, expected, _)) = deleted {
-            // Keep what was read before the jump; read again from where it happened.
-            let dropped = self.buffer.split_off(index);
-            self.jumps.retain(|(i, _)| *i < index);
-            let freed: u64 = dropped
-                .iter()
-                .map(|r| r.size() - std::mem::size_of::<Record>() as u64)
-                .sum();
-            self.heap_bytes -= freed;
-            if let Some(open) = &mut self.open {
-                open.records = self.buffer.len() as u64;
-                open.bytes = self.buffer.iter().map(Record::size).sum();
-            }
-            self.reposition(expected);
+    ) -> Result<(Vec<Flushed>, Vec<Gap>), FlushError> {
+        let (Some(low), Some(open)) = (low, self.open) else {
+            return self
+                .flush(store, cluster_id, part_size, now_ms)
+                .await
+                .map(|done| (done.into_iter().collect(), Vec::new()));
+        };
+        if !self.jumps.iter().any(|(_, expected)| *expected < low) {
+            return self
+                .flush(store, cluster_id, part_size, now_ms)
+                .await
+                .map(|done| (done.into_iter().collect(), Vec::new()));
         }
-        let flushed = self.flush(store, cluster_id, part_size, now_ms).await?;
+        // The records wait aside and go back into the buffer one file at a time. A file ends at a
+        // deleted jump, and where a record of a later hour than its first follows (the first record
+        // after a gap may be a late one, so a file there may start in an earlier hour).
+        let bucket_of = |r: &Record| r.timestamp.map_or(open.bucket, HourBucket::of_millis);
+        let mut rest: std::collections::VecDeque<Record> = std::mem::take(&mut self.buffer).into();
+        self.clear_buffer();
+        let mut flushed = Vec::new();
         let mut gaps = Vec::new();
-        if let Some((_, _, low)) = deleted {
-            if self.open.is_none() && self.end < low {
-                gaps = self.record_gap(store, low).await?;
+        let result = loop {
+            let Some(first) = rest.front().map(|r| r.offset) else {
+                break Ok(());
+            };
+            let expected = self.end;
+            if first > expected && expected < low {
+                let gap_end = low.min(first);
+                let step = self
+                    .record_gap(store, gap_end)
+                    .await
+                    .map(|g| gaps.extend(g));
+                // The records continue the chain only where this worker's own steps left it: if
+                // another worker's file or checkpoint moved it elsewhere, they are dropped and read
+                // again from the chain's end.
+                if self.end != gap_end && self.end != expected {
+                    rest.clear();
+                }
+                if step.is_err() || self.end != gap_end {
+                    break step;
+                }
             }
+            let bucket = rest.front().map(bucket_of).unwrap_or(open.bucket);
+            while let Some(record) = rest.front() {
+                let next = self.expected_next();
+                let deleted = record.offset > next && next < low;
+                if !self.buffer.is_empty() && (deleted || bucket_of(record) > bucket) {
+                    break;
+                }
+                let record = rest.pop_front().expect("front exists");
+                self.append(record, bucket, open.opened_at_ms);
+            }
+            let covered = self.expected_next();
+            let step = self
+                .flush(store, cluster_id, part_size, now_ms)
+                .await
+                .map(|done| flushed.extend(done));
+            if self.expected_next() != covered {
+                rest.clear();
+            }
+            if step.is_err() {
+                break step;
+            }
+        };
+        // What could not be made durable now goes back into the buffer, for the next flush.
+        for record in rest {
+            let bucket = bucket_of(&record);
+            self.append(record, bucket, open.opened_at_ms);
         }
-        Ok((flushed, gaps))
+        // Whatever moved on the way, the consumer reads on from right after what the chain now
+        // holds (where it stood, unless the chain moved): this also voids the ticket of a record
+        // admitted before this flush, which the seek delivers again.
+        let at = self.expected_next();
+        self.reposition(at);
+        result.map(|()| (flushed, gaps))
     }
 
     /// Make the buffered records durable as one data file, then advance the checkpoint. Returns
