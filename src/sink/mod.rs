@@ -886,11 +886,16 @@ impl Sink<'_> {
         let Some(high) = self.targets.remove(id) else {
             return Ok(());
         };
-        let adopted_before = self.report.adopted_files;
+        let repositions = self.chains.get(id).map(PartitionChain::repositions);
         self.flush(id, RollReason::Shutdown).await?;
-        let rewound = self.report.adopted_files > adopted_before;
-        if rewound && self.chains.get(id).is_some_and(|c| c.end < high) {
-            // The flush adopted a shorter file and rewound the partition: keep reading to the target.
+        let rewound = self
+            .chains
+            .get(id)
+            .is_some_and(|c| Some(c.repositions()) != repositions && c.expected_next() < high);
+        if rewound {
+            // The flush moved the chain short of the target (it adopted a shorter file, another
+            // worker's checkpoint or gap moved it, records went back to be read again): keep
+            // reading to the target.
             self.targets.insert(id.clone(), high);
             return Ok(());
         }

@@ -471,6 +471,12 @@ impl PartitionChain {
         }
     }
 
+    /// How many times the chain repositioned: a change across a flush means the consumer reads
+    /// again from where the chain moved.
+    pub fn repositions(&self) -> u64 {
+        self.generation
+    }
+
     /// The seek the consumer owes the chain, if it repositioned since the last call.
     pub fn take_seek(&mut self) -> Option<i64> {
         self.seek.take()
