@@ -251,6 +251,8 @@ struct Sink<'a> {
     admin: Option<AdminClient<crate::kafka::Ctx>>,
     /// Asks for log start offsets (never subscribes or fetches).
     offsets: BaseConsumer<crate::kafka::Ctx>,
+    /// Reads the group's committed offsets without being a member (see [`ownership`]).
+    group_reader: BaseConsumer<crate::kafka::Ctx>,
     opts: &'a SinkOptions,
     servers: String,
     cluster_id: String,
@@ -393,12 +395,22 @@ pub async fn run(
         .create_with_context(SinkContext::default())
         .map_err(kafka_err)?;
     let _ = futures::FutureExt::now_or_never(consumer.recv());
+    // The group's commits are read by a client that is not a member: the member's own requests
+    // wait while the group rebalances (a dead worker holds it up for its whole session timeout).
+    let group_reader: BaseConsumer<crate::kafka::Ctx> = client
+        .clone()
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create_with_context(crate::kafka::Ctx)
+        .map_err(kafka_err)?;
+    crate::kafka::ready(&group_reader);
 
     let mut sink = Sink {
         store: &*store,
         consumer,
         admin,
         offsets,
+        group_reader,
         opts: &opts,
         servers,
         cluster_id,
@@ -577,8 +589,14 @@ impl Sink<'_> {
     /// Refuse a group whose commits on the selected partitions belong to another archive: its
     /// members would split the partitions with this sink (see [`ownership`]).
     fn check_group(&self, partitions: &[(String, i32)]) -> Result<(), SinkError> {
-        let committed =
-            ownership::committed(&self.consumer, partitions).map_err(|e| self.kafka_err(e))?;
+        let committed = match ownership::committed(&self.group_reader, partitions) {
+            Ok(committed) => committed,
+            Err(e) => {
+                // Only a definite answer decides; the next discovery asks again.
+                tracing::warn!(group = self.owner.group, error = %e, "cannot read the group's committed offsets to check that they belong to this archive; checking again at the next discovery");
+                return Ok(());
+            }
+        };
         match ownership::judge(&self.owner.group, &self.owner.id, &committed) {
             None => Ok(()),
             Some(foreign) => Err(SinkError::GroupOfOtherArchive {
