@@ -43,6 +43,8 @@ pub const RESTORE_ERRORS: &str = "rewind_restore_errors_total";
 pub const PIPELINE_UP: &str = "rewind_pipeline_up";
 /// Runs of a pipeline started again after a failure (`pipeline`).
 pub const PIPELINE_RESTARTS: &str = "rewind_pipeline_restarts_total";
+/// Gauge per pipeline: 1 while it is paused (or pausing) on purpose, through the API.
+pub const PIPELINE_PAUSED: &str = "rewind_pipeline_paused";
 
 /// Install the Prometheus recorder without a listener of its own (the service's HTTP API renders
 /// `/metrics` from the handle), and describe every metric.
@@ -69,6 +71,11 @@ fn describe() {
         PIPELINE_UP,
         Unit::Count,
         "1 while the pipeline is running, 0 otherwise."
+    );
+    describe_gauge!(
+        PIPELINE_PAUSED,
+        Unit::Count,
+        "1 while the pipeline is paused through the API, 0 otherwise."
     );
     describe_counter!(
         PIPELINE_RESTARTS,

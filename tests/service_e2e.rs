@@ -9,13 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::http::{free_addr, get, post, request, wait_until};
+use common::http::{free_addr, get, post, request, request_with, wait_until};
 use common::kafka::{create_topic, header, produce, read_to_end, record};
 use rewind::archive::Record;
 use rewind::storage::{self, ObjectStore, StorageUrl};
 use serde_json::Value;
 
 const SECRET: &str = "hunter2-not-for-logs";
+/// The API token of the services that set `service.api_token = "${env:TEST_API_TOKEN}"`.
+const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A service directory: `rewind.toml` and a `pipelines/` directory.
 struct ServiceDir {
@@ -98,6 +100,7 @@ fn service_command(config: &Path) -> Command {
         .arg(config)
         .env("TEST_S3_SECRET", common::s3_secret_key())
         .env("TEST_KAFKA_SECRET", SECRET)
+        .env("TEST_API_TOKEN", TOKEN)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -105,9 +108,11 @@ fn service_command(config: &Path) -> Command {
     cmd
 }
 
+/// A sink pipeline of `topic`, in a consumer group of its own (tests run side by side, and
+/// pipelines of one name would otherwise share the group `rewind-<name>` across them).
 fn sink_pipeline(topic: &str) -> String {
     format!(
-        "kind = \"sink\"\n[sink]\ntopics = \"{}\"\n",
+        "kind = \"sink\"\n[sink]\ntopics = \"{}\"\ngroup = \"rewind-{topic}\"\n",
         regex::escape(topic).replace('\\', "\\\\")
     )
 }
@@ -690,4 +695,412 @@ async fn a_failing_pipeline_is_restarted_with_backoff_while_the_others_run() {
         content(&common::archive::chain(&store, &topic, 0).await),
         content(&produced)
     );
+}
+
+/// Issue 14: what a web page the operator visits, a DNS-rebinding page or a stranger on the network
+/// sends is refused before it reaches a handler, with the right status and a JSON error, and starts
+/// or stops nothing; the same request with the token, as JSON, from no foreign origin, works.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_refuses_strangers_cross_site_requests_and_rebinding_pages() {
+    common::no_instance_metadata();
+    let topic = common::unique("svc-guard");
+    create_topic(&topic, 1, &[]).await;
+    let (archive, _store) = s3_archive().await;
+    let service = ServiceDir::new(
+        &archive,
+        "api_token = \"${env:TEST_API_TOKEN}\"\nallowed_hosts = [\"rewind.test\"]\n",
+        &[("backup", sink_pipeline(&topic))],
+    );
+    let addr = free_addr();
+    let mut child = service.start(&addr, "guard.log");
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = ("Authorization", bearer.as_str());
+    let call = |method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>| {
+        request_with(&addr, method, path, headers, body)
+            .unwrap_or_else(|| panic!("{method} {path}: no answer from {addr}"))
+    };
+    wait_until("the API answers", Duration::from_secs(30), || {
+        request(&addr, "GET", "/healthz", None).is_some_and(|r| r.status == 200)
+    });
+    let state = || call("GET", "/pipelines/backup", &[auth], None).json()["state"].clone();
+    wait_until("the sink runs", Duration::from_secs(60), || {
+        state() == "running"
+    });
+    let restore = format!(
+        r#"{{"archive": "{archive}", "topics": "{topic}", "rename": "{{topic}}-copy", "allow_non_empty": true}}"#
+    );
+
+    // What is wrong, method, path, headers, the status and words of the refusal.
+    type Refusal<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        u16,
+        &'a str,
+    );
+    let refusals: Vec<Refusal<'_>> = vec![
+        (
+            "no token",
+            "POST",
+            "/restores",
+            vec![],
+            401,
+            "needs a token",
+        ),
+        (
+            "no token",
+            "GET",
+            "/pipelines",
+            vec![],
+            401,
+            "needs a token",
+        ),
+        (
+            "a wrong token",
+            "POST",
+            "/pipelines/backup/pause",
+            vec![("Authorization", "Bearer test-token-0123456789abcdeX")],
+            401,
+            "not this service's api_token",
+        ),
+        (
+            "a simple cross-site form",
+            "POST",
+            "/restores",
+            vec![auth, ("Content-Type", "text/plain")],
+            415,
+            "Content-Type: application/json",
+        ),
+        (
+            "no content type",
+            "POST",
+            "/pipelines/backup/pause",
+            vec![auth, ("Content-Type", "")],
+            415,
+            "Content-Type: application/json",
+        ),
+        (
+            "a foreign origin",
+            "POST",
+            "/restores",
+            vec![auth, ("Origin", "https://evil.example")],
+            403,
+            "cross-site requests are refused",
+        ),
+        (
+            "a foreign origin",
+            "POST",
+            "/pipelines/backup/pause",
+            vec![auth, ("Origin", "null")],
+            403,
+            "cross-site requests are refused",
+        ),
+        (
+            "a rebinding host",
+            "GET",
+            "/restores",
+            vec![auth, ("Host", "attacker.example:8080")],
+            403,
+            "does not answer to the host",
+        ),
+        (
+            "a rebinding host",
+            "POST",
+            "/restores",
+            vec![auth, ("Host", "rewind.test.attacker.example")],
+            403,
+            "does not answer to the host",
+        ),
+    ];
+    for (what, method, path, headers, status, message) in &refusals {
+        let body = (*method == "POST").then_some(restore.as_str());
+        let answer = call(method, path, headers, body);
+        assert_eq!(
+            answer.status, *status,
+            "{what}: {method} {path}: {}",
+            answer.body
+        );
+        let error = answer.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(message), "{what}: {error}");
+        assert!(
+            !answer.body.contains(TOKEN),
+            "{what}: the answer shows no token"
+        );
+        if *status == 401 {
+            assert_eq!(
+                answer.header("www-authenticate"),
+                Some("Bearer realm=\"rewind\""),
+                "{what}"
+            );
+        }
+    }
+    // Nothing started or stopped.
+    assert_eq!(state(), "running");
+    let restores = call("GET", "/restores", &[auth], None).json();
+    assert_eq!(
+        restores["restores"].as_array().map(Vec::len),
+        Some(0),
+        "{restores}"
+    );
+
+    // Probes and metrics need no token; the service's own names and IP addresses are answered.
+    assert_eq!(call("GET", "/healthz", &[], None).status, 200);
+    assert_eq!(call("GET", "/readyz", &[], None).status, 200);
+    assert_eq!(call("GET", "/metrics", &[], None).status, 200);
+    assert_eq!(
+        call(
+            "GET",
+            "/pipelines",
+            &[auth, ("Host", "rewind.test:8080")],
+            None
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        call("GET", "/pipelines", &[auth, ("Host", "localhost")], None).status,
+        200
+    );
+    // The same request done right works.
+    let paused = call(
+        "POST",
+        "/pipelines/backup/pause",
+        &[auth, ("Origin", &format!("http://{addr}"))],
+        None,
+    );
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    wait_until("the sink pauses", Duration::from_secs(60), || {
+        state() == "paused"
+    });
+    assert_eq!(
+        call("POST", "/pipelines/backup/resume", &[auth], None).status,
+        200
+    );
+    wait_until("the sink runs again", Duration::from_secs(60), || {
+        state() == "running"
+    });
+
+    assert!(terminate(&mut child).success());
+    let log = service.log("guard.log");
+    assert!(log.contains("refused an API request"), "{log}");
+    assert!(!log.contains(TOKEN), "the log shows no token");
+}
+
+/// Issue 14: an API other hosts can reach needs a token, unless the operator says otherwise.
+#[test]
+fn an_api_reachable_from_other_hosts_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+    let config = dir.path().join("rewind.toml");
+    let write = |service: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "archive = \"file://{}/archive\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n[service]\nhttp_addr = \"0.0.0.0:18080\"\n{service}",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+    };
+    let check = || service_command(&config).arg("--check").output().unwrap();
+    write("");
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::text(&out.stderr).contains(
+            "service.api_token: the API listens on 0.0.0.0:18080, which other hosts can reach"
+        ),
+        "{}",
+        common::text(&out.stderr)
+    );
+    write("api_token = \"tooshort1\"\n");
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = common::text(&out.stderr);
+    assert!(
+        stderr.contains("service.api_token: is shorter than 16 characters"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("tooshort1"), "the token is not shown");
+    write("api_token = \"${env:TEST_API_TOKEN}\"\n");
+    assert!(
+        check().status.success(),
+        "{}",
+        common::text(&check().stderr)
+    );
+    write("allow_unauthenticated = true\n");
+    assert!(
+        check().status.success(),
+        "{}",
+        common::text(&check().stderr)
+    );
+}
+
+/// Issue 14: a pipeline is one thing across its workers. A pause through one worker's API pauses
+/// the pipeline on every worker (the others do not take over its partitions) and survives a
+/// restart; a resume through any worker resumes all. A restore started through the API is
+/// remembered in its archive across a kill of its service, and resumes from the restarted
+/// service's API exactly where its committed progress left it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_holds_on_every_worker_and_restores_outlive_their_service() {
+    common::no_instance_metadata();
+    let topic = common::unique("svc-one");
+    let standby = format!("{topic}-standby");
+    create_topic(&topic, 2, &[]).await;
+    let (archive, store) = s3_archive().await;
+    let service = ServiceDir::new(
+        &archive,
+        "control_interval = \"1s\"\n",
+        &[("backup", sink_pipeline(&topic))],
+    );
+    let ready = |addr: &str| {
+        wait_until("the worker is ready", Duration::from_secs(60), || {
+            request(addr, "GET", "/readyz", None).is_some_and(|r| r.status == 200)
+        });
+    };
+    let state = |addr: &str| pipeline(addr, "backup")["state"].clone();
+    let (a, b) = (free_addr(), free_addr());
+    let mut first = service.start(&a, "a.log");
+    let mut second = service.start(&b, "b.log");
+    ready(&a);
+    ready(&b);
+    let mut produced: Vec<Vec<Record>> = vec![Vec::new(); 2];
+    produce_round(&topic, &mut produced, 0, 100).await;
+    wait_until(
+        "the workers archived 200 records",
+        Duration::from_secs(90),
+        || archived_records(&archive) == 200,
+    );
+
+    // Paused through A: B follows, and nobody archives.
+    let paused = post(&a, "/pipelines/backup/pause", "");
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    for addr in [&a, &b] {
+        wait_until("both workers pause", Duration::from_secs(30), || {
+            state(addr) == "paused"
+        });
+    }
+    produce_round(&topic, &mut produced, 100, 50).await;
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        archived_records(&archive),
+        200,
+        "a paused pipeline archives nothing anywhere"
+    );
+
+    // B restarts paused.
+    kill_hard(&mut second);
+    let b = free_addr();
+    let mut second = service.start(&b, "b2.log");
+    wait_until(
+        "the restarted worker answers",
+        Duration::from_secs(30),
+        || request(&b, "GET", "/healthz", None).is_some_and(|r| r.status == 200),
+    );
+    wait_until(
+        "the restarted worker is paused",
+        Duration::from_secs(30),
+        || state(&b) == "paused",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        archived_records(&archive),
+        200,
+        "the restart kept the pause"
+    );
+
+    // Resumed through B: both run, and the records produced meanwhile are archived.
+    assert_eq!(post(&b, "/pipelines/backup/resume", "").status, 200);
+    for addr in [&a, &b] {
+        wait_until("both workers run", Duration::from_secs(60), || {
+            state(addr) == "running"
+        });
+    }
+    wait_until(
+        "the workers archived 300 records",
+        Duration::from_secs(90),
+        || archived_records(&archive) == 300,
+    );
+
+    // A restore started through A's API, then A killed in the middle of it.
+    let body = serde_json::json!({
+        "topics": regex::escape(&topic),
+        "renames": { topic.clone(): standby.clone() },
+        "restore_id": standby.clone(),
+        "follow": true,
+    });
+    let started = post(&a, "/restores", &body.to_string());
+    assert_eq!(started.status, 202, "{}", started.body);
+    wait_until(
+        "the standby holds 300 records",
+        Duration::from_secs(90),
+        || (0..2).all(|p| restored(&standby, p).len() == 150),
+    );
+    kill_hard(&mut first);
+    produce_round(&topic, &mut produced, 150, 20).await;
+    wait_for_pipeline(&b, "backup", "B archived 340 records", |_| {
+        archived_records(&archive) == 340
+    });
+
+    // The restarted service remembers it, and resumes it exactly.
+    let a = free_addr();
+    let mut first = service.start(&a, "a2.log");
+    let path = format!("/restores/{standby}");
+    wait_until(
+        "the restarted service lists the restore",
+        Duration::from_secs(60),
+        || {
+            request(&a, "GET", &path, None)
+                .is_some_and(|r| r.status == 200 && r.json()["state"] == "interrupted")
+        },
+    );
+    let listed = get(&a, "/restores").json();
+    assert_eq!(listed["restores"][0]["request"]["follow"], true, "{listed}");
+    let resumed = post(&a, &format!("{path}/resume"), "");
+    assert_eq!(resumed.status, 202, "{}", resumed.body);
+    assert_eq!(
+        post(&a, &format!("{path}/resume"), "").status,
+        409,
+        "it runs already"
+    );
+    wait_until(
+        "the standby holds all 340 records",
+        Duration::from_secs(90),
+        || (0..2).all(|p| restored(&standby, p).len() >= 170),
+    );
+    for p in 0..2 {
+        assert_eq!(
+            content(&restored(&standby, p)),
+            content(&produced[p as usize]),
+            "partition {p}: every record once"
+        );
+    }
+
+    assert!(terminate(&mut first).success(), "{}", service.log("a2.log"));
+    assert!(
+        terminate(&mut second).success(),
+        "{}",
+        service.log("b2.log")
+    );
+    // Stopped with its service, the restore is remembered as stopped.
+    let doc = store
+        .get(&format!("_control/restores/{standby}.json"))
+        .await
+        .unwrap()
+        .body;
+    let doc: Value = serde_json::from_slice(&doc).unwrap();
+    assert_eq!(doc["state"], "stopped", "{doc}");
+    verify_clean(&archive);
+}
+
+/// Produce `count` records of `traffic` from `from` into both partitions of `topic`.
+async fn produce_round(topic: &str, produced: &mut [Vec<Record>], from: usize, count: usize) {
+    for p in 0..2 {
+        let more = produce(topic, p, &traffic(p, from, count)).await;
+        produced[p as usize].extend(more);
+    }
 }

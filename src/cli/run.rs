@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::{init_logging, wait_for_signal, Failure};
 use crate::config::{load_service, PipelineKind, Sources};
+use crate::service::guard::Guard;
 use crate::service::{api, Registry};
 
 #[derive(Debug, Args)]
@@ -98,10 +99,11 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         + Duration::from_secs(15);
     let names: Vec<String> = service.pipelines.iter().map(|p| p.name.clone()).collect();
 
+    let guard = Guard::new(&service.config.service);
     let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
     let registry = Registry::start(service, shutting_down, Some(metrics));
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, registry.clone(), async move {
+    let server = tokio::spawn(api::serve(listener, registry.clone(), guard, async move {
         let _ = api_stopped.await;
     }));
     tracing::info!(api = %format!("http://{addr}"), pipelines = ?names, "rewind service started");

@@ -324,6 +324,30 @@ impl EnvSource {
                     });
                     continue;
                 }
+                // A list: a JSON array of strings, or its items separated by commas.
+                Some(Json::Array(_)) => {
+                    let items: Option<Vec<String>> = if raw.trim_start().starts_with('[') {
+                        serde_json::from_str(raw).ok()
+                    } else {
+                        Some(
+                            raw.split(',')
+                                .map(str::trim)
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_string)
+                                .collect(),
+                        )
+                    };
+                    let Some(items) = items else {
+                        problems.push(Problem {
+                            path: format!("{path} (from {name})"),
+                            message: format!(
+                                "expected a list such as [\"a\", \"b\"] or a,b, got {raw:?}"
+                            ),
+                        });
+                        continue;
+                    };
+                    Value::from(items)
+                }
                 Some(_) => Value::from(raw.as_str()),
                 None => {
                     problems.push(Problem {

@@ -352,11 +352,26 @@ impl Default for RestoreConfig {
 }
 
 /// The service (`rewind run`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
     /// Address of the HTTP API, `/metrics` included, e.g. `0.0.0.0:8080`.
     pub http_addr: String,
+    /// The bearer token every API request must carry (`Authorization: Bearer …`), except
+    /// `/healthz`, `/readyz` and, unless `metrics_token` is set, `/metrics`. Write it
+    /// `${env:NAME}` or `${file:/path}`. Required when `http_addr` is not a loopback address,
+    /// unless `allow_unauthenticated` is set.
+    pub api_token: Option<String>,
+    /// Require the token on `/metrics` too.
+    pub metrics_token: bool,
+    /// Serve the API without a token on an address other hosts can reach.
+    pub allow_unauthenticated: bool,
+    /// Host names the API answers to besides `localhost` and IP addresses, e.g. the Kubernetes
+    /// Service's name (a request naming another host is refused: DNS rebinding). `"*"`: any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://ops.example.com`) whose browser requests are accepted besides the API's
+    /// own; a request from any other origin is refused (cross-site requests).
+    pub allowed_origins: Vec<String>,
     /// Directory of pipeline definitions (`*.toml`), relative to the configuration file.
     pub pipelines: String,
     /// Pause before a failed pipeline starts again; it doubles with each failure in a row.
@@ -365,16 +380,43 @@ pub struct ServiceConfig {
     /// Longest pause between two restarts of a failing pipeline.
     #[serde(with = "units::duration")]
     pub restart_backoff_max: Duration,
+    /// How often each pipeline reads whether it is paused from its archive (a pause or resume
+    /// through another worker's API, or before a restart, reaches this worker within it).
+    #[serde(with = "units::duration")]
+    pub control_interval: Duration,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             http_addr: "127.0.0.1:8080".into(),
+            api_token: None,
+            metrics_token: false,
+            allow_unauthenticated: false,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             pipelines: "pipelines".into(),
             restart_backoff: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(60),
+            control_interval: Duration::from_secs(5),
         }
+    }
+}
+
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("http_addr", &self.http_addr)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("metrics_token", &self.metrics_token)
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("pipelines", &self.pipelines)
+            .field("restart_backoff", &self.restart_backoff)
+            .field("restart_backoff_max", &self.restart_backoff_max)
+            .field("control_interval", &self.control_interval)
+            .finish()
     }
 }
 
@@ -446,6 +488,7 @@ impl Config {
         for secret in [
             &mut shown.storage.s3.secret_access_key,
             &mut shown.storage.s3.session_token,
+            &mut shown.service.api_token,
         ] {
             if secret.is_some() {
                 *secret = Some("<redacted>".into());

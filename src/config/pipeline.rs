@@ -130,6 +130,20 @@ pub fn load_service(sources: &Sources) -> Result<Service, ConfigError> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let exposed = config
+        .service
+        .http_addr
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| !a.ip().is_loopback());
+    if exposed && config.service.api_token.is_none() && !config.service.allow_unauthenticated {
+        problems.push(Problem {
+            path: "service.api_token".into(),
+            message: format!(
+                "the API listens on {}, which other hosts can reach, and anyone who reaches it could start a restore: set service.api_token (written ${{env:NAME}} or ${{file:/path}}), or service.allow_unauthenticated = true to serve without one",
+                config.service.http_addr
+            ),
+        });
+    }
     let dir = base.join(&config.service.pipelines);
     let mut pipelines = Vec::new();
     let service_problems = problems.clone();

@@ -75,6 +75,9 @@ impl Config {
                 );
             }
         }
+        if let Some(token) = &mut self.service.api_token {
+            resolve("service.api_token".into(), true, token);
+        }
         let s3 = &mut self.storage.s3;
         for (key, value) in [
             ("access_key_id", &mut s3.access_key_id),

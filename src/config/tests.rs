@@ -655,3 +655,55 @@ fn a_restore_transaction_interval_must_be_below_the_transaction_timeout() {
         "{found:?}"
     );
 }
+
+#[test]
+fn env_lists_are_json_arrays_or_commas_and_the_api_token_is_a_secret() {
+    let sources = Sources {
+        env: env(&[
+            (
+                "REWIND__SERVICE__ALLOWED_HOSTS",
+                r#"["rewind", "rewind.ops.svc"]"#,
+            ),
+            (
+                "REWIND__SERVICE__ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
+            ("REWIND__SERVICE__API_TOKEN", "${env:TOKEN_FOR_TEST}"),
+            ("TOKEN_FOR_TEST", "token-of-at-least-16-chars"),
+        ]),
+        ..Sources::default()
+    };
+    let config = load(&sources).unwrap();
+    assert_eq!(config.service.allowed_hosts, ["rewind", "rewind.ops.svc"]);
+    assert_eq!(
+        config.service.allowed_origins,
+        ["https://a.example", "https://b.example"]
+    );
+    assert_eq!(
+        config.service.api_token.as_deref(),
+        Some("token-of-at-least-16-chars")
+    );
+    for shown in [format!("{config:?}"), format!("{:?}", config.redacted())] {
+        assert!(!shown.contains("token-of-at-least"), "{shown}");
+    }
+    let bad = Sources {
+        env: env(&[
+            ("REWIND__SERVICE__ALLOWED_HOSTS", r#"["unclosed""#),
+            ("REWIND__SERVICE__ALLOWED_ORIGINS", "https://a.example/path"),
+            ("REWIND__SERVICE__API_TOKEN", "tooshort1"),
+        ]),
+        ..Sources::default()
+    };
+    let found = problems(&bad).join("\n");
+    for expected in [
+        "service.allowed_hosts (from REWIND__SERVICE__ALLOWED_HOSTS): expected a list",
+        "service.allowed_origins: \"https://a.example/path\" is not an origin",
+        "service.api_token: is shorter than 16 characters",
+    ] {
+        assert!(
+            found.contains(expected),
+            "missing {expected:?} in:\n{found}"
+        );
+    }
+    assert!(!found.contains("tooshort1"), "{found}");
+}

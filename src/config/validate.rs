@@ -175,6 +175,45 @@ impl Config {
                 ),
             );
         }
+        if let Some(token) = &service.api_token {
+            // A reference left unresolved is reported where it is resolved.
+            if !token.starts_with("${") && token.chars().count() < 16 {
+                problem(
+                    "service.api_token",
+                    "is shorter than 16 characters; use a long random token (openssl rand -hex 32)"
+                        .into(),
+                );
+            }
+        }
+        for host in &service.allowed_hosts {
+            if host != "*" && (host.is_empty() || host.contains(['/', ':', ' '])) {
+                problem(
+                    "service.allowed_hosts",
+                    format!("{host:?} is not a host name such as rewind.ops.svc (no scheme, port or path), or \"*\""),
+                );
+            }
+        }
+        for origin in &service.allowed_origins {
+            let parsed = url::Url::parse(origin).ok();
+            let plain = parsed.as_ref().is_some_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.path() == "/"
+                    && !origin.ends_with('/')
+            });
+            if !plain {
+                problem(
+                    "service.allowed_origins",
+                    format!("{origin:?} is not an origin such as https://ops.example.com (scheme, host and port only)"),
+                );
+            }
+        }
+        if service.control_interval.is_zero() {
+            problem(
+                "service.control_interval",
+                "must be greater than zero".into(),
+            );
+        }
         if service.restart_backoff.is_zero() {
             problem(
                 "service.restart_backoff",

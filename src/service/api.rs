@@ -1,22 +1,25 @@
 //! The HTTP API of `rewind run` (reference: docs/api.md). JSON in and out; every error is a 4xx or
 //! 5xx with a body `{"error": "one sentence"}`. Nothing here shows a secret: pipelines are shown by
-//! their names, topics and settings, never by cluster properties or credentials.
+//! their names, topics and settings, never by cluster properties or credentials. Every request
+//! passes the [`Guard`] (host, origin, token, JSON body) before a handler sees it.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State as Shared};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Request, State as Shared};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::guard::Guard;
 use super::{pipeline_json, restore_json, ControlError, Registry};
 
-/// The API's routes over the service's registry.
-pub fn router(registry: Arc<Registry>) -> Router {
+/// The API's routes over the service's registry, behind `guard`.
+pub fn router(registry: Arc<Registry>, guard: Guard) -> Router {
     Router::new()
         .route("/pipelines", get(pipelines))
         .route("/pipelines/{name}", get(pipeline))
@@ -25,21 +28,48 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/restores", get(restores).post(start_restore))
         .route("/restores/{id}", get(restore))
         .route("/restores/{id}/stop", post(stop_restore))
+        .route("/restores/{id}/resume", post(resume_restore))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(registry)
+        .layer(middleware::from_fn_with_state(Arc::new(guard), admit))
+}
+
+/// Refuse what the guard refuses before any handler (or the 404 fallback) sees it.
+async fn admit(Shared(guard): Shared<Arc<Guard>>, request: Request, next: Next) -> Response {
+    match guard.check(request.method(), request.uri().path(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            tracing::warn!(
+                method = %request.method(),
+                path = request.uri().path(),
+                status = refusal.status.as_u16(),
+                reason = refusal.message,
+                "refused an API request"
+            );
+            let mut response = ApiError(refusal.status, refusal.message).into_response();
+            if refusal.status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"rewind\""),
+                );
+            }
+            response
+        }
+    }
 }
 
 /// Serve the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    guard: Guard,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(registry))
+    axum::serve(listener, router(registry, guard))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -59,6 +89,7 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }
@@ -99,7 +130,7 @@ async fn pause(
     name: Result<Path<String>, PathRejection>,
 ) -> Reply {
     let name = segment(name)?;
-    let state = registry.pause(&name)?;
+    let state = registry.pause(&name).await?;
     Ok(Json(json!({ "name": name, "state": state })))
 }
 
@@ -108,7 +139,7 @@ async fn resume(
     name: Result<Path<String>, PathRejection>,
 ) -> Reply {
     let name = segment(name)?;
-    let state = registry.resume(&name)?;
+    let state = registry.resume(&name).await?;
     Ok(Json(json!({ "name": name, "state": state })))
 }
 
@@ -138,7 +169,7 @@ async fn start_restore(
             )
         })?
     };
-    let restore = registry.start_restore(body)?;
+    let restore = registry.start_restore(body).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -159,7 +190,7 @@ fn find_restore(registry: &Registry, id: &str) -> Result<Arc<super::ApiRestore>,
         .ok_or_else(|| {
             ApiError(
                 StatusCode::NOT_FOUND,
-                format!("no restore {id:?} was started through this service since it started"),
+                format!("no restore {id:?} was started through this service"),
             )
         })
 }
@@ -182,6 +213,22 @@ async fn stop_restore(
     restore.request_stop();
     Ok(Json(
         json!({ "id": id, "state": restore.lifecycle().state }),
+    ))
+}
+
+async fn resume_restore(
+    Shared(registry): Shared<Arc<Registry>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = segment(id)?;
+    let restore = registry.resume_restore(&id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": restore.id,
+            "state": restore.lifecycle().state,
+            "status": format!("/restores/{}", restore.id),
+        })),
     ))
 }
 

@@ -8,17 +8,23 @@
 //! which continues from the archive's checkpoints or the restore's committed progress: nothing is
 //! skipped or repeated across a pause, a restart or a crash.
 //!
+//! A pipeline is one thing across the workers that run it: a pause is recorded in its archive and
+//! every worker of that pipeline follows it, now and after a restart; restores started through the
+//! API are recorded there too, so a restarted service lists and resumes them (see [`control`]).
+//!
 //! Each pipeline and each API restore runs on a thread and an async runtime of its own (see
 //! `Registry::isolated`): librdkafka's calls block, and a cluster that does not answer must not
 //! hold up the HTTP API or the other pipelines.
 
 pub mod api;
+pub mod control;
+pub mod guard;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use tokio::sync::watch;
 
@@ -30,7 +36,7 @@ use crate::source::{self, RestoreError, RestoreOptions};
 use crate::storage::{self, StorageUrl};
 
 /// Where a pipeline or an API restore is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Connecting to the cluster and the archive.
@@ -45,14 +51,17 @@ pub enum State {
     Completed,
     /// An API restore that stopped with an error (run it again with the same id to resume).
     Failed,
-    /// Stopped by the service's shutdown.
+    /// Stopped by the service's shutdown, or through the API.
     Stopped,
+    /// An API restore that was running when its service ended without stopping it (killed):
+    /// `POST /restores/{id}/resume` continues it.
+    Interrupted,
     /// `enabled = false`.
     Disabled,
 }
 
 /// The last error of a pipeline, kept until the next one.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastError {
     pub message: String,
     pub at: String,
@@ -95,6 +104,9 @@ enum Desired {
 pub struct Pipeline {
     pub spec: PipelineSpec,
     desired: watch::Sender<Desired>,
+    /// Held while the wanted state is written to the archive and applied, or read and applied,
+    /// so that a read from before a pause never undoes it.
+    control: tokio::sync::Mutex<()>,
     lifecycle: Mutex<Lifecycle>,
     live: Mutex<Arc<Live>>,
 }
@@ -111,6 +123,8 @@ impl Pipeline {
         }
         metrics::gauge!(crate::metrics::PIPELINE_UP, "pipeline" => self.spec.name.clone())
             .set(if state == State::Running { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::metrics::PIPELINE_PAUSED, "pipeline" => self.spec.name.clone())
+            .set(if state == State::Paused { 1.0 } else { 0.0 });
     }
 
     /// The pipeline's life as the API shows it. Only the supervisor changes the stored state; a
@@ -193,6 +207,8 @@ pub struct Registry {
     pub started_at: String,
     /// Renders `/metrics`; `None` when another recorder is installed (in-process use).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The archives opened for `_control/` documents, by name.
+    stores: tokio::sync::Mutex<BTreeMap<String, Arc<dyn storage::ObjectStore>>>,
 }
 
 impl Registry {
@@ -215,6 +231,7 @@ impl Registry {
                 let pipeline = Pipeline {
                     spec,
                     desired,
+                    control: tokio::sync::Mutex::new(()),
                     lifecycle: Mutex::new(Lifecycle::new(initial)),
                     live: Mutex::new(Live::new()),
                 };
@@ -229,7 +246,9 @@ impl Registry {
             tasks: Mutex::new(Vec::new()),
             started_at: rfc3339_millis(now_ms()),
             metrics,
+            stores: tokio::sync::Mutex::new(BTreeMap::new()),
         });
+        tokio::spawn(recall_restores(registry.clone()));
         for pipeline in registry.pipelines.values() {
             if !pipeline.spec.enabled {
                 continue;
@@ -306,27 +325,34 @@ impl Registry {
             .is_ok()
     }
 
-    pub fn pause(&self, name: &str) -> Result<State, ControlError> {
-        self.control(name, Desired::Pause)
+    pub async fn pause(&self, name: &str) -> Result<State, ControlError> {
+        self.control(name, Desired::Pause).await
     }
 
-    pub fn resume(&self, name: &str) -> Result<State, ControlError> {
-        self.control(name, Desired::Run)
+    pub async fn resume(&self, name: &str) -> Result<State, ControlError> {
+        self.control(name, Desired::Run).await
     }
 
-    fn control(&self, name: &str, want: Desired) -> Result<State, ControlError> {
+    /// The archive named `name`, opened once.
+    async fn store(&self, name: &str) -> Result<Arc<dyn storage::ObjectStore>, String> {
+        let mut stores = self.stores.lock().await;
+        if let Some(store) = stores.get(name) {
+            return Ok(store.clone());
+        }
+        let store = open_archive(&self.config, name).await?;
+        stores.insert(name.to_string(), store.clone());
+        Ok(store)
+    }
+
+    async fn control(&self, name: &str, want: Desired) -> Result<State, ControlError> {
         let pipeline = self
             .pipelines
             .get(name)
             .ok_or_else(|| ControlError::NotFound(format!("no pipeline named {name:?}")))?;
-        if *self.shutdown.borrow() {
-            return Err(ControlError::Conflict(
-                "the service is shutting down".into(),
-            ));
-        }
-        // The supervisor owns the state: this only says what is wanted, and the supervisor acts
-        // on it (a pause ends the run gracefully; a resume before that cancels the pause).
-        let refused = {
+        let refused = |pipeline: &Pipeline| {
+            if *self.shutdown.borrow() {
+                return Some("the service is shutting down".to_string());
+            }
             let life = pipeline.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
             match life.state {
                 State::Disabled => Some(format!(
@@ -335,22 +361,43 @@ impl Registry {
                 )),
                 State::Completed => Some(format!("pipeline {name} has completed its restore")),
                 State::Stopped => Some("the service is shutting down".into()),
-                _ => {
-                    pipeline.desired.send_replace(want);
-                    None
-                }
+                _ => None,
             }
         };
-        if let Some(reason) = refused {
+        if let Some(reason) = refused(pipeline) {
             return Err(ControlError::Conflict(reason));
         }
-        tracing::info!(pipeline = name, action = ?want, "pipeline control");
+        // Durable first, in the pipeline's archive, so that its other workers follow and a restart
+        // keeps it; then here. The supervisor owns the state: this only says what is wanted, and
+        // the supervisor acts on it (a pause ends the run gracefully; a resume before that
+        // cancels the pause).
+        let _control = pipeline.control.lock().await;
+        let paused = want == Desired::Pause;
+        let unavailable = |e: String| {
+            ControlError::Unavailable(format!(
+                "cannot record the {} of pipeline {name} in its archive ({}), so its other workers and a restart would not follow it; nothing changed: {e}",
+                if paused { "pause" } else { "resume" },
+                pipeline.spec.archive
+            ))
+        };
+        let store = self
+            .store(&pipeline.spec.archive)
+            .await
+            .map_err(unavailable)?;
+        control::set_paused(&*store, name, paused, now_ms())
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        pipeline.desired.send_replace(want);
+        tracing::info!(pipeline = name, action = ?want, "pipeline control, recorded in its archive");
         Ok(pipeline.lifecycle().state)
     }
 
     /// Start a restore from a `POST /restores` body: `cluster` and `archive` (names from the
     /// configuration, `default` when absent) and the fields of a restore job.
-    pub fn start_restore(self: &Arc<Self>, body: Json) -> Result<Arc<ApiRestore>, ControlError> {
+    pub async fn start_restore(
+        self: &Arc<Self>,
+        body: Json,
+    ) -> Result<Arc<ApiRestore>, ControlError> {
         let Json::Object(mut fields) = body else {
             return Err(ControlError::BadRequest(
                 "the body must be a JSON object".into(),
@@ -365,6 +412,56 @@ impl Registry {
         };
         let cluster = name_of("cluster")?;
         let archive = name_of("archive")?;
+        let job: RestoreJob = serde_path_to_error::deserialize(Json::Object(fields))
+            .map_err(|e| ControlError::BadRequest(format!("{}: {}", e.path(), e.inner())))?;
+        let id = job
+            .restore_id
+            .clone()
+            .unwrap_or_else(|| source::new_restore_id(now_ms()));
+        self.launch(id, cluster, archive, job).await
+    }
+
+    /// Resume a restore the API started (in this run of the service or an earlier one) that is
+    /// not running: the same request under the same id, which continues from its committed
+    /// progress.
+    pub async fn resume_restore(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<Arc<ApiRestore>, ControlError> {
+        let known = self
+            .restores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "no restore {id:?} was started through this service"
+                ))
+            })?;
+        let state = known.lifecycle().state;
+        if state == State::Completed {
+            return Err(ControlError::Conflict(format!(
+                "restore {id} completed; there is nothing to resume"
+            )));
+        }
+        self.launch(
+            known.id.clone(),
+            known.cluster.clone(),
+            known.archive.clone(),
+            known.job.clone(),
+        )
+        .await
+    }
+
+    /// Check a restore, record it in its archive, and start it.
+    async fn launch(
+        self: &Arc<Self>,
+        id: String,
+        cluster: String,
+        archive: String,
+        mut job: RestoreJob,
+    ) -> Result<Arc<ApiRestore>, ControlError> {
         if self.config.cluster(&cluster).is_none() {
             return Err(ControlError::BadRequest(format!(
                 "cluster: no cluster named {cluster:?} in the configuration"
@@ -375,12 +472,7 @@ impl Registry {
                 "archive: no archive named {archive:?} in the configuration"
             )));
         }
-        let job: RestoreJob = serde_path_to_error::deserialize(Json::Object(fields))
-            .map_err(|e| ControlError::BadRequest(format!("{}: {}", e.path(), e.inner())))?;
-        let id = job
-            .restore_id
-            .clone()
-            .unwrap_or_else(|| source::new_restore_id(now_ms()));
+        job.restore_id = Some(id.clone());
         let mut opts = job
             .options(&id, &self.config.restore, str::to_string)
             .map_err(|problems| {
@@ -407,13 +499,15 @@ impl Registry {
                 "restore id {id} belongs to a restore pipeline"
             )));
         }
-        let mut restores = self.restores.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = restores.get(&id) {
-            if matches!(existing.lifecycle().state, State::Starting | State::Running) {
-                return Err(ControlError::Conflict(format!(
-                    "restore {id} is already running"
-                )));
-            }
+        let running = |restores: &BTreeMap<String, Arc<ApiRestore>>| {
+            restores
+                .get(&id)
+                .is_some_and(|r| matches!(r.lifecycle().state, State::Starting | State::Running))
+        };
+        if running(&self.restores.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Err(ControlError::Conflict(format!(
+                "restore {id} is already running"
+            )));
         }
         let live = Live::new();
         opts.live = Some(live.clone());
@@ -429,8 +523,28 @@ impl Registry {
             live,
             stop,
         });
-        restores.insert(id.clone(), restore.clone());
-        drop(restores);
+        // Recorded before it starts: a service that restarts lists it and can resume it.
+        let store = self.store(&archive).await.map_err(|e| {
+            ControlError::Unavailable(format!(
+                "cannot record restore {id} in archive {archive}, so a restarted service could not resume it; nothing started: {e}"
+            ))
+        })?;
+        control::remember_restore(&*store, &restore.record())
+            .await
+            .map_err(|e| {
+                ControlError::Unavailable(format!(
+                    "cannot record restore {id} in archive {archive}, so a restarted service could not resume it; nothing started: {e}"
+                ))
+            })?;
+        {
+            let mut restores = self.restores.lock().unwrap_or_else(|e| e.into_inner());
+            if running(&restores) {
+                return Err(ControlError::Conflict(format!(
+                    "restore {id} is already running"
+                )));
+            }
+            restores.insert(id.clone(), restore.clone());
+        }
 
         let registry = self.clone();
         let handle = restore.clone();
@@ -465,6 +579,17 @@ impl Registry {
                             handle.finish(State::Failed, Some(message))
                         }
                     }
+                    // A store of this thread's runtime (clients keep connections on the runtime
+                    // that opened them).
+                    let recorded = match open_archive(&registry.config, &handle.archive).await {
+                        Ok(store) => control::remember_restore(&*store, &handle.record())
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = recorded {
+                        tracing::warn!(error = %e, "cannot record how the restore ended in its archive; a restarted service shows it as interrupted");
+                    }
                 },
                 span,
             )
@@ -480,10 +605,85 @@ impl Registry {
     }
 }
 
+/// List the restores the API started in earlier runs of the service, from every configured
+/// archive: those still marked running were interrupted (the service was killed) and can be
+/// resumed. A restore this run started already is left as it is.
+async fn recall_restores(registry: Arc<Registry>) {
+    let mut names = vec!["default".to_string()];
+    names.extend(registry.config.archives.keys().cloned());
+    for name in names {
+        let recalled = async {
+            let store = registry.store(&name).await?;
+            control::remembered_restores(&*store)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let records = match tokio::time::timeout(Duration::from_secs(60), recalled).await {
+            Ok(Ok(records)) => records,
+            Ok(Err(e)) => {
+                tracing::warn!(archive = name, error = %e, "cannot list the restores earlier runs started in this archive");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(archive = name, "listing the restores earlier runs started in this archive took over 60 s; skipped");
+                continue;
+            }
+        };
+        let mut restores = registry.restores.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            if record.archive != name || restores.contains_key(&record.id) {
+                continue;
+            }
+            let state = match record.state.as_str() {
+                "completed" => State::Completed,
+                "failed" => State::Failed,
+                "stopped" => State::Stopped,
+                _ => State::Interrupted,
+            };
+            let mut life = Lifecycle::new(state);
+            life.since = record.updated_at.clone();
+            life.last_error = record.last_error.clone();
+            let (stop, _) = watch::channel(false);
+            restores.insert(
+                record.id.clone(),
+                Arc::new(ApiRestore {
+                    id: record.id,
+                    cluster: record.cluster,
+                    archive: record.archive,
+                    job: record.job,
+                    started_at: record.started_at,
+                    lifecycle: Mutex::new(life),
+                    live: Live::new(),
+                    stop,
+                }),
+            );
+        }
+    }
+}
+
 impl ApiRestore {
     /// Ask the restore to commit what is in flight and stop (resumable with the same id).
     pub fn request_stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// What the archive keeps of it.
+    fn record(&self) -> control::RestoreRecord {
+        let life = self.lifecycle();
+        control::RestoreRecord {
+            format_version: control::FORMAT_VERSION,
+            id: self.id.clone(),
+            cluster: self.cluster.clone(),
+            archive: self.archive.clone(),
+            job: self.job.clone(),
+            started_at: self.started_at.clone(),
+            state: serde_json::to_value(life.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            last_error: life.last_error,
+            updated_at: rfc3339_millis(now_ms()),
+        }
     }
 }
 
@@ -496,6 +696,9 @@ pub enum ControlError {
     Conflict(String),
     #[error("{0}")]
     BadRequest(String),
+    /// The archive that keeps the decision cannot be written.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// How a run ended without an error.
@@ -509,6 +712,19 @@ enum Outcome {
 /// Keep one pipeline running until shutdown.
 async fn supervise(registry: Arc<Registry>, pipeline: Arc<Pipeline>) {
     let service = &registry.config.service;
+    // A pause recorded in the archive (through this worker before a restart, or another worker)
+    // holds from the first run on; later changes are followed every `service.control_interval`.
+    let mut recorded = RecordedState::default();
+    recorded.follow(&registry.config, &pipeline).await;
+    let _watcher = AbortOnDrop(tokio::spawn({
+        let (registry, pipeline) = (registry.clone(), pipeline.clone());
+        async move {
+            loop {
+                tokio::time::sleep(registry.config.service.control_interval).await;
+                recorded.follow(&registry.config, &pipeline).await;
+            }
+        }
+    }));
     let mut desired = pipeline.desired.subscribe();
     let mut shutdown = registry.shutdown.clone();
     let mut backoff = service.restart_backoff;
@@ -592,6 +808,66 @@ async fn supervise(registry: Arc<Registry>, pipeline: Arc<Pipeline>) {
                     _ = desired.wait_for(|d| *d == Desired::Pause) => {}
                 }
                 backoff = (backoff * 2).min(service.restart_backoff_max);
+            }
+        }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A supervisor's reader of its pipeline's `_control/` document.
+#[derive(Default)]
+struct RecordedState {
+    /// Opened on the supervisor's own runtime (clients keep connections on the runtime that
+    /// opened them).
+    store: Option<Arc<dyn storage::ObjectStore>>,
+    /// Whether the last read failed, to warn once per outage.
+    failing: bool,
+}
+
+impl RecordedState {
+    /// Make the pipeline paused or running as its archive says. Under the pipeline's control lock,
+    /// so that a read from before a pause through the API never undoes it.
+    async fn follow(&mut self, config: &Config, pipeline: &Pipeline) {
+        let _control = pipeline.control.lock().await;
+        let name = &pipeline.spec.name;
+        let read = async {
+            if self.store.is_none() {
+                self.store = Some(open_archive(config, &pipeline.spec.archive).await?);
+            }
+            let store = self.store.as_deref().expect("opened above");
+            control::paused(store, name)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(30), read).await {
+            Ok(Ok(paused)) => {
+                self.failing = false;
+                let want = if paused { Desired::Pause } else { Desired::Run };
+                if *pipeline.desired.borrow() != want {
+                    tracing::info!(
+                        paused,
+                        "following the pipeline's state recorded in its archive (set through the API of this or another worker)"
+                    );
+                    pipeline.desired.send_replace(want);
+                }
+            }
+            failed => {
+                if !self.failing {
+                    let error = match failed {
+                        Ok(Err(e)) => e,
+                        _ => "no answer within 30 s".into(),
+                    };
+                    tracing::warn!(error = %error, "cannot read whether the pipeline is paused from its archive; keeping its current state");
+                }
+                self.failing = true;
             }
         }
     }

@@ -4,10 +4,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// A response: status and body.
+/// A response: status, head (status line and headers) and body.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    pub head: String,
     pub body: String,
 }
 
@@ -15,19 +16,57 @@ impl Response {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
+
+    /// The value of header `name`, if the response has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
 }
 
 /// One request; `None` when nothing listens on `addr`.
 pub fn request(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<Response> {
+    request_with(addr, method, path, &[], body)
+}
+
+/// One request with `headers` on top of the defaults (`Host: addr`, `Content-Type:
+/// application/json`): a header given replaces the default of its name, and one given with an
+/// empty value is left out.
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<Response> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
     let body = body.unwrap_or("");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let length = body.len().to_string();
+    let defaults = [
+        ("Host", addr),
+        ("Connection", "close"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", length.as_str()),
+    ];
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    let given = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
+    for (name, value) in defaults {
+        let value = given(name).map_or(value, |(_, v)| *v);
+        if !value.is_empty() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    for (name, value) in headers {
+        if !value.is_empty() && !defaults.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes()).ok()?;
     stream.write_all(body.as_bytes()).ok()?;
     let mut raw = Vec::new();
@@ -43,7 +82,11 @@ pub fn request(addr: &str, method: &str, path: &str, body: Option<&str>) -> Opti
     } else {
         rest.to_string()
     };
-    Some(Response { status, body })
+    Some(Response {
+        status,
+        head: head.to_string(),
+        body,
+    })
 }
 
 fn dechunk(mut rest: &str) -> String {
