@@ -150,6 +150,19 @@ fn the_rewind_service_environment_is_a_valid_configuration() {
         job["static_configs"][0]["targets"][0].as_str(),
         Some(format!("rewind:{port}").as_str())
     );
+    // Prometheus names the service `rewind` in its Host header: the API must answer to it.
+    let hosts: Vec<String> =
+        serde_json::from_str(&env["REWIND__SERVICE__ALLOWED_HOSTS"]).unwrap();
+    assert!(hosts.contains(&"rewind".to_string()), "{hosts:?}");
+    // The alerting rules are loaded from the file the compose stack mounts.
+    let rules = prometheus["rule_files"][0].as_str().unwrap();
+    let mounted = compose["services"]["prometheus"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .any(|v| v.contains("rewind-alerts.yaml") && v.contains(rules));
+    assert!(mounted, "{rules} is mounted into the prometheus service");
 }
 
 #[test]
