@@ -151,8 +151,7 @@ fn the_rewind_service_environment_is_a_valid_configuration() {
         Some(format!("rewind:{port}").as_str())
     );
     // Prometheus names the service `rewind` in its Host header: the API must answer to it.
-    let hosts: Vec<String> =
-        serde_json::from_str(&env["REWIND__SERVICE__ALLOWED_HOSTS"]).unwrap();
+    let hosts: Vec<String> = serde_json::from_str(&env["REWIND__SERVICE__ALLOWED_HOSTS"]).unwrap();
     assert!(hosts.contains(&"rewind".to_string()), "{hosts:?}");
     // The alerting rules are loaded from the file the compose stack mounts.
     let rules = prometheus["rule_files"][0].as_str().unwrap();
@@ -237,4 +236,100 @@ fn the_image_builds_in_stages_and_runs_as_a_non_root_user() {
             );
         }
     }
+}
+
+/// A version such as `1.94.1` as comparable numbers.
+fn version(text: &str) -> (u32, u32, u32) {
+    let mut parts = text.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// Issue 14: the image's pinned toolchain builds the locked dependencies. (It pinned Rust 1.89
+/// while the AWS SDK in Cargo.lock needs 1.94.1: `cargo build --locked` in the image failed.)
+/// The Rust of the build stage is at least the crate's `rust-version`, which is at least what every
+/// crate the binary builds on Linux declares.
+#[test]
+fn the_image_toolchain_builds_the_locked_dependencies() {
+    let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
+    let image = regex::Regex::new(r"(?m)^FROM rust:(\d+\.\d+(?:\.\d+)?)-")
+        .unwrap()
+        .captures(&dockerfile)
+        .expect("the build stage is FROM rust:<version>-…")[1]
+        .to_string();
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let declared = regex::Regex::new(r#"(?m)^rust-version = "([0-9.]+)""#)
+        .unwrap()
+        .captures(&manifest)
+        .expect("Cargo.toml declares rust-version")[1]
+        .to_string();
+    assert!(
+        version(&image) >= version(&declared),
+        "the image's Rust {image} is older than rust-version {declared}"
+    );
+
+    // The crates the binary builds on Linux: normal and build dependencies from the root.
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--offline",
+            "--filter-platform",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages: BTreeMap<&str, &serde_json::Value> = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p))
+        .collect();
+    let nodes: BTreeMap<&str, &serde_json::Value> = metadata["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect();
+    let mut todo = vec![metadata["resolve"]["root"].as_str().unwrap()];
+    let mut seen = std::collections::BTreeSet::new();
+    let mut newest = ((0, 0, 0), String::new());
+    while let Some(id) = todo.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let package = packages[id];
+        if let Some(needs) = package["rust_version"].as_str() {
+            if version(needs) > newest.0 {
+                newest = (
+                    version(needs),
+                    format!("{} {} needs {needs}", package["name"], package["version"]),
+                );
+            }
+        }
+        for dep in nodes[id]["deps"].as_array().unwrap() {
+            let built = dep["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null() || k["kind"] == "build");
+            if built {
+                todo.push(dep["pkg"].as_str().unwrap());
+            }
+        }
+    }
+    assert!(seen.len() > 100, "{} crates", seen.len());
+    assert!(
+        version(&declared) >= newest.0,
+        "rust-version {declared} is below what the locked dependencies need: {}",
+        newest.1
+    );
 }
