@@ -1046,8 +1046,7 @@ async fn a_pause_holds_on_every_worker_and_restores_outlive_their_service() {
         archived_records(&archive) == 340
     });
 
-    // The restarted service remembers it, and resumes it exactly.
-    let a = free_addr();
+    // The restarted service (the same host and address) remembers it, and resumes it exactly.
     let mut first = service.start(&a, "a2.log");
     let path = format!("/restores/{standby}");
     wait_until(
@@ -1060,6 +1059,24 @@ async fn a_pause_holds_on_every_worker_and_restores_outlive_their_service() {
     );
     let listed = get(&a, "/restores").json();
     assert_eq!(listed["restores"][0]["request"]["follow"], true, "{listed}");
+    // Its id takes no other request: the record and the listing keep the original.
+    let other = serde_json::json!({
+        "topics": regex::escape(&topic),
+        "renames": { topic.clone(): format!("{standby}-other") },
+        "restore_id": standby.clone(),
+        "follow": true,
+    });
+    let refused = post(&a, "/restores", &other.to_string());
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("was used for another request"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(get(&a, &path).json()["state"], "interrupted");
     let resumed = post(&a, &format!("{path}/resume"), "");
     assert_eq!(resumed.status, 202, "{}", resumed.body);
     assert_eq!(

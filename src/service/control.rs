@@ -1,8 +1,8 @@
 //! What the service decides through its API, kept where it is durable already: the archive of
 //! the pipeline or restore it concerns (`_control/`), not a database of its own.
 //!
-//! - `_control/pipelines/<name>.json`: whether the pipeline of that name is paused. Every worker
-//!   running a pipeline of that name on that archive reads it before each run and every
+//! - `_control/pipelines/<kind>/<name>.json`: whether the pipeline of that kind and name is
+//!   paused. Every worker running such a pipeline on that archive reads it before each run and every
 //!   `service.control_interval`, so a pause stops the pipeline on all of them (a sink's
 //!   partitions are not taken over by the others) and survives restarts.
 //! - `_control/restores/<id>.json`: a restore started through `POST /restores`, with its request
@@ -25,44 +25,51 @@ pub const CONTROL_PREFIX: &str = "_control/";
 /// The version of the documents this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-fn pipeline_key(name: &str) -> String {
-    format!("{CONTROL_PREFIX}pipelines/{name}.json")
+/// A sink and a restore pipeline of one name are two pipelines: the key names the kind.
+fn pipeline_key(kind: &str, name: &str) -> String {
+    format!("{CONTROL_PREFIX}pipelines/{kind}/{name}.json")
 }
 
 fn restore_key(id: &str) -> String {
     format!("{CONTROL_PREFIX}restores/{id}.json")
 }
 
-/// `_control/pipelines/<name>.json`.
+/// `_control/pipelines/<kind>/<name>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineControl {
     pub format_version: u32,
+    pub kind: String,
     pub pipeline: String,
     pub paused: bool,
     pub changed_at: String,
 }
 
-/// Whether the pipeline `name` is paused, as the archive says (`false` when it says nothing).
-pub async fn paused(store: &dyn ObjectStore, name: &str) -> Result<bool, ArchiveError> {
-    Ok(read_doc::<PipelineControl>(store, &pipeline_key(name))
-        .await?
-        .is_some_and(|c| c.paused))
+/// Whether the pipeline of `kind` (`sink`, `restore`) and `name` is paused, as the archive says
+/// (`false` when it says nothing).
+pub async fn paused(store: &dyn ObjectStore, kind: &str, name: &str) -> Result<bool, ArchiveError> {
+    Ok(
+        read_doc::<PipelineControl>(store, &pipeline_key(kind, name))
+            .await?
+            .is_some_and(|c| c.paused),
+    )
 }
 
-/// Record that the pipeline `name` is paused, or not.
+/// Record that the pipeline of `kind` and `name` is paused, or not.
 pub async fn set_paused(
     store: &dyn ObjectStore,
+    kind: &str,
     name: &str,
     paused: bool,
     now_ms: i64,
 ) -> Result<(), ArchiveError> {
     let doc = PipelineControl {
         format_version: FORMAT_VERSION,
+        kind: kind.to_string(),
         pipeline: name.to_string(),
         paused,
         changed_at: rfc3339_millis(now_ms),
     };
-    write_doc(store, &pipeline_key(name), &doc, PutMode::Overwrite).await
+    write_doc(store, &pipeline_key(kind, name), &doc, PutMode::Overwrite).await
 }
 
 /// `_control/restores/<id>.json`: a restore started through the API.
@@ -76,6 +83,9 @@ pub struct RestoreRecord {
     /// The request, with its `restore_id` set to `id`.
     pub job: RestoreJob,
     pub started_at: String,
+    /// The service that runs or last ran it: host name and API address.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Its state when last written: `running`, `completed`, `failed` or `stopped`.
     pub state: String,
     pub last_error: Option<LastError>,
@@ -112,12 +122,18 @@ mod tests {
     #[tokio::test]
     async fn a_pause_reads_back_and_a_missing_document_means_running() {
         let store = MemoryStore::new();
-        assert!(!paused(&store, "backup").await.unwrap());
-        set_paused(&store, "backup", true, 0).await.unwrap();
-        assert!(paused(&store, "backup").await.unwrap());
-        assert!(!paused(&store, "other").await.unwrap());
-        set_paused(&store, "backup", false, 1).await.unwrap();
-        assert!(!paused(&store, "backup").await.unwrap());
+        assert!(!paused(&store, "sink", "backup").await.unwrap());
+        set_paused(&store, "sink", "backup", true, 0).await.unwrap();
+        assert!(paused(&store, "sink", "backup").await.unwrap());
+        assert!(!paused(&store, "sink", "other").await.unwrap());
+        assert!(
+            !paused(&store, "restore", "backup").await.unwrap(),
+            "a restore pipeline of the same name is another pipeline"
+        );
+        set_paused(&store, "sink", "backup", false, 1)
+            .await
+            .unwrap();
+        assert!(!paused(&store, "sink", "backup").await.unwrap());
     }
 
     #[tokio::test]
@@ -133,6 +149,7 @@ mod tests {
                 ..RestoreJob::default()
             },
             started_at: rfc3339_millis(0),
+            owner: Some("host 127.0.0.1:8080".into()),
             state: "running".into(),
             last_error: None,
             updated_at: rfc3339_millis(0),

@@ -112,7 +112,10 @@ impl Guard {
         };
         let origin = value.to_str().unwrap_or("").to_ascii_lowercase();
         let host = host.to_ascii_lowercase();
-        let own = origin == format!("http://{host}") || origin == format!("https://{host}");
+        // With any host answered, the Host header is the rebinding page's to choose: it proves no
+        // origin is this API's own, so only the listed origins count.
+        let own = !self.any_host
+            && (origin == format!("http://{host}") || origin == format!("https://{host}"));
         if own || self.origins.contains(&origin) {
             Ok(())
         } else {
@@ -260,6 +263,15 @@ mod tests {
                 &headers(&[("host", "whatever:1")])
             ),
             Ok(())
+        );
+        // A rebinding page names its own host and origin alike: with any host answered, that is
+        // no longer the API's own origin.
+        let rebinding = headers(&[("host", "evil.example"), ("origin", "http://evil.example")]);
+        assert_eq!(
+            any.check(&Method::GET, "/pipelines", &rebinding)
+                .unwrap_err()
+                .status,
+            StatusCode::FORBIDDEN
         );
     }
 

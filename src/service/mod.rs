@@ -166,6 +166,8 @@ pub struct ApiRestore {
     pub archive: String,
     pub job: RestoreJob,
     pub started_at: String,
+    /// The service that runs (or last ran) it: host name and API address.
+    owner: String,
     lifecycle: Mutex<Lifecycle>,
     live: Arc<Live>,
     stop: watch::Sender<bool>,
@@ -209,6 +211,9 @@ pub struct Registry {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The archives opened for `_control/` documents, by name.
     stores: tokio::sync::Mutex<BTreeMap<String, Arc<dyn storage::ObjectStore>>>,
+    /// This service among those sharing archives: its host name and API address, the same after
+    /// a restart (a pod's container restarting keeps both).
+    identity: String,
 }
 
 impl Registry {
@@ -238,6 +243,11 @@ impl Registry {
                 (pipeline.spec.name.clone(), Arc::new(pipeline))
             })
             .collect();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        let identity = format!("{} {}", host.trim(), service.config.service.http_addr);
         let registry = Arc::new(Registry {
             config: service.config,
             pipelines,
@@ -247,6 +257,7 @@ impl Registry {
             started_at: rfc3339_millis(now_ms()),
             metrics,
             stores: tokio::sync::Mutex::new(BTreeMap::new()),
+            identity,
         });
         tokio::spawn(recall_restores(registry.clone()));
         for pipeline in registry.pipelines.values() {
@@ -384,7 +395,7 @@ impl Registry {
             .store(&pipeline.spec.archive)
             .await
             .map_err(unavailable)?;
-        control::set_paused(&*store, name, paused, now_ms())
+        control::set_paused(&*store, kind_of(&pipeline.spec), name, paused, now_ms())
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         pipeline.desired.send_replace(want);
@@ -499,16 +510,6 @@ impl Registry {
                 "restore id {id} belongs to a restore pipeline"
             )));
         }
-        let running = |restores: &BTreeMap<String, Arc<ApiRestore>>| {
-            restores
-                .get(&id)
-                .is_some_and(|r| matches!(r.lifecycle().state, State::Starting | State::Running))
-        };
-        if running(&self.restores.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Err(ControlError::Conflict(format!(
-                "restore {id} is already running"
-            )));
-        }
         let live = Live::new();
         opts.live = Some(live.clone());
         opts.admin_api = admin_api(&self.config, &cluster);
@@ -519,31 +520,50 @@ impl Registry {
             archive: archive.clone(),
             job,
             started_at: rfc3339_millis(now_ms()),
+            owner: self.identity.clone(),
             lifecycle: Mutex::new(Lifecycle::new(State::Running)),
             live,
             stop,
         });
-        // Recorded before it starts: a service that restarts lists it and can resume it.
-        let store = self.store(&archive).await.map_err(|e| {
-            ControlError::Unavailable(format!(
-                "cannot record restore {id} in archive {archive}, so a restarted service could not resume it; nothing started: {e}"
-            ))
-        })?;
-        control::remember_restore(&*store, &restore.record())
-            .await
-            .map_err(|e| {
-                ControlError::Unavailable(format!(
-                    "cannot record restore {id} in archive {archive}, so a restarted service could not resume it; nothing started: {e}"
-                ))
-            })?;
-        {
+        // The id is reserved before anything awaits, so two requests under one id never both
+        // start (or both write its record); a used id takes only the request it was used for.
+        let previous = {
             let mut restores = self.restores.lock().unwrap_or_else(|e| e.into_inner());
-            if running(&restores) {
-                return Err(ControlError::Conflict(format!(
-                    "restore {id} is already running"
-                )));
+            if let Some(known) = restores.get(&id) {
+                if matches!(known.lifecycle().state, State::Starting | State::Running) {
+                    return Err(ControlError::Conflict(format!(
+                        "restore {id} is already running"
+                    )));
+                }
+                if (&known.cluster, &known.archive, &known.job)
+                    != (&restore.cluster, &restore.archive, &restore.job)
+                {
+                    return Err(ControlError::Conflict(format!(
+                        "restore id {id} was used for another request (cluster, archive, window, topics, renames or flags differ); resume it with POST /restores/{id}/resume, or choose another id"
+                    )));
+                }
             }
-            restores.insert(id.clone(), restore.clone());
+            restores.insert(id.clone(), restore.clone())
+        };
+        let unreserve = |registry: &Registry| {
+            let mut restores = registry.restores.lock().unwrap_or_else(|e| e.into_inner());
+            match &previous {
+                Some(previous) => restores.insert(id.clone(), previous.clone()),
+                None => restores.remove(&id),
+            };
+        };
+        // Recorded before it starts: a service that restarts lists it and can resume it.
+        let recorded = match self.store(&archive).await {
+            Ok(store) => control::remember_restore(&*store, &restore.record())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            unreserve(self);
+            return Err(ControlError::Unavailable(format!(
+                "cannot record restore {id} in archive {archive}, so a restarted service could not resume it; nothing started: {e}"
+            )));
         }
 
         let registry = self.clone();
@@ -559,37 +579,58 @@ impl Registry {
                             _ = until_true(stopped) => {}
                         }
                     };
-                    let outcome = run_restore(
+                    // A store of this thread's runtime (clients keep connections on the runtime
+                    // that opened them), for the heartbeat and the final record.
+                    let store = open_archive(&registry.config, &handle.archive).await;
+                    let run = run_restore(
                         &registry.config,
                         &handle.cluster,
                         &handle.archive,
                         &opts,
                         stop,
-                    )
-                    .await;
-                    match outcome {
+                    );
+                    let outcome = match &store {
+                        Ok(store) => {
+                            let beat = heartbeat(&**store, &handle);
+                            tokio::select! {
+                                outcome = run => outcome,
+                                _ = beat => unreachable!("the heartbeat never ends"),
+                            }
+                        }
+                        Err(_) => run.await,
+                    };
+                    let (state, error) = match outcome {
                         Ok(Outcome::Finished) => {
                             tracing::info!("restore completed");
-                            handle.finish(State::Completed, None)
+                            (State::Completed, None)
                         }
-                        Ok(Outcome::Stopped) => handle.finish(State::Stopped, None),
+                        Ok(Outcome::Stopped) => (State::Stopped, None),
                         Err(message) => {
                             let message = crate::config::secrets::scrub(&message);
                             tracing::error!(error = %message, "restore failed");
-                            handle.finish(State::Failed, Some(message))
+                            (State::Failed, Some(message))
                         }
+                    };
+                    // Recorded before the state shows: a resume accepted once it shows must not
+                    // have its record overwritten by this run's ending.
+                    let mut record = handle.record();
+                    record.state = state_name(state);
+                    if let Some(message) = &error {
+                        record.last_error = Some(LastError {
+                            message: message.clone(),
+                            at: rfc3339_millis(now_ms()),
+                        });
                     }
-                    // A store of this thread's runtime (clients keep connections on the runtime
-                    // that opened them).
-                    let recorded = match open_archive(&registry.config, &handle.archive).await {
-                        Ok(store) => control::remember_restore(&*store, &handle.record())
+                    let recorded = match &store {
+                        Ok(store) => control::remember_restore(&**store, &record)
                             .await
                             .map_err(|e| e.to_string()),
-                        Err(e) => Err(e),
+                        Err(e) => Err(e.clone()),
                     };
                     if let Err(e) = recorded {
                         tracing::warn!(error = %e, "cannot record how the restore ended in its archive; a restarted service shows it as interrupted");
                     }
+                    handle.finish(state, error);
                 },
                 span,
             )
@@ -605,10 +646,21 @@ impl Registry {
     }
 }
 
-/// List the restores the API started in earlier runs of the service, from every configured
-/// archive: those still marked running were interrupted (the service was killed) and can be
-/// resumed. A restore this run started already is left as it is.
+/// List the restores the API started in earlier runs of this service, from every configured
+/// archive, now and every minute: those still marked running were interrupted (the service was
+/// killed) and can be resumed. A restore another live service runs (its record is fresh) is left
+/// to it until its heartbeat stops; one this run knows already is left as it is.
 async fn recall_restores(registry: Arc<Registry>) {
+    loop {
+        recall_once(&registry).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        if *registry.shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+async fn recall_once(registry: &Registry) {
     let mut names = vec!["default".to_string()];
     names.extend(registry.config.archives.keys().cloned());
     for name in names {
@@ -634,6 +686,14 @@ async fn recall_restores(registry: Arc<Registry>) {
             if record.archive != name || restores.contains_key(&record.id) {
                 continue;
             }
+            let age_ms = crate::archive::time::parse_rfc3339_millis(&record.updated_at)
+                .map_or(i64::MAX, |at| now_ms() - at);
+            let mine = record.owner.as_deref() == Some(registry.identity.as_str());
+            if record.state == "running" && !mine && age_ms < STALE.as_millis() as i64 {
+                // Another service runs it now (its heartbeat is fresh): it is that one's to show,
+                // and this one looks again later.
+                continue;
+            }
             let state = match record.state.as_str() {
                 "completed" => State::Completed,
                 "failed" => State::Failed,
@@ -652,6 +712,7 @@ async fn recall_restores(registry: Arc<Registry>) {
                     archive: record.archive,
                     job: record.job,
                     started_at: record.started_at,
+                    owner: record.owner.unwrap_or_default(),
                     lifecycle: Mutex::new(life),
                     live: Live::new(),
                     stop,
@@ -677,10 +738,8 @@ impl ApiRestore {
             archive: self.archive.clone(),
             job: self.job.clone(),
             started_at: self.started_at.clone(),
-            state: serde_json::to_value(life.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            owner: Some(self.owner.clone()),
+            state: state_name(life.state),
             last_error: life.last_error,
             updated_at: rfc3339_millis(now_ms()),
         }
@@ -714,8 +773,19 @@ async fn supervise(registry: Arc<Registry>, pipeline: Arc<Pipeline>) {
     let service = &registry.config.service;
     // A pause recorded in the archive (through this worker before a restart, or another worker)
     // holds from the first run on; later changes are followed every `service.control_interval`.
+    // Until the archive answers, the pipeline does not start: it may have been paused (a
+    // restore pipeline paused to keep it from writing into its target must stay paused).
     let mut recorded = RecordedState::default();
-    recorded.follow(&registry.config, &pipeline).await;
+    while !recorded.follow(&registry.config, &pipeline).await {
+        tokio::select! {
+            _ = tokio::time::sleep(registry.config.service.control_interval) => {}
+            _ = until_true(registry.shutdown.clone()) => {}
+        }
+        if *registry.shutdown.borrow() {
+            pipeline.set_state(State::Stopped);
+            return;
+        }
+    }
     let _watcher = AbortOnDrop(tokio::spawn({
         let (registry, pipeline) = (registry.clone(), pipeline.clone());
         async move {
@@ -813,6 +883,37 @@ async fn supervise(registry: Arc<Registry>, pipeline: Arc<Pipeline>) {
     }
 }
 
+/// A state as the API and `_control/` name it.
+fn state_name(state: State) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// How often a running API restore says so in its record (`updated_at`): a record of a running
+/// restore older than [`STALE`] was left by a service that ended without stopping it.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+const STALE: Duration = Duration::from_secs(120);
+
+/// Rewrite the restore's record every [`HEARTBEAT`] while it runs; never returns.
+async fn heartbeat(store: &dyn storage::ObjectStore, restore: &ApiRestore) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        if let Err(e) = control::remember_restore(store, &restore.record()).await {
+            tracing::debug!(error = %e, "cannot refresh the restore's record");
+        }
+    }
+}
+
+/// The kind of a pipeline as `_control/` names it.
+fn kind_of(spec: &PipelineSpec) -> &'static str {
+    match spec.kind {
+        PipelineKind::Sink => "sink",
+        PipelineKind::Restore => "restore",
+    }
+}
+
 /// Aborts its task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -835,7 +936,7 @@ struct RecordedState {
 impl RecordedState {
     /// Make the pipeline paused or running as its archive says. Under the pipeline's control lock,
     /// so that a read from before a pause through the API never undoes it.
-    async fn follow(&mut self, config: &Config, pipeline: &Pipeline) {
+    async fn follow(&mut self, config: &Config, pipeline: &Pipeline) -> bool {
         let _control = pipeline.control.lock().await;
         let name = &pipeline.spec.name;
         let read = async {
@@ -843,7 +944,7 @@ impl RecordedState {
                 self.store = Some(open_archive(config, &pipeline.spec.archive).await?);
             }
             let store = self.store.as_deref().expect("opened above");
-            control::paused(store, name)
+            control::paused(store, kind_of(&pipeline.spec), name)
                 .await
                 .map_err(|e| e.to_string())
         };
@@ -858,6 +959,7 @@ impl RecordedState {
                     );
                     pipeline.desired.send_replace(want);
                 }
+                true
             }
             failed => {
                 if !self.failing {
@@ -868,6 +970,7 @@ impl RecordedState {
                     tracing::warn!(error = %error, "cannot read whether the pipeline is paused from its archive; keeping its current state");
                 }
                 self.failing = true;
+                false
             }
         }
     }
