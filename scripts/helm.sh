@@ -20,17 +20,4 @@ HELM_MODULE=helm.sh/helm/v4
 HELM_VERSION=v4.3.2
 HELM_BIN=$REWIND_CACHE/helm-$HELM_VERSION/bin/helm
 
-if [ ! -x "$HELM_BIN" ]; then
-  if ! command -v go >/dev/null && command -v helm >/dev/null; then
-    log "helm: no Go toolchain to build helm $HELM_VERSION; using $(command -v helm) from PATH"
-    command -v helm
-    exit 0
-  fi
-  if ! command -v go >/dev/null; then log "helm: need a Go toolchain to build helm $HELM_VERSION, or a helm on PATH"; exit 1; fi
-  log "helm: building helm $HELM_VERSION with go install (once; cached in $REWIND_CACHE)"
-  mkdir -p "$REWIND_CACHE/go"
-  GOPATH="$REWIND_CACHE/go" GOMODCACHE="$REWIND_CACHE/go/pkg/mod" GOCACHE="$REWIND_CACHE/go-build" \
-    GOBIN="$(dirname "$HELM_BIN")" GOFLAGS="-modcacherw -buildvcs=false" \
-    go install -ldflags "-X $HELM_MODULE/internal/version.version=$HELM_VERSION" "$HELM_MODULE/cmd/helm@$HELM_VERSION" >&2
-fi
-echo "$HELM_BIN"
+go_tool helm "$HELM_BIN" "$HELM_MODULE/cmd/helm@$HELM_VERSION" "-X $HELM_MODULE/internal/version.version=$HELM_VERSION"

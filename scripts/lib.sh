@@ -24,3 +24,24 @@ stop_pid() {
   rm -f "$pidfile"
   log "$name: stopped"
 }
+
+# go_tool NAME BIN PACKAGE@VERSION [LDFLAGS]: print the path of a Go-built tool, building it once
+# with `go install` from the Go module proxy into BIN's folder (under $REWIND_CACHE). The pinned
+# build is preferred; a NAME on PATH is used only when it is missing and there is no Go to build it.
+go_tool() {
+  local name=$1 bin=$2 package=$3 ldflags=${4:-}
+  if [ ! -x "$bin" ]; then
+    if ! command -v go >/dev/null && command -v "$name" >/dev/null; then
+      log "$name: no Go toolchain to build $package; using $(command -v "$name") from PATH"
+      command -v "$name"
+      return 0
+    fi
+    if ! command -v go >/dev/null; then log "$name: need a Go toolchain to build $package, or a $name on PATH"; return 1; fi
+    log "$name: building $package with go install (once; cached in $REWIND_CACHE)"
+    mkdir -p "$REWIND_CACHE/go"
+    GOPATH="$REWIND_CACHE/go" GOMODCACHE="$REWIND_CACHE/go/pkg/mod" GOCACHE="$REWIND_CACHE/go-build" \
+      GOBIN="$(dirname "$bin")" GOFLAGS="-modcacherw -buildvcs=false" \
+      go install -ldflags "$ldflags" "$package" >&2
+  fi
+  echo "$bin"
+}

@@ -22,18 +22,4 @@ PROMETHEUS_VERSION=v0.316.0
 PROMETHEUS_RELEASE=3.16.0 # what `promtool --version` reports (stamped as Prometheus' Makefile does)
 PROMTOOL_BIN=$REWIND_CACHE/promtool-$PROMETHEUS_VERSION/bin/promtool
 
-if [ ! -x "$PROMTOOL_BIN" ]; then
-  if ! command -v go >/dev/null && command -v promtool >/dev/null; then
-    log "promtool: no Go toolchain to build promtool $PROMETHEUS_VERSION; using $(command -v promtool) from PATH"
-    command -v promtool
-    exit 0
-  fi
-  if ! command -v go >/dev/null; then log "promtool: need a Go toolchain to build promtool $PROMETHEUS_VERSION, or a promtool on PATH"; exit 1; fi
-  log "promtool: building promtool $PROMETHEUS_VERSION with go install (once; cached in $REWIND_CACHE)"
-  mkdir -p "$REWIND_CACHE/go"
-  GOPATH="$REWIND_CACHE/go" GOMODCACHE="$REWIND_CACHE/go/pkg/mod" GOCACHE="$REWIND_CACHE/go-build" \
-    GOBIN="$(dirname "$PROMTOOL_BIN")" GOFLAGS="-modcacherw -buildvcs=false" \
-    go install -ldflags "-X github.com/prometheus/common/version.Version=$PROMETHEUS_RELEASE" \
-      "$PROMETHEUS_MODULE/cmd/promtool@$PROMETHEUS_VERSION" >&2
-fi
-echo "$PROMTOOL_BIN"
+go_tool promtool "$PROMTOOL_BIN" "$PROMETHEUS_MODULE/cmd/promtool@$PROMETHEUS_VERSION" "-X github.com/prometheus/common/version.Version=$PROMETHEUS_RELEASE"

@@ -170,29 +170,23 @@ async fn start_restore(
         })?
     };
     let restore = registry.start_restore(body).await?;
-    Ok((
+    Ok(accepted(&restore))
+}
+
+/// `202 Accepted` for a restore that started, with where to follow it.
+fn accepted(restore: &super::ApiRestore) -> (StatusCode, Json<Value>) {
+    (
         StatusCode::ACCEPTED,
         Json(json!({
             "id": restore.id,
             "state": restore.lifecycle().state,
             "status": format!("/restores/{}", restore.id),
         })),
-    ))
+    )
 }
 
 fn find_restore(registry: &Registry, id: &str) -> Result<Arc<super::ApiRestore>, ApiError> {
-    registry
-        .restores
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(id)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                format!("no restore {id:?} was started through this service"),
-            )
-        })
+    Ok(registry.restore(id)?)
 }
 
 async fn restore(
@@ -222,14 +216,7 @@ async fn resume_restore(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = segment(id)?;
     let restore = registry.resume_restore(&id).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "id": restore.id,
-            "state": restore.lifecycle().state,
-            "status": format!("/restores/{}", restore.id),
-        })),
-    ))
+    Ok(accepted(&restore))
 }
 
 async fn metrics(Shared(registry): Shared<Arc<Registry>>) -> Response {

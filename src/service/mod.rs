@@ -432,15 +432,9 @@ impl Registry {
         self.launch(id, cluster, archive, job).await
     }
 
-    /// Resume a restore the API started (in this run of the service or an earlier one) that is
-    /// not running: the same request under the same id, which continues from its committed
-    /// progress.
-    pub async fn resume_restore(
-        self: &Arc<Self>,
-        id: &str,
-    ) -> Result<Arc<ApiRestore>, ControlError> {
-        let known = self
-            .restores
+    /// The restore the API knows under `id` (started or recalled by this service).
+    pub fn restore(&self, id: &str) -> Result<Arc<ApiRestore>, ControlError> {
+        self.restores
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
@@ -449,7 +443,17 @@ impl Registry {
                 ControlError::NotFound(format!(
                     "no restore {id:?} was started through this service"
                 ))
-            })?;
+            })
+    }
+
+    /// Resume a restore the API started (in this run of the service or an earlier one) that is
+    /// not running: the same request under the same id, which continues from its committed
+    /// progress.
+    pub async fn resume_restore(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<Arc<ApiRestore>, ControlError> {
+        let known = self.restore(id)?;
         let state = known.lifecycle().state;
         if state == State::Completed {
             return Err(ControlError::Conflict(format!(
