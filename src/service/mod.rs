@@ -391,13 +391,18 @@ impl Registry {
                 pipeline.spec.archive
             ))
         };
-        let store = self
-            .store(&pipeline.spec.archive)
+        // Bounded: an archive that does not answer must not hold the pipeline's lock (and the
+        // request) indefinitely.
+        let write = async {
+            let store = self.store(&pipeline.spec.archive).await?;
+            control::set_paused(&*store, kind_of(&pipeline.spec), name, paused, now_ms())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(Duration::from_secs(30), write)
             .await
+            .unwrap_or_else(|_| Err("no answer within 30 s".into()))
             .map_err(unavailable)?;
-        control::set_paused(&*store, kind_of(&pipeline.spec), name, paused, now_ms())
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
         pipeline.desired.send_replace(want);
         tracing::info!(pipeline = name, action = ?want, "pipeline control, recorded in its archive");
         Ok(pipeline.lifecycle().state)
@@ -641,6 +646,10 @@ impl Registry {
         });
         if !started {
             restore.finish(State::Stopped, Some("the service is shutting down".into()));
+            // Its record said running: say it never ran, or a restart would call it interrupted.
+            if let Ok(store) = self.store(&archive).await {
+                let _ = control::remember_restore(&*store, &restore.record()).await;
+            }
             return Err(ControlError::Conflict(
                 "the service is shutting down".into(),
             ));
