@@ -22,8 +22,8 @@ use crate::archive::rotation::RollingPolicy;
 use crate::archive::time::{now_ms, rfc3339_millis};
 use crate::archive::Record;
 use crate::live::Live;
+use crate::restore::{self, RestoreOptions, Window};
 use crate::sink::{self, SinkOptions};
-use crate::source::{self, RestoreOptions, Window};
 use crate::storage::{self, StorageUrl};
 
 const HOUR: i64 = 3_600_000;
@@ -78,7 +78,7 @@ pub async fn run(dir: &Path, say: &mut dyn FnMut(String)) -> Result<DemoReport, 
         }
     }
     cluster
-        .create_topic(source::progress::DEFAULT_TOPIC, 1, 1)
+        .create_topic(restore::progress::DEFAULT_TOPIC, 1, 1)
         .map_err(|e| format!("cannot create the progress topic: {e}"))?;
     say(format!(
         "1. Started an embedded Kafka cluster (3 brokers, in process) with topics {}.",
@@ -233,13 +233,13 @@ async fn demonstrate(
         concurrency: 4,
         transaction_bytes: 16 << 20,
         transaction_interval: Duration::from_secs(1),
-        progress_topic: source::progress::DEFAULT_TOPIC.into(),
+        progress_topic: restore::progress::DEFAULT_TOPIC.into(),
         progress: false,
         live: None,
         // The embedded cluster does not answer DescribeConfigs; its targets were made above.
         admin_api: false,
     };
-    let report = source::run(client.clone(), store.clone(), &opts, std::future::pending())
+    let report = restore::run(client.clone(), store.clone(), &opts, std::future::pending())
         .await
         .map_err(|e| format!("the restore failed: {e}"))?;
     say(format!(

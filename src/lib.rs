@@ -13,7 +13,7 @@ pub mod kafka;
 pub mod live;
 pub mod metrics;
 pub mod ops;
+pub mod restore;
 pub mod service;
 pub mod sink;
-pub mod source;
 pub mod storage;

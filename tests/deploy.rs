@@ -273,9 +273,13 @@ fn the_alert_rules_name_only_metrics_rewind_exports() {
             );
         }
     }
-    let sources = ["src/sink/mod.rs", "src/service/mod.rs", "src/source/run.rs"]
-        .map(|f| std::fs::read_to_string(root().join(f)).unwrap())
-        .join("\n");
+    let sources = [
+        "src/sink/mod.rs",
+        "src/service/mod.rs",
+        "src/restore/run.rs",
+    ]
+    .map(|f| std::fs::read_to_string(root().join(f)).unwrap())
+    .join("\n");
     for label in ["\"topic\" =>", "\"kind\" =>", "\"pipeline\" =>"] {
         assert!(sources.contains(label), "{label}");
     }

@@ -565,7 +565,7 @@ async fn fewer_target_partitions_need_repartition_by_key() {
     for tp in 0..2 {
         for (r, _) in kafka::read_to_end(&target, tp) {
             let expected = match &r.key {
-                Some(key) => rewind::source::partitioner::partition_for_key(key, 2),
+                Some(key) => rewind::restore::partitioner::partition_for_key(key, 2),
                 // Null keys keep source partition modulo the target's count.
                 None => {
                     let value = String::from_utf8(r.value.clone().unwrap()).unwrap();
@@ -1194,9 +1194,9 @@ async fn without_the_admin_api_targets_must_exist() {
         .options(&common::unique("noadmin"), &tuning, str::to_string)
         .unwrap();
     opts.admin_api = false;
-    let run = |opts: rewind::source::RestoreOptions| {
+    let run = |opts: rewind::restore::RestoreOptions| {
         let store = store.clone();
-        async move { rewind::source::run(kafka::config(), store, &opts, std::future::pending()).await }
+        async move { rewind::restore::run(kafka::config(), store, &opts, std::future::pending()).await }
     };
 
     let error = run(opts.clone()).await.unwrap_err().to_string();

@@ -245,9 +245,9 @@ pub(crate) fn init_logging(config: &Config) {
 }
 
 /// `earliest`/`latest` (open), epoch milliseconds, or RFC 3339; epoch seconds are refused (see
-/// [`crate::source::job::parse_time`]).
+/// [`crate::restore::job::parse_time`]).
 pub(crate) fn parse_time(flag: &str, s: &str, open: &str) -> Result<Option<i64>, Failure> {
-    crate::source::job::parse_time(s, open).map_err(|e| Failure::usage(format!("--{flag} {e}")))
+    crate::restore::job::parse_time(s, open).map_err(|e| Failure::usage(format!("--{flag} {e}")))
 }
 
 /// Write one line of command output; see [`outln!`].

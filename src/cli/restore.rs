@@ -9,8 +9,8 @@ use serde_json::json;
 use super::{load_config, wait_for_signal, CommonArgs, Failure};
 use crate::config::RestoreJob;
 use crate::kafka;
-use crate::source::job::parse_renames;
-use crate::source::{self, RestoreError, RestoreOptions};
+use crate::restore::job::parse_renames;
+use crate::restore::{self, RestoreError, RestoreOptions};
 use crate::storage;
 
 #[derive(Debug, Args)]
@@ -101,7 +101,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     let restore_id = args
         .restore_id
         .clone()
-        .unwrap_or_else(|| source::new_restore_id(crate::archive::time::now_ms()));
+        .unwrap_or_else(|| restore::new_restore_id(crate::archive::time::now_ms()));
     let job = RestoreJob {
         from: args.from.clone(),
         to: args.to.clone(),
@@ -138,7 +138,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         .map_err(Failure::found)?;
 
     if args.plan {
-        let planned = source::plan(&*store, &opts).await.map_err(failure)?;
+        let planned = restore::plan(&*store, &opts).await.map_err(failure)?;
         print_plan(&planned.partitions, &opts, args.json);
         return Ok(());
     }
@@ -153,7 +153,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         let _ = stop_rx.wait_for(|stopped| *stopped).await;
     };
     let client = kafka::client_config(&config.kafka, &[]);
-    let report = source::run(client, store, &opts, stop)
+    let report = restore::run(client, store, &opts, stop)
         .await
         .map_err(failure)?;
     let nothing =
@@ -192,7 +192,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
 }
 
 /// The one line a finished restore prints.
-fn summary(report: &source::RestoreReport, url: &storage::StorageUrl) -> String {
+fn summary(report: &restore::RestoreReport, url: &storage::StorageUrl) -> String {
     let mut line = format!(
         "restored {} records ({} bytes) of {} partitions from {url}; restore id {}",
         report.records, report.bytes, report.partitions, report.restore_id
@@ -230,7 +230,7 @@ fn failure(e: RestoreError) -> Failure {
     }
 }
 
-fn print_plan(partitions: &[source::PartitionPlan], opts: &RestoreOptions, json: bool) {
+fn print_plan(partitions: &[restore::PartitionPlan], opts: &RestoreOptions, json: bool) {
     let records: u64 = partitions.iter().map(|p| p.records).sum();
     let bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
     let files: usize = partitions.iter().map(|p| p.files).sum();

@@ -27,7 +27,7 @@ pub enum PipelineKind {
 }
 
 /// A restore as asked for: by `rewind restore`, a restore pipeline's `[restore]` section, or the
-/// body of `POST /restores`. Turned into options by [`RestoreJob::options`](crate::source::job).
+/// body of `POST /restores`. Turned into options by [`RestoreJob::options`](crate::restore::job).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestoreJob {

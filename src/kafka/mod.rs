@@ -76,6 +76,14 @@ pub fn ready<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>) 
     }
 }
 
+/// Run a blocking librdkafka call (metadata, watermarks, transactions: seconds when a cluster is
+/// slow) off the async threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking Kafka call does not panic")
+}
+
 /// A group's committed offsets of `tpl`, asked of its coordinator (see [`while_coordinator_starts`]).
 pub fn committed_offsets<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     consumer: &C,

@@ -31,8 +31,8 @@ use tokio::sync::watch;
 use crate::archive::time::{now_ms, rfc3339_millis};
 use crate::config::{Config, PipelineKind, PipelineSpec, RestoreJob, Service};
 use crate::live::{Live, LiveStatus};
+use crate::restore::{self, RestoreError, RestoreOptions};
 use crate::sink::{self, SinkOptions};
-use crate::source::{self, RestoreError, RestoreOptions};
 use crate::storage::{self, StorageUrl};
 
 /// Where a pipeline or an API restore is in its life.
@@ -433,7 +433,7 @@ impl Registry {
         let id = job
             .restore_id
             .clone()
-            .unwrap_or_else(|| source::new_restore_id(now_ms()));
+            .unwrap_or_else(|| restore::new_restore_id(now_ms()));
         self.launch(id, cluster, archive, job).await
     }
 
@@ -1047,7 +1047,7 @@ async fn run_restore(
         // rather than fail and restart.
         let mut waiting = false;
         while let Err(e @ (RestoreError::NoArchive(_) | RestoreError::NoTopics { .. })) =
-            source::plan(&*store, opts).await
+            restore::plan(&*store, opts).await
         {
             if !waiting {
                 tracing::info!(reason = %e, "waiting for the archive to hold the selected topics");
@@ -1062,7 +1062,7 @@ async fn run_restore(
             }
         }
     }
-    let report = source::run(client, store, opts, stop)
+    let report = restore::run(client, store, opts, stop)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(

@@ -24,6 +24,7 @@ use crate::archive::chain::{self, Chain, ChainFile};
 use crate::archive::datafile::Rows;
 use crate::archive::documents::{self, Gap, TopicMeta};
 use crate::archive::time::rfc3339_millis;
+use crate::kafka::blocking;
 use crate::kafka::Ctx;
 use crate::storage::ObjectStore;
 
@@ -690,13 +691,6 @@ where
             Err((e, _)) => return Err(e),
         }
     }
-}
-
-/// Run a blocking librdkafka call off the async threads.
-pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking Kafka call does not panic")
 }
 
 async fn create_topic(

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::run::blocking;
 use super::RestoreError;
 use crate::archive::chain::{ChainError, ChainFile};
 use crate::archive::datafile::{self, Rows};
+use crate::kafka::blocking;
 use crate::storage::ObjectStore;
 
 /// Records are decoded and handed to the producer in chunks of about this many bytes.
