@@ -1462,8 +1462,14 @@ impl Restore<'_> {
                 .key(key.as_bytes())
                 .payload(&value);
             if let Err(e) = send(&self.producer, record).await {
+                // A record the broker refused puts the transaction in an error state, and then
+                // the progress cannot be sent: name the record's failure, the cause, once its
+                // report is in (CI once saw "Erroneous state" here instead of the record's
+                // "max.message.bytes").
+                let cause = self.drain().await.err();
                 self.abort().await;
-                return Err(self.interrupted(format!("cannot write progress: {e}")));
+                return Err(cause
+                    .unwrap_or_else(|| self.interrupted(format!("cannot write progress: {e}"))));
             }
         }
         if let Err(e) = self.drain().await {
