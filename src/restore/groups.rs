@@ -5,15 +5,18 @@
 //! target offset of the first restored record at or after the group's committed source offset, or
 //! the end of the restored partition when the group had read past everything restored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::run::{Restore, REQUEST_TIMEOUT};
+use super::RestoreError;
 use crate::archive::documents::{self, ArchiveError, GroupSnapshot};
-use crate::kafka::Ctx;
+use crate::kafka::{blocking, Ctx};
 use crate::storage::ObjectStore;
 
 /// The newest snapshot of every archived group taken at or before `to` (the newest of all when
@@ -96,4 +99,112 @@ pub fn commit(
     crate::kafka::while_coordinator_starts(Duration::from_secs(30), |_| {
         consumer.commit(&tpl, CommitMode::Sync)
     })
+}
+
+impl Restore<'_> {
+    /// Read the group snapshots as of the window's end and watch, in each lane, for the first
+    /// record at or after each group's committed offset.
+    pub(super) async fn load_groups(&mut self) -> Result<(), RestoreError> {
+        if self.opts.repartition_by_key {
+            return Err(RestoreError::Target(
+                "--groups cannot be combined with --repartition-by-key: a group's position in one source partition has no single counterpart once records are spread over other partitions".into(),
+            ));
+        }
+        let follow = self.opts.follow;
+        let as_of = if follow {
+            None
+        } else {
+            self.groups_as_of.or(self.opts.window.to)
+        };
+        let snapshots = snapshots_as_of(&*self.store, as_of).await?;
+        if !follow && !self.report.resumed {
+            // A bounded restore sticks to the snapshots its first run found, even while the sink
+            // keeps taking new ones: a resumed run must translate the same offsets.
+            self.groups_as_of = as_of.or(snapshots.iter().map(|s| s.taken_at_ms).max());
+        }
+        for snapshot in snapshots {
+            for lane in &mut self.lanes {
+                let Some(offset) = snapshot
+                    .offsets
+                    .get(&lane.topic)
+                    .and_then(|p| p.get(&lane.partition))
+                else {
+                    continue;
+                };
+                if !lane.resolved.contains_key(&snapshot.group) {
+                    lane.watches.push((*offset, snapshot.group.clone()));
+                }
+            }
+        }
+        for lane in &mut self.lanes {
+            lane.watches.sort();
+        }
+        Ok(())
+    }
+
+    /// Commit the translated group offsets in the target, skipping groups with active members.
+    pub(super) async fn commit_groups(&mut self) -> Result<(), RestoreError> {
+        let mut per_group: BTreeMap<String, BTreeMap<(String, i32), i64>> = BTreeMap::new();
+        let consumer: Arc<BaseConsumer<Ctx>> = Arc::new(
+            self.client
+                .create_with_context(Ctx)
+                .map_err(|e| self.kafka_err(e))?,
+        );
+        crate::kafka::ready(&consumer);
+        for lane in &self.lanes {
+            let mut groups: BTreeSet<&String> = lane.resolved.keys().collect();
+            groups.extend(lane.watches.iter().map(|(_, g)| g));
+            if groups.is_empty() {
+                continue;
+            }
+            let high = blocking({
+                let (consumer, topic, p) =
+                    (consumer.clone(), lane.target_topic.clone(), lane.partition);
+                move || consumer.fetch_watermarks(&topic, p, REQUEST_TIMEOUT)
+            })
+            .await
+            .map_err(|e| self.kafka_err(e))?
+            .1;
+            for group in groups {
+                // Past everything restored: the group resumes at the end of the partition.
+                let offset = lane.resolved.get(group).copied().unwrap_or(high);
+                per_group
+                    .entry(group.clone())
+                    .or_default()
+                    .insert((lane.target_topic.clone(), lane.partition), offset);
+            }
+        }
+        for (group, offsets) in per_group {
+            let client = self.client.clone();
+            let name = group.clone();
+            let busy = blocking(move || has_members(&client, &name, REQUEST_TIMEOUT))
+                .await
+                .map_err(|e| self.kafka_err(e))?;
+            if busy {
+                tracing::warn!(group, "the group has active members in the target cluster; its offsets were left alone");
+                self.report.groups_skipped.push(group);
+                continue;
+            }
+            let client = self.client.clone();
+            let name = group.clone();
+            match blocking(move || commit(&client, &name, &offsets)).await {
+                Ok(()) => {}
+                // A member joined since the check, or the group uses the consumer protocol of
+                // KIP-848, whose members the classic group list does not show.
+                Err(e) if has_members_error(&e) => {
+                    tracing::warn!(group, error = %e, "the group has active members in the target cluster; its offsets were left alone");
+                    self.report.groups_skipped.push(group);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(RestoreError::Target(format!(
+                        "cannot commit the offsets of group {group}: {e}"
+                    )))
+                }
+            }
+            tracing::info!(group, "committed the translated offsets of the group");
+            self.report.groups_committed.push(group);
+        }
+        Ok(())
+    }
 }

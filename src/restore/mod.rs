@@ -8,12 +8,17 @@
 
 mod groups;
 pub mod job;
+mod lane;
 mod limits;
 pub mod partitioner;
+mod pass;
 pub mod plan;
 pub mod progress;
 mod reader;
 mod run;
+mod status;
+mod targets;
+mod transaction;
 mod visible;
 
 use std::collections::BTreeMap;
@@ -21,9 +26,9 @@ use std::time::Duration;
 
 use regex::Regex;
 
-pub use plan::{PartitionPlan, Window};
+pub use plan::{plan, PartitionPlan, Planned, Window};
 pub use progress::Progress;
-pub use run::{plan, run, Planned};
+pub use run::run;
 
 use crate::archive::chain::ChainError;
 use crate::archive::documents::ArchiveError;

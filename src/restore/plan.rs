@@ -7,14 +7,18 @@
 //! timestamp ranges mean that at most one file per cut is read, and only its offset and timestamp
 //! columns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use futures::StreamExt;
 use serde::Serialize;
 
 use crate::archive::chain::{self, Chain, ChainError, ChainFile};
 use crate::archive::datafile;
+use crate::archive::documents;
 use crate::archive::time::rfc3339_millis;
 use crate::storage::ObjectStore;
+
+use super::{RestoreError, RestoreOptions};
 
 /// A point-in-time window; `None` ends are open (`earliest`, `latest`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,6 +193,129 @@ async fn read_offsets(
             key: file.key.clone(),
             message: e.to_string(),
         })
+}
+
+/// The chains a restore reads and its plan for each.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub chains: Vec<Chain>,
+    pub partitions: Vec<PartitionPlan>,
+}
+
+/// The topics a restore selects and where they go, as recorded with its progress.
+pub(super) fn selection(opts: &RestoreOptions) -> String {
+    let mut out = format!("--topics {}", user_pattern(&opts.topics));
+    for (from, to) in &opts.renames {
+        out.push_str(&format!(" --rename {from}={to}"));
+    }
+    for (on, flag) in [
+        (opts.strict, " --strict"),
+        (opts.repartition_by_key, " --repartition-by-key"),
+        (opts.provenance_headers, " --provenance-headers"),
+        (opts.groups, " --groups"),
+    ] {
+        if on {
+            out.push_str(flag);
+        }
+    }
+    out
+}
+
+/// A `--topics` pattern as the user wrote it (without the anchors added to match whole names).
+pub(super) fn user_pattern(topics: &regex::Regex) -> &str {
+    let p = topics.as_str();
+    p.strip_prefix("^(?:")
+        .and_then(|p| p.strip_suffix(")$"))
+        .unwrap_or(p)
+}
+
+pub(super) fn target_of<'a>(opts: &'a RestoreOptions, topic: &'a str) -> &'a str {
+    opts.renames.get(topic).map_or(topic, String::as_str)
+}
+
+/// Load the chains of every selected partition and plan the window on each (no cluster needed).
+pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Planned, RestoreError> {
+    if documents::read_identity(store).await?.is_none() {
+        return Err(RestoreError::NoArchive(store.url().to_string()));
+    }
+    let listed = chain::list_all(store)
+        .await
+        .map_err(|e| RestoreError::Archive(e.into()))?;
+    let archived: BTreeSet<&str> = listed.keys().map(|(t, _)| t.as_str()).collect();
+    let selected: Vec<_> = listed
+        .iter()
+        .filter(|((topic, _), _)| opts.topics.is_match(topic))
+        .collect();
+    if selected.is_empty() {
+        return Err(RestoreError::NoTopics {
+            pattern: user_pattern(&opts.topics).to_string(),
+            archived: if archived.is_empty() {
+                "nothing yet".into()
+            } else {
+                archived.into_iter().collect::<Vec<_>>().join(", ")
+            },
+        });
+    }
+    // A rename of a topic that is not restored would silently restore it under its own name (a
+    // typo next to the default --topics .* fills production-named topics): refused.
+    let chosen: BTreeSet<&str> = selected.iter().map(|((t, _), _)| t.as_str()).collect();
+    for (from, to) in &opts.renames {
+        if chosen.contains(from.as_str()) {
+            continue;
+        }
+        let why = if archived.contains(from.as_str()) {
+            format!("--topics {} does not select it", user_pattern(&opts.topics))
+        } else {
+            "the archive holds no such topic".to_string()
+        };
+        if opts.follow && !archived.contains(from.as_str()) && opts.topics.is_match(from) {
+            // A standby may be set up before the topic's first file is archived.
+            tracing::warn!(rename = %format!("{from}={to}"), "{why}: the rename applies only to a topic archived and selected later");
+            continue;
+        }
+        return Err(RestoreError::Target(format!(
+            "--rename {from}={to} renames nothing: {why} (it holds {})",
+            archived.iter().copied().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+    for (topic, _) in selected.iter().map(|(k, _)| k) {
+        let target = target_of(opts, topic);
+        if let Some(other) = targets.insert(target, topic) {
+            if other != topic.as_str() {
+                return Err(RestoreError::Target(format!(
+                    "{other} and {topic} would both be restored into {target}; rename one of them with --rename"
+                )));
+            }
+        }
+    }
+    let known = BTreeMap::new();
+    // The futures are collected before they are streamed, so that the stream's type holds no
+    // closure over borrowed arguments (which keeps this future provably `Send` for the service).
+    let loads: Vec<_> = selected
+        .into_iter()
+        .map(|((t, p), files)| chain::load(store, t, *p, files, &known))
+        .collect();
+    let mut chains: Vec<Chain> = futures::stream::iter(loads)
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let plans: Vec<_> = chains
+        .iter_mut()
+        .map(|chain| {
+            let target = target_of(opts, &chain.topic).to_string();
+            async move { plan_partition(store, chain, opts.window, &target).await }
+        })
+        .collect();
+    let partitions: Vec<PartitionPlan> = futures::stream::iter(plans)
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    Ok(Planned { chains, partitions })
 }
 
 #[cfg(test)]

@@ -1,0 +1,349 @@
+//! One pass over the plan, and follow mode: archive readers decode each partition's files into
+//! chunks, and the pass produces them through the open [`Transaction`](super::transaction), committing
+//! with the progress as the transaction fills or ages.
+//!
+//! Invariant: a lane's `next` moves only past records handed to the open transaction (or past a
+//! file's end that holds none to restore), and is written as progress only by the commit that
+//! makes those records visible; a pass that ends early leaves every lane where its last commit
+//! says.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use rdkafka::admin::AdminClient;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::plan::files_in;
+use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
+use super::run::Restore;
+use super::{partitioner, RestoreError};
+use crate::archive::chain::ChainFile;
+use crate::archive::datafile::Rows;
+use crate::kafka::Ctx;
+
+impl Restore<'_> {
+    /// Restore every lane up to where it should go now. Returns whether `stop` ended it early.
+    pub(super) async fn pass(
+        &mut self,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<bool, RestoreError> {
+        let budget = self.opts.buffer_budget.max(4 * CHUNK_BYTES);
+        let files_pool = Arc::new(Semaphore::new(kib(budget / 2)));
+        let chunks_pool = Arc::new(Semaphore::new(kib(budget / 2)));
+        let readers = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
+        let (tx, mut rx) = mpsc::channel::<Msg>(64);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let until = lane.until();
+            if lane.next >= until {
+                continue;
+            }
+            let files: Vec<ChainFile> = files_in(&lane.files, lane.next, until).cloned().collect();
+            let reader = Reader {
+                store: self.store.clone(),
+                lane: index,
+                from: lane.next,
+                until,
+                tx: tx.clone(),
+                files_pool: files_pool.clone(),
+                chunks_pool: chunks_pool.clone(),
+                budget_kib: kib(budget / 2),
+            };
+            let readers = readers.clone();
+            tasks.spawn(async move {
+                let _slot = readers.acquire_owned().await;
+                reader.run(files).await;
+            });
+        }
+        drop(tx);
+        let mut stopped = false;
+        loop {
+            let deadline =
+                tokio::time::Instant::from_std(self.txn.deadline(self.opts.transaction_interval));
+            tokio::select! {
+                biased;
+                _ = stop.as_mut() => {
+                    stopped = true;
+                    break;
+                }
+                message = rx.recv() => match message {
+                    None => break,
+                    Some(Msg::Failed(e)) => {
+                        self.txn.abort().await;
+                        return Err(e);
+                    }
+                    Some(Msg::Done { lane, next }) => {
+                        let lane = &mut self.lanes[lane];
+                        lane.next = lane.next.max(next);
+                        lane.dirty = true;
+                    }
+                    Some(Msg::Chunk { lane, rows, next, _permit }) => {
+                        if let Err(e) = self.produce(lane, &rows).await {
+                            self.txn.abort().await;
+                            return Err(e);
+                        }
+                        let lane = &mut self.lanes[lane];
+                        lane.next = lane.next.max(next);
+                        lane.dirty = true;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline), if self.txn.is_open() => {
+                    self.commit().await?;
+                }
+            }
+            // Checked after every message too: a busy channel must not keep a transaction open
+            // past its interval (the broker aborts transactions that outlive their timeout).
+            if self
+                .txn
+                .due(self.opts.transaction_bytes, self.opts.transaction_interval)
+            {
+                self.commit().await?;
+            }
+            self.status(false);
+        }
+        if stopped {
+            tasks.abort_all();
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                if e.is_panic() {
+                    self.txn.abort().await;
+                    return Err(self.interrupted(format!("an archive reader failed: {e}")));
+                }
+            }
+        }
+        if self.lanes.iter().any(|l| l.dirty) {
+            self.commit().await?;
+        }
+        if !stopped {
+            if let Some(lane) = self.lanes.iter().find(|l| l.next < l.until()) {
+                return Err(self.interrupted(format!(
+                    "{}/{} stopped at offset {} before {}",
+                    lane.topic,
+                    lane.partition,
+                    lane.next,
+                    lane.until()
+                )));
+            }
+        }
+        self.status(true);
+        if self.zero_timestamps > 0 {
+            tracing::warn!(
+                records = self.zero_timestamps,
+                "records archived with timestamp 0 were restored with the time they were produced: librdkafka cannot send a timestamp of 0"
+            );
+            self.zero_timestamps = 0;
+        }
+        Ok(stopped)
+    }
+
+    /// Hand one chunk's records to the producer, inside the open transaction, straight from the
+    /// decoded columns (librdkafka copies them).
+    async fn produce(&mut self, index: usize, rows: &Rows) -> Result<(), RestoreError> {
+        let mut chunk_bytes = 0;
+        let mut chunk_records = 0;
+        self.txn.begin()?;
+        let repartition = self.opts.repartition_by_key.then(|| {
+            self.target_partitions
+                .get(&self.lanes[index].target_topic)
+                .copied()
+                .unwrap_or(1)
+        });
+        let strict = self.opts.strict.then_some(self.opts.window);
+        let provenance = self.opts.provenance_headers;
+        let view = rows.view();
+        for i in 0..rows.len() {
+            let (offset, timestamp) = (view.offset(i), view.timestamp(i));
+            if strict.is_some_and(|w| !w.contains(timestamp)) {
+                continue;
+            }
+            let (key, value) = (view.key(i), view.value(i));
+            let lane = &mut self.lanes[index];
+            let mut slot = 0;
+            if lane
+                .watches
+                .first()
+                .is_some_and(|(watched, _)| *watched <= offset)
+            {
+                slot = self.next_slot;
+                self.next_slot += 1;
+                let cut = lane
+                    .watches
+                    .partition_point(|(watched, _)| *watched <= offset);
+                let groups = lane.watches.drain(..cut).map(|(_, g)| g).collect();
+                lane.pending.push((slot, groups));
+            }
+            let partition = match repartition {
+                Some(count) => match key {
+                    Some(key) => partitioner::partition_for_key(key, count),
+                    None => lane.partition % count,
+                },
+                None => lane.partition,
+            };
+            let mut message =
+                BaseRecord::with_opaque_to(&lane.target_topic, slot).partition(partition);
+            if let Some(key) = key {
+                message = message.key(key);
+            }
+            if let Some(value) = value {
+                message = message.payload(value);
+            }
+            // rdkafka sends a missing timestamp as 0, which librdkafka replaces with the current
+            // time; -1 is Kafka's own "no timestamp" and reaches the broker as it was archived.
+            // A record whose timestamp really was 0 cannot be produced as such (librdkafka stamps
+            // it with the current time): counted and reported.
+            message = message.timestamp(timestamp.unwrap_or(-1));
+            if timestamp == Some(0) {
+                self.zero_timestamps += 1;
+            }
+            let headers = view.headers(i);
+            let mut size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+            if headers.len() > 0 || provenance {
+                let mut kafka_headers = OwnedHeaders::new_with_capacity(headers.len() + 3);
+                for (key, value) in headers {
+                    size += key.len() + value.map_or(0, <[u8]>::len);
+                    kafka_headers = kafka_headers.insert(KafkaHeader { key, value });
+                }
+                if provenance {
+                    for (key, value) in [
+                        ("rewind.source.topic", lane.topic.clone()),
+                        ("rewind.source.partition", lane.partition.to_string()),
+                        ("rewind.source.offset", offset.to_string()),
+                    ] {
+                        kafka_headers = kafka_headers.insert(KafkaHeader {
+                            key,
+                            value: Some(value.as_bytes()),
+                        });
+                    }
+                }
+                message = message.headers(kafka_headers);
+            }
+            let size = size as u64;
+            if let Err(e) = self.txn.send(message, size).await {
+                let hint = if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                {
+                    " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)"
+                } else {
+                    ""
+                };
+                return Err(self.interrupted(format!(
+                    "cannot produce record {}/{} offset {offset} ({} bytes) to {}: {e}{hint}",
+                    self.lanes[index].topic,
+                    self.lanes[index].partition,
+                    value.map_or(0, <[u8]>::len),
+                    self.lanes[index].target_topic
+                )));
+            }
+            chunk_bytes += size;
+            chunk_records += 1;
+            self.report.records += 1;
+            self.report.bytes += size;
+        }
+        let topic = self.lanes[index].target_topic.clone();
+        metrics::counter!(crate::metrics::RESTORE_RECORDS, "topic" => topic.clone())
+            .increment(chunk_records);
+        metrics::counter!(crate::metrics::RESTORE_BYTES, "topic" => topic).increment(chunk_bytes);
+        Ok(())
+    }
+
+    /// Steps 4 to 6 of the transaction protocol: learn where the records watched for group
+    /// translation landed, then commit the open transaction with the progress of every lane that
+    /// moved.
+    pub(super) async fn commit(&mut self) -> Result<(), RestoreError> {
+        self.txn.begin()?;
+        // Where watched records landed is known only once they are acknowledged; without any,
+        // the commit's own drain is enough.
+        if self.lanes.iter().any(|l| !l.pending.is_empty()) {
+            if let Err(e) = self.txn.drain().await {
+                self.txn.abort().await;
+                return Err(e);
+            }
+        }
+        let landed = self.txn.take_landed();
+        let progress_partitions = self
+            .target_partitions
+            .get(&self.opts.progress_topic)
+            .copied()
+            .unwrap_or(1);
+        let mut progress = Vec::new();
+        for lane in &mut self.lanes {
+            for (slot, groups) in lane.pending.drain(..) {
+                if let Some(offset) = landed.get(&slot) {
+                    for group in groups {
+                        lane.resolved.insert(group, *offset);
+                    }
+                }
+            }
+            if lane.dirty {
+                progress.push(lane.progress(self.opts, self.groups_as_of));
+            }
+        }
+        self.txn
+            .commit(&progress, &self.opts.progress_topic, progress_partitions)
+            .await?;
+        for lane in &mut self.lanes {
+            lane.dirty = false;
+        }
+        self.report_lag();
+        Ok(())
+    }
+
+    /// Follow mode: poll the checkpoints and restore whatever the chains gained, until stopped.
+    pub(super) async fn follow(
+        &mut self,
+        admin: Option<&AdminClient<Ctx>>,
+        brokers: i32,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<(), RestoreError> {
+        let mut seen: HashMap<String, String> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.as_mut() => return Ok(()),
+                _ = tokio::time::sleep(self.opts.poll_interval) => {}
+            }
+            let checkpoints = self
+                .store
+                .list("_checkpoints/")
+                .await
+                .map_err(|e| RestoreError::Archive(e.into()))?;
+            let mut grown = false;
+            let known_targets: BTreeSet<String> =
+                self.lanes.iter().map(|l| l.target_topic.clone()).collect();
+            let lanes_before = self.lanes.len();
+            for object in checkpoints {
+                if seen.get(&object.key) == Some(&object.etag) {
+                    continue;
+                }
+                let Some((topic, partition)) = object
+                    .key
+                    .strip_prefix("_checkpoints/")
+                    .and_then(|rest| rest.strip_suffix(".json"))
+                    .and_then(|rest| rest.rsplit_once('/'))
+                    .and_then(|(t, p)| Some((t.to_string(), p.parse::<i32>().ok()?)))
+                else {
+                    continue;
+                };
+                seen.insert(object.key.clone(), object.etag.clone());
+                if !self.opts.topics.is_match(&topic) {
+                    continue;
+                }
+                grown |= self.extend_lane(&topic, partition).await?;
+            }
+            if self.lanes.len() > lanes_before {
+                let new_targets = self
+                    .lanes
+                    .iter()
+                    .map(|l| l.target_topic.clone())
+                    .filter(|t| !known_targets.contains(t))
+                    .collect();
+                self.ensure_targets(admin, brokers, &new_targets).await?;
+            }
+            if grown && self.pass(stop).await? {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! What a restore shows while it runs: the progress line (on a terminal, or in the log), the
+//! service's live status and the lag gauges.
+//!
+//! Invariant: progress is counted in source offsets, which every lane knows exactly, so a resumed
+//! restore shows the same totals as one that was never interrupted.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::run::Restore;
+
+impl Restore<'_> {
+    /// A progress line: on a terminal every second, redrawn in place; in logs every 10 seconds.
+    pub(super) fn status(&mut self, last: bool) {
+        let every = if self.opts.progress {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        };
+        if !last && self.last_status.elapsed() < every {
+            return;
+        }
+        self.last_status = Instant::now();
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = self.report.records as f64 / elapsed;
+        // Progress in offsets, which every lane knows exactly, resumed runs included.
+        let (done, left) = self.lanes.iter().fold((0, 0), |(done, left), l| {
+            (
+                done + (l.next - l.run_from).max(0),
+                left + (l.until() - l.next).max(0),
+            )
+        });
+        let eta = if done > 0 && left > 0 {
+            format!(
+                ", {:.0}% done, ETA {:.0}s",
+                100.0 * done as f64 / (done + left) as f64,
+                left as f64 * elapsed / done as f64
+            )
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "restored {} records ({:.1} MB), {:.0} records/s{eta}",
+            self.report.records,
+            self.report.bytes as f64 / 1e6,
+            rate
+        );
+        if self.opts.progress {
+            eprint!("\r{line}\x1b[K{}", if last { "\n" } else { "" });
+        } else if !last {
+            tracing::info!("{line}");
+        }
+    }
+
+    /// Offsets archived but not restored yet, per target topic.
+    pub(super) fn report_lag(&self) {
+        let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
+        for lane in &self.lanes {
+            *lag.entry(&lane.target_topic).or_default() += (lane.until() - lane.next).max(0);
+        }
+        if let Some(live) = &self.opts.live {
+            let partitions: Vec<crate::live::LivePartition> = self
+                .lanes
+                .iter()
+                .map(|lane| crate::live::LivePartition {
+                    topic: lane.topic.clone(),
+                    partition: lane.partition,
+                    target_topic: Some(lane.target_topic.clone()),
+                    position: lane.next,
+                    end: Some(lane.until()),
+                    lag: Some((lane.until() - lane.next).max(0)),
+                })
+                .collect();
+            let (records, bytes) = (self.report.records, self.report.bytes);
+            let planned = self.report.planned_records;
+            live.update(|status| {
+                status.lag_records = partitions.iter().map(|p| p.lag).sum();
+                status.finished =
+                    Some(!self.opts.follow && status.lag_records == Some(0) && self.report.visible);
+                status.partitions = partitions;
+                status.records = records;
+                status.bytes = bytes;
+                status.planned_records = Some(planned);
+            });
+        }
+        for (topic, behind) in lag {
+            metrics::gauge!(crate::metrics::RESTORE_LAG, "topic" => topic.to_string())
+                .set(behind as f64);
+        }
+    }
+}

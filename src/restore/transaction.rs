@@ -1,0 +1,465 @@
+//! The restore's transaction protocol, as one type: every record a restore writes and every update
+//! of its progress goes through a [`Transaction`].
+//!
+//! Invariant: a restore's records and its progress commit or abort together, so the committed
+//! progress says exactly which source offsets the target holds, whatever interrupts the restore.
+//! The steps, in order (compare the sink's commit order in `sink/partition.rs`):
+//!
+//! 1. **Fence** ([`Transaction::fence`]): `init_transactions` with the restore's transactional id,
+//!    `rewind-restore-<id>`, aborts whatever an earlier run of the restore left open and fences
+//!    that run out; only then is its committed progress read (`run.rs`).
+//! 2. **Begin** ([`Transaction::begin`]): at the first record after a commit, or at a commit that
+//!    writes progress only.
+//! 3. **Send** ([`Transaction::send`]): a record goes to librdkafka's queue; a full queue is
+//!    backpressure, not a failure.
+//! 4. **Drain** ([`Transaction::drain`]): wait until every record sent is acknowledged, and stop at
+//!    the first one the broker refused: progress written after a refused record would claim it.
+//!    Group translation drains first too, to learn where watched records landed.
+//! 5. **Write progress** ([`Transaction::commit`]): the progress of every partition that moved, in
+//!    the same transaction, then drain again.
+//! 6. **Commit**: records and progress become visible together.
+//!
+//! A failure at any step **aborts** ([`Transaction::abort`]) and ends the run; running it again
+//! with the same id fences this one and resumes from the committed progress. The plan is committed
+//! before the first record: a restore's first transaction holds only its progress, every partition
+//! at its start (`run.rs`), so a rerun never takes the records of an interrupted first transaction
+//! for someone else's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message};
+
+use super::plan::Planned;
+use super::progress::{self, Progress};
+use super::run::REQUEST_TIMEOUT;
+use super::{limits, partitioner, RestoreError, RestoreOptions};
+use crate::archive::documents::{self, TopicMeta};
+use crate::kafka::blocking;
+use crate::storage::ObjectStore;
+
+/// How long a commit may take to deliver what is queued (a quarter of the budget) to a slow target.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A restore's transactional producer and the transaction it has open, if any.
+pub(super) struct Transaction {
+    producer: Arc<ThreadedProducer<Deliveries>>,
+    restore_id: String,
+    open: bool,
+    /// Record bytes sent in the open transaction.
+    bytes: u64,
+    /// When the open transaction began (or the last one committed).
+    started: Instant,
+}
+
+impl Transaction {
+    /// Step 1: create the transactional producer and fence every earlier run of the restore.
+    pub async fn fence(config: &ClientConfig, restore_id: &str) -> Result<Self, KafkaError> {
+        let producer: Arc<ThreadedProducer<Deliveries>> =
+            Arc::new(config.create_with_context(Deliveries::default())?);
+        blocking({
+            let producer = producer.clone();
+            move || producer.init_transactions(REQUEST_TIMEOUT)
+        })
+        .await?;
+        Ok(Transaction {
+            producer,
+            restore_id: restore_id.to_string(),
+            open: false,
+            bytes: 0,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// When the open transaction has to commit: `interval` after it began.
+    pub fn deadline(&self, interval: Duration) -> Instant {
+        self.started + interval
+    }
+
+    /// Whether the open transaction holds `max_bytes` or has been open for `interval`.
+    pub fn due(&self, max_bytes: u64, interval: Duration) -> bool {
+        self.open && (self.bytes >= max_bytes || self.started.elapsed() >= interval)
+    }
+
+    /// Step 2: begin a transaction unless one is open.
+    pub fn begin(&mut self) -> Result<(), RestoreError> {
+        if self.open {
+            return Ok(());
+        }
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.interrupted(format!("cannot begin a transaction: {e}")))?;
+        self.open = true;
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    /// Step 3: hand one record of `size` bytes to the producer, inside the open transaction. Its
+    /// opaque is a watch slot of group translation (0 for none).
+    pub async fn send<K, P>(
+        &mut self,
+        record: BaseRecord<'_, K, P, usize>,
+        size: u64,
+    ) -> Result<(), KafkaError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        send(&self.producer, record).await?;
+        self.bytes += size;
+        Ok(())
+    }
+
+    /// Where the watched records acknowledged since the last call landed, by watch slot.
+    pub fn take_landed(&self) -> HashMap<usize, i64> {
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .landed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Wait until everything sent is acknowledged, then fail with the first delivery failure, if
+    /// any. rdkafka's own flush polls an event queue that the threaded producer serves elsewhere,
+    /// in steps of 100 ms, which cost every transaction a tenth of a second (measured); the queue
+    /// length tells the same without the wait. Step 4.
+    pub async fn drain(&self) -> Result<(), RestoreError> {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            // A refused record puts the transaction in an error state where the rest may never
+            // be sent: stop at the first failure and name it. A purge is the consequence of a
+            // refusal whose report is still to come: wait for it.
+            let context = self.producer.context();
+            let failure = if context.purged_first.load(Relaxed) {
+                None
+            } else {
+                context.take_failure()
+            };
+            if let Some(failure) = failure {
+                return Err(self.interrupted(failure));
+            }
+            if Instant::now() > deadline {
+                let held = context
+                    .take_failure()
+                    .map_or(String::new(), |f| format!(" (first failure: {f})"));
+                return Err(self.interrupted(format!(
+                    "records were not acknowledged within {}s{held}",
+                    FLUSH_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Everything is acknowledged: a failure held now (even a purge alone) ends the transaction.
+        match self.producer.context().take_failure() {
+            Some(failure) => Err(self.interrupted(failure)),
+            None => Ok(()),
+        }
+    }
+
+    /// Steps 5 and 6: write `progress` into the progress topic (of `partitions` partitions), drain,
+    /// and commit. Any failure aborts the transaction.
+    pub async fn commit(
+        &mut self,
+        progress: &[Progress],
+        topic: &str,
+        partitions: i32,
+    ) -> Result<(), RestoreError> {
+        self.begin()?;
+        let started = Instant::now();
+        for p in progress {
+            let key = progress::key(&p.restore_id, &p.topic, p.partition);
+            let value = serde_json::to_vec(p).expect("progress serializes");
+            let partition = partitioner::partition_for_key(key.as_bytes(), partitions);
+            let record = BaseRecord::with_opaque_to(topic, 0)
+                .partition(partition)
+                .key(key.as_bytes())
+                .payload(&value);
+            if let Err(e) = send(&self.producer, record).await {
+                // A record the broker refused puts the transaction in an error state, and then
+                // the progress cannot be sent: name the record's failure, the cause, once its
+                // report is in (CI once saw "Erroneous state" here instead of the record's
+                // "max.message.bytes").
+                let cause = self.drain().await.err();
+                self.abort().await;
+                return Err(cause
+                    .unwrap_or_else(|| self.interrupted(format!("cannot write progress: {e}"))));
+            }
+        }
+        if let Err(e) = self.drain().await {
+            self.abort().await;
+            return Err(e);
+        }
+        if self.bytes > 0 {
+            crate::failpoint::hit(crate::failpoint::RESTORE_BEFORE_COMMIT).await;
+        }
+        let producer = self.producer.clone();
+        if let Err(e) = blocking(move || producer.commit_transaction(FLUSH_TIMEOUT)).await {
+            // A record the broker refused makes the commit fail: name the record's failure.
+            let failure = self.producer.context().take_failure();
+            self.abort().await;
+            return Err(self.interrupted(match failure {
+                Some(failure) => failure,
+                None => format!("the transaction did not commit: {e}"),
+            }));
+        }
+        tracing::debug!(
+            bytes = self.bytes,
+            open_ms = self.started.elapsed().as_millis() as u64,
+            commit_ms = started.elapsed().as_millis() as u64,
+            "committed a restore transaction"
+        );
+        self.open = false;
+        self.bytes = 0;
+        self.started = Instant::now();
+        metrics::counter!(crate::metrics::RESTORE_TRANSACTIONS).increment(1);
+        Ok(())
+    }
+
+    /// Abort the open transaction, dropping what is queued. Counts as a restore error.
+    pub async fn abort(&mut self) {
+        metrics::counter!(crate::metrics::RESTORE_ERRORS).increment(1);
+        if self.open {
+            let producer = self.producer.clone();
+            // Drop what is queued first: after a refused record it may never be delivered, and
+            // the abort would wait for it. A rerun fences this transaction anyway.
+            let aborted = blocking(move || {
+                producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+                producer.abort_transaction(Duration::from_secs(10))
+            });
+            if let Err(e) = aborted.await {
+                tracing::warn!(error = %e, "aborting the transaction failed; the broker aborts it when it times out");
+            }
+            self.open = false;
+        }
+    }
+
+    fn interrupted(&self, message: impl ToString) -> RestoreError {
+        RestoreError::Interrupted {
+            id: self.restore_id.clone(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The transactional producer's settings: the cluster's client settings, the restore's transactional
+/// id, then Rewind's defaults for what `-X` did not set.
+pub(super) fn producer_config(
+    client: &ClientConfig,
+    opts: &RestoreOptions,
+    transaction_timeout_ms: u64,
+    batch_size: u64,
+) -> ClientConfig {
+    let mut config = client.clone();
+    config.set(
+        "transactional.id",
+        format!("rewind-restore-{}", opts.restore_id),
+    );
+    let queue_kib = (opts.buffer_budget / 4 / 1024)
+        .clamp(16 * 1024, 1024 * 1024)
+        .to_string();
+    let (transaction_timeout, batch_size) =
+        (transaction_timeout_ms.to_string(), batch_size.to_string());
+    for (key, value) in [
+        // The producer's queue is a quarter of the budget (at least 16 MiB), unless given with -X.
+        ("queue.buffering.max.kbytes", queue_kib.as_str()),
+        // Rewind's default, or the brokers' maximum if that is lower.
+        ("transaction.timeout.ms", transaction_timeout.as_str()),
+        // Archived records were accepted by their source topic, whose max.message.bytes (copied to
+        // a created target) may exceed librdkafka's 1 MB default: let the target broker decide.
+        ("message.max.bytes", "67108864"),
+        ("linger.ms", "20"),
+        ("batch.size", batch_size.as_str()),
+        ("batch.num.messages", "100000"),
+        ("queue.buffering.max.messages", "1000000"),
+    ] {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
+    config
+}
+
+/// The producer's `transaction.timeout.ms`: as given (`-X` or the cluster's properties), which
+/// must be within the brokers' `transaction.max.timeout.ms`; otherwise Rewind's default, lowered
+/// to that maximum, which must stay above `restore.transaction_interval`.
+pub(super) fn transaction_timeout(
+    client: &ClientConfig,
+    opts: &RestoreOptions,
+    limits: Option<&limits::TargetLimits>,
+) -> Result<u64, RestoreError> {
+    let given = client.get("transaction.timeout.ms");
+    let timeout = match given {
+        Some(value) => value.trim().parse::<u64>().map_err(|_| {
+            RestoreError::Target(format!(
+                "transaction.timeout.ms {value:?} is not a number of milliseconds"
+            ))
+        })?,
+        None => crate::config::RESTORE_TRANSACTION_TIMEOUT_MS,
+    };
+    let Some(max) = limits.and_then(|l| l.transaction_max_timeout_ms) else {
+        return Ok(timeout);
+    };
+    if timeout <= max {
+        return Ok(timeout);
+    }
+    let interval = opts.transaction_interval;
+    if given.is_some() {
+        return Err(RestoreError::Target(format!(
+            "the producer's transaction.timeout.ms of {timeout} ms is above the brokers' transaction.max.timeout.ms of {max} ms, so the brokers would refuse the restore's transactions: pass -X transaction.timeout.ms={max} or less (and above restore.transaction_interval, {}), or raise transaction.max.timeout.ms on the brokers",
+            humantime::format_duration(interval)
+        )));
+    }
+    if interval >= Duration::from_millis(max) {
+        return Err(RestoreError::Target(format!(
+            "the brokers' transaction.max.timeout.ms of {max} ms is not above restore.transaction_interval ({}), so every restore transaction would time out before it commits: lower restore.transaction_interval, or raise transaction.max.timeout.ms on the brokers",
+            humantime::format_duration(interval)
+        )));
+    }
+    tracing::info!(
+        transaction_timeout_ms = max,
+        "the brokers allow transactions of at most transaction.max.timeout.ms: the restore's transaction timeout is lowered to it"
+    );
+    Ok(max)
+}
+
+/// The producer's `batch.size`: below the smallest `max.message.bytes` of the topics the restore
+/// writes to, as the cluster described the existing ones and as a missing one will be created
+/// (the source's setting from `_topics/`, or the brokers' `message.max.bytes`).
+pub(super) async fn batch_size(
+    store: &dyn ObjectStore,
+    opts: &RestoreOptions,
+    planned: &Planned,
+    known: &limits::TargetLimits,
+    existing: &HashMap<String, i32>,
+) -> Result<u64, RestoreError> {
+    let mut sources: BTreeMap<&str, Option<&str>> = planned
+        .partitions
+        .iter()
+        .map(|p| (p.target_topic.as_str(), Some(p.topic.as_str())))
+        .collect();
+    sources.insert(&opts.progress_topic, None);
+    let mut smallest = None;
+    for (target, source) in sources {
+        let max = if existing.contains_key(target) {
+            known.topic_max_bytes.get(target).copied()
+        } else {
+            let meta: Option<TopicMeta> = match source {
+                Some(source) => {
+                    documents::read_doc(store, &crate::archive::paths::topic_key(source)).await?
+                }
+                None => None,
+            };
+            meta.and_then(|m| m.configs.get("max.message.bytes")?.parse().ok())
+                .or(known.broker_max_bytes)
+        };
+        smallest = limits::smaller(smallest, max);
+    }
+    let size = limits::batch_size(smallest);
+    tracing::debug!(
+        smallest_max_message_bytes = smallest,
+        batch_size = size,
+        "sized producer batches to the targets"
+    );
+    Ok(size)
+}
+
+/// Delivery reports: where the records watched for group translation landed, and the first failure.
+#[derive(Default)]
+struct Deliveries {
+    landed: Mutex<HashMap<usize, i64>>,
+    failure: Mutex<Option<String>>,
+    /// The failure held is only a purge, which a refusal reported later replaces.
+    purged_first: AtomicBool,
+}
+
+impl Deliveries {
+    /// The first delivery failure since the last call, if any.
+    fn take_failure(&self) -> Option<String> {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        self.purged_first.store(false, Relaxed);
+        failure.take()
+    }
+}
+
+impl ClientContext for Deliveries {
+    crate::kafka::answer_oauth_token_refresh!();
+}
+
+impl ProducerContext for Deliveries {
+    /// 0 for most records; a watch slot for the first record at or after a group's offset.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        match result {
+            Ok(message) if slot != 0 => {
+                self.landed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(slot, message.offset());
+            }
+            Ok(_) => {}
+            Err((error, message)) => {
+                // Once a record is refused, librdkafka purges the rest of the transaction, and
+                // those purges may be reported first: the refusal is the failure to name.
+                let purged = matches!(
+                    error.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                );
+                let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+                if failure.is_none() || (!purged && self.purged_first.swap(false, Relaxed)) {
+                    self.purged_first.store(purged, Relaxed);
+                    let hint = if error.rdkafka_error_code()
+                        == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                    {
+                        format!(
+                            " (a record of {} bytes is larger than the topic accepts: raise its max.message.bytes)",
+                            message.payload_len()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    *failure = Some(format!(
+                        "producing to {} partition {} failed: {error}{hint}",
+                        message.topic(),
+                        message.partition()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Hand one record to the producer. A full local queue is backpressure, not a failure: the
+/// threaded producer's poll thread makes room as deliveries are acknowledged (or, after a refusal,
+/// purged), so wait a little and offer the record again.
+async fn send<K, P>(
+    producer: &ThreadedProducer<Deliveries>,
+    mut record: BaseRecord<'_, K, P, usize>,
+) -> Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
