@@ -1,5 +1,11 @@
 //! When an open data file is closed ("rolled"), as data: a [`RollingPolicy`] of limits and one pure
-//! function, [`RollingPolicy::decide`], that the sink consults on every event.
+//! function, [`RollingPolicy::decide`], that the sink consults on every event. Every file the sink
+//! writes was closed by one of its answers, which label `rewind_sink_files_written_total{reason}`;
+//! the rolls no limit decides (a later hour, a gap, the partition leaving or reaching its end) are
+//! [`boundary`], which the chain also consults where it splits buffered records into files.
+//!
+//! Rewind keeps this policy as its own code: it is a few lines, and it defines the archive's
+//! bucket rule, which no general-purpose crate knows.
 //!
 //! Invariant kept for restore planning: a record whose time bucket is later than the open file's
 //! closes the file before it is appended, so every record of a file in bucket `H` is earlier than
@@ -56,6 +62,11 @@ pub enum Event {
     Shutdown,
     /// The global buffer budget is reached and this partition holds one of the largest buffers.
     MemoryPressure,
+    /// The next record is after offsets the broker deleted before they were read: the records
+    /// before them are one file, and the gap is recorded between it and the next.
+    Gap,
+    /// Snapshot mode (`--once`): the partition reached the offset the snapshot runs to.
+    TargetReached,
 }
 
 /// Why a file was closed; also the label of the rotation metric.
@@ -70,6 +81,8 @@ pub enum RollReason {
     MemoryPressure,
     /// Records were deleted before they were read: what was read before them is one file.
     Gap,
+    /// A snapshot (`--once`) reached its end in this partition.
+    SnapshotEnd,
 }
 
 impl RollReason {
@@ -83,6 +96,7 @@ impl RollReason {
             RollReason::Shutdown => "shutdown",
             RollReason::MemoryPressure => "memory_pressure",
             RollReason::Gap => "gap",
+            RollReason::SnapshotEnd => "snapshot_end",
         }
     }
 }
@@ -92,8 +106,6 @@ impl RollingPolicy {
     pub fn decide(&self, file: Option<&OpenFile>, event: Event) -> Option<RollReason> {
         let file = file.filter(|f| f.records > 0)?;
         match event {
-            Event::BeforeAppend { bucket } if bucket > file.bucket => Some(RollReason::LaterBucket),
-            Event::BeforeAppend { .. } => None,
             Event::AfterAppend if file.records >= self.max_records => Some(RollReason::Records),
             Event::AfterAppend if file.bytes >= self.max_bytes => Some(RollReason::Bytes),
             Event::AfterAppend => None,
@@ -103,10 +115,25 @@ impl RollingPolicy {
                 Some(RollReason::Age)
             }
             Event::Tick { .. } => None,
-            Event::Revoked => Some(RollReason::Revoked),
-            Event::Shutdown => Some(RollReason::Shutdown),
-            Event::MemoryPressure => Some(RollReason::MemoryPressure),
+            other => boundary(Some(file), other),
         }
+    }
+}
+
+/// The rolls that no limit decides: a record of a later hour (the bucket rule), a gap, and the
+/// partition leaving, stopping, giving way to memory pressure or reaching its snapshot's end. An
+/// empty (absent) file never rolls; limit events ([`Event::AfterAppend`], [`Event::Tick`]) are
+/// the policy's.
+pub fn boundary(file: Option<&OpenFile>, event: Event) -> Option<RollReason> {
+    let file = file.filter(|f| f.records > 0)?;
+    match event {
+        Event::BeforeAppend { bucket } if bucket > file.bucket => Some(RollReason::LaterBucket),
+        Event::BeforeAppend { .. } | Event::AfterAppend | Event::Tick { .. } => None,
+        Event::Revoked => Some(RollReason::Revoked),
+        Event::Shutdown => Some(RollReason::Shutdown),
+        Event::MemoryPressure => Some(RollReason::MemoryPressure),
+        Event::Gap => Some(RollReason::Gap),
+        Event::TargetReached => Some(RollReason::SnapshotEnd),
     }
 }
 
@@ -237,6 +264,8 @@ mod tests {
             (Event::Revoked, RollReason::Revoked),
             (Event::Shutdown, RollReason::Shutdown),
             (Event::MemoryPressure, RollReason::MemoryPressure),
+            (Event::Gap, RollReason::Gap),
+            (Event::TargetReached, RollReason::SnapshotEnd),
             (Event::Tick { now_ms: 60_000 }, RollReason::Age),
             (
                 Event::BeforeAppend {

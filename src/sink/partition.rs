@@ -18,7 +18,7 @@ use crate::archive::chain;
 use crate::archive::datafile::{self, file_meta};
 use crate::archive::documents::{self, ArchiveError, Checkpoint, Claim, Gap, Versioned};
 use crate::archive::paths::DataFileKey;
-use crate::archive::rotation::{Event, OpenFile, RollReason, RollingPolicy};
+use crate::archive::rotation::{self, Event, OpenFile, RollReason, RollingPolicy};
 use crate::archive::time::{rfc3339_millis, HourBucket};
 use crate::archive::{Record, FORMAT_VERSION};
 use crate::failpoint;
@@ -84,6 +84,9 @@ pub struct Flushed {
     pub bytes: u64,
     /// The file was already there (written by an earlier run or another worker) and was adopted.
     pub adopted: bool,
+    /// Why the file was closed, when not by the flush's own reason: [`PartitionChain::flush_checked`]
+    /// splits buffered records at a gap or a later hour ([`rotation::boundary`]).
+    pub cut: Option<RollReason>,
 }
 
 /// The sink's view of one partition.
@@ -553,10 +556,18 @@ impl PartitionChain {
                 }
             }
             let bucket = rest.front().map(bucket_of).unwrap_or(open.bucket);
+            let mut cut = None;
             while let Some(record) = rest.front() {
                 let next = self.expected_next();
-                let deleted = record.offset > next && next < low;
-                if !self.buffer.is_empty() && (deleted || bucket_of(record) > bucket) {
+                let event = if record.offset > next && next < low {
+                    Event::Gap
+                } else {
+                    Event::BeforeAppend {
+                        bucket: bucket_of(record),
+                    }
+                };
+                cut = rotation::boundary(self.open.as_ref(), event);
+                if cut.is_some() {
                     break;
                 }
                 let record = rest.pop_front().expect("front exists");
@@ -566,7 +577,7 @@ impl PartitionChain {
             let step = self
                 .flush(store, cluster_id, part_size, now_ms)
                 .await
-                .map(|done| flushed.extend(done));
+                .map(|done| flushed.extend(done.map(|f| Flushed { cut, ..f })));
             if self.expected_next() != covered {
                 rest.clear();
             }
@@ -669,6 +680,7 @@ impl PartitionChain {
                     records: 0,
                     bytes: 0,
                     adopted: true,
+                    cut: None,
                 }));
             }
         };
@@ -680,6 +692,7 @@ impl PartitionChain {
                 records: self.buffer.len() as u64,
                 bytes,
                 adopted: false,
+                cut: None,
             },
             _ => {
                 tracing::info!(
@@ -700,6 +713,7 @@ impl PartitionChain {
                     records: existing.record_count,
                     bytes: 0,
                     adopted: true,
+                    cut: None,
                 };
                 self.advance_checkpoint(&claimed, existing.max_timestamp, store)
                     .await?;

@@ -1,0 +1,270 @@
+//! Discovery and chain opening: which selected topics and partitions the cluster has, the group's
+//! ownership check, every partition's first checkpoint, the `_topics/` metadata, and where each
+//! partition's chain resumes (recording a gap where retention deleted records before they were
+//! archived, refusing a log that ends before the chain).
+//!
+//! Invariant: a partition is read from its chain's end as the archive records it, never from a
+//! Kafka commit; a log that ends before the chain (the topic was recreated) is never written to.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminOptions, ConfigSource, ResourceSpecifier};
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::partition::{now_millis, PartitionChain};
+use super::{ownership, Sink, SinkError};
+use crate::archive::documents::{self, ArchiveError, Gap, TopicMeta};
+use crate::archive::time::rfc3339_millis;
+
+impl Sink<'_> {
+    /// Find the selected topics. Snapshot mode assigns their partitions directly, each from its
+    /// chain's end; continuous mode subscribes the group to them, and partitions are resumed from
+    /// the archive as the group hands them over.
+    pub(super) async fn discover(&mut self) -> Result<(), SinkError> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(None, Duration::from_secs(30))
+            .map_err(|e| self.kafka_err(e))?;
+        let mut topics = Vec::new();
+        let mut partitions = Vec::new();
+        for topic in metadata.topics() {
+            if !self.opts.selects(topic.name()) || topic.error().is_some() {
+                continue;
+            }
+            let replication = topic
+                .partitions()
+                .first()
+                .map_or(1, |p| p.replicas().len() as i32);
+            topics.push((
+                topic.name().to_string(),
+                topic.partitions().len() as i32,
+                replication,
+            ));
+            partitions.extend(
+                topic
+                    .partitions()
+                    .iter()
+                    .map(|p| (topic.name().to_string(), p.id())),
+            );
+        }
+        self.check_group(&partitions)?;
+        // Every partition gets its first checkpoint before `_topics/` counts it, so that a reader
+        // never sees a partition the topic document counts and the archive does not know.
+        if let Err(e) = self.announce(&partitions).await {
+            tracing::warn!(error = %e, "could not give new partitions their first checkpoint; trying again at the next discovery");
+        } else {
+            for (topic, count, replication_factor) in &topics {
+                match self
+                    .write_topic_meta(topic, *count, *replication_factor)
+                    .await
+                {
+                    Err(SinkError::Archive(ArchiveError::Storage(e))) if e.is_transient() => {
+                        tracing::warn!(topic, error = %e, "could not update _topics metadata; trying again at the next discovery");
+                    }
+                    other => other?,
+                }
+            }
+        }
+        if !self.opts.once {
+            let mut names: Vec<String> = topics.into_iter().map(|(name, _, _)| name).collect();
+            names.sort();
+            if names != self.subscribed && !names.is_empty() {
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                self.consumer
+                    .subscribe(&refs)
+                    .map_err(|e| self.kafka_err(e))?;
+                tracing::info!(
+                    topics = names.len(),
+                    "subscribed the group to the selected topics"
+                );
+                self.subscribed = names;
+            }
+            return Ok(());
+        }
+        let mut added = TopicPartitionList::new();
+        for id in partitions {
+            if self.chains.contains_key(&id) {
+                continue;
+            }
+            let Some((mut chain, high)) = self.open_chain(&id.0, id.1).await? else {
+                continue;
+            };
+            chain.positioned_at(chain.end);
+            if chain.end < high {
+                self.targets.insert(id.clone(), high);
+                added
+                    .add_partition_offset(&id.0, id.1, Offset::Offset(chain.end))
+                    .map_err(|e| self.kafka_err(e))?;
+            }
+            self.seen.insert(id.clone());
+            self.chains.insert(id, chain);
+        }
+        if added.count() > 0 {
+            self.consumer
+                .incremental_assign(&added)
+                .map_err(|e| self.kafka_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Refuse a group whose commits on the selected partitions belong to another archive: its
+    /// members would split the partitions with this sink (see [`ownership`]).
+    pub(super) fn check_group(&self, partitions: &[(String, i32)]) -> Result<(), SinkError> {
+        let committed = match ownership::committed(&self.group_reader, partitions) {
+            Ok(committed) => committed,
+            Err(e) => {
+                // Only a definite answer decides; the next discovery asks again.
+                tracing::warn!(group = self.owner.group, error = %e, "cannot read the group's committed offsets to check that they belong to this archive; checking again at the next discovery");
+                return Ok(());
+            }
+        };
+        match ownership::judge(&self.owner.group, &self.owner.id, &committed) {
+            None => Ok(()),
+            Some(foreign) => Err(SinkError::GroupOfOtherArchive {
+                foreign,
+                url: self.owner.url.clone(),
+                id: self.owner.id.clone(),
+            }),
+        }
+    }
+
+    /// Give every selected partition that has none its first checkpoint, as opening its chain
+    /// would (continuous mode opens a chain only when a record arrives), so that a partition that never gets a record is known to the
+    /// archive (`verify` and `ls` tell it from one no sink of this archive backed up). The
+    /// checkpoint is created only if absent, so racing the partition's owner is harmless.
+    pub(super) async fn announce(&mut self, partitions: &[(String, i32)]) -> Result<(), SinkError> {
+        let new: Vec<&(String, i32)> = partitions
+            .iter()
+            .filter(|id| !self.announced.contains(*id))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let stored: std::collections::HashSet<String> = self
+            .store
+            .list(crate::archive::paths::CHECKPOINTS_PREFIX)
+            .await
+            .map_err(ArchiveError::from)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        for id in new {
+            let key = crate::archive::paths::checkpoint_key(&id.0, id.1);
+            if !stored.contains(&key) && !self.chains.contains_key(id) {
+                let (low, _) = self
+                    .offsets
+                    .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
+                    .map_err(|e| self.kafka_err(e))?;
+                PartitionChain::resume(self.store, &id.0, id.1, low).await?;
+            }
+            self.announced.insert(id.clone());
+        }
+        Ok(())
+    }
+
+    /// Resume one partition's chain from the archive, checked against the partition's log: a hole
+    /// (records deleted before they were archived) is recorded, and a log that ends before the chain
+    /// (offsets went backwards) is refused. Returns the chain and the high watermark.
+    pub(super) async fn open_chain(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<(PartitionChain, i64)>, SinkError> {
+        let (low, high) = self
+            .offsets
+            .fetch_watermarks(topic, partition, Duration::from_secs(30))
+            .map_err(|e| self.kafka_err(e))?;
+        let mut chain = PartitionChain::resume(self.store, topic, partition, low).await?;
+        if chain.end > high {
+            // The log ends before what is archived: the topic was deleted and recreated (or
+            // truncated). Writing would mix two histories under one chain, so never do.
+            let name = format!("{topic}/{partition}");
+            if !self.report.refused.contains(&name) {
+                tracing::error!(
+                    topic,
+                    partition,
+                    archived_end = chain.end,
+                    log_end = high,
+                    "offsets went backwards: the partition's log ends before the archived chain; not backing it up"
+                );
+                self.report.refused.push(name);
+                metrics::counter!(crate::metrics::SINK_REFUSED, "topic" => topic.to_string())
+                    .increment(1);
+            }
+            return Ok(None);
+        }
+        if chain.end < low {
+            let gaps = chain.record_gap(self.store, low).await?;
+            self.report_gaps(&gaps);
+        }
+        tracing::info!(
+            topic,
+            partition,
+            resume = chain.end,
+            low,
+            high,
+            "partition resumed from the archive"
+        );
+        Ok(Some((chain, high)))
+    }
+
+    /// Gaps a chain recorded: offsets the broker had deleted before they were archived.
+    pub(super) fn report_gaps(&mut self, gaps: &[Gap]) {
+        for gap in gaps {
+            tracing::error!(
+                topic = gap.topic,
+                partition = gap.partition,
+                archived_end = gap.start,
+                earliest_available = gap.end,
+                "records were deleted by retention before they were archived; recorded a gap"
+            );
+            self.report.gaps += 1;
+            metrics::counter!(crate::metrics::SINK_GAPS, "topic" => gap.topic.clone()).increment(1);
+        }
+    }
+
+    pub(super) async fn write_topic_meta(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i32,
+    ) -> Result<(), SinkError> {
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+        let mut configs = BTreeMap::new();
+        let described = if let Some(admin) = &self.admin {
+            admin
+                .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+                .await
+        } else {
+            Ok(Vec::new())
+        };
+        match described {
+            Ok(results) => {
+                for resource in results.into_iter().flatten() {
+                    for entry in resource.entries {
+                        if matches!(entry.source, ConfigSource::DynamicTopic) && !entry.is_sensitive
+                        {
+                            if let Some(value) = entry.value {
+                                configs.insert(entry.name, value);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "could not read topic configs; _topics metadata keeps partition count and replication only")
+            }
+        }
+        let meta = TopicMeta {
+            topic: topic.to_string(),
+            partitions,
+            replication_factor,
+            configs,
+            updated_at: rfc3339_millis(now_millis()),
+        };
+        documents::write_topic_meta(self.store, &meta).await?;
+        Ok(())
+    }
+}

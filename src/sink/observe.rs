@@ -1,0 +1,143 @@
+//! What a running sink shows: the consumer's context (partitions the group revoked, log ends from
+//! librdkafka's statistics), the gauges (buffer, lag, recovery point age per topic), the service's
+//! live status and the status line.
+//!
+//! Invariant: observation reads the sink's state and never changes it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use super::Sink;
+
+/// Partitions the group took away from this worker, noted by the rebalance callback and released by
+/// the main loop, which flushes what it buffered for them (see `release_revoked`).
+#[derive(Default)]
+pub(super) struct SinkContext {
+    pub(super) revoked: std::sync::Mutex<Vec<(String, i32)>>,
+    /// Last stable offset of each partition, from librdkafka's periodic statistics (for lag).
+    pub(super) log_end: std::sync::Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl rdkafka::client::ClientContext for SinkContext {
+    crate::kafka::answer_oauth_token_refresh!();
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is how a snapshot knows it is done, not an error.
+        if matches!(
+            error,
+            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)
+        ) {
+            tracing::debug!(reason, "librdkafka: end of partition");
+            return;
+        }
+        tracing::error!(error = %error, reason, "librdkafka error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self.log_end.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, topic) in statistics.topics {
+            for (id, partition) in topic.partitions {
+                if id >= 0 && partition.ls_offset >= 0 {
+                    ends.insert((name.clone(), id), partition.ls_offset);
+                }
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for SinkContext {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            revoked.extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition())),
+            );
+        }
+    }
+}
+
+impl Sink<'_> {
+    /// Update the gauges (buffer, lag, recovery point age per topic) and, every 10 seconds, print
+    /// the status line when asked to.
+    pub(super) fn observe(&mut self) {
+        let now = self.now_ms();
+        metrics::gauge!(crate::metrics::SINK_BUFFERED_BYTES).set(self.buffered() as f64);
+        let ends = self
+            .consumer
+            .context()
+            .log_end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut per_topic: BTreeMap<&str, (i64, u64)> = BTreeMap::new();
+        for ((topic, partition), chain) in &self.chains {
+            let entry = per_topic.entry(topic.as_str()).or_default();
+            if let Some(end) = ends.get(&(topic.clone(), *partition)) {
+                entry.0 += (end - chain.end).max(0);
+            }
+            if let Some(open) = chain.open_file() {
+                entry.1 = entry.1.max(now.saturating_sub(open.opened_at_ms));
+            }
+        }
+        if let Some(live) = &self.opts.live {
+            let mut partitions: Vec<crate::live::LivePartition> = self
+                .chains
+                .iter()
+                .map(|((topic, partition), chain)| {
+                    let end = ends.get(&(topic.clone(), *partition)).copied();
+                    crate::live::LivePartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        target_topic: None,
+                        position: chain.end,
+                        end,
+                        lag: end.map(|end| (end - chain.end).max(0)),
+                    }
+                })
+                .collect();
+            partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            let report = &self.report;
+            live.update(|status| {
+                status.lag_records = partitions.iter().map(|p| p.lag).sum();
+                status.partitions = partitions;
+                status.recovery_point_age_seconds = Some(
+                    per_topic.values().map(|(_, age)| *age).max().unwrap_or(0) as f64 / 1000.0,
+                );
+                status.records = report.records;
+                status.bytes = report.bytes;
+                status.files = Some(report.files);
+            });
+        }
+        let mut total_lag = 0;
+        for (topic, (lag, age_ms)) in &per_topic {
+            total_lag += lag;
+            metrics::gauge!(crate::metrics::SINK_LAG, "topic" => topic.to_string())
+                .set(*lag as f64);
+            metrics::gauge!(crate::metrics::SINK_RECOVERY_POINT_AGE, "topic" => topic.to_string())
+                .set(*age_ms as f64 / 1000.0);
+        }
+        if self.opts.progress && now.saturating_sub(self.last_status.0) >= 10_000 {
+            let (at, records, bytes) = self.last_status;
+            let secs = (now.saturating_sub(at)).max(1) as f64 / 1000.0;
+            eprintln!(
+                "sink: {} partitions, {:.0} records/s, {:.1} MB/s, lag {} records, buffer {:.1}/{:.0} MiB, {} files",
+                self.chains.len(),
+                (self.report.records - records) as f64 / secs,
+                (self.report.bytes - bytes) as f64 / secs / 1e6,
+                total_lag,
+                self.buffered() as f64 / 1048576.0,
+                self.opts.buffer_budget as f64 / 1048576.0,
+                self.report.files,
+            );
+            self.last_status = (now, self.report.records, self.report.bytes);
+        }
+    }
+}

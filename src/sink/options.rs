@@ -1,0 +1,162 @@
+//! What a sink is asked to do ([`SinkOptions`], from the configuration's `[sink]` section or a
+//! pipeline's), how it can fail ([`SinkError`]) and what it reports ([`SinkReport`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::ownership;
+use super::partition::FlushError;
+use crate::archive::documents::ArchiveError;
+use crate::archive::rotation::RollingPolicy;
+
+/// What a sink does, beyond where it reads and writes.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// Topics to back up (matched against the whole name).
+    pub topics: Regex,
+    /// Topics to leave out, even when `topics` matches.
+    pub exclude: Option<Regex>,
+    /// Consumer group the sink commits to (lag monitoring only); `None`: the archive's own,
+    /// `rewind-sink-<archive id>` (see [`ownership`]).
+    pub group: Option<String>,
+    /// Snapshot mode: archive up to the high watermarks seen at start, then stop.
+    pub once: bool,
+    pub policy: RollingPolicy,
+    /// Total bytes buffered across all partitions before the largest buffers are flushed early.
+    pub buffer_budget: u64,
+    /// Files larger than this go up as multipart uploads of parts this size.
+    pub part_size: usize,
+    /// How often new topics and partitions are looked for.
+    pub discovery_interval: Duration,
+    /// Accept an archive written from another Kafka cluster.
+    pub allow_cluster_change: bool,
+    /// How long a graceful stop may take to flush.
+    pub drain_timeout: Duration,
+    /// Print a status line to stderr every 10 seconds (for a terminal).
+    pub progress: bool,
+    /// How often consumer-group offsets are snapshotted into `_groups/` (zero: never). Snapshot
+    /// mode takes one snapshot at the end.
+    pub group_snapshot_interval: Duration,
+    /// Where the service's API reads this run's partitions, lag and totals.
+    pub live: Option<Arc<crate::live::Live>>,
+    /// The cluster answers the admin API, so each topic's dynamic configs (DescribeConfigs) go
+    /// into `_topics/` and restores can create targets like the source. Off for a cluster whose
+    /// admin requests cannot succeed: the demo's embedded Kafka, and Amazon MSK IAM (rust-rdkafka's
+    /// admin client cannot refresh OAUTHBEARER tokens, rust-rdkafka#757); `_topics/` then keeps
+    /// partition count and replication only.
+    pub admin_api: bool,
+}
+
+impl SinkOptions {
+    /// Options from the configuration's `[sink]` section (or a sink pipeline's); `once`,
+    /// `allow_cluster_change`, `progress` and `live` are the caller's to set.
+    pub fn from_config(
+        s: &crate::config::SinkConfig,
+        part_size: u64,
+    ) -> Result<SinkOptions, String> {
+        let regex = |key: &str, pattern: &str| {
+            topic_regex(pattern).map_err(|e| {
+                format!("sink.{key} {pattern:?} is not a valid regular expression: {e}")
+            })
+        };
+        Ok(SinkOptions {
+            topics: regex("topics", &s.topics)?,
+            exclude: s
+                .exclude
+                .as_deref()
+                .map(|p| regex("exclude", p))
+                .transpose()?,
+            group: s.group.clone(),
+            once: false,
+            policy: RollingPolicy {
+                max_records: s.max_file_records,
+                max_bytes: s.max_file_bytes.bytes(),
+                max_age: s.max_file_age,
+            },
+            buffer_budget: s.buffer_budget.bytes(),
+            part_size: part_size as usize,
+            discovery_interval: s.discovery_interval,
+            allow_cluster_change: false,
+            drain_timeout: s.drain_timeout,
+            progress: false,
+            group_snapshot_interval: s.group_snapshot_interval,
+            live: None,
+            admin_api: true,
+        })
+    }
+
+    /// Whether a topic is selected.
+    pub fn selects(&self, topic: &str) -> bool {
+        !is_internal(topic)
+            && self.topics.is_match(topic)
+            && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
+    }
+}
+
+/// Compile a user regex so that it has to match the whole topic name.
+pub fn topic_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
+}
+
+/// Kafka's internal topics start with `__`; Rewind never backs up its own or the broker's internals.
+pub fn is_internal(topic: &str) -> bool {
+    topic.starts_with("__")
+}
+
+/// Why the sink stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("kafka {servers}: {message}")]
+    Kafka { servers: String, message: String },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    #[error(transparent)]
+    Store(#[from] crate::storage::ProbeError),
+    #[error("kafka: could not seek {topic}/{partition} to offset {offset}: {message}; the sink stops rather than read past records it has not archived")]
+    Seek {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        message: String,
+    },
+    #[error("no topic matches --topics {0:?} (after --exclude); nothing to back up")]
+    NoTopics(String),
+    #[error("consumer group {:?} holds the commits of another archive ({}), not of {url} (archive {id}); sinks of two archives in one group split the partitions and leave both incomplete: pass a --group of this archive's own (without --group the sink uses rewind-sink-{id})", .foreign.group, other_archive(.foreign))]
+    GroupOfOtherArchive {
+        foreign: ownership::Foreign,
+        url: String,
+        id: String,
+    },
+    #[error("{} partition(s) were not backed up because their offsets went backwards (topic deleted and recreated?): {}; the archived chains are untouched — move them aside (data/topic=<t>/, _checkpoints/<t>/, _claims/<t>/, _gaps/<t>/) or back up into a new archive", .0.len(), .0.join(", "))]
+    OffsetsWentBackwards(Vec<String>),
+}
+
+fn other_archive(foreign: &ownership::Foreign) -> String {
+    if foreign.other_url.is_empty() {
+        format!("archive {}", foreign.other_id)
+    } else {
+        format!("archive {} at {}", foreign.other_id, foreign.other_url)
+    }
+}
+
+/// Totals of one sink run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SinkReport {
+    pub partitions: usize,
+    pub records: u64,
+    pub bytes: u64,
+    pub files: u64,
+    pub adopted_files: u64,
+    pub gaps: u64,
+    /// Most record bytes buffered at once across all partitions.
+    pub peak_buffered: u64,
+    /// Times the broker was asked for a partition's log start before a file with offset jumps
+    /// was made durable (at most one per file, never one per jump).
+    pub log_start_queries: u64,
+    /// Partitions refused because their log ends before the archived chain (`topic/partition`).
+    pub refused: Vec<String>,
+}
