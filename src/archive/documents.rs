@@ -14,20 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use super::time::rfc3339_millis;
 use super::FORMAT_VERSION;
+// The keys of the documents, re-exported where the documents are.
+pub use super::paths::{
+    chain_start_key, claim_key, gap_key, group_prefix, group_snapshot_key,
+    parse_group_snapshot_key, CLAIMS_PREFIX, RETENTION_PREFIX,
+};
 use crate::storage::{ObjectStore, PutMode, StorageError};
-
-/// Key of a recorded gap.
-pub fn gap_key(topic: &str, partition: i32, start: i64) -> String {
-    format!("_gaps/{topic}/{partition}/{start:020}.json")
-}
-
-/// Prefix of every claim.
-pub const CLAIMS_PREFIX: &str = "_claims/";
-
-/// Key of the claim of the range that starts at `start`.
-pub fn claim_key(topic: &str, partition: i32, start: i64) -> String {
-    format!("{CLAIMS_PREFIX}{topic}/{partition}/{start:020}.json")
-}
 
 /// Why an archive document could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +140,7 @@ pub struct Claim {
 impl Claim {
     /// The range is a recorded gap, not a data file.
     pub fn is_gap(&self) -> bool {
-        self.key.starts_with("_gaps/")
+        self.key.starts_with(super::paths::GAPS_PREFIX)
     }
 }
 
@@ -207,14 +199,6 @@ pub struct ChainStart {
     pub updated_at: String,
 }
 
-/// Key of a partition's chain start.
-pub fn chain_start_key(topic: &str, partition: i32) -> String {
-    format!("{RETENTION_PREFIX}{topic}/{partition}.json")
-}
-
-/// Prefix of every chain start document.
-pub const RETENTION_PREFIX: &str = "_retention/";
-
 /// A partition's chain start, if retention ever moved it.
 pub async fn read_chain_start(
     store: &dyn ObjectStore,
@@ -255,28 +239,6 @@ pub async fn advance_chain_start(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Folder of one group's snapshots.
-pub fn group_prefix(group: &str) -> String {
-    format!("_groups/{group}/")
-}
-
-/// Key of one group snapshot: lexical order is time order.
-pub fn group_snapshot_key(group: &str, taken_at_ms: i64) -> String {
-    format!("{}{taken_at_ms:020}.json", group_prefix(group))
-}
-
-/// The group and time of a snapshot key written by [`group_snapshot_key`]; `None` for other keys.
-pub fn parse_group_snapshot_key(key: &str) -> Option<(&str, i64)> {
-    let mut parts = key.split('/');
-    let (Some("_groups"), Some(group), Some(file), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    let taken = file.strip_suffix(".json")?.parse::<i64>().ok()?;
-    Some((group, taken))
 }
 
 /// Whether a consumer group id can name a `_groups/` folder as it is. Other groups are skipped
@@ -337,7 +299,13 @@ pub async fn read_gaps(
     partition: i32,
 ) -> Result<Vec<Gap>, ArchiveError> {
     let mut gaps = Vec::new();
-    for object in store.list(&format!("_gaps/{topic}/{partition}/")).await? {
+    for object in store
+        .list(&format!(
+            "{}{topic}/{partition}/",
+            super::paths::GAPS_PREFIX
+        ))
+        .await?
+    {
         if let Some(gap) = read_doc::<Gap>(store, &object.key).await? {
             gaps.push(gap);
         }

@@ -1,6 +1,8 @@
-//! Object keys of the archive (format version 1). Everything that is not data starts with `_`, so
-//! Hive-style readers of `data/**` skip it, and a data file's name is its zero-padded start offset,
-//! so lexical order is offset order within a folder.
+//! Object keys of the archive (format version 1), every one built and parsed here: nothing outside
+//! `archive/` spells a prefix. Everything that is not data starts with `_`, so Hive-style readers
+//! of `data/**` skip it, and a data file's name is its zero-padded start offset, so lexical order
+//! is offset order within a folder. (The storage layer's own `_probe/` is the one exception: it
+//! lies below the archive and knows nothing of it.)
 
 use std::fmt;
 
@@ -87,12 +89,90 @@ pub const CHECKPOINTS_PREFIX: &str = "_checkpoints/";
 
 /// The checkpoint of one partition: its latest durable position.
 pub fn checkpoint_key(topic: &str, partition: i32) -> String {
-    format!("_checkpoints/{topic}/{partition}.json")
+    format!("{CHECKPOINTS_PREFIX}{topic}/{partition}.json")
 }
+
+/// The topic and partition of a key written by [`checkpoint_key`]; `None` for other keys.
+pub fn parse_checkpoint_key(key: &str) -> Option<(String, i32)> {
+    let (topic, partition) = key
+        .strip_prefix(CHECKPOINTS_PREFIX)?
+        .strip_suffix(".json")?
+        .rsplit_once('/')?;
+    Some((topic.to_string(), partition.parse().ok()?))
+}
+
+/// Where every topic's metadata lives.
+pub const TOPICS_PREFIX: &str = "_topics/";
 
 /// A topic's metadata (partition count, replication factor, configs).
 pub fn topic_key(topic: &str) -> String {
-    format!("_topics/{topic}.json")
+    format!("{TOPICS_PREFIX}{topic}.json")
+}
+
+/// Where every recorded gap lives.
+pub const GAPS_PREFIX: &str = "_gaps/";
+
+/// Key of a recorded gap.
+pub fn gap_key(topic: &str, partition: i32, start: i64) -> String {
+    format!("{GAPS_PREFIX}{topic}/{partition}/{start:020}.json")
+}
+
+/// Prefix of every claim.
+pub const CLAIMS_PREFIX: &str = "_claims/";
+
+/// Key of the claim of the range that starts at `start`.
+pub fn claim_key(topic: &str, partition: i32, start: i64) -> String {
+    format!("{CLAIMS_PREFIX}{topic}/{partition}/{start:020}.json")
+}
+
+/// Prefix of every chain start document.
+pub const RETENTION_PREFIX: &str = "_retention/";
+
+/// Key of a partition's chain start.
+pub fn chain_start_key(topic: &str, partition: i32) -> String {
+    format!("{RETENTION_PREFIX}{topic}/{partition}.json")
+}
+
+/// Where every consumer-group snapshot lives.
+pub const GROUPS_PREFIX: &str = "_groups/";
+
+/// Folder of one group's snapshots.
+pub fn group_prefix(group: &str) -> String {
+    format!("{GROUPS_PREFIX}{group}/")
+}
+
+/// Key of one group snapshot: lexical order is time order.
+pub fn group_snapshot_key(group: &str, taken_at_ms: i64) -> String {
+    format!("{}{taken_at_ms:020}.json", group_prefix(group))
+}
+
+/// The group and time of a snapshot key written by [`group_snapshot_key`]; `None` for other keys.
+pub fn parse_group_snapshot_key(key: &str) -> Option<(&str, i64)> {
+    let mut parts = key.strip_prefix(GROUPS_PREFIX)?.split('/');
+    let (Some(group), Some(file), None) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let taken = file.strip_suffix(".json")?.parse::<i64>().ok()?;
+    Some((group, taken))
+}
+
+/// Where the service keeps what it decides through its API (see `service::control`).
+pub const CONTROL_PREFIX: &str = "_control/";
+
+/// Whether the pipeline of `kind` (`sink`, `restore`) and `name` is paused. A sink and a restore
+/// pipeline of one name are two pipelines: the key names the kind.
+pub fn control_pipeline_key(kind: &str, name: &str) -> String {
+    format!("{CONTROL_PREFIX}pipelines/{kind}/{name}.json")
+}
+
+/// Where the service's restores are remembered.
+pub fn control_restores_prefix() -> String {
+    format!("{CONTROL_PREFIX}restores/")
+}
+
+/// A restore started through the service's API.
+pub fn control_restore_key(id: &str) -> String {
+    format!("{}{id}.json", control_restores_prefix())
 }
 
 /// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, and neither `.` nor `..`.
@@ -111,6 +191,28 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn every_document_key_parses_back() {
+        let key = checkpoint_key("orders.v1", 12);
+        assert_eq!(key, "_checkpoints/orders.v1/12.json");
+        assert_eq!(parse_checkpoint_key(&key), Some(("orders.v1".to_string(), 12)));
+        assert_eq!(parse_checkpoint_key("_checkpoints/orders/x.json"), None);
+        assert_eq!(parse_checkpoint_key("_gaps/orders/1.json"), None);
+        let key = group_snapshot_key("billing", 1_700_000_000_000);
+        assert_eq!(key, "_groups/billing/00000001700000000000.json");
+        assert_eq!(
+            parse_group_snapshot_key(&key),
+            Some(("billing", 1_700_000_000_000))
+        );
+        assert_eq!(parse_group_snapshot_key("_groups/billing/x/1.json"), None);
+        assert_eq!(
+            control_restore_key("r1"),
+            format!("{}r1.json", control_restores_prefix())
+        );
+        assert!(gap_key("t", 0, 5).starts_with(GAPS_PREFIX));
+        assert!(topic_key("t").starts_with(TOPICS_PREFIX));
+    }
 
     #[test]
     fn data_keys_follow_the_format() {

@@ -42,7 +42,11 @@ pub async fn run(args: CheckArgs) -> Result<(), Failure> {
             .min(opts.connect_timeout.unwrap_or(args.timeout)),
     );
     let store = storage::open(&url, &opts).await.map_err(Failure::found)?;
-    let probe = tokio::time::timeout(args.timeout, store.list_page("_archive.json", None)).await;
+    let probe = tokio::time::timeout(
+        args.timeout,
+        store.list_page(crate::archive::paths::ARCHIVE_KEY, None),
+    )
+    .await;
     let state = match probe {
         Err(_) => {
             return Err(Failure::found(format!(
@@ -51,7 +55,12 @@ pub async fn run(args: CheckArgs) -> Result<(), Failure> {
             )))
         }
         Ok(Err(err)) => return Err(Failure::found(err)),
-        Ok(Ok(page)) if page.objects.iter().any(|o| o.key == "_archive.json") => {
+        Ok(Ok(page))
+            if page
+                .objects
+                .iter()
+                .any(|o| o.key == crate::archive::paths::ARCHIVE_KEY) =>
+        {
             "an archive is present"
         }
         Ok(Ok(_)) => "no archive yet",

@@ -300,7 +300,7 @@ async fn old_group_snapshots(
     cutoff_ms: i64,
 ) -> Result<Vec<String>, OpsError> {
     let mut by_group: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-    for object in store.list("_groups/").await? {
+    for object in store.list(crate::archive::paths::GROUPS_PREFIX).await? {
         if let Some((group, taken)) = documents::parse_group_snapshot_key(&object.key) {
             by_group
                 .entry(group.to_string())

@@ -13,7 +13,7 @@ use crate::archive::chain::{self, FileFooter};
 use crate::archive::documents::{
     self, ChainStart, Checkpoint, Gap, Identity, TopicMeta, RETENTION_PREFIX,
 };
-use crate::archive::paths::{DataFileKey, DATA_PREFIX};
+use crate::archive::paths::{self, DataFileKey, DATA_PREFIX};
 use crate::storage::ObjectStore;
 
 /// Requests in flight at once.
@@ -110,7 +110,7 @@ pub async fn scan(
     // every file a checkpoint read here vouches for is in the listing, even while a sink writes.
     // Gaps after it: a gap is recorded before the file that follows it is written.
     let checkpoints: Vec<(String, Checkpoint)> =
-        read_docs(store, "_checkpoints/", topics, &mut unreadable).await?;
+        read_docs(store, paths::CHECKPOINTS_PREFIX, topics, &mut unreadable).await?;
     let mut stray = Vec::new();
     let mut listed = Vec::new();
     for object in store.list(DATA_PREFIX).await? {
@@ -122,11 +122,12 @@ pub async fn scan(
     }
 
     // The other small documents, keyed by what they describe.
-    let gaps: Vec<(String, Gap)> = read_docs(store, "_gaps/", topics, &mut unreadable).await?;
+    let gaps: Vec<(String, Gap)> =
+        read_docs(store, paths::GAPS_PREFIX, topics, &mut unreadable).await?;
     let starts: Vec<(String, ChainStart)> =
         read_docs(store, RETENTION_PREFIX, topics, &mut unreadable).await?;
     let metas: Vec<(String, TopicMeta)> =
-        read_docs(store, "_topics/", topics, &mut unreadable).await?;
+        read_docs(store, paths::TOPICS_PREFIX, topics, &mut unreadable).await?;
     for (_, c) in checkpoints {
         let (topic, partition) = (c.topic.clone(), c.partition);
         part(&mut partitions, &topic, partition).checkpoint = Some(c);

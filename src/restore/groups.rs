@@ -26,7 +26,7 @@ pub async fn snapshots_as_of(
     to: Option<i64>,
 ) -> Result<Vec<GroupSnapshot>, ArchiveError> {
     let mut newest: BTreeMap<String, (i64, String)> = BTreeMap::new();
-    for object in store.list("_groups/").await? {
+    for object in store.list(crate::archive::paths::GROUPS_PREFIX).await? {
         let Some((group, taken)) = documents::parse_group_snapshot_key(&object.key) else {
             continue;
         };

@@ -306,7 +306,7 @@ impl Restore<'_> {
             }
             let checkpoints = self
                 .store
-                .list("_checkpoints/")
+                .list(crate::archive::paths::CHECKPOINTS_PREFIX)
                 .await
                 .map_err(|e| RestoreError::Archive(e.into()))?;
             let mut grown = false;
@@ -317,12 +317,8 @@ impl Restore<'_> {
                 if seen.get(&object.key) == Some(&object.etag) {
                     continue;
                 }
-                let Some((topic, partition)) = object
-                    .key
-                    .strip_prefix("_checkpoints/")
-                    .and_then(|rest| rest.strip_suffix(".json"))
-                    .and_then(|rest| rest.rsplit_once('/'))
-                    .and_then(|(t, p)| Some((t.to_string(), p.parse::<i32>().ok()?)))
+                let Some((topic, partition)) =
+                    crate::archive::paths::parse_checkpoint_key(&object.key)
                 else {
                     continue;
                 };

@@ -20,19 +20,11 @@ use crate::archive::time::rfc3339_millis;
 use crate::config::RestoreJob;
 use crate::storage::{ObjectStore, PutMode};
 
-/// Prefix of the service's documents in an archive.
-pub const CONTROL_PREFIX: &str = "_control/";
+use crate::archive::paths::{
+    control_pipeline_key as pipeline_key, control_restore_key as restore_key,
+};
 /// The version of the documents this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-
-/// A sink and a restore pipeline of one name are two pipelines: the key names the kind.
-fn pipeline_key(kind: &str, name: &str) -> String {
-    format!("{CONTROL_PREFIX}pipelines/{kind}/{name}.json")
-}
-
-fn restore_key(id: &str) -> String {
-    format!("{CONTROL_PREFIX}restores/{id}.json")
-}
 
 /// `_control/pipelines/<kind>/<name>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +96,10 @@ pub async fn remembered_restores(
     store: &dyn ObjectStore,
 ) -> Result<Vec<RestoreRecord>, ArchiveError> {
     let mut records = Vec::new();
-    for object in store.list(&format!("{CONTROL_PREFIX}restores/")).await? {
+    for object in store
+        .list(&crate::archive::paths::control_restores_prefix())
+        .await?
+    {
         match read_doc::<RestoreRecord>(store, &object.key).await {
             Ok(Some(record)) if record.format_version == FORMAT_VERSION => records.push(record),
             Ok(_) => {}
