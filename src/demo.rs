@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::kafka::topics::TopicSelector;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use regex::Regex;
 
 use crate::archive::rotation::RollingPolicy;
 use crate::archive::time::{now_ms, rfc3339_millis};
@@ -111,8 +111,7 @@ pub async fn run(dir: &Path, say: &mut dyn FnMut(String)) -> Result<DemoReport, 
     // The sink runs continuously while the rest of the demo happens.
     let live = Live::new();
     let opts = SinkOptions {
-        topics: sink::topic_regex("orders|payments").expect("a valid pattern"),
-        exclude: None,
+        topics: TopicSelector::new("orders|payments").expect("a valid pattern"),
         group: Some("rewind-demo".into()),
         once: false,
         policy: RollingPolicy {
@@ -219,7 +218,7 @@ async fn demonstrate(
             from: Some(window.0),
             to: Some(window.1),
         },
-        topics: Regex::new("^(?:orders|payments)$").expect("a valid pattern"),
+        topics: TopicSelector::new("orders|payments").expect("a valid pattern"),
         renames: renames.clone(),
         restore_id: format!("demo-{}", now_ms()),
         groups: false,
@@ -292,7 +291,7 @@ async fn demonstrate(
         "5. Compared all {compared} restored records with the ones produced: keys, values, headers and timestamps are identical, in order."
     ));
 
-    let verified = crate::ops::verify::verify(&**store, &Regex::new(".*").expect("valid"), true)
+    let verified = crate::ops::verify::verify(&**store, &TopicSelector::all(), true)
         .await
         .map_err(|e| format!("verify failed: {e}"))?;
     if !verified.clean || verified.files == 0 || verified.records != total as u64 {

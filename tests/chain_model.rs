@@ -705,10 +705,13 @@ impl World {
         {
             return Err(format!("caught up only to {end} of {}", self.log.end()));
         }
-        let report =
-            rewind::ops::verify::verify(&self.shared, &regex::Regex::new(".*").unwrap(), true)
-                .await
-                .map_err(|e| e.to_string())?;
+        let report = rewind::ops::verify::verify(
+            &self.shared,
+            &rewind::kafka::topics::TopicSelector::all(),
+            true,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         if !report.problems.is_empty() {
             return Err(format!("verify found problems: {:?}", report.problems));
         }

@@ -194,7 +194,7 @@ fn bad_input_is_one_sentence_and_a_non_zero_exit() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         common::error_line(&out),
-        "error: kafka 127.0.0.1:1: no broker answered within 10s (check --bootstrap-servers and that the cluster is up)"
+        "error: kafka 127.0.0.1:1: no broker answered within 10s (check --bootstrap-servers or kafka.bootstrap_servers, and that the cluster is up)"
     );
 
     let out = rewind()

@@ -17,8 +17,7 @@ use rewind::storage::{LocalStore, ObjectStore, S3Store, StorageUrl};
 
 fn options(topic: &str, budget: u64) -> SinkOptions {
     SinkOptions {
-        topics: sink::topic_regex(&regex::escape(topic)).unwrap(),
-        exclude: None,
+        topics: rewind::kafka::topics::TopicSelector::exactly(topic),
         group: Some(common::unique("memory")),
         once: true,
         policy: RollingPolicy::default(),

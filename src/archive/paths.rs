@@ -196,7 +196,10 @@ mod tests {
     fn every_document_key_parses_back() {
         let key = checkpoint_key("orders.v1", 12);
         assert_eq!(key, "_checkpoints/orders.v1/12.json");
-        assert_eq!(parse_checkpoint_key(&key), Some(("orders.v1".to_string(), 12)));
+        assert_eq!(
+            parse_checkpoint_key(&key),
+            Some(("orders.v1".to_string(), 12))
+        );
         assert_eq!(parse_checkpoint_key("_checkpoints/orders/x.json"), None);
         assert_eq!(parse_checkpoint_key("_gaps/orders/1.json"), None);
         let key = group_snapshot_key("billing", 1_700_000_000_000);

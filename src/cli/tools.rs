@@ -13,8 +13,8 @@ use super::{load_config, parse_time, print_table, CommonArgs, Failure};
 use crate::archive::time::{parse_rfc3339_millis, rfc3339_millis};
 use crate::archive::Record;
 use crate::config::units::duration;
+use crate::kafka::topics::TopicSelector;
 use crate::ops::{self, find::KeyFilter, OpsError};
-use crate::sink::topic_regex;
 use crate::storage::{self, ObjectStore};
 
 #[derive(Debug, Args)]
@@ -130,8 +130,8 @@ async fn open_store(common: &CommonArgs) -> Result<Arc<dyn ObjectStore>, Failure
         .map_err(Failure::found)
 }
 
-fn regex(flag: &str, pattern: &str) -> Result<regex::Regex, Failure> {
-    topic_regex(pattern).map_err(|e| {
+fn regex(flag: &str, pattern: &str) -> Result<TopicSelector, Failure> {
+    TopicSelector::new(pattern).map_err(|e| {
         Failure::usage(format!(
             "--{flag} {pattern:?} is not a valid regular expression: {e}"
         ))

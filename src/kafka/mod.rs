@@ -5,6 +5,7 @@
 //! here name servers and property keys, never values of secret keys.
 
 pub mod msk;
+pub mod topics;
 
 use std::time::Duration;
 
@@ -161,39 +162,66 @@ pub struct ClusterInfo {
     pub topics: usize,
 }
 
-/// Why the cluster could not be described.
+/// Why a Kafka cluster could not be used: the one Kafka error of the sink, the restore and the
+/// tools, naming the cluster and keeping the client's error as its source.
 #[derive(Debug, thiserror::Error)]
-pub enum KafkaCheckError {
+pub enum ClusterError {
     #[error("kafka {servers}: no broker answered within {}s (check --bootstrap-servers or kafka.bootstrap_servers, and that the cluster is up)", .timeout.as_secs())]
     Unreachable { servers: String, timeout: Duration },
-    #[error("kafka {servers}: {message}")]
-    Client { servers: String, message: String },
+    #[error("kafka {servers}: {source}")]
+    Client {
+        servers: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+impl ClusterError {
+    /// A client error of the cluster at `servers`.
+    pub fn client(servers: &str, source: KafkaError) -> ClusterError {
+        ClusterError::Client {
+            servers: servers.to_string(),
+            source,
+        }
+    }
+}
+
+/// The cluster a client configuration names, for messages.
+pub fn servers(config: &ClientConfig) -> String {
+    config
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The broker probe every command starts with: one metadata request, which connects at once (a
+/// fresh client otherwise waits for librdkafka's first periodic refresh), answered within
+/// `timeout` or the cluster is unreachable.
+pub fn probe<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    servers: &str,
+    timeout: Duration,
+) -> Result<rdkafka::metadata::Metadata, ClusterError> {
+    client.fetch_metadata(None, timeout).map_err(|e| match e {
+        KafkaError::MetadataFetch(_) => ClusterError::Unreachable {
+            servers: servers.to_string(),
+            timeout,
+        },
+        other => ClusterError::client(servers, other),
+    })
 }
 
 /// Ask the cluster for its id, brokers and topics, waiting at most `timeout`.
 pub fn describe_cluster(
     config: &ClientConfig,
     timeout: Duration,
-) -> Result<ClusterInfo, KafkaCheckError> {
-    let servers = config
-        .get("bootstrap.servers")
-        .unwrap_or_default()
-        .to_string();
-    let client_error = |e: KafkaError| KafkaCheckError::Client {
-        servers: servers.clone(),
-        message: e.to_string(),
-    };
-    let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx).map_err(client_error)?;
+) -> Result<ClusterInfo, ClusterError> {
+    let servers = servers(config);
+    let consumer: BaseConsumer<Ctx> = config
+        .create_with_context(Ctx)
+        .map_err(|e| ClusterError::client(&servers, e))?;
     ready(&consumer);
-    let metadata = consumer
-        .fetch_metadata(None, timeout)
-        .map_err(|e| match e {
-            KafkaError::MetadataFetch(_) => KafkaCheckError::Unreachable {
-                servers: servers.clone(),
-                timeout,
-            },
-            other => client_error(other),
-        })?;
+    let metadata = probe(consumer.client(), &servers, timeout)?;
     let cluster_id = consumer.client().fetch_cluster_id(timeout);
     Ok(ClusterInfo {
         cluster_id,

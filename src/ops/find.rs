@@ -1003,10 +1003,13 @@ mod tests {
         // verify reads the footer only (metadata mode), and with --deep agrees the file is sound
         // (the hand-made archive lacks _topics/ only).
         let counting = crate::storage::testing::Counting::new(store.clone());
-        let shallow =
-            crate::ops::verify::verify(&counting, &regex::Regex::new(".*").unwrap(), false)
-                .await
-                .unwrap();
+        let shallow = crate::ops::verify::verify(
+            &counting,
+            &crate::kafka::topics::TopicSelector::all(),
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(shallow.files, 1);
         let read = counting.bytes.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
@@ -1014,9 +1017,10 @@ mod tests {
             "metadata mode read {read} of {} bytes",
             everything.archive_bytes
         );
-        let report = crate::ops::verify::verify(&*store, &regex::Regex::new(".*").unwrap(), true)
-            .await
-            .unwrap();
+        let report =
+            crate::ops::verify::verify(&*store, &crate::kafka::topics::TopicSelector::all(), true)
+                .await
+                .unwrap();
         let kinds: Vec<_> = report.problems.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, vec!["topic"], "{:?}", report.problems);
         assert_eq!(report.records, all.len() as u64);

@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::kafka::topics::TopicSelector;
 use futures::StreamExt;
-use regex::Regex;
 use serde::Serialize;
 
 use super::{identity, OpsError, Progress};
@@ -62,7 +62,7 @@ pub struct DeletedFile {
 /// are cleaned only when `prune_groups` (every topic selected).
 pub async fn retention(
     store: &dyn ObjectStore,
-    topics: &Regex,
+    topics: &TopicSelector,
     cutoff_ms: i64,
     include_compacted: bool,
     prune_groups: bool,

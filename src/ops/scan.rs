@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::kafka::topics::TopicSelector;
 use futures::StreamExt;
-use regex::Regex;
 use serde::de::DeserializeOwned;
 
 use super::{identity, OpsError, Progress};
@@ -100,7 +100,7 @@ impl Scan {
 /// Scan the partitions of the topics `topics` selects. `label` names the progress line.
 pub async fn scan(
     store: &dyn ObjectStore,
-    topics: &Regex,
+    topics: &TopicSelector,
     label: &'static str,
 ) -> Result<Scan, OpsError> {
     let identity = identity(store).await?;
@@ -237,7 +237,7 @@ fn topic_of<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
 async fn read_docs<T: DeserializeOwned + Send>(
     store: &dyn ObjectStore,
     prefix: &str,
-    topics: &Regex,
+    topics: &TopicSelector,
     unreadable: &mut Vec<(String, String)>,
 ) -> Result<Vec<(String, T)>, OpsError> {
     let keys: Vec<String> = store

@@ -10,8 +10,8 @@
 
 use std::time::Instant;
 
+use crate::kafka::topics::TopicSelector;
 use futures::StreamExt;
-use regex::Regex;
 use serde::Serialize;
 
 use super::scan::{self, PartitionScan, Scan, ScannedFile};
@@ -103,7 +103,7 @@ impl Findings {
 /// Verify the partitions of the topics `topics` selects.
 pub async fn verify(
     store: &dyn ObjectStore,
-    topics: &Regex,
+    topics: &TopicSelector,
     deep: bool,
 ) -> Result<Report, OpsError> {
     let started = Instant::now();

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{RestoreOptions, Window};
 use crate::archive::paths::valid_topic;
 use crate::config::{Problem, RestoreConfig, RestoreJob};
-use crate::sink::topic_regex;
+use crate::kafka::topics::TopicSelector;
 
 /// Restore ids appear in transactional ids and progress keys.
 pub fn valid_restore_id(id: &str) -> bool {
@@ -105,7 +105,7 @@ impl RestoreJob {
                 ),
             );
         }
-        let topics = topic_regex(&self.topics)
+        let topics = TopicSelector::new(&self.topics)
             .map_err(|e| {
                 problem(
                     "topics",

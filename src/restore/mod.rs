@@ -24,8 +24,6 @@ mod visible;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use regex::Regex;
-
 pub use plan::{plan, PartitionPlan, Planned, Window};
 pub use progress::Progress;
 pub use run::run;
@@ -37,8 +35,8 @@ use crate::archive::documents::ArchiveError;
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     pub window: Window,
-    /// Source topics to restore (matched against the whole name).
-    pub topics: Regex,
+    /// Source topics to restore.
+    pub topics: crate::kafka::topics::TopicSelector,
     /// Source topic → target topic.
     pub renames: BTreeMap<String, String>,
     /// Names the restore for resumption; its transactional id is `rewind-restore-<id>`.
@@ -90,8 +88,8 @@ pub enum RestoreError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Chain(#[from] ChainError),
-    #[error("kafka {servers}: {message}")]
-    Kafka { servers: String, message: String },
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::ClusterError),
     #[error("{0}")]
     Target(String),
     #[error("restore {id} was started for {stored}, not {asked}; run it again with the same window and topics, or use a new --restore-id")]

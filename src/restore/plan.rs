@@ -204,7 +204,7 @@ pub struct Planned {
 
 /// The topics a restore selects and where they go, as recorded with its progress.
 pub(super) fn selection(opts: &RestoreOptions) -> String {
-    let mut out = format!("--topics {}", user_pattern(&opts.topics));
+    let mut out = format!("--topics {}", opts.topics.pattern());
     for (from, to) in &opts.renames {
         out.push_str(&format!(" --rename {from}={to}"));
     }
@@ -219,14 +219,6 @@ pub(super) fn selection(opts: &RestoreOptions) -> String {
         }
     }
     out
-}
-
-/// A `--topics` pattern as the user wrote it (without the anchors added to match whole names).
-pub(super) fn user_pattern(topics: &regex::Regex) -> &str {
-    let p = topics.as_str();
-    p.strip_prefix("^(?:")
-        .and_then(|p| p.strip_suffix(")$"))
-        .unwrap_or(p)
 }
 
 pub(super) fn target_of<'a>(opts: &'a RestoreOptions, topic: &'a str) -> &'a str {
@@ -248,7 +240,7 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
         .collect();
     if selected.is_empty() {
         return Err(RestoreError::NoTopics {
-            pattern: user_pattern(&opts.topics).to_string(),
+            pattern: opts.topics.pattern().to_string(),
             archived: if archived.is_empty() {
                 "nothing yet".into()
             } else {
@@ -264,7 +256,7 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
             continue;
         }
         let why = if archived.contains(from.as_str()) {
-            format!("--topics {} does not select it", user_pattern(&opts.topics))
+            format!("--topics {} does not select it", opts.topics.pattern())
         } else {
             "the archive holds no such topic".to_string()
         };

@@ -21,7 +21,7 @@ use super::plan::plan;
 use super::transaction::{self, Transaction};
 use super::{limits, progress, targets, visible, RestoreError, RestoreOptions, RestoreReport};
 use crate::kafka::blocking;
-use crate::kafka::Ctx;
+use crate::kafka::{ClusterError, Ctx};
 use crate::storage::ObjectStore;
 
 /// Timeout of Kafka requests that should answer at once.
@@ -84,29 +84,17 @@ pub async fn run(
             ..RestoreReport::default()
         });
     }
-    let servers = client
-        .get("bootstrap.servers")
-        .unwrap_or_default()
-        .to_string();
-    let kafka_err = |e: KafkaError| RestoreError::Kafka {
-        servers: servers.clone(),
-        message: e.to_string(),
-    };
+    let servers = crate::kafka::servers(&client);
+    let kafka_err = |e: KafkaError| RestoreError::Kafka(ClusterError::client(&servers, e));
 
     // The target must answer before anything is decided.
     let probe: BaseConsumer<Ctx> = client.create_with_context(Ctx).map_err(kafka_err)?;
     crate::kafka::ready(&probe);
     let metadata = blocking({
-        let probe = Arc::new(probe);
-        move || probe.fetch_metadata(None, Duration::from_secs(10))
+        let servers = servers.clone();
+        move || crate::kafka::probe(probe.client(), &servers, Duration::from_secs(10))
     })
-    .await
-    .map_err(|_| RestoreError::Kafka {
-        servers: servers.clone(),
-        message:
-            "no broker answered within 10s (check --bootstrap-servers and that the cluster is up)"
-                .into(),
-    })?;
+    .await?;
     let brokers = metadata.brokers().len() as i32;
     let existing: HashMap<String, i32> = metadata
         .topics()
@@ -269,10 +257,7 @@ pub async fn run(
 
 impl Restore<'_> {
     pub(super) fn kafka_err(&self, e: KafkaError) -> RestoreError {
-        RestoreError::Kafka {
-            servers: self.servers.clone(),
-            message: e.to_string(),
-        }
+        RestoreError::Kafka(ClusterError::client(&self.servers, e))
     }
 
     pub(super) fn interrupted(&self, message: impl ToString) -> RestoreError {

@@ -32,7 +32,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message, Timestamp, TopicPartitionList};
 use rustc_hash::FxHashMap;
 
-pub use options::{is_internal, topic_regex, SinkError, SinkOptions, SinkReport};
+pub use options::{SinkError, SinkOptions, SinkReport};
 pub use partition::{Admission, FlushError, Flushed, PartitionChain, Ticket};
 
 use flush::prefetch_bytes;
@@ -42,6 +42,7 @@ use crate::archive::documents;
 use crate::archive::rotation::Event;
 use crate::archive::time::HourBucket;
 use crate::archive::{Header, Record, TimestampType};
+use crate::kafka::ClusterError;
 use crate::storage::ObjectStore;
 
 use partition::now_millis;
@@ -99,14 +100,8 @@ pub async fn run(
     opts: SinkOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<SinkReport, SinkError> {
-    let servers = client
-        .get("bootstrap.servers")
-        .unwrap_or_default()
-        .to_string();
-    let kafka_err = |e: KafkaError| SinkError::Kafka {
-        servers: servers.clone(),
-        message: e.to_string(),
-    };
+    let servers = crate::kafka::servers(&client);
+    let kafka_err = |e: KafkaError| SinkError::Kafka(ClusterError::client(&servers, e));
     let mut consumer_config = client.clone();
     consumer_config
         .set("enable.auto.commit", "false")
@@ -156,22 +151,16 @@ pub async fn run(
     // that fetches the first token, without which no connection is made. Nothing is subscribed
     // yet, so no record can come back.
     let _ = futures::FutureExt::now_or_never(consumer.recv());
-    // A metadata request first: it connects at once, whereas asking for the cluster id alone on a
-    // fresh client waits for librdkafka's first periodic refresh (a second of every start).
-    let probe = consumer
-        .client()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .ok()
-        .and_then(|_| consumer.client().fetch_cluster_id(Duration::from_secs(10)));
-    let cluster_id = match probe {
-        Some(id) => id,
-        None => {
-            return Err(SinkError::Kafka {
+    let timeout = Duration::from_secs(10);
+    crate::kafka::probe(consumer.client(), &servers, timeout)?;
+    let cluster_id =
+        consumer
+            .client()
+            .fetch_cluster_id(timeout)
+            .ok_or_else(|| ClusterError::Unreachable {
                 servers: servers.clone(),
-                message: "no broker answered within 10s (check --bootstrap-servers and that the cluster is up)".into(),
-            })
-        }
-    };
+                timeout,
+            })?;
     // Before anything is written: the chain rules rest on conditional writes.
     let probed = crate::storage::probe(&*store).await?;
     if !probed.keeps_checksums {
@@ -249,7 +238,7 @@ pub async fn run(
         if !sink.report.refused.is_empty() {
             return Err(SinkError::OffsetsWentBackwards(sink.report.refused));
         }
-        return Err(SinkError::NoTopics(opts.topics.as_str().to_string()));
+        return Err(SinkError::NoTopics(opts.topics.anchored().to_string()));
     }
     let snapshots = (!opts.group_snapshot_interval.is_zero())
         .then(|| groups::GroupSnapshots::new(client.clone(), store.clone(), opts.clone()));
@@ -301,10 +290,7 @@ fn finish(mut sink: Sink<'_>) -> Result<SinkReport, SinkError> {
 
 impl Sink<'_> {
     pub(super) fn kafka_err(&self, e: KafkaError) -> SinkError {
-        SinkError::Kafka {
-            servers: self.servers.clone(),
-            message: e.to_string(),
-        }
+        SinkError::Kafka(ClusterError::client(&self.servers, e))
     }
 
     async fn consume(

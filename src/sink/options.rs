@@ -4,20 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use regex::Regex;
-
 use super::ownership;
 use super::partition::FlushError;
 use crate::archive::documents::ArchiveError;
 use crate::archive::rotation::RollingPolicy;
+use crate::kafka::topics::TopicSelector;
 
 /// What a sink does, beyond where it reads and writes.
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
-    /// Topics to back up (matched against the whole name).
-    pub topics: Regex,
-    /// Topics to leave out, even when `topics` matches.
-    pub exclude: Option<Regex>,
+    /// Topics to back up, less those excluded (see [`TopicSelector`]).
+    pub topics: TopicSelector,
     /// Consumer group the sink commits to (lag monitoring only); `None`: the archive's own,
     /// `rewind-sink-<archive id>` (see [`ownership`]).
     pub group: Option<String>,
@@ -56,18 +53,15 @@ impl SinkOptions {
         s: &crate::config::SinkConfig,
         part_size: u64,
     ) -> Result<SinkOptions, String> {
-        let regex = |key: &str, pattern: &str| {
-            topic_regex(pattern).map_err(|e| {
-                format!("sink.{key} {pattern:?} is not a valid regular expression: {e}")
-            })
+        let invalid = |key: &str, pattern: &str, e: regex::Error| {
+            format!("sink.{key} {pattern:?} is not a valid regular expression: {e}")
         };
+        let topics = TopicSelector::new(&s.topics)
+            .map_err(|e| invalid("topics", &s.topics, e))?
+            .excluding(s.exclude.as_deref())
+            .map_err(|e| invalid("exclude", s.exclude.as_deref().unwrap_or_default(), e))?;
         Ok(SinkOptions {
-            topics: regex("topics", &s.topics)?,
-            exclude: s
-                .exclude
-                .as_deref()
-                .map(|p| regex("exclude", p))
-                .transpose()?,
+            topics,
             group: s.group.clone(),
             once: false,
             policy: RollingPolicy {
@@ -89,27 +83,15 @@ impl SinkOptions {
 
     /// Whether a topic is selected.
     pub fn selects(&self, topic: &str) -> bool {
-        !is_internal(topic)
-            && self.topics.is_match(topic)
-            && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
+        self.topics.selects(topic)
     }
-}
-
-/// Compile a user regex so that it has to match the whole topic name.
-pub fn topic_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!("^(?:{pattern})$"))
-}
-
-/// Kafka's internal topics start with `__`; Rewind never backs up its own or the broker's internals.
-pub fn is_internal(topic: &str) -> bool {
-    topic.starts_with("__")
 }
 
 /// Why the sink stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("kafka {servers}: {message}")]
-    Kafka { servers: String, message: String },
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::ClusterError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]

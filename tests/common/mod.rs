@@ -118,8 +118,7 @@ pub fn kill_at_failpoint(cmd: &mut std::process::Command, name: &str) -> bool {
 /// Options of a `--once` sink of one topic that closes a file every `max_records` records.
 pub fn once_sink_options(topic: &str, max_records: u64) -> rewind::sink::SinkOptions {
     rewind::sink::SinkOptions {
-        topics: rewind::sink::topic_regex(&regex::escape(topic)).unwrap(),
-        exclude: None,
+        topics: rewind::kafka::topics::TopicSelector::exactly(topic),
         group: Some(unique("once")),
         once: true,
         policy: rewind::archive::rotation::RollingPolicy {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use regex::Regex;
+use crate::kafka::topics::TopicSelector;
 
 use crate::archive::datafile;
 use crate::archive::documents::{self, Identity};
@@ -79,7 +79,7 @@ async fn archive(
 
 /// (kind, key) of the problems `verify --deep` finds.
 async fn deep(store: &Arc<dyn ObjectStore>) -> Vec<(&'static str, String)> {
-    let report = super::verify(&**store, &Regex::new(".*").unwrap(), true)
+    let report = super::verify(&**store, &TopicSelector::all(), true)
         .await
         .unwrap();
     assert_eq!(report.records, 50);
@@ -137,7 +137,7 @@ async fn hostile(
     tempfile::TempDir,
 ) {
     let (dir, store) = archive(bytes, false).await;
-    let report = super::verify(&*store, &Regex::new(".*").unwrap(), deep)
+    let report = super::verify(&*store, &TopicSelector::all(), deep)
         .await
         .unwrap();
     let problems = report
