@@ -1,0 +1,114 @@
+//! The sink's loop against librdkafka's embedded mock cluster and a local archive: the middle test
+//! tier between the chain's unit and model tests and the end-to-end tests against a real broker.
+//! It needs no test bed and runs in seconds, and checks what a real broker run is too coarse for:
+//! exact file boundaries per hour and the reason every file was closed with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use rewind::archive::rotation::RollingPolicy;
+use rewind::kafka::topics::TopicSelector;
+use rewind::sink::{self, SinkOptions};
+use rewind::storage::{LocalStore, ObjectStore, StorageUrl};
+
+const HOUR: i64 = 3_600_000;
+/// An hour boundary (2025-06-04T02:00:00Z).
+const START: i64 = 1_749_999_600_000;
+const PARTITIONS: i32 = 2;
+const HOURS: i64 = 3;
+const PER_HOUR: i64 = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_writes_one_file_per_partition_and_hour_labelled_by_why_it_closed() {
+    let metrics = rewind::metrics::install().expect("the only recorder of this test binary");
+    let cluster = MockCluster::new(1).expect("the embedded cluster starts");
+    let topic = "mock-orders";
+    cluster.create_topic(topic, PARTITIONS, 1).unwrap();
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", cluster.bootstrap_servers());
+
+    let producer: FutureProducer = client.create().unwrap();
+    for partition in 0..PARTITIONS {
+        for i in 0..HOURS * PER_HOUR {
+            // PER_HOUR records in each hour, 30 s apart.
+            let timestamp = START + (i / PER_HOUR) * HOUR + (i % PER_HOUR) * 30_000;
+            let (key, value) = (format!("k{i}"), format!("p{partition}-{i}"));
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .partition(partition)
+                        .key(&key)
+                        .payload(&value)
+                        .timestamp(timestamp),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("the mock cluster takes the record");
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = StorageUrl::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(url).unwrap());
+    let opts = SinkOptions {
+        topics: TopicSelector::exactly(topic),
+        group: Some("rewind-mock".into()),
+        once: true,
+        policy: RollingPolicy {
+            max_records: 1_000_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(3600),
+        },
+        buffer_budget: 64 << 20,
+        part_size: 16 << 20,
+        discovery_interval: Duration::from_secs(60),
+        allow_cluster_change: false,
+        drain_timeout: Duration::from_secs(10),
+        progress: false,
+        group_snapshot_interval: Duration::ZERO,
+        live: None,
+        // The embedded cluster does not answer DescribeConfigs.
+        admin_api: false,
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        sink::run(client, store.clone(), opts, std::future::pending()),
+    )
+    .await
+    .expect("the snapshot ends")
+    .expect("the snapshot succeeds");
+    let total = (PARTITIONS as i64 * HOURS * PER_HOUR) as u64;
+    assert_eq!(report.records, total);
+    assert_eq!(report.files, (PARTITIONS as i64 * HOURS) as u64);
+
+    let verified = rewind::ops::verify::verify(&*store, &TopicSelector::all(), true)
+        .await
+        .unwrap();
+    assert!(verified.clean, "{:?}", verified.problems);
+    assert_eq!(verified.records, total);
+    for p in &verified.partitions {
+        assert_eq!((p.start, p.end), (Some(0), Some(HOURS * PER_HOUR)), "{p:?}");
+        assert_eq!(p.files, HOURS as usize, "{p:?}");
+    }
+
+    // Every hour but the last was closed by the next hour's first record; the last by the
+    // snapshot reaching the partition's end.
+    let text = metrics.render();
+    let written = |reason: &str| -> u64 {
+        let series =
+            format!("rewind_sink_files_written_total{{topic=\"{topic}\",reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert_eq!(
+        written("later_bucket"),
+        (PARTITIONS as i64 * (HOURS - 1)) as u64,
+        "{text}"
+    );
+    assert_eq!(written("snapshot_end"), PARTITIONS as u64, "{text}");
+    assert_eq!(written("shutdown"), 0, "{text}");
+}
