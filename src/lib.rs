@@ -5,6 +5,7 @@
 //! never import higher ones.
 
 pub mod archive;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -13,6 +14,7 @@ pub mod kafka;
 pub mod live;
 pub mod metrics;
 pub mod ops;
+pub mod progress;
 pub mod restore;
 pub mod service;
 pub mod sink;

@@ -10,9 +10,6 @@ pub mod retention;
 pub mod scan;
 pub mod verify;
 
-use std::io::IsTerminal;
-use std::time::{Duration, Instant};
-
 use crate::archive::documents::{self, ArchiveError, Identity};
 use crate::storage::{ObjectStore, StorageError, StorageUrl};
 
@@ -59,76 +56,32 @@ pub async fn identity(store: &dyn ObjectStore) -> Result<Identity, OpsError> {
         .ok_or_else(|| OpsError::NoArchive(store.url().to_string()))
 }
 
-/// A progress line for long runs: redrawn in place on a terminal at most four times a second,
-/// silent otherwise.
+/// A progress bar for long runs (indicatif): on a terminal it is redrawn in place at most four
+/// times a second with a rate and an ETA, and only for runs that take over half a second; hidden
+/// otherwise.
 pub struct Progress {
-    what: &'static str,
-    unit: &'static str,
-    total: u64,
-    done: u64,
-    started: Instant,
-    last: Option<Instant>,
-    shown: bool,
-    enabled: bool,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     /// Progress of `total` items of `unit` (e.g. "files"); shown only when stderr is a terminal.
     pub fn new(what: &'static str, unit: &'static str, total: u64) -> Progress {
-        Progress {
-            what,
-            unit,
+        let bar = crate::progress::bar(
             total,
-            done: 0,
-            started: Instant::now(),
-            last: None,
-            shown: false,
-            enabled: std::io::stderr().is_terminal(),
-        }
+            &format!("{{prefix}}: {{pos}}/{{len}} {unit} ({{percent}}%), {{per_sec}}, ETA {{eta}}"),
+        );
+        bar.set_prefix(what);
+        Progress { bar }
     }
 
     /// `n` more items are done.
     pub fn add(&mut self, n: u64) {
-        self.done += n;
-        if !self.enabled {
-            return;
-        }
-        // Only runs that take a while get a line at all.
-        let now = Instant::now();
-        if now.duration_since(self.started) < Duration::from_millis(500)
-            || self
-                .last
-                .is_some_and(|t| now.duration_since(t) < Duration::from_millis(250))
-        {
-            return;
-        }
-        self.last = Some(now);
-        self.draw();
-    }
-
-    fn draw(&mut self) {
-        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
-        let rate = self.done as f64 / elapsed;
-        let left = self.total.saturating_sub(self.done);
-        let eta = if self.done > 0 && left > 0 {
-            format!(", ETA {:.0}s", left as f64 / rate.max(0.001))
-        } else {
-            String::new()
-        };
-        let pct = 100.0 * self.done as f64 / self.total.max(1) as f64;
-        eprint!(
-            "\r{}: {}/{} {} ({pct:.0}%), {rate:.0} {}/s{eta}\x1b[K",
-            self.what, self.done, self.total, self.unit, self.unit
-        );
-        self.shown = true;
+        self.bar.inc(n);
     }
 
     /// Clear the line, if one was drawn.
     pub fn finish(&mut self) {
-        if self.shown {
-            eprint!("\r\x1b[K");
-            self.shown = false;
-        }
+        self.bar.finish_and_clear();
     }
 }
 

@@ -55,6 +55,8 @@ pub(super) struct Restore<'a> {
     /// Totals for the progress line.
     pub(super) started: Instant,
     pub(super) last_status: Instant,
+    /// The progress bar, when asked for one (a terminal).
+    pub(super) bar: Option<indicatif::ProgressBar>,
 }
 
 /// Run a restore until its window is restored (or, in follow mode, until `stop` resolves).
@@ -191,6 +193,9 @@ pub async fn run(
         groups_as_of: stored.values().next().and_then(|p| p.groups_as_of),
         started: Instant::now(),
         last_status: Instant::now(),
+        bar: opts
+            .progress
+            .then(|| crate::progress::bar(0, "{msg}, {percent}% done, ETA {eta}")),
     };
     restore.build_lanes(planned, &stored)?;
     if opts.groups {

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use super::run::Restore;
 
 impl Restore<'_> {
-    /// A progress line: on a terminal every second, redrawn in place; in logs every 10 seconds.
+    /// A progress line: on a terminal a bar (indicatif) updated every second; in logs every 10
+    /// seconds.
     pub(super) fn status(&mut self, last: bool) {
-        let every = if self.opts.progress {
+        let every = if self.bar.is_some() {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(10)
@@ -30,25 +31,31 @@ impl Restore<'_> {
                 left + (l.until() - l.next).max(0),
             )
         });
-        let eta = if done > 0 && left > 0 {
-            format!(
-                ", {:.0}% done, ETA {:.0}s",
-                100.0 * done as f64 / (done + left) as f64,
-                left as f64 * elapsed / done as f64
-            )
-        } else {
-            String::new()
-        };
         let line = format!(
-            "restored {} records ({:.1} MB), {:.0} records/s{eta}",
+            "restored {} records ({:.1} MB), {:.0} records/s",
             self.report.records,
             self.report.bytes as f64 / 1e6,
             rate
         );
-        if self.opts.progress {
-            eprint!("\r{line}\x1b[K{}", if last { "\n" } else { "" });
+        if let Some(bar) = &self.bar {
+            // Offsets, not records, measure what is left (a resumed run knows them exactly).
+            bar.set_length((done + left) as u64);
+            bar.set_position(done as u64);
+            bar.set_message(line);
+            if last {
+                bar.finish();
+            }
         } else if !last {
-            tracing::info!("{line}");
+            let eta = if done > 0 && left > 0 {
+                format!(
+                    ", {:.0}% done, ETA {:.0}s",
+                    100.0 * done as f64 / (done + left) as f64,
+                    left as f64 * elapsed / done as f64
+                )
+            } else {
+                String::new()
+            };
+            tracing::info!("{line}{eta}");
         }
     }
 

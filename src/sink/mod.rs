@@ -83,9 +83,11 @@ struct Sink<'a> {
     seen: std::collections::HashSet<(String, i32)>,
     /// When the last status line was printed, and the totals then.
     last_status: (u64, u64, u64),
+    /// The status line on a terminal (`SinkOptions::progress`), redrawn in place.
+    bar: Option<indicatif::ProgressBar>,
     /// The store is failing transiently: no flush is tried before this instant.
     retry_at: Option<Instant>,
-    backoff: Duration,
+    backoff: crate::backoff::Backoff,
     /// Consumption is paused because the buffer budget is used up and flushing cannot relieve it.
     paused: bool,
     /// Sum of every chain's buffered bytes, kept current so the hot path never adds them up.
@@ -228,8 +230,11 @@ pub async fn run(
         seen: Default::default(),
         announced: Default::default(),
         last_status: (0, 0, 0),
+        bar: opts
+            .progress
+            .then(|| crate::progress::status_line("sink: {msg}")),
         retry_at: None,
-        backoff: Duration::from_secs(1),
+        backoff: crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
         paused: false,
         buffered: 0,
     };
@@ -281,6 +286,9 @@ async fn take_group_snapshots(snapshots: &mut groups::GroupSnapshots) {
 }
 
 fn finish(mut sink: Sink<'_>) -> Result<SinkReport, SinkError> {
+    if let Some(bar) = &sink.bar {
+        bar.finish();
+    }
     sink.report.partitions = sink.seen.len();
     if !sink.report.refused.is_empty() {
         return Err(SinkError::OffsetsWentBackwards(sink.report.refused));

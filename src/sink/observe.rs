@@ -124,11 +124,11 @@ impl Sink<'_> {
             metrics::gauge!(crate::metrics::SINK_RECOVERY_POINT_AGE, "topic" => topic.to_string())
                 .set(*age_ms as f64 / 1000.0);
         }
-        if self.opts.progress && now.saturating_sub(self.last_status.0) >= 10_000 {
+        if self.bar.is_some() && now.saturating_sub(self.last_status.0) >= 10_000 {
             let (at, records, bytes) = self.last_status;
             let secs = (now.saturating_sub(at)).max(1) as f64 / 1000.0;
-            eprintln!(
-                "sink: {} partitions, {:.0} records/s, {:.1} MB/s, lag {} records, buffer {:.1}/{:.0} MiB, {} files",
+            let line = format!(
+                "{} partitions, {:.0} records/s, {:.1} MB/s, lag {} records, buffer {:.1}/{:.0} MiB, {} files",
                 self.chains.len(),
                 (self.report.records - records) as f64 / secs,
                 (self.report.bytes - bytes) as f64 / secs / 1e6,
@@ -137,6 +137,9 @@ impl Sink<'_> {
                 self.opts.buffer_budget as f64 / 1048576.0,
                 self.report.files,
             );
+            if let Some(bar) = &self.bar {
+                bar.set_message(line);
+            }
             self.last_status = (now, self.report.records, self.report.bytes);
         }
     }
