@@ -105,14 +105,17 @@ pub fn while_coordinator_starts<T>(
     mut attempt: impl FnMut(Duration) -> Result<T, KafkaError>,
 ) -> Result<T, KafkaError> {
     let deadline = std::time::Instant::now() + timeout;
-    let mut pause = Duration::from_millis(100);
+    let mut pause =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match attempt(left.max(Duration::from_secs(1))) {
-            Err(e) if coordinator_starting(&e) && std::time::Instant::now() + pause < deadline => {
+            Err(e)
+                if coordinator_starting(&e)
+                    && std::time::Instant::now() + pause.peek() < deadline =>
+            {
                 tracing::debug!(error = %e, "the group coordinator is not ready yet; asking again");
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(2));
+                std::thread::sleep(pause.next_delay());
             }
             other => return other,
         }

@@ -18,6 +18,7 @@ use super::{
     admin_api, client_config, control, open_archive, Desired, LastError, Pipeline, Registry, State,
 };
 use crate::archive::time::{now_ms, rfc3339_millis};
+use crate::backoff::Backoff;
 use crate::config::{Config, PipelineKind, PipelineSpec};
 use crate::live::Live;
 use crate::restore::{self, RestoreError, RestoreOptions};
@@ -61,7 +62,7 @@ pub(super) async fn supervise(registry: Arc<Registry>, pipeline: Arc<Pipeline>) 
     }));
     let mut desired = pipeline.desired.subscribe();
     let mut shutdown = registry.shutdown.clone();
-    let mut backoff = service.restart_backoff;
+    let mut backoff = Backoff::new(service.restart_backoff, service.restart_backoff_max);
     loop {
         while *desired.borrow_and_update() == Desired::Pause && !*shutdown.borrow() {
             pipeline.set_state(State::Paused);
@@ -115,14 +116,15 @@ pub(super) async fn supervise(registry: Arc<Registry>, pipeline: Arc<Pipeline>) 
             }
             Ok(Outcome::Stopped) => {
                 tracing::info!("pipeline stopped");
-                backoff = service.restart_backoff;
+                backoff.reset();
             }
             Err(message) => {
                 let message = crate::config::secrets::scrub(&message);
                 if started.elapsed() >= Duration::from_secs(60) {
-                    backoff = service.restart_backoff;
+                    backoff.reset();
                 }
-                tracing::error!(error = %message, retry_in_s = backoff.as_secs_f64(), "pipeline failed; starting it again after the backoff");
+                let wait = backoff.next_delay();
+                tracing::error!(error = %message, retry_in_s = wait.as_secs_f64(), "pipeline failed; starting it again after the backoff");
                 metrics::counter!(crate::metrics::PIPELINE_RESTARTS, "pipeline" => pipeline.spec.name.clone())
                     .increment(1);
                 {
@@ -132,16 +134,14 @@ pub(super) async fn supervise(registry: Arc<Registry>, pipeline: Arc<Pipeline>) 
                         message,
                         at: rfc3339_millis(now_ms()),
                     });
-                    life.next_attempt_at =
-                        Some(rfc3339_millis(now_ms() + backoff.as_millis() as i64));
+                    life.next_attempt_at = Some(rfc3339_millis(now_ms() + wait.as_millis() as i64));
                 }
                 pipeline.set_state(State::BackingOff);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
                     _ = desired.wait_for(|d| *d == Desired::Pause) => {}
                 }
-                backoff = (backoff * 2).min(service.restart_backoff_max);
             }
         }
     }

@@ -272,7 +272,7 @@ impl Sink<'_> {
             if !store_away {
                 // Only a batch the store took whole ends the backoff.
                 self.retry_at = None;
-                self.backoff = Duration::from_secs(1);
+                self.backoff.reset();
             }
         }
         Ok(())
@@ -305,11 +305,11 @@ impl Sink<'_> {
             Ok(files) => files,
             Err(e) if e.is_transient() => {
                 // Keep the records and try again later; consumption pauses if memory runs out.
-                tracing::warn!(topic = chain.topic, partition = chain.partition, error = %e, retry_in_s = self.backoff.as_secs(), "the archive store is unavailable; records stay buffered");
+                let wait = self.backoff.next_delay();
+                tracing::warn!(topic = chain.topic, partition = chain.partition, error = %e, retry_in_s = wait.as_secs(), "the archive store is unavailable; records stay buffered");
                 metrics::counter!(crate::metrics::SINK_ERRORS, "kind" => "storage_unavailable")
                     .increment(1);
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+                self.retry_at = Some(Instant::now() + wait);
                 return Ok(());
             }
             Err(e) => {
