@@ -138,3 +138,27 @@ async fn unknown_paths_and_pipelines_are_json_404s() {
         assert!(body["error"].is_string(), "{path}: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_restore_request_is_checked_field_by_field() {
+    for (body, names) in [
+        ("{not json", "not valid JSON"),
+        ("[1]", "must be a JSON object"),
+        (r#"{"cluster": 5}"#, "cluster: expected a string"),
+        (r#"{"bogus": 1}"#, "bogus"),
+        (r#"{"from": "yesterday"}"#, "from"),
+        (r#"{"cluster": "mars"}"#, "mars"),
+    ] {
+        let (status, reply) = send(
+            authorized(Method::POST, "/restores")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(error.contains(names), "{body}: {error}");
+        assert!(!error.contains(" at line "), "{body}: {error}");
+    }
+}

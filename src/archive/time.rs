@@ -2,6 +2,12 @@
 //! its first record's timestamp, and every record in it is earlier than the end of that hour.
 //! Calendar arithmetic is done here, on integers, so paths never depend on a time-zone database.
 //!
+//! Rewind keeps this calendar code (and the RFC 3339 printing and parsing built on it) rather than
+//! a time crate's: it defines the archive's folder names for every 64-bit millisecond, including
+//! the far-future and far-past timestamps a topic may carry, where the time crates' RFC 3339
+//! support ends at four-digit (or six-digit) years and would fail, or clamp differently from the
+//! buckets. Its properties are proptested below against a civil-date round trip.
+//!
 //! Any 64-bit timestamp has a bucket: the first bucket (`0000-01-01`, hour `00`) also holds every
 //! earlier instant and the last (`9999-12-31`, hour `23`) every later one, so folder names always
 //! have four-digit years that readers parse, and the bucket rule still holds because a bucket's

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::guard::Guard;
+use super::restores::StartRestore;
 use super::{pipeline_json, restore_json, ControlError, Registry};
 
 /// The API's routes over the service's registry, behind `guard`.
@@ -159,17 +160,20 @@ async fn start_restore(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
-    let body: Value = if body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not valid JSON: {e}"),
-            )
-        })?
-    };
-    let restore = registry.start_restore(body).await?;
+    let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+    let request: StartRestore = serde_json::from_slice(body).map_err(|e| {
+        let message = match e.classify() {
+            // What the body says is wrong, without serde_json's position in a one-line body.
+            serde_json::error::Category::Data => {
+                let text = e.to_string();
+                let position = format!(" at line {} column {}", e.line(), e.column());
+                text.strip_suffix(&position).unwrap_or(&text).to_string()
+            }
+            _ => format!("the body is not valid JSON: {e}"),
+        };
+        ApiError(StatusCode::BAD_REQUEST, message)
+    })?;
+    let restore = registry.start_restore(request).await?;
     Ok(accepted(&restore))
 }
 

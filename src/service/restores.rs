@@ -101,29 +101,54 @@ async fn heartbeat(store: &dyn storage::ObjectStore, restore: &ApiRestore) {
     }
 }
 
-impl Registry {
-    /// Start a restore from a `POST /restores` body: `cluster` and `archive` (names from the
-    /// configuration, `default` when absent) and the fields of a restore job.
-    pub async fn start_restore(
-        self: &Arc<Self>,
-        body: Json,
-    ) -> Result<Arc<ApiRestore>, ControlError> {
-        let Json::Object(mut fields) = body else {
-            return Err(ControlError::BadRequest(
-                "the body must be a JSON object".into(),
-            ));
+/// The body of `POST /restores`: `cluster` and `archive` (names from the configuration, `default`
+/// when absent) and the fields of a restore job, checked as a pipeline file's are (unknown fields
+/// refused, each problem named by its path).
+#[derive(Debug, Clone)]
+pub struct StartRestore {
+    pub cluster: String,
+    pub archive: String,
+    pub job: RestoreJob,
+}
+
+impl<'de> serde::Deserialize<'de> for StartRestore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let Json::Object(mut fields) = Json::deserialize(d)? else {
+            return Err(D::Error::custom("the body must be a JSON object"));
         };
         let mut name_of = |key: &str| match fields.remove(key) {
             None => Ok("default".to_string()),
             Some(Json::String(s)) => Ok(s),
-            Some(other) => Err(ControlError::BadRequest(format!(
+            Some(other) => Err(D::Error::custom(format!(
                 "{key}: expected a string, got {other}"
             ))),
         };
         let cluster = name_of("cluster")?;
         let archive = name_of("archive")?;
+        // The job's fields are flattened into the body; serde's `flatten` cannot be combined with
+        // the job's `deny_unknown_fields`, so they are taken out of the object by hand.
         let job: RestoreJob = serde_path_to_error::deserialize(Json::Object(fields))
-            .map_err(|e| ControlError::BadRequest(format!("{}: {}", e.path(), e.inner())))?;
+            .map_err(|e| D::Error::custom(format!("{}: {}", e.path(), e.inner())))?;
+        Ok(StartRestore {
+            cluster,
+            archive,
+            job,
+        })
+    }
+}
+
+impl Registry {
+    /// Start the restore a `POST /restores` body asks for.
+    pub async fn start_restore(
+        self: &Arc<Self>,
+        request: StartRestore,
+    ) -> Result<Arc<ApiRestore>, ControlError> {
+        let StartRestore {
+            cluster,
+            archive,
+            job,
+        } = request;
         let id = job
             .restore_id
             .clone()

@@ -13,6 +13,11 @@
 //! the chain *repositions*: the consumer owes it a seek to the new position, and a record admitted
 //! before that can no longer be buffered ([`Ticket`]). So no record is ever buffered after a hole
 //! this worker did not read itself.
+//!
+//! One file of about 850 lines on purpose: it is the whole chain protocol (resume, the read rule,
+//! the three steps of a flush, adoption, gaps), which reads top to bottom in commit order and is
+//! what `tests/chain_model.rs` and `tests/chain_protocol.rs` drive; split, its steps would be
+//! read out of order.
 
 use crate::archive::chain;
 use crate::archive::datafile::{self, file_meta};

@@ -8,6 +8,10 @@
 //! Every object is sent with its CRC32C as an S3 additional checksum: S3 refuses a body that does not
 //! match, and returns the checksum on `HeadObject`/`GetObject` later. Multipart uploads use the
 //! full-object CRC32C type, so a large object's checksum is the same value a single put would give.
+//!
+//! One file of about 870 lines on purpose: it is one implementation of the `ObjectStore` contract,
+//! and each operation's mapping of S3's answers onto that contract (conditional writes, retries,
+//! checksums, errors) reads best next to the others.
 
 use std::fmt;
 use std::ops::Range;
