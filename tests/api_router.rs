@@ -159,6 +159,9 @@ async fn a_restore_request_is_checked_field_by_field() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
         let error = reply["error"].as_str().unwrap_or_default();
         assert!(error.contains(names), "{body}: {error}");
-        assert!(!error.contains(" at line "), "{body}: {error}");
+        // A position helps in a syntax error only; a field is named by its path.
+        if !body.starts_with("{not") {
+            assert!(!error.contains(" at line "), "{body}: {error}");
+        }
     }
 }

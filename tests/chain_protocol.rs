@@ -4,17 +4,13 @@
 //! in milliseconds, without Kafka.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use rewind::archive::rotation::RollReason;
 use rewind::archive::time::HourBucket;
 use rewind::archive::{documents, Record, TimestampType};
 use rewind::sink::{Admission, PartitionChain};
 use rewind::storage::{
-    GetResult, ListPage, LocalStore, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutResult,
-    StorageError, StorageResult, StorageUrl,
+    Hooks, Intercept, LocalStore, ObjectStore, StorageError, StorageResult, StorageUrl,
 };
 
 const TOPIC: &str = "protocol";
@@ -108,12 +104,12 @@ async fn the_second_writer_of_a_start_adopts_the_first_ones_file() {
 #[tokio::test]
 async fn a_refused_write_keeps_the_records_and_the_chain() {
     let (_dir, inner) = local();
-    let store = Refusing {
+    let store = Intercept {
         inner,
-        refuse: Arc::new(AtomicU32::new(0)),
+        hooks: Refuse::default(),
     };
     let mut chain = resume(&store, 0).await;
-    store.refuse.store(1, Ordering::SeqCst);
+    store.hooks.refuse.store(1, Ordering::SeqCst);
     buffer(&mut chain, 0..4);
     let failed = chain.flush(&store, "c", 5 << 20, BASE).await.unwrap_err();
     assert!(failed.is_transient(), "{failed}");
@@ -174,64 +170,25 @@ async fn a_recorded_gap_skips_the_chain_forward() {
     );
 }
 
-/// A store whose next `refuse` writes fail as if it were away.
-#[derive(Debug)]
-struct Refusing {
-    inner: LocalStore,
-    refuse: Arc<AtomicU32>,
+/// Hooks that refuse the next `refuse` writes as if the store were away.
+#[derive(Debug, Default)]
+struct Refuse {
+    refuse: AtomicU32,
 }
 
-impl Refusing {
-    fn refused(&self, op: &str) -> StorageResult<()> {
+impl Hooks for Refuse {
+    fn before_write(&self, op: &str, _key: &str) -> StorageResult<()> {
         let take = self
             .refuse
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         match take {
             Ok(_) => Err(StorageError::Transient {
-                url: self.inner.url().to_string(),
+                url: "file:///refused".into(),
                 op: op.to_string(),
                 message: "refused by the test".into(),
                 attempts: 1,
             }),
             Err(_) => Ok(()),
         }
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Refusing {
-    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StorageResult<PutResult> {
-        self.refused("put")?;
-        self.inner.put(key, body, mode).await
-    }
-    async fn get(&self, key: &str) -> StorageResult<GetResult> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> StorageResult<Bytes> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
-        self.inner.head(key).await
-    }
-    async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
-        self.inner.list_page(prefix, token).await
-    }
-    async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
-        self.refused("delete")?;
-        self.inner.delete_many(keys).await
-    }
-    async fn start_multipart(
-        &self,
-        key: &str,
-        mode: PutMode,
-    ) -> StorageResult<Box<dyn MultipartUpload>> {
-        self.refused("multipart")?;
-        self.inner.start_multipart(key, mode).await
-    }
-    async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
-        self.inner.incomplete_uploads(prefix).await
-    }
-    fn url(&self) -> &StorageUrl {
-        self.inner.url()
     }
 }

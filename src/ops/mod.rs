@@ -56,11 +56,14 @@ pub async fn identity(store: &dyn ObjectStore) -> Result<Identity, OpsError> {
         .ok_or_else(|| OpsError::NoArchive(store.url().to_string()))
 }
 
-/// A progress bar for long runs (indicatif): on a terminal it is redrawn in place at most four
-/// times a second with a rate and an ETA, and only for runs that take over half a second; hidden
+/// A progress bar for long runs (indicatif): on a terminal it appears once the run has taken half
+/// a second, then is redrawn in place at most four times a second with a rate and an ETA; hidden
 /// otherwise.
 pub struct Progress {
     bar: indicatif::ProgressBar,
+    started: std::time::Instant,
+    /// Not drawn yet: waiting for the run to take half a second, on a terminal.
+    pending: bool,
 }
 
 impl Progress {
@@ -71,11 +74,23 @@ impl Progress {
             &format!("{{prefix}}: {{pos}}/{{len}} {unit} ({{percent}}%), {{per_sec}}, ETA {{eta}}"),
         );
         bar.set_prefix(what);
-        Progress { bar }
+        let pending = !bar.is_hidden();
+        // Short runs get no line at all.
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        Progress {
+            bar,
+            started: std::time::Instant::now(),
+            pending,
+        }
     }
 
     /// `n` more items are done.
     pub fn add(&mut self, n: u64) {
+        if self.pending && self.started.elapsed() >= std::time::Duration::from_millis(500) {
+            self.pending = false;
+            self.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+        }
         self.bar.inc(n);
     }
 

@@ -13,8 +13,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::run::{Restore, REQUEST_TIMEOUT};
 use super::RestoreError;
+use super::{Restore, REQUEST_TIMEOUT};
 use crate::archive::documents::{self, ArchiveError, GroupSnapshot};
 use crate::kafka::{blocking, Ctx};
 use crate::storage::ObjectStore;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::plan::{plan_partition, selection, target_of, Planned};
 use super::progress::Progress;
-use super::run::Restore;
+use super::Restore;
 use super::{RestoreError, RestoreOptions};
 use crate::archive::chain::{self, ChainFile};
 use crate::archive::documents::Gap;

@@ -21,8 +21,11 @@ mod targets;
 mod transaction;
 mod visible;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
 
 pub use plan::{plan, PartitionPlan, Planned, Window};
 pub use progress::Progress;
@@ -30,6 +33,39 @@ pub use run::run;
 
 use crate::archive::chain::ChainError;
 use crate::archive::documents::ArchiveError;
+use crate::storage::ObjectStore;
+use lane::Lane;
+use transaction::Transaction;
+
+/// Timeout of Kafka requests that should answer at once.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A restore under way: its lanes, its transaction and what it reports.
+struct Restore<'a> {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) opts: &'a RestoreOptions,
+    pub(super) client: ClientConfig,
+    pub(super) servers: String,
+    pub(super) txn: Transaction,
+    pub(super) lanes: Vec<Lane>,
+    /// Partition count of each target topic.
+    pub(super) target_partitions: HashMap<String, i32>,
+    pub(super) report: RestoreReport,
+    /// The next watch slot of group translation (0 means none).
+    pub(super) next_slot: usize,
+    /// Records archived with timestamp 0, which librdkafka restamps with the current time.
+    pub(super) zero_timestamps: u64,
+    /// The progress topic does not exist yet: created with the targets, once they all passed.
+    pub(super) progress_missing: bool,
+    /// Consumer group snapshots count as of this time (see `Progress::groups_as_of`); `None`: the
+    /// window's end, or the newest snapshots in follow mode.
+    pub(super) groups_as_of: Option<i64>,
+    /// Totals for the progress line.
+    pub(super) started: Instant,
+    pub(super) last_status: Instant,
+    /// The progress bar, when asked for one (a terminal).
+    pub(super) bar: Option<indicatif::ProgressBar>,
+}
 
 /// What a restore does.
 #[derive(Debug, Clone)]

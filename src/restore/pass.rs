@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::plan::files_in;
 use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
-use super::run::Restore;
+use super::Restore;
 use super::{partitioner, RestoreError};
 use crate::archive::chain::ChainFile;
 use crate::archive::datafile::Rows;

@@ -16,48 +16,20 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
-use super::lane::Lane;
 use super::plan::plan;
 use super::transaction::{self, Transaction};
-use super::{limits, progress, targets, visible, RestoreError, RestoreOptions, RestoreReport};
+use super::{
+    limits, progress, targets, visible, Restore, RestoreError, RestoreOptions, RestoreReport,
+    REQUEST_TIMEOUT,
+};
 use crate::kafka::blocking;
 use crate::kafka::{ClusterError, Ctx};
 use crate::storage::ObjectStore;
-
-/// Timeout of Kafka requests that should answer at once.
-pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a finished restore waits for `read_committed` consumers to see its records: markers
 /// take seconds to minutes on topics of many partitions; longer means another producer's open
 /// transaction holds them back.
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// A restore under way: its lanes, its transaction and what it reports.
-pub(super) struct Restore<'a> {
-    pub(super) store: Arc<dyn ObjectStore>,
-    pub(super) opts: &'a RestoreOptions,
-    pub(super) client: ClientConfig,
-    pub(super) servers: String,
-    pub(super) txn: Transaction,
-    pub(super) lanes: Vec<Lane>,
-    /// Partition count of each target topic.
-    pub(super) target_partitions: HashMap<String, i32>,
-    pub(super) report: RestoreReport,
-    /// The next watch slot of group translation (0 means none).
-    pub(super) next_slot: usize,
-    /// Records archived with timestamp 0, which librdkafka restamps with the current time.
-    pub(super) zero_timestamps: u64,
-    /// The progress topic does not exist yet: created with the targets, once they all passed.
-    pub(super) progress_missing: bool,
-    /// Consumer group snapshots count as of this time (see `Progress::groups_as_of`); `None`: the
-    /// window's end, or the newest snapshots in follow mode.
-    pub(super) groups_as_of: Option<i64>,
-    /// Totals for the progress line.
-    pub(super) started: Instant,
-    pub(super) last_status: Instant,
-    /// The progress bar, when asked for one (a terminal).
-    pub(super) bar: Option<indicatif::ProgressBar>,
-}
 
 /// Run a restore until its window is restored (or, in follow mode, until `stop` resolves).
 pub async fn run(

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::run::Restore;
+use super::Restore;
 
 impl Restore<'_> {
     /// A progress line: on a terminal a bar (indicatif) updated every second; in logs every 10

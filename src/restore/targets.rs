@@ -14,8 +14,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::plan::files_in;
-use super::run::{Restore, REQUEST_TIMEOUT};
 use super::RestoreError;
+use super::{Restore, REQUEST_TIMEOUT};
 use crate::archive::documents::{self, TopicMeta};
 use crate::archive::time::rfc3339_millis;
 use crate::kafka::{blocking, Ctx};

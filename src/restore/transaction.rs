@@ -37,7 +37,7 @@ use rdkafka::{ClientConfig, ClientContext, Message};
 
 use super::plan::Planned;
 use super::progress::{self, Progress};
-use super::run::REQUEST_TIMEOUT;
+use super::REQUEST_TIMEOUT;
 use super::{limits, partitioner, RestoreError, RestoreOptions};
 use crate::archive::documents::{self, TopicMeta};
 use crate::kafka::blocking;

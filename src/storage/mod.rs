@@ -6,6 +6,7 @@
 //! chain rules of the archive rely on is built from these two primitives.
 
 mod error;
+pub mod intercept;
 mod local;
 mod memory;
 mod probe;
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use error::{StorageError, StorageResult};
+pub use intercept::{Hooks, Intercept};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use probe::{probe, ProbeError, Probed};
