@@ -165,9 +165,7 @@ pub async fn run(
         groups_as_of: stored.values().next().and_then(|p| p.groups_as_of),
         started: Instant::now(),
         last_status: Instant::now(),
-        bar: opts
-            .progress
-            .then(|| crate::progress::bar(0, "{msg}, {percent}% done, ETA {eta}")),
+        bar: opts.progress.then(super::status::bar_for_a_pass),
     };
     restore.build_lanes(planned, &stored)?;
     if opts.groups {

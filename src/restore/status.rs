@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 use super::Restore;
 
+/// The terminal's progress bar of one pass over the plan.
+pub(super) fn bar_for_a_pass() -> indicatif::ProgressBar {
+    crate::progress::bar(0, "{msg}, {percent}% done, ETA {eta}")
+}
+
 impl Restore<'_> {
     /// A progress line: on a terminal a bar (indicatif) updated every second; in logs every 10
     /// seconds.
@@ -38,13 +43,18 @@ impl Restore<'_> {
             rate
         );
         if let Some(bar) = &self.bar {
+            if last {
+                // The pass's last line stays, ended, above what follows; a following restore's
+                // next pass gets a bar of its own.
+                bar.finish_and_clear();
+                eprintln!("{line}");
+                self.bar = Some(bar_for_a_pass());
+                return;
+            }
             // Offsets, not records, measure what is left (a resumed run knows them exactly).
+            bar.set_message(line);
             bar.set_length((done + left) as u64);
             bar.set_position(done as u64);
-            bar.set_message(line);
-            if last {
-                bar.finish();
-            }
         } else if !last {
             let eta = if done > 0 && left > 0 {
                 format!(

@@ -287,7 +287,7 @@ async fn take_group_snapshots(snapshots: &mut groups::GroupSnapshots) {
 
 fn finish(mut sink: Sink<'_>) -> Result<SinkReport, SinkError> {
     if let Some(bar) = &sink.bar {
-        bar.finish();
+        bar.finish_and_clear();
     }
     sink.report.partitions = sink.seen.len();
     if !sink.report.refused.is_empty() {
