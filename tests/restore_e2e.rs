@@ -207,6 +207,8 @@ async fn a_window_restores_exactly_what_offsets_for_times_delimits() {
                 &time(to),
                 "--topics",
                 &topic,
+                "--rename",
+                &format!("{topic}={target}"),
                 "--plan",
                 "--json",
             ],
@@ -231,6 +233,7 @@ async fn a_window_restores_exactly_what_offsets_for_times_delimits() {
         .unwrap());
         assert!(out.contains("restored"), "{out}");
         let mut total = 0;
+        let mut total_bytes = 0;
         for p in 0..2 {
             let (start, end) = cuts(&topic, p, &source[p as usize], from, to);
             let expected: Vec<Record> = source[p as usize]
@@ -251,9 +254,37 @@ async fn a_window_restores_exactly_what_offsets_for_times_delimits() {
             );
             assert_eq!(planned["start"], start, "plan of window {n}, partition {p}");
             assert_eq!(planned["end"], end, "plan of window {n}, partition {p}");
+            let payload: usize = expected
+                .iter()
+                .map(|r| {
+                    r.key.as_ref().map_or(0, Vec::len)
+                        + r.value.as_ref().map_or(0, Vec::len)
+                        + r.headers
+                            .iter()
+                            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+                            .sum::<usize>()
+                })
+                .sum();
+            // Whole files: the plan counts bytes as the summary does, exactly; a file the window
+            // cuts is counted by its share of records.
+            let planned_bytes = planned["bytes"].as_u64().unwrap() as f64;
+            assert!(
+                (planned_bytes - payload as f64).abs() <= payload as f64 * 0.05 + 64.0,
+                "plan of window {n}, partition {p}: {planned_bytes} bytes planned, {payload} restored"
+            );
             total += expected.len();
+            total_bytes += payload;
         }
         assert_eq!(plan["records"], total);
+        assert!(
+            out.contains(&format!("({total_bytes} bytes)")),
+            "the summary counts the bytes the plan estimates: {out}"
+        );
+        assert_eq!(plan["refusals"], serde_json::json!([]), "{plan}");
+        assert_eq!(
+            plan["targets"][0]["action"], "create with 2 partitions, replication 1",
+            "{plan}"
+        );
     }
 
     // Strict mode: only records whose own timestamp is inside the window (late ones are dropped).
@@ -701,20 +732,66 @@ async fn consumer_groups_resume_at_the_counterpart_of_their_offset() {
     );
 
     let target = format!("{topic}-copy");
-    let out = ok(restore(
+    let rename = format!("{topic}={target}");
+    let from = ms(t0 + 5_000);
+    let args = [
+        "--topics", &topic, "--rename", &rename, "--from", &from, "--groups",
+    ];
+    // The plan says where each group goes, and moves none of them.
+    let plan: serde_json::Value = serde_json::from_str(&ok(restore(
         &archive,
-        &[
-            "--topics",
-            &topic,
-            "--rename",
-            &format!("{topic}={target}"),
-            "--from",
-            &ms(t0 + 5_000),
-            "--groups",
-        ],
+        &[&args[..], &["--plan", "--json"]].concat(),
     )
     .output()
-    .unwrap());
+    .unwrap()))
+    .unwrap();
+    let moved = |name: &str| {
+        plan["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["group"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in the plan: {plan}"))
+            .clone()
+    };
+    // The window starts at offset 5: a group at 12 resumes after 7 restored records, one at 2
+    // before the first, one at the end at the end.
+    assert_eq!(moved(&group)["after_records"], 7, "{plan}");
+    assert_eq!(moved(&group)["target_topic"], target.as_str(), "{plan}");
+    assert_eq!(moved(&behind)["after_records"], 0, "{plan}");
+    assert_eq!(
+        moved(&done)["after_records"],
+        serde_json::Value::Null,
+        "{plan}"
+    );
+    // Its members use the consumer protocol, which the plan cannot see into: it says so.
+    assert_eq!(
+        moved(&busy)["active_members"],
+        serde_json::Value::Null,
+        "{plan}"
+    );
+    assert_eq!(moved(&group)["active_members"], false, "{plan}");
+    let text = ok(restore(&archive, &[&args[..], &["--plan"]].concat())
+        .output()
+        .unwrap());
+    assert!(text.contains("after 7 restored records"), "{text}");
+    {
+        use rdkafka::consumer::Consumer;
+        let reader: rdkafka::consumer::BaseConsumer =
+            kafka::config().set("group.id", &group).create().unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(&target, 0);
+        let committed = reader
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            committed.elements()[0].offset(),
+            rdkafka::Offset::Invalid,
+            "the plan committed nothing"
+        );
+    }
+
+    let out = ok(restore(&archive, &args).output().unwrap());
     assert!(out.contains("moved groups"), "{out}");
     assert!(
         out.contains(&format!("left groups with active members alone: {busy}")),
@@ -1002,7 +1079,7 @@ async fn missing_and_pre_1970_timestamps_restore_as_they_were() {
     let stderr = common::text(&out.stderr);
     ok(out);
     assert!(
-        stderr.contains("will delete them soon after they land") && stderr.contains(&short),
+        stderr.contains("the broker deletes them soon after they land") && stderr.contains(&short),
         "{stderr}"
     );
 }

@@ -409,3 +409,130 @@ async fn a_transaction_timeout_above_the_brokers_maximum_is_refused_up_front() {
     .unwrap());
     assert_restored(&target, &source);
 }
+
+/// `restore --plan` runs every check the restore runs against the target, read-only: a target with
+/// fewer partitions, one that holds records or stamps LogAppendTime is refused (exit 1, every
+/// reason listed) exactly as the run refuses it, a retention that would delete the restored records
+/// is a warning, and a plan creates nothing. Without a reachable cluster the plan still shows the
+/// archive's side and fails saying the target was not checked.
+#[tokio::test]
+async fn a_plan_runs_every_check_of_the_run_and_writes_nothing() {
+    let topic = common::unique("pitr-plan");
+    kafka::create_topic(&topic, 2, &[]).await;
+    let source = produce_spread(&topic, 2, 4, |_, i| vec![i as u8; 10]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    backup(&archive, &topic, 100);
+    let progress_topic = common::unique("plan-progress");
+    let plan = |target: &str, extra: &[&str]| {
+        let rename = format!("{topic}={target}");
+        let mut args = vec!["--topics", &topic, "--rename", &rename];
+        args.extend_from_slice(extra);
+        restore(&archive, &args)
+            .env("REWIND__RESTORE__PROGRESS_TOPIC", &progress_topic)
+            .output()
+            .unwrap()
+    };
+
+    let fewer = format!("{topic}-fewer");
+    kafka::create_topic(&fewer, 1, &[]).await;
+    let full = format!("{topic}-full");
+    kafka::create_topic(&full, 2, &[]).await;
+    kafka::produce(&full, 1, &source[1][..1]).await;
+    let stamped = format!("{topic}-stamped");
+    kafka::create_topic(&stamped, 2, &[("message.timestamp.type", "LogAppendTime")]).await;
+    for (target, reason) in [
+        (
+            &fewer,
+            format!("target topic {fewer} has 1 partitions but the archive of {topic} has 2"),
+        ),
+        (
+            &full,
+            format!("target topic {full} is not empty: it holds 1 offsets"),
+        ),
+        (
+            &stamped,
+            format!("target topic {stamped} uses message.timestamp.type=LogAppendTime"),
+        ),
+    ] {
+        let planned = plan(target, &["--plan"]);
+        assert_eq!(
+            planned.status.code(),
+            Some(1),
+            "{}",
+            common::text(&planned.stderr)
+        );
+        let stdout = common::text(&planned.stdout);
+        assert!(stdout.contains("RECORDS"), "the plan is printed: {stdout}");
+        assert!(stdout.contains(&format!("refused: {reason}")), "{stdout}");
+        assert!(
+            common::error_line(&planned).contains(&reason),
+            "{}",
+            common::error_line(&planned)
+        );
+        // The run refuses for the same reason, before it writes anything.
+        let run = plan(target, &[]);
+        assert_eq!(run.status.code(), Some(1));
+        assert!(
+            common::error_line(&run).contains(&reason),
+            "{}",
+            common::error_line(&run)
+        );
+    }
+
+    // Records 30 hours old into a target that keeps them for an hour: a warning, not a refusal.
+    let short = format!("{topic}-short");
+    kafka::create_topic(&short, 2, &[("retention.ms", "3600000")]).await;
+    let planned = plan(&short, &["--plan"]);
+    let stdout = ok(planned);
+    assert!(
+        stdout.contains(&format!(
+            "warning: target topic {short} keeps records for 1h"
+        )),
+        "{stdout}"
+    );
+
+    // A new target: created by the run, not by the plan; nor is the progress topic.
+    let fresh = format!("{topic}-fresh");
+    let planned: serde_json::Value =
+        serde_json::from_str(&ok(plan(&fresh, &["--plan", "--json"]))).unwrap();
+    assert_eq!(planned["records"], 8, "{planned}");
+    assert_eq!(planned["refusals"], serde_json::json!([]), "{planned}");
+    assert_eq!(
+        planned["targets"],
+        serde_json::json!([{"topic": fresh, "partitions": null, "action": "create with 2 partitions, replication 1"}]),
+        "{planned}"
+    );
+    let probe: BaseConsumer = kafka::config().create().unwrap();
+    let metadata = probe.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    for name in [&fresh, &progress_topic] {
+        assert!(
+            !metadata.topics().iter().any(|t| t.name() == name.as_str()),
+            "the plan created {name}"
+        );
+    }
+
+    // No cluster: the archive's plan, and a failure that says the target was not checked.
+    let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+        .args([
+            "restore",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+        ])
+        .args(["--topics", &topic, "--plan"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::text(&out.stdout).contains("total: 8 records"),
+        "{}",
+        common::text(&out.stdout)
+    );
+    assert!(
+        common::error_line(&out).contains("the target cluster was not checked"),
+        "{}",
+        common::error_line(&out)
+    );
+}

@@ -238,3 +238,44 @@ async fn a_group_of_another_archive_is_refused() {
         common::text(&out.stderr)
     );
 }
+
+/// Rewind's own groups are never snapshotted into `_groups/` (so `restore --groups` never moves
+/// them): not a sink's default `rewind-sink-…` group, nor a group of any name whose commits carry a
+/// Rewind marker. An application's group on the same topic is.
+#[tokio::test]
+async fn rewind_sinks_groups_are_not_snapshotted() {
+    let topic = common::unique("groups-own");
+    create_topic(&topic, 1, &[]).await;
+    produce(
+        &topic,
+        0,
+        &[record(Some(b"k"), Some(b"v"), vec![], 1_700_000_000_000)],
+    )
+    .await;
+    let app = common::unique("app");
+    common::kafka::commit_group(&app, &topic, 0, 1);
+    let default_named = common::unique("rewind-sink-other");
+    common::kafka::commit_group(&default_named, &topic, 0, 1);
+    let marked = common::unique("nightly-backup");
+    commit_with_metadata(&marked, &topic, 1, 1, "rewind:0123abcd s3://elsewhere/prod");
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    let out = sink(&archive, &topic).arg("--once").output().unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let store = LocalStore::open(StorageUrl::parse(&archive).unwrap()).unwrap();
+    let snapshotted: Vec<String> = store
+        .list("_groups/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.split('/').nth(1).unwrap().to_string())
+        .collect();
+    assert!(snapshotted.contains(&app), "{snapshotted:?}");
+    for own in [&default_named, &marked] {
+        assert!(
+            !snapshotted.contains(own),
+            "{own} snapshotted: {snapshotted:?}"
+        );
+    }
+}

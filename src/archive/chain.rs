@@ -30,6 +30,8 @@ pub struct Footer {
     pub records: u64,
     pub min_timestamp: Option<i64>,
     pub max_timestamp: Option<i64>,
+    /// Bytes of keys, values and headers (see [`FileFooter::payload_bytes`]).
+    pub payload_bytes: Option<u64>,
 }
 
 /// One data file of a chain: its key, its range, and its footer once read.
@@ -326,14 +328,20 @@ pub async fn read_footers(
         .filter(|(i, f)| f.footer.is_none() && wanted(*i, f))
         .map(|(i, _)| i)
         .collect();
-    let read: Vec<(usize, FileMeta)> = futures::stream::iter(todo.into_iter().map(|i| {
-        let file = &chain.files[i];
-        async move { Ok::<_, ChainError>((i, read_footer(store, &file.key, file.size).await?)) }
-    }))
-    .buffered(CONCURRENT_FOOTERS)
-    .try_collect()
-    .await?;
-    for (i, meta) in read {
+    let read: Vec<(usize, FileFooter)> =
+        futures::stream::iter(
+            todo.into_iter().map(|i| {
+                let file = &chain.files[i];
+                async move {
+                    Ok::<_, ChainError>((i, read_file_footer(store, &file.key, file.size).await?))
+                }
+            }),
+        )
+        .buffered(CONCURRENT_FOOTERS)
+        .try_collect()
+        .await?;
+    for (i, footer) in read {
+        let meta = &footer.meta;
         let last = i + 1 == chain.files.len();
         let file = &mut chain.files[i];
         if meta.topic != chain.topic
@@ -368,6 +376,7 @@ pub async fn read_footers(
             records: meta.record_count,
             min_timestamp: meta.min_timestamp,
             max_timestamp: meta.max_timestamp,
+            payload_bytes: footer.payload_bytes,
         });
     }
     Ok(())

@@ -411,6 +411,10 @@ pub struct Footer {
     pub key_bloom_filter: bool,
     /// The checksums of the file's own bytes (`None` in files written before they were kept).
     pub checksums: Option<Checksums>,
+    /// Bytes of the records' keys, values and header keys and values, as a restore counts what it
+    /// sends, from the Parquet size statistics of every byte-array column (`None` where a row group
+    /// has none: a file written by another Parquet writer).
+    pub payload_bytes: Option<u64>,
 }
 
 impl Footer {
@@ -450,8 +454,23 @@ impl Footer {
                 }
             })
         };
+        // The leaves of key, value and headers (not timestamp_type, also a byte array).
+        let payload_bytes = groups.iter().try_fold(0u64, |sum, g| {
+            g.columns()
+                .iter()
+                .filter(|c| {
+                    matches!(
+                        c.column_path().parts().first().map(String::as_str),
+                        Some("key" | "value" | "headers")
+                    )
+                })
+                .try_fold(sum, |sum, c| {
+                    Some(sum + u64::try_from(c.unencoded_byte_array_data_bytes()?).ok()?)
+                })
+        });
         Ok(Footer {
             meta,
+            payload_bytes,
             rows: groups.iter().map(|g| g.num_rows().max(0) as u64).sum(),
             row_groups: groups.len(),
             offsets: range(offset).flatten(),

@@ -241,6 +241,17 @@ pub async fn advance_chain_start(
     }
 }
 
+/// How the default group of a Rewind sink is named (`rewind-sink-<archive id>`).
+pub const SINK_GROUP_PREFIX: &str = "rewind-sink-";
+
+/// Whether a group is a Rewind sink's by its default name. Such groups are never snapshotted nor
+/// moved by `restore --groups`: their offsets say where a backup stands in the source cluster, and
+/// moving them in a target would make a sink of the target skip or repeat records. (A sink's group
+/// with a name of the user's choosing is known by its commit marker when snapshots are taken.)
+pub fn is_sink_group(group: &str) -> bool {
+    group.starts_with(SINK_GROUP_PREFIX)
+}
+
 /// Whether a consumer group id can name a `_groups/` folder as it is. Other groups are skipped
 /// (with a warning) rather than escaped, so that the folder name always is the group id.
 pub fn storable_group(group: &str) -> bool {

@@ -47,7 +47,9 @@ pub struct RestoreArgs {
     /// Move consumer groups to the target offsets matching their committed offsets as of --to.
     #[arg(long)]
     groups: bool,
-    /// Show what would be restored (per partition ranges, records, bytes, files); write nothing.
+    /// Show what would be restored (per partition ranges, records, bytes, files), what happens to
+    /// each target and where --groups moves each group, and run every check of the target cluster
+    /// (exit 1 if the restore would be refused); write nothing.
     #[arg(long)]
     plan: bool,
     /// Print the plan, or the restore's summary, as JSON.
@@ -137,14 +139,16 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         .await
         .map_err(Failure::found)?;
 
+    let client = kafka::client_config(&config.kafka, &[]);
     if args.plan {
-        let planned = restore::plan(&*store, &opts).await.map_err(failure)?;
-        print_plan(&planned.partitions, &opts, args.json);
-        return Ok(());
+        let preview = restore::preview(client, &*store, &opts, args.restore_id.is_some())
+            .await
+            .map_err(failure)?;
+        print_plan(&preview, &opts, args.json);
+        return plan_verdict(&preview);
     }
-    if args.restore_id.is_none() {
-        eprintln!("restore id: {restore_id} (pass --restore-id {restore_id} to resume this restore if it stops)");
-    }
+    // Said once the plan is committed, when there is something to resume.
+    opts.resume_hint = args.restore_id.is_none();
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr).map_err(Failure::found)?;
     }
@@ -152,7 +156,6 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         // An error means the signal task is gone, which it never is before the process exits.
         let _ = stop_rx.wait_for(|stopped| *stopped).await;
     };
-    let client = kafka::client_config(&config.kafka, &[]);
     let report = restore::run(client, store, &opts, stop)
         .await
         .map_err(failure)?;
@@ -230,22 +233,62 @@ fn failure(e: RestoreError) -> Failure {
     }
 }
 
-fn print_plan(partitions: &[restore::PartitionPlan], opts: &RestoreOptions, json: bool) {
+/// A plan the run would refuse, or could not check against the target, fails (exit 1) after it
+/// was printed.
+fn plan_verdict(preview: &restore::Preview) -> Result<(), Failure> {
+    if let Some(why) = &preview.unchecked {
+        return Err(Failure::found(format!(
+            "the target cluster was not checked, so the plan says only what the archive holds: {why}"
+        )));
+    }
+    match preview.refusals.len() {
+        0 => Ok(()),
+        1 => Err(Failure::found(format!(
+            "the restore would be refused: {}",
+            preview.refusals[0]
+        ))),
+        n => Err(Failure::found(format!(
+            "the restore would be refused for the {n} reasons above"
+        ))),
+    }
+}
+
+/// Where the plan says a group resumes, in words.
+fn resumes_at(g: &restore::GroupMove) -> String {
+    let place = match (g.active_members, g.after_records) {
+        (Some(true), _) => return "left alone: it has active members in the target".into(),
+        (_, None) => "the end of the restored partition".to_string(),
+        (_, Some(n)) => format!("after {n} restored records"),
+    };
+    if g.active_members.is_none() {
+        format!("{place} (unless members of its consumer protocol are active then)")
+    } else {
+        place
+    }
+}
+
+fn print_plan(preview: &restore::Preview, opts: &RestoreOptions, json: bool) {
+    let partitions = &preview.partitions;
     let records: u64 = partitions.iter().map(|p| p.records).sum();
     let bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
+    let stored: u64 = partitions.iter().map(|p| p.stored_bytes).sum();
     let files: usize = partitions.iter().map(|p| p.files).sum();
     if json {
-        let doc = json!({
+        let mut doc = json!({
             "window": {
                 "from": opts.window.from.map(crate::archive::time::rfc3339_millis),
                 "to": opts.window.to.map(crate::archive::time::rfc3339_millis),
             },
             "strict": opts.strict,
-            "partitions": partitions,
             "records": records,
             "bytes": bytes,
+            "stored_bytes": stored,
             "files": files,
         });
+        let checks = serde_json::to_value(preview).expect("a preview serializes");
+        if let (Some(doc), Some(checks)) = (doc.as_object_mut(), checks.as_object()) {
+            doc.extend(checks.clone());
+        }
         outln!(
             "{}",
             serde_json::to_string_pretty(&doc).expect("plan serializes")
@@ -288,7 +331,64 @@ fn print_plan(partitions: &[restore::PartitionPlan], opts: &RestoreOptions, json
         .collect();
     super::print_table(&header, &rows, 3);
     outln!(
-        "total: {records} records in {files} files ({bytes} bytes) from {} partitions",
+        "total: {records} records ({bytes} bytes of keys, values and headers, counted as the restore's summary counts them) from {} partitions, in {files} files of {stored} bytes",
         partitions.len()
     );
+    if preview.unchecked.is_some() {
+        return;
+    }
+    if preview.resumed {
+        outln!(
+            "resumes restore {}: {} records left after what it committed",
+            opts.restore_id,
+            preview.remaining_records
+        );
+    }
+    if !preview.targets.is_empty() {
+        outln!("target cluster {}:", preview.bootstrap_servers);
+        let rows: Vec<[String; 3]> = preview
+            .targets
+            .iter()
+            .map(|t| {
+                [
+                    t.topic.clone(),
+                    t.partitions
+                        .map_or("does not exist".into(), |n| format!("{n} partitions")),
+                    t.action.clone(),
+                ]
+            })
+            .collect();
+        super::print_table(&["TARGET", "NOW", "THE RESTORE WILL"], &rows, 3);
+    }
+    if opts.groups {
+        if preview.groups.is_empty() {
+            outln!("groups: no archived group snapshot has offsets on the restored partitions");
+        } else {
+            outln!("groups --groups moves (a group resumes at the restored record after the ones counted):");
+            let rows: Vec<[String; 5]> = preview
+                .groups
+                .iter()
+                .map(|g| {
+                    [
+                        g.group.clone(),
+                        format!("{}/{}", g.topic, g.partition),
+                        g.committed.to_string(),
+                        format!("{}/{}", g.target_topic, g.partition),
+                        resumes_at(g),
+                    ]
+                })
+                .collect();
+            super::print_table(
+                &["GROUP", "SOURCE", "COMMITTED", "TARGET", "RESUMES AT"],
+                &rows,
+                5,
+            );
+        }
+    }
+    for warning in &preview.warnings {
+        outln!("warning: {warning}");
+    }
+    for refusal in &preview.refusals {
+        outln!("refused: {refusal}");
+    }
 }

@@ -56,8 +56,12 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
         allow_cluster_change: args.allow_cluster_change,
         admin_api: !config.kafka.aws_msk_iam,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        ..SinkOptions::from_config(s, config.storage.s3.part_size.bytes())
-            .map_err(Failure::usage)?
+        ..SinkOptions::from_config(
+            s,
+            config.storage.s3.part_size.bytes(),
+            &config.restore.progress_topic,
+        )
+        .map_err(Failure::usage)?
     };
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr).map_err(Failure::found)?;

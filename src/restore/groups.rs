@@ -19,8 +19,11 @@ use crate::archive::documents::{self, ArchiveError, GroupSnapshot};
 use crate::kafka::{blocking, Ctx};
 use crate::storage::ObjectStore;
 
+/// Why `--groups` and `--repartition-by-key` do not go together.
+pub(super) const NOT_WITH_REPARTITION: &str = "--groups cannot be combined with --repartition-by-key: a group's position in one source partition has no single counterpart once records are spread over other partitions";
+
 /// The newest snapshot of every archived group taken at or before `to` (the newest of all when
-/// `to` is open).
+/// `to` is open), but Rewind sinks' groups (snapshots an older sink took), which are never moved.
 pub async fn snapshots_as_of(
     store: &dyn ObjectStore,
     to: Option<i64>,
@@ -30,6 +33,9 @@ pub async fn snapshots_as_of(
         let Some((group, taken)) = documents::parse_group_snapshot_key(&object.key) else {
             continue;
         };
+        if documents::is_sink_group(group) {
+            continue;
+        }
         if to.is_some_and(|to| taken > to) {
             continue;
         }
@@ -62,6 +68,25 @@ pub fn has_members(
         .groups()
         .iter()
         .any(|g| g.name() == group && !g.members().is_empty()))
+}
+
+/// Whether each group of the cluster has members: `None` for a group the classic group API does not
+/// describe (the consumer protocol of KIP-848; it answers such a group as dead).
+pub fn members_of_all(
+    client: &ClientConfig,
+    timeout: Duration,
+) -> Result<BTreeMap<String, Option<bool>>, KafkaError> {
+    let consumer: BaseConsumer<Ctx> = client.create_with_context(Ctx)?;
+    crate::kafka::ready(&consumer);
+    let list = consumer.fetch_group_list(None, timeout)?;
+    Ok(list
+        .groups()
+        .iter()
+        .map(|g| {
+            let known = !(g.state() == "Dead" && g.protocol_type().is_empty());
+            (g.name().to_string(), known.then(|| !g.members().is_empty()))
+        })
+        .collect())
 }
 
 /// Whether a failed commit says the group has members (so its offsets are theirs to move).
@@ -106,9 +131,7 @@ impl Restore<'_> {
     /// record at or after each group's committed offset.
     pub(super) async fn load_groups(&mut self) -> Result<(), RestoreError> {
         if self.opts.repartition_by_key {
-            return Err(RestoreError::Target(
-                "--groups cannot be combined with --repartition-by-key: a group's position in one source partition has no single counterpart once records are spread over other partitions".into(),
-            ));
+            return Err(RestoreError::Target(NOT_WITH_REPARTITION.into()));
         }
         let follow = self.opts.follow;
         let as_of = if follow {
@@ -146,7 +169,8 @@ impl Restore<'_> {
     pub(super) async fn commit_groups(&mut self) -> Result<(), RestoreError> {
         let mut per_group: BTreeMap<String, BTreeMap<(String, i32), i64>> = BTreeMap::new();
         let consumer: Arc<BaseConsumer<Ctx>> = Arc::new(
-            self.client
+            self.cluster
+                .client
                 .create_with_context(Ctx)
                 .map_err(|e| self.kafka_err(e))?,
         );
@@ -175,7 +199,7 @@ impl Restore<'_> {
             }
         }
         for (group, offsets) in per_group {
-            let client = self.client.clone();
+            let client = self.cluster.client.clone();
             let name = group.clone();
             let busy = blocking(move || has_members(&client, &name, REQUEST_TIMEOUT))
                 .await
@@ -185,7 +209,7 @@ impl Restore<'_> {
                 self.report.groups_skipped.push(group);
                 continue;
             }
-            let client = self.client.clone();
+            let client = self.cluster.client.clone();
             let name = group.clone();
             match blocking(move || commit(&client, &name, &offsets)).await {
                 Ok(()) => {}
@@ -206,5 +230,46 @@ impl Restore<'_> {
             self.report.groups_committed.push(group);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{LocalStore, PutMode, StorageUrl};
+
+    /// Snapshots of a Rewind sink's group (taken by a sink from before they were left out) are
+    /// never moved; an application's group is, with its newest snapshot as of the window's end.
+    #[tokio::test]
+    async fn a_sinks_group_is_never_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StorageUrl::parse(&format!("file://{}", dir.path().display())).unwrap();
+        let store = LocalStore::open(url).unwrap();
+        for (group, taken_at_ms) in [("app", 1_000), ("app", 2_000), ("rewind-sink-0123", 1_000)] {
+            let snapshot = GroupSnapshot {
+                group: group.into(),
+                taken_at_ms,
+                taken_at: crate::archive::time::rfc3339_millis(taken_at_ms),
+                offsets: BTreeMap::from([("t".into(), BTreeMap::from([(0, taken_at_ms)]))]),
+            };
+            let key = documents::group_snapshot_key(group, taken_at_ms);
+            documents::write_doc(&store, &key, &snapshot, PutMode::Create)
+                .await
+                .unwrap();
+        }
+        let got = snapshots_as_of(&store, Some(1_500)).await.unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|s| (s.group.as_str(), s.taken_at_ms))
+                .collect::<Vec<_>>(),
+            [("app", 1_000)]
+        );
+        let got = snapshots_as_of(&store, None).await.unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|s| (s.group.as_str(), s.taken_at_ms))
+                .collect::<Vec<_>>(),
+            [("app", 2_000)]
+        );
     }
 }

@@ -155,6 +155,7 @@ impl RestoreJob {
                 transaction_interval: tuning.transaction_interval,
                 progress_topic: tuning.progress_topic.clone(),
                 progress: false,
+                resume_hint: false,
                 live: None,
                 admin_api: true,
             }),

@@ -63,67 +63,78 @@ impl Lane {
     }
 }
 
+/// One lane per planned partition; a resumed restore keeps the ranges it was started with (and is
+/// refused for another window or selection). Returns the lanes and the records planned.
+pub(super) fn build(
+    opts: &RestoreOptions,
+    planned: Planned,
+    stored: &BTreeMap<(String, i32), Progress>,
+) -> Result<(Vec<Lane>, u64), RestoreError> {
+    let describe = |window: &str, selection: &str, follow: bool| {
+        format!(
+            "{window} {selection}{}",
+            if follow { " --follow" } else { "" }
+        )
+    };
+    let asked = describe(&opts.window.describe(), &selection(opts), opts.follow);
+    if let Some(p) = stored.values().next() {
+        let started = describe(&p.window, &p.selection, p.follow);
+        if started != asked {
+            return Err(RestoreError::OtherWindow {
+                id: opts.restore_id.clone(),
+                stored: started,
+                asked,
+            });
+        }
+    }
+    let resumed = !stored.is_empty();
+    let mut lanes = Vec::new();
+    let mut planned_records = 0;
+    for (chain, plan) in planned.chains.into_iter().zip(planned.partitions) {
+        let key = (chain.topic.clone(), chain.partition);
+        let gaps = chain.gaps.clone();
+        let (start, end, next, resolved) = match stored.get(&key) {
+            Some(p) => (p.start, p.end, p.next, p.groups.clone()),
+            // A resumed bounded restore sticks to the partitions it planned.
+            None if resumed && !opts.follow => continue,
+            None => (
+                plan.start,
+                (!opts.follow).then_some(plan.end),
+                plan.start,
+                BTreeMap::new(),
+            ),
+        };
+        planned_records += plan.records;
+        lanes.push(Lane {
+            topic: chain.topic.clone(),
+            partition: chain.partition,
+            target_topic: plan.target_topic.clone(),
+            start,
+            end,
+            next,
+            run_from: next,
+            chain_end: chain.end().unwrap_or(0),
+            files: chain.files,
+            watches: Vec::new(),
+            resolved,
+            pending: Vec::new(),
+            dirty: false,
+        });
+        check_covered(lanes.last().expect("just pushed"), &gaps)?;
+    }
+    Ok((lanes, planned_records))
+}
+
 impl Restore<'_> {
-    /// One lane per planned partition; a resumed restore keeps the ranges it was started with.
+    /// The restore's lanes (see [`build`]).
     pub(super) fn build_lanes(
         &mut self,
         planned: Planned,
         stored: &BTreeMap<(String, i32), Progress>,
     ) -> Result<(), RestoreError> {
-        let describe = |window: &str, selection: &str, follow: bool| {
-            format!(
-                "{window} {selection}{}",
-                if follow { " --follow" } else { "" }
-            )
-        };
-        let asked = describe(
-            &self.opts.window.describe(),
-            &selection(self.opts),
-            self.opts.follow,
-        );
-        if let Some(p) = stored.values().next() {
-            let started = describe(&p.window, &p.selection, p.follow);
-            if started != asked {
-                return Err(RestoreError::OtherWindow {
-                    id: self.opts.restore_id.clone(),
-                    stored: started,
-                    asked,
-                });
-            }
-        }
-        let resumed = !stored.is_empty();
-        for (chain, plan) in planned.chains.into_iter().zip(planned.partitions) {
-            let key = (chain.topic.clone(), chain.partition);
-            let gaps = chain.gaps.clone();
-            let (start, end, next, resolved) = match stored.get(&key) {
-                Some(p) => (p.start, p.end, p.next, p.groups.clone()),
-                // A resumed bounded restore sticks to the partitions it planned.
-                None if resumed && !self.opts.follow => continue,
-                None => (
-                    plan.start,
-                    (!self.opts.follow).then_some(plan.end),
-                    plan.start,
-                    BTreeMap::new(),
-                ),
-            };
-            self.report.planned_records += plan.records;
-            self.lanes.push(Lane {
-                topic: chain.topic.clone(),
-                partition: chain.partition,
-                target_topic: plan.target_topic.clone(),
-                start,
-                end,
-                next,
-                run_from: next,
-                chain_end: chain.end().unwrap_or(0),
-                files: chain.files,
-                watches: Vec::new(),
-                resolved,
-                pending: Vec::new(),
-                dirty: false,
-            });
-            check_covered(self.lanes.last().expect("just pushed"), &gaps)?;
-        }
+        let (lanes, planned_records) = build(self.opts, planned, stored)?;
+        self.lanes = lanes;
+        self.report.planned_records += planned_records;
         self.report.partitions = self.lanes.len();
         Ok(())
     }

@@ -32,6 +32,9 @@ pub(super) struct TargetLimits {
     pub transaction_max_timeout_ms: Option<u64>,
     /// `max.message.bytes` of each existing topic asked about.
     pub topic_max_bytes: BTreeMap<String, u64>,
+    /// The `retention.ms` a topic created without one gets (`log.retention.ms`, or the minutes
+    /// or hours setting); negative: kept forever.
+    pub broker_retention_ms: Option<i64>,
 }
 
 impl TargetLimits {
@@ -70,6 +73,19 @@ impl TargetLimits {
                         limits.transaction_max_timeout_ms,
                         number("transaction.max.timeout.ms"),
                     );
+                    let signed = |key: &str, unit: i64| {
+                        let value = resource.get(key)?.value.as_deref()?.parse::<i64>().ok()?;
+                        Some(if value < 0 {
+                            -1
+                        } else {
+                            value.saturating_mul(unit)
+                        })
+                    };
+                    limits.broker_retention_ms = limits.broker_retention_ms.or_else(|| {
+                        signed("log.retention.ms", 1)
+                            .or_else(|| signed("log.retention.minutes", 60_000))
+                            .or_else(|| signed("log.retention.hours", 3_600_000))
+                    });
                 }
                 OwnedResourceSpecifier::Topic(topic) => {
                     if let Some(max) = number("max.message.bytes") {

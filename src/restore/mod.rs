@@ -6,6 +6,7 @@
 //! cluster, so a restore run again with the same id continues exactly where the committed progress
 //! says: no record twice, none missing, for any interruption.
 
+mod cluster;
 mod groups;
 pub mod job;
 mod lane;
@@ -13,6 +14,7 @@ mod limits;
 pub mod partitioner;
 mod pass;
 pub mod plan;
+mod preview;
 pub mod progress;
 mod reader;
 mod run;
@@ -21,15 +23,15 @@ mod targets;
 mod transaction;
 mod visible;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-
 pub use plan::{plan, PartitionPlan, Planned, Window};
+pub use preview::{preview, GroupMove, Preview};
 pub use progress::Progress;
 pub use run::run;
+pub use targets::TargetCheck;
 
 use crate::archive::chain::ChainError;
 use crate::archive::documents::ArchiveError;
@@ -44,19 +46,14 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 struct Restore<'a> {
     pub(super) store: Arc<dyn ObjectStore>,
     pub(super) opts: &'a RestoreOptions,
-    pub(super) client: ClientConfig,
-    pub(super) servers: String,
+    pub(super) cluster: cluster::Cluster,
     pub(super) txn: Transaction,
     pub(super) lanes: Vec<Lane>,
-    /// Partition count of each target topic.
-    pub(super) target_partitions: HashMap<String, i32>,
     pub(super) report: RestoreReport,
     /// The next watch slot of group translation (0 means none).
     pub(super) next_slot: usize,
     /// Records archived with timestamp 0, which librdkafka restamps with the current time.
     pub(super) zero_timestamps: u64,
-    /// The progress topic does not exist yet: created with the targets, once they all passed.
-    pub(super) progress_missing: bool,
     /// Consumer group snapshots count as of this time (see `Progress::groups_as_of`); `None`: the
     /// window's end, or the newest snapshots in follow mode.
     pub(super) groups_as_of: Option<i64>,
@@ -104,6 +101,9 @@ pub struct RestoreOptions {
     pub progress_topic: String,
     /// Print a progress line on stderr (for a terminal).
     pub progress: bool,
+    /// Say on stderr how to resume, once the restore committed its plan (there is then something
+    /// to resume): for an id the user did not choose.
+    pub resume_hint: bool,
     /// Where the service's API reads this restore's partitions, lag and totals.
     pub live: Option<std::sync::Arc<crate::live::Live>>,
     /// The target answers the admin API: missing targets and the progress topic are created,

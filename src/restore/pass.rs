@@ -10,7 +10,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use rdkafka::admin::AdminClient;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
@@ -22,7 +21,6 @@ use super::Restore;
 use super::{partitioner, RestoreError};
 use crate::archive::chain::ChainFile;
 use crate::archive::datafile::Rows;
-use crate::kafka::Ctx;
 
 impl Restore<'_> {
     /// Restore every lane up to where it should go now. Returns whether `stop` ended it early.
@@ -147,7 +145,8 @@ impl Restore<'_> {
         let mut chunk_records = 0;
         self.txn.begin()?;
         let repartition = self.opts.repartition_by_key.then(|| {
-            self.target_partitions
+            self.cluster
+                .partitions
                 .get(&self.lanes[index].target_topic)
                 .copied()
                 .unwrap_or(1)
@@ -264,7 +263,8 @@ impl Restore<'_> {
         }
         let landed = self.txn.take_landed();
         let progress_partitions = self
-            .target_partitions
+            .cluster
+            .partitions
             .get(&self.opts.progress_topic)
             .copied()
             .unwrap_or(1);
@@ -294,8 +294,6 @@ impl Restore<'_> {
     /// Follow mode: poll the checkpoints and restore whatever the chains gained, until stopped.
     pub(super) async fn follow(
         &mut self,
-        admin: Option<&AdminClient<Ctx>>,
-        brokers: i32,
         stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<(), RestoreError> {
         let mut seen: HashMap<String, String> = HashMap::new();
@@ -335,7 +333,7 @@ impl Restore<'_> {
                     .map(|l| l.target_topic.clone())
                     .filter(|t| !known_targets.contains(t))
                     .collect();
-                self.ensure_targets(admin, brokers, &new_targets).await?;
+                self.ensure_targets(&new_targets).await?;
             }
             if grown && self.pass(stop).await? {
                 return Ok(());

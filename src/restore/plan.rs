@@ -58,8 +58,11 @@ pub struct PartitionPlan {
     pub end: i64,
     /// Archived records in `[start, end)` (strict mode may restore fewer).
     pub records: u64,
-    /// Stored bytes of the files that have to be read.
+    /// Bytes of their keys, values and headers: what the restore's summary counts (in a file the
+    /// window cuts, its share by records).
     pub bytes: u64,
+    /// Stored bytes of the files that have to be read.
+    pub stored_bytes: u64,
     /// Those files.
     pub files: usize,
 }
@@ -84,6 +87,7 @@ pub async fn plan_partition(
                 end: 0,
                 records: 0,
                 bytes: 0,
+                stored_bytes: 0,
                 files: 0,
             })
         }
@@ -107,29 +111,65 @@ pub async fn plan_partition(
         end,
         records: 0,
         bytes: 0,
+        stored_bytes: 0,
         files: 0,
     };
     for file in files_in(&chain.files, start, end) {
         plan.files += 1;
-        plan.bytes += file.size;
-        plan.records += match file.footer {
-            Some(footer) if file.start >= start && file.end <= end => footer.records,
-            _ => {
-                let offsets = match offsets.get(&file.key) {
-                    Some(o) => o,
-                    None => {
-                        let read = read_offsets(store, file).await?;
-                        offsets.entry(file.key.clone()).or_insert(read)
-                    }
-                };
-                offsets
-                    .iter()
-                    .filter(|(o, _)| (start..end).contains(o))
-                    .count() as u64
-            }
-        };
+        plan.stored_bytes += file.size;
+        let records = records_of(store, file, start, end, &mut offsets).await?;
+        plan.records += records;
+        // Files of another writer may lack size statistics: their stored size stands in.
+        let (payload, all) = file.footer.map_or((file.size, 1), |f| {
+            (f.payload_bytes.unwrap_or(file.size), f.records.max(1))
+        });
+        plan.bytes += (u128::from(payload) * u128::from(records.min(all)) / u128::from(all)) as u64;
     }
     Ok(plan)
+}
+
+/// Archived records of `file` in `[start, end)`: its footer's count when the file lies inside,
+/// else its offsets, read once into `cache`.
+async fn records_of(
+    store: &dyn ObjectStore,
+    file: &ChainFile,
+    start: i64,
+    end: i64,
+    cache: &mut HashMap<String, Vec<(i64, Option<i64>)>>,
+) -> Result<u64, ChainError> {
+    if let Some(footer) = file
+        .footer
+        .filter(|_| file.start >= start && file.end <= end)
+    {
+        return Ok(footer.records);
+    }
+    let offsets = match cache.get(&file.key) {
+        Some(o) => o,
+        None => {
+            let read = read_offsets(store, file).await?;
+            cache.entry(file.key.clone()).or_insert(read)
+        }
+    };
+    Ok(offsets
+        .iter()
+        .filter(|(o, _)| (start..end).contains(o))
+        .count() as u64)
+}
+
+/// Archived records of `chain` in `[start, end)`, reading the footers it needs.
+pub(super) async fn records_between(
+    store: &dyn ObjectStore,
+    chain: &mut Chain,
+    start: i64,
+    end: i64,
+) -> Result<u64, ChainError> {
+    chain::read_footers(store, chain, |_, f| f.end > start && f.start < end).await?;
+    let mut cache = HashMap::new();
+    let mut records = 0;
+    for file in files_in(&chain.files, start, end) {
+        records += records_of(store, file, start, end, &mut cache).await?;
+    }
+    Ok(records)
 }
 
 /// The files of a chain that hold offsets of `[start, end)`.

@@ -6,24 +6,19 @@
 //! before the first record (see [`transaction`](super::transaction)): a refused restore leaves the
 //! cluster as it was, and an interrupted one is resumed by its id exactly where it stopped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::AdminClient;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
+use super::cluster::Cluster;
 use super::plan::plan;
 use super::transaction::{self, Transaction};
-use super::{
-    limits, progress, targets, visible, Restore, RestoreError, RestoreOptions, RestoreReport,
-    REQUEST_TIMEOUT,
-};
+use super::{progress, visible, Restore, RestoreError, RestoreOptions, RestoreReport};
 use crate::kafka::blocking;
-use crate::kafka::{ClusterError, Ctx};
 use crate::storage::ObjectStore;
 
 /// How long a finished restore waits for `read_committed` consumers to see its records: markers
@@ -58,70 +53,15 @@ pub async fn run(
             ..RestoreReport::default()
         });
     }
-    let servers = crate::kafka::servers(&client);
-    let kafka_err = |e: KafkaError| RestoreError::Kafka(ClusterError::client(&servers, e));
-
     // The target must answer before anything is decided.
-    let probe: BaseConsumer<Ctx> = client.create_with_context(Ctx).map_err(kafka_err)?;
-    crate::kafka::ready(&probe);
-    let metadata = blocking({
-        let servers = servers.clone();
-        move || crate::kafka::probe(probe.client(), &servers, Duration::from_secs(10))
-    })
-    .await?;
-    let brokers = metadata.brokers().len() as i32;
-    let existing: HashMap<String, i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-        .collect();
-    // No admin client at all without the admin API: one that cannot authenticate (MSK IAM) would
-    // only keep failing to connect.
-    let admin: Option<AdminClient<Ctx>> = opts
-        .admin_api
-        .then(|| client.create_with_context(Ctx))
-        .transpose()
-        .map_err(kafka_err)?;
-
-    // Missing only when the broker does not know it: a topic listed with another error (a leader
-    // election, say) may hold this restore's progress, which must be read.
-    let progress_missing = !metadata.topics().iter().any(|t| {
-        t.name() == opts.progress_topic
-            && t.error()
-                != Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-    });
-    if progress_missing && admin.is_none() {
-        return Err(targets::no_progress_topic(&opts.progress_topic));
+    let cluster = Cluster::ask(client.clone(), opts, &planned).await?;
+    if let Some(refusal) = cluster.refusal(opts) {
+        return Err(refusal);
     }
-
-    // What the target takes, asked before anything is written (DescribeConfigs).
-    let limits = match &admin {
-        Some(admin) => {
-            let mut described: BTreeSet<String> = planned
-                .partitions
-                .iter()
-                .map(|p| p.target_topic.clone())
-                .filter(|t| existing.contains_key(t))
-                .collect();
-            if !progress_missing {
-                described.insert(opts.progress_topic.clone());
-            }
-            let brokers: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
-            Some(
-                limits::TargetLimits::describe(admin, &brokers, &described, REQUEST_TIMEOUT)
-                    .await
-                    .map_err(kafka_err)?,
-            )
-        }
-        None => None,
-    };
-    let batch_size = match &limits {
-        Some(known) => transaction::batch_size(&*store, opts, &planned, known, &existing).await?,
-        // Without the admin API nothing tells the limits: librdkafka's default fits Kafka's.
-        None => limits::DEFAULT_BATCH_SIZE,
-    };
-    let transaction_timeout = transaction::transaction_timeout(&client, opts, limits.as_ref())?;
+    let kafka_err = |e: KafkaError| cluster.kafka_err(e);
+    let batch_size = transaction::batch_size(&*store, opts, &planned, &cluster).await?;
+    let transaction_timeout =
+        transaction::transaction_timeout(&client, opts, cluster.limits.as_ref())?;
 
     // Fence any earlier run of this restore, then read what it committed.
     let producer_config =
@@ -131,7 +71,7 @@ pub async fn run(
         .map_err(kafka_err)?;
     // Without a progress topic no run of this restore has committed anything yet; the topic is
     // created once every target passed its checks, so that a refused restore leaves nothing behind.
-    let stored = if progress_missing {
+    let stored = if cluster.progress_missing {
         BTreeMap::new()
     } else {
         blocking({
@@ -149,11 +89,9 @@ pub async fn run(
     let mut restore = Restore {
         store: store.clone(),
         opts,
-        client: client.clone(),
-        servers: servers.clone(),
+        cluster,
         txn,
         lanes: Vec::new(),
-        target_partitions: existing,
         report: RestoreReport {
             restore_id: opts.restore_id.clone(),
             resumed: !stored.is_empty(),
@@ -161,7 +99,6 @@ pub async fn run(
         },
         next_slot: 1,
         zero_timestamps: 0,
-        progress_missing,
         groups_as_of: stored.values().next().and_then(|p| p.groups_as_of),
         started: Instant::now(),
         last_status: Instant::now(),
@@ -193,20 +130,23 @@ pub async fn run(
         } else {
             BTreeSet::new()
         };
-        restore
-            .ensure_targets(admin.as_ref(), brokers, &targets)
-            .await?;
+        restore.ensure_targets(&targets).await?;
     }
     if !restore.report.resumed {
         // Commit the plan before the first record: from now on a rerun with this id resumes
         // (and does not take the records of an interrupted first transaction for someone else's).
-        restore
-            .ensure_progress_topic(admin.as_ref(), brokers)
-            .await?;
+        restore.ensure_progress_topic().await?;
         for lane in &mut restore.lanes {
             lane.dirty = true;
         }
         restore.commit().await?;
+        if opts.resume_hint {
+            // From now on there is something to resume.
+            let id = &opts.restore_id;
+            eprintln!(
+                "restore id: {id} (pass --restore-id {id} to resume this restore if it stops)"
+            );
+        }
     }
     restore.report_lag();
 
@@ -225,14 +165,14 @@ pub async fn run(
         restore.wait_visible(&mut stop).await?;
     }
     if opts.follow {
-        restore.follow(admin.as_ref(), brokers, &mut stop).await?;
+        restore.follow(&mut stop).await?;
     }
     Ok(restore.report)
 }
 
 impl Restore<'_> {
     pub(super) fn kafka_err(&self, e: KafkaError) -> RestoreError {
-        RestoreError::Kafka(ClusterError::client(&self.servers, e))
+        self.cluster.kafka_err(e)
     }
 
     pub(super) fn interrupted(&self, message: impl ToString) -> RestoreError {
@@ -252,7 +192,8 @@ impl Restore<'_> {
         for lane in &self.lanes {
             if self.opts.repartition_by_key {
                 let count = self
-                    .target_partitions
+                    .cluster
+                    .partitions
                     .get(&lane.target_topic)
                     .copied()
                     .unwrap_or(1);
@@ -262,14 +203,15 @@ impl Restore<'_> {
             }
         }
         let progress = self
-            .target_partitions
+            .cluster
+            .partitions
             .get(&self.opts.progress_topic)
             .copied()
             .unwrap_or(1);
         partitions.extend((0..progress).map(|p| (self.opts.progress_topic.clone(), p)));
         let cancel = Arc::new(AtomicBool::new(false));
         let waiting = blocking({
-            let (client, cancel) = (self.client.clone(), cancel.clone());
+            let (client, cancel) = (self.cluster.client.clone(), cancel.clone());
             let partitions = partitions.into_iter().collect();
             move || {
                 visible::wait(

@@ -341,9 +341,13 @@ pub(super) async fn batch_size(
     store: &dyn ObjectStore,
     opts: &RestoreOptions,
     planned: &Planned,
-    known: &limits::TargetLimits,
-    existing: &HashMap<String, i32>,
+    cluster: &super::cluster::Cluster,
 ) -> Result<u64, RestoreError> {
+    // Without the admin API nothing tells the limits: librdkafka's default fits Kafka's.
+    let Some(known) = &cluster.limits else {
+        return Ok(limits::DEFAULT_BATCH_SIZE);
+    };
+    let existing = &cluster.partitions;
     let mut sources: BTreeMap<&str, Option<&str>> = planned
         .partitions
         .iter()

@@ -228,7 +228,11 @@ async fn run_pipeline(
             let opts = SinkOptions {
                 live: Some(live),
                 admin_api: admin_api(config, &spec.cluster),
-                ..SinkOptions::from_config(&spec.sink, config.storage.s3.part_size.bytes())?
+                ..SinkOptions::from_config(
+                    &spec.sink,
+                    config.storage.s3.part_size.bytes(),
+                    &config.restore.progress_topic,
+                )?
             };
             let report = sink::run(client, store, opts, stop)
                 .await

@@ -95,7 +95,8 @@ impl GroupSnapshots {
     }
 }
 
-/// The committed offsets of every consumer group (but the sink's own) on the selected topics.
+/// The committed offsets of every consumer group on the selected topics, but Rewind sinks' (this
+/// one's, any named `rewind-sink-…`, and any whose commits carry a Rewind marker).
 fn read_all(
     client: &ClientConfig,
     opts: &SinkOptions,
@@ -119,7 +120,9 @@ fn read_all(
         .groups()
         .iter()
         .filter(|g| {
-            Some(g.name()) != opts.group.as_deref() && matches!(g.protocol_type(), "consumer" | "")
+            Some(g.name()) != opts.group.as_deref()
+                && !documents::is_sink_group(g.name())
+                && matches!(g.protocol_type(), "consumer" | "")
         })
         .map(|g| g.name())
         .filter(|name| {
@@ -168,6 +171,14 @@ fn committed(
     let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx)?;
     crate::kafka::ready(&consumer);
     let committed = crate::kafka::committed_offsets(&consumer, tpl, TIMEOUT)?;
+    let rewind = committed
+        .elements()
+        .iter()
+        .any(|e| e.metadata().starts_with(super::ownership::MARKER_PREFIX));
+    if rewind {
+        tracing::debug!(group, "a Rewind sink's group: not snapshotted");
+        return Ok(None);
+    }
     let mut offsets = Offsets::new();
     for e in committed.elements() {
         if let Offset::Offset(o) = e.offset() {

@@ -48,18 +48,29 @@ pub struct SinkOptions {
 
 impl SinkOptions {
     /// Options from the configuration's `[sink]` section (or a sink pipeline's); `once`,
-    /// `allow_cluster_change`, `progress` and `live` are the caller's to set.
+    /// `allow_cluster_change`, `progress` and `live` are the caller's to set. `progress_topic` (the
+    /// restores' progress topic of the same configuration) is never archived, like the default
+    /// one, whose `__` prefix keeps it out.
     pub fn from_config(
         s: &crate::config::SinkConfig,
         part_size: u64,
+        progress_topic: &str,
     ) -> Result<SinkOptions, String> {
         let invalid = |key: &str, pattern: &str, e: regex::Error| {
             format!("sink.{key} {pattern:?} is not a valid regular expression: {e}")
         };
+        if let Some(exclude) = &s.exclude {
+            TopicSelector::new(exclude).map_err(|e| invalid("exclude", exclude, e))?;
+        }
+        let progress = regex::escape(progress_topic);
+        let exclude = match &s.exclude {
+            Some(exclude) => format!("(?:{exclude})|{progress}"),
+            None => progress,
+        };
         let topics = TopicSelector::new(&s.topics)
             .map_err(|e| invalid("topics", &s.topics, e))?
-            .excluding(s.exclude.as_deref())
-            .map_err(|e| invalid("exclude", s.exclude.as_deref().unwrap_or_default(), e))?;
+            .excluding(Some(&exclude))
+            .map_err(|e| invalid("exclude", &exclude, e))?;
         Ok(SinkOptions {
             topics,
             group: s.group.clone(),
@@ -141,4 +152,35 @@ pub struct SinkReport {
     pub log_start_queries: u64,
     /// Partitions refused because their log ends before the archived chain (`topic/partition`).
     pub refused: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rewind's own progress topic stays out of the archive, whatever its name: the default is
+    /// internal (`__`), and a configured one is left out by name; the user's exclusion still holds.
+    #[test]
+    fn the_restores_progress_topic_is_never_archived() {
+        let mut config = crate::config::SinkConfig::default();
+        let opts = SinkOptions::from_config(&config, 5 << 20, "__rewind_restores").unwrap();
+        assert!(!opts.selects("__rewind_restores"));
+        assert!(opts.selects("orders") && opts.selects("rewind-progress"));
+        let opts = SinkOptions::from_config(&config, 5 << 20, "rewind-progress").unwrap();
+        assert!(!opts.selects("rewind-progress"));
+        assert!(opts.selects("rewind-progress2") && opts.selects("orders"));
+        config.exclude = Some(".*-tmp".into());
+        let opts = SinkOptions::from_config(&config, 5 << 20, "rewind.progress").unwrap();
+        assert!(!opts.selects("rewind.progress") && !opts.selects("orders-tmp"));
+        assert!(
+            opts.selects("rewindxprogress"),
+            "the name is matched literally"
+        );
+        config.exclude = Some("(".into());
+        let err = SinkOptions::from_config(&config, 5 << 20, "p").unwrap_err();
+        assert!(
+            err.starts_with("sink.exclude \"(\" is not a valid"),
+            "{err}"
+        );
+    }
 }

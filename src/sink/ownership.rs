@@ -16,7 +16,11 @@ pub const MARKER_PREFIX: &str = "rewind:";
 
 /// The group a sink uses when none is configured: one per archive.
 pub fn default_group(identity: &Identity) -> String {
-    format!("rewind-sink-{}", identity.archive_id())
+    format!(
+        "{}{}",
+        crate::archive::documents::SINK_GROUP_PREFIX,
+        identity.archive_id()
+    )
 }
 
 /// The commit metadata that marks a commit as this archive's.
