@@ -9,6 +9,9 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 pub const SINK_RECORDS: &str = "rewind_sink_records_archived_total";
 /// Bytes of data files written (`topic`).
 pub const SINK_BYTES: &str = "rewind_sink_bytes_archived_total";
+/// Records read from Kafka, archived or not yet: it rises as soon as records flow, while
+/// `SINK_RECORDS` rises only as files are uploaded.
+pub const SINK_READ: &str = "rewind_sink_records_read_total";
 /// Data files written (`topic`, `reason`: records, bytes, age, later_bucket, revoked, shutdown, memory_pressure).
 pub const SINK_FILES: &str = "rewind_sink_files_written_total";
 /// Data files found already written and adopted instead of duplicated (`topic`).
@@ -86,6 +89,11 @@ fn describe() {
         SINK_RECORDS,
         Unit::Count,
         "Records made durable in the archive."
+    );
+    describe_counter!(
+        SINK_READ,
+        Unit::Count,
+        "Records read from Kafka, archived or not yet."
     );
     describe_counter!(SINK_BYTES, Unit::Bytes, "Bytes of data files written.");
     describe_counter!(

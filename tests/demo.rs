@@ -44,6 +44,41 @@ fn the_demo_backs_up_restores_and_verifies_by_itself() {
         .sum();
     assert_eq!(records, 15000);
 
+    // The DuckDB query it suggests runs, from the repository, with the DuckDB the README installs
+    // (scripts/duckdb.sh), and counts every topic's records.
+    let query = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("$(scripts/duckdb.sh)"))
+        .unwrap_or_else(|| panic!("no DuckDB query in:\n{stdout}"));
+    let counted = std::process::Command::new("bash")
+        .args(["-c", query.trim()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let table = common::text(&counted.stdout);
+    assert!(
+        counted.status.success(),
+        "{query}\n{table}\n{}",
+        common::text(&counted.stderr)
+    );
+    for topic in doc["topics"].as_array().unwrap() {
+        let row = vec![
+            topic["topic"].as_str().unwrap().to_string(),
+            topic["records"].as_u64().unwrap().to_string(),
+        ];
+        let cells = |line: &str| -> Vec<String> {
+            line.split('│')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        assert!(
+            table.lines().any(|l| cells(l) == row),
+            "missing {row:?} in:\n{table}"
+        );
+    }
+
     // A directory that already holds something is refused, not overwritten.
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_rewind"))
         .args(["demo", "--dir"])

@@ -1,6 +1,8 @@
 //! Interoperability: DuckDB (the Python package from PyPI, installed by `scripts/duckdb.sh`) reads
 //! `data/**/*.parquet` of an archive with Hive partitioning and sees exactly the produced records:
-//! counts per topic and partition, and the bytes of keys, values and headers.
+//! counts per topic and partition, and the bytes of keys, values and headers; and the README's time
+//! window query, run as the README prints it, finds records that arrived late into a later day's
+//! folder, which a folder filter misses.
 
 mod common;
 
@@ -122,4 +124,104 @@ async fn duckdb_reads_exactly_what_was_produced() {
         .collect();
     assert_eq!(got.as_array().unwrap().len(), 50);
     assert_eq!(got, Value::Array(want));
+}
+
+/// Runs the SQL in argv[1] and prints the `offset` column of its rows, sorted (only that column
+/// comes to Python: a TIMESTAMPTZ would need `pytz`).
+const OFFSETS: &str = r#"
+import duckdb, json, sys
+sql = sys.argv[1].strip().rstrip(";")
+rows = duckdb.connect().execute(f'SELECT "offset" FROM ({sql})').fetchall()
+print(json.dumps(sorted(row[0] for row in rows)))
+"#;
+
+/// The README's DuckDB query of a time window (section "Query the archive"), as printed there.
+fn readme_window_query() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    readme
+        .split("```sql\n")
+        .skip(1)
+        .filter_map(|block| block.split_once("```").map(|(sql, _)| sql))
+        .find(|sql| sql.contains("read_parquet('s3://kafka-backups/prod/data/topic=orders/"))
+        .expect("README.md shows a DuckDB query of the orders topic")
+        .to_string()
+}
+
+fn offsets_of(sql: &str) -> Vec<i64> {
+    let out = Command::new(python())
+        .args(["-c", OFFSETS, sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "duckdb query failed: {}\n{sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_readme_window_query_finds_records_that_arrived_late_into_a_later_folder() {
+    // The README's window: 2026-11-24 10:00 to 11:00 UTC.
+    let at = |rfc3339: &str| rewind::archive::time::parse_rfc3339_millis(rfc3339).unwrap();
+    let topic = common::unique("duckdb.late");
+    create_topic(&topic, 1, &[]).await;
+    let stamps = [
+        "2026-11-24T09:30:00Z", // 0: before the window
+        "2026-11-24T10:15:00Z", // 1: in the window, in its own hour's folder (a later hour)
+        "2026-11-25T08:00:00Z", // 2: the next day: closes the file, opens one in date=2026-11-25
+        "2026-11-24T10:45:00Z", // 3: in the window, late: stays in the 2026-11-25 file
+        "2026-11-24T11:30:00Z", // 4: late too, after the window
+    ];
+    let records: Vec<_> = stamps
+        .iter()
+        .map(|t| record(Some(b"k"), Some(t.as_bytes()), vec![], at(t)))
+        .collect();
+    produce(&topic, 0, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        LocalStore::open(StorageUrl::parse(&format!("file://{}", root.display())).unwrap())
+            .unwrap(),
+    );
+    let report = sink::run(
+        common::kafka::config(),
+        store.clone(),
+        common::once_sink_options(&topic, 1000),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.records, report.files), (5, 3));
+    let folders: Vec<(String, i64)> = common::archive::data_keys(&store, &topic, 0)
+        .await
+        .iter()
+        .map(|k| {
+            (
+                k.to_string().split('/').nth(3).unwrap().to_string(),
+                k.start,
+            )
+        })
+        .collect();
+    assert_eq!(
+        folders,
+        [
+            ("date=2026-11-24".to_string(), 0),
+            ("date=2026-11-24".to_string(), 1),
+            ("date=2026-11-25".to_string(), 2)
+        ],
+        "the late records are in the next day's folder"
+    );
+
+    let query = readme_window_query()
+        .replace("s3://kafka-backups/prod", root.to_str().unwrap())
+        .replace("topic=orders", &format!("topic={topic}"));
+    assert_eq!(offsets_of(&query), [1, 3], "{query}");
+
+    // The folder filter the README used to show (one day's folder) misses the late record.
+    let folder_bound = "date >= DATE '2026-11-24'";
+    assert!(query.contains(folder_bound), "{query}");
+    let one_folder = query.replace(folder_bound, "date = DATE '2026-11-24'");
+    assert_eq!(offsets_of(&one_folder), [1], "{one_folder}");
 }

@@ -112,3 +112,116 @@ async fn a_snapshot_writes_one_file_per_partition_and_hour_labelled_by_why_it_cl
     assert_eq!(written("snapshot_end"), PARTITIONS as u64, "{text}");
     assert_eq!(written("shutdown"), 0, "{text}");
 }
+
+/// Options of a continuous sink against the mock cluster whose files stay open for an hour, so
+/// nothing is archived while the test looks at its status.
+fn continuous(topic: &str, live: Arc<rewind::live::Live>) -> SinkOptions {
+    SinkOptions {
+        topics: TopicSelector::exactly(topic),
+        group: Some(format!("rewind-mock-{topic}")),
+        once: false,
+        policy: RollingPolicy {
+            max_records: 1_000_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(3600),
+        },
+        buffer_budget: 64 << 20,
+        part_size: 16 << 20,
+        discovery_interval: Duration::from_secs(60),
+        allow_cluster_change: false,
+        drain_timeout: Duration::from_secs(10),
+        progress: false,
+        group_snapshot_interval: Duration::ZERO,
+        live: Some(live),
+        admin_api: false,
+    }
+}
+
+/// Wait until the live status satisfies `ready`, and return it.
+async fn live_until(
+    live: &rewind::live::Live,
+    what: &str,
+    ready: impl Fn(&rewind::live::LiveStatus) -> bool,
+) -> rewind::live::LiveStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = live.snapshot();
+        if ready(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the status never showed {what}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_shows_assigned_partitions_lag_and_the_read_rate_before_the_first_file() {
+    let cluster = MockCluster::new(1).expect("the embedded cluster starts");
+    let topic = "mock-status";
+    cluster.create_topic(topic, PARTITIONS, 1).unwrap();
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", cluster.bootstrap_servers());
+    let dir = tempfile::tempdir().unwrap();
+    let url = StorageUrl::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(url).unwrap());
+    let live = rewind::live::Live::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink = tokio::spawn(sink::run(
+        client.clone(),
+        store.clone(),
+        continuous(topic, live.clone()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // The topic is empty: no record has arrived, yet the group assigned both partitions, and
+    // their lag (none) is known.
+    let idle = live_until(&live, "the assigned partitions", |s| {
+        s.partitions.len() == PARTITIONS as usize
+    })
+    .await;
+    assert_eq!(idle.lag_records, Some(0), "{idle:?}");
+    assert_eq!(idle.records, 0, "{idle:?}");
+
+    let producer: FutureProducer = client.create().unwrap();
+    let sent = 200;
+    for i in 0..sent {
+        let value = format!("v{i}");
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic)
+                    .partition(i % PARTITIONS)
+                    .payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("the mock cluster takes the record");
+    }
+    // Records flow: the sink reads them at once while its files stay open for an hour, so the
+    // read rate shows and the archived rate and totals stay 0; the lag counts what is not archived.
+    let reading = live_until(&live, "a read rate", |s| {
+        s.read_records == Some(sent as u64) && s.read_records_per_second.is_some_and(|r| r > 0.0)
+    })
+    .await;
+    assert_eq!(reading.records, 0, "{reading:?}");
+    assert_eq!(reading.files, Some(0), "{reading:?}");
+    assert_eq!(reading.records_per_second, Some(0.0), "{reading:?}");
+    let lagging = live_until(&live, "the lag of the records read", |s| {
+        s.lag_records == Some(sent as i64)
+    })
+    .await;
+    assert_eq!(lagging.partitions.len(), PARTITIONS as usize, "{lagging:?}");
+
+    stop_tx.send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), sink)
+        .await
+        .expect("the sink stops")
+        .unwrap()
+        .expect("the sink succeeds");
+    assert_eq!(report.records, sent as u64);
+    assert_eq!(report.read, sent as u64);
+}

@@ -50,8 +50,10 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     outln!("  rewind find --archive {archive} --topic orders --key order-42 --limit 3");
     outln!("  rewind verify --archive {archive} --deep");
     outln!("  rewind restore --archive {archive} --from {from} --to {to} --plan");
+    // DuckDB as the README installs it: the Python package, which scripts/duckdb.sh puts into a
+    // virtual environment, printing its python (run from the repository, like the demo).
     outln!(
-        "  duckdb -c \"SELECT topic, count(*) FROM '{}/data/**/*.parquet' GROUP BY topic\"",
+        "  $(scripts/duckdb.sh) -c \"import duckdb; duckdb.sql(\\\"SELECT topic, count(*) AS records FROM read_parquet('{}/data/**/*.parquet', hive_partitioning = true) GROUP BY topic ORDER BY topic\\\").show()\"",
         report.archive.display()
     );
     outln!("\nNext, against your own cluster: rewind sink --bootstrap-servers HOST:9092 --archive s3://bucket/prefix --s3-region REGION");

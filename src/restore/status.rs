@@ -37,11 +37,23 @@ impl Restore<'_> {
             )
         });
         let line = format!(
-            "restored {} records ({:.1} MB), {:.0} records/s",
+            "{} partitions, restored {} records ({:.1} MB), {:.0} records/s, committed {} offsets, lag {} offsets",
+            self.lanes.len(),
             self.report.records,
             self.report.bytes as f64 / 1e6,
-            rate
+            rate,
+            done,
+            left,
         );
+        if let Some(live) = &self.opts.live {
+            // Between commits too: records count as they are produced, the lag as it is committed.
+            let (records, bytes) = (self.report.records, self.report.bytes);
+            live.update(|status| {
+                status.records = records;
+                status.bytes = bytes;
+                status.records_per_second = Some(rate);
+            });
+        }
         if let Some(bar) = &self.bar {
             if last {
                 // The pass's last line stays, ended, above what follows; a following restore's
@@ -90,7 +102,9 @@ impl Restore<'_> {
                 .collect();
             let (records, bytes) = (self.report.records, self.report.bytes);
             let planned = self.report.planned_records;
+            let rate = self.report.records as f64 / self.started.elapsed().as_secs_f64().max(0.001);
             live.update(|status| {
+                status.records_per_second = Some(rate);
                 status.lag_records = partitions.iter().map(|p| p.lag).sum();
                 status.finished =
                     Some(!self.opts.follow && status.lag_records == Some(0) && self.report.visible);

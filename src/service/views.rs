@@ -43,7 +43,13 @@ pub fn pipeline_json(pipeline: &Pipeline, detail: bool) -> Json {
         "lag_records": live.lag_records,
         "records": live.records,
         "bytes": live.bytes,
+        "partitions_assigned": live.partitions.len(),
+        "records_per_second": live.records_per_second,
     });
+    if spec.kind == PipelineKind::Sink {
+        doc["read_records"] = json!(live.read_records);
+        doc["read_records_per_second"] = json!(live.read_records_per_second);
+    }
     if let Some(age) = live.recovery_point_age_seconds {
         doc["recovery_point_age_seconds"] = json!(age);
     }
@@ -88,6 +94,7 @@ pub fn restore_json(restore: &ApiRestore) -> Json {
         "records": live.records,
         "bytes": live.bytes,
         "lag_records": live.lag_records,
+        "records_per_second": live.records_per_second,
         "finished": live.finished,
         "partitions": live.partitions,
         "request": restore.job,

@@ -109,6 +109,45 @@ impl Sink<'_> {
         Ok(())
     }
 
+    /// Open the chains of the partitions the group just handed over, before their first record:
+    /// the status shows them, and their lag, at once. A chain that cannot open now (the store is
+    /// away) opens at the partition's first record instead, as it always could.
+    pub(super) async fn open_assigned(&mut self) -> Result<(), SinkError> {
+        let assigned: Vec<(String, i32)> = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .assigned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for id in assigned {
+            let name = format!("{}/{}", id.0, id.1);
+            if self.opts.once
+                || self.chains.contains_key(&id)
+                || self.report.refused.contains(&name)
+            {
+                continue;
+            }
+            match self.open_chain(&id.0, id.1).await {
+                Ok(Some((chain, _))) => {
+                    self.seen.insert(id.clone());
+                    self.chains.insert(id, chain);
+                }
+                Ok(None) => {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&id.0, id.1);
+                    let _ = self.consumer.pause(&tpl);
+                }
+                Err(SinkError::Flush(e)) if e.is_transient() => {
+                    tracing::warn!(topic = id.0, partition = id.1, error = %e, "cannot resume the partition from the archive yet; trying again at its first record");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Refuse a group whose commits on the selected partitions belong to another archive: its
     /// members would split the partitions with this sink (see [`ownership`]).
     pub(super) fn check_group(&self, partitions: &[(String, i32)]) -> Result<(), SinkError> {
@@ -199,6 +238,14 @@ impl Sink<'_> {
             let gaps = chain.record_gap(self.store, low).await?;
             self.report_gaps(&gaps);
         }
+        // The partition's lag shows from now on, not from librdkafka's first statistics (5 s).
+        self.consumer
+            .context()
+            .log_end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((topic.to_string(), partition))
+            .or_insert(high);
         tracing::info!(
             topic,
             partition,

@@ -81,8 +81,8 @@ struct Sink<'a> {
     announced: std::collections::HashSet<(String, i32)>,
     /// Every partition this worker handled, for the report.
     seen: std::collections::HashSet<(String, i32)>,
-    /// When the last status line was printed, and the totals then.
-    last_status: (u64, u64, u64),
+    /// Records read, records archived and bytes archived, sampled every tick for their rates.
+    rates: crate::live::Rates<3>,
     /// The status line on a terminal (`SinkOptions::progress`), redrawn in place.
     bar: Option<indicatif::ProgressBar>,
     /// The store is failing transiently: no flush is tried before this instant.
@@ -229,7 +229,7 @@ pub async fn run(
         subscribed: Vec::new(),
         seen: Default::default(),
         announced: Default::default(),
-        last_status: (0, 0, 0),
+        rates: Default::default(),
         bar: opts
             .progress
             .then(|| crate::progress::status_line("sink: {msg}")),
@@ -313,6 +313,7 @@ impl Sink<'_> {
                 break;
             }
             self.release_revoked().await?;
+            self.open_assigned().await?;
             tokio::select! {
                 _ = &mut stop => {
                     tracing::info!("stopping: flushing every buffered record");
@@ -328,6 +329,7 @@ impl Sink<'_> {
                 message = self.consumer.recv() => {
                     match message {
                         Ok(msg) => {
+                            self.report.read += 1;
                             let (topic, partition, record) = to_record(&msg);
                             self.on_record(topic, partition, record).await?;
                         }

@@ -1,8 +1,11 @@
-//! What a running sink shows: the consumer's context (partitions the group revoked, log ends from
-//! librdkafka's statistics), the gauges (buffer, lag, recovery point age per topic), the service's
-//! live status and the status line.
+//! What a running sink shows: the consumer's context (partitions the group assigned and revoked,
+//! log ends from librdkafka's statistics), the gauges (buffer, lag, recovery point age per topic),
+//! the service's live status and the status line.
 //!
-//! Invariant: observation reads the sink's state and never changes it.
+//! Invariant: observation reads the sink's state and never changes it. What it shows is true from
+//! the first second: a partition counts from its assignment (its chain opens then, not at its
+//! first record), its lag from the watermark read when it opened, and records read from Kafka are
+//! told apart from records archived (in uploaded files, which may stay open for minutes).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,10 +14,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::Sink;
 
-/// Partitions the group took away from this worker, noted by the rebalance callback and released by
-/// the main loop, which flushes what it buffered for them (see `release_revoked`).
+/// Partitions the group handed to this worker or took away from it, noted by the rebalance
+/// callbacks for the main loop: it opens the chains of the assigned ones (`open_assigned`) and
+/// flushes what it buffered for the revoked ones (`release_revoked`).
 #[derive(Default)]
 pub(super) struct SinkContext {
+    pub(super) assigned: std::sync::Mutex<Vec<(String, i32)>>,
     pub(super) revoked: std::sync::Mutex<Vec<(String, i32)>>,
     /// Last stable offset of each partition, from librdkafka's periodic statistics (for lag).
     pub(super) log_end: std::sync::Mutex<HashMap<(String, i32), i64>>,
@@ -54,8 +59,29 @@ impl rdkafka::consumer::ConsumerContext for SinkContext {
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            let gone: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            // Assigned and taken away before the loop saw it: there is nothing to open.
+            self.assigned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|id| !gone.contains(id));
             let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-            revoked.extend(
+            revoked.extend(gone);
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(tpl) = rebalance {
+            let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+            assigned.extend(
                 tpl.elements()
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition())),
@@ -65,8 +91,8 @@ impl rdkafka::consumer::ConsumerContext for SinkContext {
 }
 
 impl Sink<'_> {
-    /// Update the gauges (buffer, lag, recovery point age per topic) and, every 10 seconds, print
-    /// the status line when asked to.
+    /// Update the gauges (buffer, lag, recovery point age per topic), the live status and, every
+    /// second, the status line when asked to.
     pub(super) fn observe(&mut self) {
         let now = self.now_ms();
         metrics::gauge!(crate::metrics::SINK_BUFFERED_BYTES).set(self.buffered() as f64);
@@ -87,6 +113,13 @@ impl Sink<'_> {
                 entry.1 = entry.1.max(now.saturating_sub(open.opened_at_ms));
             }
         }
+        let read = self.report.read;
+        // Counted here, once a tick, not once a record on the hot path.
+        let read_before = self.rates.latest().map_or(0, |[read, _, _]| read);
+        metrics::counter!(crate::metrics::SINK_READ).increment(read.saturating_sub(read_before));
+        let rates = self
+            .rates
+            .sample(now, [read, self.report.records, self.report.bytes]);
         if let Some(live) = &self.opts.live {
             let mut partitions: Vec<crate::live::LivePartition> = self
                 .chains
@@ -114,6 +147,9 @@ impl Sink<'_> {
                 status.records = report.records;
                 status.bytes = report.bytes;
                 status.files = Some(report.files);
+                status.read_records = Some(read);
+                status.read_records_per_second = rates.map(|r| r[0]);
+                status.records_per_second = rates.map(|r| r[1]);
             });
         }
         let mut total_lag = 0;
@@ -124,23 +160,18 @@ impl Sink<'_> {
             metrics::gauge!(crate::metrics::SINK_RECOVERY_POINT_AGE, "topic" => topic.to_string())
                 .set(*age_ms as f64 / 1000.0);
         }
-        if self.bar.is_some() && now.saturating_sub(self.last_status.0) >= 10_000 {
-            let (at, records, bytes) = self.last_status;
-            let secs = (now.saturating_sub(at)).max(1) as f64 / 1000.0;
-            let line = format!(
-                "{} partitions, {:.0} records/s, {:.1} MB/s, lag {} records, buffer {:.1}/{:.0} MiB, {} files",
+        if let (Some(bar), Some([read_rate, archived_rate, archived_bytes])) = (&self.bar, rates) {
+            bar.set_message(format!(
+                "{} partitions, read {:.0} records/s, archived {:.0} records/s ({:.1} MB/s), lag {} records, buffer {:.1}/{:.0} MiB, {} files",
                 self.chains.len(),
-                (self.report.records - records) as f64 / secs,
-                (self.report.bytes - bytes) as f64 / secs / 1e6,
+                read_rate,
+                archived_rate,
+                archived_bytes / 1e6,
                 total_lag,
                 self.buffered() as f64 / 1048576.0,
                 self.opts.buffer_budget as f64 / 1048576.0,
                 self.report.files,
-            );
-            if let Some(bar) = &self.bar {
-                bar.set_message(line);
-            }
-            self.last_status = (now, self.report.records, self.report.bytes);
+            ));
         }
     }
 }

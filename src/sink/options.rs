@@ -140,7 +140,11 @@ fn other_archive(foreign: &ownership::Foreign) -> String {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SinkReport {
     pub partitions: usize,
+    /// Records made durable in the archive.
     pub records: u64,
+    /// Records read from Kafka, archived or not yet (a record read again after a seek counts
+    /// again).
+    pub read: u64,
     pub bytes: u64,
     pub files: u64,
     pub adopted_files: u64,
