@@ -1175,7 +1175,7 @@ async fn without_the_admin_api_targets_must_exist() {
 
     let target = format!("{topic}-copy");
     let progress = common::unique("progress");
-    let store = rewind::storage::open(
+    let store = rewind::storage::open_reader(
         &rewind::storage::StorageUrl::parse(&archive).unwrap(),
         &Default::default(),
     )

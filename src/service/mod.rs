@@ -190,7 +190,7 @@ async fn open_archive(
         .archive_named(name)
         .ok_or_else(|| format!("no archive named {name:?}"))?;
     let url = StorageUrl::parse(url).map_err(|e| e.to_string())?;
-    storage::open(&url, &config.s3_options())
+    storage::open_writer(&url, &config.s3_options())
         .await
         .map_err(|e| e.to_string())
 }
