@@ -918,7 +918,10 @@ async fn bad_input_gets_one_clear_sentence() {
     let missing = format!("file://{}/nothing-here", dir.path().display());
     let out = restore(&missing, &[]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(common::error_line(&out).contains("no Rewind archive there"));
+    assert_eq!(
+        common::error_line(&out),
+        format!("error: {missing}: no archive at this path (no such folder); check --archive or REWIND__ARCHIVE")
+    );
     assert!(!dir.path().join("nothing-here").exists());
 
     // A damaged file stops the restore naming it; once repaired, the same id finishes exactly.
