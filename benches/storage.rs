@@ -93,7 +93,7 @@ fn main() {
         let mut rows = Vec::new();
         let dir = tempfile::tempdir().unwrap();
         let url = StorageUrl::parse(&format!("file://{}/archive", dir.path().display())).unwrap();
-        let local = storage::open(&url, &S3Options::default()).await.unwrap();
+        let local = storage::open_writer(&url, &S3Options::default()).await.unwrap();
         measure("file", local, 2_000, 256 * 1024, &mut rows).await;
 
         let endpoint = std::env::var("REWIND_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
@@ -125,7 +125,7 @@ fn main() {
         match sdk.create_bucket().bucket(&bucket).send().await {
             Ok(_) => {
                 let url = StorageUrl::parse(&format!("s3://{bucket}/bench")).unwrap();
-                let s3 = storage::open(&url, &opts).await.unwrap();
+                let s3 = storage::open_writer(&url, &opts).await.unwrap();
                 measure("s3", s3, 2_000, 256 * 1024, &mut rows).await;
             }
             Err(_) => eprintln!("no S3 server at {endpoint}: measuring the local backend only (scripts/s3.sh start)"),

@@ -90,7 +90,7 @@ pub async fn run(dir: &Path, say: &mut dyn FnMut(String)) -> Result<DemoReport, 
     ));
 
     let url = StorageUrl::parse(&format!("file://{}", dir.display())).map_err(|e| e.to_string())?;
-    let store = storage::open(&url, &Default::default())
+    let store = storage::open_writer(&url, &Default::default())
         .await
         .map_err(|e| e.to_string())?;
     let mut client = ClientConfig::new();

@@ -859,10 +859,9 @@ async fn bad_input_gets_one_clear_sentence() {
     for t in ["verify", "ls"] {
         let out = tool(t, &missing, &[]);
         assert_eq!(out.status.code(), Some(2));
-        assert!(
-            common::error_line(&out).contains("no Rewind archive"),
-            "{}",
-            common::text(&out.stderr)
+        assert_eq!(
+            common::error_line(&out),
+            format!("error: {missing}: no archive at this path (no such folder); check --archive or REWIND__ARCHIVE")
         );
         assert!(
             !dir.path().join("nowhere").exists(),
@@ -943,7 +942,12 @@ async fn bad_input_gets_one_clear_sentence() {
     // A topic with nothing archived is a finding, not a crash.
     let out = tool("find", &archive, &["--topic", "orders", "--key", "k"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(common::error_line(&out).contains("no archived files"));
+    assert_eq!(
+        common::error_line(&out),
+        format!(
+            "error: {archive}: topic orders has no archived files; the archive holds: nothing yet"
+        )
+    );
     // A reader that goes away (`rewind ls | head -1`) ends the command quietly, as SIGPIPE would.
     for t in ["ls", "verify"] {
         let mut child = common::tool_command(t, &archive)
@@ -1019,6 +1023,31 @@ async fn old_partition(
                 .unwrap();
         }
     }
+}
+
+/// Issue 16: `find` on a misspelt topic names the topics the archive holds (as `restore` does),
+/// and on a partition the topic lacks, the partitions it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_names_what_the_archive_holds_when_nothing_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, store) = local(&dir.path().join("archive"));
+    old_partition(&store, "orders", 0, 1, None).await;
+    old_partition(&store, "orders", 2, 1, None).await;
+    old_partition(&store, "payments", 0, 1, None).await;
+    let out = tool("find", &archive, &["--topic", "ordres", "--key", "k"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        common::error_line(&out),
+        format!("error: {archive}: topic ordres has no archived files; the archive holds: orders, payments")
+    );
+    let out = tool("find", &archive, &["--topic", "orders", "--partition", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        common::error_line(&out),
+        format!("error: {archive}: topic orders has no archived files in partition 1; its archived partitions: 0, 2")
+    );
+    let (got, _, _) = find(&archive, &["--topic", "orders", "--partition", "2"]);
+    assert_eq!(got.len(), 10, "the right name finds the records");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

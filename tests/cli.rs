@@ -174,6 +174,7 @@ fn every_configuration_problem_is_reported_and_nothing_runs() {
 #[test]
 fn check_passes_against_the_test_bed() {
     let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join("archive")).unwrap();
     let archive = format!("file://{}/archive", home.path().display());
     let out = rewind(
         &[
@@ -201,6 +202,15 @@ fn check_passes_against_the_test_bed() {
         stdout.contains("kafka    127.0.0.1:9092: cluster "),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(&format!("archive  {archive}: conditional writes not probed (check writes nothing; a sink proves them before its first write, or pass --write-probe)")),
+        "{stdout}"
+    );
+    assert_eq!(
+        tree(&home.path().join("archive")),
+        Vec::<String>::new(),
+        "check wrote nothing"
+    );
 
     let bucket = tokio::runtime::Runtime::new()
         .unwrap()
@@ -212,6 +222,7 @@ fn check_passes_against_the_test_bed() {
         &[
             "check",
             "--no-kafka",
+            "--write-probe",
             "--archive",
             &archive,
             "--s3-endpoint",
@@ -222,10 +233,16 @@ fn check_passes_against_the_test_bed() {
         home.path(),
     );
     assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let stdout = common::text(&out.stdout);
     assert!(
-        common::text(&out.stdout).contains(&format!("archive  {archive}: reachable")),
-        "{}",
-        common::text(&out.stdout)
+        stdout.contains(&format!("archive  {archive}: reachable")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "archive  {archive}: create-only and compare-and-swap puts honoured"
+        )),
+        "asked, check proves the conditional writes: {stdout}"
     );
 }
 
@@ -310,17 +327,16 @@ fn check_names_what_is_wrong_with_the_archive() {
         home.path(),
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        common::error_line(&out)
-            .starts_with("error: file:///proc/rewind: create the archive directory failed"),
-        "{}",
-        common::text(&out.stderr)
+    assert_eq!(
+        common::error_line(&out),
+        "error: file:///proc/rewind: no archive at this path (no such folder); check --archive or REWIND__ARCHIVE, or let the first `rewind sink` create it"
     );
 }
 
 #[test]
 fn check_names_an_unreachable_broker() {
     let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join("archive")).unwrap();
     let archive = format!("file://{}/archive", home.path().display());
     let out = rewind(
         &[
@@ -340,6 +356,187 @@ fn check_names_an_unreachable_broker() {
         common::error_line(&out),
         "error: kafka 127.0.0.1:1: no broker answered within 2s (check --bootstrap-servers or kafka.bootstrap_servers, and that the cluster is up)"
     );
+}
+
+/// Issue 16: a mistyped archive path and a broker that does not answer are both named in one
+/// run, and the path is still not there afterwards.
+#[test]
+fn check_reports_a_missing_archive_and_an_unreachable_broker_together() {
+    let home = tempfile::tempdir().unwrap();
+    let missing = home.path().join("archvie");
+    let archive = format!("file://{}", missing.display());
+    let out = rewind(
+        &[
+            "check",
+            "--archive",
+            &archive,
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--timeout",
+            "2s",
+        ],
+        &[],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::text(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            format!("error: {archive}: no archive at this path (no such folder); check --archive or REWIND__ARCHIVE, or let the first `rewind sink` create it").as_str(),
+            "error: kafka 127.0.0.1:1: no broker answered within 2s (check --bootstrap-servers or kafka.bootstrap_servers, and that the cluster is up)",
+        ],
+        "{stderr}"
+    );
+    assert!(!missing.exists(), "check created {}", missing.display());
+}
+
+/// Every file and folder under `root`, relative to it, sorted (empty when `root` does not exist).
+fn tree(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            out.push(path.strip_prefix(root).unwrap().display().to_string());
+            if path.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Issue 16: the commands that only read create nothing in the archive: not its folder when it
+/// is missing (a mistyped path must not start to look fine), not a lock or a probe key in an
+/// existing one. The restore writes to Kafka only.
+#[test]
+fn read_only_commands_write_nothing_to_the_archive() {
+    let home = tempfile::tempdir().unwrap();
+    let commands: [&[&str]; 7] = [
+        &[
+            "check",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--timeout",
+            "1s",
+        ],
+        &["check", "--no-kafka"],
+        &["ls"],
+        &["verify"],
+        &["find", "--topic", "orders", "--key", "k"],
+        &["restore", "--plan", "--bootstrap-servers", "127.0.0.1:1"],
+        &["restore", "--bootstrap-servers", "127.0.0.1:1"],
+    ];
+    let missing = home.path().join("no").join("such").join("archive");
+    let archive = format!("file://{}", missing.display());
+    for args in commands {
+        let mut all = args.to_vec();
+        all.extend(["--archive", &archive]);
+        let out = rewind(&all, &[], home.path());
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            common::text(&out.stderr).contains(&format!("{archive}: no archive at this path")),
+            "{args:?}: {}",
+            common::text(&out.stderr)
+        );
+        assert!(
+            !home.path().join("no").exists(),
+            "{args:?} created {}",
+            missing.display()
+        );
+    }
+
+    // An existing archive (an identity document only) is left exactly as it was.
+    let existing = home.path().join("archive");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::write(
+        existing.join("_archive.json"),
+        r#"{"format_version": 1, "created_at": "2030-01-01T00:00:00.000Z", "cluster_id": "x", "writer": "rewind 0.1.0"}"#,
+    )
+    .unwrap();
+    let before = tree(&existing);
+    let archive = format!("file://{}", existing.display());
+    for args in commands {
+        let mut all = args.to_vec();
+        all.extend(["--archive", &archive]);
+        let out = rewind(&all, &[], home.path());
+        assert_eq!(
+            tree(&existing),
+            before,
+            "{args:?}: {}",
+            common::text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        tree(&existing),
+        ["_archive.json"],
+        "nothing beside the identity"
+    );
+}
+
+/// Issue 16: the archive tools take no Kafka flags, so they do not offer them; the commands that
+/// talk to Kafka do.
+#[test]
+fn only_the_commands_that_talk_to_kafka_take_its_flags() {
+    let home = tempfile::tempdir().unwrap();
+    for command in ["ls", "verify", "find", "retention"] {
+        let out = rewind(&[command, "--help"], &[], home.path());
+        assert!(out.status.success(), "{command}");
+        let help = common::text(&out.stdout);
+        assert!(help.contains("--archive"), "{command}: {help}");
+        assert!(!help.contains("--bootstrap-servers"), "{command}: {help}");
+        assert!(!help.contains("-X "), "{command}: {help}");
+        for flags in [
+            &["--bootstrap-servers", "127.0.0.1:9092"][..],
+            &["-X", "security.protocol=SSL"][..],
+        ] {
+            let mut args = vec![command];
+            args.extend_from_slice(flags);
+            let out = rewind(&args, &[], home.path());
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            assert!(
+                common::text(&out.stderr).contains(&format!("unexpected argument '{}'", flags[0])),
+                "{args:?}: {}",
+                common::text(&out.stderr)
+            );
+        }
+    }
+    for command in ["check", "sink", "restore", "config"] {
+        let out = rewind(&[command, "--help"], &[], home.path());
+        let help = common::text(&out.stdout);
+        assert!(help.contains("--bootstrap-servers"), "{command}: {help}");
+        assert!(help.contains("-X <KEY=VALUE>"), "{command}: {help}");
+    }
+}
+
+/// Issue 16: a plain path is not taken for an archive URL; the refusal says how to write one.
+#[test]
+fn a_plain_path_as_archive_is_refused_with_the_fix() {
+    let home = tempfile::tempdir().unwrap();
+    let path = home.path().join("archive");
+    std::fs::create_dir(&path).unwrap();
+    for command in ["ls", "check"] {
+        let out = rewind(
+            &[command, "--archive", path.to_str().unwrap()],
+            &[],
+            home.path(),
+        );
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let line = common::error_line(&out);
+        assert!(
+            line.contains("expected file:///absolute/path or s3://bucket/prefix"),
+            "{command}: {line}"
+        );
+    }
 }
 
 /// A bare integer that is plausibly epoch seconds is refused wherever a time is taken, instead of

@@ -995,7 +995,10 @@ async fn bad_input_gets_one_clear_sentence() {
     let missing = format!("file://{}/nothing-here", dir.path().display());
     let out = restore(&missing, &[]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(common::error_line(&out).contains("no Rewind archive there"));
+    assert_eq!(
+        common::error_line(&out),
+        format!("error: {missing}: no archive at this path (no such folder); check --archive or REWIND__ARCHIVE")
+    );
     assert!(!dir.path().join("nothing-here").exists());
 
     // A damaged file stops the restore naming it; once repaired, the same id finishes exactly.
@@ -1252,7 +1255,7 @@ async fn without_the_admin_api_targets_must_exist() {
 
     let target = format!("{topic}-copy");
     let progress = common::unique("progress");
-    let store = rewind::storage::open(
+    let store = rewind::storage::open_reader(
         &rewind::storage::StorageUrl::parse(&archive).unwrap(),
         &Default::default(),
     )

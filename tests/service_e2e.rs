@@ -207,7 +207,7 @@ fn restored(topic: &str, partition: i32) -> Vec<Record> {
 async fn s3_archive() -> (String, Arc<dyn ObjectStore>) {
     let bucket = common::new_bucket().await;
     let url = format!("s3://{bucket}/service");
-    let store = storage::open(&StorageUrl::parse(&url).unwrap(), &common::s3_options())
+    let store = storage::open_writer(&StorageUrl::parse(&url).unwrap(), &common::s3_options())
         .await
         .unwrap();
     (url, store)
@@ -688,7 +688,7 @@ async fn a_failing_pipeline_is_restarted_with_backoff_while_the_others_run() {
 
     let status = terminate(&mut child);
     assert!(status.success(), "{}", service.log("run.log"));
-    let store = storage::open(&StorageUrl::parse(&archive).unwrap(), &Default::default())
+    let store = storage::open_reader(&StorageUrl::parse(&archive).unwrap(), &Default::default())
         .await
         .unwrap();
     assert_eq!(

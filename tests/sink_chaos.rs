@@ -129,7 +129,7 @@ async fn chaos_leaves_an_archive_equal_to_the_topic() {
     let bucket = common::new_bucket().await;
     let archive = format!("s3://{bucket}/archive");
     let store: Arc<dyn ObjectStore> =
-        rewind::storage::open(&StorageUrl::parse(&archive).unwrap(), &common::s3_options())
+        rewind::storage::open_writer(&StorageUrl::parse(&archive).unwrap(), &common::s3_options())
             .await
             .unwrap();
     let upstream = url::Url::parse(&common::s3_endpoint()).unwrap();

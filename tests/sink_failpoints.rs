@@ -33,7 +33,7 @@ impl Bed {
         let topic = common::unique(name);
         create_topic(&topic, partitions, &[]).await;
         let url = rewind::storage::StorageUrl::parse(&format!("s3://{bucket}/archive")).unwrap();
-        let store = rewind::storage::open(&url, &common::s3_options())
+        let store = rewind::storage::open_writer(&url, &common::s3_options())
             .await
             .unwrap();
         Bed {

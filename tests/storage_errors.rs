@@ -107,7 +107,7 @@ fn malformed_urls_are_refused_before_any_request() {
 #[tokio::test]
 async fn an_unwritable_directory_is_reported() {
     let err =
-        LocalStore::open(StorageUrl::parse("file:///proc/rewind-archive").unwrap()).unwrap_err();
+        LocalStore::create(StorageUrl::parse("file:///proc/rewind-archive").unwrap()).unwrap_err();
     let text = one_sentence(&err);
     assert!(
         text.starts_with("file:///proc/rewind-archive: create the archive directory failed: "),
@@ -120,7 +120,7 @@ async fn a_file_where_the_archive_should_be_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("taken"), b"x").unwrap();
     let url = StorageUrl::parse(&format!("file://{}/taken", dir.path().display())).unwrap();
-    let err = LocalStore::open(url).unwrap_err();
+    let err = LocalStore::create(url).unwrap_err();
     assert!(
         one_sentence(&err).contains("create the archive directory failed"),
         "{err}"

@@ -58,18 +58,16 @@ enum Command {
 }
 
 /// Flags every command that reads the configuration accepts; each wins over the file and the
-/// environment.
+/// environment. The archive tools (`ls`, `verify`, `find`, `retention`) take these alone: they
+/// never talk to Kafka, so they do not offer its flags.
 #[derive(Debug, Clone, Default, Args)]
-pub struct CommonArgs {
+pub struct ArchiveArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "REWIND_CONFIG")]
     pub config: Option<PathBuf>,
     /// Archive URL: file:///absolute/path or s3://bucket/prefix.
     #[arg(long, value_name = "URL")]
     pub archive: Option<String>,
-    /// Kafka brokers to bootstrap from (host:port,...).
-    #[arg(long, value_name = "HOSTS")]
-    pub bootstrap_servers: Option<String>,
     /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000.
     #[arg(long, value_name = "URL")]
     pub s3_endpoint: Option<String>,
@@ -79,15 +77,25 @@ pub struct CommonArgs {
     /// Address buckets path-style (endpoint/bucket), as most S3-compatible servers need.
     #[arg(long)]
     pub s3_path_style: bool,
-    /// A librdkafka property for this run, e.g. -X security.protocol=SSL (repeatable).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
-    pub property: Vec<(String, String)>,
     /// Log filter, e.g. info or rewind=debug (RUST_LOG wins).
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
     /// Command-specific flags as configuration overrides (key path, value).
     #[arg(skip)]
     pub extra: Vec<(String, serde_json::Value)>,
+}
+
+/// [`ArchiveArgs`] and the Kafka flags, for the commands that talk to a cluster.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub base: ArchiveArgs,
+    /// Kafka brokers to bootstrap from (host:port,...).
+    #[arg(long, value_name = "HOSTS")]
+    pub bootstrap_servers: Option<String>,
+    /// A librdkafka property for this run, e.g. -X security.protocol=SSL (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub property: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]
@@ -196,37 +204,48 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 /// Load the configuration with the flags as the top layer, and start logging as it says.
 pub fn load_config(common: &CommonArgs) -> Result<Config, Failure> {
+    load(&common.base, Some(common))
+}
+
+/// [`load_config`] for the commands without Kafka flags.
+pub fn load_archive_config(args: &ArchiveArgs) -> Result<Config, Failure> {
+    load(args, None)
+}
+
+fn load(base: &ArchiveArgs, kafka: Option<&CommonArgs>) -> Result<Config, Failure> {
     let mut overrides = Vec::new();
     let mut set = |key: &str, value: serde_json::Value| overrides.push((key.to_string(), value));
-    if let Some(v) = &common.archive {
+    if let Some(v) = &base.archive {
         set("archive", json!(v));
     }
-    if let Some(v) = &common.bootstrap_servers {
+    if let Some(v) = kafka.and_then(|k| k.bootstrap_servers.as_ref()) {
         set("kafka.bootstrap_servers", json!(v));
     }
-    if let Some(v) = &common.s3_endpoint {
+    if let Some(v) = &base.s3_endpoint {
         set("storage.s3.endpoint", json!(v));
     }
-    if let Some(v) = &common.s3_region {
+    if let Some(v) = &base.s3_region {
         set("storage.s3.region", json!(v));
     }
-    if common.s3_path_style {
+    if base.s3_path_style {
         set("storage.s3.path_style", json!(true));
     }
-    if let Some(v) = &common.log_level {
+    if let Some(v) = &base.log_level {
         set("log.level", json!(v));
     }
-    overrides.extend(common.extra.iter().cloned());
+    overrides.extend(base.extra.iter().cloned());
     let mut config = config::load(&Sources {
-        file: common.config.clone(),
+        file: base.config.clone(),
         env: None,
         overrides,
     })?;
     // librdkafka property names contain dots, so they bypass the key-path layering.
-    config
-        .kafka
-        .properties
-        .extend(common.property.iter().cloned());
+    if let Some(kafka) = kafka {
+        config
+            .kafka
+            .properties
+            .extend(kafka.property.iter().cloned());
+    }
     init_logging(&config);
     Ok(config)
 }

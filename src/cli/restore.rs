@@ -135,7 +135,8 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     let window = opts.window;
     let url = config.archive_url().map_err(Failure::usage)?;
     crate::ops::check_exists(&url).map_err(Failure::usage)?;
-    let store = storage::open(&url, &config.s3_options())
+    // The restore reads the archive and writes only to Kafka.
+    let store = storage::open_reader(&url, &config.s3_options())
         .await
         .map_err(Failure::found)?;
 

@@ -42,12 +42,12 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
         (&args.group, "sink.group"),
     ] {
         if let Some(value) = flag {
-            args.common.extra.push((key.to_string(), json!(value)));
+            args.common.base.extra.push((key.to_string(), json!(value)));
         }
     }
     let config = load_config(&args.common)?;
     let url = config.archive_url().map_err(Failure::usage)?;
-    let store = storage::open(&url, &config.s3_options())
+    let store = storage::open_writer(&url, &config.s3_options())
         .await
         .map_err(Failure::found)?;
     let s = &config.sink;

@@ -9,7 +9,7 @@ use base64::Engine;
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::{load_config, parse_time, print_table, CommonArgs, Failure};
+use super::{load_archive_config, parse_time, print_table, ArchiveArgs, Failure};
 use crate::archive::time::{parse_rfc3339_millis, rfc3339_millis};
 use crate::archive::Record;
 use crate::config::units::duration;
@@ -20,7 +20,7 @@ use crate::storage::{self, ObjectStore};
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    common: ArchiveArgs,
     /// Regular expression of topics to verify (whole name; default all).
     #[arg(long, value_name = "REGEX", default_value = ".*")]
     topics: String,
@@ -36,7 +36,7 @@ pub struct VerifyArgs {
 #[command(group = clap::ArgGroup::new("keys").multiple(false))]
 pub struct FindArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    common: ArchiveArgs,
     /// The topic to search.
     #[arg(long, value_name = "T")]
     topic: String,
@@ -74,7 +74,7 @@ pub struct FindArgs {
 #[derive(Debug, Args)]
 pub struct LsArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    common: ArchiveArgs,
     /// Regular expression of topics to list (whole name; default all).
     #[arg(long, value_name = "REGEX", default_value = ".*")]
     topics: String,
@@ -86,7 +86,7 @@ pub struct LsArgs {
 #[derive(Debug, Args)]
 pub struct RetentionArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    common: ArchiveArgs,
     /// Delete files whose newest record is older than this, e.g. 7d or 36h.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     older_than: std::time::Duration,
@@ -113,7 +113,7 @@ pub struct RetentionArgs {
 
 fn failure(e: OpsError) -> Failure {
     match e {
-        OpsError::NoArchive(_) => Failure::usage(e),
+        OpsError::NoArchive(_) | OpsError::NoFolder(_) => Failure::usage(e),
         OpsError::Archive(crate::archive::documents::ArchiveError::UnsupportedVersion {
             ..
         }) => Failure::usage(e),
@@ -121,13 +121,22 @@ fn failure(e: OpsError) -> Failure {
     }
 }
 
-async fn open_store(common: &CommonArgs) -> Result<Arc<dyn ObjectStore>, Failure> {
-    let config = load_config(common)?;
+/// How a tool uses the archive: only `retention` (unless it is a dry run) writes to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+async fn open_store(common: &ArchiveArgs, access: Access) -> Result<Arc<dyn ObjectStore>, Failure> {
+    let config = load_archive_config(common)?;
     let url = config.archive_url().map_err(Failure::usage)?;
     ops::check_exists(&url).map_err(failure)?;
-    storage::open(&url, &config.s3_options())
-        .await
-        .map_err(Failure::found)
+    let opened = match access {
+        Access::Read => storage::open_reader(&url, &config.s3_options()).await,
+        Access::Write => storage::open_writer(&url, &config.s3_options()).await,
+    };
+    opened.map_err(Failure::found)
 }
 
 fn regex(flag: &str, pattern: &str) -> Result<TopicSelector, Failure> {
@@ -140,7 +149,7 @@ fn regex(flag: &str, pattern: &str) -> Result<TopicSelector, Failure> {
 
 pub async fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let topics = regex("topics", &args.topics)?;
-    let store = open_store(&args.common).await?;
+    let store = open_store(&args.common, Access::Read).await?;
     // Exit 1 means "the archive has problems"; when verify cannot look at the archive at all
     // (store unreachable, access denied) that is not a finding about it: exit 2.
     let report = ops::verify::verify(&*store, &topics, args.deep)
@@ -321,7 +330,7 @@ pub async fn find(args: FindArgs) -> Result<(), Failure> {
         headers,
         limit: args.limit,
     };
-    let store = open_store(&args.common).await?;
+    let store = open_store(&args.common, Access::Read).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_error = None;
@@ -353,7 +362,7 @@ pub async fn find(args: FindArgs) -> Result<(), Failure> {
 
 pub async fn ls(args: LsArgs) -> Result<(), Failure> {
     let topics = regex("topics", &args.topics)?;
-    let store = open_store(&args.common).await?;
+    let store = open_store(&args.common, Access::Read).await?;
     let scan = ops::scan::scan(&*store, &topics, "ls")
         .await
         .map_err(failure)?;
@@ -500,7 +509,12 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
     let topics = regex("topics", args.topics.as_deref().unwrap_or(".*"))?;
     let older = i64::try_from(args.older_than.as_millis())
         .map_err(|_| Failure::usage("--older-than is too long"))?;
-    let store = open_store(&args.common).await?;
+    let access = if args.dry_run {
+        Access::Read
+    } else {
+        Access::Write
+    };
+    let store = open_store(&args.common, access).await?;
     let cutoff = crate::archive::time::now_ms() - older;
     if args.abandoned_after < std::time::Duration::from_secs(3600) {
         return Err(Failure::usage(

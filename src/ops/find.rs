@@ -135,6 +135,44 @@ pub struct FindStats {
     pub seconds: f64,
 }
 
+/// Why `opts` finds no file: the topic (or its partition) has none, with what the archive holds
+/// instead, so that a misspelt name shows the right one.
+async fn nothing_archived(
+    store: &dyn ObjectStore,
+    opts: &FindOptions,
+) -> Result<OpsError, OpsError> {
+    let listed = chain::list_all(store).await?;
+    let join = |items: Vec<String>| {
+        if items.is_empty() {
+            "nothing yet".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let partitions: Vec<String> = listed
+        .keys()
+        .filter(|(t, _)| *t == opts.topic)
+        .map(|(_, p)| p.to_string())
+        .collect();
+    let message = match opts.partition {
+        Some(p) if !partitions.is_empty() => format!(
+            "topic {} has no archived files in partition {p}; its archived partitions: {}",
+            opts.topic,
+            join(partitions)
+        ),
+        _ => {
+            let topics: std::collections::BTreeSet<&str> =
+                listed.keys().map(|(t, _)| t.as_str()).collect();
+            format!(
+                "topic {} has no archived files; the archive holds: {}",
+                opts.topic,
+                join(topics.into_iter().map(str::to_string).collect())
+            )
+        }
+    };
+    Ok(OpsError::Input(format!("{}: {message}", store.url())))
+}
+
 /// Look records up; `emit` gets each match in partition and offset order.
 pub async fn find(
     store: Arc<dyn ObjectStore>,
@@ -154,13 +192,7 @@ pub async fn find(
         .filter_map(|o| DataFileKey::parse(&o.key).map(|k| (k, o.size)))
         .collect();
     if files.is_empty() {
-        return Err(OpsError::Input(format!(
-            "{}: topic {} has no archived files{}",
-            store.url(),
-            opts.topic,
-            opts.partition
-                .map_or(String::new(), |p| format!(" in partition {p}"))
-        )));
+        return Err(nothing_archived(&*store, opts).await?);
     }
     // Files before a chain's start (left by an interrupted retention run) are not part of the
     // archive any more.

@@ -20,6 +20,8 @@ pub enum OpsError {
     Archive(#[from] ArchiveError),
     #[error("{0}: no Rewind archive there (no _archive.json); check the URL")]
     NoArchive(String),
+    #[error("{0}: no archive at this path (no such folder); check --archive or REWIND__ARCHIVE")]
+    NoFolder(String),
     #[error("{0}")]
     Input(String),
 }
@@ -39,11 +41,11 @@ impl From<crate::archive::chain::ChainError> for OpsError {
     }
 }
 
-/// A local directory that does not exist is not an archive; checked before the store is opened,
-/// because opening a local store creates its directory.
+/// A local directory that does not exist is not an archive: said at once, naming the path (a
+/// mistyped path is the likely cause), rather than as an archive without `_archive.json`.
 pub fn check_exists(url: &StorageUrl) -> Result<(), OpsError> {
     match url {
-        StorageUrl::Local { root } if !root.is_dir() => Err(OpsError::NoArchive(url.to_string())),
+        StorageUrl::Local { root } if !root.is_dir() => Err(OpsError::NoFolder(url.to_string())),
         _ => Ok(()),
     }
 }

@@ -182,17 +182,35 @@ pub enum ControlError {
     Unavailable(String),
 }
 
+/// The archive named `name`, opened for writing: for sinks, and for the decisions and restore
+/// records the service keeps in it.
 async fn open_archive(
     config: &Config,
     name: &str,
 ) -> Result<Arc<dyn storage::ObjectStore>, String> {
+    let url = archive_url(config, name)?;
+    storage::open_writer(&url, &config.s3_options())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The archive named `name`, opened for reading: what a restore reads (it writes to Kafka only,
+/// and a standby waiting for its archive must not create its folder) and the recorded pauses.
+async fn read_archive(
+    config: &Config,
+    name: &str,
+) -> Result<Arc<dyn storage::ObjectStore>, String> {
+    let url = archive_url(config, name)?;
+    storage::open_reader(&url, &config.s3_options())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn archive_url(config: &Config, name: &str) -> Result<StorageUrl, String> {
     let url = config
         .archive_named(name)
         .ok_or_else(|| format!("no archive named {name:?}"))?;
-    let url = StorageUrl::parse(url).map_err(|e| e.to_string())?;
-    storage::open(&url, &config.s3_options())
-        .await
-        .map_err(|e| e.to_string())
+    StorageUrl::parse(url).map_err(|e| e.to_string())
 }
 
 /// Whether Rewind can use the cluster's admin API (not over Amazon MSK IAM; see `SinkOptions`).

@@ -15,7 +15,8 @@ use tokio::sync::watch;
 
 use super::views::kind_of;
 use super::{
-    admin_api, client_config, control, open_archive, Desired, LastError, Pipeline, Registry, State,
+    admin_api, client_config, control, open_archive, read_archive, Desired, LastError, Pipeline,
+    Registry, State,
 };
 use crate::archive::time::{now_ms, rfc3339_millis};
 use crate::backoff::Backoff;
@@ -174,7 +175,7 @@ impl RecordedState {
         let name = &pipeline.spec.name;
         let read = async {
             if self.store.is_none() {
-                self.store = Some(open_archive(config, &pipeline.spec.archive).await?);
+                self.store = Some(read_archive(config, &pipeline.spec.archive).await?);
             }
             let store = self.store.as_deref().expect("opened above");
             control::paused(store, kind_of(&pipeline.spec), name)
@@ -263,7 +264,7 @@ pub(super) async fn run_restore(
     opts: &RestoreOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Outcome, String> {
-    let store = open_archive(config, archive).await?;
+    let store = read_archive(config, archive).await?;
     let client = client_config(config, cluster)?;
     let mut stop = Box::pin(stop);
     if opts.follow {

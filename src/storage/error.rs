@@ -53,6 +53,14 @@ pub enum StorageError {
         message: String,
         attempts: u32,
     },
+    /// A write through a store opened for reading ([`super::open_reader`]): the tools that only
+    /// read never change the archive, and this is how the storage layer holds them to it.
+    #[error("{url}: {op} {key:?} refused: the archive was opened for reading only")]
+    ReadOnly {
+        url: String,
+        op: &'static str,
+        key: String,
+    },
     #[error("{url}: {op} failed: {message}")]
     Other {
         url: String,

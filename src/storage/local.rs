@@ -45,7 +45,9 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// Open (and create when missing) the directory a `file://` URL names.
+    /// The archive in the directory a `file://` URL names, creating nothing: a directory that does
+    /// not exist reads as an empty archive, and the first write creates the folders it needs.
+    /// Readers open it through [`super::open_reader`], which refuses writes.
     pub fn open(url: StorageUrl) -> StorageResult<LocalStore> {
         let StorageUrl::Local { root } = &url else {
             return Err(StorageError::InvalidUrl {
@@ -54,12 +56,16 @@ impl LocalStore {
             });
         };
         let root = root.clone();
-        let store = LocalStore { url, root };
-        // A new archive's folder is made at once, so that a writer pointed at a place it cannot
-        // write learns it before it starts. An existing one is left as it is (its lock folder is
-        // made by the first write that needs it): readers must not change a read-only copy.
+        Ok(LocalStore { url, root })
+    }
+
+    /// Open the archive for writing, creating its directory when missing, so that a writer
+    /// pointed at a place it cannot write learns it before it starts. The lock folder is made by
+    /// the first write that needs it.
+    pub fn create(url: StorageUrl) -> StorageResult<LocalStore> {
+        let store = LocalStore::open(url)?;
         if !store.root.is_dir() {
-            fs::create_dir_all(store.root.join(RESERVED_PREFIX).join("locks"))
+            fs::create_dir_all(&store.root)
                 .map_err(|e| store.io("create the archive directory", e))?;
         }
         Ok(store)

@@ -4,12 +4,17 @@
 //! appear at once or fail with [`StorageError::AlreadyExists`]; compare-and-swap puts either replace
 //! the exact version the caller read or fail with [`StorageError::PreconditionFailed`]. Everything the
 //! chain rules of the archive rely on is built from these two primitives.
+//!
+//! A store is opened either for reading ([`open_reader`]: every write refused, nothing created) or
+//! for writing ([`open_writer`]: the sink, the service, retention and the demo); the caller says
+//! which, so a tool that only reads cannot leave a folder, a lock or a probe key behind.
 
 mod error;
 pub mod intercept;
 mod local;
 mod memory;
 mod probe;
+mod read_only;
 mod retry;
 mod s3;
 mod url;
@@ -27,6 +32,7 @@ pub use intercept::{Hooks, Intercept};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use probe::{probe, ProbeError, Probed};
+pub use read_only::ReadOnly;
 pub use retry::RetryPolicy;
 pub use s3::{S3Options, S3Store, ServerSideEncryption};
 pub use url::StorageUrl;
@@ -194,10 +200,20 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     }
 }
 
-/// Open the store an archive URL names.
-pub async fn open(url: &StorageUrl, s3: &S3Options) -> StorageResult<Arc<dyn ObjectStore>> {
+/// Open the store an archive URL names for reading: nothing is created (a local folder that does
+/// not exist reads as empty) and every write is refused with [`StorageError::ReadOnly`].
+pub async fn open_reader(url: &StorageUrl, s3: &S3Options) -> StorageResult<Arc<dyn ObjectStore>> {
     Ok(match url {
-        StorageUrl::Local { .. } => Arc::new(LocalStore::open(url.clone())?),
+        StorageUrl::Local { .. } => Arc::new(ReadOnly(LocalStore::open(url.clone())?)),
+        StorageUrl::S3 { .. } => Arc::new(ReadOnly(S3Store::open(url.clone(), s3).await?)),
+    })
+}
+
+/// Open the store an archive URL names for writing: a local archive's folder is created at once,
+/// so that a writer pointed at a place it cannot write learns it before it starts.
+pub async fn open_writer(url: &StorageUrl, s3: &S3Options) -> StorageResult<Arc<dyn ObjectStore>> {
+    Ok(match url {
+        StorageUrl::Local { .. } => Arc::new(LocalStore::create(url.clone())?),
         StorageUrl::S3 { .. } => Arc::new(S3Store::open(url.clone(), s3).await?),
     })
 }

@@ -46,8 +46,9 @@ pub fn no_instance_metadata() {
     ONCE.call_once(|| std::env::set_var("AWS_EC2_METADATA_DISABLED", "true"));
 }
 
-/// `rewind <command> --archive <archive>` wired to the test bed: its broker, and its S3 server with
-/// explicit credentials (unused by a `file://` archive).
+/// `rewind <command> --archive <archive>` wired to the test bed: its S3 server with explicit
+/// credentials (unused by a `file://` archive), and its broker for the commands that talk to one
+/// (the archive tools take no Kafka flags).
 fn rewind_command(command: &str, archive: &str) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rewind"));
     cmd.args([
@@ -57,14 +58,15 @@ fn rewind_command(command: &str, archive: &str) -> std::process::Command {
         "--s3-endpoint",
         &s3_endpoint(),
         "--s3-path-style",
-        "--bootstrap-servers",
-        &kafka_bootstrap(),
-    ])
-    .env("AWS_ACCESS_KEY_ID", s3_access_key())
-    .env("AWS_SECRET_ACCESS_KEY", s3_secret_key())
-    .env("AWS_REGION", "us-east-1")
-    .env("AWS_EC2_METADATA_DISABLED", "true")
-    .env("RUST_LOG", "warn");
+    ]);
+    if matches!(command, "sink" | "restore" | "check") {
+        cmd.args(["--bootstrap-servers", &kafka_bootstrap()]);
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", s3_access_key())
+        .env("AWS_SECRET_ACCESS_KEY", s3_secret_key())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn");
     cmd
 }
 
