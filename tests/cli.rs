@@ -342,6 +342,57 @@ fn check_names_an_unreachable_broker() {
     );
 }
 
+/// While no broker answers, librdkafka retries every second and reports each failure: none of that
+/// reaches the user as a warning or an error; the command's own error is the one line. Piped
+/// stderr carries no colour codes, even with debug logs on.
+#[test]
+fn an_unreachable_cluster_is_one_line_and_piped_logs_are_plain() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", home.path().display());
+    let runs: [&[&str]; 2] = [
+        &[
+            "check",
+            "--bootstrap-servers",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--timeout",
+            "3s",
+        ],
+        &[
+            "sink",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--topics",
+            "t",
+            "--log-level",
+            "debug",
+        ],
+    ];
+    for args in runs {
+        let mut args = args.to_vec();
+        args.extend(["--archive", &archive]);
+        let out = rewind(&args, &[], home.path());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let error = common::error_line(&out);
+        assert!(error.contains("no broker answered"), "{error}");
+        let stderr = common::text(&out.stderr);
+        let loud: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+            .collect();
+        assert!(loud.is_empty(), "{args:?}: {loud:#?}");
+        assert!(!stderr.contains('\x1b'), "{args:?}: {stderr}");
+        if args.contains(&"debug") {
+            // librdkafka's refusals were logged, as debug lines.
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.contains(" DEBUG ") && l.contains("Connection refused")),
+                "{stderr}"
+            );
+        }
+    }
+}
+
 /// A bare integer that is plausibly epoch seconds is refused wherever a time is taken, instead of
 /// being read as milliseconds of January 1970; milliseconds and RFC 3339 pass.
 #[test]
