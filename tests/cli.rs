@@ -438,6 +438,89 @@ fn epoch_seconds_are_refused_where_a_time_is_taken() {
     }
 }
 
+/// Relative times are taken wherever a time is, resolved once against one "now", and said back on
+/// stderr as the absolute RFC 3339 time used.
+#[test]
+fn a_relative_time_is_taken_and_printed_back_absolute() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", home.path().display());
+    let said = |stderr: &str, flag: &str| -> i64 {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(flag))
+            .unwrap_or_else(|| panic!("no {flag} line in {stderr}"));
+        let (_, time) = line.rsplit_once(" is ").expect("FLAG TEXT is TIME");
+        rewind::archive::time::parse_rfc3339_millis(time)
+            .unwrap_or_else(|| panic!("{time:?} is not RFC 3339"))
+    };
+    let before = common::now_ms();
+    let out = rewind(
+        &[
+            "find",
+            "--archive",
+            &archive,
+            "--topic",
+            "t",
+            "--from",
+            "2h ago",
+            "--to",
+            "NOW",
+        ],
+        &[],
+        home.path(),
+    );
+    let after = common::now_ms();
+    let stderr = common::text(&out.stderr);
+    let (from, to) = (
+        said(&stderr, "--from 2h ago is "),
+        said(&stderr, "--to NOW is "),
+    );
+    assert_eq!(to - from, 2 * 3_600_000, "one now for both ends: {stderr}");
+    assert!(before <= to && to <= after, "{stderr}");
+    // The command went on with the times: what stopped it is the missing archive.
+    assert!(!common::error_line(&out).contains("time"), "{stderr}");
+
+    let out = rewind(
+        &[
+            "restore",
+            "--archive",
+            &archive,
+            "--from",
+            "yesterday",
+            "--to",
+            "now-90m",
+            "--plan",
+        ],
+        &[],
+        home.path(),
+    );
+    let stderr = common::text(&out.stderr);
+    let (from, to) = (
+        said(&stderr, "--from yesterday is "),
+        said(&stderr, "--to now-90m is "),
+    );
+    let day = 86_400_000;
+    assert_eq!(from % day, 0, "midnight UTC: {stderr}");
+    assert!(
+        to - from >= day - 90 * 60_000 && to - from < 2 * day,
+        "{stderr}"
+    );
+
+    // A broken relative time is a usage error that says how to write one.
+    let out = rewind(
+        &["restore", "--archive", &archive, "--from", "now-1x"],
+        &[],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let error = common::error_line(&out);
+    assert!(
+        error.starts_with("error: --from \"now-1x\": \"1x\" is not a duration")
+            && error.contains("now-90m"),
+        "{error}"
+    );
+}
+
 /// A restore's transactions must commit before the producer's `transaction.timeout.ms` runs out,
 /// so `restore.transaction_interval` has to be below it: refused up front, naming both.
 #[test]

@@ -254,10 +254,34 @@ fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
-/// `earliest`/`latest` (open), epoch milliseconds, or RFC 3339; epoch seconds are refused (see
-/// [`crate::restore::job::parse_time`]).
-pub(crate) fn parse_time(flag: &str, s: &str, open: &str) -> Result<Option<i64>, Failure> {
-    crate::restore::job::parse_time(s, open).map_err(|e| Failure::usage(format!("--{flag} {e}")))
+/// A time flag made absolute: `earliest`/`latest` (open), epoch milliseconds (epoch seconds are
+/// refused), RFC 3339, or a relative time resolved against `now` and said on stderr as the RFC 3339
+/// time used (see [`crate::config::when`]).
+/// The flag says whether `s` was relative.
+pub(crate) fn absolute_time(
+    flag: &str,
+    s: &str,
+    open: &str,
+    now: i64,
+) -> Result<(String, bool), Failure> {
+    let (absolute, relative) = crate::config::when::absolute(s, open, now)
+        .map_err(|e| Failure::usage(format!("--{flag} {e}")))?;
+    if relative {
+        eprintln!("--{flag} {} is {absolute}", s.trim());
+    }
+    Ok((absolute, relative))
+}
+
+/// A time flag's value as epoch milliseconds, `None` for the open end (see [`absolute_time`]).
+pub(crate) fn parse_time(
+    flag: &str,
+    s: &str,
+    open: &str,
+    now: i64,
+) -> Result<Option<i64>, Failure> {
+    let (absolute, _) = absolute_time(flag, s, open, now)?;
+    crate::restore::job::parse_time(&absolute, open)
+        .map_err(|e| Failure::usage(format!("--{flag} {e}")))
 }
 
 /// Write one line of command output; see [`outln!`].
