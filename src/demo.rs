@@ -234,7 +234,7 @@ async fn demonstrate(
         transaction_interval: Duration::from_secs(1),
         progress_topic: restore::progress::DEFAULT_TOPIC.into(),
         progress: false,
-        resume_hint: false,
+        resume_hint: None,
         live: None,
         // The embedded cluster does not answer DescribeConfigs; its targets were made above.
         admin_api: false,

@@ -146,8 +146,20 @@ async fn a_restore_request_is_checked_field_by_field() {
         ("[1]", "must be a JSON object"),
         (r#"{"cluster": 5}"#, "cluster: expected a string"),
         (r#"{"bogus": 1}"#, "bogus"),
-        (r#"{"from": "yesterday"}"#, "from"),
+        (
+            r#"{"from": "last tuesday"}"#,
+            "from: \"last tuesday\" is not a time",
+        ),
+        (
+            r#"{"to": "now-1x"}"#,
+            "to: \"now-1x\": \"1x\" is not a duration",
+        ),
         (r#"{"cluster": "mars"}"#, "mars"),
+        // Relative times are taken (and resolved): what is refused here is the topics alone.
+        (
+            r#"{"from": "yesterday", "to": "2h ago", "topics": "("}"#,
+            "topics: \"(\" is not a valid regular expression",
+        ),
     ] {
         let (status, reply) = send(
             authorized(Method::POST, "/restores")
@@ -162,6 +174,9 @@ async fn a_restore_request_is_checked_field_by_field() {
         // A position helps in a syntax error only; a field is named by its path.
         if !body.starts_with("{not") {
             assert!(!error.contains(" at line "), "{body}: {error}");
+        }
+        if body.contains("yesterday") {
+            assert!(error.starts_with("topics:"), "one problem only: {error}");
         }
     }
 }

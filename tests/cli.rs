@@ -539,6 +539,57 @@ fn a_plain_path_as_archive_is_refused_with_the_fix() {
     }
 }
 
+/// While no broker answers, librdkafka retries every second and reports each failure: none of that
+/// reaches the user as a warning or an error; the command's own error is the one line. Piped
+/// stderr carries no colour codes, even with debug logs on.
+#[test]
+fn an_unreachable_cluster_is_one_line_and_piped_logs_are_plain() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}/archive", home.path().display());
+    let runs: [&[&str]; 2] = [
+        &[
+            "check",
+            "--bootstrap-servers",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--timeout",
+            "3s",
+        ],
+        &[
+            "sink",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--topics",
+            "t",
+            "--log-level",
+            "debug",
+        ],
+    ];
+    for args in runs {
+        let mut args = args.to_vec();
+        args.extend(["--archive", &archive]);
+        let out = rewind(&args, &[], home.path());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let error = common::error_line(&out);
+        assert!(error.contains("no broker answered"), "{error}");
+        let stderr = common::text(&out.stderr);
+        let loud: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+            .collect();
+        assert!(loud.is_empty(), "{args:?}: {loud:#?}");
+        assert!(!stderr.contains('\x1b'), "{args:?}: {stderr}");
+        if args.contains(&"debug") {
+            // librdkafka's refusals were logged, as debug lines.
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.contains(" DEBUG ") && l.contains("Connection refused")),
+                "{stderr}"
+            );
+        }
+    }
+}
+
 /// A bare integer that is plausibly epoch seconds is refused wherever a time is taken, instead of
 /// being read as milliseconds of January 1970; milliseconds and RFC 3339 pass.
 #[test]
@@ -582,6 +633,89 @@ fn epoch_seconds_are_refused_where_a_time_is_taken() {
             "{args:?}: {error}"
         );
     }
+}
+
+/// Relative times are taken wherever a time is, resolved once against one "now", and said back on
+/// stderr as the absolute RFC 3339 time used.
+#[test]
+fn a_relative_time_is_taken_and_printed_back_absolute() {
+    let home = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", home.path().display());
+    let said = |stderr: &str, flag: &str| -> i64 {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(flag))
+            .unwrap_or_else(|| panic!("no {flag} line in {stderr}"));
+        let (_, time) = line.rsplit_once(" is ").expect("FLAG TEXT is TIME");
+        rewind::archive::time::parse_rfc3339_millis(time)
+            .unwrap_or_else(|| panic!("{time:?} is not RFC 3339"))
+    };
+    let before = common::now_ms();
+    let out = rewind(
+        &[
+            "find",
+            "--archive",
+            &archive,
+            "--topic",
+            "t",
+            "--from",
+            "2h ago",
+            "--to",
+            "NOW",
+        ],
+        &[],
+        home.path(),
+    );
+    let after = common::now_ms();
+    let stderr = common::text(&out.stderr);
+    let (from, to) = (
+        said(&stderr, "--from 2h ago is "),
+        said(&stderr, "--to NOW is "),
+    );
+    assert_eq!(to - from, 2 * 3_600_000, "one now for both ends: {stderr}");
+    assert!(before <= to && to <= after, "{stderr}");
+    // The command went on with the times: what stopped it is the missing archive.
+    assert!(!common::error_line(&out).contains("time"), "{stderr}");
+
+    let out = rewind(
+        &[
+            "restore",
+            "--archive",
+            &archive,
+            "--from",
+            "yesterday",
+            "--to",
+            "now-90m",
+            "--plan",
+        ],
+        &[],
+        home.path(),
+    );
+    let stderr = common::text(&out.stderr);
+    let (from, to) = (
+        said(&stderr, "--from yesterday is "),
+        said(&stderr, "--to now-90m is "),
+    );
+    let day = 86_400_000;
+    assert_eq!(from % day, 0, "midnight UTC: {stderr}");
+    assert!(
+        to - from >= day - 90 * 60_000 && to - from < 2 * day,
+        "{stderr}"
+    );
+
+    // A broken relative time is a usage error that says how to write one.
+    let out = rewind(
+        &["restore", "--archive", &archive, "--from", "now-1x"],
+        &[],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let error = common::error_line(&out);
+    assert!(
+        error.starts_with("error: --from \"now-1x\": \"1x\" is not a duration")
+            && error.contains("now-90m"),
+        "{error}"
+    );
 }
 
 /// A restore's transactions must commit before the producer's `transaction.timeout.ms` runs out,

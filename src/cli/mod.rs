@@ -255,6 +255,10 @@ pub(crate) fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     // A second initialisation (tests calling in twice) is harmless; ignore it.
     let _ = match config.log.format {
@@ -263,10 +267,40 @@ pub(crate) fn init_logging(config: &Config) {
     };
 }
 
-/// `earliest`/`latest` (open), epoch milliseconds, or RFC 3339; epoch seconds are refused (see
-/// [`crate::restore::job::parse_time`]).
-pub(crate) fn parse_time(flag: &str, s: &str, open: &str) -> Result<Option<i64>, Failure> {
-    crate::restore::job::parse_time(s, open).map_err(|e| Failure::usage(format!("--{flag} {e}")))
+/// Whether logs are coloured: only on a terminal, and not when `NO_COLOR` is set to anything but
+/// the empty string (https://no-color.org).
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// A time flag made absolute: `earliest`/`latest` (open), epoch milliseconds (epoch seconds are
+/// refused), RFC 3339, or a relative time resolved against `now` and said on stderr as the RFC 3339
+/// time used (see [`crate::config::when`]).
+/// The flag says whether `s` was relative.
+pub(crate) fn absolute_time(
+    flag: &str,
+    s: &str,
+    open: &str,
+    now: i64,
+) -> Result<(String, bool), Failure> {
+    let (absolute, relative) = crate::config::when::absolute(s, open, now)
+        .map_err(|e| Failure::usage(format!("--{flag} {e}")))?;
+    if relative {
+        eprintln!("--{flag} {} is {absolute}", s.trim());
+    }
+    Ok((absolute, relative))
+}
+
+/// A time flag's value as epoch milliseconds, `None` for the open end (see [`absolute_time`]).
+pub(crate) fn parse_time(
+    flag: &str,
+    s: &str,
+    open: &str,
+    now: i64,
+) -> Result<Option<i64>, Failure> {
+    let (absolute, _) = absolute_time(flag, s, open, now)?;
+    crate::restore::job::parse_time(&absolute, open)
+        .map_err(|e| Failure::usage(format!("--{flag} {e}")))
 }
 
 /// Write one line of command output; see [`outln!`].
@@ -329,5 +363,22 @@ pub(crate) async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None));
+        assert!(
+            colours(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None));
     }
 }

@@ -6,7 +6,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{load_config, wait_for_signal, CommonArgs, Failure};
+use super::{absolute_time, load_config, wait_for_signal, CommonArgs, Failure};
 use crate::config::RestoreJob;
 use crate::kafka;
 use crate::restore::job::parse_renames;
@@ -17,8 +17,9 @@ use crate::storage;
 pub struct RestoreArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Start of the window: RFC 3339 (2026-11-23T10:00:00Z), epoch milliseconds, or `earliest`
-    /// (a number below 1000000000000 is refused as likely epoch seconds).
+    /// Start of the window: RFC 3339 (2026-11-23T10:00:00Z), epoch milliseconds, `earliest`, or
+    /// relative (now-1h, 2h ago, today, yesterday; UTC), resolved once and printed back (a number
+    /// below 1000000000000 is refused as likely epoch seconds).
     #[arg(
         long,
         value_name = "T",
@@ -26,7 +27,8 @@ pub struct RestoreArgs {
         allow_negative_numbers = true
     )]
     from: String,
-    /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest` (a number below
+    /// End of the window (exclusive): RFC 3339, epoch milliseconds, `latest`, or relative (now,
+    /// now-1h, 2h ago, today, yesterday; UTC), resolved once and printed back (a number below
     /// 1000000000000 is refused as likely epoch seconds).
     #[arg(
         long,
@@ -85,10 +87,21 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     ) {
         return Err(Failure::usage(problem));
     }
+    // Relative times are resolved once, here. A restore id is bound to the absolute window, so
+    // resuming a restore asked for relatively means giving these times, not the relative ones.
+    let now = crate::archive::time::now_ms();
+    let (from, from_relative) = absolute_time("from", &args.from, "earliest", now)?;
+    let (to, to_relative) = absolute_time("to", &args.to, "latest", now)?;
+    let same_window = if from_relative || to_relative {
+        format!(" --from {from} --to {to}")
+    } else {
+        String::new()
+    };
     // Signals are taken from the start: one that comes while the restore is still planning or
     // fencing stops it as soon as it can, instead of killing it without a word.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     if !args.plan {
+        let same_window = same_window.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!(
@@ -96,7 +109,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
             );
             let _ = stop_tx.send(true);
             wait_for_signal().await;
-            eprintln!("error: second signal: exiting at once; the open transaction is aborted and the restore resumes exactly with the same --restore-id");
+            eprintln!("error: second signal: exiting at once; the open transaction is aborted and the restore resumes exactly with the same --restore-id{same_window}");
             std::process::exit(130);
         });
     }
@@ -105,8 +118,8 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| restore::new_restore_id(crate::archive::time::now_ms()));
     let job = RestoreJob {
-        from: args.from.clone(),
-        to: args.to.clone(),
+        from,
+        to,
         topics: args.topics.clone(),
         renames: parse_renames(&args.rename)
             .map_err(|e| Failure::usage(format!("--rename {e}")))?,
@@ -148,8 +161,18 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         print_plan(&preview, &opts, args.json);
         return plan_verdict(&preview);
     }
-    // Said once the plan is committed, when there is something to resume.
-    opts.resume_hint = args.restore_id.is_none();
+    // Said once the plan is committed, when there is something to resume; a relative window is
+    // given back as the absolute one it was fixed at.
+    opts.resume_hint = match (&args.restore_id, same_window.is_empty()) {
+        (None, _) => Some(format!(
+            "restore id: {restore_id} (to resume this restore if it stops, run the same command with --restore-id {restore_id}{same_window})"
+        )),
+        (Some(_), false) => Some(format!(
+            "the window is fixed at {}: to resume this restore if it stops, give{same_window}",
+            window.describe()
+        )),
+        (Some(_), true) => None,
+    };
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr).map_err(Failure::found)?;
     }
@@ -188,7 +211,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     }
     if report.stopped && !opts.follow {
         return Err(Failure::found(format!(
-            "stopped before the window was restored; run the same command with --restore-id {} to finish",
+            "stopped before the window was restored; run the same command with --restore-id {}{same_window} to finish",
             report.restore_id
         )));
     }

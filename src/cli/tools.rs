@@ -52,12 +52,14 @@ pub struct FindArgs {
     /// Records without a key.
     #[arg(long, group = "keys")]
     key_null: bool,
-    /// Records with a timestamp at or after this time (RFC 3339, epoch milliseconds, or earliest;
-    /// a number below 1000000000000 is refused as likely epoch seconds).
+    /// Records with a timestamp at or after this time: RFC 3339, epoch milliseconds, earliest, or
+    /// relative (now, now-1h, 2h ago, today, yesterday; UTC); a number below 1000000000000 is
+    /// refused as likely epoch seconds.
     #[arg(long, value_name = "T")]
     from: Option<String>,
-    /// Records with a timestamp before this time (RFC 3339, epoch milliseconds, or latest; a
-    /// number below 1000000000000 is refused as likely epoch seconds).
+    /// Records with a timestamp before this time: RFC 3339, epoch milliseconds, latest, or
+    /// relative (now, now-1h, 2h ago, today, yesterday; UTC); a number below 1000000000000 is
+    /// refused as likely epoch seconds.
     #[arg(long, value_name = "T")]
     to: Option<String>,
     /// Records with this header (UTF-8 value; `K` alone for a null value); repeat to require several.
@@ -287,9 +289,11 @@ pub async fn find(args: FindArgs) -> Result<(), Failure> {
         (_, _, true) => KeyFilter::Null,
         _ => KeyFilter::Any,
     };
+    // Relative times count back from one instant, taken once.
+    let now = crate::archive::time::now_ms();
     let time = |flag: &str, v: &Option<String>, open: &str| match v {
         None => Ok(None),
-        Some(v) => parse_time(flag, v, open),
+        Some(v) => parse_time(flag, v, open, now),
     };
     let (from, to) = (
         time("from", &args.from, "earliest")?,

@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod secrets;
 pub mod units;
 mod validate;
+pub mod when;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

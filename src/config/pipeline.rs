@@ -32,10 +32,12 @@ pub enum PipelineKind {
 #[serde(deny_unknown_fields, default)]
 pub struct RestoreJob {
     /// Start of the window: RFC 3339, epoch milliseconds, or `earliest` (a number below
-    /// 1000000000000 is refused as likely epoch seconds).
+    /// 1000000000000 is refused as likely epoch seconds). `POST /restores` also takes a relative
+    /// time (`now-1h`, `2h ago`, `today`, `yesterday`; UTC), resolved and kept as the absolute time
+    /// when the restore is created; a pipeline file, read again at every start, does not.
     pub from: String,
     /// End of the window (exclusive): RFC 3339, epoch milliseconds, or `latest` (a number below
-    /// 1000000000000 is refused as likely epoch seconds).
+    /// 1000000000000 is refused as likely epoch seconds). Relative times as for `from`.
     pub to: String,
     /// Regular expression of archived topics to restore (whole name).
     pub topics: String,
@@ -423,6 +425,7 @@ fn load_pipeline(
     local.extend(checked.into_iter().filter(|p| !inherited(p)));
     if let (Some(PipelineKind::Restore), Some(job), Some(restore)) = (kind, &job, &restore) {
         let id = job.restore_id.clone().unwrap_or_else(|| name.clone());
+        let job = absolute_window(job, &mut local);
         if let Err(found) = job.options(&id, restore, |field| format!("restore.{field}")) {
             local.extend(found.into_iter().map(|p| within("restore", p)));
         }
@@ -475,4 +478,33 @@ fn overlay(base: &mut Json, top: &Json) {
             base.insert(key.clone(), value.clone());
         }
     }
+}
+
+/// A pipeline's job with a relative `from` or `to` refused (a pipeline is read again at every
+/// start, so `now-1h` would move its window, which its restore id is bound to) and replaced, so
+/// that the job's other checks still run and report once.
+fn absolute_window(job: &RestoreJob, problems: &mut Vec<Problem>) -> RestoreJob {
+    let now = crate::archive::time::now_ms();
+    let mut job = job.clone();
+    for (field, value, open) in [
+        ("from", &mut job.from, "earliest"),
+        ("to", &mut job.to, "latest"),
+    ] {
+        let message = match super::when::relative(value, now) {
+            Ok(None) => continue,
+            Ok(Some(at)) => format!(
+                "{} is a relative time, but a pipeline is read again at every start and its window must not move: write the time itself, e.g. {} ({} as of now)",
+                value.trim(),
+                crate::archive::time::rfc3339_millis(at),
+                value.trim()
+            ),
+            Err(e) => e,
+        };
+        problems.push(Problem {
+            path: format!("restore.{field}"),
+            message,
+        });
+        *value = open.to_string();
+    }
+    job
 }

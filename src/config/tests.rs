@@ -707,3 +707,42 @@ fn env_lists_are_json_arrays_or_commas_and_the_api_token_is_a_secret() {
     }
     assert!(!found.contains("tooshort1"), "{found}");
 }
+
+#[test]
+fn a_restore_pipeline_takes_no_relative_time() {
+    // A pipeline is read again at every start: `now-1h` would move a window its restore id is bound
+    // to. Each relative end is one problem, which names the absolute time to write instead; the
+    // job's other checks still run.
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    std::fs::write(dir.path().join("rewind.toml"), "").unwrap();
+    std::fs::write(
+        pipelines.join("dr.toml"),
+        "kind = \"restore\"\n[restore]\nfrom = \"now-1h\"\nto = \"2h agoo\"\ntopics = \"(\"\n",
+    )
+    .unwrap();
+    let found = match load_service(&Sources {
+        file: Some(dir.path().join("rewind.toml")),
+        env: env(&[]),
+        ..Sources::default()
+    }) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    };
+    let paths: Vec<&str> = found
+        .iter()
+        .map(|p| p.path.rsplit(": ").next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        paths,
+        ["restore.from", "restore.to", "restore.topics"],
+        "{found:#?}"
+    );
+    assert!(
+        found[0].message.contains("now-1h is a relative time")
+            && found[0].message.ends_with("Z (now-1h as of now)"),
+        "{found:#?}"
+    );
+    assert!(found[1].message.contains("is not a time"), "{found:#?}");
+}

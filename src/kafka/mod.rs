@@ -4,6 +4,7 @@
 //! Invariant: secrets given as properties reach librdkafka and nothing else: errors and logs built
 //! here name servers and property keys, never values of secret keys.
 
+pub mod logs;
 pub mod msk;
 pub mod topics;
 
@@ -16,9 +17,10 @@ use rdkafka::error::KafkaError;
 
 use crate::config::KafkaConfig;
 
-/// The context of Rewind's plain clients (admin clients, probes, offset readers): librdkafka's
-/// defaults, plus OAUTHBEARER tokens for Amazon MSK IAM. Every context Rewind creates clients with
-/// answers token refreshes the same way (see [`oauth_token`]).
+/// The context of Rewind's short-lived clients (admin clients, probes, offset readers): their
+/// callers report what fails, so a broker they cannot reach is a debug line here (see
+/// [`logs::quiet_log`]); plus OAUTHBEARER tokens for Amazon MSK IAM. Every context Rewind creates
+/// clients with answers token refreshes the same way (see [`oauth_token`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Ctx;
 
@@ -40,6 +42,14 @@ pub(crate) use answer_oauth_token_refresh;
 
 impl rdkafka::ClientContext for Ctx {
     answer_oauth_token_refresh!();
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        logs::quiet_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        logs::quiet_error(error, reason);
+    }
 }
 
 impl rdkafka::consumer::ConsumerContext for Ctx {}

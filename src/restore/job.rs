@@ -155,7 +155,7 @@ impl RestoreJob {
                 transaction_interval: tuning.transaction_interval,
                 progress_topic: tuning.progress_topic.clone(),
                 progress: false,
-                resume_hint: false,
+                resume_hint: None,
                 live: None,
                 admin_api: true,
             }),

@@ -101,9 +101,10 @@ pub struct RestoreOptions {
     pub progress_topic: String,
     /// Print a progress line on stderr (for a terminal).
     pub progress: bool,
-    /// Say on stderr how to resume, once the restore committed its plan (there is then something
-    /// to resume): for an id the user did not choose.
-    pub resume_hint: bool,
+    /// What to say on stderr about resuming, once the restore committed its plan (there is then
+    /// something to resume): for an id the user did not choose, or a window given in relative
+    /// times.
+    pub resume_hint: Option<String>,
     /// Where the service's API reads this restore's partitions, lag and totals.
     pub live: Option<std::sync::Arc<crate::live::Live>>,
     /// The target answers the admin API: missing targets and the progress topic are created,
@@ -128,7 +129,7 @@ pub enum RestoreError {
     Kafka(#[from] crate::kafka::ClusterError),
     #[error("{0}")]
     Target(String),
-    #[error("restore {id} was started for {stored}, not {asked}; run it again with the same window and topics, or use a new --restore-id")]
+    #[error("restore {id} was started for {stored}, not {asked}; run it again with the same window (as absolute times: a relative one such as now-1h is another window later) and topics, or use a new --restore-id")]
     OtherWindow {
         id: String,
         stored: String,

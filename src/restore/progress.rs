@@ -54,15 +54,12 @@ struct QuietEof;
 impl rdkafka::ClientContext for QuietEof {
     crate::kafka::answer_oauth_token_refresh!();
 
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka::logs::quiet_log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            tracing::error!(error = %error, reason, "librdkafka error while reading restore progress");
-        }
+        crate::kafka::logs::quiet_error(error, reason);
     }
 }
 

@@ -140,12 +140,9 @@ pub async fn run(
             lane.dirty = true;
         }
         restore.commit().await?;
-        if opts.resume_hint {
+        if let Some(hint) = &opts.resume_hint {
             // From now on there is something to resume.
-            let id = &opts.restore_id;
-            eprintln!(
-                "restore id: {id} (pass --restore-id {id} to resume this restore if it stops)"
-            );
+            eprintln!("{hint}");
         }
     }
     restore.report_lag();

@@ -283,6 +283,8 @@ pub(super) fn producer_config(
         ("batch.size", batch_size.as_str()),
         ("batch.num.messages", "100000"),
         ("queue.buffering.max.messages", "1000000"),
+        // Statistics tell when the brokers answer again after an outage (see `Deliveries`).
+        ("statistics.interval.ms", "5000"),
     ] {
         if config.get(key).is_none() {
             config.set(key, value);
@@ -386,6 +388,8 @@ struct Deliveries {
     failure: Mutex<Option<String>>,
     /// The failure held is only a purge, which a refusal reported later replaces.
     purged_first: AtomicBool,
+    /// Whether the target's brokers answer: one warning per outage, not one line a second.
+    connection: crate::kafka::logs::Connection,
 }
 
 impl Deliveries {
@@ -399,6 +403,18 @@ impl Deliveries {
 
 impl ClientContext for Deliveries {
     crate::kafka::answer_oauth_token_refresh!();
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.connection.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.connection.error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.connection.stats(&statistics);
+    }
 }
 
 impl ProducerContext for Deliveries {

@@ -147,8 +147,19 @@ impl Registry {
         let StartRestore {
             cluster,
             archive,
-            job,
+            mut job,
         } = request;
+        // Relative times are resolved now, once: the restore is kept (and resumed, after a
+        // restart too) with the absolute window it was asked for.
+        let now = now_ms();
+        for (field, value, open) in [
+            ("from", &mut job.from, "earliest"),
+            ("to", &mut job.to, "latest"),
+        ] {
+            *value = crate::config::when::absolute(value, open, now)
+                .map_err(|e| ControlError::BadRequest(format!("{field}: {e}")))?
+                .0;
+        }
         let id = job
             .restore_id
             .clone()

@@ -131,9 +131,10 @@ pub async fn run(
         consumer_config.set("fetch.queue.backoff.ms", "20");
     }
     // A client without a group asks the cluster for its id: the group is the archive's, which is
-    // known once the archive's identity is.
-    let consumer: StreamConsumer<SinkContext> = client
-        .create_with_context(SinkContext::default())
+    // known once the archive's identity is. It is a short-lived client: if no broker answers, the
+    // probe's error is the one line the user reads.
+    let consumer: BaseConsumer<crate::kafka::Ctx> = client
+        .create_with_context(crate::kafka::Ctx)
         .map_err(kafka_err)?;
     // Log-start questions go through a client of their own: on the consumer's connections they
     // queue behind fetches that long-poll for up to fetch.wait.max.ms (measured: ~0.5 s each).
@@ -150,9 +151,8 @@ pub async fn run(
         .map_err(kafka_err)?;
 
     // Serve the consumer's queue once before any request: with SASL/OAUTHBEARER (Amazon MSK IAM)
-    // that fetches the first token, without which no connection is made. Nothing is subscribed
-    // yet, so no record can come back.
-    let _ = futures::FutureExt::now_or_never(consumer.recv());
+    // that fetches the first token, without which no connection is made.
+    crate::kafka::ready(&consumer);
     let timeout = Duration::from_secs(10);
     crate::kafka::probe(consumer.client(), &servers, timeout)?;
     let cluster_id =

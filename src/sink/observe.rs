@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 
 use super::Sink;
 
@@ -23,24 +23,24 @@ pub(super) struct SinkContext {
     pub(super) revoked: std::sync::Mutex<Vec<(String, i32)>>,
     /// Last stable offset of each partition, from librdkafka's periodic statistics (for lag).
     pub(super) log_end: std::sync::Mutex<HashMap<(String, i32), i64>>,
+    /// Whether the brokers answer: an outage is said once when it starts and once when it ends.
+    connection: crate::kafka::logs::Connection,
 }
 
 impl rdkafka::client::ClientContext for SinkContext {
     crate::kafka::answer_oauth_token_refresh!();
 
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.connection.log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        // The end of a partition is how a snapshot knows it is done, not an error.
-        if matches!(
-            error,
-            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)
-        ) {
-            tracing::debug!(reason, "librdkafka: end of partition");
-            return;
-        }
-        tracing::error!(error = %error, reason, "librdkafka error");
+        // The end of a partition (how a snapshot knows it is done) is a debug line.
+        self.connection.error(error, reason);
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        self.connection.stats(&statistics);
         let mut ends = self.log_end.lock().unwrap_or_else(|e| e.into_inner());
         for (name, topic) in statistics.topics {
             for (id, partition) in topic.partitions {
