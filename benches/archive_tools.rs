@@ -162,7 +162,7 @@ for _ in range(runs):
     t = time.perf_counter() - t0
     if first is None: first, first_read = t, rchar() - r0
     if best is None or t < best: best, read = t, rchar() - r0
-print(json.dumps({"seconds": best, "rows": len(rows), "bytes_read": read,
+print(json.dumps({"version": duckdb.__version__, "seconds": best, "rows": len(rows), "bytes_read": read,
                   "first_seconds": first, "first_bytes_read": first_read, "process_seconds": ready + first}))
 "#;
 
@@ -286,7 +286,8 @@ fn main() {
     );
     let duck_first = duck["first_seconds"].as_f64().unwrap();
     println!(
-        "| DuckDB 1.5.6 `WHERE key = …`, first query of a connection | {:.1} ms | {:.1} ms | {:.2} MiB (rchar) | |",
+        "| DuckDB {} `WHERE key = …`, first query of a connection | {:.1} ms | {:.1} ms | {:.2} MiB (rchar) | |",
+        duck["version"].as_str().unwrap(),
         duck_first * 1e3,
         duck_process * 1e3,
         mib_of(duck["first_bytes_read"].as_f64().unwrap())

@@ -2,7 +2,9 @@
 //! `data/**/*.parquet` of an archive with Hive partitioning and sees exactly the produced records:
 //! counts per topic and partition, and the bytes of keys, values and headers; and the README's time
 //! window query, run as the README prints it, finds records that arrived late into a later day's
-//! folder, which a folder filter misses.
+//! folder, which a folder filter misses; and run on an S3 archive with the README's S3-compatible
+//! secret, through the httpfs extension from PyPI (nothing downloaded from extensions.duckdb.org),
+//! it returns exactly the archived records of the window.
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::sync::Arc;
 
 use common::kafka::{create_topic, header, produce, record};
 use rewind::sink;
-use rewind::storage::{LocalStore, ObjectStore, StorageUrl};
+use rewind::storage::{self, LocalStore, ObjectStore, StorageUrl};
 use serde_json::{json, Value};
 
 const QUERY: &str = r#"
@@ -135,17 +137,29 @@ rows = duckdb.connect().execute(f'SELECT "offset" FROM ({sql})').fetchall()
 print(json.dumps(sorted(row[0] for row in rows)))
 "#;
 
-/// The README's DuckDB query of a time window (section "Query the archive"), as printed there.
-fn readme_window_query() -> String {
+/// The README's first SQL block (section "Query the archive") that contains `marker`, as printed.
+fn readme_sql(marker: &str) -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     readme
         .split("```sql\n")
         .skip(1)
         .filter_map(|block| block.split_once("```").map(|(sql, _)| sql))
-        .find(|sql| sql.contains("read_parquet('s3://kafka-backups/prod/data/topic=orders/"))
-        .expect("README.md shows a DuckDB query of the orders topic")
+        .find(|sql| sql.contains(marker))
+        .unwrap_or_else(|| panic!("README.md shows no SQL with {marker:?}"))
         .to_string()
+}
+
+/// The README's DuckDB query of a time window, as printed there.
+fn readme_window_query() -> String {
+    readme_sql("read_parquet('s3://kafka-backups/prod/data/topic=orders/")
+}
+
+/// `text` with `from` replaced by `to`, when it is there (a README that changes shape fails here,
+/// not in a query that silently runs against something else).
+fn substitute(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "no {from:?} in:\n{text}");
+    text.replace(from, to)
 }
 
 fn offsets_of(sql: &str) -> Vec<i64> {
@@ -224,4 +238,141 @@ async fn the_readme_window_query_finds_records_that_arrived_late_into_a_later_fo
     assert!(query.contains(folder_bound), "{query}");
     let one_folder = query.replace(folder_bound, "date = DATE '2026-11-24'");
     assert_eq!(offsets_of(&one_folder), [1], "{one_folder}");
+}
+
+/// Runs argv[1] (DuckDB's settings and the README's httpfs and secret statements) and then the
+/// query in argv[2] on one connection, and prints where the loaded httpfs came from and the query's
+/// rows (timestamps as epoch milliseconds, bytes as hex).
+const S3_ROWS: &str = r#"
+import duckdb, json, sys
+setup, sql = sys.argv[1], sys.argv[2].strip().rstrip(";")
+con = duckdb.connect()
+con.execute(setup)
+httpfs = con.execute(
+    "SELECT loaded, installed_from FROM duckdb_extensions() WHERE extension_name = 'httpfs'"
+).fetchone()
+hexed = lambda b: None if b is None else b.hex()
+rows = con.execute(
+    f'SELECT partition, "offset", epoch_ms(timestamp), key, value FROM ({sql}) ORDER BY 1, 2'
+).fetchall()
+print(json.dumps({
+    "httpfs": {"loaded": httpfs[0], "from": httpfs[1]},
+    "rows": [[int(p), o, ts, hexed(k), hexed(v)] for (p, o, ts, k, v) in rows],
+}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_readme_s3_query_reads_an_s3_archive_with_httpfs_from_pypi() {
+    // The README's window, 2026-11-24 10:00 to 11:00 UTC, with records around it on both sides.
+    let at = |rfc3339: &str| rewind::archive::time::parse_rfc3339_millis(rfc3339).unwrap();
+    let (from, to) = (at("2026-11-24T10:00:00Z"), at("2026-11-24T11:00:00Z"));
+    let topic = common::unique("duckdb.s3");
+    create_topic(&topic, 2, &[]).await;
+    let stamps: [&[&str]; 2] = [
+        &[
+            "2026-11-24T09:59:59.999Z", // before the window
+            "2026-11-24T10:00:00Z",     // its first instant
+            "2026-11-24T10:20:00Z",
+            "2026-11-24T10:59:59.999Z", // its last instant
+            "2026-11-24T11:00:00Z",     // after it
+            "2026-11-24T10:30:00Z",     // late: in the 11:00 folder, in the window
+        ],
+        &[
+            "2026-11-24T10:05:00Z",
+            "2026-11-24T10:06:00Z",
+            "2026-11-25T00:00:00Z",
+        ],
+    ];
+    let mut produced = Vec::new();
+    for (partition, stamps) in stamps.iter().enumerate() {
+        let records: Vec<_> = stamps
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let key: Option<Vec<u8>> = match i % 3 {
+                    0 => None,
+                    1 => Some(vec![0xff, 0x00, i as u8]),
+                    _ => Some(format!("key-{i}").into_bytes()),
+                };
+                let value = (i != 3).then(|| format!("{partition}/{i} at {t}").into_bytes());
+                record(key.as_deref(), value.as_deref(), vec![], at(t))
+            })
+            .collect();
+        produced.push((partition, produce(&topic, partition as i32, &records).await));
+    }
+    let bucket = common::new_bucket().await;
+    let archive = format!("s3://{bucket}/prod");
+    let store = storage::open(&StorageUrl::parse(&archive).unwrap(), &common::s3_options())
+        .await
+        .unwrap();
+    let report = sink::run(
+        common::kafka::config(),
+        store,
+        common::once_sink_options(&topic, 1000),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.records, 9);
+
+    // The README's statements for an S3-compatible server, pointed at the test bed's, and its
+    // window query pointed at this archive and topic.
+    let endpoint = common::s3_endpoint();
+    let secret = readme_sql("ENDPOINT '");
+    let secret = substitute(
+        &secret,
+        "ENDPOINT '127.0.0.1:9000'",
+        &format!(
+            "ENDPOINT '{}'",
+            endpoint.trim_start_matches("http://").trim_end_matches('/')
+        ),
+    );
+    let secret = substitute(
+        &secret,
+        "KEY_ID 'rewind'",
+        &format!("KEY_ID '{}'", common::s3_access_key()),
+    );
+    let secret = substitute(
+        &secret,
+        "SECRET 'rewind-secret-key'",
+        &format!("SECRET '{}'", common::s3_secret_key()),
+    );
+    assert!(secret.contains("INSTALL httpfs;") && secret.contains("LOAD httpfs;"));
+    let query = substitute(&readme_window_query(), "s3://kafka-backups/prod", &archive);
+    let query = substitute(&query, "topic=orders", &format!("topic={topic}"));
+    // Nothing may come from extensions.duckdb.org: no automatic install, and an `INSTALL` that
+    // would download fails (the repository is a closed port) instead of passing where there is
+    // internet access.
+    let setup = format!(
+        "SET autoinstall_known_extensions = false;\n\
+         SET custom_extension_repository = 'http://127.0.0.1:9/no-downloads';\n{secret}"
+    );
+
+    let out = Command::new(python())
+        .args(["-c", S3_ROWS, &setup, &query])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "duckdb query failed: {}\n{setup}\n{query}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["httpfs"]["loaded"], true, "{got}");
+    let installed_from = got["httpfs"]["from"].as_str().unwrap();
+    assert!(
+        installed_from.contains("/site-packages/duckdb_extension_httpfs/extensions/"),
+        "httpfs comes from the PyPI package, not a download: {installed_from}"
+    );
+    let want: Vec<Value> = produced
+        .iter()
+        .flat_map(|(partition, records)| {
+            records
+                .iter()
+                .filter(|r| (from..to).contains(&r.timestamp.unwrap()))
+                .map(move |r| json!([partition, r.offset, r.timestamp, hex(&r.key), hex(&r.value)]))
+        })
+        .collect();
+    assert_eq!(want.len(), 6, "the window holds 4 + 2 records");
+    assert_eq!(got["rows"], Value::Array(want), "{query}");
 }
