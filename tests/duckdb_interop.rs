@@ -302,7 +302,7 @@ async fn the_readme_s3_query_reads_an_s3_archive_with_httpfs_from_pypi() {
     }
     let bucket = common::new_bucket().await;
     let archive = format!("s3://{bucket}/prod");
-    let store = storage::open(&StorageUrl::parse(&archive).unwrap(), &common::s3_options())
+    let store = storage::open_writer(&StorageUrl::parse(&archive).unwrap(), &common::s3_options())
         .await
         .unwrap();
     let report = sink::run(
