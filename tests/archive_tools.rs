@@ -920,7 +920,7 @@ async fn bad_input_gets_one_clear_sentence() {
             "cannot be used with",
         ),
         (
-            vec!["find", "--topic", "t", "--from", "yesterday"],
+            vec!["find", "--topic", "t", "--from", "last tuesday"],
             "is not a time",
         ),
         (vec!["find", "--topic", "t", "--header", "=v"], "K=V"),

@@ -935,7 +935,7 @@ async fn bad_input_gets_one_clear_sentence() {
     assert_eq!(out.status.code(), Some(2));
     assert!(common::error_line(&out).contains("is after --to"));
 
-    let out = restore(&archive, &["--from", "yesterday"])
+    let out = restore(&archive, &["--from", "last tuesday"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

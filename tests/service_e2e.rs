@@ -397,7 +397,12 @@ async fn service_runs_a_sink_and_a_following_restore_steered_over_http() {
         ("GET", "/nowhere", None, 404),
         ("DELETE", "/pipelines", None, 405),
         ("POST", "/restores", body("{not json"), 400),
-        ("POST", "/restores", body(r#"{"from": "yesterday"}"#), 400),
+        (
+            "POST",
+            "/restores",
+            body(r#"{"from": "last tuesday"}"#),
+            400,
+        ),
         ("POST", "/restores", body(r#"{"bogus": 1}"#), 400),
         ("POST", "/restores", body(r#"{"cluster": "mars"}"#), 400),
         ("POST", "/restores", Some(taken.clone()), 409),

@@ -31,7 +31,14 @@ impl Said {
         if fac != "FAIL" {
             return Said::Other;
         }
-        let lower = message.to_ascii_lowercase();
+        // Broker names carry their protocol (`sasl_ssl://b-1:9096/1`, also in `[thrd:…]`): only
+        // the rest says what failed.
+        let lower: String = message
+            .to_ascii_lowercase()
+            .split_whitespace()
+            .filter(|word| !word.contains("://"))
+            .collect::<Vec<_>>()
+            .join(" ");
         if ["authentic", "sasl", "ssl", "certificate"]
             .iter()
             .any(|w| lower.contains(w))
@@ -256,6 +263,21 @@ mod tests {
             assert_eq!(Said::of_log("FAIL", message), Said::Other, "{message}");
             assert_eq!(connection.judge_log("FAIL", message), Verdict::Other);
         }
+        // On a TLS or SASL cluster the broker's name says so, and a refused connection is still
+        // only a refused connection.
+        for message in [
+            "sasl_ssl://b-1.msk:9096/1: Connect to ipv4#10.0.0.1:9096 failed: Connection refused (after 0ms in state CONNECT)",
+            "[thrd:ssl://b:9093/bootstrap]: ssl://b:9093/bootstrap: Connect to ipv4#127.0.0.1:9093 failed: Connection refused",
+        ] {
+            assert_eq!(Said::of_log("FAIL", message), Said::Unreachable, "{message}");
+        }
+        assert_eq!(
+            Said::of_log(
+                "FAIL",
+                "sasl_ssl://b-1:9096/1: SASL authentication error: Authentication failed"
+            ),
+            Said::Other
+        );
         assert_eq!(Said::of_log("CONFWARN", REFUSED), Said::Other);
         assert_eq!(
             connection.judge_error(&KafkaError::Global(Code::Authentication)),

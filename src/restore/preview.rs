@@ -21,6 +21,9 @@ use crate::archive::chain::Chain;
 use crate::kafka::blocking;
 use crate::storage::ObjectStore;
 
+/// How long the plan waits for a resumed restore's committed progress.
+const PROGRESS_WAIT: Duration = Duration::from_secs(30);
+
 /// What a restore would do, and whether it would start.
 #[derive(Debug, Serialize)]
 pub struct Preview {
@@ -79,7 +82,7 @@ pub async fn preview(
         refusals: Vec::new(),
         warnings: Vec::new(),
     };
-    if preview.remaining_records == 0 && !opts.follow && !resume {
+    if preview.remaining_records == 0 && !opts.follow {
         // The run writes nothing at all then, and asks the target nothing.
         return Ok(preview);
     }
@@ -108,16 +111,28 @@ pub async fn preview(
     )?;
 
     let stored = if resume && !cluster.progress_missing {
-        blocking({
+        let read = blocking({
             let (client, topic, id) = (
                 client.clone(),
                 opts.progress_topic.clone(),
                 opts.restore_id.clone(),
             );
-            move || progress::read(&client, &topic, &id, Duration::from_secs(360))
+            move || progress::read(&client, &topic, &id, PROGRESS_WAIT)
         })
-        .await
-        .map_err(|e| cluster.kafka_err(e))?
+        .await;
+        match read {
+            Ok(stored) => stored,
+            // The run fences an earlier run's open transaction and reads on; the plan, which
+            // writes nothing, can only wait for it.
+            Err(e) => {
+                preview.unchecked = Some(format!(
+                    "the committed progress of restore {} could not be read within {}s ({e}): an earlier run's transaction may still be open, which the run aborts at once by fencing it; plan again once it has timed out, or run the restore",
+                    opts.restore_id,
+                    PROGRESS_WAIT.as_secs()
+                ));
+                return Ok(preview);
+            }
+        }
     } else {
         BTreeMap::new()
     };

@@ -7,7 +7,7 @@
 //! Kafka commit; a log that ends before the chain (the topic was recreated) is never written to.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminOptions, ConfigSource, ResourceSpecifier};
 use rdkafka::consumer::Consumer;
@@ -17,6 +17,9 @@ use super::partition::{now_millis, PartitionChain};
 use super::{ownership, Sink, SinkError};
 use crate::archive::documents::{self, ArchiveError, Gap, TopicMeta};
 use crate::archive::time::rfc3339_millis;
+
+/// How long one pass of the loop spends opening the chains of newly assigned partitions.
+const OPEN_BUDGET: Duration = Duration::from_millis(100);
 
 impl Sink<'_> {
     /// Find the selected topics. Snapshot mode assigns their partitions directly, each from its
@@ -110,23 +113,30 @@ impl Sink<'_> {
     }
 
     /// Open the chains of the partitions the group just handed over, before their first record:
-    /// the status shows them, and their lag, at once. A chain that cannot open now (the store is
-    /// away) opens at the partition's first record instead, as it always could.
+    /// the status shows them, and their lag, at once. A pass opens chains for at most
+    /// [`OPEN_BUDGET`] (at least one), so that the consumer is polled, stops are heard and ticks
+    /// run between passes however many partitions arrive; none while the store is failing. A chain
+    /// that cannot open now (the store, or the partition's leader, is away) opens at the partition's
+    /// first record instead, as it always could, and says why then if it still cannot.
     pub(super) async fn open_assigned(&mut self) -> Result<(), SinkError> {
-        let assigned: Vec<(String, i32)> = std::mem::take(
-            &mut *self
+        if self.opts.once || self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        while started.elapsed() < OPEN_BUDGET {
+            // The rebalance callback removes what is revoked from the same list.
+            let Some(id) = self
                 .consumer
                 .context()
                 .assigned
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for id in assigned {
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+            else {
+                break;
+            };
             let name = format!("{}/{}", id.0, id.1);
-            if self.opts.once
-                || self.chains.contains_key(&id)
-                || self.report.refused.contains(&name)
-            {
+            if self.chains.contains_key(&id) || self.report.refused.contains(&name) {
                 continue;
             }
             match self.open_chain(&id.0, id.1).await {
@@ -139,10 +149,9 @@ impl Sink<'_> {
                     tpl.add_partition(&id.0, id.1);
                     let _ = self.consumer.pause(&tpl);
                 }
-                Err(SinkError::Flush(e)) if e.is_transient() => {
-                    tracing::warn!(topic = id.0, partition = id.1, error = %e, "cannot resume the partition from the archive yet; trying again at its first record");
+                Err(e) => {
+                    tracing::debug!(topic = id.0, partition = id.1, error = %e, "cannot open the partition's chain at its assignment; it opens at its first record");
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -245,6 +254,7 @@ impl Sink<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry((topic.to_string(), partition))
+            .and_modify(|end| *end = (*end).max(high))
             .or_insert(high);
         tracing::info!(
             topic,
