@@ -545,6 +545,9 @@ fn a_plain_path_as_archive_is_refused_with_the_fix() {
 #[test]
 fn an_unreachable_cluster_is_one_line_and_piped_logs_are_plain() {
     let home = tempfile::tempdir().unwrap();
+    // An empty folder: `check` finds no archive yet, which is no problem, so the cluster's is the
+    // one error.
+    std::fs::create_dir(home.path().join("archive")).unwrap();
     let archive = format!("file://{}/archive", home.path().display());
     let runs: [&[&str]; 2] = [
         &[
