@@ -254,17 +254,7 @@ async fn a_window_restores_exactly_what_offsets_for_times_delimits() {
             );
             assert_eq!(planned["start"], start, "plan of window {n}, partition {p}");
             assert_eq!(planned["end"], end, "plan of window {n}, partition {p}");
-            let payload: usize = expected
-                .iter()
-                .map(|r| {
-                    r.key.as_ref().map_or(0, Vec::len)
-                        + r.value.as_ref().map_or(0, Vec::len)
-                        + r.headers
-                            .iter()
-                            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
-                            .sum::<usize>()
-                })
-                .sum();
+            let payload: usize = expected.iter().map(Record::payload_len).sum();
             // Whole files: the plan counts bytes as the summary does, exactly; a file the window
             // cuts is counted by its share of records.
             let planned_bytes = planned["bytes"].as_u64().unwrap() as f64;

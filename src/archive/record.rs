@@ -49,6 +49,19 @@ pub struct Record {
 }
 
 impl Record {
+    /// Bytes of the key, the value and the headers' keys and values: what a restore counts as
+    /// the bytes it sends, and what a data file's size statistics add up to.
+    pub fn payload_len(&self) -> usize {
+        let bytes = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
+        bytes(&self.key)
+            + bytes(&self.value)
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + bytes(&h.value))
+                .sum::<usize>()
+    }
+
     /// Bytes this record holds in memory, for buffer accounting: the record itself plus every heap
     /// allocation it owns, with the allocator's per-allocation overhead. For small records the
     /// overhead is most of it (a 100-byte value costs about 250 bytes), and counting it is what

@@ -7,6 +7,23 @@ use serde_json::json;
 use super::units::Size;
 use super::*;
 
+/// The problems of a service whose only pipeline, `dr.toml`, is `pipeline`.
+fn pipeline_problems(pipeline: &str) -> Vec<Problem> {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    std::fs::write(dir.path().join("rewind.toml"), "").unwrap();
+    std::fs::write(pipelines.join("dr.toml"), pipeline).unwrap();
+    match load_service(&Sources {
+        file: Some(dir.path().join("rewind.toml")),
+        env: env(&[]),
+        ..Sources::default()
+    }) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
 fn env(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
     Some(
         pairs
@@ -629,23 +646,8 @@ fn a_restore_transaction_interval_must_be_below_the_transaction_timeout() {
     );
 
     // A restore pipeline's own interval, against its cluster's timeout.
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    std::fs::write(dir.path().join("rewind.toml"), "").unwrap();
-    std::fs::write(
-        pipelines.join("dr.toml"),
-        "kind = \"restore\"\n[restore]\ntransaction_interval = \"10m\"\n",
-    )
-    .unwrap();
-    let found = match load_service(&Sources {
-        file: Some(dir.path().join("rewind.toml")),
-        env: env(&[]),
-        ..Sources::default()
-    }) {
-        Err(ConfigError::Invalid(problems)) => problems,
-        other => panic!("expected problems, got {other:?}"),
-    };
+    let found =
+        pipeline_problems("kind = \"restore\"\n[restore]\ntransaction_interval = \"10m\"\n");
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0]
@@ -713,23 +715,9 @@ fn a_restore_pipeline_takes_no_relative_time() {
     // A pipeline is read again at every start: `now-1h` would move a window its restore id is bound
     // to. Each relative end is one problem, which names the absolute time to write instead; the
     // job's other checks still run.
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    std::fs::write(dir.path().join("rewind.toml"), "").unwrap();
-    std::fs::write(
-        pipelines.join("dr.toml"),
+    let found = pipeline_problems(
         "kind = \"restore\"\n[restore]\nfrom = \"now-1h\"\nto = \"2h agoo\"\ntopics = \"(\"\n",
-    )
-    .unwrap();
-    let found = match load_service(&Sources {
-        file: Some(dir.path().join("rewind.toml")),
-        env: env(&[]),
-        ..Sources::default()
-    }) {
-        Err(ConfigError::Invalid(problems)) => problems,
-        other => panic!("expected problems, got {other:?}"),
-    };
+    );
     let paths: Vec<&str> = found
         .iter()
         .map(|p| p.path.rsplit(": ").next().unwrap_or_default())

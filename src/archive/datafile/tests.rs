@@ -195,17 +195,7 @@ fn every_byte_before_the_footer_is_under_a_checksum_inside_the_file() {
         footer.meta, meta,
         "the checksums leave the rewind.* keys alone"
     );
-    let payload: usize = records
-        .iter()
-        .map(|r| {
-            r.key.as_ref().map_or(0, Vec::len)
-                + r.value.as_ref().map_or(0, Vec::len)
-                + r.headers
-                    .iter()
-                    .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
-                    .sum::<usize>()
-        })
-        .sum();
+    let payload: usize = records.iter().map(Record::payload_len).sum();
     assert_eq!(
         footer.payload_bytes,
         Some(payload as u64),
