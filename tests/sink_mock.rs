@@ -225,3 +225,101 @@ async fn the_status_shows_assigned_partitions_lag_and_the_read_rate_before_the_f
     assert_eq!(report.records, sent as u64);
     assert_eq!(report.read, sent as u64);
 }
+
+/// Refuses one read of partition 1's files, as a store that denies a request now and then would.
+#[derive(Debug, Default)]
+struct DenyOnce {
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl rewind::storage::Hooks for DenyOnce {
+    fn before_read(&self, _op: &str, key: &str) -> rewind::storage::StorageResult<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // The first read is the sink's look at the archive as it starts; the second opens the
+        // chain as the group assigns the partition.
+        if key.contains("partition=1") && self.reads.fetch_add(1, SeqCst) == 1 {
+            return Err(rewind::storage::StorageError::AccessDenied {
+                url: "file:///deny-once".into(),
+                key: Some(key.into()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Opening a partition's chain as the group assigns it is only a head start: a partition whose
+/// chain cannot open then (here the store refuses the read once; a partition without a leader does
+/// the same) opens at its first record, as it always did, instead of stopping the sink and every
+/// other partition with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_that_cannot_open_at_assignment_opens_at_its_first_record() {
+    let cluster = MockCluster::new(1).expect("the embedded cluster starts");
+    let topic = "mock-deny";
+    cluster.create_topic(topic, PARTITIONS, 1).unwrap();
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", cluster.bootstrap_servers());
+    let dir = tempfile::tempdir().unwrap();
+    let url = StorageUrl::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let store = Arc::new(rewind::storage::Intercept {
+        inner: LocalStore::open(url).unwrap(),
+        hooks: DenyOnce::default(),
+    });
+    let live = rewind::live::Live::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink = tokio::spawn(sink::run(
+        client.clone(),
+        store.clone() as Arc<dyn ObjectStore>,
+        continuous(topic, live.clone()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    // Partition 0 opened at its assignment; partition 1's read was refused.
+    live_until(&live, "partition 0", |s| !s.partitions.is_empty()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store.hooks.reads.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(!sink.is_finished(), "the sink stopped");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partition 1 was never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let producer: FutureProducer = client.create().unwrap();
+    let sent = 100;
+    for i in 0..sent {
+        let value = format!("v{i}");
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic)
+                    .partition(i % PARTITIONS)
+                    .payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("the mock cluster takes the record");
+    }
+    live_until(&live, "every record read", |s| {
+        s.read_records == Some(sent as u64)
+    })
+    .await;
+    stop_tx.send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), sink)
+        .await
+        .expect("the sink stops")
+        .unwrap()
+        .expect("the sink goes on after a refused read at assignment");
+    assert_eq!(report.records, sent as u64);
+    let verified = rewind::ops::verify::verify(&*store, &TopicSelector::all(), true)
+        .await
+        .unwrap();
+    // Every partition's chain is whole; the topic's metadata is not kept in this run (no admin
+    // API), which is all verify has to say.
+    assert!(
+        verified.problems.iter().all(|p| p.kind == "topic"),
+        "{:?}",
+        verified.problems
+    );
+    assert_eq!(verified.records, sent as u64);
+}

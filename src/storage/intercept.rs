@@ -34,6 +34,12 @@ pub trait Hooks: Send + Sync + std::fmt::Debug {
         let _ = prefix;
         None
     }
+    /// Before a read (`get`, `get_range`, `head`, `list`) of `key` (a listing's prefix): an error
+    /// fails it.
+    fn before_read(&self, op: &str, key: &str) -> StorageResult<()> {
+        let _ = (op, key);
+        Ok(())
+    }
 }
 
 /// `inner` with `hooks` in front of it.
@@ -52,15 +58,19 @@ impl<S: ObjectStore, H: Hooks> ObjectStore for Intercept<S, H> {
         Ok(done)
     }
     async fn get(&self, key: &str) -> StorageResult<GetResult> {
+        self.hooks.before_read("get", key)?;
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> StorageResult<Bytes> {
+        self.hooks.before_read("get_range", key)?;
         self.inner.get_range(key, range).await
     }
     async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
+        self.hooks.before_read("head", key)?;
         self.inner.head(key).await
     }
     async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
+        self.hooks.before_read("list", prefix)?;
         match self.hooks.listing(prefix) {
             Some(page) => Ok(page),
             None => self.inner.list_page(prefix, token).await,
