@@ -259,7 +259,7 @@ pub(crate) fn init_logging(config: &Config) {
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
             std::env::var_os("NO_COLOR").as_deref(),
         ))
-        .with_writer(std::io::stderr);
+        .with_writer(|| crate::progress::LogWriter);
     // A second initialisation (tests calling in twice) is harmless; ignore it.
     let _ = match config.log.format {
         LogFormat::Text => builder.try_init(),

@@ -358,6 +358,13 @@ fn print_plan(preview: &restore::Preview, opts: &RestoreOptions, json: bool) {
         "total: {records} records ({bytes} bytes of keys, values and headers, counted as the restore's summary counts them) from {} partitions, in {files} files of {stored} bytes",
         partitions.len()
     );
+    if records == 0 && !opts.follow && !preview.resumed {
+        outln!(
+            "nothing to restore: no archived record of the selected topics falls in {}; the restore would write nothing",
+            opts.window.describe()
+        );
+        return;
+    }
     if preview.unchecked.is_some() {
         return;
     }

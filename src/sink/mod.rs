@@ -230,9 +230,11 @@ pub async fn run(
         seen: Default::default(),
         announced: Default::default(),
         rates: Default::default(),
-        bar: opts
-            .progress
-            .then(|| crate::progress::status_line("sink: {msg}")),
+        bar: opts.progress.then(|| {
+            let line = crate::progress::status_line("sink: {msg}");
+            line.set_message("starting: joining the group, opening the assigned partitions");
+            line
+        }),
         retry_at: None,
         backoff: crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
         paused: false,
