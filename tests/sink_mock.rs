@@ -137,6 +137,45 @@ fn continuous(topic: &str, live: Arc<rewind::live::Live>) -> SinkOptions {
     }
 }
 
+/// A continuous sink of `topic` (see [`continuous`]) running until the sender is used.
+fn spawn_continuous(
+    client: &ClientConfig,
+    store: Arc<dyn ObjectStore>,
+    topic: &str,
+    live: &Arc<rewind::live::Live>,
+) -> (
+    tokio::task::JoinHandle<Result<sink::SinkReport, sink::SinkError>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink = tokio::spawn(sink::run(
+        client.clone(),
+        store,
+        continuous(topic, live.clone()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    (sink, stop_tx)
+}
+
+/// Produce `count` records to `topic`, spread over its partitions.
+async fn produce_spread(client: &ClientConfig, topic: &str, count: i32) {
+    let producer: FutureProducer = client.create().unwrap();
+    for i in 0..count {
+        let value = format!("v{i}");
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic)
+                    .partition(i % PARTITIONS)
+                    .payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("the mock cluster takes the record");
+    }
+}
+
 /// Wait until the live status satisfies `ready`, and return it.
 async fn live_until(
     live: &rewind::live::Live,
@@ -168,15 +207,7 @@ async fn the_status_shows_assigned_partitions_lag_and_the_read_rate_before_the_f
     let url = StorageUrl::parse(&format!("file://{}", dir.path().display())).unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(url).unwrap());
     let live = rewind::live::Live::new();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let sink = tokio::spawn(sink::run(
-        client.clone(),
-        store.clone(),
-        continuous(topic, live.clone()),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (sink, stop_tx) = spawn_continuous(&client, store.clone(), topic, &live);
 
     // The topic is empty: no record has arrived, yet the group assigned both partitions, and
     // their lag (none) is known.
@@ -187,20 +218,8 @@ async fn the_status_shows_assigned_partitions_lag_and_the_read_rate_before_the_f
     assert_eq!(idle.lag_records, Some(0), "{idle:?}");
     assert_eq!(idle.records, 0, "{idle:?}");
 
-    let producer: FutureProducer = client.create().unwrap();
     let sent = 200;
-    for i in 0..sent {
-        let value = format!("v{i}");
-        producer
-            .send(
-                FutureRecord::<(), _>::to(topic)
-                    .partition(i % PARTITIONS)
-                    .payload(&value),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("the mock cluster takes the record");
-    }
+    produce_spread(&client, topic, sent).await;
     // Records flow: the sink reads them at once while its files stay open for an hour, so the
     // read rate shows and the archived rate and totals stay 0; the lag counts what is not archived.
     let reading = live_until(&live, "a read rate", |s| {
@@ -265,15 +284,7 @@ async fn a_chain_that_cannot_open_at_assignment_opens_at_its_first_record() {
         hooks: DenyOnce::default(),
     });
     let live = rewind::live::Live::new();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let sink = tokio::spawn(sink::run(
-        client.clone(),
-        store.clone() as Arc<dyn ObjectStore>,
-        continuous(topic, live.clone()),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (sink, stop_tx) = spawn_continuous(&client, store.clone(), topic, &live);
     // Partition 0 opened at its assignment; partition 1's read was refused.
     live_until(&live, "partition 0", |s| !s.partitions.is_empty()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -286,20 +297,8 @@ async fn a_chain_that_cannot_open_at_assignment_opens_at_its_first_record() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let producer: FutureProducer = client.create().unwrap();
     let sent = 100;
-    for i in 0..sent {
-        let value = format!("v{i}");
-        producer
-            .send(
-                FutureRecord::<(), _>::to(topic)
-                    .partition(i % PARTITIONS)
-                    .payload(&value),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("the mock cluster takes the record");
-    }
+    produce_spread(&client, topic, sent).await;
     live_until(&live, "every record read", |s| {
         s.read_records == Some(sent as u64)
     })

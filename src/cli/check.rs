@@ -79,13 +79,8 @@ impl Problems {
 }
 
 async fn check_archive(config: &Config, url: &StorageUrl, args: &CheckArgs) -> Result<(), Failure> {
-    if let StorageUrl::Local { root } = url {
-        if !root.is_dir() {
-            return Err(Failure::found(format!(
-                "{url}: no archive at this path (no such folder); check --archive or REWIND__ARCHIVE, or let the first `rewind sink` create it"
-            )));
-        }
-    }
+    crate::ops::check_exists(url)
+        .map_err(|e| Failure::found(format!("{e}, or let the first `rewind sink` create it")))?;
     let mut opts = config.s3_options();
     // A preflight should answer quickly: one retry, not the patient policy of a running sink.
     opts.retry.max_attempts = opts.retry.max_attempts.min(2);

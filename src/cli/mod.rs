@@ -299,7 +299,7 @@ pub(crate) fn parse_time(
     now: i64,
 ) -> Result<Option<i64>, Failure> {
     let (absolute, _) = absolute_time(flag, s, open, now)?;
-    crate::restore::job::parse_time(&absolute, open)
+    crate::config::when::parse_time(&absolute, open)
         .map_err(|e| Failure::usage(format!("--{flag} {e}")))
 }
 

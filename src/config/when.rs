@@ -14,6 +14,38 @@ const DAY_MS: i64 = 86_400_000;
 /// may reach.
 const EARLIEST_MS: i64 = -62_167_219_200_000;
 
+/// Bare numbers from 1 up to this are refused as times: as epoch milliseconds they are before
+/// 2001-09-09T01:46:40Z, as epoch seconds they cover every date from 1970 to the year 33658.
+/// Numbers at or above it, 0 and negative numbers (times before 1970) are milliseconds.
+pub const SECONDS_BELOW: i64 = 1_000_000_000_000;
+
+/// `earliest`/`latest` (the open end), epoch milliseconds, or RFC 3339. The one time parser of
+/// restores (command line, pipelines, API) and `rewind find`: a positive number below
+/// [`SECONDS_BELOW`] is refused, being far likelier epoch seconds than a time in 1970–2001.
+pub fn parse_time(s: &str, open: &str) -> Result<Option<i64>, String> {
+    let s = s.trim();
+    if s == open {
+        return Ok(None);
+    }
+    if let Ok(ms) = s.parse::<i64>() {
+        if ms > 0 && ms < SECONDS_BELOW {
+            let as_seconds = crate::archive::time::rfc3339_millis(ms * 1000).replace(".000Z", "Z");
+            return Err(format!(
+                "{s} looks like epoch seconds, but times are epoch milliseconds or RFC 3339: write {} or {as_seconds} (a positive number below {SECONDS_BELOW} is refused: in milliseconds it would be before 2001-09-09)",
+                ms * 1000
+            ));
+        }
+        return Ok(Some(ms));
+    }
+    crate::archive::time::parse_rfc3339_millis(s)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is not a time: use RFC 3339 such as 2026-11-23T10:00:00Z, epoch milliseconds, or {open}"
+            )
+        })
+}
+
 /// The relative forms, for messages.
 pub const RELATIVE_FORMS: &str = "now, now-1h, 2h ago, today, yesterday";
 
@@ -77,13 +109,13 @@ pub fn relative(s: &str, now: i64) -> Result<Option<i64>, String> {
 
 /// `s` made absolute: a relative time resolved against `now` and written in RFC 3339, anything
 /// else checked as the time parser of restores and `find` reads it
-/// ([`crate::restore::job::parse_time`]) and returned as it was. The flag says whether `s` was
+/// ([`parse_time`]) and returned as it was. The flag says whether `s` was
 /// relative.
 pub fn absolute(s: &str, open: &str, now: i64) -> Result<(String, bool), String> {
     if let Some(at) = relative(s, now)? {
         return Ok((rfc3339_millis(at), true));
     }
-    match crate::restore::job::parse_time(s, open) {
+    match parse_time(s, open) {
         Ok(_) => Ok((s.trim().to_string(), false)),
         // A number is judged there (epoch seconds are refused with the fix); text that is no time
         // at all is told every form it may take.

@@ -18,37 +18,7 @@ pub fn valid_restore_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// Bare numbers from 1 up to this are refused as times: as epoch milliseconds they are before
-/// 2001-09-09T01:46:40Z, as epoch seconds they cover every date from 1970 to the year 33658.
-/// Numbers at or above it, 0 and negative numbers (times before 1970) are milliseconds.
-pub const SECONDS_BELOW: i64 = 1_000_000_000_000;
-
-/// `earliest`/`latest` (the open end), epoch milliseconds, or RFC 3339. The one time parser of
-/// restores (command line, pipelines, API) and `rewind find`: a positive number below
-/// [`SECONDS_BELOW`] is refused, being far likelier epoch seconds than a time in 1970–2001.
-pub fn parse_time(s: &str, open: &str) -> Result<Option<i64>, String> {
-    let s = s.trim();
-    if s == open {
-        return Ok(None);
-    }
-    if let Ok(ms) = s.parse::<i64>() {
-        if ms > 0 && ms < SECONDS_BELOW {
-            let as_seconds = crate::archive::time::rfc3339_millis(ms * 1000).replace(".000Z", "Z");
-            return Err(format!(
-                "{s} looks like epoch seconds, but times are epoch milliseconds or RFC 3339: write {} or {as_seconds} (a positive number below {SECONDS_BELOW} is refused: in milliseconds it would be before 2001-09-09)",
-                ms * 1000
-            ));
-        }
-        return Ok(Some(ms));
-    }
-    crate::archive::time::parse_rfc3339_millis(s)
-        .map(Some)
-        .ok_or_else(|| {
-            format!(
-                "{s:?} is not a time: use RFC 3339 such as 2026-11-23T10:00:00Z, epoch milliseconds, or {open}"
-            )
-        })
-}
+pub use crate::config::when::{parse_time, SECONDS_BELOW};
 
 impl RestoreJob {
     /// The restore these settings describe, or every problem with them. `name` renders a field's

@@ -47,24 +47,6 @@ pub struct Progress {
     pub updated_at: String,
 }
 
-/// A client context that does not report reaching a partition's end as an error: that is how the
-/// reader knows it has read everything.
-struct QuietEof;
-
-impl rdkafka::ClientContext for QuietEof {
-    crate::kafka::answer_oauth_token_refresh!();
-
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        crate::kafka::logs::quiet_log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        crate::kafka::logs::quiet_error(error, reason);
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for QuietEof {}
-
 /// Key of a partition's progress record: compaction keeps the latest one.
 pub fn key(restore_id: &str, topic: &str, partition: i32) -> String {
     format!("{restore_id}/{topic}/{partition}")
@@ -86,7 +68,10 @@ pub fn read(
         .set("enable.partition.eof", "true")
         // The end of each partition is what is waited for: do not let the broker hold a fetch.
         .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer<QuietEof> = config.create_with_context(QuietEof)?;
+    // Reaching a partition's end is how the reader knows it has read everything: `Ctx` does not
+    // report it as an error.
+    let consumer: BaseConsumer<crate::kafka::Ctx> =
+        config.create_with_context(crate::kafka::Ctx)?;
     crate::kafka::ready(&consumer);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut partitions = Vec::new();

@@ -58,7 +58,7 @@ pub enum StorageError {
     #[error("{url}: {op} {key:?} refused: the archive was opened for reading only")]
     ReadOnly {
         url: String,
-        op: &'static str,
+        op: String,
         key: String,
     },
     #[error("{url}: {op} failed: {message}")]

@@ -18,7 +18,8 @@ use super::{
 /// Where an [`Intercept`] may change what its store does. Every method defaults to passing the
 /// call through.
 pub trait Hooks: Send + Sync + std::fmt::Debug {
-    /// Before a write (`put`, `delete`, `multipart`) of `key`: an error refuses it unapplied.
+    /// Before a write (`put`, `delete`, `multipart`, aborting the uploads under a prefix) of `key`:
+    /// an error refuses it unapplied.
     fn before_write(&self, op: &str, key: &str) -> StorageResult<()> {
         let _ = (op, key);
         Ok(())
@@ -77,7 +78,9 @@ impl<S: ObjectStore, H: Hooks> ObjectStore for Intercept<S, H> {
         }
     }
     async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
-        let first = keys.first().map_or("", String::as_str);
+        let Some(first) = keys.first() else {
+            return Ok(());
+        };
         self.hooks.before_write("delete", first)?;
         self.inner.delete_many(keys).await?;
         self.hooks.after_write("delete", first)
@@ -98,6 +101,7 @@ impl<S: ObjectStore, H: Hooks> ObjectStore for Intercept<S, H> {
         prefix: &str,
         started_before: SystemTime,
     ) -> StorageResult<Vec<String>> {
+        self.hooks.before_write("abort the uploads under", prefix)?;
         self.inner
             .abort_incomplete_uploads(prefix, started_before)
             .await

@@ -32,7 +32,7 @@ pub use intercept::{Hooks, Intercept};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use probe::{probe, ProbeError, Probed};
-pub use read_only::ReadOnly;
+pub use read_only::{read_only, ReadOnly, RefuseWrites};
 pub use retry::RetryPolicy;
 pub use s3::{S3Options, S3Store, ServerSideEncryption};
 pub use url::StorageUrl;
@@ -204,8 +204,8 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 /// not exist reads as empty) and every write is refused with [`StorageError::ReadOnly`].
 pub async fn open_reader(url: &StorageUrl, s3: &S3Options) -> StorageResult<Arc<dyn ObjectStore>> {
     Ok(match url {
-        StorageUrl::Local { .. } => Arc::new(ReadOnly(LocalStore::open(url.clone())?)),
-        StorageUrl::S3 { .. } => Arc::new(ReadOnly(S3Store::open(url.clone(), s3).await?)),
+        StorageUrl::Local { .. } => Arc::new(read_only(LocalStore::open(url.clone())?)),
+        StorageUrl::S3 { .. } => Arc::new(read_only(S3Store::open(url.clone(), s3).await?)),
     })
 }
 

@@ -5,90 +5,51 @@
 //! archive, whatever the backend; the tools that only read (`check`, `ls`, `verify`, `find`,
 //! `restore`) open their archive through it.
 
-use std::ops::Range;
-use std::time::SystemTime;
-
-use async_trait::async_trait;
-use bytes::Bytes;
-
-use super::{
-    GetResult, ListPage, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutResult,
-    StorageError, StorageResult, StorageUrl,
-};
+use super::{Hooks, Intercept, ObjectStore, StorageError, StorageResult};
 
 /// `inner`, with its writes refused.
-#[derive(Debug)]
-pub struct ReadOnly<S>(pub S);
+pub type ReadOnly<S> = Intercept<S, RefuseWrites>;
 
-impl<S: ObjectStore> ReadOnly<S> {
-    fn refuse(&self, op: &'static str, key: &str) -> StorageError {
-        StorageError::ReadOnly {
-            url: self.0.url().to_string(),
-            op,
-            key: key.to_string(),
-        }
+/// `inner` opened for reading only.
+pub fn read_only<S: ObjectStore>(inner: S) -> ReadOnly<S> {
+    let url = inner.url().to_string();
+    Intercept {
+        inner,
+        hooks: RefuseWrites { url },
     }
 }
 
-#[async_trait]
-impl<S: ObjectStore> ObjectStore for ReadOnly<S> {
-    async fn put(&self, key: &str, _body: Bytes, _mode: PutMode) -> StorageResult<PutResult> {
-        Err(self.refuse("put", key))
-    }
-    async fn get(&self, key: &str) -> StorageResult<GetResult> {
-        self.0.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> StorageResult<Bytes> {
-        self.0.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
-        self.0.head(key).await
-    }
-    async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
-        self.0.list_page(prefix, token).await
-    }
-    async fn list(&self, prefix: &str) -> StorageResult<Vec<ObjectMeta>> {
-        self.0.list(prefix).await
-    }
-    async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
-        match keys.first() {
-            Some(key) => Err(self.refuse("delete", key)),
-            None => Ok(()),
-        }
-    }
-    async fn start_multipart(
-        &self,
-        key: &str,
-        _mode: PutMode,
-    ) -> StorageResult<Box<dyn MultipartUpload>> {
-        Err(self.refuse("upload", key))
-    }
-    async fn incomplete_uploads(&self, prefix: &str) -> StorageResult<Vec<String>> {
-        self.0.incomplete_uploads(prefix).await
-    }
-    async fn abort_incomplete_uploads(
-        &self,
-        prefix: &str,
-        _started_before: SystemTime,
-    ) -> StorageResult<Vec<String>> {
-        Err(self.refuse("abort the uploads under", prefix))
-    }
-    fn url(&self) -> &StorageUrl {
-        self.0.url()
+/// The hooks of a [`ReadOnly`] store: every write is refused before it reaches the store.
+#[derive(Debug)]
+pub struct RefuseWrites {
+    url: String,
+}
+
+impl Hooks for RefuseWrites {
+    fn before_write(&self, op: &str, key: &str) -> StorageResult<()> {
+        Err(StorageError::ReadOnly {
+            url: self.url.clone(),
+            op: op.to_string(),
+            key: key.to_string(),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+
     use super::*;
-    use crate::storage::LocalStore;
+    use crate::storage::{LocalStore, PutMode, StorageUrl};
 
     #[tokio::test]
     async fn reads_pass_and_writes_are_refused_leaving_nothing_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("archive");
         let url = StorageUrl::parse(&format!("file://{}", root.display())).unwrap();
-        let store = ReadOnly(LocalStore::open(url).unwrap());
+        let store = read_only(LocalStore::open(url).unwrap());
         assert!(store.list("").await.unwrap().is_empty());
         assert!(matches!(
             store.get("a").await,
