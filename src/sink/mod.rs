@@ -33,7 +33,7 @@ use rdkafka::{ClientConfig, Message, Timestamp, TopicPartitionList};
 use rustc_hash::FxHashMap;
 
 pub use options::{SinkError, SinkOptions, SinkReport};
-pub use partition::{Admission, FlushError, Flushed, PartitionChain, Ticket};
+pub use partition::{Admission, FlushError, Flushed, Landed, PartitionChain, Ticket};
 
 use flush::prefetch_bytes;
 use observe::SinkContext;
@@ -58,6 +58,18 @@ struct Owner {
 
 struct Sink<'a> {
     store: &'a dyn ObjectStore,
+    /// The same store, for the flights (files made durable in the background).
+    shared: Arc<dyn ObjectStore>,
+    /// Files on their way to the store, one per partition at most (see `flush::launch`).
+    flights: tokio::task::JoinSet<flush::Arrival>,
+    /// Memory the flights hold, part of `buffered`.
+    flying: u64,
+    /// Memory relief waits until the records not in flight hold more than this (see
+    /// `relieve_memory`).
+    relieve_above: u64,
+    /// Snapshot mode: partitions whose last file is in flight, with their target and the chain's
+    /// repositions when it flew (see `target_landed`).
+    reaching: FxHashMap<(String, i32), (i64, u64)>,
     consumer: StreamConsumer<SinkContext>,
     /// `None` without the admin API (see `SinkOptions::admin_api`).
     admin: Option<AdminClient<crate::kafka::Ctx>>,
@@ -90,7 +102,8 @@ struct Sink<'a> {
     backoff: crate::backoff::Backoff,
     /// Consumption is paused because the buffer budget is used up and flushing cannot relieve it.
     paused: bool,
-    /// Sum of every chain's buffered bytes, kept current so the hot path never adds them up.
+    /// Sum of every chain's buffered bytes and of the flights' memory, kept current so the hot path
+    /// never adds them up.
     buffered: u64,
 }
 
@@ -209,6 +222,11 @@ pub async fn run(
 
     let mut sink = Sink {
         store: &*store,
+        shared: store.clone(),
+        flights: tokio::task::JoinSet::new(),
+        flying: 0,
+        relieve_above: 0,
+        reaching: FxHashMap::default(),
         consumer,
         admin,
         offsets,
@@ -311,7 +329,7 @@ impl Sink<'_> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_discovery = Instant::now();
         loop {
-            if self.opts.once && self.targets.is_empty() {
+            if self.opts.once && self.targets.is_empty() && self.reaching.is_empty() {
                 break;
             }
             self.release_revoked().await?;
@@ -320,6 +338,13 @@ impl Sink<'_> {
                 _ = &mut stop => {
                     tracing::info!("stopping: flushing every buffered record");
                     break;
+                }
+                Some(joined) = self.flights.join_next(), if !self.flights.is_empty() => {
+                    match joined {
+                        Ok(arrival) => self.arrive(arrival).await?,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        Err(_) => {}
+                    }
                 }
                 _ = tick.tick() => {
                     self.on_tick().await?;
@@ -388,7 +413,7 @@ impl Sink<'_> {
             .should_roll(&self.opts.policy, before_append)
             .is_some()
         {
-            self.flush(&id, before_append).await?;
+            self.roll(&id, before_append).await?;
             self.defer_if_open(&id, ticket)?;
         }
         let cost = |sink: &Self| {
@@ -397,7 +422,7 @@ impl Sink<'_> {
                 .map_or(record.size(), |c| c.push_cost(&record))
         };
         if self.buffered() + cost(self) > self.record_budget() {
-            self.relieve_memory().await?;
+            self.make_room(cost(self)).await?;
             // A record larger than what is free is still taken when nothing else is buffered.
             if self.buffered() > 0 && self.buffered() + cost(self) > self.record_budget() {
                 // Still no room (the store is down): Kafka delivers it again from this offset once
@@ -429,7 +454,9 @@ impl Sink<'_> {
             .should_roll(&self.opts.policy, Event::AfterAppend)
             .is_some()
         {
-            self.flush(&id, Event::AfterAppend).await?;
+            self.roll(&id, Event::AfterAppend).await?;
+        } else if self.buffered - self.flying > (self.record_budget() / 2).max(self.relieve_above) {
+            self.relieve_memory().await?;
         }
         if self
             .targets
@@ -466,17 +493,32 @@ impl Sink<'_> {
         Ok(())
     }
 
-    /// Snapshot mode: a partition is complete; make it durable and stop reading it.
+    /// Snapshot mode: a partition is complete; make it durable (in the background) and stop reading
+    /// it once it is ([`Sink::target_landed`]).
     async fn reached_target(&mut self, id: &(String, i32)) -> Result<(), SinkError> {
         let Some(high) = self.targets.remove(id) else {
             return Ok(());
         };
-        let repositions = self.chains.get(id).map(PartitionChain::repositions);
-        self.flush(id, Event::TargetReached).await?;
+        self.land_partition(id).await?;
+        let repositions = self.chains.get(id).map_or(0, PartitionChain::repositions);
+        if self.launch(id, Event::TargetReached).await? {
+            self.reaching.insert(id.clone(), (high, repositions));
+            return Ok(());
+        }
+        self.target_landed(id, high, repositions)
+    }
+
+    /// Snapshot mode: the partition's last file landed (or nothing was left to fly).
+    fn target_landed(
+        &mut self,
+        id: &(String, i32),
+        high: i64,
+        repositions: u64,
+    ) -> Result<(), SinkError> {
         let rewound = self
             .chains
             .get(id)
-            .is_some_and(|c| Some(c.repositions()) != repositions && c.expected_next() < high);
+            .is_some_and(|c| c.repositions() != repositions && c.expected_next() < high);
         if rewound {
             // The flush moved the chain short of the target (it adopted a shorter file, another
             // worker's checkpoint or gap moved it, records went back to be read again): keep
@@ -496,17 +538,21 @@ impl Sink<'_> {
         let tick = Event::Tick {
             now_ms: self.now_ms(),
         };
+        // Files that reached their age, and files the store refused that may fly again now.
         let due: Vec<(String, i32)> = self
             .chains
             .iter()
-            .filter(|(_, c)| c.should_roll(&self.opts.policy, tick).is_some())
+            .filter(|(_, c)| {
+                !c.in_flight() && (c.parked() || c.should_roll(&self.opts.policy, tick).is_some())
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            self.flush(&id, tick).await?;
+            self.launch(&id, tick).await?;
         }
         if self.paused {
             self.relieve_memory().await?;
+            self.pause_if_stuck()?;
         }
         self.observe();
         Ok(())
@@ -532,7 +578,16 @@ impl Sink<'_> {
             .into_iter()
             .filter(|id| self.chains.contains_key(id))
             .collect();
-        self.flush_many(owned.clone(), Event::Revoked).await?;
+        // Twice: a file the store refused earlier flies before the open one.
+        for _ in 0..2 {
+            for id in &owned {
+                self.land_partition(id).await?;
+                self.launch(id, Event::Revoked).await?;
+            }
+            for id in &owned {
+                self.land_partition(id).await?;
+            }
+        }
         for id in owned {
             if let Some(chain) = self.chains.remove(&id) {
                 self.buffered -= chain.buffered_bytes();
