@@ -322,3 +322,106 @@ async fn a_chain_that_cannot_open_at_assignment_opens_at_its_first_record() {
     );
     assert_eq!(verified.records, sent as u64);
 }
+
+/// Holds every write of a data file until the test opens the gate, counting the writes it holds.
+#[derive(Debug, Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl rewind::storage::Hooks for Gate {
+    fn before_write(&self, _op: &str, key: &str) -> rewind::storage::StorageResult<()> {
+        if key.starts_with("data/") {
+            self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Issue 17: a file is made durable in the background while its partition goes on reading into
+/// the next one. Here the store holds every data file's upload: the sink still reads on past the
+/// first files (before, its loop waited for each upload and read nothing more), and once the
+/// store lets them through every record is archived once, in one unbroken chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_read_on_while_their_files_upload() {
+    let cluster = MockCluster::new(1).expect("the embedded cluster starts");
+    let topic = "mock-flight";
+    cluster.create_topic(topic, PARTITIONS, 1).unwrap();
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", cluster.bootstrap_servers());
+    let sent = 2000;
+    produce_spread(&client, topic, sent).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = StorageUrl::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let store = Arc::new(rewind::storage::Intercept {
+        inner: LocalStore::open(url).unwrap(),
+        hooks: Gate::default(),
+    });
+    let live = rewind::live::Live::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let options = SinkOptions {
+        policy: RollingPolicy {
+            max_records: 300,
+            ..continuous(topic, live.clone()).policy
+        },
+        ..continuous(topic, live.clone())
+    };
+    let sink = tokio::spawn(sink::run(
+        client.clone(),
+        store.clone() as Arc<dyn ObjectStore>,
+        options,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    // Partition 0's or 1's first file (records 0-299) is held at the store, and the sink reads on
+    // until the other partition's first file is held too (before, its loop waited in the first
+    // upload and read nothing more). The wait does not use the runtime's timers: the held uploads
+    // block worker threads.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.hooks.held.load(std::sync::atomic::Ordering::SeqCst) < PARTITIONS as usize {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} data file held: the sink stopped reading while a file uploaded",
+            store.hooks.held.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        assert!(!sink.is_finished(), "the sink stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        store.inner.list("data/").await.unwrap().is_empty(),
+        "no data file exists while the store holds them"
+    );
+
+    store.hooks.open();
+    // Files of 300 records: 1,800 archived while the sink runs, the rest when it stops.
+    live_until(&live, "the full files archived", |s| s.records == 1800).await;
+    stop_tx.send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), sink)
+        .await
+        .expect("the sink stops")
+        .unwrap()
+        .expect("the sink succeeds");
+    assert_eq!(report.records, sent as u64);
+    let verified = rewind::ops::verify::verify(&store.inner, &TopicSelector::all(), true)
+        .await
+        .unwrap();
+    assert!(verified.problems.is_empty(), "{:?}", verified.problems);
+    let archived: u64 = verified.partitions.iter().map(|p| p.records).sum();
+    assert_eq!(archived, sent as u64);
+    let ends: Vec<Option<i64>> = verified.partitions.iter().map(|p| p.end).collect();
+    assert_eq!(ends, vec![Some(1000), Some(1000)]);
+}
