@@ -256,16 +256,18 @@ impl PartitionChain {
     /// there (`listed`) and the one this worker just wrote (`mine`): the claimed one, claiming the
     /// first listed if nothing claims the start yet. Other files at the start are orphans of a lost
     /// race and are deleted (a failed delete leaves an orphan readers ignore and verify reports).
-    /// Returns the file's key and checked footer, or the end of the gap that holds the start.
+    /// Returns the file's key and checked footer (`mine`'s own metadata when the claim names it: this
+    /// worker just wrote it, so reading its footer back would only cost two requests), or the end of
+    /// the gap that holds the start.
     async fn settle_start(
         &self,
         store: &dyn ObjectStore,
         listed: &[(DataFileKey, u64)],
-        mine: Option<&str>,
+        mine: Option<(&str, &datafile::FileMeta)>,
     ) -> Result<Settled, FlushError> {
         let start = self.end;
         let candidate = mine
-            .map(str::to_string)
+            .map(|(key, _)| key.to_string())
             .or_else(|| listed.iter().map(|(k, _)| k.to_string()).min())
             .ok_or_else(|| FlushError::BadFooter {
                 url: store.url().to_string(),
@@ -294,7 +296,7 @@ impl PartitionChain {
         let orphans: Vec<String> = listed
             .iter()
             .map(|(k, _)| k.to_string())
-            .chain(mine.map(str::to_string))
+            .chain(mine.map(|(key, _)| key.to_string()))
             .filter(|k| *k != claimed.key)
             .collect();
         if !orphans.is_empty() {
@@ -316,7 +318,10 @@ impl PartitionChain {
             documents::record_gap(store, &gap).await?;
             return Ok(Settled::Gap { end: gap.end });
         }
-        let meta = checked_footer(store, &claimed.key, &self.topic, self.partition, start).await?;
+        let meta = match mine {
+            Some((key, meta)) if key == claimed.key => meta.clone(),
+            _ => checked_footer(store, &claimed.key, &self.topic, self.partition, start).await?,
+        };
         Ok(Settled::File {
             key: claimed.key,
             meta,
@@ -680,7 +685,8 @@ impl PartitionChain {
 
         // Step 1: the data file, create-only, streamed to the store while it is encoded.
         let records = std::mem::take(&mut self.buffer);
-        let (records, created) = upload::create(store, &key, meta, records, part_size).await;
+        let (records, created) =
+            upload::create(store, &key, meta.clone(), records, part_size).await;
         self.buffer = records;
         let mine = match created {
             Ok(bytes) => Some(bytes),
@@ -694,7 +700,7 @@ impl PartitionChain {
 
         // Still step 1: publish the file by claiming its start, or learn which file holds it.
         let settled = match mine {
-            Some(_) => self.settle_start(store, &[], Some(&key)).await?,
+            Some(_) => self.settle_start(store, &[], Some((&key, &meta))).await?,
             None => {
                 let listed = DataFileKey::parse(&key)
                     .map(|k| (k, 0))
