@@ -9,8 +9,11 @@
 //! consumer that reads every record and discards it, (b) `rewind sink --once` into a local archive,
 //! (c) `rewind sink --once` into S3. For every run: records/s, MB/s of values, the ratio to (a), CPU
 //! seconds per GB and peak RSS, read from /proc (CPU from the exited process before it is reaped).
-//! Then the memory case: 1,000 partitions archived under a 64 MiB buffer budget, whose peak RSS
-//! should stay within the budget plus 64 MiB. Then small transactions: `--tx-records` records of
+//! The three take turns `--repeat` times (default 3) and the table gives the median run of each
+//! (by records/s) with the range. Then many partitions: the same bytes of 1 KiB records over 8 and
+//! over 1,000 partitions (and 10,000 with `--huge`), each archived under a 64 MiB buffer budget,
+//! taking turns likewise: the wide rate against the 8-partition rate, peak RSS against the budget,
+//! and files written per minute with their mean size. Then small transactions: `--tx-records` records of
 //! 100 B committed one per partition per transaction (a commit marker after every record) against
 //! the same count of plain records, both archived by `rewind sink --once` into a local archive
 //! (target: the transactional topic at 0.8 of the plain rate or better).
@@ -44,6 +47,7 @@ fn main() {
     let mib = arg("--mib", 256);
     let wide_mib = arg("--wide-mib", 128);
     let tx_records = arg("--tx-records", 8_000);
+    let repeat = arg("--repeat", 3).max(1) as usize;
     let rt = tokio::runtime::Runtime::new().unwrap();
     common::no_instance_metadata();
 
@@ -69,57 +73,84 @@ fn main() {
         );
         let value_bytes = count * value_size as u64;
 
-        let raw = measure(
-            format!("raw rdkafka consumer, {value_size} B"),
-            Command::new(std::env::current_exe().unwrap()).args([
-                "--raw-consume",
-                &topic,
-                &count.to_string(),
-            ]),
-            count,
-            value_bytes,
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let local = measure(
-            format!("rewind sink → local, {value_size} B"),
-            &mut sink(&format!("file://{}/archive", dir.path().display()), &topic),
-            count,
-            value_bytes,
-        );
-        drop(dir);
-        let bucket = rt.block_on(common::new_bucket());
-        let s3 = measure(
-            format!("rewind sink → S3, {value_size} B"),
-            &mut sink(&format!("s3://{bucket}/archive"), &topic),
-            count,
-            value_bytes,
-        );
-        let raw_rate = raw.records_per_s();
+        // The kinds take turns, so that the broker's drift falls on all of them alike.
+        let (mut raws, mut locals, mut s3s) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..repeat {
+            eprintln!("round {} of {repeat}", round + 1);
+            raws.push(measure(
+                format!("raw rdkafka consumer, {value_size} B"),
+                Command::new(std::env::current_exe().unwrap()).args([
+                    "--raw-consume",
+                    &topic,
+                    &count.to_string(),
+                ]),
+                count,
+                value_bytes,
+            ));
+            let dir = tempfile::tempdir().unwrap();
+            locals.push(measure(
+                format!("rewind sink → local, {value_size} B"),
+                &mut sink(&format!("file://{}/archive", dir.path().display()), &topic),
+                count,
+                value_bytes,
+            ));
+            drop(dir);
+            let bucket = rt.block_on(common::new_bucket());
+            s3s.push(measure(
+                format!("rewind sink → S3, {value_size} B"),
+                &mut sink(&format!("s3://{bucket}/archive"), &topic),
+                count,
+                value_bytes,
+            ));
+        }
+        let raw = Median::of(raws);
+        let raw_rate = raw.run.records_per_s();
         table.push((raw, raw_rate));
-        table.push((local, raw_rate));
-        table.push((s3, raw_rate));
+        table.push((Median::of(locals), raw_rate));
+        table.push((Median::of(s3s), raw_rate));
     }
 
-    // Many partitions under a small budget: memory must stay flat.
-    let mut wide_rss = 0;
+    // Many partitions under a small budget: the rate should stay near the 8-partition rate and
+    // memory flat.
+    let mut wide = Vec::new();
     if !sizes.is_empty() {
-        let topic = common::unique("bench-wide");
-        let wide_partitions = 1000;
-        rt.block_on(common::kafka::create_topic(&topic, wide_partitions, &[]));
         let count = wide_mib * 1024 * 1024 / 1024;
-        eprintln!("producing {count} records of 1 KiB into {topic} ({wide_partitions} partitions)");
-        produce(&topic, wide_partitions, count, 1024);
-        let dir = tempfile::tempdir().unwrap();
-        let wide = measure(
-            format!("rewind sink → local, 1 KiB, {wide_partitions} partitions, 64 MiB budget"),
-            sink(&format!("file://{}/archive", dir.path().display()), &topic)
-                .env("REWIND__SINK__BUFFER_BUDGET", "64MiB"),
-            count,
-            count * 1024,
-        );
-        wide_rss = wide.peak_rss;
-        let raw_rate = wide.records_per_s();
-        table.push((wide, raw_rate));
+        let mut widths = vec![PARTITIONS, 1000];
+        if args.iter().any(|a| a == "--huge") {
+            widths.push(10_000);
+        }
+        let topics: Vec<String> = widths
+            .iter()
+            .map(|&partitions| {
+                let topic = common::unique(&format!("bench-wide-{partitions}"));
+                rt.block_on(common::kafka::create_topic(&topic, partitions, &[]));
+                eprintln!(
+                    "producing {count} records of 1 KiB into {topic} ({partitions} partitions)"
+                );
+                produce(&topic, partitions, count, 1024);
+                topic
+            })
+            .collect();
+        let mut runs: Vec<Vec<(support::Run, u64, u64)>> =
+            widths.iter().map(|_| Vec::new()).collect();
+        for round in 0..repeat {
+            eprintln!("round {} of {repeat}", round + 1);
+            for (i, (&partitions, topic)) in widths.iter().zip(&topics).enumerate() {
+                let dir = tempfile::tempdir().unwrap();
+                let run = measure(
+                    format!("rewind sink → local, 1 KiB, {partitions} partitions, 64 MiB budget"),
+                    sink(&format!("file://{}/archive", dir.path().display()), topic)
+                        .env("REWIND__SINK__BUFFER_BUDGET", "64MiB"),
+                    count,
+                    count * 1024,
+                );
+                let (files, bytes) = data_files(&dir.path().join("archive/data"));
+                runs[i].push((run, files, bytes));
+            }
+        }
+        for (&partitions, runs) in widths.iter().zip(runs) {
+            wide.push((partitions, Median::of_files(runs)));
+        }
     }
 
     // Small transactions against plain records of the same size and count.
@@ -143,7 +174,7 @@ fn main() {
             tx_records * 100,
         );
         let rate = raw.records_per_s();
-        table.push((raw, rate));
+        table.push((Median::of(vec![raw]), rate));
     }
     let dir = tempfile::tempdir().unwrap();
     let plain = measure(
@@ -163,46 +194,118 @@ fn main() {
     );
     let plain_rate = plain.records_per_s();
     let tx_ratio = tx.records_per_s() / plain_rate;
-    table.push((plain, plain_rate));
-    table.push((tx, plain_rate));
+    table.push((Median::of(vec![plain]), plain_rate));
+    table.push((Median::of(vec![tx]), plain_rate));
 
     println!();
-    println!("| run | records | records/s | MB/s | ratio to raw | CPU s/GB | peak RSS MiB |");
+    println!("median of {repeat} alternating runs each (range of records/s in brackets); the ratio is to the raw consumer, for the transaction rows to the plain sink");
+    println!();
+    println!("| run | records | records/s (range) | MB/s | ratio | CPU s/GB | peak RSS MiB |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (run, raw_rate) in &table {
-        let ratio = if run.what.contains("1000 partitions") {
-            "–".to_string()
-        } else {
-            format!("{:.2}", run.records_per_s() / raw_rate)
-        };
+    for (median, base_rate) in &table {
+        let run = &median.run;
         println!(
-            "| {} | {} | {:.0} | {:.1} | {} | {:.2} | {:.0} |",
+            "| {} | {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.2} | {:.2} | {:.0} |",
             run.what,
             run.records,
             run.records_per_s(),
+            median.low,
+            median.high,
             run.mb_per_s(),
-            ratio,
+            run.records_per_s() / base_rate,
             run.cpu_s / (run.value_bytes as f64 / 1e9),
-            run.peak_rss as f64 / 1048576.0
+            median.peak_rss as f64 / 1048576.0
         );
     }
     println!();
     println!(
-        "one record per transaction: {tx_ratio:.2} of the plain rate (target ≥ 0.8: {}); the ratio column of the last two rows is to the plain run",
+        "one record per transaction: {tx_ratio:.2} of the plain rate (target ≥ 0.8: {})",
         if tx_ratio >= 0.8 { "met" } else { "NOT met" }
     );
-    if sizes.is_empty() {
+    if wide.is_empty() {
         return;
     }
-    println!(
-        "1,000 partitions, 64 MiB budget: peak RSS {:.0} MiB (target ≤ 128 MiB: {})",
-        wide_rss as f64 / 1048576.0,
-        if wide_rss <= 128 * 1048576 {
-            "met"
-        } else {
-            "NOT met"
+    println!();
+    let narrow = wide[0].1 .0.run.records_per_s();
+    println!("| partitions (1 KiB, 64 MiB budget) | records | records/s (range) | ratio to 8 | CPU s/GB | files | mean file KiB | files per minute | peak RSS MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (partitions, (median, files, bytes)) in &wide {
+        let run = &median.run;
+        println!(
+            "| {partitions} | {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.2} | {files} | {:.0} | {:.0} | {:.0} |",
+            run.records,
+            run.records_per_s(),
+            median.low,
+            median.high,
+            run.records_per_s() / narrow,
+            run.cpu_s / (run.value_bytes as f64 / 1e9),
+            *bytes as f64 / (*files).max(1) as f64 / 1024.0,
+            *files as f64 / (median.run.wall.as_secs_f64() / 60.0),
+            median.peak_rss as f64 / 1048576.0
+        );
+    }
+    for (partitions, (median, _, _)) in &wide[1..] {
+        let ratio = median.run.records_per_s() / narrow;
+        let rss_mib = median.peak_rss as f64 / 1048576.0;
+        let limit = if *partitions > 1000 { 192.0 } else { 128.0 };
+        println!(
+            "{partitions} partitions: {ratio:.2} of the 8-partition rate (target ≥ 0.5: {}), peak RSS {rss_mib:.0} MiB (target ≤ {limit:.0}: {})",
+            if ratio >= 0.5 { "met" } else { "NOT met" },
+            if rss_mib <= limit { "met" } else { "NOT met" }
+        );
+    }
+}
+
+/// The median run of several (by records/s), with the range of records/s and the highest peak RSS.
+struct Median {
+    run: support::Run,
+    low: f64,
+    high: f64,
+    peak_rss: u64,
+}
+
+impl Median {
+    fn of(mut runs: Vec<support::Run>) -> Median {
+        runs.sort_by(|a, b| a.records_per_s().total_cmp(&b.records_per_s()));
+        let low = runs[0].records_per_s();
+        let high = runs[runs.len() - 1].records_per_s();
+        let peak_rss = runs.iter().map(|r| r.peak_rss).max().unwrap_or(0);
+        let run = runs.swap_remove(runs.len() / 2);
+        Median {
+            run,
+            low,
+            high,
+            peak_rss,
         }
-    );
+    }
+
+    /// [`Median::of`] runs that wrote `(files, bytes)`, with the median run's files.
+    fn of_files(mut runs: Vec<(support::Run, u64, u64)>) -> (Median, u64, u64) {
+        runs.sort_by(|a, b| a.0.records_per_s().total_cmp(&b.0.records_per_s()));
+        let (_, files, bytes) = runs[runs.len() / 2];
+        let median = Median::of(runs.into_iter().map(|(run, _, _)| run).collect());
+        (median, files, bytes)
+    }
+}
+
+/// Data files under `dir` and their total size.
+fn data_files(dir: &std::path::Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let (f, b) = data_files(&path);
+            files += f;
+            bytes += b;
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            files += 1;
+            bytes += entry.metadata().map_or(0, |m| m.len());
+        }
+    }
+    (files, bytes)
 }
 
 /// `rewind sink --once` of one topic into `archive`, with a fresh group.
