@@ -516,14 +516,7 @@ impl World {
         if std::mem::take(&mut self.workers[w].squeezed) {
             // `Sink::make_room` over the buffer budget: flights land and the largest buffers fly,
             // and when memory is still short the record is read again later.
-            flush(
-                &mut chain,
-                &mut flight,
-                &*store,
-                low,
-                RollReason::MemoryPressure,
-            )
-            .await;
+            flush(&mut chain, &mut flight, &*store, low, RollReason::MemoryPressure).await;
             chain.defer(ticket);
             self.workers[w].flight = flight;
             self.finish(w, chain);
@@ -566,14 +559,7 @@ impl World {
         };
         let store = self.workers[w].store.clone();
         let mut flight = self.workers[w].flight.take();
-        roll(
-            &mut chain,
-            &mut flight,
-            &*store,
-            self.log.start,
-            RollReason::Age,
-        )
-        .await;
+        roll(&mut chain, &mut flight, &*store, self.log.start, RollReason::Age).await;
         self.workers[w].flight = flight;
         self.finish(w, chain);
     }

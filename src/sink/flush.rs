@@ -1,10 +1,8 @@
-//! Flushing: when buffered records become files and how they fly (encoded, created, claimed and
-//! checkpointed in the background by `PartitionChain::flush_checked` on a sealed flight, one per
-//! partition, while the partition reads on); relieving memory by starting the largest buffers'
-//! flights early and waiting for flights only when the budget is used up (pausing consumption when
-//! nothing can fly); backing off while the store is away; seeking the consumer where a chain
-//! repositioned; and step 3 of the commit order, the Kafka commit (steps 1 and 2, the file and the
-//! checkpoint, are in `partition.rs`).
+//! Flushing: when buffered records become files, several partitions at a time; relieving memory by
+//! flushing the largest buffers (and pausing consumption when that is not enough); backing off
+//! while the store is away; seeking the consumer where a chain repositioned; and step 3 of the
+//! commit order, the Kafka commit (steps 1 and 2, the file and the checkpoint, are
+//! `PartitionChain::flush` in `partition.rs`).
 //!
 //! Invariant: the consumer never reads past a record the chain did not buffer. Whatever a flush
 //! makes of a chain (an adopted file, a gap, records kept for later), the chain's reposition is

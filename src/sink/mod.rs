@@ -8,8 +8,7 @@
 //! The rooms: this file is the loop (records, end of partition, ticks, rebalances);
 //! [`options`] what a sink is asked to do and what it reports; `discovery` which topics and
 //! partitions there are and where each chain resumes; `partition` one partition's chain and the
-//! commit order (steps 1 and 2) and the flight of a sealed file; `flush` when buffers become files
-//! and fly in the background, memory relief, the store's
+//! commit order (steps 1 and 2); `flush` when buffers become files, memory relief, the store's
 //! backoff and step 3 (the Kafka commit); `upload` encoding and putting a file; `observe` gauges,
 //! live status and the status line; `groups` consumer-group snapshots; [`ownership`] which archive
 //! a consumer group belongs to.

@@ -14,13 +14,7 @@
 //! before that can no longer be buffered ([`Ticket`]). So no record is ever buffered after a hole
 //! this worker did not read itself.
 //!
-//! The flight: a full file is sealed into a chain of its own ([`PartitionChain::seal`]) that runs
-//! the steps in the background while this chain buffers the next file from its end, and lands back
-//! ([`PartitionChain::land`]): a flight that ended anywhere but where its records did repositions
-//! the chain like any adoption. One flight per partition, so steps 1 and 2 stay in chain order and
-//! no file is written at a start that is not yet the chain's end.
-//!
-//! One file of about 900 lines on purpose: it is the whole chain protocol (resume, the read rule,
+//! One file of about 850 lines on purpose: it is the whole chain protocol (resume, the read rule,
 //! the three steps of a flush, adoption, gaps), which reads top to bottom in commit order and is
 //! what `tests/chain_model.rs` and `tests/chain_protocol.rs` drive; split, its steps would be
 //! read out of order.
@@ -661,10 +655,7 @@ impl PartitionChain {
         part_size: usize,
         now_ms: i64,
     ) -> Result<Option<Flushed>, FlushError> {
-        debug_assert!(
-            self.sealed_end.is_none(),
-            "a chain flushes only with no flight out"
-        );
+        debug_assert!(self.sealed_end.is_none(), "a chain flushes only with no flight out");
         let Some(open) = self.open else {
             return Ok(None);
         };
@@ -876,9 +867,7 @@ impl PartitionChain {
     /// Take back the flight of [`PartitionChain::seal`] once its flush returned, whatever came of
     /// it; the chain's end is the flight's.
     pub fn land(&mut self, mut flight: PartitionChain) -> Landed {
-        let Some(sealed_end) = self
-            .sealed_end
-            .filter(|_| flight.flight_id == self.flight_id)
+        let Some(sealed_end) = self.sealed_end.filter(|_| flight.flight_id == self.flight_id)
         else {
             // The flight of an earlier chain of this partition (forgotten, then opened again): it
             // acted on the archive like another worker, which this chain's protocol allows for.
