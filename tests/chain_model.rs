@@ -205,12 +205,8 @@ enum Op {
         w: usize,
         n: u8,
     },
-    /// The open file reached its age (or memory pressure chose it): it flies (`Sink::launch`).
+    /// The open file reached its age (or memory pressure chose it).
     Roll {
-        w: usize,
-    },
-    /// The worker's file in flight lands: it is made durable (or not) while the worker went on.
-    Land {
         w: usize,
     },
     /// kill -9: everything buffered is gone.
@@ -267,7 +263,6 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Marker),
         10 => (w.clone(), 1u8..8).prop_map(|(w, n)| Op::Deliver { w, n }),
         3 => w.clone().prop_map(|w| Op::Roll { w }),
-        4 => w.clone().prop_map(|w| Op::Land { w }),
         2 => w.clone().prop_map(|w| Op::Crash { w }),
         4 => (w.clone(), prop_oneof![4 => Just(0i8), 1 => -3i8..4]).prop_map(|(w, at)| Op::Start { w, at }),
         1 => w.clone().prop_map(|w| Op::Revoke { w }),
@@ -287,8 +282,6 @@ fn op() -> impl Strategy<Value = Op> {
 struct Worker {
     store: Arc<Faulty>,
     chain: Option<PartitionChain>,
-    /// The file in flight (`PartitionChain::seal`), with the log start asked when it flew.
-    flight: Option<(PartitionChain, i64)>,
     /// Where the worker's consumer fetches next.
     cursor: i64,
     /// The wall clock, for records without a timestamp.
@@ -318,7 +311,6 @@ impl World {
                     faults: Faults::default(),
                 }),
                 chain: None,
-                flight: None,
                 cursor: 0,
                 clock: BASE,
                 squeezed: false,
@@ -383,17 +375,12 @@ impl World {
                     }
                 }
             }
-            Op::Roll { w } => self.roll(w).await,
-            Op::Land { w } => self.land(w).await,
-            Op::Crash { w } => {
-                self.workers[w].chain = None;
-                self.workers[w].flight = None;
-            }
+            Op::Roll { w } => self.flush(w, RollReason::Age).await,
+            Op::Crash { w } => self.workers[w].chain = None,
             Op::Start { w, at } => self.start(w, at).await,
             Op::Revoke { w } => {
                 self.flush(w, RollReason::Revoked).await;
                 self.workers[w].chain = None;
-                self.workers[w].flight = None;
             }
             Op::Retention { n } => {
                 self.log.start = (self.log.start + i64::from(n)).min(self.log.end());
@@ -504,30 +491,42 @@ impl World {
             Admission::Keep(ticket) => ticket,
         };
         let bucket = HourBucket::of_millis(record.timestamp.unwrap_or(self.workers[w].clock));
-        let mut flight = self.workers[w].flight.take();
-        let low = self.log.start;
         if let Some(reason) = chain.should_roll(&self.policy, Event::BeforeAppend { bucket }) {
-            // `Sink::roll`: the file flies once the one in flight landed.
-            roll(&mut chain, &mut flight, &*store, low, reason).await;
+            if !flush_chain(&mut chain, &*store, reason, self.log.start).await {
+                // A non-transient failure stops the worker.
+                self.workers[w].chain = None;
+                return true;
+            }
             if chain.open_file().is_some() {
                 chain.defer(ticket);
             }
         }
         if std::mem::take(&mut self.workers[w].squeezed) {
-            // `Sink::make_room` over the buffer budget: flights land and the largest buffers fly,
-            // and when memory is still short the record is read again later.
-            flush(&mut chain, &mut flight, &*store, low, RollReason::MemoryPressure).await;
+            // `Sink::on_record` over the buffer budget: the largest buffers are flushed, and when
+            // memory is still short the record is read again later.
+            if !flush_chain(
+                &mut chain,
+                &*store,
+                RollReason::MemoryPressure,
+                self.log.start,
+            )
+            .await
+            {
+                self.workers[w].chain = None;
+                return true;
+            }
             chain.defer(ticket);
-            self.workers[w].flight = flight;
             self.finish(w, chain);
             return true;
         }
         if chain.push(ticket, record, bucket, 0) {
             if let Some(reason) = chain.should_roll(&self.policy, Event::AfterAppend) {
-                roll(&mut chain, &mut flight, &*store, low, reason).await;
+                if !flush_chain(&mut chain, &*store, reason, self.log.start).await {
+                    self.workers[w].chain = None;
+                    return true;
+                }
             }
         }
-        self.workers[w].flight = flight;
         self.finish(w, chain);
         true
     }
@@ -540,39 +539,14 @@ impl World {
         self.workers[w].chain = Some(chain);
     }
 
-    /// `Sink::flush`: the file in flight lands, then the open one flies and lands.
     async fn flush(&mut self, w: usize, reason: RollReason) {
         let Some(mut chain) = self.workers[w].chain.take() else {
             return;
         };
         let store = self.workers[w].store.clone();
-        let mut flight = self.workers[w].flight.take();
-        flush(&mut chain, &mut flight, &*store, self.log.start, reason).await;
-        self.workers[w].flight = flight;
-        self.finish(w, chain);
-    }
-
-    /// `Sink::roll`: the open file flies, once the one in flight landed.
-    async fn roll(&mut self, w: usize) {
-        let Some(mut chain) = self.workers[w].chain.take() else {
-            return;
-        };
-        let store = self.workers[w].store.clone();
-        let mut flight = self.workers[w].flight.take();
-        roll(&mut chain, &mut flight, &*store, self.log.start, RollReason::Age).await;
-        self.workers[w].flight = flight;
-        self.finish(w, chain);
-    }
-
-    /// `Sink::land_next`: the worker's file in flight lands.
-    async fn land(&mut self, w: usize) {
-        let Some(mut chain) = self.workers[w].chain.take() else {
-            return;
-        };
-        let store = self.workers[w].store.clone();
-        let mut flight = self.workers[w].flight.take();
-        land(&mut chain, &mut flight, &*store).await;
-        self.finish(w, chain);
+        if flush_chain(&mut chain, &*store, reason, self.log.start).await {
+            self.finish(w, chain);
+        }
     }
 
     /// The invariants, after every step.
@@ -705,7 +679,6 @@ impl World {
             worker.store.faults.lost_reply.store(0, Ordering::SeqCst);
             *worker.store.faults.stale.lock().unwrap() = None;
             worker.chain = None;
-            worker.flight = None;
         }
         self.start(0, 0).await;
         for _ in 0..10_000 {
@@ -713,15 +686,12 @@ impl World {
                 break;
             }
         }
-        // `Sink::flush_all`: a parked file flies before the open one.
-        for _ in 0..2 {
-            self.flush(0, RollReason::Shutdown).await;
-        }
+        self.flush(0, RollReason::Shutdown).await;
         let chain = self.workers[0]
             .chain
             .as_ref()
             .ok_or("the healthy worker stopped")?;
-        if !chain.settled() {
+        if chain.open_file().is_some() {
             return Err("the healthy worker could not flush".into());
         }
         let end = chain.end;
@@ -749,53 +719,27 @@ impl World {
     }
 }
 
-/// `Sink::roll` (and `Sink::launch`): the file in flight lands first, then the open file (or a
-/// parked one) flies, with the log's start `low` of the moment (the sink asks for it when the file
-/// has offset jumps).
-async fn roll(
+/// Flush like `Sink::flush_many` + `Sink::settle`: the log's start `low` is asked for when the
+/// buffer has offset jumps; a transient failure keeps the records; any other failure panics.
+async fn flush_chain(
     chain: &mut PartitionChain,
-    flight: &mut Option<(PartitionChain, i64)>,
     store: &dyn ObjectStore,
-    low: i64,
     reason: RollReason,
-) {
-    land(chain, flight, store).await;
-    if let Some(sealed) = chain.seal() {
-        trace(|| format!("  {reason:?}: flies up to {}", sealed.expected_next()));
-        *flight = Some((sealed, low));
-    }
-}
-
-/// `Sink::flush`: [`roll`], then the flight lands at once.
-async fn flush(
-    chain: &mut PartitionChain,
-    flight: &mut Option<(PartitionChain, i64)>,
-    store: &dyn ObjectStore,
     low: i64,
-    reason: RollReason,
-) {
-    roll(chain, flight, store, low, reason).await;
-    land(chain, flight, store).await;
-}
-
-/// A flight lands like `Sink::arrive`: `PartitionChain::flush_checked` makes it durable, the chain
-/// takes it back; a transient failure parks it; any other failure panics.
-async fn land(
-    chain: &mut PartitionChain,
-    flight: &mut Option<(PartitionChain, i64)>,
-    store: &dyn ObjectStore,
-) {
-    let Some((mut sealed, low)) = flight.take() else {
-        return;
-    };
-    let low = sealed.first_jump().map(|_| low);
-    let result = sealed
+) -> bool {
+    let low = chain.first_jump().map(|_| low);
+    match chain
         .flush_checked(store, low, "model-cluster", 5 << 20, 0)
-        .await;
-    let landed = chain.land(sealed);
-    match result {
-        Ok(done) => trace(|| format!("  landed {landed:?}: {done:?}, chain end {}", chain.end)),
-        Err(e) if e.is_transient() => trace(|| format!("  landed {landed:?}, failed: {e}")),
+        .await
+    {
+        Ok(done) => {
+            trace(|| format!("  flush {reason:?}: {done:?}, chain end {}", chain.end));
+            true
+        }
+        Err(e) if e.is_transient() => {
+            trace(|| format!("  flush {reason:?} failed: {e}"));
+            true
+        }
         Err(e) => panic!("a flush failed for a reason other than the store being away: {e}"),
     }
 }

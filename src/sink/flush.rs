@@ -14,9 +14,8 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::partition::{now_millis, FlushError, Flushed, Landed, PartitionChain, Ticket};
+use super::partition::{now_millis, FlushError, Flushed, PartitionChain, Ticket};
 use super::{Sink, SinkError};
-use crate::archive::documents::Gap;
 use crate::archive::rotation::{Event, RollReason};
 
 impl Sink<'_> {
@@ -104,239 +103,177 @@ impl Sink<'_> {
             .saturating_sub(prefetch_bytes(self.opts.buffer_budget))
     }
 
-    /// Start making the largest buffers durable when the records not yet in flight hold more than
-    /// half of the budget, until they hold a quarter: the files fly while consumption goes on.
+    /// Over budget: flush the largest buffers until the total is back under half the budget.
     pub(super) async fn relieve_memory(&mut self) -> Result<(), SinkError> {
-        let open = self.buffered - self.flying;
-        if open <= self.record_budget() / 2 {
-            return Ok(());
-        }
         let mut by_size: Vec<((String, i32), u64)> = self
             .chains
             .iter()
-            .filter(|(_, c)| !c.in_flight() && c.buffered_bytes() > 0)
             .map(|(id, c)| (id.clone(), c.buffered_bytes()))
             .collect();
-        by_size.sort_unstable_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
-        let mut left = open;
-        for (id, bytes) in by_size {
-            if left <= self.record_budget() / 4 {
-                break;
-            }
-            if self.launch(&id, Event::MemoryPressure).await? {
-                left = left.saturating_sub(bytes);
-            }
-        }
-        // Not again, for every record, while what is left cannot fly yet (its partitions' files
-        // are in flight, or the store is away): only once buffers grew or a flight landed.
-        self.relieve_above = (self.buffered - self.flying) + self.record_budget() / 16;
-        Ok(())
-    }
-
-    /// The budget is used up: start flights for the largest buffers and wait for flights to land
-    /// until `needed` more bytes fit. When nothing can fly (the store is away), consumption pauses
-    /// until it can.
-    pub(super) async fn make_room(&mut self, needed: u64) -> Result<(), SinkError> {
-        while self.buffered + needed > self.record_budget() {
-            self.relieve_memory().await?;
-            if self.buffered + needed <= self.record_budget() || !self.land_next().await? {
-                break;
-            }
-        }
-        self.pause_if_stuck()
-    }
-
-    /// Pause consumption while the budget is used up and nothing is in flight to relieve it (the
-    /// store is away); resume once it is relieved.
-    pub(super) fn pause_if_stuck(&mut self) -> Result<(), SinkError> {
-        let stuck = self.flights.is_empty() && self.buffered > self.record_budget() / 2;
-        if stuck == self.paused {
-            return Ok(());
-        }
-        let assignment = self.consumer.assignment().map_err(|e| self.kafka_err(e))?;
-        let result = if stuck {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        result.map_err(|e| self.kafka_err(e))?;
-        tracing::warn!(
-            paused = stuck,
-            buffered = self.buffered(),
-            budget = self.opts.buffer_budget,
-            "consumption {}",
-            if stuck {
-                "paused: uploads are behind"
+        by_size.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        // The largest buffers that together bring memory back to half the budget.
+        let mut left = self.buffered();
+        let largest: Vec<(String, i32)> = by_size
+            .into_iter()
+            .take_while(|(_, bytes)| {
+                let needed = left > self.record_budget() / 2;
+                left = left.saturating_sub(*bytes);
+                needed
+            })
+            .map(|(id, _)| id)
+            .collect();
+        self.flush_many(largest, Event::MemoryPressure).await?;
+        let over = self.buffered() > self.record_budget() / 2;
+        if over != self.paused {
+            // The store is not keeping up: stop fetching until uploads catch up.
+            let assignment = self.consumer.assignment().map_err(|e| self.kafka_err(e))?;
+            let result = if over {
+                self.consumer.pause(&assignment)
             } else {
-                "resumed"
-            }
-        );
-        self.paused = stuck;
+                self.consumer.resume(&assignment)
+            };
+            result.map_err(|e| self.kafka_err(e))?;
+            tracing::warn!(
+                paused = over,
+                buffered = self.buffered(),
+                budget = self.opts.buffer_budget,
+                "consumption {}",
+                if over {
+                    "paused: uploads are behind"
+                } else {
+                    "resumed"
+                }
+            );
+            self.paused = over;
+        }
         Ok(())
     }
 
-    /// Make every partition's records durable; while the store fails transiently, wait and try
-    /// again (the caller's drain deadline bounds a graceful stop).
+    /// Flush every partition; while the store fails transiently, wait and try again (the caller's
+    /// drain deadline bounds a graceful stop).
     pub(super) async fn flush_all(&mut self, event: Event) -> Result<(), SinkError> {
         loop {
             if let Some(at) = self.retry_at {
                 tokio::time::sleep_until(at.into()).await;
-                self.retry_at = None;
             }
             let ids: Vec<(String, i32)> = self.chains.keys().cloned().collect();
-            for id in ids {
-                self.launch(&id, event).await?;
-            }
-            while self.land_next().await? {}
-            if self.chains.values().all(PartitionChain::settled) {
+            self.flush_many(ids, event).await?;
+            if self.buffered() == 0 && self.chains.values().all(|c| c.open_file().is_none()) {
                 return Ok(());
             }
         }
     }
 
-    /// Roll one partition's open file: it flies at once, after the partition's file in flight (if
-    /// any) landed, since a partition has one file in flight at a time.
-    pub(super) async fn roll(&mut self, id: &(String, i32), event: Event) -> Result<(), SinkError> {
-        self.land_partition(id).await?;
-        self.launch(id, event).await?;
-        Ok(())
-    }
-
-    /// Wait until the partition has no file in flight.
-    pub(super) async fn land_partition(&mut self, id: &(String, i32)) -> Result<(), SinkError> {
-        while self.chains.get(id).is_some_and(PartitionChain::in_flight) {
-            if !self.land_next().await? {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Send the partition's next file on its flight in the background ([`PartitionChain::seal`]):
-    /// encoded, created, claimed and checkpointed by `PartitionChain::flush_checked`, while the
-    /// partition goes on buffering. A file with offset jumps asks the broker for the log's start
-    /// first; a failure to ask keeps the records for later, like a store that is away. Returns
-    /// false when nothing flew: a file of the partition is in flight, nothing is buffered, or the
-    /// store is being given time. The file is labelled with the rotation policy's decision on
-    /// `event`.
-    pub(super) async fn launch(
+    /// Make one partition's buffer durable, then commit its position to Kafka for lag monitoring.
+    pub(super) async fn flush(
         &mut self,
         id: &(String, i32),
         event: Event,
-    ) -> Result<bool, SinkError> {
-        if self.retry_at.is_some_and(|at| Instant::now() < at) {
-            return Ok(false);
-        }
-        if !self
-            .chains
-            .get(id)
-            .is_some_and(|c| !c.in_flight() && !c.settled())
-        {
-            return Ok(false);
-        }
-        while self.flights.len() >= MAX_FLIGHTS {
-            self.land_next().await?;
-        }
-        let Some(chain) = self.chains.get_mut(id) else {
-            return Ok(false);
-        };
-        let before = chain.buffered_bytes();
-        let Some(mut flight) = chain.seal() else {
-            return Ok(false);
-        };
-        self.buffered = self.buffered - before + chain.buffered_bytes();
-        let reason = flight.should_roll(&self.opts.policy, event);
-        let low = match flight.first_jump() {
-            None => Ok(None),
-            Some(_) => {
-                self.report.log_start_queries += 1;
-                self.offsets
-                    .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
-                    .map(|(low, _)| Some(low))
-                    .map_err(|e| FlushError::LogStart(e.to_string()))
+    ) -> Result<(), SinkError> {
+        self.flush_many(vec![id.clone()], event).await
+    }
+
+    /// Flush several partitions, a few at a time concurrently: encoding runs on the blocking pool
+    /// and uploads overlap, so a batch takes about as long as its largest file. A batch has one
+    /// flush per core, and up to 16 while its files together stay under one upload part (many small
+    /// files are bound by store round trips, not by CPU or memory). Each file is labelled with the
+    /// rotation policy's decision on `event` for its partition.
+    pub(super) async fn flush_many(
+        &mut self,
+        ids: Vec<(String, i32)>,
+        event: Event,
+    ) -> Result<(), SinkError> {
+        let cores = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 8);
+        let mut ids: Vec<(String, i32)> = ids
+            .into_iter()
+            .filter(|id| self.chains.get(id).is_some_and(|c| c.open_file().is_some()))
+            .collect();
+        while !ids.is_empty() {
+            if self.retry_at.is_some_and(|at| Instant::now() < at) {
+                return Ok(());
             }
-        };
-        let part_size = self.opts.part_size;
-        let cost = flight.buffered_bytes() + encoder_bytes(flight.buffered_bytes(), part_size);
-        self.buffered += cost;
-        self.flying += cost;
-        let (store, cluster_id, id) = (self.shared.clone(), self.cluster_id.clone(), id.clone());
-        self.flights.spawn(async move {
-            let started = Instant::now();
-            let result = match low {
-                Ok(low) => {
-                    flight
-                        .flush_checked(&*store, low, &cluster_id, part_size, now_millis())
-                        .await
+            let mut bytes = 0;
+            let take = ids
+                .iter()
+                .take(16)
+                .take_while(|id| {
+                    let fits = bytes < self.opts.part_size as u64;
+                    bytes += self.chains.get(*id).map_or(0, |c| c.buffered_bytes());
+                    fits
+                })
+                .count()
+                .max(cores)
+                .min(ids.len());
+            let batch: Vec<(String, i32)> = ids.drain(..take).collect();
+            // The chains leave the map while their flushes run, so each is borrowed by one future.
+            let mut taken: Vec<((String, i32), PartitionChain)> = batch
+                .into_iter()
+                .filter_map(|id| self.chains.remove(&id).map(|chain| (id, chain)))
+                .collect();
+            // A file with offset jumps asks the broker for the log's start once, before it is
+            // made durable (see `PartitionChain::flush_checked`); a failure to ask keeps the
+            // records and tries again later, like a store that is away.
+            let mut lows = Vec::with_capacity(taken.len());
+            for (id, chain) in &taken {
+                lows.push(match chain.first_jump() {
+                    None => Ok(None),
+                    Some(_) => {
+                        self.report.log_start_queries += 1;
+                        self.offsets
+                            .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
+                            .map(|(low, _)| Some(low))
+                    }
+                });
+            }
+            // Decided before the flush, which closes the file the policy looks at.
+            let reasons: Vec<Option<RollReason>> = taken
+                .iter()
+                .map(|(_, chain)| chain.should_roll(&self.opts.policy, event))
+                .collect();
+            let (store, cluster_id, part_size) =
+                (self.store, self.cluster_id.as_str(), self.opts.part_size);
+            let results = futures::future::join_all(taken.iter_mut().zip(lows).map(
+                |((_, chain), low)| async move {
+                    let before = chain.buffered_bytes();
+                    let started = Instant::now();
+                    let result = match low {
+                        Ok(low) => {
+                            chain
+                                .flush_checked(store, low, cluster_id, part_size, now_millis())
+                                .await
+                        }
+                        Err(e) => Err(FlushError::LogStart(e.to_string())),
+                    };
+                    (before, started.elapsed(), result)
+                },
+            ))
+            .await;
+            let mut failure = None;
+            let mut store_away = false;
+            for (((id, chain), (before, took, result)), reason) in
+                taken.into_iter().zip(results).zip(reasons)
+            {
+                store_away |= matches!(&result, Err(e) if e.is_transient());
+                self.buffered = self.buffered - before + chain.buffered_bytes();
+                self.chains.insert(id.clone(), chain);
+                let result = result.map(|(files, gaps)| {
+                    self.report_gaps(&gaps);
+                    files
+                });
+                if let Err(e) = self.settle(&id, event, reason, took, result).await {
+                    failure.get_or_insert(e);
                 }
-                Err(e) => Err(e),
-            };
-            Arrival {
-                id,
-                flight,
-                event,
-                reason,
-                cost,
-                took: started.elapsed(),
-                result,
             }
-        });
-        Ok(true)
-    }
-
-    /// Wait for the next flight to land and account for it. Returns false when none is out.
-    pub(super) async fn land_next(&mut self) -> Result<bool, SinkError> {
-        let Some(joined) = self.flights.join_next().await else {
-            return Ok(false);
-        };
-        match joined {
-            Ok(arrival) => self.arrive(arrival).await?,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Cancelled: only when the runtime shuts down, and then nothing is waited for.
-            Err(_) => {}
-        }
-        Ok(true)
-    }
-
-    /// A flight landed: its partition takes it back ([`PartitionChain::land`]), then the file is
-    /// accounted for like any flush.
-    pub(super) async fn arrive(&mut self, arrival: Arrival) -> Result<(), SinkError> {
-        let Arrival {
-            id,
-            flight,
-            event,
-            reason,
-            cost,
-            took,
-            result,
-        } = arrival;
-        self.buffered -= cost;
-        self.flying -= cost;
-        self.relieve_above = 0;
-        let store_away = matches!(&result, Err(e) if e.is_transient());
-        // A partition forgotten meanwhile (its seek failed, it was revoked): what the flight made
-        // durable is in the chain, what it could not is read again by whoever owns it now.
-        let Some(chain) = self.chains.get_mut(&id) else {
-            return Ok(());
-        };
-        let before = chain.buffered_bytes();
-        let landed = chain.land(flight);
-        self.buffered = self.buffered - before + chain.buffered_bytes();
-        if landed == Landed::Stray {
-            return Ok(());
-        }
-        let result = result.map(|(files, gaps)| {
-            self.report_gaps(&gaps);
-            files
-        });
-        self.settle(&id, event, reason, took, result).await?;
-        if !store_away {
-            // Only a flush the store took ends the backoff.
-            self.retry_at = None;
-            self.backoff.reset();
-        }
-        if let Some((high, repositions)) = self.reaching.remove(&id) {
-            self.target_landed(&id, high, repositions)?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if !store_away {
+                // Only a batch the store took whole ends the backoff.
+                self.retry_at = None;
+                self.backoff.reset();
+            }
         }
         Ok(())
     }
@@ -435,28 +372,6 @@ impl Sink<'_> {
             tracing::debug!(error = %e, "committing the archived position to Kafka failed; it is only used for lag monitoring");
         }
     }
-}
-
-/// Files in flight at once over all partitions (a partition has one at most). Many partitions
-/// under memory pressure make many small files, which are bound by store round trips.
-const MAX_FLIGHTS: usize = 32;
-
-/// A file made durable in the background, back with what became of it.
-pub(super) struct Arrival {
-    id: (String, i32),
-    flight: PartitionChain,
-    event: Event,
-    reason: Option<RollReason>,
-    /// Memory the flight was charged ([`encoder_bytes`] included), released now.
-    cost: u64,
-    took: Duration,
-    result: Result<(Vec<Flushed>, Vec<Gap>), FlushError>,
-}
-
-/// What encoding and uploading a file of `records` bytes holds besides the records: the row group
-/// being encoded and the parts on their way to the store (see `upload.rs`), at most about two parts.
-pub(super) fn encoder_bytes(records: u64, part_size: usize) -> u64 {
-    records.min(2 * part_size as u64)
 }
 
 /// The part of the buffer budget that librdkafka's prefetch queue may use: an eighth, between

@@ -33,7 +33,7 @@ use rdkafka::{ClientConfig, Message, Timestamp, TopicPartitionList};
 use rustc_hash::FxHashMap;
 
 pub use options::{SinkError, SinkOptions, SinkReport};
-pub use partition::{Admission, FlushError, Flushed, Landed, PartitionChain, Ticket};
+pub use partition::{Admission, FlushError, Flushed, PartitionChain, Ticket};
 
 use flush::prefetch_bytes;
 use observe::SinkContext;
@@ -58,18 +58,6 @@ struct Owner {
 
 struct Sink<'a> {
     store: &'a dyn ObjectStore,
-    /// The same store, for the flights (files made durable in the background).
-    shared: Arc<dyn ObjectStore>,
-    /// Files on their way to the store, one per partition at most (see `flush::launch`).
-    flights: tokio::task::JoinSet<flush::Arrival>,
-    /// Memory the flights hold, part of `buffered`.
-    flying: u64,
-    /// Memory relief waits until the records not in flight hold more than this (see
-    /// `relieve_memory`).
-    relieve_above: u64,
-    /// Snapshot mode: partitions whose last file is in flight, with their target and the chain's
-    /// repositions when it flew (see `target_landed`).
-    reaching: FxHashMap<(String, i32), (i64, u64)>,
     consumer: StreamConsumer<SinkContext>,
     /// `None` without the admin API (see `SinkOptions::admin_api`).
     admin: Option<AdminClient<crate::kafka::Ctx>>,
@@ -102,8 +90,7 @@ struct Sink<'a> {
     backoff: crate::backoff::Backoff,
     /// Consumption is paused because the buffer budget is used up and flushing cannot relieve it.
     paused: bool,
-    /// Sum of every chain's buffered bytes and of the flights' memory, kept current so the hot path
-    /// never adds them up.
+    /// Sum of every chain's buffered bytes, kept current so the hot path never adds them up.
     buffered: u64,
 }
 
@@ -222,11 +209,6 @@ pub async fn run(
 
     let mut sink = Sink {
         store: &*store,
-        shared: store.clone(),
-        flights: tokio::task::JoinSet::new(),
-        flying: 0,
-        relieve_above: 0,
-        reaching: FxHashMap::default(),
         consumer,
         admin,
         offsets,
@@ -329,7 +311,7 @@ impl Sink<'_> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_discovery = Instant::now();
         loop {
-            if self.opts.once && self.targets.is_empty() && self.reaching.is_empty() {
+            if self.opts.once && self.targets.is_empty() {
                 break;
             }
             self.release_revoked().await?;
@@ -338,13 +320,6 @@ impl Sink<'_> {
                 _ = &mut stop => {
                     tracing::info!("stopping: flushing every buffered record");
                     break;
-                }
-                Some(joined) = self.flights.join_next(), if !self.flights.is_empty() => {
-                    match joined {
-                        Ok(arrival) => self.arrive(arrival).await?,
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                        Err(_) => {}
-                    }
                 }
                 _ = tick.tick() => {
                     self.on_tick().await?;
@@ -413,7 +388,7 @@ impl Sink<'_> {
             .should_roll(&self.opts.policy, before_append)
             .is_some()
         {
-            self.roll(&id, before_append).await?;
+            self.flush(&id, before_append).await?;
             self.defer_if_open(&id, ticket)?;
         }
         let cost = |sink: &Self| {
@@ -422,7 +397,7 @@ impl Sink<'_> {
                 .map_or(record.size(), |c| c.push_cost(&record))
         };
         if self.buffered() + cost(self) > self.record_budget() {
-            self.make_room(cost(self)).await?;
+            self.relieve_memory().await?;
             // A record larger than what is free is still taken when nothing else is buffered.
             if self.buffered() > 0 && self.buffered() + cost(self) > self.record_budget() {
                 // Still no room (the store is down): Kafka delivers it again from this offset once
@@ -454,9 +429,7 @@ impl Sink<'_> {
             .should_roll(&self.opts.policy, Event::AfterAppend)
             .is_some()
         {
-            self.roll(&id, Event::AfterAppend).await?;
-        } else if self.buffered - self.flying > (self.record_budget() / 2).max(self.relieve_above) {
-            self.relieve_memory().await?;
+            self.flush(&id, Event::AfterAppend).await?;
         }
         if self
             .targets
@@ -493,32 +466,17 @@ impl Sink<'_> {
         Ok(())
     }
 
-    /// Snapshot mode: a partition is complete; make it durable (in the background) and stop reading
-    /// it once it is ([`Sink::target_landed`]).
+    /// Snapshot mode: a partition is complete; make it durable and stop reading it.
     async fn reached_target(&mut self, id: &(String, i32)) -> Result<(), SinkError> {
         let Some(high) = self.targets.remove(id) else {
             return Ok(());
         };
-        self.land_partition(id).await?;
-        let repositions = self.chains.get(id).map_or(0, PartitionChain::repositions);
-        if self.launch(id, Event::TargetReached).await? {
-            self.reaching.insert(id.clone(), (high, repositions));
-            return Ok(());
-        }
-        self.target_landed(id, high, repositions)
-    }
-
-    /// Snapshot mode: the partition's last file landed (or nothing was left to fly).
-    fn target_landed(
-        &mut self,
-        id: &(String, i32),
-        high: i64,
-        repositions: u64,
-    ) -> Result<(), SinkError> {
+        let repositions = self.chains.get(id).map(PartitionChain::repositions);
+        self.flush(id, Event::TargetReached).await?;
         let rewound = self
             .chains
             .get(id)
-            .is_some_and(|c| c.repositions() != repositions && c.expected_next() < high);
+            .is_some_and(|c| Some(c.repositions()) != repositions && c.expected_next() < high);
         if rewound {
             // The flush moved the chain short of the target (it adopted a shorter file, another
             // worker's checkpoint or gap moved it, records went back to be read again): keep
@@ -538,21 +496,17 @@ impl Sink<'_> {
         let tick = Event::Tick {
             now_ms: self.now_ms(),
         };
-        // Files that reached their age, and files the store refused that may fly again now.
         let due: Vec<(String, i32)> = self
             .chains
             .iter()
-            .filter(|(_, c)| {
-                !c.in_flight() && (c.parked() || c.should_roll(&self.opts.policy, tick).is_some())
-            })
+            .filter(|(_, c)| c.should_roll(&self.opts.policy, tick).is_some())
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            self.launch(&id, tick).await?;
+            self.flush(&id, tick).await?;
         }
         if self.paused {
             self.relieve_memory().await?;
-            self.pause_if_stuck()?;
         }
         self.observe();
         Ok(())
@@ -578,16 +532,7 @@ impl Sink<'_> {
             .into_iter()
             .filter(|id| self.chains.contains_key(id))
             .collect();
-        // Twice: a file the store refused earlier flies before the open one.
-        for _ in 0..2 {
-            for id in &owned {
-                self.land_partition(id).await?;
-                self.launch(id, Event::Revoked).await?;
-            }
-            for id in &owned {
-                self.land_partition(id).await?;
-            }
-        }
+        self.flush_many(owned.clone(), Event::Revoked).await?;
         for id in owned {
             if let Some(chain) = self.chains.remove(&id) {
                 self.buffered -= chain.buffered_bytes();

@@ -118,33 +118,6 @@ pub struct PartitionChain {
     /// unless the broker deleted those records first, which only the log's start can tell: one
     /// question per file, asked before it is made durable ([`PartitionChain::flush_checked`]).
     jumps: Vec<(usize, i64)>,
-    /// The end of the file in flight ([`PartitionChain::seal`]), until it lands.
-    sealed_end: Option<i64>,
-    /// A flight the store refused, waiting to fly again ([`Landed::Parked`]).
-    parked: Option<Box<PartitionChain>>,
-    /// On a chain, its flight's number while one is out; on a flight, its own (unique in the
-    /// process, so that a flight never lands on a later chain of the same partition).
-    flight_id: u64,
-}
-
-/// Numbers flights (see `PartitionChain::flight_id`).
-static FLIGHTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// What became of a flight ([`PartitionChain::land`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Landed {
-    /// Durable up to where the sealed records ended: the records buffered meanwhile continue it.
-    Done,
-    /// The flight ended elsewhere: it adopted a file of another length, met a gap, or found another
-    /// worker's checkpoint further on. The records buffered since the seal are dropped and the
-    /// consumer reads on from the chain's new end (a seek is owed): no record is ever buffered after
-    /// a hole this worker did not read itself.
-    Moved,
-    /// The store refused (some of) it: its records wait, sealed, and fly again at the next seal,
-    /// before any newer file; the records buffered meanwhile stay.
-    Parked,
-    /// Not this chain's flight: ignored.
-    Stray,
 }
 
 /// What to do with a record the consumer delivered.
@@ -227,9 +200,6 @@ impl PartitionChain {
             generation: 0,
             seek: None,
             jumps: Vec::new(),
-            sealed_end: None,
-            parked: None,
-            flight_id: 0,
         };
         let mut last = None;
         while let Some(candidates) = starts.get(&end) {
@@ -387,19 +357,11 @@ impl PartitionChain {
     /// Memory the buffer holds: what the records own plus the buffer's own capacity, which grows
     /// by doubling and so can be up to twice what the records need.
     pub fn buffered_bytes(&self) -> u64 {
-        self.heap_bytes
-            + (self.buffer.capacity() * std::mem::size_of::<Record>()) as u64
-            + self.parked.as_ref().map_or(0, |p| p.buffered_bytes())
+        self.heap_bytes + (self.buffer.capacity() * std::mem::size_of::<Record>()) as u64
     }
 
-    /// Records buffered, a parked flight's included.
     pub fn buffered_records(&self) -> usize {
-        self.buffer.len() + self.parked.as_ref().map_or(0, |p| p.buffer.len())
-    }
-
-    /// Whether nothing waits to be made durable: no open file, no file in flight or parked.
-    pub fn settled(&self) -> bool {
-        self.open.is_none() && self.sealed_end.is_none()
+        self.buffer.len()
     }
 
     /// What buffering `record` would add to [`PartitionChain::buffered_bytes`], including the
@@ -435,14 +397,14 @@ impl PartitionChain {
             // Where the consumer stands is unknown (a partition just handed over, positioned by
             // the group's committed offset): a record past the chain's end may follow records this
             // worker never saw, so read again from the end.
-            None if offset > self.taken_to() => {
-                self.reposition(self.taken_to());
+            None if offset > self.end => {
+                self.reposition(self.end);
                 return Admission::Reposition;
             }
             None => {}
         }
         self.read_to = Some(offset + 1);
-        if offset < self.taken_to() {
+        if offset < self.end {
             // Archived already (by an earlier run or an adopted file): a replay, dropped, which is
             // what makes reading again after a crash exactly-once.
             return Admission::Skip;
@@ -655,7 +617,6 @@ impl PartitionChain {
         part_size: usize,
         now_ms: i64,
     ) -> Result<Option<Flushed>, FlushError> {
-        debug_assert!(self.sealed_end.is_none(), "a chain flushes only with no flight out");
         let Some(open) = self.open else {
             return Ok(None);
         };
@@ -808,90 +769,7 @@ impl PartitionChain {
 
     /// The offset the next record should have if nothing is missing.
     pub fn expected_next(&self) -> i64 {
-        self.buffer.last().map_or(self.taken_to(), |r| r.offset + 1)
-    }
-
-    /// Where what the chain holds, durable or in flight, ends: records before it are not buffered
-    /// again.
-    fn taken_to(&self) -> i64 {
-        self.sealed_end.unwrap_or(self.end)
-    }
-
-    /// The file to make durable next, as a chain of its own (the *flight*), which
-    /// [`PartitionChain::flush_checked`] makes durable by the same commit order while this chain
-    /// goes on buffering from its end; [`PartitionChain::land`] takes it back. A flight that did not
-    /// land (the store refused it) flies again first; otherwise the open file is sealed: its records
-    /// move, with the chain's end and checkpoint, into the flight. One file of a partition is in
-    /// flight at a time, so files are created, claimed and checkpointed strictly in chain order, and
-    /// no file is ever written at a start that is not yet the chain's end (such a file could fall
-    /// inside a file another worker claimed meanwhile, where no reader expects one). Returns `None`
-    /// when a file is in flight already or nothing is buffered.
-    pub fn seal(&mut self) -> Option<PartitionChain> {
-        if let Some(parked) = self.parked.take() {
-            return Some(*parked);
-        }
-        if self.sealed_end.is_some() || self.buffer.is_empty() {
-            return None;
-        }
-        let flight = PartitionChain {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            end: self.end,
-            checkpoint: self.checkpoint.take(),
-            buffer: std::mem::take(&mut self.buffer),
-            open: self.open.take(),
-            heap_bytes: std::mem::take(&mut self.heap_bytes),
-            read_to: None,
-            generation: 0,
-            seek: None,
-            jumps: std::mem::take(&mut self.jumps),
-            sealed_end: None,
-            parked: None,
-            flight_id: FLIGHTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        };
-        self.sealed_end = Some(flight.expected_next());
-        self.flight_id = flight.flight_id;
-        Some(flight)
-    }
-
-    /// Whether a sealed file is flying (sealed and not landed, nor parked).
-    pub fn in_flight(&self) -> bool {
-        self.sealed_end.is_some() && self.parked.is_none()
-    }
-
-    /// Whether a sealed file waits to fly again ([`Landed::Parked`]).
-    pub fn parked(&self) -> bool {
-        self.parked.is_some()
-    }
-
-    /// Take back the flight of [`PartitionChain::seal`] once its flush returned, whatever came of
-    /// it; the chain's end is the flight's.
-    pub fn land(&mut self, mut flight: PartitionChain) -> Landed {
-        let Some(sealed_end) = self.sealed_end.filter(|_| flight.flight_id == self.flight_id)
-        else {
-            // The flight of an earlier chain of this partition (forgotten, then opened again): it
-            // acted on the archive like another worker, which this chain's protocol allows for.
-            return Landed::Stray;
-        };
-        self.end = flight.end;
-        if !flight.buffer.is_empty() && flight.expected_next() == sealed_end {
-            self.parked = Some(Box::new(flight));
-            return Landed::Parked;
-        }
-        self.sealed_end = None;
-        self.checkpoint = flight.checkpoint.take();
-        if flight.end == sealed_end && flight.buffer.is_empty() {
-            return Landed::Done;
-        }
-        // Whatever the flight still holds is this chain's buffer again, and the records buffered
-        // since the seal are read again after it.
-        self.buffer = std::mem::take(&mut flight.buffer);
-        self.jumps = std::mem::take(&mut flight.jumps);
-        self.open = flight.open.take();
-        self.heap_bytes = flight.heap_bytes;
-        let at = self.expected_next();
-        self.reposition(at);
-        Landed::Moved
+        self.buffer.last().map_or(self.end, |r| r.offset + 1)
     }
 
     async fn advance_checkpoint(
