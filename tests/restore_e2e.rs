@@ -1291,3 +1291,137 @@ async fn without_the_admin_api_targets_must_exist() {
     assert_eq!(report.records, 6);
     assert_restored(&target, 1, &source);
 }
+
+/// A file larger than a restore's share of its memory budget is read one row group at a time (its
+/// footer first, each row group checked against its own checksum), and row groups wholly outside
+/// the window are not read: what lands is exactly the window, and damage is found where it is read.
+#[tokio::test]
+async fn a_file_larger_than_the_budget_restores_a_row_group_at_a_time() {
+    let topic = common::unique("pitr-ranged");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let base = base();
+    // 2,000 values of 10 KiB that zstd cannot shrink: about 20 MiB, one file of several 5 MiB
+    // row groups, larger than what a planner reads whole.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let records: Vec<Record> = (0..2_000i64)
+        .map(|i| {
+            let value: Vec<u8> = (0..10_240)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let key = format!("k{i}");
+            record(Some(key.as_bytes()), Some(&value), vec![], base + i * 1_000)
+        })
+        .collect();
+    kafka::produce(&topic, 0, &records).await;
+    let source: Vec<Record> = kafka::read_to_end(&topic, 0)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(source.len(), records.len());
+    assert_eq!(source[0].offset, 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    let out = common::sink_command(&archive, &topic, &common::unique("g"))
+        .arg("--once")
+        .env("REWIND__STORAGE__S3__PART_SIZE", "5MiB")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let files: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = files[0].clone();
+    let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
+    let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes)
+        .unwrap();
+    assert!(
+        metadata.num_row_groups() >= 4,
+        "{} row groups",
+        metadata.num_row_groups()
+    );
+    // Each row group's offsets and bytes.
+    let groups: Vec<((i64, i64), std::ops::Range<usize>)> = (0..metadata.num_row_groups())
+        .map(|g| {
+            let offsets = match metadata.row_group(g).column(0).statistics() {
+                Some(parquet::file::statistics::Statistics::Int64(s)) => {
+                    (*s.min_opt().unwrap(), *s.max_opt().unwrap())
+                }
+                other => panic!("offset statistics: {other:?}"),
+            };
+            let range =
+                rewind::archive::datafile::integrity::row_group_range(&metadata, g).unwrap();
+            (offsets, range.start as usize..range.end as usize)
+        })
+        .collect();
+    let restore_window = |name: &str, from: i64, to: i64| {
+        let target = format!("{topic}-{name}");
+        let out = restore(
+            &archive,
+            &[
+                "--topics",
+                &topic,
+                "--rename",
+                &format!("{topic}={target}"),
+                "--from",
+                &ms(base + from * 1_000),
+                "--to",
+                &ms(base + to * 1_000),
+            ],
+        )
+        // An 8 MiB budget lets files of up to 2 MiB be read whole: this one is read in row groups.
+        .env("REWIND__RESTORE__BUFFER_BUDGET", "8MiB")
+        .output()
+        .unwrap();
+        (target, out)
+    };
+
+    // A window across row groups, and the whole file.
+    let (target, out) = restore_window("across", 300, 1_100);
+    ok(out);
+    assert_restored(&target, 0, &source[300..1_100]);
+    let (target, out) = restore_window("all", 0, 2_000);
+    ok(out);
+    assert_restored(&target, 0, &source);
+
+    // Damage in the first and the last row group: a window inside the second reads neither (nor
+    // does its plan), and restores exactly its records.
+    let ((lo, hi), second) = groups[1].clone();
+    let mut damaged = bytes.to_vec();
+    damaged[groups[0].1.start + 1_000] ^= 0x10;
+    damaged[groups[groups.len() - 1].1.end - 1_000] ^= 0x10;
+    std::fs::write(&file, &damaged).unwrap();
+    let (target, out) = restore_window("second", lo, hi + 1);
+    ok(out);
+    assert_restored(&target, 0, &source[lo as usize..hi as usize + 1]);
+    // The first row group is read by a window that starts in it: the damage is named, and nothing
+    // of the window lands.
+    let (target, out) = restore_window("first", 0, hi + 1);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("row group 0") && error.contains("CRC32C"),
+        "{error}"
+    );
+    let admin: rdkafka::consumer::BaseConsumer = kafka::config().create().unwrap();
+    use rdkafka::consumer::Consumer;
+    let metadata = admin.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    if metadata.topics().iter().any(|t| t.name() == target) {
+        assert!(kafka::read_to_end(&target, 0).is_empty());
+    }
+    // So is damage in the row group a window needs.
+    damaged[second.start + 1_000] ^= 0x10;
+    std::fs::write(&file, &damaged).unwrap();
+    let (_, out) = restore_window("second-damaged", lo, hi + 1);
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    assert!(error.contains("row group 1"), "{error}");
+}

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use futures::{StreamExt, TryStreamExt};
 
 pub use super::datafile::Footer as FileFooter;
-use super::datafile::{self, FileMeta, Tail};
+use parquet::file::metadata::ParquetMetaData;
+
+use super::datafile::{self, FileMeta};
 use super::documents::{self, ArchiveError, Gap};
 use super::paths::{DataFileKey, DATA_PREFIX};
 use super::time::HourBucket;
@@ -137,29 +139,44 @@ pub async fn read_file_footer(
     key: &str,
     size: u64,
 ) -> Result<FileFooter, ChainError> {
-    let bad = |message: String| ChainError::BadFile {
-        url: store.url().to_string(),
-        key: key.to_string(),
-        message,
-    };
+    let metadata = read_file_metadata(store, key, size).await?;
+    FileFooter::of(&metadata).map_err(|e| bad_file(store, key, e.to_string()))
+}
+
+/// Read the Parquet footer of one data file of `size` bytes with ranged reads of its tail (one,
+/// most of the time), for a reader that then reads its row groups on their own.
+pub async fn read_file_metadata(
+    store: &dyn ObjectStore,
+    key: &str,
+    size: u64,
+) -> Result<ParquetMetaData, ChainError> {
+    let bad = |message: String| bad_file(store, key, message);
     let mut want = TAIL_BYTES.min(size);
     loop {
         let tail = store.get_range(key, size - want..size).await?;
-        match datafile::footer_from_tail(&tail, size).map_err(|e| bad(e.to_string()))? {
-            Tail::Meta(footer) => return Ok(*footer),
-            Tail::Need(n) if (n as u64) > datafile::bounds::MAX_FOOTER_BYTES => {
+        match datafile::metadata_from_tail(&tail, size).map_err(|e| bad(e.to_string()))? {
+            Ok(metadata) => return Ok(metadata),
+            Err(n) if (n as u64) > datafile::bounds::MAX_FOOTER_BYTES => {
                 return Err(bad(format!(
                     "its footer claims {n} bytes, more than the {} MiB a reader accepts",
                     datafile::bounds::MAX_FOOTER_BYTES >> 20
                 )))
             }
-            Tail::Need(n) if (n as u64) > want && (n as u64) <= size => want = n as u64,
-            Tail::Need(n) => {
+            Err(n) if (n as u64) > want && (n as u64) <= size => want = n as u64,
+            Err(n) => {
                 return Err(bad(format!(
                     "its footer claims {n} bytes, but the file has {size}"
                 )))
             }
         }
+    }
+}
+
+fn bad_file(store: &dyn ObjectStore, key: &str, message: String) -> ChainError {
+    ChainError::BadFile {
+        url: store.url().to_string(),
+        key: key.to_string(),
+        message,
     }
 }
 

@@ -22,10 +22,10 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use parquet::file::properties::{BloomFilterPosition, EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
@@ -487,13 +487,24 @@ impl Footer {
 /// Parse a data file's footer from the last bytes of a file of `file_size` bytes, so that a planner
 /// or a checker learns a file's range, count and time span with one ranged read.
 pub fn footer_from_tail(tail: &Bytes, file_size: u64) -> Result<Tail, DataFileError> {
+    match metadata_from_tail(tail, file_size)? {
+        Ok(metadata) => Footer::of(&metadata).map(|f| Tail::Meta(Box::new(f))),
+        Err(needed) => Ok(Tail::Need(needed)),
+    }
+}
+
+/// Parse the Parquet footer of a file of `file_size` bytes from its last bytes `tail`; `Err(n)`
+/// when the footer needs the last `n` bytes instead.
+pub fn metadata_from_tail(
+    tail: &Bytes,
+    file_size: u64,
+) -> Result<Result<ParquetMetaData, usize>, DataFileError> {
     let mut reader = parquet::file::metadata::ParquetMetaDataReader::new();
     match reader.try_parse_sized(tail, file_size) {
-        Ok(()) => {}
-        Err(parquet::errors::ParquetError::NeedMoreData(needed)) => return Ok(Tail::Need(needed)),
-        Err(e) => return Err(e.into()),
+        Ok(()) => Ok(Ok(reader.finish()?)),
+        Err(parquet::errors::ParquetError::NeedMoreData(needed)) => Ok(Err(needed)),
+        Err(e) => Err(e.into()),
     }
-    Footer::of(&reader.finish()?).map(|f| Tail::Meta(Box::new(f)))
 }
 
 /// Decode a whole data file: its footer metadata and every record.
@@ -571,6 +582,150 @@ pub fn decode_rows(
         }
     }
     Ok(meta)
+}
+
+/// The rows of one row group of a data file, read alone: `bytes` are the file's bytes from `base`
+/// on ([`integrity::row_group_range`]), checked against the row group's checksum in the footer
+/// `metadata` before anything is decoded, then handed to `sink` like [`decode_rows`] does. What a
+/// restore uses for files larger than its share of the memory budget: it holds one row group, not
+/// the file. A footer without checksums is refused (such a file is read whole).
+pub fn decode_row_group(
+    metadata: &ArrowReaderMetadata,
+    group: usize,
+    base: u64,
+    bytes: Bytes,
+    chunk_bytes: u64,
+    mut sink: impl FnMut(Rows) -> bool,
+) -> Result<(), DataFileError> {
+    let row_group = &metadata.metadata().row_groups()[group];
+    let row_bytes = (row_group.total_byte_size() / row_group.num_rows().max(1)).max(1) as u64;
+    let batch_rows = (chunk_bytes / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
+    for batch in row_group_reader(metadata, group, base, bytes, batch_rows, None)? {
+        if !sink(Rows::new(batch?)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The smallest and the largest value of a column.
+pub type Bounds = (i64, i64);
+
+/// The smallest and largest offset, and timestamp, of row group `group` by its statistics (`None`
+/// where the statistics cannot tell): what lets a reader skip row groups without reading them.
+pub fn row_group_bounds(
+    metadata: &ParquetMetaData,
+    group: usize,
+) -> (Option<Bounds>, Option<Bounds>) {
+    let Some(row_group) = metadata.row_groups().get(group) else {
+        return (None, None);
+    };
+    let schema = metadata.file_metadata().schema_descr();
+    let bounds = |name: &str| {
+        let column =
+            (0..schema.num_columns()).find(|&i| schema.column(i).path().string() == name)?;
+        match row_group.column(column).statistics()? {
+            parquet::file::statistics::Statistics::Int64(s) => {
+                Some((*s.min_opt()?, *s.max_opt()?)).filter(|(lo, hi)| lo <= hi)
+            }
+            _ => None,
+        }
+    };
+    (bounds("offset"), bounds("timestamp"))
+}
+
+/// The offsets and timestamps of one row group read alone (see [`decode_row_group`]), appended to
+/// `out`: what a planner reads of a file too large to fetch whole.
+pub fn read_row_group_offsets(
+    metadata: &ArrowReaderMetadata,
+    group: usize,
+    base: u64,
+    bytes: Bytes,
+    out: &mut Vec<(i64, Option<i64>)>,
+) -> Result<(), DataFileError> {
+    let columns = Some(&["offset", "timestamp"][..]);
+    for batch in row_group_reader(metadata, group, base, bytes, BATCH_ROWS, columns)? {
+        offsets_of(&batch?, out)?;
+    }
+    Ok(())
+}
+
+/// A decoder of row group `group` alone, from `bytes` (the file's bytes from `base` on), which are
+/// checked against the row group's checksum and their page headers against the [`bounds`] first.
+fn row_group_reader(
+    metadata: &ArrowReaderMetadata,
+    group: usize,
+    base: u64,
+    bytes: Bytes,
+    batch_rows: usize,
+    columns: Option<&[&str]>,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, DataFileError> {
+    let parquet = metadata.metadata();
+    if group >= parquet.num_row_groups() {
+        return Err(DataFileError::Format(format!(
+            "it has no row group {group}"
+        )));
+    }
+    let checksums = Checksums::from_key_values(&key_values(parquet.file_metadata()))?
+        .ok_or_else(|| DataFileError::Format("its footer has no checksums".into()))?;
+    checksums.check_row_group(group, &bytes)?;
+    bounds::check_pages(parquet, [group], &bytes, base)?;
+    let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+        Window { base, bytes },
+        metadata.clone(),
+    )
+    .with_row_groups(vec![group])
+    .with_batch_size(batch_rows);
+    if let Some(columns) = columns {
+        let mask = parquet::arrow::ProjectionMask::columns(
+            builder.parquet_schema(),
+            columns.iter().copied(),
+        );
+        builder = builder.with_projection(mask);
+    }
+    Ok(builder.build()?)
+}
+
+/// A file's bytes from `base` on, as the decoder reads them: asking for anything else is an error.
+struct Window {
+    base: u64,
+    bytes: Bytes,
+}
+
+impl Window {
+    fn at(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        start
+            .checked_sub(self.base)
+            .and_then(|from| usize::try_from(from).ok())
+            .and_then(|from| Some(from..from.checked_add(length)?))
+            .filter(|range| range.end <= self.bytes.len())
+            .map(|range| self.bytes.slice(range))
+            .ok_or_else(|| {
+                parquet::errors::ParquetError::General(format!(
+                    "the decoder asked for bytes [{start}, +{length}) outside the row group"
+                ))
+            })
+    }
+}
+
+impl parquet::file::reader::Length for Window {
+    fn len(&self) -> u64 {
+        self.base + self.bytes.len() as u64
+    }
+}
+
+impl parquet::file::reader::ChunkReader for Window {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let end = parquet::file::reader::Length::len(self);
+        let rest = end.saturating_sub(start) as usize;
+        Ok(bytes::Buf::reader(self.at(start, rest)?))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.at(start, length)
+    }
 }
 
 /// Decoded records of a data file, as the Arrow batch that holds them; [`Rows::view`] reads them.
@@ -689,17 +844,21 @@ pub fn read_offsets(bytes: Bytes) -> Result<Vec<(i64, Option<i64>)>, DataFileErr
         parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["offset", "timestamp"]);
     let mut out = Vec::new();
     for batch in builder.with_projection(mask).build()? {
-        let batch = batch?;
-        let offsets = column::<Int64Array>(&batch, "offset")?;
-        let timestamps = column::<TimestampMillisecondArray>(&batch, "timestamp")?;
-        out.extend((0..batch.num_rows()).map(|i| {
-            (
-                offsets.value(i),
-                (!timestamps.is_null(i)).then(|| timestamps.value(i)),
-            )
-        }));
+        offsets_of(&batch?, &mut out)?;
     }
     Ok(out)
+}
+
+fn offsets_of(batch: &RecordBatch, out: &mut Vec<(i64, Option<i64>)>) -> Result<(), DataFileError> {
+    let offsets = column::<Int64Array>(batch, "offset")?;
+    let timestamps = column::<TimestampMillisecondArray>(batch, "timestamp")?;
+    out.extend((0..batch.num_rows()).map(|i| {
+        (
+            offsets.value(i),
+            (!timestamps.is_null(i)).then(|| timestamps.value(i)),
+        )
+    }));
+    Ok(())
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, DataFileError> {

@@ -8,12 +8,14 @@
 //! columns.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use futures::StreamExt;
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use serde::Serialize;
 
 use crate::archive::chain::{self, Chain, ChainError, ChainFile};
-use crate::archive::datafile;
+use crate::archive::datafile::{self, Bounds};
 use crate::archive::documents;
 use crate::archive::time::rfc3339_millis;
 use crate::storage::ObjectStore;
@@ -143,17 +145,25 @@ async fn records_of(
     {
         return Ok(footer.records);
     }
-    let offsets = match cache.get(&file.key) {
-        Some(o) => o,
-        None => {
-            let read = read_offsets(store, file).await?;
-            cache.entry(file.key.clone()).or_insert(read)
-        }
+    let in_range = |offsets: &[(i64, Option<i64>)]| {
+        offsets
+            .iter()
+            .filter(|(o, _)| (start..end).contains(o))
+            .count() as u64
     };
-    Ok(offsets
-        .iter()
-        .filter(|(o, _)| (start..end).contains(o))
-        .count() as u64)
+    if let Some(offsets) = cache.get(&file.key) {
+        return Ok(in_range(offsets));
+    }
+    // Row groups wholly outside the range hold none of its records.
+    let (offsets, complete) = read_offsets(store, file, |offsets, _, _| {
+        offsets.is_none_or(|(lo, hi)| hi >= start && lo < end)
+    })
+    .await?;
+    let count = in_range(&offsets);
+    if complete {
+        cache.insert(file.key.clone(), offsets);
+    }
+    Ok(count)
 }
 
 /// Archived records of `chain` in `[start, end)`, reading the footers it needs.
@@ -207,12 +217,17 @@ async fn cut(
         {
             continue;
         }
-        let offsets = read_offsets(store, file).await?;
-        let found = offsets
-            .iter()
-            .find(|(_, ts)| ts.is_some_and(|ts| ts >= t))
-            .map(|(o, _)| *o);
-        cache.insert(file.key.clone(), offsets);
+        // Row groups whose records are all earlier than `t` cannot hold the cut, nor can those
+        // after the one that does.
+        let reaches = |ts: &Option<i64>| ts.is_some_and(|ts| ts >= t);
+        let (offsets, complete) = read_offsets(store, file, |_, timestamps, read| {
+            timestamps.is_none_or(|(_, max)| max >= t) && !read.iter().any(|(_, ts)| reaches(ts))
+        })
+        .await?;
+        let found = offsets.iter().find(|(_, ts)| reaches(ts)).map(|(o, _)| *o);
+        if complete {
+            cache.insert(file.key.clone(), offsets);
+        }
         if let Some(offset) = found {
             return Ok(offset);
         }
@@ -220,19 +235,67 @@ async fn cut(
     Ok(end)
 }
 
+/// Files up to this size are read whole for their offsets; larger ones a row group at a time, so
+/// that planning holds one row group, not a whole file.
+const WHOLE_FILE_BYTES: u64 = 16 << 20;
+
+/// The offsets and timestamps of `file`, in order, and whether that is all of them. A file up to
+/// [`WHOLE_FILE_BYTES`] is read whole; a larger one a row group at a time (each checked against
+/// its checksum), and only the row groups `wanted` keeps given their offset and timestamp bounds
+/// (from the footer's statistics, `None` where they cannot tell) and what was read before them, so
+/// that planning holds one row group, not a whole file, and reads only around its cuts.
 async fn read_offsets(
     store: &dyn ObjectStore,
     file: &ChainFile,
-) -> Result<Vec<(i64, Option<i64>)>, ChainError> {
-    let bytes = store.get(&file.key).await?.body;
-    tokio::task::spawn_blocking(move || datafile::read_offsets(bytes))
+    mut wanted: impl FnMut(Option<Bounds>, Option<Bounds>, &[(i64, Option<i64>)]) -> bool,
+) -> Result<(Vec<(i64, Option<i64>)>, bool), ChainError> {
+    let bad = |message: String| ChainError::BadFile {
+        url: store.url().to_string(),
+        key: file.key.clone(),
+        message,
+    };
+    let whole = |bytes: bytes::Bytes| async move {
+        tokio::task::spawn_blocking(move || datafile::read_offsets(bytes))
+            .await
+            .expect("offset reader does not panic")
+            .map(|offsets| (offsets, true))
+    };
+    if file.size <= WHOLE_FILE_BYTES {
+        let bytes = store.get(&file.key).await?.body;
+        return whole(bytes).await.map_err(|e| bad(e.to_string()));
+    }
+    let parquet = chain::read_file_metadata(store, &file.key, file.size).await?;
+    let footer = datafile::Footer::of(&parquet).map_err(|e| bad(e.to_string()))?;
+    if footer.checksums.is_none() {
+        // Written before files carried checksums: only the whole file can be checked.
+        let bytes = store.get(&file.key).await?.body;
+        return whole(bytes).await.map_err(|e| bad(e.to_string()));
+    }
+    let groups = parquet.num_row_groups();
+    let metadata = ArrowReaderMetadata::try_new(Arc::new(parquet), Default::default())
+        .map_err(|e| bad(e.to_string()))?;
+    let mut offsets = Vec::new();
+    let mut complete = true;
+    for group in 0..groups {
+        let (bounds, timestamps) = datafile::row_group_bounds(metadata.metadata(), group);
+        if !wanted(bounds, timestamps, &offsets) {
+            complete = false;
+            continue;
+        }
+        let range = datafile::integrity::row_group_range(metadata.metadata(), group)
+            .filter(|r| r.start < r.end && r.end <= file.size)
+            .ok_or_else(|| bad(format!("its row group {group} lies outside the file")))?;
+        let bytes = store.get_range(&file.key, range.clone()).await?;
+        let read = metadata.clone();
+        offsets = tokio::task::spawn_blocking(move || {
+            datafile::read_row_group_offsets(&read, group, range.start, bytes, &mut offsets)
+                .map(|()| offsets)
+        })
         .await
         .expect("offset reader does not panic")
-        .map_err(|e| ChainError::BadFile {
-            url: store.url().to_string(),
-            key: file.key.clone(),
-            message: e.to_string(),
-        })
+        .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok((offsets, complete))
 }
 
 /// The chains a restore reads and its plan for each.

@@ -1,20 +1,26 @@
 //! Reading the archive for a restore: one reader per partition fetches its files in chain order
-//! (the next ones prefetched while one is decoded), checks each file's CRC32C, decodes it on a
-//! blocking thread and hands the records of the window over in chunks.
+//! (the next ones prefetched while one is decoded), checks their CRC32C, decodes them on a blocking
+//! thread and hands the records of the window over in chunks. A small file is fetched whole; a
+//! file larger than its share of the budget is fetched one row group at a time (its footer first),
+//! each checked against the checksum its footer keeps, so memory holds a row group, not the file.
 //!
 //! Invariant: a reader hands over records in offset order and within the memory budget: every chunk
 //! holds permits of a shared semaphore until the producer loop has sent it, and every fetched file
-//! holds permits of another until it is decoded.
+//! or row group holds permits of another until it is decoded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
 use futures::StreamExt;
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::RestoreError;
-use crate::archive::chain::{ChainError, ChainFile};
-use crate::archive::datafile::{self, Rows};
+use crate::archive::chain::{self, ChainError, ChainFile};
+use crate::archive::datafile::{self, integrity, FileMeta, Rows};
 use crate::kafka::blocking;
 use crate::storage::ObjectStore;
 
@@ -55,29 +61,74 @@ pub struct Reader {
     pub budget_kib: usize,
 }
 
+/// What a reader fetches with one request: a whole file, or one row group of a file larger than
+/// its share of the budget (so that memory holds a row group, not the file).
+enum Piece {
+    Whole(ChainFile),
+    Group {
+        key: String,
+        metadata: ArrowReaderMetadata,
+        index: usize,
+        range: std::ops::Range<u64>,
+    },
+}
+
+impl Piece {
+    fn bytes(&self) -> u64 {
+        match self {
+            Piece::Whole(file) => file.size,
+            Piece::Group { range, .. } => range.end - range.start,
+        }
+    }
+}
+
 impl Reader {
     pub async fn run(self, files: Vec<ChainFile>) {
-        let store = self.store.clone();
-        let pool = self.files_pool.clone();
         let budget = self.budget_kib;
-        let mut fetched = futures::stream::iter(files.into_iter().map(|file| {
-            let (store, pool) = (store.clone(), pool.clone());
-            async move {
-                let permit = pool
-                    .acquire_many_owned(kib(file.size).min(budget) as u32)
-                    .await
-                    .expect("pool is never closed");
-                let got = store.get(&file.key).await;
-                (file, got, permit)
+        let whole_max = (budget as u64 * 1024 / PREFETCH_FILES as u64).max(CHUNK_BYTES);
+        let mut files = files.into_iter();
+        let mut queued: VecDeque<Piece> = VecDeque::new();
+        let mut fetching = FuturesOrdered::new();
+        loop {
+            // Keep the next pieces coming while one is decoded.
+            while fetching.len() < PREFETCH_FILES {
+                if let Some(piece) = queued.pop_front() {
+                    fetching.push_back(fetch(
+                        self.store.clone(),
+                        self.files_pool.clone(),
+                        budget,
+                        piece,
+                    ));
+                    continue;
+                }
+                let Some(file) = files.next() else {
+                    break;
+                };
+                match self.pieces(file, whole_max).await {
+                    Ok(pieces) => queued.extend(pieces),
+                    Err(e) => {
+                        let _ = self.tx.send(Msg::Failed(e)).await;
+                        return;
+                    }
+                }
             }
-        }))
-        .buffered(PREFETCH_FILES);
-        while let Some((file, got, permit)) = fetched.next().await {
-            let result = match got {
-                Ok(got) => self.decode(&file, got).await,
-                Err(e) => Err(RestoreError::Chain(e.into())),
+            let Some(fetched) = fetching.next().await else {
+                break;
             };
-            drop(permit);
+            let result = match fetched {
+                Ok((Piece::Whole(file), Fetched::Whole(got), permit)) => {
+                    let decoded = self.decode(&file, got).await;
+                    drop(permit);
+                    decoded
+                }
+                Ok((piece @ Piece::Group { .. }, Fetched::Range(bytes), permit)) => {
+                    let decoded = self.decode_group(piece, bytes).await;
+                    drop(permit);
+                    decoded
+                }
+                Ok(_) => unreachable!("a piece is fetched as what it is"),
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(true) => {}
                 Ok(false) => return,
@@ -96,75 +147,193 @@ impl Reader {
             .await;
     }
 
-    /// Decode one file on a blocking thread, sending chunks in range; false once the loop is gone.
+    /// What to fetch of `file`: the whole file when it is small (one request), else its footer
+    /// first (checked against the chain like a whole file's) and then each row group that holds
+    /// offsets of the window, checked against its own checksum. A file written before data files
+    /// carried checksums is read whole.
+    async fn pieces(&self, file: ChainFile, whole_max: u64) -> Result<Vec<Piece>, RestoreError> {
+        if file.size <= whole_max {
+            return Ok(vec![Piece::Whole(file)]);
+        }
+        let parquet = chain::read_file_metadata(&*self.store, &file.key, file.size).await?;
+        let footer = datafile::Footer::of(&parquet).map_err(|e| self.bad(&file, e.to_string()))?;
+        if footer.checksums.is_none() {
+            return Ok(vec![Piece::Whole(file)]);
+        }
+        self.check_range(&file, &footer.meta)?;
+        let mut groups = Vec::new();
+        for index in 0..parquet.num_row_groups() {
+            // Offsets increase through a file: a row group wholly outside the window is skipped.
+            let (offsets, _) = datafile::row_group_bounds(&parquet, index);
+            if offsets.is_some_and(|(min, max)| max < self.from || min >= self.until) {
+                continue;
+            }
+            let range = integrity::row_group_range(&parquet, index)
+                .filter(|r| r.start < r.end && r.end <= file.size)
+                .ok_or_else(|| {
+                    self.bad(
+                        &file,
+                        format!("its row group {index} lies outside the file"),
+                    )
+                })?;
+            groups.push((index, range));
+        }
+        let metadata = ArrowReaderMetadata::try_new(Arc::new(parquet), Default::default())
+            .map_err(|e| self.bad(&file, e.to_string()))?;
+        Ok(groups
+            .into_iter()
+            .map(|(index, range)| Piece::Group {
+                key: file.key.clone(),
+                metadata: metadata.clone(),
+                index,
+                range,
+            })
+            .collect())
+    }
+
+    fn bad(&self, file: &ChainFile, message: String) -> RestoreError {
+        RestoreError::Chain(ChainError::BadFile {
+            url: self.store.url().to_string(),
+            key: file.key.clone(),
+            message,
+        })
+    }
+
+    /// A footer must say the range the chain listed the file with.
+    fn check_range(&self, file: &ChainFile, meta: &FileMeta) -> Result<(), RestoreError> {
+        if meta.start != file.start || meta.end != file.end {
+            return Err(self.bad(
+                file,
+                format!(
+                    "its footer now says [{}, {}) where [{}, {}) was listed",
+                    meta.start, meta.end, file.start, file.end
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What hands decoded rows over: the rows of the window, in chunks that hold permits of the
+    /// chunk pool until the producer loop sent them. It answers false once the window is done or
+    /// the loop is gone (then `open` turns false).
+    fn chunk_sender(&self, open: Arc<AtomicBool>) -> impl FnMut(Rows) -> bool + Send + 'static {
+        let (lane, from, until) = (self.lane, self.from, self.until);
+        let (tx, pool, budget) = (self.tx.clone(), self.chunks_pool.clone(), self.budget_kib);
+        move |rows: Rows| {
+            let view = rows.view();
+            let offsets = view.offsets();
+            let Some(&last) = offsets.last() else {
+                return true;
+            };
+            if last < from {
+                return true;
+            }
+            // Offsets increase within a file: the range is one run of rows.
+            let first = offsets.partition_point(|&o| o < from);
+            let end = offsets.partition_point(|&o| o < until);
+            let rows = rows.slice(first, end - first);
+            let permit = futures::executor::block_on(
+                pool.clone()
+                    .acquire_many_owned(kib(rows.memory() as u64).min(budget) as u32),
+            )
+            .expect("pool is never closed");
+            let next = (last + 1).min(until);
+            let sent = tx
+                .blocking_send(Msg::Chunk {
+                    lane,
+                    rows,
+                    next,
+                    _permit: permit,
+                })
+                .is_ok();
+            if !sent {
+                open.store(false, Ordering::Relaxed);
+            }
+            sent && last + 1 < until
+        }
+    }
+
+    /// Decode one row group on a blocking thread; false once the loop is gone.
+    async fn decode_group(&self, piece: Piece, bytes: Bytes) -> Result<bool, RestoreError> {
+        let Piece::Group {
+            key,
+            metadata,
+            index,
+            range,
+        } = piece
+        else {
+            unreachable!("only row groups are decoded here");
+        };
+        let open = Arc::new(AtomicBool::new(true));
+        let send = self.chunk_sender(open.clone());
+        blocking(move || {
+            datafile::decode_row_group(&metadata, index, range.start, bytes, CHUNK_BYTES, send)
+        })
+        .await
+        .map_err(|e| {
+            RestoreError::Chain(ChainError::BadFile {
+                url: self.store.url().to_string(),
+                key,
+                message: e.to_string(),
+            })
+        })?;
+        Ok(open.load(Ordering::Relaxed))
+    }
+
+    /// Decode one whole file on a blocking thread, sending chunks in range; false once the loop
+    /// is gone.
     async fn decode(
         &self,
         file: &ChainFile,
         got: crate::storage::GetResult,
     ) -> Result<bool, RestoreError> {
-        let bad = |message: String| {
-            RestoreError::Chain(ChainError::BadFile {
-                url: self.store.url().to_string(),
-                key: file.key.clone(),
-                message,
-            })
-        };
         if let Some(expected) = got.meta.crc32c {
             let body = got.body.clone();
             let actual = blocking(move || crate::storage::crc32c(&body)).await;
             if actual != expected {
-                return Err(bad(format!(
-                    "its CRC32C is {actual:08x} but {expected:08x} was stored with it (damaged)"
-                )));
+                return Err(self.bad(
+                    file,
+                    format!(
+                        "its CRC32C is {actual:08x} but {expected:08x} was stored with it (damaged)"
+                    ),
+                ));
             }
         }
-        let (lane, from, until) = (self.lane, self.from, self.until);
-        let (tx, pool, budget) = (self.tx.clone(), self.chunks_pool.clone(), self.budget_kib);
-        let open = Arc::new(AtomicU64::new(1));
-        let still_open = open.clone();
+        let open = Arc::new(AtomicBool::new(true));
+        let send = self.chunk_sender(open.clone());
         let body = got.body;
-        let result = blocking(move || {
-            datafile::decode_rows(body, CHUNK_BYTES, |rows| {
-                let view = rows.view();
-                let offsets = view.offsets();
-                let Some(&last) = offsets.last() else {
-                    return true;
-                };
-                if last < from {
-                    return true;
-                }
-                // Offsets increase within a file: the range is one run of rows.
-                let first = offsets.partition_point(|&o| o < from);
-                let end = offsets.partition_point(|&o| o < until);
-                let rows = rows.slice(first, end - first);
-                let permit = futures::executor::block_on(
-                    pool.clone()
-                        .acquire_many_owned(kib(rows.memory() as u64).min(budget) as u32),
-                )
-                .expect("pool is never closed");
-                let next = (last + 1).min(until);
-                let sent = tx
-                    .blocking_send(Msg::Chunk {
-                        lane,
-                        rows,
-                        next,
-                        _permit: permit,
-                    })
-                    .is_ok();
-                if !sent {
-                    still_open.store(0, Ordering::Relaxed);
-                }
-                sent && last + 1 < until
-            })
-        })
-        .await;
-        let meta = result.map_err(|e| bad(e.to_string()))?;
-        if meta.start != file.start || meta.end != file.end {
-            return Err(bad(format!(
-                "its footer now says [{}, {}) where [{}, {}) was listed",
-                meta.start, meta.end, file.start, file.end
-            )));
-        }
-        Ok(open.load(Ordering::Relaxed) == 1)
+        let meta = blocking(move || datafile::decode_rows(body, CHUNK_BYTES, send))
+            .await
+            .map_err(|e| self.bad(file, e.to_string()))?;
+        self.check_range(file, &meta)?;
+        Ok(open.load(Ordering::Relaxed))
     }
+}
+
+/// Fetch one piece once the pool has room for it.
+async fn fetch(
+    store: Arc<dyn ObjectStore>,
+    pool: Arc<Semaphore>,
+    budget_kib: usize,
+    piece: Piece,
+) -> Result<(Piece, Fetched, OwnedSemaphorePermit), RestoreError> {
+    let permit = pool
+        .acquire_many_owned(kib(piece.bytes()).min(budget_kib) as u32)
+        .await
+        .expect("pool is never closed");
+    let got = match &piece {
+        Piece::Whole(file) => store.get(&file.key).await.map(Fetched::Whole),
+        Piece::Group { key, range, .. } => store
+            .get_range(key, range.clone())
+            .await
+            .map(Fetched::Range),
+    };
+    let got = got.map_err(|e| RestoreError::Chain(e.into()))?;
+    Ok((piece, got, permit))
+}
+
+/// What a piece's request brought.
+enum Fetched {
+    Whole(crate::storage::GetResult),
+    Range(Bytes),
 }

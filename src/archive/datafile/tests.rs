@@ -479,3 +479,64 @@ fn a_page_claiming_a_huge_size_is_refused_before_it_is_decoded() {
     let wrong = claim_uncompressed(&bytes, 1 << 20);
     assert!(decode(wrong).is_err());
 }
+
+#[test]
+fn row_groups_read_alone_give_back_the_file_and_refuse_damage() {
+    let records = incompressible(3_000, 1_000);
+    let meta = file_meta("t", 0, 0, 3_000, &records, "c", 0);
+    let bytes = Bytes::from(encode_to(&meta, &records, Vec::new(), 256 * 1024).unwrap());
+    let size = bytes.len() as u64;
+    // The footer from the tail alone, as a ranged reader gets it.
+    let need = match metadata_from_tail(&bytes.slice(bytes.len() - 8..), size).unwrap() {
+        Err(n) => n,
+        Ok(_) => panic!("8 bytes cannot hold the footer"),
+    };
+    let parquet = metadata_from_tail(&bytes.slice(bytes.len() - need..), size)
+        .unwrap()
+        .unwrap();
+    let groups = parquet.num_row_groups();
+    assert!(groups >= 4, "{groups} row groups");
+    let metadata = ArrowReaderMetadata::try_new(Arc::new(parquet), Default::default()).unwrap();
+    let range_of = |g| integrity::row_group_range(metadata.metadata(), g).unwrap();
+    let read = |g: usize, body: Bytes| {
+        let mut got = Vec::new();
+        decode_row_group(&metadata, g, range_of(g).start, body, 64 * 1024, |rows| {
+            got.extend(records_of(&rows.batch).unwrap());
+            true
+        })
+        .map(|()| got)
+    };
+    let mut got = Vec::new();
+    for g in 0..groups {
+        let range = range_of(g);
+        got.extend(read(g, bytes.slice(range.start as usize..range.end as usize)).unwrap());
+    }
+    assert!(got == records, "the row groups together are the file");
+
+    // A flipped bit in the row group is refused before anything is decoded.
+    let second = range_of(1);
+    let mut damaged = bytes
+        .slice(second.start as usize..second.end as usize)
+        .to_vec();
+    damaged[100] ^= 0x04;
+    let err = read(1, Bytes::from(damaged)).unwrap_err();
+    assert!(matches!(err, DataFileError::Damaged(_)), "{err}");
+    // So is another row group's bytes in its place, and a short read.
+    let first = range_of(0);
+    let err = read(1, bytes.slice(first.start as usize..first.end as usize)).unwrap_err();
+    assert!(matches!(err, DataFileError::Damaged(_)), "{err}");
+    let short = bytes.slice(second.start as usize..second.end as usize - 1);
+    assert!(read(1, short).is_err());
+    // The decoder gets no byte outside the row group it was handed.
+    let window = Window {
+        base: second.start,
+        bytes: bytes.slice(second.start as usize..second.end as usize),
+    };
+    use parquet::file::reader::ChunkReader;
+    assert!(window.get_bytes(second.start - 1, 10).is_err());
+    assert!(window.get_bytes(second.end - 5, 10).is_err());
+    assert_eq!(
+        window.get_bytes(second.start, 4).unwrap(),
+        bytes.slice(second.start as usize..second.start as usize + 4)
+    );
+}
