@@ -37,9 +37,15 @@ pub async fn create(
     let part_size = part_size.max(MIN_PART_SIZE);
     let (tx, mut parts) = mpsc::channel::<Bytes>(1);
     let encoder = tokio::task::spawn_blocking(move || {
+        // A part's buffer is allocated once at the size it will reach (a part, or the whole file
+        // when that is smaller: at most the records' own bytes plus the footer), never grown by
+        // doubling, which copied each part about once more and touched twice its memory.
+        let estimate = records.iter().map(Record::size).sum::<u64>() as usize + (64 << 10);
+        let capacity = estimate.min(part_size + PART_SLACK);
         let writer = PartWriter {
             tx,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(capacity),
+            capacity,
             part_size,
         };
         let result = datafile::encode_to(&meta, &records, writer, part_size)
@@ -124,18 +130,22 @@ pub async fn create(
     (records, result)
 }
 
+/// What a part may exceed the part size by: the encoder writes a page or a footer at a time.
+const PART_SLACK: usize = 1 << 20;
+
 /// The encoder's output: bytes collect until a part is full, then go to the uploading side.
 struct PartWriter {
     tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
+    /// What each part's buffer is allocated with.
+    capacity: usize,
     part_size: usize,
 }
 
 impl PartWriter {
-    fn send(&mut self) -> io::Result<()> {
-        let part = Bytes::from(std::mem::take(&mut self.buf));
+    fn send(&self, part: Vec<u8>) -> io::Result<()> {
         self.tx
-            .blocking_send(part)
+            .blocking_send(Bytes::from(part))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
     }
 
@@ -144,7 +154,8 @@ impl PartWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.send()
+        let last = std::mem::take(&mut self.buf);
+        self.send(last)
     }
 }
 
@@ -152,7 +163,8 @@ impl Write for PartWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= self.part_size {
-            self.send()?;
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.capacity));
+            self.send(full)?;
         }
         Ok(data.len())
     }
