@@ -311,9 +311,13 @@ fn to_batch(records: &[Record]) -> Result<RecordBatch, DataFileError> {
     let mut offsets = Int64Builder::with_capacity(records.len());
     let mut timestamps =
         TimestampMillisecondBuilder::with_capacity(records.len()).with_timezone("UTC");
-    let mut types = StringBuilder::new();
-    let mut keys = BinaryBuilder::new();
-    let mut values = BinaryBuilder::new();
+    // Sized up front: builders that grow by doubling copy their bytes again each time.
+    let bytes = |f: fn(&Record) -> usize| records.iter().map(f).sum::<usize>();
+    let key_bytes = bytes(|r| r.key.as_ref().map_or(0, Vec::len));
+    let value_bytes = bytes(|r| r.value.as_ref().map_or(0, Vec::len));
+    let mut types = StringBuilder::with_capacity(records.len(), records.len() * 10);
+    let mut keys = BinaryBuilder::with_capacity(records.len(), key_bytes);
+    let mut values = BinaryBuilder::with_capacity(records.len(), value_bytes);
     let mut headers =
         ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(Arc::new(
             Field::new("element", DataType::Struct(header_fields()), false),
