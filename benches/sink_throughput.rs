@@ -17,6 +17,9 @@
 //! 100 B committed one per partition per transaction (a commit marker after every record) against
 //! the same count of plain records, both archived by `rewind sink --once` into a local archive
 //! (target: the transactional topic at 0.8 of the plain rate or better).
+//!
+//! `REWIND_BENCH_BASELINE=/path/to/rewind` adds another build (an earlier commit's, say) to the
+//! turns, archiving to a local archive like (b), so that a change is measured side by side.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -48,6 +51,9 @@ fn main() {
     let wide_mib = arg("--wide-mib", 128);
     let tx_records = arg("--tx-records", 8_000);
     let repeat = arg("--repeat", 3).max(1) as usize;
+    // Another build of `rewind` (an earlier commit's, say) that takes turns with this one on the
+    // local archive, so that a change is measured side by side in one run.
+    let baseline = std::env::var("REWIND_BENCH_BASELINE").ok();
     let rt = tokio::runtime::Runtime::new().unwrap();
     common::no_instance_metadata();
 
@@ -75,6 +81,7 @@ fn main() {
 
         // The kinds take turns, so that the broker's drift falls on all of them alike.
         let (mut raws, mut locals, mut s3s) = (Vec::new(), Vec::new(), Vec::new());
+        let mut baselines = Vec::new();
         for round in 0..repeat {
             eprintln!("round {} of {repeat}", round + 1);
             raws.push(measure(
@@ -95,6 +102,16 @@ fn main() {
                 value_bytes,
             ));
             drop(dir);
+            if let Some(bin) = &baseline {
+                let dir = tempfile::tempdir().unwrap();
+                let archive = format!("file://{}/archive", dir.path().display());
+                baselines.push(measure(
+                    format!("baseline build → local, {value_size} B"),
+                    &mut with_program(bin, &sink(&archive, &topic)),
+                    count,
+                    value_bytes,
+                ));
+            }
             let bucket = rt.block_on(common::new_bucket());
             s3s.push(measure(
                 format!("rewind sink → S3, {value_size} B"),
@@ -107,6 +124,9 @@ fn main() {
         let raw_rate = raw.run.records_per_s();
         table.push((raw, raw_rate));
         table.push((Median::of(locals), raw_rate));
+        if !baselines.is_empty() {
+            table.push((Median::of(baselines), raw_rate));
+        }
         table.push((Median::of(s3s), raw_rate));
     }
 
@@ -317,6 +337,19 @@ fn sink(archive: &str, topic: &str) -> Command {
     // by tests) costs seconds that have nothing to do with the records (see docs/benchmarks.md).
     cmd.env("REWIND__SINK__GROUP_SNAPSHOT_INTERVAL", "0s");
     cmd
+}
+
+/// `cmd` with another program: the same arguments and environment.
+fn with_program(program: &str, cmd: &Command) -> Command {
+    let mut other = Command::new(program);
+    other.args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => other.env(key, value),
+            None => other.env_remove(key),
+        };
+    }
+    other
 }
 
 /// The baseline: a plain consumer that reads `count` records of every partition and discards them.
