@@ -329,50 +329,19 @@ impl Sink<'_> {
                     }
                 }
                 message = self.consumer.recv() => {
-                    let delivery = Delivery::of(message);
-                    self.deliver(delivery).await?;
-                    // What is queued already is taken without going around the loop (whose
-                    // select, revocation and assignment checks cost more than a small record),
-                    // a bounded batch at a time so that ticks, stops and rebalances stay prompt.
-                    for _ in 0..DRAIN_BATCH {
-                        if self.handover_pending() || (self.opts.once && self.targets.is_empty()) {
-                            break;
+                    match message {
+                        Ok(msg) => {
+                            self.report.read += 1;
+                            let (topic, partition, record) = to_record(&msg);
+                            self.on_record(topic, partition, record).await?;
                         }
-                        let Some(message) = futures::FutureExt::now_or_never(self.consumer.recv())
-                        else {
-                            break;
-                        };
-                        let delivery = Delivery::of(message);
-                        self.deliver(delivery).await?;
+                        Err(KafkaError::PartitionEOF(partition)) => self.on_eof(partition).await?,
+                        Err(e) => tracing::warn!(error = %e, "consumer error; librdkafka retries by itself"),
                     }
                 }
             }
         }
         self.flush_all(Event::Shutdown).await
-    }
-
-    async fn deliver(&mut self, delivery: Delivery) -> Result<(), SinkError> {
-        match delivery {
-            Delivery::Record(topic, partition, record) => {
-                self.report.read += 1;
-                self.on_record(topic, partition, record).await
-            }
-            Delivery::Eof(partition) => self.on_eof(partition).await,
-            Delivery::Error(e) => {
-                tracing::warn!(error = %e, "consumer error; librdkafka retries by itself");
-                Ok(())
-            }
-        }
-    }
-
-    /// Whether the group moved partitions since the loop last looked (`release_revoked` and
-    /// `open_assigned` handle them).
-    fn handover_pending(&self) -> bool {
-        let context = self.consumer.context();
-        let pending = |list: &std::sync::Mutex<Vec<(String, i32)>>| {
-            !list.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-        };
-        pending(&context.revoked) || (!self.opts.once && pending(&context.assigned))
     }
 
     async fn on_record(
@@ -581,29 +550,6 @@ impl Sink<'_> {
 
     pub(super) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
-    }
-}
-
-/// Messages taken from the consumer's queue at once, between two turns of the loop.
-const DRAIN_BATCH: usize = 256;
-
-/// What the consumer delivered, detached from its queue.
-enum Delivery {
-    Record(String, i32, Record),
-    Eof(i32),
-    Error(KafkaError),
-}
-
-impl Delivery {
-    fn of(message: Result<BorrowedMessage<'_>, KafkaError>) -> Delivery {
-        match message {
-            Ok(msg) => {
-                let (topic, partition, record) = to_record(&msg);
-                Delivery::Record(topic, partition, record)
-            }
-            Err(KafkaError::PartitionEOF(partition)) => Delivery::Eof(partition),
-            Err(e) => Delivery::Error(e),
-        }
     }
 }
 
