@@ -1392,36 +1392,49 @@ async fn a_file_larger_than_the_budget_restores_a_row_group_at_a_time() {
     ok(out);
     assert_restored(&target, 0, &source);
 
-    // Damage in the first and the last row group: a window inside the second reads neither (nor
-    // does its plan), and restores exactly its records.
+    // Damage in the last row group: a window inside the second reads it neither to plan (the cuts
+    // read row groups in order up to the one that holds them, the count only the row groups the
+    // window's offsets need and their neighbours) nor to restore, and lands exactly its records.
     let ((lo, hi), second) = groups[1].clone();
+    let last = groups[groups.len() - 1].1.clone();
     let mut damaged = bytes.to_vec();
-    damaged[groups[0].1.start + 1_000] ^= 0x10;
-    damaged[groups[groups.len() - 1].1.end - 1_000] ^= 0x10;
+    damaged[last.end - 1_000] ^= 0x10;
     std::fs::write(&file, &damaged).unwrap();
     let (target, out) = restore_window("second", lo, hi + 1);
     ok(out);
     assert_restored(&target, 0, &source[lo as usize..hi as usize + 1]);
-    // The first row group is read by a window that starts in it: the damage is named, and nothing
-    // of the window lands.
-    let (target, out) = restore_window("first", 0, hi + 1);
+    // Damage in a row group a window needs is found where it is read and named, and nothing of
+    // the window lands: by the plan (a cut inside it) ...
+    damaged[second.start + 1_000] ^= 0x10;
+    std::fs::write(&file, &damaged).unwrap();
+    let (target, out) = restore_window("cut-in-damage", lo + 10, hi);
     assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
     let error = common::error_line(&out);
     assert!(
-        error.contains("row group 0") && error.contains("CRC32C"),
+        error.contains("row group 1") && error.contains("CRC32C"),
         "{error}"
     );
-    let admin: rdkafka::consumer::BaseConsumer = kafka::config().create().unwrap();
+    assert_nothing_landed(&target);
+    // ... and by the restore's reader (whole hours: the plan reads no records).
+    let (target, out) = restore_window("whole-hour", 0, 3_600);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
+    let error = common::error_line(&out);
+    assert!(
+        error.contains("row group 1") && error.contains("CRC32C"),
+        "{error}"
+    );
+    assert_nothing_landed(&target);
+}
+
+/// `target` was not created, or holds no record.
+fn assert_nothing_landed(target: &str) {
     use rdkafka::consumer::Consumer;
+    let admin: rdkafka::consumer::BaseConsumer = kafka::config().create().unwrap();
     let metadata = admin.fetch_metadata(None, Duration::from_secs(10)).unwrap();
     if metadata.topics().iter().any(|t| t.name() == target) {
-        assert!(kafka::read_to_end(&target, 0).is_empty());
+        assert!(
+            kafka::read_to_end(target, 0).is_empty(),
+            "{target} holds records"
+        );
     }
-    // So is damage in the row group a window needs.
-    damaged[second.start + 1_000] ^= 0x10;
-    std::fs::write(&file, &damaged).unwrap();
-    let (_, out) = restore_window("second-damaged", lo, hi + 1);
-    assert_eq!(out.status.code(), Some(1));
-    let error = common::error_line(&out);
-    assert!(error.contains("row group 1"), "{error}");
 }

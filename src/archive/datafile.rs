@@ -601,7 +601,11 @@ pub fn decode_row_group(
     chunk_bytes: u64,
     mut sink: impl FnMut(Rows) -> bool,
 ) -> Result<(), DataFileError> {
-    let row_group = &metadata.metadata().row_groups()[group];
+    let Some(row_group) = metadata.metadata().row_groups().get(group) else {
+        return Err(DataFileError::Format(format!(
+            "it has no row group {group}"
+        )));
+    };
     let row_bytes = (row_group.total_byte_size() / row_group.num_rows().max(1)).max(1) as u64;
     let batch_rows = (chunk_bytes / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
     for batch in row_group_reader(metadata, group, base, bytes, batch_rows, None)? {
@@ -636,6 +640,33 @@ pub fn row_group_bounds(
         }
     };
     (bounds("offset"), bounds("timestamp"))
+}
+
+/// The row groups of a file a reader of offsets `[from, until)` reads. The footer's offset
+/// statistics say which groups hold the window, but the footer is the one part of a file no
+/// checksum inside it covers, so they are trusted only as far as they can be checked: every group
+/// must have them and they must increase from group to group (else every group is read), and the
+/// group just before and just after the ones they name are read too. A damaged bound can then
+/// only move a group to one of those neighbours, which is read, and its rows are filtered by the
+/// offsets they really hold.
+pub fn row_groups_holding(parquet: &ParquetMetaData, from: i64, until: i64) -> Vec<usize> {
+    let bounds: Option<Vec<Bounds>> = (0..parquet.num_row_groups())
+        .map(|g| row_group_bounds(parquet, g).0)
+        .collect();
+    groups_holding(bounds.as_deref(), parquet.num_row_groups(), from, until)
+}
+
+/// [`row_groups_holding`] given each of `count` row groups' offset bounds.
+fn groups_holding(bounds: Option<&[Bounds]>, count: usize, from: i64, until: i64) -> Vec<usize> {
+    let Some(bounds) = bounds.filter(|b| b.windows(2).all(|w| w[0].1 < w[1].0)) else {
+        return (0..count).collect();
+    };
+    // The first group that can reach `from` and the first that starts at or after `until`.
+    let first = bounds.partition_point(|&(_, max)| max < from);
+    let past = bounds.partition_point(|&(min, _)| min < until);
+    let start = first.saturating_sub(1);
+    let end = (past + 1).min(bounds.len());
+    (start..end.max(start)).collect()
 }
 
 /// The offsets and timestamps of one row group read alone (see [`decode_row_group`]), appended to

@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::file::metadata::ParquetMetaData;
 use serde::Serialize;
 
 use crate::archive::chain::{self, Chain, ChainError, ChainFile};
-use crate::archive::datafile::{self, Bounds};
+use crate::archive::datafile;
 use crate::archive::documents;
 use crate::archive::time::rfc3339_millis;
 use crate::storage::ObjectStore;
@@ -154,11 +155,9 @@ async fn records_of(
     if let Some(offsets) = cache.get(&file.key) {
         return Ok(in_range(offsets));
     }
-    // Row groups wholly outside the range hold none of its records.
-    let (offsets, complete) = read_offsets(store, file, |offsets, _, _| {
-        offsets.is_none_or(|(lo, hi)| hi >= start && lo < end)
-    })
-    .await?;
+    // Row groups outside the range hold none of its records (see `row_groups_holding`).
+    let groups = |parquet: &ParquetMetaData| datafile::row_groups_holding(parquet, start, end);
+    let (offsets, complete) = read_offsets(store, file, groups, |_| true).await?;
     let count = in_range(&offsets);
     if complete {
         cache.insert(file.key.clone(), offsets);
@@ -217,11 +216,13 @@ async fn cut(
         {
             continue;
         }
-        // Row groups whose records are all earlier than `t` cannot hold the cut, nor can those
-        // after the one that does.
+        // Row groups in order up to the first that holds the cut. (Timestamps need not increase,
+        // and the footer's statistics are not under a checksum, so no row group is skipped on
+        // their word: a damaged bound would move the cut silently.)
         let reaches = |ts: &Option<i64>| ts.is_some_and(|ts| ts >= t);
-        let (offsets, complete) = read_offsets(store, file, |_, timestamps, read| {
-            timestamps.is_none_or(|(_, max)| max >= t) && !read.iter().any(|(_, ts)| reaches(ts))
+        let every = |parquet: &ParquetMetaData| (0..parquet.num_row_groups()).collect();
+        let (offsets, complete) = read_offsets(store, file, every, |read| {
+            !read.iter().any(|(_, ts)| reaches(ts))
         })
         .await?;
         let found = offsets.iter().find(|(_, ts)| reaches(ts)).map(|(o, _)| *o);
@@ -241,13 +242,14 @@ const WHOLE_FILE_BYTES: u64 = 16 << 20;
 
 /// The offsets and timestamps of `file`, in order, and whether that is all of them. A file up to
 /// [`WHOLE_FILE_BYTES`] is read whole; a larger one a row group at a time (each checked against
-/// its checksum), and only the row groups `wanted` keeps given their offset and timestamp bounds
-/// (from the footer's statistics, `None` where they cannot tell) and what was read before them, so
-/// that planning holds one row group, not a whole file, and reads only around its cuts.
+/// its checksum): the row groups `groups` picks from the footer, in order, while `more` says so
+/// given what was read before, so that planning holds one row group, not a whole file, and reads
+/// only around its cuts.
 async fn read_offsets(
     store: &dyn ObjectStore,
     file: &ChainFile,
-    mut wanted: impl FnMut(Option<Bounds>, Option<Bounds>, &[(i64, Option<i64>)]) -> bool,
+    groups: impl FnOnce(&ParquetMetaData) -> Vec<usize>,
+    mut more: impl FnMut(&[(i64, Option<i64>)]) -> bool,
 ) -> Result<(Vec<(i64, Option<i64>)>, bool), ChainError> {
     let bad = |message: String| ChainError::BadFile {
         url: store.url().to_string(),
@@ -266,21 +268,26 @@ async fn read_offsets(
     }
     let parquet = chain::read_file_metadata(store, &file.key, file.size).await?;
     let footer = datafile::Footer::of(&parquet).map_err(|e| bad(e.to_string()))?;
+    if footer.meta.start != file.start || footer.meta.end != file.end {
+        return Err(bad(format!(
+            "its footer now says [{}, {}) where [{}, {}) was listed",
+            footer.meta.start, footer.meta.end, file.start, file.end
+        )));
+    }
     if footer.checksums.is_none() {
         // Written before files carried checksums: only the whole file can be checked.
         let bytes = store.get(&file.key).await?.body;
         return whole(bytes).await.map_err(|e| bad(e.to_string()));
     }
-    let groups = parquet.num_row_groups();
+    let wanted = groups(&parquet);
+    let mut complete = wanted.len() == parquet.num_row_groups();
     let metadata = ArrowReaderMetadata::try_new(Arc::new(parquet), Default::default())
         .map_err(|e| bad(e.to_string()))?;
     let mut offsets = Vec::new();
-    let mut complete = true;
-    for group in 0..groups {
-        let (bounds, timestamps) = datafile::row_group_bounds(metadata.metadata(), group);
-        if !wanted(bounds, timestamps, &offsets) {
+    for group in wanted {
+        if !more(&offsets) {
             complete = false;
-            continue;
+            break;
         }
         let range = datafile::integrity::row_group_range(metadata.metadata(), group)
             .filter(|r| r.start < r.end && r.end <= file.size)

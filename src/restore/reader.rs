@@ -161,13 +161,9 @@ impl Reader {
             return Ok(vec![Piece::Whole(file)]);
         }
         self.check_range(&file, &footer.meta)?;
+        let wanted = datafile::row_groups_holding(&parquet, self.from, self.until);
         let mut groups = Vec::new();
-        for index in 0..parquet.num_row_groups() {
-            // Offsets increase through a file: a row group wholly outside the window is skipped.
-            let (offsets, _) = datafile::row_group_bounds(&parquet, index);
-            if offsets.is_some_and(|(min, max)| max < self.from || min >= self.until) {
-                continue;
-            }
+        for index in wanted {
             let range = integrity::row_group_range(&parquet, index)
                 .filter(|r| r.start < r.end && r.end <= file.size)
                 .ok_or_else(|| {
@@ -231,6 +227,10 @@ impl Reader {
             // Offsets increase within a file: the range is one run of rows.
             let first = offsets.partition_point(|&o| o < from);
             let end = offsets.partition_point(|&o| o < until);
+            if first == end {
+                // Nothing of the window (a row group read past its end).
+                return last + 1 < until;
+            }
             let rows = rows.slice(first, end - first);
             let permit = futures::executor::block_on(
                 pool.clone()

@@ -33,7 +33,8 @@ pub fn check_pages(
         for (c, column) in group.columns().iter().enumerate() {
             let bad =
                 |why: String| DataFileError::Format(format!("row group {g}, column {c}: {why}"));
-            let (start, len) = column.byte_range();
+            let (start, len) = super::integrity::chunk_range(column)
+                .ok_or_else(|| bad("its footer says a negative offset or size".into()))?;
             let chunk = start
                 .checked_sub(base)
                 .and_then(|s| {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::ops::Range;
 
-use parquet::file::metadata::ParquetMetaData;
+use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
 
 use super::DataFileError;
 
@@ -127,12 +127,24 @@ pub fn footer_start(last8: &[u8], file_size: u64) -> Result<u64, DataFileError> 
         })
 }
 
+/// Where a column chunk starts and how long it is; `None` for a footer that says a negative
+/// offset or size (the Parquet crate's own accessor panics on those).
+pub fn chunk_range(column: &ColumnChunkMetaData) -> Option<(u64, u64)> {
+    let start = column
+        .dictionary_page_offset()
+        .unwrap_or(column.data_page_offset());
+    Some((
+        u64::try_from(start).ok()?,
+        u64::try_from(column.compressed_size()).ok()?,
+    ))
+}
+
 /// The byte range of row group `i`: from its first column chunk to the end of its last.
 pub fn row_group_range(metadata: &ParquetMetaData, i: usize) -> Option<Range<u64>> {
     let group = metadata.row_groups().get(i)?;
     let mut range: Option<Range<u64>> = None;
     for column in group.columns() {
-        let (start, len) = column.byte_range();
+        let (start, len) = chunk_range(column)?;
         let end = start.checked_add(len)?;
         range = Some(match range {
             None => start..end,
