@@ -390,15 +390,6 @@ fn key_values(file: &parquet::file::metadata::FileMetaData) -> HashMap<String, S
         .unwrap_or_default()
 }
 
-/// What the last bytes of a data file say about its footer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Tail {
-    /// The footer.
-    Meta(Box<Footer>),
-    /// The footer needs this many bytes from the end of the file; read them and try again.
-    Need(usize),
-}
-
 /// What a data file's footer says: its `rewind.*` metadata and, from the Parquet statistics of its
 /// row groups, the facts a checker compares them with, all without reading a data page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -485,15 +476,6 @@ impl Footer {
                     .all(|g| g.column(key).bloom_filter_offset().is_some()),
             checksums,
         })
-    }
-}
-
-/// Parse a data file's footer from the last bytes of a file of `file_size` bytes, so that a planner
-/// or a checker learns a file's range, count and time span with one ranged read.
-pub fn footer_from_tail(tail: &Bytes, file_size: u64) -> Result<Tail, DataFileError> {
-    match metadata_from_tail(tail, file_size)? {
-        Ok(metadata) => Footer::of(&metadata).map(|f| Tail::Meta(Box::new(f))),
-        Err(needed) => Ok(Tail::Need(needed)),
     }
 }
 

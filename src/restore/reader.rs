@@ -65,19 +65,22 @@ pub struct Reader {
 /// its share of the budget (so that memory holds a row group, not the file).
 enum Piece {
     Whole(ChainFile),
-    Group {
-        key: String,
-        metadata: ArrowReaderMetadata,
-        index: usize,
-        range: std::ops::Range<u64>,
-    },
+    Group(Group),
+}
+
+/// One row group of a file, and the footer it is decoded with.
+struct Group {
+    key: String,
+    metadata: ArrowReaderMetadata,
+    index: usize,
+    range: std::ops::Range<u64>,
 }
 
 impl Piece {
     fn bytes(&self) -> u64 {
         match self {
             Piece::Whole(file) => file.size,
-            Piece::Group { range, .. } => range.end - range.start,
+            Piece::Group(group) => group.range.end - group.range.start,
         }
     }
 }
@@ -116,17 +119,16 @@ impl Reader {
                 break;
             };
             let result = match fetched {
-                Ok((Piece::Whole(file), Fetched::Whole(got), permit)) => {
+                Ok((Fetched::Whole(file, got), permit)) => {
                     let decoded = self.decode(&file, got).await;
                     drop(permit);
                     decoded
                 }
-                Ok((piece @ Piece::Group { .. }, Fetched::Range(bytes), permit)) => {
-                    let decoded = self.decode_group(piece, bytes).await;
+                Ok((Fetched::Group(group, bytes), permit)) => {
+                    let decoded = self.decode_group(group, bytes).await;
                     drop(permit);
                     decoded
                 }
-                Ok(_) => unreachable!("a piece is fetched as what it is"),
                 Err(e) => Err(e),
             };
             match result {
@@ -178,11 +180,13 @@ impl Reader {
             .map_err(|e| self.bad(&file, e.to_string()))?;
         Ok(groups
             .into_iter()
-            .map(|(index, range)| Piece::Group {
-                key: file.key.clone(),
-                metadata: metadata.clone(),
-                index,
-                range,
+            .map(|(index, range)| {
+                Piece::Group(Group {
+                    key: file.key.clone(),
+                    metadata: metadata.clone(),
+                    index,
+                    range,
+                })
             })
             .collect())
     }
@@ -254,16 +258,13 @@ impl Reader {
     }
 
     /// Decode one row group on a blocking thread; false once the loop is gone.
-    async fn decode_group(&self, piece: Piece, bytes: Bytes) -> Result<bool, RestoreError> {
-        let Piece::Group {
+    async fn decode_group(&self, group: Group, bytes: Bytes) -> Result<bool, RestoreError> {
+        let Group {
             key,
             metadata,
             index,
             range,
-        } = piece
-        else {
-            unreachable!("only row groups are decoded here");
-        };
+        } = group;
         let open = Arc::new(AtomicBool::new(true));
         let send = self.chunk_sender(open.clone());
         blocking(move || {
@@ -316,24 +317,27 @@ async fn fetch(
     pool: Arc<Semaphore>,
     budget_kib: usize,
     piece: Piece,
-) -> Result<(Piece, Fetched, OwnedSemaphorePermit), RestoreError> {
+) -> Result<(Fetched, OwnedSemaphorePermit), RestoreError> {
     let permit = pool
         .acquire_many_owned(kib(piece.bytes()).min(budget_kib) as u32)
         .await
         .expect("pool is never closed");
-    let got = match &piece {
-        Piece::Whole(file) => store.get(&file.key).await.map(Fetched::Whole),
-        Piece::Group { key, range, .. } => store
-            .get_range(key, range.clone())
-            .await
-            .map(Fetched::Range),
+    let fetched = match piece {
+        Piece::Whole(file) => {
+            let got = store.get(&file.key).await;
+            got.map(|got| Fetched::Whole(file, got))
+        }
+        Piece::Group(group) => {
+            let got = store.get_range(&group.key, group.range.clone()).await;
+            got.map(|bytes| Fetched::Group(group, bytes))
+        }
     };
-    let got = got.map_err(|e| RestoreError::Chain(e.into()))?;
-    Ok((piece, got, permit))
+    let fetched = fetched.map_err(|e| RestoreError::Chain(e.into()))?;
+    Ok((fetched, permit))
 }
 
-/// What a piece's request brought.
+/// A piece with what its request brought.
 enum Fetched {
-    Whole(crate::storage::GetResult),
-    Range(Bytes),
+    Whole(ChainFile, crate::storage::GetResult),
+    Group(Group, Bytes),
 }

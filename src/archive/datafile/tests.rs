@@ -253,22 +253,19 @@ fn the_footer_is_read_from_the_tail_alone() {
     let meta = file_meta("orders", 3, 10, 15, &records, "c", 1_795_428_900_456);
     let bytes = encode(&meta, &records).unwrap();
     let size = bytes.len() as u64;
-    let need = match footer_from_tail(&bytes.slice(bytes.len() - 8..), size).unwrap() {
-        Tail::Need(n) => n,
-        other => panic!("8 bytes cannot hold the footer: {other:?}"),
+    let need = match metadata_from_tail(&bytes.slice(bytes.len() - 8..), size).unwrap() {
+        Err(n) => n,
+        Ok(_) => panic!("8 bytes cannot hold the footer"),
     };
     assert!(need > 8 && need < bytes.len(), "{need}");
     let tail = bytes.slice(bytes.len() - need..);
-    match footer_from_tail(&tail, size).unwrap() {
-        Tail::Meta(footer) => {
-            assert_eq!(footer.meta, meta);
-            assert_eq!(footer.rows, meta.record_count);
-            assert_eq!(footer.offsets.map(|(_, hi)| hi + 1), Some(meta.end));
-            assert_eq!(footer.timestamps.map(|(lo, _)| lo), meta.min_timestamp);
-            assert!(footer.key_bloom_filter);
-        }
-        other => panic!("{other:?}"),
-    }
+    let metadata = metadata_from_tail(&tail, size).unwrap().unwrap();
+    let footer = Footer::of(&metadata).unwrap();
+    assert_eq!(footer.meta, meta);
+    assert_eq!(footer.rows, meta.record_count);
+    assert_eq!(footer.offsets.map(|(_, hi)| hi + 1), Some(meta.end));
+    assert_eq!(footer.timestamps.map(|(lo, _)| lo), meta.min_timestamp);
+    assert!(footer.key_bloom_filter);
 }
 
 #[test]
