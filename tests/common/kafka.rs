@@ -35,6 +35,35 @@ pub async fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)])
     for result in results {
         result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
+    wait_for_metadata(name, partitions);
+}
+
+/// The controller answers CreateTopics once the topic is committed; a broker's metadata can show
+/// it a moment later. Tests that describe the topic right away (a restore's plan) must see it.
+fn wait_for_metadata(name: &str, partitions: i32) {
+    let probe: BaseConsumer = config().create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = probe
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics().first().map(|t| {
+                    t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            })
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "topic {name} did not appear in the broker's metadata within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn to_kafka<'a>(topic: &'a str, partition: i32, r: &'a Record) -> FutureRecord<'a, [u8], [u8]> {
