@@ -91,10 +91,18 @@ pub fn read(
     // Read up to the high watermarks as they are now. A read_committed consumer stops earlier,
     // at an open transaction of another restore, and the progress after it may be ours: wait
     // until that transaction ends (at most its timeout) rather than resume from stale progress.
+    // A transaction that has committed but whose marker is not in the partition yet holds it back
+    // too (a shared restore's worker taking a partition over reads right after the other's
+    // commit). The watermarks come from a read_uncommitted client: a read_committed one is told
+    // the last stable offset, which stops before all of these.
+    let mut uncommitted = client.clone();
+    uncommitted.set("isolation.level", "read_uncommitted");
+    let probe: BaseConsumer<crate::kafka::Ctx> =
+        uncommitted.create_with_context(crate::kafka::Ctx)?;
     let mut tpl = TopicPartitionList::new();
     let mut high = std::collections::HashMap::new();
     for p in &partitions {
-        let (low, hw) = consumer.fetch_watermarks(topic, *p, timeout)?;
+        let (low, hw) = probe.fetch_watermarks(topic, *p, timeout)?;
         if hw > low {
             high.insert(*p, hw);
             tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
