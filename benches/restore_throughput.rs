@@ -10,8 +10,10 @@
 //! generates the same keys and values in memory and then sends them into a fresh topic (only the
 //! sending is timed), (b) `rewind restore` of the whole archive from the local directory into a
 //! new topic, (c) the same from S3. The three take turns `--repeat` times (each run into a fresh
-//! topic, deleted after it). For each kind: the median records/s with its range, MB/s of values,
-//! the ratio of medians to (a), CPU seconds per GB and the highest peak RSS.
+//! topic, deleted after it), followed by (d) the restore from S3 shared by 2 and by 3 workers
+//! (`--shared`, each its own process; wall time until the last exits, CPU summed, the highest peak
+//! RSS of one worker). For each kind: the median records/s with its range, MB/s of values, the
+//! ratio of medians to (a), CPU seconds per GB and the highest peak RSS.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,9 +24,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::util::Timeout;
-use support::{fast_producer, measure, produce, send, Run, Values};
+use support::{fast_producer, measure, measure_all, produce, send, Run, Values};
 
 const PARTITIONS: i32 = 8;
+
+/// Workers of the shared restores measured beside the single process.
+const WORKERS: [usize; 2] = [2, 3];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -84,7 +89,7 @@ fn main() {
         // page cache filling) falls on all of them alike; every run writes into a fresh topic that
         // is deleted right after it.
         let first = rows.len();
-        rows.extend((0..3).map(|_| Vec::new()));
+        rows.extend((0..3 + WORKERS.len()).map(|_| Vec::new()));
         for round in 0..repeat {
             eprintln!("round {} of {repeat}", round + 1);
             let raw_topic = format!("{topic}-raw-{round}");
@@ -106,6 +111,26 @@ fn main() {
                 rows[first + 1 + row].push(measure(
                     format!("rewind restore ← {name}, {value_size} B"),
                     &mut restore(archive, &topic, &target),
+                    count,
+                    value_bytes,
+                ));
+                rt.block_on(delete_topic(&target));
+            }
+            // One restore from S3 shared by several workers (`--shared`), each its own process.
+            for (row, workers) in WORKERS.into_iter().enumerate() {
+                let target = format!("{topic}-shared-{workers}-{round}");
+                let id = common::unique("bench-shared");
+                let mut cmds: Vec<Command> = (0..workers)
+                    .map(|w| {
+                        let mut cmd = restore(&s3, &topic, &target);
+                        cmd.args(["--restore-id", &id, "--shared"])
+                            .args(["--worker-id", &format!("w{w}")]);
+                        cmd
+                    })
+                    .collect();
+                rows[first + 3 + row].push(measure_all(
+                    format!("rewind restore ← S3, {workers} workers, {value_size} B"),
+                    cmds.iter_mut().collect(),
                     count,
                     value_bytes,
                 ));

@@ -228,6 +228,8 @@ async fn demonstrate(
         strict: false,
         repartition_by_key: false,
         provenance_headers: false,
+        shared: false,
+        worker_id: None,
         buffer_budget: 64 << 20,
         concurrency: 4,
         transaction_bytes: 16 << 20,

@@ -19,6 +19,10 @@ pub const AFTER_CHECKPOINT: &str = "after-checkpoint";
 pub const MID_MULTIPART: &str = "mid-multipart";
 /// A restore transaction holds delivered records and progress; it is not committed yet.
 pub const RESTORE_BEFORE_COMMIT: &str = "restore-before-commit";
+/// A restore transaction holds delivered records; its progress is not written yet. A stall point:
+/// the worker waits `REWIND_FAILPOINT_STALL_MS` (5000) there and goes on, so that a test can
+/// freeze it (SIGSTOP) in that state and let it go on later.
+pub const RESTORE_STALL_BEFORE_PROGRESS: &str = "restore-stall-before-progress";
 
 /// Fault: every seek of the sink's consumer fails, as it does when librdkafka has not finished
 /// assigning the partition or the broker does not answer in time.
@@ -40,6 +44,19 @@ pub async fn hit(name: &str) {
     loop {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
+}
+
+/// Wait a while here if `name` is the armed point (a stall point), then go on.
+pub async fn stall(name: &str) {
+    if armed() != Some(name) {
+        return;
+    }
+    let ms = std::env::var("REWIND_FAILPOINT_STALL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    eprintln!("failpoint {name} reached");
+    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// Whether the fault `name` is armed: the caller then fails the operation it guards.

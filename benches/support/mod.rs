@@ -31,54 +31,74 @@ impl Run {
 /// Run a child to completion, sampling its peak RSS while it runs and its CPU time once it has
 /// exited (a zombie's /proc/<pid>/stat still holds it). The child must report `expect` records.
 pub fn measure(what: String, cmd: &mut Command, expect: u64, value_bytes: u64) -> Run {
+    measure_all(what, vec![cmd], expect, value_bytes)
+}
+
+/// Run several children at once (the workers of one job) to completion: the wall time until the
+/// last one exits, their CPU time summed, the highest peak RSS of any one of them, and the records
+/// they report summed, which must be `expect`.
+pub fn measure_all(what: String, cmds: Vec<&mut Command>, expect: u64, value_bytes: u64) -> Run {
     eprintln!("running: {what}");
     let started = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+    let children: Vec<std::process::Child> = cmds
+        .into_iter()
+        .map(|cmd| {
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     let mut peak_rss = 0;
-    let cpu_s = loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the parenthesised command name: state is the first, utime/stime 12th/13th.
-        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-        if fields[0] == "Z" {
-            let ticks: f64 =
-                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-            break ticks / 100.0;
-        }
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            {
-                peak_rss = peak_rss.max(kb * 1024);
+    let mut cpu_s = 0.0;
+    let mut running: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    while !running.is_empty() {
+        running.retain(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            // Fields after the parenthesised command name: state is the first, utime/stime
+            // 12th/13th.
+            let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+            if fields[0] == "Z" {
+                let ticks: f64 =
+                    fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+                cpu_s += ticks / 100.0;
+                return false;
             }
-        }
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(kb) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                {
+                    peak_rss = peak_rss.max(kb * 1024);
+                }
+            }
+            true
+        });
         std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut wall = started.elapsed();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // A baseline that prepares its data first reports the time of the measured part itself.
-    if let Some(secs) = stdout
-        .split_whitespace()
-        .skip_while(|w| *w != "timed")
-        .nth(1)
-        .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
-    {
-        wall = Duration::from_secs_f64(secs);
     }
-    assert!(out.status.success(), "{what} failed: {stdout}");
-    let records: u64 = stdout
-        .split_whitespace()
-        .skip_while(|w| !["archived", "consumed", "restored", "produced"].contains(w))
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{what}: no record count in {stdout:?}"));
+    let mut wall = started.elapsed();
+    let mut records = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // A baseline that prepares its data first reports the time of the measured part itself.
+        if let Some(secs) = stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "timed")
+            .nth(1)
+            .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
+        {
+            wall = Duration::from_secs_f64(secs);
+        }
+        assert!(out.status.success(), "{what} failed: {stdout}");
+        records += stdout
+            .split_whitespace()
+            .skip_while(|w| !["archived", "consumed", "restored", "produced"].contains(w))
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{what}: no record count in {stdout:?}"));
+    }
     assert_eq!(records, expect, "{what}: every record");
     eprintln!(
         "  {:.1}s, {:.0} records/s, CPU {cpu_s:.1}s, peak RSS {} MiB",

@@ -72,6 +72,15 @@ pub struct RestoreArgs {
     /// Add rewind.source.topic/partition/offset headers to every restored record.
     #[arg(long)]
     provenance_headers: bool,
+    /// Share the restore with every process running it with the same --restore-id (on this or
+    /// other machines): they split its partitions through a Kafka consumer group, each writing its
+    /// own transactions, and take over the partitions of one that stops or dies.
+    #[arg(long, requires = "restore_id")]
+    shared: bool,
+    /// Name of this worker of a shared restore, unique among them (letters, digits, '.', '_', '-'):
+    /// one restarted with the same name aborts what it left open at once. Random if absent.
+    #[arg(long, value_name = "NAME", requires = "shared")]
+    worker_id: Option<String>,
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -130,6 +139,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         strict: args.strict,
         repartition_by_key: args.repartition_by_key,
         provenance_headers: args.provenance_headers,
+        shared: args.shared,
     };
     let flag = |field: &str| format!("--{}", field.replace('_', "-"));
     let mut opts = job
@@ -143,6 +153,14 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
             };
             Failure::usage(format!("{} {}", flag(field), first.message))
         })?;
+    if let Some(worker) = &args.worker_id {
+        if !restore::job::valid_restore_id(worker) || worker.len() > 40 {
+            return Err(Failure::usage(format!(
+                "--worker-id {worker:?} may only hold letters, digits, '.', '_' and '-' (at most 40)"
+            )));
+        }
+    }
+    opts.worker_id = args.worker_id.clone();
     opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     opts.admin_api = !config.kafka.aws_msk_iam;
     let window = opts.window;
@@ -193,6 +211,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
             "bytes": report.bytes,
             "partitions": report.partitions,
             "resumed": report.resumed,
+            "shared": opts.shared,
             "stopped": report.stopped,
             "visible": report.visible,
             "topics_created": report.topics_created,
@@ -207,7 +226,11 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         );
         return Ok(());
     } else {
-        outln!("{}", summary(&report, &url));
+        let mut line = summary(&report, &url);
+        if opts.shared && !report.stopped {
+            line.push_str("; this worker's part of the shared restore, which is complete");
+        }
+        outln!("{line}");
     }
     if report.stopped && !opts.follow {
         return Err(Failure::found(format!(

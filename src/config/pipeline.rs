@@ -57,6 +57,9 @@ pub struct RestoreJob {
     pub repartition_by_key: bool,
     /// Add `rewind.source.topic/partition/offset` headers to every restored record.
     pub provenance_headers: bool,
+    /// Share this restore's partitions with every other process running it with the same id:
+    /// they form a Kafka consumer group that assigns each of them a part of the target partitions.
+    pub shared: bool,
 }
 
 impl Default for RestoreJob {
@@ -73,6 +76,7 @@ impl Default for RestoreJob {
             strict: false,
             repartition_by_key: false,
             provenance_headers: false,
+            shared: false,
         }
     }
 }

@@ -100,6 +100,20 @@ impl RestoreJob {
                 );
             }
         }
+        if self.shared {
+            for (on, field, why) in [
+                (self.follow, "follow", "a followed restore never ends, and its partitions grow"),
+                (self.repartition_by_key, "repartition_by_key", "its workers share target partitions, and one target partition must have one writer"),
+                (self.groups, "groups", "group translation needs every partition's landing offsets in one process"),
+            ] {
+                if on {
+                    problem(
+                        "shared",
+                        format!("cannot be combined with {} yet: {why}", name(field)),
+                    );
+                }
+            }
+        }
         if self.groups && self.repartition_by_key {
             problem(
                 "groups",
@@ -119,6 +133,8 @@ impl RestoreJob {
                 strict: self.strict,
                 repartition_by_key: self.repartition_by_key,
                 provenance_headers: self.provenance_headers,
+                shared: self.shared,
+                worker_id: None,
                 buffer_budget: tuning.buffer_budget.bytes(),
                 concurrency: tuning.concurrency,
                 transaction_bytes: tuning.transaction_max_bytes.bytes(),

@@ -37,6 +37,9 @@ pub(super) struct Lane {
     pub(super) pending: Vec<(usize, Vec<String>)>,
     /// Progress changed since the last commit.
     pub(super) dirty: bool,
+    /// This process writes the lane: always, unless the restore is shared and another worker
+    /// owns it (see [`shared`](super::shared)).
+    pub(super) owned: bool,
 }
 
 impl Lane {
@@ -119,6 +122,7 @@ pub(super) fn build(
             resolved,
             pending: Vec::new(),
             dirty: false,
+            owned: true,
         });
         check_covered(lanes.last().expect("just pushed"), &gaps)?;
     }
@@ -180,6 +184,7 @@ impl Restore<'_> {
                 resolved: BTreeMap::new(),
                 pending: Vec::new(),
                 dirty: true,
+                owned: true,
             });
             let lane = self.lanes.last().expect("just pushed");
             return Ok(lane.next < lane.until());

@@ -18,6 +18,7 @@ mod preview;
 pub mod progress;
 mod reader;
 mod run;
+mod shared;
 mod status;
 mod targets;
 mod transaction;
@@ -62,6 +63,8 @@ struct Restore<'a> {
     pub(super) last_status: Instant,
     /// The progress bar, when asked for one (a terminal).
     pub(super) bar: Option<indicatif::ProgressBar>,
+    /// This worker's membership in a shared restore's group, once set up.
+    pub(super) group: Option<shared::Group>,
 }
 
 /// What a restore does.
@@ -89,6 +92,12 @@ pub struct RestoreOptions {
     pub repartition_by_key: bool,
     /// Add `rewind.source.topic`, `rewind.source.partition` and `rewind.source.offset` headers.
     pub provenance_headers: bool,
+    /// Several processes run this restore together (see [`shared`]).
+    pub shared: bool,
+    /// This process's name among a shared restore's workers, in its transactional id
+    /// (`rewind-restore-<id>.<worker>`): a worker restarted with the same name aborts what it left
+    /// open at once, instead of after the transaction timeout. Random when not given.
+    pub worker_id: Option<String>,
     /// Bytes of fetched files and decoded records held at once.
     pub buffer_budget: u64,
     /// Partitions read at once.

@@ -36,7 +36,7 @@ impl Restore<'_> {
         let mut tasks = tokio::task::JoinSet::new();
         for (index, lane) in self.lanes.iter().enumerate() {
             let until = lane.until();
-            if lane.next >= until {
+            if lane.next >= until || !lane.owned {
                 continue;
             }
             let files: Vec<ChainFile> = files_in(&lane.files, lane.next, until).cloned().collect();
@@ -58,6 +58,7 @@ impl Restore<'_> {
         }
         drop(tx);
         let mut stopped = false;
+        let mut reassigned = false;
         loop {
             let deadline =
                 tokio::time::Instant::from_std(self.txn.deadline(self.opts.transaction_interval));
@@ -90,19 +91,26 @@ impl Restore<'_> {
                 },
                 _ = tokio::time::sleep_until(deadline), if self.txn.is_open() => {
                     self.commit().await?;
+                    reassigned = self.regrouped()?;
                 }
             }
             // Checked after every message too: a busy channel must not keep a transaction open
             // past its interval (the broker aborts transactions that outlive their timeout).
-            if self
-                .txn
-                .due(self.opts.transaction_bytes, self.opts.transaction_interval)
+            if !reassigned
+                && self
+                    .txn
+                    .due(self.opts.transaction_bytes, self.opts.transaction_interval)
             {
                 self.commit().await?;
+                reassigned = self.regrouped()?;
+            }
+            if reassigned {
+                // Between transactions: the lanes given up have nothing in flight.
+                break;
             }
             self.status(false);
         }
-        if stopped {
+        if stopped || reassigned {
             tasks.abort_all();
         }
         while let Some(joined) = tasks.join_next().await {
@@ -116,8 +124,11 @@ impl Restore<'_> {
         if self.lanes.iter().any(|l| l.dirty) {
             self.commit().await?;
         }
+        if reassigned {
+            return Ok(false);
+        }
         if !stopped {
-            if let Some(lane) = self.lanes.iter().find(|l| l.next < l.until()) {
+            if let Some(lane) = self.lanes.iter().find(|l| l.owned && l.next < l.until()) {
                 return Err(self.interrupted(format!(
                     "{}/{} stopped at offset {} before {}",
                     lane.topic,
@@ -281,8 +292,21 @@ impl Restore<'_> {
                 progress.push(lane.progress(self.opts, self.groups_as_of));
             }
         }
+        let group = match &self.group {
+            Some(group) if !progress.is_empty() => {
+                let moved: Vec<&super::lane::Lane> =
+                    self.lanes.iter().filter(|l| l.dirty).collect();
+                Some(group.offsets(&moved).map_err(|e| self.interrupted(e))?)
+            }
+            _ => None,
+        };
         self.txn
-            .commit(&progress, &self.opts.progress_topic, progress_partitions)
+            .commit(
+                &progress,
+                &self.opts.progress_topic,
+                progress_partitions,
+                group,
+            )
             .await?;
         for lane in &mut self.lanes {
             lane.dirty = false;

@@ -323,6 +323,7 @@ pub(super) fn selection(opts: &RestoreOptions) -> String {
         (opts.repartition_by_key, " --repartition-by-key"),
         (opts.provenance_headers, " --provenance-headers"),
         (opts.groups, " --groups"),
+        (opts.shared, " --shared"),
     ] {
         if on {
             out.push_str(flag);

@@ -53,100 +53,52 @@ pub async fn run(
             ..RestoreReport::default()
         });
     }
-    // The target must answer before anything is decided.
-    let cluster = Cluster::ask(client.clone(), opts, &planned).await?;
-    if let Some(refusal) = cluster.refusal(opts) {
-        return Err(refusal);
-    }
-    let kafka_err = |e: KafkaError| cluster.kafka_err(e);
-    let batch_size = transaction::batch_size(&*store, opts, &planned, &cluster).await?;
-    let transaction_timeout =
-        transaction::transaction_timeout(&client, opts, cluster.limits.as_ref())?;
-
-    // Fence any earlier run of this restore, then read what it committed.
-    let producer_config =
-        transaction::producer_config(&client, opts, transaction_timeout, batch_size);
-    let txn = Transaction::fence(&producer_config, &opts.restore_id)
-        .await
-        .map_err(kafka_err)?;
-    // Without a progress topic no run of this restore has committed anything yet; the topic is
-    // created once every target passed its checks, so that a refused restore leaves nothing behind.
-    let stored = if cluster.progress_missing {
-        BTreeMap::new()
+    let (mut restore, worker_config) = if opts.shared {
+        // Workers starting together fence each other's setup; the one fenced tries again and
+        // finds the plan the other committed (see `shared`).
+        let mut attempt = 1;
+        loop {
+            match set_up(&client, &store, opts, planned.clone(), &mut stop).await {
+                Err(RestoreError::Interrupted { message, .. }) if attempt < SET_UP_ATTEMPTS => {
+                    tracing::info!(attempt, "setting up the shared restore did not commit ({message}); another worker may be setting it up: trying again");
+                    attempt += 1;
+                    let wait = Duration::from_millis(500 + rand::random::<u64>() % 2500);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.as_mut() => {
+                            return Ok(RestoreReport {
+                                restore_id: opts.restore_id.clone(),
+                                stopped: true,
+                                ..RestoreReport::default()
+                            });
+                        }
+                    }
+                }
+                set_up => break set_up?,
+            }
+        }
     } else {
-        blocking({
-            let (client, topic, id) = (
-                client.clone(),
-                opts.progress_topic.clone(),
-                opts.restore_id.clone(),
-            );
-            move || progress::read(&client, &topic, &id, Duration::from_secs(360))
-        })
-        .await
-        .map_err(kafka_err)?
+        set_up(&client, &store, opts, planned, &mut stop).await?
     };
-
-    let mut restore = Restore {
-        store: store.clone(),
-        opts,
-        cluster,
-        txn,
-        lanes: Vec::new(),
-        report: RestoreReport {
-            restore_id: opts.restore_id.clone(),
-            resumed: !stored.is_empty(),
-            ..RestoreReport::default()
-        },
-        next_slot: 1,
-        zero_timestamps: 0,
-        groups_as_of: stored.values().next().and_then(|p| p.groups_as_of),
-        started: Instant::now(),
-        last_status: Instant::now(),
-        bar: opts.progress.then(super::status::bar_for_a_pass),
-    };
-    restore.build_lanes(planned, &stored)?;
-    if opts.groups {
-        // Before anything is created: an unreadable snapshot leaves the target as it was.
-        restore.load_groups().await?;
-    }
-    // A stop asked for while planning or fencing ends the restore before it creates anything.
-    if futures::FutureExt::now_or_never(stop.as_mut()).is_some() {
-        restore.report.stopped = true;
+    if restore.report.stopped {
         return Ok(restore.report);
-    }
-    let remaining: u64 = restore
-        .lanes
-        .iter()
-        .map(|l| (l.until() - l.next).max(0) as u64)
-        .sum();
-    if remaining > 0 || opts.follow {
-        let fresh = !restore.report.resumed;
-        let targets: BTreeSet<String> = if fresh {
-            restore
-                .lanes
-                .iter()
-                .map(|l| l.target_topic.clone())
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
-        restore.ensure_targets(&targets).await?;
-    }
-    if !restore.report.resumed {
-        // Commit the plan before the first record: from now on a rerun with this id resumes
-        // (and does not take the records of an interrupted first transaction for someone else's).
-        restore.ensure_progress_topic().await?;
-        for lane in &mut restore.lanes {
-            lane.dirty = true;
-        }
-        restore.commit().await?;
-        if let Some(hint) = &opts.resume_hint {
-            // From now on there is something to resume.
-            eprintln!("{hint}");
-        }
     }
     restore.report_lag();
 
+    if opts.shared {
+        // A worker that finds every lane complete has nothing to share.
+        let left = restore.lanes.iter().any(|l| l.next < l.until());
+        let stopped = left && restore.share(&client, worker_config, &mut stop).await?;
+        if !left {
+            restore.report.partitions = 0;
+        }
+        if stopped {
+            restore.report.stopped = true;
+            return Ok(restore.report);
+        }
+        restore.wait_visible(&mut stop).await?;
+        return Ok(restore.report);
+    }
     let stopped = restore.pass(&mut stop).await?;
     if stopped {
         restore.report.stopped = true;
@@ -261,4 +213,115 @@ impl Restore<'_> {
             partitions: names.join(", "),
         })
     }
+}
+
+/// How many times a worker of a shared restore tries to set it up before it gives up.
+const SET_UP_ATTEMPTS: u32 = 10;
+
+/// Everything before the first record: ask the target, fence earlier runs (of a shared restore:
+/// earlier set-ups) and read what they committed, build the lanes, check and create the targets
+/// and commit the plan. Returns the restore (stopped, if asked to meanwhile) and the settings of a
+/// transactional producer for it.
+async fn set_up<'a>(
+    client: &ClientConfig,
+    store: &Arc<dyn ObjectStore>,
+    opts: &'a RestoreOptions,
+    planned: super::plan::Planned,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<(Restore<'a>, ClientConfig), RestoreError> {
+    // The target must answer before anything is decided.
+    let cluster = Cluster::ask(client.clone(), opts, &planned).await?;
+    if let Some(refusal) = cluster.refusal(opts) {
+        return Err(refusal);
+    }
+    let kafka_err = |e: KafkaError| cluster.kafka_err(e);
+    let batch_size = transaction::batch_size(&**store, opts, &planned, &cluster).await?;
+    let transaction_timeout =
+        transaction::transaction_timeout(client, opts, cluster.limits.as_ref())?;
+
+    // Fence any earlier run of this restore, then read what it committed.
+    let producer_config =
+        transaction::producer_config(client, opts, transaction_timeout, batch_size);
+    let txn = Transaction::fence(&producer_config, &opts.restore_id)
+        .await
+        .map_err(kafka_err)?;
+    // Without a progress topic no run of this restore has committed anything yet; the topic is
+    // created once every target passed its checks, so that a refused restore leaves nothing behind.
+    // A shared restore's other workers may have created it since the cluster was asked.
+    let stored = if cluster.progress_missing && !opts.shared {
+        BTreeMap::new()
+    } else {
+        blocking({
+            let (client, topic, id) = (
+                client.clone(),
+                opts.progress_topic.clone(),
+                opts.restore_id.clone(),
+            );
+            move || progress::read(&client, &topic, &id, Duration::from_secs(360))
+        })
+        .await
+        .map_err(kafka_err)?
+    };
+
+    let mut restore = Restore {
+        store: store.clone(),
+        opts,
+        cluster,
+        txn,
+        lanes: Vec::new(),
+        report: RestoreReport {
+            restore_id: opts.restore_id.clone(),
+            resumed: !stored.is_empty(),
+            ..RestoreReport::default()
+        },
+        next_slot: 1,
+        zero_timestamps: 0,
+        groups_as_of: stored.values().next().and_then(|p| p.groups_as_of),
+        started: Instant::now(),
+        last_status: Instant::now(),
+        bar: opts.progress.then(super::status::bar_for_a_pass),
+        group: None,
+    };
+    restore.build_lanes(planned, &stored)?;
+    if opts.groups {
+        // Before anything is created: an unreadable snapshot leaves the target as it was.
+        restore.load_groups().await?;
+    }
+    // A stop asked for while planning or fencing ends the restore before it creates anything.
+    if futures::FutureExt::now_or_never(stop.as_mut()).is_some() {
+        restore.report.stopped = true;
+        return Ok((restore, producer_config));
+    }
+    let remaining: u64 = restore
+        .lanes
+        .iter()
+        .map(|l| (l.until() - l.next).max(0) as u64)
+        .sum();
+    if remaining > 0 || opts.follow {
+        let fresh = !restore.report.resumed;
+        let targets: BTreeSet<String> = if fresh {
+            restore
+                .lanes
+                .iter()
+                .map(|l| l.target_topic.clone())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        restore.ensure_targets(&targets).await?;
+    }
+    if !restore.report.resumed {
+        // Commit the plan before the first record: from now on a rerun with this id resumes
+        // (and does not take the records of an interrupted first transaction for someone else's).
+        restore.ensure_progress_topic().await?;
+        for lane in &mut restore.lanes {
+            lane.dirty = true;
+        }
+        restore.commit().await?;
+        if let Some(hint) = &opts.resume_hint {
+            // From now on there is something to resume.
+            eprintln!("{hint}");
+        }
+    }
+    Ok((restore, producer_config))
 }

@@ -169,14 +169,27 @@ impl Transaction {
     }
 
     /// Steps 5 and 6: write `progress` into the progress topic (of `partitions` partitions), drain,
-    /// and commit. Any failure aborts the transaction.
+    /// and commit. A worker of a shared restore sends its group's offsets with the group's
+    /// generation before it commits (see [`shared`](super::shared)). Any failure aborts the
+    /// transaction.
     pub async fn commit(
         &mut self,
         progress: &[Progress],
         topic: &str,
         partitions: i32,
+        group: Option<(
+            rdkafka::TopicPartitionList,
+            Arc<rdkafka::consumer::ConsumerGroupMetadata>,
+        )>,
     ) -> Result<(), RestoreError> {
         self.begin()?;
+        if self.bytes > 0
+            && crate::failpoint::fails(crate::failpoint::RESTORE_STALL_BEFORE_PROGRESS)
+        {
+            // The stall point's state: every record delivered, no progress written.
+            self.drain().await?;
+            crate::failpoint::stall(crate::failpoint::RESTORE_STALL_BEFORE_PROGRESS).await;
+        }
         let started = Instant::now();
         for p in progress {
             let key = progress::key(&p.restore_id, &p.topic, p.partition);
@@ -200,6 +213,21 @@ impl Transaction {
         if let Err(e) = self.drain().await {
             self.abort().await;
             return Err(e);
+        }
+        if let Some((offsets, metadata)) = group {
+            // After the progress is in the log: a worker taking a lane over reads it only once
+            // this transaction has ended.
+            let producer = self.producer.clone();
+            let sent = blocking(move || {
+                producer.send_offsets_to_transaction(&offsets, &metadata, REQUEST_TIMEOUT)
+            })
+            .await;
+            if let Err(e) = sent {
+                self.abort().await;
+                return Err(self.interrupted(format!(
+                    "this worker's transaction was refused by the shared restore's group ({e}): another worker took its partitions in a rebalance this one missed, so what it wrote since its last commit is aborted; the other workers go on, and running this command again joins them"
+                )));
+            }
         }
         if self.bytes > 0 {
             crate::failpoint::hit(crate::failpoint::RESTORE_BEFORE_COMMIT).await;
