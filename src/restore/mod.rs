@@ -65,6 +65,13 @@ struct Restore<'a> {
     pub(super) bar: Option<indicatif::ProgressBar>,
     /// This worker's membership in a shared restore's group, once set up.
     pub(super) group: Option<shared::Group>,
+    /// A shared restore's worker: its name and its own producer, fenced while setting up (the
+    /// set-up's producer writes the plan).
+    pub(super) worker: Option<(String, Transaction)>,
+    /// How long a read of the progress may wait for open transactions: their timeout, and more.
+    pub(super) progress_wait: Duration,
+    /// The producer's `transaction.timeout.ms`.
+    pub(super) transaction_timeout_ms: u64,
 }
 
 /// What a restore does.
@@ -95,7 +102,7 @@ pub struct RestoreOptions {
     /// Several processes run this restore together (see [`shared`]).
     pub shared: bool,
     /// This process's name among a shared restore's workers, in its transactional id
-    /// (`rewind-restore-<id>.<worker>`): a worker restarted with the same name aborts what it left
+    /// (`rewind-restore-<id>:<worker>`): a worker restarted with the same name aborts what it left
     /// open at once, instead of after the transaction timeout. Random when not given.
     pub worker_id: Option<String>,
     /// Bytes of fetched files and decoded records held at once.

@@ -117,7 +117,7 @@ pub async fn preview(
                 opts.progress_topic.clone(),
                 opts.restore_id.clone(),
             );
-            move || progress::read(&client, &topic, &id, PROGRESS_WAIT)
+            move || progress::read(&client, &topic, &id, PROGRESS_WAIT, false)
         })
         .await;
         match read {

@@ -52,13 +52,16 @@ pub fn key(restore_id: &str, topic: &str, partition: i32) -> String {
     format!("{restore_id}/{topic}/{partition}")
 }
 
-/// Read the committed progress of `restore_id` from `topic` (absent topic: no progress). Reads to
-/// the end of every partition of the topic, as a `read_committed` consumer sees it.
+/// Read the committed progress of `restore_id` from `topic` (absent topic: no progress, unless
+/// `must_exist`: then a broker that does not know the topic yet, just created, is asked again
+/// until `timeout`). Reads to the end of every partition of the topic, as a `read_committed`
+/// consumer sees it.
 pub fn read(
     client: &ClientConfig,
     topic: &str,
     restore_id: &str,
     timeout: Duration,
+    must_exist: bool,
 ) -> Result<BTreeMap<(String, i32), Progress>, KafkaError> {
     let mut config = client.clone();
     config
@@ -73,16 +76,28 @@ pub fn read(
     let consumer: BaseConsumer<crate::kafka::Ctx> =
         config.create_with_context(crate::kafka::Ctx)?;
     crate::kafka::ready(&consumer);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let asked = std::time::Instant::now();
     let mut partitions = Vec::new();
-    for t in metadata.topics() {
-        match t.error() {
-            None => partitions.extend(t.partitions().iter().map(|p| p.id())),
-            Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {}
-            Some(e) => {
-                return Err(KafkaError::MetadataFetch(e.into()));
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        for t in metadata.topics() {
+            match t.error() {
+                None => partitions.extend(t.partitions().iter().map(|p| p.id())),
+                Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {}
+                Some(e) => {
+                    return Err(KafkaError::MetadataFetch(e.into()));
+                }
             }
         }
+        if !partitions.is_empty() || !must_exist {
+            break;
+        }
+        if asked.elapsed() > timeout {
+            return Err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     let mut out = BTreeMap::new();
     if partitions.is_empty() {

@@ -53,12 +53,18 @@ pub async fn run(
             ..RestoreReport::default()
         });
     }
-    let (mut restore, worker_config) = if opts.shared {
+    let mut restore = if opts.shared {
         // Workers starting together fence each other's setup; the one fenced tries again and
         // finds the plan the other committed (see `shared`).
         let mut attempt = 1;
         loop {
-            match set_up(&client, &store, opts, planned.clone(), &mut stop).await {
+            // Again from the archive after the first attempt: the plan another worker committed
+            // may have seen partitions this one's listing had not.
+            let planned = match attempt {
+                1 => planned.clone(),
+                _ => plan(&*store, opts).await?,
+            };
+            match set_up(&client, &store, opts, planned, &mut stop).await {
                 Err(RestoreError::Interrupted { message, .. }) if attempt < SET_UP_ATTEMPTS => {
                     tracing::info!(attempt, "setting up the shared restore did not commit ({message}); another worker may be setting it up: trying again");
                     attempt += 1;
@@ -88,7 +94,7 @@ pub async fn run(
     if opts.shared {
         // A worker that finds every lane complete has nothing to share.
         let left = restore.lanes.iter().any(|l| l.next < l.until());
-        let stopped = left && restore.share(&client, worker_config, &mut stop).await?;
+        let stopped = left && restore.share(&client, &mut stop).await?;
         if !left {
             restore.report.partitions = 0;
         }
@@ -219,16 +225,16 @@ impl Restore<'_> {
 const SET_UP_ATTEMPTS: u32 = 10;
 
 /// Everything before the first record: ask the target, fence earlier runs (of a shared restore:
-/// earlier set-ups) and read what they committed, build the lanes, check and create the targets
-/// and commit the plan. Returns the restore (stopped, if asked to meanwhile) and the settings of a
-/// transactional producer for it.
+/// earlier set-ups, and this worker's earlier process) and read what they committed, build the
+/// lanes, check and create the targets and commit the plan. Returns the restore (stopped, if
+/// asked to meanwhile).
 async fn set_up<'a>(
     client: &ClientConfig,
     store: &Arc<dyn ObjectStore>,
     opts: &'a RestoreOptions,
     planned: super::plan::Planned,
     stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Result<(Restore<'a>, ClientConfig), RestoreError> {
+) -> Result<Restore<'a>, RestoreError> {
     // The target must answer before anything is decided.
     let cluster = Cluster::ask(client.clone(), opts, &planned).await?;
     if let Some(refusal) = cluster.refusal(opts) {
@@ -245,6 +251,27 @@ async fn set_up<'a>(
     let txn = Transaction::fence(&producer_config, &opts.restore_id)
         .await
         .map_err(kafka_err)?;
+    // A worker's own producer is fenced before the progress is read: whatever an earlier process
+    // of the same worker left open is aborted now, not after its timeout.
+    let worker = match opts.shared {
+        true => {
+            let name = opts
+                .worker_id
+                .clone()
+                .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
+            let mut config = producer_config.clone();
+            config.set(
+                "transactional.id",
+                super::shared::transactional_id(&opts.restore_id, &name),
+            );
+            let own = Transaction::fence(&config, &opts.restore_id)
+                .await
+                .map_err(kafka_err)?;
+            Some((name, own))
+        }
+        false => None,
+    };
+    let progress_wait = progress_wait(transaction_timeout);
     // Without a progress topic no run of this restore has committed anything yet; the topic is
     // created once every target passed its checks, so that a refused restore leaves nothing behind.
     // A shared restore's other workers may have created it since the cluster was asked.
@@ -257,7 +284,7 @@ async fn set_up<'a>(
                 opts.progress_topic.clone(),
                 opts.restore_id.clone(),
             );
-            move || progress::read(&client, &topic, &id, Duration::from_secs(360))
+            move || progress::read(&client, &topic, &id, progress_wait, false)
         })
         .await
         .map_err(kafka_err)?
@@ -281,8 +308,25 @@ async fn set_up<'a>(
         last_status: Instant::now(),
         bar: opts.progress.then(super::status::bar_for_a_pass),
         group: None,
+        worker,
+        progress_wait,
+        transaction_timeout_ms: transaction_timeout,
     };
     restore.build_lanes(planned, &stored)?;
+    if opts.shared {
+        // Every lane of the committed plan must be one of this worker's, or the worker could own
+        // a target partition it has nothing to write for: plan again.
+        if let Some((topic, partition)) = stored.keys().find(|(t, p)| {
+            !restore
+                .lanes
+                .iter()
+                .any(|l| &l.topic == t && l.partition == *p)
+        }) {
+            return Err(restore.interrupted(format!(
+                "the shared restore's plan holds {topic}/{partition}, which this worker's listing of the archive did not"
+            )));
+        }
+    }
     if opts.groups {
         // Before anything is created: an unreadable snapshot leaves the target as it was.
         restore.load_groups().await?;
@@ -290,7 +334,7 @@ async fn set_up<'a>(
     // A stop asked for while planning or fencing ends the restore before it creates anything.
     if futures::FutureExt::now_or_never(stop.as_mut()).is_some() {
         restore.report.stopped = true;
-        return Ok((restore, producer_config));
+        return Ok(restore);
     }
     let remaining: u64 = restore
         .lanes
@@ -314,6 +358,16 @@ async fn set_up<'a>(
         // Commit the plan before the first record: from now on a rerun with this id resumes
         // (and does not take the records of an interrupted first transaction for someone else's).
         restore.ensure_progress_topic().await?;
+        if opts.shared {
+            // The progress topic exists now, whoever created it: a plan another worker committed
+            // before this one fenced it is there, even if a broker did not list the topic then.
+            let committed = restore.stored_progress().await?;
+            if !committed.is_empty() {
+                return Err(
+                    restore.interrupted("another worker committed the shared restore's plan first")
+                );
+            }
+        }
         for lane in &mut restore.lanes {
             lane.dirty = true;
         }
@@ -323,5 +377,11 @@ async fn set_up<'a>(
             eprintln!("{hint}");
         }
     }
-    Ok((restore, producer_config))
+    Ok(restore)
+}
+
+/// How long a read of the progress waits for open transactions in the progress topic: until the
+/// broker aborts one left by a dead process (its timeout), and a minute more.
+fn progress_wait(transaction_timeout_ms: u64) -> Duration {
+    Duration::from_millis(transaction_timeout_ms) + Duration::from_secs(60)
 }

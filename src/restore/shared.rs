@@ -59,9 +59,9 @@ pub(super) fn group_id(restore_id: &str) -> String {
     format!("rewind-restore-{restore_id}")
 }
 
-/// A worker's transactional id.
+/// A worker's transactional id. Restore ids hold no ':', so no restore's own id is a worker's.
 pub(super) fn transactional_id(restore_id: &str, worker: &str) -> String {
-    format!("rewind-restore-{restore_id}.{worker}")
+    format!("rewind-restore-{restore_id}:{worker}")
 }
 
 impl Group {
@@ -70,9 +70,20 @@ impl Group {
         client: &ClientConfig,
         restore_id: &str,
         targets: &BTreeSet<String>,
+        transaction_timeout_ms: u64,
     ) -> Result<Group, KafkaError> {
         let mut config = client.clone();
+        // Static membership would keep a dead worker's partitions for its whole session, and the
+        // fencing relies on the classic protocol's generations: neither comes from -X here.
+        config.remove("group.instance.id");
+        // A worker polls between transactions, and a read of the progress may wait for another's
+        // transaction to time out: it must not be taken for a dead consumer meanwhile.
+        let max_poll = (transaction_timeout_ms + 120_000).max(300_000);
         config
+            .set("group.protocol", "classic")
+            .set("max.poll.interval.ms", max_poll.to_string())
+            // Targets created a moment ago are seen by the group's leader within seconds.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .set("group.id", group_id(restore_id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -104,7 +115,14 @@ impl Group {
         match self.consumer.poll(wait) {
             Some(Err(KafkaError::PartitionEOF(_))) | Some(Ok(_)) | None => {}
             Some(Err(e)) => {
-                tracing::debug!(error = %e, "the shared restore's group reported an error");
+                use rdkafka::types::RDKafkaErrorCode::*;
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(GroupAuthorizationFailed | TopicAuthorizationFailed | Fatal)
+                ) {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "the shared restore's group reported an error");
             }
         }
         let now = self
@@ -226,27 +244,23 @@ impl super::Restore<'_> {
     pub(super) async fn share(
         &mut self,
         client: &ClientConfig,
-        worker_config: ClientConfig,
         stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<bool, super::RestoreError> {
-        let worker = self
-            .opts
-            .worker_id
-            .clone()
-            .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
-        let mut config = worker_config;
-        config.set(
-            "transactional.id",
-            transactional_id(&self.opts.restore_id, &worker),
-        );
-        // The set-up's producer is done: this worker's own fences whatever an earlier process of
-        // the same name left open.
-        self.txn = super::transaction::Transaction::fence(&config, &self.opts.restore_id)
-            .await
-            .map_err(|e| self.cluster.kafka_err(e))?;
+        // The set-up's producer is done: from now on this worker writes with its own, fenced
+        // while setting up.
+        let (worker, own) = self
+            .worker
+            .take()
+            .expect("a shared restore's set-up fences its worker");
+        self.txn = own;
         let targets: BTreeSet<String> = self.lanes.iter().map(|l| l.target_topic.clone()).collect();
-        let group = Group::join(client, &self.opts.restore_id, &targets)
-            .map_err(|e| self.cluster.kafka_err(e))?;
+        let group = Group::join(
+            client,
+            &self.opts.restore_id,
+            &targets,
+            self.transaction_timeout_ms,
+        )
+        .map_err(|e| self.cluster.kafka_err(e))?;
         tracing::info!(
             worker,
             group = group_id(&self.opts.restore_id),
@@ -258,6 +272,8 @@ impl super::Restore<'_> {
         self.group = Some(group);
         let mut taken: BTreeSet<Unit> = BTreeSet::new();
         let mut checked = std::time::Instant::now();
+        // Since when this worker has been without an assignment, for a warning if it lasts.
+        let mut unassigned = std::time::Instant::now();
         let stopped = loop {
             if futures::FutureExt::now_or_never(stop.as_mut()).is_some() {
                 break true;
@@ -267,6 +283,7 @@ impl super::Restore<'_> {
             if std::mem::take(&mut group.changed) {
                 match group.owned().cloned() {
                     None => {
+                        unassigned = std::time::Instant::now();
                         for lane in &mut self.lanes {
                             lane.owned = false;
                         }
@@ -276,6 +293,12 @@ impl super::Restore<'_> {
                         taken.extend(owned);
                     }
                 }
+            } else if group.owned().is_none() && unassigned.elapsed() >= Duration::from_secs(60) {
+                unassigned = std::time::Instant::now();
+                tracing::warn!(
+                    group = group_id(&self.opts.restore_id),
+                    "no partitions assigned to this worker of the shared restore for a minute: the group's rebalance waits for a member (one stalled, or reading progress behind another's open transaction), or cannot form (check the group's ACLs)"
+                );
             }
             if self.lanes.iter().any(|l| l.owned && l.next < l.until()) {
                 if self.pass(stop).await? {
@@ -288,6 +311,7 @@ impl super::Restore<'_> {
                 checked = std::time::Instant::now();
                 let stored = self.stored_progress().await?;
                 self.refresh(&stored, |_| true);
+                self.reach_planned_ends(|_| true).await?;
                 if self.lanes.iter().all(|l| l.next >= l.until()) {
                     break false;
                 }
@@ -304,18 +328,19 @@ impl super::Restore<'_> {
         Ok(stopped)
     }
 
-    /// The committed progress of every lane of the restore.
-    async fn stored_progress(
+    /// The committed progress of every lane of the restore (the progress topic exists).
+    pub(super) async fn stored_progress(
         &self,
     ) -> Result<std::collections::BTreeMap<(String, i32), super::Progress>, super::RestoreError>
     {
         crate::kafka::blocking({
-            let (client, topic, id) = (
+            let (client, topic, id, wait) = (
                 self.cluster.client.clone(),
                 self.opts.progress_topic.clone(),
                 self.opts.restore_id.clone(),
+                self.progress_wait,
             );
-            move || super::progress::read(&client, &topic, &id, Duration::from_secs(360))
+            move || super::progress::read(&client, &topic, &id, wait, true)
         })
         .await
         .map_err(|e| self.cluster.kafka_err(e))
@@ -329,6 +354,7 @@ impl super::Restore<'_> {
             lane.owned = owned.contains(&(lane.target_topic.clone(), lane.partition));
         }
         self.refresh(&stored, |l| l.owned);
+        self.reach_planned_ends(|l| l.owned).await?;
         for lane in self.lanes.iter_mut().filter(|l| l.owned) {
             lane.run_from = lane.next;
         }
@@ -338,6 +364,36 @@ impl super::Restore<'_> {
             owned.len()
         );
         self.report_lag();
+        Ok(())
+    }
+
+    /// The plan a worker follows may come from another worker's later listing of the archive: a
+    /// lane planned past the end of this worker's chain reads the chain again, so that it is not
+    /// taken for complete where it is not.
+    async fn reach_planned_ends(
+        &mut self,
+        which: impl Fn(&Lane) -> bool,
+    ) -> Result<(), super::RestoreError> {
+        let short: Vec<(String, i32)> = self
+            .lanes
+            .iter()
+            .filter(|l| which(l) && l.end.is_some_and(|end| end > l.chain_end))
+            .map(|l| (l.topic.clone(), l.partition))
+            .collect();
+        for (topic, partition) in short {
+            self.extend_lane(&topic, partition).await?;
+            let lane = self
+                .lanes
+                .iter()
+                .find(|l| l.topic == topic && l.partition == partition)
+                .expect("a lane of the plan");
+            if let Some(end) = lane.end.filter(|end| *end > lane.chain_end) {
+                return Err(self.interrupted(format!(
+                    "{topic}/{partition}: the shared restore's plan goes to offset {end}, but the archive's chain ends at {}",
+                    lane.chain_end
+                )));
+            }
+        }
         Ok(())
     }
 
