@@ -233,6 +233,10 @@ impl Restore<'_> {
             }
             let size = size as u64;
             if let Err(e) = self.txn.send(message, size).await {
+                // After the broker refused an earlier record the producer is in an error state
+                // and this send fails with "Erroneous state": name the refusal, the cause, once
+                // its report is in (seen under load with a record above max.message.bytes).
+                self.txn.drain().await?;
                 let hint = if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
                 {
                     " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)"

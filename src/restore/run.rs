@@ -68,7 +68,8 @@ pub async fn run(
                 Err(RestoreError::Interrupted { message, .. }) if attempt < SET_UP_ATTEMPTS => {
                     tracing::info!(attempt, "setting up the shared restore did not commit ({message}); another worker may be setting it up: trying again");
                     attempt += 1;
-                    let wait = Duration::from_millis(500 + rand::random::<u64>() % 2500);
+                    // Short: the worker that fenced this one commits its plan within moments.
+                    let wait = Duration::from_millis(100 + rand::random::<u64>() % 400);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = stop.as_mut() => {

@@ -92,7 +92,8 @@ impl Group {
             .set("partition.assignment.strategy", "roundrobin")
             // A dead worker's lanes move after this long.
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
+            // Heartbeats are how a worker learns of a rebalance.
+            .set("heartbeat.interval.ms", "500")
             // Nothing is fetched (every partition is paused): keep librdkafka's buffers small in case.
             .set("queued.max.messages.kbytes", "1024");
         let consumer: BaseConsumer<Assignments> =
@@ -271,7 +272,8 @@ impl super::Restore<'_> {
         }
         self.group = Some(group);
         let mut taken: BTreeSet<Unit> = BTreeSet::new();
-        let mut checked = std::time::Instant::now();
+        // When the whole restore was last checked for completion (not yet).
+        let mut checked: Option<std::time::Instant> = None;
         // Since when this worker has been without an assignment, for a warning if it lasts.
         let mut unassigned = std::time::Instant::now();
         let stopped = loop {
@@ -306,9 +308,9 @@ impl super::Restore<'_> {
                 }
                 continue;
             }
-            // Nothing of ours to write: is the whole restore done?
-            if checked.elapsed() >= Duration::from_secs(2) {
-                checked = std::time::Instant::now();
+            // Nothing of ours to write: is the whole restore done? At once, then twice a second.
+            if checked.is_none_or(|at| at.elapsed() >= Duration::from_millis(500)) {
+                checked = Some(std::time::Instant::now());
                 let stored = self.stored_progress().await?;
                 self.refresh(&stored, |_| true);
                 self.reach_planned_ends(|_| true).await?;

@@ -266,8 +266,15 @@ impl Transaction {
                 producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
                 producer.abort_transaction(Duration::from_secs(10))
             });
-            if let Err(e) = aborted.await {
-                tracing::warn!(error = %e, "aborting the transaction failed; the broker aborts it when it times out");
+            match aborted.await {
+                // A newer producer with this transactional id aborted it already.
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced) => {
+                    tracing::debug!(error = %e, "the transaction was aborted by the producer that fenced this one");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "aborting the transaction failed; the broker aborts it when it times out")
+                }
+                Ok(()) => {}
             }
             self.open = false;
         }
