@@ -1407,23 +1407,17 @@ async fn a_file_larger_than_the_budget_restores_a_row_group_at_a_time() {
     // the window lands: by the plan (a cut inside it) ...
     damaged[second.start + 1_000] ^= 0x10;
     std::fs::write(&file, &damaged).unwrap();
-    let (target, out) = restore_window("cut-in-damage", lo + 10, hi);
-    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
-    let error = common::error_line(&out);
-    assert!(
-        error.contains("row group 1") && error.contains("CRC32C"),
-        "{error}"
-    );
-    assert_nothing_landed(&target);
     // ... and by the restore's reader (whole hours: the plan reads no records).
-    let (target, out) = restore_window("whole-hour", 0, 3_600);
-    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
-    let error = common::error_line(&out);
-    assert!(
-        error.contains("row group 1") && error.contains("CRC32C"),
-        "{error}"
-    );
-    assert_nothing_landed(&target);
+    for (name, from, to) in [("cut-in-damage", lo + 10, hi), ("whole-hour", 0, 3_600)] {
+        let (target, out) = restore_window(name, from, to);
+        assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
+        let error = common::error_line(&out);
+        assert!(
+            error.contains("row group 1") && error.contains("CRC32C"),
+            "{name}: {error}"
+        );
+        assert_nothing_landed(&target);
+    }
 }
 
 /// `target` was not created, or holds no record.

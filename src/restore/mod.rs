@@ -68,9 +68,8 @@ struct Restore<'a> {
     /// A shared restore's worker: its name and its own producer, fenced while setting up (the
     /// set-up's producer writes the plan).
     pub(super) worker: Option<(String, Transaction)>,
-    /// How long a read of the progress may wait for open transactions: their timeout, and more.
-    pub(super) progress_wait: Duration,
-    /// The producer's `transaction.timeout.ms`.
+    /// The producer's `transaction.timeout.ms` (also how long a read of the progress waits for
+    /// open transactions, and a minute more).
     pub(super) transaction_timeout_ms: u64,
 }
 

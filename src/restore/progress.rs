@@ -47,6 +47,23 @@ pub struct Progress {
     pub updated_at: String,
 }
 
+/// [`read`] the progress of the restore `opts` describes off the async runtime, waiting for open
+/// transactions as long as one can stay open (`transaction_timeout_ms`, and a minute more).
+pub(super) async fn read_for(
+    client: &ClientConfig,
+    opts: &super::RestoreOptions,
+    transaction_timeout_ms: u64,
+    must_exist: bool,
+) -> Result<BTreeMap<(String, i32), Progress>, KafkaError> {
+    let (client, topic, id) = (
+        client.clone(),
+        opts.progress_topic.clone(),
+        opts.restore_id.clone(),
+    );
+    let wait = Duration::from_millis(transaction_timeout_ms) + Duration::from_secs(60);
+    crate::kafka::blocking(move || read(&client, &topic, &id, wait, must_exist)).await
+}
+
 /// Key of a partition's progress record: compaction keeps the latest one.
 pub fn key(restore_id: &str, topic: &str, partition: i32) -> String {
     format!("{restore_id}/{topic}/{partition}")

@@ -272,23 +272,15 @@ async fn set_up<'a>(
         }
         false => None,
     };
-    let progress_wait = progress_wait(transaction_timeout);
     // Without a progress topic no run of this restore has committed anything yet; the topic is
     // created once every target passed its checks, so that a refused restore leaves nothing behind.
     // A shared restore's other workers may have created it since the cluster was asked.
     let stored = if cluster.progress_missing && !opts.shared {
         BTreeMap::new()
     } else {
-        blocking({
-            let (client, topic, id) = (
-                client.clone(),
-                opts.progress_topic.clone(),
-                opts.restore_id.clone(),
-            );
-            move || progress::read(&client, &topic, &id, progress_wait, false)
-        })
-        .await
-        .map_err(kafka_err)?
+        progress::read_for(client, opts, transaction_timeout, false)
+            .await
+            .map_err(kafka_err)?
     };
 
     let mut restore = Restore {
@@ -310,7 +302,6 @@ async fn set_up<'a>(
         bar: opts.progress.then(super::status::bar_for_a_pass),
         group: None,
         worker,
-        progress_wait,
         transaction_timeout_ms: transaction_timeout,
     };
     restore.build_lanes(planned, &stored)?;
@@ -379,10 +370,4 @@ async fn set_up<'a>(
         }
     }
     Ok(restore)
-}
-
-/// How long a read of the progress waits for open transactions in the progress topic: until the
-/// broker aborts one left by a dead process (its timeout), and a minute more.
-fn progress_wait(transaction_timeout_ms: u64) -> Duration {
-    Duration::from_millis(transaction_timeout_ms) + Duration::from_secs(60)
 }

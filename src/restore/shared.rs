@@ -335,15 +335,12 @@ impl super::Restore<'_> {
         &self,
     ) -> Result<std::collections::BTreeMap<(String, i32), super::Progress>, super::RestoreError>
     {
-        crate::kafka::blocking({
-            let (client, topic, id, wait) = (
-                self.cluster.client.clone(),
-                self.opts.progress_topic.clone(),
-                self.opts.restore_id.clone(),
-                self.progress_wait,
-            );
-            move || super::progress::read(&client, &topic, &id, wait, true)
-        })
+        super::progress::read_for(
+            &self.cluster.client,
+            self.opts,
+            self.transaction_timeout_ms,
+            true,
+        )
         .await
         .map_err(|e| self.cluster.kafka_err(e))
     }
