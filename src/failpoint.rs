@@ -4,8 +4,10 @@
 //! stderr that it reached it (`failpoint <name> reached`) and stops there for good, so that a test
 //! can `kill -9` it at exactly that step of the commit protocol and check what a restart makes of
 //! the archive. When it names a fault, the operation it names fails every time. Without the
-//! variable every point is a no-op.
+//! variable every point is a no-op. `REWIND_FAILPOINT_AFTER=N` lets an armed crash or stall point
+//! pass N times before it fires, so that a test can stop a worker later in its work.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -35,9 +37,26 @@ fn armed() -> Option<&'static str> {
         .as_deref()
 }
 
+/// Whether the armed point `name` fires this time: it is passed `REWIND_FAILPOINT_AFTER` times
+/// first.
+fn fires(name: &str) -> bool {
+    static AFTER: OnceLock<u64> = OnceLock::new();
+    static PASSED: AtomicU64 = AtomicU64::new(0);
+    if armed() != Some(name) {
+        return false;
+    }
+    let after = *AFTER.get_or_init(|| {
+        std::env::var("REWIND_FAILPOINT_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    PASSED.fetch_add(1, Ordering::Relaxed) >= after
+}
+
 /// Stop here forever if `name` is the armed point.
 pub async fn hit(name: &str) {
-    if armed() != Some(name) {
+    if !fires(name) {
         return;
     }
     eprintln!("failpoint {name} reached");
@@ -48,7 +67,7 @@ pub async fn hit(name: &str) {
 
 /// Wait a while here if `name` is the armed point (a stall point), then go on.
 pub async fn stall(name: &str) {
-    if armed() != Some(name) {
+    if !fires(name) {
         return;
     }
     let ms = std::env::var("REWIND_FAILPOINT_STALL_MS")

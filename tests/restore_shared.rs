@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, record};
+use common::watched::Watched;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rewind::archive::Record;
 
@@ -70,91 +71,6 @@ fn worker(archive: &str, topic: &str, target: &str, id: &str, name: &str) -> Com
         .env("REWIND__RESTORE__CONCURRENCY", "1")
         .env("RUST_LOG", "rewind=debug,librdkafka=error");
     cmd
-}
-
-/// A running worker whose stderr is read line by line as it comes; killed if the test fails first.
-struct Watched {
-    child: Option<Child>,
-    lines: std::sync::mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Watched {
-    fn start(cmd: &mut Command) -> Watched {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        Watched {
-            child: Some(child),
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.child.as_ref().unwrap().id().to_string()
-    }
-
-    /// Whether a line holding `needle` comes within `timeout` (false if the worker exits first).
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    self.log.push(line);
-                    if found {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-
-    /// Everything it wrote on stderr so far.
-    fn stderr(&mut self) -> String {
-        self.log.extend(self.lines.try_iter());
-        self.log.join("\n")
-    }
-
-    fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// Its exit status, stdout and whole stderr, once it exits.
-    fn finish(mut self) -> Output {
-        let child = self.child.take().unwrap();
-        let mut out = child.wait_with_output().unwrap();
-        self.log.extend(self.lines.iter());
-        out.stderr = self.log.join("\n").into_bytes();
-        out
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// The records a finished worker says it restored (its `--json` summary).
