@@ -26,6 +26,11 @@ pub const RESTORE_BEFORE_COMMIT: &str = "restore-before-commit";
 /// freeze it (SIGSTOP) in that state and let it go on later.
 pub const RESTORE_STALL_BEFORE_PROGRESS: &str = "restore-stall-before-progress";
 
+/// A restore has asked the target cluster (and seen whether its progress topic exists) and has
+/// not fenced earlier runs yet. A stall point, like the one above: another run of the same restore
+/// can set up meanwhile.
+pub const RESTORE_STALL_BEFORE_FENCE: &str = "restore-stall-before-fence";
+
 /// Fault: every seek of the sink's consumer fails, as it does when librdkafka has not finished
 /// assigning the partition or the broker does not answer in time.
 pub const SEEK_FAILS: &str = "seek-fails";

@@ -123,6 +123,11 @@ enum Fault {
         after: u32,
         ms: u64,
     },
+    /// Waits `ms` in its set-up after asking the target cluster and before fencing earlier runs
+    /// (`restore-stall-before-fence`), so that another run can set up meanwhile.
+    StallBeforeFence {
+        ms: u64,
+    },
 }
 
 /// A step. Kill, freeze and thaw pick the `n`th (modulo their number) of the workers they apply
@@ -157,6 +162,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         1 => (0u32..12).prop_map(|after| Fault::HangBeforeCommit { after }),
         1 => (0u32..12, 500u64..4_000)
             .prop_map(|(after, ms)| Fault::StallBeforeProgress { after, ms }),
+        1 => (200u64..4_000).prop_map(|ms| Fault::StallBeforeFence { ms }),
     ]
 }
 
@@ -264,6 +270,10 @@ impl<'a> Run<'a> {
             Fault::HangBeforeCommit { after } => {
                 cmd.env("REWIND_FAILPOINT", "restore-before-commit")
                     .env("REWIND_FAILPOINT_AFTER", after.to_string());
+            }
+            Fault::StallBeforeFence { ms } => {
+                cmd.env("REWIND_FAILPOINT", "restore-stall-before-fence")
+                    .env("REWIND_FAILPOINT_STALL_MS", ms.to_string());
             }
             Fault::StallBeforeProgress { after, ms } => {
                 cmd.env("REWIND_FAILPOINT", "restore-stall-before-progress")
@@ -538,6 +548,21 @@ impl<'a> Run<'a> {
     }
 }
 
+impl Drop for Run<'_> {
+    /// A failed case shows what every worker said.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (name, status, log) in &self.ended {
+            eprintln!("--- {name} ({status}):\n{log}");
+        }
+        for (w, worker) in &mut self.workers {
+            eprintln!("--- w{w} (running):\n{}", worker.process.stderr());
+        }
+    }
+}
+
 fn same(got: &Record, want: &Record) -> bool {
     (&got.key, &got.value, &got.headers, got.timestamp)
         == (&want.key, &want.value, &want.headers, want.timestamp)
@@ -643,6 +668,30 @@ fn config(mode: u64) -> ProptestConfig {
         max_shrink_iters: 0,
         ..ProptestConfig::default()
     }
+}
+
+/// Found by the model (seed 1): a plain run that saw no progress topic when it asked the cluster,
+/// and fenced the other run of the same restore only after that one had committed its plan and
+/// records, committed a fresh plan over them and restored those records a second time.
+#[test]
+fn a_plain_run_that_fences_another_mid_restore_resumes_its_progress() {
+    let case = Case {
+        transaction_kib: 4,
+        concurrency: 1,
+        ops: vec![
+            Op::Start {
+                worker: 0,
+                fault: Fault::StallBeforeFence { ms: 5_000 },
+            },
+            Op::Sleep(300),
+            Op::Start {
+                worker: 1,
+                fault: Fault::None,
+            },
+            Op::Sleep(8_000),
+        ],
+    };
+    run(false, &case);
 }
 
 proptest! {

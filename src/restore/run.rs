@@ -53,39 +53,49 @@ pub async fn run(
             ..RestoreReport::default()
         });
     }
-    let mut restore = if opts.shared {
-        // Workers starting together fence each other's setup; the one fenced tries again and
-        // finds the plan the other committed (see `shared`).
-        let mut attempt = 1;
-        loop {
-            // Again from the archive after the first attempt: the plan another worker committed
-            // may have seen partitions this one's listing had not.
-            let planned = match attempt {
-                1 => planned.clone(),
-                _ => plan(&*store, opts).await?,
-            };
-            match set_up(&client, &store, opts, planned, &mut stop).await {
-                Err(RestoreError::Interrupted { message, .. }) if attempt < SET_UP_ATTEMPTS => {
-                    tracing::info!(attempt, "setting up the shared restore did not commit ({message}); another worker may be setting it up: trying again");
-                    attempt += 1;
-                    // Short: the worker that fenced this one commits its plan within moments.
-                    let wait = Duration::from_millis(100 + rand::random::<u64>() % 400);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stop.as_mut() => {
-                            return Ok(RestoreReport {
-                                restore_id: opts.restore_id.clone(),
-                                stopped: true,
-                                ..RestoreReport::default()
-                            });
-                        }
-                    }
-                }
-                set_up => break set_up?,
+    // Runs starting together fence each other's set-up. A worker of a shared restore that is
+    // fenced tries again and finds the plan the other committed (see `shared`); a run of either
+    // kind that finds a plan committed by a run it fenced sets up again to resume from it.
+    let mut attempt = 1;
+    let mut restore = loop {
+        // Again from the archive after the first attempt: the plan another run committed may have
+        // seen partitions this one's listing had not.
+        let planned = match attempt {
+            1 => planned.clone(),
+            _ => plan(&*store, opts).await?,
+        };
+        let why = match set_up(&client, &store, opts, planned, &mut stop).await {
+            Ok(SetUp::Ready(restore)) => break *restore,
+            Ok(SetUp::Again(why)) if attempt < SET_UP_ATTEMPTS => why.to_string(),
+            Err(RestoreError::Interrupted { message, .. })
+                if opts.shared && attempt < SET_UP_ATTEMPTS =>
+            {
+                format!("setting up the shared restore did not commit ({message}); another worker may be setting it up")
+            }
+            Ok(SetUp::Again(why)) => {
+                return Err(RestoreError::Interrupted {
+                    id: opts.restore_id.clone(),
+                    message: format!(
+                    "{why}, {SET_UP_ATTEMPTS} times: another run of this restore keeps starting"
+                ),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::info!(attempt, "{why}: setting up again");
+        attempt += 1;
+        // Short: the run that fenced this one commits its plan within moments.
+        let wait = Duration::from_millis(100 + rand::random::<u64>() % 400);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.as_mut() => {
+                return Ok(RestoreReport {
+                    restore_id: opts.restore_id.clone(),
+                    stopped: true,
+                    ..RestoreReport::default()
+                });
             }
         }
-    } else {
-        set_up(&client, &store, opts, planned, &mut stop).await?
     };
     if restore.report.stopped {
         return Ok(restore.report);
@@ -222,8 +232,15 @@ impl Restore<'_> {
     }
 }
 
-/// How many times a worker of a shared restore tries to set it up before it gives up.
+/// How many times a run tries to set the restore up before it gives up.
 const SET_UP_ATTEMPTS: u32 = 10;
+
+/// What one attempt to set the restore up came to.
+enum SetUp<'a> {
+    Ready(Box<Restore<'a>>),
+    /// Another run committed the plan between this one's look at the cluster and its commit.
+    Again(&'static str),
+}
 
 /// Everything before the first record: ask the target, fence earlier runs (of a shared restore:
 /// earlier set-ups, and this worker's earlier process) and read what they committed, build the
@@ -235,17 +252,20 @@ async fn set_up<'a>(
     opts: &'a RestoreOptions,
     planned: super::plan::Planned,
     stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Result<Restore<'a>, RestoreError> {
+) -> Result<SetUp<'a>, RestoreError> {
     // The target must answer before anything is decided.
     let cluster = Cluster::ask(client.clone(), opts, &planned).await?;
     if let Some(refusal) = cluster.refusal(opts) {
         return Err(refusal);
     }
     let kafka_err = |e: KafkaError| cluster.kafka_err(e);
+    // Creating the targets creates the progress topic too: remember whether it was there.
+    let missing_when_asked = cluster.progress_missing;
     let batch_size = transaction::batch_size(&**store, opts, &planned, &cluster).await?;
     let transaction_timeout =
         transaction::transaction_timeout(client, opts, cluster.limits.as_ref())?;
 
+    crate::failpoint::stall(crate::failpoint::RESTORE_STALL_BEFORE_FENCE).await;
     // Fence any earlier run of this restore, then read what it committed.
     let producer_config =
         transaction::producer_config(client, opts, transaction_timeout, batch_size);
@@ -272,9 +292,11 @@ async fn set_up<'a>(
         }
         false => None,
     };
-    // Without a progress topic no run of this restore has committed anything yet; the topic is
-    // created once every target passed its checks, so that a refused restore leaves nothing behind.
-    // A shared restore's other workers may have created it since the cluster was asked.
+    // Without a progress topic no run of this restore had committed anything when the cluster was
+    // asked; the topic is created once every target passed its checks, so that a refused restore
+    // leaves nothing behind. Another run may have created it since (before this one fenced it):
+    // that is checked before the plan is committed, below. A shared restore's other workers are
+    // expected to: its progress is read.
     let stored = if cluster.progress_missing && !opts.shared {
         BTreeMap::new()
     } else {
@@ -326,7 +348,7 @@ async fn set_up<'a>(
     // A stop asked for while planning or fencing ends the restore before it creates anything.
     if futures::FutureExt::now_or_never(stop.as_mut()).is_some() {
         restore.report.stopped = true;
-        return Ok(restore);
+        return Ok(SetUp::Ready(Box::new(restore)));
     }
     let remaining: u64 = restore
         .lanes
@@ -350,14 +372,16 @@ async fn set_up<'a>(
         // Commit the plan before the first record: from now on a rerun with this id resumes
         // (and does not take the records of an interrupted first transaction for someone else's).
         restore.ensure_progress_topic().await?;
-        if opts.shared {
-            // The progress topic exists now, whoever created it: a plan another worker committed
-            // before this one fenced it is there, even if a broker did not list the topic then.
+        if opts.shared || missing_when_asked {
+            // The progress topic exists now, whoever created it: a plan another run committed
+            // before this one fenced it is there, even if this run saw no topic when it asked the
+            // cluster (another run of the same restore starting at the same time) or a broker did
+            // not list it yet. Committing a fresh plan over it would restore its records again.
             let committed = restore.stored_progress().await?;
             if !committed.is_empty() {
-                return Err(
-                    restore.interrupted("another worker committed the shared restore's plan first")
-                );
+                return Ok(SetUp::Again(
+                    "another run committed the restore's plan first",
+                ));
             }
         }
         for lane in &mut restore.lanes {
@@ -369,5 +393,5 @@ async fn set_up<'a>(
             eprintln!("{hint}");
         }
     }
-    Ok(restore)
+    Ok(SetUp::Ready(Box::new(restore)))
 }
