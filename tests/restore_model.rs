@@ -672,7 +672,9 @@ fn config(mode: u64) -> ProptestConfig {
 
 /// Found by the model (seed 1): a plain run that saw no progress topic when it asked the cluster,
 /// and fenced the other run of the same restore only after that one had committed its plan and
-/// records, committed a fresh plan over them and restored those records a second time.
+/// records, committed a fresh plan over them and restored those records a second time. Here the
+/// first run waits 15 s between asking and fencing, long enough for the second to restore
+/// everything (about 3 s) on a loaded machine.
 #[test]
 fn a_plain_run_that_fences_another_mid_restore_resumes_its_progress() {
     let case = Case {
@@ -681,7 +683,7 @@ fn a_plain_run_that_fences_another_mid_restore_resumes_its_progress() {
         ops: vec![
             Op::Start {
                 worker: 0,
-                fault: Fault::StallBeforeFence { ms: 5_000 },
+                fault: Fault::StallBeforeFence { ms: 15_000 },
             },
             Op::Sleep(300),
             Op::Start {

@@ -361,7 +361,12 @@ impl Restore<'_> {
                     .map(|l| l.target_topic.clone())
                     .filter(|t| !known_targets.contains(t))
                     .collect();
-                self.ensure_targets(&new_targets).await?;
+                if !self.ensure_targets(&new_targets).await? {
+                    self.txn.abort().await;
+                    return Err(self.interrupted(
+                        "a new target topic was created by someone else while this restore created it; running the same command again checks it",
+                    ));
+                }
             }
             if grown && self.pass(stop).await? {
                 return Ok(());

@@ -235,6 +235,10 @@ impl Restore<'_> {
 /// How many times a run tries to set the restore up before it gives up.
 const SET_UP_ATTEMPTS: u32 = 10;
 
+/// Why a run sets up again when a topic it created was there already.
+const APPEARED: &str =
+    "a target topic or the progress topic was created by someone else while this run set up";
+
 /// What one attempt to set the restore up came to.
 enum SetUp<'a> {
     Ready(Box<Restore<'a>>),
@@ -300,7 +304,9 @@ async fn set_up<'a>(
     let stored = if cluster.progress_missing && !opts.shared {
         BTreeMap::new()
     } else {
-        progress::read_for(client, opts, transaction_timeout, false)
+        // A topic the cluster listed must be found again (a broker whose metadata lags must not
+        // read as "no progress").
+        progress::read_for(client, opts, transaction_timeout, !cluster.progress_missing)
             .await
             .map_err(kafka_err)?
     };
@@ -366,12 +372,16 @@ async fn set_up<'a>(
         } else {
             BTreeSet::new()
         };
-        restore.ensure_targets(&targets).await?;
+        if !restore.ensure_targets(&targets).await? {
+            return Ok(SetUp::Again(APPEARED));
+        }
     }
     if !restore.report.resumed {
         // Commit the plan before the first record: from now on a rerun with this id resumes
         // (and does not take the records of an interrupted first transaction for someone else's).
-        restore.ensure_progress_topic().await?;
+        if !restore.ensure_progress_topic().await? {
+            return Ok(SetUp::Again(APPEARED));
+        }
         if opts.shared || missing_when_asked {
             // The progress topic exists now, whoever created it: a plan another run committed
             // before this one fenced it is there, even if this run saw no topic when it asked the

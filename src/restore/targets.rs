@@ -71,7 +71,7 @@ async fn create_topic(
     partitions: i32,
     replication: i32,
     configs: &BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
     for (k, v) in configs {
         topic = topic.set(k, v);
@@ -83,13 +83,15 @@ async fn create_topic(
         )
         .await
         .map_err(|e| e.to_string())?;
+    let mut created = true;
     for result in results {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => created = false,
             Err((_, code)) => return Err(code.to_string()),
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 /// One target topic as the checks found it, and what the restore does with it.
@@ -341,10 +343,13 @@ impl Restore<'_> {
     /// Check every target ([`check`]), then create the missing ones and grow the ones this restore
     /// already writes to (follow mode). Nothing is created before every target passed, so a refused
     /// restore leaves the cluster as it was.
+    /// Returns false if a topic it set out to create (a target or the progress topic) was there
+    /// already: someone created it after the checks, which did not see it, so the caller must
+    /// look again before it writes anything.
     pub(super) async fn ensure_targets(
         &mut self,
         new_targets: &BTreeSet<String>,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<bool, RestoreError> {
         let checked = check(
             &*self.store,
             self.opts,
@@ -359,9 +364,11 @@ impl Restore<'_> {
         for warning in &checked.warnings {
             tracing::warn!("{warning}");
         }
-        self.ensure_progress_topic().await?;
+        if !self.ensure_progress_topic().await? {
+            return Ok(false);
+        }
         let Some(admin) = &self.cluster.admin else {
-            return Ok(());
+            return Ok(true);
         };
         for (target, partitions) in &checked.grow {
             grow(admin, target, *partitions)
@@ -380,7 +387,7 @@ impl Restore<'_> {
             self.cluster.partitions.insert(target.clone(), *partitions);
         }
         for create in checked.create {
-            create_topic(
+            let created = create_topic(
                 admin,
                 &create.topic,
                 create.partitions,
@@ -391,6 +398,13 @@ impl Restore<'_> {
             .map_err(|e| {
                 RestoreError::Target(format!("cannot create target topic {}: {e}", create.topic))
             })?;
+            if !created {
+                tracing::info!(
+                    topic = create.topic,
+                    "the target topic was created by someone else meanwhile"
+                );
+                return Ok(false);
+            }
             tracing::info!(
                 topic = create.topic,
                 partitions = create.partitions,
@@ -402,19 +416,21 @@ impl Restore<'_> {
                 .partitions
                 .insert(create.topic, create.partitions);
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Create the progress topic if it does not exist yet (one partition, compacted).
-    pub(super) async fn ensure_progress_topic(&mut self) -> Result<(), RestoreError> {
+    /// Create the progress topic if it does not exist yet (one partition, compacted). Returns
+    /// false if it was there already, created by someone else since the cluster was asked: its
+    /// partitions, and any progress in it, are unknown to this run.
+    pub(super) async fn ensure_progress_topic(&mut self) -> Result<bool, RestoreError> {
         if !self.cluster.progress_missing {
-            return Ok(());
+            return Ok(true);
         }
         let topic = self.opts.progress_topic.clone();
         let Some(admin) = &self.cluster.admin else {
             return Err(no_progress_topic(&topic));
         };
-        create_topic(
+        let created = create_topic(
             admin,
             &topic,
             1,
@@ -425,9 +441,11 @@ impl Restore<'_> {
         .map_err(|e| {
             RestoreError::Target(format!("cannot create the progress topic {topic}: {e}"))
         })?;
-        self.cluster.partitions.insert(topic, 1);
-        self.cluster.progress_missing = false;
-        Ok(())
+        if created {
+            self.cluster.partitions.insert(topic, 1);
+            self.cluster.progress_missing = false;
+        }
+        Ok(created)
     }
 }
 
