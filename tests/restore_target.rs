@@ -439,6 +439,11 @@ async fn a_plan_runs_every_check_of_the_run_and_writes_nothing() {
     let full = format!("{topic}-full");
     kafka::create_topic(&full, 2, &[]).await;
     kafka::produce(&full, 1, &source[1][..1]).await;
+    // Records only in a transaction still open (another restore writing, say) are invisible to
+    // read_committed clients, but the topic is not empty.
+    let pending = format!("{topic}-pending");
+    kafka::create_topic(&pending, 2, &[]).await;
+    let _open = kafka::open_transaction(&pending, 0, &source[0][..1]).await;
     let stamped = format!("{topic}-stamped");
     kafka::create_topic(&stamped, 2, &[("message.timestamp.type", "LogAppendTime")]).await;
     for (target, reason) in [
@@ -449,6 +454,10 @@ async fn a_plan_runs_every_check_of_the_run_and_writes_nothing() {
         (
             &full,
             format!("target topic {full} is not empty: it holds 1 offsets"),
+        ),
+        (
+            &pending,
+            format!("target topic {pending} is not empty: it holds 1 offsets"),
         ),
         (
             &stamped,

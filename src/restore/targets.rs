@@ -244,9 +244,13 @@ async fn check_existing(
     if opts.allow_non_empty {
         return Ok(());
     }
+    // The high watermark, from a read_uncommitted client: a read_committed one is told the last
+    // stable offset, and a target holding only an open transaction (another restore writing
+    // into it) would look empty.
+    let mut probe = cluster.client.clone();
+    probe.set("isolation.level", "read_uncommitted");
     let consumer: Arc<BaseConsumer<Ctx>> = Arc::new(
-        cluster
-            .client
+        probe
             .create_with_context(Ctx)
             .map_err(|e| cluster.kafka_err(e))?,
     );

@@ -142,6 +142,24 @@ pub async fn produce_transaction(topic: &str, partition: i32, records: &[Record]
     }
 }
 
+/// Produce records in a transaction left open: it stays open while the returned producer lives
+/// (and at most its timeout, a minute).
+pub async fn open_transaction(topic: &str, partition: i32, records: &[Record]) -> FutureProducer {
+    let producer: FutureProducer = config()
+        .set("transactional.id", super::unique("open-tx"))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    for r in records {
+        producer
+            .send(to_kafka(topic, partition, r), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    }
+    producer
+}
+
 /// A consumer with `settings`, assigned one partition from its beginning (no group membership).
 fn reader_from_start(mut settings: ClientConfig, topic: &str, partition: i32) -> BaseConsumer {
     let consumer: BaseConsumer = settings
