@@ -80,24 +80,8 @@ async fn archived() -> Source {
             .collect();
         kafka::produce(&topic, p, &records).await;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let archive = format!("file://{}", dir.path().display());
-    let out = common::sink_command(&archive, &topic, &common::unique("g"))
-        .arg("--once")
-        .env("REWIND__SINK__MAX_FILE_RECORDS", "250")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
-    let records = (0..PARTITIONS)
-        .map(|p| {
-            let read: Vec<Record> = kafka::read_to_end(&topic, p)
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect();
-            assert_eq!(read.len() as i64, PER_PARTITION);
-            read
-        })
-        .collect();
+    let (archive, dir, records) = common::archive_once(&topic, PARTITIONS, 250);
+    assert!(records.iter().all(|r| r.len() as i64 == PER_PARTITION));
     Source {
         topic,
         archive,

@@ -35,22 +35,7 @@ async fn archived(prefix: &str) -> (String, String, tempfile::TempDir, Vec<Vec<R
             .collect();
         kafka::produce(&topic, p, &records).await;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let archive = format!("file://{}", dir.path().display());
-    let out = common::sink_command(&archive, &topic, &common::unique("g"))
-        .arg("--once")
-        .env("REWIND__SINK__MAX_FILE_RECORDS", "1000")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
-    let source = (0..PARTITIONS)
-        .map(|p| {
-            kafka::read_to_end(&topic, p)
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect()
-        })
-        .collect();
+    let (archive, dir, source) = common::archive_once(&topic, PARTITIONS, 1000);
     (topic, archive, dir, source)
 }
 

@@ -121,18 +121,7 @@ pub async fn produce(topic: &str, partition: i32, records: &[Record]) -> Vec<Rec
 
 /// Produce records in one transaction, committed or aborted.
 pub async fn produce_transaction(topic: &str, partition: i32, records: &[Record], commit: bool) {
-    let producer: FutureProducer = config()
-        .set("transactional.id", super::unique("tx"))
-        .create()
-        .unwrap();
-    producer.init_transactions(Duration::from_secs(30)).unwrap();
-    producer.begin_transaction().unwrap();
-    for r in records {
-        producer
-            .send(to_kafka(topic, partition, r), Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
-    }
+    let producer = open_transaction(topic, partition, records).await;
     if commit {
         producer
             .commit_transaction(Duration::from_secs(30))

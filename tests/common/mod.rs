@@ -118,6 +118,36 @@ pub fn kill_at_failpoint(cmd: &mut std::process::Command, name: &str) -> bool {
     reached.join().unwrap()
 }
 
+/// Archive `topic` with `rewind sink --once` into a new local archive, closing a file every
+/// `max_file_records` records; returns the archive's URL, its folder (deleted on drop) and every
+/// partition's records as a `read_committed` consumer sees them.
+pub fn archive_once(
+    topic: &str,
+    partitions: i32,
+    max_file_records: u32,
+) -> (String, tempfile::TempDir, Vec<Vec<rewind::archive::Record>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    let out = sink_command(&archive, topic, &unique("g"))
+        .arg("--once")
+        .env(
+            "REWIND__SINK__MAX_FILE_RECORDS",
+            max_file_records.to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let source = (0..partitions)
+        .map(|p| {
+            kafka::read_to_end(topic, p)
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect()
+        })
+        .collect();
+    (archive, dir, source)
+}
+
 /// Options of a `--once` sink of one topic that closes a file every `max_records` records.
 pub fn once_sink_options(topic: &str, max_records: u64) -> rewind::sink::SinkOptions {
     rewind::sink::SinkOptions {
