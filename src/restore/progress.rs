@@ -181,7 +181,7 @@ pub fn read(
                     Some(value) => {
                         if let Ok(p) = serde_json::from_slice::<Progress>(value) {
                             if p.restore_id == restore_id {
-                                out.insert((p.topic.clone(), p.partition), p);
+                                keep_furthest(&mut out, p);
                             }
                         }
                     }
@@ -194,4 +194,52 @@ pub fn read(
         }
     }
     Ok(out)
+}
+
+/// Keep `progress` unless the record already read for its partition went further. Within one
+/// partition of the progress topic the later record is the newer; across partitions (partitions
+/// added to the topic during a restore move its keys) the order read says nothing, but a
+/// restore's progress only moves forward: the furthest is the newest.
+fn keep_furthest(out: &mut BTreeMap<(String, i32), Progress>, progress: Progress) {
+    let id = (progress.topic.clone(), progress.partition);
+    if out.get(&id).is_none_or(|held| held.next <= progress.next) {
+        out.insert(id, progress);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(next: i64, updated_at: &str) -> Progress {
+        Progress {
+            restore_id: "r".into(),
+            topic: "t".into(),
+            partition: 0,
+            target_topic: "t".into(),
+            window: String::new(),
+            selection: String::new(),
+            follow: false,
+            start: 0,
+            end: Some(100),
+            next,
+            groups: BTreeMap::new(),
+            groups_as_of: None,
+            updated_at: updated_at.into(),
+        }
+    }
+
+    #[test]
+    fn the_furthest_progress_of_a_partition_wins_whatever_the_order_read() {
+        let mut out = BTreeMap::new();
+        keep_furthest(&mut out, at(40, "second"));
+        // An older record read later (from another partition of the progress topic).
+        keep_furthest(&mut out, at(10, "first"));
+        assert_eq!(out[&("t".to_string(), 0)].next, 40);
+        // A record as far, read later, is the newer one (within a partition, later is newer).
+        keep_furthest(&mut out, at(40, "third"));
+        assert_eq!(out[&("t".to_string(), 0)].updated_at, "third");
+        keep_furthest(&mut out, at(70, "fourth"));
+        assert_eq!(out[&("t".to_string(), 0)].next, 70);
+    }
 }
