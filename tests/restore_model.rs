@@ -31,7 +31,6 @@ use common::kafka::{self, record};
 use common::watched::Watched;
 use proptest::prelude::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use rewind::archive::Record;
 use rewind::restore::progress::Progress;
 
@@ -436,7 +435,7 @@ impl<'a> Run<'a> {
         let probe: BaseConsumer = kafka::config().create().unwrap();
         let mut out = BTreeMap::new();
         for p in 0..partitions(&probe, &self.progress_topic) {
-            for (value, _) in read_committed(&self.progress_topic, p) {
+            for value in visible(&self.progress_topic, p) {
                 let progress: Progress = serde_json::from_slice(&value.value.unwrap()).unwrap();
                 if progress.restore_id == self.id {
                     out.insert(progress.partition, progress);
@@ -568,46 +567,14 @@ fn partitions(probe: &BaseConsumer, topic: &str) -> i32 {
 /// What a `read_committed` consumer sees of one partition now, up to its last stable offset
 /// (nothing before the topic exists).
 fn visible(topic: &str, partition: i32) -> Vec<Record> {
-    read_committed(topic, partition)
+    let probe: BaseConsumer = kafka::config().create().unwrap();
+    if partitions(&probe, topic) <= partition {
+        return Vec::new();
+    }
+    kafka::read_to_end(topic, partition)
         .into_iter()
         .map(|(r, _)| r)
         .collect()
-}
-
-fn read_committed(topic: &str, partition: i32) -> Vec<(Record, i64)> {
-    let consumer: BaseConsumer = kafka::config()
-        .set("group.id", common::unique("model-reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .unwrap();
-    if partitions(&consumer, topic) <= partition {
-        return Vec::new();
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic}/{partition} timed out"
-        );
-        match consumer.poll(Duration::from_millis(500)) {
-            None => {}
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
-            Some(Err(e)) => panic!("consume {topic}/{partition}: {e}"),
-            Some(Ok(msg)) => {
-                let offset = msg.offset();
-                let (_, _, record) = rewind::sink::to_record(&msg);
-                out.push((record, offset));
-            }
-        }
-    }
 }
 
 fn run(shared: bool, case: &Case) {
