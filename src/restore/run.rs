@@ -242,7 +242,8 @@ const APPEARED: &str =
 /// What one attempt to set the restore up came to.
 enum SetUp<'a> {
     Ready(Box<Restore<'a>>),
-    /// Another run committed the plan between this one's look at the cluster and its commit.
+    /// Another run got ahead of this one between its look at the cluster and its plan: it
+    /// committed the plan, or created a topic this one set out to create.
     Again(&'static str),
 }
 
