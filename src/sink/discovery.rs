@@ -20,6 +20,10 @@ use crate::archive::time::rfc3339_millis;
 
 /// How long one pass of the loop spends opening the chains of newly assigned partitions.
 const OPEN_BUDGET: Duration = Duration::from_millis(100);
+/// How many partitions' chains open at once.
+const OPEN_AT_ONCE: usize = 32;
+/// How many threads ask for watermarks at once (librdkafka's call blocks its caller).
+const WATERMARK_THREADS: usize = 8;
 
 impl Sink<'_> {
     /// Find the selected topics. Snapshot mode assigns their partitions directly, each from its
@@ -53,6 +57,13 @@ impl Sink<'_> {
             );
         }
         self.check_group(&partitions)?;
+        // A snapshot opens every chain at once, which gives each partition its first checkpoint as
+        // announcing it would (and announcing then has nothing left to do).
+        let added = if self.opts.once {
+            self.open_snapshot(&partitions).await?
+        } else {
+            TopicPartitionList::new()
+        };
         // Every partition gets its first checkpoint before `_topics/` counts it, so that a reader
         // never sees a partition the topic document counts and the archive does not know.
         if let Err(e) = self.announce(&partitions).await {
@@ -86,12 +97,28 @@ impl Sink<'_> {
             }
             return Ok(());
         }
+        if added.count() > 0 {
+            self.consumer
+                .incremental_assign(&added)
+                .map_err(|e| self.kafka_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Snapshot mode: open the chains of `partitions` not open yet; the ones behind their log's end
+    /// get a target and are returned, to be assigned from their chain's end.
+    async fn open_snapshot(
+        &mut self,
+        partitions: &[(String, i32)],
+    ) -> Result<TopicPartitionList, SinkError> {
         let mut added = TopicPartitionList::new();
-        for id in partitions {
-            if self.chains.contains_key(&id) {
-                continue;
-            }
-            let Some((mut chain, high)) = self.open_chain(&id.0, id.1).await? else {
+        let closed: Vec<(String, i32)> = partitions
+            .iter()
+            .filter(|id| !self.chains.contains_key(*id))
+            .cloned()
+            .collect();
+        for (id, opened) in self.open_chains(closed).await {
+            let Some((mut chain, high)) = opened? else {
                 continue;
             };
             chain.positioned_at(chain.end);
@@ -104,12 +131,7 @@ impl Sink<'_> {
             self.seen.insert(id.clone());
             self.chains.insert(id, chain);
         }
-        if added.count() > 0 {
-            self.consumer
-                .incremental_assign(&added)
-                .map_err(|e| self.kafka_err(e))?;
-        }
-        Ok(())
+        Ok(added)
     }
 
     /// Open the chains of the partitions the group just handed over, before their first record:
@@ -125,32 +147,41 @@ impl Sink<'_> {
         let started = Instant::now();
         while started.elapsed() < OPEN_BUDGET {
             // The rebalance callback removes what is revoked from the same list.
-            let Some(id) = self
-                .consumer
-                .context()
-                .assigned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-            else {
-                break;
+            let ids: Vec<(String, i32)> = {
+                let mut assigned = self
+                    .consumer
+                    .context()
+                    .assigned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let from = assigned.len().saturating_sub(OPEN_AT_ONCE);
+                assigned.split_off(from)
             };
-            let name = format!("{}/{}", id.0, id.1);
-            if self.chains.contains_key(&id) || self.report.refused.contains(&name) {
-                continue;
+            if ids.is_empty() {
+                break;
             }
-            match self.open_chain(&id.0, id.1).await {
-                Ok(Some((chain, _))) => {
-                    self.seen.insert(id.clone());
-                    self.chains.insert(id, chain);
-                }
-                Ok(None) => {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&id.0, id.1);
-                    let _ = self.consumer.pause(&tpl);
-                }
-                Err(e) => {
-                    tracing::debug!(topic = id.0, partition = id.1, error = %e, "cannot open the partition's chain at its assignment; it opens at its first record");
+            let ids: Vec<(String, i32)> = ids
+                .into_iter()
+                .rev()
+                .filter(|id| {
+                    !self.chains.contains_key(id)
+                        && !self.report.refused.contains(&format!("{}/{}", id.0, id.1))
+                })
+                .collect();
+            for (id, opened) in self.open_chains(ids).await {
+                match opened {
+                    Ok(Some((chain, _))) => {
+                        self.seen.insert(id.clone());
+                        self.chains.insert(id, chain);
+                    }
+                    Ok(None) => {
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(&id.0, id.1);
+                        let _ = self.consumer.pause(&tpl);
+                    }
+                    Err(e) => {
+                        tracing::debug!(topic = id.0, partition = id.1, error = %e, "cannot open the partition's chain at its assignment; it opens at its first record");
+                    }
                 }
             }
         }
@@ -198,18 +229,90 @@ impl Sink<'_> {
             .into_iter()
             .map(|o| o.key)
             .collect();
-        for id in new {
-            let key = crate::archive::paths::checkpoint_key(&id.0, id.1);
-            if !stored.contains(&key) && !self.chains.contains_key(id) {
-                let (low, _) = self
-                    .offsets
-                    .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
-                    .map_err(|e| self.kafka_err(e))?;
-                PartitionChain::resume(self.store, &id.0, id.1, low).await?;
+        let missing: Vec<(String, i32)> = new
+            .iter()
+            .filter(|id| {
+                !stored.contains(&crate::archive::paths::checkpoint_key(&id.0, id.1))
+                    && !self.chains.contains_key(*id)
+            })
+            .map(|id| (*id).clone())
+            .collect();
+        for batch in missing.chunks(OPEN_AT_ONCE) {
+            let mut lows = Vec::with_capacity(batch.len());
+            for watermarks in self.watermarks(batch) {
+                lows.push(watermarks.map_err(|e| self.kafka_err(e))?.0);
             }
+            let store = self.store;
+            let created = batch.iter().zip(lows).map(|(id, low)| async move {
+                PartitionChain::resume(store, &id.0, id.1, low).await
+            });
+            for result in futures::future::join_all(created).await {
+                result?;
+            }
+        }
+        for id in new {
             self.announced.insert(id.clone());
         }
         Ok(())
+    }
+
+    /// The low and high watermarks of several partitions, asked a few at a time concurrently
+    /// (each is a round trip to the partition's leader; 1,000 partitions one after the other
+    /// took seconds).
+    fn watermarks(&self, ids: &[(String, i32)]) -> Vec<rdkafka::error::KafkaResult<(i64, i64)>> {
+        let ask = |id: &(String, i32)| {
+            self.offsets
+                .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
+        };
+        if ids.len() <= 1 {
+            return ids.iter().map(ask).collect();
+        }
+        let per_thread = ids.len().div_ceil(WATERMARK_THREADS);
+        std::thread::scope(|scope| {
+            let asks: Vec<_> = ids
+                .chunks(per_thread)
+                .map(|chunk| scope.spawn(move || chunk.iter().map(ask).collect::<Vec<_>>()))
+                .collect();
+            asks.into_iter()
+                .flat_map(|asked| asked.join().expect("asking for watermarks does not panic"))
+                .collect()
+        })
+    }
+
+    /// Open the chains of several partitions, [`OPEN_AT_ONCE`] at a time concurrently (each is a
+    /// few store round trips); see [`Self::open_chain`]. The answers come in the order of `ids`.
+    pub(super) async fn open_chains(
+        &mut self,
+        ids: Vec<(String, i32)>,
+    ) -> Vec<(
+        (String, i32),
+        Result<Option<(PartitionChain, i64)>, SinkError>,
+    )> {
+        let mut opened = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(OPEN_AT_ONCE) {
+            let watermarks: Vec<Result<(i64, i64), SinkError>> = self
+                .watermarks(batch)
+                .into_iter()
+                .map(|w| w.map_err(|e| self.kafka_err(e)))
+                .collect();
+            let store = self.store;
+            let resumed = futures::future::join_all(batch.iter().zip(watermarks).map(
+                |(id, watermarks)| async move {
+                    let (low, high) = watermarks?;
+                    let chain = PartitionChain::resume(store, &id.0, id.1, low).await?;
+                    Ok::<_, SinkError>((chain, low, high))
+                },
+            ))
+            .await;
+            for (id, resumed) in batch.iter().zip(resumed) {
+                let result = match resumed {
+                    Ok((chain, low, high)) => self.check_opened(chain, low, high).await,
+                    Err(e) => Err(e),
+                };
+                opened.push((id.clone(), result));
+            }
+        }
+        opened
     }
 
     /// Resume one partition's chain from the archive, checked against the partition's log: a hole
@@ -220,11 +323,24 @@ impl Sink<'_> {
         topic: &str,
         partition: i32,
     ) -> Result<Option<(PartitionChain, i64)>, SinkError> {
-        let (low, high) = self
-            .offsets
-            .fetch_watermarks(topic, partition, Duration::from_secs(30))
-            .map_err(|e| self.kafka_err(e))?;
-        let mut chain = PartitionChain::resume(self.store, topic, partition, low).await?;
+        let id = (topic.to_string(), partition);
+        let (_, opened) = self
+            .open_chains(vec![id])
+            .await
+            .pop()
+            .expect("one answer per partition");
+        opened
+    }
+
+    /// A resumed chain checked against its partition's log (see [`Self::open_chain`]).
+    async fn check_opened(
+        &mut self,
+        mut chain: PartitionChain,
+        low: i64,
+        high: i64,
+    ) -> Result<Option<(PartitionChain, i64)>, SinkError> {
+        let topic = chain.topic.clone();
+        let (topic, partition) = (topic.as_str(), chain.partition);
         if chain.end > high {
             // The log ends before what is archived: the topic was deleted and recreated (or
             // truncated). Writing would mix two histories under one chain, so never do.
