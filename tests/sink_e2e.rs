@@ -315,6 +315,93 @@ async fn a_file_written_by_another_worker_is_adopted_not_duplicated() {
     assert_eq!(common::archive::chain(&store, &topic, 0).await, produced);
 }
 
+/// More partitions than the sink opens, or flushes at its targets, at once (32): every batch, and
+/// the last one short, must leave each partition's chain equal to its log and its checkpoint at the
+/// log's end; a second worker that sees neither files nor checkpoints adopts every file, each
+/// partition reading on from its adopted file's end to the next; a third run continues the chains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_of_many_partitions_archives_each_one_exactly() {
+    const PARTITIONS: i32 = 75;
+    let topic = common::unique("sink-wide");
+    create_topic(&topic, PARTITIONS, &[]).await;
+    let base = common::now_ms() - 60_000;
+    let batch = |round: i64, partition: i32| -> Vec<Record> {
+        // 0 to 6 records: some partitions stay empty, others need several files.
+        (0..i64::from(partition % 7))
+            .map(|i| {
+                let value = format!("{round}/{partition}/{i}");
+                record(Some(b"k"), Some(value.as_bytes()), vec![], base + i)
+            })
+            .collect()
+    };
+    let produce_round = |round: i64| {
+        let topic = topic.clone();
+        async move {
+            let sent = futures::future::join_all((0..PARTITIONS).map(|p| {
+                let (topic, records) = (topic.clone(), batch(round, p));
+                async move { produce(&topic, p, &records).await }
+            }))
+            .await;
+            sent
+        }
+    };
+    let mut produced: Vec<Vec<Record>> = produce_round(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    let mut opts = options(&regex::escape(&topic));
+    opts.policy.max_records = 2;
+    let total = |produced: &[Vec<Record>]| produced.iter().map(Vec::len).sum::<usize>() as u64;
+    let check = |produced: Vec<Vec<Record>>| {
+        let store = store.clone();
+        let topic = topic.clone();
+        async move {
+            for (partition, want) in produced.iter().enumerate() {
+                let partition = partition as i32;
+                let got = common::archive::chain(&store, &topic, partition).await;
+                assert_eq!(&got, want, "{topic}/{partition}");
+                let checkpoint = documents::read_checkpoint(store.as_ref(), &topic, partition)
+                    .await
+                    .unwrap()
+                    .expect("every partition has a checkpoint");
+                let log_end = want.last().map_or(0, |r| r.offset + 1);
+                assert_eq!(checkpoint.doc.end, log_end, "{topic}/{partition}");
+            }
+        }
+    };
+
+    let report = snapshot(&store, opts.clone()).await;
+    assert_eq!(report.records, total(&produced), "{report:?}");
+    check(produced.clone()).await;
+
+    let files_before = store.list("data/").await.unwrap();
+    for partition in 0..PARTITIONS {
+        store
+            .delete(&format!("_checkpoints/{topic}/{partition}.json"))
+            .await
+            .unwrap();
+    }
+    let zombie: Arc<dyn ObjectStore> = Arc::new(Skewed {
+        inner: store.clone(),
+        stale_data_listing: true,
+        ignore_conditions: false,
+    });
+    let report = snapshot(&zombie, opts.clone()).await;
+    assert_eq!(
+        (report.files, report.records, report.adopted_files),
+        (0, 0, files_before.len() as u64),
+        "{report:?}"
+    );
+    assert_eq!(store.list("data/").await.unwrap(), files_before);
+    check(produced.clone()).await;
+
+    for (all, more) in produced.iter_mut().zip(produce_round(1).await) {
+        all.extend(more);
+    }
+    let report = snapshot(&store, opts).await;
+    assert_eq!(report.records, total(&produced) / 2, "{report:?}");
+    check(produced).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aborted_transactions_are_never_archived() {
     let topic = common::unique("sink-tx");

@@ -73,6 +73,9 @@ struct Sink<'a> {
     chains: FxHashMap<(String, i32), PartitionChain>,
     /// Snapshot mode: the offset each partition must reach; removed once reached.
     targets: FxHashMap<(String, i32), i64>,
+    /// Snapshot mode: partitions that reached their targets, paused and waiting to be flushed
+    /// together (one at a time, 1,000 small partitions took 1,000 store round trips in a row).
+    reached: Vec<(String, i32)>,
     report: SinkReport,
     started: Instant,
     /// Continuous mode: the topics currently subscribed to.
@@ -93,6 +96,9 @@ struct Sink<'a> {
     /// Sum of every chain's buffered bytes, kept current so the hot path never adds them up.
     buffered: u64,
 }
+
+/// Snapshot mode: how many partitions that reached their targets wait to be flushed together.
+const REACHED_BATCH: usize = 32;
 
 /// Run the sink until it is told to stop (`stop` resolves) or, in snapshot mode, until every
 /// partition reached its target.
@@ -224,6 +230,7 @@ pub async fn run(
         },
         chains: FxHashMap::default(),
         targets: FxHashMap::default(),
+        reached: Vec::new(),
         report: SinkReport::default(),
         started: Instant::now(),
         subscribed: Vec::new(),
@@ -311,6 +318,10 @@ impl Sink<'_> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_discovery = Instant::now();
         loop {
+            if !self.reached.is_empty() && self.reached.len() == self.targets.len() {
+                // Nothing is left to read: flush what reached its target now.
+                self.settle_reached().await?;
+            }
             if self.opts.once && self.targets.is_empty() {
                 break;
             }
@@ -466,29 +477,61 @@ impl Sink<'_> {
         Ok(())
     }
 
-    /// Snapshot mode: a partition is complete; make it durable and stop reading it.
+    /// Snapshot mode: a partition is complete: stop reading it, and make it durable together with
+    /// others that completed meanwhile (their flushes overlap), once enough of them wait, nothing
+    /// is left to read, or at the next tick.
     async fn reached_target(&mut self, id: &(String, i32)) -> Result<(), SinkError> {
-        let Some(high) = self.targets.remove(id) else {
-            return Ok(());
-        };
-        let repositions = self.chains.get(id).map(PartitionChain::repositions);
-        self.flush(id, Event::TargetReached).await?;
-        let rewound = self
-            .chains
-            .get(id)
-            .is_some_and(|c| Some(c.repositions()) != repositions && c.expected_next() < high);
-        if rewound {
-            // The flush moved the chain short of the target (it adopted a shorter file, another
-            // worker's checkpoint or gap moved it, records went back to be read again): keep
-            // reading to the target.
-            self.targets.insert(id.clone(), high);
+        if !self.targets.contains_key(id) || self.reached.contains(id) {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&id.0, id.1);
-        self.consumer
-            .incremental_unassign(&tpl)
-            .map_err(|e| self.kafka_err(e))?;
+        self.consumer.pause(&tpl).map_err(|e| self.kafka_err(e))?;
+        self.reached.push(id.clone());
+        if self.reached.len() >= REACHED_BATCH {
+            self.settle_reached().await?;
+        }
+        Ok(())
+    }
+
+    /// Snapshot mode: flush the partitions that reached their targets, then stop reading them,
+    /// except any the flush moved short of its target, which read on.
+    async fn settle_reached(&mut self) -> Result<(), SinkError> {
+        let ids = std::mem::take(&mut self.reached);
+        let repositions: Vec<Option<u64>> = ids
+            .iter()
+            .map(|id| self.chains.get(id).map(PartitionChain::repositions))
+            .collect();
+        self.flush_many(ids.clone(), Event::TargetReached).await?;
+        let (mut done, mut again) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for (id, repositions) in ids.into_iter().zip(repositions) {
+            let Some(&high) = self.targets.get(&id) else {
+                continue;
+            };
+            let rewound = self
+                .chains
+                .get(&id)
+                .is_some_and(|c| Some(c.repositions()) != repositions && c.expected_next() < high);
+            if rewound {
+                // The flush moved the chain short of the target (it adopted a shorter file, another
+                // worker's checkpoint or gap moved it, records went back to be read again): keep
+                // reading to the target.
+                again.add_partition(&id.0, id.1);
+            } else {
+                self.targets.remove(&id);
+                done.add_partition(&id.0, id.1);
+            }
+        }
+        if again.count() > 0 {
+            self.consumer
+                .resume(&again)
+                .map_err(|e| self.kafka_err(e))?;
+        }
+        if done.count() > 0 {
+            self.consumer
+                .incremental_unassign(&done)
+                .map_err(|e| self.kafka_err(e))?;
+        }
         Ok(())
     }
 
@@ -502,8 +545,11 @@ impl Sink<'_> {
             .filter(|(_, c)| c.should_roll(&self.opts.policy, tick).is_some())
             .map(|(id, _)| id.clone())
             .collect();
-        for id in due {
-            self.flush(&id, tick).await?;
+        // Together, so that their uploads overlap: with many partitions, files of the same age fall
+        // due on the same tick.
+        self.flush_many(due, tick).await?;
+        if !self.reached.is_empty() {
+            self.settle_reached().await?;
         }
         if self.paused {
             self.relieve_memory().await?;
