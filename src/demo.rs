@@ -451,14 +451,14 @@ async fn read_partition(
         let deadline = Instant::now() + Duration::from_secs(30);
         while out.len() < count && Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(msg)) => out.push(sink::to_record(&msg).2),
+                Some(Ok(msg)) => out.push(sink::to_record(&msg)),
                 Some(Err(e)) => return Err(format!("reading {topic}/{partition}: {e}")),
                 None => {}
             }
         }
         // Anything past the expected count would be a duplicate: look for it briefly.
         if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(300)) {
-            out.push(sink::to_record(&msg).2);
+            out.push(sink::to_record(&msg));
         }
         Ok(out)
     })

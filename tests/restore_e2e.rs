@@ -823,7 +823,7 @@ async fn consumer_groups_resume_at_the_counterpart_of_their_offset() {
                 None => {}
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) => panic!("group {g}: {e}"),
-                Some(Ok(m)) => got.push(rewind::sink::to_record(&m).2.value.unwrap()),
+                Some(Ok(m)) => got.push(rewind::sink::to_record(&m).value.unwrap()),
             }
         }
         let want: Vec<Vec<u8>> = source[from..]

@@ -150,7 +150,7 @@ fn read_all_committed(topic: &str, partitions: i32) -> Vec<Vec<(Record, Timestam
             }
             Some(Err(e)) => panic!("consume {topic}: {e}"),
             Some(Ok(msg)) => {
-                let (_, _, record) = rewind::sink::to_record(&msg);
+                let record = rewind::sink::to_record(&msg);
                 out[msg.partition() as usize].push((record, msg.timestamp()));
             }
         }

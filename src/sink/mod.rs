@@ -95,6 +95,8 @@ struct Sink<'a> {
     paused: bool,
     /// Sum of every chain's buffered bytes, kept current so the hot path never adds them up.
     buffered: u64,
+    /// The partition of the last record read.
+    last_id: (String, i32),
 }
 
 /// Snapshot mode: how many partitions that reached their targets wait to be flushed together.
@@ -246,6 +248,7 @@ pub async fn run(
         backoff: crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
         paused: false,
         buffered: 0,
+        last_id: Default::default(),
     };
     sink.discover().await?;
     if sink.chains.is_empty() && opts.once {
@@ -343,8 +346,15 @@ impl Sink<'_> {
                     match message {
                         Ok(msg) => {
                             self.report.read += 1;
-                            let (topic, partition, record) = to_record(&msg);
-                            self.on_record(topic, partition, record).await?;
+                            // The partition's name is allocated only when it changes between
+                            // messages (they come in runs per partition), not once per record.
+                            let mut id = std::mem::take(&mut self.last_id);
+                            if id.1 != msg.partition() || id.0 != msg.topic() {
+                                id = (msg.topic().to_string(), msg.partition());
+                            }
+                            let result = self.on_record(&id, to_record(&msg)).await;
+                            self.last_id = id;
+                            result?;
                         }
                         Err(KafkaError::PartitionEOF(partition)) => self.on_eof(partition).await?,
                         Err(e) => tracing::warn!(error = %e, "consumer error; librdkafka retries by itself"),
@@ -355,15 +365,9 @@ impl Sink<'_> {
         self.flush_all(Event::Shutdown).await
     }
 
-    async fn on_record(
-        &mut self,
-        topic: String,
-        partition: i32,
-        record: Record,
-    ) -> Result<(), SinkError> {
-        let id = (topic, partition);
+    async fn on_record(&mut self, id: &(String, i32), record: Record) -> Result<(), SinkError> {
         let offset = record.offset;
-        if !self.chains.contains_key(&id) {
+        if !self.chains.contains_key(id) {
             if self.opts.once || self.report.refused.contains(&format!("{}/{}", id.0, id.1)) {
                 return Ok(());
             }
@@ -374,7 +378,7 @@ impl Sink<'_> {
                     // again once the store answers.
                     tracing::warn!(topic = id.0, partition = id.1, error = %e, "cannot resume the partition from the archive yet");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    return self.seek(&id, offset);
+                    return self.seek(id, offset);
                 }
                 other => other?,
             };
@@ -387,10 +391,10 @@ impl Sink<'_> {
             self.seen.insert(id.clone());
             self.chains.insert(id.clone(), chain);
         }
-        let chain = self.chains.get_mut(&id).expect("chain exists");
+        let chain = self.chains.get_mut(id).expect("chain exists");
         let ticket = match chain.admit(offset) {
             Admission::Skip => return Ok(()),
-            Admission::Reposition => return self.apply_seek(&id),
+            Admission::Reposition => return self.apply_seek(id),
             Admission::Keep(ticket) => ticket,
         };
         let bucket = HourBucket::of_millis(record.timestamp.unwrap_or_else(now_millis));
@@ -399,12 +403,12 @@ impl Sink<'_> {
             .should_roll(&self.opts.policy, before_append)
             .is_some()
         {
-            self.flush(&id, before_append).await?;
-            self.defer_if_open(&id, ticket)?;
+            self.flush(id, before_append).await?;
+            self.defer_if_open(id, ticket)?;
         }
         let cost = |sink: &Self| {
             sink.chains
-                .get(&id)
+                .get(id)
                 .map_or(record.size(), |c| c.push_cost(&record))
         };
         if self.buffered() + cost(self) > self.record_budget() {
@@ -413,13 +417,13 @@ impl Sink<'_> {
             if self.buffered() > 0 && self.buffered() + cost(self) > self.record_budget() {
                 // Still no room (the store is down): Kafka delivers it again from this offset once
                 // consumption resumes.
-                if let Some(chain) = self.chains.get_mut(&id) {
+                if let Some(chain) = self.chains.get_mut(id) {
                     chain.defer(ticket);
                 }
-                return self.apply_seek(&id);
+                return self.apply_seek(id);
             }
         }
-        let Some(chain) = self.chains.get_mut(&id) else {
+        let Some(chain) = self.chains.get_mut(id) else {
             return Ok(());
         };
         let before = chain.buffered_bytes();
@@ -432,7 +436,7 @@ impl Sink<'_> {
         if !chain.push(ticket, record, bucket, now) {
             // A flush on the way repositioned the chain (an adopted file, another worker's
             // checkpoint, a record deferred): the consumer reads again from there.
-            return self.apply_seek(&id);
+            return self.apply_seek(id);
         }
         self.buffered = self.buffered - before + chain.buffered_bytes();
         self.report.peak_buffered = self.report.peak_buffered.max(self.buffered);
@@ -440,14 +444,10 @@ impl Sink<'_> {
             .should_roll(&self.opts.policy, Event::AfterAppend)
             .is_some()
         {
-            self.flush(&id, Event::AfterAppend).await?;
+            self.flush(id, Event::AfterAppend).await?;
         }
-        if self
-            .targets
-            .get(&id)
-            .is_some_and(|high| offset + 1 >= *high)
-        {
-            self.reached_target(&id).await?;
+        if self.targets.get(id).is_some_and(|high| offset + 1 >= *high) {
+            self.reached_target(id).await?;
         }
         Ok(())
     }
@@ -599,8 +599,8 @@ impl Sink<'_> {
     }
 }
 
-/// A consumed message as an archive record, with its topic and partition.
-pub fn to_record(msg: &BorrowedMessage<'_>) -> (String, i32, Record) {
+/// A consumed message as an archive record.
+pub fn to_record(msg: &BorrowedMessage<'_>) -> Record {
     let (timestamp, timestamp_type) = match msg.timestamp() {
         Timestamp::NotAvailable => (None, None),
         Timestamp::CreateTime(t) => (Some(t), Some(TimestampType::Create)),
@@ -617,13 +617,12 @@ pub fn to_record(msg: &BorrowedMessage<'_>) -> (String, i32, Record) {
                 .collect()
         })
         .unwrap_or_default();
-    let record = Record {
+    Record {
         offset: msg.offset(),
         timestamp,
         timestamp_type,
         key: msg.key().map(<[u8]>::to_vec),
         value: msg.payload().map(<[u8]>::to_vec),
         headers,
-    };
-    (msg.topic().to_string(), msg.partition(), record)
+    }
 }

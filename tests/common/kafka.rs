@@ -173,7 +173,7 @@ pub fn consume(topic: &str, partition: i32, count: usize) -> Vec<(Record, Timest
             continue;
         };
         let msg = msg.unwrap_or_else(|e| panic!("consume {topic}: {e}"));
-        let (_, _, record) = rewind::sink::to_record(&msg);
+        let record = rewind::sink::to_record(&msg);
         out.push((record, msg.timestamp()));
     }
     assert_eq!(
@@ -228,7 +228,7 @@ pub fn read_to_end(topic: &str, partition: i32) -> Vec<(Record, Timestamp)> {
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
             Some(Err(e)) => panic!("consume {topic}: {e}"),
             Some(Ok(msg)) => {
-                let (_, _, record) = rewind::sink::to_record(&msg);
+                let record = rewind::sink::to_record(&msg);
                 out.push((record, msg.timestamp()));
             }
         }
