@@ -317,8 +317,10 @@ async fn a_file_written_by_another_worker_is_adopted_not_duplicated() {
 
 /// More partitions than the sink opens, or flushes at its targets, at once (32): every batch, and
 /// the last one short, must leave each partition's chain equal to its log and its checkpoint at the
-/// log's end; a second worker that sees neither files nor checkpoints adopts every file, each
-/// partition reading on from its adopted file's end to the next; a third run continues the chains.
+/// log's end. A second worker that sees neither files nor checkpoints, with files of up to 1,000
+/// records and a budget a few partitions fill, adopts every file: memory pressure flushes
+/// partitions that reached their targets while they wait to be settled, adopting a file shorter
+/// than what they read, and each must read on from there to the next. A third run continues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_snapshot_of_many_partitions_archives_each_one_exactly() {
     const PARTITIONS: i32 = 75;
@@ -329,7 +331,7 @@ async fn a_snapshot_of_many_partitions_archives_each_one_exactly() {
         // 0 to 6 records: some partitions stay empty, others need several files.
         (0..i64::from(partition % 7))
             .map(|i| {
-                let value = format!("{round}/{partition}/{i}");
+                let value = format!("{round}/{partition}/{i}/{}", "v".repeat(20_000));
                 record(Some(b"k"), Some(value.as_bytes()), vec![], base + i)
             })
             .collect()
@@ -385,7 +387,10 @@ async fn a_snapshot_of_many_partitions_archives_each_one_exactly() {
         stale_data_listing: true,
         ignore_conditions: false,
     });
-    let report = snapshot(&zombie, opts.clone()).await;
+    let mut crowded = opts.clone();
+    crowded.policy.max_records = 1000;
+    crowded.buffer_budget = 1 << 20;
+    let report = snapshot(&zombie, crowded).await;
     assert_eq!(
         (report.files, report.records, report.adopted_files),
         (0, 0, files_before.len() as u64),

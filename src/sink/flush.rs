@@ -130,7 +130,15 @@ impl Sink<'_> {
             let result = if over {
                 self.consumer.pause(&assignment)
             } else {
-                self.consumer.resume(&assignment)
+                // Not the partitions that reached their snapshot targets: they stay paused.
+                let mut reading = TopicPartitionList::new();
+                for e in assignment.elements() {
+                    let id = (e.topic().to_string(), e.partition());
+                    if !self.reached.iter().any(|(r, _)| *r == id) {
+                        reading.add_partition(&id.0, id.1);
+                    }
+                }
+                self.consumer.resume(&reading)
             };
             result.map_err(|e| self.kafka_err(e))?;
             tracing::warn!(

@@ -74,8 +74,11 @@ struct Sink<'a> {
     /// Snapshot mode: the offset each partition must reach; removed once reached.
     targets: FxHashMap<(String, i32), i64>,
     /// Snapshot mode: partitions that reached their targets, paused and waiting to be flushed
-    /// together (one at a time, 1,000 small partitions took 1,000 store round trips in a row).
-    reached: Vec<(String, i32)>,
+    /// together (one at a time, 1,000 small partitions took 1,000 store round trips in a row),
+    /// each with its chain's reposition count from before the record that reached the target: a
+    /// flush in between (memory pressure, a tick, the record's own) that moved the chain back must
+    /// be seen when the partition is settled.
+    reached: Vec<((String, i32), u64)>,
     report: SinkReport,
     started: Instant,
     /// Continuous mode: the topics currently subscribed to.
@@ -392,6 +395,7 @@ impl Sink<'_> {
             self.chains.insert(id.clone(), chain);
         }
         let chain = self.chains.get_mut(id).expect("chain exists");
+        let repositions = chain.repositions();
         let ticket = match chain.admit(offset) {
             Admission::Skip => return Ok(()),
             Admission::Reposition => return self.apply_seek(id),
@@ -447,7 +451,7 @@ impl Sink<'_> {
             self.flush(id, Event::AfterAppend).await?;
         }
         if self.targets.get(id).is_some_and(|high| offset + 1 >= *high) {
-            self.reached_target(id).await?;
+            self.reached_target(id, repositions).await?;
         }
         Ok(())
     }
@@ -471,7 +475,8 @@ impl Sink<'_> {
                 .and_then(|e| e.offset().to_raw())
                 .is_some_and(|pos| pos >= *self.targets.get(&id).unwrap_or(&i64::MAX));
             if reached {
-                self.reached_target(&id).await?;
+                let repositions = self.chains.get(&id).map_or(0, PartitionChain::repositions);
+                self.reached_target(&id, repositions).await?;
             }
         }
         Ok(())
@@ -479,15 +484,20 @@ impl Sink<'_> {
 
     /// Snapshot mode: a partition is complete: stop reading it, and make it durable together with
     /// others that completed meanwhile (their flushes overlap), once enough of them wait, nothing
-    /// is left to read, or at the next tick.
-    async fn reached_target(&mut self, id: &(String, i32)) -> Result<(), SinkError> {
-        if !self.targets.contains_key(id) || self.reached.contains(id) {
+    /// is left to read, or at the next tick. `repositions` is the chain's reposition count from
+    /// before the record that completed it.
+    async fn reached_target(
+        &mut self,
+        id: &(String, i32),
+        repositions: u64,
+    ) -> Result<(), SinkError> {
+        if !self.targets.contains_key(id) || self.reached.iter().any(|(r, _)| r == id) {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&id.0, id.1);
         self.consumer.pause(&tpl).map_err(|e| self.kafka_err(e))?;
-        self.reached.push(id.clone());
+        self.reached.push((id.clone(), repositions));
         if self.reached.len() >= REACHED_BATCH {
             self.settle_reached().await?;
         }
@@ -495,25 +505,26 @@ impl Sink<'_> {
     }
 
     /// Snapshot mode: flush the partitions that reached their targets, then stop reading them,
-    /// except any the flush moved short of its target, which read on.
+    /// except any that a flush since moved short of its target, which read on, and any whose
+    /// records could not be made durable yet (the store is away), which wait for the next try.
     async fn settle_reached(&mut self) -> Result<(), SinkError> {
-        let ids = std::mem::take(&mut self.reached);
-        let repositions: Vec<Option<u64>> = ids
-            .iter()
-            .map(|id| self.chains.get(id).map(PartitionChain::repositions))
-            .collect();
-        self.flush_many(ids.clone(), Event::TargetReached).await?;
+        let waiting = std::mem::take(&mut self.reached);
+        let ids: Vec<(String, i32)> = waiting.iter().map(|(id, _)| id.clone()).collect();
+        self.flush_many(ids, Event::TargetReached).await?;
         let (mut done, mut again) = (TopicPartitionList::new(), TopicPartitionList::new());
-        for (id, repositions) in ids.into_iter().zip(repositions) {
+        for (id, repositions) in waiting {
             let Some(&high) = self.targets.get(&id) else {
                 continue;
             };
-            let rewound = self
-                .chains
-                .get(&id)
-                .is_some_and(|c| Some(c.repositions()) != repositions && c.expected_next() < high);
-            if rewound {
-                // The flush moved the chain short of the target (it adopted a shorter file, another
+            let Some(chain) = self.chains.get(&id) else {
+                // Forgotten (no longer assigned): nothing to wait for.
+                self.targets.remove(&id);
+                continue;
+            };
+            if chain.open_file().is_some() {
+                self.reached.push((id, repositions));
+            } else if chain.repositions() != repositions && chain.expected_next() < high {
+                // A flush moved the chain short of the target (it adopted a shorter file, another
                 // worker's checkpoint or gap moved it, records went back to be read again): keep
                 // reading to the target.
                 again.add_partition(&id.0, id.1);
@@ -522,7 +533,8 @@ impl Sink<'_> {
                 done.add_partition(&id.0, id.1);
             }
         }
-        if again.count() > 0 {
+        // Under memory pressure every partition stays paused; relieving memory resumes these.
+        if again.count() > 0 && !self.paused {
             self.consumer
                 .resume(&again)
                 .map_err(|e| self.kafka_err(e))?;
