@@ -238,16 +238,23 @@ impl Sink<'_> {
             .map(|id| (*id).clone())
             .collect();
         for batch in missing.chunks(OPEN_AT_ONCE) {
-            let mut lows = Vec::with_capacity(batch.len());
-            for watermarks in self.watermarks(batch) {
-                lows.push(watermarks.map_err(|e| self.kafka_err(e))?.0);
-            }
+            // The partitions whose log start came back get their checkpoint even if one did not;
+            // the first failure is reported after.
+            let watermarks = self.watermarks(batch);
             let store = self.store;
-            let created = batch.iter().zip(lows).map(|(id, low)| async move {
-                PartitionChain::resume(store, &id.0, id.1, low).await
-            });
+            let created =
+                batch
+                    .iter()
+                    .zip(&watermarks)
+                    .filter_map(|(id, w)| w.as_ref().ok().map(|(low, _)| (id, *low)))
+                    .map(|(id, low)| async move {
+                        PartitionChain::resume(store, &id.0, id.1, low).await
+                    });
             for result in futures::future::join_all(created).await {
                 result?;
+            }
+            if let Some(Err(e)) = watermarks.into_iter().find(Result::is_err) {
+                return Err(self.kafka_err(e));
             }
         }
         for id in new {
