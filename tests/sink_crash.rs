@@ -95,10 +95,15 @@ async fn killed_workers_lose_and_duplicate_nothing() {
 
     let store: Arc<dyn ObjectStore> =
         Arc::new(LocalStore::open(StorageUrl::parse(&archive).unwrap()).unwrap());
+    // The last kill may have landed between a file's claim and its checkpoint, and its partitions
+    // are not reassigned before the session timeout: such files are durable past the checkpoint
+    // until the final snapshot adopts them.
     let archived_by_workers: usize = {
         let mut n = 0;
         for p in 0..PARTITIONS {
-            n += common::archive::chain(&store, &topic, p).await.len();
+            n += common::archive::chain_as_killed(&store, &topic, p)
+                .await
+                .len();
         }
         n
     };

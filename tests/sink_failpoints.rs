@@ -213,6 +213,12 @@ async fn crash_after_claim_before_checkpoint() {
         Some(0),
         "the chain's beginning only"
     );
+    // The state `sink_crash.rs` meets when its last kill lands here: a valid chain whose file is
+    // past the checkpoint.
+    assert_eq!(
+        common::archive::chain_as_killed(&bed.store, &bed.topic, 0).await,
+        produced[..10]
+    );
 
     produced.extend(produce(&bed.topic, 0, &small_records(12, "b")).await);
     bed.recover();

@@ -26,8 +26,57 @@ pub async fn data_keys(
     keys
 }
 
-/// Every record archived for one partition, in chain order, after checking the chain is contiguous.
+/// Every record archived for one partition, in chain order, after checking the chain is contiguous
+/// and its checkpoint is at its end: the state a worker leaves when it stops cleanly or resumes.
 pub async fn chain(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) -> Vec<Record> {
+    let (records, bounds) = read_chain(store, topic, partition).await;
+    if let [_, .., end] = bounds[..] {
+        assert_eq!(
+            checkpoint_end(store, topic, partition).await,
+            end,
+            "the checkpoint is at the end of the chain"
+        );
+    }
+    records
+}
+
+/// Like [`chain`], for an archive as a SIGKILL may leave it: a worker killed after a file was made
+/// durable and before the checkpoint was advanced leaves files past the checkpoint, which the next
+/// resume adopts. The checkpoint must still be at the end of one of the chain's files (or at its
+/// start), never inside a file or past the chain.
+pub async fn chain_as_killed(
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    partition: i32,
+) -> Vec<Record> {
+    let (records, bounds) = read_chain(store, topic, partition).await;
+    if !bounds.is_empty() {
+        let checkpoint = checkpoint_end(store, topic, partition).await;
+        assert!(
+            bounds.contains(&checkpoint),
+            "the checkpoint ({checkpoint}) is at a file boundary of the chain ({bounds:?})"
+        );
+    }
+    records
+}
+
+async fn checkpoint_end(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) -> i64 {
+    documents::read_checkpoint(&**store, topic, partition)
+        .await
+        .unwrap()
+        .expect("a checkpoint")
+        .doc
+        .end
+}
+
+/// The records of a partition's chain and its file boundaries (the first file's start, then each
+/// file's end; empty without files), checking contiguity.
+async fn read_chain(
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    partition: i32,
+) -> (Vec<Record>, Vec<i64>) {
+    let mut bounds = Vec::new();
     let keys = data_keys(store, topic, partition).await;
     let mut records = Vec::new();
     let mut expected_start = None;
@@ -63,18 +112,12 @@ pub async fn chain(store: &Arc<dyn ObjectStore>, topic: &str, partition: i32) ->
             HourBucket::of_millis(rows[0].timestamp.unwrap()),
             "{key}: bucket of the first record"
         );
+        if bounds.is_empty() {
+            bounds.push(meta.start);
+        }
         expected_start = Some(meta.end);
+        bounds.push(meta.end);
         records.extend(rows);
     }
-    if let Some(end) = expected_start {
-        let checkpoint = documents::read_checkpoint(&**store, topic, partition)
-            .await
-            .unwrap()
-            .expect("a checkpoint");
-        assert_eq!(
-            checkpoint.doc.end, end,
-            "the checkpoint is at the end of the chain"
-        );
-    }
-    records
+    (records, bounds)
 }
