@@ -231,6 +231,26 @@ struct Skewed {
     ignore_conditions: bool,
 }
 
+/// The store as a second worker sees it that neither lists the data files nor finds a checkpoint
+/// of `topic`'s first `partitions` partitions (they are deleted).
+async fn blind_zombie(
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    partitions: i32,
+) -> Arc<dyn ObjectStore> {
+    for partition in 0..partitions {
+        store
+            .delete(&format!("_checkpoints/{topic}/{partition}.json"))
+            .await
+            .unwrap();
+    }
+    Arc::new(Skewed {
+        inner: store.clone(),
+        stale_data_listing: true,
+        ignore_conditions: false,
+    })
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for Skewed {
     async fn put(&self, key: &str, body: bytes::Bytes, mode: PutMode) -> StorageResult<PutResult> {
@@ -292,15 +312,7 @@ async fn a_file_written_by_another_worker_is_adopted_not_duplicated() {
 
     // A second worker that neither sees the files nor the checkpoint writes the same starts again:
     // every create-only put fails, and it adopts the existing files instead of duplicating them.
-    store
-        .delete(&format!("_checkpoints/{topic}/0.json"))
-        .await
-        .unwrap();
-    let zombie: Arc<dyn ObjectStore> = Arc::new(Skewed {
-        inner: store.clone(),
-        stale_data_listing: true,
-        ignore_conditions: false,
-    });
+    let zombie = blind_zombie(&store, &topic, 1).await;
     let report = snapshot(&zombie, opts).await;
     assert_eq!(
         (report.files, report.records, report.adopted_files),
@@ -376,17 +388,7 @@ async fn a_snapshot_of_many_partitions_archives_each_one_exactly() {
     check(produced.clone()).await;
 
     let files_before = store.list("data/").await.unwrap();
-    for partition in 0..PARTITIONS {
-        store
-            .delete(&format!("_checkpoints/{topic}/{partition}.json"))
-            .await
-            .unwrap();
-    }
-    let zombie: Arc<dyn ObjectStore> = Arc::new(Skewed {
-        inner: store.clone(),
-        stale_data_listing: true,
-        ignore_conditions: false,
-    });
+    let zombie = blind_zombie(&store, &topic, PARTITIONS).await;
     let mut crowded = opts.clone();
     crowded.policy.max_records = 1000;
     crowded.buffer_budget = 1 << 20;
