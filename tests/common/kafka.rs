@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
@@ -19,8 +19,11 @@ pub fn config() -> ClientConfig {
 /// Create a topic; test topics keep their records forever (`retention.ms=-1`) unless `configs`
 /// says otherwise, so old test timestamps are never cleaned up by the broker mid-test.
 pub async fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    // A KRaft controller refuses an operation of more than 10,000 records (PolicyViolation), and a
+    // topic's creation is one record per partition and one more: larger topics grow in steps.
+    const STEP: i32 = 5_000;
     let admin: AdminClient<DefaultClientContext> = config().create().unwrap();
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions.min(STEP), TopicReplication::Fixed(1));
     if !configs.iter().any(|(k, _)| *k == "retention.ms") {
         topic = topic.set("retention.ms", "-1");
     }
@@ -34,6 +37,14 @@ pub async fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)])
         .unwrap_or_else(|e| panic!("create topic {name}: {e}; {}", super::testbed_hint()));
     for result in results {
         result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+    let mut created = partitions.min(STEP);
+    while created < partitions {
+        created = partitions.min(created + STEP);
+        let grow = NewPartitions::new(name, created as usize);
+        for result in admin.create_partitions([&grow], &opts).await.unwrap() {
+            result.unwrap_or_else(|(t, e)| panic!("grow topic {t} to {created} partitions: {e}"));
+        }
     }
     wait_for_metadata(name, partitions);
 }
