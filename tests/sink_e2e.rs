@@ -724,6 +724,70 @@ async fn transaction_markers_cost_no_round_trip_per_record() {
     assert_eq!(values, want);
 }
 
+/// Files with offset jumps ask the broker for their partition's log start, a batch of them
+/// together: each answer must reach its own partition. Transactional partitions whose logs start at
+/// different offsets (a prefix deleted from some) sit in one batch with plain ones; a log start
+/// given to the wrong partition would record a gap over a marker this worker read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_starts_asked_together_reach_their_own_partitions() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    const PARTITIONS: i32 = 6;
+    let topic = common::unique("sink-log-starts");
+    create_topic(&topic, PARTITIONS, &[]).await;
+    let base = common::now_ms() - 60_000;
+    let mut produced: Vec<Vec<Record>> = vec![Vec::new(); PARTITIONS as usize];
+    for p in 0..PARTITIONS {
+        for i in 0..3 {
+            let one = vec![record(
+                Some(format!("p{p}-{i}").as_bytes()),
+                Some(b"v"),
+                vec![],
+                base + i,
+            )];
+            if p % 2 == 0 {
+                // Even partitions: one record per transaction, a marker after each.
+                produce_transaction(&topic, p, &one, true).await;
+            } else {
+                produce(&topic, p, &one).await;
+            }
+            produced[p as usize].extend(one);
+        }
+    }
+    // Partitions 2 and 4 lose their first record and its marker: their logs start at 2.
+    let admin: AdminClient<DefaultClientContext> = common::kafka::config().create().unwrap();
+    let mut cut = TopicPartitionList::new();
+    for p in [2, 4] {
+        cut.add_partition_offset(&topic, p, Offset::Offset(2))
+            .unwrap();
+        produced[p as usize].remove(0);
+    }
+    admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(&dir);
+    let report = snapshot(&store, options(&regex::escape(&topic))).await;
+    assert_eq!(
+        (report.records, report.gaps, report.log_start_queries),
+        (16, 0, 3),
+        "one log-start question per transactional partition, no gap: {report:?}"
+    );
+    for p in 0..PARTITIONS {
+        let archived = common::archive::chain(&store, &topic, p).await;
+        let got: Vec<_> = archived.iter().map(|r| (&r.key, &r.value)).collect();
+        let want: Vec<_> = produced[p as usize]
+            .iter()
+            .map(|r| (&r.key, &r.value))
+            .collect();
+        assert_eq!(got, want, "partition {p}");
+    }
+}
+
 /// Issue 13, defect 3: a store that ignores conditional writes is refused before anything is
 /// written, with one sentence naming the store and what it ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -265,8 +265,11 @@ impl Sink<'_> {
 
     /// The low and high watermarks of several partitions, asked a few at a time concurrently
     /// (each is a round trip to the partition's leader; 1,000 partitions one after the other
-    /// took seconds).
-    fn watermarks(&self, ids: &[(String, i32)]) -> Vec<rdkafka::error::KafkaResult<(i64, i64)>> {
+    /// took seconds), in the order of `ids`. Chains opening and files with offset jumps ask.
+    pub(super) fn watermarks(
+        &self,
+        ids: &[(String, i32)],
+    ) -> Vec<rdkafka::error::KafkaResult<(i64, i64)>> {
         let ask = |id: &(String, i32)| {
             self.offsets
                 .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))

@@ -221,20 +221,26 @@ impl Sink<'_> {
                 .filter_map(|id| self.chains.remove(&id).map(|chain| (id, chain)))
                 .collect();
             // A file with offset jumps asks the broker for the log's start once, before it is
-            // made durable (see `PartitionChain::flush_checked`); a failure to ask keeps the
-            // records and tries again later, like a store that is away.
-            let mut lows = Vec::with_capacity(taken.len());
-            for (id, chain) in &taken {
-                lows.push(match chain.first_jump() {
+            // made durable (see `PartitionChain::flush_checked`), the batch's questions asked
+            // together; a failure to ask keeps the records and tries again later, like a store
+            // that is away.
+            let jumped: Vec<(String, i32)> = taken
+                .iter()
+                .filter(|(_, chain)| chain.first_jump().is_some())
+                .map(|(id, _)| id.clone())
+                .collect();
+            self.report.log_start_queries += jumped.len() as u64;
+            let mut asked = self.watermarks(&jumped).into_iter();
+            let lows: Vec<_> = taken
+                .iter()
+                .map(|(_, chain)| match chain.first_jump() {
                     None => Ok(None),
-                    Some(_) => {
-                        self.report.log_start_queries += 1;
-                        self.offsets
-                            .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
-                            .map(|(low, _)| Some(low))
-                    }
-                });
-            }
+                    Some(_) => asked
+                        .next()
+                        .expect("an answer for each question")
+                        .map(|(low, _)| Some(low)),
+                })
+                .collect();
             // Decided before the flush, which closes the file the policy looks at.
             let reasons: Vec<Option<RollReason>> = taken
                 .iter()
