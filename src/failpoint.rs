@@ -31,6 +31,10 @@ pub const RESTORE_STALL_BEFORE_PROGRESS: &str = "restore-stall-before-progress";
 /// can set up meanwhile.
 pub const RESTORE_STALL_BEFORE_FENCE: &str = "restore-stall-before-fence";
 
+/// A restore has fenced earlier runs and has not read their progress or committed its plan yet. A
+/// stall point: another run of the same restore that sets up meanwhile fences this one.
+pub const RESTORE_STALL_AFTER_FENCE: &str = "restore-stall-after-fence";
+
 /// Fault: every seek of the sink's consumer fails, as it does when librdkafka has not finished
 /// assigning the partition or the broker does not answer in time.
 pub const SEEK_FAILS: &str = "seek-fails";

@@ -191,6 +191,58 @@ async fn workers_share_a_restore_and_take_over_one_killed_mid_transaction() {
     );
 }
 
+/// A worker whose set-up is fenced by another's (it fenced, then the other did before it committed
+/// the plan) tries again: the restore is exact, and the expected race
+/// shows no librdkafka fatal error on the operator's screen (before, the fenced set-up printed five
+/// ERROR lines saying the instance had been fenced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_up_fenced_by_another_worker_tries_again_without_alarming_errors() {
+    let (topic, archive, _dir, source) = archived("shared-fenced").await;
+    let target = format!("{topic}-copy");
+    let id = common::unique("fenced");
+    let mut first = worker(&archive, &topic, &target, &id, "f1");
+    first
+        .env("REWIND_FAILPOINT", "restore-stall-after-fence")
+        .env("REWIND_FAILPOINT_STALL_MS", "4000");
+    let mut first = Watched::start(&mut first);
+    assert!(
+        first.wait_for(
+            "failpoint restore-stall-after-fence reached",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        first.stderr()
+    );
+    // The second fences the first within those 4 s, then waits longer than the first: the first
+    // commits its plan with a fenced producer.
+    let second = Watched::start(
+        worker(&archive, &topic, &target, &id, "f2")
+            .env("REWIND_FAILPOINT", "restore-stall-after-fence")
+            .env("REWIND_FAILPOINT_STALL_MS", "8000"),
+    );
+    let outs = [first.finish(), second.finish()];
+    let counts: Vec<u64> = outs.iter().map(restored_by).collect();
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        (PARTITIONS as i64 * PER_PARTITION) as u64,
+        "{counts:?}"
+    );
+    assert_restored(&target, &source);
+    let first_log = common::text(&outs[0].stderr);
+    assert!(
+        first_log.contains("setting up again"),
+        "the first worker's set-up was fenced: {first_log}"
+    );
+    for out in &outs {
+        let log = common::text(&out.stderr);
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("ERROR") && l.to_lowercase().contains("fenced")),
+            "{log}"
+        );
+    }
+}
+
 /// A worker frozen (SIGSTOP) with a transaction open that holds records, long enough for the group
 /// to give its partitions to another, then let go before that transaction times out: the group
 /// coordinator refuses its commit (the generation that gave it the partitions is gone), so

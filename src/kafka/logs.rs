@@ -63,6 +63,23 @@ impl Said {
     }
 }
 
+/// Whether librdkafka tells a transactional producer that a newer producer with its transactional
+/// id fenced it. The restore says so in its own words (its error names the run that took over; a
+/// shared restore's worker fenced while setting up tries again), so that librdkafka's own lines
+/// about it, five at error level, are debug lines in the restore's producers.
+pub fn is_fenced(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("fenced by a newer instance") || lower.contains("with an old epoch")
+}
+
+/// [`is_fenced`] for librdkafka's error callback.
+pub fn is_fenced_error(error: &KafkaError, reason: &str) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch)
+    ) || is_fenced(reason)
+}
+
 /// Log a line at librdkafka's level.
 fn at_level(level: RDKafkaLogLevel, fac: &str, message: &str) {
     match level {
@@ -208,6 +225,28 @@ mod tests {
     use super::*;
 
     const REFUSED: &str = "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)";
+
+    #[test]
+    fn a_fenced_producer_is_told_apart() {
+        // What librdkafka said when one worker's set-up fenced another's (bench, 2026-12-04).
+        for line in [
+            r#"TxnCoordinator/1: Failed to add partition "__rewind_restores" [0] to transaction: Broker: Producer attempted an operation with an old epoch"#,
+            "Fatal transaction error: Failed to add partitions to transaction: Local: This instance has been fenced by a newer instance (_FENCED)",
+        ] {
+            assert!(is_fenced(line), "{line}");
+        }
+        assert!(is_fenced_error(
+            &KafkaError::Global(Code::Fenced),
+            "Failed to add partitions to transaction"
+        ));
+        assert!(!is_fenced_error(
+            &KafkaError::Global(Code::AllBrokersDown),
+            "1/1 brokers are down"
+        ));
+        assert!(!is_fenced(
+            "Failed to commit transaction: Broker: Transaction coordinator is not available"
+        ));
+    }
 
     #[test]
     fn an_outage_is_said_once_and_its_end_once() {

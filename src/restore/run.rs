@@ -277,6 +277,7 @@ async fn set_up<'a>(
     let txn = Transaction::fence(&producer_config, &opts.restore_id)
         .await
         .map_err(kafka_err)?;
+    crate::failpoint::stall(crate::failpoint::RESTORE_STALL_AFTER_FENCE).await;
     // A worker's own producer is fenced before the progress is read: whatever an earlier process
     // of the same worker left open is aborted now, not after its timeout.
     let worker = match opts.shared {

@@ -239,6 +239,9 @@ impl Transaction {
             self.abort().await;
             return Err(self.interrupted(match failure {
                 Some(failure) => failure,
+                None if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced) => format!(
+                    "another run of this restore (the same restore id) took over and fenced this one's transaction, which did not commit ({e})"
+                ),
                 None => format!("the transaction did not commit: {e}"),
             }));
         }
@@ -440,11 +443,19 @@ impl ClientContext for Deliveries {
     crate::kafka::answer_oauth_token_refresh!();
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        self.connection.log(level, fac, message);
+        if crate::kafka::logs::is_fenced(message) {
+            tracing::debug!(target: "librdkafka", fac, "{message}");
+        } else {
+            self.connection.log(level, fac, message);
+        }
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        self.connection.error(error, reason);
+        if crate::kafka::logs::is_fenced_error(&error, reason) {
+            tracing::debug!(target: "librdkafka", error = %error, "{reason}");
+        } else {
+            self.connection.error(error, reason);
+        }
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
