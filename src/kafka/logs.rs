@@ -63,13 +63,16 @@ impl Said {
     }
 }
 
-/// Whether librdkafka tells a transactional producer that a newer producer with its transactional
-/// id fenced it. The restore says so in its own words (its error names the run that took over; a
-/// shared restore's worker fenced while setting up tries again), so that librdkafka's own lines
-/// about it, five at error level, are debug lines in the restore's producers.
+/// Whether librdkafka tells a transactional producer that it was fenced (a newer producer with its
+/// transactional id, or the broker ending a transaction past its timeout, bumped its epoch). The
+/// restore says so in its own words (its error carries `Transaction::fence_note`; a shared
+/// restore's worker fenced while setting up tries again and says so), so that librdkafka's own
+/// lines about it, five at error level, are debug lines in the restore's producers.
 pub fn is_fenced(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
-    lower.contains("fenced by a newer instance") || lower.contains("with an old epoch")
+    ["fenced", "fences the current", "old epoch"]
+        .iter()
+        .any(|w| lower.contains(w))
 }
 
 /// [`is_fenced`] for librdkafka's error callback.
@@ -232,6 +235,8 @@ mod tests {
         for line in [
             r#"TxnCoordinator/1: Failed to add partition "__rewind_restores" [0] to transaction: Broker: Producer attempted an operation with an old epoch"#,
             "Fatal transaction error: Failed to add partitions to transaction: Local: This instance has been fenced by a newer instance (_FENCED)",
+            "Producer fenced by newer instance",
+            "There is a newer producer with the same transactionalId which fences the current one.",
         ] {
             assert!(is_fenced(line), "{line}");
         }

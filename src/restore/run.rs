@@ -142,9 +142,14 @@ impl Restore<'_> {
     }
 
     pub(super) fn interrupted(&self, message: impl ToString) -> RestoreError {
+        let fenced = std::iter::once(&self.txn)
+            .chain(self.worker.as_ref().map(|(_, own)| own))
+            .map(Transaction::fence_note)
+            .find(|note| !note.is_empty())
+            .unwrap_or_default();
         RestoreError::Interrupted {
             id: self.opts.restore_id.clone(),
-            message: message.to_string(),
+            message: format!("{}{fenced}", message.to_string()),
         }
     }
 

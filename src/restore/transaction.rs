@@ -239,9 +239,6 @@ impl Transaction {
             self.abort().await;
             return Err(self.interrupted(match failure {
                 Some(failure) => failure,
-                None if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced) => format!(
-                    "another run of this restore (the same restore id) took over and fenced this one's transaction, which did not commit ({e})"
-                ),
                 None => format!("the transaction did not commit: {e}"),
             }));
         }
@@ -286,7 +283,20 @@ impl Transaction {
     fn interrupted(&self, message: impl ToString) -> RestoreError {
         RestoreError::Interrupted {
             id: self.restore_id.clone(),
-            message: message.to_string(),
+            message: format!("{}{}", message.to_string(), self.fence_note()),
+        }
+    }
+
+    /// Why the producer stopped, when it was fenced: librdkafka then purges what is queued, and the
+    /// failure a run sees first ("Purged in queue", "Erroneous state") does not say it. Its own
+    /// lines about the fence are debug lines ([`crate::kafka::logs::is_fenced`]): this is where
+    /// the operator reads it. Empty otherwise.
+    pub(super) fn fence_note(&self) -> String {
+        match self.producer.client().fatal_error() {
+            Some((RDKafkaErrorCode::Fenced, reason)) => format!(
+                "; this run's transactional producer was fenced ({reason}): another process is running this restore with the same restore id (or worker id), or the broker aborted a transaction that stayed open longer than transaction.timeout.ms"
+            ),
+            _ => String::new(),
         }
     }
 }
