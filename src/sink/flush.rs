@@ -320,7 +320,13 @@ impl Sink<'_> {
             Err(e) if e.is_transient() => {
                 // Keep the records and try again later; consumption pauses if memory runs out.
                 let wait = self.backoff.next_delay();
-                tracing::warn!(topic = chain.topic, partition = chain.partition, error = %e, retry_in_s = wait.as_secs(), "the archive store is unavailable; records stay buffered");
+                let what = match e {
+                    FlushError::LogStart(_) => {
+                        "the broker did not say where the partition's log starts"
+                    }
+                    _ => "the archive store is unavailable",
+                };
+                tracing::warn!(topic = chain.topic, partition = chain.partition, error = %e, retry_in_s = wait.as_secs(), "{what}; records stay buffered");
                 metrics::counter!(crate::metrics::SINK_ERRORS, "kind" => "storage_unavailable")
                     .increment(1);
                 self.retry_at = Some(Instant::now() + wait);
