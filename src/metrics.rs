@@ -20,6 +20,8 @@ pub const SINK_FILES_ADOPTED: &str = "rewind_sink_files_adopted_total";
 pub const SINK_UPLOAD_SECONDS: &str = "rewind_sink_upload_seconds";
 /// Bytes of records buffered in memory across all partitions.
 pub const SINK_BUFFERED_BYTES: &str = "rewind_sink_buffered_bytes";
+/// Full files uploading in the background while their partitions read on.
+pub const SINK_UPLOADS_IN_FLIGHT: &str = "rewind_sink_uploads_in_flight";
 /// Records in Kafka not yet durable in the archive (`topic`).
 pub const SINK_LAG: &str = "rewind_sink_lag_records";
 /// Seconds since the oldest record not yet durable was consumed (`topic`); 0 when all is durable.
@@ -115,6 +117,11 @@ fn describe() {
         SINK_BUFFERED_BYTES,
         Unit::Bytes,
         "Bytes of records buffered in memory."
+    );
+    describe_gauge!(
+        SINK_UPLOADS_IN_FLIGHT,
+        Unit::Count,
+        "Full files uploading in the background while their partitions read on."
     );
     describe_gauge!(
         SINK_LAG,

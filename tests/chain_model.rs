@@ -32,7 +32,7 @@ use rewind::archive::documents::{self, Gap};
 use rewind::archive::rotation::{Event, RollReason, RollingPolicy};
 use rewind::archive::time::HourBucket;
 use rewind::archive::{Record, TimestampType};
-use rewind::sink::{Admission, FlushError, PartitionChain};
+use rewind::sink::{Admission, FlushError, PartitionChain, Sent, Upload};
 use rewind::storage::{
     GetResult, ListPage, MemoryStore, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutResult,
     StorageError, StorageResult, StorageUrl,
@@ -253,6 +253,12 @@ enum Op {
     Squeeze {
         w: usize,
     },
+    /// The worker's background upload moves on a step: the sealed file is put in the store, or,
+    /// once put, lands (claim, checkpoint). Workers 0 and 1 upload full files in the background
+    /// and read on (`Sink::fly`); worker 2 flushes in place.
+    Fly {
+        w: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -272,7 +278,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => w.clone().prop_map(|w| Op::LoseReply { w }),
         1 => (w.clone(), any::<bool>()).prop_map(|(w, on)| Op::Stale { w, on }),
         1 => (w.clone(), 1u8..3).prop_map(|(w, hours)| Op::Clock { w, hours }),
-        2 => w.prop_map(|w| Op::Squeeze { w }),
+        2 => w.clone().prop_map(|w| Op::Squeeze { w }),
+        4 => w.prop_map(|w| Op::Fly { w }),
     ]
 }
 
@@ -288,6 +295,16 @@ struct Worker {
     clock: i64,
     /// The next delivery meets a full buffer budget.
     squeezed: bool,
+    /// Uploads full files in the background (`Sink::fly`) rather than flushing in place.
+    pipelined: bool,
+    /// The background upload of the chain's sealed file, if one is on its way.
+    flight: Option<Flight>,
+}
+
+/// A background upload, in its two steps: sealed (not in the store yet), then put (to be landed).
+enum Flight {
+    Sealed(Upload),
+    Put(Sent),
 }
 
 struct World {
@@ -305,7 +322,8 @@ impl World {
     fn new() -> World {
         let shared = MemoryStore::new();
         let workers = (0..WORKERS)
-            .map(|_| Worker {
+            .enumerate()
+            .map(|(w, _)| Worker {
                 store: Arc::new(Faulty {
                     inner: shared.clone(),
                     faults: Faults::default(),
@@ -314,6 +332,8 @@ impl World {
                 cursor: 0,
                 clock: BASE,
                 squeezed: false,
+                pipelined: w < 2,
+                flight: None,
             })
             .collect();
         World {
@@ -375,13 +395,21 @@ impl World {
                     }
                 }
             }
+            // `Sink::on_tick` leaves a chain whose upload is on its way alone.
+            Op::Roll { w } if self.workers[w].flight.is_some() => {}
             Op::Roll { w } => self.flush(w, RollReason::Age).await,
-            Op::Crash { w } => self.workers[w].chain = None,
+            Op::Crash { w } => {
+                self.workers[w].chain = None;
+                self.workers[w].flight = None;
+            }
             Op::Start { w, at } => self.start(w, at).await,
             Op::Revoke { w } => {
+                // `Sink::release_revoked` lands the uploads on their way first.
+                self.land(w).await;
                 self.flush(w, RollReason::Revoked).await;
                 self.workers[w].chain = None;
             }
+            Op::Fly { w } => self.fly_step(w).await,
             Op::Retention { n } => {
                 self.log.start = (self.log.start + i64::from(n)).min(self.log.end());
             }
@@ -492,7 +520,7 @@ impl World {
         };
         let bucket = HourBucket::of_millis(record.timestamp.unwrap_or(self.workers[w].clock));
         if let Some(reason) = chain.should_roll(&self.policy, Event::BeforeAppend { bucket }) {
-            if !flush_chain(&mut chain, &*store, reason, self.log.start).await {
+            if !self.roll(w, &mut chain, reason).await {
                 // A non-transient failure stops the worker.
                 self.workers[w].chain = None;
                 return true;
@@ -502,8 +530,12 @@ impl World {
             }
         }
         if std::mem::take(&mut self.workers[w].squeezed) {
-            // `Sink::on_record` over the buffer budget: the largest buffers are flushed, and when
-            // memory is still short the record is read again later.
+            // `Sink::on_record` over the buffer budget: uploads on their way land, the largest
+            // buffers are flushed, and when memory is still short the record is read again later.
+            if !self.land_chain(w, &mut chain).await {
+                self.workers[w].chain = None;
+                return true;
+            }
             if !flush_chain(
                 &mut chain,
                 &*store,
@@ -521,7 +553,7 @@ impl World {
         }
         if chain.push(ticket, record, bucket, 0) {
             if let Some(reason) = chain.should_roll(&self.policy, Event::AfterAppend) {
-                if !flush_chain(&mut chain, &*store, reason, self.log.start).await {
+                if !self.roll(w, &mut chain, reason).await {
                     self.workers[w].chain = None;
                     return true;
                 }
@@ -539,10 +571,86 @@ impl World {
         self.workers[w].chain = Some(chain);
     }
 
+    /// `Sink::roll`: land the partition's upload on its way, then seal the open file for the
+    /// background (a pipelined worker, when `PartitionChain::seal` takes it) or flush in place.
+    /// False when the worker stops.
+    async fn roll(&mut self, w: usize, chain: &mut PartitionChain, reason: RollReason) -> bool {
+        if !self.land_chain(w, chain).await {
+            return false;
+        }
+        if self.workers[w].pipelined {
+            let low = chain.first_jump().map(|_| self.log.start);
+            if let Some(upload) = chain.seal(low, "model-cluster", 0) {
+                trace(|| {
+                    format!(
+                        "  sealed {reason:?}: [{}, {})",
+                        upload.meta.start, upload.meta.end
+                    )
+                });
+                self.workers[w].flight = Some(Flight::Sealed(upload));
+                return true;
+            }
+        }
+        let store = self.workers[w].store.clone();
+        flush_chain(chain, &*store, reason, self.log.start).await
+    }
+
+    /// One step of the worker's background upload: put the sealed file, or land the put one.
+    async fn fly_step(&mut self, w: usize) {
+        let store = self.workers[w].store.clone();
+        match self.workers[w].flight.take() {
+            None => {}
+            Some(Flight::Sealed(upload)) => {
+                let sent = upload.send(&*store, 5 << 20).await;
+                trace(|| format!("  put in the background: {:?}", sent.created));
+                self.workers[w].flight = Some(Flight::Put(sent));
+            }
+            Some(flight @ Flight::Put(..)) => {
+                self.workers[w].flight = Some(flight);
+                self.land(w).await;
+            }
+        }
+    }
+
+    /// `Sink::land_all` for the worker: its upload on its way is put and landed.
+    async fn land(&mut self, w: usize) {
+        let Some(mut chain) = self.workers[w].chain.take() else {
+            return;
+        };
+        if self.land_chain(w, &mut chain).await {
+            self.finish(w, chain);
+        }
+    }
+
+    /// Land the chain's upload on its way, if there is one (putting it first if it was not yet).
+    /// False when a non-transient failure stops the worker.
+    async fn land_chain(&mut self, w: usize, chain: &mut PartitionChain) -> bool {
+        let store = self.workers[w].store.clone();
+        let sent = match self.workers[w].flight.take() {
+            None => return true,
+            Some(Flight::Sealed(upload)) => upload.send(&*store, 5 << 20).await,
+            Some(Flight::Put(sent)) => sent,
+        };
+        match chain.land(&*store, sent).await {
+            Ok(done) => {
+                trace(|| format!("  landed: {done:?}, chain end {}", chain.end));
+                true
+            }
+            Err(e) if e.is_transient() => {
+                trace(|| format!("  landing failed: {e}"));
+                true
+            }
+            Err(e) => panic!("a landing failed for a reason other than the store being away: {e}"),
+        }
+    }
+
     async fn flush(&mut self, w: usize, reason: RollReason) {
         let Some(mut chain) = self.workers[w].chain.take() else {
             return;
         };
+        if !self.land_chain(w, &mut chain).await {
+            return;
+        }
         let store = self.workers[w].store.clone();
         if flush_chain(&mut chain, &*store, reason, self.log.start).await {
             self.finish(w, chain);
@@ -679,6 +787,7 @@ impl World {
             worker.store.faults.lost_reply.store(0, Ordering::SeqCst);
             *worker.store.faults.stale.lock().unwrap() = None;
             worker.chain = None;
+            worker.flight = None;
         }
         self.start(0, 0).await;
         for _ in 0..10_000 {
@@ -691,7 +800,7 @@ impl World {
             .chain
             .as_ref()
             .ok_or("the healthy worker stopped")?;
-        if chain.open_file().is_some() {
+        if chain.unflushed() {
             return Err("the healthy worker could not flush".into());
         }
         let end = chain.end;

@@ -23,6 +23,7 @@ fn options(topic: &str, budget: u64) -> SinkOptions {
         policy: RollingPolicy::default(),
         buffer_budget: budget,
         part_size: 5 << 20,
+        uploads_in_flight: rewind::sink::default_uploads_in_flight(),
         discovery_interval: Duration::from_secs(1),
         allow_cluster_change: false,
         drain_timeout: Duration::from_secs(30),

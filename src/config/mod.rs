@@ -284,6 +284,10 @@ pub struct SinkConfig {
     /// Memory for buffered records across all partitions; the largest buffers are flushed early
     /// when it is reached.
     pub buffer_budget: Size,
+    /// Full files uploaded in the background while their partitions read on, at most this many
+    /// at once (their records stay within `buffer_budget`); `0`: every file is uploaded before
+    /// the partition reads on. The default is one per core, between 2 and 8.
+    pub uploads_in_flight: usize,
     /// How often new topics and partitions are looked for.
     #[serde(with = "units::duration")]
     pub discovery_interval: Duration,
@@ -306,6 +310,9 @@ impl Default for SinkConfig {
             max_file_records: 1_000_000,
             max_file_bytes: Size::mib(128),
             buffer_budget: Size::mib(256),
+            uploads_in_flight: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 8),
             discovery_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             group_snapshot_interval: Duration::from_secs(60),

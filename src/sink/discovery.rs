@@ -270,10 +270,9 @@ impl Sink<'_> {
         &self,
         ids: &[(String, i32)],
     ) -> Vec<rdkafka::error::KafkaResult<(i64, i64)>> {
-        let ask = |id: &(String, i32)| {
-            self.offsets
-                .fetch_watermarks(&id.0, id.1, Duration::from_secs(30))
-        };
+        let offsets = &self.offsets;
+        let ask =
+            |id: &(String, i32)| offsets.fetch_watermarks(&id.0, id.1, Duration::from_secs(30));
         if ids.len() <= 1 {
             return ids.iter().map(ask).collect();
         }

@@ -105,6 +105,8 @@ impl Sink<'_> {
 
     /// Over budget: flush the largest buffers until the total is back under half the budget.
     pub(super) async fn relieve_memory(&mut self) -> Result<(), SinkError> {
+        // Uploads on their way free their records when they land.
+        self.land_all(&[]).await?;
         let mut by_size: Vec<((String, i32), u64)> = self
             .chains
             .iter()
@@ -160,13 +162,14 @@ impl Sink<'_> {
     /// Flush every partition; while the store fails transiently, wait and try again (the caller's
     /// drain deadline bounds a graceful stop).
     pub(super) async fn flush_all(&mut self, event: Event) -> Result<(), SinkError> {
+        self.land_all(&[]).await?;
         loop {
             if let Some(at) = self.retry_at {
                 tokio::time::sleep_until(at.into()).await;
             }
             let ids: Vec<(String, i32)> = self.chains.keys().cloned().collect();
             self.flush_many(ids, event).await?;
-            if self.buffered() == 0 && self.chains.values().all(|c| c.open_file().is_none()) {
+            if self.buffered() == 0 && self.chains.values().all(|c| !c.unflushed()) {
                 return Ok(());
             }
         }
@@ -196,7 +199,11 @@ impl Sink<'_> {
             .clamp(2, 8);
         let mut ids: Vec<(String, i32)> = ids
             .into_iter()
-            .filter(|id| self.chains.get(id).is_some_and(|c| c.open_file().is_some()))
+            .filter(|id| {
+                self.chains
+                    .get(id)
+                    .is_some_and(|c| c.unflushed() && !c.in_flight())
+            })
             .collect();
         while !ids.is_empty() {
             if self.retry_at.is_some_and(|at| Instant::now() < at) {

@@ -14,6 +14,7 @@
 //! a consumer group belongs to.
 
 mod discovery;
+mod flights;
 mod flush;
 mod groups;
 mod observe;
@@ -32,8 +33,9 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message, Timestamp, TopicPartitionList};
 use rustc_hash::FxHashMap;
 
-pub use options::{SinkError, SinkOptions, SinkReport};
-pub use partition::{Admission, FlushError, Flushed, PartitionChain, Ticket};
+pub use options::{default_uploads_in_flight, SinkError, SinkOptions, SinkReport};
+pub use partition::{Admission, FlushError, Flushed, PartitionChain, Sent, Ticket, Upload};
+pub use upload::UploadError;
 
 use flush::prefetch_bytes;
 use observe::SinkContext;
@@ -100,6 +102,10 @@ struct Sink<'a> {
     buffered: u64,
     /// The partition of the last record read.
     last_id: (String, i32),
+    /// Sealed files uploading in the background (see `flights`).
+    flights: flights::Flights<'a>,
+    /// The part of `buffered` that is on its way in `flights` (records and encoders).
+    flying: u64,
 }
 
 /// Snapshot mode: how many partitions that reached their targets wait to be flushed together.
@@ -252,6 +258,8 @@ pub async fn run(
         paused: false,
         buffered: 0,
         last_id: Default::default(),
+        flights: Default::default(),
+        flying: 0,
     };
     sink.discover().await?;
     if sink.chains.is_empty() && opts.once {
@@ -338,6 +346,9 @@ impl Sink<'_> {
                     tracing::info!("stopping: flushing every buffered record");
                     break;
                 }
+                Some(landing) = self.flights.next(), if !self.flights.is_empty() => {
+                    self.land(landing).await?;
+                }
                 _ = tick.tick() => {
                     self.on_tick().await?;
                     if !self.opts.once && last_discovery.elapsed() >= self.opts.discovery_interval {
@@ -407,7 +418,7 @@ impl Sink<'_> {
             .should_roll(&self.opts.policy, before_append)
             .is_some()
         {
-            self.flush(id, before_append).await?;
+            self.roll(id, before_append).await?;
             self.defer_if_open(id, ticket)?;
         }
         let cost = |sink: &Self| {
@@ -448,7 +459,9 @@ impl Sink<'_> {
             .should_roll(&self.opts.policy, Event::AfterAppend)
             .is_some()
         {
-            self.flush(id, Event::AfterAppend).await?;
+            self.roll(id, Event::AfterAppend).await?;
+        } else {
+            self.fly_largest();
         }
         if self.targets.get(id).is_some_and(|high| offset + 1 >= *high) {
             self.reached_target(id, repositions).await?;
@@ -508,6 +521,7 @@ impl Sink<'_> {
     /// except any that a flush since moved short of its target, which read on, and any whose
     /// records could not be made durable yet (the store is away), which wait for the next try.
     async fn settle_reached(&mut self) -> Result<(), SinkError> {
+        self.land_all(&[]).await?;
         let waiting = std::mem::take(&mut self.reached);
         let ids: Vec<(String, i32)> = waiting.iter().map(|(id, _)| id.clone()).collect();
         self.flush_many(ids, Event::TargetReached).await?;
@@ -521,7 +535,7 @@ impl Sink<'_> {
                 self.targets.remove(&id);
                 continue;
             };
-            if chain.open_file().is_some() {
+            if chain.unflushed() {
                 self.reached.push((id, repositions));
             } else if chain.repositions() != repositions && chain.expected_next() < high {
                 // A flush moved the chain short of the target (it adopted a shorter file, another
@@ -554,7 +568,10 @@ impl Sink<'_> {
         let due: Vec<(String, i32)> = self
             .chains
             .iter()
-            .filter(|(_, c)| c.should_roll(&self.opts.policy, tick).is_some())
+            .filter(|(_, c)| {
+                !c.in_flight()
+                    && (c.sealed_waiting() || c.should_roll(&self.opts.policy, tick).is_some())
+            })
             .map(|(id, _)| id.clone())
             .collect();
         // Together, so that their uploads overlap: with many partitions, files of the same age fall
@@ -586,6 +603,7 @@ impl Sink<'_> {
         if revoked.is_empty() {
             return Ok(());
         }
+        self.land_all(&revoked).await?;
         let owned: Vec<(String, i32)> = revoked
             .into_iter()
             .filter(|id| self.chains.contains_key(id))

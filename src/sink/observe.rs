@@ -96,6 +96,7 @@ impl Sink<'_> {
     pub(super) fn observe(&mut self) {
         let now = self.now_ms();
         metrics::gauge!(crate::metrics::SINK_BUFFERED_BYTES).set(self.buffered() as f64);
+        metrics::gauge!(crate::metrics::SINK_UPLOADS_IN_FLIGHT).set(self.flights.len() as f64);
         let ends = self
             .consumer
             .context()

@@ -25,6 +25,9 @@ pub struct SinkOptions {
     pub buffer_budget: u64,
     /// Files larger than this go up as multipart uploads of parts this size.
     pub part_size: usize,
+    /// Full files uploaded in the background at once while their partitions read on (0: none;
+    /// every flush waits for its file).
+    pub uploads_in_flight: usize,
     /// How often new topics and partitions are looked for.
     pub discovery_interval: Duration,
     /// Accept an archive written from another Kafka cluster.
@@ -82,6 +85,7 @@ impl SinkOptions {
             },
             buffer_budget: s.buffer_budget.bytes(),
             part_size: part_size as usize,
+            uploads_in_flight: s.uploads_in_flight,
             discovery_interval: s.discovery_interval,
             allow_cluster_change: false,
             drain_timeout: s.drain_timeout,
@@ -154,8 +158,15 @@ pub struct SinkReport {
     /// Times the broker was asked for a partition's log start before a file with offset jumps
     /// was made durable (at most one per file, never one per jump).
     pub log_start_queries: u64,
+    /// Files sealed and uploaded in the background while their partitions read on.
+    pub background_uploads: u64,
     /// Partitions refused because their log ends before the archived chain (`topic/partition`).
     pub refused: Vec<String>,
+}
+
+/// `sink.uploads_in_flight`'s default: one background upload per core, between 2 and 8.
+pub fn default_uploads_in_flight() -> usize {
+    crate::config::SinkConfig::default().uploads_in_flight
 }
 
 #[cfg(test)]

@@ -118,7 +118,47 @@ pub struct PartitionChain {
     /// unless the broker deleted those records first, which only the log's start can tell: one
     /// question per file, asked before it is made durable ([`PartitionChain::flush_checked`]).
     jumps: Vec<(usize, i64)>,
+    /// The file sealed for a background upload ([`PartitionChain::seal`]), the one before the
+    /// buffered records, until [`PartitionChain::land`] makes it the chain's.
+    sealed: Option<Sealed>,
 }
+
+/// A file sealed for a background upload: `[end, meta.end)` of the chain, its records with the
+/// upload, or back here after an upload or landing that failed, for the next try.
+#[derive(Debug)]
+struct Sealed {
+    /// Which upload this is: a landing of another one (of a chain that was forgotten and opened
+    /// again meanwhile) is not this file's.
+    id: u64,
+    key: String,
+    meta: datafile::FileMeta,
+    /// `None` while the upload runs.
+    records: Option<Vec<Record>>,
+    /// What the records occupy, still counted in [`PartitionChain::buffered_bytes`].
+    bytes: u64,
+}
+
+/// A sealed file on its way to the store: what [`upload::create`] is given. Its result goes back
+/// to [`PartitionChain::land`].
+#[derive(Debug)]
+pub struct Upload {
+    pub key: String,
+    pub meta: datafile::FileMeta,
+    records: Vec<Record>,
+    id: u64,
+}
+
+/// A finished upload, for [`PartitionChain::land`]: the records handed back and whether the file
+/// was created.
+#[derive(Debug)]
+pub struct Sent {
+    id: u64,
+    records: Vec<Record>,
+    pub created: Result<u64, UploadError>,
+}
+
+/// Numbers uploads, process-wide.
+static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What to do with a record the consumer delivered.
 #[derive(Debug)]
@@ -200,6 +240,7 @@ impl PartitionChain {
             generation: 0,
             seek: None,
             jumps: Vec::new(),
+            sealed: None,
         };
         let mut last = None;
         while let Some(candidates) = starts.get(&end) {
@@ -353,11 +394,18 @@ impl PartitionChain {
     /// Memory the buffer holds: what the records own plus the buffer's own capacity, which grows
     /// by doubling and so can be up to twice what the records need.
     pub fn buffered_bytes(&self) -> u64 {
-        self.heap_bytes + (self.buffer.capacity() * std::mem::size_of::<Record>()) as u64
+        self.heap_bytes
+            + (self.buffer.capacity() * std::mem::size_of::<Record>()) as u64
+            + self.sealed.as_ref().map_or(0, |s| s.bytes)
     }
 
+    /// Records held and not durable yet: the open file's and a sealed one's.
     pub fn buffered_records(&self) -> usize {
         self.buffer.len()
+            + self
+                .sealed
+                .as_ref()
+                .map_or(0, |s| s.meta.record_count as usize)
     }
 
     /// What buffering `record` would add to [`PartitionChain::buffered_bytes`], including the
@@ -373,6 +421,27 @@ impl PartitionChain {
 
     pub fn open_file(&self) -> Option<&OpenFile> {
         self.open.as_ref()
+    }
+
+    /// Whether the chain holds records that are not durable yet: an open file, or a sealed one.
+    pub fn unflushed(&self) -> bool {
+        self.open.is_some() || self.sealed.is_some()
+    }
+
+    /// Whether a sealed file's upload is running ([`PartitionChain::seal`] until
+    /// [`PartitionChain::land`]): the chain cannot be flushed until it lands.
+    pub fn in_flight(&self) -> bool {
+        self.sealed.as_ref().is_some_and(|s| s.records.is_none())
+    }
+
+    /// Whether a sealed file waits for another try (its upload or landing failed).
+    pub fn sealed_waiting(&self) -> bool {
+        self.sealed.as_ref().is_some_and(|s| s.records.is_some())
+    }
+
+    /// Where the buffered records begin: after the sealed file, or at the chain's end.
+    fn base(&self) -> i64 {
+        self.sealed.as_ref().map_or(self.end, |s| s.meta.end)
     }
 
     /// Whether `event` should close the open file.
@@ -393,16 +462,16 @@ impl PartitionChain {
             // Where the consumer stands is unknown (a partition just handed over, positioned by
             // the group's committed offset): a record past the chain's end may follow records this
             // worker never saw, so read again from the end.
-            None if offset > self.end => {
-                self.reposition(self.end);
+            None if offset > self.base() => {
+                self.reposition(self.base());
                 return Admission::Reposition;
             }
             None => {}
         }
         self.read_to = Some(offset + 1);
-        if offset < self.end {
-            // Archived already (by an earlier run or an adopted file): a replay, dropped, which is
-            // what makes reading again after a crash exactly-once.
+        if offset < self.base() {
+            // Archived already (by an earlier run or an adopted file) or in the sealed file: a
+            // replay, dropped, which is what makes reading again after a crash exactly-once.
             return Admission::Skip;
         }
         Admission::Keep(Ticket {
@@ -512,7 +581,34 @@ impl PartitionChain {
     /// is sooner) is recorded by claim, and the records from the jump on continue the chain after
     /// the gap, so that a record this worker read is never counted lost because retention deleted
     /// it since. Returns the files made durable and the gaps recorded.
+    ///
+    /// A sealed file that waits for another try goes first; one still on its way must land before
+    /// (nothing else is flushed then).
     pub async fn flush_checked(
+        &mut self,
+        store: &dyn ObjectStore,
+        low: Option<i64>,
+        cluster_id: &str,
+        part_size: usize,
+        now_ms: i64,
+    ) -> Result<(Vec<Flushed>, Vec<Gap>), FlushError> {
+        let mut flushed: Vec<Flushed> = self
+            .upload_sealed(store, part_size)
+            .await?
+            .into_iter()
+            .collect();
+        if self.sealed.is_some() {
+            debug_assert!(false, "flushed while a sealed file is on its way");
+            return Ok((flushed, Vec::new()));
+        }
+        let (more, gaps) = self
+            .flush_open_checked(store, low, cluster_id, part_size, now_ms)
+            .await?;
+        flushed.extend(more);
+        Ok((flushed, gaps))
+    }
+
+    async fn flush_open_checked(
         &mut self,
         store: &dyn ObjectStore,
         low: Option<i64>,
@@ -604,8 +700,12 @@ impl PartitionChain {
         result.map(|()| (flushed, gaps))
     }
 
-    /// Make the buffered records durable as one data file, then advance the checkpoint. Returns
-    /// `None` when nothing was buffered.
+    /// Make the buffered records durable as one data file, then advance the checkpoint: the file is
+    /// sealed, uploaded and landed in one go ([`PartitionChain::seal`] and
+    /// [`PartitionChain::land`] are the same steps with the upload in the background). Returns
+    /// `None` when nothing was buffered, or when a sealed file is still on its way (it lands first).
+    /// A sealed file that waits for another try (its upload or landing failed) is what a flush
+    /// makes durable first; the open file waits for the next.
     pub async fn flush(
         &mut self,
         store: &dyn ObjectStore,
@@ -613,15 +713,46 @@ impl PartitionChain {
         part_size: usize,
         now_ms: i64,
     ) -> Result<Option<Flushed>, FlushError> {
-        let Some(open) = self.open else {
+        if self.sealed.is_some() {
+            // A sealed file waiting for another try goes first (the open one follows it).
+            return self.upload_sealed(store, part_size).await;
+        }
+        let Some(sealed) = self.seal_open(cluster_id, now_ms) else {
             return Ok(None);
         };
+        let sent = sealed.send(store, part_size).await;
+        self.land(store, sent).await
+    }
+
+    /// Seal the open file for an upload in the background, so that the partition reads on into the
+    /// next one: the records leave with the returned [`Upload`], whose result goes to
+    /// [`PartitionChain::land`]; records buffered meanwhile continue from the sealed file's end,
+    /// and the chain's end and checkpoint move only when it lands (so checkpoints stay in chain
+    /// order). `None` when nothing is buffered, a file is sealed already (one at a time), or the
+    /// buffered records jump over offsets the broker may have deleted: `low`, the log's start, must
+    /// be given when they jump ([`PartitionChain::first_jump`]), and a jump from before it needs
+    /// [`PartitionChain::flush_checked`], which records the gap.
+    pub fn seal(&mut self, low: Option<i64>, cluster_id: &str, now_ms: i64) -> Option<Upload> {
+        if !self.jumps.is_empty() {
+            let low = low?;
+            if self.jumps.iter().any(|(_, expected)| *expected < low) {
+                return None;
+            }
+        }
+        self.seal_open(cluster_id, now_ms)
+    }
+
+    fn seal_open(&mut self, cluster_id: &str, now_ms: i64) -> Option<Upload> {
+        if self.sealed.is_some() {
+            return None;
+        }
+        let open = self.open?;
         if self.buffer.is_empty() {
             self.clear_buffer();
-            return Ok(None);
+            return None;
         }
         let start = self.end;
-        let end = self.buffer.last().map(|r| r.offset + 1).unwrap_or(start);
+        let end = self.buffer.last().map_or(start, |r| r.offset + 1);
         let key = DataFileKey {
             topic: self.topic.clone(),
             partition: self.partition,
@@ -638,19 +769,88 @@ impl PartitionChain {
             cluster_id,
             now_ms,
         );
-        let max_timestamp = meta.max_timestamp;
-
-        // Step 1: the data file, create-only, streamed to the store while it is encoded.
         let records = std::mem::take(&mut self.buffer);
-        let (records, created) =
-            upload::create(store, &key, meta.clone(), records, part_size).await;
-        self.buffer = records;
+        let bytes = self.heap_bytes + (records.capacity() * std::mem::size_of::<Record>()) as u64;
+        self.clear_buffer();
+        let id = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sealed = Some(Sealed {
+            id,
+            key: key.clone(),
+            meta: meta.clone(),
+            records: None,
+            bytes,
+        });
+        Some(Upload {
+            key,
+            meta,
+            records,
+            id,
+        })
+    }
+
+    /// Try the sealed file again (its upload or landing failed before), if one waits.
+    async fn upload_sealed(
+        &mut self,
+        store: &dyn ObjectStore,
+        part_size: usize,
+    ) -> Result<Option<Flushed>, FlushError> {
+        let Some(sealed) = self.sealed.as_mut() else {
+            return Ok(None);
+        };
+        let Some(records) = sealed.records.take() else {
+            return Ok(None);
+        };
+        let upload = Upload {
+            key: sealed.key.clone(),
+            meta: sealed.meta.clone(),
+            records,
+            id: sealed.id,
+        };
+        let sent = upload.send(store, part_size).await;
+        self.land(store, sent).await
+    }
+
+    /// The sealed file's upload finished (`created`, with its `records` handed back): publish it
+    /// by claiming its start (the rest of step 1), then advance the checkpoint (step 2). A failure
+    /// keeps the records with the sealed file for the next try
+    /// ([`PartitionChain::flush_checked`] tries it first). Where another file or a gap holds the
+    /// start, or another worker's checkpoint is further, every buffered record is dropped and the
+    /// chain repositions, as in a flush.
+    ///
+    /// An upload that is not the sealed file's (the chain was forgotten and opened again since
+    /// it was sealed) changes nothing: what it put is an unclaimed file, like a crashed worker's.
+    pub async fn land(
+        &mut self,
+        store: &dyn ObjectStore,
+        sent: Sent,
+    ) -> Result<Option<Flushed>, FlushError> {
+        let Some(sealed) = self.sealed.as_mut().filter(|s| s.id == sent.id) else {
+            return Ok(None);
+        };
+        let Sent {
+            records, created, ..
+        } = sent;
+        let (key, meta) = (sealed.key.clone(), sealed.meta.clone());
+        let start = self.end;
+        let end = meta.end;
+        let lost = created.is_err() && records.len() as u64 != meta.record_count;
+        if lost {
+            // The records did not come back (the encoder was cancelled): the consumer reads them
+            // again from the chain's end.
+            self.sealed = None;
+            self.clear_buffer();
+            self.reposition(start);
+        } else {
+            sealed.records = Some(records);
+        }
+
+        // Step 1: the data file was created with a create-only put (or failed to be).
         let mine = match created {
             Ok(bytes) => Some(bytes),
             Err(UploadError::Encode(source)) => return Err(FlushError::DataFile { key, source }),
             // The same key exists: an earlier run of this worker, or another worker that read the
             // same first record. Whichever file the claim names is the chain.
-            Err(UploadError::Store(StorageError::AlreadyExists { .. })) => None,
+            Err(UploadError::Store(StorageError::AlreadyExists { .. })) if !lost => None,
             Err(UploadError::Store(e)) => return Err(e.into()),
         };
         failpoint::hit(failpoint::AFTER_UPLOAD).await;
@@ -678,6 +878,7 @@ impl PartitionChain {
                     gap_end,
                     "a gap was recorded at this start by another worker; the file written for it was dropped"
                 );
+                self.sealed = None;
                 self.clear_buffer();
                 self.skip_to(gap_end.max(start), store).await?;
                 return Ok(Some(Flushed {
@@ -693,10 +894,10 @@ impl PartitionChain {
         };
         let flushed = match mine {
             Some(bytes) if claimed == key => Flushed {
-                key: key.clone(),
+                key,
                 start,
                 end,
-                records: self.buffer.len() as u64,
+                records: meta.record_count,
                 bytes,
                 adopted: false,
                 cut: None,
@@ -710,6 +911,7 @@ impl PartitionChain {
                 // Every buffered record is dropped and the consumer reads again from the adopted
                 // file's end: records past it go through the bucket rule afresh, and the record
                 // that caused this flush is never buffered into a file that starts elsewhere.
+                self.sealed = None;
                 self.end = existing.end;
                 self.clear_buffer();
                 self.reposition(existing.end);
@@ -728,10 +930,11 @@ impl PartitionChain {
             }
         };
 
-        // Step 2: the checkpoint, only now that the file is durable and claimed.
+        // Step 2: the checkpoint, only now that the file is durable and claimed. The records
+        // buffered since it was sealed continue from its end.
+        self.sealed = None;
         self.end = end;
-        self.clear_buffer();
-        self.advance_checkpoint(&flushed.key, max_timestamp, store)
+        self.advance_checkpoint(&flushed.key, meta.max_timestamp, store)
             .await?;
         Ok(Some(flushed))
     }
@@ -765,7 +968,9 @@ impl PartitionChain {
 
     /// The offset the next record should have if nothing is missing.
     pub fn expected_next(&self) -> i64 {
-        self.buffer.last().map_or(self.end, |r| r.offset + 1)
+        self.buffer
+            .last()
+            .map_or_else(|| self.base(), |r| r.offset + 1)
     }
 
     async fn advance_checkpoint(
@@ -860,4 +1065,23 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+impl Upload {
+    /// Encode the sealed file and create it in the store, handing the records back with the
+    /// result for [`PartitionChain::land`].
+    pub async fn send(self, store: &dyn ObjectStore, part_size: usize) -> Sent {
+        let (records, created) =
+            upload::create(store, &self.key, self.meta, self.records, part_size).await;
+        Sent {
+            id: self.id,
+            records,
+            created,
+        }
+    }
+
+    /// What the sealed records occupy.
+    pub fn records(&self) -> usize {
+        self.records.len()
+    }
 }

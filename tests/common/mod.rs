@@ -160,6 +160,7 @@ pub fn once_sink_options(topic: &str, max_records: u64) -> rewind::sink::SinkOpt
         },
         buffer_budget: 64 << 20,
         part_size: 5 << 20,
+        uploads_in_flight: rewind::sink::default_uploads_in_flight(),
         discovery_interval: std::time::Duration::from_secs(30),
         allow_cluster_change: false,
         drain_timeout: std::time::Duration::from_secs(30),

@@ -1,0 +1,228 @@
+//! Background uploads: a full file is sealed and encoded and uploaded while its partition reads on
+//! into the next one, so that consumption waits for the store only when the buffer budget is
+//! really used up.
+//!
+//! The chain protocol is unchanged: [`PartitionChain::seal`] hands the file's records to the
+//! upload, and [`PartitionChain::land`] then claims its start and advances the checkpoint, in the
+//! main loop, in chain order (a partition has at most one file sealed, and its next file is sealed
+//! only after that one landed). Records buffered meanwhile continue from the sealed file's end; if
+//! the landing repositions the chain (an adopted file, a gap, another worker further on), they are
+//! dropped and read again, as after any flush.
+//!
+//! Bounds: one sealed file per partition, [`SinkOptions::uploads_in_flight`] across the sink. The
+//! sealed records stay counted in the buffer budget until they land, and each upload's encoder
+//! holds a reserve of the budget too ([`encoder_reserve`]).
+//!
+//! [`SinkOptions::uploads_in_flight`]: super::SinkOptions::uploads_in_flight
+
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+
+use super::partition::{now_millis, PartitionChain, Sent};
+use super::{Sink, SinkError};
+use crate::archive::rotation::{Event, RollReason};
+
+/// The uploads on their way. Behind a mutex only so that the sink stays `Sync` (the futures are
+/// `Send`, not `Sync`); it is never locked: every use goes through `&mut`.
+#[derive(Default)]
+pub(super) struct Flights<'a>(std::sync::Mutex<FuturesUnordered<BoxFuture<'a, Landing>>>);
+
+impl<'a> Flights<'a> {
+    fn get(&mut self) -> &mut FuturesUnordered<BoxFuture<'a, Landing>> {
+        self.0.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn len(&mut self) -> usize {
+        self.get().len()
+    }
+
+    pub(super) fn is_empty(&mut self) -> bool {
+        self.get().is_empty()
+    }
+
+    fn push(&mut self, flight: BoxFuture<'a, Landing>) {
+        self.get().push(flight);
+    }
+
+    /// The next upload to finish; `None` when none is on its way.
+    pub(super) async fn next(&mut self) -> Option<Landing> {
+        self.get().next().await
+    }
+}
+
+/// A background upload that finished, to be landed by the main loop.
+pub(super) struct Landing {
+    id: (String, i32),
+    sent: Sent,
+    took: Duration,
+    event: Event,
+    reason: Option<RollReason>,
+    /// What it added to the buffered bytes besides the chain's own count: the encoder's reserve.
+    reserve: u64,
+    /// The sealed records' bytes, counted by the chain until it lands.
+    sealed: u64,
+}
+
+/// What an upload's encoder may hold while it runs, beyond the records: the file's encoded parts
+/// on their way (at most two parts at once), never more than about the records' own size.
+fn encoder_reserve(sealed: u64, part_size: usize) -> u64 {
+    sealed.min(2 * part_size as u64) + (64 << 10)
+}
+
+impl Sink<'_> {
+    /// Roll `id`'s open file on `event`: in the background when it can fly, else in place. A file
+    /// of the partition still on its way lands first.
+    pub(super) async fn roll(&mut self, id: &(String, i32), event: Event) -> Result<(), SinkError> {
+        if self.chains.get(id).is_some_and(PartitionChain::in_flight) {
+            self.land_flight(id).await?;
+        }
+        if self.fly(id, event) {
+            return Ok(());
+        }
+        self.flush(id, event).await
+    }
+
+    /// Seal `id`'s open file and upload it in the background. False when it cannot: uploads are
+    /// off or all taken, the store is being waited for, a file of the partition is sealed already,
+    /// or the records jump over offsets the broker may have deleted (the caller flushes in place,
+    /// which records the gap).
+    pub(super) fn fly(&mut self, id: &(String, i32), event: Event) -> bool {
+        if self.flights.len() >= self.opts.uploads_in_flight
+            || self.retry_at.is_some_and(|at| Instant::now() < at)
+        {
+            return false;
+        }
+        let Some(chain) = self.chains.get(id) else {
+            return false;
+        };
+        if chain.sealed_waiting() || chain.in_flight() || chain.open_file().is_none() {
+            return false;
+        }
+        let low = match chain.first_jump() {
+            None => None,
+            Some(_) => {
+                self.report.log_start_queries += 1;
+                match self.watermarks(std::slice::from_ref(id)).pop() {
+                    Some(Ok((low, _))) => Some(low),
+                    // Asked again by the flush in place, which keeps the records if it fails.
+                    _ => return false,
+                }
+            }
+        };
+        let Some(chain) = self.chains.get_mut(id) else {
+            return false;
+        };
+        let reason = chain.should_roll(&self.opts.policy, event);
+        let sealed = chain.buffered_bytes();
+        let Some(upload) = chain.seal(low, &self.cluster_id, now_millis()) else {
+            return false;
+        };
+        let part_size = self.opts.part_size;
+        let reserve = encoder_reserve(sealed, part_size);
+        self.buffered += reserve;
+        self.flying += sealed + reserve;
+        self.report.background_uploads += 1;
+        let store = self.store;
+        let id = id.clone();
+        self.flights.push(Box::pin(async move {
+            let started = Instant::now();
+            let sent = upload.send(store, part_size).await;
+            Landing {
+                id,
+                sent,
+                took: started.elapsed(),
+                event,
+                reason,
+                reserve,
+                sealed,
+            }
+        }));
+        true
+    }
+
+    /// Past half the budget in records not on their way yet: seal the largest open files for the
+    /// background (while uploads are free) until those are back under a quarter of it.
+    pub(super) fn fly_largest(&mut self) {
+        let budget = self.record_budget();
+        if self.flights.len() >= self.opts.uploads_in_flight
+            || self.buffered.saturating_sub(self.flying) <= budget / 2
+        {
+            return;
+        }
+        let mut by_size: Vec<((String, i32), u64)> = self
+            .chains
+            .iter()
+            .filter(|(_, c)| c.open_file().is_some() && !c.in_flight() && !c.sealed_waiting())
+            .map(|(id, c)| (id.clone(), c.buffered_bytes()))
+            .collect();
+        by_size.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        for (id, _) in by_size {
+            if self.buffered.saturating_sub(self.flying) <= budget / 4
+                || !self.fly(&id, Event::MemoryPressure)
+            {
+                break;
+            }
+        }
+    }
+
+    /// A background upload finished: land its file (claim, checkpoint) and account for it like
+    /// any flush.
+    pub(super) async fn land(&mut self, landing: Landing) -> Result<(), SinkError> {
+        let Landing {
+            id,
+            sent,
+            took,
+            event,
+            reason,
+            reserve,
+            sealed,
+        } = landing;
+        self.buffered -= reserve;
+        self.flying -= sealed + reserve;
+        // Forgotten meanwhile (no longer assigned): whatever was uploaded is an unclaimed file,
+        // which the partition's next owner adopts or deletes.
+        let Some(chain) = self.chains.get_mut(&id) else {
+            return Ok(());
+        };
+        let before = chain.buffered_bytes();
+        let started = Instant::now();
+        let result = chain.land(self.store, sent).await;
+        self.buffered = self.buffered - before + chain.buffered_bytes();
+        let took = took + started.elapsed();
+        self.settle(
+            &id,
+            event,
+            reason,
+            took,
+            result.map(|f| f.into_iter().collect()),
+        )
+        .await
+    }
+
+    /// Land every upload on its way (before anything that flushes in place or gives partitions
+    /// up). Those of `revoked` partitions land as a revocation's flush: their positions are the
+    /// new owners' to commit, and their consumers are not moved.
+    pub(super) async fn land_all(&mut self, revoked: &[(String, i32)]) -> Result<(), SinkError> {
+        while let Some(mut landing) = self.flights.next().await {
+            if revoked.contains(&landing.id) {
+                landing.event = Event::Revoked;
+            }
+            self.land(landing).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until `id`'s upload landed, landing the others that finish first.
+    async fn land_flight(&mut self, id: &(String, i32)) -> Result<(), SinkError> {
+        while self.chains.get(id).is_some_and(PartitionChain::in_flight) {
+            let Some(landing) = self.flights.next().await else {
+                break;
+            };
+            self.land(landing).await?;
+        }
+        Ok(())
+    }
+}
