@@ -259,6 +259,12 @@ enum Op {
     Fly {
         w: usize,
     },
+    /// The sink forgets the partition (a seek found it no longer assigned) while its background
+    /// upload goes on: the put may still happen, and its landing must not touch the chain opened
+    /// after it.
+    Forget {
+        w: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -279,7 +285,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (w.clone(), any::<bool>()).prop_map(|(w, on)| Op::Stale { w, on }),
         1 => (w.clone(), 1u8..3).prop_map(|(w, hours)| Op::Clock { w, hours }),
         2 => w.clone().prop_map(|w| Op::Squeeze { w }),
-        4 => w.prop_map(|w| Op::Fly { w }),
+        4 => w.clone().prop_map(|w| Op::Fly { w }),
+        1 => w.prop_map(|w| Op::Forget { w }),
     ]
 }
 
@@ -410,6 +417,7 @@ impl World {
                 self.workers[w].chain = None;
             }
             Op::Fly { w } => self.fly_step(w).await,
+            Op::Forget { w } => self.workers[w].chain = None,
             Op::Retention { n } => {
                 self.log.start = (self.log.start + i64::from(n)).min(self.log.end());
             }

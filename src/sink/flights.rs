@@ -17,39 +17,37 @@
 
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use rdkafka::consumer::Consumer;
+use tokio::task::JoinHandle;
 
 use super::partition::{now_millis, PartitionChain, Sent};
 use super::{Sink, SinkError};
 use crate::archive::rotation::{Event, RollReason};
 
-/// The uploads on their way. Behind a mutex only so that the sink stays `Sync` (the futures are
-/// `Send`, not `Sync`); it is never locked: every use goes through `&mut`.
+/// The uploads on their way, each a task of its own, so that it moves on while the main loop is
+/// busy elsewhere (an inline flush, a landing, a broker call).
 #[derive(Default)]
-pub(super) struct Flights<'a>(std::sync::Mutex<FuturesUnordered<BoxFuture<'a, Landing>>>);
+pub(super) struct Flights(FuturesUnordered<JoinHandle<Landing>>);
 
-impl<'a> Flights<'a> {
-    fn get(&mut self) -> &mut FuturesUnordered<BoxFuture<'a, Landing>> {
-        self.0.get_mut().unwrap_or_else(|e| e.into_inner())
+impl Flights {
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 
-    pub(super) fn len(&mut self) -> usize {
-        self.get().len()
-    }
-
-    pub(super) fn is_empty(&mut self) -> bool {
-        self.get().is_empty()
-    }
-
-    fn push(&mut self, flight: BoxFuture<'a, Landing>) {
-        self.get().push(flight);
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The next upload to finish; `None` when none is on its way.
     pub(super) async fn next(&mut self) -> Option<Landing> {
-        self.get().next().await
+        match self.0.next().await? {
+            Ok(landing) => Some(landing),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down, and the sink with it.
+            Err(_) => None,
+        }
     }
 }
 
@@ -67,9 +65,10 @@ pub(super) struct Landing {
 }
 
 /// What an upload's encoder may hold while it runs, beyond the records: the file's encoded parts
-/// on their way (at most two parts at once), never more than about the records' own size.
+/// on their way (about four at once: one being filled, one queued, one held back, one uploading;
+/// see `upload`) and the row group being built, never much more than the records' own size.
 fn encoder_reserve(sealed: u64, part_size: usize) -> u64 {
-    sealed.min(2 * part_size as u64) + (64 << 10)
+    sealed.min(4 * part_size as u64) + (1 << 20)
 }
 
 impl Sink<'_> {
@@ -112,24 +111,29 @@ impl Sink<'_> {
                 }
             }
         };
+        let record_budget = self.record_budget();
         let Some(chain) = self.chains.get_mut(id) else {
             return false;
         };
-        let reason = chain.should_roll(&self.opts.policy, event);
+        let part_size = self.opts.part_size;
         let sealed = chain.buffered_bytes();
+        let reserve = encoder_reserve(sealed, part_size);
+        if self.buffered + reserve > record_budget {
+            // No room for the encoder: the caller flushes in place, or waits for uploads to land.
+            return false;
+        }
+        let reason = chain.should_roll(&self.opts.policy, event);
         let Some(upload) = chain.seal(low, &self.cluster_id, now_millis()) else {
             return false;
         };
-        let part_size = self.opts.part_size;
-        let reserve = encoder_reserve(sealed, part_size);
         self.buffered += reserve;
         self.flying += sealed + reserve;
         self.report.background_uploads += 1;
-        let store = self.store;
+        let store = self.shared_store.clone();
         let id = id.clone();
-        self.flights.push(Box::pin(async move {
+        self.flights.0.push(tokio::spawn(async move {
             let started = Instant::now();
-            let sent = upload.send(store, part_size).await;
+            let sent = upload.send(&*store, part_size).await;
             Landing {
                 id,
                 sent,
@@ -144,28 +148,46 @@ impl Sink<'_> {
     }
 
     /// Past half the budget in records not on their way yet: seal the largest open files for the
-    /// background (while uploads are free) until those are back under a quarter of it.
+    /// background (while uploads are free) until those are back under a quarter of it. Files with
+    /// offset jumps are left to the flush in place, which asks the broker for their log starts
+    /// together; and after a pass that sealed nothing, the next waits until another sixteenth of
+    /// the budget was read, so that the hot path never sorts the partitions for each record.
     pub(super) fn fly_largest(&mut self) {
         let budget = self.record_budget();
-        if self.flights.len() >= self.opts.uploads_in_flight
-            || self.buffered.saturating_sub(self.flying) <= budget / 2
+        let waiting = self.buffered.saturating_sub(self.flying);
+        if waiting <= budget / 2
+            || self.buffered < self.fly_floor
+            || self.flights.len() >= self.opts.uploads_in_flight
+            || self.retry_at.is_some_and(|at| Instant::now() < at)
         {
             return;
         }
         let mut by_size: Vec<((String, i32), u64)> = self
             .chains
             .iter()
-            .filter(|(_, c)| c.open_file().is_some() && !c.in_flight() && !c.sealed_waiting())
+            .filter(|(_, c)| {
+                c.open_file().is_some()
+                    && !c.in_flight()
+                    && !c.sealed_waiting()
+                    && c.first_jump().is_none()
+            })
             .map(|(id, c)| (id.clone(), c.buffered_bytes()))
             .collect();
         by_size.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        let mut sealed = false;
         for (id, _) in by_size {
             if self.buffered.saturating_sub(self.flying) <= budget / 4
-                || !self.fly(&id, Event::MemoryPressure)
+                || self.flights.len() >= self.opts.uploads_in_flight
             {
                 break;
             }
+            sealed |= self.fly(&id, Event::MemoryPressure);
         }
+        self.fly_floor = if sealed {
+            0
+        } else {
+            self.buffered + budget / 16
+        };
     }
 
     /// A background upload finished: land its file (claim, checkpoint) and account for it like
@@ -180,6 +202,20 @@ impl Sink<'_> {
             reserve,
             sealed,
         } = landing;
+        // A partition the group took away meanwhile lands as a revocation's flush: its position
+        // is the new owner's to commit, and its consumer is not moved.
+        let event = if self
+            .consumer
+            .context()
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+        {
+            Event::Revoked
+        } else {
+            event
+        };
         self.buffered -= reserve;
         self.flying -= sealed + reserve;
         // Forgotten meanwhile (no longer assigned): whatever was uploaded is an unclaimed file,
@@ -203,13 +239,9 @@ impl Sink<'_> {
     }
 
     /// Land every upload on its way (before anything that flushes in place or gives partitions
-    /// up). Those of `revoked` partitions land as a revocation's flush: their positions are the
-    /// new owners' to commit, and their consumers are not moved.
-    pub(super) async fn land_all(&mut self, revoked: &[(String, i32)]) -> Result<(), SinkError> {
-        while let Some(mut landing) = self.flights.next().await {
-            if revoked.contains(&landing.id) {
-                landing.event = Event::Revoked;
-            }
+    /// up).
+    pub(super) async fn land_all(&mut self) -> Result<(), SinkError> {
+        while let Some(landing) = self.flights.next().await {
             self.land(landing).await?;
         }
         Ok(())

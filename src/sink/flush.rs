@@ -106,7 +106,7 @@ impl Sink<'_> {
     /// Over budget: flush the largest buffers until the total is back under half the budget.
     pub(super) async fn relieve_memory(&mut self) -> Result<(), SinkError> {
         // Uploads on their way free their records when they land.
-        self.land_all(&[]).await?;
+        self.land_all().await?;
         let mut by_size: Vec<((String, i32), u64)> = self
             .chains
             .iter()
@@ -162,7 +162,7 @@ impl Sink<'_> {
     /// Flush every partition; while the store fails transiently, wait and try again (the caller's
     /// drain deadline bounds a graceful stop).
     pub(super) async fn flush_all(&mut self, event: Event) -> Result<(), SinkError> {
-        self.land_all(&[]).await?;
+        self.land_all().await?;
         loop {
             if let Some(at) = self.retry_at {
                 tokio::time::sleep_until(at.into()).await;

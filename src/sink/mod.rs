@@ -103,7 +103,11 @@ struct Sink<'a> {
     /// The partition of the last record read.
     last_id: (String, i32),
     /// Sealed files uploading in the background (see `flights`).
-    flights: flights::Flights<'a>,
+    flights: flights::Flights,
+    /// The store, for the uploads' own tasks.
+    shared_store: Arc<dyn ObjectStore>,
+    /// `fly_largest` waits until the buffered bytes reach this after a pass that sealed nothing.
+    fly_floor: u64,
     /// The part of `buffered` that is on its way in `flights` (records and encoders).
     flying: u64,
 }
@@ -259,6 +263,8 @@ pub async fn run(
         buffered: 0,
         last_id: Default::default(),
         flights: Default::default(),
+        shared_store: store.clone(),
+        fly_floor: 0,
         flying: 0,
     };
     sink.discover().await?;
@@ -521,7 +527,7 @@ impl Sink<'_> {
     /// except any that a flush since moved short of its target, which read on, and any whose
     /// records could not be made durable yet (the store is away), which wait for the next try.
     async fn settle_reached(&mut self) -> Result<(), SinkError> {
-        self.land_all(&[]).await?;
+        self.land_all().await?;
         let waiting = std::mem::take(&mut self.reached);
         let ids: Vec<(String, i32)> = waiting.iter().map(|(id, _)| id.clone()).collect();
         self.flush_many(ids, Event::TargetReached).await?;
@@ -592,6 +598,17 @@ impl Sink<'_> {
     /// file), then forget them. What cannot be flushed now (the store is away) is dropped; the new
     /// owner reads it again from the archive's end, so nothing is lost.
     async fn release_revoked(&mut self) -> Result<(), SinkError> {
+        let any = !self
+            .consumer
+            .context()
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if any {
+            // Uploads on their way land first (those of revoked partitions as revocations).
+            self.land_all().await?;
+        }
         let revoked: Vec<(String, i32)> = std::mem::take(
             &mut *self
                 .consumer
@@ -603,7 +620,6 @@ impl Sink<'_> {
         if revoked.is_empty() {
             return Ok(());
         }
-        self.land_all(&revoked).await?;
         let owned: Vec<(String, i32)> = revoked
             .into_iter()
             .filter(|id| self.chains.contains_key(id))
