@@ -32,7 +32,7 @@ use rewind::archive::documents::{self, Gap};
 use rewind::archive::rotation::{Event, RollReason, RollingPolicy};
 use rewind::archive::time::HourBucket;
 use rewind::archive::{Record, TimestampType};
-use rewind::sink::{Admission, FlushError, PartitionChain, Sent, Upload};
+use rewind::sink::{Admission, FlushError, Flushed, Lander, PartitionChain, Sent, Upload};
 use rewind::storage::{
     GetResult, ListPage, MemoryStore, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutResult,
     StorageError, StorageResult, StorageUrl,
@@ -308,10 +308,12 @@ struct Worker {
     flight: Option<Flight>,
 }
 
-/// A background upload, in its two steps: sealed (not in the store yet), then put (to be landed).
+/// A background upload, in its steps (`Sink::fly`): sealed (not in the store yet), put, landed
+/// away from the chain (claimed and checkpointed by the upload's task), then brought back.
 enum Flight {
-    Sealed(Upload),
-    Put(Sent),
+    Sealed(Upload, Lander),
+    Put(Sent, Lander),
+    Landed(Lander, Result<Option<Flushed>, FlushError>),
 }
 
 struct World {
@@ -595,7 +597,8 @@ impl World {
                         upload.meta.start, upload.meta.end
                     )
                 });
-                self.workers[w].flight = Some(Flight::Sealed(upload));
+                let lander = chain.lander().expect("a file was just sealed");
+                self.workers[w].flight = Some(Flight::Sealed(upload, lander));
                 return true;
             }
         }
@@ -603,24 +606,32 @@ impl World {
         flush_chain(chain, &*store, reason, self.log.start).await
     }
 
-    /// One step of the worker's background upload: put the sealed file, or land the put one.
+    /// One step of the worker's background upload: put the sealed file, land it away from the
+    /// chain, or bring the landing back to the chain.
     async fn fly_step(&mut self, w: usize) {
         let store = self.workers[w].store.clone();
-        match self.workers[w].flight.take() {
-            None => {}
-            Some(Flight::Sealed(upload)) => {
+        let next = match self.workers[w].flight.take() {
+            None => return,
+            Some(Flight::Sealed(upload, lander)) => {
                 let sent = upload.send(&*store, 5 << 20).await;
                 trace(|| format!("  put in the background: {:?}", sent.created));
-                self.workers[w].flight = Some(Flight::Put(sent));
+                Flight::Put(sent, lander)
             }
-            Some(flight @ Flight::Put(..)) => {
-                self.workers[w].flight = Some(flight);
+            Some(Flight::Put(sent, mut lander)) => {
+                let result = lander.land(&*store, sent).await;
+                trace(|| format!("  landed in the background: {result:?}"));
+                Flight::Landed(lander, result)
+            }
+            Some(landed @ Flight::Landed(..)) => {
+                self.workers[w].flight = Some(landed);
                 self.land(w).await;
+                return;
             }
-        }
+        };
+        self.workers[w].flight = Some(next);
     }
 
-    /// `Sink::land_all` for the worker: its upload on its way is put and landed.
+    /// `Sink::land_all` for the worker: its upload on its way is put, landed and brought back.
     async fn land(&mut self, w: usize) {
         let Some(mut chain) = self.workers[w].chain.take() else {
             return;
@@ -630,16 +641,26 @@ impl World {
         }
     }
 
-    /// Land the chain's upload on its way, if there is one (putting it first if it was not yet).
-    /// False when a non-transient failure stops the worker.
+    /// Finish the chain's upload on its way, if there is one, and bring its landing back (a
+    /// landing of an upload of a chain forgotten since changes nothing). False when a
+    /// non-transient failure stops the worker.
     async fn land_chain(&mut self, w: usize, chain: &mut PartitionChain) -> bool {
         let store = self.workers[w].store.clone();
-        let sent = match self.workers[w].flight.take() {
+        let (lander, result) = match self.workers[w].flight.take() {
             None => return true,
-            Some(Flight::Sealed(upload)) => upload.send(&*store, 5 << 20).await,
-            Some(Flight::Put(sent)) => sent,
+            Some(Flight::Sealed(upload, mut lander)) => {
+                let sent = upload.send(&*store, 5 << 20).await;
+                let result = lander.land(&*store, sent).await;
+                (lander, result)
+            }
+            Some(Flight::Put(sent, mut lander)) => {
+                let result = lander.land(&*store, sent).await;
+                (lander, result)
+            }
+            Some(Flight::Landed(lander, result)) => (lander, result),
         };
-        match chain.land(&*store, sent).await {
+        chain.landed(lander);
+        match result {
             Ok(done) => {
                 trace(|| format!("  landed: {done:?}, chain end {}", chain.end));
                 true

@@ -3,9 +3,11 @@
 //! really used up.
 //!
 //! The chain protocol is unchanged: [`PartitionChain::seal`] hands the file's records to the
-//! upload, and [`PartitionChain::land`] then claims its start and advances the checkpoint, in the
-//! main loop, in chain order (a partition has at most one file sealed, and its next file is sealed
-//! only after that one landed). Records buffered meanwhile continue from the sealed file's end; if
+//! upload, and the upload's task then lands it ([`PartitionChain::lander`]: the claim of its start
+//! and the checkpoint, which need only the chain's end and checkpoint), in chain order (a partition
+//! has at most one file sealed, and its next file is sealed only after that one landed); the main
+//! loop brings the outcome back to the chain ([`PartitionChain::landed`]) and never waits on the
+//! store for it. Records buffered meanwhile continue from the sealed file's end; if
 //! the landing repositions the chain (an adopted file, a gap, another worker further on), they are
 //! dropped and read again, as after any flush.
 //!
@@ -22,7 +24,7 @@ use futures::StreamExt;
 use rdkafka::consumer::Consumer;
 use tokio::task::JoinHandle;
 
-use super::partition::{now_millis, PartitionChain, Sent};
+use super::partition::{now_millis, FlushError, Flushed, Lander, PartitionChain};
 use super::{Sink, SinkError};
 use crate::archive::rotation::{Event, RollReason};
 
@@ -54,7 +56,9 @@ impl Flights {
 /// A background upload that finished, to be landed by the main loop.
 pub(super) struct Landing {
     id: (String, i32),
-    sent: Sent,
+    /// The file's claim and checkpoint, done in the upload's task.
+    lander: Lander,
+    result: Result<Option<Flushed>, FlushError>,
     took: Duration,
     event: Event,
     reason: Option<RollReason>,
@@ -126,6 +130,7 @@ impl Sink<'_> {
         let Some(upload) = chain.seal(low, &self.cluster_id, now_millis()) else {
             return false;
         };
+        let mut lander = chain.lander().expect("a file was just sealed");
         self.buffered += reserve;
         self.flying += sealed + reserve;
         self.report.background_uploads += 1;
@@ -134,9 +139,11 @@ impl Sink<'_> {
         self.flights.0.push(tokio::spawn(async move {
             let started = Instant::now();
             let sent = upload.send(&*store, part_size).await;
+            let result = lander.land(&*store, sent).await;
             Landing {
                 id,
-                sent,
+                lander,
+                result,
                 took: started.elapsed(),
                 event,
                 reason,
@@ -195,7 +202,8 @@ impl Sink<'_> {
     pub(super) async fn land(&mut self, landing: Landing) -> Result<(), SinkError> {
         let Landing {
             id,
-            sent,
+            lander,
+            result,
             took,
             event,
             reason,
@@ -224,10 +232,8 @@ impl Sink<'_> {
             return Ok(());
         };
         let before = chain.buffered_bytes();
-        let started = Instant::now();
-        let result = chain.land(self.store, sent).await;
+        chain.landed(lander);
         self.buffered = self.buffered - before + chain.buffered_bytes();
-        let took = took + started.elapsed();
         self.settle(
             &id,
             event,

@@ -34,7 +34,7 @@ use rdkafka::{ClientConfig, Message, Timestamp, TopicPartitionList};
 use rustc_hash::FxHashMap;
 
 pub use options::{default_uploads_in_flight, SinkError, SinkOptions, SinkReport};
-pub use partition::{Admission, FlushError, Flushed, PartitionChain, Sent, Ticket, Upload};
+pub use partition::{Admission, FlushError, Flushed, Lander, PartitionChain, Sent, Ticket, Upload};
 pub use upload::UploadError;
 
 use flush::prefetch_bytes;

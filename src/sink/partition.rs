@@ -138,6 +138,27 @@ struct Sealed {
     bytes: u64,
 }
 
+/// The landing of a sealed file away from its chain ([`PartitionChain::lander`]): the claim and
+/// the checkpoint, which need only the chain's end and checkpoint, run in the upload's own task
+/// while the partition reads on, and [`PartitionChain::landed`] brings the outcome back.
+#[derive(Debug)]
+pub struct Lander {
+    id: u64,
+    /// The chain's end, checkpoint and sealed file, without its buffer.
+    shell: PartitionChain,
+}
+
+impl Lander {
+    /// [`PartitionChain::land`] on the shell.
+    pub async fn land(
+        &mut self,
+        store: &dyn ObjectStore,
+        sent: Sent,
+    ) -> Result<Option<Flushed>, FlushError> {
+        self.shell.land(store, sent).await
+    }
+}
+
 /// A sealed file on its way to the store: what [`upload::create`] is given. Its result goes back
 /// to [`PartitionChain::land`].
 #[derive(Debug)]
@@ -808,6 +829,57 @@ impl PartitionChain {
         };
         let sent = upload.send(store, part_size).await;
         self.land(store, sent).await
+    }
+
+    /// Take what landing the sealed file needs (the chain's end, its checkpoint and the sealed
+    /// file) so that it can land away from the chain, while the partition reads on; `None` when no
+    /// upload is on its way. Until [`PartitionChain::landed`], the chain must not be flushed (it
+    /// is not: it is in flight).
+    pub fn lander(&mut self) -> Option<Lander> {
+        let sealed = self.sealed.as_ref().filter(|s| s.records.is_none())?;
+        let copy = Sealed {
+            id: sealed.id,
+            key: sealed.key.clone(),
+            meta: sealed.meta.clone(),
+            records: None,
+            bytes: sealed.bytes,
+        };
+        Some(Lander {
+            id: copy.id,
+            shell: PartitionChain {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                end: self.end,
+                checkpoint: self.checkpoint.take(),
+                buffer: Vec::new(),
+                open: None,
+                heap_bytes: 0,
+                read_to: None,
+                generation: 0,
+                seek: None,
+                jumps: Vec::new(),
+                sealed: Some(copy),
+            },
+        })
+    }
+
+    /// Bring back what a [`Lander`] made of the sealed file: the chain's new end and checkpoint,
+    /// the sealed file gone (or waiting for another try, its records back), and, if the landing
+    /// moved the chain anywhere but the sealed file's end (an adopted file, a gap, another
+    /// worker further), the records read since dropped and the consumer owed a seek there. A
+    /// lander of another upload (the chain was forgotten and opened again) changes nothing.
+    pub fn landed(&mut self, lander: Lander) {
+        if self.sealed.as_ref().is_none_or(|s| s.id != lander.id) {
+            return;
+        }
+        let shell = lander.shell;
+        self.end = shell.end;
+        self.checkpoint = shell.checkpoint;
+        self.sealed = shell.sealed;
+        if shell.generation != 0 {
+            self.clear_buffer();
+            self.reposition(shell.end);
+        }
     }
 
     /// The sealed file's upload finished (`created`, with its `records` handed back): publish it
