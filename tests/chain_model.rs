@@ -659,7 +659,11 @@ impl World {
             }
             Some(Flight::Landed(lander, result)) => (lander, result),
         };
-        chain.landed(lander);
+        if !chain.landed(lander) {
+            // An upload of a chain forgotten since: its outcome is not this chain's.
+            trace(|| format!("  a forgotten chain's landing: {result:?}"));
+            return true;
+        }
         match result {
             Ok(done) => {
                 trace(|| format!("  landed: {done:?}, chain end {}", chain.end));

@@ -33,6 +33,16 @@ use crate::archive::rotation::{Event, RollReason};
 #[derive(Default)]
 pub(super) struct Flights(FuturesUnordered<JoinHandle<Landing>>);
 
+/// A sink that stops with an error leaves no upload running behind it: each is aborted where it
+/// is, which the chain protocol treats as a crash at that step.
+impl Drop for Flights {
+    fn drop(&mut self) {
+        for task in self.0.iter() {
+            task.abort();
+        }
+    }
+}
+
 impl Flights {
     pub(super) fn len(&self) -> usize {
         self.0.len()
@@ -226,13 +236,16 @@ impl Sink<'_> {
         };
         self.buffered -= reserve;
         self.flying -= sealed + reserve;
-        // Forgotten meanwhile (no longer assigned): whatever was uploaded is an unclaimed file,
-        // which the partition's next owner adopts or deletes.
+        // Forgotten meanwhile (no longer assigned), and perhaps opened again since: the upload
+        // claimed and checkpointed like any worker that lost the partition (safe by the chain
+        // protocol, as for a zombie), and its outcome is not this chain's to report.
         let Some(chain) = self.chains.get_mut(&id) else {
             return Ok(());
         };
         let before = chain.buffered_bytes();
-        chain.landed(lander);
+        if !chain.landed(lander) {
+            return Ok(());
+        }
         self.buffered = self.buffered - before + chain.buffered_bytes();
         self.settle(
             &id,

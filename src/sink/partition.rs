@@ -868,11 +868,14 @@ impl PartitionChain {
     /// moved the chain anywhere but the sealed file's end (an adopted file, a gap, another
     /// worker further), the records read since dropped and the consumer owed a seek there. A
     /// lander of another upload (the chain was forgotten and opened again) changes nothing.
-    pub fn landed(&mut self, lander: Lander) {
+    ///
+    /// Returns whether the landing was this chain's.
+    pub fn landed(&mut self, lander: Lander) -> bool {
         if self.sealed.as_ref().is_none_or(|s| s.id != lander.id) {
-            return;
+            return false;
         }
         let shell = lander.shell;
+        debug_assert!(!shell.in_flight(), "a lander brought back before it landed");
         self.end = shell.end;
         self.checkpoint = shell.checkpoint;
         self.sealed = shell.sealed;
@@ -880,6 +883,7 @@ impl PartitionChain {
             self.clear_buffer();
             self.reposition(shell.end);
         }
+        true
     }
 
     /// The sealed file's upload finished (`created`, with its `records` handed back): publish it
