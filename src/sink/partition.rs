@@ -249,20 +249,7 @@ impl PartitionChain {
             (None, Some(first)) => *first,
             (None, None) => earliest,
         };
-        let mut chain = PartitionChain {
-            topic: topic.to_string(),
-            partition,
-            end,
-            checkpoint,
-            buffer: Vec::new(),
-            open: None,
-            heap_bytes: 0,
-            read_to: None,
-            generation: 0,
-            seek: None,
-            jumps: Vec::new(),
-            sealed: None,
-        };
+        let mut chain = PartitionChain::at(topic.to_string(), partition, end, checkpoint);
         let mut last = None;
         while let Some(candidates) = starts.get(&end) {
             match chain.settle_start(store, candidates, None).await? {
@@ -844,23 +831,39 @@ impl PartitionChain {
             records: None,
             bytes: sealed.bytes,
         };
-        Some(Lander {
-            id: copy.id,
-            shell: PartitionChain {
-                topic: self.topic.clone(),
-                partition: self.partition,
-                end: self.end,
-                checkpoint: self.checkpoint.take(),
-                buffer: Vec::new(),
-                open: None,
-                heap_bytes: 0,
-                read_to: None,
-                generation: 0,
-                seek: None,
-                jumps: Vec::new(),
-                sealed: Some(copy),
-            },
-        })
+        let mut shell = PartitionChain::at(
+            self.topic.clone(),
+            self.partition,
+            self.end,
+            self.checkpoint.take(),
+        );
+        let id = copy.id;
+        shell.sealed = Some(copy);
+        Some(Lander { id, shell })
+    }
+
+    /// A chain that ends at `end`, with nothing buffered or sealed and the consumer's position
+    /// unknown.
+    fn at(
+        topic: String,
+        partition: i32,
+        end: i64,
+        checkpoint: Option<Versioned<Checkpoint>>,
+    ) -> PartitionChain {
+        PartitionChain {
+            topic,
+            partition,
+            end,
+            checkpoint,
+            buffer: Vec::new(),
+            open: None,
+            heap_bytes: 0,
+            read_to: None,
+            generation: 0,
+            seek: None,
+            jumps: Vec::new(),
+            sealed: None,
+        }
     }
 
     /// Bring back what a [`Lander`] made of the sealed file: the chain's new end and checkpoint,
