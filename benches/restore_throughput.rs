@@ -9,10 +9,11 @@
 //! after the other and each as its own process: (a) a plain idempotent rdkafka producer that first
 //! generates the same keys and values in memory and then sends them into a fresh topic (only the
 //! sending is timed), (b) `rewind restore` of the whole archive from the local directory into a
-//! new topic, (c) the same from S3. The three take turns `--repeat` times (each run into a fresh
-//! topic, deleted after it), followed by (d) the restore from S3 shared by 2 and by 3 workers
-//! (`--shared`, each its own process; wall time until the last exits, CPU summed, the highest peak
-//! RSS of one worker). For each kind: the median records/s with its range, MB/s of values, the
+//! new topic, (c) the same from S3, (d) the restore from the local archive with one transactional
+//! producer (`restore.producers = 1`) instead of two that commit in turn. They take turns
+//! `--repeat` times (each run into a fresh topic, deleted after it), each round followed by (e) the
+//! restore from S3 shared by 2 and by 3 workers (`--shared`, each its own process; wall time until
+//! the last exits, CPU summed, the highest peak RSS of one worker; `--no-shared` leaves them out). For each kind: the median records/s with its range, MB/s of values, the
 //! ratio of medians to (a), CPU seconds per GB and the highest peak RSS.
 
 #[path = "../tests/common/mod.rs"]
@@ -57,6 +58,12 @@ fn main() {
         .map(|v| v.parse::<usize>().expect("a number"))
         .unwrap_or(3)
         .max(1);
+    // `--no-shared` leaves the shared restores out (a quicker run of the single-process rows).
+    let workers: &[usize] = if args.iter().any(|a| a == "--no-shared") {
+        &[]
+    } else {
+        &WORKERS
+    };
 
     // Rows of the table: every run of one kind, in order.
     let mut rows: Vec<Vec<Run>> = Vec::new();
@@ -89,7 +96,7 @@ fn main() {
         // page cache filling) falls on all of them alike; every run writes into a fresh topic that
         // is deleted right after it.
         let first = rows.len();
-        rows.extend((0..3 + WORKERS.len()).map(|_| Vec::new()));
+        rows.extend((0..4 + workers.len()).map(|_| Vec::new()));
         for round in 0..repeat {
             eprintln!("round {} of {repeat}", round + 1);
             let raw_topic = format!("{topic}-raw-{round}");
@@ -116,8 +123,18 @@ fn main() {
                 ));
                 rt.block_on(delete_topic(&target));
             }
+            // The same restore from the local archive with one transactional producer, which
+            // pauses producing at each commit (`restore.producers = 1`), beside the default two.
+            let target = format!("{topic}-one-producer-{round}");
+            rows[first + 3].push(measure(
+                format!("rewind restore ← local, one producer, {value_size} B"),
+                restore(&local, &topic, &target).env("REWIND__RESTORE__PRODUCERS", "1"),
+                count,
+                value_bytes,
+            ));
+            rt.block_on(delete_topic(&target));
             // One restore from S3 shared by several workers (`--shared`), each its own process.
-            for (row, workers) in WORKERS.into_iter().enumerate() {
+            for (row, &workers) in workers.iter().enumerate() {
                 let target = format!("{topic}-shared-{workers}-{round}");
                 let id = common::unique("bench-shared");
                 let mut cmds: Vec<Command> = (0..workers)
@@ -128,7 +145,7 @@ fn main() {
                         cmd
                     })
                     .collect();
-                rows[first + 3 + row].push(measure_all(
+                rows[first + 4 + row].push(measure_all(
                     format!("rewind restore ← S3, {workers} workers, {value_size} B"),
                     cmds.iter_mut().collect(),
                     count,

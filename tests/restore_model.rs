@@ -117,10 +117,13 @@ enum Fault {
 /// to, so that they rarely find nothing to do.
 #[derive(Debug, Clone)]
 enum Op {
-    /// Start worker `worker` (its name, `w0`…, is its worker id) unless it is running.
+    /// Start worker `worker` (its name, `w0`…, is its worker id) unless it is running, with
+    /// `restore.producers` of 1 or 2 (a plain run's producers take turns committing; a shared
+    /// worker has one whatever it says).
     Start {
         worker: usize,
         fault: Fault,
+        producers: usize,
     },
     /// SIGKILL a running worker.
     Kill(usize),
@@ -151,7 +154,8 @@ fn fault() -> impl Strategy<Value = Fault> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (0..WORKERS, fault()).prop_map(|(worker, fault)| Op::Start { worker, fault }),
+        5 => (0..WORKERS, fault(), prop_oneof![1 => Just(1usize), 3 => Just(2)])
+            .prop_map(|(worker, fault, producers)| Op::Start { worker, fault, producers }),
         1 => (0..WORKERS).prop_map(Op::Kill),
         1 => (0..WORKERS).prop_map(Op::Freeze),
         2 => (0..WORKERS).prop_map(Op::Thaw),
@@ -221,7 +225,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn command(&self, name: &str, fault: &Fault) -> std::process::Command {
+    fn command(&self, name: &str, fault: &Fault, producers: usize) -> std::process::Command {
         let mut cmd = common::restore_command(&self.source.archive);
         let topic = &self.source.topic;
         cmd.args([
@@ -236,6 +240,7 @@ impl<'a> Run<'a> {
             &format!("transaction.timeout.ms={TRANSACTION_TIMEOUT_MS}"),
         ])
         .env("REWIND__RESTORE__PROGRESS_TOPIC", &self.progress_topic)
+        .env("REWIND__RESTORE__PRODUCERS", producers.to_string())
         .env(
             "REWIND__RESTORE__TRANSACTION_MAX_BYTES",
             format!("{}KiB", self.case.transaction_kib),
@@ -299,9 +304,14 @@ impl<'a> Run<'a> {
     fn step(&mut self, op: &Op) {
         self.reap();
         match op {
-            Op::Start { worker, fault } => {
+            Op::Start {
+                worker,
+                fault,
+                producers,
+            } => {
                 if !self.workers.contains_key(worker) {
-                    let process = Watched::start(&mut self.command(&format!("w{worker}"), fault));
+                    let process =
+                        Watched::start(&mut self.command(&format!("w{worker}"), fault, *producers));
                     self.workers.insert(
                         *worker,
                         Worker {
@@ -488,7 +498,7 @@ impl<'a> Run<'a> {
             );
             assert!(!log.contains("panicked"), "{name} panicked: {log}");
         }
-        let last = Watched::start(&mut self.command("last", &Fault::None))
+        let last = Watched::start(&mut self.command("last", &Fault::None, 2))
             .finish_within(Duration::from_secs(240))
             .unwrap_or_else(|log| panic!("the last worker did not finish: {log}"));
         assert!(
@@ -635,14 +645,41 @@ fn a_plain_run_that_fences_another_mid_restore_resumes_its_progress() {
             Op::Start {
                 worker: 0,
                 fault: Fault::StallBeforeFence { ms: 15_000 },
+                producers: 2,
             },
             Op::Sleep(300),
             Op::Start {
                 worker: 1,
                 fault: Fault::None,
+                producers: 2,
             },
             Op::Sleep(8_000),
         ],
+    };
+    run(false, &case);
+}
+
+/// A plain run's two producers each write only their own partitions' progress: if the first
+/// producer's commit also wrote a partition of the second's, it could claim records still in the
+/// second's open transaction, and a run killed while that one hangs in its commit would lose them.
+/// Three runs hang at the 1st, 2nd and 3rd commit with records (so that some hang in the second
+/// producer's commit while both producers have partitions under way), each killed after a while.
+#[test]
+fn a_run_killed_while_one_producer_commits_loses_nothing_of_the_other() {
+    let mut ops = Vec::new();
+    for (worker, after) in [(0, 1), (1, 2), (2, 3)] {
+        ops.push(Op::Start {
+            worker,
+            fault: Fault::HangBeforeCommit { after },
+            producers: 2,
+        });
+        ops.push(Op::Sleep(2_500));
+        ops.push(Op::Kill(0));
+    }
+    let case = Case {
+        transaction_kib: 4,
+        concurrency: 4,
+        ops,
     };
     run(false, &case);
 }

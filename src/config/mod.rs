@@ -336,6 +336,9 @@ pub struct RestoreConfig {
     pub concurrency: usize,
     /// A restore transaction commits once it holds this many record bytes...
     pub transaction_max_bytes: Size,
+    /// Transactional producers a restore writes with, each owning every other partition: 2
+    /// commit in turn, one sending while the other commits; 1 pauses producing at each commit.
+    pub producers: usize,
     /// ...or once it has been open this long; below the producer's `transaction.timeout.ms`.
     #[serde(with = "units::duration")]
     pub transaction_interval: Duration,
@@ -352,6 +355,7 @@ impl Default for RestoreConfig {
             buffer_budget: Size::mib(64),
             concurrency: 8,
             transaction_max_bytes: Size::mib(256),
+            producers: 2,
             transaction_interval: Duration::from_secs(5),
             poll_interval: Duration::from_secs(10),
             progress_topic: "__rewind_restores".into(),

@@ -380,6 +380,12 @@ impl RestoreConfig {
         if restore.concurrency == 0 {
             problem("restore.concurrency", "must be at least 1".into());
         }
+        if !(1..=2).contains(&restore.producers) {
+            problem(
+                "restore.producers",
+                format!("must be 1 or 2, got {}", restore.producers),
+            );
+        }
         if restore.transaction_max_bytes.bytes() == 0 {
             problem(
                 "restore.transaction_max_bytes",

@@ -138,6 +138,7 @@ impl RestoreJob {
                 buffer_budget: tuning.buffer_budget.bytes(),
                 concurrency: tuning.concurrency,
                 transaction_bytes: tuning.transaction_max_bytes.bytes(),
+                producers: tuning.producers,
                 transaction_interval: tuning.transaction_interval,
                 progress_topic: tuning.progress_topic.clone(),
                 progress: false,

@@ -49,6 +49,9 @@ struct Restore<'a> {
     pub(super) opts: &'a RestoreOptions,
     pub(super) cluster: cluster::Cluster,
     pub(super) txn: Transaction,
+    /// The second producer, `rewind-restore-<id>+1`, of a restore that is not shared: it writes
+    /// the odd lanes and their progress (see [`pass`]), and commits while the first one sends.
+    pub(super) second: Option<Transaction>,
     pub(super) lanes: Vec<Lane>,
     pub(super) report: RestoreReport,
     /// The next watch slot of group translation (0 means none).
@@ -110,6 +113,9 @@ pub struct RestoreOptions {
     pub concurrency: usize,
     /// A transaction commits once it holds this many record bytes...
     pub transaction_bytes: u64,
+    /// Transactional producers (1 or 2) of a restore that is not shared: with two, each owns every
+    /// other lane and commits while the other sends.
+    pub producers: usize,
     /// ...or has been open this long.
     pub transaction_interval: Duration,
     /// Compacted topic in the target cluster that holds restore progress.
@@ -127,6 +133,18 @@ pub struct RestoreOptions {
     /// Off for a cluster whose admin requests cannot succeed (the demo's embedded Kafka, Amazon MSK
     /// IAM: rust-rdkafka#757); every topic the restore writes to must then exist.
     pub admin_api: bool,
+}
+
+impl RestoreOptions {
+    /// How many transactional producers the restore writes with: a shared restore's worker one
+    /// (it changes lanes only between transactions, see [`shared`]), otherwise `producers`.
+    pub(super) fn producer_count(&self) -> usize {
+        if self.shared {
+            1
+        } else {
+            self.producers.clamp(1, 2)
+        }
+    }
 }
 
 /// Why a restore stopped with an error.

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::plan::files_in;
 use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
+use super::transaction::{Commit, Transaction};
 use super::Restore;
 use super::{partitioner, RestoreError};
 use crate::archive::chain::ChainFile;
@@ -59,56 +60,84 @@ impl Restore<'_> {
         drop(tx);
         let mut stopped = false;
         let mut reassigned = false;
+        // Each producer's commit runs on its own while the other sends (see `Overlap`).
+        let mut overlap = Overlap::default();
         loop {
-            let deadline =
-                tokio::time::Instant::from_std(self.txn.deadline(self.opts.transaction_interval));
+            let deadline = (0..self.sides())
+                .filter(|&side| self.side(side).is_open() && !self.side(side).is_committing())
+                .map(|side| self.side(side).deadline(self.opts.transaction_interval))
+                .min();
+            let waiting = overlap.committing();
             tokio::select! {
                 biased;
                 _ = stop.as_mut() => {
                     stopped = true;
                     break;
                 }
+                (side, result) = overlap.next_commit(), if waiting => {
+                    self.side_mut(side).finish_commit(&result);
+                    if let Err(e) = result {
+                        return Err(self.fail(&mut overlap, e).await);
+                    }
+                    self.report_lag();
+                    // Between transactions (a shared restore has one producer).
+                    reassigned = self.regrouped()?;
+                    if reassigned {
+                        break;
+                    }
+                    for message in std::mem::take(&mut overlap.held[side]) {
+                        if let Err(e) = self.apply(message).await {
+                            return Err(self.fail(&mut overlap, e).await);
+                        }
+                    }
+                }
                 message = rx.recv() => match message {
                     None => break,
-                    Some(Msg::Failed(e)) => {
-                        self.txn.abort().await;
-                        return Err(e);
-                    }
-                    Some(Msg::Done { lane, next }) => {
-                        let lane = &mut self.lanes[lane];
-                        lane.next = lane.next.max(next);
-                        lane.dirty = true;
-                    }
-                    Some(Msg::Chunk { lane, rows, next, _permit }) => {
-                        if let Err(e) = self.produce(lane, &rows).await {
-                            self.txn.abort().await;
-                            return Err(e);
+                    Some(message) => {
+                        let side = message.lane().map_or(0, |lane| self.side_of(lane));
+                        if self.side(side).is_committing() {
+                            overlap.held[side].push(message);
+                        } else if let Err(e) = self.apply(message).await {
+                            return Err(self.fail(&mut overlap, e).await);
                         }
-                        let lane = &mut self.lanes[lane];
-                        lane.next = lane.next.max(next);
-                        lane.dirty = true;
                     }
                 },
-                _ = tokio::time::sleep_until(deadline), if self.txn.is_open() => {
-                    self.commit().await?;
-                    reassigned = self.regrouped()?;
-                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.unwrap_or_else(std::time::Instant::now))), if deadline.is_some() => {}
             }
             // Checked after every message too: a busy channel must not keep a transaction open
-            // past its interval (the broker aborts transactions that outlive their timeout).
-            if !reassigned
-                && self
-                    .txn
-                    .due(self.opts.transaction_bytes, self.opts.transaction_interval)
-            {
-                self.commit().await?;
-                reassigned = self.regrouped()?;
-            }
-            if reassigned {
-                // Between transactions: the lanes given up have nothing in flight.
-                break;
+            // past its interval (the broker aborts transactions that outlive their timeout). One
+            // commit at a time, so that the other producer always sends.
+            if !overlap.committing() {
+                let due = (0..self.sides()).find(|&side| {
+                    self.side(side)
+                        .due(self.opts.transaction_bytes, self.opts.transaction_interval)
+                });
+                if let Some(side) = due {
+                    match self.start_commit(side, false).await {
+                        Ok(commit) => overlap.pending[side] = Some(commit),
+                        Err(e) => return Err(self.fail(&mut overlap, e).await),
+                    }
+                }
             }
             self.status(false);
+        }
+        // Let the commits under way end; what their producers were not handed yet is not
+        // restored by this pass (its lanes did not move past it).
+        while overlap.committing() {
+            let (side, result) = overlap.next_commit().await;
+            self.side_mut(side).finish_commit(&result);
+            if let Err(e) = result {
+                return Err(self.fail(&mut overlap, e).await);
+            }
+        }
+        if !(stopped || reassigned) {
+            for side in 0..2 {
+                for message in std::mem::take(&mut overlap.held[side]) {
+                    if let Err(e) = self.apply(message).await {
+                        return Err(self.fail(&mut overlap, e).await);
+                    }
+                }
+            }
         }
         if stopped || reassigned {
             tasks.abort_all();
@@ -116,14 +145,12 @@ impl Restore<'_> {
         while let Some(joined) = tasks.join_next().await {
             if let Err(e) = joined {
                 if e.is_panic() {
-                    self.txn.abort().await;
+                    self.abort().await;
                     return Err(self.interrupted(format!("an archive reader failed: {e}")));
                 }
             }
         }
-        if self.lanes.iter().any(|l| l.dirty) {
-            self.commit().await?;
-        }
+        self.commit().await?;
         if reassigned {
             return Ok(false);
         }
@@ -154,7 +181,8 @@ impl Restore<'_> {
     async fn produce(&mut self, index: usize, rows: &Rows) -> Result<(), RestoreError> {
         let mut chunk_bytes = 0;
         let mut chunk_records = 0;
-        self.txn.begin()?;
+        let side = self.side_of(index);
+        self.side_mut(side).begin()?;
         let repartition = self.opts.repartition_by_key.then(|| {
             self.cluster
                 .partitions
@@ -232,11 +260,16 @@ impl Restore<'_> {
                 message = message.headers(kafka_headers);
             }
             let size = size as u64;
-            if let Err(e) = self.txn.send(message, size).await {
+            // The transaction by its field: `message` borrows the lane.
+            let txn = match side {
+                0 => &mut self.txn,
+                _ => self.second.as_mut().expect("a restore of two producers"),
+            };
+            if let Err(e) = txn.send(message, size).await {
                 // After the broker refused an earlier record the producer is in an error state
                 // and this send fails with "Erroneous state": name the refusal, the cause, once
                 // its report is in (seen under load with a record above max.message.bytes).
-                self.txn.drain().await?;
+                self.side(side).drain().await?;
                 let hint = if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
                 {
                     " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)"
@@ -263,20 +296,70 @@ impl Restore<'_> {
         Ok(())
     }
 
-    /// Steps 4 to 6 of the transaction protocol: learn where the records watched for group
-    /// translation landed, then commit the open transaction with the progress of every lane that
-    /// moved.
+    /// Steps 4 to 6 of the transaction protocol, for every producer with a transaction open or
+    /// lanes that moved: see [`Restore::start_commit`]. Awaited, one producer after the other.
     pub(super) async fn commit(&mut self) -> Result<(), RestoreError> {
-        self.txn.begin()?;
+        for side in 0..self.sides() {
+            let moved = self
+                .lanes
+                .iter()
+                .enumerate()
+                .any(|(index, lane)| lane.dirty && self.side_of(index) == side);
+            if moved || self.side(side).is_open() {
+                self.commit_awaited(side, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The restore's first transaction: the progress of every lane at its start, in one
+    /// transaction of the restore's own producer, so that a run interrupted after it resumes every
+    /// lane (a plan committed in part would leave lanes out).
+    pub(super) async fn commit_plan(&mut self) -> Result<(), RestoreError> {
+        for lane in &mut self.lanes {
+            lane.dirty = true;
+        }
+        self.commit_awaited(0, true).await
+    }
+
+    async fn commit_awaited(&mut self, side: usize, every_lane: bool) -> Result<(), RestoreError> {
+        let commit = self.start_commit(side, every_lane).await?;
+        let result = commit.await;
+        self.side_mut(side).finish_commit(&result);
+        result?;
+        self.report_lag();
+        Ok(())
+    }
+
+    /// Steps 4 to 6 for one producer: learn where the records watched for group translation
+    /// landed, then start committing its transaction with the progress of every lane of its own
+    /// that moved (of every lane that moved, for the plan). The commit runs on its own: the
+    /// returned future ends it, and its outcome goes to `finish_commit`.
+    ///
+    /// A lane's progress is written by one producer only (the plan's aside, which precedes every
+    /// other transaction): two open transactions holding the same lane's progress could commit in
+    /// the other order than they appended it, and the older progress would be read as the newer.
+    async fn start_commit(
+        &mut self,
+        side: usize,
+        every_lane: bool,
+    ) -> Result<Commit, RestoreError> {
+        self.side_mut(side).begin()?;
+        let mine: Vec<usize> = (0..self.lanes.len())
+            .filter(|&index| every_lane || self.side_of(index) == side)
+            .collect();
         // Where watched records landed is known only once they are acknowledged; without any,
         // the commit's own drain is enough.
-        if self.lanes.iter().any(|l| !l.pending.is_empty()) {
-            if let Err(e) = self.txn.drain().await {
-                self.txn.abort().await;
+        if mine
+            .iter()
+            .any(|&index| !self.lanes[index].pending.is_empty())
+        {
+            if let Err(e) = self.side(side).drain().await {
+                self.side_mut(side).abort().await;
                 return Err(e);
             }
         }
-        let landed = self.txn.take_landed();
+        let landed = self.side(side).take_landed();
         let progress_partitions = self
             .cluster
             .partitions
@@ -284,7 +367,8 @@ impl Restore<'_> {
             .copied()
             .unwrap_or(1);
         let mut progress = Vec::new();
-        for lane in &mut self.lanes {
+        for &index in &mine {
+            let lane = &mut self.lanes[index];
             for (slot, groups) in lane.pending.drain(..) {
                 if let Some(offset) = landed.get(&slot) {
                     for group in groups {
@@ -298,25 +382,96 @@ impl Restore<'_> {
         }
         let group = match &self.group {
             Some(group) if !progress.is_empty() => {
-                let moved: Vec<&super::lane::Lane> =
-                    self.lanes.iter().filter(|l| l.dirty).collect();
-                Some(group.offsets(&moved).map_err(|e| self.interrupted(e))?)
+                let moved: Vec<&super::lane::Lane> = mine
+                    .iter()
+                    .map(|&index| &self.lanes[index])
+                    .filter(|l| l.dirty)
+                    .collect();
+                match group.offsets(&moved) {
+                    Ok(offsets) => Some(offsets),
+                    Err(e) => {
+                        self.side_mut(side).abort().await;
+                        return Err(self.interrupted(e));
+                    }
+                }
             }
             _ => None,
         };
-        self.txn
-            .commit(
-                &progress,
-                &self.opts.progress_topic,
-                progress_partitions,
-                group,
-            )
-            .await?;
-        for lane in &mut self.lanes {
-            lane.dirty = false;
+        for &index in &mine {
+            self.lanes[index].dirty = false;
         }
-        self.report_lag();
-        Ok(())
+        let topic = self.opts.progress_topic.clone();
+        self.side_mut(side)
+            .start_commit(progress, topic, progress_partitions, group)
+    }
+
+    /// How many producers the restore writes with: two, each owning every other lane, unless the
+    /// restore is shared (a worker changes lanes only between transactions, see `shared`).
+    pub(super) fn sides(&self) -> usize {
+        if self.second.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The producer that writes lane `index` and its progress.
+    pub(super) fn side_of(&self, index: usize) -> usize {
+        index % self.sides()
+    }
+
+    pub(super) fn side(&self, side: usize) -> &Transaction {
+        match side {
+            0 => &self.txn,
+            _ => self.second.as_ref().expect("a restore of two producers"),
+        }
+    }
+
+    fn side_mut(&mut self, side: usize) -> &mut Transaction {
+        match side {
+            0 => &mut self.txn,
+            _ => self.second.as_mut().expect("a restore of two producers"),
+        }
+    }
+
+    /// Abort every open transaction (none may be committing).
+    pub(super) async fn abort(&mut self) {
+        for side in 0..self.sides() {
+            self.side_mut(side).abort().await;
+        }
+    }
+
+    /// A pass failed with `error`: let the commits under way end (their producers cannot be
+    /// aborted meanwhile), abort what is open, and return the error.
+    async fn fail(&mut self, overlap: &mut Overlap, error: RestoreError) -> RestoreError {
+        while overlap.committing() {
+            let (side, result) = overlap.next_commit().await;
+            self.side_mut(side).finish_commit(&result);
+        }
+        self.abort().await;
+        error
+    }
+
+    /// Hand a reader's message to its lane's producer.
+    async fn apply(&mut self, message: Msg) -> Result<(), RestoreError> {
+        match message {
+            Msg::Failed(e) => Err(e),
+            Msg::Done { lane, next } => {
+                let lane = &mut self.lanes[lane];
+                lane.next = lane.next.max(next);
+                lane.dirty = true;
+                Ok(())
+            }
+            Msg::Chunk {
+                lane, rows, next, ..
+            } => {
+                self.produce(lane, &rows).await?;
+                let lane = &mut self.lanes[lane];
+                lane.next = lane.next.max(next);
+                lane.dirty = true;
+                Ok(())
+            }
+        }
     }
 
     /// Follow mode: poll the checkpoints and restore whatever the chains gained, until stopped.
@@ -362,7 +517,7 @@ impl Restore<'_> {
                     .filter(|t| !known_targets.contains(t))
                     .collect();
                 if !self.ensure_targets(&new_targets).await? {
-                    self.txn.abort().await;
+                    self.abort().await;
                     return Err(self.interrupted(
                         "a new target topic was created by someone else while this restore created it; running the same command again checks it",
                     ));
@@ -372,5 +527,35 @@ impl Restore<'_> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// The two producers' commits: each runs on its own while the other producer sends, and what the
+/// readers hand a producer that is committing waits, in order, until its commit has ended.
+#[derive(Default)]
+struct Overlap {
+    pending: [Option<Commit>; 2],
+    held: [Vec<Msg>; 2],
+}
+
+impl Overlap {
+    fn committing(&self) -> bool {
+        self.pending.iter().any(Option::is_some)
+    }
+
+    /// The next commit to end: its producer and outcome (pending while none is under way).
+    async fn next_commit(&mut self) -> (usize, Result<(), RestoreError>) {
+        std::future::poll_fn(|cx| {
+            for (side, pending) in self.pending.iter_mut().enumerate() {
+                if let Some(commit) = pending {
+                    if let std::task::Poll::Ready(result) = commit.as_mut().poll(cx) {
+                        *pending = None;
+                        return std::task::Poll::Ready((side, result));
+                    }
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 }

@@ -45,6 +45,16 @@ pub enum Msg {
     Failed(RestoreError),
 }
 
+impl Msg {
+    /// The lane a message is about (none for a failure).
+    pub fn lane(&self) -> Option<usize> {
+        match self {
+            Msg::Chunk { lane, .. } | Msg::Done { lane, .. } => Some(*lane),
+            Msg::Failed(_) => None,
+        }
+    }
+}
+
 pub fn kib(bytes: u64) -> usize {
     (bytes / 1024).max(1) as usize
 }

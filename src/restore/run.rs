@@ -143,6 +143,7 @@ impl Restore<'_> {
 
     pub(super) fn interrupted(&self, message: impl ToString) -> RestoreError {
         let fenced = std::iter::once(&self.txn)
+            .chain(self.second.as_ref())
             .chain(self.worker.as_ref().map(|(_, own)| own))
             .map(Transaction::fence_note)
             .find(|note| !note.is_empty())
@@ -279,9 +280,27 @@ async fn set_up<'a>(
     // Fence any earlier run of this restore, then read what it committed.
     let producer_config =
         transaction::producer_config(client, opts, transaction_timeout, batch_size);
-    let txn = Transaction::fence(&producer_config, &opts.restore_id)
-        .await
-        .map_err(kafka_err)?;
+    // The second producer of a restore that is not shared, fenced alongside: each writes its own
+    // lanes' progress, so both must be fenced before the progress is read.
+    let second_config = (opts.producer_count() > 1).then(|| {
+        let mut config = producer_config.clone();
+        config.set(
+            "transactional.id",
+            transaction::second_transactional_id(&opts.restore_id),
+        );
+        config
+    });
+    let (txn, second) = futures::join!(
+        Transaction::fence(&producer_config, &opts.restore_id),
+        async {
+            match &second_config {
+                Some(config) => Some(Transaction::fence(config, &opts.restore_id).await),
+                None => None,
+            }
+        }
+    );
+    let txn = txn.map_err(kafka_err)?;
+    let second = second.transpose().map_err(kafka_err)?;
     crate::failpoint::stall(crate::failpoint::RESTORE_STALL_AFTER_FENCE).await;
     // A worker's own producer is fenced before the progress is read: whatever an earlier process
     // of the same worker left open is aborted now, not after its timeout.
@@ -323,6 +342,7 @@ async fn set_up<'a>(
         opts,
         cluster,
         txn,
+        second,
         lanes: Vec::new(),
         report: RestoreReport {
             restore_id: opts.restore_id.clone(),
@@ -401,10 +421,7 @@ async fn set_up<'a>(
                 ));
             }
         }
-        for lane in &mut restore.lanes {
-            lane.dirty = true;
-        }
-        restore.commit().await?;
+        restore.commit_plan().await?;
         if let Some(hint) = &opts.resume_hint {
             // From now on there is something to resume.
             eprintln!("{hint}");

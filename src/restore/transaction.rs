@@ -19,6 +19,14 @@
 //!    the same transaction, then drain again.
 //! 6. **Commit**: records and progress become visible together.
 //!
+//! A restore that is not shared writes with **two producers**, `rewind-restore-<id>` and
+//! `rewind-restore-<id>+1`, both fenced in step 1 before the progress is read. Each owns every other
+//! lane: it alone sends that lane's records and writes its progress (after the plan, which the
+//! first producer commits for every lane before either sends a record), so each lane's records
+//! and progress still commit together, and its progress records are appended in the order they
+//! commit. Their commits take turns: while one producer drains and commits, the other sends (see
+//! `pass.rs`), which hides the pause a commit would otherwise put in the stream of records.
+//!
 //! A failure at any step **aborts** ([`Transaction::abort`]) and ends the run; running it again
 //! with the same id fences this one and resumes from the committed progress. The plan is committed
 //! before the first record: a restore's first transaction holds only its progress, every partition
@@ -48,9 +56,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A restore's transactional producer and the transaction it has open, if any.
 pub(super) struct Transaction {
-    producer: Arc<ThreadedProducer<Deliveries>>,
-    restore_id: String,
+    handle: Handle,
     open: bool,
+    /// A commit runs on its own ([`Transaction::start_commit`]): nothing is sent until it ends.
+    committing: bool,
     /// Record bytes sent in the open transaction.
     bytes: u64,
     /// When the open transaction began (or the last one committed).
@@ -68,9 +77,12 @@ impl Transaction {
         })
         .await?;
         Ok(Transaction {
-            producer,
-            restore_id: restore_id.to_string(),
+            handle: Handle {
+                producer,
+                restore_id: restore_id.to_string(),
+            },
             open: false,
+            committing: false,
             bytes: 0,
             started: Instant::now(),
         })
@@ -80,6 +92,11 @@ impl Transaction {
         self.open
     }
 
+    /// Whether a commit started with [`Transaction::start_commit`] has not been finished.
+    pub fn is_committing(&self) -> bool {
+        self.committing
+    }
+
     /// When the open transaction has to commit: `interval` after it began.
     pub fn deadline(&self, interval: Duration) -> Instant {
         self.started + interval
@@ -87,15 +104,19 @@ impl Transaction {
 
     /// Whether the open transaction holds `max_bytes` or has been open for `interval`.
     pub fn due(&self, max_bytes: u64, interval: Duration) -> bool {
-        self.open && (self.bytes >= max_bytes || self.started.elapsed() >= interval)
+        self.open
+            && !self.committing
+            && (self.bytes >= max_bytes || self.started.elapsed() >= interval)
     }
 
     /// Step 2: begin a transaction unless one is open.
     pub fn begin(&mut self) -> Result<(), RestoreError> {
+        debug_assert!(!self.committing, "nothing is sent while a commit runs");
         if self.open {
             return Ok(());
         }
-        self.producer
+        self.handle
+            .producer
             .begin_transaction()
             .map_err(|e| self.interrupted(format!("cannot begin a transaction: {e}")))?;
         self.open = true;
@@ -114,7 +135,7 @@ impl Transaction {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        send(&self.producer, record).await?;
+        send(&self.handle.producer, record).await?;
         self.bytes += size;
         Ok(())
     }
@@ -123,6 +144,7 @@ impl Transaction {
     pub fn take_landed(&self) -> HashMap<usize, i64> {
         std::mem::take(
             &mut *self
+                .handle
                 .producer
                 .context()
                 .landed
@@ -131,11 +153,89 @@ impl Transaction {
         )
     }
 
+    /// Step 4 (see [`Handle::drain`]).
+    pub async fn drain(&self) -> Result<(), RestoreError> {
+        self.handle.drain().await
+    }
+
+    /// Steps 5 and 6 as a task of their own: write `progress` into the progress topic (of
+    /// `partitions` partitions), drain, and commit. A worker of a shared restore sends its group's
+    /// offsets with the group's generation before it commits (see [`shared`](super::shared)). Any
+    /// failure aborts the transaction. Until [`Transaction::finish_commit`] is given the outcome,
+    /// nothing may be sent with this producer: the restore's other producer sends meanwhile (see
+    /// [`pass`](super::pass)).
+    pub fn start_commit(
+        &mut self,
+        progress: Vec<Progress>,
+        topic: String,
+        partitions: i32,
+        group: Option<GroupOffsets>,
+    ) -> Result<Commit, RestoreError> {
+        self.begin()?;
+        self.committing = true;
+        let (handle, bytes, opened) = (self.handle.clone(), self.bytes, self.started);
+        Ok(Box::pin(async move {
+            handle
+                .commit(&progress, &topic, partitions, group, bytes, opened)
+                .await
+        }))
+    }
+
+    /// The outcome of a commit started with [`Transaction::start_commit`]: committed, or aborted.
+    /// Either way no transaction is open.
+    pub fn finish_commit(&mut self, result: &Result<(), RestoreError>) {
+        self.committing = false;
+        self.open = false;
+        self.bytes = 0;
+        self.started = Instant::now();
+        if result.is_ok() {
+            metrics::counter!(crate::metrics::RESTORE_TRANSACTIONS).increment(1);
+        }
+    }
+
+    /// Abort the open transaction, dropping what is queued. Counts as a restore error. A commit
+    /// under way ends on its own (and aborts if it fails): wait for it first.
+    pub async fn abort(&mut self) {
+        metrics::counter!(crate::metrics::RESTORE_ERRORS).increment(1);
+        if self.open && !self.committing {
+            self.handle.abort().await;
+            self.open = false;
+        }
+    }
+
+    fn interrupted(&self, message: impl ToString) -> RestoreError {
+        self.handle.interrupted(message)
+    }
+
+    /// See [`Handle::fence_note`].
+    pub(super) fn fence_note(&self) -> String {
+        self.handle.fence_note()
+    }
+}
+
+/// A commit running on its own (see [`Transaction::start_commit`]).
+pub(super) type Commit =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RestoreError>> + Send>>;
+
+/// A shared restore's group offsets for a transaction, with the group's metadata (KIP-447).
+pub(super) type GroupOffsets = (
+    rdkafka::TopicPartitionList,
+    Arc<rdkafka::consumer::ConsumerGroupMetadata>,
+);
+
+/// A transaction's producer, as a commit running on its own holds it.
+#[derive(Clone)]
+struct Handle {
+    producer: Arc<ThreadedProducer<Deliveries>>,
+    restore_id: String,
+}
+
+impl Handle {
     /// Wait until everything sent is acknowledged, then fail with the first delivery failure, if
     /// any. rdkafka's own flush polls an event queue that the threaded producer serves elsewhere,
     /// in steps of 100 ms, which cost every transaction a tenth of a second (measured); the queue
     /// length tells the same without the wait. Step 4.
-    pub async fn drain(&self) -> Result<(), RestoreError> {
+    async fn drain(&self) -> Result<(), RestoreError> {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         while self.producer.in_flight_count() > 0 {
             // A refused record puts the transaction in an error state where the rest may never
@@ -168,26 +268,23 @@ impl Transaction {
         }
     }
 
-    /// Steps 5 and 6: write `progress` into the progress topic (of `partitions` partitions), drain,
-    /// and commit. A worker of a shared restore sends its group's offsets with the group's
-    /// generation before it commits (see [`shared`](super::shared)). Any failure aborts the
-    /// transaction.
-    pub async fn commit(
-        &mut self,
+    /// Steps 5 and 6 of the open transaction, which holds `bytes` of records and began at
+    /// `opened`; aborts it on any failure.
+    async fn commit(
+        &self,
         progress: &[Progress],
         topic: &str,
         partitions: i32,
-        group: Option<(
-            rdkafka::TopicPartitionList,
-            Arc<rdkafka::consumer::ConsumerGroupMetadata>,
-        )>,
+        group: Option<GroupOffsets>,
+        bytes: u64,
+        opened: Instant,
     ) -> Result<(), RestoreError> {
-        self.begin()?;
-        if self.bytes > 0
-            && crate::failpoint::fails(crate::failpoint::RESTORE_STALL_BEFORE_PROGRESS)
-        {
+        if bytes > 0 && crate::failpoint::fails(crate::failpoint::RESTORE_STALL_BEFORE_PROGRESS) {
             // The stall point's state: every record delivered, no progress written.
-            self.drain().await?;
+            if let Err(e) = self.drain().await {
+                self.abort_failed().await;
+                return Err(e);
+            }
             crate::failpoint::stall(crate::failpoint::RESTORE_STALL_BEFORE_PROGRESS).await;
         }
         let started = Instant::now();
@@ -205,13 +302,13 @@ impl Transaction {
                 // report is in (CI once saw "Erroneous state" here instead of the record's
                 // "max.message.bytes").
                 let cause = self.drain().await.err();
-                self.abort().await;
+                self.abort_failed().await;
                 return Err(cause
                     .unwrap_or_else(|| self.interrupted(format!("cannot write progress: {e}"))));
             }
         }
         if let Err(e) = self.drain().await {
-            self.abort().await;
+            self.abort_failed().await;
             return Err(e);
         }
         if let Some((offsets, metadata)) = group {
@@ -223,60 +320,58 @@ impl Transaction {
             })
             .await;
             if let Err(e) = sent {
-                self.abort().await;
+                self.abort_failed().await;
                 return Err(self.interrupted(format!(
                     "this worker's transaction was refused by the shared restore's group ({e}): another worker took its partitions in a rebalance this one missed, so what it wrote since its last commit is aborted; the other workers go on, and running this command again joins them"
                 )));
             }
         }
-        if self.bytes > 0 {
+        if bytes > 0 {
             crate::failpoint::hit(crate::failpoint::RESTORE_BEFORE_COMMIT).await;
         }
         let producer = self.producer.clone();
         if let Err(e) = blocking(move || producer.commit_transaction(FLUSH_TIMEOUT)).await {
             // A record the broker refused makes the commit fail: name the record's failure.
             let failure = self.producer.context().take_failure();
-            self.abort().await;
+            self.abort_failed().await;
             return Err(self.interrupted(match failure {
                 Some(failure) => failure,
                 None => format!("the transaction did not commit: {e}"),
             }));
         }
         tracing::debug!(
-            bytes = self.bytes,
-            open_ms = self.started.elapsed().as_millis() as u64,
+            bytes,
+            open_ms = opened.elapsed().as_millis() as u64,
             commit_ms = started.elapsed().as_millis() as u64,
             "committed a restore transaction"
         );
-        self.open = false;
-        self.bytes = 0;
-        self.started = Instant::now();
-        metrics::counter!(crate::metrics::RESTORE_TRANSACTIONS).increment(1);
         Ok(())
     }
 
-    /// Abort the open transaction, dropping what is queued. Counts as a restore error.
-    pub async fn abort(&mut self) {
+    /// Abort a transaction whose commit failed. Counts as a restore error.
+    async fn abort_failed(&self) {
         metrics::counter!(crate::metrics::RESTORE_ERRORS).increment(1);
-        if self.open {
-            let producer = self.producer.clone();
-            // Drop what is queued first: after a refused record it may never be delivered, and
-            // the abort would wait for it. A rerun fences this transaction anyway.
-            let aborted = blocking(move || {
-                producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-                producer.abort_transaction(Duration::from_secs(10))
-            });
-            match aborted.await {
-                // A newer producer with this transactional id aborted it already.
-                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced) => {
-                    tracing::debug!(error = %e, "the transaction was aborted by the producer that fenced this one");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "aborting the transaction failed; the broker aborts it when it times out")
-                }
-                Ok(()) => {}
+        self.abort().await;
+    }
+
+    /// Abort the open transaction, dropping what is queued.
+    async fn abort(&self) {
+        let producer = self.producer.clone();
+        // Drop what is queued first: after a refused record it may never be delivered, and the
+        // abort would wait for it. A rerun fences this transaction anyway.
+        let aborted = blocking(move || {
+            producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            producer.abort_transaction(Duration::from_secs(10))
+        });
+        match aborted.await {
+            // A newer producer with this transactional id aborted it already.
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced) => {
+                tracing::debug!(error = %e, "the transaction was aborted by the producer that fenced this one");
             }
-            self.open = false;
+            Err(e) => {
+                tracing::warn!(error = %e, "aborting the transaction failed; the broker aborts it when it times out")
+            }
+            Ok(()) => {}
         }
     }
 
@@ -291,7 +386,7 @@ impl Transaction {
     /// failure a run sees first ("Purged in queue", "Erroneous state") does not say it. Its own
     /// lines about the fence are debug lines ([`crate::kafka::logs::is_fenced`]): this is where
     /// the operator reads it. Empty otherwise.
-    pub(super) fn fence_note(&self) -> String {
+    fn fence_note(&self) -> String {
         match self.producer.client().fatal_error() {
             Some((RDKafkaErrorCode::Fenced, reason)) => format!(
                 "; this run's transactional producer was fenced ({reason}): another process is running this restore with the same restore id (or worker id), or the broker aborted a transaction that stayed open longer than transaction.timeout.ms"
@@ -299,6 +394,12 @@ impl Transaction {
             _ => String::new(),
         }
     }
+}
+
+/// The transactional id of a restore's second producer (see [`RestoreOptions::producers`]). Restore
+/// ids and worker names hold no '+', so it is neither another restore's id nor a worker's.
+pub(super) fn second_transactional_id(restore_id: &str) -> String {
+    format!("rewind-restore-{restore_id}+1")
 }
 
 /// The transactional producer's settings: the cluster's client settings, the restore's transactional
@@ -314,13 +415,15 @@ pub(super) fn producer_config(
         "transactional.id",
         format!("rewind-restore-{}", opts.restore_id),
     );
-    let queue_kib = (opts.buffer_budget / 4 / 1024)
-        .clamp(16 * 1024, 1024 * 1024)
+    // Shared by the restore's producers.
+    let producers = opts.producer_count() as u64;
+    let queue_kib = (opts.buffer_budget / 4 / 1024 / producers)
+        .clamp(16 * 1024 / producers, 1024 * 1024)
         .to_string();
     let (transaction_timeout, batch_size) =
         (transaction_timeout_ms.to_string(), batch_size.to_string());
     for (key, value) in [
-        // The producer's queue is a quarter of the budget (at least 16 MiB), unless given with -X.
+        // The producers share a quarter of the budget (at least 16 MiB), unless given with -X.
         ("queue.buffering.max.kbytes", queue_kib.as_str()),
         // Rewind's default, or the brokers' maximum if that is lower.
         ("transaction.timeout.ms", transaction_timeout.as_str()),
