@@ -1219,6 +1219,27 @@ async fn records_larger_than_a_megabyte_restore_where_the_target_takes_them() {
     let error = common::error_line(&out);
     assert!(error.contains("max.message.bytes"), "{error}");
     assert!(kafka::read_to_end(&small, 0).is_empty());
+
+    // A record larger than the producer's whole queue can never be queued: the restore stops and
+    // names the setting (it used to wait for room forever).
+    let queued = format!("{topic}-queued");
+    let out = restore(
+        &archive,
+        &[
+            "--topics",
+            &topic,
+            "--rename",
+            &format!("{topic}={queued}"),
+            "-X",
+            "queue.buffering.max.kbytes=1024",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = common::error_line(&out);
+    assert!(error.contains("queue.buffering.max.kbytes"), "{error}");
+    assert!(kafka::read_to_end(&queued, 0).is_empty());
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -61,10 +61,11 @@ impl Restore<'_> {
         let mut stopped = false;
         let mut reassigned = false;
         // Each producer's commit runs on its own while the other sends (see `Overlap`).
-        let mut overlap = Overlap::default();
+        let mut overlap = Overlap::new(&self.opts.restore_id);
         loop {
+            // While a commit runs no other starts, and its end wakes the loop.
             let deadline = (0..self.sides())
-                .filter(|&side| self.side(side).is_open() && !self.side(side).is_committing())
+                .filter(|&side| self.side(side).is_open() && !overlap.committing())
                 .map(|side| self.side(side).deadline(self.opts.transaction_interval))
                 .min();
             let waiting = overlap.committing();
@@ -106,15 +107,18 @@ impl Restore<'_> {
             }
             // Checked after every message too: a busy channel must not keep a transaction open
             // past its interval (the broker aborts transactions that outlive their timeout). One
-            // commit at a time, so that the other producer always sends.
+            // commit at a time, so that the other producer always sends, and the older transaction
+            // first, so that both take turns.
             if !overlap.committing() {
-                let due = (0..self.sides()).find(|&side| {
-                    self.side(side)
-                        .due(self.opts.transaction_bytes, self.opts.transaction_interval)
-                });
+                let due = (0..self.sides())
+                    .filter(|&side| {
+                        self.side(side)
+                            .due(self.opts.transaction_bytes, self.opts.transaction_interval)
+                    })
+                    .min_by_key(|&side| self.side(side).deadline(self.opts.transaction_interval));
                 if let Some(side) = due {
                     match self.start_commit(side, false).await {
-                        Ok(commit) => overlap.pending[side] = Some(commit),
+                        Ok(commit) => overlap.pending[side] = Some(tokio::spawn(commit)),
                         Err(e) => return Err(self.fail(&mut overlap, e).await),
                     }
                 }
@@ -270,11 +274,10 @@ impl Restore<'_> {
                 // and this send fails with "Erroneous state": name the refusal, the cause, once
                 // its report is in (seen under load with a record above max.message.bytes).
                 self.side(side).drain().await?;
-                let hint = if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
-                {
-                    " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)"
-                } else {
-                    ""
+                let hint = match e.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => " (raise the producer's limit with -X message.max.bytes=N, and the target topic's max.message.bytes)",
+                    Some(RDKafkaErrorCode::QueueFull) => " (the record is larger than the producer's whole queue: raise it with -X queue.buffering.max.kbytes=N)",
+                    _ => "",
                 };
                 return Err(self.interrupted(format!(
                     "cannot produce record {}/{} offset {offset} ({} bytes) to {}: {e}{hint}",
@@ -306,7 +309,11 @@ impl Restore<'_> {
                 .enumerate()
                 .any(|(index, lane)| lane.dirty && self.side_of(index) == side);
             if moved || self.side(side).is_open() {
-                self.commit_awaited(side, false).await?;
+                if let Err(e) = self.commit_awaited(side, false).await {
+                    // The other producer's transaction must not stay open behind it.
+                    self.abort().await;
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -530,15 +537,23 @@ impl Restore<'_> {
     }
 }
 
-/// The two producers' commits: each runs on its own while the other producer sends, and what the
-/// readers hand a producer that is committing waits, in order, until its commit has ended.
-#[derive(Default)]
+/// The two producers' commits: each runs as a task of its own while the other producer sends, and
+/// what the readers hand a producer that is committing waits, in order, until its commit has ended.
 struct Overlap {
-    pending: [Option<Commit>; 2],
+    pending: [Option<tokio::task::JoinHandle<Result<(), RestoreError>>>; 2],
     held: [Vec<Msg>; 2],
+    restore_id: String,
 }
 
 impl Overlap {
+    fn new(restore_id: &str) -> Self {
+        Overlap {
+            pending: [None, None],
+            held: [Vec::new(), Vec::new()],
+            restore_id: restore_id.to_string(),
+        }
+    }
+
     fn committing(&self) -> bool {
         self.pending.iter().any(Option::is_some)
     }
@@ -548,8 +563,17 @@ impl Overlap {
         std::future::poll_fn(|cx| {
             for (side, pending) in self.pending.iter_mut().enumerate() {
                 if let Some(commit) = pending {
-                    if let std::task::Poll::Ready(result) = commit.as_mut().poll(cx) {
+                    if let std::task::Poll::Ready(joined) =
+                        std::future::Future::poll(std::pin::Pin::new(commit), cx)
+                    {
                         *pending = None;
+                        // A commit task ends by returning: it panicked, or the runtime is going.
+                        let result = joined.unwrap_or_else(|e| {
+                            Err(RestoreError::Interrupted {
+                                id: self.restore_id.clone(),
+                                message: format!("a transaction's commit failed: {e}"),
+                            })
+                        });
                         return std::task::Poll::Ready((side, result));
                     }
                 }

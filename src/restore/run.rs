@@ -280,27 +280,20 @@ async fn set_up<'a>(
     // Fence any earlier run of this restore, then read what it committed.
     let producer_config =
         transaction::producer_config(client, opts, transaction_timeout, batch_size);
-    // The second producer of a restore that is not shared, fenced alongside: each writes its own
-    // lanes' progress, so both must be fenced before the progress is read.
-    let second_config = (opts.producer_count() > 1).then(|| {
-        let mut config = producer_config.clone();
-        config.set(
-            "transactional.id",
-            transaction::second_transactional_id(&opts.restore_id),
-        );
-        config
-    });
+    // The second producer, fenced alongside by every run, whatever it writes with: a run of two
+    // producers writes its odd lanes' progress with it, and a run that did not fence it could read
+    // the progress while that one still commits.
+    let mut second_config = producer_config.clone();
+    second_config.set(
+        "transactional.id",
+        transaction::second_transactional_id(&opts.restore_id),
+    );
     let (txn, second) = futures::join!(
         Transaction::fence(&producer_config, &opts.restore_id),
-        async {
-            match &second_config {
-                Some(config) => Some(Transaction::fence(config, &opts.restore_id).await),
-                None => None,
-            }
-        }
+        Transaction::fence(&second_config, &opts.restore_id),
     );
     let txn = txn.map_err(kafka_err)?;
-    let second = second.transpose().map_err(kafka_err)?;
+    let second = Some(second.map_err(kafka_err)?).filter(|_| opts.producer_count() > 1);
     crate::failpoint::stall(crate::failpoint::RESTORE_STALL_AFTER_FENCE).await;
     // A worker's own producer is fenced before the progress is read: whatever an earlier process
     // of the same worker left open is aborted now, not after its timeout.

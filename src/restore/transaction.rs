@@ -15,12 +15,14 @@
 //! 4. **Drain** ([`Transaction::drain`]): wait until every record sent is acknowledged, and stop at
 //!    the first one the broker refused: progress written after a refused record would claim it.
 //!    Group translation drains first too, to learn where watched records landed.
-//! 5. **Write progress** ([`Transaction::commit`]): the progress of every partition that moved, in
+//! 5. **Write progress** ([`Transaction::start_commit`]): the progress of every partition that moved, in
 //!    the same transaction, then drain again.
 //! 6. **Commit**: records and progress become visible together.
 //!
 //! A restore that is not shared writes with **two producers**, `rewind-restore-<id>` and
-//! `rewind-restore-<id>+1`, both fenced in step 1 before the progress is read. Each owns every other
+//! `rewind-restore-<id>+1`. Every run fences both in step 1 before the progress is read, whatever
+//! it writes with itself (one producer, or a `--shared` worker's own), so that no run of the id
+//! can commit after another has read its progress. Each owns every other
 //! lane: it alone sends that lane's records and writes its progress (after the plan, which the
 //! first producer commits for every lane before either sends a record), so each lane's records
 //! and progress still commit together, and its progress records are appended in the order they
@@ -193,11 +195,12 @@ impl Transaction {
         }
     }
 
-    /// Abort the open transaction, dropping what is queued. Counts as a restore error. A commit
-    /// under way ends on its own (and aborts if it fails): wait for it first.
+    /// Abort the open transaction, if any, dropping what is queued; an aborted transaction counts
+    /// as a restore error. A commit under way ends on its own (and aborts if it fails): wait for
+    /// it first.
     pub async fn abort(&mut self) {
-        metrics::counter!(crate::metrics::RESTORE_ERRORS).increment(1);
         if self.open && !self.committing {
+            metrics::counter!(crate::metrics::RESTORE_ERRORS).increment(1);
             self.handle.abort().await;
             self.open = false;
         }
@@ -415,15 +418,16 @@ pub(super) fn producer_config(
         "transactional.id",
         format!("rewind-restore-{}", opts.restore_id),
     );
-    // Shared by the restore's producers.
+    // A quarter of the budget shared by the restore's producers, and at least 16 MiB each: a record
+    // larger than its producer's queue cannot be sent at all (see `send`).
     let producers = opts.producer_count() as u64;
     let queue_kib = (opts.buffer_budget / 4 / 1024 / producers)
-        .clamp(16 * 1024 / producers, 1024 * 1024)
+        .clamp(16 * 1024, 1024 * 1024 / producers)
         .to_string();
     let (transaction_timeout, batch_size) =
         (transaction_timeout_ms.to_string(), batch_size.to_string());
     for (key, value) in [
-        // The producers share a quarter of the budget (at least 16 MiB), unless given with -X.
+        // See `queue_kib`, unless given with -X.
         ("queue.buffering.max.kbytes", queue_kib.as_str()),
         // Rewind's default, or the brokers' maximum if that is lower.
         ("transaction.timeout.ms", transaction_timeout.as_str()),
@@ -635,6 +639,11 @@ where
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                // librdkafka refuses a record larger than the whole queue even when the queue is
+                // empty: waiting would never end.
+                if producer.in_flight_count() == 0 {
+                    return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                }
                 record = back;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
