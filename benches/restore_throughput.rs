@@ -9,8 +9,8 @@
 //! after the other and each as its own process: (a) a plain idempotent rdkafka producer that first
 //! generates the same keys and values in memory and then sends them into a fresh topic (only the
 //! sending is timed), (b) `rewind restore` of the whole archive from the local directory into a
-//! new topic, (c) the same from S3, (d) the restore from the local archive with one transactional
-//! producer (`restore.producers = 1`) instead of two that commit in turn. They take turns
+//! new topic, (c) the same from S3, (d) the restore from the local archive with two transactional
+//! producers that commit in turn (`restore.producers = 2`). They take turns
 //! `--repeat` times (each run into a fresh topic, deleted after it), each round followed by (e) the
 //! restore from S3 shared by 2 and by 3 workers (`--shared`, each its own process; wall time until
 //! the last exits, CPU summed, the highest peak RSS of one worker; `--no-shared` leaves them out). For each kind: the median records/s with its range, MB/s of values, the
@@ -123,12 +123,12 @@ fn main() {
                 ));
                 rt.block_on(delete_topic(&target));
             }
-            // The same restore from the local archive with one transactional producer, which
-            // pauses producing at each commit (`restore.producers = 1`), beside the default two.
-            let target = format!("{topic}-one-producer-{round}");
+            // The same restore from the local archive with two transactional producers that commit
+            // in turn (`restore.producers = 2`), beside the default one.
+            let target = format!("{topic}-two-producers-{round}");
             rows[first + 3].push(measure(
-                format!("rewind restore ← local, one producer, {value_size} B"),
-                restore(&local, &topic, &target).env("REWIND__RESTORE__PRODUCERS", "1"),
+                format!("rewind restore ← local, two producers, {value_size} B"),
+                restore(&local, &topic, &target).env("REWIND__RESTORE__PRODUCERS", "2"),
                 count,
                 value_bytes,
             ));

@@ -234,7 +234,7 @@ async fn demonstrate(
         buffer_budget: 64 << 20,
         concurrency: 4,
         transaction_bytes: 16 << 20,
-        producers: 2,
+        producers: 1,
         transaction_interval: Duration::from_secs(1),
         progress_topic: restore::progress::DEFAULT_TOPIC.into(),
         progress: false,

@@ -337,7 +337,8 @@ pub struct RestoreConfig {
     /// A restore transaction commits once it holds this many record bytes...
     pub transaction_max_bytes: Size,
     /// Transactional producers a restore writes with, each owning every other partition: 2
-    /// commit in turn, one sending while the other commits; 1 pauses producing at each commit.
+    /// commit in turn, one sending while the other commits (for a target far away, where a commit
+    /// waits several round trips); 1 pauses producing at each commit.
     pub producers: usize,
     /// ...or once it has been open this long; below the producer's `transaction.timeout.ms`.
     #[serde(with = "units::duration")]
@@ -355,7 +356,7 @@ impl Default for RestoreConfig {
             buffer_budget: Size::mib(64),
             concurrency: 8,
             transaction_max_bytes: Size::mib(256),
-            producers: 2,
+            producers: 1,
             transaction_interval: Duration::from_secs(5),
             poll_interval: Duration::from_secs(10),
             progress_topic: "__rewind_restores".into(),

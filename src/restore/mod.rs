@@ -49,7 +49,8 @@ struct Restore<'a> {
     pub(super) opts: &'a RestoreOptions,
     pub(super) cluster: cluster::Cluster,
     pub(super) txn: Transaction,
-    /// The second producer, `rewind-restore-<id>+1`, of a restore that is not shared: it writes
+    /// The second producer, `rewind-restore-<id>+1`, of a restore that is not shared and has
+    /// `restore.producers = 2`: it writes
     /// the odd lanes and their progress (see [`pass`]), and commits while the first one sends.
     pub(super) second: Option<Transaction>,
     pub(super) lanes: Vec<Lane>,

@@ -293,7 +293,22 @@ async fn set_up<'a>(
         Transaction::fence(&second_config, &opts.restore_id),
     );
     let txn = txn.map_err(kafka_err)?;
-    let second = Some(second.map_err(kafka_err)?).filter(|_| opts.producer_count() > 1);
+    let second = match second {
+        Ok(second) => Some(second).filter(|_| opts.producer_count() > 1),
+        // A run of one producer whose principal may not use the second id: no run of it can have
+        // written with that id (a run of two would have failed here), so there is nothing to fence.
+        Err(e)
+            if opts.producer_count() == 1
+                && e.rdkafka_error_code()
+                    == Some(
+                        rdkafka::error::RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+                    ) =>
+        {
+            tracing::debug!(error = %e, "not authorized for the restore's second transactional id; this run writes with one producer");
+            None
+        }
+        Err(e) => return Err(kafka_err(e)),
+    };
     crate::failpoint::stall(crate::failpoint::RESTORE_STALL_AFTER_FENCE).await;
     // A worker's own producer is fenced before the progress is read: whatever an earlier process
     // of the same worker left open is aborted now, not after its timeout.

@@ -19,8 +19,8 @@
 //!    the same transaction, then drain again.
 //! 6. **Commit**: records and progress become visible together.
 //!
-//! A restore that is not shared writes with **two producers**, `rewind-restore-<id>` and
-//! `rewind-restore-<id>+1`. Every run fences both in step 1 before the progress is read, whatever
+//! With `restore.producers = 2`, a restore that is not shared writes with **two producers**,
+//! `rewind-restore-<id>` and `rewind-restore-<id>+1`. Every run fences both in step 1 before the progress is read, whatever
 //! it writes with itself (one producer, or a `--shared` worker's own), so that no run of the id
 //! can commit after another has read its progress. Each owns every other
 //! lane: it alone sends that lane's records and writes its progress (after the plan, which the
