@@ -76,21 +76,14 @@ impl Restore<'_> {
                     break;
                 }
                 (side, result) = overlap.next_commit(), if waiting => {
-                    self.side_mut(side).finish_commit(&result);
-                    if let Err(e) = result {
-                        return Err(self.fail(&mut overlap, e).await);
-                    }
+                    self.committed(&mut overlap, side, result).await?;
                     self.report_lag();
                     // Between transactions (a shared restore has one producer).
                     reassigned = self.regrouped()?;
                     if reassigned {
                         break;
                     }
-                    for message in std::mem::take(&mut overlap.held[side]) {
-                        if let Err(e) = self.apply(message).await {
-                            return Err(self.fail(&mut overlap, e).await);
-                        }
-                    }
+                    self.apply_held(&mut overlap, side).await?;
                 }
                 message = rx.recv() => match message {
                     None => break,
@@ -129,18 +122,11 @@ impl Restore<'_> {
         // restored by this pass (its lanes did not move past it).
         while overlap.committing() {
             let (side, result) = overlap.next_commit().await;
-            self.side_mut(side).finish_commit(&result);
-            if let Err(e) = result {
-                return Err(self.fail(&mut overlap, e).await);
-            }
+            self.committed(&mut overlap, side, result).await?;
         }
         if !(stopped || reassigned) {
             for side in 0..2 {
-                for message in std::mem::take(&mut overlap.held[side]) {
-                    if let Err(e) = self.apply(message).await {
-                        return Err(self.fail(&mut overlap, e).await);
-                    }
-                }
+                self.apply_held(&mut overlap, side).await?;
             }
         }
         if stopped || reassigned {
@@ -457,6 +443,30 @@ impl Restore<'_> {
         }
         self.abort().await;
         error
+    }
+
+    /// The outcome of a commit that ran on its own; a failure fails the pass (see `fail`).
+    async fn committed(
+        &mut self,
+        overlap: &mut Overlap,
+        side: usize,
+        result: Result<(), RestoreError>,
+    ) -> Result<(), RestoreError> {
+        self.side_mut(side).finish_commit(&result);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(overlap, e).await),
+        }
+    }
+
+    /// Hand the producer of `side` what waited for its commit, in order.
+    async fn apply_held(&mut self, overlap: &mut Overlap, side: usize) -> Result<(), RestoreError> {
+        for message in std::mem::take(&mut overlap.held[side]) {
+            if let Err(e) = self.apply(message).await {
+                return Err(self.fail(overlap, e).await);
+            }
+        }
+        Ok(())
     }
 
     /// Hand a reader's message to its lane's producer.
