@@ -218,6 +218,7 @@ async fn demonstrate(
         window: Window {
             from: Some(window.0),
             to: Some(window.1),
+            ..Window::default()
         },
         topics: TopicSelector::new("orders|payments").expect("a valid pattern"),
         renames: renames.clone(),

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod failpoint;
 pub mod kafka;
 pub mod live;
+pub mod marks;
 pub mod metrics;
 pub mod ops;
 pub mod progress;

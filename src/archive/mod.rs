@@ -8,6 +8,7 @@
 pub mod chain;
 pub mod datafile;
 pub mod documents;
+pub mod marks;
 pub mod paths;
 pub mod record;
 pub mod rotation;

@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod check;
 mod demo;
+mod mark;
 mod restore;
 mod run;
 mod sink;
@@ -43,6 +44,8 @@ enum Command {
     Sink(sink::SinkArgs),
     /// Replay a point-in-time window of the archive into a cluster, exactly once.
     Restore(restore::RestoreArgs),
+    /// Record a named restore point: the cluster's offsets now, for `restore --to-mark`.
+    Mark(mark::MarkArgs),
     /// Check that the archive is sound: contiguous chains, footers, checkpoints (--deep: every byte).
     Verify(tools::VerifyArgs),
     /// Look records up in the archive by key, time window and header (JSON lines).
@@ -182,6 +185,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check(args) => check::run(args).await,
         Command::Sink(args) => sink::run(args).await,
         Command::Restore(args) => restore::run(args).await,
+        Command::Mark(args) => mark::run(args).await,
         Command::Verify(args) => tools::verify(args).await,
         Command::Find(args) => tools::find(args).await,
         Command::Ls(args) => tools::ls(args).await,

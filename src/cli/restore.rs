@@ -37,6 +37,13 @@ pub struct RestoreArgs {
         allow_negative_numbers = true
     )]
     to: String,
+    /// Begin at a named restore point (`rewind mark`): each partition at the offset it recorded.
+    #[arg(long, value_name = "NAME")]
+    from_mark: Option<String>,
+    /// End exactly at a named restore point: every archived record below the offsets it recorded
+    /// (the topics it recorded; refused until the archive has reached it).
+    #[arg(long, value_name = "NAME")]
+    to_mark: Option<String>,
     /// Regular expression of archived topics to restore (whole name; default all).
     #[arg(long, value_name = "REGEX", default_value = ".*")]
     topics: String,
@@ -130,6 +137,8 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         from,
         to,
         topics: args.topics.clone(),
+        from_mark: args.from_mark.clone(),
+        to_mark: args.to_mark.clone(),
         renames: parse_renames(&args.rename)
             .map_err(|e| Failure::usage(format!("--rename {e}")))?,
         restore_id: Some(restore_id.clone()),
@@ -163,7 +172,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
     opts.worker_id = args.worker_id.clone();
     opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     opts.admin_api = !config.kafka.aws_msk_iam;
-    let window = opts.window;
+    let window = opts.window.clone();
     let url = config.archive_url().map_err(Failure::usage)?;
     crate::ops::check_exists(&url).map_err(Failure::usage)?;
     // The restore reads the archive and writes only to Kafka.

@@ -144,7 +144,8 @@ async fn open_store(common: &ArchiveArgs, access: Access) -> Result<Arc<dyn Obje
 fn regex(flag: &str, pattern: &str) -> Result<TopicSelector, Failure> {
     TopicSelector::new(pattern).map_err(|e| {
         Failure::usage(format!(
-            "--{flag} {pattern:?} is not a valid regular expression: {e}"
+            "--{flag} {pattern:?} is not a valid regular expression: {}",
+            crate::kafka::topics::regex_problem(&e)
         ))
     })
 }
@@ -439,6 +440,9 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
         }
     }
     rows.sort_by_key(|r| (r[0].clone(), r[1].parse::<i32>().unwrap_or(i32::MAX)));
+    let marks = crate::marks::statuses(&*store)
+        .await
+        .map_err(Failure::found)?;
     if args.json {
         let topics: Vec<Value> = by_topic
             .into_iter()
@@ -464,6 +468,17 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
             "cluster_id": scan.identity.cluster_id,
             "created_at": scan.identity.created_at,
             "topics": topics,
+            "marks": marks.iter().map(|(m, s)| json!({
+                "name": m.name,
+                "taken_at": m.taken_at,
+                "taken_by": m.taken_by,
+                "topics": m.partitions.iter().map(|p| p.topic.as_str()).collect::<std::collections::BTreeSet<_>>(),
+                "partitions": m.partitions.len(),
+                "status": s.word(),
+                "archived": s.complete(),
+                "restorable_in_full": s.whole(),
+                "detail": s.describe(),
+            })).collect::<Vec<_>>(),
         });
         outln!(
             "{}",
@@ -505,6 +520,26 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
                 String::new()
             }
         );
+        if !marks.is_empty() {
+            outln!("");
+            let rows: Vec<Vec<String>> = marks
+                .iter()
+                .map(|(m, s)| {
+                    vec![
+                        m.name.clone(),
+                        m.taken_at.clone(),
+                        s.word().to_string(),
+                        s.describe(),
+                        m.partitions.len().to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["MARK", "TAKEN AT", "STATUS", "DETAIL", "PARTITIONS"],
+                &rows,
+                4,
+            );
+        }
     }
     Ok(())
 }

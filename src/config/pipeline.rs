@@ -41,6 +41,14 @@ pub struct RestoreJob {
     pub to: String,
     /// Regular expression of archived topics to restore (whole name).
     pub topics: String,
+    /// Begin at a named restore point (`rewind mark`): each partition at the offset the mark
+    /// recorded, instead of at `from`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_mark: Option<String>,
+    /// End at a named restore point, exactly: every archived record below the offsets the mark
+    /// recorded, instead of a time cut at `to`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_mark: Option<String>,
     /// Source topic → target topic.
     pub renames: std::collections::BTreeMap<String, String>,
     /// Id of the restore, for exact resumption; a pipeline's defaults to its name.
@@ -68,6 +76,8 @@ impl Default for RestoreJob {
             from: "earliest".into(),
             to: "latest".into(),
             topics: ".*".into(),
+            from_mark: None,
+            to_mark: None,
             renames: Default::default(),
             restore_id: None,
             follow: false,

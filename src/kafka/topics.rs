@@ -67,6 +67,14 @@ impl TopicSelector {
     }
 }
 
+/// What is wrong with a pattern, in one line: the regex crate's own message spans several lines
+/// (the pattern, a caret under the fault, then the fault).
+pub fn regex_problem(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().last().unwrap_or_default().trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
+}
+
 /// Kafka's internal topics start with `__`; Rewind never backs up its own or the broker's internals.
 pub fn is_internal(topic: &str) -> bool {
     topic.starts_with("__")

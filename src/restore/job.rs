@@ -46,7 +46,48 @@ impl RestoreJob {
         let window = Window {
             from: time("from", &self.from, "earliest"),
             to: time("to", &self.to, "latest"),
+            from_mark: self.from_mark.clone(),
+            to_mark: self.to_mark.clone(),
         };
+        for (field, mark, time_field, time, open) in [
+            (
+                "from_mark",
+                &self.from_mark,
+                "from",
+                window.from,
+                "earliest",
+            ),
+            ("to_mark", &self.to_mark, "to", window.to, "latest"),
+        ] {
+            let Some(mark) = mark else { continue };
+            if !crate::archive::marks::valid_name(mark) {
+                problem(
+                    field,
+                    format!("{mark:?} is not a mark name (letters, digits, '.', '_' and '-')"),
+                );
+            }
+            if time.is_some() {
+                problem(
+                    field,
+                    format!(
+                        "cannot be combined with {} {}: give one end of the window, a time or a mark (or {} {open})",
+                        name(time_field),
+                        if time_field == "from" { &self.from } else { &self.to },
+                        name(time_field)
+                    ),
+                );
+            }
+        }
+        if self.strict && (self.from_mark.is_some() || self.to_mark.is_some()) {
+            problem(
+                "strict",
+                format!(
+                    "cuts by the records' own timestamps; a mark cuts by offset: use one or the other ({} or {})",
+                    name("strict"),
+                    name("to_mark")
+                ),
+            );
+        }
         if let (Some(from), Some(to)) = (window.from, window.to) {
             // [T, T) is an empty window, as valid as any other with nothing in it.
             if from > to {
@@ -60,6 +101,15 @@ impl RestoreJob {
                     ),
                 );
             }
+        }
+        if self.follow && self.to_mark.is_some() {
+            problem(
+                "follow",
+                format!(
+                    "keeps restoring new records, so it takes no {}",
+                    name("to_mark")
+                ),
+            );
         }
         if self.follow && window.to.is_some() {
             problem(
@@ -79,7 +129,11 @@ impl RestoreJob {
             .map_err(|e| {
                 problem(
                     "topics",
-                    format!("{:?} is not a valid regular expression: {e}", self.topics),
+                    format!(
+                        "{:?} is not a valid regular expression: {}",
+                        self.topics,
+                        crate::kafka::topics::regex_problem(&e)
+                    ),
                 )
             })
             .ok();

@@ -168,8 +168,14 @@ impl Restore<'_> {
             let mut chain =
                 chain::load(&*self.store, topic, partition, files, &BTreeMap::new()).await?;
             let target_topic = target_of(self.opts, topic).to_string();
-            let plan =
-                plan_partition(&*self.store, &mut chain, self.opts.window, &target_topic).await?;
+            let plan = plan_partition(
+                &*self.store,
+                &mut chain,
+                &self.opts.window,
+                &self.cuts,
+                &target_topic,
+            )
+            .await?;
             self.lanes.push(Lane {
                 topic: topic.to_string(),
                 partition,

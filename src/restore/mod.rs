@@ -62,6 +62,8 @@ struct Restore<'a> {
     /// Consumer group snapshots count as of this time (see `Progress::groups_as_of`); `None`: the
     /// window's end, or the newest snapshots in follow mode.
     pub(super) groups_as_of: Option<i64>,
+    /// The marks the window begins or ends at.
+    pub(super) cuts: plan::Cuts,
     /// Totals for the progress line.
     pub(super) started: Instant,
     pub(super) last_status: Instant,

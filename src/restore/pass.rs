@@ -180,7 +180,7 @@ impl Restore<'_> {
                 .copied()
                 .unwrap_or(1)
         });
-        let strict = self.opts.strict.then_some(self.opts.window);
+        let strict = self.opts.strict.then_some(&self.opts.window);
         let provenance = self.opts.provenance_headers;
         let view = rows.view();
         for i in 0..rows.len() {

@@ -18,26 +18,33 @@ use serde::Serialize;
 use crate::archive::chain::{self, Chain, ChainError, ChainFile};
 use crate::archive::datafile;
 use crate::archive::documents;
+use crate::archive::marks::{self, Mark};
 use crate::archive::time::rfc3339_millis;
 use crate::storage::ObjectStore;
 
 use super::{RestoreError, RestoreOptions};
 
-/// A point-in-time window; `None` ends are open (`earliest`, `latest`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A point-in-time window; `None` ends are open (`earliest`, `latest`). An end may instead be a
+/// named restore point (`rewind mark`), which cuts each partition at the offset it recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Window {
     pub from: Option<i64>,
     pub to: Option<i64>,
+    pub from_mark: Option<String>,
+    pub to_mark: Option<String>,
 }
 
 impl Window {
     /// The window as a user wrote it, for messages and for recognising a resumed restore.
     pub fn describe(&self) -> String {
-        let end = |t: Option<i64>, open: &str| t.map_or(open.to_string(), rfc3339_millis);
+        let end = |t: Option<i64>, mark: &Option<String>, open: &str| match mark {
+            Some(name) => format!("mark {name}"),
+            None => t.map_or(open.to_string(), rfc3339_millis),
+        };
         format!(
             "[{}, {})",
-            end(self.from, "earliest"),
-            end(self.to, "latest")
+            end(self.from, &self.from_mark, "earliest"),
+            end(self.to, &self.to_mark, "latest")
         )
     }
 
@@ -47,6 +54,45 @@ impl Window {
             Some(t) => self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|e| t < e),
             None => self.from.is_none() && self.to.is_none(),
         }
+    }
+}
+
+/// The named restore points a window begins or ends at, read from the archive.
+#[derive(Debug, Clone, Default)]
+pub struct Cuts {
+    pub from: Option<Arc<Mark>>,
+    pub to: Option<Arc<Mark>>,
+}
+
+impl Cuts {
+    /// Read the marks `window` names; a name the archive does not hold is refused.
+    pub async fn load(store: &dyn ObjectStore, window: &Window) -> Result<Cuts, RestoreError> {
+        let read = |name: Option<String>| async move {
+            let Some(name) = name else { return Ok(None) };
+            match marks::read(store, &name).await? {
+                Some(mark) => Ok(Some(Arc::new(mark))),
+                None => Err(RestoreError::Target(format!(
+                    "the archive holds no mark named {name:?}; `rewind ls` lists its marks"
+                ))),
+            }
+        };
+        Ok(Cuts {
+            from: read(window.from_mark.clone()).await?,
+            to: read(window.to_mark.clone()).await?,
+        })
+    }
+
+    /// Whether the marks leave `topic` in the restore: each mark given must cover it.
+    fn covers(&self, topic: &str) -> bool {
+        [&self.from, &self.to]
+            .into_iter()
+            .flatten()
+            .all(|m| m.has_topic(topic))
+    }
+
+    /// The time the window ends at, for consumer groups: the end mark's.
+    pub fn to_time(&self) -> Option<i64> {
+        self.to.as_ref().map(|m| m.taken_at_ms)
     }
 }
 
@@ -76,7 +122,8 @@ pub struct PartitionPlan {
 pub async fn plan_partition(
     store: &dyn ObjectStore,
     chain: &mut Chain,
-    window: Window,
+    window: &Window,
+    cuts: &Cuts,
     target_topic: &str,
 ) -> Result<PartitionPlan, ChainError> {
     let (first, last) = match (chain.start(), chain.end()) {
@@ -96,13 +143,22 @@ pub async fn plan_partition(
         }
     };
     let mut offsets: HashMap<String, Vec<(i64, Option<i64>)>> = HashMap::new();
-    let start = match window.from {
-        None => first,
-        Some(t) => cut(store, chain, t, last, &mut offsets).await?,
+    // A mark cuts at the offsets it recorded. A partition the start mark does not hold appeared
+    // after it: all of it is after the mark. One the end mark does not hold has nothing before it.
+    let (topic, partition) = (chain.topic.clone(), chain.partition);
+    let start = match (&cuts.from, window.from) {
+        (Some(mark), _) => mark
+            .offset_of(&topic, partition)
+            .map_or(first, |p| p.offset.clamp(first, last)),
+        (None, None) => first,
+        (None, Some(t)) => cut(store, chain, t, last, &mut offsets).await?,
     };
-    let end = match window.to {
-        None => last,
-        Some(t) => cut(store, chain, t, last, &mut offsets).await?,
+    let end = match (&cuts.to, window.to) {
+        (Some(mark), _) => mark
+            .offset_of(&topic, partition)
+            .map_or(start, |p| p.offset.min(last)),
+        (None, None) => last,
+        (None, Some(t)) => cut(store, chain, t, last, &mut offsets).await?,
     }
     .max(start);
     chain::read_footers(store, chain, |_, f| f.end > start && f.start < end).await?;
@@ -310,6 +366,8 @@ async fn read_offsets(
 pub struct Planned {
     pub chains: Vec<Chain>,
     pub partitions: Vec<PartitionPlan>,
+    /// The marks the window begins or ends at.
+    pub cuts: Cuts,
 }
 
 /// The topics a restore selects and where they go, as recorded with its progress.
@@ -345,10 +403,23 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
         .await
         .map_err(|e| RestoreError::Archive(e.into()))?;
     let archived: BTreeSet<&str> = listed.keys().map(|(t, _)| t.as_str()).collect();
+    let cuts = Cuts::load(store, &opts.window).await?;
     let selected: Vec<_> = listed
         .iter()
-        .filter(|((topic, _), _)| opts.topics.is_match(topic))
+        .filter(|((topic, _), _)| opts.topics.is_match(topic) && cuts.covers(topic))
         .collect();
+    if selected.is_empty() && (cuts.from.is_some() || cuts.to.is_some()) {
+        return Err(RestoreError::Target(format!(
+            "no archived topic that --topics {} selects is in {}; a restore at a mark restores the topics it recorded",
+            opts.topics.pattern(),
+            [&cuts.from, &cuts.to]
+                .into_iter()
+                .flatten()
+                .map(|m| format!("mark {} ({})", m.name, m.partitions.iter().map(|p| p.topic.as_str()).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", ")))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )));
+    }
     if selected.is_empty() {
         return Err(RestoreError::NoTopics {
             pattern: opts.topics.pattern().to_string(),
@@ -405,11 +476,15 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
+    if let Some(mark) = &cuts.to {
+        pending(mark, &chains, |t| opts.topics.is_match(t))?;
+    }
     let plans: Vec<_> = chains
         .iter_mut()
         .map(|chain| {
             let target = target_of(opts, &chain.topic).to_string();
-            async move { plan_partition(store, chain, opts.window, &target).await }
+            let cuts = &cuts;
+            async move { plan_partition(store, chain, &opts.window, cuts, &target).await }
         })
         .collect();
     let partitions: Vec<PartitionPlan> = futures::stream::iter(plans)
@@ -418,7 +493,46 @@ pub async fn plan(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<Plan
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    Ok(Planned { chains, partitions })
+    Ok(Planned {
+        chains,
+        partitions,
+        cuts,
+    })
+}
+
+/// Refuse a restore to `mark` while a selected chain has not reached it: the restore would end
+/// short of the mark without a word.
+fn pending(
+    mark: &Mark,
+    chains: &[Chain],
+    selected: impl Fn(&str) -> bool,
+) -> Result<(), RestoreError> {
+    for cut in mark.partitions.iter().filter(|p| selected(&p.topic)) {
+        if cut.records_end <= cut.log_start {
+            // No committed record below the cut: nothing to wait for.
+            continue;
+        }
+        let reached = chains
+            .iter()
+            .find(|c| c.topic == cut.topic && c.partition == cut.partition)
+            .and_then(|chain| {
+                [chain.end(), chain.gaps.iter().map(|g| g.end).max()]
+                    .into_iter()
+                    .flatten()
+                    .max()
+            });
+        if reached.is_none_or(|r| r < cut.records_end) {
+            return Err(RestoreError::Target(format!(
+                "mark {} is not archived yet: {}/{} is archived up to offset {} and the mark needs {}; wait until the sink reaches it (`rewind mark --wait` or `rewind ls` show it), then restore",
+                mark.name,
+                cut.topic,
+                cut.partition,
+                reached.map_or("none".to_string(), |r| r.to_string()),
+                cut.records_end
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -547,8 +661,9 @@ mod tests {
                 let window = Window {
                     from: Some(from),
                     to: Some(to),
+                    ..Window::default()
                 };
-                let plan = plan_partition(&*store, &mut chain, window, "t2")
+                let plan = plan_partition(&*store, &mut chain, &window, &Cuts::default(), "t2")
                     .await
                     .unwrap();
                 let start = offsets_for_time(&all, from, 11);
@@ -566,13 +681,57 @@ mod tests {
                 assert_eq!(plan.records, expected, "window {}", window.describe());
             }
         }
-        let open = plan_partition(&*store, &mut chain, Window::default(), "t")
-            .await
-            .unwrap();
+        let open = plan_partition(
+            &*store,
+            &mut chain,
+            &Window::default(),
+            &Cuts::default(),
+            "t",
+        )
+        .await
+        .unwrap();
         assert_eq!(
             (open.start, open.end, open.records, open.files),
             (0, 11, 9, 4)
         );
+        // Marks cut at the offsets they recorded, whatever the timestamps; a partition the start
+        // mark lacks came after it (all of it counts), one the end mark lacks has nothing before.
+        let mark = |partition: i32, offset: i64| {
+            Some(Arc::new(Mark {
+                format_version: 1,
+                name: "m".into(),
+                taken_at: String::new(),
+                taken_at_ms: 0,
+                cluster_id: None,
+                topics: ".*".into(),
+                taken_by: String::new(),
+                partitions: vec![marks::MarkedPartition {
+                    topic: chain.topic.clone(),
+                    partition,
+                    log_start: 0,
+                    offset,
+                    records_end: offset,
+                }],
+            }))
+        };
+        let cases = [
+            (mark(chain.partition, 3), mark(chain.partition, 9), (3, 9)),
+            (None, mark(chain.partition, 100), (0, 11)),
+            (mark(chain.partition + 1, 3), None, (0, 11)),
+            (None, mark(chain.partition + 1, 5), (0, 0)),
+        ];
+        for (from, to, expected) in cases {
+            let cuts = Cuts { from, to };
+            let plan = plan_partition(&*store, &mut chain, &Window::default(), &cuts, "t")
+                .await
+                .unwrap();
+            assert_eq!((plan.start, plan.end), expected);
+            let records = all
+                .iter()
+                .filter(|r| (expected.0..expected.1).contains(&r.offset))
+                .count() as u64;
+            assert_eq!(plan.records, records);
+        }
     }
     #[tokio::test]
     async fn a_short_window_on_a_long_chain_reads_only_the_files_around_it() {
@@ -593,8 +752,9 @@ mod tests {
         let window = Window {
             from: Some(BASE + 10 * H + 30 * 60_000),
             to: Some(BASE + 11 * H + 30 * 60_000),
+            ..Window::default()
         };
-        let plan = plan_partition(&store, &mut chain, window, "t")
+        let plan = plan_partition(&store, &mut chain, &window, &Cuts::default(), "t")
             .await
             .unwrap();
         // Files 30, 31, 32 are hour 10 (minutes 0, 20, 40), 33–35 hour 11. The window starts with

@@ -142,6 +142,7 @@ pub async fn preview(
         .iter()
         .map(|c| ((c.topic.clone(), c.partition), c.clone()))
         .collect();
+    let end_mark_time = planned.cuts.to_time();
     let (lanes, _) = lane::build(opts, planned, &stored)?;
     if preview.resumed {
         preview.remaining_records = 0;
@@ -178,6 +179,7 @@ pub async fn preview(
                 .next()
                 .and_then(|p| p.groups_as_of)
                 .or(opts.window.to)
+                .or(end_mark_time)
         };
         let members = blocking({
             let client = client.clone();

@@ -359,7 +359,12 @@ async fn set_up<'a>(
         },
         next_slot: 1,
         zero_timestamps: 0,
-        groups_as_of: stored.values().next().and_then(|p| p.groups_as_of),
+        groups_as_of: stored
+            .values()
+            .next()
+            .and_then(|p| p.groups_as_of)
+            .or(planned.cuts.to_time()),
+        cuts: planned.cuts.clone(),
         started: Instant::now(),
         last_status: Instant::now(),
         bar: opts.progress.then(super::status::bar_for_a_pass),

@@ -60,7 +60,10 @@ impl SinkOptions {
         progress_topic: &str,
     ) -> Result<SinkOptions, String> {
         let invalid = |key: &str, pattern: &str, e: regex::Error| {
-            format!("sink.{key} {pattern:?} is not a valid regular expression: {e}")
+            format!(
+                "sink.{key} {pattern:?} is not a valid regular expression: {}",
+                crate::kafka::topics::regex_problem(&e)
+            )
         };
         if let Some(exclude) = &s.exclude {
             TopicSelector::new(exclude).map_err(|e| invalid("exclude", exclude, e))?;

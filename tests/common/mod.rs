@@ -60,7 +60,7 @@ fn rewind_command(command: &str, archive: &str) -> std::process::Command {
         &s3_endpoint(),
         "--s3-path-style",
     ]);
-    if matches!(command, "sink" | "restore" | "check") {
+    if matches!(command, "sink" | "restore" | "check" | "mark") {
         cmd.args(["--bootstrap-servers", &kafka_bootstrap()]);
     }
     cmd.env("AWS_ACCESS_KEY_ID", s3_access_key())
@@ -83,6 +83,11 @@ pub fn sink_command(archive: &str, topic: &str, group: &str) -> std::process::Co
 /// flags.
 pub fn restore_command(archive: &str) -> std::process::Command {
     rewind_command("restore", archive)
+}
+
+/// `rewind mark --archive <archive>` against the test bed's broker. Callers add the name and flags.
+pub fn mark_command(archive: &str) -> std::process::Command {
+    rewind_command("mark", archive)
 }
 
 /// `rewind <tool> --archive <archive>` (verify, find, ls, retention) on the test bed.

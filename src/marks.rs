@@ -1,0 +1,336 @@
+//! Taking a named restore point (`rewind mark`): the source cluster's offsets at one moment,
+//! recorded in the archive (see [`crate::archive::marks`] for the document and what it promises).
+//!
+//! Invariant: a mark's cut is what a `read_committed` consumer could read at the moment it was
+//! taken (each partition's last stable offset), and its `records_end` is the end of the last
+//! committed record below that cut, read from the cluster, so the archive's chains (which never
+//! hold transaction markers or aborted records) can be compared with it exactly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::archive::documents;
+use crate::archive::marks::{self, Mark, MarkedPartition};
+use crate::archive::time::rfc3339_millis;
+use crate::kafka::topics::TopicSelector;
+use crate::kafka::{ClusterError, Ctx};
+use crate::storage::ObjectStore;
+
+/// How long one question to the cluster may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a mark could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Found(String),
+    #[error(transparent)]
+    Kafka(#[from] ClusterError),
+    #[error(transparent)]
+    Archive(#[from] documents::ArchiveError),
+    #[error(transparent)]
+    Chain(#[from] crate::archive::chain::ChainError),
+}
+
+/// What to mark.
+#[derive(Debug, Clone)]
+pub struct MarkRequest {
+    pub name: String,
+    /// `None`: every topic of the cluster the archive holds.
+    pub topics: Option<TopicSelector>,
+    /// Who asks, recorded with the mark (`rewind mark`, a schedule's name).
+    pub taken_by: String,
+    /// Take the mark even if the archive belongs to another cluster id.
+    pub allow_cluster_change: bool,
+}
+
+/// Take the cut `request` describes from the cluster `client` reaches and record it in the
+/// archive. The mark is written at once; [`status`] says whether the archive has reached it.
+pub async fn take(
+    client: &ClientConfig,
+    store: &dyn ObjectStore,
+    request: &MarkRequest,
+) -> Result<Mark, MarkError> {
+    if !marks::valid_name(&request.name) {
+        return Err(MarkError::Usage(format!(
+            "mark name {:?} may only hold letters, digits, '.', '_' and '-' (at most 100, not starting with '.')",
+            request.name
+        )));
+    }
+    let Some(identity) = documents::read_identity(store).await? else {
+        return Err(MarkError::Usage(format!(
+            "{}: no Rewind archive there (no _archive.json); a mark is taken for an archive a sink writes",
+            store.url()
+        )));
+    };
+    if marks::read(store, &request.name).await?.is_some() {
+        return Err(taken(&request.name));
+    }
+    let archived: BTreeSet<String> = marks::held(store, |_, _| true)
+        .await?
+        .into_keys()
+        .map(|(t, _)| t)
+        .collect();
+    let (client, selector) = (client.clone(), request.topics.clone());
+    let cut = crate::kafka::blocking(move || cut(&client, selector.as_ref(), &archived)).await?;
+    if let Some(connected) = &cut.cluster_id {
+        if *connected != identity.cluster_id && !request.allow_cluster_change {
+            return Err(MarkError::Usage(format!(
+                "{}: the archive belongs to Kafka cluster {:?}, not {connected:?}: a mark of this cluster would name offsets the archive does not hold; point --bootstrap-servers at the archived cluster, or pass --allow-cluster-change if it was rebuilt on purpose",
+                store.url(),
+                identity.cluster_id
+            )));
+        }
+    }
+    if cut.partitions.is_empty() {
+        return Err(MarkError::Usage(match &request.topics {
+            Some(s) => format!(
+                "no topic of the cluster matches --topics {:?}; nothing to mark",
+                s.pattern()
+            ),
+            None => "no topic the archive holds exists in the cluster; nothing to mark (give --topics to mark topics the sink has not archived yet)".to_string(),
+        }));
+    }
+    let mark = Mark {
+        format_version: crate::archive::FORMAT_VERSION,
+        name: request.name.clone(),
+        taken_at: rfc3339_millis(cut.taken_at_ms),
+        taken_at_ms: cut.taken_at_ms,
+        cluster_id: cut.cluster_id,
+        topics: request
+            .topics
+            .as_ref()
+            .map_or("(the archive's topics)".to_string(), |s| {
+                s.pattern().to_string()
+            }),
+        taken_by: request.taken_by.clone(),
+        partitions: cut.partitions,
+    };
+    if !marks::create(store, &mark).await? {
+        return Err(taken(&request.name));
+    }
+    Ok(mark)
+}
+
+fn taken(name: &str) -> MarkError {
+    MarkError::Usage(format!(
+        "a mark named {name:?} already exists in the archive; marks are never replaced, so choose another name"
+    ))
+}
+
+/// What the archive holds of `mark`.
+pub async fn status(store: &dyn ObjectStore, mark: &Mark) -> Result<marks::MarkStatus, MarkError> {
+    let held = marks::held(store, |t, p| mark.offset_of(t, p).is_some()).await?;
+    Ok(marks::status(mark, &held))
+}
+
+/// The statuses of every mark of the archive, oldest first, with one listing of the archive.
+pub async fn statuses(
+    store: &dyn ObjectStore,
+) -> Result<Vec<(Mark, marks::MarkStatus)>, MarkError> {
+    let all = marks::list(store).await?;
+    if all.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wanted: BTreeSet<(String, i32)> = all
+        .iter()
+        .flat_map(|m| m.partitions.iter().map(|p| (p.topic.clone(), p.partition)))
+        .collect();
+    let held = marks::held(store, |t, p| wanted.contains(&(t.to_string(), p))).await?;
+    Ok(all
+        .into_iter()
+        .map(|m| {
+            let s = marks::status(&m, &held);
+            (m, s)
+        })
+        .collect())
+}
+
+/// The cut as read from the cluster.
+struct Cut {
+    taken_at_ms: i64,
+    cluster_id: Option<String>,
+    partitions: Vec<MarkedPartition>,
+}
+
+fn cut(
+    config: &ClientConfig,
+    selector: Option<&TopicSelector>,
+    archived: &BTreeSet<String>,
+) -> Result<Cut, ClusterError> {
+    let servers = crate::kafka::servers(config);
+    let mut config = config.clone();
+    config
+        .set("isolation.level", "read_committed")
+        // librdkafka assigns partitions only to a consumer with a group; this one never joins it
+        // (no subscription) and never commits.
+        .set(
+            "group.id",
+            format!("rewind-mark-{:016x}", rand::random::<u64>()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "error")
+        .set("fetch.wait.max.ms", "50");
+    let consumer: BaseConsumer<Ctx> = config
+        .create_with_context(Ctx)
+        .map_err(|e| ClusterError::client(&servers, e))?;
+    crate::kafka::ready(&consumer);
+    let metadata = crate::kafka::probe(consumer.client(), &servers, REQUEST_TIMEOUT)?;
+    let cluster_id = consumer.client().fetch_cluster_id(REQUEST_TIMEOUT);
+    let kafka = |e: KafkaError| ClusterError::client(&servers, e);
+    let mut tpl = TopicPartitionList::new();
+    for topic in metadata.topics() {
+        let chosen = match selector {
+            Some(s) => s.selects(topic.name()),
+            None => archived.contains(topic.name()),
+        };
+        if !chosen || topic.error().is_some() {
+            continue;
+        }
+        for p in topic.partitions() {
+            tpl.add_partition(topic.name(), p.id());
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(Cut {
+            taken_at_ms: crate::archive::time::now_ms(),
+            cluster_id,
+            partitions: Vec::new(),
+        });
+    }
+    // One moment: the latest offsets of every partition in one request per leader (a
+    // read_committed client is told each partition's last stable offset), then their starts.
+    let taken_at_ms = crate::archive::time::now_ms();
+    let offsets_at = |at: Offset| -> Result<HashMap<(String, i32), i64>, ClusterError> {
+        let mut asked = tpl.clone();
+        asked.set_all_offsets(at).map_err(kafka)?;
+        let answered = consumer
+            .offsets_for_times(asked, REQUEST_TIMEOUT)
+            .map_err(kafka)?;
+        let mut out = HashMap::new();
+        for e in answered.elements() {
+            if let Err(err) = e.error() {
+                return Err(kafka(err));
+            }
+            match e.offset() {
+                Offset::Offset(o) => {
+                    out.insert((e.topic().to_string(), e.partition()), o);
+                }
+                // librdkafka answers a partition it could not ask with a logical offset.
+                _ => {
+                    return Err(kafka(KafkaError::OffsetFetch(
+                        rdkafka::types::RDKafkaErrorCode::OffsetNotAvailable,
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    };
+    let ends = offsets_at(Offset::End)?;
+    let starts = offsets_at(Offset::Beginning)?;
+    let mut partitions: Vec<MarkedPartition> = ends
+        .into_iter()
+        .map(|((topic, partition), offset)| {
+            let log_start = starts
+                .get(&(topic.clone(), partition))
+                .copied()
+                .unwrap_or(0)
+                .min(offset);
+            MarkedPartition {
+                topic,
+                partition,
+                log_start,
+                offset,
+                records_end: log_start,
+            }
+        })
+        .collect();
+    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    last_records(&consumer, &mut partitions).map_err(kafka)?;
+    Ok(Cut {
+        taken_at_ms,
+        cluster_id,
+        partitions,
+    })
+}
+
+/// Find each partition's last committed record below its cut, reading its tail with the
+/// `read_committed` consumer: the last 64 offsets first, then further back (×64 each round) for the
+/// partitions whose tail held only transaction markers and aborted records, down to the log start.
+fn last_records(
+    consumer: &BaseConsumer<Ctx>,
+    partitions: &mut [MarkedPartition],
+) -> Result<(), KafkaError> {
+    let mut back: i64 = 64;
+    let mut todo: Vec<usize> = (0..partitions.len())
+        .filter(|&i| partitions[i].offset > partitions[i].log_start)
+        .collect();
+    while !todo.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        let mut index: HashMap<(String, i32), usize> = HashMap::new();
+        for &i in &todo {
+            let p = &partitions[i];
+            let from = (p.offset - back).max(p.log_start);
+            tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(from))?;
+            index.insert((p.topic.clone(), p.partition), i);
+        }
+        consumer.assign(&tpl)?;
+        let mut found: BTreeMap<usize, i64> = BTreeMap::new();
+        let mut done: BTreeSet<usize> = BTreeSet::new();
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        while done.len() < todo.len() {
+            if Instant::now() > deadline {
+                return Err(KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                ));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => return Err(e),
+                Some(Ok(m)) => {
+                    if let Some(&i) = index.get(&(m.topic().to_string(), m.partition())) {
+                        if m.offset() < partitions[i].offset {
+                            found.insert(i, m.offset() + 1);
+                        } else {
+                            done.insert(i);
+                        }
+                    }
+                }
+            }
+            // The position passes markers and aborted records that deliver nothing.
+            for e in consumer.position()?.elements() {
+                if let (Some(&i), Offset::Offset(o)) = (
+                    index.get(&(e.topic().to_string(), e.partition())),
+                    e.offset(),
+                ) {
+                    if o >= partitions[i].offset {
+                        done.insert(i);
+                    }
+                }
+            }
+        }
+        let mut again = Vec::new();
+        for i in todo {
+            let p = &mut partitions[i];
+            match found.get(&i) {
+                Some(&end) => p.records_end = end,
+                // Nothing committed in the part read: look further back, unless it began at the
+                // log start.
+                None if p.offset - back > p.log_start => again.push(i),
+                None => p.records_end = p.log_start,
+            }
+        }
+        todo = again;
+        back = back.saturating_mul(64);
+    }
+    consumer.unassign()?;
+    Ok(())
+}
