@@ -7,6 +7,7 @@
 //! hold transaction markers or aborted records) can be compared with it exactly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,7 +16,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::archive::documents;
 use crate::archive::marks::{self, Mark, MarkedPartition};
-use crate::archive::time::rfc3339_millis;
+use crate::archive::time::{rfc3339_millis, HourBucket};
+use crate::config::MarkEvery;
 use crate::kafka::topics::TopicSelector;
 use crate::kafka::{ClusterError, Ctx};
 use crate::storage::ObjectStore;
@@ -28,6 +30,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum MarkError {
     #[error("{0}")]
     Usage(String),
+    #[error("{0}: no Rewind archive there (no _archive.json); a mark is taken for an archive a sink writes")]
+    NoArchive(String),
     #[error("{0}")]
     Found(String),
     #[error(transparent)]
@@ -64,10 +68,7 @@ pub async fn take(
         )));
     }
     let Some(identity) = documents::read_identity(store).await? else {
-        return Err(MarkError::Usage(format!(
-            "{}: no Rewind archive there (no _archive.json); a mark is taken for an archive a sink writes",
-            store.url()
-        )));
+        return Err(MarkError::NoArchive(store.url().to_string()));
     };
     if marks::read(store, &request.name).await?.is_some() {
         return Err(taken(&request.name));
@@ -122,6 +123,97 @@ fn taken(name: &str) -> MarkError {
     MarkError::Usage(format!(
         "a mark named {name:?} already exists in the archive; marks are never replaced, so choose another name"
     ))
+}
+
+/// The name of the scheduled mark of the period holding `now_ms`, and when the next period
+/// begins; `None` when `every` is off.
+pub fn period(every: MarkEvery, now_ms: i64) -> Option<(String, i64)> {
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    let bucket = HourBucket::of_millis(now_ms);
+    match every {
+        MarkEvery::Off => None,
+        MarkEvery::Hourly => Some((
+            format!("hourly-{}T{}", bucket.date(), bucket.hour()),
+            bucket.end_millis(),
+        )),
+        MarkEvery::Daily => {
+            let day = now_ms.div_euclid(DAY) * DAY;
+            Some((
+                format!("daily-{}", HourBucket::of_millis(day).date()),
+                day + DAY,
+            ))
+        }
+        MarkEvery::Weekly => {
+            // 1970-01-01 was a Thursday: day d is a Monday when (d + 3) % 7 == 0.
+            let day = now_ms.div_euclid(DAY);
+            let monday = (day - (day + 3).rem_euclid(7)) * DAY;
+            Some((
+                format!("weekly-{}", HourBucket::of_millis(monday).date()),
+                monday + 7 * DAY,
+            ))
+        }
+    }
+}
+
+/// Take the scheduled mark of every period, for as long as the future is polled (beside a
+/// continuous sink, which archives up to it). A period whose mark exists already (another worker
+/// took it) is skipped; one that started while nothing ran gets its mark when this starts. A
+/// failure is logged and tried again a minute later.
+pub async fn every(
+    client: ClientConfig,
+    store: Arc<dyn ObjectStore>,
+    topics: TopicSelector,
+    every: MarkEvery,
+) {
+    let retry = Duration::from_secs(60);
+    loop {
+        let now = crate::archive::time::now_ms();
+        let Some((name, next)) = period(every, now) else {
+            return std::future::pending().await;
+        };
+        let wait = match marks::read(&*store, &name).await {
+            Ok(Some(_)) => Duration::from_millis((next - now).max(0) as u64),
+            Ok(None) => {
+                let request = MarkRequest {
+                    name: name.clone(),
+                    topics: Some(topics.clone()),
+                    taken_by: format!("sink.marks = {every:?}").to_lowercase(),
+                    allow_cluster_change: false,
+                };
+                match take(&client, &*store, &request).await {
+                    Ok(mark) => {
+                        tracing::info!(
+                            mark = mark.name,
+                            partitions = mark.partitions.len(),
+                            "took the scheduled restore point"
+                        );
+                        metrics::counter!(crate::metrics::MARKS_TAKEN).increment(1);
+                        metrics::gauge!(crate::metrics::MARK_LAST_TAKEN)
+                            .set(mark.taken_at_ms as f64 / 1000.0);
+                        Duration::from_millis((next - now).max(0) as u64)
+                    }
+                    // Another worker of the archive took it first.
+                    Err(MarkError::Usage(m)) if m.contains("already exists") => {
+                        Duration::from_millis((next - now).max(0) as u64)
+                    }
+                    // The sink beside this creates the archive as it starts.
+                    Err(MarkError::NoArchive(_)) => Duration::from_secs(5),
+                    Err(e) => {
+                        tracing::warn!(mark = name, error = %e, "could not take the scheduled restore point; trying again in a minute");
+                        metrics::counter!(crate::metrics::MARK_ERRORS).increment(1);
+                        retry
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(mark = name, error = %e, "could not read the scheduled restore point; trying again in a minute");
+                retry
+            }
+        };
+        // Never longer than an hour asleep, so a clock that jumps is noticed.
+        tokio::time::sleep(wait.min(Duration::from_secs(3600)) + Duration::from_millis(50)).await;
+    }
 }
 
 /// What the archive holds of `mark`.
@@ -333,4 +425,48 @@ fn last_records(
     }
     consumer.unassign()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AT: i64 = 1_796_404_348_000; // 2026-12-04T17:12:28Z, a Friday
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn each_period_names_its_mark_and_knows_when_the_next_begins() {
+        let t = |s: &str| crate::archive::time::parse_rfc3339_millis(s).unwrap();
+        assert_eq!(period(MarkEvery::Off, AT), None);
+        assert_eq!(
+            period(MarkEvery::Hourly, AT),
+            Some(("hourly-2026-12-04T17".into(), t("2026-12-04T18:00:00Z")))
+        );
+        assert_eq!(
+            period(MarkEvery::Daily, AT),
+            Some(("daily-2026-12-04".into(), t("2026-12-05T00:00:00Z")))
+        );
+        assert_eq!(
+            period(MarkEvery::Weekly, AT),
+            Some(("weekly-2026-11-30".into(), t("2026-12-07T00:00:00Z")))
+        );
+        // A period's last millisecond still names it; the next one names the next.
+        let monday = t("2026-12-07T00:00:00Z");
+        assert_eq!(
+            period(MarkEvery::Weekly, monday - 1).unwrap().0,
+            "weekly-2026-11-30"
+        );
+        assert_eq!(
+            period(MarkEvery::Weekly, monday).unwrap().0,
+            "weekly-2026-12-07"
+        );
+        assert_eq!(
+            period(MarkEvery::Hourly, AT + HOUR).unwrap().0,
+            "hourly-2026-12-04T18"
+        );
+        for every in [MarkEvery::Hourly, MarkEvery::Daily, MarkEvery::Weekly] {
+            let (name, _) = period(every, AT).unwrap();
+            assert!(crate::archive::marks::valid_name(&name), "{name}");
+        }
+    }
 }

@@ -33,6 +33,13 @@ pub const SINK_REFUSED: &str = "rewind_sink_partitions_refused_total";
 /// Sink errors (`kind`: `storage_unavailable` for an upload that will be retried, `flush` for one that stopped the sink).
 pub const SINK_ERRORS: &str = "rewind_sink_errors_total";
 
+/// Named restore points a sink took on its schedule (`sink.marks`).
+pub const MARKS_TAKEN: &str = "rewind_marks_taken_total";
+/// When the last scheduled restore point was taken (seconds since the epoch).
+pub const MARK_LAST_TAKEN: &str = "rewind_mark_last_taken_timestamp_seconds";
+/// Scheduled restore points that could not be taken (tried again a minute later).
+pub const MARK_ERRORS: &str = "rewind_mark_errors_total";
+
 /// Records produced into the target cluster by restores (`topic`: the target topic).
 pub const RESTORE_RECORDS: &str = "rewind_restore_records_total";
 /// Key and value bytes produced by restores (`topic`).
@@ -72,6 +79,21 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 }
 
 fn describe() {
+    describe_counter!(
+        MARKS_TAKEN,
+        Unit::Count,
+        "Named restore points the sink took on its schedule (sink.marks)."
+    );
+    describe_gauge!(
+        MARK_LAST_TAKEN,
+        Unit::Seconds,
+        "When the last scheduled restore point was taken, in seconds since the epoch."
+    );
+    describe_counter!(
+        MARK_ERRORS,
+        Unit::Count,
+        "Scheduled restore points that could not be taken (tried again a minute later)."
+    );
     describe_gauge!(
         PIPELINE_UP,
         Unit::Count,

@@ -1126,3 +1126,104 @@ async fn produce_round(topic: &str, produced: &mut [Vec<Record>], from: usize, c
         produced[p as usize].extend(more);
     }
 }
+
+/// The sum of a counter's samples in a `/metrics` page (0 when it has none yet).
+fn counter(addr: &str, name: &str) -> f64 {
+    get(addr, "/metrics")
+        .body
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sinks_take_each_scheduled_mark_once_and_the_api_takes_and_lists_marks() {
+    common::no_instance_metadata();
+    let topic = common::unique("svc-marks");
+    create_topic(&topic, 2, &[]).await;
+    for p in 0..2 {
+        produce(&topic, p, &traffic(p, 0, 50)).await;
+    }
+    let (archive, _store) = s3_archive().await;
+    // The [sink] section is the pipeline's last: the schedule goes into it.
+    let backup = format!("{}marks = \"hourly\"\n", sink_pipeline(&topic));
+    let service = ServiceDir::new(&archive, "", &[("backup", backup)]);
+    let (a, b) = (free_addr(), free_addr());
+    let mut first = service.start(&a, "a.log");
+    let mut second = service.start(&b, "b.log");
+    for addr in [&a, &b] {
+        wait_until("both workers are ready", Duration::from_secs(60), || {
+            request(addr, "GET", "/readyz", None).is_some_and(|r| r.status == 200)
+        });
+    }
+    // The hour's mark, taken by one of the two workers, becomes complete as the sink archives.
+    let hourly = |addr: &str| -> Vec<Value> {
+        get(addr, "/marks").json()["marks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["name"].as_str().unwrap().starts_with("hourly-"))
+            .cloned()
+            .collect()
+    };
+    wait_until(
+        "the hour's mark is archived",
+        Duration::from_secs(90),
+        || {
+            let marks = hourly(&a);
+            !marks.is_empty() && marks.iter().all(|m| m["status"] == "complete")
+        },
+    );
+    let taken = counter(&a, "rewind_marks_taken_total") + counter(&b, "rewind_marks_taken_total");
+    assert_eq!(
+        taken,
+        hourly(&a).len() as f64,
+        "each hour's mark is taken by one worker: {:?}",
+        hourly(&a)
+    );
+
+    // Through the API: taken once, listed with its status; mistakes are one-sentence errors.
+    let body = format!(r#"{{"name": "api-mark", "topics": "{}"}}"#, topic);
+    let created = post(&a, "/marks", &body);
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.json()["partitions"], 2);
+    for (body, status, says) in [
+        (body.as_str(), 409, "already exists"),
+        (r#"{"name": "a/b"}"#, 400, "may only hold letters"),
+        (
+            r#"{"name": "x", "cluster": "nope"}"#,
+            404,
+            "no cluster named",
+        ),
+        (
+            r#"{"name": "x", "archive": "nope"}"#,
+            404,
+            "no archive named",
+        ),
+        (r#"{"nme": "x"}"#, 400, "unknown field"),
+        (r#"{"name": "x", "topics": "("}"#, 400, "unclosed group"),
+    ] {
+        let refused = post(&b, "/marks", body);
+        assert_eq!(refused.status, status, "{body}: {}", refused.body);
+        assert!(
+            refused.json()["error"].as_str().unwrap().contains(says),
+            "{body}: {}",
+            refused.body
+        );
+    }
+    wait_until(
+        "the API's mark is archived",
+        Duration::from_secs(60),
+        || {
+            get(&b, "/marks").json()["marks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "api-mark" && m["status"] == "complete")
+        },
+    );
+    for child in [&mut first, &mut second] {
+        assert!(terminate(child).success());
+    }
+}

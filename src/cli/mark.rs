@@ -133,7 +133,7 @@ pub async fn run(args: MarkArgs) -> Result<(), Failure> {
 
 fn failure(e: MarkError) -> Failure {
     match e {
-        MarkError::Usage(m) => Failure::usage(m),
+        MarkError::Usage(_) | MarkError::NoArchive(_) => Failure::usage(e),
         other => Failure::found(other),
     }
 }

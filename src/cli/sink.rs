@@ -87,17 +87,26 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
             }
         });
     };
-    let report = sink::run(client, store, opts, stop)
-        .await
-        .map_err(|e| match e {
-            // A store that cannot hold an archive is a configuration to fix, like a bad URL.
-            sink::SinkError::Store(crate::storage::ProbeError::IgnoresConditions { .. }) => {
-                Failure::usage(e)
-            }
-            // A configuration the sink must not run with: fixed by --group, not by retrying.
-            sink::SinkError::GroupOfOtherArchive { .. } => Failure::usage(e),
-            e => Failure::found(e),
-        })?;
+    // A snapshot takes no scheduled marks: it ends at the watermarks it saw.
+    let every = if args.once {
+        crate::config::MarkEvery::Off
+    } else {
+        s.marks
+    };
+    let marks = crate::marks::every(client.clone(), store.clone(), opts.topics.clone(), every);
+    let report = tokio::select! {
+        report = sink::run(client, store, opts, stop) => report,
+        () = marks => unreachable!("the mark schedule runs until dropped"),
+    }
+    .map_err(|e| match e {
+        // A store that cannot hold an archive is a configuration to fix, like a bad URL.
+        sink::SinkError::Store(crate::storage::ProbeError::IgnoresConditions { .. }) => {
+            Failure::usage(e)
+        }
+        // A configuration the sink must not run with: fixed by --group, not by retrying.
+        sink::SinkError::GroupOfOtherArchive { .. } => Failure::usage(e),
+        e => Failure::found(e),
+    })?;
     outln!(
         "archived {} records in {} files ({} bytes) from {} partitions to {url}{}{}",
         report.records,

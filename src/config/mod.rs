@@ -298,6 +298,22 @@ pub struct SinkConfig {
     /// (written only when they changed), so that restores can move groups along; `0s` turns it off.
     #[serde(with = "units::duration")]
     pub group_snapshot_interval: Duration,
+    /// Take a named restore point of the backed-up topics every hour, day (00:00 UTC) or week
+    /// (Monday 00:00 UTC), named `hourly-2026-12-04T17`, `daily-2026-12-04`, `weekly-2026-11-30`
+    /// (see `rewind mark`); `off` takes none. Only a continuous sink takes them; several workers
+    /// of one archive take each once.
+    pub marks: MarkEvery,
+}
+
+/// How often a sink takes a named restore point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MarkEvery {
+    #[default]
+    Off,
+    Hourly,
+    Daily,
+    Weekly,
 }
 
 impl Default for SinkConfig {
@@ -316,6 +332,7 @@ impl Default for SinkConfig {
             discovery_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             group_snapshot_interval: Duration::from_secs(60),
+            marks: MarkEvery::Off,
         }
     }
 }

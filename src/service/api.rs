@@ -30,6 +30,7 @@ pub fn router(registry: Arc<Registry>, guard: Guard) -> Router {
         .route("/restores/{id}", get(restore))
         .route("/restores/{id}/stop", post(stop_restore))
         .route("/restores/{id}/resume", post(resume_restore))
+        .route("/marks", get(marks).post(take_mark))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -159,9 +160,18 @@ async fn start_restore(
     Shared(registry): Shared<Arc<Registry>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: StartRestore = json_body(body)?;
+    let restore = registry.start_restore(request).await?;
+    Ok(accepted(&restore))
+}
+
+/// A JSON request body (empty reads as `{}`), or why it is not the one wanted.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let body = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
-    let request: StartRestore = serde_json::from_slice(body).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         let message = match e.classify() {
             // What the body says is wrong, without serde_json's position in a one-line body.
             serde_json::error::Category::Data => {
@@ -172,9 +182,20 @@ async fn start_restore(
             _ => format!("the body is not valid JSON: {e}"),
         };
         ApiError(StatusCode::BAD_REQUEST, message)
-    })?;
-    let restore = registry.start_restore(request).await?;
-    Ok(accepted(&restore))
+    })
+}
+
+async fn marks(Shared(registry): Shared<Arc<Registry>>) -> Reply {
+    Ok(Json(registry.marks().await?))
+}
+
+async fn take_mark(
+    Shared(registry): Shared<Arc<Registry>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: super::marks::TakeMark = json_body(body)?;
+    let mark = registry.take_mark(request).await?;
+    Ok((StatusCode::CREATED, Json(mark)))
 }
 
 /// `202 Accepted` for a restore that started, with where to follow it.

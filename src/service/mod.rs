@@ -25,6 +25,7 @@
 pub mod api;
 pub mod control;
 pub mod guard;
+mod marks;
 mod registry;
 mod restores;
 mod supervise;

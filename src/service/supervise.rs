@@ -235,9 +235,17 @@ async fn run_pipeline(
                     &config.restore.progress_topic,
                 )?
             };
-            let report = sink::run(client, store, opts, stop)
-                .await
-                .map_err(|e| e.to_string())?;
+            let marks = crate::marks::every(
+                client.clone(),
+                store.clone(),
+                opts.topics.clone(),
+                spec.sink.marks,
+            );
+            let report = tokio::select! {
+                report = sink::run(client, store, opts, stop) => report,
+                () = marks => unreachable!("the mark schedule runs until dropped"),
+            }
+            .map_err(|e| e.to_string())?;
             tracing::info!(
                 records = report.records,
                 files = report.files,
