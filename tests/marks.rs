@@ -402,3 +402,151 @@ async fn marks_and_restores_at_marks_refuse_bad_input_in_one_sentence() {
         );
     }
 }
+
+/// Move the broker's log start of `topic`/0 to `offset` (DeleteRecords).
+async fn delete_records(topic: &str, offset: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = kafka::config().create().unwrap();
+    let mut cut = rdkafka::TopicPartitionList::new();
+    cut.add_partition_offset(topic, 0, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .unwrap();
+}
+
+fn retention(archive: &str, args: &[&str]) -> Value {
+    let mut cmd = common::tool_command("retention", archive);
+    cmd.args(["--older-than", "7d", "--json"]).args(args);
+    serde_json::from_str(&ok(run(&mut cmd))).unwrap()
+}
+
+#[tokio::test]
+async fn retention_keeps_what_a_kept_mark_needs_says_what_it_costs_and_expires_the_rest() {
+    common::no_instance_metadata();
+    let topic = common::unique("mark-ret");
+    kafka::create_topic(&topic, 1, &[]).await;
+    // Thirty records from forty days ago, archived in files of five.
+    let old = common::now_ms() - 40 * 86_400_000;
+    let first: Vec<Record> = (0..30)
+        .map(|i| Record {
+            timestamp: Some(old + i as i64),
+            ..rec(0, i)
+        })
+        .collect();
+    let first = kafka::produce(&topic, 0, &first).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    let sink = || {
+        ok(run(common::sink_command(
+            &archive,
+            &topic,
+            &common::unique("g"),
+        )
+        .arg("--once")
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "5")));
+    };
+    sink();
+    // Kafka's own retention moves on: a mark records where the log began then.
+    delete_records(&topic, 10).await;
+    ok(run(
+        common::mark_command(&archive).args(["keep-me", "--topics", &topic])
+    ));
+    delete_records(&topic, 20).await;
+    ok(run(
+        common::mark_command(&archive).args(["daily-1", "--topics", &topic])
+    ));
+    let recent = kafka::produce(&topic, 0, &(30..40).map(|i| rec(0, i)).collect::<Vec<_>>()).await;
+    sink();
+
+    // With no rule, both marks are kept; the older log start decides: files [0, 10) go, the four
+    // old files from 10 stay, counted for keep-me.
+    let plan = retention(&archive, &["--dry-run"]);
+    let deleted: Vec<&str> = plan["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted.len(), 2, "{plan}");
+    let kept = plan["kept_marks"].as_array().unwrap();
+    assert_eq!(kept.len(), 2, "{plan}");
+    assert_eq!(kept[0]["name"], "keep-me");
+    assert_eq!(kept[0]["files_held"], 4, "{plan}");
+    assert_eq!(kept[0]["rule"], Value::Null);
+    assert_eq!(kept[1]["files_held"], 0, "{plan}");
+
+    // A rule that expires daily marks at once: daily-1 goes, keep-me (no rule matches) stays.
+    let done = retention(&archive, &["--keep-marks", "daily-.*=1ms"]);
+    assert_eq!(
+        done["expired_marks"],
+        serde_json::json!(["daily-1"]),
+        "{done}"
+    );
+    assert_eq!(done["files"].as_array().unwrap().len(), 2, "{done}");
+    assert_eq!(done["kept_marks"][0]["restorable_in_full"], true, "{done}");
+    assert!(
+        done["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "_marks/daily-1.json"),
+        "{done}"
+    );
+    assert_eq!(mark_status(&archive, "keep-me"), "complete");
+    let ls: Value =
+        serde_json::from_str(&ok(run(common::tool_command("ls", &archive).arg("--json")))).unwrap();
+    assert_eq!(ls["marks"].as_array().unwrap().len(), 1, "{ls}");
+    assert_eq!(ls["topics"][0]["partitions"][0]["start"], 10, "{ls}");
+    ok(run(common::tool_command("verify", &archive).arg("--deep")));
+
+    // A restore to the kept mark still gives every record the cluster held at it.
+    let target = common::unique("mark-ret-dst");
+    ok(run(common::restore_command(&archive).args([
+        "--to-mark",
+        "keep-me",
+        "--rename",
+        &format!("{topic}={target}"),
+    ])));
+    let got: Vec<Vec<Record>> = vec![kafka::read_to_end(&target, 0)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()];
+    let want: Vec<Record> = first.iter().filter(|r| r.offset >= 10).cloned().collect();
+    let strip = |rs: &[Record]| -> Vec<_> {
+        rs.iter()
+            .map(|r| {
+                (
+                    r.key.clone(),
+                    r.value.clone(),
+                    r.headers.clone(),
+                    r.timestamp,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(strip(&got[0]), strip(&want));
+    assert!(recent.iter().all(|r| r.offset >= 30));
+
+    // A rule that keeps keep-me for a year holds the same; one that expires it lets the files go.
+    let year = retention(&archive, &["--dry-run", "--keep-marks", "keep-.*=365d"]);
+    assert_eq!(year["kept_marks"][0]["rule"], "keep-.*=365d", "{year}");
+    assert!(year["files"].as_array().unwrap().is_empty(), "{year}");
+    let gone = retention(&archive, &["--keep-marks", "keep-.*=1ms"]);
+    assert_eq!(
+        gone["expired_marks"],
+        serde_json::json!(["keep-me"]),
+        "{gone}"
+    );
+    assert_eq!(gone["files"].as_array().unwrap().len(), 4, "{gone}");
+    let bad = run(common::tool_command("retention", &archive).args([
+        "--older-than",
+        "7d",
+        "--keep-marks",
+        "daily",
+    ]));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(common::error_line(&bad).contains("is not PATTERN=AGE"));
+}

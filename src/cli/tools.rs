@@ -105,6 +105,13 @@ pub struct RetentionArgs {
     /// key's latest value forever, and the archive may hold its only other copy.
     #[arg(long)]
     include_compacted: bool,
+    /// Keep the named restore points (`rewind mark`) whose whole name matches PATTERN while they
+    /// are younger than AGE (`30d`, or `forever`), e.g. 'daily-.*=30d' 'weekly-.*=365d'
+    /// (repeatable; the first rule that matches a mark decides). A mark past its rule's age expires:
+    /// its document goes. A mark no rule matches is kept until deleted. A kept mark keeps every
+    /// file from the log start it recorded.
+    #[arg(long, value_name = "PATTERN=AGE")]
+    keep_marks: Vec<String>,
     /// List what would be deleted; delete nothing.
     #[arg(long)]
     dry_run: bool,
@@ -563,17 +570,27 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
     let abandoned_before = std::time::SystemTime::now()
         .checked_sub(args.abandoned_after)
         .unwrap_or(std::time::UNIX_EPOCH);
-    let report = ops::retention::retention(
-        &*store,
-        &topics,
-        cutoff,
-        args.include_compacted,
-        args.topics.is_none(),
+    let keep_marks = args
+        .keep_marks
+        .iter()
+        .map(|rule| {
+            ops::retention::KeepRule::parse(rule)
+                .map_err(|e| Failure::usage(format!("--keep-marks {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = ops::retention::RetentionOptions {
+        topics,
+        cutoff_ms: cutoff,
+        include_compacted: args.include_compacted,
+        prune_groups: args.topics.is_none(),
         abandoned_before,
-        args.dry_run,
-    )
-    .await
-    .map_err(failure)?;
+        dry_run: args.dry_run,
+        keep_marks,
+        now_ms: crate::archive::time::now_ms(),
+    };
+    let report = ops::retention::retention(&*store, &opts)
+        .await
+        .map_err(failure)?;
     if args.json {
         outln!(
             "{}",
@@ -602,6 +619,32 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
     for t in &report.skipped_compacted {
         outln!(
             "left topic {t} alone: it is compacted (or has no _topics/ document to tell); --include-compacted applies retention to it"
+        );
+    }
+    for m in &report.kept_marks {
+        let why = m.rule.as_ref().map_or(
+            "no --keep-marks rule matches it: kept until deleted".to_string(),
+            |r| format!("kept by {r}"),
+        );
+        let cost = if m.files_held > 0 {
+            format!(
+                "; it holds {} files ({} bytes) older than the cutoff",
+                m.files_held, m.bytes_held
+            )
+        } else {
+            String::new()
+        };
+        let whole = if m.restorable_in_full {
+            "restorable in full"
+        } else {
+            "NOT restorable in full (the archive began after its log start already)"
+        };
+        outln!("mark {} ({}): {why}, {whole}{cost}", m.name, m.taken_at);
+    }
+    for m in &report.expired_marks {
+        outln!(
+            "mark {m} {} past its --keep-marks age: restoring to it will no longer be possible in full",
+            if args.dry_run { "would expire," } else { "expired," }
         );
     }
     for u in &report.abandoned_uploads {

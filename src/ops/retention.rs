@@ -5,6 +5,12 @@
 //! or no document to tell) are left out unless asked for: Kafka keeps a compacted key's latest
 //! value forever, so age says nothing about whether the archive still needs it.
 //!
+//! Named restore points (`_marks/`) are kept by rules (`--keep-marks 'daily-.*=30d'`): a mark a rule
+//! matches is kept while younger than its rule's age and expires after (its document goes), and a
+//! mark no rule matches is kept until deleted, like a manual snapshot. A kept mark holds back every
+//! file holding an offset at or after the log start it recorded, so that a restore to it still
+//! gives every record the cluster held at it; the report says, per kept mark, what that costs.
+//!
 //! Invariant: the chain stays a contiguous suffix. The new start is recorded
 //! (`_retention/<topic>/<p>.json`) before anything is deleted, so a run that stops half-way leaves
 //! files before the start that readers ignore and the next run deletes, never a hole.
@@ -18,6 +24,7 @@ use serde::Serialize;
 use super::{identity, OpsError, Progress};
 use crate::archive::chain;
 use crate::archive::documents::{self, gap_key, ChainStart, TopicMeta, CLAIMS_PREFIX};
+use crate::archive::marks::{self, Mark};
 use crate::archive::paths::{topic_key, DATA_PREFIX};
 use crate::archive::time::rfc3339_millis;
 use crate::storage::ObjectStore;
@@ -45,6 +52,63 @@ pub struct RetentionReport {
     /// Selected topics left alone because they are compacted (or have no `_topics/` document to
     /// tell); `include_compacted` applies retention to them too.
     pub skipped_compacted: Vec<String>,
+    /// Marks kept, with what each holds back that the age alone would have deleted.
+    pub kept_marks: Vec<KeptMark>,
+    /// Marks past their rule's age: their documents are deleted, and retention no longer keeps
+    /// what they needed.
+    pub expired_marks: Vec<String>,
+}
+
+/// A mark retention keeps, and what it costs.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptMark {
+    pub name: String,
+    pub taken_at: String,
+    /// The rule that keeps it (`PATTERN=AGE`), or none: a mark no rule matches is kept until it
+    /// is deleted.
+    pub rule: Option<String>,
+    /// Files (and their bytes) older than the cutoff kept because this mark needs them (each
+    /// counted for the oldest mark that needs it).
+    pub files_held: usize,
+    pub bytes_held: u64,
+    /// Whether the archive still holds everything the mark needs (see `rewind ls`).
+    pub restorable_in_full: bool,
+}
+
+/// Keep the marks whose names match `pattern` (whole name) while younger than `max_age`
+/// (`None`: forever).
+#[derive(Debug, Clone)]
+pub struct KeepRule {
+    pub pattern: TopicSelector,
+    pub max_age: Option<std::time::Duration>,
+    /// As the user wrote it.
+    pub text: String,
+}
+
+impl KeepRule {
+    /// `PATTERN=AGE`, the age a duration (`30d`) or `forever`.
+    pub fn parse(s: &str) -> Result<KeepRule, String> {
+        let (pattern, age) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?} is not PATTERN=AGE (e.g. 'daily-.*=30d')"))?;
+        let pattern = TopicSelector::new(pattern).map_err(|e| {
+            format!(
+                "{pattern:?} is not a valid regular expression: {}",
+                crate::kafka::topics::regex_problem(&e)
+            )
+        })?;
+        let max_age = match age {
+            "forever" => None,
+            age => Some(crate::config::units::duration::parse(age).map_err(|e| {
+                format!("{age:?} in {s:?} is not an age (30d, 12h or forever): {e}")
+            })?),
+        };
+        Ok(KeepRule {
+            pattern,
+            max_age,
+            text: s.to_string(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,13 +126,18 @@ pub struct DeletedFile {
 /// are cleaned only when `prune_groups` (every topic selected).
 pub async fn retention(
     store: &dyn ObjectStore,
-    topics: &TopicSelector,
-    cutoff_ms: i64,
-    include_compacted: bool,
-    prune_groups: bool,
-    abandoned_before: std::time::SystemTime,
-    dry_run: bool,
+    opts: &RetentionOptions,
 ) -> Result<RetentionReport, OpsError> {
+    let RetentionOptions {
+        ref topics,
+        cutoff_ms,
+        include_compacted,
+        prune_groups,
+        abandoned_before,
+        dry_run,
+        ref keep_marks,
+        now_ms,
+    } = *opts;
     identity(store).await?;
     let listed = chain::list_all(store).await?;
     let mut report = RetentionReport {
@@ -76,6 +145,38 @@ pub async fn retention(
         dry_run,
         ..RetentionReport::default()
     };
+    // Which marks are kept, and the offset each partition must keep from.
+    let mut kept: Vec<(Mark, Option<String>)> = Vec::new();
+    for mark in marks::list(store).await? {
+        let rule = keep_marks.iter().find(|r| r.pattern.is_match(&mark.name));
+        let expired = rule.is_some_and(|r| {
+            r.max_age.is_some_and(|age| {
+                now_ms.saturating_sub(mark.taken_at_ms)
+                    > i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
+            })
+        });
+        if expired {
+            report.expired_marks.push(mark.name.clone());
+        } else {
+            kept.push((mark, rule.map(|r| r.text.clone())));
+        }
+    }
+    let mut floors: BTreeMap<(String, i32), (i64, usize)> = BTreeMap::new();
+    for (i, (mark, _)) in kept.iter().enumerate() {
+        for p in mark
+            .partitions
+            .iter()
+            .filter(|p| p.records_end > p.log_start)
+        {
+            let floor = floors
+                .entry((p.topic.clone(), p.partition))
+                .or_insert((p.log_start, i));
+            if p.log_start < floor.0 {
+                *floor = (p.log_start, i);
+            }
+        }
+    }
+    let mut held = vec![(0usize, 0u64); kept.len()];
     let names: std::collections::BTreeSet<&str> = listed
         .keys()
         .map(|(t, _)| t.as_str())
@@ -99,13 +200,18 @@ pub async fn retention(
     let mut progress = Progress::new("retention", "partitions", selected.len() as u64);
     let mut plans =
         futures::stream::iter(selected.into_iter().map(|((topic, partition), files)| {
-            plan_partition(store, topic, *partition, files, cutoff_ms)
+            let floor = floors.get(&(topic.clone(), *partition)).copied();
+            plan_partition(store, topic, *partition, files, cutoff_ms, floor)
         }))
         .buffered(CONCURRENCY);
     let mut work = Vec::new();
     while let Some(plan) = plans.next().await {
         progress.add(1);
         if let Some(plan) = plan? {
+            if let Some((mark, files, bytes)) = plan.held {
+                held[mark].0 += files;
+                held[mark].1 += bytes;
+            }
             work.push(plan);
         }
     }
@@ -129,6 +235,40 @@ pub async fn retention(
         report.files.extend(plan.files);
         report.documents.extend(plan.documents);
     }
+    // The expired marks' documents, once what they held may be gone.
+    let expired: Vec<String> = report
+        .expired_marks
+        .iter()
+        .map(|name| marks::mark_key(name))
+        .collect();
+    if !dry_run {
+        delete(store, &expired).await?;
+    }
+    report.documents.extend(expired);
+    let statuses = if kept.is_empty() {
+        Vec::new()
+    } else {
+        // What the archive holds of each kept mark now (after this run, unless a dry run).
+        let held_now = marks::held(store, |t, p| floors.contains_key(&(t.to_string(), p)))
+            .await
+            .map_err(|e| OpsError::Input(e.to_string()))?;
+        kept.iter()
+            .map(|(m, _)| marks::status(m, &held_now).short.is_empty())
+            .collect()
+    };
+    report.kept_marks = kept
+        .into_iter()
+        .zip(held)
+        .enumerate()
+        .map(|(i, ((mark, rule), (files, bytes)))| KeptMark {
+            name: mark.name,
+            taken_at: mark.taken_at,
+            rule,
+            files_held: files,
+            bytes_held: bytes,
+            restorable_in_full: statuses.get(i).copied().unwrap_or(true),
+        })
+        .collect();
     if prune_groups {
         let snapshots = old_group_snapshots(store, cutoff_ms).await?;
         if !dry_run {
@@ -171,10 +311,31 @@ async fn compacted(store: &dyn ObjectStore, topic: &str) -> Result<Option<String
     })
 }
 
+/// What one retention run is asked to do.
+#[derive(Debug, Clone)]
+pub struct RetentionOptions {
+    pub topics: TopicSelector,
+    /// Files whose newest record is older than this may go.
+    pub cutoff_ms: i64,
+    /// Compacted topics too.
+    pub include_compacted: bool,
+    /// Group snapshots and unfinished uploads too (every topic selected).
+    pub prune_groups: bool,
+    /// Unfinished uploads started before this are aborted.
+    pub abandoned_before: std::time::SystemTime,
+    pub dry_run: bool,
+    /// Which marks are kept, and how long.
+    pub keep_marks: Vec<KeepRule>,
+    /// The time marks' ages are taken at.
+    pub now_ms: i64,
+}
+
 struct PartitionRetention {
     start: Option<ChainStart>,
     files: Vec<DeletedFile>,
     documents: Vec<String>,
+    /// Files (and bytes) old enough to go that the mark at this index of the kept marks holds.
+    held: Option<(usize, usize, u64)>,
 }
 
 /// What retention removes from one partition: the longest prefix of its chain (never the last
@@ -186,12 +347,15 @@ async fn plan_partition(
     partition: i32,
     files: &[(crate::archive::paths::DataFileKey, u64)],
     cutoff_ms: i64,
+    // The offset a kept mark needs the chain to begin at or before, and which mark.
+    floor: Option<(i64, usize)>,
 ) -> Result<Option<PartitionRetention>, OpsError> {
     let mut chain = chain::load(store, topic, partition, files, &BTreeMap::new()).await?;
     let mut out = PartitionRetention {
         start: None,
         files: Vec::new(),
         documents: Vec::new(),
+        held: None,
     };
     // Left-overs of an interrupted run: files and gaps before the recorded start. A start past
     // every file (a stale or hand-made document) is not trusted: nothing is a left-over then, and
@@ -248,6 +412,18 @@ async fn plan_partition(
             }
         }
     }
+    if let Some((floor, mark)) = floor {
+        // A file holding an offset at or after the mark's log start stays, with every file after it.
+        let kept_from = chain.files[..cut]
+            .iter()
+            .position(|f| f.end > floor)
+            .unwrap_or(cut);
+        if kept_from < cut {
+            let bytes = chain.files[kept_from..cut].iter().map(|f| f.size).sum();
+            out.held = Some((mark, cut - kept_from, bytes));
+            cut = kept_from;
+        }
+    }
     for f in &chain.files[..cut] {
         let footer = f.footer.expect("read above");
         out.files.push(DeletedFile {
@@ -290,7 +466,7 @@ async fn plan_partition(
             }
         }
     }
-    Ok((!out.files.is_empty() || !out.documents.is_empty()).then_some(out))
+    Ok((!out.files.is_empty() || !out.documents.is_empty() || out.held.is_some()).then_some(out))
 }
 
 /// Group snapshots older than the newest one at or before the cutoff, per group: the group's
