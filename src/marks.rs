@@ -156,6 +156,20 @@ pub fn period(every: MarkEvery, now_ms: i64) -> Option<(String, i64)> {
     }
 }
 
+/// [`every`] for each of `schedules` at once (none: never resolves).
+pub async fn schedules(
+    client: ClientConfig,
+    store: Arc<dyn ObjectStore>,
+    topics: TopicSelector,
+    schedules: Vec<MarkEvery>,
+) {
+    let all = schedules
+        .into_iter()
+        .map(|e| every(client.clone(), store.clone(), topics.clone(), e));
+    futures::future::join_all(all).await;
+    std::future::pending::<()>().await
+}
+
 /// Take the scheduled mark of every period, for as long as the future is polled (beside a
 /// continuous sink, which archives up to it). A period whose mark exists already (another worker
 /// took it) is skipped; one that started while nothing ran gets its mark when this starts. A

@@ -89,11 +89,11 @@ pub async fn run(mut args: SinkArgs) -> Result<(), Failure> {
     };
     // A snapshot takes no scheduled marks: it ends at the watermarks it saw.
     let every = if args.once {
-        crate::config::MarkEvery::Off
+        Vec::new()
     } else {
-        s.marks
+        s.marks.clone()
     };
-    let marks = crate::marks::every(client.clone(), store.clone(), opts.topics.clone(), every);
+    let marks = crate::marks::schedules(client.clone(), store.clone(), opts.topics.clone(), every);
     let report = tokio::select! {
         report = sink::run(client, store, opts, stop) => report,
         () = marks => unreachable!("the mark schedule runs until dropped"),

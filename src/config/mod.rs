@@ -300,9 +300,31 @@ pub struct SinkConfig {
     pub group_snapshot_interval: Duration,
     /// Take a named restore point of the backed-up topics every hour, day (00:00 UTC) or week
     /// (Monday 00:00 UTC), named `hourly-2026-12-04T17`, `daily-2026-12-04`, `weekly-2026-11-30`
-    /// (see `rewind mark`); `off` takes none. Only a continuous sink takes them; several workers
-    /// of one archive take each once.
-    pub marks: MarkEvery,
+    /// (see `rewind mark`): one of them or a list (`["daily", "weekly"]`); `off` or `[]` takes
+    /// none. Only a continuous sink takes them; several workers of one archive take each once.
+    #[serde(deserialize_with = "one_or_many")]
+    pub marks: Vec<MarkEvery>,
+}
+
+/// A value or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<MarkEvery>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(MarkEvery),
+        Many(Vec<MarkEvery>),
+    }
+    Ok(match OneOrMany::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected \"off\", \"hourly\", \"daily\", \"weekly\" or a list of them",
+        )
+    })? {
+        OneOrMany::One(every) => vec![every],
+        OneOrMany::Many(all) => all,
+    }
+    .into_iter()
+    .filter(|e| *e != MarkEvery::Off)
+    .collect())
 }
 
 /// How often a sink takes a named restore point.
@@ -332,7 +354,7 @@ impl Default for SinkConfig {
             discovery_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             group_snapshot_interval: Duration::from_secs(60),
-            marks: MarkEvery::Off,
+            marks: Vec::new(),
         }
     }
 }

@@ -734,3 +734,43 @@ fn a_restore_pipeline_takes_no_relative_time() {
     );
     assert!(found[1].message.contains("is not a time"), "{found:#?}");
 }
+
+#[test]
+fn mark_schedules_are_one_period_or_a_list() {
+    let load_marks = |text: &str, vars: &[(&str, &str)]| {
+        let f = file(text);
+        load(&Sources {
+            file: Some(f.path().to_path_buf()),
+            env: env(vars),
+            ..Sources::default()
+        })
+        .map(|c| c.sink.marks)
+    };
+    use super::MarkEvery::{Daily, Hourly, Weekly};
+    assert_eq!(load_marks("", &[]).unwrap(), vec![]);
+    assert_eq!(load_marks("[sink]\nmarks = \"off\"", &[]).unwrap(), vec![]);
+    assert_eq!(
+        load_marks("[sink]\nmarks = \"daily\"", &[]).unwrap(),
+        vec![Daily]
+    );
+    assert_eq!(
+        load_marks("[sink]\nmarks = [\"daily\", \"weekly\"]", &[]).unwrap(),
+        vec![Daily, Weekly]
+    );
+    assert_eq!(
+        load_marks("", &[("REWIND__SINK__MARKS", "hourly")]).unwrap(),
+        vec![Hourly]
+    );
+    let f = file("[sink]\nmarks = \"monthly\"");
+    let found = problems(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[]),
+        ..Sources::default()
+    });
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("sink.marks") && p.contains("\"weekly\" or a list")),
+        "{found:?}"
+    );
+}

@@ -235,11 +235,11 @@ async fn run_pipeline(
                     &config.restore.progress_topic,
                 )?
             };
-            let marks = crate::marks::every(
+            let marks = crate::marks::schedules(
                 client.clone(),
                 store.clone(),
                 opts.topics.clone(),
-                spec.sink.marks,
+                spec.sink.marks.clone(),
             );
             let report = tokio::select! {
                 report = sink::run(client, store, opts, stop) => report,
