@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod failpoint;
 pub mod kafka;
 pub mod live;

@@ -40,6 +40,13 @@ pub const MARK_LAST_TAKEN: &str = "rewind_mark_last_taken_timestamp_seconds";
 /// Scheduled restore points that could not be taken (tried again a minute later).
 pub const MARK_ERRORS: &str = "rewind_mark_errors_total";
 
+/// Restore drills run (`result`: passed, failed, error).
+pub const DRILLS: &str = "rewind_drills_total";
+/// When the last drill that passed finished (seconds since the epoch).
+pub const DRILL_LAST_SUCCESS: &str = "rewind_drill_last_success_timestamp_seconds";
+/// The full-restore time the last passing drill measured for a topic (`topic`): the recovery time objective.
+pub const DRILL_RTO: &str = "rewind_drill_estimated_restore_seconds";
+
 /// Records produced into the target cluster by restores (`topic`: the target topic).
 pub const RESTORE_RECORDS: &str = "rewind_restore_records_total";
 /// Key and value bytes produced by restores (`topic`).
@@ -79,6 +86,21 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 }
 
 fn describe() {
+    describe_counter!(
+        DRILLS,
+        Unit::Count,
+        "Restore drills run, by result (passed, failed, error)."
+    );
+    describe_gauge!(
+        DRILL_LAST_SUCCESS,
+        Unit::Seconds,
+        "When the last restore drill that passed finished, in seconds since the epoch."
+    );
+    describe_gauge!(
+        DRILL_RTO,
+        Unit::Seconds,
+        "Time a full restore of the topic would take at the last passing drill's rate."
+    );
     describe_counter!(
         MARKS_TAKEN,
         Unit::Count,

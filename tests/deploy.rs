@@ -236,6 +236,8 @@ fn the_alert_rules_name_only_metrics_rewind_exports() {
         ("rewind_pipeline_restarts_total", &["pipeline"][..]),
         ("rewind_restore_errors_total", &[][..]),
         ("rewind_restore_lag_records", &["topic"][..]),
+        ("rewind_drill_last_success_timestamp_seconds", &[][..]),
+        ("rewind_drills_total", &["result"][..]),
     ]);
     let metric = regex::Regex::new(r"rewind_[a-z_]+").unwrap();
     let rules: Yaml = serde_yaml::from_str(

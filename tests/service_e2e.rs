@@ -1227,3 +1227,89 @@ async fn sinks_take_each_scheduled_mark_once_and_the_api_takes_and_lists_marks()
         assert!(terminate(child).success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_drill_runs_once_per_period_across_workers_and_exports_its_result() {
+    common::no_instance_metadata();
+    let topic = common::unique("svc-drill");
+    create_topic(&topic, 2, &[]).await;
+    for p in 0..2 {
+        produce(&topic, p, &traffic(p, 0, 30)).await;
+    }
+    let (archive, store) = s3_archive().await;
+    let out = common::sink_command(&archive, &topic, &common::unique("g"))
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let drill = format!(
+        "\n[drill]\nevery = \"hourly\"\nsample = \"3h\"\ntopics = \"{}\"\n",
+        regex::escape(&topic).replace('\\', "\\\\")
+    );
+    let service = ServiceDir::new(&archive, &drill, &[]);
+    let (a, b) = (free_addr(), free_addr());
+    let mut first = service.start(&a, "a.log");
+    let mut second = service.start(&b, "b.log");
+    let runs = |result: &str| {
+        [&a, &b]
+            .iter()
+            .map(|addr| counter(addr, &format!("rewind_drills_total{{result=\"{result}\"}}")))
+            .sum::<f64>()
+    };
+    wait_until("the hour's drill passed", Duration::from_secs(120), || {
+        [&a, &b]
+            .iter()
+            .all(|addr| request(addr, "GET", "/healthz", None).is_some_and(|r| r.status == 200))
+            && runs("passed") >= 1.0
+    });
+    // One worker ran it; the other found the period claimed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        runs("passed"),
+        1.0,
+        "{}{}",
+        service.log("a.log"),
+        service.log("b.log")
+    );
+    assert_eq!(runs("failed") + runs("error"), 0.0);
+    let reports = store.list("_drills/").await.unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report: Value =
+        serde_json::from_slice(&store.get(&reports[0].key).await.unwrap().body).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["records"], 60, "{report}");
+    let ran_on = if counter(&a, "rewind_drills_total") > 0.0 {
+        &a
+    } else {
+        &b
+    };
+    let metrics = get(ran_on, "/metrics").body;
+    assert!(
+        metrics.contains("rewind_drill_last_success_timestamp_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "rewind_drill_estimated_restore_seconds{{topic=\"{topic}\"}}"
+        )),
+        "{metrics}"
+    );
+    for child in [&mut first, &mut second] {
+        assert!(terminate(child).success());
+    }
+    // A worker that starts later exports when the last drill passed, read from the archive.
+    let c = free_addr();
+    let mut third = service.start(&c, "c.log");
+    wait_until(
+        "the third worker read the last drill",
+        Duration::from_secs(60),
+        || {
+            request(&c, "GET", "/metrics", None).is_some_and(|r| {
+                r.body
+                    .contains("rewind_drill_last_success_timestamp_seconds")
+            })
+        },
+    );
+    assert_eq!(counter(&c, "rewind_drills_total"), 0.0);
+    assert!(terminate(&mut third).success());
+}

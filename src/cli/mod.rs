@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod check;
 mod demo;
+mod drill;
 mod mark;
 mod restore;
 mod run;
@@ -46,6 +47,8 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Record a named restore point: the cluster's offsets now, for `restore --to-mark`.
     Mark(mark::MarkArgs),
+    /// Prove the archive restores: a window into scratch topics, compared record by record, timed.
+    Drill(drill::DrillArgs),
     /// Check that the archive is sound: contiguous chains, footers, checkpoints (--deep: every byte).
     Verify(tools::VerifyArgs),
     /// Look records up in the archive by key, time window and header (JSON lines).
@@ -186,6 +189,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Sink(args) => sink::run(args).await,
         Command::Restore(args) => restore::run(args).await,
         Command::Mark(args) => mark::run(args).await,
+        Command::Drill(args) => drill::run(args).await,
         Command::Verify(args) => tools::verify(args).await,
         Command::Find(args) => tools::find(args).await,
         Command::Ls(args) => tools::ls(args).await,

@@ -47,8 +47,46 @@ pub struct Config {
     pub restore: RestoreConfig,
     /// The service (`rewind run`): HTTP API, pipelines, restarts.
     pub service: ServiceConfig,
+    /// Restore drills (`rewind drill`, and on a schedule in `rewind run`).
+    pub drill: DrillConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Restore drills: where `rewind run` runs them and how often, and the key that signs reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillConfig {
+    /// How often `rewind run` runs a drill: `off`, `hourly`, `daily` or `weekly`.
+    pub every: MarkEvery,
+    /// The cluster drills restore into (scratch topics only), by name: `default` is `[kafka]`.
+    pub cluster: String,
+    /// The archive drilled, by name.
+    pub archive: String,
+    /// Each scheduled drill restores a window of this length sampled at random from the archive.
+    #[serde(with = "units::duration")]
+    pub sample: Duration,
+    /// Regular expression of archived topics to drill.
+    pub topics: String,
+    /// Scratch topics are named `<prefix><drill id>.<topic>`.
+    pub prefix: String,
+    /// Ed25519 private key (PKCS#8 PEM) that signs drill reports: write it `${file:/path}` or
+    /// `${env:NAME}`.
+    pub sign_key: Option<String>,
+}
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        DrillConfig {
+            every: MarkEvery::Off,
+            cluster: "default".into(),
+            archive: "default".into(),
+            sample: Duration::from_secs(3600),
+            topics: ".*".into(),
+            prefix: "rewind-drill-".into(),
+            sign_key: None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -62,6 +100,7 @@ impl Default for Config {
             sink: SinkConfig::default(),
             restore: RestoreConfig::default(),
             service: ServiceConfig::default(),
+            drill: DrillConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -541,6 +580,7 @@ impl Config {
             &mut shown.storage.s3.secret_access_key,
             &mut shown.storage.s3.session_token,
             &mut shown.service.api_token,
+            &mut shown.drill.sign_key,
         ] {
             if secret.is_some() {
                 *secret = Some("<redacted>".into());

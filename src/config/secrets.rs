@@ -78,6 +78,9 @@ impl Config {
         if let Some(token) = &mut self.service.api_token {
             resolve("service.api_token".into(), true, token);
         }
+        if let Some(key) = &mut self.drill.sign_key {
+            resolve("drill.sign_key".into(), true, key);
+        }
         let s3 = &mut self.storage.s3;
         for (key, value) in [
             ("access_key_id", &mut s3.access_key_id),

@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod control;
+mod drills;
 pub mod guard;
 mod marks;
 mod registry;

@@ -84,6 +84,14 @@ impl Registry {
             identity,
         });
         tokio::spawn(recall_restores(registry.clone()));
+        if registry.config.drill.every != crate::config::MarkEvery::Off {
+            let registry_ = registry.clone();
+            if !registry.isolated("scheduled drills", move || {
+                super::drills::schedule(registry_)
+            }) {
+                tracing::error!("cannot start the drill schedule");
+            }
+        }
         for pipeline in registry.pipelines.values() {
             if !pipeline.spec.enabled {
                 continue;

@@ -60,7 +60,7 @@ fn rewind_command(command: &str, archive: &str) -> std::process::Command {
         &s3_endpoint(),
         "--s3-path-style",
     ]);
-    if matches!(command, "sink" | "restore" | "check" | "mark") {
+    if matches!(command, "sink" | "restore" | "check" | "mark" | "drill") {
         cmd.args(["--bootstrap-servers", &kafka_bootstrap()]);
     }
     cmd.env("AWS_ACCESS_KEY_ID", s3_access_key())
@@ -88,6 +88,11 @@ pub fn restore_command(archive: &str) -> std::process::Command {
 /// `rewind mark --archive <archive>` against the test bed's broker. Callers add the name and flags.
 pub fn mark_command(archive: &str) -> std::process::Command {
     rewind_command("mark", archive)
+}
+
+/// `rewind drill --archive <archive>` into the test bed's broker. Callers add the window and flags.
+pub fn drill_command(archive: &str) -> std::process::Command {
+    rewind_command("drill", archive)
 }
 
 /// `rewind <tool> --archive <archive>` (verify, find, ls, retention) on the test bed.
