@@ -176,10 +176,12 @@ pub fn sign(report: &mut DrillReport, key: &SigningKey) {
 
 /// Check the signature of the report `text` against `key`: `Ok` with the report, or why not.
 pub fn verify_report(text: &[u8], key: &VerifyingKey) -> Result<DrillReport, String> {
+    // From the text first: a field given twice is refused there (a reader that keeps the first of
+    // two values would read another report than the one signed).
+    let report: DrillReport = serde_json::from_slice(text)
+        .map_err(|e| format!("the report is not a Rewind drill report: {e}"))?;
     let value: Value =
         serde_json::from_slice(text).map_err(|e| format!("the report is not JSON: {e}"))?;
-    let report: DrillReport = serde_json::from_value(value.clone())
-        .map_err(|e| format!("the report is not a Rewind drill report: {e}"))?;
     let Some(signature) = &report.signature else {
         return Err("the report is not signed".into());
     };
@@ -256,11 +258,17 @@ pub async fn drill(
     let listed = chain::list_all(&*store)
         .await
         .map_err(|e| DrillError::Archive(e.into()))?;
-    let archived: BTreeSet<String> = listed
+    let mut archived: BTreeSet<String> = listed
         .keys()
         .map(|(t, _)| t.clone())
         .filter(|t| topics.is_match(t))
         .collect();
+    // A window ending at a mark restores the topics the mark recorded: only they get scratch topics.
+    if let Some(name) = &opts.job.to_mark {
+        if let Some(mark) = crate::archive::marks::read(&*store, name).await? {
+            archived.retain(|t| mark.has_topic(t));
+        }
+    }
     if archived.is_empty() {
         return Err(DrillError::Usage(format!(
             "no archived topic matches --topics {:?}; nothing to drill",
@@ -277,9 +285,16 @@ pub async fn drill(
         }
         renames.insert(topic.clone(), scratch);
     }
+    // Exactly these topics: one archived after this listing must not be restored under its own name.
+    let exactly = archived
+        .iter()
+        .map(|t| regex::escape(t))
+        .collect::<Vec<_>>()
+        .join("|");
     let job = |from: String, to: String| RestoreJob {
         from,
         to,
+        topics: exactly.clone(),
         renames: renames.clone(),
         restore_id: Some(id.clone()),
         follow: false,
@@ -305,7 +320,7 @@ pub async fn drill(
             .map_err(DrillError::from),
         Some(length) => {
             sample(&*store, &listed, &archived, length, |from, to| {
-                options(&job(from.to_string(), to.to_string()))
+                options(&job(rfc3339_millis(from), rfc3339_millis(to)))
             })
             .await
         }
@@ -410,21 +425,21 @@ pub async fn drill(
             report.restore_ms = (took * 1000.0).round() as u64;
             report.records_per_second = (r.records as f64 / took).round() as u64;
             report.bytes_per_second = (r.bytes as f64 / took).round() as u64;
-            if r.records != planned_records {
+            // The restore plans again as it starts (the sink may have added files since the
+            // drill's plan): what it committed to restore is what is compared.
+            if r.records != r.planned_records {
                 report.failures.push(format!(
-                    "the restore wrote {} records where the plan counted {planned_records}",
-                    r.records
+                    "the restore wrote {} records where its plan counted {}",
+                    r.records, r.planned_records
                 ));
             }
+            tracing::info!(
+                drill = id,
+                "drill: reading the scratch topics back and comparing with the archive"
+            );
+            compare(&client, &*store, &r.ranges, &renames, &mut report).await;
+            estimate(&*store, &restore_opts, &mut report).await;
         }
-    }
-    if report.failures.is_empty() {
-        tracing::info!(
-            drill = id,
-            "drill: reading the scratch topics back and comparing with the archive"
-        );
-        compare(&client, &*store, &planned, &mut report).await?;
-        estimate(&*store, &restore_opts, &mut report).await;
     }
     // The scratch topics go whatever happened (a failed restore may have created some).
     report.scratch_topics_deleted = if opts.keep {
@@ -473,28 +488,25 @@ async fn sample<F>(
 where
     F: Fn(i64, i64) -> Result<restore::RestoreOptions, DrillError>,
 {
-    // The archive's time range from the hours its files are filed under.
+    // A window around the hour of a file drawn at random: every draw overlaps archived records,
+    // and a stray timestamp (a file filed under 1970) is drawn no more often than any other file.
     let hours: Vec<i64> = listed
         .iter()
         .filter(|((t, _), _)| topics.contains(t))
         .flat_map(|(_, files)| files.iter().map(|(k, _)| k.bucket.start_millis()))
         .collect();
-    let (Some(&first), Some(&last)) = (hours.iter().min(), hours.iter().max()) else {
+    if hours.is_empty() {
         return Err(DrillError::Usage(
             "the archive holds no files of the selected topics".into(),
         ));
-    };
-    let (first, last) = (first, last + 3_600_000);
-    let length = i64::try_from(length.as_millis()).unwrap_or(i64::MAX).max(1);
+    }
+    let length = i64::try_from(length.as_millis())
+        .unwrap_or(i64::MAX)
+        .clamp(1, 366 * 86_400_000);
     let mut planned = None;
     for _ in 0..SAMPLES {
-        let span = (last - first - length).max(0);
-        let from = first
-            + if span > 0 {
-                rand::random_range(0..=span)
-            } else {
-                0
-            };
+        let hour = hours[rand::random_range(0..hours.len())];
+        let from = hour - rand::random_range(0..length) + 3_600_000 / 2;
         let o = options(from, from.saturating_add(length))?;
         let plan = restore::plan(store, &o).await?;
         let records: u64 = plan.partitions.iter().map(|p| p.records).sum();
@@ -543,7 +555,7 @@ async fn delete_topics(client: &ClientConfig, names: &[String]) -> Result<(), St
 }
 
 /// What one record contributes to a partition's digest.
-fn digest_record(hash: &mut Sha256, r: &Record) {
+fn digest_record(hash: &mut Sha256, r: &Record, timestamp: Option<i64>) {
     let field = |hash: &mut Sha256, v: Option<&[u8]>| match v {
         None => hash.update([0u8]),
         Some(b) => {
@@ -552,7 +564,7 @@ fn digest_record(hash: &mut Sha256, r: &Record) {
             hash.update(b);
         }
     };
-    hash.update(r.timestamp.unwrap_or(-1).to_be_bytes());
+    hash.update(timestamp.unwrap_or(-1).to_be_bytes());
     field(hash, r.key.as_deref());
     field(hash, r.value.as_deref());
     hash.update((r.headers.len() as u64).to_be_bytes());
@@ -564,7 +576,10 @@ fn digest_record(hash: &mut Sha256, r: &Record) {
 
 /// How two records differ, if they do.
 fn difference(archived: &Record, restored: &Record) -> Option<&'static str> {
-    if archived.timestamp.unwrap_or(-1) != restored.timestamp.unwrap_or(-1) {
+    // A timestamp of exactly 0 cannot be sent (librdkafka stamps such a record with the time it is
+    // produced; the restore says so): it is not held against the archive.
+    let stamped = archived.timestamp == Some(0);
+    if !stamped && archived.timestamp.unwrap_or(-1) != restored.timestamp.unwrap_or(-1) {
         Some("timestamp")
     } else if archived.key != restored.key {
         Some("key")
@@ -577,21 +592,25 @@ fn difference(archived: &Record, restored: &Record) -> Option<&'static str> {
     }
 }
 
-/// Read every planned partition back from its scratch topic and compare it with the archive's
-/// records of the same range.
+/// Read every restored partition back from its scratch topic and compare it with the archive's
+/// records of the same range. What cannot be read (a damaged file, a scratch partition that does
+/// not answer) is a failure of the drill, recorded in the report.
 async fn compare(
     client: &ClientConfig,
     store: &dyn ObjectStore,
-    planned: &restore::plan::Planned,
+    ranges: &[(String, i32, i64, i64)],
+    renames: &BTreeMap<String, String>,
     report: &mut DrillReport,
-) -> Result<(), DrillError> {
+) {
     let mut by_topic: BTreeMap<String, TopicResult> = BTreeMap::new();
-    for (plan, chain) in planned.partitions.iter().zip(&planned.chains) {
-        let topic = by_topic
-            .entry(plan.topic.clone())
+    for (topic, partition, start, end) in ranges {
+        let (partition, start, end) = (*partition, *start, *end);
+        let scratch = renames.get(topic).cloned().unwrap_or_else(|| topic.clone());
+        let result = by_topic
+            .entry(topic.clone())
             .or_insert_with(|| TopicResult {
-                topic: plan.topic.clone(),
-                scratch_topic: plan.target_topic.clone(),
+                topic: topic.clone(),
+                scratch_topic: scratch.clone(),
                 records: 0,
                 bytes: 0,
                 archived_records: 0,
@@ -599,41 +618,39 @@ async fn compare(
                 estimated_full_restore_seconds: 0,
                 partitions: Vec::new(),
             });
-        // The archive's side, read and checked file by file.
-        let mut archived = Vec::new();
-        for file in crate::restore::plan::files_in(&chain.files, plan.start, plan.end) {
-            let body = store
-                .get(&file.key)
-                .await
-                .map_err(|e| DrillError::Archive(e.into()))?
-                .body;
-            match tokio::task::spawn_blocking(move || datafile::decode(body))
-                .await
-                .expect("the decoder does not panic")
-            {
-                Ok((_, records)) => archived.extend(
-                    records
-                        .into_iter()
-                        .filter(|r| (plan.start..plan.end).contains(&r.offset)),
-                ),
-                Err(e) => {
-                    report.failures.push(format!(
-                        "{}: {} cannot be read: {e}",
-                        store.url(),
-                        file.key
-                    ));
-                }
+        let archived = match archived_records(store, topic, partition, start, end).await {
+            Ok(records) => records,
+            Err(e) => {
+                report.failures.push(format!("{topic}/{partition}: {e}"));
+                continue;
             }
-        }
+        };
         let restored = {
-            let (client, target, partition) =
-                (client.clone(), plan.target_topic.clone(), plan.partition);
+            let (client, target) = (client.clone(), scratch.clone());
             crate::kafka::blocking(move || read_back(&client, &target, partition)).await
-        }
-        .map_err(|e| ClusterError::client(&crate::kafka::servers(client), e))?;
+        };
+        let restored = match restored {
+            Ok(records) => records,
+            Err(e) => {
+                report.failures.push(format!(
+                    "{topic}/{partition}: its scratch partition {scratch}/{partition} could not be read back: {e}"
+                ));
+                continue;
+            }
+        };
         let (mut a, mut b) = (Sha256::new(), Sha256::new());
-        archived.iter().for_each(|r| digest_record(&mut a, r));
-        restored.iter().for_each(|r| digest_record(&mut b, r));
+        archived
+            .iter()
+            .for_each(|r| digest_record(&mut a, r, r.timestamp));
+        // A record archived with timestamp 0 comes back restamped (see `difference`): it is
+        // digested as 0 on both sides.
+        restored.iter().enumerate().for_each(|(i, r)| {
+            let timestamp = match archived.get(i) {
+                Some(x) if x.timestamp == Some(0) => Some(0),
+                _ => r.timestamp,
+            };
+            digest_record(&mut b, r, timestamp)
+        });
         let hex = |h: Sha256| {
             h.finalize()
                 .iter()
@@ -655,26 +672,23 @@ async fn compare(
             .or_else(|| {
                 (archived.len() != restored.len()).then(|| {
                     format!(
-                        "{} records archived in [{}, {}) but {} read back",
+                        "{} records archived in [{start}, {end}) but {} read back",
                         archived.len(),
-                        plan.start,
-                        plan.end,
                         restored.len()
                     )
                 })
             });
         if let Some(m) = &mismatch {
-            report.failures.push(format!(
-                "{}/{} restored into {}: {m}",
-                plan.topic, plan.partition, plan.target_topic
-            ));
+            report
+                .failures
+                .push(format!("{topic}/{partition} restored into {scratch}: {m}"));
         }
-        topic.records += restored.len() as u64;
-        topic.bytes += restored.iter().map(Record::payload_len).sum::<usize>() as u64;
-        topic.partitions.push(PartitionResult {
-            partition: plan.partition,
-            start: plan.start,
-            end: plan.end,
+        result.records += restored.len() as u64;
+        result.bytes += restored.iter().map(Record::payload_len).sum::<usize>() as u64;
+        result.partitions.push(PartitionResult {
+            partition,
+            start,
+            end,
             archived: archived.len() as u64,
             restored: restored.len() as u64,
             archive_sha256: hex(a),
@@ -683,10 +697,48 @@ async fn compare(
         });
     }
     report.topics = by_topic.into_values().collect();
-    Ok(())
 }
 
-/// Every record of one scratch partition, as a `read_committed` consumer sees it.
+/// The archive's records of `topic`/`partition` in `[start, end)`, each file read whole and
+/// checked.
+async fn archived_records(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+    start: i64,
+    end: i64,
+) -> Result<Vec<Record>, String> {
+    let listed = chain::list_files(
+        store,
+        &crate::archive::paths::DataFileKey::partition_prefix(topic, partition),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let files = listed
+        .get(&(topic.to_string(), partition))
+        .map_or(&[][..], Vec::as_slice);
+    let chain = chain::load(store, topic, partition, files, &BTreeMap::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for file in crate::restore::plan::files_in(&chain.files, start, end) {
+        let body = store.get(&file.key).await.map_err(|e| e.to_string())?.body;
+        let decoded = tokio::task::spawn_blocking(move || datafile::decode(body))
+            .await
+            .map_err(|e| format!("{}: {} could not be decoded: {e}", store.url(), file.key))?
+            .map_err(|e| format!("{}: {} cannot be read: {e}", store.url(), file.key))?;
+        out.extend(
+            decoded
+                .1
+                .into_iter()
+                .filter(|r| (start..end).contains(&r.offset)),
+        );
+    }
+    Ok(out)
+}
+
+/// Every record of one scratch partition, as a `read_committed` consumer sees it. Gives up when
+/// nothing arrives for [`READ_TIMEOUT`].
 fn read_back(
     client: &ClientConfig,
     topic: &str,
@@ -711,26 +763,36 @@ fn read_back(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
     consumer.assign(&tpl)?;
-    let deadline = Instant::now() + READ_TIMEOUT;
+    let mut last_progress = Instant::now();
     loop {
-        let position = consumer.position()?;
-        let done = position
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(e),
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                if m.offset() < high {
+                    out.push(crate::sink::to_record(&m));
+                }
+                if m.offset() + 1 >= high {
+                    return Ok(out);
+                }
+                continue;
+            }
+            None => {}
+        }
+        // Idle: the end may be transaction markers that deliver nothing; the position passes them.
+        let done = consumer
+            .position()?
             .elements()
             .iter()
             .all(|e| matches!(e.offset(), Offset::Offset(o) if o >= high));
         if done {
             return Ok(out);
         }
-        if Instant::now() > deadline {
+        if last_progress.elapsed() > READ_TIMEOUT {
             return Err(KafkaError::MessageConsumption(
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
             ));
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => return Err(e),
-            Some(Ok(m)) if m.offset() < high => out.push(crate::sink::to_record(&m)),
-            Some(Ok(_)) => {}
         }
     }
 }

@@ -73,13 +73,25 @@ pub async fn take(
     if marks::read(store, &request.name).await?.is_some() {
         return Err(taken(&request.name));
     }
-    let archived: BTreeSet<String> = marks::held(store, |_, _| true)
-        .await?
-        .into_keys()
-        .map(|(t, _)| t)
-        .collect();
+    // What the archive holds before the cut is taken: it can only be behind the cluster then.
+    let held = marks::held(store, |t, _| {
+        request.topics.as_ref().is_none_or(|s| s.is_match(t))
+    })
+    .await?;
+    let archived: BTreeSet<String> = held.keys().map(|(t, _)| t.clone()).collect();
     let (client, selector) = (client.clone(), request.topics.clone());
     let cut = crate::kafka::blocking(move || cut(&client, selector.as_ref(), &archived)).await?;
+    // The archive past the cluster's log end: the topic was deleted and created again, and its
+    // offsets start over below what the archive holds (the sink refuses such partitions).
+    if let Some((p, reached)) = cut.partitions.iter().find_map(|p| {
+        let reached = held.get(&(p.topic.clone(), p.partition))?.reached?;
+        (reached > p.offset).then_some((p, reached))
+    }) {
+        return Err(MarkError::Found(format!(
+            "{}/{}: the archive holds offsets up to {reached} but the cluster's log ends at {}: the topic was deleted and created again, so a mark would name offsets of the old topic; move the old chain aside (docs/archive-format.md, \"Offsets that go backwards\") or leave the topic out with --exclude",
+            p.topic, p.partition, p.offset
+        )));
+    }
     if let Some(connected) = &cut.cluster_id {
         if *connected != identity.cluster_id && !request.allow_cluster_change {
             return Err(MarkError::Usage(format!(
@@ -360,7 +372,8 @@ fn cut(
         })
         .collect();
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    last_records(&consumer, &mut partitions).map_err(kafka)?;
+    drop(consumer);
+    last_records(&config, &mut partitions).map_err(kafka)?;
     Ok(Cut {
         taken_at_ms,
         cluster_id,
@@ -372,7 +385,7 @@ fn cut(
 /// `read_committed` consumer: the last 64 offsets first, then further back (×64 each round) for the
 /// partitions whose tail held only transaction markers and aborted records, down to the log start.
 fn last_records(
-    consumer: &BaseConsumer<Ctx>,
+    config: &ClientConfig,
     partitions: &mut [MarkedPartition],
 ) -> Result<(), KafkaError> {
     let mut back: i64 = 64;
@@ -388,12 +401,16 @@ fn last_records(
             tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(from))?;
             index.insert((p.topic.clone(), p.partition), i);
         }
+        // A consumer of its own each round: a position left from the round before would read as
+        // past the cut.
+        let consumer: BaseConsumer<Ctx> = config.create_with_context(Ctx)?;
+        crate::kafka::ready(&consumer);
         consumer.assign(&tpl)?;
         let mut found: BTreeMap<usize, i64> = BTreeMap::new();
         let mut done: BTreeSet<usize> = BTreeSet::new();
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut last_progress = Instant::now();
         while done.len() < todo.len() {
-            if Instant::now() > deadline {
+            if last_progress.elapsed() > REQUEST_TIMEOUT {
                 return Err(KafkaError::MessageConsumption(
                     rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
                 ));
@@ -402,6 +419,7 @@ fn last_records(
                 None | Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => return Err(e),
                 Some(Ok(m)) => {
+                    last_progress = Instant::now();
                     if let Some(&i) = index.get(&(m.topic().to_string(), m.partition())) {
                         if m.offset() < partitions[i].offset {
                             found.insert(i, m.offset() + 1);
@@ -409,9 +427,10 @@ fn last_records(
                             done.insert(i);
                         }
                     }
+                    continue;
                 }
             }
-            // The position passes markers and aborted records that deliver nothing.
+            // Idle: the position passes markers and aborted records that deliver nothing.
             for e in consumer.position()?.elements() {
                 if let (Some(&i), Offset::Offset(o)) = (
                     index.get(&(e.topic().to_string(), e.partition())),
@@ -437,7 +456,6 @@ fn last_records(
         todo = again;
         back = back.saturating_mul(64);
     }
-    consumer.unassign()?;
     Ok(())
 }
 

@@ -92,7 +92,15 @@ async fn a_clean_drill_passes_with_exact_counts_and_a_signature_an_auditor_can_c
     let keys = tempfile::tempdir().unwrap();
     let (private, public) = key_pair(keys.path(), 7);
     let out = drill(&archive)
-        .args(["--topics", &topic, "--sign-key", &private, "--json"])
+        .args([
+            "--topics",
+            &topic,
+            "--from",
+            "earliest",
+            "--sign-key",
+            &private,
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::text(&out.stderr));
@@ -113,7 +121,7 @@ async fn a_clean_drill_passes_with_exact_counts_and_a_signature_an_auditor_can_c
         assert_eq!(p["archive_sha256"], p["restored_sha256"]);
     }
     let scratch = t["scratch_topic"].as_str().unwrap();
-    assert!(scratch.starts_with("rewind-drill-") && scratch.ends_with(&format!(".{topic}")));
+    assert!(scratch.starts_with("__rewind-drill-") && scratch.ends_with(&format!(".{topic}")));
     assert_eq!(report["scratch_topics_deleted"], true);
     assert!(!topic_exists(scratch), "scratch topic {scratch} is left");
 
@@ -214,7 +222,7 @@ async fn a_drill_over_a_damaged_archive_fails_and_names_the_damage() {
     std::fs::write(victim, &bytes).unwrap();
     let name = victim.file_name().unwrap().to_string_lossy().into_owned();
     let out = drill(&archive)
-        .args(["--topics", &topic, "--json"])
+        .args(["--topics", &topic, "--from", "earliest", "--json"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
@@ -230,7 +238,7 @@ async fn a_drill_over_a_damaged_archive_fails_and_names_the_damage() {
     let files = data_files(dir.path());
     std::fs::remove_file(&files[1]).unwrap();
     let out = drill(&archive)
-        .args(["--topics", &topic, "--json"])
+        .args(["--topics", &topic, "--from", "earliest", "--json"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));

@@ -114,12 +114,14 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Vec<Mark>, ArchiveError> {
 }
 
 /// How far the archive holds one partition: `[start, reached)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Held {
     /// The chain's first offset (after retention); `None` when nothing is archived.
     pub start: Option<i64>,
     /// Where the chain continues: its last file's or gap's end, or the checkpoint's.
     pub reached: Option<i64>,
+    /// Recorded gaps `[start, end)`: offsets the broker deleted before they were archived.
+    pub gaps: Vec<(i64, i64)>,
 }
 
 /// What the archive holds of a mark, partition by partition.
@@ -131,6 +133,9 @@ pub struct MarkStatus {
     /// the mark that the archive no longer (or never) holds: `(topic, partition, archive start,
     /// log start)`.
     pub short: Vec<(String, i32, i64, i64)>,
+    /// Partitions with a recorded gap below the cut: records the broker deleted before the sink
+    /// archived them: `(topic, partition, gap start, gap end)`.
+    pub lost: Vec<(String, i32, i64, i64)>,
 }
 
 impl MarkStatus {
@@ -141,14 +146,14 @@ impl MarkStatus {
 
     /// A restore from the archive's start to the mark gives every record the cluster held at it.
     pub fn whole(&self) -> bool {
-        self.behind.is_empty() && self.short.is_empty()
+        self.behind.is_empty() && self.short.is_empty() && self.lost.is_empty()
     }
 
     /// One word for the inventory.
     pub fn word(&self) -> &'static str {
         if !self.complete() {
             "pending"
-        } else if !self.short.is_empty() {
+        } else if !self.short.is_empty() || !self.lost.is_empty() {
             "partial"
         } else {
             "complete"
@@ -173,6 +178,13 @@ impl MarkStatus {
                 self.short.len()
             ));
         }
+        if !self.lost.is_empty() {
+            let (t, p, start, end) = &self.lost[0];
+            parts.push(format!(
+                "{} partition(s) with records below the mark that the broker deleted before they were archived (the first, {t}/{p}, offsets [{start}, {end}))",
+                self.lost.len()
+            ));
+        }
         if parts.is_empty() {
             "archived up to the mark, from the log start it recorded".to_string()
         } else {
@@ -186,6 +198,7 @@ pub fn status(mark: &Mark, held: &BTreeMap<(String, i32), Held>) -> MarkStatus {
     let mut status = MarkStatus {
         behind: Vec::new(),
         short: Vec::new(),
+        lost: Vec::new(),
     };
     for p in &mark.partitions {
         if p.records_end <= p.log_start {
@@ -194,8 +207,15 @@ pub fn status(mark: &Mark, held: &BTreeMap<(String, i32), Held>) -> MarkStatus {
         }
         let h = held
             .get(&(p.topic.clone(), p.partition))
-            .copied()
+            .cloned()
             .unwrap_or_default();
+        if let Some(&(start, end)) = h
+            .gaps
+            .iter()
+            .find(|(s, e)| *s < p.records_end && *e > p.log_start)
+        {
+            status.lost.push((p.topic.clone(), p.partition, start, end));
+        }
         if h.reached.is_none_or(|r| r < p.records_end) {
             status
                 .behind
@@ -235,7 +255,15 @@ pub async fn held(
         let files = listed
             .get(&(topic.clone(), partition))
             .map_or(&[][..], Vec::as_slice);
-        let chain = chain::load(store, &topic, partition, files, &known).await?;
+        // One unreadable chain must not hide every other partition's state: it counts as not
+        // archived (its marks stay pending), and `rewind verify` names what is wrong.
+        let chain = match chain::load(store, &topic, partition, files, &known).await {
+            Ok(chain) => chain,
+            Err(e) => {
+                tracing::warn!(topic, partition, error = %e, "cannot read the chain to check marks against it");
+                continue;
+            }
+        };
         let checkpoint = documents::read_checkpoint(store, &topic, partition).await?;
         let gap_end = chain.gaps.iter().map(|g| g.end).max();
         let reached = [chain.end(), gap_end, checkpoint.as_ref().map(|c| c.doc.end)]
@@ -246,7 +274,15 @@ pub async fn held(
             .start()
             .or_else(|| chain.gaps.first().map(|g| g.start))
             .or(reached);
-        out.insert((topic, partition), Held { start, reached });
+        let gaps = chain.gaps.iter().map(|g| (g.start, g.end)).collect();
+        out.insert(
+            (topic, partition),
+            Held {
+                start,
+                reached,
+                gaps,
+            },
+        );
     }
     Ok(out)
 }
@@ -282,7 +318,16 @@ mod tests {
         parts
             .iter()
             .enumerate()
-            .map(|(i, &(start, reached))| (("t".to_string(), i as i32), Held { start, reached }))
+            .map(|(i, &(start, reached))| {
+                (
+                    ("t".to_string(), i as i32),
+                    Held {
+                        start,
+                        reached,
+                        gaps: Vec::new(),
+                    },
+                )
+            })
             .collect()
     }
 
@@ -309,6 +354,26 @@ mod tests {
         assert!(s
             .describe()
             .contains("at 150 where the cluster held records from 100"));
+    }
+
+    #[test]
+    fn a_gap_below_the_cut_makes_a_reached_mark_partial() {
+        // The sink was away while Kafka deleted [40, 60): a gap reaches past the cut at 50.
+        let m = mark(&[(0, 50, 50)]);
+        let mut h = held(&[(Some(0), Some(60))]);
+        h.get_mut(&("t".to_string(), 0)).unwrap().gaps = vec![(40, 60)];
+        let s = status(&m, &h);
+        assert!(s.complete());
+        assert!(!s.whole());
+        assert_eq!(s.word(), "partial");
+        assert!(
+            s.describe().contains("offsets [40, 60)"),
+            "{}",
+            s.describe()
+        );
+        // A gap after the cut costs the mark nothing.
+        h.get_mut(&("t".to_string(), 0)).unwrap().gaps = vec![(50, 60)];
+        assert!(status(&m, &h).whole());
     }
 
     #[test]

@@ -30,22 +30,13 @@ enum DrillCommand {
 struct RunArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Start of the window (as for `rewind restore`).
-    #[arg(
-        long,
-        value_name = "T",
-        default_value = "earliest",
-        allow_negative_numbers = true
-    )]
-    from: String,
-    /// End of the window (exclusive).
-    #[arg(
-        long,
-        value_name = "T",
-        default_value = "latest",
-        allow_negative_numbers = true
-    )]
-    to: String,
+    /// Start of the window (as for `rewind restore`; `earliest` for the archive's beginning).
+    /// Without a window, a drill samples one hour (--sample 1h).
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    from: Option<String>,
+    /// End of the window (exclusive; `latest` for the archive's end).
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    to: Option<String>,
     /// Begin at a named restore point.
     #[arg(long, value_name = "NAME")]
     from_mark: Option<String>,
@@ -54,13 +45,14 @@ struct RunArgs {
     to_mark: Option<String>,
     /// Drill a window of this length sampled at random from the archive (e.g. 1h) instead.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse,
-          conflicts_with_all = ["from_mark", "to_mark"])]
+          conflicts_with_all = ["from", "to", "from_mark", "to_mark"])]
     sample: Option<std::time::Duration>,
     /// Regular expression of archived topics to drill (whole name; default all).
     #[arg(long, value_name = "REGEX", default_value = ".*")]
     topics: String,
-    /// Scratch topics are named <PREFIX><drill id>.<topic>.
-    #[arg(long, value_name = "PREFIX", default_value = "rewind-drill-")]
+    /// Scratch topics are named <PREFIX><drill id>.<topic> (a `__` prefix keeps them out of
+    /// sinks, which never back up `__` topics).
+    #[arg(long, value_name = "PREFIX", default_value = "__rewind-drill-")]
     prefix: String,
     /// Leave the scratch topics in place (to look at them); they are deleted otherwise.
     #[arg(long)]
@@ -96,8 +88,22 @@ pub async fn run(args: DrillArgs) -> Result<(), Failure> {
 async fn drill(args: RunArgs) -> Result<(), Failure> {
     let config = load_config(&args.common)?;
     let now = crate::archive::time::now_ms();
-    let (from, _) = absolute_time("from", &args.from, "earliest", now)?;
-    let (to, _) = absolute_time("to", &args.to, "latest", now)?;
+    let windowless = args.from.is_none()
+        && args.to.is_none()
+        && args.from_mark.is_none()
+        && args.to_mark.is_none();
+    // No window asked for: an hour sampled at random (the whole archive would be a full restore).
+    let sample = match (args.sample, windowless) {
+        (None, true) => Some(std::time::Duration::from_secs(3600)),
+        (sample, _) => sample,
+    };
+    let (from, _) = absolute_time(
+        "from",
+        args.from.as_deref().unwrap_or("earliest"),
+        "earliest",
+        now,
+    )?;
+    let (to, _) = absolute_time("to", args.to.as_deref().unwrap_or("latest"), "latest", now)?;
     let pem = match (&args.sign_key, &config.drill.sign_key) {
         (Some(path), _) => Some(std::fs::read_to_string(path).map_err(|e| {
             Failure::usage(format!(
@@ -121,7 +127,7 @@ async fn drill(args: RunArgs) -> Result<(), Failure> {
             to_mark: args.to_mark.clone(),
             ..RestoreJob::default()
         },
-        sample: args.sample,
+        sample,
         prefix: args.prefix.clone(),
         keep: args.keep,
         tuning: config.restore.clone(),

@@ -447,9 +447,11 @@ pub async fn ls(args: LsArgs) -> Result<(), Failure> {
         }
     }
     rows.sort_by_key(|r| (r[0].clone(), r[1].parse::<i32>().unwrap_or(i32::MAX)));
-    let marks = crate::marks::statuses(&*store)
-        .await
-        .map_err(Failure::found)?;
+    // The inventory stands without the marks: a mark that cannot be read is a warning here.
+    let marks = crate::marks::statuses(&*store).await.unwrap_or_else(|e| {
+        eprintln!("warning: the marks (_marks/) could not be read: {e}");
+        Vec::new()
+    });
     if args.json {
         let topics: Vec<Value> = by_topic
             .into_iter()
@@ -640,6 +642,19 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
             "NOT restorable in full (the archive began after its log start already)"
         };
         outln!("mark {} ({}): {why}, {whole}{cost}", m.name, m.taken_at);
+    }
+    let unruled: Vec<&str> = report
+        .kept_marks
+        .iter()
+        .filter(|m| m.rule.is_none() && m.files_held > 0)
+        .map(|m| m.name.as_str())
+        .collect();
+    if !unruled.is_empty() {
+        eprintln!(
+            "warning: {} mark(s) that no --keep-marks rule matches hold files back (the first, {}); they are kept until deleted: give rules for them (e.g. --keep-marks 'daily-.*=30d')",
+            unruled.len(),
+            unruled[0]
+        );
     }
     for m in &report.expired_marks {
         outln!(

@@ -68,7 +68,8 @@ pub struct DrillConfig {
     pub sample: Duration,
     /// Regular expression of archived topics to drill.
     pub topics: String,
-    /// Scratch topics are named `<prefix><drill id>.<topic>`.
+    /// Scratch topics are named `<prefix><drill id>.<topic>`; the `__` of the default keeps them
+    /// out of every sink (which never backs up `__` topics), even one of the drilled cluster.
     pub prefix: String,
     /// Ed25519 private key (PKCS#8 PEM) that signs drill reports: write it `${file:/path}` or
     /// `${env:NAME}`.
@@ -83,7 +84,7 @@ impl Default for DrillConfig {
             archive: "default".into(),
             sample: Duration::from_secs(3600),
             topics: ".*".into(),
-            prefix: "rewind-drill-".into(),
+            prefix: "__rewind-drill-".into(),
             sign_key: None,
         }
     }

@@ -253,7 +253,10 @@ pub async fn retention(
             .await
             .map_err(|e| OpsError::Input(e.to_string()))?;
         kept.iter()
-            .map(|(m, _)| marks::status(m, &held_now).short.is_empty())
+            .map(|(m, _)| {
+                let s = marks::status(m, &held_now);
+                s.short.is_empty() && s.lost.is_empty()
+            })
             .collect()
     };
     report.kept_marks = kept

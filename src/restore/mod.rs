@@ -203,6 +203,9 @@ pub struct RestoreReport {
     pub groups_skipped: Vec<String>,
     /// Records planned (`--to` reached) across partitions, for the summary.
     pub planned_records: u64,
+    /// Each partition's source range `[start, end)` as this run restores it (the plan it committed,
+    /// or resumed): `(topic, partition, start, end)`.
+    pub ranges: Vec<(String, i32, i64, i64)>,
     /// The restore was asked to stop before it finished.
     pub stopped: bool,
     /// `read_committed` consumers of the target see every record the restore committed: it waited

@@ -82,12 +82,10 @@ impl Cuts {
         })
     }
 
-    /// Whether the marks leave `topic` in the restore: each mark given must cover it.
+    /// Whether the marks leave `topic` in the restore: an end mark restores the topics it recorded;
+    /// a start mark alone keeps every topic (one it lacks came after it: all of it is after it).
     fn covers(&self, topic: &str) -> bool {
-        [&self.from, &self.to]
-            .into_iter()
-            .flatten()
-            .all(|m| m.has_topic(topic))
+        self.to.as_ref().is_none_or(|m| m.has_topic(topic))
     }
 
     /// The time the window ends at, for consumer groups: the end mark's.
@@ -521,6 +519,24 @@ fn pending(
                     .flatten()
                     .max()
             });
+        if let Some(gap) = chains
+            .iter()
+            .find(|c| c.topic == cut.topic && c.partition == cut.partition)
+            .and_then(|c| {
+                c.gaps
+                    .iter()
+                    .find(|g| g.start < cut.records_end && g.end > cut.log_start)
+            })
+        {
+            tracing::warn!(
+                mark = mark.name,
+                topic = cut.topic,
+                partition = cut.partition,
+                "offsets [{}, {}) below the mark were deleted by the broker before they were archived (a recorded gap): the restore to the mark lacks them",
+                gap.start,
+                gap.end
+            );
+        }
         if reached.is_none_or(|r| r < cut.records_end) {
             return Err(RestoreError::Target(format!(
                 "mark {} is not archived yet: {}/{} is archived up to offset {} and the mark needs {}; wait until the sink reaches it (`rewind mark --wait` or `rewind ls` show it), then restore",

@@ -373,6 +373,11 @@ async fn set_up<'a>(
         transaction_timeout_ms: transaction_timeout,
     };
     restore.build_lanes(planned, &stored)?;
+    restore.report.ranges = restore
+        .lanes
+        .iter()
+        .map(|l| (l.topic.clone(), l.partition, l.start, l.until()))
+        .collect();
     if opts.shared {
         // Every lane of the committed plan must be one of this worker's, or the worker could own
         // a target partition it has nothing to write for: plan again.
