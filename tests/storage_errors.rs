@@ -209,3 +209,120 @@ async fn server_side_encryption_and_storage_class_are_applied() {
         );
     }
 }
+
+/// A stand-in for S3 holding one object in Glacier Flexible Retrieval: `HEAD` says its class (and,
+/// once a restore was asked for, that it is under way), `POST ?restore` accepts a restore request,
+/// `GET` refuses it as S3 does. Returns its endpoint and the requests it saw.
+async fn cold_s3() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).to_string();
+                let line = text.lines().next().unwrap_or_default().to_string();
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let mut body = request.len() - head_end;
+                while body < length {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body += n,
+                    }
+                }
+                let restored = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l: &String| l.starts_with("POST"));
+                log.lock().unwrap().push(line.clone());
+                let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InvalidObjectState</Code><Message>The operation is not valid for the object's storage class</Message><StorageClass>GLACIER</StorageClass></Error>";
+                let response = if line.starts_with("HEAD") {
+                    let restore = if restored {
+                        "x-amz-restore: ongoing-request=\"true\"\r\n"
+                    } else {
+                        ""
+                    };
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: \"e\"\r\nx-amz-storage-class: GLACIER\r\n{restore}Connection: close\r\n\r\n")
+                } else if line.starts_with("POST") {
+                    "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                } else {
+                    format!(
+                        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+                        xml.len()
+                    )
+                };
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (endpoint, seen)
+}
+
+#[tokio::test]
+async fn an_object_in_glacier_is_named_with_the_command_that_thaws_it_and_can_be_thawed() {
+    common::no_instance_metadata();
+    let (endpoint, seen) = cold_s3().await;
+    let mut opts = common::s3_options();
+    opts.endpoint = Some(endpoint);
+    opts.retry.max_attempts = 1;
+    let store = S3Store::open(StorageUrl::parse("s3://cold/archive").unwrap(), &opts)
+        .await
+        .unwrap();
+    let key = "data/topic=t/partition=0/date=2026-01-01/hour=00/00000000000000000000.parquet";
+    let err = store.get(key).await.unwrap_err();
+    assert!(matches!(err, StorageError::Cold { .. }), "{err:?}");
+    let text = one_sentence(&err);
+    assert!(
+        text.contains(key) && text.contains("rewind lifecycle thaw --archive s3://cold/archive"),
+        "{text}"
+    );
+    let ranged = store.get_range(key, 0..10).await.unwrap_err();
+    assert!(matches!(ranged, StorageError::Cold { .. }), "{ranged:?}");
+
+    use rewind::storage::Reach;
+    assert_eq!(
+        store.reach(key).await.unwrap(),
+        Reach::Cold {
+            class: "GLACIER".into()
+        }
+    );
+    store.thaw(key, 7, "Bulk").await.unwrap();
+    assert_eq!(
+        store.reach(key).await.unwrap(),
+        Reach::Thawing {
+            class: "GLACIER".into()
+        }
+    );
+    let requests = seen.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("POST /cold/archive/data/") && r.contains("?restore")),
+        "{requests:?}"
+    );
+}

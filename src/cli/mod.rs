@@ -13,6 +13,7 @@ macro_rules! outln {
 mod check;
 mod demo;
 mod drill;
+mod lifecycle;
 mod mark;
 mod restore;
 mod run;
@@ -49,6 +50,8 @@ enum Command {
     Mark(mark::MarkArgs),
     /// Prove the archive restores: a window into scratch topics, compared record by record, timed.
     Drill(drill::DrillArgs),
+    /// Show or set the bucket lifecycle rules that fit an S3 archive; thaw cold data files.
+    Lifecycle(lifecycle::LifecycleArgs),
     /// Check that the archive is sound: contiguous chains, footers, checkpoints (--deep: every byte).
     Verify(tools::VerifyArgs),
     /// Look records up in the archive by key, time window and header (JSON lines).
@@ -190,6 +193,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Restore(args) => restore::run(args).await,
         Command::Mark(args) => mark::run(args).await,
         Command::Drill(args) => drill::run(args).await,
+        Command::Lifecycle(args) => lifecycle::run(args).await,
         Command::Verify(args) => tools::verify(args).await,
         Command::Find(args) => tools::find(args).await,
         Command::Ls(args) => tools::ls(args).await,

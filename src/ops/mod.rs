@@ -6,6 +6,7 @@
 //! after recording the chain's new start, so a reader never sees a chain with a hole in it.
 
 pub mod find;
+pub mod lifecycle;
 pub mod retention;
 pub mod scan;
 pub mod verify;

@@ -61,6 +61,10 @@ pub enum StorageError {
         op: String,
         key: String,
     },
+    /// An object of an archive storage class (S3 Glacier Flexible Retrieval, Deep Archive, or an
+    /// archive tier of Intelligent-Tiering) that has not been thawed.
+    #[error("{url}: {key} is in an archive storage class and must be restored before it can be read: run `rewind lifecycle thaw --archive {url}` with the topics and window to read (or `aws s3api restore-object`), then try again once it is restored (minutes to hours)")]
+    Cold { url: String, key: String },
     #[error("{url}: {op} failed: {message}")]
     Other {
         url: String,

@@ -32,6 +32,10 @@ use aws_sdk_s3::Client;
 use base64::Engine as _;
 use bytes::Bytes;
 
+mod lifecycle;
+
+pub use lifecycle::Reach;
+
 use super::{
     check_key, GetResult, ListPage, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutResult,
     RetryPolicy, StorageError, StorageResult, StorageUrl,
@@ -267,6 +271,11 @@ impl S3Store {
                         url,
                         key: key.unwrap_or_default(),
                     },
+                    // GLACIER or DEEP_ARCHIVE (or an archive tier), not restored: 403 too.
+                    (_, "InvalidObjectState") => StorageError::Cold {
+                        url,
+                        key: key.unwrap_or_default(),
+                    },
                     (403, _)
                     | (_, "AccessDenied")
                     | (_, "InvalidAccessKeyId")
@@ -284,6 +293,15 @@ impl S3Store {
                     (_, "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable") => {
                         transient(message)
                     }
+                    // What the server said, not the SDK's whole context (one sentence).
+                    (_, code) if !code.is_empty() => StorageError::Other {
+                        url,
+                        op: op.to_string(),
+                        message: format!(
+                            "{code}: {}",
+                            err.message().unwrap_or("no message").trim_end_matches('.')
+                        ),
+                    },
                     _ => StorageError::Other {
                         url,
                         op: op.to_string(),
