@@ -550,3 +550,55 @@ async fn retention_keeps_what_a_kept_mark_needs_says_what_it_costs_and_expires_t
     assert_eq!(bad.status.code(), Some(2));
     assert!(common::error_line(&bad).contains("is not PATTERN=AGE"));
 }
+
+#[tokio::test]
+async fn a_mark_of_a_topic_deleted_and_created_again_is_refused() {
+    common::no_instance_metadata();
+    let topic = common::unique("mark-again");
+    kafka::create_topic(&topic, 1, &[]).await;
+    kafka::produce(&topic, 0, &(0..20).map(|i| rec(0, i)).collect::<Vec<_>>()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    ok(run(common::sink_command(
+        &archive,
+        &topic,
+        &common::unique("g"),
+    )
+    .arg("--once")));
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = kafka::config().create().unwrap();
+        admin
+            .delete_topics(&[&topic], &AdminOptions::new())
+            .await
+            .unwrap();
+    }
+    // The broker forgets a deleted topic asynchronously: create it again until it takes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = kafka::config().create().unwrap();
+        let created = admin
+            .create_topics(
+                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+        if created[0].is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{created:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    kafka::produce(&topic, 0, &(0..5).map(|i| rec(0, i)).collect::<Vec<_>>()).await;
+    let out = run(common::mark_command(&archive).args(["again", "--topics", &topic]));
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
+    assert!(
+        common::error_line(&out).contains("deleted and created again"),
+        "{}",
+        common::text(&out.stderr)
+    );
+}

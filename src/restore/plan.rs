@@ -730,6 +730,22 @@ mod tests {
                 }],
             }))
         };
+        // A topic the start mark lacks is all after it; one the end mark lacks is not restored.
+        let other = mark(chain.partition, 3).map(|m| {
+            let mut m = (*m).clone();
+            m.partitions[0].topic = "another".into();
+            Arc::new(m)
+        });
+        let only_from = Cuts {
+            from: other.clone(),
+            to: None,
+        };
+        assert!(only_from.covers(&chain.topic));
+        let with_to = Cuts {
+            from: None,
+            to: other,
+        };
+        assert!(!with_to.covers(&chain.topic));
         let cases = [
             (mark(chain.partition, 3), mark(chain.partition, 9), (3, 9)),
             (None, mark(chain.partition, 100), (0, 11)),
