@@ -113,20 +113,29 @@ fn expected(source: &[Vec<Record>], from: &[i64], to: &[i64]) -> Vec<Vec<Record>
         .collect()
 }
 
+/// What a restore must bring back of each record: key, value, headers and timestamp.
+type Content = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<rewind::archive::Header>,
+    Option<i64>,
+);
+
+fn content(rs: &[Record]) -> Vec<Content> {
+    rs.iter()
+        .map(|r| {
+            (
+                r.key.clone(),
+                r.value.clone(),
+                r.headers.clone(),
+                r.timestamp,
+            )
+        })
+        .collect()
+}
+
 fn same_content(got: &[Vec<Record>], want: &[Vec<Record>]) {
     for p in 0..PARTITIONS as usize {
-        let strip = |rs: &[Record]| -> Vec<_> {
-            rs.iter()
-                .map(|r| {
-                    (
-                        r.key.clone(),
-                        r.value.clone(),
-                        r.headers.clone(),
-                        r.timestamp,
-                    )
-                })
-                .collect()
-        };
         assert_eq!(
             got[p].len(),
             want[p].len(),
@@ -134,7 +143,7 @@ fn same_content(got: &[Vec<Record>], want: &[Vec<Record>]) {
             got[p].len(),
             want[p].len()
         );
-        assert_eq!(strip(&got[p]), strip(&want[p]), "partition {p}");
+        assert_eq!(content(&got[p]), content(&want[p]), "partition {p}");
     }
 }
 
@@ -515,19 +524,7 @@ async fn retention_keeps_what_a_kept_mark_needs_says_what_it_costs_and_expires_t
         .map(|(r, _)| r)
         .collect()];
     let want: Vec<Record> = first.iter().filter(|r| r.offset >= 10).cloned().collect();
-    let strip = |rs: &[Record]| -> Vec<_> {
-        rs.iter()
-            .map(|r| {
-                (
-                    r.key.clone(),
-                    r.value.clone(),
-                    r.headers.clone(),
-                    r.timestamp,
-                )
-            })
-            .collect()
-    };
-    assert_eq!(strip(&got[0]), strip(&want));
+    assert_eq!(content(&got[0]), content(&want));
     assert!(recent.iter().all(|r| r.offset >= 30));
 
     // A rule that keeps keep-me for a year holds the same; one that expires it lets the files go.
