@@ -6,6 +6,7 @@
 # when a server already answers.
 #
 #   scripts/s3.sh start|stop|status|restart|log|env
+#   scripts/s3.sh moto        # install moto's server (once) and print its path
 #
 # Environment: REWIND_S3_PORT (9000), REWIND_S3_SERVER (minio|moto), REWIND_CACHE.
 # Credentials of the test bed: access key "rewind", secret "rewind-secret-key", region us-east-1.
@@ -103,6 +104,10 @@ case "${1:-}" in
   status) if running; then echo "s3: $(cat "$DIR/server") running on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"), log $LOGFILE)"; else echo "s3: not running"; exit 1; fi ;;
   log) echo "$LOGFILE" ;;
   install) if [ "$(server)" = minio ]; then install_minio; else install_moto; fi ;;
+  moto)
+    # moto's server, whatever the shared server is: the tests of S3 features MinIO lacks (bucket
+    # lifecycle rules, Glacier storage classes and restore requests) start their own from it.
+    install_moto; echo "$MOTO_VENV/bin/moto_server" ;;
   serve)
     # Run a second, private server in the foreground: scripts/s3.sh serve DATA_DIR PORT (fault tests
     # stop and restart it without touching the shared one).

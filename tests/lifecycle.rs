@@ -1,10 +1,11 @@
-//! `rewind lifecycle` against the test bed's S3 server (MinIO): the rules Rewind wants for an
+//! `rewind lifecycle` against real S3 servers. On the test bed's MinIO: the rules Rewind wants for an
 //! archive are shown against the bucket's, applying keeps the bucket's other rules, a rule that
-//! would delete the archive's objects by age is called out, and what the server refuses is one
-//! sentence that leaves the bucket as it was. (MinIO implements neither AbortIncompleteMultipartUpload
-//! nor transitions to AWS storage classes, so the rules themselves are applied on AWS only; their
-//! shape is checked in the unit tests of `ops::lifecycle`, reading an object in Glacier in
-//! `storage_errors`.)
+//! would delete the archive's objects by age is called out, and what the server refuses (MinIO
+//! implements neither AbortIncompleteMultipartUpload nor transitions to AWS storage classes) is one
+//! sentence that leaves the bucket as it was. On moto's S3 server, which implements both and the
+//! Glacier classes: the rules applied read back as intended, and an archive whose data files moved
+//! to Glacier is refused naming the thaw, thawed by `rewind lifecycle thaw`, then verified and
+//! restored.
 
 mod common;
 
@@ -184,4 +185,268 @@ async fn lifecycle_shows_the_archives_rules_keeps_the_buckets_others_and_names_h
             common::text(&out.stderr)
         );
     }
+}
+
+/// A private moto S3 server (`scripts/s3.sh moto`), killed on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let bin = std::env::var("REWIND_TEST_MOTO").unwrap_or_else(|_| {
+            panic!("REWIND_TEST_MOTO is not set: run the tests with scripts/test, or export REWIND_TEST_MOTO=$(scripts/s3.sh moto)")
+        });
+        let addr = common::http::free_addr();
+        let port = addr.rsplit(':').next().unwrap().to_string();
+        let child = std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let endpoint = format!("http://{addr}");
+        common::http::wait_until("moto answers", std::time::Duration::from_secs(60), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        Moto { child, endpoint }
+    }
+
+    fn client(&self) -> aws_sdk_s3::Client {
+        common::s3_client_at(&self.endpoint)
+    }
+
+    /// `rewind <command> --archive <archive>` against this server (and the test bed's broker).
+    fn rewind(&self, command: &str, archive: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rewind"));
+        // `lifecycle thaw`: the subcommand's words come before the flags.
+        cmd.args(command.split(' '));
+        cmd.args([
+            "--archive",
+            archive,
+            "--s3-endpoint",
+            &self.endpoint,
+            "--s3-path-style",
+        ]);
+        if matches!(command, "sink" | "restore") {
+            cmd.args(["--bootstrap-servers", &common::kafka_bootstrap()]);
+        }
+        cmd.env("AWS_ACCESS_KEY_ID", common::s3_access_key())
+            .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn done(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        common::text(&out.stdout),
+        common::text(&out.stderr)
+    );
+    common::text(&out.stdout)
+}
+
+#[tokio::test]
+async fn on_a_server_with_lifecycle_and_glacier_the_rules_read_back_and_cold_files_are_thawed() {
+    common::no_instance_metadata();
+    let moto = Moto::start();
+    let raw = moto.client();
+    let bucket = common::unique("lc-moto");
+    raw.create_bucket().bucket(&bucket).send().await.unwrap();
+    let topic = common::unique("lc-cold");
+    common::kafka::create_topic(&topic, 1, &[]).await;
+    let now = common::now_ms();
+    let produced = common::kafka::produce(
+        &topic,
+        0,
+        &(0..12)
+            .map(|i| {
+                common::kafka::record(
+                    Some(format!("k{i}").as_bytes()),
+                    Some(b"v"),
+                    vec![],
+                    now + i,
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let archive = format!("s3://{bucket}/arch");
+    done(
+        moto.rewind("sink", &archive)
+            .args([
+                "--topics",
+                &regex::escape(&topic),
+                "--group",
+                &common::unique("g"),
+                "--once",
+            ])
+            .env("REWIND__SINK__MAX_FILE_RECORDS", "4")
+            .output()
+            .unwrap(),
+    );
+
+    // The rules, applied and read back.
+    done(
+        moto.rewind("lifecycle", &archive)
+            .arg("--apply")
+            .output()
+            .unwrap(),
+    );
+    let rules = raw
+        .get_bucket_lifecycle_configuration()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap()
+        .rules()
+        .to_vec();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    for rule in &rules {
+        assert_eq!(
+            rule.filter().and_then(|f| f.prefix()),
+            Some("arch/data/"),
+            "{rule:?}"
+        );
+        assert_eq!(rule.status(), &ExpirationStatus::Enabled);
+        assert!(rule.expiration().is_none(), "nothing expires: {rule:?}");
+    }
+    let abort = rules
+        .iter()
+        .find(|r| r.id().unwrap().ends_with("-abort-uploads"))
+        .unwrap();
+    assert_eq!(
+        abort
+            .abort_incomplete_multipart_upload()
+            .and_then(|a| a.days_after_initiation()),
+        Some(7)
+    );
+    let tiering = rules
+        .iter()
+        .find(|r| r.id().unwrap().ends_with("-data-tiering"))
+        .unwrap();
+    let moves: Vec<(i32, String)> = tiering
+        .transitions()
+        .iter()
+        .map(|t| {
+            (
+                t.days().unwrap(),
+                t.storage_class().unwrap().as_str().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (30, "STANDARD_IA".to_string()),
+            (90, "GLACIER_IR".to_string())
+        ]
+    );
+    let shown: Value = serde_json::from_str(&done(
+        moto.rewind("lifecycle", &archive)
+            .arg("--json")
+            .output()
+            .unwrap(),
+    ))
+    .unwrap();
+    assert!(
+        shown["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] == "in place"),
+        "{shown}"
+    );
+
+    // The data files move to Glacier (as the rules would, in time): reads are refused, naming the thaw.
+    let listed = raw
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("arch/data/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
+    assert!(keys.len() >= 3, "{keys:?}");
+    for key in &keys {
+        raw.copy_object()
+            .bucket(&bucket)
+            .key(key)
+            .copy_source(format!("{bucket}/{key}"))
+            .storage_class(aws_sdk_s3::types::StorageClass::Glacier)
+            .send()
+            .await
+            .unwrap();
+    }
+    let refused = moto.rewind("verify", &archive).output().unwrap();
+    assert!(!refused.status.success());
+    let said = common::text(&refused.stderr) + &common::text(&refused.stdout);
+    assert!(
+        said.contains("archive storage class") && said.contains("rewind lifecycle thaw"),
+        "{said}"
+    );
+
+    // Thawed (moto restores at once), then sound and restorable.
+    let thawed: Value = serde_json::from_str(&done(
+        moto.rewind("lifecycle thaw", &archive)
+            .args(["--topics", &regex::escape(&topic), "--days", "1", "--json"])
+            .output()
+            .unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(
+        thawed["requested"].as_array().unwrap().len(),
+        keys.len(),
+        "{thawed}"
+    );
+    done(
+        moto.rewind("verify", &archive)
+            .arg("--deep")
+            .output()
+            .unwrap(),
+    );
+    let again: Value = serde_json::from_str(&done(
+        moto.rewind("lifecycle thaw", &archive)
+            .args(["--topics", &regex::escape(&topic), "--json"])
+            .output()
+            .unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(again["requested"].as_array().unwrap().len(), 0, "{again}");
+    let target = common::unique("lc-restored");
+    done(
+        moto.rewind("restore", &archive)
+            .args([
+                "--topics",
+                &regex::escape(&topic),
+                "--rename",
+                &format!("{topic}={target}"),
+            ])
+            .output()
+            .unwrap(),
+    );
+    let back: Vec<Option<Vec<u8>>> = common::kafka::read_to_end(&target, 0)
+        .into_iter()
+        .map(|(r, _)| r.key)
+        .collect();
+    assert_eq!(
+        back,
+        produced.iter().map(|r| r.key.clone()).collect::<Vec<_>>()
+    );
 }

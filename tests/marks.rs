@@ -531,6 +531,16 @@ async fn retention_keeps_what_a_kept_mark_needs_says_what_it_costs_and_expires_t
     let year = retention(&archive, &["--dry-run", "--keep-marks", "keep-.*=365d"]);
     assert_eq!(year["kept_marks"][0]["rule"], "keep-.*=365d", "{year}");
     assert!(year["files"].as_array().unwrap().is_empty(), "{year}");
+    // Deleted by hand: gone from the inventory; a second delete says there is none.
+    ok(run(
+        common::mark_command(&archive).args(["keep-me", "--delete"])
+    ));
+    let twice = run(common::mark_command(&archive).args(["keep-me", "--delete"]));
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(common::error_line(&twice).contains("no mark named"));
+    ok(run(
+        common::mark_command(&archive).args(["keep-me", "--topics", &topic])
+    ));
     let gone = retention(&archive, &["--keep-marks", "keep-.*=1ms"]);
     assert_eq!(
         gone["expired_marks"],

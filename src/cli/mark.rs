@@ -33,6 +33,10 @@ pub struct MarkArgs {
     /// Mark a cluster whose id differs from the one the archive was made from.
     #[arg(long)]
     allow_cluster_change: bool,
+    /// Delete the mark NAME instead (retention then no longer keeps what it needed); the cluster
+    /// is not asked.
+    #[arg(long, conflicts_with_all = ["topics", "exclude", "wait", "allow_cluster_change"])]
+    delete: bool,
     /// Print the mark and its status as JSON.
     #[arg(long)]
     json: bool,
@@ -40,6 +44,9 @@ pub struct MarkArgs {
 
 pub async fn run(args: MarkArgs) -> Result<(), Failure> {
     let config = load_config(&args.common)?;
+    if args.delete {
+        return delete(&config, &args.name).await;
+    }
     let bad = |flag: &str, pattern: &str, e: regex::Error| {
         Failure::usage(format!(
             "--{flag} {pattern:?} is not a valid regular expression: {}",
@@ -129,6 +136,28 @@ pub async fn run(args: MarkArgs) -> Result<(), Failure> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// `rewind mark --delete NAME`.
+async fn delete(config: &crate::config::Config, name: &str) -> Result<(), Failure> {
+    let url = config.archive_url().map_err(Failure::usage)?;
+    crate::ops::check_exists(&url).map_err(Failure::usage)?;
+    let store = storage::open_writer(&url, &config.s3_options())
+        .await
+        .map_err(Failure::found)?;
+    let key = crate::archive::marks::mark_key(name);
+    if crate::archive::marks::read(&*store, name)
+        .await
+        .map_err(Failure::found)?
+        .is_none()
+    {
+        return Err(Failure::found(format!(
+            "the archive holds no mark named {name:?}; `rewind ls` lists its marks"
+        )));
+    }
+    store.delete_many(&[key]).await.map_err(Failure::found)?;
+    outln!("mark {name} deleted: retention no longer keeps what it needed");
+    Ok(())
 }
 
 fn failure(e: MarkError) -> Failure {
