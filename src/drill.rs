@@ -368,8 +368,13 @@ pub async fn drill(
     let planned_records: u64 = planned.partitions.iter().map(|p| p.records).sum();
     if planned_records == 0 {
         return Err(DrillError::Found(format!(
-            "the window {} holds no archived records of the selected topics: a drill of it would prove nothing; choose another window (or --sample)",
-            restore_opts.window.describe()
+            "the window {} holds no archived records of the selected topics: a drill of it would prove nothing; {}",
+            restore_opts.window.describe(),
+            if opts.sample.is_some() {
+                "no sampled window held records either (a longer --sample, or --from/--to, finds them)"
+            } else {
+                "choose another window (or --sample)"
+            }
         )));
     }
     let servers = crate::kafka::servers(&client);
@@ -505,8 +510,12 @@ where
         .clamp(1, 366 * 86_400_000);
     let mut planned = None;
     for _ in 0..SAMPLES {
-        let hour = hours[rand::random_range(0..hours.len())];
-        let from = hour - rand::random_range(0..length) + 3_600_000 / 2;
+        // Buckets of the first hour hold every earlier timestamp: such a file's window starts at 0.
+        let hour = hours[rand::random_range(0..hours.len())].max(0);
+        let from = hour
+            .saturating_sub(rand::random_range(0..length))
+            .saturating_add(3_600_000 / 2)
+            .max(0);
         let o = options(from, from.saturating_add(length))?;
         let plan = restore::plan(store, &o).await?;
         let records: u64 = plan.partitions.iter().map(|p| p.records).sum();

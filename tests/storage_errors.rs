@@ -311,7 +311,7 @@ async fn an_object_in_glacier_is_named_with_the_command_that_thaws_it_and_can_be
             class: "GLACIER".into()
         }
     );
-    store.thaw(key, 7, "Bulk").await.unwrap();
+    store.thaw(key, "GLACIER", 7, "Bulk").await.unwrap();
     assert_eq!(
         store.reach(key).await.unwrap(),
         Reach::Thawing {

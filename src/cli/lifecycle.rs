@@ -140,6 +140,11 @@ async fn rules(args: RulesArgs) -> Result<(), Failure> {
         abort_uploads_after_days: abort,
         transitions,
     };
+    for (_, class) in &tiering.transitions {
+        if !lifecycle::is_aws_class(class) {
+            eprintln!("warning: {class} is not an AWS storage class: it is sent as a tier name of the server (MinIO names its tiers so); check the spelling");
+        }
+    }
     let cold = tiering.cold();
     if !cold.is_empty() && !args.allow_cold {
         return Err(Failure::usage(format!(
@@ -149,24 +154,35 @@ async fn rules(args: RulesArgs) -> Result<(), Failure> {
     }
     let (store, archive_id) = open(&args.common).await?;
     let ours = lifecycle::rules(&archive_id, &store.data_prefix(), &tiering);
-    let existing = store.lifecycle_rules().await.map_err(Failure::found)?;
-    let hazards = lifecycle::hazards(&existing, store.prefix(), &archive_id);
+    let data_prefix = store.data_prefix();
+    let current = store.lifecycle().await.map_err(Failure::found)?;
+    let existing = current.rules.clone();
+    let hazards = lifecycle::hazards(&existing, store.prefix(), &archive_id, &data_prefix);
     let states = lifecycle::compare(&existing, &ours);
     if args.apply {
-        let all = lifecycle::merged(&existing, &archive_id, ours.clone());
-        store.set_lifecycle_rules(all).await.map_err(|e| {
-            Failure::found(format!(
+        let all = lifecycle::merged(&existing, &archive_id, &data_prefix, ours.clone());
+        // S3 has no conditional write of a bucket's lifecycle: another writer's change between this
+        // read and the write is lost (apply one archive's rules at a time).
+        let applied = store
+            .set_lifecycle(crate::storage::Lifecycle {
+                rules: all,
+                minimum_size: current.minimum_size.clone(),
+            })
+            .await;
+        applied.map_err(|e| match e {
+            crate::storage::StorageError::Other { .. }
+            | crate::storage::StorageError::AccessDenied { .. } => Failure::found(format!(
                 "{e}; the bucket's rules are unchanged (some S3-compatible servers implement neither AbortIncompleteMultipartUpload, see --abort-uploads-after none, nor transitions to AWS storage classes: MinIO moves objects only to tiers of its own, named as the class)"
-            ))
+            )),
+            e => Failure::found(format!(
+                "{e}; whether the rules were applied is unknown: run `rewind lifecycle` to see"
+            )),
         })?;
     }
+    let ids = lifecycle::rule_ids(&archive_id, &data_prefix);
     let others: Vec<String> = existing
         .iter()
-        .filter(|r| {
-            !lifecycle::rule_ids(&archive_id)
-                .iter()
-                .any(|i| Some(i.as_str()) == r.id())
-        })
+        .filter(|r| !ids.iter().any(|i| Some(i.as_str()) == r.id()))
         .map(lifecycle::describe)
         .collect();
     if args.json {
@@ -229,18 +245,33 @@ async fn thaw(args: ThawArgs) -> Result<(), Failure> {
             "{}",
             serde_json::to_string_pretty(&report).map_err(Failure::found)?
         );
-        return Ok(());
+        return thaw_verdict(&report);
     }
     outln!(
-        "thaw requested for {} files ({} bytes) at tier {} for {days} days; {} already thawing; {} readable now",
+        "thaw requested for {} files ({} bytes) at tier {} for {days} days; {} already thawing; {} thawed copies kept {days} more days; {} readable now",
         report.requested.len(),
         report.bytes_requested,
         args.tier,
         report.thawing.len(),
+        report.extended.len(),
         report.readable
     );
     if !report.requested.is_empty() || !report.thawing.is_empty() {
         outln!("a Standard thaw takes hours (up to 12 from Deep Archive); run this again to see how many are readable, then restore");
     }
-    Ok(())
+    for f in &report.failed {
+        eprintln!("warning: not thawed: {f}");
+    }
+    thaw_verdict(&report)
+}
+
+/// Exit 1 when some files could not be thawed (the others were asked for).
+fn thaw_verdict(report: &lifecycle::ThawReport) -> Result<(), Failure> {
+    match report.failed.first() {
+        None => Ok(()),
+        Some(first) => Err(Failure::found(format!(
+            "{} files could not be thawed (the first: {first}); the others were asked for",
+            report.failed.len()
+        ))),
+    }
 }

@@ -71,6 +71,11 @@ impl Tiering {
     }
 }
 
+/// Whether `class` is one of the storage classes S3 moves objects to.
+pub fn is_aws_class(class: &str) -> bool {
+    CLASSES.contains(&class)
+}
+
 /// Whole days from `30d` (or `30`).
 pub fn days(age: &str) -> Result<i32, String> {
     let n = age.trim().strip_suffix('d').unwrap_or(age.trim());
@@ -82,17 +87,23 @@ pub fn days(age: &str) -> Result<i32, String> {
     }
 }
 
-/// The ids of Rewind's rules for the archive `archive_id`.
-pub fn rule_ids(archive_id: &str) -> [String; 2] {
+/// The ids of Rewind's rules for the archive `archive_id` whose data files begin at
+/// `data_prefix`: both name the archive and its place (a copy of the archive elsewhere in the
+/// bucket has the same id, and rules of its own).
+pub fn rule_ids(archive_id: &str, data_prefix: &str) -> [String; 2] {
+    let place = data_prefix.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let place = format!("{:08x}", place >> 32);
     [
-        format!("rewind-{archive_id}-abort-uploads"),
-        format!("rewind-{archive_id}-data-tiering"),
+        format!("rewind-{archive_id}-{place}-abort-uploads"),
+        format!("rewind-{archive_id}-{place}-data-tiering"),
     ]
 }
 
 /// The rules `tiering` asks for, for the archive whose data files begin at `data_prefix`.
 pub fn rules(archive_id: &str, data_prefix: &str, tiering: &Tiering) -> Vec<LifecycleRule> {
-    let [abort_id, tier_id] = rule_ids(archive_id);
+    let [abort_id, tier_id] = rule_ids(archive_id, data_prefix);
     let filter = || LifecycleRuleFilter::builder().prefix(data_prefix).build();
     let mut out = Vec::new();
     if let Some(days) = tiering.abort_uploads_after_days {
@@ -132,9 +143,10 @@ pub fn rules(archive_id: &str, data_prefix: &str, tiering: &Tiering) -> Vec<Life
 pub fn merged(
     existing: &[LifecycleRule],
     archive_id: &str,
+    data_prefix: &str,
     ours: Vec<LifecycleRule>,
 ) -> Vec<LifecycleRule> {
-    let ids = rule_ids(archive_id);
+    let ids = rule_ids(archive_id, data_prefix);
     let mut out: Vec<LifecycleRule> = existing
         .iter()
         .filter(|r| !r.id().is_some_and(|id| ids.iter().any(|i| i == id)))
@@ -144,15 +156,21 @@ pub fn merged(
     out
 }
 
-/// The key prefix a rule applies to: its filter's, or the top-level one of rules written before
-/// filters existed.
+/// The key prefix a rule applies to: its filter's (alone or in an `And`), or the top-level one of
+/// rules written before filters existed.
 fn rule_prefix(rule: &LifecycleRule) -> &str {
     #[allow(deprecated)]
     let legacy = rule.prefix();
     rule.filter()
-        .and_then(|f| f.prefix())
+        .and_then(|f| f.prefix().or_else(|| f.and().and_then(|a| a.prefix())))
         .or(legacy)
         .unwrap_or("")
+}
+
+/// Whether a rule applies only to tagged objects (Rewind tags none).
+fn tagged_only(rule: &LifecycleRule) -> bool {
+    rule.filter()
+        .is_some_and(|f| f.tag().is_some() || f.and().is_some_and(|a| !a.tags().is_empty()))
 }
 
 /// A rule in words.
@@ -225,35 +243,59 @@ pub fn compare(existing: &[LifecycleRule], ours: &[LifecycleRule]) -> Vec<RuleSt
 }
 
 /// Rules of the bucket that would touch the archive in a way Rewind does not expect: one that
-/// expires (deletes) objects under the archive's prefix, or moves objects outside `data/`.
-pub fn hazards(existing: &[LifecycleRule], archive_prefix: &str, archive_id: &str) -> Vec<String> {
-    let ids = rule_ids(archive_id);
+/// expires (deletes) its objects, moves its documents, or moves data files to a class that needs a
+/// thaw. Rules for tagged objects only, and for noncurrent versions only, touch none of them.
+pub fn hazards(
+    existing: &[LifecycleRule],
+    archive_prefix: &str,
+    archive_id: &str,
+    data_prefix: &str,
+) -> Vec<String> {
+    let ids = rule_ids(archive_id, data_prefix);
     let root = if archive_prefix.is_empty() {
         String::new()
     } else {
         format!("{archive_prefix}/")
     };
+    // The archive's keys: data files under `data/`, every document under a `_` name.
     let data = format!("{root}data/");
+    let documents = format!("{root}_");
+    let reaches = |prefix: &str, area: &str| area.starts_with(prefix) || prefix.starts_with(area);
     let mut out = Vec::new();
     for rule in existing {
         if rule.id().is_some_and(|id| ids.iter().any(|i| i == id))
             || rule.status() != &ExpirationStatus::Enabled
+            || tagged_only(rule)
         {
             continue;
         }
         let prefix = rule_prefix(rule);
-        // The rule reaches the archive if either prefix contains the other.
-        if !(root.starts_with(prefix) || prefix.starts_with(&root)) {
+        let (on_data, on_documents) = (reaches(prefix, &data), reaches(prefix, &documents));
+        if !(on_data || on_documents) {
             continue;
         }
-        if rule.expiration().is_some() || rule.noncurrent_version_expiration().is_some() {
+        if rule
+            .expiration()
+            .is_some_and(|e| e.days().is_some() || e.date().is_some())
+        {
             out.push(format!(
                 "{}: deletes objects of the archive by age, which cuts chains and loses records a mark or a restore needs; delete it and use `rewind retention`",
                 describe(rule)
             ));
-        } else if !rule.transitions().is_empty() && !prefix.starts_with(&data) {
+        }
+        let moves: Vec<&str> = rule
+            .transitions()
+            .iter()
+            .filter_map(|t| t.storage_class().map(|c| c.as_str()))
+            .collect();
+        if on_documents && !moves.is_empty() {
             out.push(format!(
                 "{}: moves the archive's documents (checkpoints, claims, marks), not only data/, to another storage class",
+                describe(rule)
+            ));
+        } else if let Some(cold) = moves.iter().find(|c| COLD.contains(c)) {
+            out.push(format!(
+                "{}: moves data files to {cold}, which must be thawed before any read (`rewind lifecycle thaw`), and a sink cannot resume a partition whose newest file moved there",
                 describe(rule)
             ));
         }
@@ -269,14 +311,17 @@ pub struct ThawReport {
     pub bytes_requested: u64,
     /// Already being thawed.
     pub thawing: Vec<String>,
-    /// Readable now (thawed, or never cold).
+    /// Thawed already; asked again, to stay readable `days` more.
+    pub extended: Vec<String>,
+    /// Readable now (never cold).
     pub readable: usize,
+    /// Files S3 refused to thaw, with why.
+    pub failed: Vec<String>,
 }
 
-/// Thaw every data file a restore (or `find`, or a drill) of `[from, to)` of `topics` may read: per
-/// partition, the files from the first whose hour ends after `from` through the first whose hour
-/// begins at or after `to` (late records can sit in either), and the partition's last file (a
-/// chain's end is read from it).
+/// Thaw every data file a restore (or a drill) of `[from, to)` of `topics` may read (see
+/// [`to_thaw`]); keep thawed ones readable `days` more. A file S3 refuses is reported and the
+/// others are still asked for.
 pub async fn thaw(
     store: &S3Store,
     topics: &TopicSelector,
@@ -295,13 +340,26 @@ pub async fn thaw(
     let mut progress = super::Progress::new("thaw", "files", wanted.len() as u64);
     for (key, size) in wanted {
         let key = key.to_string();
-        match store.reach(&key).await? {
-            Reach::Readable | Reach::Thawed { .. } => report.readable += 1,
-            Reach::Thawing { .. } => report.thawing.push(key),
-            Reach::Cold { .. } => {
-                store.thaw(&key, days, tier).await?;
-                report.bytes_requested += size;
-                report.requested.push(key);
+        let asked = match store.reach(&key).await? {
+            Reach::Readable => {
+                report.readable += 1;
+                None
+            }
+            Reach::Thawing { .. } => {
+                report.thawing.push(key.clone());
+                None
+            }
+            Reach::Thawed { class } => Some((class, true)),
+            Reach::Cold { class } => Some((class, false)),
+        };
+        if let Some((class, thawed)) = asked {
+            match store.thaw(&key, &class, days, tier).await {
+                Ok(()) if thawed => report.extended.push(key),
+                Ok(()) => {
+                    report.bytes_requested += size;
+                    report.requested.push(key);
+                }
+                Err(e) => report.failed.push(format!("{key}: {e}")),
             }
         }
         progress.add(1);
@@ -310,13 +368,17 @@ pub async fn thaw(
     Ok(report)
 }
 
-/// The files of one partition (in offset order) a read of `[from, to)` may touch: from the first
-/// whose hour ends after `from` through the first whose hour begins at or after `to`, and the last.
+/// The files of one partition (in offset order) a restore of `[from, to)` may read: from the first
+/// whose hour ends after `from` through the first whose hour begins at or after `to`; every file
+/// of the hours holding `from` and `to` (a cut reads the footers of its hour's files, late ones
+/// too); and the files at the last start (the chain's end is read from its last file). Files that
+/// share a start (an orphan of a race beside the claimed one) are all taken.
 fn to_thaw(
     files: &[(DataFileKey, u64)],
     from: Option<i64>,
     to: Option<i64>,
 ) -> Vec<(DataFileKey, u64)> {
+    use crate::archive::time::HourBucket;
     let n = files.len();
     let first = from.map_or(0, |f| {
         files
@@ -324,7 +386,10 @@ fn to_thaw(
             .position(|(k, _)| k.bucket.end_millis() > f)
             .unwrap_or(n)
     });
-    let mut chosen: BTreeMap<i64, (DataFileKey, u64)> = BTreeMap::new();
+    let mut chosen: BTreeMap<String, (DataFileKey, u64)> = BTreeMap::new();
+    let mut take = |f: &(DataFileKey, u64)| {
+        chosen.insert(f.0.to_string(), f.clone());
+    };
     if first < n {
         let last = to.map_or(n - 1, |t| {
             files[first..]
@@ -332,14 +397,31 @@ fn to_thaw(
                 .position(|(k, _)| k.bucket.start_millis() >= t)
                 .map_or(n - 1, |i| first + i)
         });
-        for f in &files[first..=last] {
-            chosen.insert(f.0.start, f.clone());
-        }
+        // Files sharing the last one's start come with it.
+        let end = files[last..]
+            .iter()
+            .take_while(|(k, _)| k.start == files[last].0.start)
+            .count();
+        files[first..last + end].iter().for_each(&mut take);
     }
-    if let Some(f) = files.last() {
-        chosen.insert(f.0.start, f.clone());
+    let cut_hours: Vec<HourBucket> = [from, to]
+        .into_iter()
+        .flatten()
+        .map(HourBucket::of_millis)
+        .collect();
+    files
+        .iter()
+        .filter(|(k, _)| cut_hours.contains(&k.bucket))
+        .for_each(&mut take);
+    if let Some(last) = files.last() {
+        files
+            .iter()
+            .filter(|(k, _)| k.start == last.0.start)
+            .for_each(&mut take);
     }
-    chosen.into_values().collect()
+    let mut out: Vec<_> = chosen.into_values().collect();
+    out.sort_by_key(|(k, _)| k.start);
+    out
 }
 
 #[cfg(test)]
@@ -359,7 +441,7 @@ mod tests {
         assert_eq!(ours.len(), 2);
         assert_eq!(
             describe(&ours[1]),
-            "rewind-abc-data-tiering (enabled): objects under \"backups/prod/data/\", move to STANDARD_IA after 30 days, move to GLACIER_IR after 90 days"
+            "rewind-abc-f106c9c7-data-tiering (enabled): objects under \"backups/prod/data/\", move to STANDARD_IA after 30 days, move to GLACIER_IR after 90 days"
         );
         let foreign = LifecycleRule::builder()
             .id("logs-expiry")
@@ -382,7 +464,7 @@ mod tests {
         );
         let mut existing = vec![foreign.clone()];
         existing.extend(stale);
-        let all = merged(&existing, "abc", ours.clone());
+        let all = merged(&existing, "abc", "backups/prod/data/", ours.clone());
         assert_eq!(all.len(), 3);
         assert_eq!(all[0], foreign);
         let states = compare(&existing, &ours);
@@ -390,7 +472,7 @@ mod tests {
         assert_eq!(states[1].state, "missing");
         assert!(compare(&all, &ours).iter().all(|s| s.state == "in place"));
         // An expiry under the archive is a hazard; one elsewhere is not.
-        assert!(hazards(&existing, "backups/prod", "abc").is_empty());
+        assert!(hazards(&existing, "backups/prod", "abc", "backups/prod/data/").is_empty());
         let reaching = LifecycleRule::builder()
             .id("all-expiry")
             .filter(LifecycleRuleFilter::builder().prefix("backups/").build())
@@ -402,9 +484,77 @@ mod tests {
             )
             .build()
             .unwrap();
-        let found = hazards(&[reaching], "backups/prod", "abc");
+        let found = hazards(&[reaching], "backups/prod", "abc", "backups/prod/data/");
         assert_eq!(found.len(), 1);
         assert!(found[0].contains("cuts chains"), "{found:?}");
+        // An archive at the bucket's root is not reached by a rule on logs/; a rule for tagged
+        // objects or noncurrent versions touches none of its objects; another tool moving data/ to
+        // Glacier is named.
+        let rule = |id: &str, filter: LifecycleRuleFilter| {
+            LifecycleRule::builder()
+                .id(id)
+                .filter(filter)
+                .status(ExpirationStatus::Enabled)
+        };
+        let logs = rule(
+            "logs",
+            LifecycleRuleFilter::builder().prefix("logs/").build(),
+        )
+        .expiration(
+            aws_sdk_s3::types::LifecycleExpiration::builder()
+                .days(3)
+                .build(),
+        )
+        .build()
+        .unwrap();
+        let tagged = rule(
+            "tagged",
+            LifecycleRuleFilter::builder()
+                .tag(
+                    aws_sdk_s3::types::Tag::builder()
+                        .key("k")
+                        .value("v")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .expiration(
+            aws_sdk_s3::types::LifecycleExpiration::builder()
+                .days(3)
+                .build(),
+        )
+        .build()
+        .unwrap();
+        let noncurrent = rule(
+            "old-versions",
+            LifecycleRuleFilter::builder().prefix("").build(),
+        )
+        .noncurrent_version_expiration(
+            aws_sdk_s3::types::NoncurrentVersionExpiration::builder()
+                .noncurrent_days(3)
+                .build(),
+        )
+        .build()
+        .unwrap();
+        let glacier = rule(
+            "deep",
+            LifecycleRuleFilter::builder().prefix("data/").build(),
+        )
+        .transitions(
+            Transition::builder()
+                .days(60)
+                .storage_class(TransitionStorageClass::Glacier)
+                .build(),
+        )
+        .build()
+        .unwrap();
+        let found = hazards(&[logs, tagged, noncurrent, glacier], "", "abc", "data/");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("deep") && found[0].contains("GLACIER"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -442,6 +592,23 @@ mod tests {
         );
         // After every file's hour: only the last file (the chain's end is read from it).
         assert_eq!(starts(to_thaw(&files, Some(base + 9 * H), None)), vec![50]);
+        // A cut at 01:30 reads every footer of hour 1, the late file after hour 2's included; and
+        // an orphan sharing a start with the claimed file comes too.
+        let mut late = files.clone();
+        late[4].0.bucket = HourBucket::of_millis(base + H);
+        let mut orphan = late[2].clone();
+        orphan.0.bucket = HourBucket::of_millis(base + 2 * H);
+        late.insert(3, orphan);
+        let keys: Vec<String> = to_thaw(&late, None, Some(base + H + H / 2))
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(keys.len(), 6, "{keys:?}");
+        assert!(
+            keys.iter()
+                .any(|k| k.contains("/00000000000000000040.parquet")),
+            "{keys:?}"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use memory::MemoryStore;
 pub use probe::{probe, ProbeError, Probed};
 pub use read_only::{read_only, ReadOnly, RefuseWrites};
 pub use retry::RetryPolicy;
-pub use s3::{Reach, S3Options, S3Store, ServerSideEncryption};
+pub use s3::{Lifecycle, Reach, S3Options, S3Store, ServerSideEncryption};
 pub use url::StorageUrl;
 
 /// How a put treats an object that may already exist.

@@ -34,7 +34,7 @@ use bytes::Bytes;
 
 mod lifecycle;
 
-pub use lifecycle::Reach;
+pub use lifecycle::{Lifecycle, Reach};
 
 use super::{
     check_key, GetResult, ListPage, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutResult,
@@ -272,10 +272,12 @@ impl S3Store {
                         key: key.unwrap_or_default(),
                     },
                     // GLACIER or DEEP_ARCHIVE (or an archive tier), not restored: 403 too.
-                    (_, "InvalidObjectState") => StorageError::Cold {
-                        url,
-                        key: key.unwrap_or_default(),
-                    },
+                    (_, "InvalidObjectState") if key.is_some() && op != "restore" => {
+                        StorageError::Cold {
+                            url,
+                            key: key.unwrap_or_default(),
+                        }
+                    }
                     (403, _)
                     | (_, "AccessDenied")
                     | (_, "InvalidAccessKeyId")

@@ -5,6 +5,7 @@
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, GlacierJobParameters, LifecycleRule, RestoreRequest, Tier,
+    TransitionDefaultMinimumObjectSize,
 };
 
 use super::{Intent, S3Store};
@@ -25,6 +26,21 @@ pub enum Reach {
     Thawed { class: String },
 }
 
+/// A bucket's lifecycle configuration: its rules, and the bucket-wide minimum size of objects
+/// that transitions move (kept as it is when the rules are replaced).
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    pub rules: Vec<LifecycleRule>,
+    pub minimum_size: Option<TransitionDefaultMinimumObjectSize>,
+}
+
+impl Reach {
+    /// An archive tier of Intelligent-Tiering (thawed without a number of days).
+    fn intelligent(class: &str) -> bool {
+        class == "INTELLIGENT_TIERING"
+    }
+}
+
 impl S3Store {
     /// Where the archive's data files begin in the bucket (`<prefix>/data/`).
     pub fn data_prefix(&self) -> String {
@@ -40,8 +56,8 @@ impl S3Store {
         &self.bucket
     }
 
-    /// The bucket's lifecycle rules (none when it has no configuration).
-    pub async fn lifecycle_rules(&self) -> StorageResult<Vec<LifecycleRule>> {
+    /// The bucket's lifecycle configuration (empty when it has none).
+    pub async fn lifecycle(&self) -> StorageResult<Lifecycle> {
         let got = self
             .client
             .get_bucket_lifecycle_configuration()
@@ -49,14 +65,21 @@ impl S3Store {
             .send()
             .await;
         match got {
-            Ok(out) => Ok(out.rules.unwrap_or_default()),
-            Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => Ok(Vec::new()),
+            Ok(out) => Ok(Lifecycle {
+                minimum_size: out.transition_default_minimum_object_size.clone(),
+                rules: out.rules.unwrap_or_default(),
+            }),
+            Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => Ok(Lifecycle::default()),
             Err(e) => Err(self.classify("get lifecycle", Intent::Bucket, e)),
         }
     }
 
-    /// Replace the bucket's lifecycle rules with `rules` (none: delete the configuration).
-    pub async fn set_lifecycle_rules(&self, rules: Vec<LifecycleRule>) -> StorageResult<()> {
+    /// Replace the bucket's lifecycle configuration (no rules: delete it).
+    pub async fn set_lifecycle(&self, lifecycle: Lifecycle) -> StorageResult<()> {
+        let Lifecycle {
+            rules,
+            minimum_size,
+        } = lifecycle;
         if rules.is_empty() {
             return self
                 .client
@@ -79,6 +102,7 @@ impl S3Store {
             .put_bucket_lifecycle_configuration()
             .bucket(&self.bucket)
             .lifecycle_configuration(config)
+            .set_transition_default_minimum_object_size(minimum_size)
             .send()
             .await
             .map(|_| ())
@@ -109,23 +133,37 @@ impl S3Store {
         })
     }
 
-    /// Ask S3 to thaw `key` for `days` days at `tier` (`Standard`, `Bulk`, `Expedited`). A request
-    /// already under way counts as made.
-    pub async fn thaw(&self, key: &str, days: i32, tier: &str) -> StorageResult<()> {
+    /// Ask S3 to thaw `key` (of storage class `class`) for `days` days at `tier` (`Standard`,
+    /// `Bulk`, `Expedited`), or to keep a thawed copy that long. A request already under way counts
+    /// as made. An archive tier of Intelligent-Tiering takes no number of days (the object moves
+    /// back to a frequent tier) and is thawed at Standard or Bulk.
+    pub async fn thaw(&self, key: &str, class: &str, days: i32, tier: &str) -> StorageResult<()> {
         check_key(key)?;
-        let request = RestoreRequest::builder()
-            .days(days)
-            .glacier_job_parameters(
-                GlacierJobParameters::builder()
-                    .tier(Tier::from(tier))
-                    .build()
-                    .map_err(|e| StorageError::Other {
-                        url: self.url_text.clone(),
-                        op: "restore".into(),
-                        message: e.to_string(),
-                    })?,
-            )
-            .build();
+        let job = |tier: &str| {
+            GlacierJobParameters::builder()
+                .tier(Tier::from(tier))
+                .build()
+                .map_err(|e| StorageError::Other {
+                    url: self.url_text.clone(),
+                    op: "restore".into(),
+                    message: e.to_string(),
+                })
+        };
+        let request = if Reach::intelligent(class) {
+            let tier = if tier == "Expedited" {
+                "Standard"
+            } else {
+                tier
+            };
+            RestoreRequest::builder()
+                .glacier_job_parameters(job(tier)?)
+                .build()
+        } else {
+            RestoreRequest::builder()
+                .days(days)
+                .glacier_job_parameters(job(tier)?)
+                .build()
+        };
         match self
             .client
             .restore_object()
