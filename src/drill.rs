@@ -443,6 +443,19 @@ pub async fn drill(
                 "drill: reading the scratch topics back and comparing with the archive"
             );
             compare(&client, &*store, &r.ranges, &renames, &mut report).await;
+            // The drill's progress in the target's progress topic has served its purpose:
+            // tombstones let compaction drop it (scheduled drills would pile it up).
+            let keys: Vec<String> = r
+                .ranges
+                .iter()
+                .map(|(t, p, _, _)| restore::progress::key(&id, t, *p))
+                .collect();
+            let (producer_config, topic) = (client.clone(), restore_opts.progress_topic.clone());
+            if let Err(e) =
+                crate::kafka::blocking(move || forget(&producer_config, &topic, &keys)).await
+            {
+                tracing::warn!(error = %e, "drill: could not remove its restore progress from the progress topic");
+            }
             estimate(&*store, &restore_opts, &mut report).await;
         }
     }
@@ -459,6 +472,18 @@ pub async fn drill(
         }
     };
     finish(&*store, report, opts).await
+}
+
+/// Tombstones for `keys` in `topic`.
+fn forget(client: &ClientConfig, topic: &str, keys: &[String]) -> Result<(), KafkaError> {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let producer: rdkafka::producer::BaseProducer = client.create()?;
+    for key in keys {
+        producer
+            .send(BaseRecord::<str, [u8]>::to(topic).key(key.as_str()))
+            .map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))
 }
 
 /// Conclude `report`, sign it if there is a key, and keep it in the archive.

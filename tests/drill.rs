@@ -120,6 +120,16 @@ async fn a_clean_drill_passes_with_exact_counts_and_a_signature_an_auditor_can_c
         assert_eq!(p["restored"], 35, "{report}");
         assert_eq!(p["archive_sha256"], p["restored_sha256"]);
     }
+    // The drill's restore progress is tombstoned: nothing of it is left to read.
+    let left = rewind::restore::progress::read(
+        &kafka::config(),
+        "__rewind_restores",
+        report["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+        false,
+    )
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
     let scratch = t["scratch_topic"].as_str().unwrap();
     assert!(scratch.starts_with("__rewind-drill-") && scratch.ends_with(&format!(".{topic}")));
     assert_eq!(report["scratch_topics_deleted"], true);
