@@ -21,3 +21,4 @@ pub mod restore;
 pub mod service;
 pub mod sink;
 pub mod storage;
+pub mod tables;

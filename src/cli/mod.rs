@@ -18,6 +18,7 @@ mod mark;
 mod restore;
 mod run;
 mod sink;
+mod tables;
 mod tools;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ enum Command {
     Ls(tools::LsArgs),
     /// Delete the oldest files, whose newest record is older than a cutoff.
     Retention(tools::RetentionArgs),
+    /// Iceberg tables over the archive, one per topic, for query engines (no data copied).
+    Tables(tables::TablesArgs),
     /// Run the service: every pipeline of the configuration, the HTTP API and /metrics.
     Run(run::RunArgs),
     /// See it work with nothing installed: embedded Kafka, local archive, backup, point-in-time restore.
@@ -198,6 +201,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Find(args) => tools::find(args).await,
         Command::Ls(args) => tools::ls(args).await,
         Command::Retention(args) => tools::retention(args).await,
+        Command::Tables(args) => tables::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Config(args) => {

@@ -132,12 +132,15 @@ fn failure(e: OpsError) -> Failure {
 
 /// How a tool uses the archive: only `retention` (unless it is a dry run) writes to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(super) enum Access {
     Read,
     Write,
 }
 
-async fn open_store(common: &ArchiveArgs, access: Access) -> Result<Arc<dyn ObjectStore>, Failure> {
+pub(super) async fn open_store(
+    common: &ArchiveArgs,
+    access: Access,
+) -> Result<Arc<dyn ObjectStore>, Failure> {
     let config = load_archive_config(common)?;
     let url = config.archive_url().map_err(Failure::usage)?;
     ops::check_exists(&url).map_err(failure)?;
@@ -148,7 +151,7 @@ async fn open_store(common: &ArchiveArgs, access: Access) -> Result<Arc<dyn Obje
     opened.map_err(Failure::found)
 }
 
-fn regex(flag: &str, pattern: &str) -> Result<TopicSelector, Failure> {
+pub(super) fn regex(flag: &str, pattern: &str) -> Result<TopicSelector, Failure> {
     TopicSelector::new(pattern).map_err(|e| {
         Failure::usage(format!(
             "--{flag} {pattern:?} is not a valid regular expression: {}",

@@ -216,12 +216,27 @@ pub async fn retention(
         }
     }
     progress.finish();
-    for plan in work {
-        if !dry_run {
+    if !dry_run {
+        for plan in &work {
             if let Some(start) = &plan.start {
                 // The new start first: from here on readers ignore what is about to go.
                 documents::advance_chain_start(store, start).await?;
             }
+        }
+        // Then the topics' Iceberg tables stop listing it (a delete snapshot), so that a query
+        // never meets a file that is gone; a crash after the starts moved makes the next sync do it.
+        let topics: std::collections::BTreeSet<&str> = work
+            .iter()
+            .flat_map(|p| p.files.iter().map(|f| f.topic.as_str()))
+            .collect();
+        for topic in topics {
+            if let Err(e) = crate::tables::sync_existing(store, topic).await {
+                tracing::warn!(topic, error = %e, "could not remove the deleted files from the topic's Iceberg table; `rewind tables sync` will");
+            }
+        }
+    }
+    for plan in work {
+        if !dry_run {
             let keys: Vec<String> = plan
                 .files
                 .iter()

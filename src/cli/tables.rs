@@ -1,0 +1,98 @@
+//! `rewind tables sync`: keep an Iceberg table per topic over the archive's own data files, for
+//! engines to open by metadata location (or through a catalog).
+
+use clap::{Args, Subcommand};
+
+use super::tools::{open_store, regex, Access};
+use super::{ArchiveArgs, Failure};
+use crate::config::units::duration;
+use crate::tables::{self, TableError, TableOptions};
+
+#[derive(Debug, Args)]
+pub struct TablesArgs {
+    #[command(subcommand)]
+    command: TablesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TablesCommand {
+    /// Bring each topic's Iceberg table up to the archive: add the files sinks wrote, remove those
+    /// retention deleted, expire old snapshots. Safe to run from several places at once.
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+struct SyncArgs {
+    #[command(flatten)]
+    common: ArchiveArgs,
+    /// Regular expression of topics (whole name; default all).
+    #[arg(long, value_name = "REGEX", default_value = ".*")]
+    topics: String,
+    /// Expire snapshots older than this (the newest --min-snapshots stay).
+    #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = duration::parse)]
+    max_snapshot_age: std::time::Duration,
+    /// Snapshots kept whatever their age.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    min_snapshots: u32,
+    /// Print the reports as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: TablesArgs) -> Result<(), Failure> {
+    match args.command {
+        TablesCommand::Sync(args) => sync(args).await,
+    }
+}
+
+async fn sync(args: SyncArgs) -> Result<(), Failure> {
+    let topics = regex("topics", &args.topics)?;
+    let store = open_store(&args.common, Access::Write).await?;
+    let opts = TableOptions {
+        max_snapshot_age: args.max_snapshot_age,
+        min_snapshots: args.min_snapshots as usize,
+        ..TableOptions::default()
+    };
+    let reports = tables::sync(&*store, &topics, &opts)
+        .await
+        .map_err(|e| match e {
+            TableError::Metadata(_) => Failure::usage(e),
+            other => Failure::found(other),
+        })?;
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&reports).map_err(Failure::found)?
+        );
+    } else if reports.is_empty() {
+        outln!("no topic selected has anything archived");
+    }
+    for r in &reports {
+        if !args.json {
+            let change = if r.committed {
+                format!(
+                    "version {}: +{} files, -{} files, {} snapshots expired",
+                    r.version, r.added_files, r.removed_files, r.expired_snapshots
+                )
+            } else {
+                format!("version {}: up to date", r.version)
+            };
+            outln!(
+                "{}: {change}; {} files, {} records\n  {}",
+                r.topic,
+                r.files,
+                r.records,
+                r.metadata
+            );
+        }
+        for why in &r.skipped {
+            eprintln!("warning: left as it was: {why}");
+        }
+    }
+    if reports.iter().any(|r| !r.skipped.is_empty()) {
+        return Err(Failure::found(
+            "some partitions could not be brought up to date; run `rewind verify`",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Iceberg tables over the archive, read by pyiceberg (PyPI, installed by `scripts/pyiceberg.sh`)
+//! the way analysts open them: from the metadata location `rewind tables sync` prints, or from the
+//! table's folder through `version-hint.text`, on the test bed's S3 server. A scan equals the
+//! produced records byte for byte, a scan filtered by time and key equals the matching records,
+//! a second sync appends, retention removes what it deletes with a delete snapshot before the
+//! files go, and syncs racing from several processes lose no file.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use common::kafka::{create_topic, header, produce, read_to_end, record};
+use rewind::archive::Record;
+use rewind::storage::{self, ObjectStore, StorageUrl};
+use serde_json::{json, Value};
+
+const SCAN: &str = r#"
+import json, sys
+import pyarrow as pa, pyarrow.compute as pc
+from pyiceberg.table import StaticTable
+from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual
+location, props, since, key = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+table = StaticTable.from_metadata(location, properties=props)
+def rows(scan):
+    t = scan.to_arrow()
+    ts = pc.cast(t["timestamp"], pa.int64()).to_pylist()
+    hexed = lambda b: None if b is None else b.hex()
+    out = [
+        {"partition": p, "offset": o, "timestamp": None if s is None else s // 1000,
+         "key": hexed(k), "value": hexed(v), "headers": [[h["key"], hexed(h["value"])] for h in hs]}
+        for p, o, s, k, v, hs in zip(t["partition"].to_pylist(), t["offset"].to_pylist(), ts,
+                                     t["key"].to_pylist(), t["value"].to_pylist(), t["headers"].to_pylist())
+    ]
+    return sorted(out, key=lambda r: (r["partition"], r["offset"]))
+window = And(GreaterThanOrEqual("timestamp", since), EqualTo("key", bytes.fromhex(key)))
+files = [task.file.file_path for task in table.scan().plan_files()]
+print(json.dumps({
+    "all": rows(table.scan()),
+    "window": rows(table.scan(row_filter=window)),
+    "window_files": len(list(table.scan(row_filter=window).plan_files())),
+    "files": files,
+    "operations": [s.summary.operation.value for s in table.snapshots()],
+}))
+"#;
+
+fn python() -> String {
+    if let Ok(python) = std::env::var("REWIND_TEST_PYICEBERG") {
+        return python;
+    }
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pyiceberg.sh"))
+        .output()
+        .expect("run scripts/pyiceberg.sh");
+    assert!(
+        out.status.success(),
+        "scripts/pyiceberg.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn hex(bytes: &Option<Vec<u8>>) -> Value {
+    match bytes {
+        None => Value::Null,
+        Some(b) => Value::String(b.iter().map(|x| format!("{x:02x}")).collect()),
+    }
+}
+
+fn row(partition: i32, r: &Record) -> Value {
+    json!({
+        "partition": partition,
+        "offset": r.offset,
+        "timestamp": r.timestamp,
+        "key": hex(&r.key),
+        "value": hex(&r.value),
+        "headers": r.headers.iter().map(|h| json!([h.key, hex(&h.value)])).collect::<Vec<_>>(),
+    })
+}
+
+/// `rewind tables sync --json` of `archive`; the reports.
+fn sync(archive: &str, topic: &str) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+        .args(["tables", "sync", "--archive", archive, "--json", "--topics"])
+        .arg(regex::escape(topic))
+        .args(["--s3-endpoint", &common::s3_endpoint(), "--s3-path-style"])
+        .env("AWS_ACCESS_KEY_ID", common::s3_access_key())
+        .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// pyiceberg's view of the table at `location`.
+fn scan(location: &str, since_ms: i64, key: &[u8]) -> Value {
+    let props = json!({
+        "s3.endpoint": common::s3_endpoint(),
+        "s3.access-key-id": common::s3_access_key(),
+        "s3.secret-access-key": common::s3_secret_key(),
+        "s3.region": "us-east-1",
+    });
+    // pyiceberg takes an offset, not Z.
+    let since = rewind::archive::time::rfc3339_millis(since_ms).replace('Z', "+00:00");
+    let hexkey: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new(python())
+        .args(["-c", SCAN, location, &props.to_string(), &since, &hexkey])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyiceberg: {}",
+        common::text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sink_once(archive: &str, topic: &str) {
+    let out = common::sink_command(archive, topic, &common::unique("g"))
+        .arg("--once")
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "6")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+}
+
+/// What the archive holds of `topic`, as table rows, read back from its chains.
+async fn archived(store: &Arc<dyn ObjectStore>, topic: &str, partitions: i32) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for p in 0..partitions {
+        for r in common::archive::chain(store, topic, p).await {
+            rows.push(row(p, &r));
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pyiceberg_reads_the_archive_as_a_table_through_appends_and_retention() {
+    let topic = common::unique("tables.orders");
+    let partitions = 3;
+    create_topic(&topic, partitions, &[]).await;
+    let now = common::now_ms();
+    let old = now - 3 * 24 * 3600 * 1000;
+    let batch = |base: i64, from: usize| -> Vec<Record> {
+        (from..from + 20)
+            .map(|i| {
+                let key = format!("k-{}", i % 5);
+                let key: Option<&[u8]> = if i % 11 == 0 {
+                    None
+                } else {
+                    Some(key.as_bytes())
+                };
+                let value = format!("{{\"n\":{i}}}");
+                let value: Option<&[u8]> = if i % 13 == 0 {
+                    None
+                } else {
+                    Some(value.as_bytes())
+                };
+                let headers = vec![
+                    header("trace", Some(&[i as u8, 0xff])),
+                    header("empty", None),
+                ];
+                record(key, value, headers, base + i as i64 * 1000)
+            })
+            .collect()
+    };
+    for p in 0..partitions {
+        produce(&topic, p, &batch(old, 0)).await;
+    }
+    let bucket = common::new_bucket().await;
+    let archive = format!("s3://{bucket}/arch");
+    sink_once(&archive, &topic);
+    let first = sync(&archive, &topic);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["version"], 1);
+    assert_eq!(first[0]["records"], 60);
+    let metadata = first[0]["metadata"].as_str().unwrap().to_string();
+    assert_eq!(
+        metadata,
+        format!("{archive}/_tables/{topic}/metadata/v1.metadata.json")
+    );
+    // Up to date: a second sync commits nothing.
+    let again = sync(&archive, &topic);
+    assert_eq!(again[0]["committed"], false, "{again:?}");
+
+    for p in 0..partitions {
+        produce(&topic, p, &batch(now - 60_000, 20)).await;
+    }
+    sink_once(&archive, &topic);
+    let second = sync(&archive, &topic);
+    assert_eq!(second[0]["version"], 2, "{second:?}");
+    assert_eq!(second[0]["records"], 120);
+
+    let produced: Vec<Value> = (0..partitions)
+        .flat_map(|p| {
+            read_to_end(&topic, p)
+                .into_iter()
+                .map(move |(r, _)| row(p, &r))
+        })
+        .collect();
+    assert_eq!(produced.len(), 120);
+    let since = now - 30_000;
+    let key = b"k-2";
+    let window: Vec<Value> = produced
+        .iter()
+        .filter(|r| {
+            r["timestamp"].as_i64().unwrap() >= since && r["key"] == json!(hex(&Some(key.to_vec())))
+        })
+        .cloned()
+        .collect();
+    assert!(!window.is_empty());
+
+    // By the metadata location sync printed, and by the table's folder (version-hint.text).
+    let folder = format!("{archive}/_tables/{topic}");
+    for location in [second[0]["metadata"].as_str().unwrap(), folder.as_str()] {
+        let table = scan(location, since, key);
+        assert_eq!(table["all"], json!(produced), "{location}");
+        assert_eq!(table["window"], json!(window), "{location}");
+        assert_eq!(table["operations"], json!(["append", "append"]));
+        // The file statistics let the time filter skip the old files.
+        let files = table["files"].as_array().unwrap().len();
+        assert!(
+            table["window_files"].as_u64().unwrap() < files as u64,
+            "{} of {files} files planned for the window",
+            table["window_files"]
+        );
+    }
+
+    // Retention deletes the old files; the table drops them first, and equals the archive after.
+    let url = StorageUrl::parse(&archive).unwrap();
+    let store: Arc<dyn ObjectStore> = storage::open_reader(&url, &common::s3_options())
+        .await
+        .unwrap();
+    let before = store.list("data/").await.unwrap().len();
+    let out = common::tool_command("retention", &archive)
+        .args(["--older-than", "2d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let after = store.list("data/").await.unwrap().len();
+    assert!(after < before, "retention deleted nothing ({before} files)");
+    let table = scan(&folder, since, key);
+    assert_eq!(table["operations"], json!(["append", "append", "delete"]));
+    assert_eq!(
+        table["all"],
+        json!(archived(&store, &topic, partitions).await)
+    );
+    assert_eq!(table["window"], json!(window));
+    for file in table["files"].as_array().unwrap() {
+        let key = file
+            .as_str()
+            .unwrap()
+            .strip_prefix(&format!("{archive}/"))
+            .unwrap();
+        store
+            .head(key)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+    }
+    let last = sync(&archive, &topic);
+    assert_eq!(last[0]["committed"], false, "{last:?}");
+    assert_eq!(last[0]["files"].as_u64().unwrap() as usize, after);
+}
