@@ -216,6 +216,7 @@ pub async fn retention(
         }
     }
     progress.finish();
+    let mut held_for_tables = std::collections::BTreeSet::new();
     if !dry_run {
         for plan in &work {
             if let Some(start) = &plan.start {
@@ -231,12 +232,16 @@ pub async fn retention(
             .collect();
         for topic in topics {
             if let Err(e) = crate::tables::sync_existing(store, topic).await {
-                tracing::warn!(topic, error = %e, "could not remove the deleted files from the topic's Iceberg table; `rewind tables sync` will");
+                // Its files stay (before the new start, where readers ignore them) until a run
+                // whose table commit lands: deleting them now would leave the table naming them.
+                tracing::warn!(topic, error = %e, "could not remove the files to delete from the topic's Iceberg table; they stay until the next retention run");
+                held_for_tables.insert(topic.to_string());
             }
         }
     }
-    for plan in work {
+    for mut plan in work {
         if !dry_run {
+            plan.files.retain(|f| !held_for_tables.contains(&f.topic));
             let keys: Vec<String> = plan
                 .files
                 .iter()

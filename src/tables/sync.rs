@@ -278,10 +278,22 @@ async fn sync_inner(
     let mut described: BTreeMap<String, DataFile> = BTreeMap::new();
     for attempt in 1..=MAX_ATTEMPTS {
         report.attempts = attempt;
-        let base = load(store, topic).await?;
-        let (version, mut meta) = match base {
-            Some((version, meta)) => (version, meta),
-            None => (0, new_table(store, topic, opts)),
+        let (version, mut meta) = match load(store, topic).await? {
+            Some(base) => base,
+            None => {
+                // A new table is committed empty first, and filled on top of it: a retention
+                // that saw no table had moved its chain starts before this version existed, so
+                // the archive read after it never holds a file that retention is deleting.
+                let body = serde_json::to_vec_pretty(&new_table(store, topic, opts))?;
+                match store
+                    .put(&version_key(topic, 1), Bytes::from(body), PutMode::Create)
+                    .await
+                {
+                    Ok(_) | Err(StorageError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                continue;
+            }
         };
         // The archive is read after the base: a commit that removed files retention is about to
         // delete is in the base, or this commit loses to it and reads both again.
@@ -315,13 +327,7 @@ async fn sync_inner(
         opts.record(&mut properties);
         let settings_changed = properties != meta.properties;
         meta.properties = properties;
-        if version > 0
-            && !force
-            && adds.is_empty()
-            && removes.is_empty()
-            && expiring == 0
-            && !settings_changed
-        {
+        if !force && adds.is_empty() && removes.is_empty() && expiring == 0 && !settings_changed {
             report.version = version;
             report.metadata = uri(store, &version_key(topic, version));
             report.files = live.len();
