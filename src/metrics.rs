@@ -41,6 +41,9 @@ pub const MARK_LAST_TAKEN: &str = "rewind_mark_last_taken_timestamp_seconds";
 pub const MARK_ERRORS: &str = "rewind_mark_errors_total";
 
 /// Restore drills run (`result`: passed, failed, error).
+pub const TABLE_COMMITS: &str = "rewind_table_commits_total";
+pub const TABLE_SYNC_ERRORS: &str = "rewind_table_sync_errors_total";
+pub const TABLE_LAST_SYNC: &str = "rewind_table_last_sync_timestamp_seconds";
 pub const DRILLS: &str = "rewind_drills_total";
 /// When the last drill that passed finished (seconds since the epoch).
 pub const DRILL_LAST_SUCCESS: &str = "rewind_drill_last_success_timestamp_seconds";
@@ -86,6 +89,21 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 }
 
 fn describe() {
+    describe_counter!(
+        TABLE_COMMITS,
+        Unit::Count,
+        "Versions of the topics' Iceberg tables committed by scheduled syncs, by topic."
+    );
+    describe_counter!(
+        TABLE_SYNC_ERRORS,
+        Unit::Count,
+        "Scheduled syncs of the Iceberg tables that failed (the next one tries again)."
+    );
+    describe_gauge!(
+        TABLE_LAST_SYNC,
+        Unit::Seconds,
+        "When a scheduled sync last brought every selected table up to date, in seconds since the epoch."
+    );
     describe_counter!(
         DRILLS,
         Unit::Count,

@@ -1145,10 +1145,15 @@ async fn sinks_take_each_scheduled_mark_once_and_the_api_takes_and_lists_marks()
     for p in 0..2 {
         produce(&topic, p, &traffic(p, 0, 50)).await;
     }
-    let (archive, _store) = s3_archive().await;
+    let (archive, store) = s3_archive().await;
     // The [sink] section is the pipeline's last: the schedule goes into it.
     let backup = format!("{}marks = \"hourly\"\n", sink_pipeline(&topic));
-    let service = ServiceDir::new(&archive, "", &[("backup", backup)]);
+    // Both workers also keep the topic's Iceberg table, syncing every second.
+    let tables = format!(
+        "[tables]\nevery = \"1s\"\ntopics = \"{}\"\n",
+        regex::escape(&topic).replace('\\', "\\\\")
+    );
+    let service = ServiceDir::new(&archive, &tables, &[("backup", backup)]);
     let (a, b) = (free_addr(), free_addr());
     let mut first = service.start(&a, "a.log");
     let mut second = service.start(&b, "b.log");
@@ -1223,6 +1228,38 @@ async fn sinks_take_each_scheduled_mark_once_and_the_api_takes_and_lists_marks()
                 .any(|m| m["name"] == "api-mark" && m["status"] == "complete")
         },
     );
+    // The table, synced by both workers at once, holds every record archived.
+    let table_records = || async {
+        let prefix = format!("{}metadata/", rewind::tables::table_prefix(&topic));
+        let hint = store
+            .get(&format!("{prefix}version-hint.text"))
+            .await
+            .ok()?;
+        let version = String::from_utf8_lossy(&hint.body).to_string();
+        let meta = store
+            .get(&format!("{prefix}v{version}.metadata.json"))
+            .await
+            .ok()?;
+        let meta: rewind::tables::metadata::TableMetadata =
+            serde_json::from_slice(&meta.body).unwrap();
+        meta.current()?
+            .summary
+            .get("total-records")?
+            .parse::<u64>()
+            .ok()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while table_records().await != Some(100) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the table did not reach the 100 records archived: {:?}",
+            table_records().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let commits =
+        counter(&a, "rewind_table_commits_total") + counter(&b, "rewind_table_commits_total");
+    assert!(commits >= 1.0, "no table commit was counted");
     for child in [&mut first, &mut second] {
         assert!(terminate(child).success());
     }

@@ -264,3 +264,112 @@ async fn pyiceberg_reads_the_archive_as_a_table_through_appends_and_retention() 
     assert_eq!(last[0]["committed"], false, "{last:?}");
     assert_eq!(last[0]["files"].as_u64().unwrap() as usize, after);
 }
+
+/// Three `rewind tables sync` processes at once, round after round, while a sink writes files of
+/// five records into S3 and producers keep going: the conditional put of the next metadata file
+/// decides each commit, and when everything has settled the table holds every archived record,
+/// each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn syncs_racing_from_several_processes_lose_no_file() {
+    let topic = common::unique("tables.race");
+    let partitions = 4;
+    create_topic(&topic, partitions, &[]).await;
+    let bucket = common::new_bucket().await;
+    let archive = format!("s3://{bucket}/arch");
+    let mut sink = common::sink_command(&archive, &topic, &common::unique("g"))
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "5")
+        .env("REWIND__SINK__MAX_FILE_AGE", "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let now = common::now_ms();
+    let mut attempts = 0;
+    for round in 0..4 {
+        for p in 0..partitions {
+            let records: Vec<Record> = (0..12)
+                .map(|i| {
+                    let value = format!("{round}-{p}-{i}");
+                    record(Some(b"k"), Some(value.as_bytes()), vec![], now + i)
+                })
+                .collect();
+            produce(&topic, p, &records).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let racers: Vec<_> = (0..3)
+            .map(|_| {
+                let (archive, topic) = (archive.clone(), topic.clone());
+                std::thread::spawn(move || sync(&archive, &topic))
+            })
+            .collect();
+        for r in racers {
+            let reports = r.join().unwrap();
+            attempts += reports[0]["attempts"].as_u64().unwrap();
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &sink.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sink.wait().unwrap().success());
+    let last = sync(&archive, &topic);
+    let url = StorageUrl::parse(&archive).unwrap();
+    let store: Arc<dyn ObjectStore> = storage::open_reader(&url, &common::s3_options())
+        .await
+        .unwrap();
+    let archived = archived(&store, &topic, partitions).await;
+    assert_eq!(archived.len(), 4 * 4 * 12, "the sink archived everything");
+    assert_eq!(last[0]["records"], json!(archived.len()), "{last:?}");
+    let table = scan(last[0]["metadata"].as_str().unwrap(), now, b"k");
+    assert_eq!(table["all"], json!(archived));
+    eprintln!("{attempts} commit attempts by 12 racing syncs");
+}
+
+/// Mistakes get one sentence and exit 2, and nothing is written.
+#[test]
+fn mistakes_are_refused_in_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = format!("file://{}", dir.path().display());
+    for (args, says) in [
+        (
+            vec!["--archive", "file:///nonexistent/rewind"],
+            "no archive at this path",
+        ),
+        (vec!["--archive", empty.as_str()], "is not a Rewind archive"),
+        (
+            vec!["--archive", empty.as_str(), "--topics", "("],
+            "not a valid regular expression",
+        ),
+        (
+            vec!["--archive", empty.as_str(), "--min-snapshots", "0"],
+            "--min-snapshots",
+        ),
+        (
+            vec!["--archive", empty.as_str(), "--max-snapshot-age", "soon"],
+            "--max-snapshot-age",
+        ),
+        (
+            vec!["--archive", empty.as_str(), "--catalog-uri"],
+            "--catalog-uri",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+            .args(["tables", "sync"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            common::text(&out.stderr)
+        );
+        let err = common::error_line(&out);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing is written"
+    );
+}

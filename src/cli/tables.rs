@@ -56,7 +56,7 @@ async fn sync(args: SyncArgs) -> Result<(), Failure> {
     let reports = tables::sync(&*store, &topics, &opts)
         .await
         .map_err(|e| match e {
-            TableError::Metadata(_) => Failure::usage(e),
+            TableError::NoArchive(_) => Failure::usage(e),
             other => Failure::found(other),
         })?;
     if args.json {

@@ -49,8 +49,42 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Restore drills (`rewind drill`, and on a schedule in `rewind run`).
     pub drill: DrillConfig,
+    /// Iceberg tables over the archive (`rewind tables sync`, and on a schedule in `rewind run`).
+    pub tables: TablesConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Iceberg tables over the archive: how often `rewind run` brings them up to date, and how long
+/// their snapshots are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TablesConfig {
+    /// How often `rewind run` syncs the tables (e.g. `5m`); `0s`, the default, never. Every worker
+    /// may sync: commits are compare-and-swap, so workers never lose each other's files.
+    #[serde(with = "units::duration")]
+    pub every: Duration,
+    /// The archive whose tables are kept, by name.
+    pub archive: String,
+    /// Regular expression of archived topics to keep a table for.
+    pub topics: String,
+    /// Snapshots older than this are expired (the newest `min_snapshots` stay).
+    #[serde(with = "units::duration")]
+    pub max_snapshot_age: Duration,
+    /// Snapshots kept whatever their age.
+    pub min_snapshots: u32,
+}
+
+impl Default for TablesConfig {
+    fn default() -> Self {
+        TablesConfig {
+            every: Duration::ZERO,
+            archive: "default".into(),
+            topics: ".*".into(),
+            max_snapshot_age: Duration::from_secs(24 * 3600),
+            min_snapshots: 10,
+        }
+    }
 }
 
 /// Restore drills: where `rewind run` runs them and how often, and the key that signs reports.
@@ -102,6 +136,7 @@ impl Default for Config {
             restore: RestoreConfig::default(),
             service: ServiceConfig::default(),
             drill: DrillConfig::default(),
+            tables: TablesConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -44,6 +44,35 @@ impl Config {
                 );
             }
         }
+        let tables = &self.tables;
+        if tables.archive != "default" && !self.archives.contains_key(&tables.archive) {
+            problem(
+                "tables.archive",
+                format!(
+                    "names no archive: add [archives] {} = \"s3://...\" or use \"default\"",
+                    tables.archive
+                ),
+            );
+        }
+        if let Err(err) = regex::Regex::new(&tables.topics) {
+            let detail = err
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            problem(
+                "tables.topics",
+                format!("invalid regular expression {:?}: {detail}", tables.topics),
+            );
+        }
+        if tables.min_snapshots == 0 {
+            problem(
+                "tables.min_snapshots",
+                "must be at least 1 (the current snapshot)".into(),
+            );
+        }
         let s3 = &self.storage.s3;
         if any_s3 && s3.region.is_none() && !aws_region_available(env) {
             problem(

@@ -30,6 +30,7 @@ mod marks;
 mod registry;
 mod restores;
 mod supervise;
+mod tables;
 mod views;
 
 use std::sync::{Arc, Mutex};

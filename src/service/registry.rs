@@ -92,6 +92,12 @@ impl Registry {
                 tracing::error!("cannot start the drill schedule");
             }
         }
+        if !registry.config.tables.every.is_zero() {
+            let registry_ = registry.clone();
+            if !registry.isolated("table syncs", move || super::tables::schedule(registry_)) {
+                tracing::error!("cannot start the table sync schedule");
+            }
+        }
         for pipeline in registry.pipelines.values() {
             if !pipeline.spec.enabled {
                 continue;

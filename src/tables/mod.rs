@@ -32,6 +32,8 @@ pub enum TableError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Chain(#[from] ChainError),
+    #[error("{0} is not a Rewind archive (no _archive.json); check the archive URL")]
+    NoArchive(String),
     #[error("the table metadata is not what Rewind writes: {0}")]
     Metadata(String),
     #[error("{topic}: another writer committed to the table {attempts} times while this one tried; try again")]

@@ -111,10 +111,7 @@ pub async fn sync(
     opts: &TableOptions,
 ) -> Result<Vec<SyncReport>, TableError> {
     if documents::read_identity(store).await?.is_none() {
-        return Err(TableError::Metadata(format!(
-            "{} is not a Rewind archive (no _archive.json)",
-            store.url()
-        )));
+        return Err(TableError::NoArchive(store.url().to_string()));
     }
     let mut names = BTreeSet::new();
     for object in store.list(CHECKPOINTS_PREFIX).await? {
