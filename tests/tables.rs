@@ -428,3 +428,124 @@ fn mistakes_are_refused_in_one_sentence() {
         "nothing is written"
     );
 }
+
+const REST_SCAN: &str = r#"
+import json, sys
+from pyiceberg.catalog.rest import RestCatalog
+uri, identifier = sys.argv[1], sys.argv[2]
+table = RestCatalog("rewind", uri=uri).load_table(identifier)
+t = table.scan().to_arrow()
+hexed = lambda b: None if b is None else b.hex()
+rows = sorted(({"partition": p, "offset": o, "value": hexed(v)}
+               for p, o, v in zip(t["partition"].to_pylist(), t["offset"].to_pylist(), t["value"].to_pylist())),
+              key=lambda r: (r["partition"], r["offset"]))
+print(json.dumps({"rows": rows, "operations": [s.summary.operation.value for s in table.snapshots()],
+                  "location": table.metadata_location}))
+"#;
+
+/// `rewind tables sync --catalog-uri` registers each table with Apache Iceberg's own REST catalog
+/// server (Maven Central, `scripts/iceberg-rest.sh`), then commits each new version to it, and
+/// pyiceberg finds the topic by name through the catalog, equal to the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rest_catalog_serves_the_tables_by_name() {
+    let catalog = std::env::var("REWIND_TEST_ICEBERG_REST_URI")
+        .unwrap_or_else(|_| "http://127.0.0.1:8181".into());
+    let topic = common::unique("tables.rest-orders");
+    create_topic(&topic, 2, &[]).await;
+    let now = common::now_ms();
+    let round = |from: usize| -> Vec<Record> {
+        (from..from + 15)
+            .map(|i| {
+                record(
+                    Some(b"k"),
+                    Some(format!("v{i}").as_bytes()),
+                    vec![],
+                    now + i as i64,
+                )
+            })
+            .collect()
+    };
+    for p in 0..2 {
+        produce(&topic, p, &round(0)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    sink_once(&archive, &topic);
+    let namespace = common::unique("ns").replace('-', "_");
+    let sync = |archive: &str| -> Vec<Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+            .args(["tables", "sync", "--archive", archive, "--json", "--topics"])
+            .arg(regex::escape(&topic))
+            .args(["--catalog-uri", &catalog, "--catalog-namespace", &namespace])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let scan = || -> Value {
+        let table = format!(
+            "{namespace}.{}",
+            rewind::tables::catalog::table_name(&topic)
+        );
+        let out = Command::new(python())
+            .args(["-c", REST_SCAN, &catalog, &table])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pyiceberg: {}",
+            common::text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let expected = |topic: &str| -> Value {
+        let rows: Vec<Value> = (0..2)
+            .flat_map(|p| {
+                read_to_end(topic, p).into_iter().map(move |(r, _)| {
+                    json!({"partition": p, "offset": r.offset, "value": hex(&r.value)})
+                })
+            })
+            .collect();
+        json!(rows)
+    };
+
+    let first = sync(&archive);
+    assert_eq!(first[0]["catalog"], "registered", "{first:?}");
+    let table = scan();
+    assert_eq!(table["rows"], expected(&topic));
+    assert_eq!(table["location"], first[0]["metadata"]);
+
+    for p in 0..2 {
+        produce(&topic, p, &round(15)).await;
+    }
+    sink_once(&archive, &topic);
+    let second = sync(&archive);
+    assert_eq!(second[0]["catalog"], "committed", "{second:?}");
+    // The catalog wrote the commit as a metadata file of its own, beside Rewind's.
+    let table = scan();
+    assert_eq!(table["rows"], expected(&topic));
+    assert_eq!(table["rows"].as_array().unwrap().len(), 60);
+    assert_eq!(table["operations"], json!(["append", "append"]));
+    let committed = table["location"].clone();
+
+    let third = sync(&archive);
+    assert_eq!(third[0]["catalog"], "up_to_date", "{third:?}");
+
+    // Another archive's table under the same name is not touched: the sync says so, exit 1.
+    let other = tempfile::tempdir().unwrap();
+    let other_archive = format!("file://{}", other.path().display());
+    sink_once(&other_archive, &topic);
+    let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+        .args(["tables", "sync", "--archive", &other_archive, "--topics"])
+        .arg(regex::escape(&topic))
+        .args(["--catalog-uri", &catalog, "--catalog-namespace", &namespace])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stderr));
+    assert!(
+        common::text(&out.stderr).contains("is another table"),
+        "{}",
+        common::text(&out.stderr)
+    );
+    assert_eq!(scan()["location"], committed);
+}

@@ -28,12 +28,33 @@ struct SyncArgs {
     /// Regular expression of topics (whole name; default all).
     #[arg(long, value_name = "REGEX", default_value = ".*")]
     topics: String,
-    /// Expire snapshots older than this (the newest --min-snapshots stay).
-    #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = duration::parse)]
-    max_snapshot_age: std::time::Duration,
-    /// Snapshots kept whatever their age.
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    min_snapshots: u32,
+    /// Expire snapshots older than this (the newest --min-snapshots stay); default: what the
+    /// table's properties say, else 1d. Recorded in the table.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    max_snapshot_age: Option<std::time::Duration>,
+    /// Snapshots kept whatever their age; default: what the table's properties say, else 10.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    min_snapshots: Option<u32>,
+    /// Register the tables with this Iceberg REST catalog (e.g. http://127.0.0.1:8181), and bring
+    /// its entries to each table's newest version.
+    #[arg(long, value_name = "URL")]
+    catalog_uri: Option<String>,
+    /// The catalog namespace the tables go into.
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        default_value = "rewind",
+        requires = "catalog_uri"
+    )]
+    catalog_namespace: String,
+    /// Bearer token for the catalog.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "REWIND_CATALOG_TOKEN",
+        hide_env_values = true
+    )]
+    catalog_token: Option<String>,
     /// Print the reports as JSON.
     #[arg(long)]
     json: bool,
@@ -48,9 +69,27 @@ pub async fn run(args: TablesArgs) -> Result<(), Failure> {
 async fn sync(args: SyncArgs) -> Result<(), Failure> {
     let topics = regex("topics", &args.topics)?;
     let store = open_store(&args.common, Access::Write).await?;
+    let catalog = match &args.catalog_uri {
+        None => None,
+        Some(uri) => match url::Url::parse(uri) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                Some(crate::tables::catalog::Catalog {
+                    uri: uri.clone(),
+                    namespace: args.catalog_namespace.clone(),
+                    token: args.catalog_token.clone(),
+                })
+            }
+            _ => {
+                return Err(Failure::usage(format!(
+                    "--catalog-uri {uri:?} is not an http:// or https:// URL"
+                )))
+            }
+        },
+    };
     let opts = TableOptions {
+        catalog,
         max_snapshot_age: args.max_snapshot_age,
-        min_snapshots: args.min_snapshots as usize,
+        min_snapshots: args.min_snapshots.map(|n| n as usize),
         ..TableOptions::default()
     };
     let reports = tables::sync(&*store, &topics, &opts)
@@ -68,6 +107,10 @@ async fn sync(args: SyncArgs) -> Result<(), Failure> {
         outln!("no topic selected has anything archived");
     }
     for r in &reports {
+        if let Some(e) = &r.error {
+            eprintln!("error: {}: {e}", r.topic);
+            continue;
+        }
         if !args.json {
             let change = if r.committed {
                 format!(
@@ -88,6 +131,13 @@ async fn sync(args: SyncArgs) -> Result<(), Failure> {
         for why in &r.skipped {
             eprintln!("warning: left as it was: {why}");
         }
+    }
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        return Err(Failure::found(format!(
+            "{failed} of {} tables could not be synced (see above); the others were",
+            reports.len()
+        )));
     }
     if reports.iter().any(|r| !r.skipped.is_empty()) {
         return Err(Failure::found(

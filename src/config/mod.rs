@@ -73,6 +73,12 @@ pub struct TablesConfig {
     pub max_snapshot_age: Duration,
     /// Snapshots kept whatever their age.
     pub min_snapshots: u32,
+    /// An Iceberg REST catalog to register the tables with, e.g. `https://catalog.example.com`.
+    pub catalog_uri: Option<String>,
+    /// The catalog namespace the tables go into.
+    pub catalog_namespace: String,
+    /// Bearer token for the catalog: write it `${env:NAME}` or `${file:/path}`.
+    pub catalog_token: Option<String>,
 }
 
 impl Default for TablesConfig {
@@ -83,6 +89,9 @@ impl Default for TablesConfig {
             topics: ".*".into(),
             max_snapshot_age: Duration::from_secs(24 * 3600),
             min_snapshots: 10,
+            catalog_uri: None,
+            catalog_namespace: "rewind".into(),
+            catalog_token: None,
         }
     }
 }
@@ -617,6 +626,7 @@ impl Config {
             &mut shown.storage.s3.session_token,
             &mut shown.service.api_token,
             &mut shown.drill.sign_key,
+            &mut shown.tables.catalog_token,
         ] {
             if secret.is_some() {
                 *secret = Some("<redacted>".into());

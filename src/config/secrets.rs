@@ -81,6 +81,9 @@ impl Config {
         if let Some(key) = &mut self.drill.sign_key {
             resolve("drill.sign_key".into(), true, key);
         }
+        if let Some(token) = &mut self.tables.catalog_token {
+            resolve("tables.catalog_token".into(), true, token);
+        }
         let s3 = &mut self.storage.s3;
         for (key, value) in [
             ("access_key_id", &mut s3.access_key_id),

@@ -67,6 +67,12 @@ impl Config {
                 format!("invalid regular expression {:?}: {detail}", tables.topics),
             );
         }
+        if let Some(uri) = &tables.catalog_uri {
+            match url::Url::parse(uri) {
+                Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
+                _ => problem("tables.catalog_uri", format!("expected an http:// or https:// URL such as http://127.0.0.1:8181, got {uri:?}")),
+            }
+        }
         if tables.min_snapshots == 0 {
             problem(
                 "tables.min_snapshots",

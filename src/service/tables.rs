@@ -19,9 +19,18 @@ pub(super) async fn schedule(registry: std::sync::Arc<Registry>) {
             return;
         }
     };
+    let catalog = config
+        .catalog_uri
+        .clone()
+        .map(|uri| crate::tables::catalog::Catalog {
+            uri,
+            namespace: config.catalog_namespace.clone(),
+            token: config.catalog_token.clone(),
+        });
     let opts = TableOptions {
-        max_snapshot_age: config.max_snapshot_age,
-        min_snapshots: config.min_snapshots.max(1) as usize,
+        catalog,
+        max_snapshot_age: Some(config.max_snapshot_age),
+        min_snapshots: Some(config.min_snapshots.max(1) as usize),
         ..TableOptions::default()
     };
     let mut shutdown = registry.shutdown.clone();
@@ -40,7 +49,18 @@ pub(super) async fn schedule(registry: std::sync::Arc<Registry>) {
                             "table synced"
                         );
                     }
-                    if reports.iter().all(|r| r.skipped.is_empty()) {
+                    for r in reports.iter().filter(|r| r.error.is_some()) {
+                        metrics::counter!(crate::metrics::TABLE_SYNC_ERRORS).increment(1);
+                        tracing::warn!(
+                            topic = r.topic,
+                            error = r.error.as_deref().unwrap_or(""),
+                            "table sync failed; trying again at the next interval"
+                        );
+                    }
+                    if reports
+                        .iter()
+                        .all(|r| r.skipped.is_empty() && r.error.is_none())
+                    {
                         metrics::gauge!(crate::metrics::TABLE_LAST_SYNC)
                             .set(now_ms() as f64 / 1000.0);
                     }

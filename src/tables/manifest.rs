@@ -442,9 +442,14 @@ pub fn describe(
             .sum()
     };
     let live = entries.iter().filter(|e| e.status != Status::Deleted);
-    let partitions = live.clone().map(|e| e.file.partition).fold(None, |acc, p| {
-        Some(acc.map_or((p, p), |(lo, hi): (i32, i32)| (lo.min(p), hi.max(p))))
-    });
+    // Over every entry, deleted ones too, as Iceberg's writers do: a reader filtering on the
+    // partition must not skip a manifest that says what a delete removed.
+    let partitions = entries
+        .iter()
+        .map(|e| e.file.partition)
+        .fold(None, |acc, p| {
+            Some(acc.map_or((p, p), |(lo, hi): (i32, i32)| (lo.min(p), hi.max(p))))
+        });
     ManifestFile {
         path,
         length,
@@ -508,7 +513,7 @@ mod tests {
             (listed.added_files, listed.deleted_files, listed.added_rows),
             (1, 1, 11)
         );
-        assert_eq!(listed.partitions, Some((0, 0)));
+        assert_eq!(listed.partitions, Some((0, 4)));
         assert_eq!(listed.min_sequence_number, 3);
         let list = write_manifest_list(std::slice::from_ref(&listed), 7, Some(6), 3).unwrap();
         assert_eq!(read_manifest_list(&list).unwrap(), vec![listed]);

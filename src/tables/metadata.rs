@@ -63,8 +63,9 @@ pub struct TableMetadata {
     pub default_spec_id: i32,
     pub last_partition_id: i32,
     pub properties: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_snapshot_id: Option<i64>,
+    /// `-1` when the table has no snapshot (as Iceberg's Java writers say it).
+    #[serde(default = "no_snapshot")]
+    pub current_snapshot_id: i64,
     #[serde(default)]
     pub snapshots: Vec<Snapshot>,
     #[serde(default)]
@@ -100,7 +101,7 @@ impl TableMetadata {
             default_spec_id: 0,
             last_partition_id: spec::field::PARTITION_FIELD,
             properties,
-            current_snapshot_id: None,
+            current_snapshot_id: -1,
             snapshots: Vec::new(),
             snapshot_log: Vec::new(),
             metadata_log: Vec::new(),
@@ -113,7 +114,12 @@ impl TableMetadata {
 
     /// The current snapshot, if the table has one (`-1` is how some writers say none).
     pub fn current(&self) -> Option<&Snapshot> {
-        let id = self.current_snapshot_id.filter(|&id| id != -1)?;
-        self.snapshots.iter().find(|s| s.snapshot_id == id)
+        self.snapshots
+            .iter()
+            .find(|s| s.snapshot_id == self.current_snapshot_id)
     }
+}
+
+fn no_snapshot() -> i64 {
+    -1
 }

@@ -12,12 +12,13 @@
 //! Invariant: every file a table's current snapshot lists is a file of its partition's chain, and
 //! after a sync every chain file below the partition's checkpoint is listed, once.
 
+pub mod catalog;
 pub mod manifest;
 pub mod metadata;
 pub mod spec;
 mod sync;
 
-pub use sync::{sync, sync_existing, sync_topic, table_prefix, SyncReport, TableOptions};
+pub use sync::{sync, sync_existing, sync_topic, table_prefix, Policy, SyncReport, TableOptions};
 
 use crate::archive::chain::ChainError;
 use crate::archive::documents::ArchiveError;
@@ -36,6 +37,14 @@ pub enum TableError {
     NoArchive(String),
     #[error("the table metadata is not what Rewind writes: {0}")]
     Metadata(String),
+    #[error("{0} is outside the archive")]
+    Outside(String),
+    #[error("{topic}/{partition}: the chain does not read ({why}), so the table may still list files of it")]
+    Unreadable {
+        topic: String,
+        partition: i32,
+        why: String,
+    },
     #[error("{topic}: another writer committed to the table {attempts} times while this one tried; try again")]
     Contended { topic: String, attempts: u32 },
 }

@@ -27,22 +27,34 @@ const MAX_ATTEMPTS: u32 = 16;
 /// Footers and manifests read at once.
 const CONCURRENCY: usize = 16;
 
-/// How tables are kept.
-#[derive(Debug, Clone)]
+/// How tables are kept: each setting given wins over what the table's properties say, which win
+/// over the defaults ([`Policy::default`]); the settings used are written back into the properties.
+#[derive(Debug, Clone, Default)]
 pub struct TableOptions {
+    /// An Iceberg REST catalog to register each table with after its sync.
+    pub catalog: Option<super::catalog::Catalog>,
     /// Snapshots older than this are expired (Iceberg's `history.expire.max-snapshot-age-ms`).
-    pub max_snapshot_age: Duration,
+    pub max_snapshot_age: Option<Duration>,
     /// The newest snapshots kept whatever their age (`history.expire.min-snapshots-to-keep`).
-    pub min_snapshots: usize,
+    pub min_snapshots: Option<usize>,
     /// Earlier metadata files kept in the metadata log (`write.metadata.previous-versions-max`).
-    pub previous_versions: usize,
+    pub previous_versions: Option<usize>,
     /// Past this many manifests, a commit merges them into one (`commit.manifest.min-count-to-merge`).
+    pub max_manifests: Option<usize>,
+}
+
+/// The settings one commit keeps the table by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub max_snapshot_age: Duration,
+    pub min_snapshots: usize,
+    pub previous_versions: usize,
     pub max_manifests: usize,
 }
 
-impl Default for TableOptions {
-    fn default() -> TableOptions {
-        TableOptions {
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
             max_snapshot_age: Duration::from_secs(24 * 3600),
             min_snapshots: 10,
             previous_versions: 20,
@@ -68,9 +80,16 @@ pub struct SyncReport {
     pub records: i64,
     /// Commits tried (more than one when another writer committed first).
     pub attempts: u32,
-    /// Partitions whose files were left as the table had them, with why (a chain that does not
-    /// read; `rewind verify` names the fault).
+    /// Partitions whose files were left as the table had them, and files left out, with why (a
+    /// chain or footer that does not read; `rewind verify` names the fault).
     pub skipped: Vec<String>,
+    /// What the REST catalog was told (`registered`, `committed`, `up_to_date`), if one is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<super::catalog::Published>,
+    /// Why the table could not be synced at all (the others still were), or why the catalog
+    /// could not be told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The folder of `topic`'s table.
@@ -90,17 +109,25 @@ fn hint_key(topic: &str) -> String {
     format!("{}version-hint.text", metadata_prefix(topic))
 }
 
+/// The URI of the archive's root, ending in `/`: `s3://bucket/prefix/`, or a percent-encoded
+/// `file:///` URL (a local root may hold spaces; keys never need encoding).
+fn base_uri(store: &dyn ObjectStore) -> String {
+    match store.url() {
+        crate::storage::StorageUrl::Local { root } => url::Url::from_directory_path(root)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|()| format!("file://{}/", root.display())),
+        other => format!("{}/", other.to_string().trim_end_matches('/')),
+    }
+}
+
 /// The absolute URI of an archive key, as table metadata names files.
 fn uri(store: &dyn ObjectStore, key: &str) -> String {
-    format!("{}/{key}", store.url().to_string().trim_end_matches('/'))
+    format!("{}{key}", base_uri(store))
 }
 
 /// The archive key of a URI [`uri`] made; `None` for a file outside the archive.
 fn key_of(store: &dyn ObjectStore, uri: &str) -> Option<String> {
-    let base = store.url().to_string();
-    uri.strip_prefix(base.trim_end_matches('/'))?
-        .strip_prefix('/')
-        .map(str::to_string)
+    uri.strip_prefix(&base_uri(store)).map(str::to_string)
 }
 
 /// Bring the table of every topic `topics` selects up to the archive, one topic after another:
@@ -126,7 +153,29 @@ pub async fn sync(
     }
     let mut reports = Vec::new();
     for topic in names.into_iter().filter(|t| topics.is_match(t)) {
-        reports.push(sync_topic(store, &topic, opts).await?);
+        // One table that fails does not keep the others back.
+        let mut report = match sync_topic(store, &topic, opts).await {
+            Ok(report) => report,
+            Err(e) => SyncReport {
+                topic,
+                error: Some(e.to_string()),
+                ..SyncReport::default()
+            },
+        };
+        if let (Some(catalog), None) = (&opts.catalog, &report.error) {
+            match load(store, &report.topic).await {
+                Ok(Some((version, meta))) => {
+                    let location = uri(store, &version_key(&report.topic, version));
+                    match super::catalog::publish(catalog, &report.topic, &meta, &location).await {
+                        Ok(done) => report.catalog = Some(done),
+                        Err(e) => report.error = Some(e.to_string()),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => report.error = Some(e.to_string()),
+            }
+        }
+        reports.push(report);
     }
     Ok(reports)
 }
@@ -144,16 +193,24 @@ struct Wanted {
 async fn wanted(store: &dyn ObjectStore, topic: &str) -> Result<Wanted, TableError> {
     // Checkpoints before the listing: a checkpoint moves only once its files are durable and
     // claimed, so every file below one is in the listing, and racing writers' orphans are not.
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for object in store.list(&format!("{CHECKPOINTS_PREFIX}{topic}/")).await? {
-        if let Some((t, partition)) = paths::parse_checkpoint_key(&object.key) {
-            if t == topic {
-                if let Some(c) = documents::read_checkpoint(store, topic, partition).await? {
-                    ends.insert(partition, c.doc.end);
-                }
-            }
-        }
-    }
+    let listed: Vec<i32> = store
+        .list(&format!("{CHECKPOINTS_PREFIX}{topic}/"))
+        .await?
+        .iter()
+        .filter_map(|o| paths::parse_checkpoint_key(&o.key))
+        .filter(|(t, _)| t == topic)
+        .map(|(_, p)| p)
+        .collect();
+    let ends: BTreeMap<i32, i64> = futures::stream::iter(listed.into_iter().map(|p| async move {
+        let c = documents::read_checkpoint(store, topic, p).await?;
+        Ok::<_, TableError>(c.map(|c| (p, c.doc.end)))
+    }))
+    .buffered(CONCURRENCY)
+    .try_collect::<Vec<_>>()
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
     let listed = chain::list_files(store, &format!("{DATA_PREFIX}topic={topic}/")).await?;
     let partitions: BTreeSet<i32> = ends
         .keys()
@@ -205,31 +262,46 @@ pub async fn sync_existing(
     topic: &str,
 ) -> Result<Option<SyncReport>, TableError> {
     match load(store, topic).await? {
-        Some((_, meta)) => Ok(Some(
-            sync_inner(store, topic, &TableOptions::of(&meta.properties), true).await?,
+        Some(_) => Ok(Some(
+            sync_inner(store, topic, &TableOptions::default(), true).await?,
         )),
         None => Ok(None),
     }
 }
 
 impl TableOptions {
-    /// The options a table's properties record (defaults for those it lacks).
-    pub fn of(properties: &BTreeMap<String, String>) -> TableOptions {
-        let d = TableOptions::default();
+    /// The policy for a table with `properties`: these options, else the properties, else the
+    /// defaults.
+    pub fn policy(&self, properties: &BTreeMap<String, String>) -> Policy {
+        let d = Policy::default();
         let get = |k: &str| properties.get(k).and_then(|v| v.parse::<u64>().ok());
-        TableOptions {
-            max_snapshot_age: get("history.expire.max-snapshot-age-ms")
-                .map_or(d.max_snapshot_age, Duration::from_millis),
-            min_snapshots: get("history.expire.min-snapshots-to-keep")
-                .map_or(d.min_snapshots, |v| v as usize),
-            previous_versions: get("write.metadata.previous-versions-max")
-                .map_or(d.previous_versions, |v| v as usize),
-            max_manifests: get("commit.manifest.min-count-to-merge")
-                .map_or(d.max_manifests, |v| v as usize),
+        Policy {
+            max_snapshot_age: self.max_snapshot_age.unwrap_or_else(|| {
+                get("history.expire.max-snapshot-age-ms")
+                    .map_or(d.max_snapshot_age, Duration::from_millis)
+            }),
+            min_snapshots: self.min_snapshots.unwrap_or_else(|| {
+                get("history.expire.min-snapshots-to-keep").map_or(d.min_snapshots, |v| v as usize)
+            }),
+            previous_versions: self.previous_versions.unwrap_or_else(|| {
+                get("write.metadata.previous-versions-max")
+                    .map_or(d.previous_versions, |v| v as usize)
+            }),
+            max_manifests: self.max_manifests.unwrap_or_else(|| {
+                get("commit.manifest.min-count-to-merge").map_or(d.max_manifests, |v| v as usize)
+            }),
         }
     }
+}
 
-    fn record(&self, properties: &mut BTreeMap<String, String>) {
+impl Policy {
+    /// Write the policy, and the properties every table of Rewind's has, into `properties`.
+    fn record(
+        &self,
+        store: &dyn ObjectStore,
+        topic: &str,
+        properties: &mut BTreeMap<String, String>,
+    ) {
         let mut set = |k: &str, v: String| properties.insert(k.to_string(), v);
         set(
             "history.expire.max-snapshot-age-ms",
@@ -237,7 +309,7 @@ impl TableOptions {
         );
         set(
             "history.expire.min-snapshots-to-keep",
-            self.min_snapshots.to_string(),
+            self.min_snapshots.max(1).to_string(),
         );
         set(
             "write.metadata.previous-versions-max",
@@ -246,6 +318,24 @@ impl TableOptions {
         set(
             "commit.manifest.min-count-to-merge",
             self.max_manifests.to_string(),
+        );
+        set(
+            "schema.name-mapping.default",
+            spec::name_mapping().to_string(),
+        );
+        set("write.format.default", "parquet".into());
+        set("write.parquet.compression-codec", "zstd".into());
+        // Iceberg's vectorized Parquet reader (Spark's default) fails on millisecond timestamps
+        // before Iceberg 1.10.1 (apache/iceberg#14430); the row reader reads them.
+        set("read.parquet.vectorization.enabled", "false".into());
+        // A REST catalog told of the table writes metadata files of its own beside Rewind's; it
+        // deletes its old ones.
+        set("write.metadata.delete-after-commit.enabled", "true".into());
+        set("rewind.topic", topic.to_string());
+        set("rewind.archive", store.url().to_string());
+        set(
+            "comment",
+            format!("Kafka topic {topic}, as archived by Rewind; kept by `rewind tables sync`"),
         );
     }
 }
@@ -261,7 +351,8 @@ pub async fn sync_topic(
 
 /// [`sync_topic`]; with `force`, a new version is committed even when nothing changed, so that a
 /// sync that read the archive before this one's will lose its commit and read it again (retention
-/// forces one after moving chain starts, before deleting files).
+/// forces one after moving chain starts, before deleting files), and a partition whose chain does
+/// not read is an error (retention must not delete what the table may still list).
 async fn sync_inner(
     store: &dyn ObjectStore,
     topic: &str,
@@ -294,13 +385,40 @@ async fn sync_inner(
         };
         // The archive is read after the base: a commit that removed files retention is about to
         // delete is in the base, or this commit loses to it and reads both again.
-        let mut wanted = wanted(store, topic).await?;
+        let wanted = wanted(store, topic).await?;
+        if force && !wanted.frozen.is_empty() {
+            let (p, why) = wanted.frozen.iter().next().expect("not empty");
+            return Err(TableError::Unreadable {
+                topic: topic.to_string(),
+                partition: *p,
+                why: why.clone(),
+            });
+        }
         report.skipped = wanted
             .frozen
             .iter()
             .map(|(p, why)| format!("{topic}/{p}: {why}"))
             .collect();
-        let manifests = read_snapshot(store, &meta).await?;
+        // A table whose snapshot names files that are gone (its folder deleted under a sync, a
+        // lost clean-up) or lies elsewhere (the archive was copied or moved) is built again.
+        let location = table_location(store, topic);
+        let mut rebuilt = false;
+        let manifests = match read_snapshot(store, &meta).await? {
+            Some(manifests) if meta.location == location => manifests,
+            _ => {
+                rebuilt = true;
+                tracing::warn!(
+                    topic,
+                    "the table's snapshot does not read from this archive; building it again"
+                );
+                meta.location = location;
+                meta.snapshots.clear();
+                meta.snapshot_log.clear();
+                meta.refs.clear();
+                meta.current_snapshot_id = -1;
+                Vec::new()
+            }
+        };
         let live: BTreeMap<&str, i32> = manifests
             .iter()
             .flat_map(|(_, entries)| entries.iter())
@@ -318,13 +436,29 @@ async fn sync_inner(
             .filter(|u| !live.contains_key(u.as_str()))
             .cloned()
             .collect();
-        let now = now_ms();
-        let expiring = expiring(&meta, now, opts);
+        // Never before the last commit: readers require snapshots and logs in time order, and
+        // workers' clocks differ.
+        let now = [
+            now_ms(),
+            meta.last_updated_ms,
+            meta.snapshots.last().map_or(0, |s| s.timestamp_ms),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        let policy = opts.policy(&meta.properties);
+        let expiring = expiring(&meta, now, &policy);
         let mut properties = meta.properties.clone();
-        opts.record(&mut properties);
+        policy.record(store, topic, &mut properties);
         let settings_changed = properties != meta.properties;
         meta.properties = properties;
-        if !force && adds.is_empty() && removes.is_empty() && expiring == 0 && !settings_changed {
+        if !force
+            && !rebuilt
+            && adds.is_empty()
+            && removes.is_empty()
+            && expiring == 0
+            && !settings_changed
+        {
             report.version = version;
             report.metadata = uri(store, &version_key(topic, version));
             report.files = live.len();
@@ -336,7 +470,8 @@ async fn sync_inner(
                 .sum();
             return Ok(report);
         }
-        // The statistics of the files to add, read once across attempts.
+        // The statistics of the files to add, read once across attempts. A file whose footer
+        // does not read is left out (and named); the rest of its partition goes on.
         let missing: Vec<(String, (String, u64, i32, i64))> = adds
             .iter()
             .filter(|u| !described.contains_key(*u))
@@ -358,45 +493,55 @@ async fn sync_inner(
                     described.insert(u, file);
                 }
                 Err(why) => {
-                    tracing::warn!(topic, partition = p, error = %why, "the table keeps this partition's files as they were");
+                    tracing::warn!(topic, partition = p, error = %why, "a data file left out of the table");
                     report.skipped.push(format!("{topic}/{p}: {why}"));
-                    wanted.frozen.insert(p, why);
-                    wanted.durable.retain(|_, (_, _, q, _)| *q != p);
                 }
             }
         }
         let adds: Vec<DataFile> = adds
             .iter()
             .filter_map(|u| described.get(u).cloned())
-            .filter(|f| !wanted.frozen.contains_key(&f.partition))
-            .collect();
-        let removes: BTreeSet<String> = removes
-            .into_iter()
-            .filter(|u| {
-                !live
-                    .get(u.as_str())
-                    .is_some_and(|p| wanted.frozen.contains_key(p))
-            })
             .collect();
 
-        let mut written: Vec<String> = Vec::new();
-        let result = commit(
-            store,
-            topic,
-            version,
-            &mut meta,
-            manifests,
-            &adds,
-            &removes,
-            now,
-            opts,
-            &mut written,
+        let commit_id = uuid();
+        meta.properties
+            .insert("rewind.commit-id".into(), commit_id.clone());
+        let (done, writes) = build(
+            store, topic, version, &mut meta, manifests, &adds, &removes, now, &policy, &commit_id,
+        )?;
+        let written: Vec<String> = writes.iter().map(|(k, _)| k.clone()).collect();
+        futures::stream::iter(
+            writes
+                .into_iter()
+                .map(|(key, body)| async move { store.put(&key, body, PutMode::Overwrite).await }),
         )
-        .await;
-        match result {
-            Ok(done) => {
+        .buffered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+        let body = serde_json::to_vec_pretty(&meta)?;
+        let next = version_key(topic, version + 1);
+        let put = store.put(&next, Bytes::from(body), PutMode::Create).await;
+        // Whose version N+1 is it? A lost reply that the store retried reads as "already
+        // exists", and a timeout may have landed: only the version itself can tell.
+        let ours = match put {
+            Ok(_) => Ok(true),
+            Err(e) => match store.get(&next).await {
+                Ok(got) => Ok(serde_json::from_slice::<TableMetadata>(&got.body)
+                    .ok()
+                    .and_then(|m| m.properties.get("rewind.commit-id").cloned())
+                    .is_some_and(|id| id == commit_id)),
+                Err(StorageError::NotFound { .. }) => {
+                    let _ = store.delete_many(&written).await;
+                    Err(TableError::from(e))
+                }
+                // Cannot tell: what was written stays, in case it is the table now.
+                Err(_) => Err(TableError::from(e)),
+            },
+        };
+        match ours? {
+            true => {
                 report.version = version + 1;
-                report.metadata = uri(store, &version_key(topic, version + 1));
+                report.metadata = uri(store, &next);
                 report.committed = true;
                 report.added_files = adds.len();
                 report.removed_files = removes.len();
@@ -407,7 +552,7 @@ async fn sync_inner(
                 clean_up(store, &done).await;
                 return Ok(report);
             }
-            Err(TableError::Storage(StorageError::AlreadyExists { .. })) => {
+            false => {
                 // Another writer committed this version first: what it wrote is the base now.
                 tracing::debug!(
                     topic,
@@ -415,12 +560,9 @@ async fn sync_inner(
                     "lost a table commit; building again"
                 );
                 let _ = store.delete_many(&written).await;
-                tokio::time::sleep(Duration::from_millis(
-                    rand::random::<u64>() % (20 * u64::from(attempt)),
-                ))
-                .await;
+                let ceiling = 25u64 << attempt.min(6);
+                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % ceiling)).await;
             }
-            Err(e) => return Err(e),
         }
     }
     Err(TableError::Contended {
@@ -432,26 +574,14 @@ async fn sync_inner(
 /// A table with no snapshot yet.
 fn new_table(store: &dyn ObjectStore, topic: &str, opts: &TableOptions) -> TableMetadata {
     let mut properties = BTreeMap::new();
-    let mut set = |k: &str, v: String| properties.insert(k.to_string(), v);
-    set(
-        "schema.name-mapping.default",
-        spec::name_mapping().to_string(),
-    );
-    set("write.format.default", "parquet".into());
-    set("write.parquet.compression-codec", "zstd".into());
-    set("rewind.topic", topic.to_string());
-    set("rewind.archive", store.url().to_string());
-    set(
-        "comment",
-        format!("Kafka topic {topic}, as archived by Rewind; kept by `rewind tables sync`"),
-    );
-    opts.record(&mut properties);
-    TableMetadata::new(
-        uuid(),
-        uri(store, table_prefix(topic).trim_end_matches('/')),
-        now_ms(),
-        properties,
-    )
+    opts.policy(&properties)
+        .record(store, topic, &mut properties);
+    TableMetadata::new(uuid(), table_location(store, topic), now_ms(), properties)
+}
+
+/// Where `topic`'s table lives, as its metadata says.
+fn table_location(store: &dyn ObjectStore, topic: &str) -> String {
+    uri(store, table_prefix(topic).trim_end_matches('/'))
 }
 
 /// A random (version 4) UUID.
@@ -547,41 +677,48 @@ async fn exists(store: &dyn ObjectStore, key: &str) -> Result<bool, TableError> 
 }
 
 async fn read_uri(store: &dyn ObjectStore, u: &str) -> Result<Bytes, TableError> {
-    let key = key_of(store, u).ok_or_else(|| {
-        TableError::Metadata(format!("{u} is outside the archive {}", store.url()))
-    })?;
+    let key = key_of(store, u).ok_or_else(|| TableError::Outside(u.to_string()))?;
     Ok(store.get(&key).await?.body)
 }
 
-/// The manifests of the current snapshot with their entries.
+/// The manifests of the current snapshot with their entries; `None` when one of its files is
+/// missing or outside the archive.
 async fn read_snapshot(
     store: &dyn ObjectStore,
     meta: &TableMetadata,
-) -> Result<Vec<(ManifestFile, Vec<Entry>)>, TableError> {
+) -> Result<Option<Vec<(ManifestFile, Vec<Entry>)>>, TableError> {
     let Some(current) = meta.current() else {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     };
-    let list = manifest::read_manifest_list(&read_uri(store, &current.manifest_list).await?)?;
-    futures::stream::iter(list.into_iter().map(|m| async move {
-        let entries = manifest::read_manifest(&read_uri(store, &m.path).await?, &m)?;
-        Ok::<_, TableError>((m, entries))
-    }))
-    .buffered(CONCURRENCY)
-    .try_collect()
-    .await
+    let read = async {
+        let list = manifest::read_manifest_list(&read_uri(store, &current.manifest_list).await?)?;
+        futures::stream::iter(list.into_iter().map(|m| async move {
+            let entries = manifest::read_manifest(&read_uri(store, &m.path).await?, &m)?;
+            Ok::<_, TableError>((m, entries))
+        }))
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await
+    };
+    match read.await {
+        Ok(manifests) => Ok(Some(manifests)),
+        Err(TableError::Storage(StorageError::NotFound { .. }) | TableError::Outside(_)) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// How many of the oldest snapshots expire now: the longest run from the oldest that is past the
 /// age, leaving the newest `min_snapshots` (and always the current one).
-fn expiring(meta: &TableMetadata, now: i64, opts: &TableOptions) -> usize {
+fn expiring(meta: &TableMetadata, now: i64, opts: &Policy) -> usize {
     let age = i64::try_from(opts.max_snapshot_age.as_millis()).unwrap_or(i64::MAX);
     let keep = opts.min_snapshots.max(1);
     let candidates = meta.snapshots.len().saturating_sub(keep);
     meta.snapshots[..candidates]
         .iter()
         .take_while(|s| {
-            now.saturating_sub(s.timestamp_ms) > age
-                && Some(s.snapshot_id) != meta.current_snapshot_id
+            now.saturating_sub(s.timestamp_ms) > age && s.snapshot_id != meta.current_snapshot_id
         })
         .count()
 }
@@ -701,11 +838,11 @@ struct Done {
     dropped_versions: Vec<String>,
 }
 
-/// Build the next version of the table on `meta` (version `version`) and commit it: new manifests
-/// and manifest lists first (under fresh names), then the create-only put of the next metadata
-/// file. Every key written goes to `written`, for the caller to remove if the commit is lost.
+/// Build the next version of the table on `meta` (version `version`): the new manifests and
+/// manifest lists (under names of their own, to write before the metadata file), and `meta` made
+/// the next version's metadata.
 #[allow(clippy::too_many_arguments)]
-async fn commit(
+fn build(
     store: &dyn ObjectStore,
     topic: &str,
     version: u64,
@@ -714,11 +851,10 @@ async fn commit(
     adds: &[DataFile],
     removes: &BTreeSet<String>,
     now: i64,
-    opts: &TableOptions,
-    written: &mut Vec<String>,
-) -> Result<Done, TableError> {
+    opts: &Policy,
+    commit_id: &str,
+) -> Result<(Done, Vec<(String, Bytes)>), TableError> {
     let prefix = metadata_prefix(topic);
-    let commit_id = uuid();
     let put = |body: Vec<u8>, name: String| (format!("{prefix}{name}"), Bytes::from(body));
     let mut to_write: Vec<(String, Bytes)> = Vec::new();
     let mut list: Vec<(ManifestFile, Vec<Entry>)> = manifests;
@@ -907,7 +1043,7 @@ async fn commit(
         });
     }
     if let Some(last) = new_snapshots.last() {
-        meta.current_snapshot_id = Some(last.snapshot_id);
+        meta.current_snapshot_id = last.snapshot_id;
         meta.refs.insert(
             "main".into(),
             Ref {
@@ -917,13 +1053,14 @@ async fn commit(
         );
     }
     meta.last_sequence_number = seq;
-    meta.last_updated_ms = now.max(meta.last_updated_ms);
+    // The log names the previous file with the time it was written.
     if version > 0 {
         meta.metadata_log.push(MetadataLogEntry {
             metadata_file: uri(store, &version_key(topic, version)),
             timestamp_ms: meta.last_updated_ms,
         });
     }
+    meta.last_updated_ms = now.max(meta.last_updated_ms);
     let excess = meta
         .metadata_log
         .len()
@@ -933,32 +1070,15 @@ async fn commit(
         .drain(..excess)
         .map(|l| l.metadata_file)
         .collect();
-
-    written.extend(to_write.iter().map(|(key, _)| key.clone()));
-    futures::stream::iter(
-        to_write
-            .into_iter()
-            .map(|(key, body)| async move { store.put(&key, body, PutMode::Overwrite).await }),
-    )
-    .buffered(CONCURRENCY)
-    .try_collect::<Vec<_>>()
-    .await?;
-    let body = serde_json::to_vec_pretty(&*meta)?;
-    store
-        .put(
-            &version_key(topic, version + 1),
-            Bytes::from(body),
-            PutMode::Create,
-        )
-        .await?;
     let (files, records, _) = totals(&list);
-    Ok(Done {
+    let done = Done {
         files,
         records,
         oldest_kept_list: meta.snapshots.first().map(|s| s.manifest_list.clone()),
         expired,
         dropped_versions,
-    })
+    };
+    Ok((done, to_write))
 }
 
 /// Point `version-hint.text` at `version` unless it already names a newer one. Best effort:
@@ -972,8 +1092,12 @@ async fn point_hint(store: &dyn ObjectStore, topic: &str, version: u64) {
                 let current = std::str::from_utf8(&got.body)
                     .ok()
                     .and_then(|s| s.trim().parse::<u64>().ok());
-                if current.is_some_and(|c| c >= version) {
-                    return;
+                // Never backwards, unless the hint names a version that is not there (the folder
+                // was deleted and the table built again).
+                if let Some(c) = current.filter(|&c| c >= version) {
+                    if c == version || exists(store, &version_key(topic, c)).await.unwrap_or(true) {
+                        return;
+                    }
                 }
                 store
                     .put(
