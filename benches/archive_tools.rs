@@ -274,7 +274,14 @@ fn main() {
     let tables_url = format!("file://{}", tables.display());
     let timed = |what: &str| -> (f64, Option<u64>) {
         let out = Command::new("/usr/bin/time")
-            .args(["-f", "%e %M", env!("CARGO_BIN_EXE_rewind"), "tables", "sync", "--archive"])
+            .args([
+                "-f",
+                "%e %M",
+                env!("CARGO_BIN_EXE_rewind"),
+                "tables",
+                "sync",
+                "--archive",
+            ])
             .arg(&tables_url)
             .env("RUST_LOG", "warn")
             .output();
@@ -356,7 +363,8 @@ fn main() {
         deep_big,
         mib_of(size as f64) / deep_big
     );
-    let rss = |kib: Option<u64>| kib.map_or("n/a".to_string(), |k| format!("{:.0}", k as f64 / 1024.0));
+    let rss =
+        |kib: Option<u64>| kib.map_or("n/a".to_string(), |k| format!("{:.0}", k as f64 / 1024.0));
     println!();
     println!("| tables sync, 20,000 small files, 40 partitions | time | files/s | peak RSS MiB |");
     println!("|---|---:|---:|---:|");

@@ -33,26 +33,10 @@ print(json.dumps([
 "#;
 
 fn python() -> String {
-    if let Ok(python) = std::env::var("REWIND_TEST_PYTHON") {
-        return python;
-    }
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/duckdb.sh"))
-        .output()
-        .expect("run scripts/duckdb.sh");
-    assert!(
-        out.status.success(),
-        "scripts/duckdb.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::venv_python("REWIND_TEST_PYTHON", "duckdb.sh")
 }
 
-fn hex(bytes: &Option<Vec<u8>>) -> Value {
-    match bytes {
-        None => Value::Null,
-        Some(b) => Value::String(b.iter().map(|x| format!("{x:02x}")).collect()),
-    }
-}
+use common::hex;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn duckdb_reads_exactly_what_was_produced() {

@@ -64,53 +64,15 @@ print(json.dumps([
 
 /// DuckDB's `iceberg_scan` of the table at `location` (extensions from PyPI, `scripts/duckdb.sh`).
 fn duckdb_scan(location: &str) -> Value {
-    let python = std::env::var("REWIND_TEST_PYTHON").unwrap_or_else(|_| {
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/duckdb.sh"))
-            .output()
-            .expect("run scripts/duckdb.sh");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    });
+    let python = common::venv_python("REWIND_TEST_PYTHON", "duckdb.sh");
     let endpoint = common::s3_endpoint();
     let endpoint = endpoint.trim_start_matches("http://");
-    let out = Command::new(python)
-        .args([
-            "-c",
-            DUCKDB,
-            location,
-            endpoint,
-            &common::s3_access_key(),
-            &common::s3_secret_key(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "duckdb: {}",
-        common::text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let (key, secret) = (common::s3_access_key(), common::s3_secret_key());
+    common::python_json(&python, DUCKDB, &[location, endpoint, &key, &secret])
 }
 
 fn python() -> String {
-    if let Ok(python) = std::env::var("REWIND_TEST_PYICEBERG") {
-        return python;
-    }
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pyiceberg.sh"))
-        .output()
-        .expect("run scripts/pyiceberg.sh");
-    assert!(
-        out.status.success(),
-        "scripts/pyiceberg.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn hex(bytes: &Option<Vec<u8>>) -> Value {
-    match bytes {
-        None => Value::Null,
-        Some(b) => Value::String(b.iter().map(|x| format!("{x:02x}")).collect()),
-    }
+    common::venv_python("REWIND_TEST_PYICEBERG", "pyiceberg.sh")
 }
 
 fn row(partition: i32, r: &Record) -> Value {
@@ -118,17 +80,23 @@ fn row(partition: i32, r: &Record) -> Value {
         "partition": partition,
         "offset": r.offset,
         "timestamp": r.timestamp,
-        "key": hex(&r.key),
-        "value": hex(&r.value),
-        "headers": r.headers.iter().map(|h| json!([h.key, hex(&h.value)])).collect::<Vec<_>>(),
+        "key": common::hex(&r.key),
+        "value": common::hex(&r.value),
+        "headers": r.headers.iter().map(|h| json!([h.key, common::hex(&h.value)])).collect::<Vec<_>>(),
     })
 }
 
 /// `rewind tables sync --json` of `archive`; the reports.
 fn sync(archive: &str, topic: &str) -> Vec<Value> {
+    sync_with(archive, topic, &[])
+}
+
+/// `rewind tables sync --json` of `archive` with `extra` flags; the reports.
+fn sync_with(archive: &str, topic: &str, extra: &[&str]) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
         .args(["tables", "sync", "--archive", archive, "--json", "--topics"])
         .arg(regex::escape(topic))
+        .args(extra)
         .args(["--s3-endpoint", &common::s3_endpoint(), "--s3-path-style"])
         .env("AWS_ACCESS_KEY_ID", common::s3_access_key())
         .env("AWS_SECRET_ACCESS_KEY", common::s3_secret_key())
@@ -151,17 +119,8 @@ fn scan(location: &str, since_ms: i64, key: &[u8]) -> Value {
     // pyiceberg takes an offset, not Z.
     let since = rewind::archive::time::rfc3339_millis(since_ms).replace('Z', "+00:00");
     let hexkey: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let out = Command::new(python())
-        .args(["-c", SCAN, location, &props.to_string(), &since, &hexkey])
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pyiceberg: {}",
-        common::text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let props = props.to_string();
+    common::python_json(&python(), SCAN, &[location, &props, &since, &hexkey])
 }
 
 fn sink_once(archive: &str, topic: &str) {
@@ -255,7 +214,8 @@ async fn pyiceberg_reads_the_archive_as_a_table_through_appends_and_retention() 
     let window: Vec<Value> = produced
         .iter()
         .filter(|r| {
-            r["timestamp"].as_i64().unwrap() >= since && r["key"] == json!(hex(&Some(key.to_vec())))
+            r["timestamp"].as_i64().unwrap() >= since
+                && r["key"] == json!(common::hex(&Some(key.to_vec())))
         })
         .cloned()
         .collect();
@@ -472,37 +432,20 @@ async fn a_rest_catalog_serves_the_tables_by_name() {
     let archive = format!("file://{}", dir.path().display());
     sink_once(&archive, &topic);
     let namespace = common::unique("ns").replace('-', "_");
-    let sync = |archive: &str| -> Vec<Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
-            .args(["tables", "sync", "--archive", archive, "--json", "--topics"])
-            .arg(regex::escape(&topic))
-            .args(["--catalog-uri", &catalog, "--catalog-namespace", &namespace])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", common::text(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let catalog_flags = ["--catalog-uri", &catalog, "--catalog-namespace", &namespace];
+    let sync = |archive: &str| sync_with(archive, &topic, &catalog_flags);
     let scan = || -> Value {
         let table = format!(
             "{namespace}.{}",
             rewind::tables::catalog::table_name(&topic)
         );
-        let out = Command::new(python())
-            .args(["-c", REST_SCAN, &catalog, &table])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pyiceberg: {}",
-            common::text(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        common::python_json(&python(), REST_SCAN, &[&catalog, &table])
     };
     let expected = |topic: &str| -> Value {
         let rows: Vec<Value> = (0..2)
             .flat_map(|p| {
                 read_to_end(topic, p).into_iter().map(move |(r, _)| {
-                    json!({"partition": p, "offset": r.offset, "value": hex(&r.value)})
+                    json!({"partition": p, "offset": r.offset, "value": common::hex(&r.value)})
                 })
             })
             .collect();

@@ -54,18 +54,8 @@ impl Config {
                 ),
             );
         }
-        if let Err(err) = regex::Regex::new(&tables.topics) {
-            let detail = err
-                .to_string()
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            problem(
-                "tables.topics",
-                format!("invalid regular expression {:?}: {detail}", tables.topics),
-            );
+        if let Some(why) = regex_problem(&tables.topics) {
+            problem("tables.topics", why);
         }
         if let Some(uri) = &tables.catalog_uri {
             match url::Url::parse(uri) {
@@ -355,18 +345,8 @@ impl SinkConfig {
             ("sink.exclude", sink.exclude.as_ref()),
         ] {
             if let Some(pattern) = pattern {
-                if let Err(err) = regex::Regex::new(pattern) {
-                    let detail = err
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string();
-                    problem(
-                        path,
-                        format!("invalid regular expression {pattern:?}: {detail}"),
-                    );
+                if let Some(why) = regex_problem(pattern) {
+                    problem(path, why);
                 }
             }
         }
@@ -492,4 +472,12 @@ pub(crate) fn check_bootstrap(servers: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Why `pattern` is not a valid regular expression, in one line; `None` if it is.
+fn regex_problem(pattern: &str) -> Option<String> {
+    let err = regex::Regex::new(pattern).err()?;
+    let detail = err.to_string();
+    let detail = detail.lines().last().unwrap_or_default().trim();
+    Some(format!("invalid regular expression {pattern:?}: {detail}"))
 }

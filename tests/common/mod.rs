@@ -278,3 +278,42 @@ pub fn error_line(out: &std::process::Output) -> String {
     assert_eq!(errors.len(), 1, "expected one error line, got: {stderr}");
     errors[0].to_string()
 }
+
+/// The `python` of a test-bed virtual environment: `$env_var` (set by `scripts/test`), else what
+/// `scripts/<script>` installs and prints.
+pub fn venv_python(env_var: &str, script: &str) -> String {
+    if let Ok(python) = std::env::var(env_var) {
+        return python;
+    }
+    let path = format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("run {path}: {e}"));
+    assert!(out.status.success(), "{path} failed: {}", text(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Run `python -c script args…`, a script that prints JSON, and parse what it printed.
+pub fn python_json(python: &str, script: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python {args:?} failed: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Bytes as lowercase hex, as the Python scripts print them; `None` as null.
+pub fn hex(bytes: &Option<Vec<u8>>) -> serde_json::Value {
+    match bytes {
+        None => serde_json::Value::Null,
+        Some(b) => serde_json::Value::String(b.iter().map(|x| format!("{x:02x}")).collect()),
+    }
+}
