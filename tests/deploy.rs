@@ -238,6 +238,7 @@ fn the_alert_rules_name_only_metrics_rewind_exports() {
         ("rewind_restore_lag_records", &["topic"][..]),
         ("rewind_drill_last_success_timestamp_seconds", &[][..]),
         ("rewind_drills_total", &["result"][..]),
+        ("rewind_table_last_sync_timestamp_seconds", &[][..]),
     ]);
     let metric = regex::Regex::new(r"rewind_[a-z_]+").unwrap();
     let rules: Yaml = serde_yaml::from_str(
