@@ -104,6 +104,7 @@ async fn generate(
                 partition: p,
                 bucket: HourBucket::of_millis(ts0),
                 start: start as i64,
+                end: None,
             }
             .to_string();
             store.put(&k, bytes.into(), PutMode::Create).await.unwrap();

@@ -999,6 +999,7 @@ async fn old_partition(
             partition: p,
             bucket: HourBucket::of_millis(old + f * 60_000),
             start: f * 10,
+            end: None,
         };
         store
             .put(
@@ -1377,6 +1378,7 @@ async fn old_archive(root: &Path, topics: &[(&str, &str)]) -> (String, Arc<dyn O
                 partition: 0,
                 bucket: rewind::archive::time::HourBucket::of_millis(old),
                 start: f * 10,
+                end: None,
             }
             .to_string();
             store

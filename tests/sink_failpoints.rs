@@ -276,6 +276,7 @@ async fn crash_in_the_middle_of_a_multipart_upload() {
         partition: 0,
         bucket: HourBucket::of_millis(produced[0].timestamp.unwrap()),
         start: 0,
+        end: None,
     }
     .to_string();
     assert_eq!(

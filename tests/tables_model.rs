@@ -143,6 +143,7 @@ fn file(partition: i32, index: usize) -> (String, bytes::Bytes, i64) {
         partition,
         bucket: HourBucket::of_millis(BASE),
         start,
+        end: None,
     };
     (
         key.to_string(),

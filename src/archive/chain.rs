@@ -69,6 +69,9 @@ impl Chain {
     }
 }
 
+/// Data files with their stored sizes.
+pub type Listed = Vec<(DataFileKey, u64)>;
+
 /// Why a chain could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -180,16 +183,47 @@ fn bad_file(store: &dyn ObjectStore, key: &str, message: String) -> ChainError {
     }
 }
 
-/// Where a partition's chain begins, given the start `rewind retention` recorded and the starts of
-/// the partition's listed files: the recorded start, but only when a file begins at it (retention
-/// always records it that way). A start no file begins at is stale (a partition moved aside and
-/// backed up again, a hand-made document): the chain is then every listed file, and
-/// `rewind verify` names the document.
+/// Where a partition's chain begins, given the start `rewind retention` recorded and the ranges
+/// the partition's listed files' keys give (`(start, end)`, the end only for a compacted file):
+/// the recorded start when a file begins at it (retention always records it that way), or else
+/// the start of a compacted file whose range holds it (a compaction merged the file retention
+/// recorded the start at into one that begins earlier: the chain then begins with that file, so
+/// nothing at or after the recorded start is left out). Any other start is stale (a partition
+/// moved aside and backed up again, a hand-made document): the chain is then every listed file,
+/// and `rewind verify` names the document.
 pub fn effective_start(
     recorded: Option<i64>,
-    mut file_starts: impl Iterator<Item = i64>,
+    files: impl Iterator<Item = (i64, Option<i64>)> + Clone,
 ) -> Option<i64> {
-    recorded.filter(|r| file_starts.any(|s| s == *r))
+    let r = recorded?;
+    if files.clone().any(|(s, _)| s == r) {
+        return Some(r);
+    }
+    files
+        .filter(|(s, e)| *s < r && e.is_some_and(|e| r < e))
+        .map(|(s, _)| s)
+        .min()
+}
+
+/// Split the files of a chain (orphans already left out, in offset order) into those the chain
+/// reads and those a compacted file covers: a compacted file (one whose key carries its end)
+/// replaces every file that starts inside its range, which `rewind compact` deletes once the
+/// compacted file holds its start; one that stopped half-way leaves some behind.
+pub fn without_covered(files: &[(DataFileKey, u64)]) -> (Listed, Listed) {
+    let mut kept = Vec::with_capacity(files.len());
+    let mut covered = Vec::new();
+    let mut reach = i64::MIN;
+    for file in files {
+        if file.0.start < reach {
+            covered.push(file.clone());
+            continue;
+        }
+        if let Some(end) = file.0.end {
+            reach = end;
+        }
+        kept.push(file.clone());
+    }
+    (kept, covered)
 }
 
 /// Split one partition's `files` (in offset order) into the files of its chain and the orphans: where
@@ -260,7 +294,7 @@ pub async fn load(
     let recorded = documents::read_chain_start(store, topic, partition)
         .await?
         .map(|s| s.start);
-    let first = effective_start(recorded, files.iter().map(|(k, _)| k.start));
+    let first = effective_start(recorded, files.iter().map(|(k, _)| (k.start, k.end)));
     if let (Some(start), None) = (recorded, first) {
         tracing::warn!(
             topic,
@@ -276,7 +310,8 @@ pub async fn load(
     let files = files.as_slice();
     // A gap ending at the start stays: it says the offsets before the start were never archived.
     gaps.retain(|g| g.end >= first);
-    let files = &files[files.partition_point(|(k, _)| k.start < first)..];
+    let (files, _) = without_covered(&files[files.partition_point(|(k, _)| k.start < first)..]);
+    let files = files.as_slice();
     let mut chain = Vec::with_capacity(files.len());
     for (i, (key, size)) in files.iter().enumerate() {
         let name = key.to_string();
@@ -290,7 +325,7 @@ pub async fn load(
                 }
                 end
             }
-            None => i64::MAX,
+            None => key.end.unwrap_or(i64::MAX),
         };
         // The next file does not start where this one ends (or at a gap after it).
         let broken = |previous_end: i64| ChainError::Broken {
@@ -303,6 +338,10 @@ pub async fn load(
         };
         if end <= key.start {
             return Err(broken(key.start));
+        }
+        // A compacted file's range is in its name: the next file must start at its end.
+        if let Some(named) = key.end.filter(|e| *e != end) {
+            return Err(broken(named));
         }
         // A file read before keeps its footer, whose end must still meet the next file.
         let (end, footer) = match known.get(&name).filter(|k| k.footer.is_some()) {
@@ -361,10 +400,12 @@ pub async fn read_footers(
         let meta = &footer.meta;
         let last = i + 1 == chain.files.len();
         let file = &mut chain.files[i];
+        let named_end = DataFileKey::parse(&file.key).and_then(|k| k.end);
         if meta.topic != chain.topic
             || meta.partition != chain.partition
             || meta.start != file.start
             || meta.end <= meta.start
+            || named_end.is_some_and(|e| e != meta.end)
         {
             return Err(ChainError::BadFile {
                 url: store.url().to_string(),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::time::rfc3339_millis;
-use super::FORMAT_VERSION;
+use super::{ARCHIVE_FORMAT_VERSION, FORMAT_VERSION};
 // The keys of the documents, re-exported where the documents are.
 pub use super::paths::{
     chain_start_key, claim_key, gap_key, group_prefix, group_snapshot_key,
@@ -32,7 +32,7 @@ pub enum ArchiveError {
         key: String,
         message: String,
     },
-    #[error("{url}: archive format version {found} is not supported (this build reads version {FORMAT_VERSION}); use a newer rewind")]
+    #[error("{url}: archive format version {found} is not supported (this build reads versions 1 to {ARCHIVE_FORMAT_VERSION}); use a newer rewind")]
     UnsupportedVersion { url: String, found: u32 },
     #[error("{url}: the archive belongs to Kafka cluster {archived:?}, not {connected:?}; use another archive, or pass --allow-cluster-change if the cluster was rebuilt on purpose")]
     OtherCluster {
@@ -131,7 +131,8 @@ pub struct Claim {
     /// Key of the claimed data file, or of the gap document (`_gaps/…`) when the range is a
     /// recorded gap.
     pub key: String,
-    /// For a gap: where it ends.
+    /// For a gap, and for a compacted file (which `rewind compact` hands the claim to): where it
+    /// ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<i64>,
     pub created_at: String,
@@ -330,7 +331,7 @@ pub async fn read_identity(store: &dyn ObjectStore) -> Result<Option<Identity>, 
     match store.get(super::paths::ARCHIVE_KEY).await {
         Ok(got) => {
             let identity: Identity = from_json(store, super::paths::ARCHIVE_KEY, &got.body)?;
-            if identity.format_version != FORMAT_VERSION {
+            if !(1..=ARCHIVE_FORMAT_VERSION).contains(&identity.format_version) {
                 return Err(ArchiveError::UnsupportedVersion {
                     url: store.url().to_string(),
                     found: identity.format_version,
@@ -382,6 +383,90 @@ pub async fn ensure_identity(
         });
     }
     Ok(identity)
+}
+
+/// Record in `_archive.json` that the archive uses format version `version` (2: it may hold
+/// compacted files), before anything of that version is written, so that a build which reads only
+/// earlier versions refuses the archive instead of misreading its chains. Never lowers it.
+pub async fn require_format_version(
+    store: &dyn ObjectStore,
+    version: u32,
+) -> Result<Identity, ArchiveError> {
+    let url = || store.url().to_string();
+    loop {
+        let got = match store.get(super::paths::ARCHIVE_KEY).await {
+            Ok(got) => got,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(ArchiveError::Storage(StorageError::NotFound {
+                    url: url(),
+                    key: super::paths::ARCHIVE_KEY.to_string(),
+                }))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut identity: Identity = from_json(store, super::paths::ARCHIVE_KEY, &got.body)?;
+        if identity.format_version > ARCHIVE_FORMAT_VERSION {
+            return Err(ArchiveError::UnsupportedVersion {
+                url: url(),
+                found: identity.format_version,
+            });
+        }
+        if identity.format_version >= version {
+            return Ok(identity);
+        }
+        identity.format_version = version;
+        let mode = PutMode::Update {
+            etag: got.meta.etag,
+        };
+        match store
+            .put(super::paths::ARCHIVE_KEY, to_json(&identity), mode)
+            .await
+        {
+            Ok(_) => return Ok(identity),
+            // Another writer changed it meanwhile (or a lost reply hid our own write): look again.
+            Err(StorageError::PreconditionFailed { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A claim with the version tag needed to replace it.
+pub async fn read_claim_versioned(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+    start: i64,
+) -> Result<Option<Versioned<Claim>>, ArchiveError> {
+    let key = claim_key(topic, partition, start);
+    match store.get(&key).await {
+        Ok(got) => Ok(Some(Versioned {
+            doc: from_json(store, &key, &got.body)?,
+            etag: got.meta.etag,
+        })),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Hand the start of a claim to a compacted file (`next`), only if the claim is still the version
+/// `known` (compare-and-swap). Returns the claim now stored: `next`, or what another writer stored
+/// first (or `None` when the claim is gone).
+pub async fn replace_claim(
+    store: &dyn ObjectStore,
+    next: &Claim,
+    known: &Versioned<Claim>,
+) -> Result<Option<Claim>, ArchiveError> {
+    let key = claim_key(&next.topic, next.partition, next.start);
+    let mode = PutMode::Update {
+        etag: known.etag.clone(),
+    };
+    match store.put(&key, to_json(next), mode).await {
+        Ok(_) => Ok(Some(next.clone())),
+        Err(StorageError::PreconditionFailed { .. } | StorageError::NotFound { .. }) => {
+            read_claim(store, &next.topic, next.partition, next.start).await
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A checkpoint with the version tag needed to replace it.

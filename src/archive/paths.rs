@@ -1,4 +1,4 @@
-//! Object keys of the archive (format version 1), every one built and parsed here: nothing outside
+//! Object keys of the archive (format versions 1 and 2), every one built and parsed here: nothing outside
 //! `archive/` spells a prefix. Everything that is not data starts with `_`, so Hive-style readers
 //! of `data/**` skip it, and a data file's name is its zero-padded start offset, so lexical order
 //! is offset order within a folder. (The storage layer's own `_probe/` is the one exception: it
@@ -21,6 +21,10 @@ pub struct DataFileKey {
     pub bucket: HourBucket,
     /// First offset of the half-open range the file covers.
     pub start: i64,
+    /// For a file `rewind compact` wrote (format version 2), the end of its range, which its name
+    /// carries: `<start:020>-<end:020>.parquet`. The file replaces the files it merged, which the
+    /// chain then skips (see [`crate::archive::chain`]).
+    pub end: Option<i64>,
 }
 
 impl DataFileKey {
@@ -37,15 +41,27 @@ impl DataFileKey {
         let date = parts.next()?.strip_prefix("date=")?;
         let hour = parts.next()?.strip_prefix("hour=")?;
         let file = parts.next()?.strip_suffix(".parquet")?;
-        if parts.next().is_some()
-            || !valid_topic(topic)
-            || partition < 0
-            || file.len() != 20
-            || hour.len() != 2
+        if parts.next().is_some() || !valid_topic(topic) || partition < 0 || hour.len() != 2 {
+            return None;
+        }
+        let (start, end) = match file.split_once('-') {
+            Some((start, end)) if end.len() == 20 => (start, Some(end)),
+            Some(_) => return None,
+            None => (file, None),
+        };
+        if start.len() != 20
+            || !start
+                .bytes()
+                .chain(end.unwrap_or("").bytes())
+                .all(|b| b.is_ascii_digit())
         {
             return None;
         }
-        let start = file.parse::<i64>().ok().filter(|s| *s >= 0)?;
+        let start = start.parse::<i64>().ok()?;
+        let end = match end {
+            Some(end) => Some(end.parse::<i64>().ok().filter(|e| *e > start)?),
+            None => None,
+        };
         let (y, md) = date.split_once('-')?;
         let (m, d) = md.split_once('-')?;
         if y.len() != 4 || m.len() != 2 || d.len() != 2 {
@@ -62,6 +78,7 @@ impl DataFileKey {
             partition,
             bucket,
             start,
+            end,
         })
     }
 
@@ -75,12 +92,16 @@ impl fmt::Display for DataFileKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}date={}/hour={}/{:020}.parquet",
+            "{}date={}/hour={}/{:020}",
             DataFileKey::partition_prefix(&self.topic, self.partition),
             self.bucket.date(),
             self.bucket.hour(),
             self.start
-        )
+        )?;
+        if let Some(end) = self.end {
+            write!(f, "-{end:020}")?;
+        }
+        f.write_str(".parquet")
     }
 }
 
@@ -224,9 +245,16 @@ mod tests {
             partition: 7,
             bucket: HourBucket::from_civil(2026, 11, 23, 9).unwrap(),
             start: 1_234,
+            end: None,
         };
         assert_eq!(key.to_string(), "data/topic=orders.v1-eu/partition=7/date=2026-11-23/hour=09/00000000000000001234.parquet");
-        assert_eq!(DataFileKey::parse(&key.to_string()), Some(key));
+        assert_eq!(DataFileKey::parse(&key.to_string()), Some(key.clone()));
+        let compacted = DataFileKey {
+            end: Some(5_000),
+            ..key
+        };
+        assert_eq!(compacted.to_string(), "data/topic=orders.v1-eu/partition=7/date=2026-11-23/hour=09/00000000000000001234-00000000000000005000.parquet");
+        assert_eq!(DataFileKey::parse(&compacted.to_string()), Some(compacted));
         assert_eq!(
             checkpoint_key("_schemas", 0),
             "_checkpoints/_schemas/0.json"
@@ -245,6 +273,10 @@ mod tests {
             "data/topic=a b/partition=0/date=2026-11-23/hour=09/00000000000000001234.parquet",
             "data/topic=a/partition=0/date=2026-11-23/hour=09/00000000000000001234.parquet.tmp",
             "data/topic=a/partition=0/date=2026-11-23/hour=09/x/00000000000000001234.parquet",
+            "data/topic=a/partition=0/date=2026-11-23/hour=09/00000000000000001234-5000.parquet",
+            "data/topic=a/partition=0/date=2026-11-23/hour=09/00000000000000001234-00000000000000001234.parquet",
+            "data/topic=a/partition=0/date=2026-11-23/hour=09/+0000000000000001234.parquet",
+            "data/topic=a/partition=0/date=2026-11-23/hour=09/00000000000000001234-00000000000000005000-1.parquet",
         ] {
             assert_eq!(DataFileKey::parse(key), None, "{key}");
         }
@@ -260,7 +292,7 @@ mod tests {
             b in 0i64..i64::MAX,
         ) {
             prop_assume!(valid_topic(&topic));
-            let key = |start| DataFileKey { topic: topic.clone(), partition, bucket: HourBucket(hour), start };
+            let key = |start| DataFileKey { topic: topic.clone(), partition, bucket: HourBucket(hour), start, end: None };
             let (ka, kb) = (key(a), key(b));
             prop_assert_eq!(DataFileKey::parse(&ka.to_string()), Some(ka.clone()));
             prop_assert_eq!(ka.to_string().cmp(&kb.to_string()), a.cmp(&b));

@@ -61,6 +61,8 @@ enum Command {
     Ls(tools::LsArgs),
     /// Delete the oldest files, whose newest record is older than a cutoff.
     Retention(tools::RetentionArgs),
+    /// Merge the small files of each partition's closed hours into one file per hour (no record changes).
+    Compact(tools::CompactArgs),
     /// Iceberg tables over the archive, one per topic, for query engines (no data copied).
     Tables(tables::TablesArgs),
     /// Run the service: every pipeline of the configuration, the HTTP API and /metrics.
@@ -201,6 +203,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Find(args) => tools::find(args).await,
         Command::Ls(args) => tools::ls(args).await,
         Command::Retention(args) => tools::retention(args).await,
+        Command::Compact(args) => tools::compact(args).await,
         Command::Tables(args) => tables::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::run(args).await,

@@ -684,3 +684,105 @@ pub async fn retention(args: RetentionArgs) -> Result<(), Failure> {
     );
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    #[command(flatten)]
+    common: ArchiveArgs,
+    /// Regular expression of topics (whole name; default all).
+    #[arg(long, value_name = "REGEX", default_value = ".*")]
+    topics: String,
+    /// Compact an hour once it ended this long ago (records of an hour keep arriving until a
+    /// record of a later hour closes its file), e.g. 1h or 30m.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration::parse)]
+    settle: std::time::Duration,
+    /// Largest compacted file, in stored bytes of the files it merges (a longer run of an hour
+    /// becomes several files), e.g. 512MiB.
+    #[arg(long, value_name = "SIZE", default_value = "512MiB")]
+    max_file_size: crate::config::units::Size,
+    /// List what would be compacted; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn compact(args: CompactArgs) -> Result<(), Failure> {
+    let topics = regex("topics", &args.topics)?;
+    let settle_ms = i64::try_from(args.settle.as_millis())
+        .map_err(|_| Failure::usage("--settle is too long"))?;
+    if args.max_file_size.bytes() < 1 << 20 {
+        return Err(Failure::usage("--max-file-size must be at least 1MiB"));
+    }
+    let access = if args.dry_run {
+        Access::Read
+    } else {
+        Access::Write
+    };
+    let config = load_archive_config(&args.common)?;
+    let store = open_store(&args.common, access).await?;
+    let opts = ops::compact::CompactOptions {
+        topics,
+        settle_ms,
+        max_bytes: args.max_file_size.bytes(),
+        part_size: config.storage.s3.part_size.bytes() as usize,
+        dry_run: args.dry_run,
+        now_ms: crate::archive::time::now_ms(),
+    };
+    let report = ops::compact::compact(&*store, &opts)
+        .await
+        .map_err(failure)?;
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(Failure::found)?
+        );
+        return Ok(());
+    }
+    let verb = if args.dry_run {
+        "would compact"
+    } else {
+        "compacted"
+    };
+    for c in &report.compacted {
+        outln!(
+            "{verb} {} files of {}/{} [{}, {}) into {}{}",
+            c.parts,
+            c.topic,
+            c.partition,
+            c.start,
+            c.end,
+            c.key,
+            if args.dry_run {
+                format!(" ({} bytes)", c.bytes_before)
+            } else {
+                format!(
+                    " ({} records, {} bytes from {})",
+                    c.records, c.bytes_after, c.bytes_before
+                )
+            }
+        );
+    }
+    for t in &report.held_for_tables {
+        outln!("kept the replaced files of topic {t}: its Iceberg table could not take the change (the next run deletes them)");
+    }
+    outln!(
+        "{}: {} files into {} across {} partitions; {} replaced files deleted{} ({:.1}s)",
+        report.archive,
+        report.files_before(),
+        report.compacted.len(),
+        report.partitions,
+        report.deleted,
+        if report.skipped > 0 {
+            format!(
+                "; {} runs changed under this one, left to the next run",
+                report.skipped
+            )
+        } else {
+            String::new()
+        },
+        report.seconds
+    );
+    Ok(())
+}

@@ -209,12 +209,23 @@ pub async fn find(
         .into_iter()
         .filter_map(|(p, start)| {
             let of_partition = files.iter().filter(|(k, _)| k.partition == p);
-            chain::effective_start(Some(start), of_partition.map(|(k, _)| k.start))
+            chain::effective_start(Some(start), of_partition.map(|(k, _)| (k.start, k.end)))
                 .map(|first| (p, first))
         })
         .collect();
     files.retain(|(k, _)| firsts.get(&k.partition).is_none_or(|s| k.start >= *s));
-    files.sort_by_key(|(k, _)| (k.partition, k.start));
+    files.sort_by_key(|(k, _)| (k.partition, k.start, k.end.is_none()));
+    // A compacted file replaces the files inside its range that a compaction has not deleted yet.
+    let mut reach: Option<(i32, i64)> = None;
+    files.retain(|(k, _)| {
+        if reach.is_some_and(|(p, end)| p == k.partition && k.start < end) {
+            return false;
+        }
+        if let Some(end) = k.end {
+            reach = Some((k.partition, end));
+        }
+        true
+    });
     tracing::debug!(
         files = files.len(),
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -243,6 +254,9 @@ pub async fn find(
         search_file(reader, key, opts)
     }))
     .buffered(CONCURRENCY);
+    // Where each partition's matches so far end: a file sharing offsets with one searched before
+    // (an orphan of a race, a compacted file's parts not deleted yet) reports none of them twice.
+    let mut emitted: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
     'files: while let Some(found) = searches.next().await {
         progress.add(1);
         let found = found?;
@@ -254,6 +268,11 @@ pub async fn find(
             stats.unchecked.push(found.key.clone());
         }
         for record in &found.records {
+            let last = emitted.entry(found.partition).or_insert(i64::MIN);
+            if record.offset <= *last {
+                continue;
+            }
+            *last = record.offset;
             emit(&found.topic, found.partition, record);
             stats.records += 1;
             if opts.limit.is_some_and(|limit| stats.records >= limit) {

@@ -573,6 +573,7 @@ mod tests {
                         partition: 0,
                         bucket: HourBucket::of_millis(base + h * H),
                         start: i as i64 * 10,
+                        end: None,
                     },
                     100,
                 )

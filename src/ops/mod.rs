@@ -5,6 +5,7 @@
 //! Invariant: only `retention` writes, and it only deletes whole files from the start of a chain,
 //! after recording the chain's new start, so a reader never sees a chain with a hole in it.
 
+pub mod compact;
 pub mod find;
 pub mod lifecycle;
 pub mod retention;

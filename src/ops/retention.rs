@@ -334,6 +334,18 @@ async fn compacted(store: &dyn ObjectStore, topic: &str) -> Result<Option<String
     })
 }
 
+/// Recorded gaps run without a hole from `from` to `to`.
+fn gaps_reach(gaps: &[documents::Gap], from: i64, to: i64) -> bool {
+    let mut reached = from;
+    while reached < to {
+        match gaps.iter().find(|g| g.start == reached && g.end > reached) {
+            Some(g) => reached = g.end,
+            None => return false,
+        }
+    }
+    true
+}
+
 /// What one retention run is asked to do.
 #[derive(Debug, Clone)]
 pub struct RetentionOptions {
@@ -388,6 +400,21 @@ async fn plan_partition(
         // Only a start that a file begins at is one retention wrote for these files; anything
         // else (a stale document, a partition moved aside and backed up again) is left alone.
         (Some(r), Some(first)) if r.start == first => first,
+        // Recorded at a file that then lost the claim of its start to a gap (a worker found the
+        // offsets deleted from Kafka): the chain begins with the gap.
+        (Some(r), Some(first)) if r.start < first && gaps_reach(&chain.gaps, r.start, first) => {
+            first
+        }
+        // A compacted file that holds the recorded start begins the chain (a compaction merged
+        // the file retention recorded the start at into it).
+        (Some(r), Some(first))
+            if first < r.start
+                && chain.files[0].end > r.start
+                && crate::archive::paths::DataFileKey::parse(&chain.files[0].key)
+                    .is_some_and(|k| k.end.is_some()) =>
+        {
+            first
+        }
         (None, Some(first)) => first,
         _ => {
             tracing::warn!(

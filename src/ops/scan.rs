@@ -43,13 +43,19 @@ pub struct PartitionScan {
     /// Files that share a start with the chain's file there and lost its claim: a writer died
     /// before deleting what it wrote in a lost race. Readers skip them.
     pub orphans: Vec<ScannedFile>,
+    /// Files inside the range of a compacted file of the chain, which replaced them: a compaction
+    /// stopped before deleting them. Readers skip them.
+    pub covered: Vec<ScannedFile>,
 }
 
 impl PartitionScan {
     /// The files of the chain: those at or after its effective start ([`chain::effective_start`]).
     pub fn chain_files(&self) -> &[ScannedFile] {
         let recorded = self.start.as_ref().map(|s| s.start);
-        match chain::effective_start(recorded, self.files.iter().map(|f| f.parsed.start)) {
+        match chain::effective_start(
+            recorded,
+            self.files.iter().map(|f| (f.parsed.start, f.parsed.end)),
+        ) {
             Some(first) => &self.files[self.files.partition_point(|f| f.parsed.start < first)..],
             None => &self.files,
         }
@@ -193,6 +199,23 @@ pub async fn scan(
             p.files = kept;
             p.orphans = orphaned;
         }
+        // Then the files a compacted file of the chain replaced.
+        let skip = p.files.len() - p.chain_files().len();
+        let keys: Vec<(DataFileKey, u64)> = p.files[skip..]
+            .iter()
+            .map(|f| (f.parsed.clone(), f.size))
+            .collect();
+        let (_, covered) = chain::without_covered(&keys);
+        if !covered.is_empty() {
+            let covered: std::collections::BTreeSet<String> =
+                covered.iter().map(|(k, _)| k.to_string()).collect();
+            let (replaced, kept): (Vec<ScannedFile>, Vec<ScannedFile>) =
+                std::mem::take(&mut p.files)
+                    .into_iter()
+                    .partition(|f| covered.contains(&f.key));
+            p.files = kept;
+            p.covered = replaced;
+        }
     }
     Ok(Scan {
         identity,
@@ -221,6 +244,7 @@ fn part<'a>(
             start: None,
             checkpoint: None,
             orphans: Vec::new(),
+            covered: Vec::new(),
         })
 }
 

@@ -590,6 +590,7 @@ mod tests {
                 partition: 0,
                 bucket: HourBucket::of_millis(records[0].timestamp.unwrap()),
                 start,
+                end: None,
             };
             store
                 .put(

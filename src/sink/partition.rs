@@ -766,6 +766,7 @@ impl PartitionChain {
             partition: self.partition,
             bucket: open.bucket,
             start,
+            end: None,
         }
         .to_string();
         let meta = file_meta(
@@ -1107,6 +1108,12 @@ async fn checked_footer(
         url: store.url().to_string(),
         key: key.to_string(),
         message,
+    };
+    // A compacted file replaced the files of its range, and the claims of their starts name it:
+    // adopting it at one of them continues at its end.
+    let start = match DataFileKey::parse(key) {
+        Some(k) if k.end.is_some_and(|end| k.start <= start && start < end) => k.start,
+        _ => start,
     };
     let size = store.head(key).await?.size;
     let footer = match chain::read_file_footer(store, key, size).await {

@@ -910,6 +910,17 @@ fn build(
     let manifest_key = |n: usize| format!("{prefix}{commit_id}-m{n}.avro");
     let mut manifests_written = 0usize;
 
+    // Removals and additions together (a compaction replacing its parts, or retention and new
+    // files in one sync) are one snapshot, so that no snapshot shows the table with one and not
+    // the other: `replace` when the records are the same in number, else `overwrite`.
+    struct Removal {
+        sid: i64,
+        seq: i64,
+        changed: BTreeMap<String, String>,
+        records: i64,
+        partitions: BTreeSet<i32>,
+    }
+    let mut pending: Option<Removal> = None;
     if !removes.is_empty() {
         seq += 1;
         let sid = snapshot_id(meta);
@@ -955,27 +966,46 @@ fn build(
             *m = described;
             *entries = rewritten;
         }
-        let changed = BTreeMap::from([
+        let mut changed = BTreeMap::from([
             ("deleted-data-files".to_string(), removed.0.to_string()),
             ("deleted-records".to_string(), removed.1.to_string()),
             ("removed-files-size".to_string(), removed.2.to_string()),
-            (
+        ]);
+        if adds.is_empty() {
+            changed.insert(
                 "changed-partition-count".to_string(),
                 partitions.len().to_string(),
-            ),
-        ]);
-        let s = snapshot(&list, sid, seq, parent, "delete", changed, &mut to_write)?;
-        parent = Some(sid);
-        meta.snapshots.push(s.clone());
-        new_snapshots.push(s);
+            );
+            let s = snapshot(&list, sid, seq, parent, "delete", changed, &mut to_write)?;
+            parent = Some(sid);
+            meta.snapshots.push(s.clone());
+            new_snapshots.push(s);
+            // A manifest with nothing live was listed only to say what the delete removed.
+            list.retain(|(_, e)| e.iter().any(|e| e.status != Status::Deleted));
+        } else {
+            pending = Some(Removal {
+                sid,
+                seq,
+                changed,
+                records: removed.1,
+                partitions,
+            });
+        }
     }
-    // A manifest with nothing live was listed only to say what the delete removed.
-    list.retain(|(_, e)| e.iter().any(|e| e.status != Status::Deleted));
 
     if !adds.is_empty() {
-        seq += 1;
-        let sid = snapshot_id(meta);
-        // Too many manifests: merge what is live into one.
+        let (sid, removed_records, mut partitions, mut changed) = match pending.take() {
+            Some(r) => {
+                seq = r.seq;
+                (r.sid, Some(r.records), r.partitions, r.changed)
+            }
+            None => {
+                seq += 1;
+                (snapshot_id(meta), None, BTreeSet::new(), BTreeMap::new())
+            }
+        };
+        // Too many manifests: merge what is live into one (a manifest that only says what this
+        // snapshot removed is dropped then: readers of it need only the live files).
         if list.len() + 1 > opts.max_manifests.max(2) {
             let merged: Vec<Entry> = list
                 .iter()
@@ -1010,13 +1040,11 @@ fn build(
         to_write.push((key, Bytes::from(body)));
         // Newest first, as Iceberg's writers list them.
         list.insert(0, (described, entries));
-        let partitions: BTreeSet<i32> = adds.iter().map(|f| f.partition).collect();
-        let changed = BTreeMap::from([
+        partitions.extend(adds.iter().map(|f| f.partition));
+        let added_records = adds.iter().map(|f| f.record_count).sum::<i64>();
+        changed.extend([
             ("added-data-files".to_string(), adds.len().to_string()),
-            (
-                "added-records".to_string(),
-                adds.iter().map(|f| f.record_count).sum::<i64>().to_string(),
-            ),
+            ("added-records".to_string(), added_records.to_string()),
             (
                 "added-files-size".to_string(),
                 adds.iter().map(|f| f.file_size).sum::<i64>().to_string(),
@@ -1026,7 +1054,12 @@ fn build(
                 partitions.len().to_string(),
             ),
         ]);
-        let s = snapshot(&list, sid, seq, parent, "append", changed, &mut to_write)?;
+        let operation = match removed_records {
+            None => "append",
+            Some(r) if r == added_records => "replace",
+            Some(_) => "overwrite",
+        };
+        let s = snapshot(&list, sid, seq, parent, operation, changed, &mut to_write)?;
         meta.snapshots.push(s.clone());
         new_snapshots.push(s);
     }

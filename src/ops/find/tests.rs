@@ -73,6 +73,7 @@ async fn store_with(records: &[Record]) -> (tempfile::TempDir, Arc<dyn ObjectSto
         partition: 0,
         bucket: HourBucket::of_millis(BASE),
         start: records[0].offset,
+        end: None,
     };
     store
         .put(&key.to_string(), bytes.into(), PutMode::Create)

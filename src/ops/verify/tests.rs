@@ -34,6 +34,7 @@ fn key() -> String {
         partition: 0,
         bucket: HourBucket::of_millis(BASE),
         start: 0,
+        end: None,
     }
     .to_string()
 }
