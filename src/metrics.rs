@@ -40,10 +40,20 @@ pub const MARK_LAST_TAKEN: &str = "rewind_mark_last_taken_timestamp_seconds";
 /// Scheduled restore points that could not be taken (tried again a minute later).
 pub const MARK_ERRORS: &str = "rewind_mark_errors_total";
 
-/// Restore drills run (`result`: passed, failed, error).
+/// Versions of the Iceberg tables committed by scheduled syncs (`topic`).
 pub const TABLE_COMMITS: &str = "rewind_table_commits_total";
+/// Scheduled table syncs that failed.
 pub const TABLE_SYNC_ERRORS: &str = "rewind_table_sync_errors_total";
+/// When a scheduled sync last brought every selected table up to date.
 pub const TABLE_LAST_SYNC: &str = "rewind_table_last_sync_timestamp_seconds";
+/// Data files scheduled compactions merged (`topic`), and the compacted files they became.
+pub const COMPACT_PARTS: &str = "rewind_compact_parts_total";
+pub const COMPACT_FILES: &str = "rewind_compact_files_total";
+/// Scheduled compactions that failed.
+pub const COMPACT_ERRORS: &str = "rewind_compact_errors_total";
+/// When a scheduled compaction last finished without an error.
+pub const COMPACT_LAST_RUN: &str = "rewind_compact_last_run_timestamp_seconds";
+/// Restore drills run (`result`: passed, failed, error).
 pub const DRILLS: &str = "rewind_drills_total";
 /// When the last drill that passed finished (seconds since the epoch).
 pub const DRILL_LAST_SUCCESS: &str = "rewind_drill_last_success_timestamp_seconds";
@@ -89,6 +99,26 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 }
 
 fn describe() {
+    describe_counter!(
+        COMPACT_PARTS,
+        Unit::Count,
+        "Data files merged by scheduled compactions, by topic."
+    );
+    describe_counter!(
+        COMPACT_FILES,
+        Unit::Count,
+        "Compacted files written by scheduled compactions, by topic."
+    );
+    describe_counter!(
+        COMPACT_ERRORS,
+        Unit::Count,
+        "Scheduled compactions that failed (the next one tries again)."
+    );
+    describe_gauge!(
+        COMPACT_LAST_RUN,
+        Unit::Seconds,
+        "When a scheduled compaction last finished without an error, in seconds since the epoch."
+    );
     describe_counter!(
         TABLE_COMMITS,
         Unit::Count,

@@ -59,6 +59,16 @@ struct Faults {
     stale: Mutex<Option<Vec<ObjectMeta>>>,
     /// Writes left before the process dies (kill -9): every later write fails, unapplied.
     lives: Mutex<Option<u32>>,
+    /// Every request first lets the other tasks run (processes racing request by request).
+    yields: std::sync::atomic::AtomicBool,
+}
+
+impl Faulty {
+    async fn turn(&self) {
+        if self.faults.yields.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -99,6 +109,7 @@ impl Faulty {
 #[async_trait]
 impl ObjectStore for Faulty {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StorageResult<PutResult> {
+        self.turn().await;
         let lost = self.write_fate("put")?;
         let result = self.inner.put(key, body, mode).await;
         match result {
@@ -107,15 +118,19 @@ impl ObjectStore for Faulty {
         }
     }
     async fn get(&self, key: &str) -> StorageResult<GetResult> {
+        self.turn().await;
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> StorageResult<Bytes> {
+        self.turn().await;
         self.inner.get_range(key, range).await
     }
     async fn head(&self, key: &str) -> StorageResult<ObjectMeta> {
+        self.turn().await;
         self.inner.head(key).await
     }
     async fn list_page(&self, prefix: &str, token: Option<String>) -> StorageResult<ListPage> {
+        self.turn().await;
         if prefix.starts_with("data/") {
             if let Some(snapshot) = &*self.faults.stale.lock().unwrap() {
                 return Ok(ListPage {
@@ -131,6 +146,7 @@ impl ObjectStore for Faulty {
         self.inner.list_page(prefix, token).await
     }
     async fn delete_many(&self, keys: &[String]) -> StorageResult<()> {
+        self.turn().await;
         let lost = self.write_fate("delete")?;
         self.inner.delete_many(keys).await?;
         if lost {
@@ -248,6 +264,12 @@ enum Op {
         lose: bool,
         max_files: u8,
     },
+    /// Two `rewind compact` processes at once, request by request, with different file sizes (so
+    /// runs that overlap without sharing their first file).
+    MergeTwice {
+        a: u8,
+        b: u8,
+    },
     /// `rewind retention` deletes the archive's files older than `hours` before the newest record,
     /// dying after `lives` writes.
     Prune {
@@ -305,6 +327,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(|at| Op::Compact { at }),
         3 => (proptest::option::weighted(0.5, 0u8..12), proptest::bool::weighted(0.2), 2u8..6)
             .prop_map(|(lives, lose, max_files)| Op::Merge { lives, lose, max_files }),
+        2 => (2u8..6, 2u8..6).prop_map(|(a, b)| Op::MergeTwice { a, b }),
         1 => (0u8..4, proptest::option::weighted(0.3, 0u8..6))
             .prop_map(|(hours, lives)| Op::Prune { hours, lives }),
         2 => (w.clone(), 1u8..4).prop_map(|(w, n)| Op::Refuse { w, n }),
@@ -490,11 +513,60 @@ impl World {
                     now_ms: i64::MAX / 4,
                 };
                 match rewind::ops::compact::compact(&store, &opts).await {
-                    Ok(report) => trace(|| format!("  compacted: {:?}", report.compacted)),
+                    Ok(report) => {
+                        assert!(
+                            report.errors.is_empty(),
+                            "compaction failed: {:?}",
+                            report.errors
+                        );
+                        trace(|| format!("  compacted: {:?}", report.compacted));
+                    }
                     Err(rewind::ops::OpsError::Archive(e)) => {
                         trace(|| format!("  compaction stopped: {e}"))
                     }
                     Err(e) => panic!("compaction failed for a reason other than the store: {e}"),
+                }
+            }
+            Op::MergeTwice { a, b } => {
+                let stores = [self.tool_store(None, false), self.tool_store(None, false)];
+                let opts = |files: u8| rewind::ops::compact::CompactOptions {
+                    topics: rewind::kafka::topics::TopicSelector::all(),
+                    settle_ms: 0,
+                    max_bytes: 3_000 * u64::from(files),
+                    part_size: 5 << 20,
+                    dry_run: false,
+                    now_ms: i64::MAX / 4,
+                };
+                for s in &stores {
+                    s.faults.yields.store(true, Ordering::SeqCst);
+                }
+                let (opts_a, opts_b) = (opts(a), opts(b));
+                let (ra, rb) = tokio::join!(
+                    rewind::ops::compact::compact(&stores[0], &opts_a),
+                    rewind::ops::compact::compact(&stores[1], &opts_b)
+                );
+                for r in [ra, rb] {
+                    match r {
+                        Ok(report) => {
+                            assert!(
+                                report.errors.is_empty(),
+                                "compaction failed: {:?}",
+                                report.errors
+                            );
+                            trace(|| {
+                                format!(
+                                    "  compacted at once: {:?}, skipped {}",
+                                    report
+                                        .compacted
+                                        .iter()
+                                        .map(|c| (c.start, c.end))
+                                        .collect::<Vec<_>>(),
+                                    report.skipped
+                                )
+                            });
+                        }
+                        Err(e) => panic!("a racing compaction failed: {e}"),
+                    }
                 }
             }
             Op::Prune { hours, lives } => {
@@ -1259,6 +1331,66 @@ fn interleavings_that_broke_the_chain_before() {
                 max_files: 2,
             },
             Revoke { w: 0 },
+        ],
+        // Issue 19: a compaction died after handing the claim of an inner start to its compacted
+        // file and before its commit; a worker flushing late at that start adopted the compacted
+        // file and deleted the part there as an orphan of its race, cutting the chain (the part
+        // is the compaction's to delete, once it commits).
+        vec![
+            Start { w: 2, at: 0 },
+            Produce {
+                n: 2,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Deliver { w: 2, n: 1 },
+            Roll { w: 2 },
+            Produce {
+                n: 1,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Produce {
+                n: 5,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Start { w: 0, at: 0 },
+            Deliver { w: 2, n: 2 },
+            Produce {
+                n: 2,
+                hours: 1,
+                late: false,
+                untimed: true,
+            },
+            Deliver { w: 2, n: 2 },
+            Deliver { w: 2, n: 5 },
+            Merge {
+                lives: None,
+                lose: true,
+                max_files: 2,
+            },
+            Merge {
+                lives: None,
+                lose: true,
+                max_files: 2,
+            },
+            Merge {
+                lives: Some(2),
+                lose: false,
+                max_files: 2,
+            },
+            Produce {
+                n: 1,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Deliver { w: 0, n: 7 },
+            Deliver { w: 0, n: 2 },
         ],
     ];
     for (i, ops) in cases.iter().enumerate() {

@@ -1350,3 +1350,113 @@ async fn a_scheduled_drill_runs_once_per_period_across_workers_and_exports_its_r
     assert_eq!(counter(&c, "rewind_drills_total"), 0.0);
     assert!(terminate(&mut third).success());
 }
+
+/// `[compact] every` on two workers of `rewind run` while their sink pipeline keeps archiving:
+/// the closed hour's small files of each partition become one (both workers compacting at once),
+/// the counters say so, and the archive holds every produced record once and verifies clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_compaction_merges_closed_hours_while_the_sink_runs() {
+    common::no_instance_metadata();
+    let topic = common::unique("svc-compact");
+    create_topic(&topic, 2, &[]).await;
+    let old = (common::now_ms() / 3_600_000 - 4) * 3_600_000 + 60_000;
+    let mut produced: Vec<Vec<Record>> = vec![Vec::new(), Vec::new()];
+    for p in 0..2 {
+        let records: Vec<Record> = traffic(p, 0, 24)
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Record {
+                timestamp: Some(old + i as i64 * 1000),
+                ..r
+            })
+            .collect();
+        produced[p as usize].extend(produce(&topic, p, &records).await);
+    }
+    let (archive, store) = s3_archive().await;
+    // Four files of six records per partition in the old hour.
+    let out = common::sink_command(&archive, &topic, &format!("rewind-{topic}"))
+        .arg("--once")
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "6")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let hour_folder = |p: i32| {
+        let b = rewind::archive::time::HourBucket::of_millis(old);
+        format!(
+            "data/topic={topic}/partition={p}/date={}/hour={}/",
+            b.date(),
+            b.hour()
+        )
+    };
+    for p in 0..2 {
+        assert_eq!(store.list(&hour_folder(p)).await.unwrap().len(), 4);
+    }
+    let compact = format!(
+        "[compact]\nevery = \"1s\"\ntopics = \"{}\"\n",
+        regex::escape(&topic).replace('\\', "\\\\")
+    );
+    let service = ServiceDir::new(&archive, &compact, &[("backup", sink_pipeline(&topic))]);
+    let (a, b) = (free_addr(), free_addr());
+    let mut first = service.start(&a, "a.log");
+    let mut second = service.start(&b, "b.log");
+    for addr in [&a, &b] {
+        wait_until("both workers are ready", Duration::from_secs(60), || {
+            request(addr, "GET", "/readyz", None).is_some_and(|r| r.status == 200)
+        });
+    }
+    produce_round(&topic, &mut produced, 100, 40).await;
+    let mut merged = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !merged {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old hour was not compacted: {}",
+            service.log("a.log")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut one_each = true;
+        for p in 0..2 {
+            let keys = store.list(&hour_folder(p)).await.unwrap();
+            one_each &= keys.len() == 1 && keys[0].key.ends_with("-00000000000000000024.parquet");
+        }
+        merged = one_each;
+    }
+    produce_round(&topic, &mut produced, 200, 20).await;
+    let files =
+        counter(&a, "rewind_compact_files_total") + counter(&b, "rewind_compact_files_total");
+    let parts =
+        counter(&a, "rewind_compact_parts_total") + counter(&b, "rewind_compact_parts_total");
+    // At least each partition's hour (twice when the hour's last file, the chain's last at
+    // first, is merged in later; a run both workers compacted at once counts for both).
+    assert!(
+        files >= 2.0 && parts >= 8.0,
+        "{files} files from {parts} parts"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = true;
+        for p in 0..2 {
+            all &=
+                common::archive::chain(&store, &topic, p).await.len() == produced[p as usize].len();
+        }
+        if all {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink did not archive every record"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for child in [&mut first, &mut second] {
+        assert!(terminate(child).success());
+    }
+    for p in 0..2 {
+        assert_eq!(
+            content(&common::archive::chain(&store, &topic, p).await),
+            content(&produced[p as usize]),
+            "partition {p}: every record once"
+        );
+    }
+    verify_clean(&archive);
+}

@@ -733,12 +733,21 @@ pub async fn compact(args: CompactArgs) -> Result<(), Failure> {
     let report = ops::compact::compact(&*store, &opts)
         .await
         .map_err(failure)?;
+    let failed = report.errors.first().map(|e| {
+        Failure::found(format!(
+            "{} partitions could not be compacted; the first, {}/{}: {}",
+            report.errors.len(),
+            e.topic,
+            e.partition,
+            e.error
+        ))
+    });
     if args.json {
         outln!(
             "{}",
             serde_json::to_string_pretty(&report).map_err(Failure::found)?
         );
-        return Ok(());
+        return failed.map_or(Ok(()), Err);
     }
     let verb = if args.dry_run {
         "would compact"
@@ -767,6 +776,9 @@ pub async fn compact(args: CompactArgs) -> Result<(), Failure> {
     for t in &report.held_for_tables {
         outln!("kept the replaced files of topic {t}: its Iceberg table could not take the change (the next run deletes them)");
     }
+    for e in &report.errors {
+        outln!("could not compact {}/{}: {}", e.topic, e.partition, e.error);
+    }
     outln!(
         "{}: {} files into {} across {} partitions; {} replaced files deleted{} ({:.1}s)",
         report.archive,
@@ -784,5 +796,5 @@ pub async fn compact(args: CompactArgs) -> Result<(), Failure> {
         },
         report.seconds
     );
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }

@@ -51,6 +51,8 @@ pub struct Config {
     pub drill: DrillConfig,
     /// Iceberg tables over the archive (`rewind tables sync`, and on a schedule in `rewind run`).
     pub tables: TablesConfig,
+    /// Compaction of closed hours (`rewind compact`, and on a schedule in `rewind run`).
+    pub compact: CompactConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -92,6 +94,39 @@ impl Default for TablesConfig {
             catalog_uri: None,
             catalog_namespace: "rewind".into(),
             catalog_token: None,
+        }
+    }
+}
+
+/// Compaction of closed hours: how often `rewind run` merges each partition's small files of an
+/// hour into one (`rewind compact`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactConfig {
+    /// How often `rewind run` compacts (e.g. `1h`); `0s`, the default, never. Every worker may:
+    /// a compaction commits by compare-and-swap, so workers that compact at once only cost each
+    /// other the work.
+    #[serde(with = "units::duration")]
+    pub every: Duration,
+    /// The archive compacted, by name.
+    pub archive: String,
+    /// Regular expression of archived topics to compact.
+    pub topics: String,
+    /// An hour is compacted once it ended this long ago.
+    #[serde(with = "units::duration")]
+    pub settle: Duration,
+    /// Stored bytes of the files merged into one compacted file, at most.
+    pub max_file_size: Size,
+}
+
+impl Default for CompactConfig {
+    fn default() -> Self {
+        CompactConfig {
+            every: Duration::ZERO,
+            archive: "default".into(),
+            topics: ".*".into(),
+            settle: Duration::from_secs(3600),
+            max_file_size: Size::mib(512),
         }
     }
 }
@@ -146,6 +181,7 @@ impl Default for Config {
             service: ServiceConfig::default(),
             drill: DrillConfig::default(),
             tables: TablesConfig::default(),
+            compact: CompactConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -774,3 +774,43 @@ fn mark_schedules_are_one_period_or_a_list() {
         "{found:?}"
     );
 }
+
+#[test]
+fn the_compaction_schedule_is_checked() {
+    let f = file(
+        r#"
+        [compact]
+        every = "1h"
+        archive = "cold"
+        topics = "orders("
+        max_file_size = "64KiB"
+        "#,
+    );
+    let found = problems(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[]),
+        ..Sources::default()
+    });
+    let expect = [
+        "compact.archive: names no archive: add [archives] cold",
+        "compact.topics: invalid regular expression \"orders(\"",
+        "compact.max_file_size: must be at least 1MiB, got 64KiB",
+    ];
+    for needle in expect {
+        assert!(
+            found.iter().any(|p| p.starts_with(needle)),
+            "missing {needle:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+    let f = file("[compact]\nevery = \"30m\"\nsettle = \"2h\"\n");
+    let config = load(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env(&[]),
+        ..Sources::default()
+    })
+    .unwrap();
+    assert_eq!(config.compact.every, Duration::from_secs(1800));
+    assert_eq!(config.compact.settle, Duration::from_secs(7200));
+    assert_eq!(config.compact.max_file_size, Size::mib(512));
+}

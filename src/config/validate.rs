@@ -44,6 +44,25 @@ impl Config {
                 );
             }
         }
+        let compact = &self.compact;
+        if compact.archive != "default" && !self.archives.contains_key(&compact.archive) {
+            problem(
+                "compact.archive",
+                format!(
+                    "names no archive: add [archives] {} = \"s3://...\" or use \"default\"",
+                    compact.archive
+                ),
+            );
+        }
+        if let Some(why) = regex_problem(&compact.topics) {
+            problem("compact.topics", why);
+        }
+        if compact.max_file_size.bytes() < 1 << 20 {
+            problem(
+                "compact.max_file_size",
+                format!("must be at least 1MiB, got {}", compact.max_file_size),
+            );
+        }
         let tables = &self.tables;
         if tables.archive != "default" && !self.archives.contains_key(&tables.archive) {
             problem(

@@ -1,11 +1,13 @@
 //! `rewind compact`: merge the small files of a partition's closed hours into one file each, so
 //! that engines and restores make a few requests where they made hundreds, without changing one
 //! byte of any record and without a moment where a reader of the chain sees a record twice or not
-//! at all.
+//! at all (a reader that listed the parts before they were deleted fails reading one, naming it,
+//! and finds the compacted file when it reads the chain again).
 //!
 //! A run is a sequence of files `P0 … Pk` that follow each other in the chain with no gap between
 //! them, all in one hour folder whose hour ended at least `settle` ago, all below the partition's
-//! checkpoint, none the chain's last file and none compacted already. Its compacted file `W` holds their records and
+//! checkpoint and none the chain's last file (a compacted file may be one of them: an hour whose
+//! last file was the chain's last when it was first compacted is merged again later). Its compacted file `W` holds their records and
 //! covers their range `[P0.start, Pk.end)`, which its name carries
 //! (`<start:020>-<end:020>.parquet`, archive format version 2). The commit order:
 //!
@@ -13,21 +15,23 @@
 //! 2. `_archive.json` says format version 2, so that builds which read only version 1 refuse the
 //!    archive rather than misread it;
 //! 3. `W` is written create-only in the hour's folder;
-//! 4. the claim of `P0.start` is handed from `P0` to `W` by compare-and-swap: **the commit**. Before
-//!    it `W` is an orphan readers skip (it lost the claim of its start); after it `P0` is, and
-//!    `P1 … Pk` lie inside `W`'s range, which readers skip too (`chain::without_covered`);
+//! 4. the claims of `P1 … Pk`'s starts, in order, then `P0`'s, are handed from their part to `W`
+//!    by compare-and-swap; `P0`'s is **the commit**. Before it `W` is an orphan readers skip (it
+//!    lost the claim of its start); after it `P0` is, and `P1 … Pk` lie inside `W`'s range, which
+//!    readers skip too (`chain::without_covered`). Two compactions whose runs overlap share a start
+//!    both must take from its part, so at most one commits; the other gives back what it took;
 //! 5. the topic's Iceberg table, if it has one, commits a `replace` snapshot;
 //! 6. `P0 … Pk` are deleted (a run that stops before leaves them to the next run; `verify` names
 //!    them).
 //!
-//! A compactor that loses the compare-and-swap deletes its `W` (nothing names it); one that crashed
-//! between 3 and 4 left an orphan that a later run writes again at the same key and commits.
-//! Between 4 and 6 the claims of `P1 … Pk`'s starts are handed to `W` too (each by compare-and-swap
-//! from the version naming its part), so that a writer still holding those records (a sink that
-//! lost its partition long ago and flushes late) loses the claim of their start to `W` and
-//! continues at `W`'s end; a part is deleted only once its start's claim names `W`.
+//! A compactor that loses a compare-and-swap deletes its `W` once it gave every claim back; one that
+//! crashed between 3 and the commit left an orphan (and perhaps claims naming it) that a later run
+//! of the same files finds at the same key and commits.
+//! A part is deleted only once its start's claim names `W`, so that a writer still holding those
+//! records (a sink that lost its partition long ago and flushes late) loses the claim of their
+//! start to `W` and continues at `W`'s end.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -94,7 +98,18 @@ pub struct CompactReport {
     /// Topics whose Iceberg table could not take the compaction: their parts stay (readers of the
     /// chain skip them) until a run whose table commit lands.
     pub held_for_tables: Vec<String>,
+    /// Partitions that could not be compacted (a file that does not read, a broken chain), with
+    /// why; the others were.
+    pub errors: Vec<PartitionError>,
     pub seconds: f64,
+}
+
+/// Why one partition was not compacted.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionError {
+    pub topic: String,
+    pub partition: i32,
+    pub error: String,
 }
 
 impl CompactReport {
@@ -126,7 +141,7 @@ pub async fn compact(
     let mut doomed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut upgraded = false;
     for ((topic, partition), files) in selected {
-        let outcome = compact_partition(
+        let outcome = match compact_partition(
             store,
             topic,
             *partition,
@@ -135,7 +150,24 @@ pub async fn compact(
             &identity.cluster_id,
             &mut upgraded,
         )
-        .await?;
+        .await
+        {
+            Ok(outcome) => outcome,
+            // The store is away: nothing else would fare better.
+            Err(e @ OpsError::Archive(crate::archive::documents::ArchiveError::Storage(_))) => {
+                return Err(e)
+            }
+            // One partition's trouble is its own: the others are compacted.
+            Err(e) => {
+                tracing::warn!(topic, partition, error = %e, "could not compact the partition");
+                report.errors.push(PartitionError {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    error: e.to_string(),
+                });
+                PartitionOutcome::default()
+            }
+        };
         progress.add(1);
         report.skipped += outcome.skipped;
         report.compacted.extend(outcome.compacted);
@@ -183,10 +215,10 @@ async fn compact_partition(
     cluster_id: &str,
     upgraded: &mut bool,
 ) -> Result<PartitionOutcome, OpsError> {
-    let mut out = PartitionOutcome {
-        delete: leftovers(store, topic, partition, files).await?,
-        ..PartitionOutcome::default()
-    };
+    let mut out = PartitionOutcome::default();
+    if !opts.dry_run {
+        out.delete = leftovers(store, topic, partition, files).await?;
+    }
     let chain = chain::load(store, topic, partition, files, &BTreeMap::new()).await?;
     let checkpoint_end = documents::read_checkpoint(store, topic, partition)
         .await?
@@ -222,8 +254,10 @@ async fn compact_partition(
 }
 
 /// Files earlier compactions replaced and did not delete: those inside the range of a compacted
-/// file the chain reads, and plain files that lost the claim of their start to one. (A compacted
-/// file that lost its claim is left alone: it may be another compactor's, about to commit.)
+/// file the chain reads, and files that lost the claim of their start to one: plain ones, and
+/// compacted ones that end before it (merged into it). A compacted file that lost its claim and
+/// ends after the one holding the start is left alone: it may be another compactor's, about to
+/// commit (its run began with the file holding the start).
 async fn leftovers(
     store: &dyn ObjectStore,
     topic: &str,
@@ -245,14 +279,17 @@ async fn leftovers(
         .collect();
     let (kept, orphans) =
         chain::without_orphans(store, topic, partition, files, &gap_starts).await?;
-    let compacted_starts: BTreeSet<i64> = kept
+    let compacted: BTreeMap<i64, i64> = kept
         .iter()
-        .filter(|(k, _)| k.end.is_some())
-        .map(|(k, _)| k.start)
+        .filter_map(|(k, _)| Some((k.start, k.end?)))
         .collect();
     let mut out: Vec<String> = orphans
         .iter()
-        .filter(|(k, _)| k.end.is_none() && compacted_starts.contains(&k.start))
+        .filter(|(k, _)| {
+            compacted
+                .get(&k.start)
+                .is_some_and(|end| k.end.is_none_or(|e| e < *end))
+        })
         .map(|(k, _)| k.to_string())
         .collect();
     let from = kept.partition_point(|(k, _)| k.start < first);
@@ -273,12 +310,12 @@ async fn leftovers(
 
 /// The runs of `files` (a loaded chain) to compact.
 fn runs(files: &[ChainFile], checkpoint_end: i64, opts: &CompactOptions) -> Vec<Vec<ChainFile>> {
-    // A compacted file is never merged again: the claims of the starts it covers name it, and
-    // handing them on would mean listing every claim of the partition.
+    // A compacted file may be merged again: the claims of the starts it covers keep naming it,
+    // and a writer adopting it there, finding it gone, follows the claim of its start, which the
+    // larger file took.
     let closed = |f: &ChainFile| {
         f.bucket.end_millis() <= opts.now_ms.saturating_sub(opts.settle_ms)
             && f.end <= checkpoint_end
-            && DataFileKey::parse(&f.key).is_some_and(|k| k.end.is_none())
     };
     // Never the chain's last file: a sink resumes after it.
     let candidates = &files[..files.len().saturating_sub(1)];
@@ -415,28 +452,58 @@ async fn compact_run(
         }
         Err(e) => return Err(e.into()),
     }
-    // 4. The commit.
-    let next = Claim {
-        topic: topic.to_string(),
-        partition,
-        start,
-        key: target.clone(),
-        end: Some(end),
-        created_at: rfc3339_millis(now_ms()),
+    // 4. The claims of the inner starts go to the compacted file first, in order, and the first
+    // start's last: the commit. Two compactions whose runs overlap (other sizes, another chain
+    // start) share a start both must take from the part there, so at most one of them commits.
+    let parts: Vec<(i64, String)> = run[1..].iter().map(|f| (f.start, f.key.clone())).collect();
+    let mut taken: Vec<(i64, String)> = Vec::new();
+    let mut lost = false;
+    for (s, part) in &parts {
+        match take_claim(store, topic, partition, &target, end, *s, part).await? {
+            Take::Taken => taken.push((*s, part.clone())),
+            Take::Already => {}
+            Take::Lost => {
+                lost = true;
+                break;
+            }
+        }
+    }
+    // Nothing names the compacted file but these claims yet: it must still be there.
+    if !lost {
+        match store.head(&target).await {
+            Ok(_) => {}
+            Err(StorageError::NotFound { .. }) => lost = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let committed = !lost && {
+        let next = Claim {
+            topic: topic.to_string(),
+            partition,
+            start,
+            key: target.clone(),
+            end: Some(end),
+            created_at: rfc3339_millis(now_ms()),
+        };
+        let stored = documents::replace_claim(store, &next, &known).await?;
+        stored.is_some_and(|c| c.key == target)
     };
-    let stored = documents::replace_claim(store, &next, &known).await?;
-    if stored.as_ref().map(|c| c.key.as_str()) != Some(target.as_str()) {
+    if !committed {
         tracing::info!(
             topic,
             partition,
             start,
-            "another writer changed the claim of this start first; deleting the compacted file that lost"
+            "another writer changed a claim of the run first; undoing this compaction"
         );
-        store.delete(&target).await?;
+        let undone = give_back(store, topic, partition, &target, &taken).await?;
+        let named = documents::read_claim(store, topic, partition, start)
+            .await?
+            .is_some_and(|c| c.key == target);
+        if undone && taken.len() == parts.len() && !named {
+            store.delete(&target).await?;
+        }
         return Ok(None);
     }
-    let parts: Vec<(i64, String)> = run[1..].iter().map(|f| (f.start, f.key.clone())).collect();
-    hand_claims(store, topic, partition, &target, end, &parts).await?;
     tracing::info!(
         topic,
         partition,
@@ -457,6 +524,77 @@ async fn compact_run(
         bytes_before: run.iter().map(|f| f.size).sum(),
         bytes_after,
     }))
+}
+
+enum Take {
+    /// The claim named the part, or nothing: it names the compacted file now.
+    Taken,
+    /// It named the compacted file already (a compaction of the same run got here first).
+    Already,
+    /// It names something else: another compaction's run overlaps this one.
+    Lost,
+}
+
+/// Take the claim of `start` from `part` for the compacted file `target` (ending at `end`).
+async fn take_claim(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+    target: &str,
+    end: i64,
+    start: i64,
+    part: &str,
+) -> Result<Take, OpsError> {
+    let next = Claim {
+        topic: topic.to_string(),
+        partition,
+        start,
+        key: target.to_string(),
+        end: Some(end),
+        created_at: rfc3339_millis(now_ms()),
+    };
+    let stored = match documents::read_claim_versioned(store, topic, partition, start).await? {
+        Some(known) if known.doc.key == target => return Ok(Take::Already),
+        Some(known) if known.doc.key == part => {
+            documents::replace_claim(store, &next, &known).await?
+        }
+        Some(_) => return Ok(Take::Lost),
+        None => Some(documents::claim(store, &next).await?),
+    };
+    Ok(match stored {
+        Some(c) if c.key == target => Take::Taken,
+        _ => Take::Lost,
+    })
+}
+
+/// Give the claims `taken` (start, part) back to their parts after a compaction that did not
+/// commit. True when every one was given back.
+async fn give_back(
+    store: &dyn ObjectStore,
+    topic: &str,
+    partition: i32,
+    target: &str,
+    taken: &[(i64, String)],
+) -> Result<bool, OpsError> {
+    let mut all = true;
+    for (start, part) in taken {
+        let back = Claim {
+            topic: topic.to_string(),
+            partition,
+            start: *start,
+            key: part.clone(),
+            end: None,
+            created_at: rfc3339_millis(now_ms()),
+        };
+        match documents::read_claim_versioned(store, topic, partition, *start).await? {
+            Some(known) if known.doc.key == target => {
+                let stored = documents::replace_claim(store, &back, &known).await?;
+                all &= stored.is_some_and(|c| c.key == *part);
+            }
+            _ => all = false,
+        }
+    }
+    Ok(all)
 }
 
 /// Hand the claims of the starts of `parts` (start, key), which the compacted file `target` (ending

@@ -23,6 +23,7 @@
 //! the `_control/` documents; [`api`] the HTTP API and [`guard`] who may talk to it.
 
 pub mod api;
+mod compact;
 pub mod control;
 mod drills;
 pub mod guard;

@@ -92,6 +92,12 @@ impl Registry {
                 tracing::error!("cannot start the drill schedule");
             }
         }
+        if !registry.config.compact.every.is_zero() {
+            let registry_ = registry.clone();
+            if !registry.isolated("compactions", move || super::compact::schedule(registry_)) {
+                tracing::error!("cannot start the compaction schedule");
+            }
+        }
         if !registry.config.tables.every.is_zero() {
             let registry_ = registry.clone();
             if !registry.isolated("table syncs", move || super::tables::schedule(registry_)) {

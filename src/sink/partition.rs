@@ -308,9 +308,15 @@ impl PartitionChain {
         )
         .await?;
         failpoint::hit(failpoint::AFTER_CLAIM).await;
+        // A claim naming a compacted file that begins before this start was handed to it by a
+        // compaction: the files listed here are its parts, which are that compaction's to delete
+        // (it may not have committed yet); only this worker's own file lost.
+        let inner =
+            DataFileKey::parse(&claimed.key).is_some_and(|k| k.end.is_some() && k.start < start);
         let orphans: Vec<String> = listed
             .iter()
             .map(|(k, _)| k.to_string())
+            .filter(|_| !inner)
             .chain(mine.map(|(key, _)| key.to_string()))
             .filter(|k| *k != claimed.key)
             .collect();
@@ -333,14 +339,11 @@ impl PartitionChain {
             documents::record_gap(store, &gap).await?;
             return Ok(Settled::Gap { end: gap.end });
         }
-        let meta = match mine {
-            Some((key, meta)) if key == claimed.key => meta.clone(),
-            _ => checked_footer(store, &claimed.key, &self.topic, self.partition, start).await?,
+        let (key, meta) = match mine {
+            Some((key, meta)) if key == claimed.key => (claimed.key, meta.clone()),
+            _ => adopted(store, claimed.key, &self.topic, self.partition, start).await?,
         };
-        Ok(Settled::File {
-            key: claimed.key,
-            meta,
-        })
+        Ok(Settled::File { key, meta })
     }
 
     /// Records `[end, low)` were deleted by the broker before any worker archived them: record the
@@ -388,11 +391,11 @@ impl PartitionChain {
                 recorded.push(gap);
             } else {
                 // A file holds this start: it is the chain.
-                let meta =
-                    checked_footer(store, &claimed.key, &self.topic, self.partition, start).await?;
+                let (key, meta) =
+                    adopted(store, claimed.key, &self.topic, self.partition, start).await?;
                 self.end = meta.end;
                 self.reposition(meta.end);
-                self.advance_checkpoint(&claimed.key, meta.max_timestamp, store)
+                self.advance_checkpoint(&key, meta.max_timestamp, store)
                     .await?;
             }
         }
@@ -1090,6 +1093,69 @@ fn gap_of(claim: &Claim) -> Gap {
         end: claim.end.unwrap_or(claim.start).max(claim.start),
         reason: "retention".into(),
         detected_at: claim.created_at.clone(),
+    }
+}
+
+/// The file a claim of `start` names, and its checked footer. A compacted file that is gone was
+/// merged again into a larger one, which took the claim of its start: that claim names it (a few
+/// hops at most, one per compaction).
+async fn adopted(
+    store: &dyn ObjectStore,
+    mut key: String,
+    topic: &str,
+    partition: i32,
+    start: i64,
+) -> Result<(String, datafile::FileMeta), FlushError> {
+    for _ in 0..8 {
+        match checked_footer(store, &key, topic, partition, start).await {
+            Err(FlushError::Storage(StorageError::NotFound { .. })) => {
+                let Some(merged) = DataFileKey::parse(&key).filter(|k| k.end.is_some()) else {
+                    break;
+                };
+                match documents::read_claim(store, topic, partition, merged.start).await? {
+                    Some(next) if next.key != key && !next.is_gap() => key = next.key,
+                    _ => break,
+                }
+            }
+            other => return other.map(|meta| (key, meta)),
+        }
+    }
+    match checked_footer(store, &key, topic, partition, start).await {
+        // Gone, and the chain moved on past it (retention deleted the range after other workers
+        // archived beyond it): continue where the checkpoint says, as after a file ending there.
+        Err(FlushError::Storage(StorageError::NotFound { .. })) => {
+            match documents::read_checkpoint(store, topic, partition).await? {
+                Some(c) if c.doc.end > start => {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        start,
+                        key,
+                        resume = c.doc.end,
+                        "the file claimed at this start is gone and the chain moved on past it; continuing at the checkpoint"
+                    );
+                    let meta = datafile::FileMeta {
+                        format_version: FORMAT_VERSION,
+                        topic: topic.to_string(),
+                        partition,
+                        start,
+                        end: c.doc.end,
+                        record_count: 0,
+                        min_timestamp: None,
+                        max_timestamp: c.doc.max_timestamp,
+                        cluster_id: String::new(),
+                        writer: String::new(),
+                        created_at: 0,
+                    };
+                    Ok((c.doc.last_file, meta))
+                }
+                _ => Err(FlushError::Storage(StorageError::NotFound {
+                    url: store.url().to_string(),
+                    key,
+                })),
+            }
+        }
+        other => other.map(|meta| (key, meta)),
     }
 }
 

@@ -910,9 +910,11 @@ fn build(
     let manifest_key = |n: usize| format!("{prefix}{commit_id}-m{n}.avro");
     let mut manifests_written = 0usize;
 
-    // Removals and additions together (a compaction replacing its parts, or retention and new
-    // files in one sync) are one snapshot, so that no snapshot shows the table with one and not
-    // the other: `replace` when the records are the same in number, else `overwrite`.
+    // A compaction's removals and additions (every added file compacted, every removed one inside
+    // an added file's range) are one `replace` snapshot, which incremental readers may skip: no
+    // snapshot shows the table with one and not the other. Anything else that removes and adds
+    // (retention and new files in one sync) is a `delete` snapshot, then an `append`.
+    let replace = is_compaction(adds, removes);
     struct Removal {
         sid: i64,
         seq: i64,
@@ -971,7 +973,7 @@ fn build(
             ("deleted-records".to_string(), removed.1.to_string()),
             ("removed-files-size".to_string(), removed.2.to_string()),
         ]);
-        if adds.is_empty() {
+        if !replace {
             changed.insert(
                 "changed-partition-count".to_string(),
                 partitions.len().to_string(),
@@ -1056,8 +1058,7 @@ fn build(
         ]);
         let operation = match removed_records {
             None => "append",
-            Some(r) if r == added_records => "replace",
-            Some(_) => "overwrite",
+            Some(_) => "replace",
         };
         let s = snapshot(&list, sid, seq, parent, operation, changed, &mut to_write)?;
         meta.snapshots.push(s.clone());
@@ -1112,6 +1113,28 @@ fn build(
         dropped_versions,
     };
     Ok((done, to_write))
+}
+
+/// The change is a compaction's: every added file is a compacted one, and every removed file lies
+/// in the range of an added one of its partition (by the ranges their names carry).
+fn is_compaction(adds: &[DataFile], removes: &BTreeSet<String>) -> bool {
+    let key = |uri: &str| {
+        uri.rfind("data/topic=")
+            .and_then(|i| paths::DataFileKey::parse(&uri[i..]))
+    };
+    let added: Vec<(i32, i64, i64)> = adds
+        .iter()
+        .filter_map(|f| key(&f.path).and_then(|k| Some((k.partition, k.start, k.end?))))
+        .collect();
+    !removes.is_empty()
+        && added.len() == adds.len()
+        && removes.iter().all(|r| {
+            key(r).is_some_and(|k| {
+                added
+                    .iter()
+                    .any(|(p, s, e)| *p == k.partition && *s <= k.start && k.start < *e)
+            })
+        })
 }
 
 /// Point `version-hint.text` at `version` unless it already names a newer one. Best effort:
