@@ -2,7 +2,8 @@
 //! partitions of 32 MiB files of 1 KiB records, the shape a busy sink writes), the time and bytes
 //! of a key look-up by `rewind find` versus DuckDB's `SELECT … WHERE key = …` over the same files,
 //! in one run; and `rewind verify` (metadata mode) throughput in files/s, on that archive and on
-//! one of many small files.
+//! one of many small files; `rewind tables sync` on 20,000 files; and `rewind compact` on six hours
+//! of one-minute files, with DuckDB's one-hour aggregate before and after.
 //!
 //!   cargo bench --bench archive_tools -- [--mib N]      (scripts/bench --only tools)
 
@@ -167,6 +168,32 @@ print(json.dumps({"version": duckdb.__version__, "seconds": best, "rows": len(ro
                   "first_seconds": first, "first_bytes_read": first_read, "process_seconds": ready + first}))
 "#;
 
+/// A one-hour aggregate by DuckDB over `data/**` of two archives, alternating between them
+/// (`runs` each): median seconds and bytes read (rchar) per archive.
+const DUCKDB_HOUR: &str = r#"
+import duckdb, json, statistics, sys, time
+a, b, date, hour, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+def rchar():
+    for line in open("/proc/self/io"):
+        if line.startswith("rchar:"): return int(line.split()[1])
+out = {}
+for _ in range(runs):
+    for name, root in (("before", a), ("after", b)):
+        con = duckdb.connect()
+        r0, t0 = rchar(), time.perf_counter()
+        rows, total = con.execute(
+            "SELECT count(*), sum(octet_length(value)) FROM read_parquet(?, hive_partitioning = true) "
+            "WHERE date = ? AND hour = ?",
+            [root + "/data/topic=bench.orders/**/*.parquet", date, hour]).fetchone()
+        t = time.perf_counter() - t0
+        o = out.setdefault(name, {"seconds": [], "bytes_read": [], "rows": rows})
+        o["seconds"].append(t); o["bytes_read"].append(rchar() - r0)
+        con.close()
+for o in out.values():
+    o["seconds"] = statistics.median(o["seconds"]); o["bytes_read"] = statistics.median(o["bytes_read"])
+print(json.dumps(out))
+"#;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mib: u64 = args
@@ -304,7 +331,106 @@ fn main() {
     let (sync_first, rss_first) = timed("first sync");
     let (sync_idle, rss_idle) = timed("idle sync");
 
+    // Compaction: 4 partitions x 6 hours of one file a minute (100 records of 1 KiB each), copied
+    // aside, then compacted; DuckDB's one-hour aggregate on both, alternating.
+    let minutes = dir.join("minutes");
+    let _ = std::fs::remove_dir_all(&minutes);
+    runtime.block_on(generate(&minutes, 4, 360, 100, 1000));
+    let before_dir = dir.join("minutes-before");
+    let _ = std::fs::remove_dir_all(&before_dir);
+    assert!(Command::new("cp")
+        .args(["-a"])
+        .arg(&minutes)
+        .arg(&before_dir)
+        .status()
+        .unwrap()
+        .success());
+    let minutes_url = format!("file://{}", minutes.display());
+    let folders = |root: &std::path::Path| -> (usize, usize) {
+        let part = root.join(format!("data/topic={TOPIC}/partition=0"));
+        let mut hours = 0;
+        let mut files = 0;
+        for date in std::fs::read_dir(&part).unwrap() {
+            for hour in std::fs::read_dir(date.unwrap().path()).unwrap() {
+                hours += 1;
+                files += std::fs::read_dir(hour.unwrap().path()).unwrap().count();
+            }
+        }
+        (hours, files)
+    };
+    let (hours_before, files_before) = folders(&minutes);
+    let compact = Command::new("/usr/bin/time")
+        .args([
+            "-f",
+            "%e %U %S %M",
+            env!("CARGO_BIN_EXE_rewind"),
+            "compact",
+            "--json",
+            "--archive",
+        ])
+        .arg(&minutes_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        compact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compact.stderr)
+    );
+    let err = String::from_utf8_lossy(&compact.stderr);
+    let t: Vec<f64> = err
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let (hours_after, files_after) = folders(&minutes);
+    let minutes_bytes = walk(&before_dir.join("data"));
+    // The third hour of partition 0's history (closed, full).
+    let hour =
+        HourBucket::of_millis((common::now_ms() / 3_600_000 - 48) * 3_600_000 + 2 * 3_600_000);
+    let out = Command::new(&python)
+        .args(["-c", DUCKDB_HOUR])
+        .arg(&before_dir)
+        .arg(&minutes)
+        .args([hour.date(), hour.hour(), "5".into()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hourly: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hourly["before"]["rows"], hourly["after"]["rows"]);
+
     let mib_of = |b: f64| b / (1 << 20) as f64;
+    println!();
+    println!(
+        "compaction of {:.0} MiB (4 partitions x 6 hours x 60 files of 100 records):",
+        mib_of(minutes_bytes as f64)
+    );
+    println!("| | files per partition-hour | DuckDB one-hour aggregate (median of 5, alternating) | bytes read |");
+    println!("|---|---:|---:|---:|");
+    for (name, files, hours) in [
+        ("before", files_before, hours_before),
+        ("after", files_after, hours_after),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.1} ms | {:.2} MiB |",
+            files as f64 / hours as f64,
+            hourly[name]["seconds"].as_f64().unwrap() * 1e3,
+            mib_of(hourly[name]["bytes_read"].as_f64().unwrap())
+        );
+    }
+    if let [wall, user, sys, rss] = t[..] {
+        println!(
+            "rewind compact: {wall:.2} s, {:.1} CPU s per GB, peak RSS {:.0} MiB",
+            (user + sys) / (minutes_bytes as f64 / 1e9),
+            rss / 1024.0
+        );
+    }
     println!();
     println!(
         "key look-up in a {:.0} MiB archive ({} files of ~32 MiB, 8 partitions), best of {runs}:",
