@@ -500,18 +500,7 @@ impl World {
                         )
                     });
                 }
-                let opts = rewind::ops::compact::CompactOptions {
-                    topics: rewind::kafka::topics::TopicSelector::all(),
-                    settle_ms: 0,
-                    // Files are a few KiB: runs of 1 to 4 of them, or all.
-                    max_bytes: match max_files {
-                        5 => u64::MAX,
-                        n => 3_000 * u64::from(n),
-                    },
-                    part_size: 5 << 20,
-                    dry_run: false,
-                    now_ms: i64::MAX / 4,
-                };
+                let opts = merge_options(max_files);
                 match rewind::ops::compact::compact(&store, &opts).await {
                     Ok(report) => {
                         assert!(
@@ -529,18 +518,11 @@ impl World {
             }
             Op::MergeTwice { a, b } => {
                 let stores = [self.tool_store(None, false), self.tool_store(None, false)];
-                let opts = |files: u8| rewind::ops::compact::CompactOptions {
-                    topics: rewind::kafka::topics::TopicSelector::all(),
-                    settle_ms: 0,
-                    max_bytes: 3_000 * u64::from(files),
-                    part_size: 5 << 20,
-                    dry_run: false,
-                    now_ms: i64::MAX / 4,
-                };
+
                 for s in &stores {
                     s.faults.yields.store(true, Ordering::SeqCst);
                 }
-                let (opts_a, opts_b) = (opts(a), opts(b));
+                let (opts_a, opts_b) = (merge_options(a), merge_options(b));
                 let (ra, rb) = tokio::join!(
                     rewind::ops::compact::compact(&stores[0], &opts_a),
                     rewind::ops::compact::compact(&stores[1], &opts_b)
@@ -1066,6 +1048,22 @@ async fn flush_chain(
             true
         }
         Err(e) => panic!("a flush failed for a reason other than the store being away: {e}"),
+    }
+}
+
+/// `rewind compact` with every hour closed. Files are a few KiB: runs of up to `max_files` of
+/// them (5: any number).
+fn merge_options(max_files: u8) -> rewind::ops::compact::CompactOptions {
+    rewind::ops::compact::CompactOptions {
+        topics: rewind::kafka::topics::TopicSelector::all(),
+        settle_ms: 0,
+        max_bytes: match max_files {
+            5 => u64::MAX,
+            n => 3_000 * u64::from(n),
+        },
+        part_size: 5 << 20,
+        dry_run: false,
+        now_ms: i64::MAX / 4,
     }
 }
 

@@ -341,85 +341,66 @@ async fn syncs_racing_from_several_processes_lose_no_file() {
 }
 
 /// Mistakes get one sentence and exit 2, and nothing is written.
+/// `rewind <command> <args>` exits 2 with a one-sentence error holding `says`, for each case.
+fn refused(command: &[&str], cases: &[(Vec<&str>, &str)]) {
+    for (args, says) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+            .args(command)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command:?} {args:?}: {}",
+            common::text(&out.stderr)
+        );
+        let err = common::error_line(&out);
+        assert!(err.contains(says), "{command:?} {args:?}: {err}");
+    }
+}
+
 #[test]
 fn mistakes_are_refused_in_one_sentence() {
     let dir = tempfile::tempdir().unwrap();
     let empty = format!("file://{}", dir.path().display());
-    for (args, says) in [
-        (
-            vec!["--archive", "file:///nonexistent/rewind"],
-            "no archive at this path",
-        ),
-        (vec!["--archive", empty.as_str()], "is not a Rewind archive"),
-        (
-            vec!["--archive", empty.as_str(), "--topics", "("],
-            "not a valid regular expression",
-        ),
-        (
-            vec!["--archive", empty.as_str(), "--min-snapshots", "0"],
-            "--min-snapshots",
-        ),
-        (
-            vec!["--archive", empty.as_str(), "--max-snapshot-age", "soon"],
-            "--max-snapshot-age",
-        ),
-        (
-            vec!["--archive", empty.as_str(), "--catalog-uri"],
-            "--catalog-uri",
-        ),
-    ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
-            .args(["tables", "sync"])
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            common::text(&out.stderr)
-        );
-        let err = common::error_line(&out);
-        assert!(err.contains(says), "{args:?}: {err}");
-    }
-    // `rewind compact` likewise.
-    for (args, says) in [
-        (
-            vec!["--archive", "file:///nonexistent/rewind"],
-            "no archive at this path",
-        ),
-        (vec!["--archive", empty.as_str()], "no Rewind archive there"),
-        (
-            vec!["--archive", empty.as_str(), "--topics", "("],
-            "not a valid regular expression",
-        ),
-        (
-            vec!["--archive", empty.as_str(), "--settle", "soon"],
-            "--settle",
-        ),
-        (
-            vec!["--archive", empty.as_str(), "--max-file-size", "64KiB"],
-            "--max-file-size must be at least 1MiB",
-        ),
-        (
-            vec!["--archive", empty.as_str(), "--max-file-size", "huge"],
-            "--max-file-size",
-        ),
-    ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
-            .arg("compact")
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            common::text(&out.stderr)
-        );
-        let err = common::error_line(&out);
-        assert!(err.contains(says), "{args:?}: {err}");
-    }
+    let empty = empty.as_str();
+    let missing = vec!["--archive", "file:///nonexistent/rewind"];
+    let bad_regex = vec!["--archive", empty, "--topics", "("];
+    refused(
+        &["tables", "sync"],
+        &[
+            (missing.clone(), "no archive at this path"),
+            (vec!["--archive", empty], "is not a Rewind archive"),
+            (bad_regex.clone(), "not a valid regular expression"),
+            (
+                vec!["--archive", empty, "--min-snapshots", "0"],
+                "--min-snapshots",
+            ),
+            (
+                vec!["--archive", empty, "--max-snapshot-age", "soon"],
+                "--max-snapshot-age",
+            ),
+            (vec!["--archive", empty, "--catalog-uri"], "--catalog-uri"),
+        ],
+    );
+    refused(
+        &["compact"],
+        &[
+            (missing, "no archive at this path"),
+            (vec!["--archive", empty], "no Rewind archive there"),
+            (bad_regex, "not a valid regular expression"),
+            (vec!["--archive", empty, "--settle", "soon"], "--settle"),
+            (
+                vec!["--archive", empty, "--max-file-size", "64KiB"],
+                "--max-file-size must be at least 1MiB",
+            ),
+            (
+                vec!["--archive", empty, "--max-file-size", "huge"],
+                "--max-file-size",
+            ),
+        ],
+    );
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,

@@ -437,10 +437,17 @@ pub async fn read_claim_versioned(
     partition: i32,
     start: i64,
 ) -> Result<Option<Versioned<Claim>>, ArchiveError> {
-    let key = claim_key(topic, partition, start);
-    match store.get(&key).await {
+    read_versioned(store, &claim_key(topic, partition, start)).await
+}
+
+/// A document with the version tag needed to replace it, or `None` when there is none.
+async fn read_versioned<T: for<'de> Deserialize<'de>>(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<Option<Versioned<T>>, ArchiveError> {
+    match store.get(key).await {
         Ok(got) => Ok(Some(Versioned {
-            doc: from_json(store, &key, &got.body)?,
+            doc: from_json(store, key, &got.body)?,
             etag: got.meta.etag,
         })),
         Err(StorageError::NotFound { .. }) => Ok(None),
@@ -481,15 +488,7 @@ pub async fn read_checkpoint(
     topic: &str,
     partition: i32,
 ) -> Result<Option<Versioned<Checkpoint>>, ArchiveError> {
-    let key = super::paths::checkpoint_key(topic, partition);
-    match store.get(&key).await {
-        Ok(got) => Ok(Some(Versioned {
-            doc: from_json(store, &key, &got.body)?,
-            etag: got.meta.etag,
-        })),
-        Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    read_versioned(store, &super::paths::checkpoint_key(topic, partition)).await
 }
 
 /// Create a partition's first checkpoint, where its chain begins, unless one exists. Returns the
