@@ -1019,7 +1019,7 @@ async fn old_partition(
                 max_timestamp: None,
                 updated_at: rfc3339_millis(old),
             };
-            documents::advance_checkpoint(&**store, &checkpoint, None)
+            documents::advance_checkpoint(&**store, &checkpoint, f * 10, None)
                 .await
                 .unwrap();
         }

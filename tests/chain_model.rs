@@ -1390,6 +1390,72 @@ fn interleavings_that_broke_the_chain_before() {
             Deliver { w: 0, n: 7 },
             Deliver { w: 0, n: 2 },
         ],
+        // Retention deleted the chain's first file and the claim of its start; a worker that lost
+        // the partition long before flushed the same records at that start, under the same key,
+        // won the absent claim and moved the checkpoint past records the chain no longer held.
+        vec![
+            Refuse { w: 1, n: 1 },
+            Produce {
+                n: 1,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Start { w: 2, at: 0 },
+            Produce {
+                n: 1,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Squeeze { w: 1 },
+            Produce {
+                n: 2,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Produce {
+                n: 1,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Produce {
+                n: 1,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Start { w: 1, at: 0 },
+            Produce {
+                n: 1,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Produce {
+                n: 1,
+                hours: 0,
+                late: false,
+                untimed: false,
+            },
+            Produce {
+                n: 1,
+                hours: 1,
+                late: false,
+                untimed: false,
+            },
+            Deliver { w: 1, n: 2 },
+            Roll { w: 1 },
+            Deliver { w: 1, n: 1 },
+            Roll { w: 1 },
+            Prune {
+                hours: 0,
+                lives: None,
+            },
+            Deliver { w: 2, n: 7 },
+        ],
     ];
     for (i, ops) in cases.iter().enumerate() {
         if let Err(e) = run_case(ops) {

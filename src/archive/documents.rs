@@ -518,18 +518,23 @@ pub async fn create_checkpoint(
     }
 }
 
-/// Move a partition's checkpoint forward to `next` (never backwards). `known` is the version the
-/// caller last saw. Returns the checkpoint now stored, which is `next` or a later one another
-/// writer stored first.
+/// Move a partition's checkpoint forward to `next` (never backwards) over the chain's files and
+/// gaps from `from`, the start of the last one the caller claimed. `known` is the version the
+/// caller last saw. Returns the checkpoint now stored: `next`, a later one another writer stored
+/// first, or one strictly inside `(from, next.end)`, which is left as it is. The chain passed
+/// `from` through a file other than the caller's then: the claim the caller holds at `from` was
+/// recreated after retention deleted the chain's own (a late worker writing that file again), and
+/// its file lies before the chain's recorded start.
 pub async fn advance_checkpoint(
     store: &dyn ObjectStore,
     next: &Checkpoint,
+    from: i64,
     mut known: Option<Versioned<Checkpoint>>,
 ) -> Result<Versioned<Checkpoint>, ArchiveError> {
     let key = super::paths::checkpoint_key(&next.topic, next.partition);
     loop {
         if let Some(current) = &known {
-            if current.doc.end >= next.end {
+            if current.doc.end >= next.end || current.doc.end > from {
                 return Ok(current.clone());
             }
         }
@@ -676,25 +681,25 @@ mod tests {
     async fn checkpoints_never_move_backwards() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let v10 = advance_checkpoint(&*store, &checkpoint(10), None)
+        let v10 = advance_checkpoint(&*store, &checkpoint(10), 0, None)
             .await
             .unwrap();
-        let v20 = advance_checkpoint(&*store, &checkpoint(20), Some(v10.clone()))
+        let v20 = advance_checkpoint(&*store, &checkpoint(20), 10, Some(v10.clone()))
             .await
             .unwrap();
         assert_eq!(v20.doc.end, 20);
         // A zombie that still believes in version 10 tries to store 15: refused, 20 stays.
-        let after = advance_checkpoint(&*store, &checkpoint(15), Some(v10.clone()))
+        let after = advance_checkpoint(&*store, &checkpoint(15), 10, Some(v10.clone()))
             .await
             .unwrap();
         assert_eq!(after.doc.end, 20);
         // A zombie that saw nothing tries to create: the stored one wins.
-        let after = advance_checkpoint(&*store, &checkpoint(12), None)
+        let after = advance_checkpoint(&*store, &checkpoint(12), 0, None)
             .await
             .unwrap();
         assert_eq!(after.doc.end, 20);
         // A stale version but a further position: it moves forward.
-        let after = advance_checkpoint(&*store, &checkpoint(30), Some(v10))
+        let after = advance_checkpoint(&*store, &checkpoint(30), 20, Some(v10))
             .await
             .unwrap();
         assert_eq!(after.doc.end, 30);
@@ -707,6 +712,12 @@ mod tests {
                 .end,
             30
         );
+        // A late worker whose file at 5 (claimed again after retention deleted the chain's own)
+        // reaches 40: the chain passed 5 elsewhere, so 30 stays.
+        let after = advance_checkpoint(&*store, &checkpoint(40), 5, None)
+            .await
+            .unwrap();
+        assert_eq!(after.doc.end, 30);
     }
 
     #[tokio::test]

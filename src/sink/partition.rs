@@ -254,8 +254,8 @@ impl PartitionChain {
         while let Some(candidates) = starts.get(&end) {
             match chain.settle_start(store, candidates, None).await? {
                 Settled::File { key, meta } => {
+                    last = Some((end, key, meta.max_timestamp));
                     end = meta.end;
-                    last = Some((key, meta.max_timestamp));
                 }
                 // A gap won the start; the files there were orphans. Opening the partition meets
                 // the gap again (its end is before the log's start) and continues after it.
@@ -264,9 +264,11 @@ impl PartitionChain {
             chain.end = end;
         }
         chain.end = end;
-        if let Some((key, max_timestamp)) = last {
+        if let Some((from, key, max_timestamp)) = last {
             // Files beyond the checkpoint are durable: bring the checkpoint up to them.
-            chain.advance_checkpoint(&key, max_timestamp, store).await?;
+            chain
+                .advance_checkpoint(from, &key, max_timestamp, store)
+                .await?;
         }
         Ok(chain)
     }
@@ -395,7 +397,7 @@ impl PartitionChain {
                     adopted(store, claimed.key, &self.topic, self.partition, start).await?;
                 self.end = meta.end;
                 self.reposition(meta.end);
-                self.advance_checkpoint(&key, meta.max_timestamp, store)
+                self.advance_checkpoint(start, &key, meta.max_timestamp, store)
                     .await?;
             }
         }
@@ -1007,7 +1009,7 @@ impl PartitionChain {
                     adopted: true,
                     cut: None,
                 };
-                self.advance_checkpoint(&claimed, existing.max_timestamp, store)
+                self.advance_checkpoint(start, &claimed, existing.max_timestamp, store)
                     .await?;
                 return Ok(Some(adopted));
             }
@@ -1017,8 +1019,25 @@ impl PartitionChain {
         // buffered since it was sealed continue from its end.
         self.sealed = None;
         self.end = end;
-        self.advance_checkpoint(&flushed.key, meta.max_timestamp, store)
+        self.advance_checkpoint(start, &flushed.key, meta.max_timestamp, store)
             .await?;
+        if self.end < end {
+            // The chain passed this start through another file: this one is not the chain's, and
+            // its records from the chain's end on are read again.
+            return Ok(Some(Flushed {
+                key: self
+                    .checkpoint
+                    .as_ref()
+                    .map(|c| c.doc.last_file.clone())
+                    .unwrap_or_default(),
+                start,
+                end: self.end,
+                records: 0,
+                bytes: 0,
+                adopted: true,
+                cut: None,
+            }));
+        }
         Ok(Some(flushed))
     }
 
@@ -1037,6 +1056,7 @@ impl PartitionChain {
     pub async fn skip_to(&mut self, end: i64, store: &dyn ObjectStore) -> Result<(), FlushError> {
         debug_assert!(self.buffer.is_empty());
         self.clear_buffer();
+        let from = self.end;
         self.end = end;
         self.reposition(end);
         let last_file = self
@@ -1045,7 +1065,7 @@ impl PartitionChain {
             .map(|c| c.doc.last_file.clone())
             .unwrap_or_default();
         let max_timestamp = self.checkpoint.as_ref().and_then(|c| c.doc.max_timestamp);
-        self.advance_checkpoint(&last_file, max_timestamp, store)
+        self.advance_checkpoint(from, &last_file, max_timestamp, store)
             .await
     }
 
@@ -1056,8 +1076,10 @@ impl PartitionChain {
             .map_or_else(|| self.base(), |r| r.offset + 1)
     }
 
+    /// Advance the checkpoint to the chain's end, over what this worker claimed from `from` on.
     async fn advance_checkpoint(
         &mut self,
+        from: i64,
         last_file: &str,
         max_timestamp: Option<i64>,
         store: &dyn ObjectStore,
@@ -1072,9 +1094,24 @@ impl PartitionChain {
             max_timestamp: previous_max.max(max_timestamp),
             updated_at: rfc3339_millis(now_millis()),
         };
-        let stored = documents::advance_checkpoint(store, &next, self.checkpoint.take()).await?;
-        if stored.doc.end > self.end {
-            // Another worker got further: continue from there.
+        let stored =
+            documents::advance_checkpoint(store, &next, from, self.checkpoint.take()).await?;
+        if stored.doc.end < self.end {
+            // The chain passed `from` through another file than the one claimed here: retention
+            // deleted the chain's file and claim there, and this worker, late, wrote the same start
+            // again and claimed it. That file lies before the chain's recorded start; the records
+            // after the checkpoint are read again.
+            tracing::warn!(
+                topic = self.topic,
+                partition = self.partition,
+                start = from,
+                end = self.end,
+                checkpoint = stored.doc.end,
+                "the chain passed this start through a file retention has since deleted; continuing at the checkpoint"
+            );
+        }
+        if stored.doc.end != self.end {
+            // Another worker got further, or the chain is elsewhere: continue from there.
             self.clear_buffer();
             self.end = stored.doc.end;
             self.reposition(stored.doc.end);
