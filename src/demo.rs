@@ -230,6 +230,7 @@ async fn demonstrate(
         strict: false,
         repartition_by_key: false,
         provenance_headers: false,
+        schema_ids: None,
         shared: false,
         worker_id: None,
         buffer_budget: 64 << 20,

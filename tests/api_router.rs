@@ -155,6 +155,15 @@ async fn a_restore_request_is_checked_field_by_field() {
             "to: \"now-1x\": \"1x\" is not a duration",
         ),
         (r#"{"cluster": "mars"}"#, "mars"),
+        // Secrets would be kept with the restore and shown by GET /restores.
+        (
+            r#"{"schema_ids_from": "https://key:secret@registry:8081", "schema_ids_to": "http://r:8081"}"#,
+            "schema_ids_from: credentials in the URL",
+        ),
+        (
+            r#"{"schema_ids_from": "http://registry:8081"}"#,
+            "schema_ids_from: and schema_ids_to go together",
+        ),
         // Relative times are taken (and resolved): what is refused here is the topics alone.
         (
             r#"{"from": "yesterday", "to": "2h ago", "topics": "("}"#,

@@ -79,6 +79,14 @@ pub struct RestoreArgs {
     /// Add rewind.source.topic/partition/offset headers to every restored record.
     #[arg(long)]
     provenance_headers: bool,
+    /// Rewrite the Schema Registry ids of keys and values in the Confluent wire format: URL of the
+    /// registry that assigned them (the source cluster's, or one restored from the archive).
+    /// Each id maps by subject and version to --schema-ids-to's id; the rest stays byte for byte.
+    #[arg(long, value_name = "URL", requires = "schema_ids_to")]
+    schema_ids_from: Option<String>,
+    /// URL of the target cluster's schema registry, whose ids the restored records get.
+    #[arg(long, value_name = "URL", requires = "schema_ids_from")]
+    schema_ids_to: Option<String>,
     /// Share the restore with every process running it with the same --restore-id (on this or
     /// other machines): they split its partitions through a Kafka consumer group, each writing its
     /// own transactions, and take over the partitions of one that stops or dies.
@@ -148,6 +156,8 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         strict: args.strict,
         repartition_by_key: args.repartition_by_key,
         provenance_headers: args.provenance_headers,
+        schema_ids_from: args.schema_ids_from.clone(),
+        schema_ids_to: args.schema_ids_to.clone(),
         shared: args.shared,
     };
     let flag = |field: &str| format!("--{}", field.replace('_', "-"));

@@ -65,6 +65,14 @@ pub struct RestoreJob {
     pub repartition_by_key: bool,
     /// Add `rewind.source.topic/partition/offset` headers to every restored record.
     pub provenance_headers: bool,
+    /// Rewrite the Schema Registry ids of records in the Confluent wire format: the URL of the
+    /// registry that assigned them (the source cluster's, or one restored from the archive)...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_ids_from: Option<String>,
+    /// ...and of the target cluster's registry, whose id for the same subject and version each
+    /// record gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_ids_to: Option<String>,
     /// Share this restore's partitions with every other process running it with the same id:
     /// they form a Kafka consumer group that assigns each of them a part of the target partitions.
     pub shared: bool,
@@ -86,6 +94,8 @@ impl Default for RestoreJob {
             strict: false,
             repartition_by_key: false,
             provenance_headers: false,
+            schema_ids_from: None,
+            schema_ids_to: None,
             shared: false,
         }
     }

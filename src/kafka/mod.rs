@@ -6,6 +6,7 @@
 
 pub mod logs;
 pub mod msk;
+pub mod registry;
 pub mod topics;
 
 use std::time::Duration;

@@ -4,9 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::schema_ids::SchemaIds;
 use super::{RestoreOptions, Window};
 use crate::archive::paths::valid_topic;
 use crate::config::{Problem, RestoreConfig, RestoreJob};
+use crate::kafka::registry::Registry;
 use crate::kafka::topics::TopicSelector;
 
 /// Restore ids appear in transactional ids and progress keys.
@@ -168,6 +170,30 @@ impl RestoreJob {
                 }
             }
         }
+        let schema_ids = match (&self.schema_ids_from, &self.schema_ids_to) {
+            (None, None) => None,
+            (Some(from), Some(to)) => {
+                let mut registry =
+                    |field: &str, url: &str| Registry::new(url).map_err(|e| problem(field, e)).ok();
+                match (
+                    registry("schema_ids_from", from),
+                    registry("schema_ids_to", to),
+                ) {
+                    (Some(from), Some(to)) => Some(std::sync::Arc::new(SchemaIds::new(from, to))),
+                    _ => None,
+                }
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                problem(
+                    "schema_ids_from",
+                    format!(
+                        "and {} go together: ids are mapped from one registry to the other",
+                        name("schema_ids_to")
+                    ),
+                );
+                None
+            }
+        };
         if self.groups && self.repartition_by_key {
             problem(
                 "groups",
@@ -187,6 +213,7 @@ impl RestoreJob {
                 strict: self.strict,
                 repartition_by_key: self.repartition_by_key,
                 provenance_headers: self.provenance_headers,
+                schema_ids,
                 shared: self.shared,
                 worker_id: None,
                 buffer_budget: tuning.buffer_budget.bytes(),

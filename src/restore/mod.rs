@@ -18,6 +18,7 @@ mod preview;
 pub mod progress;
 mod reader;
 mod run;
+pub mod schema_ids;
 mod shared;
 mod status;
 mod targets;
@@ -104,6 +105,9 @@ pub struct RestoreOptions {
     pub repartition_by_key: bool,
     /// Add `rewind.source.topic`, `rewind.source.partition` and `rewind.source.offset` headers.
     pub provenance_headers: bool,
+    /// Rewrite the Schema Registry ids of keys and values in the Confluent wire format from the
+    /// source registry's to the target registry's (see [`schema_ids`]).
+    pub schema_ids: Option<std::sync::Arc<schema_ids::SchemaIds>>,
     /// Several processes run this restore together (see [`shared`]).
     pub shared: bool,
     /// This process's name among a shared restore's workers, in its transactional id
@@ -187,6 +191,8 @@ pub enum RestoreError {
     },
     #[error("restore {id} stopped: {message}; what was committed stays, and running the same command with --restore-id {id} resumes")]
     Interrupted { id: String, message: String },
+    #[error("{0}")]
+    SchemaIds(String),
 }
 
 /// What a restore did.

@@ -19,7 +19,7 @@ use super::plan::files_in;
 use super::reader::{kib, Msg, Reader, CHUNK_BYTES};
 use super::transaction::{Commit, Transaction};
 use super::Restore;
-use super::{partitioner, RestoreError};
+use super::{partitioner, schema_ids, RestoreError};
 use crate::archive::chain::ChainFile;
 use crate::archive::datafile::Rows;
 
@@ -171,6 +171,23 @@ impl Restore<'_> {
     async fn produce(&mut self, index: usize, rows: &Rows) -> Result<(), RestoreError> {
         let mut chunk_bytes = 0;
         let mut chunk_records = 0;
+        // Schema ids are mapped before the transaction opens: a registry that cannot map one
+        // stops the restore here, with nothing of this chunk sent.
+        let ids = match self.opts.schema_ids.clone() {
+            Some(schema_ids) => {
+                let lane = &self.lanes[index];
+                let id = &self.opts.restore_id;
+                Some(
+                    schema_ids
+                        .chunk(&lane.topic, lane.partition, rows)
+                        .await
+                        .map_err(|message| RestoreError::SchemaIds(format!(
+                            "{message}; restore {id} committed what came before, and running the same command with --restore-id {id} resumes there"
+                        )))?,
+                )
+            }
+            None => None,
+        };
         let side = self.side_of(index);
         self.side_mut(side).begin()?;
         let repartition = self.opts.repartition_by_key.then(|| {
@@ -189,6 +206,17 @@ impl Restore<'_> {
                 continue;
             }
             let (key, value) = (view.key(i), view.value(i));
+            // With ids rewritten, the key a target producer would write is the rewritten one, and
+            // so is the partition its hash chooses.
+            let (new_key, new_value) = match &ids {
+                Some(ids) => (
+                    schema_ids::rewritten(key, true, ids),
+                    schema_ids::rewritten(value, false, ids),
+                ),
+                None => (None, None),
+            };
+            let key = new_key.as_deref().or(key);
+            let value = new_value.as_deref().or(value);
             let lane = &mut self.lanes[index];
             let mut slot = 0;
             if lane

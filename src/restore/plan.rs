@@ -385,6 +385,9 @@ pub(super) fn selection(opts: &RestoreOptions) -> String {
             out.push_str(flag);
         }
     }
+    if let Some(ids) = &opts.schema_ids {
+        out.push_str(&ids.describe());
+    }
     out
 }
 

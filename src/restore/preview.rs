@@ -104,6 +104,11 @@ pub async fn preview(
     if let Some(refusal) = cluster.refusal(opts) {
         preview.refusals.push(refusal.to_string());
     }
+    if let Some(ids) = &opts.schema_ids {
+        if let Err(unreachable) = ids.check().await {
+            preview.refusals.push(unreachable);
+        }
+    }
     transaction::batch_size(store, opts, &planned, &cluster).await?;
     refused(
         transaction::transaction_timeout(&client, opts, cluster.limits.as_ref()).map(|_| ()),

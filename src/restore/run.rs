@@ -53,6 +53,10 @@ pub async fn run(
             ..RestoreReport::default()
         });
     }
+    // Before anything is written: both registries of a rewrite of schema ids answer.
+    if let Some(ids) = &opts.schema_ids {
+        ids.check().await.map_err(RestoreError::SchemaIds)?;
+    }
     // Runs starting together fence each other's set-up. A worker of a shared restore that is
     // fenced tries again and finds the plan the other committed (see `shared`); a run of either
     // kind that finds a plan committed by a run it fenced sets up again to resume from it.

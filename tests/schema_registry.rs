@@ -1,0 +1,366 @@
+//! Issue 19, part 4: a Schema Registry's own storage topic is backed up like any topic and restored
+//! into a registry that comes back with every subject, version and id; and a restore into a
+//! cluster whose registry numbered the same schemas differently rewrites the ids of records in the
+//! Confluent wire format, by subject and version, leaving every other byte as it was archived.
+//!
+//! On the test bed: the real Kafka broker, and Apicurio Registry (scripts/registry.sh, whose
+//! Confluent-compatible API is at `REWIND_TEST_REGISTRY_URL`), started with Kafka storage: its
+//! journal topic (`REWIND_TEST_REGISTRY_KAFKASQL_TOPIC`) is the registry's `_schemas`. This test
+//! starts two more registries with the same script: one on the restored journal, and an empty one
+//! in memory that stands for the target cluster's own.
+
+mod common;
+
+use std::process::Command;
+
+use common::http::{free_addr, request_with};
+use common::kafka;
+use rewind::archive::Record;
+use serde_json::{json, Value};
+
+const SCHEMA_JSON: &str = "application/vnd.schemaregistry.v1+json";
+
+fn registry_url() -> String {
+    std::env::var("REWIND_TEST_REGISTRY_URL")
+        .expect("REWIND_TEST_REGISTRY_URL: run scripts/test (it starts scripts/registry.sh)")
+}
+
+/// `http://127.0.0.1:PORT/base/path` → (`127.0.0.1:PORT`, `/base/path`).
+fn split(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
+    (addr.to_string(), format!("/{path}"))
+}
+
+fn call(url: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let (addr, base) = split(url);
+    let body = body.map(Value::to_string);
+    let response = request_with(
+        &addr,
+        method,
+        &format!("{base}{path}"),
+        &[("Content-Type", SCHEMA_JSON), ("Accept", SCHEMA_JSON)],
+        body.as_deref(),
+    )
+    .unwrap_or_else(|| panic!("{method} {url}{path}: no answer"));
+    let parsed = serde_json::from_str(&response.body).unwrap_or(Value::Null);
+    (response.status, parsed)
+}
+
+/// Register `schema` under `subject`; returns its id.
+fn register(url: &str, subject: &str, schema: &str, kind: &str) -> u32 {
+    let (status, body) = call(
+        url,
+        "POST",
+        &format!("/subjects/{subject}/versions"),
+        Some(&json!({ "schema": schema, "schemaType": kind })),
+    );
+    assert_eq!(status, 200, "registering {subject}: {body}");
+    body["id"].as_u64().unwrap() as u32
+}
+
+/// Every version of `subject`: (version, id, schema).
+fn versions(url: &str, subject: &str) -> Vec<(i64, u64, String)> {
+    let (status, listed) = call(url, "GET", &format!("/subjects/{subject}/versions"), None);
+    assert_eq!(status, 200, "{subject} in {url}: {listed}");
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let version = v.as_i64().unwrap();
+            let (_, body) = call(
+                url,
+                "GET",
+                &format!("/subjects/{subject}/versions/{version}"),
+                None,
+            );
+            (
+                version,
+                body["id"].as_u64().unwrap(),
+                body["schema"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A registry this test starts with scripts/registry.sh, stopped when dropped.
+struct Started {
+    url: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Started {
+    fn new(storage: &str, topic: &str) -> Started {
+        let port = free_addr().rsplit_once(':').unwrap().1.to_string();
+        let management = free_addr().rsplit_once(':').unwrap().1.to_string();
+        let env = vec![
+            ("REWIND_REGISTRY_PORT", port.clone()),
+            ("REWIND_REGISTRY_MANAGEMENT_PORT", management),
+            ("REWIND_REGISTRY_STORAGE", storage.to_string()),
+            ("REWIND_REGISTRY_KAFKA_BOOTSTRAP", common::kafka_bootstrap()),
+            ("REWIND_REGISTRY_KAFKASQL_TOPIC", topic.to_string()),
+            (
+                "REWIND_REGISTRY_KAFKASQL_SNAPSHOTS_TOPIC",
+                format!("{topic}-snapshots"),
+            ),
+        ];
+        let started = Started {
+            url: format!("http://127.0.0.1:{port}/apis/ccompat/v7"),
+            env,
+        };
+        let out = started.script("start");
+        assert!(
+            out.status.success(),
+            "scripts/registry.sh start: {}",
+            common::text(&out.stderr)
+        );
+        started
+    }
+
+    fn script(&self, what: &str) -> std::process::Output {
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/registry.sh"))
+            .arg(what)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+fn framed(id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// `bytes` with the wire-format id mapped through `map` (unchanged when not framed or unmapped).
+fn mapped(bytes: &Option<Vec<u8>>, map: &[(u32, u32)]) -> Option<Vec<u8>> {
+    let bytes = bytes.as_ref()?;
+    if bytes.len() >= 5 && bytes[0] == 0 {
+        let id = u32::from_be_bytes(bytes[1..5].try_into().unwrap());
+        if let Some((_, to)) = map.iter().find(|(from, _)| *from == id) {
+            return Some(framed(*to, &bytes[5..]));
+        }
+    }
+    Some(bytes.clone())
+}
+
+const AVRO_V1: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"}]}"#;
+const AVRO_V2: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"},{"name":"note","type":["null","string"],"default":null}]}"#;
+const KEY_SCHEMA: &str = r#"{"type":"object","properties":{"id":{"type":"integer"}}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_ids() {
+    common::no_instance_metadata();
+    let source = registry_url();
+    let journal = std::env::var("REWIND_TEST_REGISTRY_KAFKASQL_TOPIC").unwrap();
+    let topic = common::unique("orders");
+    let stray = common::unique("stray");
+
+    // The source cluster's registry numbers the schemas of `topic`'s keys and values.
+    let v1 = register(&source, &format!("{topic}-value"), AVRO_V1, "AVRO");
+    let v2 = register(&source, &format!("{topic}-value"), AVRO_V2, "AVRO");
+    let k1 = register(&source, &format!("{topic}-key"), KEY_SCHEMA, "JSON");
+    kafka::create_topic(&topic, 1, &[]).await;
+    kafka::create_topic(&stray, 1, &[]).await;
+    let now = common::now_ms();
+    let mut records = Vec::new();
+    for i in 0..40u32 {
+        let id = if i < 20 { v1 } else { v2 };
+        let key = framed(k1, format!("{{\"id\":{i}}}").as_bytes());
+        let value = framed(id, &[i as u8, 0xff, 0, 1, 2]);
+        let headers = vec![kafka::header("h", Some(&[0, 0, 0, 0, 1]))];
+        records.push(kafka::record(
+            Some(&key),
+            Some(&value),
+            headers,
+            now + i64::from(i),
+        ));
+    }
+    // Not in the wire format: restored as archived.
+    records.push(kafka::record(
+        Some(b"plain"),
+        Some(b"{\"not\":\"framed\"}"),
+        vec![],
+        now + 40,
+    ));
+    records.push(kafka::record(None, Some(&[0, 0, 1]), vec![], now + 41));
+    records.push(kafka::record(
+        Some(&framed(k1, b"{\"id\":0}")),
+        None,
+        vec![],
+        now + 42,
+    ));
+    let produced = kafka::produce(&topic, 0, &records).await;
+    // A record framed with an id no registry assigned.
+    kafka::produce(
+        &stray,
+        0,
+        &[kafka::record(
+            None,
+            Some(&framed(999_999, b"x")),
+            vec![],
+            now,
+        )],
+    )
+    .await;
+
+    // The sink archives the topics and the registry's journal like any other.
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    let pattern = format!(
+        "{}|{}|{}",
+        regex::escape(&topic),
+        regex::escape(&stray),
+        regex::escape(&journal)
+    );
+    let out = common::tool_command("sink", &archive)
+        .args([
+            "--topics",
+            &pattern,
+            "--group",
+            &common::unique("g"),
+            "--once",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+
+    // The journal restored into a new topic (the target cluster's), and a registry started on it:
+    // every subject, version, id and schema is back.
+    let restored_journal = common::unique("journal");
+    let out = common::restore_command(&archive)
+        .args([
+            "--topics",
+            &regex::escape(&journal),
+            "--rename",
+            &format!("{journal}={restored_journal}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let recovered = Started::new("kafkasql", &restored_journal);
+    for subject in [format!("{topic}-value"), format!("{topic}-key")] {
+        let want = versions(&source, &subject);
+        assert!(!want.is_empty());
+        assert_eq!(versions(&recovered.url, &subject), want, "{subject}");
+    }
+
+    // The target cluster's own registry numbered the same schemas differently.
+    let target = Started::new("mem", "unused");
+    register(
+        &target.url,
+        "other-value",
+        r#"{"type":"record","name":"Other","fields":[{"name":"x","type":"int"}]}"#,
+        "AVRO",
+    );
+    register(
+        &target.url,
+        "other-key",
+        r#"{"type":"object","properties":{"name":{"type":"string"}}}"#,
+        "JSON",
+    );
+    let t_k1 = register(&target.url, &format!("{topic}-key"), KEY_SCHEMA, "JSON");
+    let t_v1 = register(&target.url, &format!("{topic}-value"), AVRO_V1, "AVRO");
+    let t_v2 = register(&target.url, &format!("{topic}-value"), AVRO_V2, "AVRO");
+    let map = [(v1, t_v1), (v2, t_v2), (k1, t_k1)];
+    assert!(
+        map.iter().all(|(from, to)| from != to),
+        "the target registry gave other ids: {map:?}"
+    );
+
+    // The restore maps each id by subject and version, with the recovered registry as the source.
+    let restored = common::unique("restored");
+    let out = common::restore_command(&archive)
+        .args([
+            "--topics",
+            &regex::escape(&topic),
+            "--rename",
+            &format!("{topic}={restored}"),
+            "--schema-ids-from",
+            &recovered.url,
+            "--schema-ids-to",
+            &target.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let got: Vec<Record> = kafka::read_to_end(&restored, 0)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(got.len(), produced.len());
+    for (got, want) in got.iter().zip(&produced) {
+        assert_eq!(got.key, mapped(&want.key, &map), "key at {}", want.offset);
+        assert_eq!(
+            got.value,
+            mapped(&want.value, &map),
+            "value at {}",
+            want.offset
+        );
+        assert_eq!(got.headers, want.headers, "headers are not rewritten");
+        assert_eq!(got.timestamp, want.timestamp);
+    }
+    // Plain, short and null values went through untouched.
+    assert_eq!(got[40].value.as_deref(), Some(&b"{\"not\":\"framed\"}"[..]));
+    assert_eq!(got[41].value.as_deref(), Some(&[0u8, 0, 1][..]));
+    assert_eq!(got[42].value, None);
+
+    // An id the source registry does not know stops the restore, with nothing written.
+    let stray_target = common::unique("stray-restored");
+    let out = common::restore_command(&archive)
+        .args([
+            "--topics",
+            &regex::escape(&stray),
+            "--rename",
+            &format!("{stray}={stray_target}"),
+            "--schema-ids-from",
+            &recovered.url,
+            "--schema-ids-to",
+            &target.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let line = common::error_line(&out);
+    assert!(
+        line.contains("schema id 999999") && line.contains("does not know"),
+        "{line}"
+    );
+    assert!(kafka::read_to_end(&stray_target, 0).is_empty());
+
+    // A registry that does not answer is named before anything is written.
+    let out = common::restore_command(&archive)
+        .args([
+            "--topics",
+            &regex::escape(&topic),
+            "--rename",
+            &format!("{topic}={}", common::unique("never")),
+            "--schema-ids-from",
+            &recovered.url,
+            "--schema-ids-to",
+            "http://127.0.0.1:1/apis/ccompat/v7",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let line = common::error_line(&out);
+    assert!(
+        line.contains("--schema-ids-to: http://127.0.0.1:1/apis/ccompat/v7: the schema registry does not answer"),
+        "{line}"
+    );
+    // Half the flags is a usage error.
+    let out = common::restore_command(&archive)
+        .args(["--schema-ids-from", &source])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out.stderr));
+}
