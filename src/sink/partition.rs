@@ -390,7 +390,18 @@ impl PartitionChain {
                 let gap = gap_of(&claimed);
                 documents::record_gap(store, &gap).await?;
                 self.skip_to(gap.end, store).await?;
-                recorded.push(gap);
+                if self.end < gap.end {
+                    // The chain passed this start elsewhere (see `advance_checkpoint`): the gap
+                    // lies before the chain's recorded start, and is nobody's.
+                    self.withdraw(
+                        store,
+                        &documents::gap_key(&self.topic, self.partition, start),
+                        start,
+                    )
+                    .await;
+                } else {
+                    recorded.push(gap);
+                }
             } else {
                 // A file holds this start: it is the chain.
                 let (key, meta) =
@@ -1024,6 +1035,7 @@ impl PartitionChain {
         if self.end < end {
             // The chain passed this start through another file: this one is not the chain's, and
             // its records from the chain's end on are read again.
+            self.withdraw(store, &flushed.key, start).await;
             return Ok(Some(Flushed {
                 key: self
                     .checkpoint
@@ -1039,6 +1051,22 @@ impl PartitionChain {
             }));
         }
         Ok(Some(flushed))
+    }
+
+    /// Delete what this worker wrote at `start` (the object `key` and the claim of `start`) once
+    /// the checkpoint has shown the chain passed `start` through a file retention has since deleted:
+    /// `start` lies before the chain's recorded start, where readers look at nothing, and what is
+    /// left there would only show records retention deleted to engines that read `data/**`. A
+    /// failed delete leaves it to the next retention run.
+    async fn withdraw(&self, store: &dyn ObjectStore, key: &str, start: i64) {
+        for key in [
+            key.to_string(),
+            crate::archive::paths::claim_key(&self.topic, self.partition, start),
+        ] {
+            if let Err(e) = store.delete_many(std::slice::from_ref(&key)).await {
+                tracing::warn!(error = %e, key, "could not delete an object before the chain's start; the next retention run does");
+            }
+        }
     }
 
     fn clear_buffer(&mut self) {
