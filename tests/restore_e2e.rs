@@ -1453,3 +1453,59 @@ fn assert_nothing_landed(target: &str) {
         );
     }
 }
+
+/// Issue 19: `rewind compact` merges and deletes the files a running restore planned to read. The
+/// restore goes on from the compacted file that replaced them (the claims of their starts name it)
+/// and lands every record once; before, it stopped on the first file that was gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_reads_on_from_files_compacted_after_its_plan() {
+    let topic = common::unique("pitr-compacted");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let records: Vec<Record> = (0..60)
+        .map(|i| {
+            record(
+                Some(format!("k{i}").as_bytes()),
+                Some(format!("v{i}").as_bytes()),
+                vec![header("h", Some(b"x"))],
+                base() + i * 1000,
+            )
+        })
+        .collect();
+    let source = kafka::produce(&topic, 0, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    // 15 files of 4 records in one closed hour.
+    backup(&archive, &topic);
+    let target = format!("{topic}-copy");
+    let rename = format!("{topic}={target}");
+    let mut cmd = restore(&archive, &["--topics", &topic, "--rename", &rename]);
+    cmd.env("REWIND_FAILPOINT", "restore-stall-after-fence")
+        .env("REWIND_FAILPOINT_STALL_MS", "8000")
+        .env("RUST_LOG", "info");
+    let mut running = common::watched::Watched::start(&mut cmd);
+    assert!(
+        running.wait_for(
+            "failpoint restore-stall-after-fence reached",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        running.stderr()
+    );
+    // While the restore waits with its plan, the hour is compacted: every file it listed but the
+    // newest (which compaction keeps) is gone.
+    let out = common::tool_command("compact", &archive)
+        .args(["--settle", "0s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let files = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert_eq!(files, 2, "one compacted file and the newest part");
+    let out = running.finish();
+    let log = common::text(&out.stderr);
+    ok(out);
+    assert!(log.contains("reading on from that one"), "{log}");
+    assert_restored(&target, 0, &source);
+}

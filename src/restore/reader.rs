@@ -4,12 +4,17 @@
 //! file larger than its share of the budget is fetched one row group at a time (its footer first),
 //! each checked against the checksum its footer keeps, so memory holds a row group, not the file.
 //!
-//! Invariant: a reader hands over records in offset order and within the memory budget: every chunk
-//! holds permits of a shared semaphore until the producer loop has sent it, and every fetched file
-//! or row group holds permits of another until it is decoded.
+//! A file the plan listed may be gone by the time it is read: `rewind compact` merged it into a
+//! larger file and deleted it. The claim of its start names that file then (a compaction hands the
+//! claims of its parts' starts over before it deletes them), and the reader goes on from it, from
+//! the first offset it has not handed over yet.
+//!
+//! Invariant: a reader hands over records in offset order, each once, and within the memory budget:
+//! every chunk holds permits of a shared semaphore until the producer loop has sent it, and every
+//! fetched file or row group holds permits of another until it is decoded.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,8 +26,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::RestoreError;
 use crate::archive::chain::{self, ChainError, ChainFile};
 use crate::archive::datafile::{self, integrity, FileMeta, Rows};
+use crate::archive::documents::{self, ArchiveError};
+use crate::archive::paths::DataFileKey;
 use crate::kafka::blocking;
-use crate::storage::ObjectStore;
+use crate::storage::{ObjectStore, StorageError};
 
 /// Records are decoded and handed to the producer in chunks of about this many bytes.
 pub const CHUNK_BYTES: u64 = 1024 * 1024;
@@ -80,7 +87,7 @@ enum Piece {
 
 /// One row group of a file, and the footer it is decoded with.
 struct Group {
-    key: String,
+    file: ChainFile,
     metadata: ArrowReaderMetadata,
     index: usize,
     range: std::ops::Range<u64>,
@@ -93,12 +100,20 @@ impl Piece {
             Piece::Group(group) => group.range.end - group.range.start,
         }
     }
+
+    fn file(&self) -> &ChainFile {
+        match self {
+            Piece::Whole(file) => file,
+            Piece::Group(group) => &group.file,
+        }
+    }
 }
 
 impl Reader {
-    pub async fn run(self, files: Vec<ChainFile>) {
+    pub async fn run(mut self, files: Vec<ChainFile>) {
         let budget = self.budget_kib;
         let whole_max = (budget as u64 * 1024 / PREFETCH_FILES as u64).max(CHUNK_BYTES);
+        let planned = files.clone();
         let mut files = files.into_iter();
         let mut queued: VecDeque<Piece> = VecDeque::new();
         let mut fetching = FuturesOrdered::new();
@@ -117,11 +132,22 @@ impl Reader {
                 let Some(file) = files.next() else {
                     break;
                 };
-                match self.pieces(file, whole_max).await {
+                let result = self.pieces(file.clone(), whole_max).await;
+                match result {
                     Ok(pieces) => queued.extend(pieces),
                     Err(e) => {
-                        let _ = self.tx.send(Msg::Failed(e)).await;
-                        return;
+                        // Gone since the plan: go on from the file that replaced it, if any.
+                        match self.replaced(&file, e, &planned).await {
+                            Ok(rest) => {
+                                files = rest.into_iter();
+                                queued.clear();
+                                fetching = FuturesOrdered::new();
+                            }
+                            Err(e) => {
+                                let _ = self.tx.send(Msg::Failed(e)).await;
+                                return;
+                            }
+                        }
                     }
                 }
             }
@@ -139,7 +165,16 @@ impl Reader {
                     drop(permit);
                     decoded
                 }
-                Err(e) => Err(e),
+                Err((e, file)) => match self.replaced(&file, e, &planned).await {
+                    Ok(rest) => {
+                        // What was fetched after the gone file is read again in order.
+                        files = rest.into_iter();
+                        queued.clear();
+                        fetching = FuturesOrdered::new();
+                        Ok(true)
+                    }
+                    Err(e) => Err(e),
+                },
             };
             match result {
                 Ok(true) => {}
@@ -192,13 +227,45 @@ impl Reader {
             .into_iter()
             .map(|(index, range)| {
                 Piece::Group(Group {
-                    key: file.key.clone(),
+                    file: file.clone(),
                     metadata: metadata.clone(),
                     index,
                     range,
                 })
             })
             .collect())
+    }
+
+    /// `error` met reading `file`: when the file is gone and a compacted file holding its range
+    /// replaced it, the files to read from here on, that one and the planned files after it;
+    /// otherwise the error.
+    async fn replaced(
+        &self,
+        file: &ChainFile,
+        error: RestoreError,
+        planned: &[ChainFile],
+    ) -> Result<Vec<ChainFile>, RestoreError> {
+        let gone = matches!(
+            &error,
+            RestoreError::Chain(ChainError::Archive(ArchiveError::Storage(
+                StorageError::NotFound { .. }
+            )))
+        );
+        if !gone {
+            return Err(error);
+        }
+        let Some(merged) = replacement(&*self.store, file).await? else {
+            return Err(error);
+        };
+        tracing::info!(
+            gone = file.key,
+            merged = merged.key,
+            from = self.from,
+            "a planned file was compacted into another since the plan; reading on from that one"
+        );
+        let end = merged.end;
+        let after = planned.iter().filter(|f| f.start >= end).cloned();
+        Ok(std::iter::once(merged).chain(after).collect())
     }
 
     fn bad(&self, file: &ChainFile, message: String) -> RestoreError {
@@ -226,7 +293,11 @@ impl Reader {
     /// What hands decoded rows over: the rows of the window, in chunks that hold permits of the
     /// chunk pool until the producer loop sent them. It answers false once the window is done or
     /// the loop is gone (then `open` turns false).
-    fn chunk_sender(&self, open: Arc<AtomicBool>) -> impl FnMut(Rows) -> bool + Send + 'static {
+    fn chunk_sender(
+        &self,
+        open: Arc<AtomicBool>,
+        reached: Arc<AtomicI64>,
+    ) -> impl FnMut(Rows) -> bool + Send + 'static {
         let (lane, from, until) = (self.lane, self.from, self.until);
         let (tx, pool, budget) = (self.tx.clone(), self.chunks_pool.clone(), self.budget_kib);
         move |rows: Rows| {
@@ -263,38 +334,35 @@ impl Reader {
             if !sent {
                 open.store(false, Ordering::Relaxed);
             }
+            reached.fetch_max(next, Ordering::Relaxed);
             sent && last + 1 < until
         }
     }
 
     /// Decode one row group on a blocking thread; false once the loop is gone.
-    async fn decode_group(&self, group: Group, bytes: Bytes) -> Result<bool, RestoreError> {
+    async fn decode_group(&mut self, group: Group, bytes: Bytes) -> Result<bool, RestoreError> {
         let Group {
-            key,
+            file,
             metadata,
             index,
             range,
         } = group;
         let open = Arc::new(AtomicBool::new(true));
-        let send = self.chunk_sender(open.clone());
+        let reached = Arc::new(AtomicI64::new(self.from));
+        let send = self.chunk_sender(open.clone(), reached.clone());
         blocking(move || {
             datafile::decode_row_group(&metadata, index, range.start, bytes, CHUNK_BYTES, send)
         })
         .await
-        .map_err(|e| {
-            RestoreError::Chain(ChainError::BadFile {
-                url: self.store.url().to_string(),
-                key,
-                message: e.to_string(),
-            })
-        })?;
+        .map_err(|e| self.bad(&file, e.to_string()))?;
+        self.from = reached.load(Ordering::Relaxed);
         Ok(open.load(Ordering::Relaxed))
     }
 
     /// Decode one whole file on a blocking thread, sending chunks in range; false once the loop
     /// is gone.
     async fn decode(
-        &self,
+        &mut self,
         file: &ChainFile,
         got: crate::storage::GetResult,
     ) -> Result<bool, RestoreError> {
@@ -311,12 +379,14 @@ impl Reader {
             }
         }
         let open = Arc::new(AtomicBool::new(true));
-        let send = self.chunk_sender(open.clone());
+        let reached = Arc::new(AtomicI64::new(self.from));
+        let send = self.chunk_sender(open.clone(), reached.clone());
         let body = got.body;
         let meta = blocking(move || datafile::decode_rows(body, CHUNK_BYTES, send))
             .await
             .map_err(|e| self.bad(file, e.to_string()))?;
         self.check_range(file, &meta)?;
+        self.from = reached.load(Ordering::Relaxed);
         Ok(open.load(Ordering::Relaxed))
     }
 }
@@ -327,23 +397,70 @@ async fn fetch(
     pool: Arc<Semaphore>,
     budget_kib: usize,
     piece: Piece,
-) -> Result<(Fetched, OwnedSemaphorePermit), RestoreError> {
+) -> Result<(Fetched, OwnedSemaphorePermit), (RestoreError, ChainFile)> {
     let permit = pool
         .acquire_many_owned(kib(piece.bytes()).min(budget_kib) as u32)
         .await
         .expect("pool is never closed");
+    let file = piece.file().clone();
     let fetched = match piece {
         Piece::Whole(file) => {
             let got = store.get(&file.key).await;
             got.map(|got| Fetched::Whole(file, got))
         }
         Piece::Group(group) => {
-            let got = store.get_range(&group.key, group.range.clone()).await;
+            let got = store.get_range(&group.file.key, group.range.clone()).await;
             got.map(|bytes| Fetched::Group(group, bytes))
         }
     };
-    let fetched = fetched.map_err(|e| RestoreError::Chain(e.into()))?;
+    let fetched = fetched.map_err(|e| (RestoreError::Chain(e.into()), file))?;
     Ok((fetched, permit))
+}
+
+/// The compacted file that replaced `gone` (deleted since it was listed): the claim of its start
+/// names it, or, when that one was merged again, the claim of its own start does (a few hops at
+/// most, one per compaction). `None` when no compacted file holds `gone`'s range.
+async fn replacement(
+    store: &dyn ObjectStore,
+    gone: &ChainFile,
+) -> Result<Option<ChainFile>, RestoreError> {
+    let Some(listed) = DataFileKey::parse(&gone.key) else {
+        return Ok(None);
+    };
+    let mut start = gone.start;
+    let mut previous = gone.key.clone();
+    for _ in 0..8 {
+        let Some(claim) =
+            documents::read_claim(store, &listed.topic, listed.partition, start).await?
+        else {
+            return Ok(None);
+        };
+        let named = DataFileKey::parse(&claim.key);
+        let Some((named, end)) = named.and_then(|k| k.end.map(|end| (k, end))) else {
+            return Ok(None);
+        };
+        if claim.key == previous || named.start > gone.start || end < gone.end {
+            return Ok(None);
+        }
+        match store.head(&claim.key).await {
+            Ok(meta) => {
+                return Ok(Some(ChainFile {
+                    key: claim.key,
+                    bucket: named.bucket,
+                    start: named.start,
+                    end,
+                    size: meta.size,
+                    footer: None,
+                }))
+            }
+            Err(StorageError::NotFound { .. }) => {
+                start = named.start;
+                previous = claim.key;
+            }
+            Err(e) => return Err(RestoreError::Chain(e.into())),
+        }
+    }
+    Ok(None)
 }
 
 /// A piece with what its request brought.
