@@ -164,13 +164,18 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
     let journal = std::env::var("REWIND_TEST_REGISTRY_KAFKASQL_TOPIC").unwrap();
     let topic = common::unique("orders");
     let stray = common::unique("stray");
+    let longs = common::unique("longs");
+    let missing = common::unique("missing");
 
     // The source cluster's registry numbers the schemas of `topic`'s keys and values.
     let v1 = register(&source, &format!("{topic}-value"), AVRO_V1, "AVRO");
     let v2 = register(&source, &format!("{topic}-value"), AVRO_V2, "AVRO");
     let k1 = register(&source, &format!("{topic}-key"), KEY_SCHEMA, "JSON");
-    kafka::create_topic(&topic, 1, &[]).await;
-    kafka::create_topic(&stray, 1, &[]).await;
+    let l1 = register(&source, &format!("{longs}-value"), AVRO_V1, "AVRO");
+    let m1 = register(&source, &format!("{missing}-value"), AVRO_V2, "AVRO");
+    for t in [&topic, &stray, &longs, &missing] {
+        kafka::create_topic(t, 1, &[]).await;
+    }
     let now = common::now_ms();
     let mut records = Vec::new();
     for i in 0..40u32 {
@@ -213,15 +218,27 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
     )
     .await;
 
+    // Keys that are plain big-endian longs: 20000000 begins 00 00 00 00 01, as if framed with id 1.
+    let long_records: Vec<Record> = (0..5i64)
+        .map(|i| {
+            let key = (20_000_000 + i).to_be_bytes();
+            kafka::record(Some(&key), Some(&framed(l1, b"payload")), vec![], now + i)
+        })
+        .collect();
+    let long_produced = kafka::produce(&longs, 0, &long_records).await;
+    kafka::produce(
+        &missing,
+        0,
+        &[kafka::record(None, Some(&framed(m1, b"x")), vec![], now)],
+    )
+    .await;
+
     // The sink archives the topics and the registry's journal like any other.
     let dir = tempfile::tempdir().unwrap();
     let archive = format!("file://{}", dir.path().display());
-    let pattern = format!(
-        "{}|{}|{}",
-        regex::escape(&topic),
-        regex::escape(&stray),
-        regex::escape(&journal)
-    );
+    let pattern = [&topic, &stray, &longs, &missing, &journal]
+        .map(|t| regex::escape(t))
+        .join("|");
     let out = common::tool_command("sink", &archive)
         .args([
             "--topics",
@@ -254,30 +271,44 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
         assert_eq!(versions(&recovered.url, &subject), want, "{subject}");
     }
 
-    // The target cluster's own registry numbered the same schemas differently.
+    // The target cluster's own registry numbered the same schemas differently: other schemas
+    // came first (so every id differs), and its `<topic>-value` history diverged, with another
+    // schema as version 1 (so mapping by version number alone would give that schema's id).
     let target = Started::new("mem", "unused");
+    let highest = [v1, v2, k1, l1, m1].into_iter().max().unwrap();
+    for i in 0.. {
+        let pad = format!(
+            r#"{{"type":"record","name":"Pad{i}","fields":[{{"name":"x","type":"int"}}]}}"#
+        );
+        if register(&target.url, "pad-value", &pad, "AVRO") > highest {
+            break;
+        }
+    }
     register(
         &target.url,
-        "other-value",
-        r#"{"type":"record","name":"Other","fields":[{"name":"x","type":"int"}]}"#,
+        &format!("{topic}-value"),
+        r#"{"type":"record","name":"Experiment","fields":[{"name":"y","type":"string"}]}"#,
         "AVRO",
     );
-    register(
-        &target.url,
-        "other-key",
-        r#"{"type":"object","properties":{"name":{"type":"string"}}}"#,
-        "JSON",
-    );
-    let t_k1 = register(&target.url, &format!("{topic}-key"), KEY_SCHEMA, "JSON");
     let t_v1 = register(&target.url, &format!("{topic}-value"), AVRO_V1, "AVRO");
     let t_v2 = register(&target.url, &format!("{topic}-value"), AVRO_V2, "AVRO");
+    let t_k1 = register(&target.url, &format!("{topic}-key"), KEY_SCHEMA, "JSON");
+    let t_l1 = register(&target.url, &format!("{longs}-value"), AVRO_V1, "AVRO");
     let map = [(v1, t_v1), (v2, t_v2), (k1, t_k1)];
     assert!(
         map.iter().all(|(from, to)| from != to),
         "the target registry gave other ids: {map:?}"
     );
+    let (_, by_version) = call(
+        &target.url,
+        "GET",
+        &format!("/subjects/{topic}-value/versions/1"),
+        None,
+    );
+    assert_ne!(by_version["id"].as_u64(), Some(u64::from(t_v1)));
 
-    // The restore maps each id by subject and version, with the recovered registry as the source.
+    // The restore maps each id by subject and content, with the recovered registry as the source,
+    // keys too when asked.
     let restored = common::unique("restored");
     let out = common::restore_command(&archive)
         .args([
@@ -289,6 +320,7 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
             &recovered.url,
             "--schema-ids-to",
             &target.url,
+            "--schema-ids-keys",
         ])
         .output()
         .unwrap();
@@ -313,6 +345,58 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
     assert_eq!(got[40].value.as_deref(), Some(&b"{\"not\":\"framed\"}"[..]));
     assert_eq!(got[41].value.as_deref(), Some(&[0u8, 0, 1][..]));
     assert_eq!(got[42].value, None);
+
+    // Without --schema-ids-keys, keys are restored as archived: plain longs that look framed stay
+    // whole, and the values get the target's ids.
+    let restored_longs = common::unique("longs-restored");
+    let out = common::restore_command(&archive)
+        .args([
+            "--topics",
+            &regex::escape(&longs),
+            "--rename",
+            &format!("{longs}={restored_longs}"),
+            "--schema-ids-from",
+            &source,
+            "--schema-ids-to",
+            &target.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let got: Vec<Record> = kafka::read_to_end(&restored_longs, 0)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(got.len(), long_produced.len());
+    for (got, want) in got.iter().zip(&long_produced) {
+        assert_eq!(got.key, want.key, "a plain key at {}", want.offset);
+        assert_eq!(got.value, Some(framed(t_l1, b"payload")));
+    }
+
+    // A schema the target does not have under the subject stops the restore, with nothing sent.
+    let missing_target = common::unique("missing-restored");
+    let out = common::restore_command(&archive)
+        .args([
+            "--topics",
+            &regex::escape(&missing),
+            "--rename",
+            &format!("{missing}={missing_target}"),
+            "--schema-ids-from",
+            &source,
+            "--schema-ids-to",
+            &target.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let line = common::error_line(&out);
+    assert!(
+        line.contains(&format!("schema id {m1}"))
+            && line.contains(&format!("{missing}-value"))
+            && line.contains("not registered with the same content"),
+        "{line}"
+    );
+    assert!(kafka::read_to_end(&missing_target, 0).is_empty());
 
     // An id the source registry does not know stops the restore, with nothing written.
     let stray_target = common::unique("stray-restored");

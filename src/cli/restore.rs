@@ -87,6 +87,10 @@ pub struct RestoreArgs {
     /// URL of the target cluster's schema registry, whose ids the restored records get.
     #[arg(long, value_name = "URL", requires = "schema_ids_from")]
     schema_ids_to: Option<String>,
+    /// Rewrite the schema ids of keys too (values only otherwise: plain binary keys, such as a
+    /// big-endian long, often begin with a zero byte and would look framed).
+    #[arg(long, requires = "schema_ids_from")]
+    schema_ids_keys: bool,
     /// Share the restore with every process running it with the same --restore-id (on this or
     /// other machines): they split its partitions through a Kafka consumer group, each writing its
     /// own transactions, and take over the partitions of one that stops or dies.
@@ -158,6 +162,7 @@ pub async fn run(args: RestoreArgs) -> Result<(), Failure> {
         provenance_headers: args.provenance_headers,
         schema_ids_from: args.schema_ids_from.clone(),
         schema_ids_to: args.schema_ids_to.clone(),
+        schema_ids_keys: args.schema_ids_keys,
         shared: args.shared,
     };
     let flag = |field: &str| format!("--{}", field.replace('_', "-"));

@@ -73,9 +73,31 @@ pub struct RestoreJob {
     /// record gets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema_ids_to: Option<String>,
+    /// Rewrite the ids of keys too (values only otherwise: plain binary keys often begin with a
+    /// zero byte).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub schema_ids_keys: bool,
     /// Share this restore's partitions with every other process running it with the same id:
     /// they form a Kafka consumer group that assigns each of them a part of the target partitions.
     pub shared: bool,
+}
+
+impl RestoreJob {
+    /// The first schema registry URL that holds credentials, by field name. A job kept by the
+    /// service (a pipeline's, or one `POST /restores` started) is shown by its API and stored in
+    /// the archive, so it may not hold any; `rewind restore` may.
+    pub fn registry_credentials(&self) -> Option<&'static str> {
+        [
+            ("schema_ids_from", &self.schema_ids_from),
+            ("schema_ids_to", &self.schema_ids_to),
+        ]
+        .into_iter()
+        .find(|(_, url)| {
+            url.as_deref()
+                .is_some_and(crate::kafka::registry::has_credentials)
+        })
+        .map(|(field, _)| field)
+    }
 }
 
 impl Default for RestoreJob {
@@ -96,6 +118,7 @@ impl Default for RestoreJob {
             provenance_headers: false,
             schema_ids_from: None,
             schema_ids_to: None,
+            schema_ids_keys: false,
             shared: false,
         }
     }
@@ -296,12 +319,29 @@ fn load_pipeline(
 
     let sink_shape = serde_json::to_value(&config.sink).expect("sink settings serialize");
     let tuning_shape = serde_json::to_value(&config.restore).expect("restore settings serialize");
-    let job_shape = serde_json::to_value(RestoreJob::default()).expect("a job serializes");
+    let mut job_shape = serde_json::to_value(RestoreJob::default()).expect("a job serializes");
+    if let Json::Object(job) = &mut job_shape {
+        // The keys the default job leaves out (unset, or false) are the job's too.
+        for key in ["from_mark", "to_mark", "schema_ids_from", "schema_ids_to"] {
+            job.entry(key).or_insert(Json::Null);
+        }
+        job.entry("schema_ids_keys").or_insert(json!(false));
+    }
     let mut restore_shape = tuning_shape.clone();
     if let (Json::Object(all), Json::Object(job)) = (&mut restore_shape, &job_shape) {
         all.extend(job.clone());
-        // `restore_id` is unset by default; any string is its shape.
-        all.insert("restore_id".into(), json!(""));
+        // Keys unset (or false) by default, which the default job leaves out; a string (a flag)
+        // is their shape.
+        for key in [
+            "restore_id",
+            "from_mark",
+            "to_mark",
+            "schema_ids_from",
+            "schema_ids_to",
+        ] {
+            all.insert(key.into(), json!(""));
+        }
+        all.insert("schema_ids_keys".into(), json!(false));
     }
     let shape = json!({
         "name": "", "kind": "", "cluster": "default", "archive": "default", "enabled": true,
@@ -452,6 +492,12 @@ fn load_pipeline(
         let job = absolute_window(job, &mut local);
         if let Err(found) = job.options(&id, restore, |field| format!("restore.{field}")) {
             local.extend(found.into_iter().map(|p| within("restore", p)));
+        }
+        if let Some(field) = job.registry_credentials() {
+            local.push(problem(
+                &format!("restore.{field}"),
+                "holds credentials, which the service's API would show (GET /pipelines); give a registry URL without them".into(),
+            ));
         }
     }
 

@@ -736,6 +736,35 @@ fn a_restore_pipeline_takes_no_relative_time() {
 }
 
 #[test]
+fn a_restore_pipeline_holds_no_registry_credentials() {
+    // The service shows a pipeline's job on its API: a secret there would be shown too.
+    let found = pipeline_problems(
+        "kind = \"restore\"\n[restore]\nschema_ids_from = \"https://key:secret@registry:8081\"\nschema_ids_to = \"http://target:8081\"\nschema_ids_keys = true\n",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].path.ends_with("restore.schema_ids_from")
+            && found[0].message.starts_with("holds credentials")
+            && !found[0].message.contains("secret"),
+        "{found:#?}"
+    );
+    // The job's keys that are unset by default are known keys (marks were refused as unknown).
+    let found = pipeline_problems(
+        "kind = \"restore\"\n[restore]\nfrom_mark = \"before\"\nto_mark = \"after\"\ntopics = \"(\"\n",
+    );
+    assert!(
+        found.len() == 1 && found[0].path.ends_with("restore.topics"),
+        "{found:#?}"
+    );
+    // Keys alone mean nothing to map with.
+    let found = pipeline_problems("kind = \"restore\"\n[restore]\nschema_ids_keys = true\n");
+    assert!(
+        found.len() == 1 && found[0].path.ends_with("restore.schema_ids_keys"),
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn mark_schedules_are_one_period_or_a_list() {
     let load_marks = |text: &str, vars: &[(&str, &str)]| {
         let f = file(text);

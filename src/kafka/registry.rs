@@ -4,14 +4,21 @@
 //! big-endian 32-bit integer, then the encoded data.
 //!
 //! Basic-auth credentials may be given in the URL (`https://KEY:SECRET@host`); they are sent as an
-//! `Authorization` header and never printed.
+//! `Authorization` header and never printed (nor in `Debug`).
+//!
+//! A request that fails for a reason that may pass (no connection, a timeout, 429, 5xx) is tried
+//! again with backoff, up to [`ATTEMPTS`] times.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Requests to the registry give up after this long.
+use crate::backoff::Backoff;
+
+/// Each request to the registry gives up after this long...
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// ...and is tried this many times when the failure may pass.
+const ATTEMPTS: usize = 4;
 
 /// The schema id a record's bytes carry in the Confluent wire format, if they are in it.
 pub fn wire_id(bytes: &[u8]) -> Option<u32> {
@@ -35,6 +42,17 @@ pub struct SubjectVersion {
     pub version: i32,
 }
 
+/// A schema as the registry serves it by id: its text, type (absent for Avro) and references.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Schema {
+    pub schema: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<serde_json::Value>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{url}: {message}")]
@@ -44,7 +62,7 @@ pub enum RegistryError {
 }
 
 /// A Schema Registry at one base URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Registry {
     /// The base URL without credentials, for messages.
     shown: String,
@@ -53,17 +71,42 @@ pub struct Registry {
     client: reqwest::Client,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("url", &self.shown)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Whether `url` carries credentials (a user or a password before its host).
+pub fn has_credentials(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .map(|u| !u.username().is_empty() || u.password().is_some())
+        .unwrap_or_else(|_| url.contains('@'))
+}
+
 impl Registry {
-    /// A registry at `url` (http or https); its credentials, if any, move out of the URL.
+    /// A registry at `url` (http or https); its credentials, if any, move out of the URL. An error
+    /// never repeats a URL that holds credentials.
     pub fn new(url: &str) -> Result<Registry, String> {
+        let shown_given = if has_credentials(url) {
+            "the URL given (credentials not shown)".to_string()
+        } else {
+            format!("{url:?}")
+        };
         let mut base = reqwest::Url::parse(url)
-            .map_err(|e| format!("{url:?} is not a URL of a schema registry ({e})"))?;
+            .map_err(|e| format!("{shown_given} is not a URL of a schema registry ({e})"))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(format!(
-                "{url:?} is not an http:// or https:// URL of a schema registry"
+                "{shown_given} is not an http:// or https:// URL of a schema registry"
             ));
         }
-        let credentials = (!base.username().is_empty()).then(|| {
+        let credentials = (!base.username().is_empty() || base.password().is_some()).then(|| {
             let user = decode(base.username());
             let password = base.password().map(decode).unwrap_or_default();
             (user, password)
@@ -99,32 +142,45 @@ impl Registry {
 
     /// The subjects and versions that register the schema `id` (`None`: no such schema).
     pub async fn versions_of(&self, id: u32) -> Result<Option<Vec<SubjectVersion>>, RegistryError> {
-        self.get_found(&["schemas", "ids", &id.to_string(), "versions"])
-            .await
+        let segments = ["schemas", "ids", &id.to_string(), "versions"];
+        self.call_found(reqwest::Method::GET, &segments, None).await
     }
 
-    /// The id of `subject`'s `version` (`None`: no such subject or version).
-    pub async fn id_of(&self, version: &SubjectVersion) -> Result<Option<u32>, RegistryError> {
+    /// The schema registered with `id` (`None`: no such schema).
+    pub async fn schema(&self, id: u32) -> Result<Option<Schema>, RegistryError> {
+        self.call_found(
+            reqwest::Method::GET,
+            &["schemas", "ids", &id.to_string()],
+            None,
+        )
+        .await
+    }
+
+    /// The id under which `subject` registers `schema`, compared by content as the registry
+    /// compares it (`None`: the subject does not have it).
+    pub async fn lookup(
+        &self,
+        subject: &str,
+        schema: &Schema,
+    ) -> Result<Option<u32>, RegistryError> {
         #[derive(Deserialize)]
-        struct Schema {
+        struct Found {
             id: u32,
         }
-        let found: Option<Schema> = self
-            .get_found(&[
-                "subjects",
-                &version.subject,
-                "versions",
-                &version.version.to_string(),
-            ])
+        let body = serde_json::to_value(schema).expect("a schema serializes");
+        let found: Option<Found> = self
+            .call_found(reqwest::Method::POST, &["subjects", subject], Some(&body))
             .await?;
-        Ok(found.map(|s| s.id))
+        Ok(found.map(|f| f.id))
     }
 
-    async fn get_found<T: serde::de::DeserializeOwned>(
+    async fn call_found<T: serde::de::DeserializeOwned>(
         &self,
+        method: reqwest::Method,
         segments: &[&str],
+        body: Option<&serde_json::Value>,
     ) -> Result<Option<T>, RegistryError> {
-        match self.get(segments).await {
+        match self.call(method, segments, body).await {
             Ok(found) => Ok(Some(found)),
             Err(RegistryError::Refused { message, .. }) if message.starts_with("404") => Ok(None),
             Err(e) => Err(e),
@@ -135,19 +191,55 @@ impl Registry {
         &self,
         segments: &[&str],
     ) -> Result<T, RegistryError> {
+        self.call(reqwest::Method::GET, segments, None).await
+    }
+
+    /// One request, tried again while its failure may pass.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, RegistryError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        let mut attempt = 1;
+        loop {
+            match self.call_once(method.clone(), segments, body).await {
+                Err(e) if e.may_pass() && attempt < ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "schema registry request failed; trying again");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, RegistryError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .expect("checked to be a base")
             .pop_if_empty()
             .extend(segments);
+        let what = format!("{method} /{}", segments.join("/"));
         let unreachable = |message: String| RegistryError::Unreachable {
             url: self.shown.clone(),
             message,
         };
-        let mut request = self.client.get(url).header(
+        let mut request = self.client.request(method, url).header(
             "Accept",
             "application/vnd.schemaregistry.v1+json, application/json",
         );
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .body(body.to_string());
+        }
         if let Some((user, password)) = &self.credentials {
             request = request.basic_auth(user, Some(password));
         }
@@ -167,22 +259,31 @@ impl Registry {
                 .ok()
                 .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
-            return Err(RegistryError::Refused {
-                url: self.shown.clone(),
-                message: format!(
-                    "{} from GET /{}: {detail}",
-                    status.as_u16(),
-                    segments.join("/")
-                ),
+            let message = format!("{} from {what}: {detail}", status.as_u16());
+            let passing =
+                status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+            return Err(if passing {
+                unreachable(message)
+            } else {
+                RegistryError::Refused {
+                    url: self.shown.clone(),
+                    message,
+                }
             });
         }
         serde_json::from_slice(&body).map_err(|e| RegistryError::Refused {
             url: self.shown.clone(),
             message: format!(
-                "GET /{} answered something that is not a schema registry's JSON ({e})",
-                segments.join("/")
+                "{what} answered something that is not a schema registry's JSON ({e})"
             ),
         })
+    }
+}
+
+impl RegistryError {
+    /// Whether the same request may succeed later (no answer, a timeout, 429, 5xx).
+    pub fn may_pass(&self) -> bool {
+        matches!(self, RegistryError::Unreachable { .. })
     }
 }
 
@@ -229,5 +330,12 @@ mod tests {
         for bad in ["registry:8081", "ftp://host/", "not a url"] {
             assert!(Registry::new(bad).is_err(), "{bad}");
         }
+        // Credentials never show: not in errors, not in Debug.
+        let error = Registry::new("htps://key:s3cret@registry").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(!format!("{registry:?}").contains("cret"));
+        assert!(has_credentials("https://:token@registry"));
+        assert!(has_credentials("https://key@registry"));
+        assert!(!has_credentials("https://registry/apis/ccompat/v7"));
     }
 }

@@ -171,6 +171,17 @@ impl RestoreJob {
             }
         }
         let schema_ids = match (&self.schema_ids_from, &self.schema_ids_to) {
+            (None, None) if self.schema_ids_keys => {
+                problem(
+                    "schema_ids_keys",
+                    format!(
+                        "needs {} and {}",
+                        name("schema_ids_from"),
+                        name("schema_ids_to")
+                    ),
+                );
+                None
+            }
             (None, None) => None,
             (Some(from), Some(to)) => {
                 let mut registry =
@@ -179,7 +190,11 @@ impl RestoreJob {
                     registry("schema_ids_from", from),
                     registry("schema_ids_to", to),
                 ) {
-                    (Some(from), Some(to)) => Some(std::sync::Arc::new(SchemaIds::new(from, to))),
+                    (Some(from), Some(to)) => Some(std::sync::Arc::new(SchemaIds::new(
+                        from,
+                        to,
+                        self.schema_ids_keys,
+                    ))),
                     _ => None,
                 }
             }

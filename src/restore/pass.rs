@@ -171,15 +171,16 @@ impl Restore<'_> {
     async fn produce(&mut self, index: usize, rows: &Rows) -> Result<(), RestoreError> {
         let mut chunk_bytes = 0;
         let mut chunk_records = 0;
-        // Schema ids are mapped before the transaction opens: a registry that cannot map one
-        // stops the restore here, with nothing of this chunk sent.
+        // Schema ids are mapped before this chunk's records are sent: one that cannot be mapped
+        // stops the restore here, and the open transaction is aborted.
         let ids = match self.opts.schema_ids.clone() {
             Some(schema_ids) => {
                 let lane = &self.lanes[index];
                 let id = &self.opts.restore_id;
+                let strict = self.opts.strict.then_some(&self.opts.window);
                 Some(
                     schema_ids
-                        .chunk(&lane.topic, lane.partition, rows)
+                        .chunk(&lane.topic, lane.partition, rows, strict)
                         .await
                         .map_err(|message| RestoreError::SchemaIds(format!(
                             "{message}; restore {id} committed what came before, and running the same command with --restore-id {id} resumes there"

@@ -386,7 +386,7 @@ pub(super) fn selection(opts: &RestoreOptions) -> String {
         }
     }
     if let Some(ids) = &opts.schema_ids {
-        out.push_str(&ids.describe());
+        out.push_str(ids.describe());
     }
     out
 }

@@ -56,6 +56,11 @@ pub async fn run(
     // Before anything is written: both registries of a rewrite of schema ids answer.
     if let Some(ids) = &opts.schema_ids {
         ids.check().await.map_err(RestoreError::SchemaIds)?;
+        if ids.keys() && !opts.repartition_by_key {
+            tracing::warn!(
+                "keys' schema ids are rewritten, and records keep their source partition: a producer of the target writing the same key (with the target's id) may hash it to another partition; --repartition-by-key places each record where its rewritten key hashes"
+            );
+        }
     }
     // Runs starting together fence each other's set-up. A worker of a shared restore that is
     // fenced tries again and finds the plan the other committed (see `shared`); a run of either

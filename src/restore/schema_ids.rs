@@ -1,27 +1,33 @@
 //! Schema ids rewritten on the way into the target (`--schema-ids-from URL --schema-ids-to URL`).
 //!
-//! A key or value in the Confluent wire format names its schema by the id the source cluster's
-//! registry gave it. Restored into a cluster whose registry numbered the same schemas differently,
-//! those ids would name other schemas, or none. Each id is mapped by subject and version: the
-//! source registry says which subject versions registered it (the topic's own subject,
-//! `<topic>-key` or `<topic>-value`, is taken when it is one of them), and the target registry
-//! gives the id of that subject version. Only the four id bytes change; the rest of the record is
-//! restored byte for byte. Records not in the wire format (no zero byte first, or shorter than five
-//! bytes) are restored as they are. A framed record whose id either registry cannot map stops the
-//! restore before the transaction holding it commits: guessing would restore data that no consumer
-//! can read correctly.
+//! A value (and, with `--schema-ids-keys`, a key) in the Confluent wire format names its schema by
+//! the id the source cluster's registry gave it. Restored into a cluster whose registry numbered
+//! the same schemas differently, those ids would name other schemas, or none. Each id is mapped by
+//! subject and content: the source registry gives the schema and the subjects that registered it
+//! (the topic's own subject, `<topic>-value` or `<topic>-key`, when it is one of them), and the
+//! target registry the id under which that subject registers the same schema (its lookup compares
+//! content, so a target whose versions were numbered otherwise, or that holds another schema under
+//! the same version, can never give a wrong id). Only the four id bytes change; the rest of the
+//! record is restored byte for byte. Records not in the wire format (no zero byte first, or shorter
+//! than five bytes) are restored as they are. A framed record whose id cannot be mapped stops the
+//! restore before its chunk is sent: guessing would restore data no consumer can read correctly.
+//! Keys are left alone unless asked for: plain binary keys (a big-endian long below 2^32, say)
+//! often begin with a zero byte.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::plan::Window;
 use crate::archive::datafile::Rows;
-use crate::kafka::registry::{self, Registry, RegistryError, SubjectVersion};
+use crate::kafka::registry::{self, Registry, RegistryError};
 
 /// The two registries and the ids mapped so far.
 #[derive(Debug)]
 pub struct SchemaIds {
     from: Registry,
     to: Registry,
+    /// Keys are rewritten too.
+    keys: bool,
     /// (source topic, key rather than value, source id) → target id.
     known: Mutex<HashMap<(String, bool, u32), u32>>,
 }
@@ -30,21 +36,29 @@ pub struct SchemaIds {
 pub type ChunkIds = HashMap<(bool, u32), u32>;
 
 impl SchemaIds {
-    pub fn new(from: Registry, to: Registry) -> SchemaIds {
+    pub fn new(from: Registry, to: Registry, keys: bool) -> SchemaIds {
         SchemaIds {
             from,
             to,
+            keys,
             known: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The flags, as recorded with a restore's selection (no credentials).
-    pub fn describe(&self) -> String {
-        format!(
-            " --schema-ids-from {} --schema-ids-to {}",
-            self.from.url(),
-            self.to.url()
-        )
+    /// Whether keys are rewritten too.
+    pub fn keys(&self) -> bool {
+        self.keys
+    }
+
+    /// The flags, as recorded with a restore's selection: whether ids are rewritten, not where
+    /// from (a resumed restore may reach the registries at other addresses, as after a failover
+    /// to a registry restored from the archive).
+    pub fn describe(&self) -> &'static str {
+        if self.keys {
+            " --schema-ids --schema-ids-keys"
+        } else {
+            " --schema-ids"
+        }
     }
 
     /// Both registries answer.
@@ -58,18 +72,24 @@ impl SchemaIds {
         Ok(())
     }
 
-    /// The target id of every schema id the keys and values of `rows` (from `topic`/`partition`)
-    /// carry, asking the registries for the ones not mapped yet.
+    /// The target id of every schema id the values (and keys, if asked) of `rows` (from
+    /// `topic`/`partition`) carry, asking the registries for the ones not mapped yet. With
+    /// `strict`, records outside it (which are not restored) are left out.
     pub async fn chunk(
         &self,
         topic: &str,
         partition: i32,
         rows: &Rows,
+        strict: Option<&Window>,
     ) -> Result<ChunkIds, String> {
         let view = rows.view();
         let mut out = ChunkIds::new();
         for i in 0..rows.len() {
-            for (is_key, bytes) in [(true, view.key(i)), (false, view.value(i))] {
+            if strict.is_some_and(|w| !w.contains(view.timestamp(i))) {
+                continue;
+            }
+            let key = if self.keys { view.key(i) } else { None };
+            for (is_key, bytes) in [(true, key), (false, view.value(i))] {
                 let Some(id) = bytes.and_then(registry::wire_id) else {
                     continue;
                 };
@@ -104,45 +124,53 @@ impl SchemaIds {
     async fn map(&self, topic: &str, is_key: bool, id: u32) -> Result<u32, String> {
         let part = if is_key { "key" } else { "value" };
         let failed = |e: RegistryError| e.to_string();
-        let Some(versions) = self.from.versions_of(id).await.map_err(failed)? else {
+        let Some(schema) = self.from.schema(id).await.map_err(failed)? else {
             return Err(format!(
                 "the record's {part} is in the Confluent wire format with schema id {id}, which the source registry {} does not know; give --schema-ids-from the registry that assigned the ids, or restore topics whose records only look framed without these flags",
                 self.from.url()
             ));
         };
+        let versions = self
+            .from
+            .versions_of(id)
+            .await
+            .map_err(failed)?
+            .unwrap_or_default();
         // The topic's own subject (TopicNameStrategy) when the schema is registered under it;
-        // otherwise every subject version that registered it, which must agree in the target.
+        // otherwise every subject that registered it, which must agree in the target.
         let own = format!("{topic}-{part}");
-        let candidates: Vec<&SubjectVersion> = match versions.iter().find(|v| v.subject == own) {
-            Some(own) => vec![own],
-            None => versions.iter().collect(),
+        let mut subjects: Vec<&str> = if versions.iter().any(|v| v.subject == own) {
+            vec![&own]
+        } else {
+            versions.iter().map(|v| v.subject.as_str()).collect()
         };
-        if candidates.is_empty() {
+        subjects.sort_unstable();
+        subjects.dedup();
+        if subjects.is_empty() {
             return Err(format!(
                 "schema id {id} of the record's {part} is registered under no subject in the source registry {}",
                 self.from.url()
             ));
         }
-        let mut targets = Vec::new();
-        for version in &candidates {
-            match self.to.id_of(version).await.map_err(failed)? {
-                Some(target) => targets.push((version, target)),
-                None => {
-                    return Err(format!(
-                        "schema id {id} of the record's {part} is {} version {} in {}, which the target registry {} does not have; register it there (or restore the registry first) and run the same restore again",
-                        version.subject,
-                        version.version,
-                        self.from.url(),
-                        self.to.url()
-                    ))
-                }
+        let mut found = Vec::new();
+        for subject in &subjects {
+            if let Some(target) = self.to.lookup(subject, &schema).await.map_err(failed)? {
+                found.push((*subject, target));
             }
         }
-        let first = targets[0].1;
-        if targets.iter().any(|(_, t)| *t != first) {
-            let list: Vec<String> = targets
+        let Some(&(_, first)) = found.first() else {
+            return Err(format!(
+                "schema id {id} of the record's {part} (registered under {} in {}) is not registered with the same content under {} in the target registry {}; register it there (or restore the registry first) and run the same restore again",
+                subjects.join(", "),
+                self.from.url(),
+                if subjects.len() == 1 { "that subject" } else { "any of them" },
+                self.to.url()
+            ));
+        };
+        if found.iter().any(|(_, t)| *t != first) {
+            let list: Vec<String> = found
                 .iter()
-                .map(|(v, t)| format!("{} version {} (id {t})", v.subject, v.version))
+                .map(|(subject, t)| format!("{subject} (id {t})"))
                 .collect();
             return Err(format!(
                 "schema id {id} of the record's {part} is registered under {}, which the target registry {} numbers differently; it cannot tell which one the record meant",

@@ -131,18 +131,10 @@ impl<'de> serde::Deserialize<'de> for StartRestore {
         let job: RestoreJob = serde_path_to_error::deserialize(Json::Object(fields))
             .map_err(|e| D::Error::custom(format!("{}: {}", e.path(), e.inner())))?;
         // The job is kept in the archive and shown by GET /restores: no secrets in it.
-        for (field, url) in [
-            ("schema_ids_from", &job.schema_ids_from),
-            ("schema_ids_to", &job.schema_ids_to),
-        ] {
-            if url
-                .as_deref()
-                .is_some_and(|u| reqwest::Url::parse(u).is_ok_and(|u| !u.username().is_empty()))
-            {
-                return Err(D::Error::custom(format!(
-                    "{field}: credentials in the URL would be kept with the restore and shown by GET /restores; give the service a registry URL without them"
-                )));
-            }
+        if let Some(field) = job.registry_credentials() {
+            return Err(D::Error::custom(format!(
+                "{field}: credentials in the URL would be kept with the restore and shown by GET /restores; give the service a registry URL without them"
+            )));
         }
         Ok(StartRestore {
             cluster,
