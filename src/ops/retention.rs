@@ -486,7 +486,18 @@ async fn plan_partition(
         });
     }
     let new_start = chain.files.get(cut).map_or(first, |f| f.start);
-    if cut > 0 {
+    for gap in documents::read_gaps(store, topic, partition).await? {
+        // A gap ending at the new start stays: it says those offsets were never archived, which
+        // a restore that had reached them must be able to tell from offsets retention deleted.
+        if gap.end < new_start {
+            out.documents.push(gap_key(topic, partition, gap.start));
+        }
+    }
+    // The start is recorded whenever something before it goes, gaps too: a file a late worker
+    // writes there afterwards (one whose put's reply was lost, say) lies before it, where readers
+    // look at nothing, instead of beginning the chain where the gap was.
+    let moves = recorded.as_ref().is_none_or(|r| r.start < new_start);
+    if cut > 0 || (moves && !out.documents.is_empty()) {
         out.start = Some(ChainStart {
             topic: topic.to_string(),
             partition,
@@ -495,14 +506,7 @@ async fn plan_partition(
             updated_at: rfc3339_millis(crate::archive::time::now_ms()),
         });
     }
-    for gap in documents::read_gaps(store, topic, partition).await? {
-        // A gap ending at the new start stays: it says those offsets were never archived, which
-        // a restore that had reached them must be able to tell from offsets retention deleted.
-        if gap.end < new_start {
-            out.documents.push(gap_key(topic, partition, gap.start));
-        }
-    }
-    if !out.files.is_empty() {
+    if !out.files.is_empty() || !out.documents.is_empty() {
         // The claims of the ranges that go (see the chain in docs/archive-format.md).
         let prefix = format!("{CLAIMS_PREFIX}{topic}/{partition}/");
         for object in store.list(&prefix).await? {
