@@ -35,6 +35,10 @@ pub const RESTORE_STALL_BEFORE_FENCE: &str = "restore-stall-before-fence";
 /// stall point: another run of the same restore that sets up meanwhile fences this one.
 pub const RESTORE_STALL_AFTER_FENCE: &str = "restore-stall-after-fence";
 
+/// `rewind retention` has planned what to delete and has written nothing yet. A stall point: a
+/// compaction can run meanwhile.
+pub const RETENTION_STALL_AFTER_PLAN: &str = "retention-stall-after-plan";
+
 /// Fault: every seek of the sink's consumer fails, as it does when librdkafka has not finished
 /// assigning the partition or the broker does not answer in time.
 pub const SEEK_FAILS: &str = "seek-fails";

@@ -1529,3 +1529,80 @@ async fn verify_and_ls_name_a_partition_the_archive_lacks() {
         "{table}"
     );
 }
+
+/// Issue 19, from an adversarial review: `rewind compact` runs while `rewind retention` holds its
+/// plan. The compaction merges the files retention is about to cut through into one that holds
+/// the new start, and hands it the claims of their starts; retention then records its start and
+/// deletes what it planned, but keeps those claims, so no late worker can claim a start the
+/// compacted file holds. The archive verifies, and restores from the compacted file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_claims_of_a_compaction_that_ran_meanwhile() {
+    let topic = common::unique("race");
+    create_topic(&topic, 1, &[]).await;
+    // An hour 30 hours ago, a record a minute, then one record now (the chain's newest file).
+    let hour = (common::now_ms() / HOUR - 30) * HOUR;
+    let mut records: Vec<Record> = (0..60)
+        .map(|i| {
+            record(
+                Some(b"k"),
+                Some(format!("v{i}").as_bytes()),
+                vec![],
+                hour + i * 60_000,
+            )
+        })
+        .collect();
+    records.push(record(Some(b"k"), Some(b"now"), vec![], common::now_ms()));
+    produce(&topic, 0, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, store) = local(dir.path());
+    let out = common::sink_command(&archive, &topic, &common::unique("g"))
+        .arg("--once")
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "5")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert_eq!(files_of(&store, &topic, 0).await.len(), 13);
+    // Retention cuts the hour in the middle: its files up to the one ending with minute 29.
+    let older = (common::now_ms() - (hour + 30 * 60_000)) / 1000;
+    let mut retention = common::tool_command("retention", &archive);
+    retention
+        .args(["--older-than", &format!("{older}s"), "--include-compacted"])
+        .env("REWIND_FAILPOINT", "retention-stall-after-plan")
+        .env("REWIND_FAILPOINT_STALL_MS", "6000");
+    let mut running = common::watched::Watched::start(&mut retention);
+    assert!(
+        running.wait_for(
+            "failpoint retention-stall-after-plan reached",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        running.stderr()
+    );
+    let out = tool("compact", &archive, &["--settle", "0s", "--json"]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let out = running.finish();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+
+    // The compacted file holds [0, 60) and the recorded start (30); its claim stayed with it.
+    let keys = files_of(&store, &topic, 0).await;
+    let merged = DataFileKey::parse(&keys[0]).unwrap();
+    assert_eq!((merged.start, merged.end), (0, Some(60)), "{keys:?}");
+    let claim = rewind::archive::documents::read_claim(&*store, &topic, 0, 0)
+        .await
+        .unwrap()
+        .expect("the claim of the compacted file's start is kept");
+    assert_eq!(claim.key, keys[0]);
+    let out = tool("verify", &archive, &["--json"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        common::text(&out.stdout),
+        common::text(&out.stderr)
+    );
+    let offsets: Vec<i64> = common::archive::chain(&store, &topic, 0)
+        .await
+        .iter()
+        .map(|r| r.offset)
+        .collect();
+    assert_eq!(offsets, (0..61).collect::<Vec<_>>());
+}

@@ -216,6 +216,7 @@ pub async fn retention(
         }
     }
     progress.finish();
+    crate::failpoint::stall(crate::failpoint::RETENTION_STALL_AFTER_PLAN).await;
     let mut held_for_tables = std::collections::BTreeSet::new();
     if !dry_run {
         for plan in &work {
@@ -242,6 +243,7 @@ pub async fn retention(
     for mut plan in work {
         if !dry_run {
             plan.files.retain(|f| !held_for_tables.contains(&f.topic));
+            keep_claims_of_compactions(store, &mut plan).await?;
             let keys: Vec<String> = plan
                 .files
                 .iter()
@@ -366,11 +368,52 @@ pub struct RetentionOptions {
 }
 
 struct PartitionRetention {
+    topic: String,
+    partition: i32,
     start: Option<ChainStart>,
     files: Vec<DeletedFile>,
     documents: Vec<String>,
     /// Files (and bytes) old enough to go that the mark at this index of the kept marks holds.
     held: Option<(usize, usize, u64)>,
+}
+
+/// A compaction that ran meanwhile may have merged files this run planned to delete into one that
+/// holds the new start, and handed it the claims of their starts: those claims stay, or a late
+/// worker could claim a start the compacted file holds (and orphan it). The claims in the range
+/// of every compacted file this run does not delete are taken out of `plan`.
+async fn keep_claims_of_compactions(
+    store: &dyn ObjectStore,
+    plan: &mut PartitionRetention,
+) -> Result<(), OpsError> {
+    let claims = format!("{CLAIMS_PREFIX}{}/{}/", plan.topic, plan.partition);
+    if !plan.documents.iter().any(|k| k.starts_with(&claims)) {
+        return Ok(());
+    }
+    let deleted: std::collections::HashSet<&str> =
+        plan.files.iter().map(|f| f.key.as_str()).collect();
+    let listed = store
+        .list(&crate::archive::paths::DataFileKey::partition_prefix(
+            &plan.topic,
+            plan.partition,
+        ))
+        .await?;
+    let kept: Vec<(i64, i64)> = listed
+        .iter()
+        .filter(|o| !deleted.contains(o.key.as_str()))
+        .filter_map(|o| crate::archive::paths::DataFileKey::parse(&o.key))
+        .filter_map(|k| k.end.map(|end| (k.start, end)))
+        .collect();
+    if kept.is_empty() {
+        return Ok(());
+    }
+    plan.documents.retain(|key| {
+        let start = key
+            .strip_prefix(&claims)
+            .and_then(|name| name.strip_suffix(".json"))
+            .and_then(|n| n.parse::<i64>().ok());
+        !start.is_some_and(|s| kept.iter().any(|(a, b)| *a <= s && s < *b))
+    });
+    Ok(())
 }
 
 /// What retention removes from one partition: the longest prefix of its chain (never the last
@@ -387,6 +430,8 @@ async fn plan_partition(
 ) -> Result<Option<PartitionRetention>, OpsError> {
     let mut chain = chain::load(store, topic, partition, files, &BTreeMap::new()).await?;
     let mut out = PartitionRetention {
+        topic: topic.to_string(),
+        partition,
         start: None,
         files: Vec::new(),
         documents: Vec::new(),
