@@ -1479,9 +1479,15 @@ async fn a_restore_reads_on_from_files_compacted_after_its_plan() {
     let target = format!("{topic}-copy");
     let rename = format!("{topic}={target}");
     let mut cmd = restore(&archive, &["--topics", &topic, "--rename", &rename]);
-    cmd.env("REWIND_FAILPOINT", "restore-stall-after-fence")
-        .env("REWIND_FAILPOINT_STALL_MS", "8000")
-        .env("RUST_LOG", "info");
+    // A progress topic of its own: one another test creates meanwhile would make this restore set
+    // up again, planning after the compaction.
+    cmd.env(
+        "REWIND__RESTORE__PROGRESS_TOPIC",
+        common::unique("progress"),
+    )
+    .env("REWIND_FAILPOINT", "restore-stall-after-fence")
+    .env("REWIND_FAILPOINT_STALL_MS", "8000")
+    .env("RUST_LOG", "info");
     let mut running = common::watched::Watched::start(&mut cmd);
     assert!(
         running.wait_for(
@@ -1503,6 +1509,88 @@ async fn a_restore_reads_on_from_files_compacted_after_its_plan() {
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .count();
     assert_eq!(files, 2, "one compacted file and the newest part");
+    let out = running.finish();
+    let log = common::text(&out.stderr);
+    ok(out);
+    assert!(log.contains("reading on from that one"), "{log}");
+    assert_restored(&target, 0, &source);
+}
+
+/// As above, with the gone files read a row group at a time (larger than their share of a small
+/// buffer budget) and a file of an earlier hour, which compaction leaves alone, just before them:
+/// that file, fetched ahead when the next file's footer is found gone, is still restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_keeps_the_file_it_fetched_before_the_one_compaction_took() {
+    let topic = common::unique("pitr-compacted-large");
+    kafka::create_topic(&topic, 1, &[]).await;
+    // Values that do not compress, so that the files are as large as their records.
+    let noise = |seed: u64| -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let mut records: Vec<Record> = (0..5)
+        .map(|i| record(Some(b"early"), Some(b"v"), vec![], base() + i))
+        .collect();
+    records.extend((0..45).map(|i| {
+        record(
+            Some(b"k"),
+            Some(&noise(i as u64)),
+            vec![],
+            base() + HOUR + i,
+        )
+    }));
+    records.push(record(Some(b"k"), Some(b"last"), vec![], base() + 2 * HOUR));
+    let source = kafka::produce(&topic, 0, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", dir.path().display());
+    // [0, 5) in one hour, [5, 20), [20, 35), [35, 50) of 3 MB each in the next (row groups are
+    // read one at a time above 2 MiB with an 8 MiB budget), [50, 51) after.
+    let out = common::sink_command(&archive, &topic, &common::unique("g"))
+        .arg("--once")
+        .env("REWIND__SINK__MAX_FILE_RECORDS", "15")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let target = format!("{topic}-copy");
+    let rename = format!("{topic}={target}");
+    let mut cmd = restore(&archive, &["--topics", &topic, "--rename", &rename]);
+    cmd.env("REWIND__RESTORE__BUFFER_BUDGET", "8MiB")
+        .env(
+            "REWIND__RESTORE__PROGRESS_TOPIC",
+            common::unique("progress"),
+        )
+        .env("REWIND_FAILPOINT", "restore-stall-after-fence")
+        .env("REWIND_FAILPOINT_STALL_MS", "8000")
+        .env("RUST_LOG", "info");
+    let mut running = common::watched::Watched::start(&mut cmd);
+    assert!(
+        running.wait_for(
+            "failpoint restore-stall-after-fence reached",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        running.stderr()
+    );
+    let out = common::tool_command("compact", &archive)
+        .args(["--settle", "0s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let files = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert_eq!(
+        files, 3,
+        "the early file, the compacted hour and the newest file"
+    );
     let out = running.finish();
     let log = common::text(&out.stderr);
     ok(out);

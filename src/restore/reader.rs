@@ -136,13 +136,11 @@ impl Reader {
                 match result {
                     Ok(pieces) => queued.extend(pieces),
                     Err(e) => {
-                        // Gone since the plan: go on from the file that replaced it, if any.
+                        // Gone since the plan: go on from the file that replaced it, if any. The
+                        // pieces of earlier files still on their way are decoded first (nothing
+                        // is queued here: a file's pieces are made once the queue is empty).
                         match self.replaced(&file, e, &planned).await {
-                            Ok(rest) => {
-                                files = rest.into_iter();
-                                queued.clear();
-                                fetching = FuturesOrdered::new();
-                            }
+                            Ok(rest) => files = rest.into_iter(),
                             Err(e) => {
                                 let _ = self.tx.send(Msg::Failed(e)).await;
                                 return;
