@@ -471,10 +471,12 @@ async fn plan_partition(
         }
     };
     let newest = files.last().map(|(k, _)| k.start);
-    for (key, size) in files
-        .iter()
-        .filter(|(k, _)| k.start < first && Some(k.start) != newest)
-    {
+    // Never a compacted file reaching past the start: it holds records the chain keeps (a
+    // compaction that ran with an earlier retention merged the file the start was recorded at,
+    // and its parts, still there until that compaction deletes them, begin the chain meanwhile).
+    for (key, size) in files.iter().filter(|(k, _)| {
+        k.start < first && Some(k.start) != newest && k.end.is_none_or(|end| end <= first)
+    }) {
         out.files.push(DeletedFile {
             key: key.to_string(),
             topic: topic.to_string(),
