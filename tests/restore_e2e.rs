@@ -1476,44 +1476,8 @@ async fn a_restore_reads_on_from_files_compacted_after_its_plan() {
     let archive = format!("file://{}", dir.path().display());
     // 15 files of 4 records in one closed hour.
     backup(&archive, &topic);
-    let target = format!("{topic}-copy");
-    let rename = format!("{topic}={target}");
-    let mut cmd = restore(&archive, &["--topics", &topic, "--rename", &rename]);
-    // A progress topic of its own: one another test creates meanwhile would make this restore set
-    // up again, planning after the compaction.
-    cmd.env(
-        "REWIND__RESTORE__PROGRESS_TOPIC",
-        common::unique("progress"),
-    )
-    .env("REWIND_FAILPOINT", "restore-stall-after-fence")
-    .env("REWIND_FAILPOINT_STALL_MS", "8000")
-    .env("RUST_LOG", "info");
-    let mut running = common::watched::Watched::start(&mut cmd);
-    assert!(
-        running.wait_for(
-            "failpoint restore-stall-after-fence reached",
-            Duration::from_secs(60)
-        ),
-        "{}",
-        running.stderr()
-    );
-    // While the restore waits with its plan, the hour is compacted: every file it listed but the
-    // newest (which compaction keeps) is gone.
-    let out = common::tool_command("compact", &archive)
-        .args(["--settle", "0s"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
-    let files = walk(dir.path())
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .count();
-    assert_eq!(files, 2, "one compacted file and the newest part");
-    let out = running.finish();
-    let log = common::text(&out.stderr);
-    ok(out);
-    assert!(log.contains("reading on from that one"), "{log}");
-    assert_restored(&target, 0, &source);
+    // Every file the restore listed but the newest (which compaction keeps) is merged into one.
+    restore_while_compacting(&archive, dir.path(), &topic, &[], 2, &source);
 }
 
 /// As above, with the gone files read a row group at a time (larger than their share of a small
@@ -1558,10 +1522,28 @@ async fn a_restore_keeps_the_file_it_fetched_before_the_one_compaction_took() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::text(&out.stderr));
+    // The early file, the compacted hour and the newest file remain.
+    let budget = [("REWIND__RESTORE__BUFFER_BUDGET", "8MiB")];
+    restore_while_compacting(&archive, dir.path(), &topic, &budget, 3, &source);
+}
+
+/// Restore `topic` into `<topic>-copy`, stalled after its plan while `rewind compact` merges the
+/// archive's closed hours (leaving `files` data files), and check it read on from the compacted
+/// files and restored `source` whole.
+fn restore_while_compacting(
+    archive: &str,
+    root: &std::path::Path,
+    topic: &str,
+    env: &[(&str, &str)],
+    files: usize,
+    source: &[Record],
+) {
     let target = format!("{topic}-copy");
     let rename = format!("{topic}={target}");
-    let mut cmd = restore(&archive, &["--topics", &topic, "--rename", &rename]);
-    cmd.env("REWIND__RESTORE__BUFFER_BUDGET", "8MiB")
+    let mut cmd = restore(archive, &["--topics", topic, "--rename", &rename]);
+    // A progress topic of its own: one another test creates meanwhile would make this restore set
+    // up again, planning after the compaction.
+    cmd.envs(env.iter().copied())
         .env(
             "REWIND__RESTORE__PROGRESS_TOPIC",
             common::unique("progress"),
@@ -1578,22 +1560,19 @@ async fn a_restore_keeps_the_file_it_fetched_before_the_one_compaction_took() {
         "{}",
         running.stderr()
     );
-    let out = common::tool_command("compact", &archive)
+    let out = common::tool_command("compact", archive)
         .args(["--settle", "0s"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::text(&out.stderr));
-    let files = walk(dir.path())
+    let left = walk(root)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .count();
-    assert_eq!(
-        files, 3,
-        "the early file, the compacted hour and the newest file"
-    );
+    assert_eq!(left, files, "data files after the compaction");
     let out = running.finish();
     let log = common::text(&out.stderr);
     ok(out);
     assert!(log.contains("reading on from that one"), "{log}");
-    assert_restored(&target, 0, &source);
+    assert_restored(&target, 0, source);
 }

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use common::http::{free_addr, request_with};
 use common::kafka;
@@ -82,6 +82,16 @@ fn versions(url: &str, subject: &str) -> Vec<(i64, u64, String)> {
             )
         })
         .collect()
+}
+
+/// `rewind restore` of `topic` from `archive` into `target`, with `flags`.
+fn restore_renamed(archive: &str, topic: &str, target: &str, flags: &[&str]) -> Output {
+    common::restore_command(archive)
+        .args(["--topics", &regex::escape(topic), "--rename"])
+        .arg(format!("{topic}={target}"))
+        .args(flags)
+        .output()
+        .unwrap()
 }
 
 /// A registry this test starts with scripts/registry.sh, stopped when dropped.
@@ -254,15 +264,7 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
     // The journal restored into a new topic (the target cluster's), and a registry started on it:
     // every subject, version, id and schema is back.
     let restored_journal = common::unique("journal");
-    let out = common::restore_command(&archive)
-        .args([
-            "--topics",
-            &regex::escape(&journal),
-            "--rename",
-            &format!("{journal}={restored_journal}"),
-        ])
-        .output()
-        .unwrap();
+    let out = restore_renamed(&archive, &journal, &restored_journal, &[]);
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     let recovered = Started::new("kafkasql", &restored_journal);
     for subject in [format!("{topic}-value"), format!("{topic}-key")] {
@@ -310,20 +312,18 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
     // The restore maps each id by subject and content, with the recovered registry as the source,
     // keys too when asked.
     let restored = common::unique("restored");
-    let out = common::restore_command(&archive)
-        .args([
-            "--topics",
-            &regex::escape(&topic),
-            "--rename",
-            &format!("{topic}={restored}"),
+    let out = restore_renamed(
+        &archive,
+        &topic,
+        &restored,
+        &[
             "--schema-ids-from",
             &recovered.url,
             "--schema-ids-to",
             &target.url,
             "--schema-ids-keys",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     let got: Vec<Record> = kafka::read_to_end(&restored, 0)
         .into_iter()
@@ -349,19 +349,12 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
     // Without --schema-ids-keys, keys are restored as archived: plain longs that look framed stay
     // whole, and the values get the target's ids.
     let restored_longs = common::unique("longs-restored");
-    let out = common::restore_command(&archive)
-        .args([
-            "--topics",
-            &regex::escape(&longs),
-            "--rename",
-            &format!("{longs}={restored_longs}"),
-            "--schema-ids-from",
-            &source,
-            "--schema-ids-to",
-            &target.url,
-        ])
-        .output()
-        .unwrap();
+    let out = restore_renamed(
+        &archive,
+        &longs,
+        &restored_longs,
+        &["--schema-ids-from", &source, "--schema-ids-to", &target.url],
+    );
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     let got: Vec<Record> = kafka::read_to_end(&restored_longs, 0)
         .into_iter()
@@ -375,19 +368,12 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
 
     // A schema the target does not have under the subject stops the restore, with nothing sent.
     let missing_target = common::unique("missing-restored");
-    let out = common::restore_command(&archive)
-        .args([
-            "--topics",
-            &regex::escape(&missing),
-            "--rename",
-            &format!("{missing}={missing_target}"),
-            "--schema-ids-from",
-            &source,
-            "--schema-ids-to",
-            &target.url,
-        ])
-        .output()
-        .unwrap();
+    let out = restore_renamed(
+        &archive,
+        &missing,
+        &missing_target,
+        &["--schema-ids-from", &source, "--schema-ids-to", &target.url],
+    );
     assert!(!out.status.success());
     let line = common::error_line(&out);
     assert!(
@@ -400,19 +386,17 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
 
     // An id the source registry does not know stops the restore, with nothing written.
     let stray_target = common::unique("stray-restored");
-    let out = common::restore_command(&archive)
-        .args([
-            "--topics",
-            &regex::escape(&stray),
-            "--rename",
-            &format!("{stray}={stray_target}"),
+    let out = restore_renamed(
+        &archive,
+        &stray,
+        &stray_target,
+        &[
             "--schema-ids-from",
             &recovered.url,
             "--schema-ids-to",
             &target.url,
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(!out.status.success());
     let line = common::error_line(&out);
     assert!(
@@ -422,19 +406,17 @@ async fn the_registry_comes_back_from_the_archive_and_a_restore_rewrites_schema_
     assert!(kafka::read_to_end(&stray_target, 0).is_empty());
 
     // A registry that does not answer is named before anything is written.
-    let out = common::restore_command(&archive)
-        .args([
-            "--topics",
-            &regex::escape(&topic),
-            "--rename",
-            &format!("{topic}={}", common::unique("never")),
+    let out = restore_renamed(
+        &archive,
+        &topic,
+        &common::unique("never"),
+        &[
             "--schema-ids-from",
             &recovered.url,
             "--schema-ids-to",
             "http://127.0.0.1:1/apis/ccompat/v7",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(!out.status.success());
     let line = common::error_line(&out);
     assert!(
