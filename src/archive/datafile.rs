@@ -17,7 +17,7 @@ use arrow_array::builder::{
     TimestampMillisecondBuilder,
 };
 use arrow_array::{
-    Array, BinaryArray, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
+    Array, ArrayRef, BinaryArray, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
     TimestampMillisecondArray,
 };
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
@@ -30,6 +30,7 @@ use parquet::file::properties::{BloomFilterPosition, EnabledStatistics, WriterPr
 use parquet::schema::types::ColumnPath;
 
 use super::record::{Header, Record, TimestampType};
+use super::typed::{self, Decoding, Prepared};
 use super::FORMAT_VERSION;
 use integrity::ChecksumWriter;
 pub use integrity::Checksums;
@@ -207,8 +208,29 @@ pub fn encode_to<W: std::io::Write + Send>(
     out: W,
     row_group_bytes: usize,
 ) -> Result<W, DataFileError> {
+    encode_decoded_to(meta, records, None, out, row_group_bytes).map(|(w, _)| w)
+}
+
+/// [`encode_to`], with the typed columns `decoding` gives after the raw ones ([`typed`]); what
+/// was decoded and what was not is handed back, and recorded in the footer (`rewind.decoded`).
+pub fn encode_decoded_to<W: std::io::Write + Send>(
+    meta: &FileMeta,
+    records: &[Record],
+    decoding: Option<&Decoding>,
+    out: W,
+    row_group_bytes: usize,
+) -> Result<(W, Option<Prepared>), DataFileError> {
     let props = properties(meta, records)?;
-    let mut writer = ArrowWriter::try_new(ChecksumWriter::new(out), schema(), Some(props))?;
+    let mut typed = decoding.map(|d| d.prepare(records));
+    let schema = match &typed {
+        Some(t) => {
+            let mut fields: Vec<Field> = schema().fields().iter().map(|f| (**f).clone()).collect();
+            fields.extend(t.fields());
+            Arc::new(Schema::new(fields))
+        }
+        None => schema(),
+    };
+    let mut writer = ArrowWriter::try_new(ChecksumWriter::new(out), schema.clone(), Some(props))?;
     // The magic bytes are a segment of their own: the others are the row groups.
     writer.sync()?;
     writer.inner_mut().end_segment();
@@ -243,7 +265,11 @@ pub fn encode_to<W: std::io::Write + Send>(
             })
             .count();
         let (batch, tail) = rest.split_at(rows);
-        writer.write(&to_batch(batch)?)?;
+        let mut columns = raw_columns(batch);
+        if let Some(t) = typed.as_mut() {
+            columns.extend(t.columns(batch));
+        }
+        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
         end_row_groups(&mut writer)?;
         if writer.in_progress_size() >= row_group_bytes {
             writer.flush()?;
@@ -261,12 +287,17 @@ pub fn encode_to<W: std::io::Write + Send>(
         integrity::ROW_GROUP_CRC_KEY.to_string(),
         row_group_crcs,
     ));
+    if let Some(t) = &typed {
+        let spec = serde_json::to_string(&t.spec())
+            .map_err(|e| DataFileError::Format(format!("typed columns: {e}")))?;
+        writer.append_key_value_metadata(KeyValue::new(typed::FOOTER_KEY.to_string(), spec));
+    }
     for (key, value) in ChecksumWriter::<W>::placeholders() {
         writer.append_key_value_metadata(KeyValue::new(key.to_string(), value));
     }
     writer.sync()?;
     writer.inner_mut().capture();
-    writer.into_inner()?.finish()
+    Ok((writer.into_inner()?.finish()?, typed))
 }
 
 /// The writer settings of a data file of `records`.
@@ -302,12 +333,13 @@ pub(crate) fn encode_without_checksums(meta: &FileMeta, records: &[Record]) -> B
     let props = properties(meta, records).expect("properties");
     let mut writer = ArrowWriter::try_new(Vec::new(), schema(), Some(props)).expect("writer");
     writer
-        .write(&to_batch(records).expect("batch"))
+        .write(&RecordBatch::try_new(schema(), raw_columns(records)).expect("batch"))
         .expect("write");
     Bytes::from(writer.into_inner().expect("finish"))
 }
 
-fn to_batch(records: &[Record]) -> Result<RecordBatch, DataFileError> {
+/// The columns of the records' own bytes, in the order of [`schema`].
+fn raw_columns(records: &[Record]) -> Vec<ArrayRef> {
     let mut offsets = Int64Builder::with_capacity(records.len());
     let mut timestamps =
         TimestampMillisecondBuilder::with_capacity(records.len()).with_timezone("UTC");
@@ -342,17 +374,14 @@ fn to_batch(records: &[Record]) -> Result<RecordBatch, DataFileError> {
         }
         headers.append(true);
     }
-    Ok(RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(offsets.finish()),
-            Arc::new(timestamps.finish()),
-            Arc::new(types.finish()),
-            Arc::new(keys.finish()),
-            Arc::new(values.finish()),
-            Arc::new(headers.finish()),
-        ],
-    )?)
+    vec![
+        Arc::new(offsets.finish()),
+        Arc::new(timestamps.finish()),
+        Arc::new(types.finish()),
+        Arc::new(keys.finish()),
+        Arc::new(values.finish()),
+        Arc::new(headers.finish()),
+    ]
 }
 
 /// A reader of a whole data file whose bytes were checked against the checksum in its footer
@@ -548,7 +577,8 @@ fn chunked_reader(
         });
     let row_bytes = (bytes / rows.max(1)).max(1) as u64;
     let batch_rows = (chunk_bytes / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
-    let builder = builder.with_batch_size(batch_rows);
+    let raw = raw_projection(builder.parquet_schema());
+    let builder = builder.with_batch_size(batch_rows).with_projection(raw);
     let meta = footer(&builder)?;
     Ok((builder, meta))
 }
@@ -693,6 +723,8 @@ fn row_group_reader(
     )
     .with_row_groups(vec![group])
     .with_batch_size(batch_rows);
+    let raw = raw_projection(builder.parquet_schema());
+    builder = builder.with_projection(raw);
     if let Some(columns) = columns {
         let mask = parquet::arrow::ProjectionMask::columns(
             builder.parquet_schema(),
@@ -702,6 +734,24 @@ fn row_group_reader(
     }
     Ok(builder.build()?)
 }
+
+/// The columns of the records' own bytes: what restores and checks decode (typed columns, which
+/// only engines read, are left alone).
+fn raw_projection(
+    schema: &parquet::schema::types::SchemaDescriptor,
+) -> parquet::arrow::ProjectionMask {
+    parquet::arrow::ProjectionMask::columns(schema, RAW_COLUMNS.iter().copied())
+}
+
+/// The names of the raw columns, in order.
+pub const RAW_COLUMNS: [&str; 6] = [
+    "offset",
+    "timestamp",
+    "timestamp_type",
+    "key",
+    "value",
+    "headers",
+];
 
 /// A file's bytes from `base` on, as the decoder reads them: asking for anything else is an error.
 struct Window {

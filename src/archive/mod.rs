@@ -13,6 +13,7 @@ pub mod paths;
 pub mod record;
 pub mod rotation;
 pub mod time;
+pub mod typed;
 
 pub use record::{Header, Record, TimestampType};
 

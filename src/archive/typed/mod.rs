@@ -1,0 +1,570 @@
+//! Typed columns: the keys and values of a topic decoded with their schemas and written beside the
+//! raw bytes, as the columns `key_decoded` and `value_decoded` of a data file. Values in the
+//! Confluent wire format (a zero byte, the schema id, the encoded data) are decoded with the
+//! registry's Avro, JSON Schema or Protobuf schema of that id; plain JSON with a schema the operator
+//! declared. The raw `key` and `value` stay the source of truth: restores never read typed columns.
+//!
+//! Invariant: a typed value is a pure function of a record's bytes and the schemas the file's footer
+//! records (`rewind.decoded`), so compaction decodes its parts again into the same typed values, and
+//! a record that cannot be decoded is still archived whole (its typed column is null, and counted).
+
+mod arrays;
+mod avro;
+mod json;
+mod proto;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow_array::ArrayRef;
+use arrow_schema::{DataType, Field, Fields};
+use serde::{Deserialize, Serialize};
+
+use super::record::Record;
+
+/// The typed column of keys, and of values.
+pub const KEY_COLUMN: &str = "key_decoded";
+pub const VALUE_COLUMN: &str = "value_decoded";
+/// The footer key that records what a file's typed columns were decoded with.
+pub const FOOTER_KEY: &str = "rewind.decoded";
+/// Nesting deeper than this (a recursive schema) is not decoded.
+const MAX_DEPTH: usize = 32;
+
+/// A record's key or its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Key,
+    Value,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Key => "key",
+            Side::Value => "value",
+        }
+    }
+
+    pub fn column(self) -> &'static str {
+        match self {
+            Side::Key => KEY_COLUMN,
+            Side::Value => VALUE_COLUMN,
+        }
+    }
+
+    fn of(self, record: &Record) -> Option<&[u8]> {
+        match self {
+            Side::Key => record.key.as_deref(),
+            Side::Value => record.value.as_deref(),
+        }
+    }
+}
+
+/// A decoded value, before it becomes part of an Arrow column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Datum {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Decimal(i128),
+    List(Vec<Datum>),
+    /// Fields by name, in the schema's order.
+    Record(Vec<(String, Datum)>),
+}
+
+/// A schema as a registry serves it, with the schemas it references resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaText {
+    /// `AVRO`, `JSON` or `PROTOBUF` (a registry leaves it out for Avro).
+    #[serde(rename = "schemaType", default = "avro_type")]
+    pub kind: String,
+    pub schema: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<Reference>,
+}
+
+fn avro_type() -> String {
+    "AVRO".into()
+}
+
+/// A schema another one references: its name there (a `.proto` import path, an Avro type's full
+/// name) and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    pub name: String,
+    pub schema: String,
+}
+
+/// Why a key or value got no typed value (the label of the sink's decode failure metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Failure {
+    /// Not in the wire format, where the topic's values should be.
+    NotFramed,
+    /// The schema of its id could not be had (the registry did not know it or did not answer).
+    UnknownSchema,
+    /// Its bytes do not decode with its schema.
+    Undecodable,
+    /// Its schema's columns cannot join those of the file's other records (a field changed type).
+    Incompatible,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 4] = [
+        Failure::NotFramed,
+        Failure::UnknownSchema,
+        Failure::Undecodable,
+        Failure::Incompatible,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::NotFramed => "not_framed",
+            Failure::UnknownSchema => "unknown_schema",
+            Failure::Undecodable => "undecodable",
+            Failure::Incompatible => "incompatible",
+        }
+    }
+}
+
+/// A parsed schema: the column type of what it decodes and how to decode it.
+pub struct Codec {
+    text: SchemaText,
+    inner: Inner,
+}
+
+enum Inner {
+    Avro(avro::AvroCodec),
+    Json(json::JsonCodec),
+    Proto(proto::ProtoCodec),
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("kind", &self.text.kind)
+            .finish()
+    }
+}
+
+impl Codec {
+    /// Parse a schema (its references resolved); an error names what is wrong with it.
+    pub fn parse(text: SchemaText) -> Result<Codec, String> {
+        let inner = match text.kind.to_ascii_uppercase().as_str() {
+            "AVRO" => Inner::Avro(avro::AvroCodec::parse(&text)?),
+            "JSON" => Inner::Json(json::JsonCodec::parse(&text.schema)?),
+            "PROTOBUF" => Inner::Proto(proto::ProtoCodec::parse(&text)?),
+            other => {
+                return Err(format!(
+                    "schema type {other:?} is not Avro, JSON or Protobuf"
+                ))
+            }
+        };
+        Ok(Codec { text, inner })
+    }
+
+    pub fn text(&self) -> &SchemaText {
+        &self.text
+    }
+
+    /// The column type of `body` (the bytes after the wire format's header): one per schema, but
+    /// a Protobuf schema's body names which of its messages it holds.
+    pub fn shape(&self, body: &[u8]) -> Result<Arc<DataType>, String> {
+        match &self.inner {
+            Inner::Avro(c) => c.shape(),
+            Inner::Json(c) => c.shape(),
+            Inner::Proto(c) => c.shape(body).map(|(shape, _)| shape),
+        }
+    }
+
+    /// Decode `body` into a value of [`Codec::shape`].
+    pub fn decode(&self, body: &[u8]) -> Result<Datum, String> {
+        match &self.inner {
+            Inner::Avro(c) => c.decode(body),
+            Inner::Json(c) => c.decode(body),
+            Inner::Proto(c) => c.decode(body),
+        }
+    }
+}
+
+/// How one side of a file's records is decoded.
+#[derive(Debug, Clone)]
+pub enum SideDecoding {
+    /// The wire format: each record names its schema, and these are the ones known by id.
+    Registry(BTreeMap<u32, Arc<Codec>>),
+    /// Plain JSON with a declared JSON Schema.
+    Declared(Arc<Codec>),
+}
+
+impl SideDecoding {
+    /// The codec of `bytes` and the bytes it decodes.
+    fn locate<'a>(&'a self, bytes: &'a [u8]) -> Result<(&'a Arc<Codec>, &'a [u8]), Failure> {
+        match self {
+            SideDecoding::Declared(codec) => Ok((codec, bytes)),
+            SideDecoding::Registry(codecs) => {
+                let id = wire_id(bytes).ok_or(Failure::NotFramed)?;
+                let codec = codecs.get(&id).ok_or(Failure::UnknownSchema)?;
+                Ok((codec, &bytes[5..]))
+            }
+        }
+    }
+}
+
+/// The schema id of bytes in the Confluent wire format.
+pub fn wire_id(bytes: &[u8]) -> Option<u32> {
+    match bytes {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+/// How a file's keys and values are decoded into typed columns.
+#[derive(Debug, Clone, Default)]
+pub struct Decoding {
+    pub key: Option<SideDecoding>,
+    pub value: Option<SideDecoding>,
+}
+
+/// What a file's footer records about one typed column (`rewind.decoded`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SideSpec {
+    /// The schemas by id (wire format) ...
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schemas: BTreeMap<u32, SchemaText>,
+    /// ... or the declared one (plain JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<SchemaText>,
+    /// Keys or values decoded.
+    pub decoded: u64,
+    /// Keys or values not decoded, by reason (`not_framed`, ...); null ones are neither.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed: BTreeMap<String, u64>,
+}
+
+/// What a file's footer records about its typed columns.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Spec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SideSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<SideSpec>,
+}
+
+impl Spec {
+    pub fn side(&self, side: Side) -> Option<&SideSpec> {
+        match side {
+            Side::Key => self.key.as_ref(),
+            Side::Value => self.value.as_ref(),
+        }
+    }
+
+    /// Records not decoded, over both sides.
+    pub fn failed(&self) -> u64 {
+        [&self.key, &self.value]
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s.failed.values())
+            .sum()
+    }
+}
+
+impl Decoding {
+    pub fn side(&self, side: Side) -> Option<&SideDecoding> {
+        match side {
+            Side::Key => self.key.as_ref(),
+            Side::Value => self.value.as_ref(),
+        }
+    }
+
+    /// The decoding the footers of `specs` describe together (the parts of a compacted file): the
+    /// schemas of all, by id. `None` when none of them has typed columns.
+    pub fn from_specs<'a>(
+        specs: impl IntoIterator<Item = &'a Spec>,
+    ) -> Result<Option<Decoding>, String> {
+        let mut schemas: [BTreeMap<u32, SchemaText>; 2] = Default::default();
+        let mut declared: [Option<SchemaText>; 2] = Default::default();
+        let mut any = [false; 2];
+        for spec in specs {
+            for (i, side) in [Side::Key, Side::Value].into_iter().enumerate() {
+                let Some(s) = spec.side(side) else { continue };
+                any[i] = true;
+                schemas[i].extend(s.schemas.iter().map(|(id, t)| (*id, t.clone())));
+                if let Some(d) = &s.declared {
+                    match &declared[i] {
+                        Some(had) if had != d => {
+                            return Err(format!(
+                                "the files declare different schemas for their {}s",
+                                side.as_str()
+                            ))
+                        }
+                        _ => declared[i] = Some(d.clone()),
+                    }
+                }
+            }
+        }
+        if !any.iter().any(|a| *a) {
+            return Ok(None);
+        }
+        let build = |i: usize| -> Result<Option<SideDecoding>, String> {
+            if !any[i] {
+                return Ok(None);
+            }
+            if let Some(d) = &declared[i] {
+                return Ok(Some(SideDecoding::Declared(Arc::new(Codec::parse(
+                    d.clone(),
+                )?))));
+            }
+            let codecs = schemas[i]
+                .iter()
+                .filter_map(|(id, t)| Some((*id, Arc::new(Codec::parse(t.clone()).ok()?))))
+                .collect();
+            Ok(Some(SideDecoding::Registry(codecs)))
+        };
+        Ok(Some(Decoding {
+            key: build(0)?,
+            value: build(1)?,
+        }))
+    }
+
+    /// Get ready to encode `records` (one file's): the type of each typed column, joined over
+    /// the schemas of all of them. A record whose schema cannot join is not decoded.
+    pub fn prepare(&self, records: &[Record]) -> Prepared {
+        let sides = [Side::Key, Side::Value]
+            .into_iter()
+            .filter_map(|side| Some(PreparedSide::new(side, self.side(side)?.clone(), records)))
+            .collect();
+        Prepared { sides }
+    }
+}
+
+/// The typed columns of one file, being encoded.
+pub struct Prepared {
+    sides: Vec<PreparedSide>,
+}
+
+struct PreparedSide {
+    side: Side,
+    decoding: SideDecoding,
+    /// `None`: no record decodes, and the file gets no typed column of this side.
+    shape: Option<DataType>,
+    /// Shapes (by address) that could not join `shape`.
+    rejected: Vec<Arc<DataType>>,
+    used: BTreeMap<u32, SchemaText>,
+    decoded: u64,
+    failed: BTreeMap<Failure, u64>,
+}
+
+impl PreparedSide {
+    fn new(side: Side, decoding: SideDecoding, records: &[Record]) -> PreparedSide {
+        let mut shape: Option<DataType> = None;
+        let mut seen: Vec<Arc<DataType>> = Vec::new();
+        let mut rejected = Vec::new();
+        let mut used = BTreeMap::new();
+        for bytes in records.iter().filter_map(|r| side.of(r)) {
+            let Ok((codec, body)) = decoding.locate(bytes) else {
+                continue;
+            };
+            let Ok(s) = codec.shape(body) else { continue };
+            if let (SideDecoding::Registry(_), Some(id)) = (&decoding, wire_id(bytes)) {
+                used.entry(id).or_insert_with(|| codec.text().clone());
+            }
+            if seen.iter().any(|x| Arc::ptr_eq(x, &s)) {
+                continue;
+            }
+            seen.push(s.clone());
+            match &shape {
+                None => shape = Some((*s).clone()),
+                Some(had) => match merge(had, &s) {
+                    Some(joined) => shape = Some(joined),
+                    None => rejected.push(s),
+                },
+            }
+        }
+        PreparedSide {
+            side,
+            decoding,
+            shape,
+            rejected,
+            used,
+            decoded: 0,
+            failed: BTreeMap::new(),
+        }
+    }
+
+    fn column(&mut self, records: &[Record]) -> Option<(Field, ArrayRef)> {
+        let shape = self.shape.as_ref()?;
+        let mut values = Vec::with_capacity(records.len());
+        for r in records {
+            let datum = match self.side.of(r) {
+                None => Datum::Null,
+                Some(bytes) => match decode_one(&self.decoding, &self.rejected, bytes) {
+                    Ok(d) => {
+                        self.decoded += 1;
+                        d
+                    }
+                    Err(why) => {
+                        *self.failed.entry(why).or_default() += 1;
+                        Datum::Null
+                    }
+                },
+            };
+            values.push(datum);
+        }
+        let refs: Vec<&Datum> = values.iter().collect();
+        let array = arrays::build(shape, &refs);
+        Some((Field::new(self.side.column(), shape.clone(), true), array))
+    }
+
+    fn spec(&self) -> SideSpec {
+        let (schemas, declared) = match &self.decoding {
+            SideDecoding::Registry(_) => (self.used.clone(), None),
+            SideDecoding::Declared(c) => (BTreeMap::new(), Some(c.text().clone())),
+        };
+        SideSpec {
+            schemas,
+            declared,
+            decoded: self.decoded,
+            failed: self
+                .failed
+                .iter()
+                .map(|(f, n)| (f.as_str().to_string(), *n))
+                .collect(),
+        }
+    }
+}
+
+fn decode_one(
+    decoding: &SideDecoding,
+    rejected: &[Arc<DataType>],
+    bytes: &[u8],
+) -> Result<Datum, Failure> {
+    let (codec, body) = decoding.locate(bytes)?;
+    let shape = codec.shape(body).map_err(|_| Failure::Undecodable)?;
+    if rejected.iter().any(|r| Arc::ptr_eq(r, &shape)) {
+        return Err(Failure::Incompatible);
+    }
+    codec.decode(body).map_err(|_| Failure::Undecodable)
+}
+
+impl Prepared {
+    /// The typed columns' fields, to follow the raw columns in the file's schema.
+    pub fn fields(&self) -> Vec<Field> {
+        self.sides
+            .iter()
+            .filter_map(|s| Some(Field::new(s.side.column(), s.shape.clone()?, true)))
+            .collect()
+    }
+
+    /// The typed columns of `records` (a batch of the file's records, in order).
+    pub fn columns(&mut self, records: &[Record]) -> Vec<ArrayRef> {
+        self.sides
+            .iter_mut()
+            .filter_map(|s| s.column(records).map(|(_, a)| a))
+            .collect()
+    }
+
+    /// What the footer records, once every batch is encoded.
+    pub fn spec(&self) -> Spec {
+        let mut spec = Spec::default();
+        for s in &self.sides {
+            match s.side {
+                Side::Key => spec.key = Some(s.spec()),
+                Side::Value => spec.value = Some(s.spec()),
+            }
+        }
+        spec
+    }
+
+    /// Keys and values not decoded so far, by side and reason.
+    pub fn failures(&self) -> Vec<(Side, Failure, u64)> {
+        self.sides
+            .iter()
+            .flat_map(|s| s.failed.iter().map(|(f, n)| (s.side, *f, *n)))
+            .collect()
+    }
+
+    /// Keys and values decoded so far, by side.
+    pub fn decoded(&self) -> Vec<(Side, u64)> {
+        self.sides.iter().map(|s| (s.side, s.decoded)).collect()
+    }
+}
+
+/// The type that holds values of both `a` and `b`, if one does: fields either has (the other's
+/// rows null in them), and `int` widened to `long`, `float` to `double`. Any other change of a
+/// field's type is incompatible.
+pub fn merge(a: &DataType, b: &DataType) -> Option<DataType> {
+    use DataType::*;
+    if a == b {
+        return Some(a.clone());
+    }
+    Some(match (a, b) {
+        (Int32, Int64) | (Int64, Int32) => Int64,
+        (Float32, Float64) | (Float64, Float32) => Float64,
+        (Struct(fa), Struct(fb)) => {
+            let mut fields: Vec<Field> = Vec::with_capacity(fa.len().max(fb.len()));
+            for f in fa.iter() {
+                let t = match fb.find(f.name()) {
+                    Some((_, g)) => merge(f.data_type(), g.data_type())?,
+                    None => f.data_type().clone(),
+                };
+                fields.push(Field::new(f.name(), t, true));
+            }
+            for g in fb.iter().filter(|g| fa.find(g.name()).is_none()) {
+                fields.push(Field::new(g.name(), g.data_type().clone(), true));
+            }
+            Struct(Fields::from(fields))
+        }
+        (List(ea), List(eb)) => List(Arc::new(element(merge(ea.data_type(), eb.data_type())?))),
+        _ => return None,
+    })
+}
+
+/// The element field of a typed list column.
+fn element(t: DataType) -> Field {
+    Field::new("element", t, true)
+}
+
+/// A struct of nullable fields; a struct needs at least one (Parquet has no empty groups).
+fn struct_of(fields: Vec<(String, DataType)>) -> Result<DataType, String> {
+    if fields.is_empty() {
+        return Err("a record without fields has no column".into());
+    }
+    Ok(DataType::Struct(Fields::from(
+        fields
+            .into_iter()
+            .map(|(n, t)| Field::new(n, t, true))
+            .collect::<Vec<_>>(),
+    )))
+}
+
+/// A map as a column: a list of key and value structs.
+fn map_of(key: DataType, value: DataType) -> DataType {
+    DataType::List(Arc::new(element(DataType::Struct(Fields::from(vec![
+        Field::new("key", key, true),
+        Field::new("value", value, true),
+    ])))))
+}
+
+/// A map's entries as data, in key order so that a value decodes the same way every time.
+fn map_datum(mut entries: Vec<(String, Datum)>) -> Datum {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Datum::List(
+        entries
+            .into_iter()
+            .map(|(k, v)| Datum::Record(vec![("key".into(), Datum::Str(k)), ("value".into(), v)]))
+            .collect(),
+    )
+}
+
+/// Parse the footer's `rewind.decoded`.
+pub fn spec_from_footer(kv: &HashMap<String, String>) -> Result<Option<Spec>, String> {
+    kv.get(FOOTER_KEY)
+        .map(|s| serde_json::from_str(s).map_err(|e| format!("footer {FOOTER_KEY}: {e}")))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests;

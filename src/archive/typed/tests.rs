@@ -1,0 +1,306 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use apache_avro::types::Value as AvroValue;
+use arrow_array::{Array, Int64Array, StringArray, StructArray};
+use arrow_schema::DataType;
+
+use super::*;
+use crate::archive::record::Record;
+
+fn framed(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend(id.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn text(kind: &str, schema: &str) -> SchemaText {
+    SchemaText {
+        kind: kind.into(),
+        schema: schema.into(),
+        references: Vec::new(),
+    }
+}
+
+fn record(offset: i64, value: Option<Vec<u8>>) -> Record {
+    Record {
+        offset,
+        timestamp: Some(1_700_000_000_000 + offset),
+        timestamp_type: None,
+        key: None,
+        value,
+        headers: Vec::new(),
+    }
+}
+
+const ORDER_V1: &str = r#"{"type":"record","name":"Order","fields":[
+    {"name":"id","type":"long"},{"name":"amount","type":"int"},
+    {"name":"tags","type":{"type":"array","items":"string"}},
+    {"name":"note","type":["null","string"],"default":null}]}"#;
+const ORDER_V2: &str = r#"{"type":"record","name":"Order","fields":[
+    {"name":"id","type":"long"},{"name":"amount","type":"long"},
+    {"name":"tags","type":{"type":"array","items":"string"}},
+    {"name":"note","type":["null","string"],"default":null},
+    {"name":"currency","type":["null","string"],"default":null}]}"#;
+const ORDER_STRING_AMOUNT: &str = r#"{"type":"record","name":"Order","fields":[
+    {"name":"id","type":"long"},{"name":"amount","type":"string"}]}"#;
+
+fn avro(schema: &str, fields: Vec<(&str, AvroValue)>) -> Vec<u8> {
+    let schema = apache_avro::Schema::parse_str(schema).unwrap();
+    let value = AvroValue::Record(fields.into_iter().map(|(k, v)| (k.into(), v)).collect());
+    apache_avro::to_avro_datum(&schema, value).unwrap()
+}
+
+fn registry(codecs: &[(u32, SchemaText)]) -> SideDecoding {
+    SideDecoding::Registry(
+        codecs
+            .iter()
+            .map(|(id, t)| (*id, Arc::new(Codec::parse(t.clone()).unwrap())))
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+#[test]
+fn avro_values_decode_and_evolve_into_one_column() {
+    let v1 = avro(
+        ORDER_V1,
+        vec![
+            ("id", AvroValue::Long(1)),
+            ("amount", AvroValue::Int(250)),
+            (
+                "tags",
+                AvroValue::Array(vec![AvroValue::String("a".into())]),
+            ),
+            ("note", AvroValue::Union(0, Box::new(AvroValue::Null))),
+        ],
+    );
+    let v2 = avro(
+        ORDER_V2,
+        vec![
+            ("id", AvroValue::Long(2)),
+            ("amount", AvroValue::Long(1 << 40)),
+            ("tags", AvroValue::Array(vec![])),
+            (
+                "note",
+                AvroValue::Union(1, Box::new(AvroValue::String("hi".into()))),
+            ),
+            (
+                "currency",
+                AvroValue::Union(1, Box::new(AvroValue::String("EUR".into()))),
+            ),
+        ],
+    );
+    let decoding = Decoding {
+        key: None,
+        value: Some(registry(&[
+            (7, text("AVRO", ORDER_V1)),
+            (9, text("AVRO", ORDER_V2)),
+        ])),
+    };
+    let records = vec![
+        record(0, Some(framed(7, &v1))),
+        record(1, Some(framed(9, &v2))),
+        record(2, None),
+        record(3, Some(b"plain".to_vec())),
+        record(4, Some(framed(12, &v1))),
+    ];
+    let mut prepared = decoding.prepare(&records);
+    let columns = prepared.columns(&records);
+    let column = columns[0].as_any().downcast_ref::<StructArray>().unwrap();
+    // int widened to long; the new field is a new nullable column.
+    assert_eq!(
+        column.column_by_name("amount").unwrap().data_type(),
+        &DataType::Int64
+    );
+    let amounts = column
+        .column_by_name("amount")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(amounts.value(0), 250);
+    assert_eq!(amounts.value(1), 1 << 40);
+    let currency = column
+        .column_by_name("currency")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert!(currency.is_null(0));
+    assert_eq!(currency.value(1), "EUR");
+    let notes = column
+        .column_by_name("note")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert!(notes.is_null(0));
+    assert_eq!(notes.value(1), "hi");
+    // A tombstone is null and no failure; plain bytes and an unknown id are failures.
+    assert!(column.is_null(2) && column.is_null(3) && column.is_null(4));
+    let spec = prepared.spec();
+    let value = spec.value.unwrap();
+    assert_eq!(value.decoded, 2);
+    assert_eq!(value.failed.get("not_framed"), Some(&1));
+    assert_eq!(value.failed.get("unknown_schema"), Some(&1));
+    assert_eq!(
+        value.schemas.keys().copied().collect::<Vec<_>>(),
+        vec![7, 9]
+    );
+}
+
+#[test]
+fn an_incompatible_schema_leaves_its_records_undecoded_in_a_shared_file() {
+    let v1 = avro(
+        ORDER_V1,
+        vec![
+            ("id", AvroValue::Long(1)),
+            ("amount", AvroValue::Int(3)),
+            ("tags", AvroValue::Array(vec![])),
+            ("note", AvroValue::Union(0, Box::new(AvroValue::Null))),
+        ],
+    );
+    let changed = avro(
+        ORDER_STRING_AMOUNT,
+        vec![
+            ("id", AvroValue::Long(2)),
+            ("amount", AvroValue::String("3.50".into())),
+        ],
+    );
+    let decoding = Decoding {
+        key: None,
+        value: Some(registry(&[
+            (1, text("AVRO", ORDER_V1)),
+            (2, text("AVRO", ORDER_STRING_AMOUNT)),
+        ])),
+    };
+    let records = vec![
+        record(0, Some(framed(1, &v1))),
+        record(1, Some(framed(2, &changed))),
+    ];
+    let mut prepared = decoding.prepare(&records);
+    let columns = prepared.columns(&records);
+    assert!(!columns[0].is_null(0));
+    assert!(columns[0].is_null(1));
+    assert_eq!(
+        prepared.failures(),
+        vec![(Side::Value, Failure::Incompatible, 1)]
+    );
+    // Alone, the changed schema decodes.
+    let mut alone = decoding.prepare(&records[1..]);
+    assert!(!alone.columns(&records[1..])[0].is_null(0));
+}
+
+#[test]
+fn merge_widens_and_adds_but_refuses_changed_types() {
+    let s = |fields: Vec<(&str, DataType)>| {
+        struct_of(
+            fields
+                .into_iter()
+                .map(|(n, t)| (n.to_string(), t))
+                .collect(),
+        )
+        .unwrap()
+    };
+    let a = s(vec![("x", DataType::Int32), ("y", DataType::Utf8)]);
+    let b = s(vec![("x", DataType::Int64), ("z", DataType::Float32)]);
+    assert_eq!(
+        merge(&a, &b),
+        Some(s(vec![
+            ("x", DataType::Int64),
+            ("y", DataType::Utf8),
+            ("z", DataType::Float32)
+        ]))
+    );
+    let c = s(vec![("x", DataType::Utf8)]);
+    assert_eq!(merge(&a, &c), None);
+    assert_eq!(merge(&DataType::Utf8, &DataType::Binary), None);
+}
+
+#[test]
+fn json_schema_and_declared_json_decode_by_their_schema() {
+    let schema = r##"{"type":"object","properties":{
+        "id":{"type":"integer"},"price":{"type":"number"},"when":{"type":"string","format":"date-time"},
+        "item":{"$ref":"#/definitions/Item"},"any":{"oneOf":[{"type":"string"},{"type":"integer"}]}},
+        "definitions":{"Item":{"type":"object","properties":{"sku":{"type":["null","string"]}}}}}"##;
+    let codec = Codec::parse(text("JSON", schema)).unwrap();
+    let d = codec
+        .decode(br#"{"id":5,"price":2,"when":"2026-12-05T10:00:00.250Z","item":{"sku":"X"},"any":7,"extra":1}"#)
+        .unwrap();
+    assert_eq!(
+        d,
+        Datum::Record(vec![
+            ("any".into(), Datum::Str("7".into())),
+            ("id".into(), Datum::Int(5)),
+            (
+                "item".into(),
+                Datum::Record(vec![("sku".into(), Datum::Str("X".into()))])
+            ),
+            ("price".into(), Datum::Float(2.0)),
+            ("when".into(), Datum::Int(1_796_464_800_250)),
+        ])
+    );
+    assert!(codec.decode(b"{not json").is_err());
+}
+
+#[test]
+fn protobuf_messages_decode_by_their_indexes() {
+    use prost::Message as _;
+    let source = r#"syntax = "proto3";
+        package shop;
+        import "google/protobuf/timestamp.proto";
+        message Order { int64 id = 1; string sku = 2; repeated int32 qty = 3; map<string, int64> attrs = 4;
+            Status status = 5; google.protobuf.Timestamp at = 6; optional string note = 7;
+            message Line { string sku = 1; } }
+        enum Status { NEW = 0; PAID = 1; }"#;
+    let codec = Codec::parse(text("PROTOBUF", source)).unwrap();
+    let pool = match &codec.inner {
+        Inner::Proto(p) => p.pool.clone(),
+        _ => unreachable!(),
+    };
+    let order = pool.get_message_by_name("shop.Order").unwrap();
+    let mut msg = prost_reflect::DynamicMessage::new(order);
+    msg.set_field_by_name("id", prost_reflect::Value::I64(42));
+    msg.set_field_by_name("sku", prost_reflect::Value::String("A-1".into()));
+    msg.set_field_by_name(
+        "qty",
+        prost_reflect::Value::List(vec![
+            prost_reflect::Value::I32(1),
+            prost_reflect::Value::I32(2),
+        ]),
+    );
+    msg.set_field_by_name("status", prost_reflect::Value::EnumNumber(1));
+    let mut body = vec![0u8];
+    body.extend(msg.encode_to_vec());
+    let shape = codec.shape(&body).unwrap();
+    assert!(matches!(&*shape, DataType::Struct(f) if f.len() == 7));
+    let d = codec.decode(&body).unwrap();
+    let Datum::Record(fields) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(fields[0], ("id".into(), Datum::Int(42)));
+    assert_eq!(
+        fields[2],
+        (
+            "qty".into(),
+            Datum::List(vec![Datum::Int(1), Datum::Int(2)])
+        )
+    );
+    assert_eq!(fields[3], ("attrs".into(), Datum::List(vec![])));
+    assert_eq!(fields[4], ("status".into(), Datum::Str("PAID".into())));
+    assert_eq!(fields[5], ("at".into(), Datum::Null));
+    assert_eq!(fields[6], ("note".into(), Datum::Null));
+    // The nested message, by its indexes [0, 1] (count 2, zigzag 4; 0; 1, zigzag 2): nested types
+    // count map entries, which come first here, as Confluent's serializers count them.
+    let line = pool.get_message_by_name("shop.Order.Line").unwrap();
+    let mut msg = prost_reflect::DynamicMessage::new(line);
+    msg.set_field_by_name("sku", prost_reflect::Value::String("L".into()));
+    let mut body = vec![4u8, 0, 2];
+    body.extend(msg.encode_to_vec());
+    assert_eq!(
+        codec.decode(&body).unwrap(),
+        Datum::Record(vec![("sku".into(), Datum::Str("L".into()))])
+    );
+    assert!(Codec::parse(text("PROTOBUF", "message {")).is_err());
+}
