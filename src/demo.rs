@@ -130,6 +130,7 @@ pub async fn run(dir: &Path, say: &mut dyn FnMut(String)) -> Result<DemoReport, 
         live: Some(live.clone()),
         // The embedded cluster does not answer DescribeConfigs.
         admin_api: false,
+        decoders: None,
     };
     let (stop_sink, sink_stopped) = tokio::sync::oneshot::channel::<()>();
     // Short sessions: the embedded cluster's group coordinator waits a session out on the first join.

@@ -30,6 +30,11 @@ pub const SINK_RECOVERY_POINT_AGE: &str = "rewind_sink_recovery_point_age_second
 pub const SINK_GAPS: &str = "rewind_sink_gaps_total";
 /// Partitions refused because their offsets went backwards (`topic`).
 pub const SINK_REFUSED: &str = "rewind_sink_partitions_refused_total";
+/// Keys and values decoded into typed columns (`topic`, `side`: key or value), in files written.
+pub const SINK_DECODED: &str = "rewind_sink_decoded_total";
+/// Keys and values of topics decoded into typed columns that were not (`topic`, `side`, `reason`:
+/// not_framed, unknown_schema, undecodable, incompatible); their records are archived raw.
+pub const SINK_DECODE_FAILURES: &str = "rewind_sink_decode_failures_total";
 /// Sink errors (`kind`: `storage_unavailable` for an upload that will be retried, `flush` for one that stopped the sink).
 pub const SINK_ERRORS: &str = "rewind_sink_errors_total";
 
@@ -77,6 +82,18 @@ pub const PIPELINE_UP: &str = "rewind_pipeline_up";
 pub const PIPELINE_RESTARTS: &str = "rewind_pipeline_restarts_total";
 /// Gauge per pipeline: 1 while it is paused (or pausing) on purpose, through the API.
 pub const PIPELINE_PAUSED: &str = "rewind_pipeline_paused";
+
+/// Count what a written file's typed columns decoded and did not.
+pub fn decoded(topic: &str, typed: &crate::archive::typed::Prepared) {
+    for (side, n) in typed.decoded() {
+        metrics::counter!(SINK_DECODED, "topic" => topic.to_string(), "side" => side.as_str())
+            .increment(n);
+    }
+    for (side, why, n) in typed.failures() {
+        metrics::counter!(SINK_DECODE_FAILURES, "topic" => topic.to_string(), "side" => side.as_str(), "reason" => why.as_str())
+            .increment(n);
+    }
+}
 
 /// Install the Prometheus recorder without a listener of its own (the service's HTTP API renders
 /// `/metrics` from the handle), and describe every metric.
@@ -264,5 +281,15 @@ fn describe() {
         SINK_ERRORS,
         Unit::Count,
         "Sink errors: storage_unavailable (retried) or flush (fatal)."
+    );
+    describe_counter!(
+        SINK_DECODED,
+        Unit::Count,
+        "Keys and values decoded into typed columns, in files written."
+    );
+    describe_counter!(
+        SINK_DECODE_FAILURES,
+        Unit::Count,
+        "Keys and values of decoded topics that were archived raw only, by reason."
     );
 }

@@ -45,6 +45,7 @@ fn options(topics: &str) -> SinkOptions {
         group_snapshot_interval: std::time::Duration::ZERO,
         live: None,
         admin_api: true,
+        decoders: None,
     }
 }
 

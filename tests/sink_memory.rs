@@ -31,6 +31,7 @@ fn options(topic: &str, budget: u64) -> SinkOptions {
         group_snapshot_interval: std::time::Duration::ZERO,
         live: None,
         admin_api: true,
+        decoders: None,
     }
 }
 

@@ -73,6 +73,7 @@ async fn a_snapshot_writes_one_file_per_partition_and_hour_labelled_by_why_it_cl
         live: None,
         // The embedded cluster does not answer DescribeConfigs.
         admin_api: false,
+        decoders: None,
     };
     let report = tokio::time::timeout(
         Duration::from_secs(60),
@@ -136,6 +137,7 @@ fn continuous(topic: &str, live: Arc<rewind::live::Live>) -> SinkOptions {
         group_snapshot_interval: Duration::ZERO,
         live: Some(live),
         admin_api: false,
+        decoders: None,
     }
 }
 

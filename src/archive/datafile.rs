@@ -397,6 +397,13 @@ fn checked_reader(bytes: Bytes) -> Result<ParquetRecordBatchReaderBuilder<Bytes>
     Ok(builder)
 }
 
+/// What a data file's footer records about its typed columns (`None`: it has none).
+pub fn typed_spec(bytes: &Bytes) -> Result<Option<typed::Spec>, DataFileError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?;
+    typed::spec_from_footer(&key_values(builder.metadata().file_metadata()))
+        .map_err(DataFileError::Format)
+}
+
 /// Read only the footer metadata of a data file (its bytes are not checked).
 pub fn read_meta(bytes: Bytes) -> Result<FileMeta, DataFileError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;

@@ -67,6 +67,8 @@ pub enum Event {
     Gap,
     /// Snapshot mode (`--once`): the partition reached the offset the snapshot runs to.
     TargetReached,
+    /// The next record's schema changed a field of the open file's typed columns to another type.
+    SchemaChange,
 }
 
 /// Why a file was closed; also the label of the rotation metric.
@@ -83,6 +85,8 @@ pub enum RollReason {
     Gap,
     /// A snapshot (`--once`) reached its end in this partition.
     SnapshotEnd,
+    /// A schema changed a field's type (typed columns).
+    Schema,
 }
 
 impl RollReason {
@@ -97,6 +101,7 @@ impl RollReason {
             RollReason::MemoryPressure => "memory_pressure",
             RollReason::Gap => "gap",
             RollReason::SnapshotEnd => "snapshot_end",
+            RollReason::Schema => "schema",
         }
     }
 }
@@ -134,6 +139,7 @@ pub fn boundary(file: Option<&OpenFile>, event: Event) -> Option<RollReason> {
         Event::MemoryPressure => Some(RollReason::MemoryPressure),
         Event::Gap => Some(RollReason::Gap),
         Event::TargetReached => Some(RollReason::SnapshotEnd),
+        Event::SchemaChange => Some(RollReason::Schema),
     }
 }
 

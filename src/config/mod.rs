@@ -424,6 +424,49 @@ pub struct SinkConfig {
     /// none. Only a continuous sink takes them; several workers of one archive take each once.
     #[serde(deserialize_with = "one_or_many")]
     pub marks: Vec<MarkEvery>,
+    /// Typed columns: which topics' keys and values are decoded with their schemas and written
+    /// beside the raw bytes (`[sink.decode]`).
+    pub decode: DecodeConfig,
+}
+
+/// Decoding keys and values into typed columns (`[sink.decode]`, rules in `[[sink.decode.topics]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    /// The URL of a Confluent-compatible Schema Registry (Confluent, Karapace, Apicurio's
+    /// `/apis/ccompat/v7`, Redpanda) whose schemas decode records in the wire format; basic-auth
+    /// credentials may be in it (`https://KEY:SECRET@host`), never shown.
+    pub registry: Option<String>,
+    /// Rules, the first whose `topics` matches a topic applies; a topic no rule matches is not
+    /// decoded.
+    pub topics: Vec<DecodeRule>,
+}
+
+/// How the keys and values of some topics are decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeRule {
+    /// Regular expression of topics, matched against the whole name.
+    pub topics: String,
+    pub value: DecodeMode,
+    pub key: DecodeMode,
+    /// With `value = "json"`: the JSON Schema of the values, as a file path or inline JSON.
+    pub value_schema: Option<String>,
+    /// With `key = "json"`: the JSON Schema of the keys.
+    pub key_schema: Option<String>,
+}
+
+/// How one side (key or value) of a topic's records is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeMode {
+    /// Not decoded.
+    #[default]
+    Off,
+    /// The Confluent wire format, with the registry's Avro, JSON Schema or Protobuf schemas.
+    Registry,
+    /// Plain JSON, with the declared JSON Schema (`value_schema`, `key_schema`).
+    Json,
 }
 
 /// A value or a list of them.
@@ -475,6 +518,7 @@ impl Default for SinkConfig {
             drain_timeout: Duration::from_secs(30),
             group_snapshot_interval: Duration::from_secs(60),
             marks: Vec::new(),
+            decode: DecodeConfig::default(),
         }
     }
 }
@@ -666,6 +710,11 @@ impl Config {
         ] {
             if secret.is_some() {
                 *secret = Some("<redacted>".into());
+            }
+        }
+        if let Some(url) = &mut shown.sink.decode.registry {
+            if crate::kafka::registry::has_credentials(url) {
+                *url = "<redacted>".into();
             }
         }
         shown.kafka.properties = redact_properties(&shown.kafka.properties);

@@ -393,6 +393,55 @@ impl SinkConfig {
                 "must be greater than zero".into(),
             );
         }
+        let decode = &sink.decode;
+        let registry_wanted = decode.topics.iter().any(|r| {
+            r.key == super::DecodeMode::Registry || r.value == super::DecodeMode::Registry
+        });
+        match &decode.registry {
+            Some(url) => {
+                if let Err(why) = crate::kafka::registry::Registry::new(url) {
+                    problem("sink.decode.registry", why);
+                }
+            }
+            None if registry_wanted => problem(
+                "sink.decode.registry",
+                "is needed: a rule of sink.decode.topics decodes with the registry".into(),
+            ),
+            None => {}
+        }
+        for (i, rule) in decode.topics.iter().enumerate() {
+            let at = |key: &str| format!("sink.decode.topics[{i}].{key}");
+            if let Some(why) = regex_problem(&rule.topics) {
+                problem(&at("topics"), why);
+            }
+            if rule.key == super::DecodeMode::Off && rule.value == super::DecodeMode::Off {
+                problem(
+                    &at("value"),
+                    "decodes nothing: set value or key to \"registry\" or \"json\"".into(),
+                );
+            }
+            for (side, mode, schema) in [
+                ("value", rule.value, &rule.value_schema),
+                ("key", rule.key, &rule.key_schema),
+            ] {
+                match (mode, schema) {
+                    (super::DecodeMode::Json, None) => problem(
+                        &at(&format!("{side}_schema")),
+                        format!("is needed with {side} = \"json\": the JSON Schema of the {side}s"),
+                    ),
+                    (super::DecodeMode::Json, Some(schema)) => {
+                        if let Err(why) = crate::sink::decode::declared_schema(schema) {
+                            problem(&at(&format!("{side}_schema")), why);
+                        }
+                    }
+                    (_, Some(_)) => problem(
+                        &at(&format!("{side}_schema")),
+                        format!("is only read with {side} = \"json\""),
+                    ),
+                    (_, None) => {}
+                }
+            }
+        }
 
         drop(problem);
         problems

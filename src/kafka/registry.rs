@@ -69,6 +69,7 @@ pub struct Registry {
     base: reqwest::Url,
     credentials: Option<(String, String)>,
     client: reqwest::Client,
+    attempts: usize,
 }
 
 impl std::fmt::Debug for Registry {
@@ -127,7 +128,18 @@ impl Registry {
             base,
             credentials,
             client,
+            attempts: ATTEMPTS,
         })
+    }
+
+    /// The same registry, whose requests each give up after `timeout` and are tried `attempts`
+    /// times: for a caller that must not wait long (the sink, which reads on without a schema).
+    pub fn with_patience(mut self, timeout: Duration, attempts: usize) -> Registry {
+        if let Ok(client) = reqwest::Client::builder().timeout(timeout).build() {
+            self.client = client;
+        }
+        self.attempts = attempts.max(1);
+        self
     }
 
     /// The URL, without credentials.
@@ -154,6 +166,18 @@ impl Registry {
             None,
         )
         .await
+    }
+
+    /// Version `version` of `subject` (`None`: no such subject or version): how a schema's
+    /// references are read.
+    pub async fn subject_version(
+        &self,
+        subject: &str,
+        version: i32,
+    ) -> Result<Option<Schema>, RegistryError> {
+        let version = version.to_string();
+        let segments = ["subjects", subject, "versions", &version];
+        self.call_found(reqwest::Method::GET, &segments, None).await
     }
 
     /// The id under which `subject` registers `schema`, compared by content as the registry
@@ -205,7 +229,7 @@ impl Registry {
         let mut attempt = 1;
         loop {
             match self.call_once(method.clone(), segments, body).await {
-                Err(e) if e.may_pass() && attempt < ATTEMPTS => {
+                Err(e) if e.may_pass() && attempt < self.attempts => {
                     tracing::debug!(error = %e, attempt, "schema registry request failed; trying again");
                     tokio::time::sleep(backoff.next_delay()).await;
                     attempt += 1;

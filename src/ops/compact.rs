@@ -42,6 +42,7 @@ use crate::archive::datafile;
 use crate::archive::documents::{self, Claim};
 use crate::archive::paths::DataFileKey;
 use crate::archive::time::{now_ms, rfc3339_millis};
+use crate::archive::typed;
 use crate::archive::Record;
 use crate::kafka::topics::TopicSelector;
 use crate::storage::{ObjectStore, PutMode, StorageError};
@@ -393,6 +394,7 @@ async fn compact_run(
     }
     // 3. The compacted file: every record of the parts, in order.
     let mut records: Vec<Record> = Vec::new();
+    let mut specs = Vec::new();
     for part in run {
         let got = match store.get(&part.key).await {
             Ok(got) => got,
@@ -407,6 +409,11 @@ async fn compact_run(
             }
         }
         let body = got.body;
+        specs.push(
+            datafile::typed_spec(&body)
+                .map_err(|e| bad(store, &part.key, e.to_string()))?
+                .unwrap_or_default(),
+        );
         let (meta, part_records) = tokio::task::spawn_blocking(move || datafile::decode(body))
             .await
             .expect("decoding does not panic")
@@ -431,10 +438,31 @@ async fn compact_run(
     }
     let count = records.len() as u64;
     let meta = datafile::file_meta(topic, partition, start, end, &records, cluster_id, now_ms());
-    let body = tokio::task::spawn_blocking(move || datafile::encode(&meta, &records))
-        .await
-        .expect("encoding does not panic")
-        .map_err(|e| OpsError::Input(format!("{}: could not encode {target}: {e}", store.url())))?;
+    // Typed columns are decoded again, with the schemas every part's footer records, so the
+    // compacted file has the parts' typed values (and, where a part lacked a schema another part
+    // has, more of them).
+    let decoding = typed::Decoding::from_specs(&specs).map_err(|e| {
+        OpsError::Input(format!(
+            "{}: the files of {topic}/{partition} from {start}: {e}; nothing was compacted",
+            store.url()
+        ))
+    })?;
+    let failed_before: u64 = specs.iter().map(typed::Spec::failed).sum();
+    let (body, typed) = tokio::task::spawn_blocking(move || {
+        datafile::encode_decoded_to(&meta, &records, decoding.as_ref(), Vec::new(), usize::MAX)
+    })
+    .await
+    .expect("encoding does not panic")
+    .map_err(|e| OpsError::Input(format!("{}: could not encode {target}: {e}", store.url())))?;
+    if let Some(failed) = typed
+        .map(|t| t.spec().failed())
+        .filter(|f| *f > failed_before)
+    {
+        // A schema changed a field's type between the parts: one file cannot type both.
+        tracing::info!(topic, partition, start, failed, failed_before, "the files' typed columns have schemas that cannot share one file; leaving the run as it is");
+        return Ok(None);
+    }
+    let body = bytes::Bytes::from(body);
     let bytes_after = body.len() as u64;
     match store
         .put_multipart(&target, body, opts.part_size, PutMode::Create)

@@ -350,6 +350,7 @@ impl Sink<'_> {
     ) -> Result<Option<(PartitionChain, i64)>, SinkError> {
         let topic = chain.topic.clone();
         let (topic, partition) = (topic.as_str(), chain.partition);
+        chain.decode_with(self.opts.decoders.clone().filter(|d| d.decodes(topic)));
         if chain.end > high {
             // The log ends before what is archived: the topic was deleted and recreated (or
             // truncated). Writing would mix two histories under one chain, so never do.

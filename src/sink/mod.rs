@@ -13,6 +13,7 @@
 //! live status and the status line; `groups` consumer-group snapshots; [`ownership`] which archive
 //! a consumer group belongs to.
 
+pub mod decode;
 mod discovery;
 mod flights;
 mod flush;
@@ -89,6 +90,9 @@ struct Sink<'a> {
     announced: std::collections::HashSet<(String, i32)>,
     /// Every partition this worker handled, for the report.
     seen: std::collections::HashSet<(String, i32)>,
+    /// The typed columns' types of each decoded partition's open file, so that a record whose
+    /// schema changed a field's type opens a new file.
+    shapes: FxHashMap<(String, i32), decode::OpenShapes>,
     /// Records read, records archived and bytes archived, sampled every tick for their rates.
     rates: crate::live::Rates<3>,
     /// The status line on a terminal (`SinkOptions::progress`), redrawn in place.
@@ -250,6 +254,7 @@ pub async fn run(
         started: Instant::now(),
         subscribed: Vec::new(),
         seen: Default::default(),
+        shapes: Default::default(),
         announced: Default::default(),
         rates: Default::default(),
         bar: opts.progress.then(|| {
@@ -427,6 +432,23 @@ impl Sink<'_> {
             self.roll(id, before_append).await?;
             self.defer_if_open(id, ticket)?;
         }
+        let shapes = match &self.opts.decoders {
+            Some(decoders) if decoders.decodes(&id.0) => {
+                let shapes = decoders.shapes(&id.0, &record).await;
+                let open = self.chains.get(id).and_then(PartitionChain::open_file);
+                if open.is_none() {
+                    self.shapes.remove(id);
+                }
+                if open.is_some() && !self.shapes.get(id).is_none_or(|s| s.admits(&shapes)) {
+                    // A field changed type: the records before are one file, typed as they were.
+                    self.roll(id, Event::SchemaChange).await?;
+                    self.defer_if_open(id, ticket)?;
+                    self.shapes.remove(id);
+                }
+                Some(shapes)
+            }
+            _ => None,
+        };
         let cost = |sink: &Self| {
             sink.chains
                 .get(id)
@@ -454,10 +476,16 @@ impl Sink<'_> {
         } else {
             0
         };
+        if chain.open_file().is_none() {
+            self.shapes.remove(id);
+        }
         if !chain.push(ticket, record, bucket, now) {
             // A flush on the way repositioned the chain (an adopted file, another worker's
             // checkpoint, a record deferred): the consumer reads again from there.
             return self.apply_seek(id);
+        }
+        if let Some(shapes) = shapes {
+            self.shapes.entry(id.clone()).or_default().join(&shapes);
         }
         self.buffered = self.buffered - before + chain.buffered_bytes();
         self.report.peak_buffered = self.report.peak_buffered.max(self.buffered);

@@ -47,6 +47,8 @@ pub struct SinkOptions {
     /// admin client cannot refresh OAUTHBEARER tokens, rust-rdkafka#757); `_topics/` then keeps
     /// partition count and replication only.
     pub admin_api: bool,
+    /// What decodes typed columns (`[sink.decode]`), if anything.
+    pub decoders: Option<Arc<super::decode::Decoders>>,
 }
 
 impl SinkOptions {
@@ -96,6 +98,7 @@ impl SinkOptions {
             group_snapshot_interval: s.group_snapshot_interval,
             live: None,
             admin_api: true,
+            decoders: super::decode::Decoders::from_config(&s.decode)?,
         })
     }
 

@@ -19,16 +19,20 @@
 //! what `tests/chain_model.rs` and `tests/chain_protocol.rs` drive; split, its steps would be
 //! read out of order.
 
+use std::sync::Arc;
+
 use crate::archive::chain;
 use crate::archive::datafile::{self, file_meta};
 use crate::archive::documents::{self, ArchiveError, Checkpoint, Claim, Gap, Versioned};
 use crate::archive::paths::DataFileKey;
 use crate::archive::rotation::{self, Event, OpenFile, RollReason, RollingPolicy};
 use crate::archive::time::{rfc3339_millis, HourBucket};
+use crate::archive::typed::Decoding;
 use crate::archive::{Record, FORMAT_VERSION};
 use crate::failpoint;
 use crate::storage::{ObjectStore, StorageError};
 
+use super::decode::Decoders;
 use super::upload::{self, UploadError};
 
 /// Why making a file durable failed.
@@ -121,6 +125,8 @@ pub struct PartitionChain {
     /// The file sealed for a background upload ([`PartitionChain::seal`]), the one before the
     /// buffered records, until [`PartitionChain::land`] makes it the chain's.
     sealed: Option<Sealed>,
+    /// What decodes the typed columns of the partition's files, if its topic has them.
+    decoders: Option<Arc<Decoders>>,
 }
 
 /// A file sealed for a background upload: `[end, meta.end)` of the chain, its records with the
@@ -134,6 +140,8 @@ struct Sealed {
     meta: datafile::FileMeta,
     /// `None` while the upload runs.
     records: Option<Vec<Record>>,
+    /// How its typed columns are decoded: fixed when it is sealed, so every try writes the same.
+    decoding: Option<Arc<Decoding>>,
     /// What the records occupy, still counted in [`PartitionChain::buffered_bytes`].
     bytes: u64,
 }
@@ -166,6 +174,7 @@ pub struct Upload {
     pub key: String,
     pub meta: datafile::FileMeta,
     records: Vec<Record>,
+    decoding: Option<Arc<Decoding>>,
     id: u64,
 }
 
@@ -795,6 +804,11 @@ impl PartitionChain {
             now_ms,
         );
         let records = std::mem::take(&mut self.buffer);
+        let decoding = self
+            .decoders
+            .as_ref()
+            .and_then(|d| d.decoding(&self.topic, &records))
+            .map(Arc::new);
         let bytes = self.heap_bytes + (records.capacity() * std::mem::size_of::<Record>()) as u64;
         self.clear_buffer();
         let id = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -803,12 +817,14 @@ impl PartitionChain {
             key: key.clone(),
             meta: meta.clone(),
             records: None,
+            decoding: decoding.clone(),
             bytes,
         });
         Some(Upload {
             key,
             meta,
             records,
+            decoding,
             id,
         })
     }
@@ -829,6 +845,7 @@ impl PartitionChain {
             key: sealed.key.clone(),
             meta: sealed.meta.clone(),
             records,
+            decoding: sealed.decoding.clone(),
             id: sealed.id,
         };
         let sent = upload.send(store, part_size).await;
@@ -846,6 +863,7 @@ impl PartitionChain {
             key: sealed.key.clone(),
             meta: sealed.meta.clone(),
             records: None,
+            decoding: sealed.decoding.clone(),
             bytes: sealed.bytes,
         };
         let mut shell = PartitionChain::at(
@@ -880,7 +898,13 @@ impl PartitionChain {
             seek: None,
             jumps: Vec::new(),
             sealed: None,
+            decoders: None,
         }
+    }
+
+    /// Decode the typed columns of this partition's files with `decoders`.
+    pub fn decode_with(&mut self, decoders: Option<Arc<Decoders>>) {
+        self.decoders = decoders;
     }
 
     /// Bring back what a [`Lander`] made of the sealed file: the chain's new end and checkpoint,
@@ -1288,8 +1312,15 @@ impl Upload {
     /// Encode the sealed file and create it in the store, handing the records back with the
     /// result for [`PartitionChain::land`].
     pub async fn send(self, store: &dyn ObjectStore, part_size: usize) -> Sent {
-        let (records, created) =
-            upload::create(store, &self.key, self.meta, self.records, part_size).await;
+        let (records, created) = upload::create(
+            store,
+            &self.key,
+            self.meta,
+            self.records,
+            self.decoding,
+            part_size,
+        )
+        .await;
         Sent {
             id: self.id,
             records,

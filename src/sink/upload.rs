@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::archive::datafile::{self, DataFileError, FileMeta};
+use crate::archive::typed::{Decoding, Prepared};
 use crate::archive::Record;
 use crate::failpoint;
 use crate::storage::{MultipartUpload, ObjectStore, PutMode, StorageError, MIN_PART_SIZE};
@@ -32,9 +33,11 @@ pub async fn create(
     key: &str,
     meta: FileMeta,
     records: Vec<Record>,
+    decoding: Option<std::sync::Arc<Decoding>>,
     part_size: usize,
 ) -> (Vec<Record>, Result<u64, UploadError>) {
     let part_size = part_size.max(MIN_PART_SIZE);
+    let topic = meta.topic.clone();
     let (tx, mut parts) = mpsc::channel::<Bytes>(1);
     let encoder = tokio::task::spawn_blocking(move || {
         // A part's buffer is allocated once at the size it will reach (a part, or the whole file
@@ -48,8 +51,13 @@ pub async fn create(
             capacity,
             part_size,
         };
-        let result = datafile::encode_to(&meta, &records, writer, part_size)
-            .and_then(|w| w.finish().map_err(|e| DataFileError::Format(e.to_string())));
+        let result =
+            datafile::encode_decoded_to(&meta, &records, decoding.as_deref(), writer, part_size)
+                .and_then(|(w, typed)| {
+                    w.finish()
+                        .map_err(|e| DataFileError::Format(e.to_string()))?;
+                    Ok(typed)
+                });
         (records, result)
     });
 
@@ -101,10 +109,12 @@ pub async fn create(
         }
     };
 
+    let mut typed: Option<Prepared> = None;
     let result = match (failed, encoded) {
         (Some(e), _) => Err(UploadError::Store(e)),
         (None, Err(e)) => Err(UploadError::Encode(e)),
-        (None, Ok(())) => {
+        (None, Ok(prepared)) => {
+            typed = prepared;
             let last = pending.unwrap_or_default();
             match upload.take() {
                 None => store.put(key, last, PutMode::Create).await,
@@ -126,6 +136,9 @@ pub async fn create(
         if let Err(abort) = u.abort().await {
             tracing::warn!(key, error = %abort, "aborting a failed multipart upload failed");
         }
+    }
+    if let (Ok(_), Some(typed)) = (&result, typed) {
+        crate::metrics::decoded(&topic, &typed);
     }
     (records, result)
 }
@@ -306,7 +319,8 @@ mod tests {
         let store = flaky(&dir, None);
         let recs = records(48, 256 * 1024);
         let meta = file_meta("t", 0, 0, 48, &recs, "c", 0);
-        let (back, result) = create(&store, KEY, meta.clone(), recs.clone(), MIN_PART_SIZE).await;
+        let (back, result) =
+            create(&store, KEY, meta.clone(), recs.clone(), None, MIN_PART_SIZE).await;
         let size = result.unwrap();
         assert!(back == recs, "the records are handed back");
         assert_eq!(store.multipart_started.load(Ordering::SeqCst), 1);
@@ -328,10 +342,11 @@ mod tests {
         let store = flaky(&dir, None);
         let recs = records(100, 100);
         let meta = file_meta("t", 0, 0, 100, &recs, "c", 0);
-        let (_, result) = create(&store, KEY, meta.clone(), recs.clone(), MIN_PART_SIZE).await;
+        let (_, result) =
+            create(&store, KEY, meta.clone(), recs.clone(), None, MIN_PART_SIZE).await;
         result.unwrap();
         assert_eq!(store.multipart_started.load(Ordering::SeqCst), 0);
-        let (_, again) = create(&store, KEY, meta, recs, MIN_PART_SIZE).await;
+        let (_, again) = create(&store, KEY, meta, recs, None, MIN_PART_SIZE).await;
         assert!(
             matches!(
                 again,
@@ -347,7 +362,7 @@ mod tests {
         let store = flaky(&dir, Some(2));
         let recs = records(48, 256 * 1024);
         let meta = file_meta("t", 0, 0, 48, &recs, "c", 0);
-        let (back, result) = create(&store, KEY, meta, recs.clone(), MIN_PART_SIZE).await;
+        let (back, result) = create(&store, KEY, meta, recs.clone(), None, MIN_PART_SIZE).await;
         assert!(
             matches!(
                 result,

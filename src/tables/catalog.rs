@@ -158,15 +158,41 @@ pub async fn publish(
             .collect();
         let ours: BTreeSet<i64> = meta.snapshots.iter().map(|s| s.snapshot_id).collect();
         let target = meta.current().map(|s| s.snapshot_id);
-        if current == target && known == ours {
+        let their_schemas: BTreeSet<i64> = theirs["schemas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["schema-id"].as_i64())
+            .collect();
+        let new_schemas: Vec<&Value> = meta
+            .schemas
+            .iter()
+            .filter(|s| {
+                s["schema-id"]
+                    .as_i64()
+                    .is_some_and(|id| !their_schemas.contains(&id))
+            })
+            .collect();
+        let same_schema =
+            theirs["current-schema-id"].as_i64() == Some(i64::from(meta.current_schema_id));
+        if current == target && known == ours && new_schemas.is_empty() && same_schema {
             return Ok(Published::UpToDate);
         }
-        let mut updates: Vec<Value> = meta
-            .snapshots
+        // Typed columns evolve the schema: new schemas first, which snapshots name.
+        let mut updates: Vec<Value> = new_schemas
             .iter()
-            .filter(|s| !known.contains(&s.snapshot_id))
-            .map(|s| json!({"action": "add-snapshot", "snapshot": s}))
+            .map(|s| json!({"action": "add-schema", "schema": s, "last-column-id": meta.last_column_id}))
             .collect();
+        if !same_schema {
+            updates
+                .push(json!({"action": "set-current-schema", "schema-id": meta.current_schema_id}));
+        }
+        updates.extend(
+            meta.snapshots
+                .iter()
+                .filter(|s| !known.contains(&s.snapshot_id))
+                .map(|s| json!({"action": "add-snapshot", "snapshot": s})),
+        );
         if let Some(id) = target {
             updates.push(json!({"action": "set-snapshot-ref", "ref-name": "main", "type": "branch", "snapshot-id": id}));
         }

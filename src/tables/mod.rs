@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod metadata;
 pub mod spec;
 mod sync;
+pub mod typed;
 
 pub use sync::{sync, sync_existing, sync_topic, table_prefix, Policy, SyncReport, TableOptions};
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::manifest::{self, DataFile, Entry, ManifestFile, Status};
 use super::metadata::{MetadataLogEntry, Ref, Snapshot, SnapshotLogEntry, TableMetadata};
-use super::{spec, TableError};
+use super::{spec, typed, TableError};
 use crate::archive::chain;
 use crate::archive::datafile::Footer;
 use crate::archive::documents;
@@ -24,6 +24,8 @@ use crate::storage::{ObjectStore, PutMode, StorageError};
 pub const TABLES_PREFIX: &str = "_tables/";
 /// Commits tried before giving up on a table other writers keep changing.
 const MAX_ATTEMPTS: u32 = 16;
+/// The table property mapping the data files' column names to field ids.
+const NAME_MAPPING: &str = "schema.name-mapping.default";
 /// Footers and manifests read at once.
 const CONCURRENCY: usize = 16;
 
@@ -319,10 +321,6 @@ impl Policy {
             "commit.manifest.min-count-to-merge",
             self.max_manifests.to_string(),
         );
-        set(
-            "schema.name-mapping.default",
-            spec::name_mapping().to_string(),
-        );
         set("write.format.default", "parquet".into());
         set("write.parquet.compression-codec", "zstd".into());
         // Iceberg's vectorized Parquet reader (Spark's default) fails on millisecond timestamps
@@ -363,7 +361,7 @@ async fn sync_inner(
         topic: topic.to_string(),
         ..SyncReport::default()
     };
-    let mut described: BTreeMap<String, DataFile> = BTreeMap::new();
+    let mut described: BTreeMap<String, (DataFile, Vec<arrow_schema::Field>)> = BTreeMap::new();
     for attempt in 1..=MAX_ATTEMPTS {
         report.attempts = attempt;
         let (version, mut meta) = match load(store, topic).await? {
@@ -450,6 +448,10 @@ async fn sync_inner(
         let expiring = expiring(&meta, now, &policy);
         let mut properties = meta.properties.clone();
         policy.record(store, topic, &mut properties);
+        properties.insert(
+            NAME_MAPPING.into(),
+            typed::name_mapping(&typed::current(&meta)).to_string(),
+        );
         let settings_changed = properties != meta.properties;
         meta.properties = properties;
         if !force
@@ -477,16 +479,19 @@ async fn sync_inner(
             .filter(|u| !described.contains_key(*u))
             .map(|u| (u.clone(), wanted.durable[u].clone()))
             .collect();
-        let read: Vec<(String, i32, Result<DataFile, String>)> =
-            futures::stream::iter(missing.into_iter().map(
-                |(u, (key, size, p, start))| async move {
-                    let file = describe_file(store, topic, &u, &key, size, p, start).await;
-                    (u, p, file)
-                },
-            ))
-            .buffered(CONCURRENCY)
-            .collect()
-            .await;
+        let read: Vec<(
+            String,
+            i32,
+            Result<(DataFile, Vec<arrow_schema::Field>), String>,
+        )> = futures::stream::iter(missing.into_iter().map(
+            |(u, (key, size, p, start))| async move {
+                let file = describe_file(store, topic, &u, &key, size, p, start).await;
+                (u, p, file)
+            },
+        ))
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
         for (u, p, file) in read {
             match file {
                 Ok(file) => {
@@ -498,10 +503,18 @@ async fn sync_inner(
                 }
             }
         }
-        let adds: Vec<DataFile> = adds
+        let (adds, typed_columns): (Vec<DataFile>, Vec<Vec<arrow_schema::Field>>) = adds
             .iter()
             .filter_map(|u| described.get(u).cloned())
-            .collect();
+            .unzip();
+        // Typed columns new to the table join its schema first, so that the files adding them
+        // are read with them.
+        if typed::evolve(&mut meta, &typed_columns) {
+            meta.properties.insert(
+                NAME_MAPPING.into(),
+                typed::name_mapping(&typed::current(&meta)).to_string(),
+            );
+        }
 
         let commit_id = uuid();
         meta.properties
@@ -576,6 +589,7 @@ fn new_table(store: &dyn ObjectStore, topic: &str, opts: &TableOptions) -> Table
     let mut properties = BTreeMap::new();
     opts.policy(&properties)
         .record(store, topic, &mut properties);
+    properties.insert(NAME_MAPPING.into(), spec::name_mapping().to_string());
     TableMetadata::new(uuid(), table_location(store, topic), now_ms(), properties)
 }
 
@@ -732,7 +746,7 @@ async fn describe_file(
     size: u64,
     partition: i32,
     start: i64,
-) -> Result<DataFile, String> {
+) -> Result<(DataFile, Vec<arrow_schema::Field>), String> {
     let metadata = chain::read_file_metadata(store, key, size)
         .await
         .map_err(|e| e.to_string())?;
@@ -744,7 +758,10 @@ async fn describe_file(
             meta.topic, meta.partition, meta.start
         ));
     }
-    Ok(data_file(u, partition, size, &metadata, &footer))
+    Ok((
+        data_file(u, partition, size, &metadata, &footer),
+        typed::typed_fields(&metadata),
+    ))
 }
 
 /// A data file's manifest entry: sizes and counts per column from the Parquet footer; bounds of
@@ -904,7 +921,7 @@ fn build(
             timestamp_ms: now,
             manifest_list: uri(store, &key),
             summary,
-            schema_id: Some(0),
+            schema_id: Some(meta.current_schema_id),
         })
     };
     let manifest_key = |n: usize| format!("{prefix}{commit_id}-m{n}.avro");

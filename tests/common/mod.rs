@@ -178,6 +178,7 @@ pub fn once_sink_options(topic: &str, max_records: u64) -> rewind::sink::SinkOpt
         group_snapshot_interval: std::time::Duration::ZERO,
         live: None,
         admin_api: true,
+        decoders: None,
     }
 }
 

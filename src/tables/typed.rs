@@ -1,0 +1,349 @@
+//! Typed columns in the table schema: the `key_decoded` and `value_decoded` columns of the files a
+//! sync adds join the table's current schema by Iceberg's evolution rules. A field new to the
+//! table is added (optional, with a new id); `int` widens to `long` and `float` to `double`; a field
+//! whose type changed otherwise is dropped from the table and never added again (its name is kept in
+//! the property `rewind.typed.dropped`), since a name maps to one field id in the name mapping and
+//! one id has one type. The files keep it, and engines reading them as Parquet see it.
+//!
+//! Invariant: the table's name mapping names every typed field of the current schema, so readers
+//! find each in files that carry no field ids; a field's id never changes once given.
+
+use std::collections::BTreeSet;
+
+use arrow_schema::{DataType, Field, TimeUnit};
+use serde_json::{json, Value};
+
+use super::metadata::TableMetadata;
+use super::spec;
+use crate::archive::typed::{KEY_COLUMN, VALUE_COLUMN};
+
+/// The table property listing the typed fields dropped for a changed type (a JSON array of dotted
+/// paths).
+pub const DROPPED: &str = "rewind.typed.dropped";
+
+/// The typed columns of a data file's Parquet schema.
+pub fn typed_fields(metadata: &parquet::file::metadata::ParquetMetaData) -> Vec<Field> {
+    let Ok(schema) =
+        parquet::arrow::parquet_to_arrow_schema(metadata.file_metadata().schema_descr(), None)
+    else {
+        return Vec::new();
+    };
+    schema
+        .fields()
+        .iter()
+        .filter(|f| [KEY_COLUMN, VALUE_COLUMN].contains(&f.name().as_str()))
+        .map(|f| (**f).clone())
+        .collect()
+}
+
+/// The current schema of `meta`.
+pub fn current(meta: &TableMetadata) -> Value {
+    meta.schemas
+        .iter()
+        .find(|s| s["schema-id"].as_i64() == Some(i64::from(meta.current_schema_id)))
+        .cloned()
+        .unwrap_or_else(spec::schema)
+}
+
+/// Join the typed columns `files` carry into the table's current schema: a new schema becomes
+/// current when anything changed. Returns whether it did.
+pub fn evolve(meta: &mut TableMetadata, files: &[Vec<Field>]) -> bool {
+    let mut schema = current(meta);
+    let mut dropped: BTreeSet<String> = meta
+        .properties
+        .get(DROPPED)
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_default();
+    let mut next_id = meta.last_column_id + 1;
+    let before = schema.clone();
+    let fields = schema["fields"]
+        .as_array_mut()
+        .expect("a schema has fields");
+    for field in files.iter().flatten() {
+        let name = field.name().as_str();
+        if dropped.contains(name) {
+            continue;
+        }
+        match fields.iter().position(|f| f["name"] == name) {
+            Some(i) => {
+                match join(
+                    &fields[i]["type"],
+                    field.data_type(),
+                    &mut next_id,
+                    name,
+                    &mut dropped,
+                ) {
+                    Some(t) => fields[i]["type"] = t,
+                    None => {
+                        fields.remove(i);
+                        dropped.insert(name.to_string());
+                    }
+                }
+            }
+            None => {
+                if let Some(t) = iceberg_type(field.data_type(), &mut next_id, name, &dropped) {
+                    let id = next_id;
+                    next_id += 1;
+                    fields.push(json!({"id": id, "name": name, "required": false, "type": t}));
+                }
+            }
+        }
+    }
+    if schema == before {
+        return false;
+    }
+    let id = meta
+        .schemas
+        .iter()
+        .filter_map(|s| s["schema-id"].as_i64())
+        .max()
+        .unwrap_or(0) as i32
+        + 1;
+    schema["schema-id"] = json!(id);
+    meta.schemas.push(schema);
+    meta.current_schema_id = id;
+    meta.last_column_id = meta.last_column_id.max(next_id - 1);
+    if !dropped.is_empty() {
+        meta.properties.insert(
+            DROPPED.into(),
+            serde_json::to_string(&dropped).expect("paths serialize"),
+        );
+    }
+    true
+}
+
+/// The Iceberg type of a primitive Arrow type.
+fn primitive(t: &DataType) -> Option<String> {
+    Some(
+        match t {
+            DataType::Boolean => "boolean",
+            DataType::Int32 => "int",
+            DataType::Int64 => "long",
+            DataType::Float32 => "float",
+            DataType::Float64 => "double",
+            DataType::Utf8 | DataType::LargeUtf8 => "string",
+            DataType::Binary | DataType::LargeBinary => "binary",
+            DataType::Date32 => "date",
+            DataType::Time64(TimeUnit::Microsecond) => "time",
+            DataType::Timestamp(_, Some(_)) => "timestamptz",
+            DataType::Timestamp(_, None) => "timestamp",
+            DataType::Decimal128(p, s) => return Some(format!("decimal({p}, {s})")),
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+/// The Iceberg type of `t`, with new ids for its nested fields (`None`: no Iceberg type holds it).
+fn iceberg_type(
+    t: &DataType,
+    next_id: &mut i32,
+    path: &str,
+    dropped: &BTreeSet<String>,
+) -> Option<Value> {
+    if let Some(p) = primitive(t) {
+        return Some(json!(p));
+    }
+    match t {
+        DataType::Struct(fields) => {
+            let mut out = Vec::new();
+            for f in fields.iter() {
+                let here = format!("{path}.{}", f.name());
+                if dropped.contains(&here) {
+                    continue;
+                }
+                if let Some(t) = iceberg_type(f.data_type(), next_id, &here, dropped) {
+                    let id = *next_id;
+                    *next_id += 1;
+                    out.push(json!({"id": id, "name": f.name(), "required": false, "type": t}));
+                }
+            }
+            (!out.is_empty()).then(|| json!({"type": "struct", "fields": out}))
+        }
+        DataType::List(element) => {
+            let here = format!("{path}.element");
+            let t = iceberg_type(element.data_type(), next_id, &here, dropped)?;
+            let id = *next_id;
+            *next_id += 1;
+            Some(json!({"type": "list", "element-id": id, "element-required": false, "element": t}))
+        }
+        _ => None,
+    }
+}
+
+/// `had` (an Iceberg type) joined with `t`; `None` when `t` changed it beyond evolution.
+fn join(
+    had: &Value,
+    t: &DataType,
+    next_id: &mut i32,
+    path: &str,
+    dropped: &mut BTreeSet<String>,
+) -> Option<Value> {
+    if let (Some(had), Some(new)) = (had.as_str(), primitive(t)) {
+        return match (had, new.as_str()) {
+            (a, b) if a == b => Some(json!(a)),
+            ("int", "long") | ("long", "int") => Some(json!("long")),
+            ("float", "double") | ("double", "float") => Some(json!("double")),
+            _ => None,
+        };
+    }
+    match (had["type"].as_str(), t) {
+        (Some("struct"), DataType::Struct(new)) => {
+            let mut out = had.clone();
+            let fields = out["fields"].as_array_mut()?;
+            let mut i = 0;
+            while i < fields.len() {
+                let name = fields[i]["name"].as_str().unwrap_or_default().to_string();
+                if let Some((_, f)) = new.find(&name) {
+                    let here = format!("{path}.{name}");
+                    match join(&fields[i]["type"], f.data_type(), next_id, &here, dropped) {
+                        Some(t) => fields[i]["type"] = t,
+                        None => {
+                            fields.remove(i);
+                            dropped.insert(here);
+                            continue;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            for f in new.iter() {
+                let here = format!("{path}.{}", f.name());
+                if dropped.contains(&here) || fields.iter().any(|x| x["name"] == f.name().as_str())
+                {
+                    continue;
+                }
+                if let Some(t) = iceberg_type(f.data_type(), next_id, &here, dropped) {
+                    let id = *next_id;
+                    *next_id += 1;
+                    fields.push(json!({"id": id, "name": f.name(), "required": false, "type": t}));
+                }
+            }
+            Some(out)
+        }
+        (Some("list"), DataType::List(element)) => {
+            let mut out = had.clone();
+            let here = format!("{path}.element");
+            out["element"] = join(
+                &had["element"],
+                element.data_type(),
+                next_id,
+                &here,
+                dropped,
+            )?;
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// The name mapping of `schema`: the raw columns' ([`spec::name_mapping`]) and every typed field.
+pub fn name_mapping(schema: &Value) -> Value {
+    let mut mapping = spec::name_mapping();
+    let list = mapping.as_array_mut().expect("a mapping is a list");
+    for field in schema["fields"].as_array().into_iter().flatten() {
+        let name = field["name"].as_str().unwrap_or_default();
+        if [KEY_COLUMN, VALUE_COLUMN].contains(&name) {
+            list.push(mapped(field["id"].clone(), name, &field["type"]));
+        }
+    }
+    mapping
+}
+
+fn mapped(id: Value, name: &str, t: &Value) -> Value {
+    let mut out = json!({"field-id": id, "names": [name]});
+    let nested: Vec<Value> = match t["type"].as_str() {
+        Some("struct") => t["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                mapped(
+                    f["id"].clone(),
+                    f["name"].as_str().unwrap_or_default(),
+                    &f["type"],
+                )
+            })
+            .collect(),
+        Some("list") => vec![mapped(t["element-id"].clone(), "element", &t["element"])],
+        _ => Vec::new(),
+    };
+    if !nested.is_empty() {
+        out["fields"] = json!(nested);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_schema::Fields;
+
+    use super::*;
+
+    fn table() -> TableMetadata {
+        TableMetadata::new("u".into(), "file:///t".into(), 0, Default::default())
+    }
+
+    fn value(fields: Vec<(&str, DataType)>) -> Vec<Field> {
+        let fields: Vec<Field> = fields
+            .into_iter()
+            .map(|(n, t)| Field::new(n, t, true))
+            .collect();
+        vec![Field::new(
+            VALUE_COLUMN,
+            DataType::Struct(Fields::from(fields)),
+            true,
+        )]
+    }
+
+    #[test]
+    fn typed_fields_join_the_schema_by_iceberg_evolution() {
+        let mut meta = table();
+        assert!(!evolve(&mut meta, &[]));
+        let tags = DataType::List(Arc::new(Field::new("element", DataType::Utf8, true)));
+        assert!(evolve(
+            &mut meta,
+            &[value(vec![("id", DataType::Int32), ("tags", tags.clone())])]
+        ));
+        assert_eq!(meta.current_schema_id, 1);
+        assert_eq!(meta.last_column_id, spec::field::LAST + 4);
+        // The same again changes nothing.
+        assert!(!evolve(
+            &mut meta,
+            &[value(vec![("id", DataType::Int32), ("tags", tags)])]
+        ));
+        // Widened, and a new field.
+        assert!(evolve(
+            &mut meta,
+            &[value(vec![
+                ("id", DataType::Int64),
+                ("note", DataType::Utf8)
+            ])]
+        ));
+        let schema = current(&meta);
+        let typed = &schema["fields"].as_array().unwrap().last().unwrap()["type"]["fields"];
+        assert_eq!(typed[0]["type"], "long");
+        assert_eq!(typed[0]["id"], spec::field::LAST + 1, "ids never change");
+        assert_eq!(typed[2]["name"], "note");
+        // A changed type drops the field for good; the others stay.
+        assert!(evolve(&mut meta, &[value(vec![("note", DataType::Int64)])]));
+        let schema = current(&meta);
+        let typed = &schema["fields"].as_array().unwrap().last().unwrap()["type"]["fields"];
+        assert!(typed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["name"] != "note"));
+        assert_eq!(meta.properties[DROPPED], r#"["value_decoded.note"]"#);
+        assert!(!evolve(&mut meta, &[value(vec![("note", DataType::Utf8)])]));
+        // The mapping names the typed fields, nested ones included.
+        let mapping = name_mapping(&schema).to_string();
+        assert!(
+            mapping.contains(r#""names":["value_decoded"]"#),
+            "{mapping}"
+        );
+        assert!(mapping.contains(r#""names":["element"]"#), "{mapping}");
+    }
+}
