@@ -448,10 +448,7 @@ async fn sync_inner(
         let expiring = expiring(&meta, now, &policy);
         let mut properties = meta.properties.clone();
         policy.record(store, topic, &mut properties);
-        properties.insert(
-            NAME_MAPPING.into(),
-            typed::name_mapping(&typed::current(&meta)).to_string(),
-        );
+        properties.insert(NAME_MAPPING.into(), typed::name_mapping(&meta).to_string());
         let settings_changed = properties != meta.properties;
         meta.properties = properties;
         if !force
@@ -510,10 +507,8 @@ async fn sync_inner(
         // Typed columns new to the table join its schema first, so that the files adding them
         // are read with them.
         if typed::evolve(&mut meta, &typed_columns) {
-            meta.properties.insert(
-                NAME_MAPPING.into(),
-                typed::name_mapping(&typed::current(&meta)).to_string(),
-            );
+            meta.properties
+                .insert(NAME_MAPPING.into(), typed::name_mapping(&meta).to_string());
         }
 
         let commit_id = uuid();

@@ -1,14 +1,15 @@
 //! Typed columns in the table schema: the `key_decoded` and `value_decoded` columns of the files a
 //! sync adds join the table's current schema by Iceberg's evolution rules. A field new to the
 //! table is added (optional, with a new id); `int` widens to `long` and `float` to `double`; a field
-//! whose type changed otherwise is dropped from the table and never added again (its name is kept in
-//! the property `rewind.typed.dropped`), since a name maps to one field id in the name mapping and
-//! one id has one type. The files keep it, and engines reading them as Parquet see it.
+//! whose type changed otherwise is dropped from the table and never added again (it is kept in the
+//! property `rewind.typed.dropped`), since a name maps to one field id in the name mapping and one
+//! id has one type. The files keep it, and engines reading them as Parquet see it.
 //!
-//! Invariant: the table's name mapping names every typed field of the current schema, so readers
-//! find each in files that carry no field ids; a field's id never changes once given.
+//! Invariant: the table's name mapping names every typed column of every file the table lists
+//! (some readers, pyiceberg among them, refuse a file column the mapping lacks): the current
+//! schema's fields, and the dropped ones under ids no schema uses; a field's id never changes.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use arrow_schema::{DataType, Field, TimeUnit};
 use serde_json::{json, Value};
@@ -17,9 +18,19 @@ use super::metadata::TableMetadata;
 use super::spec;
 use crate::archive::typed::{KEY_COLUMN, VALUE_COLUMN};
 
-/// The table property listing the typed fields dropped for a changed type (a JSON array of dotted
-/// paths).
+/// The table property that keeps the typed fields dropped for a changed type: a JSON object from
+/// each one's dotted path to its name mapping (ids no schema uses).
 pub const DROPPED: &str = "rewind.typed.dropped";
+
+/// The dropped fields of a table, by path.
+type Dropped = BTreeMap<String, Value>;
+
+fn dropped_of(meta: &TableMetadata) -> Dropped {
+    meta.properties
+        .get(DROPPED)
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_default()
+}
 
 /// The typed columns of a data file's Parquet schema.
 pub fn typed_fields(metadata: &parquet::file::metadata::ParquetMetaData) -> Vec<Field> {
@@ -46,14 +57,11 @@ pub fn current(meta: &TableMetadata) -> Value {
 }
 
 /// Join the typed columns `files` carry into the table's current schema: a new schema becomes
-/// current when anything changed. Returns whether it did.
+/// current when a field was added, widened or dropped. Returns whether the table changed.
 pub fn evolve(meta: &mut TableMetadata, files: &[Vec<Field>]) -> bool {
     let mut schema = current(meta);
-    let mut dropped: BTreeSet<String> = meta
-        .properties
-        .get(DROPPED)
-        .and_then(|d| serde_json::from_str(d).ok())
-        .unwrap_or_default();
+    let mut dropped = dropped_of(meta);
+    let dropped_before = dropped.clone();
     let mut next_id = meta.last_column_id + 1;
     let before = schema.clone();
     let fields = schema["fields"]
@@ -61,55 +69,106 @@ pub fn evolve(meta: &mut TableMetadata, files: &[Vec<Field>]) -> bool {
         .expect("a schema has fields");
     for field in files.iter().flatten() {
         let name = field.name().as_str();
-        if dropped.contains(name) {
-            continue;
-        }
-        match fields.iter().position(|f| f["name"] == name) {
-            Some(i) => {
-                match join(
-                    &fields[i]["type"],
-                    field.data_type(),
-                    &mut next_id,
-                    name,
-                    &mut dropped,
-                ) {
-                    Some(t) => fields[i]["type"] = t,
+        let t = field.data_type();
+        if !dropped.contains_key(name) {
+            match fields.iter().position(|f| f["name"] == name) {
+                Some(i) => match join(&fields[i]["type"], t, &mut next_id, name, &mut dropped) {
+                    Some(joined) => fields[i]["type"] = joined,
                     None => {
-                        fields.remove(i);
-                        dropped.insert(name.to_string());
+                        let gone = fields.remove(i);
+                        let entry = mapped(gone["id"].clone(), name, &gone["type"]);
+                        dropped.insert(name.to_string(), entry);
+                    }
+                },
+                None => {
+                    if let Some(joined) = iceberg_type(t, &mut next_id, name, &dropped) {
+                        let id = next_id;
+                        next_id += 1;
+                        fields.push(
+                            json!({"id": id, "name": name, "required": false, "type": joined}),
+                        );
                     }
                 }
             }
-            None => {
-                if let Some(t) = iceberg_type(field.data_type(), &mut next_id, name, &dropped) {
-                    let id = next_id;
-                    next_id += 1;
-                    fields.push(json!({"id": id, "name": name, "required": false, "type": t}));
-                }
-            }
         }
+        cover_dropped(name, t, &mut dropped, &mut next_id);
     }
-    if schema == before {
-        return false;
-    }
-    let id = meta
-        .schemas
-        .iter()
-        .filter_map(|s| s["schema-id"].as_i64())
-        .max()
-        .unwrap_or(0) as i32
-        + 1;
-    schema["schema-id"] = json!(id);
-    meta.schemas.push(schema);
-    meta.current_schema_id = id;
-    meta.last_column_id = meta.last_column_id.max(next_id - 1);
-    if !dropped.is_empty() {
+    let changed = schema != before || dropped != dropped_before;
+    if dropped != dropped_before {
         meta.properties.insert(
             DROPPED.into(),
-            serde_json::to_string(&dropped).expect("paths serialize"),
+            serde_json::to_string(&dropped).expect("mappings serialize"),
         );
     }
-    true
+    meta.last_column_id = meta.last_column_id.max(next_id - 1);
+    if schema != before {
+        let id = meta
+            .schemas
+            .iter()
+            .filter_map(|s| s["schema-id"].as_i64())
+            .max()
+            .unwrap_or(0) as i32
+            + 1;
+        schema["schema-id"] = json!(id);
+        meta.schemas.push(schema);
+        meta.current_schema_id = id;
+    }
+    changed
+}
+
+/// Make the dropped fields' mappings name every column a file's field of type `t` at `path` has
+/// there or below, with new ids for the names they lack.
+fn cover_dropped(path: &str, t: &DataType, dropped: &mut Dropped, next_id: &mut i32) {
+    if let Some(entry) = dropped.get_mut(path) {
+        cover(entry, t, next_id);
+        return;
+    }
+    match t {
+        DataType::Struct(fields) => {
+            for f in fields.iter() {
+                cover_dropped(
+                    &format!("{path}.{}", f.name()),
+                    f.data_type(),
+                    dropped,
+                    next_id,
+                );
+            }
+        }
+        DataType::List(element) => cover_dropped(
+            &format!("{path}.element"),
+            element.data_type(),
+            dropped,
+            next_id,
+        ),
+        _ => {}
+    }
+}
+
+/// Make mapping `entry` name every nested column of `t`.
+fn cover(entry: &mut Value, t: &DataType, next_id: &mut i32) {
+    let children: Vec<(String, &DataType)> = match t {
+        DataType::Struct(fields) => fields
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type()))
+            .collect(),
+        DataType::List(element) => vec![("element".into(), element.data_type())],
+        _ => return,
+    };
+    if entry.get("fields").is_none() {
+        entry["fields"] = json!([]);
+    }
+    let nested = entry["fields"].as_array_mut().expect("fields are a list");
+    for (name, t) in children {
+        let i = match nested.iter().position(|m| m["names"][0] == name.as_str()) {
+            Some(i) => i,
+            None => {
+                nested.push(json!({"field-id": *next_id, "names": [name]}));
+                *next_id += 1;
+                nested.len() - 1
+            }
+        };
+        cover(&mut nested[i], t, next_id);
+    }
 }
 
 /// The Iceberg type of a primitive Arrow type.
@@ -135,12 +194,7 @@ fn primitive(t: &DataType) -> Option<String> {
 }
 
 /// The Iceberg type of `t`, with new ids for its nested fields (`None`: no Iceberg type holds it).
-fn iceberg_type(
-    t: &DataType,
-    next_id: &mut i32,
-    path: &str,
-    dropped: &BTreeSet<String>,
-) -> Option<Value> {
+fn iceberg_type(t: &DataType, next_id: &mut i32, path: &str, dropped: &Dropped) -> Option<Value> {
     if let Some(p) = primitive(t) {
         return Some(json!(p));
     }
@@ -149,7 +203,7 @@ fn iceberg_type(
             let mut out = Vec::new();
             for f in fields.iter() {
                 let here = format!("{path}.{}", f.name());
-                if dropped.contains(&here) {
+                if dropped.contains_key(&here) {
                     continue;
                 }
                 if let Some(t) = iceberg_type(f.data_type(), next_id, &here, dropped) {
@@ -171,13 +225,14 @@ fn iceberg_type(
     }
 }
 
-/// `had` (an Iceberg type) joined with `t`; `None` when `t` changed it beyond evolution.
+/// `had` (an Iceberg type) joined with `t`; `None` when `t` changed it beyond evolution. Nested
+/// fields that changed so are dropped (into `dropped`), the rest joined.
 fn join(
     had: &Value,
     t: &DataType,
     next_id: &mut i32,
     path: &str,
-    dropped: &mut BTreeSet<String>,
+    dropped: &mut Dropped,
 ) -> Option<Value> {
     if let (Some(had), Some(new)) = (had.as_str(), primitive(t)) {
         return match (had, new.as_str()) {
@@ -199,8 +254,9 @@ fn join(
                     match join(&fields[i]["type"], f.data_type(), next_id, &here, dropped) {
                         Some(t) => fields[i]["type"] = t,
                         None => {
-                            fields.remove(i);
-                            dropped.insert(here);
+                            let gone = fields.remove(i);
+                            let entry = mapped(gone["id"].clone(), &name, &gone["type"]);
+                            dropped.insert(here, entry);
                             continue;
                         }
                     }
@@ -209,7 +265,8 @@ fn join(
             }
             for f in new.iter() {
                 let here = format!("{path}.{}", f.name());
-                if dropped.contains(&here) || fields.iter().any(|x| x["name"] == f.name().as_str())
+                if dropped.contains_key(&here)
+                    || fields.iter().any(|x| x["name"] == f.name().as_str())
                 {
                     continue;
                 }
@@ -237,8 +294,10 @@ fn join(
     }
 }
 
-/// The name mapping of `schema`: the raw columns' ([`spec::name_mapping`]) and every typed field.
-pub fn name_mapping(schema: &Value) -> Value {
+/// The name mapping of `meta`'s current schema: the raw columns' ([`spec::name_mapping`]), every
+/// typed field, and the dropped ones.
+pub fn name_mapping(meta: &TableMetadata) -> Value {
+    let schema = current(meta);
     let mut mapping = spec::name_mapping();
     let list = mapping.as_array_mut().expect("a mapping is a list");
     for field in schema["fields"].as_array().into_iter().flatten() {
@@ -247,7 +306,31 @@ pub fn name_mapping(schema: &Value) -> Value {
             list.push(mapped(field["id"].clone(), name, &field["type"]));
         }
     }
+    for (path, entry) in dropped_of(meta) {
+        let mut parents: Vec<&str> = path.split('.').collect();
+        parents.pop();
+        if let Some(list) = mapping_at(&mut mapping, &parents) {
+            if !list.iter().any(|m| m["names"] == entry["names"]) {
+                list.push(entry);
+            }
+        }
+    }
     mapping
+}
+
+/// The list of mappings under the dotted `path` of names (`None` when a name is not mapped).
+fn mapping_at<'a>(mapping: &'a mut Value, path: &[&str]) -> Option<&'a mut Vec<Value>> {
+    let Some((first, rest)) = path.split_first() else {
+        return mapping.as_array_mut();
+    };
+    let entry = mapping
+        .as_array_mut()?
+        .iter_mut()
+        .find(|m| m["names"][0] == *first)?;
+    if entry.get("fields").is_none() {
+        entry["fields"] = json!([]);
+    }
+    mapping_at(&mut entry["fields"], rest)
 }
 
 fn mapped(id: Value, name: &str, t: &Value) -> Value {
@@ -336,10 +419,22 @@ mod tests {
             .unwrap()
             .iter()
             .all(|f| f["name"] != "note"));
-        assert_eq!(meta.properties[DROPPED], r#"["value_decoded.note"]"#);
+        let dropped: Value = serde_json::from_str(&meta.properties[DROPPED]).unwrap();
+        let note_id = dropped["value_decoded.note"]["field-id"].clone();
+        assert_eq!(note_id, json!(spec::field::LAST + 5));
+        // Files with either type of the dropped field stay mapped, under its old id.
         assert!(!evolve(&mut meta, &[value(vec![("note", DataType::Utf8)])]));
+        let mapping = name_mapping(&meta);
+        let typed = mapping.as_array().unwrap().last().unwrap();
+        assert_eq!(typed["names"], json!(["value_decoded"]));
+        let note = typed["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["names"] == json!(["note"]));
+        assert_eq!(note.unwrap()["field-id"], note_id);
         // The mapping names the typed fields, nested ones included.
-        let mapping = name_mapping(&schema).to_string();
+        let mapping = mapping.to_string();
         assert!(
             mapping.contains(r#""names":["value_decoded"]"#),
             "{mapping}"

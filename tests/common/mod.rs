@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod http;
 pub mod kafka;
+pub mod registry;
 pub mod watched;
 
 use std::sync::Once;
