@@ -535,3 +535,87 @@ async fn typed_columns_equal_the_decoded_values_in_duckdb_and_pyiceberg() {
         );
     }
 }
+
+/// A registry that does not answer never holds the backup up: every record is archived raw,
+/// counted as `unknown_schema`, and restores byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_registry_the_sink_archives_every_record_raw() {
+    common::no_instance_metadata();
+    let topic = common::unique("typed-down");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let now = common::now_ms();
+    let records: Vec<Record> = (0..20u32)
+        .map(|i| {
+            let value = framed(1000 + i % 3, format!("payload {i}").as_bytes());
+            kafka::record(Some(b"k"), Some(&value), vec![], now + i64::from(i))
+        })
+        .collect();
+    let produced = kafka::produce(&topic, 0, &records).await;
+    let archive_dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", archive_dir.path().display());
+    let nobody = common::http::free_addr();
+    let config = format!(
+        "[sink.decode]\nregistry = \"http://{nobody}/apis/ccompat/v7\"\n\n[[sink.decode.topics]]\ntopics = '{}'\nvalue = \"registry\"\n",
+        regex::escape(&topic)
+    );
+    sink(&archive, &[&topic], &config);
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalStore::open(StorageUrl::parse(&archive).unwrap()).unwrap());
+    let archived = common::archive::chain(&store, &topic, 0).await;
+    assert_eq!(archived, produced);
+    let mut unknown = 0;
+    for (_, spec) in specs(&store, &topic).await {
+        let value = spec.value.unwrap();
+        assert_eq!(value.decoded, 0);
+        unknown += value.failed["unknown_schema"];
+    }
+    assert_eq!(unknown, 20);
+}
+
+/// Decode settings that cannot work are refused before anything runs, in one sentence each.
+#[test]
+fn decode_settings_that_cannot_work_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (config, says) in [
+        (
+            "[[sink.decode.topics]]\ntopics = 'orders'\nvalue = \"registry\"\n",
+            "sink.decode.registry",
+        ),
+        (
+            "[[sink.decode.topics]]\ntopics = 'orders'\nvalue = \"json\"\n",
+            "value_schema",
+        ),
+        (
+            "[[sink.decode.topics]]\ntopics = 'orders'\nvalue = \"json\"\nvalue_schema = \"/nonexistent/schema.json\"\n",
+            "/nonexistent/schema.json",
+        ),
+        (
+            "[[sink.decode.topics]]\ntopics = 'orders'\nvalue = \"json\"\nvalue_schema = '{not json'\n",
+            "not a JSON Schema",
+        ),
+        (
+            "[sink.decode]\nregistry = \"ftp://registry\"\n",
+            "sink.decode.registry",
+        ),
+        (
+            "[[sink.decode.topics]]\ntopics = 'orders('\nvalue = \"json\"\nvalue_schema = '{}'\n",
+            "sink.decode.topics[0].topics",
+        ),
+        (
+            "[[sink.decode.topics]]\ntopics = 'orders'\nvalue = \"avro\"\n",
+            "sink.decode",
+        ),
+    ] {
+        let path = dir.path().join("rewind.toml");
+        std::fs::write(&path, format!("archive = \"file:///tmp/none\"\n{config}")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+            .args(["sink", "--once", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = common::text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{config}: {err}");
+        assert!(err.contains(says), "{config}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

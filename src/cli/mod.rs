@@ -161,6 +161,7 @@ impl From<ConfigError> for Failure {
 
 /// Run the program with the process's arguments.
 pub fn main() -> ExitCode {
+    crate::archive::typed::limit_avro_allocations();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

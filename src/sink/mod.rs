@@ -217,6 +217,12 @@ pub async fn run(
         archive_id = identity.archive_id(),
         "consumer group of this archive"
     );
+    if let Some(registry) = opts.decoders.as_ref().and_then(|d| d.registry()) {
+        // Typed columns wait for no registry: without one, records are archived raw (counted).
+        if let Err(e) = registry.check().await {
+            tracing::warn!(error = %e, "the schema registry of sink.decode does not answer; records that need its schemas are archived without typed columns until it does");
+        }
+    }
     let consumer: StreamConsumer<SinkContext> = consumer_config
         .set("group.id", &group)
         .create_with_context(SinkContext::default())

@@ -153,16 +153,19 @@ impl std::fmt::Debug for Codec {
 impl Codec {
     /// Parse a schema (its references resolved); an error names what is wrong with it.
     pub fn parse(text: SchemaText) -> Result<Codec, String> {
-        let inner = match text.kind.to_ascii_uppercase().as_str() {
-            "AVRO" => Inner::Avro(avro::AvroCodec::parse(&text)?),
-            "JSON" => Inner::Json(json::JsonCodec::parse(&text.schema)?),
-            "PROTOBUF" => Inner::Proto(proto::ProtoCodec::parse(&text)?),
-            other => {
-                return Err(format!(
-                    "schema type {other:?} is not Avro, JSON or Protobuf"
-                ))
-            }
-        };
+        // A schema comes from a registry anyone may write to: a parser's panic is an error too.
+        let inner = unpanicked(|| {
+            Ok(match text.kind.to_ascii_uppercase().as_str() {
+                "AVRO" => Inner::Avro(avro::AvroCodec::parse(&text)?),
+                "JSON" => Inner::Json(json::JsonCodec::parse(&text.schema)?),
+                "PROTOBUF" => Inner::Proto(proto::ProtoCodec::parse(&text)?),
+                other => {
+                    return Err(format!(
+                        "schema type {other:?} is not Avro, JSON or Protobuf"
+                    ))
+                }
+            })
+        })?;
         Ok(Codec { text, inner })
     }
 
@@ -180,14 +183,32 @@ impl Codec {
         }
     }
 
-    /// Decode `body` into a value of [`Codec::shape`].
+    /// Decode `body` into a value of [`Codec::shape`]. Bytes are anyone's: a decoder's panic is an
+    /// error here too, never the sink's end.
     pub fn decode(&self, body: &[u8]) -> Result<Datum, String> {
-        match &self.inner {
+        unpanicked(|| match &self.inner {
             Inner::Avro(c) => c.decode(body),
             Inner::Json(c) => c.decode(body),
             Inner::Proto(c) => c.decode(body),
-        }
+        })
     }
+}
+
+/// `f`'s result, with a panic as an error.
+fn unpanicked<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err("the decoder failed on these bytes".into()))
+}
+
+/// The largest allocation the Avro decoder makes for one length it reads (a string, bytes, an
+/// array block): set once per process ([`limit_avro_allocations`]), so hostile lengths cannot
+/// make it allocate more.
+pub const AVRO_MAX_ALLOCATION: usize = 128 << 20;
+
+/// Cap the Avro decoder's allocations at [`AVRO_MAX_ALLOCATION`] (its default is 512 MiB); the
+/// first call in a process decides.
+pub fn limit_avro_allocations() {
+    apache_avro::util::max_allocation_bytes(AVRO_MAX_ALLOCATION);
 }
 
 /// How one side of a file's records is decoded.
@@ -395,7 +416,17 @@ impl PreparedSide {
     }
 
     fn column(&mut self, records: &[Record]) -> Option<(Field, ArrayRef)> {
-        let shape = self.shape.as_ref()?;
+        let Some(shape) = self.shape.as_ref() else {
+            // Nothing in the file decodes, so it has no typed column: every failure still counts.
+            for bytes in records.iter().filter_map(|r| self.side.of(r)) {
+                let why = match self.decoding.locate(bytes) {
+                    Err(why) => why,
+                    Ok(_) => Failure::Undecodable,
+                };
+                *self.failed.entry(why).or_default() += 1;
+            }
+            return None;
+        };
         let mut values = Vec::with_capacity(records.len());
         for r in records {
             let datum = match self.side.of(r) {

@@ -4,7 +4,8 @@
 //! in field order, repeated fields lists, maps lists of `key`/`value` structs in key order, enums
 //! their value's name, `uint32`/`uint64` longs (a `uint64` past the long's range is null),
 //! `google.protobuf.Timestamp` a timestamp and the wrapper types their value. A field without
-//! presence (a proto3 scalar) that is not set has its default value; one with presence is null.
+//! presence (a proto3 scalar) that is not set has its default value; one with presence is null. A
+//! message within itself (a recursive type, a tree) is its encoded bytes there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -93,7 +94,7 @@ impl ProtoCodec {
             return Ok((s.clone(), rest));
         }
         let message = self.message(&indexes)?;
-        let shape = Arc::new(message_shape(&message, 0)?);
+        let shape = Arc::new(message_shape(&message, &[])?);
         shapes.insert(indexes, shape.clone());
         Ok((shape, rest))
     }
@@ -102,7 +103,7 @@ impl ProtoCodec {
         let (indexes, rest) = message_indexes(body)?;
         let message = self.message(&indexes)?;
         let decoded = DynamicMessage::decode(message, rest).map_err(|e| e.to_string())?;
-        Ok(message_datum(&decoded, 0))
+        Ok(message_datum(&decoded, &[]))
     }
 }
 
@@ -122,53 +123,67 @@ fn message_indexes(body: &[u8]) -> Result<(Vec<i64>, &[u8]), String> {
     Ok((indexes, buf))
 }
 
-fn message_shape(message: &MessageDescriptor, depth: usize) -> Result<DataType, String> {
-    if depth > MAX_DEPTH {
-        return Err("the Protobuf schema nests too deep (a recursive message?)".into());
-    }
-    if let Some(t) = well_known(message, depth)? {
+fn message_shape(message: &MessageDescriptor, anc: &[String]) -> Result<DataType, String> {
+    if let Some(t) = well_known(message, anc)? {
         return Ok(t);
     }
+    if anc.iter().any(|a| a == message.full_name()) || anc.len() > MAX_DEPTH {
+        // A message within itself (a tree): its encoded bytes.
+        return Ok(DataType::Binary);
+    }
+    let anc = within(anc, message.full_name());
     let mut fields = Vec::new();
     for f in message.fields() {
-        fields.push((f.name().to_string(), field_shape(&f, depth)?));
+        fields.push((f.name().to_string(), field_shape(&f, &anc)?));
     }
     struct_of(fields)
 }
 
+/// The ancestors of a message's fields: `anc` and the message.
+fn within(anc: &[String], name: &str) -> Vec<String> {
+    let mut out = anc.to_vec();
+    out.push(name.to_string());
+    out
+}
+
+/// The wrapper types, each a message of one field 1 that stands for a nullable value.
+const WRAPPERS: [&str; 9] = [
+    "google.protobuf.DoubleValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.Int32Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.BoolValue",
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
+];
+
 /// Timestamps and wrappers as what they stand for.
-fn well_known(message: &MessageDescriptor, depth: usize) -> Result<Option<DataType>, String> {
+fn well_known(message: &MessageDescriptor, anc: &[String]) -> Result<Option<DataType>, String> {
     Ok(match message.full_name() {
         "google.protobuf.Timestamp" => Some(DataType::Timestamp(
             TimeUnit::Microsecond,
             Some("UTC".into()),
         )),
-        "google.protobuf.DoubleValue"
-        | "google.protobuf.FloatValue"
-        | "google.protobuf.Int64Value"
-        | "google.protobuf.UInt64Value"
-        | "google.protobuf.Int32Value"
-        | "google.protobuf.UInt32Value"
-        | "google.protobuf.BoolValue"
-        | "google.protobuf.StringValue"
-        | "google.protobuf.BytesValue" => {
+        name if WRAPPERS.contains(&name) => {
             let value = message.get_field(1).ok_or("a wrapper without its value")?;
-            Some(kind_shape(&value.kind(), depth)?)
+            Some(kind_shape(&value.kind(), anc)?)
         }
         _ => None,
     })
 }
 
-fn field_shape(field: &FieldDescriptor, depth: usize) -> Result<DataType, String> {
+fn field_shape(field: &FieldDescriptor, anc: &[String]) -> Result<DataType, String> {
     if field.is_map() {
         let Kind::Message(entry) = field.kind() else {
             return Err("a map field without its entry".into());
         };
-        let key = kind_shape(&entry.map_entry_key_field().kind(), depth + 1)?;
-        let value = kind_shape(&entry.map_entry_value_field().kind(), depth + 1)?;
+        let key = kind_shape(&entry.map_entry_key_field().kind(), anc)?;
+        let value = kind_shape(&entry.map_entry_value_field().kind(), anc)?;
         return Ok(map_of(key, value));
     }
-    let t = kind_shape(&field.kind(), depth)?;
+    let t = kind_shape(&field.kind(), anc)?;
     Ok(if field.is_list() {
         DataType::List(Arc::new(element(t)))
     } else {
@@ -176,7 +191,7 @@ fn field_shape(field: &FieldDescriptor, depth: usize) -> Result<DataType, String
     })
 }
 
-fn kind_shape(kind: &Kind, depth: usize) -> Result<DataType, String> {
+fn kind_shape(kind: &Kind, anc: &[String]) -> Result<DataType, String> {
     Ok(match kind {
         Kind::Double => DataType::Float64,
         Kind::Float => DataType::Float32,
@@ -188,14 +203,11 @@ fn kind_shape(kind: &Kind, depth: usize) -> Result<DataType, String> {
         Kind::Bool => DataType::Boolean,
         Kind::String | Kind::Enum(_) => DataType::Utf8,
         Kind::Bytes => DataType::Binary,
-        Kind::Message(m) => message_shape(m, depth + 1)?,
+        Kind::Message(m) => message_shape(m, anc)?,
     })
 }
 
-fn message_datum(message: &DynamicMessage, depth: usize) -> Datum {
-    if depth > MAX_DEPTH {
-        return Datum::Null;
-    }
+fn message_datum(message: &DynamicMessage, anc: &[String]) -> Datum {
     let descriptor = message.descriptor();
     match descriptor.full_name() {
         "google.protobuf.Timestamp" => {
@@ -217,15 +229,18 @@ fn message_datum(message: &DynamicMessage, depth: usize) -> Datum {
                 .and_then(|us| us.checked_add(i64::from(nanos) / 1000))
                 .map_or(Datum::Null, Datum::Int);
         }
-        name if name.starts_with("google.protobuf.") && name.ends_with("Value") => {
+        name if WRAPPERS.contains(&name) => {
             if let Some(f) = descriptor.get_field(1) {
-                if descriptor.fields().len() == 1 {
-                    return value_datum(&f.kind(), &message.get_field(&f), depth);
-                }
+                return value_datum(&f.kind(), &message.get_field(&f), anc);
             }
         }
         _ => {}
     }
+    if anc.iter().any(|a| a == descriptor.full_name()) || anc.len() > MAX_DEPTH {
+        use prost::Message as _;
+        return Datum::Bytes(message.encode_to_vec());
+    }
+    let anc = within(anc, descriptor.full_name());
     Datum::Record(
         descriptor
             .fields()
@@ -233,7 +248,7 @@ fn message_datum(message: &DynamicMessage, depth: usize) -> Datum {
                 let v = if f.supports_presence() && !message.has_field(&f) {
                     Datum::Null
                 } else {
-                    field_datum(&f, &message.get_field(&f), depth)
+                    field_datum(&f, &message.get_field(&f), &anc)
                 };
                 (f.name().to_string(), v)
             })
@@ -241,7 +256,7 @@ fn message_datum(message: &DynamicMessage, depth: usize) -> Datum {
     )
 }
 
-fn field_datum(field: &FieldDescriptor, value: &Value, depth: usize) -> Datum {
+fn field_datum(field: &FieldDescriptor, value: &Value, anc: &[String]) -> Datum {
     match value {
         Value::Map(entries) => {
             let value_kind = match field.kind() {
@@ -250,7 +265,7 @@ fn field_datum(field: &FieldDescriptor, value: &Value, depth: usize) -> Datum {
             };
             let mut keyed: Vec<(MapKey, Datum)> = entries
                 .iter()
-                .map(|(k, v)| (k.clone(), value_datum(&value_kind, v, depth)))
+                .map(|(k, v)| (k.clone(), value_datum(&value_kind, v, anc)))
                 .collect();
             keyed.sort_by(|a, b| a.0.cmp(&b.0));
             Datum::List(
@@ -265,10 +280,10 @@ fn field_datum(field: &FieldDescriptor, value: &Value, depth: usize) -> Datum {
         Value::List(items) => Datum::List(
             items
                 .iter()
-                .map(|v| value_datum(&field.kind(), v, depth))
+                .map(|v| value_datum(&field.kind(), v, anc))
                 .collect(),
         ),
-        other => value_datum(&field.kind(), other, depth),
+        other => value_datum(&field.kind(), other, anc),
     }
 }
 
@@ -283,7 +298,7 @@ fn key_datum(key: &MapKey) -> Datum {
     }
 }
 
-fn value_datum(kind: &Kind, value: &Value, depth: usize) -> Datum {
+fn value_datum(kind: &Kind, value: &Value, anc: &[String]) -> Datum {
     match value {
         Value::Bool(b) => Datum::Bool(*b),
         Value::I32(i) => Datum::Int((*i).into()),
@@ -301,14 +316,14 @@ fn value_datum(kind: &Kind, value: &Value, depth: usize) -> Datum {
             ),
             _ => Datum::Str(n.to_string()),
         },
-        Value::Message(m) => message_datum(m, depth + 1),
+        Value::Message(m) => message_datum(m, anc),
         Value::List(items) => {
-            Datum::List(items.iter().map(|v| value_datum(kind, v, depth)).collect())
+            Datum::List(items.iter().map(|v| value_datum(kind, v, anc)).collect())
         }
         Value::Map(entries) => map_datum(
             entries
                 .iter()
-                .map(|(k, v)| (format!("{k:?}"), value_datum(kind, v, depth)))
+                .map(|(k, v)| (format!("{k:?}"), value_datum(kind, v, anc)))
                 .collect(),
         ),
     }

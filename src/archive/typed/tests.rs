@@ -304,3 +304,68 @@ fn protobuf_messages_decode_by_their_indexes() {
     );
     assert!(Codec::parse(text("PROTOBUF", "message {")).is_err());
 }
+
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::archive::datafile;
+
+    const PROTO: &str = r#"syntax = "proto3"; message M { int64 a = 1; repeated string b = 2; map<string, M> c = 3; }"#;
+    const JSON: &str = r#"{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"array","items":{"type":"string"}}}}"#;
+
+    fn decoding() -> Decoding {
+        let side = registry(&[
+            (1, text("AVRO", ORDER_V1)),
+            (2, text("AVRO", ORDER_V2)),
+            (3, text("JSON", JSON)),
+            (4, text("PROTOBUF", PROTO)),
+        ]);
+        Decoding {
+            key: Some(side.clone()),
+            value: Some(side),
+        }
+    }
+
+    /// Bytes that claim one of the known ids (or another), then anything.
+    fn bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop_oneof![
+            Just(None),
+            prop::collection::vec(any::<u8>(), 0..40).prop_map(Some),
+            (0u32..6, prop::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(id, body)| Some(framed(id, &body))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Whatever the bytes, encoding never fails or panics, every key and value is decoded or
+        /// counted, and the file's records decode back exactly: typed columns never cost a byte.
+        #[test]
+        fn any_bytes_archive_whole_with_typed_columns(
+            sides in prop::collection::vec((bytes(), bytes()), 1..30)
+        ) {
+            let records: Vec<Record> = sides
+                .into_iter()
+                .enumerate()
+                .map(|(i, (k, v))| Record { key: k, ..record(i as i64, v) })
+                .collect();
+            let meta = datafile::file_meta("t", 0, 0, records.len() as i64, &records, "c", 0);
+            let (bytes, typed) =
+                datafile::encode_decoded_to(&meta, &records, Some(&decoding()), Vec::new(), usize::MAX)
+                    .unwrap();
+            let typed = typed.unwrap();
+            let spec = typed.spec();
+            for (side, count) in [
+                (Side::Key, records.iter().filter(|r| r.key.is_some()).count()),
+                (Side::Value, records.iter().filter(|r| r.value.is_some()).count()),
+            ] {
+                let s = spec.side(side).unwrap();
+                prop_assert_eq!(s.decoded + s.failed.values().sum::<u64>(), count as u64);
+            }
+            let (_, back) = datafile::decode(bytes.into()).unwrap();
+            prop_assert_eq!(back, records);
+        }
+    }
+}
