@@ -9,123 +9,27 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/archive.rs"]
+mod generated;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
+use generated::{generate, key};
 use rand::{Rng, RngCore, SeedableRng};
-use rewind::archive::datafile::{self, FileMeta};
-use rewind::archive::documents::{self, Checkpoint, Identity, TopicMeta};
-use rewind::archive::paths::{checkpoint_key, DataFileKey};
-use rewind::archive::time::{rfc3339_millis, HourBucket};
-use rewind::archive::{Header, Record, TimestampType};
-use rewind::storage::{LocalStore, ObjectStore, PutMode, StorageUrl};
+use rewind::archive::time::HourBucket;
 use serde_json::Value;
 
 const TOPIC: &str = "bench.orders";
 const VALUE_BYTES: usize = 1024;
 
-/// Keys that look like ids (hashes), so that row-group min/max statistics prune nothing and the
-/// bloom filters have to do the work, as with real keys.
-fn key(p: i32, i: u64) -> Vec<u8> {
-    let mut x = (p as u64) << 40 | i;
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
-    format!("customer-{:016x}", x ^ (x >> 31)).into_bytes()
-}
-
-/// Write an archive of `partitions` × `files` files of `per_file` records each.
-async fn generate(
-    root: &std::path::Path,
-    partitions: i32,
-    files: u64,
-    per_file: u64,
-    value: usize,
-) -> Arc<dyn ObjectStore> {
-    let url = StorageUrl::parse(&format!("file://{}", root.display())).unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(url).unwrap());
-    let now = common::now_ms();
-    documents::write_doc(
-        &*store,
-        "_archive.json",
-        &Identity {
-            format_version: 1,
-            created_at: rfc3339_millis(now),
-            cluster_id: "bench".into(),
-            writer: "rewind bench".into(),
-            id: None,
-        },
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
-    documents::write_topic_meta(
-        &*store,
-        &TopicMeta {
-            topic: TOPIC.into(),
-            partitions,
-            replication_factor: 1,
-            configs: Default::default(),
-            updated_at: rfc3339_millis(now),
-        },
-    )
-    .await
-    .unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let base = (now / 3_600_000 - 48) * 3_600_000;
-    for p in 0..partitions {
-        let mut last = String::new();
-        for f in 0..files {
-            let start = f * per_file;
-            let ts0 = base + (f as i64) * 60_000;
-            let records: Vec<Record> = (0..per_file)
-                .map(|j| {
-                    let mut v = vec![0u8; value];
-                    rng.fill_bytes(&mut v);
-                    Record {
-                        offset: (start + j) as i64,
-                        timestamp: Some(ts0 + (j as i64) * 50_000 / per_file as i64),
-                        timestamp_type: Some(TimestampType::Create),
-                        key: Some(key(p, start + j)),
-                        value: Some(v),
-                        headers: vec![Header {
-                            key: "source".into(),
-                            value: Some(b"bench".to_vec()),
-                        }],
-                    }
-                })
-                .collect();
-            let end = start + per_file;
-            let meta =
-                datafile::file_meta(TOPIC, p, start as i64, end as i64, &records, "bench", now);
-            let bytes = datafile::encode_to(&meta, &records, Vec::new(), 16 << 20).unwrap();
-            let k = DataFileKey {
-                topic: TOPIC.into(),
-                partition: p,
-                bucket: HourBucket::of_millis(ts0),
-                start: start as i64,
-                end: None,
-            }
-            .to_string();
-            store.put(&k, bytes.into(), PutMode::Create).await.unwrap();
-            last = k;
-            let _: &FileMeta = &meta;
-        }
-        let c = Checkpoint {
-            format_version: 1,
-            topic: TOPIC.into(),
-            partition: p,
-            end: (files * per_file) as i64,
-            last_file: last,
-            max_timestamp: None,
-            updated_at: rfc3339_millis(now),
-        };
-        documents::write_doc(&*store, &checkpoint_key(TOPIC, p), &c, PutMode::Overwrite)
-            .await
-            .unwrap();
+/// Values of `bytes` random bytes.
+fn random(bytes: usize) -> impl Fn(&mut rand::rngs::StdRng, i32, u64) -> Vec<u8> {
+    move |rng, _, _| {
+        let mut v = vec![0u8; bytes];
+        rng.fill_bytes(&mut v);
+        v
     }
-    store
 }
 
 fn rewind(args: &[&str]) -> (f64, std::process::Output) {
@@ -216,7 +120,13 @@ fn main() {
     );
     let t = Instant::now();
     if !root.join("_archive.json").exists() {
-        runtime.block_on(generate(&root, 8, files, per_file, VALUE_BYTES));
+        runtime.block_on(generate(
+            &root,
+            TOPIC,
+            (8, files, per_file),
+            &random(VALUE_BYTES),
+            None,
+        ));
     }
     eprintln!("generated in {:.1}s", t.elapsed().as_secs_f64());
     let archive = format!("file://{}", root.display());
@@ -283,7 +193,7 @@ fn main() {
     let big_files = 8 * files;
     let small = dir.join("small");
     if !small.join("_archive.json").exists() {
-        runtime.block_on(generate(&small, 40, 100, 100, 100));
+        runtime.block_on(generate(&small, TOPIC, (40, 100, 100), &random(100), None));
     }
     let (verify_small, _) = rewind(&[
         "verify",
@@ -296,7 +206,7 @@ fn main() {
     // nothing new, on an archive of 20,000 small files (40 partitions), with peak RSS.
     let tables = dir.join("tables");
     if !tables.join("_archive.json").exists() {
-        runtime.block_on(generate(&tables, 40, 500, 10, 100));
+        runtime.block_on(generate(&tables, TOPIC, (40, 500, 10), &random(100), None));
     }
     let _ = std::fs::remove_dir_all(tables.join("_tables"));
     let tables_url = format!("file://{}", tables.display());
@@ -335,7 +245,13 @@ fn main() {
     // aside, then compacted; DuckDB's one-hour aggregate on both, alternating.
     let minutes = dir.join("minutes");
     let _ = std::fs::remove_dir_all(&minutes);
-    runtime.block_on(generate(&minutes, 4, 360, 100, 1000));
+    runtime.block_on(generate(
+        &minutes,
+        TOPIC,
+        (4, 360, 100),
+        &random(1000),
+        None,
+    ));
     let before_dir = dir.join("minutes-before");
     let _ = std::fs::remove_dir_all(&before_dir);
     assert!(Command::new("cp")
