@@ -312,8 +312,21 @@ async fn typed_columns_equal_the_decoded_values_in_duckdb_and_pyiceberg() {
                 ),
             )
         };
-        change_records.push(kafka::record(None, Some(&value), vec![], now + i));
+        // In the closed hour, so that compaction considers them (and must leave them apart).
+        change_records.push(kafka::record(None, Some(&value), vec![], hour_ago + i));
     }
+    // One more now, which closes the hour.
+    let closing = framed(
+        c2,
+        &avro(
+            ORDER_TEXT,
+            vec![
+                ("id", Avro::Long(7)),
+                ("amount", Avro::String("7.50".into())),
+            ],
+        ),
+    );
+    change_records.push(kafka::record(None, Some(&closing), vec![], now));
     kafka::produce(&changes, 0, &change_records).await;
 
     // `lines`: Protobuf, the file's first message (the single index byte 0).
@@ -502,6 +515,12 @@ async fn typed_columns_equal_the_decoded_values_in_duckdb_and_pyiceberg() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::text(&out.stderr));
+    // The hour of `changes` holds files typed differently: compaction leaves them as they are.
+    let changes_after = duckdb(archive_dir.path(), &changes);
+    assert_eq!(
+        changes_after, changed,
+        "the hour of differently typed files was not merged"
+    );
     let after = specs(&store, &orders).await;
     assert_eq!(
         after.len(),

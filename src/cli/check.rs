@@ -1,6 +1,6 @@
 //! `rewind check`: a preflight an operator runs before starting a pipeline. It proves the
-//! configuration is valid, that the archive's store answers with the configured credentials, and
-//! that a Kafka broker answers; each failure is one sentence naming what to fix, and every part is
+//! configuration is valid, that the archive's store answers with the configured credentials, that
+//! a Kafka broker answers, and that the schema registry of `[sink.decode]` answers, if one is set; each failure is one sentence naming what to fix, and every part is
 //! checked whatever the others found, so one run names every problem.
 //!
 //! Invariant: `check` writes nothing (no folder, no lock, no key) unless asked with
@@ -54,7 +54,27 @@ pub async fn run(args: CheckArgs) -> Result<(), Failure> {
             problems.add(problem);
         }
     }
+    if let Err(problem) = check_registry(&config, args.timeout).await {
+        problems.add(problem);
+    }
     problems.finish()
+}
+
+/// The schema registry typed columns are decoded with, if one is configured.
+async fn check_registry(config: &Config, timeout: Duration) -> Result<(), Failure> {
+    let Some(url) = &config.sink.decode.registry else {
+        return Ok(());
+    };
+    let registry = crate::kafka::registry::Registry::new(url)
+        .map_err(Failure::usage)?
+        .with_patience(timeout, 1);
+    registry.check().await.map_err(|e| {
+        Failure::found(format!(
+            "sink.decode.registry: {e}; records that need its schemas would be archived without typed columns"
+        ))
+    })?;
+    outln!("registry {}: answers", registry.url());
+    Ok(())
 }
 
 /// The problems found so far: each is printed as the next one is found, and the last is the

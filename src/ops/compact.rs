@@ -447,19 +447,22 @@ async fn compact_run(
             store.url()
         ))
     })?;
-    let failed_before: u64 = specs.iter().map(typed::Spec::failed).sum();
+    let incompatible = |spec: &typed::Spec| spec.failed(typed::Failure::Incompatible);
+    let before: u64 = specs.iter().map(incompatible).sum();
     let (body, typed) = tokio::task::spawn_blocking(move || {
         datafile::encode_decoded_to(&meta, &records, decoding.as_ref(), Vec::new(), usize::MAX)
     })
     .await
     .expect("encoding does not panic")
     .map_err(|e| OpsError::Input(format!("{}: could not encode {target}: {e}", store.url())))?;
-    if let Some(failed) = typed
-        .map(|t| t.spec().failed())
-        .filter(|f| *f > failed_before)
+    // Other failures belong to the bytes (not framed, undecodable) or shrink with more schemas
+    // (unknown): only records that could not join the merged columns would lose typed values.
+    if let Some(after) = typed
+        .map(|t| incompatible(&t.spec()))
+        .filter(|after| *after > before)
     {
         // A schema changed a field's type between the parts: one file cannot type both.
-        tracing::info!(topic, partition, start, failed, failed_before, "the files' typed columns have schemas that cannot share one file; leaving the run as it is");
+        tracing::info!(topic, partition, start, after, before, "the files' typed columns have schemas that cannot share one file; leaving the run as it is");
         return Ok(None);
     }
     let body = bytes::Bytes::from(body);

@@ -282,12 +282,12 @@ impl Spec {
         }
     }
 
-    /// Records not decoded, over both sides.
-    pub fn failed(&self) -> u64 {
+    /// Keys and values not decoded for reason `why`, over both sides.
+    pub fn failed(&self, why: Failure) -> u64 {
         [&self.key, &self.value]
             .into_iter()
             .flatten()
-            .flat_map(|s| s.failed.values())
+            .filter_map(|s| s.failed.get(why.as_str()))
             .sum()
     }
 }
