@@ -36,7 +36,7 @@ fn payment(rng: &mut StdRng, p: i32, offset: u64) -> Vec<u8> {
         r#"{{"customer":"customer-{p}-{}","amount":{amount},"currency":"EUR","items":{},"paid":{},"note":"{note}"}}"#,
         offset % 5000,
         offset % 7,
-        offset % 3 == 0
+        offset.is_multiple_of(3)
     )
     .into_bytes()
 }

@@ -24,6 +24,9 @@ use crate::storage::{ObjectStore, PutMode, StorageError};
 pub const TABLES_PREFIX: &str = "_tables/";
 /// Commits tried before giving up on a table other writers keep changing.
 const MAX_ATTEMPTS: u32 = 16;
+/// A data file's manifest entry and its typed columns, as its footer describes them.
+type Described = (DataFile, Vec<arrow_schema::Field>);
+
 /// The table property mapping the data files' column names to field ids.
 const NAME_MAPPING: &str = "schema.name-mapping.default";
 /// Footers and manifests read at once.
@@ -361,7 +364,7 @@ async fn sync_inner(
         topic: topic.to_string(),
         ..SyncReport::default()
     };
-    let mut described: BTreeMap<String, (DataFile, Vec<arrow_schema::Field>)> = BTreeMap::new();
+    let mut described: BTreeMap<String, Described> = BTreeMap::new();
     for attempt in 1..=MAX_ATTEMPTS {
         report.attempts = attempt;
         let (version, mut meta) = match load(store, topic).await? {
@@ -476,19 +479,16 @@ async fn sync_inner(
             .filter(|u| !described.contains_key(*u))
             .map(|u| (u.clone(), wanted.durable[u].clone()))
             .collect();
-        let read: Vec<(
-            String,
-            i32,
-            Result<(DataFile, Vec<arrow_schema::Field>), String>,
-        )> = futures::stream::iter(missing.into_iter().map(
-            |(u, (key, size, p, start))| async move {
-                let file = describe_file(store, topic, &u, &key, size, p, start).await;
-                (u, p, file)
-            },
-        ))
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
+        let read: Vec<(String, i32, Result<Described, String>)> =
+            futures::stream::iter(missing.into_iter().map(
+                |(u, (key, size, p, start))| async move {
+                    let file = describe_file(store, topic, &u, &key, size, p, start).await;
+                    (u, p, file)
+                },
+            ))
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
         for (u, p, file) in read {
             match file {
                 Ok(file) => {
@@ -741,7 +741,7 @@ async fn describe_file(
     size: u64,
     partition: i32,
     start: i64,
-) -> Result<(DataFile, Vec<arrow_schema::Field>), String> {
+) -> Result<Described, String> {
     let metadata = chain::read_file_metadata(store, key, size)
         .await
         .map_err(|e| e.to_string())?;
