@@ -1,22 +1,25 @@
 //! Avro schemas as typed columns. Records are structs; `["null", T]` is a nullable `T`, and other
-//! unions a struct with one field per branch (named by the branch's type), only the one present
-//! set; maps are lists of `key`/`value` structs in key order; enums are strings; fixed and
-//! duration bytes; decimals `decimal(p, s)` (strings past 38 digits); dates, times and timestamps
-//! keep their logical type (nanoseconds are cut to microseconds).
+//! unions a struct with one field per branch (named by the branch type's full name, dots as `_`),
+//! only the one present set; maps are lists of `key`/`value` structs in key order; enums are
+//! strings; fixed, duration and big-decimal bytes; decimals `decimal(p, s)` (strings past 38
+//! digits; a value with more digits than its precision does not decode); dates, times and
+//! timestamps keep their logical type (nanoseconds are cut to microseconds). A record without
+//! fields (or only null ones) has no column.
+//!
+//! Values are read by Rewind's own Avro binary reader: no length or count in the bytes can make
+//! it allocate more than the bytes hold, and bytes left after the value make it fail.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use apache_avro::schema::{Name, Schema, UnionSchema};
-use apache_avro::types::Value;
 use arrow_schema::{DataType, TimeUnit};
 
 use super::{map_datum, map_of, struct_of, Datum, SchemaText, MAX_DEPTH};
 
 pub struct AvroCodec {
     schema: Schema,
-    /// The schemas the main one references (and their named types).
-    references: Vec<Schema>,
+    /// Every named type, the referenced schemas' too.
     names: HashMap<String, Schema>,
     shape: Arc<DataType>,
 }
@@ -41,11 +44,10 @@ impl AvroCodec {
         for s in references.iter().chain(std::iter::once(&schema)) {
             collect_names(s, &mut names, 0);
         }
-        let shape = shape_of(&schema, &names, 0)?
+        let shape = shape_of(&schema, &names, 0, &mut super::COLUMN_BUDGET.clone())?
             .ok_or_else(|| "an Avro schema of null has no column".to_string())?;
         Ok(AvroCodec {
             schema,
-            references,
             names,
             shape: Arc::new(shape),
         })
@@ -55,19 +57,22 @@ impl AvroCodec {
         Ok(self.shape.clone())
     }
 
-    pub fn decode(&self, mut body: &[u8]) -> Result<Datum, String> {
-        let value = if self.references.is_empty() {
-            apache_avro::from_avro_datum(&self.schema, &mut body, None)
-        } else {
-            apache_avro::from_avro_datum_schemata(
-                &self.schema,
-                self.references.iter().collect(),
-                &mut body,
-                None,
-            )
+    /// Decode `body`: every byte must belong to the value, and no length it states may claim more
+    /// than the bytes left (Rewind's own reader, so that hostile counts allocate nothing).
+    pub fn decode(&self, body: &[u8]) -> Result<Datum, String> {
+        let mut reader = Reader {
+            buf: body,
+            budget: super::weight_budget(body.len()),
+            names: &self.names,
+        };
+        let value = reader.read(&self.schema, 0)?;
+        if !reader.buf.is_empty() {
+            return Err(format!(
+                "{} bytes follow the value (not this schema's)",
+                reader.buf.len()
+            ));
         }
-        .map_err(|e| e.to_string())?;
-        datum(&self.schema, value, &self.names, 0)
+        Ok(value)
     }
 }
 
@@ -124,13 +129,14 @@ fn branches(u: &UnionSchema) -> Vec<(usize, &Schema)> {
         .collect()
 }
 
-/// The field name of a union's branch: its type's name.
+/// The field name of a union's branch: its type's full name (dots as `_`), unique in a union.
 fn branch_name(s: &Schema) -> String {
+    let named = |n: &Name| full(n).replace('.', "_");
     match s {
-        Schema::Record(r) => r.name.name.clone(),
-        Schema::Enum(e) => e.name.name.clone(),
-        Schema::Fixed(f) => f.name.name.clone(),
-        Schema::Ref { name } => name.name.clone(),
+        Schema::Record(r) => named(&r.name),
+        Schema::Enum(e) => named(&e.name),
+        Schema::Fixed(f) => named(&f.name),
+        Schema::Ref { name } => named(name),
         other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
     }
 }
@@ -140,10 +146,12 @@ fn shape_of(
     schema: &Schema,
     names: &HashMap<String, Schema>,
     depth: usize,
+    budget: &mut usize,
 ) -> Result<Option<DataType>, String> {
     if depth > MAX_DEPTH {
         return Err("the Avro schema nests too deep (a recursive type?)".into());
     }
+    super::spend_column(budget)?;
     let t = match resolve(schema, names)? {
         Schema::Null => return Ok(None),
         Schema::Boolean => DataType::Boolean,
@@ -152,7 +160,8 @@ fn shape_of(
         Schema::Float => DataType::Float32,
         Schema::Double => DataType::Float64,
         Schema::Bytes | Schema::Fixed(_) | Schema::Duration => DataType::Binary,
-        Schema::String | Schema::Enum(_) | Schema::Uuid | Schema::BigDecimal => DataType::Utf8,
+        Schema::String | Schema::Enum(_) | Schema::Uuid => DataType::Utf8,
+        Schema::BigDecimal => DataType::Binary,
         Schema::Decimal(d) if d.precision <= 38 => {
             DataType::Decimal128(d.precision as u8, d.scale as i8)
         }
@@ -167,11 +176,11 @@ fn shape_of(
         Schema::LocalTimestampMicros | Schema::LocalTimestampNanos => {
             DataType::Timestamp(TimeUnit::Microsecond, None)
         }
-        Schema::Array(a) => match shape_of(&a.items, names, depth + 1)? {
+        Schema::Array(a) => match shape_of(&a.items, names, depth + 1, budget)? {
             Some(t) => DataType::List(Arc::new(super::element(t))),
             None => return Ok(None),
         },
-        Schema::Map(m) => match shape_of(&m.types, names, depth + 1)? {
+        Schema::Map(m) => match shape_of(&m.types, names, depth + 1, budget)? {
             Some(t) => map_of(DataType::Utf8, t),
             None => return Ok(None),
         },
@@ -179,109 +188,219 @@ fn shape_of(
             let present = branches(u);
             match present.as_slice() {
                 [] => return Ok(None),
-                [(_, one)] => return shape_of(one, names, depth + 1),
+                [(_, one)] => return shape_of(one, names, depth + 1, budget),
                 many => {
                     let mut fields = Vec::new();
                     for (_, s) in many {
-                        if let Some(t) = shape_of(s, names, depth + 1)? {
+                        if let Some(t) = shape_of(s, names, depth + 1, budget)? {
                             fields.push((branch_name(s), t));
                         }
                     }
-                    struct_of(fields)?
+                    match struct_of(fields) {
+                        Some(t) => t,
+                        None => return Ok(None),
+                    }
                 }
             }
         }
         Schema::Record(r) => {
             let mut fields = Vec::new();
             for f in &r.fields {
-                if let Some(t) = shape_of(&f.schema, names, depth + 1)? {
+                if let Some(t) = shape_of(&f.schema, names, depth + 1, budget)? {
                     fields.push((f.name.clone(), t));
                 }
             }
-            struct_of(fields)?
+            match struct_of(fields) {
+                Some(t) => t,
+                None => return Ok(None),
+            }
         }
         Schema::Ref { .. } => return Err("an Avro reference to a reference".into()),
     };
     Ok(Some(t))
 }
 
-/// `value` (of `schema`) as data of [`shape_of`]'s type.
-fn datum(
-    schema: &Schema,
-    value: Value,
-    names: &HashMap<String, Schema>,
-    depth: usize,
-) -> Result<Datum, String> {
-    if depth > MAX_DEPTH {
-        return Err("the value nests too deep".into());
-    }
-    let schema = resolve(schema, names)?;
-    Ok(match (schema, value) {
-        (_, Value::Null) => Datum::Null,
-        (Schema::Union(u), Value::Union(i, v)) => {
-            let present = branches(u);
-            let branch = &u.variants()[(i as usize).min(u.variants().len() - 1)];
-            if present.len() == 1 {
-                datum(branch, *v, names, depth + 1)?
-            } else {
-                let inner = datum(branch, *v, names, depth + 1)?;
-                Datum::Record(vec![(branch_name(branch), inner)])
-            }
-        }
-        (Schema::Record(r), Value::Record(fields)) => {
-            let mut out = Vec::with_capacity(fields.len());
-            for ((name, v), f) in fields.into_iter().zip(&r.fields) {
-                out.push((name, datum(&f.schema, v, names, depth + 1)?));
-            }
-            Datum::Record(out)
-        }
-        (Schema::Array(a), Value::Array(items)) => Datum::List(
-            items
-                .into_iter()
-                .map(|v| datum(&a.items, v, names, depth + 1))
-                .collect::<Result<_, _>>()?,
-        ),
-        (Schema::Map(m), Value::Map(entries)) => map_datum(
-            entries
-                .into_iter()
-                .map(|(k, v)| Ok((k, datum(&m.types, v, names, depth + 1)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        (Schema::Decimal(d), Value::Decimal(v)) => {
-            let bytes = <Vec<u8>>::try_from(&v).map_err(|e| e.to_string())?;
-            let unscaled = twos_complement(&bytes).ok_or("a decimal of more than 16 bytes")?;
-            if d.precision <= 38 {
-                Datum::Decimal(unscaled)
-            } else {
-                Datum::Str(scaled(unscaled, d.scale))
-            }
-        }
-        (_, v) => scalar(v)?,
-    })
+/// Avro binary decoding straight into data of [`shape_of`]'s type.
+struct Reader<'a> {
+    buf: &'a [u8],
+    /// Values and bytes this record may still decode into ([`super::weight_budget`]).
+    budget: usize,
+    names: &'a HashMap<String, Schema>,
 }
 
-fn scalar(value: Value) -> Result<Datum, String> {
-    Ok(match value {
-        Value::Null => Datum::Null,
-        Value::Boolean(b) => Datum::Bool(b),
-        Value::Int(i) | Value::Date(i) => Datum::Int(i.into()),
-        Value::TimeMillis(i) => Datum::Int(i64::from(i) * 1000),
-        Value::Long(i)
-        | Value::TimeMicros(i)
-        | Value::TimestampMillis(i)
-        | Value::TimestampMicros(i)
-        | Value::LocalTimestampMillis(i)
-        | Value::LocalTimestampMicros(i) => Datum::Int(i),
-        Value::TimestampNanos(i) | Value::LocalTimestampNanos(i) => Datum::Int(i.div_euclid(1000)),
-        Value::Float(f) => Datum::Float(f.into()),
-        Value::Double(f) => Datum::Float(f),
-        Value::Bytes(b) | Value::Fixed(_, b) => Datum::Bytes(b),
-        Value::String(s) | Value::Enum(_, s) => Datum::Str(s),
-        Value::Uuid(u) => Datum::Str(u.to_string()),
-        Value::BigDecimal(d) => Datum::Str(d.to_string()),
-        Value::Duration(d) => Datum::Bytes(<[u8; 12]>::from(d).to_vec()),
-        other => return Err(format!("an Avro value of an unexpected kind: {other:?}")),
-    })
+impl Reader<'_> {
+    fn spend(&mut self, weight: usize) -> Result<(), String> {
+        self.budget = self
+            .budget
+            .checked_sub(weight)
+            .ok_or("the value decodes into far more than its bytes")?;
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        if n > self.buf.len() {
+            return Err(format!("{n} bytes claimed, {} left", self.buf.len()));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn long(&mut self) -> Result<i64, String> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.take(1)?.first().expect("one byte");
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+            }
+        }
+        Err("a varint longer than 10 bytes".into())
+    }
+
+    fn int(&mut self) -> Result<i64, String> {
+        let v = self.long()?;
+        i32::try_from(v).map_err(|_| format!("an int out of range: {v}"))?;
+        Ok(v)
+    }
+
+    fn length(&mut self) -> Result<usize, String> {
+        let n = self.long()?;
+        usize::try_from(n).map_err(|_| format!("a negative length: {n}"))
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, String> {
+        let n = self.length()?;
+        self.spend(n)?;
+        Ok(self.take(n)?.to_vec())
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        String::from_utf8(self.bytes()?).map_err(|_| "a string that is not UTF-8".to_string())
+    }
+
+    /// The items of an array or map, block by block; `item` reads one.
+    fn blocks(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<Datum, String>,
+    ) -> Result<Vec<Datum>, String> {
+        let mut out = Vec::new();
+        loop {
+            let count = self.long()?;
+            if count == 0 {
+                return Ok(out);
+            }
+            if count < 0 {
+                // A block of -count items, preceded by its size in bytes.
+                self.length()?;
+            }
+            let count = usize::try_from(count.unsigned_abs()).map_err(|_| "a block too large")?;
+            // Every item costs budget, even one of no bytes (nulls), so counts cannot run away.
+            self.spend(count)?;
+            out.reserve(count.min(self.buf.len() + 1));
+            for _ in 0..count {
+                out.push(item(self)?);
+            }
+        }
+    }
+
+    fn read(&mut self, schema: &Schema, depth: usize) -> Result<Datum, String> {
+        if depth > MAX_DEPTH {
+            return Err("the value nests too deep".into());
+        }
+        self.spend(1)?;
+        let schema = resolve(schema, self.names)?;
+        Ok(match schema {
+            Schema::Null => Datum::Null,
+            Schema::Boolean => match self.take(1)?[0] {
+                0 => Datum::Bool(false),
+                1 => Datum::Bool(true),
+                b => return Err(format!("a boolean byte of {b}")),
+            },
+            Schema::Int | Schema::Date => Datum::Int(self.int()?),
+            Schema::TimeMillis => Datum::Int(self.int()? * 1000),
+            Schema::Long
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros => Datum::Int(self.long()?),
+            Schema::TimestampNanos | Schema::LocalTimestampNanos => {
+                Datum::Int(self.long()?.div_euclid(1000))
+            }
+            Schema::Float => {
+                let b = self.take(4)?;
+                Datum::Float(f32::from_le_bytes([b[0], b[1], b[2], b[3]]).into())
+            }
+            Schema::Double => {
+                let b: [u8; 8] = self.take(8)?.try_into().expect("eight bytes");
+                Datum::Float(f64::from_le_bytes(b))
+            }
+            Schema::Bytes | Schema::BigDecimal => Datum::Bytes(self.bytes()?),
+            Schema::String | Schema::Uuid => Datum::Str(self.string()?),
+            Schema::Fixed(f) => {
+                self.spend(f.size)?;
+                Datum::Bytes(self.take(f.size)?.to_vec())
+            }
+            Schema::Duration => Datum::Bytes(self.take(12)?.to_vec()),
+            Schema::Enum(e) => {
+                let i = self.int()?;
+                let symbol = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| e.symbols.get(i))
+                    .ok_or_else(|| format!("enum {} has no symbol {i}", e.name.name))?;
+                Datum::Str(symbol.clone())
+            }
+            Schema::Decimal(d) => {
+                let bytes = match resolve(&d.inner, self.names)? {
+                    Schema::Fixed(f) => self.take(f.size)?.to_vec(),
+                    _ => self.bytes()?,
+                };
+                let unscaled = twos_complement(&bytes).ok_or("a decimal of more than 16 bytes")?;
+                if d.precision > 38 {
+                    Datum::Str(scaled(unscaled, d.scale))
+                } else if unscaled.unsigned_abs() >= 10u128.pow(d.precision as u32) {
+                    // Stored, it would wrap into another number.
+                    return Err(format!("a decimal of more than {} digits", d.precision));
+                } else {
+                    Datum::Decimal(unscaled)
+                }
+            }
+            Schema::Array(a) => Datum::List(self.blocks(|r| r.read(&a.items, depth + 1))?),
+            Schema::Map(m) => {
+                let mut entries = Vec::new();
+                self.blocks(|r| {
+                    let key = r.string()?;
+                    let value = r.read(&m.types, depth + 1)?;
+                    entries.push((key, value));
+                    Ok(Datum::Null)
+                })?;
+                map_datum(entries)
+            }
+            Schema::Union(u) => {
+                let i = self.long()?;
+                let branch = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| u.variants().get(i))
+                    .ok_or_else(|| format!("a union has no branch {i}"))?;
+                let value = self.read(branch, depth + 1)?;
+                if branches(u).len() == 1 || matches!(value, Datum::Null) {
+                    value
+                } else {
+                    Datum::Record(vec![(branch_name(branch), value)])
+                }
+            }
+            Schema::Record(r) => {
+                let mut fields = Vec::with_capacity(r.fields.len());
+                for f in &r.fields {
+                    let value = self.read(&f.schema, depth + 1)?;
+                    fields.push((f.name.clone(), value));
+                }
+                Datum::Record(fields)
+            }
+            Schema::Ref { .. } => return Err("an Avro reference to a reference".into()),
+        })
+    }
 }
 
 /// A big-endian two's-complement integer of at most 16 bytes.

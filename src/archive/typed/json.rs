@@ -19,7 +19,8 @@ impl JsonCodec {
     pub fn parse(schema: &str) -> Result<JsonCodec, String> {
         let root: Value =
             serde_json::from_str(schema).map_err(|e| format!("not a JSON Schema: {e}"))?;
-        let shape = shape_of(&root, &root, 0)?.ok_or("a JSON Schema of null has no column")?;
+        let shape = shape_of(&root, &root, 0, &mut super::COLUMN_BUDGET.clone())?
+            .ok_or("a JSON Schema of null has no column")?;
         Ok(JsonCodec {
             shape: Arc::new(shape),
         })
@@ -52,10 +53,16 @@ fn resolve<'a>(schema: &'a Value, root: &'a Value, depth: usize) -> Result<&'a V
     }
 }
 
-fn shape_of(schema: &Value, root: &Value, depth: usize) -> Result<Option<DataType>, String> {
+fn shape_of(
+    schema: &Value,
+    root: &Value,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<Option<DataType>, String> {
     if depth > MAX_DEPTH {
         return Err("the JSON Schema nests too deep (a recursive type?)".into());
     }
+    super::spend_column(budget)?;
     let schema = resolve(schema, root, depth)?;
     let types: Vec<&str> = match schema.get("type") {
         Some(Value::String(t)) => vec![t.as_str()],
@@ -74,7 +81,7 @@ fn shape_of(schema: &Value, root: &Value, depth: usize) -> Result<Option<DataTyp
         }
         ["string"] => DataType::Utf8,
         ["array"] => match schema.get("items") {
-            Some(items) if items.is_object() => match shape_of(items, root, depth + 1)? {
+            Some(items) if items.is_object() => match shape_of(items, root, depth + 1, budget)? {
                 Some(t) => DataType::List(Arc::new(element(t))),
                 None => return Ok(None),
             },
@@ -86,11 +93,14 @@ fn shape_of(schema: &Value, root: &Value, depth: usize) -> Result<Option<DataTyp
                 let mut names: Vec<&String> = props.keys().collect();
                 names.sort();
                 for name in names {
-                    if let Some(t) = shape_of(&props[name], root, depth + 1)? {
+                    if let Some(t) = shape_of(&props[name], root, depth + 1, budget)? {
                         fields.push((name.clone(), t));
                     }
                 }
-                struct_of(fields)?
+                match struct_of(fields) {
+                    Some(t) => t,
+                    None => return Ok(None),
+                }
             }
             _ => DataType::Utf8,
         },

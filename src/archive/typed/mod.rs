@@ -186,11 +186,15 @@ impl Codec {
     /// Decode `body` into a value of [`Codec::shape`]. Bytes are anyone's: a decoder's panic is an
     /// error here too, never the sink's end.
     pub fn decode(&self, body: &[u8]) -> Result<Datum, String> {
-        unpanicked(|| match &self.inner {
+        let datum = unpanicked(|| match &self.inner {
             Inner::Avro(c) => c.decode(body),
             Inner::Json(c) => c.decode(body),
             Inner::Proto(c) => c.decode(body),
-        })
+        })?;
+        if weight(&datum) > weight_budget(body.len()) {
+            return Err("the value decodes into far more than its bytes".into());
+        }
+        Ok(datum)
     }
 }
 
@@ -558,17 +562,47 @@ fn element(t: DataType) -> Field {
     Field::new("element", t, true)
 }
 
-/// A struct of nullable fields; a struct needs at least one (Parquet has no empty groups).
-fn struct_of(fields: Vec<(String, DataType)>) -> Result<DataType, String> {
+/// A struct of nullable fields; `None` without fields (Parquet has no empty groups), and the
+/// field then has no column.
+fn struct_of(fields: Vec<(String, DataType)>) -> Option<DataType> {
     if fields.is_empty() {
-        return Err("a record without fields has no column".into());
+        return None;
     }
-    Ok(DataType::Struct(Fields::from(
+    Some(DataType::Struct(Fields::from(
         fields
             .into_iter()
             .map(|(n, t)| Field::new(n, t, true))
             .collect::<Vec<_>>(),
     )))
+}
+
+/// Columns (fields, elements) one schema may have: shared types are expanded where they are
+/// used, so a small hostile schema could otherwise expand into billions.
+pub(crate) const COLUMN_BUDGET: usize = 10_000;
+
+fn spend_column(budget: &mut usize) -> Result<(), String> {
+    *budget = budget
+        .checked_sub(1)
+        .ok_or_else(|| format!("the schema has more than {COLUMN_BUDGET} columns"))?;
+    Ok(())
+}
+
+/// What one key or value may decode into, in values and bytes: a multiple of its own size, so
+/// that a small record cannot decode into a huge tree (proto3 defaults, enum names, counts of
+/// empty items).
+pub(crate) fn weight_budget(bytes: usize) -> usize {
+    bytes.saturating_mul(16).saturating_add(16 << 10)
+}
+
+/// The weight of a decoded value ([`weight_budget`]).
+fn weight(d: &Datum) -> usize {
+    1 + match d {
+        Datum::Str(s) => s.len(),
+        Datum::Bytes(b) => b.len(),
+        Datum::List(xs) => xs.iter().map(weight).sum(),
+        Datum::Record(fs) => fs.iter().map(|(n, v)| n.len() + weight(v)).sum(),
+        _ => 0,
+    }
 }
 
 /// A map as a column: a list of key and value structs.

@@ -5,7 +5,8 @@
 //! their value's name, `uint32`/`uint64` longs (a `uint64` past the long's range is null),
 //! `google.protobuf.Timestamp` a timestamp and the wrapper types their value. A field without
 //! presence (a proto3 scalar) that is not set has its default value; one with presence is null. A
-//! message within itself (a recursive type, a tree) is its encoded bytes there.
+//! message within itself (a recursive type, a tree) and a message without fields have no column
+//! there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -94,7 +95,9 @@ impl ProtoCodec {
             return Ok((s.clone(), rest));
         }
         let message = self.message(&indexes)?;
-        let shape = Arc::new(message_shape(&message, &[])?);
+        let shape = message_shape(&message, &[], &mut super::COLUMN_BUDGET.clone())?
+            .ok_or_else(|| format!("message {} has no column", message.full_name()))?;
+        let shape = Arc::new(shape);
         shapes.insert(indexes, shape.clone());
         Ok((shape, rest))
     }
@@ -123,20 +126,28 @@ fn message_indexes(body: &[u8]) -> Result<(Vec<i64>, &[u8]), String> {
     Ok((indexes, buf))
 }
 
-fn message_shape(message: &MessageDescriptor, anc: &[String]) -> Result<DataType, String> {
-    if let Some(t) = well_known(message, anc)? {
+/// The column type of a message; `None` when it has none (no fields, or a message within itself,
+/// a tree, whose nested copies are not typed).
+fn message_shape(
+    message: &MessageDescriptor,
+    anc: &[String],
+    budget: &mut usize,
+) -> Result<Option<DataType>, String> {
+    super::spend_column(budget)?;
+    if let Some(t) = well_known(message, anc, budget)? {
         return Ok(t);
     }
     if anc.iter().any(|a| a == message.full_name()) || anc.len() > MAX_DEPTH {
-        // A message within itself (a tree): its encoded bytes.
-        return Ok(DataType::Binary);
+        return Ok(None);
     }
     let anc = within(anc, message.full_name());
     let mut fields = Vec::new();
     for f in message.fields() {
-        fields.push((f.name().to_string(), field_shape(&f, &anc)?));
+        if let Some(t) = field_shape(&f, &anc, budget)? {
+            fields.push((f.name().to_string(), t));
+        }
     }
-    struct_of(fields)
+    Ok(struct_of(fields))
 }
 
 /// The ancestors of a message's fields: `anc` and the message.
@@ -159,40 +170,50 @@ const WRAPPERS: [&str; 9] = [
     "google.protobuf.BytesValue",
 ];
 
-/// Timestamps and wrappers as what they stand for.
-fn well_known(message: &MessageDescriptor, anc: &[String]) -> Result<Option<DataType>, String> {
+/// Timestamps and wrappers as what they stand for (the outer `None`: not one of them).
+fn well_known(
+    message: &MessageDescriptor,
+    anc: &[String],
+    budget: &mut usize,
+) -> Result<Option<Option<DataType>>, String> {
     Ok(match message.full_name() {
-        "google.protobuf.Timestamp" => Some(DataType::Timestamp(
+        "google.protobuf.Timestamp" => Some(Some(DataType::Timestamp(
             TimeUnit::Microsecond,
             Some("UTC".into()),
-        )),
+        ))),
         name if WRAPPERS.contains(&name) => {
             let value = message.get_field(1).ok_or("a wrapper without its value")?;
-            Some(kind_shape(&value.kind(), anc)?)
+            Some(kind_shape(&value.kind(), anc, budget)?)
         }
         _ => None,
     })
 }
 
-fn field_shape(field: &FieldDescriptor, anc: &[String]) -> Result<DataType, String> {
+fn field_shape(
+    field: &FieldDescriptor,
+    anc: &[String],
+    budget: &mut usize,
+) -> Result<Option<DataType>, String> {
     if field.is_map() {
         let Kind::Message(entry) = field.kind() else {
             return Err("a map field without its entry".into());
         };
-        let key = kind_shape(&entry.map_entry_key_field().kind(), anc)?;
-        let value = kind_shape(&entry.map_entry_value_field().kind(), anc)?;
-        return Ok(map_of(key, value));
+        let key = kind_shape(&entry.map_entry_key_field().kind(), anc, budget)?;
+        let value = kind_shape(&entry.map_entry_value_field().kind(), anc, budget)?;
+        return Ok(key.zip(value).map(|(k, v)| map_of(k, v)));
     }
-    let t = kind_shape(&field.kind(), anc)?;
-    Ok(if field.is_list() {
+    let Some(t) = kind_shape(&field.kind(), anc, budget)? else {
+        return Ok(None);
+    };
+    Ok(Some(if field.is_list() {
         DataType::List(Arc::new(element(t)))
     } else {
         t
-    })
+    }))
 }
 
-fn kind_shape(kind: &Kind, anc: &[String]) -> Result<DataType, String> {
-    Ok(match kind {
+fn kind_shape(kind: &Kind, anc: &[String], budget: &mut usize) -> Result<Option<DataType>, String> {
+    Ok(Some(match kind {
         Kind::Double => DataType::Float64,
         Kind::Float => DataType::Float32,
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => DataType::Int32,
@@ -203,8 +224,8 @@ fn kind_shape(kind: &Kind, anc: &[String]) -> Result<DataType, String> {
         Kind::Bool => DataType::Boolean,
         Kind::String | Kind::Enum(_) => DataType::Utf8,
         Kind::Bytes => DataType::Binary,
-        Kind::Message(m) => message_shape(m, anc)?,
-    })
+        Kind::Message(m) => return message_shape(m, anc, budget),
+    }))
 }
 
 fn message_datum(message: &DynamicMessage, anc: &[String]) -> Datum {
@@ -237,8 +258,8 @@ fn message_datum(message: &DynamicMessage, anc: &[String]) -> Datum {
         _ => {}
     }
     if anc.iter().any(|a| a == descriptor.full_name()) || anc.len() > MAX_DEPTH {
-        use prost::Message as _;
-        return Datum::Bytes(message.encode_to_vec());
+        // Not typed (see `message_shape`).
+        return Datum::Null;
     }
     let anc = within(anc, descriptor.full_name());
     Datum::Record(

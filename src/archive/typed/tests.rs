@@ -369,3 +369,111 @@ mod hostile {
         }
     }
 }
+
+/// A zigzag varint, as Avro writes ints and longs.
+fn varint(v: i64) -> Vec<u8> {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    let mut out = Vec::new();
+    loop {
+        let byte = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[test]
+fn hostile_avro_counts_lengths_and_leftovers_do_not_decode() {
+    let codec = Codec::parse(text("AVRO", ORDER_V1)).unwrap();
+    // id 1, amount 0, then an array block claiming 2^27 strings in a few bytes: refused before
+    // anything is allocated for them (the library's reader reserved gigabytes here).
+    let mut huge = vec![2, 0];
+    huge.extend(varint(1 << 27));
+    assert!(codec.decode(&huge).is_err());
+    let mut negative = vec![2, 0];
+    negative.extend(varint(-(1 << 40)));
+    negative.extend(varint(5));
+    assert!(codec.decode(&negative).is_err());
+    // A string claiming more bytes than follow.
+    let mut long = vec![2, 0, 2];
+    long.extend(varint(1 << 30));
+    assert!(codec.decode(&long).is_err());
+    // A whole value, then bytes that are not part of it.
+    let mut whole = avro(
+        ORDER_V1,
+        vec![
+            ("id", AvroValue::Long(1)),
+            ("amount", AvroValue::Int(2)),
+            ("tags", AvroValue::Array(vec![])),
+            ("note", AvroValue::Union(0, Box::new(AvroValue::Null))),
+        ],
+    );
+    assert!(codec.decode(&whole).is_ok());
+    whole.push(7);
+    assert!(codec.decode(&whole).is_err());
+    // Null items cost nothing to send but budget to decode.
+    let nulls = Codec::parse(text("AVRO", r#"{"type":"array","items":"null"}"#));
+    assert!(nulls.is_err(), "an array of nulls has no column");
+    let maps = Codec::parse(text("AVRO", r#"{"type":"map","values":"string"}"#)).unwrap();
+    let mut bomb = varint(1 << 26);
+    bomb.extend([0, 0]);
+    assert!(maps.decode(&bomb).is_err());
+}
+
+#[test]
+fn avro_decimals_beyond_their_precision_and_named_union_branches() {
+    let schema = r#"{"type":"record","name":"P","fields":[
+        {"name":"price","type":{"type":"bytes","logicalType":"decimal","precision":4,"scale":2}},
+        {"name":"either","type":["null",
+            {"type":"record","name":"X","namespace":"a","fields":[{"name":"v","type":"int"}]},
+            {"type":"record","name":"X","namespace":"b","fields":[{"name":"w","type":"string"}]}]}]}"#;
+    let codec = Codec::parse(text("AVRO", schema)).unwrap();
+    let shape = codec.shape(&[]).unwrap();
+    let DataType::Struct(fields) = &*shape else {
+        panic!("{shape:?}")
+    };
+    let DataType::Struct(branches) = fields[1].data_type() else {
+        panic!()
+    };
+    let names: Vec<&str> = branches.iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        ["a_X", "b_X"],
+        "branches named apart by their full names"
+    );
+    // 12.34 fits decimal(4, 2); 123.45 does not, and would wrap when stored.
+    // price: 2 bytes, 0x04d2 = 1234; either: branch 2 (b.X), w: the string "z".
+    let mut ok = vec![4, 0x04, 0xd2];
+    ok.extend(varint(2));
+    ok.extend(varint(1));
+    ok.push(b'z');
+    assert_eq!(
+        codec.decode(&ok).unwrap(),
+        Datum::Record(vec![
+            ("price".into(), Datum::Decimal(1234)),
+            (
+                "either".into(),
+                Datum::Record(vec![(
+                    "b_X".into(),
+                    Datum::Record(vec![("w".into(), Datum::Str("z".into()))])
+                )])
+            ),
+        ])
+    );
+    let mut too_wide = vec![6, 0x00, 0x30, 0x39];
+    too_wide.extend(varint(0));
+    assert!(codec.decode(&too_wide).is_err(), "12345 has five digits");
+    // A null branch is a null value, not a struct of nulls.
+    let mut null = vec![4, 0x04, 0xd2];
+    null.extend(varint(0));
+    assert_eq!(
+        codec.decode(&null).unwrap(),
+        Datum::Record(vec![
+            ("price".into(), Datum::Decimal(1234)),
+            ("either".into(), Datum::Null)
+        ])
+    );
+}
