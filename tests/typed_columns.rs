@@ -127,6 +127,11 @@ fn holds(actual: &Value, expected: &Value) -> bool {
 }
 
 fn sink(archive: &str, topics: &[&str], config: &str) {
+    sink_closing_after(archive, topics, config, 4);
+}
+
+/// `rewind sink --once` of `topics` with `config`, closing a file every `max_records` records.
+fn sink_closing_after(archive: &str, topics: &[&str], config: &str, max_records: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rewind.toml");
     std::fs::write(&path, config).unwrap();
@@ -145,7 +150,7 @@ fn sink(archive: &str, topics: &[&str], config: &str) {
         ])
         .arg("--config")
         .arg(&path)
-        .env("REWIND__SINK__MAX_FILE_RECORDS", "4")
+        .env("REWIND__SINK__MAX_FILE_RECORDS", max_records.to_string())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::text(&out.stderr));
@@ -637,4 +642,71 @@ fn decode_settings_that_cannot_work_are_refused() {
         assert!(err.contains(says), "{config}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// Schemas that alternate (two event types sharing a field name of different types) open new files
+/// only a few times: after that, records join the open file, and those that cannot join its columns
+/// are archived raw and counted `incompatible`. Nothing is lost either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternating_schemas_roll_a_few_files_then_join_untyped() {
+    common::no_instance_metadata();
+    let url = registry_url();
+    let topic = common::unique("typed-flip");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let a = register(&url, &format!("{topic}-value"), ORDER_V1, "AVRO");
+    let b = register(&url, &format!("{topic}-other"), ORDER_TEXT, "AVRO");
+    let now = common::now_ms();
+    let records: Vec<Record> = (0..20i64)
+        .map(|i| {
+            let value = if i % 2 == 0 {
+                framed(
+                    a,
+                    &avro(
+                        ORDER_V1,
+                        vec![
+                            ("id", Avro::Long(i)),
+                            ("amount", Avro::Int(1)),
+                            ("tags", Avro::Array(vec![])),
+                            ("note", none()),
+                        ],
+                    ),
+                )
+            } else {
+                framed(
+                    b,
+                    &avro(
+                        ORDER_TEXT,
+                        vec![("id", Avro::Long(i)), ("amount", Avro::String("x".into()))],
+                    ),
+                )
+            };
+            kafka::record(None, Some(&value), vec![], now + i)
+        })
+        .collect();
+    let produced = kafka::produce(&topic, 0, &records).await;
+    let archive_dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", archive_dir.path().display());
+    let config = format!(
+        "[sink.decode]\nregistry = \"{url}\"\n\n[[sink.decode.topics]]\ntopics = '{}'\nvalue = \"registry\"\n",
+        regex::escape(&topic)
+    );
+    sink_closing_after(&archive, &[&topic], &config, 1000);
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalStore::open(StorageUrl::parse(&archive).unwrap()).unwrap());
+    assert_eq!(common::archive::chain(&store, &topic, 0).await, produced);
+    let files = specs(&store, &topic).await;
+    // Three schema rolls (the burst), then the rest in the fourth file.
+    assert_eq!(
+        files.len(),
+        4,
+        "{:?}",
+        files.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    let (mut decoded, mut incompatible) = (0, 0);
+    for (_, spec) in &files {
+        let value = spec.value.as_ref().unwrap();
+        decoded += value.decoded;
+        incompatible += value.failed.get("incompatible").copied().unwrap_or(0);
+    }
+    assert_eq!((decoded, incompatible), (12, 8));
 }

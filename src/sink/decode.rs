@@ -2,11 +2,15 @@
 //! of the registry it has fetched, and the shape of each record's typed values, which decides when a
 //! schema change opens a new file.
 //!
-//! Invariant: decoding never holds a partition back for long and never loses a record. A schema
-//! the registry does not give within a few seconds is asked for again only after
-//! [`RETRY_AFTER`]; meanwhile the records that need it are archived raw, and counted.
+//! Invariant: decoding never holds the backup up for long and never loses a record. A schema is
+//! fetched in the background; the consume loop waits for it at most [`WAIT`], once per id. One the
+//! registry did not give is asked for again after [`RETRY_AFTER`] (a schema that does not parse,
+//! never: ids are immutable), and a registry that does not answer is left alone for as long.
+//! Meanwhile the records that need it are archived raw, and counted. A file is decoded with the
+//! schemas its records were checked against as they joined it, so what a file holds never depends
+//! on when a fetch finished.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,18 +22,33 @@ use crate::archive::Record;
 use crate::config::{DecodeConfig, DecodeMode};
 use crate::kafka::registry::Registry;
 
-/// A schema the registry did not give is asked for again after this long.
+/// A schema the registry did not give is asked for again after this long, and a registry that did
+/// not answer is not asked anything for as long.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Each registry request of the sink gives up after this long, and is tried twice.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// References of references are followed this deep.
+/// How long the consume loop waits for a schema it has not seen before (once per id).
+const WAIT: Duration = Duration::from_secs(1);
+/// Fetches running at once; a new id beyond them is archived raw until one finishes.
+const FETCHES: usize = 4;
+/// References of references are followed this deep, and this many at most per schema.
 const REFERENCE_DEPTH: usize = 8;
+const REFERENCES: usize = 64;
+/// Ids remembered as missing at most; past it, the oldest are forgotten.
+const MISSING: usize = 10_000;
 
 /// The decoding rules of a sink and the schemas it knows.
 pub struct Decoders {
     registry: Option<Registry>,
     rules: Vec<Rule>,
-    schemas: Mutex<HashMap<u32, Fetched>>,
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    schemas: HashMap<u32, Fetched>,
+    /// The registry did not answer: nothing is asked of it until then.
+    down_until: Option<Instant>,
 }
 
 struct Rule {
@@ -47,58 +66,92 @@ enum Mode {
 #[derive(Clone)]
 enum Fetched {
     Ready(Arc<Codec>),
+    /// Being fetched.
+    Pending,
     /// Not had (unknown to the registry, unreadable, or no answer): asked again after `until`.
     Missing {
         until: Instant,
     },
 }
 
-/// The column types of a record's typed key and value (`None`: not decoded); compared by address.
-#[derive(Debug, Clone, Default)]
-pub struct Shapes {
-    pub key: Option<Arc<DataType>>,
-    pub value: Option<Arc<DataType>>,
+/// The typed shape of one side of a record: the schema id it was checked with (`None`: declared)
+/// and its column type (compared by address).
+#[derive(Debug, Clone)]
+pub struct SideShape {
+    pub id: Option<u32>,
+    pub shape: Arc<DataType>,
 }
 
-/// The joined column types of a partition's open file, as records join it.
+/// The typed shapes of a record's key and value (`None`: not decoded).
+#[derive(Debug, Clone, Default)]
+pub struct Shapes {
+    pub key: Option<SideShape>,
+    pub value: Option<SideShape>,
+}
+
+/// The joined column types of a partition's open file, as records join it, and the schema ids
+/// they were checked with: the file is decoded with exactly those.
 #[derive(Debug, Clone, Default)]
 pub struct OpenShapes {
-    key: Option<DataType>,
-    value: Option<DataType>,
+    sides: [OpenSide; 2],
+}
+
+#[derive(Debug, Clone, Default)]
+struct OpenSide {
+    joined: Option<DataType>,
     /// Shapes joined already, by address: the usual record costs a pointer comparison.
     seen: Vec<Arc<DataType>>,
+    ids: BTreeSet<u32>,
+}
+
+impl OpenSide {
+    fn admits(&self, new: &SideShape) -> bool {
+        match &self.joined {
+            None => true,
+            Some(had) => {
+                self.seen.iter().any(|s| Arc::ptr_eq(s, &new.shape))
+                    || typed::merge(had, &new.shape).is_some()
+            }
+        }
+    }
+
+    fn join(&mut self, new: &SideShape) {
+        self.ids.extend(new.id);
+        if self.seen.iter().any(|s| Arc::ptr_eq(s, &new.shape)) {
+            return;
+        }
+        self.joined = match self.joined.take() {
+            None => Some((*new.shape).clone()),
+            // One that does not join stays out: its records are `incompatible` in this file.
+            Some(h) => Some(typed::merge(&h, &new.shape).unwrap_or(h)),
+        };
+        self.seen.push(new.shape.clone());
+    }
 }
 
 impl OpenShapes {
     /// Whether a record of `shapes` can join the open file without a field changing type.
     pub fn admits(&self, shapes: &Shapes) -> bool {
-        [(&self.key, &shapes.key), (&self.value, &shapes.value)]
+        [&shapes.key, &shapes.value]
             .into_iter()
-            .all(|(had, new)| match (had, new) {
-                (Some(had), Some(new)) => {
-                    self.seen.iter().any(|s| Arc::ptr_eq(s, new))
-                        || typed::merge(had, new).is_some()
-                }
-                _ => true,
-            })
+            .zip(&self.sides)
+            .all(|(new, side)| new.as_ref().is_none_or(|n| side.admits(n)))
     }
 
-    /// Join a record of `shapes` (which [`OpenShapes::admits`]).
+    /// Join a record of `shapes`.
     pub fn join(&mut self, shapes: &Shapes) {
-        for (had, new) in [
-            (&mut self.key, &shapes.key),
-            (&mut self.value, &shapes.value),
-        ] {
-            let Some(new) = new else { continue };
-            if self.seen.iter().any(|s| Arc::ptr_eq(s, new)) {
-                continue;
+        for (new, side) in [&shapes.key, &shapes.value]
+            .into_iter()
+            .zip(&mut self.sides)
+        {
+            if let Some(new) = new {
+                side.join(new);
             }
-            *had = match had.take() {
-                None => Some((**new).clone()),
-                Some(h) => Some(typed::merge(&h, new).unwrap_or(h)),
-            };
-            self.seen.push(new.clone());
         }
+    }
+
+    fn ids(&self, side: Side) -> &BTreeSet<u32> {
+        &self.sides[side as usize].ids
     }
 }
 
@@ -169,7 +222,7 @@ impl Decoders {
         Ok(Some(Arc::new(Decoders {
             registry,
             rules,
-            schemas: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
         })))
     }
 
@@ -187,9 +240,9 @@ impl Decoders {
         self.rule(topic).is_some()
     }
 
-    /// The column types of `record`'s typed key and value, fetching a schema not known yet (a
-    /// few seconds at most; one the registry did not give is not asked for again for a while).
-    pub async fn shapes(&self, topic: &str, record: &Record) -> Shapes {
+    /// The typed shapes of `record`'s key and value, fetching a schema not seen yet (waiting
+    /// for it at most [`WAIT`]).
+    pub async fn shapes(self: &Arc<Self>, topic: &str, record: &Record) -> Shapes {
         let Some(rule) = self.rule(topic) else {
             return Shapes::default();
         };
@@ -202,11 +255,17 @@ impl Decoders {
                 continue;
             };
             let shape = match mode {
-                Mode::Declared(codec) => codec.shape(bytes).ok(),
+                Mode::Declared(codec) => codec
+                    .shape(bytes)
+                    .ok()
+                    .map(|shape| SideShape { id: None, shape }),
                 Mode::Registry => match typed::wire_id(bytes) {
                     None => None,
                     Some(id) => match self.schema(id).await {
-                        Some(codec) => codec.shape(&bytes[5..]).ok(),
+                        Some(codec) => codec.shape(&bytes[5..]).ok().map(|shape| SideShape {
+                            id: Some(id),
+                            shape,
+                        }),
                         None => None,
                     },
                 },
@@ -219,88 +278,144 @@ impl Decoders {
         shapes
     }
 
-    /// The decoding of a file of `topic`'s `records`: the schemas of their ids known so far.
-    pub fn decoding(&self, topic: &str, records: &[Record]) -> Option<Decoding> {
+    /// The decoding of a file of `topic` whose records were checked as `open` says.
+    pub fn decoding(&self, topic: &str, open: &OpenShapes) -> Option<Decoding> {
         let rule = self.rule(topic)?;
-        let known = self.schemas.lock().expect("schema cache");
-        let side = |mode: &Option<Mode>, of: fn(&Record) -> Option<&[u8]>| {
+        let known = self.known.lock().expect("schema cache");
+        let side = |mode: &Option<Mode>, side: Side| {
             Some(match mode.as_ref()? {
                 Mode::Declared(codec) => SideDecoding::Declared(codec.clone()),
-                Mode::Registry => {
-                    let mut codecs = BTreeMap::new();
-                    for id in records.iter().filter_map(|r| typed::wire_id(of(r)?)) {
-                        if let Some(Fetched::Ready(codec)) = known.get(&id) {
-                            codecs.entry(id).or_insert_with(|| codec.clone());
-                        }
-                    }
-                    SideDecoding::Registry(codecs)
-                }
+                Mode::Registry => SideDecoding::Registry(
+                    open.ids(side)
+                        .iter()
+                        .filter_map(|id| match known.schemas.get(id) {
+                            Some(Fetched::Ready(codec)) => Some((*id, codec.clone())),
+                            _ => None,
+                        })
+                        .collect::<BTreeMap<_, _>>(),
+                ),
             })
         };
         Some(Decoding {
-            key: side(&rule.key, |r| r.key.as_deref()),
-            value: side(&rule.value, |r| r.value.as_deref()),
+            key: side(&rule.key, Side::Key),
+            value: side(&rule.value, Side::Value),
         })
     }
 
-    /// The codec of schema `id`, fetched from the registry the first time.
-    async fn schema(&self, id: u32) -> Option<Arc<Codec>> {
-        match self.schemas.lock().expect("schema cache").get(&id) {
-            Some(Fetched::Ready(codec)) => return Some(codec.clone()),
-            Some(Fetched::Missing { until }) if Instant::now() < *until => return None,
-            _ => {}
+    /// The codec of schema `id`: known, or fetched in the background and waited for at most
+    /// [`WAIT`] the first time.
+    async fn schema(self: &Arc<Self>, id: u32) -> Option<Arc<Codec>> {
+        {
+            let mut known = self.known.lock().expect("schema cache");
+            let now = Instant::now();
+            match known.schemas.get(&id) {
+                Some(Fetched::Ready(codec)) => return Some(codec.clone()),
+                Some(Fetched::Pending) => return None,
+                Some(Fetched::Missing { until }) if now < *until => return None,
+                _ => {}
+            }
+            if known.down_until.is_some_and(|until| now < until) {
+                return None;
+            }
+            let pending = known
+                .schemas
+                .values()
+                .filter(|f| matches!(f, Fetched::Pending))
+                .count();
+            if pending >= FETCHES {
+                return None;
+            }
+            if known.schemas.len() > MISSING {
+                known
+                    .schemas
+                    .retain(|_, f| !matches!(f, Fetched::Missing { .. }));
+            }
+            known.schemas.insert(id, Fetched::Pending);
         }
+        let decoders = self.clone();
+        let mut fetching = tokio::spawn(async move { decoders.fetch(id).await });
+        match tokio::time::timeout(WAIT, &mut fetching).await {
+            Ok(Ok(codec)) => codec,
+            // Still on its way (it stores what it gets), or gone.
+            _ => None,
+        }
+    }
+
+    /// Fetch and parse schema `id`, and remember the outcome.
+    async fn fetch(&self, id: u32) -> Option<Arc<Codec>> {
         let registry = self.registry.as_ref()?;
-        let fetched = match fetch(registry, id).await {
-            Ok(text) => match Codec::parse(text) {
-                Ok(codec) => Fetched::Ready(Arc::new(codec)),
-                Err(why) => {
-                    tracing::warn!(schema_id = id, %why, "cannot decode with this schema; its records are archived raw");
-                    Fetched::Missing {
-                        until: Instant::now() + RETRY_AFTER,
+        let (fetched, down) = match fetch(registry, id).await {
+            Ok(text) => {
+                // Parsing is CPU work (a .proto is compiled): off the runtime's threads.
+                let parsed = tokio::task::spawn_blocking(move || Codec::parse(text))
+                    .await
+                    .unwrap_or_else(|_| Err("the parser stopped".into()));
+                match parsed {
+                    Ok(codec) => (Fetched::Ready(Arc::new(codec)), false),
+                    Err(why) => {
+                        tracing::warn!(schema_id = id, %why, "cannot decode with this schema; its records are archived without typed columns");
+                        // Ids are immutable: it will not parse later either.
+                        let until = Instant::now() + Duration::from_secs(365 * 86_400);
+                        (Fetched::Missing { until }, false)
                     }
                 }
-            },
-            Err(why) => {
-                tracing::warn!(schema_id = id, %why, "no schema from the registry; records of it are archived raw for now");
-                Fetched::Missing {
-                    until: Instant::now() + RETRY_AFTER,
-                }
+            }
+            Err((why, down)) => {
+                tracing::warn!(schema_id = id, %why, "no schema from the registry; records of it are archived without typed columns for now");
+                let until = Instant::now() + RETRY_AFTER;
+                (Fetched::Missing { until }, down)
             }
         };
-        self.schemas
-            .lock()
-            .expect("schema cache")
-            .insert(id, fetched.clone());
+        let mut known = self.known.lock().expect("schema cache");
+        if down {
+            known.down_until = Some(Instant::now() + RETRY_AFTER);
+        }
+        known.schemas.insert(id, fetched.clone());
         match fetched {
             Fetched::Ready(codec) => Some(codec),
-            Fetched::Missing { .. } => None,
+            _ => None,
         }
     }
 }
 
-/// Schema `id` and, resolved, the schemas it references.
-async fn fetch(registry: &Registry, id: u32) -> Result<SchemaText, String> {
+/// Schema `id` and, resolved, the schemas it references; an error says whether the registry did
+/// not answer (rather than refuse).
+async fn fetch(registry: &Registry, id: u32) -> Result<SchemaText, (String, bool)> {
+    let failed = |e: crate::kafka::registry::RegistryError| {
+        let down = e.may_pass();
+        (e.to_string(), down)
+    };
     let schema = registry
         .schema(id)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("the registry has no schema {id}"))?;
-    let mut references = Vec::new();
+        .map_err(failed)?
+        .ok_or_else(|| (format!("the registry has no schema {id}"), false))?;
+    let mut references: Vec<typed::Reference> = Vec::new();
     let mut pending: Vec<(serde_json::Value, usize)> =
         schema.references.iter().map(|r| (r.clone(), 0)).collect();
     while let Some((reference, depth)) = pending.pop() {
         let name = reference["name"].as_str().unwrap_or_default().to_string();
         let subject = reference["subject"].as_str().unwrap_or_default();
         let version = reference["version"].as_i64().unwrap_or(-1) as i32;
-        if depth > REFERENCE_DEPTH || references.iter().any(|r: &typed::Reference| r.name == name) {
+        if depth > REFERENCE_DEPTH || references.iter().any(|r| r.name == name) {
             continue;
+        }
+        if references.len() >= REFERENCES {
+            return Err((
+                format!("schema {id} references more than {REFERENCES} schemas"),
+                false,
+            ));
         }
         let found = registry
             .subject_version(subject, version)
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("the registry has no version {version} of {subject:?}"))?;
+            .map_err(failed)?
+            .ok_or_else(|| {
+                (
+                    format!("the registry has no version {version} of {subject:?}"),
+                    false,
+                )
+            })?;
         pending.extend(found.references.iter().map(|r| (r.clone(), depth + 1)));
         references.push(typed::Reference {
             name,

@@ -90,9 +90,9 @@ struct Sink<'a> {
     announced: std::collections::HashSet<(String, i32)>,
     /// Every partition this worker handled, for the report.
     seen: std::collections::HashSet<(String, i32)>,
-    /// The typed columns' types of each decoded partition's open file, so that a record whose
-    /// schema changed a field's type opens a new file.
-    shapes: FxHashMap<(String, i32), decode::OpenShapes>,
+    /// Schema-change rolls each partition may still make now, and when that was counted
+    /// ([`Sink::schema_roll_allowed`]).
+    schema_rolls: FxHashMap<(String, i32), (f64, u64)>,
     /// Records read, records archived and bytes archived, sampled every tick for their rates.
     rates: crate::live::Rates<3>,
     /// The status line on a terminal (`SinkOptions::progress`), redrawn in place.
@@ -260,7 +260,7 @@ pub async fn run(
         started: Instant::now(),
         subscribed: Vec::new(),
         seen: Default::default(),
-        shapes: Default::default(),
+        schema_rolls: Default::default(),
         announced: Default::default(),
         rates: Default::default(),
         bar: opts.progress.then(|| {
@@ -438,23 +438,20 @@ impl Sink<'_> {
             self.roll(id, before_append).await?;
             self.defer_if_open(id, ticket)?;
         }
-        let shapes = match &self.opts.decoders {
+        let shapes = match self.opts.decoders.clone() {
             Some(decoders) if decoders.decodes(&id.0) => {
-                let shapes = decoders.shapes(&id.0, &record).await;
-                let open = self.chains.get(id).and_then(PartitionChain::open_file);
-                if open.is_none() {
-                    self.shapes.remove(id);
-                }
-                if open.is_some() && !self.shapes.get(id).is_none_or(|s| s.admits(&shapes)) {
-                    // A field changed type: the records before are one file, typed as they were.
-                    self.roll(id, Event::SchemaChange).await?;
-                    self.defer_if_open(id, ticket)?;
-                    self.shapes.remove(id);
-                }
-                Some(shapes)
+                Some(decoders.shapes(&id.0, &record).await)
             }
             _ => None,
         };
+        if let Some(shapes) = &shapes {
+            let admits = self.chains.get(id).is_none_or(|c| c.admits_shapes(shapes));
+            if !admits && self.schema_roll_allowed(id) {
+                // A field changed type: the records before are one file, typed as they were.
+                self.roll(id, Event::SchemaChange).await?;
+                self.defer_if_open(id, ticket)?;
+            }
+        }
         let cost = |sink: &Self| {
             sink.chains
                 .get(id)
@@ -482,16 +479,13 @@ impl Sink<'_> {
         } else {
             0
         };
-        if chain.open_file().is_none() {
-            self.shapes.remove(id);
-        }
         if !chain.push(ticket, record, bucket, now) {
             // A flush on the way repositioned the chain (an adopted file, another worker's
             // checkpoint, a record deferred): the consumer reads again from there.
             return self.apply_seek(id);
         }
-        if let Some(shapes) = shapes {
-            self.shapes.entry(id.clone()).or_default().join(&shapes);
+        if let Some(shapes) = &shapes {
+            chain.join_shapes(shapes);
         }
         self.buffered = self.buffered - before + chain.buffered_bytes();
         self.report.peak_buffered = self.report.peak_buffered.max(self.buffered);
@@ -507,6 +501,30 @@ impl Sink<'_> {
             self.reached_target(id, repositions).await?;
         }
         Ok(())
+    }
+
+    /// Whether a schema change may close `id`'s open file now: a few at once, then one a minute.
+    /// Records of schemas that alternate (two event types sharing a field name, a rolling deploy)
+    /// would otherwise make a file of each record; beyond the rate they join the open file, and
+    /// those whose fields changed type are archived without typed values (`incompatible`).
+    fn schema_roll_allowed(&mut self, id: &(String, i32)) -> bool {
+        const BURST: f64 = 3.0;
+        const REFILL_MS: f64 = 60_000.0;
+        let now = self.started.elapsed().as_millis() as u64;
+        let (tokens, at) = self.schema_rolls.entry(id.clone()).or_insert((BURST, now));
+        *tokens = (*tokens + now.saturating_sub(*at) as f64 / REFILL_MS).min(BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            tracing::debug!(
+                topic = id.0,
+                partition = id.1,
+                "schema changes faster than files may roll; the record joins the open file untyped"
+            );
+            false
+        }
     }
 
     async fn on_eof(&mut self, partition: i32) -> Result<(), SinkError> {

@@ -32,7 +32,7 @@ use crate::archive::{Record, FORMAT_VERSION};
 use crate::failpoint;
 use crate::storage::{ObjectStore, StorageError};
 
-use super::decode::Decoders;
+use super::decode::{Decoders, OpenShapes, Shapes};
 use super::upload::{self, UploadError};
 
 /// Why making a file durable failed.
@@ -127,6 +127,9 @@ pub struct PartitionChain {
     sealed: Option<Sealed>,
     /// What decodes the typed columns of the partition's files, if its topic has them.
     decoders: Option<Arc<Decoders>>,
+    /// The typed columns of the open file so far, and the schema ids its records were checked
+    /// with (reset with the buffer).
+    typed: OpenShapes,
 }
 
 /// A file sealed for a background upload: `[end, meta.end)` of the chain, its records with the
@@ -807,7 +810,7 @@ impl PartitionChain {
         let decoding = self
             .decoders
             .as_ref()
-            .and_then(|d| d.decoding(&self.topic, &records))
+            .and_then(|d| d.decoding(&self.topic, &self.typed))
             .map(Arc::new);
         let bytes = self.heap_bytes + (records.capacity() * std::mem::size_of::<Record>()) as u64;
         self.clear_buffer();
@@ -899,12 +902,24 @@ impl PartitionChain {
             jumps: Vec::new(),
             sealed: None,
             decoders: None,
+            typed: OpenShapes::default(),
         }
     }
 
     /// Decode the typed columns of this partition's files with `decoders`.
     pub fn decode_with(&mut self, decoders: Option<Arc<Decoders>>) {
         self.decoders = decoders;
+    }
+
+    /// Whether a record of `shapes` may join the open file: none is open, or no field of its
+    /// typed columns would change type.
+    pub fn admits_shapes(&self, shapes: &Shapes) -> bool {
+        self.open.is_none() || self.typed.admits(shapes)
+    }
+
+    /// The record just pushed had `shapes`.
+    pub fn join_shapes(&mut self, shapes: &Shapes) {
+        self.typed.join(shapes);
     }
 
     /// Bring back what a [`Lander`] made of the sealed file: the chain's new end and checkpoint,
@@ -1100,6 +1115,7 @@ impl PartitionChain {
         self.jumps = Vec::new();
         self.open = None;
         self.heap_bytes = 0;
+        self.typed = OpenShapes::default();
     }
 
     /// Skip the chain forward to `end` (a recorded gap; nothing may be buffered): the checkpoint
