@@ -440,29 +440,28 @@ async fn compact_run(
     let meta = datafile::file_meta(topic, partition, start, end, &records, cluster_id, now_ms());
     // Typed columns are decoded again, with the schemas every part's footer records, so the
     // compacted file has the parts' typed values (and, where a part lacked a schema another part
-    // has, more of them).
-    let decoding = typed::Decoding::from_specs(&specs).map_err(|e| {
-        OpsError::Input(format!(
-            "{}: the files of {topic}/{partition} from {start}: {e}; nothing was compacted",
-            store.url()
-        ))
-    })?;
-    let incompatible = |spec: &typed::Spec| spec.failed(typed::Failure::Incompatible);
-    let before: u64 = specs.iter().map(incompatible).sum();
+    // has, more of them). A run whose parts cannot be typed alike is left as it is.
+    let decoding = match typed::Decoding::from_specs(&specs) {
+        Ok(decoding) => decoding,
+        Err(why) => {
+            tracing::info!(topic, partition, start, %why, "the files' typed columns were decoded differently; leaving the run as it is");
+            return Ok(None);
+        }
+    };
     let (body, typed) = tokio::task::spawn_blocking(move || {
         datafile::encode_decoded_to(&meta, &records, decoding.as_ref(), Vec::new(), usize::MAX)
     })
     .await
     .expect("encoding does not panic")
     .map_err(|e| OpsError::Input(format!("{}: could not encode {target}: {e}", store.url())))?;
-    // Other failures belong to the bytes (not framed, undecodable) or shrink with more schemas
-    // (unknown): only records that could not join the merged columns would lose typed values.
-    if let Some(after) = typed
-        .map(|t| incompatible(&t.spec()))
-        .filter(|after| *after > before)
-    {
-        // A schema changed a field's type between the parts: one file cannot type both.
-        tracing::info!(topic, partition, start, after, before, "the files' typed columns have schemas that cannot share one file; leaving the run as it is");
+    if let Some(why) = typed.and_then(|t| typed::lost_in_merge(&specs, &t.spec())) {
+        tracing::info!(
+            topic,
+            partition,
+            start,
+            why,
+            "the files' typed columns cannot share one file; leaving the run as it is"
+        );
         return Ok(None);
     }
     let body = bytes::Bytes::from(body);

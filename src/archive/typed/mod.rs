@@ -312,13 +312,15 @@ impl Decoding {
         let mut schemas: [BTreeMap<u32, SchemaText>; 2] = Default::default();
         let mut declared: [Option<SchemaText>; 2] = Default::default();
         let mut any = [false; 2];
+        let mut by_registry = [false; 2];
         for spec in specs {
             for (i, side) in [Side::Key, Side::Value].into_iter().enumerate() {
                 let Some(s) = spec.side(side) else { continue };
                 any[i] = true;
                 schemas[i].extend(s.schemas.iter().map(|(id, t)| (*id, t.clone())));
-                if let Some(d) = &s.declared {
-                    match &declared[i] {
+                match &s.declared {
+                    None => by_registry[i] = true,
+                    Some(d) => match &declared[i] {
                         Some(had) if had != d => {
                             return Err(format!(
                                 "the files declare different schemas for their {}s",
@@ -326,7 +328,13 @@ impl Decoding {
                             ))
                         }
                         _ => declared[i] = Some(d.clone()),
-                    }
+                    },
+                }
+                if by_registry[i] && declared[i].is_some() {
+                    return Err(format!(
+                        "some files decode their {}s with a declared schema, others with the registry's",
+                        side.as_str()
+                    ));
                 }
             }
         }
@@ -493,11 +501,27 @@ impl Prepared {
             .collect()
     }
 
-    /// The typed columns of `records` (a batch of the file's records, in order).
+    /// The typed columns of `records` (a batch of the file's records, in order). Whatever goes
+    /// wrong building them, the batch's typed values are null (and counted), never the file lost.
     pub fn columns(&mut self, records: &[Record]) -> Vec<ArrayRef> {
         self.sides
             .iter_mut()
-            .filter_map(|s| s.column(records).map(|(_, a)| a))
+            .filter_map(|s| {
+                let shape = s.shape.clone();
+                let counted = (s.decoded, s.failed.clone());
+                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    s.column(records).map(|(_, a)| a)
+                }));
+                match built {
+                    Ok(column) => column,
+                    Err(_) => {
+                        (s.decoded, s.failed) = counted;
+                        let failed = records.iter().filter(|r| s.side.of(r).is_some()).count();
+                        *s.failed.entry(Failure::Undecodable).or_default() += failed as u64;
+                        shape.map(|t| arrow_array::new_null_array(&t, records.len()))
+                    }
+                }
+            })
             .collect()
     }
 
@@ -622,6 +646,31 @@ fn map_datum(mut entries: Vec<(String, Datum)>) -> Datum {
             .map(|(k, v)| Datum::Record(vec![("key".into(), Datum::Str(k)), ("value".into(), v)]))
             .collect(),
     )
+}
+
+/// Why a file of `merged` would hold fewer typed values than its `parts` (`None`: it would not):
+/// on a side, fewer decoded or more that could not join the columns (a field changed type between
+/// the parts). Other failures belong to the bytes, or shrink with more schemas.
+pub fn lost_in_merge(parts: &[Spec], merged: &Spec) -> Option<String> {
+    for side in [Side::Key, Side::Value] {
+        let before: u64 = parts
+            .iter()
+            .filter_map(|p| p.side(side))
+            .map(|s| s.decoded)
+            .sum();
+        let after = merged.side(side).map_or(0, |s| s.decoded);
+        if after < before {
+            return Some(format!(
+                "{after} {}s would decode where the files decoded {before}",
+                side.as_str()
+            ));
+        }
+    }
+    let incompatible = |s: &Spec| s.failed(Failure::Incompatible);
+    let before: u64 = parts.iter().map(incompatible).sum();
+    let after = incompatible(merged);
+    (after > before)
+        .then(|| format!("{after} records could not join the columns ({before} before)"))
 }
 
 /// Parse the footer's `rewind.decoded`.

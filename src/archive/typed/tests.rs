@@ -477,3 +477,50 @@ fn avro_decimals_beyond_their_precision_and_named_union_branches() {
         ])
     );
 }
+
+#[test]
+fn a_merge_that_would_lose_typed_values_is_named() {
+    let side = |decoded: u64, failed: &[(&str, u64)], declared: Option<&str>| SideSpec {
+        schemas: if declared.is_none() {
+            BTreeMap::from([(1, text("AVRO", ORDER_V1))])
+        } else {
+            BTreeMap::new()
+        },
+        declared: declared.map(|d| text("JSON", d)),
+        decoded,
+        failed: failed.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    };
+    let spec = |s: SideSpec| Spec {
+        key: None,
+        value: Some(s),
+    };
+    let parts = [
+        spec(side(5, &[], None)),
+        spec(side(3, &[("not_framed", 1)], None)),
+    ];
+    assert_eq!(
+        lost_in_merge(&parts, &spec(side(8, &[("not_framed", 1)], None))),
+        None
+    );
+    assert_eq!(
+        lost_in_merge(&parts, &spec(side(9, &[], None))),
+        None,
+        "more decoded is fine"
+    );
+    assert!(lost_in_merge(&parts, &spec(side(7, &[], None))).is_some());
+    assert!(lost_in_merge(&parts, &spec(side(8, &[("incompatible", 1)], None))).is_some());
+    // Parts decoded by the registry and by a declared schema cannot be decoded as one.
+    let mixed = [
+        spec(side(1, &[], None)),
+        spec(side(1, &[], Some(JSON_SCHEMA))),
+    ];
+    assert!(Decoding::from_specs(&mixed).is_err());
+    let declared = [
+        spec(side(1, &[], Some(JSON_SCHEMA))),
+        spec(side(1, &[], Some(r#"{"type":"string"}"#))),
+    ];
+    assert!(Decoding::from_specs(&declared).is_err());
+    assert!(Decoding::from_specs(&parts).unwrap().is_some());
+}
+
+const JSON_SCHEMA: &str = r#"{"type":"object","properties":{"a":{"type":"integer"}}}"#;
