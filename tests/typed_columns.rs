@@ -710,3 +710,131 @@ async fn alternating_schemas_roll_a_few_files_then_join_untyped() {
     }
     assert_eq!((decoded, incompatible), (12, 8));
 }
+
+/// The typed schema's evolution reaches a REST catalog (Apache Iceberg's own, on the test bed) as
+/// `add-schema` and `set-current-schema` commits: pyiceberg, finding the topic by name, reads the
+/// typed columns after a new field, a widened one, and a dropped one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_catalog_follows_the_typed_schema() {
+    common::no_instance_metadata();
+    let catalog = std::env::var("REWIND_TEST_ICEBERG_REST_URI")
+        .unwrap_or_else(|_| "http://127.0.0.1:8181".into());
+    let url = registry_url();
+    let topic = common::unique("typed-rest");
+    kafka::create_topic(&topic, 1, &[]).await;
+    let v1 = register(&url, &format!("{topic}-value"), ORDER_V1, "AVRO");
+    let v2 = register(&url, &format!("{topic}-value"), ORDER_V2, "AVRO");
+    let text = register(&url, &format!("{topic}-text"), ORDER_TEXT, "AVRO");
+    let archive_dir = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", archive_dir.path().display());
+    let config = format!(
+        "[sink.decode]\nregistry = \"{url}\"\n\n[[sink.decode.topics]]\ntopics = '{}'\nvalue = \"registry\"\n",
+        regex::escape(&topic)
+    );
+    let namespace = common::unique("ns").replace('-', "_");
+    let identifier = format!(
+        "{namespace}.{}",
+        rewind::tables::catalog::table_name(&topic)
+    );
+    const REST: &str = r#"
+import json, sys
+from pyiceberg.catalog.rest import RestCatalog
+table = RestCatalog("rewind", uri=sys.argv[1]).load_table(sys.argv[2])
+t = table.scan().to_arrow()
+rows = {str(o): v for o, v in zip(t["offset"].to_pylist(), t["value_decoded"].to_pylist())}
+print(json.dumps({"rows": rows, "fields": [f.name for f in table.schema().find_field("value_decoded").field_type.fields]}))
+"#;
+    let python = common::venv_python("REWIND_TEST_PYICEBERG", "pyiceberg.sh");
+    let now = common::now_ms();
+    let mut offset = 0i64;
+    let rounds: [(u32, Box<dyn Fn(i64) -> Vec<u8>>, &str); 3] = [
+        (
+            v1,
+            Box::new(|i| {
+                avro(
+                    ORDER_V1,
+                    vec![
+                        ("id", Avro::Long(i)),
+                        ("amount", Avro::Int(1)),
+                        ("tags", Avro::Array(vec![])),
+                        ("note", none()),
+                    ],
+                )
+            }),
+            "registered",
+        ),
+        (
+            v2,
+            Box::new(|i| {
+                avro(
+                    ORDER_V2,
+                    vec![
+                        ("id", Avro::Long(i)),
+                        ("amount", Avro::Long(2)),
+                        ("tags", Avro::Array(vec![])),
+                        ("note", none()),
+                        ("currency", some(Avro::String("EUR".into()))),
+                    ],
+                )
+            }),
+            "committed",
+        ),
+        (
+            text,
+            Box::new(|i| {
+                avro(
+                    ORDER_TEXT,
+                    vec![("id", Avro::Long(i)), ("amount", Avro::String("3".into()))],
+                )
+            }),
+            "committed",
+        ),
+    ];
+    let mut fields_seen = Vec::new();
+    for (id, encode, outcome) in rounds {
+        let records: Vec<Record> = (0..3)
+            .map(|j| {
+                kafka::record(
+                    None,
+                    Some(&framed(id, &encode(offset + j))),
+                    vec![],
+                    now + offset + j,
+                )
+            })
+            .collect();
+        kafka::produce(&topic, 0, &records).await;
+        offset += 3;
+        sink(&archive, &[&topic], &config);
+        let out = Command::new(env!("CARGO_BIN_EXE_rewind"))
+            .args([
+                "tables",
+                "sync",
+                "--archive",
+                &archive,
+                "--json",
+                "--topics",
+            ])
+            .arg(regex::escape(&topic))
+            .args(["--catalog-uri", &catalog, "--catalog-namespace", &namespace])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+        let reports: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(reports[0]["catalog"], outcome, "{reports:?}");
+        let table = common::python_json(&python, REST, &[&catalog, &identifier]);
+        let rows = table["rows"].as_object().unwrap();
+        assert_eq!(rows.len() as i64, offset);
+        for (o, v) in rows {
+            assert_eq!(v["id"].as_i64(), Some(o.parse::<i64>().unwrap()), "{v}");
+        }
+        fields_seen.push(table["fields"].clone());
+    }
+    assert_eq!(
+        fields_seen,
+        vec![
+            json!(["id", "amount", "tags", "note"]),
+            json!(["id", "amount", "tags", "note", "currency"]),
+            json!(["id", "tags", "note", "currency"]),
+        ]
+    );
+}

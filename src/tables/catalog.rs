@@ -184,8 +184,13 @@ pub async fn publish(
             .map(|s| json!({"action": "add-schema", "schema": s, "last-column-id": meta.last_column_id}))
             .collect();
         if !same_schema {
-            updates
-                .push(json!({"action": "set-current-schema", "schema-id": meta.current_schema_id}));
+            // A schema added in this commit is named "the last added" (-1): a catalog may number
+            // it otherwise.
+            let added = new_schemas.last().is_some_and(|s| {
+                s["schema-id"].as_i64() == Some(i64::from(meta.current_schema_id))
+            });
+            let id = if added { -1 } else { meta.current_schema_id };
+            updates.push(json!({"action": "set-current-schema", "schema-id": id}));
         }
         updates.extend(
             meta.snapshots

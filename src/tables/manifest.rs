@@ -89,15 +89,18 @@ fn int_map<V>(map: &BTreeMap<i32, V>, value: impl Fn(&V) -> Value) -> Value {
     )))
 }
 
-/// Encode a manifest of `entries` for the table whose schema and spec are `schema_json` and
-/// `spec_json`.
-pub fn write_manifest(entries: &[Entry]) -> Result<Vec<u8>, TableError> {
+/// Encode a manifest of `entries` for the table whose current schema is `table_schema` (the partition
+/// spec is Rewind's one, [`spec::partition_spec`]).
+pub fn write_manifest(
+    entries: &[Entry],
+    table_schema: &serde_json::Value,
+) -> Result<Vec<u8>, TableError> {
     let avro = schema(spec::manifest_entry_avro());
     let mut writer = Writer::with_codec(&avro, Vec::new(), Codec::Null);
     let spec = spec::partition_spec();
     let meta = [
-        ("schema", spec::schema().to_string()),
-        ("schema-id", "0".to_string()),
+        ("schema", table_schema.to_string()),
+        ("schema-id", table_schema["schema-id"].to_string()),
         ("partition-spec", spec["fields"].to_string()),
         ("partition-spec-id", "0".to_string()),
         ("format-version", "2".to_string()),
@@ -506,7 +509,7 @@ mod tests {
                 file: file(4, 12),
             },
         ];
-        let bytes = write_manifest(&entries).unwrap();
+        let bytes = write_manifest(&entries, &spec::schema()).unwrap();
         let listed = describe("m.avro".into(), bytes.len() as i64, &entries, 7, 3);
         assert_eq!(read_manifest(&bytes, &listed).unwrap(), entries);
         assert_eq!(

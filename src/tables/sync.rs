@@ -869,6 +869,8 @@ fn build(
     let prefix = metadata_prefix(topic);
     let put = |body: Vec<u8>, name: String| (format!("{prefix}{name}"), Bytes::from(body));
     let mut to_write: Vec<(String, Bytes)> = Vec::new();
+    // Manifests written now carry the schema current now (typed columns evolve it).
+    let schema = typed::current(meta);
     let mut list: Vec<(ManifestFile, Vec<Entry>)> = manifests;
     list.retain(|(_, e)| e.iter().any(|e| e.status != Status::Deleted));
     let totals = |list: &[(ManifestFile, Vec<Entry>)]| {
@@ -971,7 +973,7 @@ fn build(
                     }
                 })
                 .collect();
-            let body = manifest::write_manifest(&rewritten)?;
+            let body = manifest::write_manifest(&rewritten, &schema)?;
             let key = manifest_key(manifests_written);
             manifests_written += 1;
             let described =
@@ -1030,7 +1032,7 @@ fn build(
                     ..e.clone()
                 })
                 .collect();
-            let body = manifest::write_manifest(&merged)?;
+            let body = manifest::write_manifest(&merged, &schema)?;
             let key = manifest_key(manifests_written);
             manifests_written += 1;
             let described =
@@ -1048,7 +1050,7 @@ fn build(
                 file: f.clone(),
             })
             .collect();
-        let body = manifest::write_manifest(&entries)?;
+        let body = manifest::write_manifest(&entries, &schema)?;
         let key = manifest_key(manifests_written);
         let described = manifest::describe(uri(store, &key), body.len() as i64, &entries, sid, seq);
         to_write.push((key, Bytes::from(body)));

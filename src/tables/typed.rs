@@ -102,16 +102,27 @@ pub fn evolve(meta: &mut TableMetadata, files: &[Vec<Field>]) -> bool {
     }
     meta.last_column_id = meta.last_column_id.max(next_id - 1);
     if schema != before {
-        let id = meta
+        // A schema the table had before (a dropped field can make the fields what they were) is
+        // current again under its own id, as Iceberg's catalogs would make it.
+        match meta
             .schemas
             .iter()
-            .filter_map(|s| s["schema-id"].as_i64())
-            .max()
-            .unwrap_or(0) as i32
-            + 1;
-        schema["schema-id"] = json!(id);
-        meta.schemas.push(schema);
-        meta.current_schema_id = id;
+            .find(|s| s["fields"] == schema["fields"])
+        {
+            Some(had) => meta.current_schema_id = had["schema-id"].as_i64().unwrap_or(0) as i32,
+            None => {
+                let id = meta
+                    .schemas
+                    .iter()
+                    .filter_map(|s| s["schema-id"].as_i64())
+                    .max()
+                    .unwrap_or(0) as i32
+                    + 1;
+                schema["schema-id"] = json!(id);
+                meta.schemas.push(schema);
+                meta.current_schema_id = id;
+            }
+        }
     }
     changed
 }
@@ -440,5 +451,20 @@ mod tests {
             "{mapping}"
         );
         assert!(mapping.contains(r#""names":["element"]"#), "{mapping}");
+    }
+
+    #[test]
+    fn a_schema_the_table_had_before_is_current_again_under_its_id() {
+        let mut meta = table();
+        assert!(evolve(&mut meta, &[value(vec![("a", DataType::Int32)])]));
+        assert!(evolve(
+            &mut meta,
+            &[value(vec![("a", DataType::Int32), ("b", DataType::Utf8)])]
+        ));
+        assert_eq!(meta.current_schema_id, 2);
+        // `b` changes type and is dropped: the fields are schema 1's again.
+        assert!(evolve(&mut meta, &[value(vec![("b", DataType::Int64)])]));
+        assert_eq!(meta.current_schema_id, 1);
+        assert_eq!(meta.schemas.len(), 3);
     }
 }
