@@ -15,7 +15,7 @@ mod generated;
 use std::process::Command;
 use std::time::Instant;
 
-use generated::{generate, key};
+use generated::{bench_dir, duckdb_python, flag, generate, hours_and_files, key, walk};
 use rand::{Rng, RngCore, SeedableRng};
 use rewind::archive::time::HourBucket;
 use serde_json::Value;
@@ -99,17 +99,10 @@ print(json.dumps(out))
 "#;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let mib: u64 = args
-        .iter()
-        .position(|a| a == "--mib")
-        .and_then(|i| args.get(i + 1))
-        .map_or(1024, |v| v.parse().unwrap());
+    let mib: u64 = flag("--mib", 1024);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    // REWIND_BENCH_DIR keeps the generated archives between runs (for profiling); by default they
-    // live in a temporary directory.
     let temp = tempfile::tempdir().unwrap();
-    let dir = std::env::var_os("REWIND_BENCH_DIR").map_or(temp.path().to_path_buf(), Into::into);
+    let dir = bench_dir(&temp);
     let root = dir.join(format!("big-{mib}"));
     // 8 partitions of 32 MiB files of 1 KiB values.
     let per_file = (32 << 20) / VALUE_BYTES as u64;
@@ -132,13 +125,7 @@ fn main() {
     let archive = format!("file://{}", root.display());
     let size: u64 = walk(&root.join("data"));
 
-    let python = {
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/duckdb.sh"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let python = duckdb_python();
     // A key in one partition, in the middle of its history.
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let p = rng.random_range(0..8);
@@ -262,18 +249,7 @@ fn main() {
         .unwrap()
         .success());
     let minutes_url = format!("file://{}", minutes.display());
-    let folders = |root: &std::path::Path| -> (usize, usize) {
-        let part = root.join(format!("data/topic={TOPIC}/partition=0"));
-        let mut hours = 0;
-        let mut files = 0;
-        for date in std::fs::read_dir(&part).unwrap() {
-            for hour in std::fs::read_dir(date.unwrap().path()).unwrap() {
-                hours += 1;
-                files += std::fs::read_dir(hour.unwrap().path()).unwrap().count();
-            }
-        }
-        (hours, files)
-    };
+    let folders = |root: &std::path::Path| hours_and_files(root, TOPIC);
     let (hours_before, files_before) = folders(&minutes);
     let compact = Command::new("/usr/bin/time")
         .args([
@@ -420,20 +396,4 @@ fn main() {
         "| nothing new (chains and manifests read, no commit) | {sync_idle:.2} s | | {} |",
         rss(rss_idle)
     );
-}
-
-fn walk(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|e| {
-                let m = e.metadata().unwrap();
-                if m.is_dir() {
-                    walk(&e.path())
-                } else {
-                    m.len()
-                }
-            })
-            .sum()
-    })
 }

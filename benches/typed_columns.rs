@@ -15,6 +15,7 @@ mod generated;
 use std::process::Command;
 use std::sync::Arc;
 
+use generated::{bench_dir, duckdb_python, flag, hours_and_files, walk};
 use rand::rngs::StdRng;
 use rand::Rng;
 use rewind::archive::time::HourBucket;
@@ -71,14 +72,7 @@ print(json.dumps(out))
 "#;
 
 fn files_per_hour(root: &std::path::Path) -> f64 {
-    let part = root.join(format!("data/topic={TOPIC}/partition=0"));
-    let (mut hours, mut files) = (0, 0);
-    for date in std::fs::read_dir(&part).unwrap() {
-        for hour in std::fs::read_dir(date.unwrap().path()).unwrap() {
-            hours += 1;
-            files += std::fs::read_dir(hour.unwrap().path()).unwrap().count();
-        }
-    }
+    let (hours, files) = hours_and_files(root, TOPIC);
     files as f64 / hours as f64
 }
 
@@ -107,29 +101,11 @@ fn copy(from: &std::path::Path, to: &std::path::Path) {
         .success());
 }
 
-fn size(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|e| match e.metadata() {
-                Ok(m) if m.is_dir() => size(&e.path()),
-                Ok(m) => m.len(),
-                Err(_) => 0,
-            })
-            .sum()
-    })
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .map_or(5, |v| v.parse().unwrap());
+    let runs: usize = flag("--runs", 5);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let temp = tempfile::tempdir().unwrap();
-    let dir = std::env::var_os("REWIND_BENCH_DIR").map_or(temp.path().to_path_buf(), Into::into);
+    let dir = bench_dir(&temp);
     let decoding = Decoding {
         key: None,
         value: Some(SideDecoding::Declared(Arc::new(
@@ -160,20 +136,14 @@ fn main() {
         v[v.len() / 2]
     };
     let (raw_s, typed_s) = (median(&mut raw_s), median(&mut typed_s));
-    let (raw_bytes, typed_bytes) = (size(&raw.join("data")), size(&typed.join("data")));
+    let (raw_bytes, typed_bytes) = (walk(&raw.join("data")), walk(&typed.join("data")));
     let (raw_after, typed_after) = (dir.join("raw-compacted"), dir.join("typed-compacted"));
     copy(&raw, &raw_after);
     copy(&typed, &typed_after);
     compact(&raw_after);
     compact(&typed_after);
 
-    let python = {
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/duckdb.sh"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let python = duckdb_python();
     // The third hour of the history (closed and full).
     let hour =
         HourBucket::of_millis((common::now_ms() / 3_600_000 - 48) * 3_600_000 + 2 * 3_600_000);

@@ -83,6 +83,21 @@ fn avro(schema: &str, fields: Vec<(&str, Avro)>) -> Vec<u8> {
     apache_avro::to_avro_datum(&schema, value).unwrap()
 }
 
+/// An `ORDER_V1` value.
+fn order_v1(id: i64, amount: i32, tags: &[&str], note: Option<&str>) -> Vec<u8> {
+    let tags = tags.iter().map(|t| Avro::String(t.to_string())).collect();
+    let note = note.map_or_else(none, |n| some(Avro::String(n.into())));
+    avro(
+        ORDER_V1,
+        vec![
+            ("id", Avro::Long(id)),
+            ("amount", Avro::Int(amount)),
+            ("tags", Avro::Array(tags)),
+            ("note", note),
+        ],
+    )
+}
+
 fn some(v: Avro) -> Avro {
     Avro::Union(1, Box::new(v))
 }
@@ -215,15 +230,7 @@ async fn typed_columns_equal_the_decoded_values_in_duckdb_and_pyiceberg() {
     for i in 0..10i64 {
         let key = framed(k1, format!("{{\"id\":{i}}}").as_bytes());
         let (value, decoded) = if i < 5 {
-            let v = avro(
-                ORDER_V1,
-                vec![
-                    ("id", Avro::Long(i)),
-                    ("amount", Avro::Int(i as i32 * 10)),
-                    ("tags", Avro::Array(vec![Avro::String(format!("t{i}"))])),
-                    ("note", none()),
-                ],
-            );
+            let v = order_v1(i, i as i32 * 10, &[&format!("t{i}")], None);
             let d = json!({"id": i, "amount": i * 10, "tags": [format!("t{i}")], "note": null});
             (framed(v1, &v), d)
         } else {
@@ -264,15 +271,7 @@ async fn typed_columns_equal_the_decoded_values_in_duckdb_and_pyiceberg() {
         ));
         expected.insert(10 + i as i64, (json!({"id": -1}), Value::Null));
     }
-    let last = avro(
-        ORDER_V1,
-        vec![
-            ("id", Avro::Long(14)),
-            ("amount", Avro::Int(140)),
-            ("tags", Avro::Array(vec![])),
-            ("note", some(Avro::String("now".into()))),
-        ],
-    );
+    let last = order_v1(14, 140, &[], Some("now"));
     records.push(kafka::record(
         None,
         Some(&framed(v1, &last)),
@@ -304,18 +303,7 @@ async fn typed_columns_equal_the_decoded_values_in_duckdb_and_pyiceberg() {
                 ),
             )
         } else {
-            framed(
-                c1,
-                &avro(
-                    ORDER_V1,
-                    vec![
-                        ("id", Avro::Long(i)),
-                        ("amount", Avro::Int(i as i32)),
-                        ("tags", Avro::Array(vec![])),
-                        ("note", none()),
-                    ],
-                ),
-            )
+            framed(c1, &order_v1(i, i as i32, &[], None))
         };
         // In the closed hour, so that compaction considers them (and must leave them apart).
         change_records.push(kafka::record(None, Some(&value), vec![], hour_ago + i));
@@ -659,18 +647,7 @@ async fn alternating_schemas_roll_a_few_files_then_join_untyped() {
     let records: Vec<Record> = (0..20i64)
         .map(|i| {
             let value = if i % 2 == 0 {
-                framed(
-                    a,
-                    &avro(
-                        ORDER_V1,
-                        vec![
-                            ("id", Avro::Long(i)),
-                            ("amount", Avro::Int(1)),
-                            ("tags", Avro::Array(vec![])),
-                            ("note", none()),
-                        ],
-                    ),
-                )
+                framed(a, &order_v1(i, 1, &[], None))
             } else {
                 framed(
                     b,
@@ -747,22 +724,10 @@ print(json.dumps({"rows": rows, "fields": [f.name for f in table.schema().find_f
     let python = common::venv_python("REWIND_TEST_PYICEBERG", "pyiceberg.sh");
     let now = common::now_ms();
     let mut offset = 0i64;
-    let rounds: [(u32, Box<dyn Fn(i64) -> Vec<u8>>, &str); 3] = [
-        (
-            v1,
-            Box::new(|i| {
-                avro(
-                    ORDER_V1,
-                    vec![
-                        ("id", Avro::Long(i)),
-                        ("amount", Avro::Int(1)),
-                        ("tags", Avro::Array(vec![])),
-                        ("note", none()),
-                    ],
-                )
-            }),
-            "registered",
-        ),
+    // Each round: the schema id, its values by offset, and what the sync tells of the catalog.
+    type Values = Box<dyn Fn(i64) -> Vec<u8>>;
+    let rounds: [(u32, Values, &str); 3] = [
+        (v1, Box::new(|i| order_v1(i, 1, &[], None)), "registered"),
         (
             v2,
             Box::new(|i| {

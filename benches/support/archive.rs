@@ -1,5 +1,6 @@
 //! A generated archive for the benchmarks that need no Kafka: files written straight through the
-//! data file encoder, with their checkpoints, as a sink would leave them.
+//! data file encoder, with their checkpoints, as a sink would leave them; and what those benchmarks
+//! share around it (their flags, folder, DuckDB and file counts).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -119,4 +120,55 @@ pub async fn generate(
             .unwrap();
     }
     (store, encoding)
+}
+
+/// The value of flag `--name` of the bench's command line, or `default`.
+pub fn flag<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().ok().expect("a flag's value"))
+}
+
+/// Where the generated archives go: `REWIND_BENCH_DIR` keeps them between runs (for profiling);
+/// by default a temporary directory, deleted with `temp`.
+pub fn bench_dir(temp: &tempfile::TempDir) -> std::path::PathBuf {
+    std::env::var_os("REWIND_BENCH_DIR").map_or(temp.path().to_path_buf(), Into::into)
+}
+
+/// The Python of the DuckDB environment `scripts/duckdb.sh` installs.
+pub fn duckdb_python() -> String {
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/duckdb.sh"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Bytes of the files under `dir`.
+pub fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
+/// The hour folders of partition 0 of `topic` under `root`, and the files in them.
+pub fn hours_and_files(root: &std::path::Path, topic: &str) -> (usize, usize) {
+    let part = root.join(format!("data/topic={topic}/partition=0"));
+    let (mut hours, mut files) = (0, 0);
+    for date in std::fs::read_dir(&part).unwrap() {
+        for hour in std::fs::read_dir(date.unwrap().path()).unwrap() {
+            hours += 1;
+            files += std::fs::read_dir(hour.unwrap().path()).unwrap().count();
+        }
+    }
+    (hours, files)
 }
