@@ -127,6 +127,27 @@ pub fn evolve(meta: &mut TableMetadata, files: &[Vec<Field>]) -> bool {
     changed
 }
 
+/// The dotted path of field `name` within `path`: a dot or backslash in a name (JSON property
+/// names may hold any) is escaped with a backslash, so that paths stay apart.
+fn child(path: &str, name: &str) -> String {
+    let name = name.replace('\\', "\\\\").replace('.', "\\.");
+    format!("{path}.{name}")
+}
+
+/// The names of a dotted path ([`child`]).
+fn segments(path: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.last_mut().expect("one").extend(chars.next()),
+            '.' => out.push(String::new()),
+            c => out.last_mut().expect("one").push(c),
+        }
+    }
+    out
+}
+
 /// Make the dropped fields' mappings name every column a file's field of type `t` at `path` has
 /// there or below, with new ids for the names they lack.
 fn cover_dropped(path: &str, t: &DataType, dropped: &mut Dropped, next_id: &mut i32) {
@@ -137,12 +158,7 @@ fn cover_dropped(path: &str, t: &DataType, dropped: &mut Dropped, next_id: &mut 
     match t {
         DataType::Struct(fields) => {
             for f in fields.iter() {
-                cover_dropped(
-                    &format!("{path}.{}", f.name()),
-                    f.data_type(),
-                    dropped,
-                    next_id,
-                );
+                cover_dropped(&child(path, f.name()), f.data_type(), dropped, next_id);
             }
         }
         DataType::List(element) => cover_dropped(
@@ -213,7 +229,7 @@ fn iceberg_type(t: &DataType, next_id: &mut i32, path: &str, dropped: &Dropped) 
         DataType::Struct(fields) => {
             let mut out = Vec::new();
             for f in fields.iter() {
-                let here = format!("{path}.{}", f.name());
+                let here = child(path, f.name());
                 if dropped.contains_key(&here) {
                     continue;
                 }
@@ -261,7 +277,7 @@ fn join(
             while i < fields.len() {
                 let name = fields[i]["name"].as_str().unwrap_or_default().to_string();
                 if let Some((_, f)) = new.find(&name) {
-                    let here = format!("{path}.{name}");
+                    let here = child(path, &name);
                     match join(&fields[i]["type"], f.data_type(), next_id, &here, dropped) {
                         Some(t) => fields[i]["type"] = t,
                         None => {
@@ -275,7 +291,7 @@ fn join(
                 i += 1;
             }
             for f in new.iter() {
-                let here = format!("{path}.{}", f.name());
+                let here = child(path, f.name());
                 if dropped.contains_key(&here)
                     || fields.iter().any(|x| x["name"] == f.name().as_str())
                 {
@@ -318,8 +334,9 @@ pub fn name_mapping(meta: &TableMetadata) -> Value {
         }
     }
     for (path, entry) in dropped_of(meta) {
-        let mut parents: Vec<&str> = path.split('.').collect();
+        let mut parents = segments(&path);
         parents.pop();
+        let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
         if let Some(list) = mapping_at(&mut mapping, &parents) {
             if !list.iter().any(|m| m["names"] == entry["names"]) {
                 list.push(entry);
@@ -451,6 +468,35 @@ mod tests {
             "{mapping}"
         );
         assert!(mapping.contains(r#""names":["element"]"#), "{mapping}");
+    }
+
+    #[test]
+    fn a_dropped_field_whose_name_holds_a_dot_stays_mapped() {
+        let mut meta = table();
+        let fields = |t: DataType| {
+            value(vec![
+                ("http.status", t),
+                ("http", DataType::Utf8),
+                ("back\\slash", DataType::Int32),
+            ])
+        };
+        assert!(evolve(&mut meta, &[fields(DataType::Int64)]));
+        // `http.status` changes type: dropped, and still mapped where it is, beside `http`.
+        assert!(evolve(&mut meta, &[fields(DataType::Utf8)]));
+        let mapping = name_mapping(&meta);
+        let typed = mapping.as_array().unwrap().last().unwrap();
+        let names: Vec<&Value> = typed["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["names"])
+            .collect();
+        assert!(names.contains(&&json!(["http.status"])), "{mapping}");
+        assert!(names.contains(&&json!(["http"])), "{mapping}");
+        for name in ["a", "a.b", "a\\.b", "\\", "a.", ""] {
+            let path = child("value_decoded", name);
+            assert_eq!(segments(&path), vec!["value_decoded", name], "{path}");
+        }
     }
 
     #[test]
