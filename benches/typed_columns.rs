@@ -107,6 +107,7 @@ fn main() {
     let temp = tempfile::tempdir().unwrap();
     let dir = bench_dir(&temp);
     let decoding = Decoding {
+        checked: Default::default(),
         key: None,
         value: Some(SideDecoding::Declared(Arc::new(
             Codec::parse(SchemaText {

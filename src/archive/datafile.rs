@@ -222,6 +222,12 @@ pub fn encode_decoded_to<W: std::io::Write + Send>(
 ) -> Result<(W, Option<Prepared>), DataFileError> {
     let props = properties(meta, records)?;
     let mut typed = decoding.map(|d| d.prepare(records));
+    if let Some(t) = typed.as_mut() {
+        // Typed columns may double a file's size; a row group ends at `row_group_bytes`.
+        let bytes: u64 = records.iter().map(|r| r.size()).sum();
+        let row_groups = (bytes.saturating_mul(2) / row_group_bytes.max(1) as u64) as usize + 1;
+        t.fit_footer(row_groups);
+    }
     let schema = match &typed {
         Some(t) => {
             let mut fields: Vec<Field> = schema().fields().iter().map(|f| (**f).clone()).collect();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use arrow_schema::DataType;
 use regex::Regex;
 
-use crate::archive::typed::{self, Codec, Decoding, SchemaText, Side, SideDecoding};
+use crate::archive::typed::{self, Checked, Codec, Decoding, SchemaText, Side, SideDecoding};
 use crate::archive::Record;
 use crate::config::{DecodeConfig, DecodeMode};
 use crate::kafka::registry::Registry;
@@ -34,8 +34,12 @@ const FETCHES: usize = 4;
 /// References of references are followed this deep, and this many at most per schema.
 const REFERENCE_DEPTH: usize = 8;
 const REFERENCES: usize = 64;
-/// Ids remembered as missing at most; past it, the oldest are forgotten.
+/// Ids remembered as missing at most; past it, they are forgotten.
 const MISSING: usize = 10_000;
+/// Ids the registry may say it does not know within [`RETRY_AFTER`] before no new id is asked
+/// for until then: bytes that only look framed (a leading zero byte) would otherwise make a
+/// request, and a wait of the consume loop, of every record.
+const MISSES: usize = 16;
 
 /// The decoding rules of a sink and the schemas it knows.
 pub struct Decoders {
@@ -49,6 +53,17 @@ struct Known {
     schemas: HashMap<u32, Fetched>,
     /// The registry did not answer: nothing is asked of it until then.
     down_until: Option<Instant>,
+    /// When it last said it does not know an id, the newest last (at most [`MISSES`]).
+    misses: std::collections::VecDeque<Instant>,
+}
+
+impl Known {
+    /// Whether new ids are asked for now ([`MISSES`]).
+    fn asking(&self, now: Instant) -> bool {
+        self.down_until.is_none_or(|until| now >= until)
+            && (self.misses.len() < MISSES
+                || self.misses.front().is_none_or(|t| now >= *t + RETRY_AFTER))
+    }
 }
 
 struct Rule {
@@ -68,10 +83,12 @@ enum Fetched {
     Ready(Arc<Codec>),
     /// Being fetched.
     Pending,
-    /// Not had (unknown to the registry, unreadable, or no answer): asked again after `until`.
+    /// Not had (unknown to the registry, or no answer): asked again after `until`.
     Missing {
         until: Instant,
     },
+    /// Had, but it does not parse: ids are immutable, so it is never asked for again.
+    Broken,
 }
 
 /// The typed shape of one side of a record: the schema id it was checked with (`None`: declared)
@@ -99,8 +116,12 @@ pub struct OpenShapes {
 #[derive(Debug, Clone, Default)]
 struct OpenSide {
     joined: Option<DataType>,
-    /// Shapes joined already, by address: the usual record costs a pointer comparison.
+    /// Shapes joined already, by address and in order: the usual record costs a pointer
+    /// comparison.
     seen: Vec<Arc<DataType>>,
+    /// Shapes kept out (a field changed type where the file could not roll): their records are
+    /// `incompatible` in this file.
+    refused: Vec<Arc<DataType>>,
     ids: BTreeSet<u32>,
 }
 
@@ -110,22 +131,29 @@ impl OpenSide {
             None => true,
             Some(had) => {
                 self.seen.iter().any(|s| Arc::ptr_eq(s, &new.shape))
-                    || typed::merge(had, &new.shape).is_some()
+                    || (!self.refused.iter().any(|s| Arc::ptr_eq(s, &new.shape))
+                        && typed::join(had, &new.shape).is_some())
             }
         }
     }
 
     fn join(&mut self, new: &SideShape) {
         self.ids.extend(new.id);
-        if self.seen.iter().any(|s| Arc::ptr_eq(s, &new.shape)) {
+        let known = |s: &Arc<DataType>| Arc::ptr_eq(s, &new.shape);
+        if self.seen.iter().any(known) || self.refused.iter().any(known) {
             return;
         }
-        self.joined = match self.joined.take() {
+        let joined = match &self.joined {
             None => Some((*new.shape).clone()),
-            // One that does not join stays out: its records are `incompatible` in this file.
-            Some(h) => Some(typed::merge(&h, &new.shape).unwrap_or(h)),
+            Some(h) => typed::join(h, &new.shape),
         };
-        self.seen.push(new.shape.clone());
+        match joined {
+            Some(joined) => {
+                self.joined = Some(joined);
+                self.seen.push(new.shape.clone());
+            }
+            None => self.refused.push(new.shape.clone()),
+        }
     }
 }
 
@@ -152,6 +180,33 @@ impl OpenShapes {
 
     fn ids(&self, side: Side) -> &BTreeSet<u32> {
         &self.sides[side as usize].ids
+    }
+
+    /// What was decided for `side`'s shapes, for the file's encoder.
+    fn checked(&self, side: Side) -> Checked {
+        let s = &self.sides[side as usize];
+        Checked {
+            joined: s.seen.clone(),
+            refused: s.refused.clone(),
+        }
+    }
+}
+
+/// Leaves a schema that is still pending when its fetch ends as missing (dropped with the fetch).
+struct Settle {
+    decoders: Arc<Decoders>,
+    id: u32,
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        // A poisoned lock (a panic elsewhere while holding it) is left alone.
+        if let Ok(mut known) = self.decoders.known.lock() {
+            if matches!(known.schemas.get(&self.id), Some(Fetched::Pending)) {
+                let until = Instant::now() + RETRY_AFTER;
+                known.schemas.insert(self.id, Fetched::Missing { until });
+            }
+        }
     }
 }
 
@@ -299,6 +354,7 @@ impl Decoders {
         Some(Decoding {
             key: side(&rule.key, Side::Key),
             value: side(&rule.value, Side::Value),
+            checked: [open.checked(Side::Key), open.checked(Side::Value)],
         })
     }
 
@@ -310,11 +366,11 @@ impl Decoders {
             let now = Instant::now();
             match known.schemas.get(&id) {
                 Some(Fetched::Ready(codec)) => return Some(codec.clone()),
-                Some(Fetched::Pending) => return None,
+                Some(Fetched::Pending | Fetched::Broken) => return None,
                 Some(Fetched::Missing { until }) if now < *until => return None,
                 _ => {}
             }
-            if known.down_until.is_some_and(|until| now < until) {
+            if !known.asking(now) {
                 return None;
             }
             let pending = known
@@ -333,7 +389,15 @@ impl Decoders {
             known.schemas.insert(id, Fetched::Pending);
         }
         let decoders = self.clone();
-        let mut fetching = tokio::spawn(async move { decoders.fetch(id).await });
+        let mut fetching = tokio::spawn(async move {
+            // A fetch that ends without storing its outcome (a panic, the task aborted) must not
+            // hold one of the slots for good.
+            let _settled = Settle {
+                decoders: decoders.clone(),
+                id,
+            };
+            decoders.fetch(id).await
+        });
         match tokio::time::timeout(WAIT, &mut fetching).await {
             Ok(Ok(codec)) => codec,
             // Still on its way (it stores what it gets), or gone.
@@ -354,9 +418,7 @@ impl Decoders {
                     Ok(codec) => (Fetched::Ready(Arc::new(codec)), false),
                     Err(why) => {
                         tracing::warn!(schema_id = id, %why, "cannot decode with this schema; its records are archived without typed columns");
-                        // Ids are immutable: it will not parse later either.
-                        let until = Instant::now() + Duration::from_secs(365 * 86_400);
-                        (Fetched::Missing { until }, false)
+                        (Fetched::Broken, false)
                     }
                 }
             }
@@ -369,6 +431,11 @@ impl Decoders {
         let mut known = self.known.lock().expect("schema cache");
         if down {
             known.down_until = Some(Instant::now() + RETRY_AFTER);
+        } else if matches!(fetched, Fetched::Missing { .. }) {
+            if known.misses.len() >= MISSES {
+                known.misses.pop_front();
+            }
+            known.misses.push_back(Instant::now());
         }
         known.schemas.insert(id, fetched.clone());
         match fetched {
@@ -429,4 +496,62 @@ async fn fetch(registry: &Registry, id: u32) -> Result<SchemaText, (String, bool
         schema: schema.schema,
         references,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_schema::{Field, Fields};
+
+    use super::*;
+
+    fn shape(field: &str, t: DataType) -> SideShape {
+        SideShape {
+            id: Some(1),
+            shape: Arc::new(DataType::Struct(Fields::from(vec![Field::new(
+                field, t, true,
+            )]))),
+        }
+    }
+
+    fn value(s: &SideShape) -> Shapes {
+        Shapes {
+            key: None,
+            value: Some(s.clone()),
+        }
+    }
+
+    #[test]
+    fn a_shape_kept_out_of_a_file_stays_out_and_asks_for_a_roll_each_time() {
+        let (long, text) = (
+            shape("amount", DataType::Int64),
+            shape("amount", DataType::Utf8),
+        );
+        let mut open = OpenShapes::default();
+        open.join(&value(&long));
+        assert!(!open.admits(&value(&text)));
+        // The file could not roll: the record joins it untyped.
+        open.join(&value(&text));
+        assert!(
+            !open.admits(&value(&text)),
+            "a refused shape must ask for a roll again once one is allowed"
+        );
+        let checked = open.checked(Side::Value);
+        assert_eq!(checked.joined.len(), 1);
+        assert!(Arc::ptr_eq(&checked.refused[0], &text.shape));
+        assert!(open.admits(&value(&long)));
+    }
+
+    #[test]
+    fn ids_the_registry_does_not_know_stop_the_asking_for_a_while() {
+        let now = Instant::now();
+        let mut known = Known::default();
+        assert!(known.asking(now));
+        for _ in 0..MISSES {
+            known.misses.push_back(now);
+        }
+        assert!(!known.asking(now));
+        assert!(known.asking(now + RETRY_AFTER));
+        known.down_until = Some(now + RETRY_AFTER * 2);
+        assert!(!known.asking(now + RETRY_AFTER));
+    }
 }

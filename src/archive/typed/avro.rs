@@ -15,7 +15,7 @@ use std::sync::Arc;
 use apache_avro::schema::{Name, Schema, UnionSchema};
 use arrow_schema::{DataType, TimeUnit};
 
-use super::{map_datum, map_of, struct_of, Datum, SchemaText, MAX_DEPTH};
+use super::{map_datum, map_of, struct_of, Budget, Datum, SchemaText, FIELD, MAX_DEPTH, NODE};
 
 pub struct AvroCodec {
     schema: Schema,
@@ -59,10 +59,10 @@ impl AvroCodec {
 
     /// Decode `body`: every byte must belong to the value, and no length it states may claim more
     /// than the bytes left (Rewind's own reader, so that hostile counts allocate nothing).
-    pub fn decode(&self, body: &[u8]) -> Result<Datum, String> {
+    pub fn decode(&self, body: &[u8], budget: &mut Budget) -> Result<Datum, String> {
         let mut reader = Reader {
             buf: body,
-            budget: super::weight_budget(body.len()),
+            budget,
             names: &self.names,
         };
         let value = reader.read(&self.schema, 0)?;
@@ -129,8 +129,23 @@ fn branches(u: &UnionSchema) -> Vec<(usize, &Schema)> {
         .collect()
 }
 
-/// The field name of a union's branch: its type's full name (dots as `_`), unique in a union.
-fn branch_name(s: &Schema) -> String {
+/// The field name of union `u`'s branch `i`: its type's full name (dots as `_`), followed by `_`
+/// and its index where another branch's name reads the same (`a.b_c` and `a_b.c`).
+fn branch_name(u: &UnionSchema, i: usize) -> String {
+    let variants = u.variants();
+    let base = type_name(&variants[i]);
+    let clash = variants
+        .iter()
+        .enumerate()
+        .any(|(j, s)| j != i && !matches!(s, Schema::Null) && type_name(s) == base);
+    if clash {
+        format!("{base}_{i}")
+    } else {
+        base
+    }
+}
+
+fn type_name(s: &Schema) -> String {
     let named = |n: &Name| full(n).replace('.', "_");
     match s {
         Schema::Record(r) => named(&r.name),
@@ -191,9 +206,9 @@ fn shape_of(
                 [(_, one)] => return shape_of(one, names, depth + 1, budget),
                 many => {
                     let mut fields = Vec::new();
-                    for (_, s) in many {
+                    for (i, s) in many {
                         if let Some(t) = shape_of(s, names, depth + 1, budget)? {
-                            fields.push((branch_name(s), t));
+                            fields.push((branch_name(u, *i), t));
                         }
                     }
                     match struct_of(fields) {
@@ -223,18 +238,14 @@ fn shape_of(
 /// Avro binary decoding straight into data of [`shape_of`]'s type.
 struct Reader<'a> {
     buf: &'a [u8],
-    /// Values and bytes this record may still decode into ([`super::weight_budget`]).
-    budget: usize,
+    /// What this value may still weigh ([`super::weight`]).
+    budget: &'a mut Budget,
     names: &'a HashMap<String, Schema>,
 }
 
 impl Reader<'_> {
     fn spend(&mut self, weight: usize) -> Result<(), String> {
-        self.budget = self
-            .budget
-            .checked_sub(weight)
-            .ok_or("the value decodes into far more than its bytes")?;
-        Ok(())
+        self.budget.spend(weight)
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
@@ -295,8 +306,9 @@ impl Reader<'_> {
                 self.length()?;
             }
             let count = usize::try_from(count.unsigned_abs()).map_err(|_| "a block too large")?;
-            // Every item costs budget, even one of no bytes (nulls), so counts cannot run away.
-            self.spend(count)?;
+            // Every item weighs something, even one of no bytes (nulls), so counts cannot run
+            // away: a block whose items could not all fit is refused before any is read.
+            self.budget.check(count.saturating_mul(NODE))?;
             out.reserve(count.min(self.buf.len() + 1));
             for _ in 0..count {
                 out.push(item(self)?);
@@ -308,8 +320,11 @@ impl Reader<'_> {
         if depth > MAX_DEPTH {
             return Err("the value nests too deep".into());
         }
-        self.spend(1)?;
         let schema = resolve(schema, self.names)?;
+        if !matches!(schema, Schema::Union(_)) {
+            // A union weighs as its branch (or a field holding it).
+            self.spend(NODE)?;
+        }
         Ok(match schema {
             Schema::Null => Datum::Null,
             Schema::Boolean => match self.take(1)?[0] {
@@ -370,6 +385,8 @@ impl Reader<'_> {
             Schema::Map(m) => {
                 let mut entries = Vec::new();
                 self.blocks(|r| {
+                    // An entry is a record of a key and a value.
+                    r.spend(NODE + 2 * FIELD + "keyvalue".len())?;
                     let key = r.string()?;
                     let value = r.read(&m.types, depth + 1)?;
                     entries.push((key, value));
@@ -379,18 +396,23 @@ impl Reader<'_> {
             }
             Schema::Union(u) => {
                 let i = self.long()?;
-                let branch = usize::try_from(i)
+                let index = usize::try_from(i)
                     .ok()
-                    .and_then(|i| u.variants().get(i))
+                    .filter(|i| *i < u.variants().len())
                     .ok_or_else(|| format!("a union has no branch {i}"))?;
+                let branch = &u.variants()[index];
                 let value = self.read(branch, depth + 1)?;
                 if branches(u).len() == 1 || matches!(value, Datum::Null) {
                     value
                 } else {
-                    Datum::Record(vec![(branch_name(branch), value)])
+                    let name = branch_name(u, index);
+                    self.spend(NODE + FIELD + name.len())?;
+                    Datum::Record(vec![(name, value)])
                 }
             }
             Schema::Record(r) => {
+                self.budget
+                    .spend_fields(r.fields.iter().map(|f| f.name.as_str()))?;
                 let mut fields = Vec::with_capacity(r.fields.len());
                 for f in &r.fields {
                     let value = self.read(&f.schema, depth + 1)?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, TimeUnit};
 use serde_json::Value;
 
-use super::{element, struct_of, Datum, MAX_DEPTH};
+use super::{element, struct_of, Budget, Datum, MAX_DEPTH, NODE};
 
 pub struct JsonCodec {
     shape: Arc<DataType>,
@@ -30,9 +30,9 @@ impl JsonCodec {
         Ok(self.shape.clone())
     }
 
-    pub fn decode(&self, body: &[u8]) -> Result<Datum, String> {
+    pub fn decode(&self, body: &[u8], budget: &mut Budget) -> Result<Datum, String> {
         let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-        Ok(datum(&self.shape, &value))
+        datum(&self.shape, &value, budget)
     }
 }
 
@@ -109,12 +109,22 @@ fn shape_of(
     Ok(Some(t))
 }
 
-/// `value` as data of type `t`; a part that does not fit its type is null.
-fn datum(t: &DataType, value: &Value) -> Datum {
-    match (t, value) {
+/// `value` as data of type `t`; a part that does not fit its type is null. Each value is spent
+/// from `budget` as it is built: absent properties are nulls of every field, so a wide schema
+/// could otherwise make a tree far larger than the JSON.
+fn datum(t: &DataType, value: &Value, budget: &mut Budget) -> Result<Datum, String> {
+    budget.spend(NODE)?;
+    Ok(match (t, value) {
         (_, Value::Null) => Datum::Null,
-        (DataType::Utf8, Value::String(s)) => Datum::Str(s.clone()),
-        (DataType::Utf8, other) => Datum::Str(other.to_string()),
+        (DataType::Utf8, Value::String(s)) => {
+            budget.spend(s.len())?;
+            Datum::Str(s.clone())
+        }
+        (DataType::Utf8, other) => {
+            let text = other.to_string();
+            budget.spend(text.len())?;
+            Datum::Str(text)
+        }
         (DataType::Boolean, Value::Bool(b)) => Datum::Bool(*b),
         (DataType::Int64, Value::Number(n)) => match n.as_i64() {
             Some(i) => Datum::Int(i),
@@ -128,19 +138,32 @@ fn datum(t: &DataType, value: &Value) -> Datum {
             crate::archive::time::parse_rfc3339_millis(s).map_or(Datum::Null, Datum::Int)
         }
         (DataType::List(f), Value::Array(items)) => {
-            Datum::List(items.iter().map(|v| datum(f.data_type(), v)).collect())
+            budget.check(items.len().saturating_mul(NODE))?;
+            Datum::List(
+                items
+                    .iter()
+                    .map(|v| datum(f.data_type(), v, budget))
+                    .collect::<Result<_, _>>()?,
+            )
         }
-        (DataType::Struct(fields), Value::Object(map)) => Datum::Record(
-            fields
-                .iter()
-                .map(|f| {
-                    let v = map
-                        .get(f.name())
-                        .map_or(Datum::Null, |v| datum(f.data_type(), v));
-                    (f.name().clone(), v)
-                })
-                .collect(),
-        ),
+        (DataType::Struct(fields), Value::Object(map)) => {
+            budget.spend_fields(fields.iter().map(|f| f.name().as_str()))?;
+            Datum::Record(
+                fields
+                    .iter()
+                    .map(|f| {
+                        let v = match map.get(f.name()) {
+                            Some(v) => datum(f.data_type(), v, budget)?,
+                            None => {
+                                budget.spend(NODE)?;
+                                Datum::Null
+                            }
+                        };
+                        Ok((f.name().clone(), v))
+                    })
+                    .collect::<Result<_, String>>()?,
+            )
+        }
         _ => Datum::Null,
-    }
+    })
 }

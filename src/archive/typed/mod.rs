@@ -91,6 +91,18 @@ fn avro_type() -> String {
     "AVRO".into()
 }
 
+impl SchemaText {
+    /// The bytes of its texts, references included.
+    pub fn size(&self) -> usize {
+        let refs: usize = self
+            .references
+            .iter()
+            .map(|r| r.name.len() + r.schema.len())
+            .sum();
+        self.schema.len() + refs
+    }
+}
+
 /// A schema another one references: its name there (a `.proto` import path, an Avro type's full
 /// name) and its text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,18 +195,29 @@ impl Codec {
         }
     }
 
-    /// Decode `body` into a value of [`Codec::shape`]. Bytes are anyone's: a decoder's panic is an
-    /// error here too, never the sink's end.
-    pub fn decode(&self, body: &[u8]) -> Result<Datum, String> {
+    /// Decode `body` into a value of [`Codec::shape`] of at most `limit` ([`weight`]), and its
+    /// weight. Bytes are anyone's: a decoder's panic is an error here too, never the sink's end,
+    /// and each decoder spends `limit` as it builds, so no value grows far past it first.
+    pub fn decode(&self, body: &[u8], limit: usize) -> Result<(Datum, usize), String> {
+        let mut budget = Budget(limit);
         let datum = unpanicked(|| match &self.inner {
-            Inner::Avro(c) => c.decode(body),
-            Inner::Json(c) => c.decode(body),
-            Inner::Proto(c) => c.decode(body),
+            Inner::Avro(c) => c.decode(body, &mut budget),
+            Inner::Json(c) => c.decode(body, &mut budget),
+            Inner::Proto(c) => c.decode(body, &mut budget),
         })?;
-        if weight(&datum) > weight_budget(body.len()) {
-            return Err("the value decodes into far more than its bytes".into());
+        let weight = weight(&datum);
+        if weight > limit {
+            return Err(TOO_LARGE.into());
         }
-        Ok(datum)
+        Ok((datum, weight))
+    }
+}
+
+#[cfg(test)]
+impl Codec {
+    /// [`Codec::decode`] within one record's budget.
+    pub fn decode_alone(&self, body: &[u8]) -> Result<Datum, String> {
+        self.decode(body, weight_budget(body.len())).map(|(d, _)| d)
     }
 }
 
@@ -251,6 +274,18 @@ pub fn wire_id(bytes: &[u8]) -> Option<u32> {
 pub struct Decoding {
     pub key: Option<SideDecoding>,
     pub value: Option<SideDecoding>,
+    /// What the sink decided as the records joined the file, by side (key, value); left empty
+    /// (compaction), the shapes join in the records' order.
+    pub checked: [Checked; 2],
+}
+
+/// The shapes (by address) a sink joined into a file's typed column, in order, and those it
+/// kept out (a field changed type where the file could not roll): the file is typed as the sink
+/// decided, whatever order its records come in.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    pub joined: Vec<Arc<DataType>>,
+    pub refused: Vec<Arc<DataType>>,
 }
 
 /// What a file's footer records about one typed column (`rewind.decoded`).
@@ -317,7 +352,21 @@ impl Decoding {
             for (i, side) in [Side::Key, Side::Value].into_iter().enumerate() {
                 let Some(s) = spec.side(side) else { continue };
                 any[i] = true;
-                schemas[i].extend(s.schemas.iter().map(|(id, t)| (*id, t.clone())));
+                for (id, text) in &s.schemas {
+                    match schemas[i].get(id) {
+                        // One id, two schemas: another registry's ids (a migrated one).
+                        Some(had) if had != text => {
+                            return Err(format!(
+                                "the files name different {} schemas by id {id}",
+                                side.as_str()
+                            ))
+                        }
+                        Some(_) => {}
+                        None => {
+                            schemas[i].insert(*id, text.clone());
+                        }
+                    }
+                }
                 match &s.declared {
                     None => by_registry[i] = true,
                     Some(d) => match &declared[i] {
@@ -359,6 +408,7 @@ impl Decoding {
         Ok(Some(Decoding {
             key: build(0)?,
             value: build(1)?,
+            checked: Default::default(),
         }))
     }
 
@@ -367,7 +417,15 @@ impl Decoding {
     pub fn prepare(&self, records: &[Record]) -> Prepared {
         let sides = [Side::Key, Side::Value]
             .into_iter()
-            .filter_map(|side| Some(PreparedSide::new(side, self.side(side)?.clone(), records)))
+            .filter_map(|side| {
+                let checked = &self.checked[side as usize];
+                Some(PreparedSide::new(
+                    side,
+                    self.side(side)?.clone(),
+                    checked,
+                    records,
+                ))
+            })
             .collect();
         Prepared { sides }
     }
@@ -385,35 +443,46 @@ struct PreparedSide {
     shape: Option<DataType>,
     /// Shapes (by address) that could not join `shape`.
     rejected: Vec<Arc<DataType>>,
+    /// The schemas of the values decoded, for the footer.
     used: BTreeMap<u32, SchemaText>,
+    /// The bytes of their texts, at most [`SPEC_TEXT_LIMIT`].
+    used_bytes: usize,
+    /// The column would make the footer too large ([`Prepared::fit_footer`]): nothing is typed.
+    too_wide: bool,
     decoded: u64,
     failed: BTreeMap<Failure, u64>,
 }
 
 impl PreparedSide {
-    fn new(side: Side, decoding: SideDecoding, records: &[Record]) -> PreparedSide {
+    fn new(
+        side: Side,
+        decoding: SideDecoding,
+        checked: &Checked,
+        records: &[Record],
+    ) -> PreparedSide {
         let mut shape: Option<DataType> = None;
         let mut seen: Vec<Arc<DataType>> = Vec::new();
-        let mut rejected = Vec::new();
-        let mut used = BTreeMap::new();
-        for bytes in records.iter().filter_map(|r| side.of(r)) {
-            let Ok((codec, body)) = decoding.locate(bytes) else {
-                continue;
-            };
-            let Ok(s) = codec.shape(body) else { continue };
-            if let (SideDecoding::Registry(_), Some(id)) = (&decoding, wire_id(bytes)) {
-                used.entry(id).or_insert_with(|| codec.text().clone());
-            }
+        let mut rejected = checked.refused.clone();
+        seen.extend(checked.refused.iter().cloned());
+        let found = records
+            .iter()
+            .filter_map(|r| side.of(r))
+            .filter_map(|bytes| {
+                let (codec, body) = decoding.locate(bytes).ok()?;
+                codec.shape(body).ok()
+            });
+        for s in checked.joined.iter().cloned().chain(found) {
             if seen.iter().any(|x| Arc::ptr_eq(x, &s)) {
                 continue;
             }
             seen.push(s.clone());
-            match &shape {
-                None => shape = Some((*s).clone()),
-                Some(had) => match merge(had, &s) {
-                    Some(joined) => shape = Some(joined),
-                    None => rejected.push(s),
-                },
+            let joined = match &shape {
+                None => Some((*s).clone()),
+                Some(had) => join(had, &s),
+            };
+            match joined {
+                Some(joined) => shape = Some(joined),
+                None => rejected.push(s),
             }
         }
         PreparedSide {
@@ -421,18 +490,21 @@ impl PreparedSide {
             decoding,
             shape,
             rejected,
-            used,
+            used: BTreeMap::new(),
+            used_bytes: 0,
+            too_wide: false,
             decoded: 0,
             failed: BTreeMap::new(),
         }
     }
 
     fn column(&mut self, records: &[Record]) -> Option<(Field, ArrayRef)> {
-        let Some(shape) = self.shape.as_ref() else {
+        let Some(shape) = self.shape.clone() else {
             // Nothing in the file decodes, so it has no typed column: every failure still counts.
             for bytes in records.iter().filter_map(|r| self.side.of(r)) {
                 let why = match self.decoding.locate(bytes) {
                     Err(why) => why,
+                    Ok(_) if self.too_wide => Failure::Incompatible,
                     Ok(_) => Failure::Undecodable,
                 };
                 *self.failed.entry(why).or_default() += 1;
@@ -440,10 +512,16 @@ impl PreparedSide {
             return None;
         };
         let mut values = Vec::with_capacity(records.len());
+        let bytes: usize = records
+            .iter()
+            .filter_map(|r| self.side.of(r))
+            .map(<[u8]>::len)
+            .sum();
+        let mut left = batch_budget(bytes);
         for r in records {
             let datum = match self.side.of(r) {
                 None => Datum::Null,
-                Some(bytes) => match decode_one(&self.decoding, &self.rejected, bytes) {
+                Some(bytes) => match self.decode_one(bytes, &mut left) {
                     Ok(d) => {
                         self.decoded += 1;
                         d
@@ -457,8 +535,8 @@ impl PreparedSide {
             values.push(datum);
         }
         let refs: Vec<&Datum> = values.iter().collect();
-        let array = arrays::build(shape, &refs);
-        Some((Field::new(self.side.column(), shape.clone(), true), array))
+        let array = arrays::build(&shape, &refs);
+        Some((Field::new(self.side.column(), shape, true), array))
     }
 
     fn spec(&self) -> SideSpec {
@@ -479,17 +557,54 @@ impl PreparedSide {
     }
 }
 
-fn decode_one(
-    decoding: &SideDecoding,
-    rejected: &[Arc<DataType>],
-    bytes: &[u8],
-) -> Result<Datum, Failure> {
-    let (codec, body) = decoding.locate(bytes)?;
-    let shape = codec.shape(body).map_err(|_| Failure::Undecodable)?;
-    if rejected.iter().any(|r| Arc::ptr_eq(r, &shape)) {
-        return Err(Failure::Incompatible);
+impl PreparedSide {
+    /// Decode one key or value within what the batch has `left` to weigh; its schema joins the
+    /// footer's once a value of it decodes.
+    fn decode_one(&mut self, bytes: &[u8], left: &mut usize) -> Result<Datum, Failure> {
+        let (codec, body) = self.decoding.locate(bytes)?;
+        let shape = codec.shape(body).map_err(|_| Failure::Undecodable)?;
+        if self.rejected.iter().any(|r| Arc::ptr_eq(r, &shape)) {
+            return Err(Failure::Incompatible);
+        }
+        let id = match &self.decoding {
+            SideDecoding::Registry(_) => wire_id(bytes).filter(|id| !self.used.contains_key(id)),
+            SideDecoding::Declared(_) => None,
+        };
+        let text = id.map_or(0, |_| codec.text().size());
+        if self.used_bytes + text > SPEC_TEXT_LIMIT {
+            // The footer would hold too many schemas: its columns cannot take this one's values.
+            return Err(Failure::Incompatible);
+        }
+        let limit = weight_budget(body.len()).min(*left);
+        let (datum, weight) = codec
+            .decode(body, limit)
+            .map_err(|_| Failure::Undecodable)?;
+        *left -= weight;
+        if let Some(id) = id {
+            self.used.insert(id, codec.text().clone());
+            self.used_bytes += text;
+        }
+        Ok(datum)
     }
-    codec.decode(body).map_err(|_| Failure::Undecodable)
+}
+
+/// The most a footer holds of one side's schema texts (`rewind.decoded`): readers refuse footers
+/// beyond a few MiB, and the columns' own metadata needs room too.
+pub(crate) const SPEC_TEXT_LIMIT: usize = 1 << 20;
+
+/// The footer bytes one side's typed columns may take over all row groups ([`Prepared::fit_footer`]).
+pub(crate) const FOOTER_COLUMNS_LIMIT: usize = 4 << 20;
+/// The footer bytes of one leaf column in one row group, about: its path, offsets, encodings and
+/// statistics (truncated to 64 bytes each).
+const COLUMN_METADATA: usize = 256;
+
+/// The leaf columns of a type.
+pub(crate) fn leaves(t: &DataType) -> usize {
+    match t {
+        DataType::Struct(fs) => fs.iter().map(|f| leaves(f.data_type())).sum(),
+        DataType::List(f) => leaves(f.data_type()),
+        _ => 1,
+    }
 }
 
 impl Prepared {
@@ -499,6 +614,23 @@ impl Prepared {
             .iter()
             .filter_map(|s| Some(Field::new(s.side.column(), s.shape.clone()?, true)))
             .collect()
+    }
+
+    /// Leave out a typed column whose metadata would pass [`FOOTER_COLUMNS_LIMIT`] in a file of
+    /// about `row_groups` row groups (each row group describes each leaf column in the footer):
+    /// readers refuse a footer of more than 16 MiB. Its records are then `incompatible`.
+    pub fn fit_footer(&mut self, row_groups: usize) {
+        for side in &mut self.sides {
+            let columns = side.shape.as_ref().map_or(0, leaves);
+            if columns
+                .saturating_mul(row_groups)
+                .saturating_mul(COLUMN_METADATA)
+                > FOOTER_COLUMNS_LIMIT
+            {
+                side.shape = None;
+                side.too_wide = true;
+            }
+        }
     }
 
     /// The typed columns of `records` (a batch of the file's records, in order). Whatever goes
@@ -549,6 +681,12 @@ impl Prepared {
     pub fn decoded(&self) -> Vec<(Side, u64)> {
         self.sides.iter().map(|s| (s.side, s.decoded)).collect()
     }
+}
+
+/// [`merge`] within [`COLUMN_BUDGET`] leaf columns: schemas of many columns each could join into
+/// a column too wide for a file's footer.
+pub fn join(a: &DataType, b: &DataType) -> Option<DataType> {
+    merge(a, b).filter(|t| leaves(t) <= COLUMN_BUDGET)
 }
 
 /// The type that holds values of both `a` and `b`, if one does: fields either has (the other's
@@ -611,21 +749,65 @@ fn spend_column(budget: &mut usize) -> Result<(), String> {
     Ok(())
 }
 
-/// What one key or value may decode into, in values and bytes: a multiple of its own size, so
-/// that a small record cannot decode into a huge tree (proto3 defaults, enum names, counts of
-/// empty items).
+/// What one key or value may decode into ([`weight`]): a multiple of its own size and room for
+/// a wide schema's defaults, so that a small record cannot decode into a huge tree (proto3
+/// defaults, enum names, counts of empty items).
 pub(crate) fn weight_budget(bytes: usize) -> usize {
-    bytes.saturating_mul(16).saturating_add(16 << 10)
+    bytes.saturating_mul(16).saturating_add(256 << 10)
 }
 
-/// The weight of a decoded value ([`weight_budget`]).
-fn weight(d: &Datum) -> usize {
-    1 + match d {
+/// What the typed values of one batch of records may weigh together ([`weight`]), `bytes` being
+/// the batch's keys or values: the decoded tree of a batch is held until its column is built, and
+/// the records' own size bounds it, with room for small records of wide schemas.
+pub(crate) fn batch_budget(bytes: usize) -> usize {
+    bytes.saturating_mul(16).saturating_add(64 << 20)
+}
+
+const TOO_LARGE: &str = "the value decodes into far more than its bytes";
+
+/// The memory a decoded value holds, about: each value's own size, each field's name, and the
+/// bytes of strings and byte arrays.
+pub(crate) fn weight(d: &Datum) -> usize {
+    NODE + match d {
         Datum::Str(s) => s.len(),
         Datum::Bytes(b) => b.len(),
         Datum::List(xs) => xs.iter().map(weight).sum(),
-        Datum::Record(fs) => fs.iter().map(|(n, v)| n.len() + weight(v)).sum(),
+        Datum::Record(fs) => fs.iter().map(|(n, v)| FIELD + n.len() + weight(v)).sum(),
         _ => 0,
+    }
+}
+
+/// The weight of a value without its heap ([`weight`]).
+pub(crate) const NODE: usize = std::mem::size_of::<Datum>();
+/// The weight of a field beside its value and name ([`weight`]).
+pub(crate) const FIELD: usize = std::mem::size_of::<String>();
+
+/// What a value being decoded may still weigh ([`weight`]): each decoder spends it as it builds
+/// (never more than the value will weigh), so that it stops long before a hostile value is whole.
+pub(crate) struct Budget(usize);
+
+impl Budget {
+    pub(crate) fn spend(&mut self, weight: usize) -> Result<(), String> {
+        self.0 = self.0.checked_sub(weight).ok_or(TOO_LARGE)?;
+        Ok(())
+    }
+
+    /// Refuse what could not fit, spending nothing.
+    pub(crate) fn check(&self, weight: usize) -> Result<(), String> {
+        if weight > self.0 {
+            return Err(TOO_LARGE.into());
+        }
+        Ok(())
+    }
+
+    /// Spend what the fields named `names` weigh beside their values (the record's own value is
+    /// spent apart).
+    pub(crate) fn spend_fields<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), String> {
+        let names: usize = names.into_iter().map(|n| FIELD + n.len()).sum();
+        self.spend(names)
     }
 }
 

@@ -18,7 +18,9 @@ use prost_reflect::{
 };
 use protox::file::{File, FileResolver, GoogleFileResolver};
 
-use super::{element, map_datum, map_of, struct_of, Datum, SchemaText, MAX_DEPTH};
+use super::{
+    element, map_datum, map_of, struct_of, Budget, Datum, SchemaText, FIELD, MAX_DEPTH, NODE,
+};
 
 /// The name the main schema gets among its references.
 const MAIN: &str = "__rewind_main.proto";
@@ -68,6 +70,9 @@ impl ProtoCodec {
         Ok(codec)
     }
 
+    /// The message `indexes` name: the file's top-level messages, then nested ones, numbered as
+    /// the compiled descriptor has them, map entry types included, as Confluent's serializers
+    /// number them by default (their `normalize` option skips map entries; not followed here).
     fn message(&self, indexes: &[i64]) -> Result<MessageDescriptor, String> {
         let file = self
             .pool
@@ -102,11 +107,11 @@ impl ProtoCodec {
         Ok((shape, rest))
     }
 
-    pub fn decode(&self, body: &[u8]) -> Result<Datum, String> {
+    pub fn decode(&self, body: &[u8], budget: &mut Budget) -> Result<Datum, String> {
         let (indexes, rest) = message_indexes(body)?;
         let message = self.message(&indexes)?;
         let decoded = DynamicMessage::decode(message, rest).map_err(|e| e.to_string())?;
-        Ok(message_datum(&decoded, &[]))
+        message_datum(&decoded, &[], budget)
     }
 }
 
@@ -228,7 +233,14 @@ fn kind_shape(kind: &Kind, anc: &[String], budget: &mut usize) -> Result<Option<
     }))
 }
 
-fn message_datum(message: &DynamicMessage, anc: &[String]) -> Datum {
+/// A decoded message as data; every value is spent from `budget` as it is built, since a few
+/// bytes of repeated empty messages become a record of every field each (proto3 defaults).
+fn message_datum(
+    message: &DynamicMessage,
+    anc: &[String],
+    budget: &mut Budget,
+) -> Result<Datum, String> {
+    budget.spend(NODE)?;
     let descriptor = message.descriptor();
     match descriptor.full_name() {
         "google.protobuf.Timestamp" => {
@@ -245,66 +257,78 @@ fn message_datum(message: &DynamicMessage, anc: &[String]) -> Datum {
                 Some(Value::I32(n)) => n,
                 _ => 0,
             };
-            return seconds
+            return Ok(seconds
                 .checked_mul(1_000_000)
                 .and_then(|us| us.checked_add(i64::from(nanos) / 1000))
-                .map_or(Datum::Null, Datum::Int);
+                .map_or(Datum::Null, Datum::Int));
         }
         name if WRAPPERS.contains(&name) => {
             if let Some(f) = descriptor.get_field(1) {
-                return value_datum(&f.kind(), &message.get_field(&f), anc);
+                return value_datum(&f.kind(), &message.get_field(&f), anc, budget);
             }
         }
         _ => {}
     }
     if anc.iter().any(|a| a == descriptor.full_name()) || anc.len() > MAX_DEPTH {
         // Not typed (see `message_shape`).
-        return Datum::Null;
+        return Ok(Datum::Null);
     }
     let anc = within(anc, descriptor.full_name());
-    Datum::Record(
-        descriptor
-            .fields()
-            .map(|f| {
-                let v = if f.supports_presence() && !message.has_field(&f) {
-                    Datum::Null
-                } else {
-                    field_datum(&f, &message.get_field(&f), &anc)
-                };
-                (f.name().to_string(), v)
-            })
-            .collect(),
-    )
+    let fields: Vec<FieldDescriptor> = descriptor.fields().collect();
+    budget.spend_fields(fields.iter().map(|f| f.name()))?;
+    let mut out = Vec::with_capacity(fields.len());
+    for f in fields {
+        let v = if f.supports_presence() && !message.has_field(&f) {
+            budget.spend(NODE)?;
+            Datum::Null
+        } else {
+            field_datum(&f, &message.get_field(&f), &anc, budget)?
+        };
+        out.push((f.name().to_string(), v));
+    }
+    Ok(Datum::Record(out))
 }
 
-fn field_datum(field: &FieldDescriptor, value: &Value, anc: &[String]) -> Datum {
+fn field_datum(
+    field: &FieldDescriptor,
+    value: &Value,
+    anc: &[String],
+    budget: &mut Budget,
+) -> Result<Datum, String> {
     match value {
         Value::Map(entries) => {
             let value_kind = match field.kind() {
                 Kind::Message(entry) => entry.map_entry_value_field().kind(),
                 other => other,
             };
-            let mut keyed: Vec<(MapKey, Datum)> = entries
-                .iter()
-                .map(|(k, v)| (k.clone(), value_datum(&value_kind, v, anc)))
-                .collect();
+            budget.spend(NODE)?;
+            let mut keyed: Vec<(MapKey, Datum)> = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                // An entry is a record of a key and a value.
+                budget.spend(2 * NODE + 2 * FIELD + "keyvalue".len())?;
+                keyed.push((k.clone(), value_datum(&value_kind, v, anc, budget)?));
+            }
             keyed.sort_by(|a, b| a.0.cmp(&b.0));
-            Datum::List(
+            Ok(Datum::List(
                 keyed
                     .into_iter()
                     .map(|(k, v)| {
                         Datum::Record(vec![("key".into(), key_datum(&k)), ("value".into(), v)])
                     })
                     .collect(),
-            )
+            ))
         }
-        Value::List(items) => Datum::List(
-            items
-                .iter()
-                .map(|v| value_datum(&field.kind(), v, anc))
-                .collect(),
-        ),
-        other => value_datum(&field.kind(), other, anc),
+        Value::List(items) => {
+            budget.spend(NODE)?;
+            budget.check(items.len().saturating_mul(NODE))?;
+            Ok(Datum::List(
+                items
+                    .iter()
+                    .map(|v| value_datum(&field.kind(), v, anc, budget))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
+        other => value_datum(&field.kind(), other, anc, budget),
     }
 }
 
@@ -319,8 +343,17 @@ fn key_datum(key: &MapKey) -> Datum {
     }
 }
 
-fn value_datum(kind: &Kind, value: &Value, anc: &[String]) -> Datum {
-    match value {
+fn value_datum(
+    kind: &Kind,
+    value: &Value,
+    anc: &[String],
+    budget: &mut Budget,
+) -> Result<Datum, String> {
+    if let Value::Message(m) = value {
+        return message_datum(m, anc, budget);
+    }
+    budget.spend(NODE)?;
+    Ok(match value {
         Value::Bool(b) => Datum::Bool(*b),
         Value::I32(i) => Datum::Int((*i).into()),
         Value::I64(i) => Datum::Int(*i),
@@ -328,8 +361,14 @@ fn value_datum(kind: &Kind, value: &Value, anc: &[String]) -> Datum {
         Value::U64(i) => i64::try_from(*i).map_or(Datum::Null, Datum::Int),
         Value::F32(f) => Datum::Float((*f).into()),
         Value::F64(f) => Datum::Float(*f),
-        Value::String(s) => Datum::Str(s.clone()),
-        Value::Bytes(b) => Datum::Bytes(b.to_vec()),
+        Value::String(s) => {
+            budget.spend(s.len())?;
+            Datum::Str(s.clone())
+        }
+        Value::Bytes(b) => {
+            budget.spend(b.len())?;
+            Datum::Bytes(b.to_vec())
+        }
         Value::EnumNumber(n) => match kind {
             Kind::Enum(e) => e.get_value(*n).map_or_else(
                 || Datum::Str(n.to_string()),
@@ -337,15 +376,24 @@ fn value_datum(kind: &Kind, value: &Value, anc: &[String]) -> Datum {
             ),
             _ => Datum::Str(n.to_string()),
         },
-        Value::Message(m) => message_datum(m, anc),
+        // Handled above.
+        Value::Message(m) => return message_datum(m, anc, budget),
         Value::List(items) => {
-            Datum::List(items.iter().map(|v| value_datum(kind, v, anc)).collect())
+            budget.check(items.len().saturating_mul(NODE))?;
+            Datum::List(
+                items
+                    .iter()
+                    .map(|v| value_datum(kind, v, anc, budget))
+                    .collect::<Result<_, _>>()?,
+            )
         }
-        Value::Map(entries) => map_datum(
-            entries
-                .iter()
-                .map(|(k, v)| (format!("{k:?}"), value_datum(kind, v, anc)))
-                .collect(),
-        ),
-    }
+        Value::Map(entries) => {
+            let mut out = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                budget.spend(2 * NODE + 2 * FIELD + "keyvalue".len())?;
+                out.push((format!("{k:?}"), value_datum(kind, v, anc, budget)?));
+            }
+            map_datum(out)
+        }
+    })
 }

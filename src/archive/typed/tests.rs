@@ -92,6 +92,7 @@ fn avro_values_decode_and_evolve_into_one_column() {
         ],
     );
     let decoding = Decoding {
+        checked: Default::default(),
         key: None,
         value: Some(registry(&[
             (7, text("AVRO", ORDER_V1)),
@@ -169,6 +170,7 @@ fn an_incompatible_schema_leaves_its_records_undecoded_in_a_shared_file() {
         ],
     );
     let decoding = Decoding {
+        checked: Default::default(),
         key: None,
         value: Some(registry(&[
             (1, text("AVRO", ORDER_V1)),
@@ -226,7 +228,7 @@ fn json_schema_and_declared_json_decode_by_their_schema() {
         "definitions":{"Item":{"type":"object","properties":{"sku":{"type":["null","string"]}}}}}"##;
     let codec = Codec::parse(text("JSON", schema)).unwrap();
     let d = codec
-        .decode(br#"{"id":5,"price":2,"when":"2026-12-05T10:00:00.250Z","item":{"sku":"X"},"any":7,"extra":1}"#)
+        .decode_alone(br#"{"id":5,"price":2,"when":"2026-12-05T10:00:00.250Z","item":{"sku":"X"},"any":7,"extra":1}"#)
         .unwrap();
     assert_eq!(
         d,
@@ -241,7 +243,7 @@ fn json_schema_and_declared_json_decode_by_their_schema() {
             ("when".into(), Datum::Int(1_796_464_800_250)),
         ])
     );
-    assert!(codec.decode(b"{not json").is_err());
+    assert!(codec.decode_alone(b"{not json").is_err());
 }
 
 #[test]
@@ -275,7 +277,7 @@ fn protobuf_messages_decode_by_their_indexes() {
     body.extend(msg.encode_to_vec());
     let shape = codec.shape(&body).unwrap();
     assert!(matches!(&*shape, DataType::Struct(f) if f.len() == 7));
-    let d = codec.decode(&body).unwrap();
+    let d = codec.decode_alone(&body).unwrap();
     let Datum::Record(fields) = d else {
         panic!("{d:?}")
     };
@@ -299,7 +301,7 @@ fn protobuf_messages_decode_by_their_indexes() {
     let mut body = vec![4u8, 0, 2];
     body.extend(msg.encode_to_vec());
     assert_eq!(
-        codec.decode(&body).unwrap(),
+        codec.decode_alone(&body).unwrap(),
         Datum::Record(vec![("sku".into(), Datum::Str("L".into()))])
     );
     assert!(Codec::parse(text("PROTOBUF", "message {")).is_err());
@@ -322,6 +324,7 @@ mod hostile {
             (4, text("PROTOBUF", PROTO)),
         ]);
         Decoding {
+            checked: Default::default(),
             key: Some(side.clone()),
             value: Some(side),
         }
@@ -392,15 +395,15 @@ fn hostile_avro_counts_lengths_and_leftovers_do_not_decode() {
     // anything is allocated for them (the library's reader reserved gigabytes here).
     let mut huge = vec![2, 0];
     huge.extend(varint(1 << 27));
-    assert!(codec.decode(&huge).is_err());
+    assert!(codec.decode_alone(&huge).is_err());
     let mut negative = vec![2, 0];
     negative.extend(varint(-(1 << 40)));
     negative.extend(varint(5));
-    assert!(codec.decode(&negative).is_err());
+    assert!(codec.decode_alone(&negative).is_err());
     // A string claiming more bytes than follow.
     let mut long = vec![2, 0, 2];
     long.extend(varint(1 << 30));
-    assert!(codec.decode(&long).is_err());
+    assert!(codec.decode_alone(&long).is_err());
     // A whole value, then bytes that are not part of it.
     let mut whole = avro(
         ORDER_V1,
@@ -411,16 +414,16 @@ fn hostile_avro_counts_lengths_and_leftovers_do_not_decode() {
             ("note", AvroValue::Union(0, Box::new(AvroValue::Null))),
         ],
     );
-    assert!(codec.decode(&whole).is_ok());
+    assert!(codec.decode_alone(&whole).is_ok());
     whole.push(7);
-    assert!(codec.decode(&whole).is_err());
+    assert!(codec.decode_alone(&whole).is_err());
     // Null items cost nothing to send but budget to decode.
     let nulls = Codec::parse(text("AVRO", r#"{"type":"array","items":"null"}"#));
     assert!(nulls.is_err(), "an array of nulls has no column");
     let maps = Codec::parse(text("AVRO", r#"{"type":"map","values":"string"}"#)).unwrap();
     let mut bomb = varint(1 << 26);
     bomb.extend([0, 0]);
-    assert!(maps.decode(&bomb).is_err());
+    assert!(maps.decode_alone(&bomb).is_err());
 }
 
 #[test]
@@ -451,7 +454,7 @@ fn avro_decimals_beyond_their_precision_and_named_union_branches() {
     ok.extend(varint(1));
     ok.push(b'z');
     assert_eq!(
-        codec.decode(&ok).unwrap(),
+        codec.decode_alone(&ok).unwrap(),
         Datum::Record(vec![
             ("price".into(), Datum::Decimal(1234)),
             (
@@ -465,12 +468,15 @@ fn avro_decimals_beyond_their_precision_and_named_union_branches() {
     );
     let mut too_wide = vec![6, 0x00, 0x30, 0x39];
     too_wide.extend(varint(0));
-    assert!(codec.decode(&too_wide).is_err(), "12345 has five digits");
+    assert!(
+        codec.decode_alone(&too_wide).is_err(),
+        "12345 has five digits"
+    );
     // A null branch is a null value, not a struct of nulls.
     let mut null = vec![4, 0x04, 0xd2];
     null.extend(varint(0));
     assert_eq!(
-        codec.decode(&null).unwrap(),
+        codec.decode_alone(&null).unwrap(),
         Datum::Record(vec![
             ("price".into(), Datum::Decimal(1234)),
             ("either".into(), Datum::Null)
@@ -524,3 +530,247 @@ fn a_merge_that_would_lose_typed_values_is_named() {
 }
 
 const JSON_SCHEMA: &str = r#"{"type":"object","properties":{"a":{"type":"integer"}}}"#;
+
+/// The process's peak resident memory so far, in bytes (Linux).
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+#[test]
+fn a_few_bytes_of_repeated_empty_messages_do_not_become_a_huge_tree() {
+    // 300,000 empty `Inner`s (two bytes each) of 100 fields each: as proto3 defaults, built whole
+    // before being weighed, some 2 GB; spent as they are built, refused within the budget.
+    let fields: String = (1..=100).map(|i| format!("int64 f{i} = {i}; ")).collect();
+    let source = format!(
+        "syntax = \"proto3\"; message Outer {{ repeated Inner items = 1; }} message Inner {{ {fields}}}"
+    );
+    let codec = Codec::parse(text("PROTOBUF", &source)).unwrap();
+    let mut body = vec![0u8];
+    for _ in 0..300_000 {
+        body.extend([0x0a, 0x00]);
+    }
+    let before = peak_rss();
+    assert!(codec.decode_alone(&body).is_err());
+    // JSON: empty objects of a wide declared schema.
+    let properties: Vec<String> = (0..100)
+        .map(|i| format!(r#""field_number_{i}":{{"type":"integer"}}"#))
+        .collect();
+    let schema = format!(
+        r#"{{"type":"object","properties":{{"items":{{"type":"array","items":{{"type":"object","properties":{{{}}}}}}}}}}}"#,
+        properties.join(",")
+    );
+    let json = Codec::parse(text("JSON", &schema)).unwrap();
+    let body = format!(r#"{{"items":[{}]}}"#, vec!["{}"; 200_000].join(","));
+    assert!(json.decode_alone(body.as_bytes()).is_err());
+    let grown = peak_rss().saturating_sub(before);
+    assert!(grown < 1 << 30, "decoding grew the peak by {grown} bytes");
+}
+
+#[test]
+fn a_batch_of_small_records_of_a_wide_schema_decodes_within_its_budget() {
+    let properties: Vec<String> = (0..1000)
+        .map(|i| format!(r#""p{i}":{{"type":"integer"}}"#))
+        .collect();
+    let schema = format!(
+        r#"{{"type":"object","properties":{{{}}}}}"#,
+        properties.join(",")
+    );
+    let codec = Arc::new(Codec::parse(text("JSON", &schema)).unwrap());
+    let one = codec.decode_alone(b"{}").unwrap();
+    let decoding = Decoding {
+        key: None,
+        value: Some(SideDecoding::Declared(codec)),
+        checked: Default::default(),
+    };
+    let records: Vec<Record> = (0..2000).map(|i| record(i, Some(b"{}".to_vec()))).collect();
+    let mut prepared = decoding.prepare(&records);
+    prepared.columns(&records);
+    let decoded = prepared.decoded()[0].1;
+    let failed: u64 = prepared.failures().iter().map(|(_, _, n)| n).sum();
+    assert_eq!(decoded + failed, 2000);
+    assert!(failed > 0, "2000 values of {} bytes each", weight(&one));
+    assert!(decoded as usize * weight(&one) <= batch_budget(2 * 2000));
+    assert_eq!(
+        prepared.failures(),
+        vec![(Side::Value, Failure::Undecodable, failed)]
+    );
+}
+
+#[test]
+fn parts_naming_one_id_with_two_schemas_are_not_merged() {
+    let spec = |schema: &str| Spec {
+        key: None,
+        value: Some(SideSpec {
+            schemas: BTreeMap::from([(5, text("AVRO", schema))]),
+            declared: None,
+            decoded: 1,
+            failed: BTreeMap::new(),
+        }),
+    };
+    assert!(Decoding::from_specs(&[spec(ORDER_V1), spec(ORDER_V1)])
+        .unwrap()
+        .is_some());
+    let err = Decoding::from_specs(&[spec(ORDER_V1), spec(ORDER_STRING_AMOUNT)]).unwrap_err();
+    assert!(err.contains("id 5"), "{err}");
+}
+
+fn order_v1(id: i64) -> Vec<u8> {
+    avro(
+        ORDER_V1,
+        vec![
+            ("id", AvroValue::Long(id)),
+            ("amount", AvroValue::Int(3)),
+            ("tags", AvroValue::Array(vec![])),
+            ("note", AvroValue::Union(0, Box::new(AvroValue::Null))),
+        ],
+    )
+}
+
+#[test]
+fn a_file_is_typed_as_the_sink_decided_whatever_its_records_order() {
+    let changed = avro(
+        ORDER_STRING_AMOUNT,
+        vec![
+            ("id", AvroValue::Long(1)),
+            ("amount", AvroValue::String("3.50".into())),
+        ],
+    );
+    let side = registry(&[
+        (1, text("AVRO", ORDER_V1)),
+        (2, text("AVRO", ORDER_STRING_AMOUNT)),
+    ]);
+    let SideDecoding::Registry(codecs) = &side else {
+        unreachable!()
+    };
+    let (v1, v2) = (
+        codecs[&1].shape(&[]).unwrap(),
+        codecs[&2].shape(&[]).unwrap(),
+    );
+    // The changed record came first (its schema was still being fetched when it was read); the
+    // sink joined v1 and kept the changed shape out.
+    let records = vec![
+        record(0, Some(framed(2, &changed))),
+        record(1, Some(framed(1, &order_v1(2)))),
+        record(2, Some(framed(1, &order_v1(3)))),
+    ];
+    // Whether the sink saw the changed shape (and kept it out) or not (it was not fetched yet).
+    for refused in [vec![v2], vec![]] {
+        let decoding = Decoding {
+            key: None,
+            value: Some(side.clone()),
+            checked: [
+                Checked::default(),
+                Checked {
+                    joined: vec![v1.clone()],
+                    refused,
+                },
+            ],
+        };
+        let mut prepared = decoding.prepare(&records);
+        let columns = prepared.columns(&records);
+        assert!(columns[0].is_null(0));
+        assert!(!columns[0].is_null(1) && !columns[0].is_null(2));
+        assert_eq!(
+            prepared.failures(),
+            vec![(Side::Value, Failure::Incompatible, 1)]
+        );
+        let schemas = prepared.spec().value.unwrap().schemas;
+        assert_eq!(
+            schemas.keys().collect::<Vec<_>>(),
+            vec![&1],
+            "only schemas of decoded values are in the footer"
+        );
+    }
+}
+
+#[test]
+fn a_footer_holds_a_bounded_amount_of_schema_text() {
+    let big = |name: &str| {
+        format!(
+            r#"{{"type":"record","name":"{name}","doc":"{}","fields":[{{"name":"a","type":"long"}}]}}"#,
+            "d".repeat(SPEC_TEXT_LIMIT * 2 / 3)
+        )
+    };
+    let side = registry(&[(1, text("AVRO", &big("A"))), (2, text("AVRO", &big("B")))]);
+    let body = avro(&big("A"), vec![("a", AvroValue::Long(7))]);
+    let records = vec![
+        record(0, Some(framed(1, &body))),
+        record(1, Some(framed(2, &body))),
+        record(2, Some(framed(1, &body))),
+    ];
+    let decoding = Decoding {
+        key: None,
+        value: Some(side),
+        checked: Default::default(),
+    };
+    let mut prepared = decoding.prepare(&records);
+    prepared.columns(&records);
+    let spec = prepared.spec().value.unwrap();
+    assert_eq!(spec.schemas.keys().collect::<Vec<_>>(), vec![&1]);
+    assert_eq!(spec.decoded, 2);
+    assert_eq!(spec.failed, BTreeMap::from([("incompatible".into(), 1)]));
+}
+
+#[test]
+fn avro_union_branches_whose_names_read_the_same_get_apart() {
+    let schema = r#"{"type":"record","name":"R","fields":[{"name":"u","type":["null",
+        {"type":"record","namespace":"a","name":"b_c","fields":[{"name":"x","type":"long"}]},
+        {"type":"record","namespace":"a_b","name":"c","fields":[{"name":"y","type":"string"}]}]}]}"#;
+    let codec = Codec::parse(text("AVRO", schema)).unwrap();
+    let shape = codec.shape(&[]).unwrap();
+    let DataType::Struct(fields) = &*shape else {
+        panic!("{shape:?}")
+    };
+    let DataType::Struct(branches) = fields[0].data_type() else {
+        panic!("{shape:?}")
+    };
+    let names: Vec<&str> = branches.iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, vec!["a_b_c_1", "a_b_c_2"]);
+    // Branch 2 (`a_b.c`) with y = "z": its value goes to its own field.
+    let body = [0x04, 0x02, b'z'];
+    assert_eq!(
+        codec.decode_alone(&body).unwrap(),
+        Datum::Record(vec![(
+            "u".into(),
+            Datum::Record(vec![(
+                "a_b_c_2".into(),
+                Datum::Record(vec![("y".into(), Datum::Str("z".into()))])
+            )])
+        )])
+    );
+}
+
+#[test]
+fn a_column_too_wide_for_the_footer_of_its_row_groups_is_left_out() {
+    let properties: Vec<String> = (0..3000)
+        .map(|i| format!(r#""p{i}":{{"type":"integer"}}"#))
+        .collect();
+    let schema = format!(
+        r#"{{"type":"object","properties":{{{}}}}}"#,
+        properties.join(",")
+    );
+    let decoding = Decoding {
+        key: None,
+        value: Some(SideDecoding::Declared(Arc::new(
+            Codec::parse(text("JSON", &schema)).unwrap(),
+        ))),
+        checked: Default::default(),
+    };
+    let records: Vec<Record> = (0..3).map(|i| record(i, Some(b"{}".to_vec()))).collect();
+    // One row group: 3,000 columns fit.
+    let mut prepared = decoding.prepare(&records);
+    prepared.fit_footer(1);
+    assert_eq!(prepared.fields().len(), 1);
+    // Sixteen: some 12 MiB of column metadata, left out.
+    let mut prepared = decoding.prepare(&records);
+    prepared.fit_footer(16);
+    assert!(prepared.fields().is_empty());
+    assert!(prepared.columns(&records).is_empty());
+    assert_eq!(
+        prepared.failures(),
+        vec![(Side::Value, Failure::Incompatible, 3)]
+    );
+}
