@@ -571,13 +571,7 @@ fn a_few_bytes_of_repeated_empty_messages_do_not_become_a_huge_tree() {
 
 #[test]
 fn a_batch_of_small_records_of_a_wide_schema_decodes_within_its_budget() {
-    let properties: Vec<String> = (0..1000)
-        .map(|i| format!(r#""p{i}":{{"type":"integer"}}"#))
-        .collect();
-    let schema = format!(
-        r#"{{"type":"object","properties":{{{}}}}}"#,
-        properties.join(",")
-    );
+    let schema = wide_object(1000);
     let codec = Arc::new(Codec::parse(text("JSON", &schema)).unwrap());
     let one = codec.decode_alone(b"{}").unwrap();
     let decoding = Decoding {
@@ -745,13 +739,7 @@ fn avro_union_branches_whose_names_read_the_same_get_apart() {
 
 #[test]
 fn a_column_too_wide_for_the_footer_of_its_row_groups_is_left_out() {
-    let properties: Vec<String> = (0..3000)
-        .map(|i| format!(r#""p{i}":{{"type":"integer"}}"#))
-        .collect();
-    let schema = format!(
-        r#"{{"type":"object","properties":{{{}}}}}"#,
-        properties.join(",")
-    );
+    let schema = wide_object(3000);
     let decoding = Decoding {
         key: None,
         value: Some(SideDecoding::Declared(Arc::new(
@@ -773,4 +761,15 @@ fn a_column_too_wide_for_the_footer_of_its_row_groups_is_left_out() {
         prepared.failures(),
         vec![(Side::Value, Failure::Incompatible, 3)]
     );
+}
+
+/// A JSON Schema of an object of `n` integer properties, `p0` and on.
+fn wide_object(n: usize) -> String {
+    let properties: Vec<String> = (0..n)
+        .map(|i| format!(r#""p{i}":{{"type":"integer"}}"#))
+        .collect();
+    format!(
+        r#"{{"type":"object","properties":{{{}}}}}"#,
+        properties.join(",")
+    )
 }
