@@ -223,10 +223,10 @@ pub fn encode_decoded_to<W: std::io::Write + Send>(
     let props = properties(meta, records)?;
     let mut typed = decoding.map(|d| d.prepare(records));
     if let Some(t) = typed.as_mut() {
-        // Typed columns may double a file's size; a row group ends at `row_group_bytes`.
-        let bytes: u64 = records.iter().map(|r| r.size()).sum();
-        let row_groups = (bytes.saturating_mul(2) / row_group_bytes.max(1) as u64) as usize + 1;
-        t.fit_footer(row_groups);
+        // A row group ends once its encoded size reaches `row_group_bytes`: the records' bytes,
+        // and typed columns of about as many again at most.
+        let bytes: usize = records.iter().map(Record::payload_len).sum();
+        t.fit_footer(bytes.saturating_mul(2) / row_group_bytes.max(1) + 1);
     }
     let schema = match &typed {
         Some(t) => {
@@ -270,11 +270,18 @@ pub fn encode_decoded_to<W: std::io::Write + Send>(
                 fits
             })
             .count();
-        let (batch, tail) = rest.split_at(rows);
+        let (mut batch, mut tail) = rest.split_at(rows);
+        let typed_columns = match typed.as_mut() {
+            Some(t) => {
+                // Typed values may end the batch early (they weigh more than the records).
+                let (typed_rows, columns) = t.columns(batch);
+                (batch, tail) = rest.split_at(typed_rows);
+                columns
+            }
+            None => Vec::new(),
+        };
         let mut columns = raw_columns(batch);
-        if let Some(t) = typed.as_mut() {
-            columns.extend(t.columns(batch));
-        }
+        columns.extend(typed_columns);
         writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
         end_row_groups(&mut writer)?;
         if writer.in_progress_size() >= row_group_bytes {

@@ -36,9 +36,9 @@ const REFERENCE_DEPTH: usize = 8;
 const REFERENCES: usize = 64;
 /// Ids remembered as missing at most; past it, they are forgotten.
 const MISSING: usize = 10_000;
-/// Ids the registry may say it does not know within [`RETRY_AFTER`] before no new id is asked
-/// for until then: bytes that only look framed (a leading zero byte) would otherwise make a
-/// request, and a wait of the consume loop, of every record.
+/// Ids the registry may say it does not know within [`RETRY_AFTER`] before new ids are fetched
+/// one at a time and not waited for: bytes that only look framed (a leading zero byte) would
+/// otherwise make a request, and a wait of the consume loop, of every record.
 const MISSES: usize = 16;
 
 /// The decoding rules of a sink and the schemas it knows.
@@ -58,7 +58,7 @@ struct Known {
 }
 
 impl Known {
-    /// Whether new ids are asked for now ([`MISSES`]).
+    /// Whether new ids are fetched as usual now ([`MISSES`]).
     fn asking(&self, now: Instant) -> bool {
         self.down_until.is_none_or(|until| now >= until)
             && (self.misses.len() < MISSES
@@ -361,6 +361,7 @@ impl Decoders {
     /// The codec of schema `id`: known, or fetched in the background and waited for at most
     /// [`WAIT`] the first time.
     async fn schema(self: &Arc<Self>, id: u32) -> Option<Arc<Codec>> {
+        let wait;
         {
             let mut known = self.known.lock().expect("schema cache");
             let now = Instant::now();
@@ -370,7 +371,7 @@ impl Decoders {
                 Some(Fetched::Missing { until }) if now < *until => return None,
                 _ => {}
             }
-            if !known.asking(now) {
+            if known.down_until.is_some_and(|until| now < until) {
                 return None;
             }
             let pending = known
@@ -378,9 +379,13 @@ impl Decoders {
                 .values()
                 .filter(|f| matches!(f, Fetched::Pending))
                 .count();
-            if pending >= FETCHES {
+            // Past many unknown ids, one fetch at a time goes on in the background, unwaited for:
+            // a real new id still gets its turn among framed-looking garbage.
+            let asking = known.asking(now);
+            if pending >= if asking { FETCHES } else { 1 } {
                 return None;
             }
+            wait = asking;
             if known.schemas.len() > MISSING {
                 known
                     .schemas
@@ -398,6 +403,9 @@ impl Decoders {
             };
             decoders.fetch(id).await
         });
+        if !wait {
+            return None;
+        }
         match tokio::time::timeout(WAIT, &mut fetching).await {
             Ok(Ok(codec)) => codec,
             // Still on its way (it stores what it gets), or gone.

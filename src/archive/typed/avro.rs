@@ -364,6 +364,7 @@ impl Reader<'_> {
                     .ok()
                     .and_then(|i| e.symbols.get(i))
                     .ok_or_else(|| format!("enum {} has no symbol {i}", e.name.name))?;
+                self.spend(symbol.len())?;
                 Datum::Str(symbol.clone())
             }
             Schema::Decimal(d) => {

@@ -92,14 +92,9 @@ fn avro_type() -> String {
 }
 
 impl SchemaText {
-    /// The bytes of its texts, references included.
-    pub fn size(&self) -> usize {
-        let refs: usize = self
-            .references
-            .iter()
-            .map(|r| r.name.len() + r.schema.len())
-            .sum();
-        self.schema.len() + refs
+    /// The bytes it takes in a footer (as JSON, escapes included).
+    pub fn footer_size(&self) -> usize {
+        serde_json::to_vec(self).map_or(usize::MAX, |json| json.len())
     }
 }
 
@@ -498,45 +493,30 @@ impl PreparedSide {
         }
     }
 
-    fn column(&mut self, records: &[Record]) -> Option<(Field, ArrayRef)> {
-        let Some(shape) = self.shape.clone() else {
-            // Nothing in the file decodes, so it has no typed column: every failure still counts.
-            for bytes in records.iter().filter_map(|r| self.side.of(r)) {
-                let why = match self.decoding.locate(bytes) {
-                    Err(why) => why,
-                    Ok(_) if self.too_wide => Failure::Incompatible,
-                    Ok(_) => Failure::Undecodable,
-                };
-                *self.failed.entry(why).or_default() += 1;
-            }
-            return None;
+    /// The typed value of `record` and its weight ([`weight`]), counted as decoded or failed.
+    fn value_of(&mut self, record: &Record) -> (Datum, usize) {
+        let Some(bytes) = self.side.of(record) else {
+            return (Datum::Null, 0);
         };
-        let mut values = Vec::with_capacity(records.len());
-        let bytes: usize = records
-            .iter()
-            .filter_map(|r| self.side.of(r))
-            .map(<[u8]>::len)
-            .sum();
-        let mut left = batch_budget(bytes);
-        for r in records {
-            let datum = match self.side.of(r) {
-                None => Datum::Null,
-                Some(bytes) => match self.decode_one(bytes, &mut left) {
-                    Ok(d) => {
-                        self.decoded += 1;
-                        d
-                    }
-                    Err(why) => {
-                        *self.failed.entry(why).or_default() += 1;
-                        Datum::Null
-                    }
-                },
-            };
-            values.push(datum);
+        let outcome = match self.shape {
+            Some(_) => self.decode_one(bytes),
+            // Nothing in the file decodes, so it has no typed column: every failure still counts.
+            None => Err(match self.decoding.locate(bytes) {
+                Err(why) => why,
+                Ok(_) if self.too_wide => Failure::Incompatible,
+                Ok(_) => Failure::Undecodable,
+            }),
+        };
+        match outcome {
+            Ok(decoded) => {
+                self.decoded += 1;
+                decoded
+            }
+            Err(why) => {
+                *self.failed.entry(why).or_default() += 1;
+                (Datum::Null, 0)
+            }
         }
-        let refs: Vec<&Datum> = values.iter().collect();
-        let array = arrays::build(&shape, &refs);
-        Some((Field::new(self.side.column(), shape, true), array))
     }
 
     fn spec(&self) -> SideSpec {
@@ -558,9 +538,9 @@ impl PreparedSide {
 }
 
 impl PreparedSide {
-    /// Decode one key or value within what the batch has `left` to weigh; its schema joins the
+    /// Decode one key or value within its budget ([`weight_budget`]); its schema joins the
     /// footer's once a value of it decodes.
-    fn decode_one(&mut self, bytes: &[u8], left: &mut usize) -> Result<Datum, Failure> {
+    fn decode_one(&mut self, bytes: &[u8]) -> Result<(Datum, usize), Failure> {
         let (codec, body) = self.decoding.locate(bytes)?;
         let shape = codec.shape(body).map_err(|_| Failure::Undecodable)?;
         if self.rejected.iter().any(|r| Arc::ptr_eq(r, &shape)) {
@@ -570,21 +550,19 @@ impl PreparedSide {
             SideDecoding::Registry(_) => wire_id(bytes).filter(|id| !self.used.contains_key(id)),
             SideDecoding::Declared(_) => None,
         };
-        let text = id.map_or(0, |_| codec.text().size());
-        if self.used_bytes + text > SPEC_TEXT_LIMIT {
+        let text = id.map_or(0, |_| codec.text().footer_size());
+        if self.used_bytes.saturating_add(text) > SPEC_TEXT_LIMIT {
             // The footer would hold too many schemas: its columns cannot take this one's values.
             return Err(Failure::Incompatible);
         }
-        let limit = weight_budget(body.len()).min(*left);
-        let (datum, weight) = codec
-            .decode(body, limit)
+        let decoded = codec
+            .decode(body, weight_budget(body.len()))
             .map_err(|_| Failure::Undecodable)?;
-        *left -= weight;
         if let Some(id) = id {
             self.used.insert(id, codec.text().clone());
             self.used_bytes += text;
         }
-        Ok(datum)
+        Ok(decoded)
     }
 }
 
@@ -633,28 +611,49 @@ impl Prepared {
         }
     }
 
-    /// The typed columns of `records` (a batch of the file's records, in order). Whatever goes
-    /// wrong building them, the batch's typed values are null (and counted), never the file lost.
-    pub fn columns(&mut self, records: &[Record]) -> Vec<ArrayRef> {
-        self.sides
+    /// The typed columns of the first rows of `records` (a batch of the file's records, in
+    /// order), and how many rows that is: rows are decoded until their values weigh
+    /// [`BATCH_WEIGHT`] together (one at least), so that the batch's decoded values and columns
+    /// take bounded memory whatever the records; the caller writes the raw columns of those rows
+    /// and hands the others over again. Each value is decoded alone, so what it becomes never
+    /// depends on its neighbours. Whatever goes wrong building a column, its values in this batch
+    /// are null (and counted), never the file lost.
+    pub fn columns(&mut self, records: &[Record]) -> (usize, Vec<ArrayRef>) {
+        let mut values: Vec<Vec<Datum>> = self.sides.iter().map(|_| Vec::new()).collect();
+        let mut decoded = vec![0u64; self.sides.len()];
+        let (mut rows, mut weight) = (0, 0);
+        for record in records {
+            for ((side, out), decoded) in self.sides.iter_mut().zip(&mut values).zip(&mut decoded) {
+                let before = side.decoded;
+                let (datum, w) = side.value_of(record);
+                *decoded += side.decoded - before;
+                weight += w;
+                out.push(datum);
+            }
+            rows += 1;
+            if weight >= BATCH_WEIGHT {
+                break;
+            }
+        }
+        let columns = self
+            .sides
             .iter_mut()
-            .filter_map(|s| {
-                let shape = s.shape.clone();
-                let counted = (s.decoded, s.failed.clone());
+            .zip(values)
+            .zip(decoded)
+            .filter_map(|((side, values), decoded)| {
+                let shape = side.shape.clone()?;
                 let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    s.column(records).map(|(_, a)| a)
+                    let refs: Vec<&Datum> = values.iter().collect();
+                    arrays::build(&shape, &refs)
                 }));
-                match built {
-                    Ok(column) => column,
-                    Err(_) => {
-                        (s.decoded, s.failed) = counted;
-                        let failed = records.iter().filter(|r| s.side.of(r).is_some()).count();
-                        *s.failed.entry(Failure::Undecodable).or_default() += failed as u64;
-                        shape.map(|t| arrow_array::new_null_array(&t, records.len()))
-                    }
-                }
+                Some(built.unwrap_or_else(|_| {
+                    side.decoded -= decoded;
+                    *side.failed.entry(Failure::Undecodable).or_default() += decoded;
+                    arrow_array::new_null_array(&shape, rows)
+                }))
             })
-            .collect()
+            .collect();
+        (rows, columns)
     }
 
     /// What the footer records, once every batch is encoded.
@@ -749,19 +748,16 @@ fn spend_column(budget: &mut usize) -> Result<(), String> {
     Ok(())
 }
 
-/// What one key or value may decode into ([`weight`]): a multiple of its own size and room for
-/// a wide schema's defaults, so that a small record cannot decode into a huge tree (proto3
+/// What one key or value may decode into ([`weight`]): a multiple of its own size (a value of
+/// one-byte items weighs 32 bytes an item) and room for a wide schema's defaults, so that a small record cannot decode into a huge tree (proto3
 /// defaults, enum names, counts of empty items).
 pub(crate) fn weight_budget(bytes: usize) -> usize {
-    bytes.saturating_mul(16).saturating_add(256 << 10)
+    bytes.saturating_mul(32).saturating_add(256 << 10)
 }
 
-/// What the typed values of one batch of records may weigh together ([`weight`]), `bytes` being
-/// the batch's keys or values: the decoded tree of a batch is held until its column is built, and
-/// the records' own size bounds it, with room for small records of wide schemas.
-pub(crate) fn batch_budget(bytes: usize) -> usize {
-    bytes.saturating_mul(16).saturating_add(64 << 20)
-}
+/// What the typed values of one batch of rows may weigh together ([`Prepared::columns`]): the
+/// decoded trees of a batch are held until its columns are built.
+pub(crate) const BATCH_WEIGHT: usize = 64 << 20;
 
 const TOO_LARGE: &str = "the value decodes into far more than its bytes";
 

@@ -369,13 +369,15 @@ fn value_datum(
             budget.spend(b.len())?;
             Datum::Bytes(b.to_vec())
         }
-        Value::EnumNumber(n) => match kind {
-            Kind::Enum(e) => e.get_value(*n).map_or_else(
-                || Datum::Str(n.to_string()),
-                |v| Datum::Str(v.name().into()),
-            ),
-            _ => Datum::Str(n.to_string()),
-        },
+        Value::EnumNumber(n) => {
+            let name = match kind {
+                Kind::Enum(e) => e.get_value(*n).map(|v| v.name().to_string()),
+                _ => None,
+            };
+            let name = name.unwrap_or_else(|| n.to_string());
+            budget.spend(name.len())?;
+            Datum::Str(name)
+        }
         // Handled above.
         Value::Message(m) => return message_datum(m, anc, budget),
         Value::List(items) => {

@@ -107,7 +107,7 @@ fn avro_values_decode_and_evolve_into_one_column() {
         record(4, Some(framed(12, &v1))),
     ];
     let mut prepared = decoding.prepare(&records);
-    let columns = prepared.columns(&records);
+    let (_, columns) = prepared.columns(&records);
     let column = columns[0].as_any().downcast_ref::<StructArray>().unwrap();
     // int widened to long; the new field is a new nullable column.
     assert_eq!(
@@ -182,7 +182,7 @@ fn an_incompatible_schema_leaves_its_records_undecoded_in_a_shared_file() {
         record(1, Some(framed(2, &changed))),
     ];
     let mut prepared = decoding.prepare(&records);
-    let columns = prepared.columns(&records);
+    let (_, columns) = prepared.columns(&records);
     assert!(!columns[0].is_null(0));
     assert!(columns[0].is_null(1));
     assert_eq!(
@@ -191,7 +191,7 @@ fn an_incompatible_schema_leaves_its_records_undecoded_in_a_shared_file() {
     );
     // Alone, the changed schema decodes.
     let mut alone = decoding.prepare(&records[1..]);
-    assert!(!alone.columns(&records[1..])[0].is_null(0));
+    assert!(!alone.columns(&records[1..]).1[0].is_null(0));
 }
 
 #[test]
@@ -570,10 +570,10 @@ fn a_few_bytes_of_repeated_empty_messages_do_not_become_a_huge_tree() {
 }
 
 #[test]
-fn a_batch_of_small_records_of_a_wide_schema_decodes_within_its_budget() {
+fn a_batch_of_small_records_of_a_wide_schema_ends_early_and_every_value_decodes() {
     let schema = wide_object(1000);
     let codec = Arc::new(Codec::parse(text("JSON", &schema)).unwrap());
-    let one = codec.decode_alone(b"{}").unwrap();
+    let one = weight(&codec.decode_alone(b"{}").unwrap());
     let decoding = Decoding {
         key: None,
         value: Some(SideDecoding::Declared(codec)),
@@ -581,16 +581,77 @@ fn a_batch_of_small_records_of_a_wide_schema_decodes_within_its_budget() {
     };
     let records: Vec<Record> = (0..2000).map(|i| record(i, Some(b"{}".to_vec()))).collect();
     let mut prepared = decoding.prepare(&records);
-    prepared.columns(&records);
-    let decoded = prepared.decoded()[0].1;
-    let failed: u64 = prepared.failures().iter().map(|(_, _, n)| n).sum();
-    assert_eq!(decoded + failed, 2000);
-    assert!(failed > 0, "2000 values of {} bytes each", weight(&one));
-    assert!(decoded as usize * weight(&one) <= batch_budget(2 * 2000));
-    assert_eq!(
-        prepared.failures(),
-        vec![(Side::Value, Failure::Undecodable, failed)]
-    );
+    let mut rest = &records[..];
+    let mut batches = Vec::new();
+    while !rest.is_empty() {
+        let (rows, columns) = prepared.columns(rest);
+        assert!(rows >= 1);
+        assert_eq!(columns[0].len(), rows);
+        // The batch's values weigh what a batch may, and one more value at most.
+        assert!(
+            rows * one <= BATCH_WEIGHT + one,
+            "{rows} values of {one} bytes"
+        );
+        batches.push(rows);
+        rest = &rest[rows..];
+    }
+    assert!(batches.len() > 1, "2000 values of {one} bytes in one batch");
+    assert_eq!(prepared.decoded(), vec![(Side::Value, 2000)]);
+    assert!(prepared.failures().is_empty());
+}
+
+#[test]
+fn a_file_whose_typed_values_end_its_batches_early_holds_every_record_and_value() {
+    let schema = wide_object(1000);
+    let decoding = Decoding {
+        key: None,
+        value: Some(SideDecoding::Declared(Arc::new(
+            Codec::parse(text("JSON", &schema)).unwrap(),
+        ))),
+        checked: Default::default(),
+    };
+    let records: Vec<Record> = (0..2000)
+        .map(|i| record(i, Some(format!(r#"{{"p7":{i}}}"#).into_bytes())))
+        .collect();
+    let meta = crate::archive::datafile::file_meta("t", 0, 0, 2000, &records, "c", 0);
+    let (bytes, typed) = crate::archive::datafile::encode_decoded_to(
+        &meta,
+        &records,
+        Some(&decoding),
+        Vec::new(),
+        usize::MAX,
+    )
+    .unwrap();
+    assert_eq!(typed.unwrap().spec().value.unwrap().decoded, 2000);
+    let bytes = bytes::Bytes::from(bytes);
+    let (_, back) = crate::archive::datafile::decode(bytes.clone()).unwrap();
+    assert_eq!(back, records);
+    // Every row's typed value is its own.
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut seen = 0i64;
+    for batch in reader {
+        let batch = batch.unwrap();
+        let typed = batch
+            .column_by_name(VALUE_COLUMN)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .unwrap();
+        let p7 = typed
+            .column_by_name("p7")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        for i in 0..p7.len() {
+            assert_eq!(p7.value(i), seen);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2000);
 }
 
 #[test]
@@ -664,7 +725,7 @@ fn a_file_is_typed_as_the_sink_decided_whatever_its_records_order() {
             ],
         };
         let mut prepared = decoding.prepare(&records);
-        let columns = prepared.columns(&records);
+        let (_, columns) = prepared.columns(&records);
         assert!(columns[0].is_null(0));
         assert!(!columns[0].is_null(1) && !columns[0].is_null(2));
         assert_eq!(
@@ -701,7 +762,7 @@ fn a_footer_holds_a_bounded_amount_of_schema_text() {
         checked: Default::default(),
     };
     let mut prepared = decoding.prepare(&records);
-    prepared.columns(&records);
+    let _ = prepared.columns(&records);
     let spec = prepared.spec().value.unwrap();
     assert_eq!(spec.schemas.keys().collect::<Vec<_>>(), vec![&1]);
     assert_eq!(spec.decoded, 2);
@@ -756,7 +817,7 @@ fn a_column_too_wide_for_the_footer_of_its_row_groups_is_left_out() {
     let mut prepared = decoding.prepare(&records);
     prepared.fit_footer(16);
     assert!(prepared.fields().is_empty());
-    assert!(prepared.columns(&records).is_empty());
+    assert!(prepared.columns(&records).1.is_empty());
     assert_eq!(
         prepared.failures(),
         vec![(Side::Value, Failure::Incompatible, 3)]
