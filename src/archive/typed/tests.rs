@@ -571,14 +571,11 @@ fn a_few_bytes_of_repeated_empty_messages_do_not_become_a_huge_tree() {
 
 #[test]
 fn a_batch_of_small_records_of_a_wide_schema_ends_early_and_every_value_decodes() {
-    let schema = wide_object(1000);
-    let codec = Arc::new(Codec::parse(text("JSON", &schema)).unwrap());
-    let one = weight(&codec.decode_alone(b"{}").unwrap());
-    let decoding = Decoding {
-        key: None,
-        value: Some(SideDecoding::Declared(codec)),
-        checked: Default::default(),
+    let decoding = declared(&wide_object(1000));
+    let Some(SideDecoding::Declared(codec)) = &decoding.value else {
+        unreachable!()
     };
+    let one = weight(&codec.decode_alone(b"{}").unwrap());
     let records: Vec<Record> = (0..2000).map(|i| record(i, Some(b"{}".to_vec()))).collect();
     let mut prepared = decoding.prepare(&records);
     let mut rest = &records[..];
@@ -602,14 +599,7 @@ fn a_batch_of_small_records_of_a_wide_schema_ends_early_and_every_value_decodes(
 
 #[test]
 fn a_file_whose_typed_values_end_its_batches_early_holds_every_record_and_value() {
-    let schema = wide_object(1000);
-    let decoding = Decoding {
-        key: None,
-        value: Some(SideDecoding::Declared(Arc::new(
-            Codec::parse(text("JSON", &schema)).unwrap(),
-        ))),
-        checked: Default::default(),
-    };
+    let decoding = declared(&wide_object(1000));
     let records: Vec<Record> = (0..2000)
         .map(|i| record(i, Some(format!(r#"{{"p7":{i}}}"#).into_bytes())))
         .collect();
@@ -800,14 +790,7 @@ fn avro_union_branches_whose_names_read_the_same_get_apart() {
 
 #[test]
 fn a_column_too_wide_for_the_footer_of_its_row_groups_is_left_out() {
-    let schema = wide_object(3000);
-    let decoding = Decoding {
-        key: None,
-        value: Some(SideDecoding::Declared(Arc::new(
-            Codec::parse(text("JSON", &schema)).unwrap(),
-        ))),
-        checked: Default::default(),
-    };
+    let decoding = declared(&wide_object(3000));
     let records: Vec<Record> = (0..3).map(|i| record(i, Some(b"{}".to_vec()))).collect();
     // One row group: 3,000 columns fit.
     let mut prepared = decoding.prepare(&records);
@@ -833,4 +816,15 @@ fn wide_object(n: usize) -> String {
         r#"{{"type":"object","properties":{{{}}}}}"#,
         properties.join(",")
     )
+}
+
+/// Values decoded by the declared JSON Schema `schema`.
+fn declared(schema: &str) -> Decoding {
+    Decoding {
+        key: None,
+        value: Some(SideDecoding::Declared(Arc::new(
+            Codec::parse(text("JSON", schema)).unwrap(),
+        ))),
+        checked: Default::default(),
+    }
 }
