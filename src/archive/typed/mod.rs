@@ -619,7 +619,11 @@ impl Prepared {
     /// depends on its neighbours. Whatever goes wrong building a column, its values in this batch
     /// are null (and counted), never the file lost.
     pub fn columns(&mut self, records: &[Record]) -> (usize, Vec<ArrayRef>) {
-        let mut values: Vec<Vec<Datum>> = self.sides.iter().map(|_| Vec::new()).collect();
+        let mut values: Vec<Vec<Datum>> = self
+            .sides
+            .iter()
+            .map(|_| Vec::with_capacity(records.len()))
+            .collect();
         let mut decoded = vec![0u64; self.sides.len()];
         let (mut rows, mut weight) = (0, 0);
         for record in records {
